@@ -1,0 +1,132 @@
+//! The kernel/user ABI of agentwatch: every type that crosses the ring buffer or a map.
+//!
+//! Layouts are `#[repr(C)]` with explicit padding so the BPF object and the daemon agree
+//! byte for byte. Flags are `u32`, never `bool`; event kinds are `u32` decoded with
+//! `TryFrom` in user space (an unknown value is counted, never transmuted).
+#![no_std]
+
+/// Payload bytes carried by one TLS data event. Larger SSL buffers are split into
+/// ordered chunks of at most this size.
+pub const DATA_CHUNK: usize = 16384;
+/// Chunks emitted for one SSL call at most (1 MiB). Bytes beyond are counted as truncated.
+pub const MAX_CHUNKS: u32 = 64;
+
+/// Ring buffer record kinds (first `u32` of every record).
+pub const EVENT_FORK: u32 = 1;
+pub const EVENT_EXEC: u32 = 2;
+pub const EVENT_EXIT: u32 = 3;
+pub const EVENT_TLS_DATA: u32 = 4;
+
+/// Direction of TLS plaintext relative to the observed process.
+pub const DIR_WRITE: u32 = 0;
+pub const DIR_READ: u32 = 1;
+
+/// `TlsDataHeader::flags`: bytes of this connection and direction were lost (ring buffer
+/// full) before this chunk; user space must resynchronise the stream.
+pub const TLS_FLAG_LOSS_BEFORE: u32 = 1;
+/// `TlsDataHeader::flags`: the SSL call moved more than `MAX_CHUNKS * DATA_CHUNK` bytes;
+/// the rest was not copied (counted in `DROP_TRUNCATED_BYTES`).
+pub const TLS_FLAG_TRUNCATED: u32 = 2;
+
+/// Indexes of the per-CPU drop counter array `DROPS` (summed over CPUs by user space).
+pub const DROP_RINGBUF_EVENTS: u32 = 0;
+pub const DROP_RINGBUF_BYTES: u32 = 1;
+pub const DROP_TRUNCATED_BYTES: u32 = 2;
+pub const DROP_ARGS_MAP_FULL: u32 = 3;
+pub const DROP_PROC_EVENTS: u32 = 4;
+pub const DROP_READ_FAILED_BYTES: u32 = 5;
+pub const DROP_COUNTERS: u32 = 8;
+
+/// Indexes of the `CONFIG` array, written by user space before any program is attached.
+/// Tracepoint field offsets come from the running kernel's tracefs `format` files, because
+/// they moved between kernel versions (e.g. `sched_process_fork`'s comm became `__data_loc`).
+pub const CFG_FORK_PARENT_PID_OFF: u32 = 0;
+pub const CFG_FORK_CHILD_PID_OFF: u32 = 1;
+pub const CFG_EXEC_FILENAME_OFF: u32 = 2;
+pub const CFG_EXIT_GROUP_DEAD_OFF: u32 = 3;
+pub const CFG_NEWTASK_PID_OFF: u32 = 4;
+pub const CFG_NEWTASK_CLONE_FLAGS_OFF: u32 = 5;
+/// tgid of the daemon itself: its own traffic is never captured.
+pub const CFG_SELF_TGID: u32 = 6;
+pub const CFG_ENTRIES: u32 = 8;
+/// Value of an offset that the running kernel's tracepoint does not have.
+pub const CFG_ABSENT: u32 = u32::MAX;
+
+pub const COMM_LEN: usize = 16;
+pub const FILENAME_LEN: usize = 256;
+
+/// A process lifecycle event (fork, exec, exit). Threads are filtered in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProcEvent {
+    pub kind: u32,
+    /// fork: the child's pid; exec/exit: the process's tgid.
+    pub tgid: u32,
+    /// fork: the parent's tgid; otherwise 0.
+    pub ppid: u32,
+    pub _pad0: u32,
+    /// `bpf_ktime_get_boot_ns` when the event fired.
+    pub ts_ns: u64,
+    pub comm: [u8; COMM_LEN],
+    /// exec: the path passed to execve (NUL-terminated); otherwise empty.
+    pub filename: [u8; FILENAME_LEN],
+}
+
+/// Header of a TLS plaintext chunk; `len` payload bytes follow it in the same record.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsDataHeader {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// `DIR_WRITE` or `DIR_READ`.
+    pub direction: u32,
+    /// `TLS_FLAG_*`.
+    pub flags: u32,
+    /// Payload bytes in this record.
+    pub len: u32,
+    /// The SSL object's address in the process: with the tgid, it names the connection.
+    pub ssl: u64,
+    pub ts_ns: u64,
+    /// Bytes the SSL call transferred in all.
+    pub call_len: u64,
+    /// Offset of this chunk within the SSL call.
+    pub offset: u64,
+}
+
+pub const TLS_HEADER_LEN: usize = core::mem::size_of::<TlsDataHeader>();
+
+/// A TLS data record as staged in the per-CPU scratch buffer before output.
+#[repr(C)]
+pub struct TlsDataEvent {
+    pub header: TlsDataHeader,
+    pub data: [u8; DATA_CHUNK],
+}
+
+/// Arguments of an SSL read/write call, kept per thread from entry to return.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslArgs {
+    pub ssl: u64,
+    pub buf: u64,
+    /// `SSL_*_ex`: address of the `size_t` that receives the byte count; 0 for the plain calls.
+    pub out_len: u64,
+}
+
+/// Key of the per-connection loss marker map.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub direction: u32,
+    pub ssl: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    unsafe impl aya::Pod for ProcEvent {}
+    unsafe impl aya::Pod for TlsDataHeader {}
+    unsafe impl aya::Pod for SslArgs {}
+    unsafe impl aya::Pod for ConnKey {}
+}

@@ -1,0 +1,3 @@
+//! Token usage and its price.
+pub mod usage;
+pub use usage::{Usage, UsageSource};

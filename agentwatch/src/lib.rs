@@ -1,0 +1,13 @@
+//! agentwatch: LLM calls seen at the TLS library, charged to agent sessions.
+//!
+//! Data flows one way: `probes` (kernel events) → `procs` (process tree) and `capture`
+//! (TLS byte streams → `protocol` → `providers`) → `accounting` (usage, cost) →
+//! `sessions` (agent tree, ledger) → `sinks`. `control` serves the CLI; `daemon` wires it up.
+
+pub mod accounting;
+pub mod capture;
+pub mod procs;
+pub mod protocol;
+pub mod providers;
+pub mod sessions;
+pub mod sinks;
