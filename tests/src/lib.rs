@@ -1,1 +1,4 @@
+//! Test support for agentwatch: the mock LLM server (`mock`) used by the
+//! privileged integration tests, and helpers to run it.
 
+pub mod mock;

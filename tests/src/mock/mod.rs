@@ -1,0 +1,196 @@
+//! The mock LLM server: OpenAI Chat Completions and Anthropic Messages over
+//! TLS (rustls), HTTP/1.1, with deterministic token usage and test controls
+//! by request header. See `tests/clients/README.md` for the CLI and the log.
+//!
+//! Layout: `app` maps a parsed [`app::Request`] to an [`app::Response`]
+//! (provider bodies in `openai` / `anthropic`, numbers in `usage`); `http1`
+//! is the wire front chosen by ALPN in [`serve`]. An HTTP/2 front would be a
+//! sibling of `http1` taking the same requests and responses.
+
+pub mod anthropic;
+pub mod app;
+pub mod http1;
+pub mod json;
+pub mod log;
+pub mod openai;
+pub mod process;
+pub mod tls;
+pub mod usage;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// When responses are gzip-encoded (only ever if the request accepts gzip).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GzipMode {
+    /// Non-streaming bodies, as API servers do.
+    #[default]
+    Auto,
+    /// Nothing.
+    Never,
+    /// Non-streaming bodies and streams (flushed per event).
+    Always,
+}
+
+impl std::str::FromStr for GzipMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(GzipMode::Auto),
+            "never" => Ok(GzipMode::Never),
+            "always" => Ok(GzipMode::Always),
+            _ => Err(format!("expected auto, never or always, not {s:?}")),
+        }
+    }
+}
+
+/// Server settings (the CLI flags of `mock-llm`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// `ca.pem` is written here.
+    pub state_dir: PathBuf,
+    pub log: Option<PathBuf>,
+    pub exit_after: Duration,
+    pub gzip: GzipMode,
+    pub chunk_delay_ms: u64,
+}
+
+impl Config {
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            listen: "127.0.0.1:0".parse().expect("literal address"),
+            state_dir: state_dir.into(),
+            log: None,
+            exit_after: Duration::from_secs(900),
+            gzip: GzipMode::Auto,
+            chunk_delay_ms: 0,
+        }
+    }
+}
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections served at once.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// A running server (in this process).
+pub struct Server {
+    pub addr: SocketAddr,
+    pub ca_pem: String,
+    pub ca_der: rustls::pki_types::CertificateDer<'static>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Makes the certificates, writes `STATE_DIR/ca.pem`, binds, and serves
+    /// in the background until [`Server::stop`] or `exit_after`.
+    pub async fn start(config: Config) -> Result<Server> {
+        let certs = tls::generate()?;
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("creating {}", config.state_dir.display()))?;
+        let ca_path = config.state_dir.join("ca.pem");
+        let tmp = config.state_dir.join(".ca.pem.tmp");
+        std::fs::write(&tmp, &certs.ca_pem).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &ca_path).with_context(|| format!("writing {}", ca_path.display()))?;
+        let sink = match &config.log {
+            Some(p) => log::LogSink::open(p).with_context(|| format!("opening {}", p.display()))?,
+            None => log::LogSink::none(),
+        };
+        let tls_cfg = tls::server_config(&certs, &[b"http/1.1"])?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let exit_after = config.exit_after;
+        let state = app::AppState::new(config, sink);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, tls_cfg, state, stop_rx, exit_after));
+        Ok(Server { addr, ca_pem: certs.ca_pem, ca_der: certs.ca_der, stop, task })
+    }
+
+    /// Stops accepting and ends every connection.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server stops by itself (exit-after) or `signal` resolves.
+    pub async fn run_until<F: std::future::Future<Output = ()>>(self, signal: F) {
+        let Server { stop, mut task, .. } = self;
+        tokio::select! {
+            _ = &mut task => {}
+            _ = signal => {
+                let _ = stop.send(true);
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls_cfg: Arc<rustls::ServerConfig>,
+    state: Arc<app::AppState>,
+    mut stop: watch::Receiver<bool>,
+    exit_after: Duration,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_cfg);
+    let deadline = tokio::time::sleep(exit_after);
+    tokio::pin!(deadline);
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = stop.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let Ok((tcp, _peer)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let state = state.clone();
+                conns.spawn(async move {
+                    let _permit = permit;
+                    let conn_id = state.conns.fetch_add(1, Ordering::SeqCst) + 1;
+                    serve(acceptor, tcp, &state, conn_id).await;
+                });
+            }
+        }
+    }
+    conns.abort_all();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// Handshakes, then hands the connection to the front ALPN chose.
+async fn serve(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    state: &app::AppState,
+    conn_id: u64,
+) {
+    let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
+        return;
+    };
+    // Only http/1.1 is offered today; a client without ALPN also gets HTTP/1.1.
+    // An `h2` branch goes here once the HTTP/2 front exists.
+    http1::serve(tls, state, conn_id).await;
+}
