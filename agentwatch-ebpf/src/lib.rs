@@ -74,7 +74,7 @@ pub struct ProcEvent {
 
 /// Header of a TLS plaintext chunk; `len` payload bytes follow it in the same record.
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct TlsDataHeader {
     pub kind: u32,
     pub tgid: u32,

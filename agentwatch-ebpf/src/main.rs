@@ -1,4 +1,320 @@
-// placeholder, replaced by the BPF programs
+//! agentwatch kernel programs: process lifecycle tracepoints and TLS-library uprobes.
+//!
+//! Each program is a thin entry that calls a fallible `try_…` function; every event that
+//! cannot be delivered is counted in `DROPS`, never lost silently.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
 #[cfg(not(target_arch = "bpf"))]
-fn main() {}
+fn main() {
+    // Built for the host only so the workspace builds; the real object is bpfel-unknown-none.
+}
+
+#[cfg(target_arch = "bpf")]
+mod bpf {
+    use agentwatch_ebpf::*;
+    use aya_ebpf::{
+        EbpfContext,
+        helpers::{
+            bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
+            bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, generated,
+        },
+        macros::{map, tracepoint, uprobe, uretprobe},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+        programs::{ProbeContext, RetProbeContext, TracePointContext},
+    };
+
+    const CLONE_THREAD: u64 = 0x0001_0000;
+
+    /// Every record goes through one ring buffer (size set by user space at load).
+    #[map]
+    static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+    #[map]
+    static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_COUNTERS, 0);
+
+    #[map]
+    static CONFIG: Array<u32> = Array::with_max_entries(CFG_ENTRIES, 0);
+
+    /// SSL call arguments from entry to return, per thread (`pid_tgid`).
+    #[map]
+    static SSL_ARGS: HashMap<u64, SslArgs> = HashMap::with_max_entries(16384, 0);
+
+    /// Connections whose bytes were lost; the next chunk carries `TLS_FLAG_LOSS_BEFORE`.
+    #[map]
+    static LOSS: LruHashMap<ConnKey, u32> = LruHashMap::with_max_entries(16384, 0);
+
+    /// Child pids created with CLONE_THREAD (seen in task_newtask), so that
+    /// sched_process_fork reports processes only.
+    #[map]
+    static THREAD_CHILDREN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(8192, 0);
+
+    /// Staging area for one TLS record (too large for the BPF stack).
+    #[map]
+    static SCRATCH: PerCpuArray<TlsDataEvent> = PerCpuArray::with_max_entries(1, 0);
+
+    #[inline(always)]
+    fn count(index: u32, n: u64) {
+        if let Some(p) = DROPS.get_ptr_mut(index) {
+            unsafe { *p += n };
+        }
+    }
+
+    #[inline(always)]
+    fn config(index: u32) -> Option<u32> {
+        match CONFIG.get(index) {
+            Some(v) if *v != CFG_ABSENT => Some(*v),
+            _ => None,
+        }
+    }
+
+    fn comm() -> [u8; COMM_LEN] {
+        bpf_get_current_comm().unwrap_or([0u8; COMM_LEN])
+    }
+
+    // ---- process lifecycle -------------------------------------------------------------
+
+    #[tracepoint]
+    pub fn task_newtask(ctx: TracePointContext) -> u32 {
+        let _ = try_task_newtask(&ctx);
+        0
+    }
+
+    fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
+        let flags_off = config(CFG_NEWTASK_CLONE_FLAGS_OFF).ok_or(1)?;
+        let pid_off = config(CFG_NEWTASK_PID_OFF).ok_or(1)?;
+        let flags: u64 = unsafe { ctx.read_at(flags_off as usize) }.map_err(|e| e as i64)?;
+        if flags & CLONE_THREAD == 0 {
+            return Ok(());
+        }
+        let pid: i32 = unsafe { ctx.read_at(pid_off as usize) }.map_err(|e| e as i64)?;
+        THREAD_CHILDREN.insert(&(pid as u32), &1, 0)?;
+        Ok(())
+    }
+
+    #[tracepoint]
+    pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+        let _ = try_sched_process_fork(&ctx);
+        0
+    }
+
+    fn try_sched_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
+        let child_off = config(CFG_FORK_CHILD_PID_OFF).ok_or(1)?;
+        let child: i32 = unsafe { ctx.read_at(child_off as usize) }.map_err(|e| e as i64)?;
+        let child = child as u32;
+        if unsafe { THREAD_CHILDREN.get(&child) }.is_some() {
+            let _ = THREAD_CHILDREN.remove(&child);
+            return Ok(());
+        }
+        // The tracepoint runs in the parent: its tgid is the parent process.
+        let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        emit_proc(EVENT_FORK, child, parent_tgid, None)
+    }
+
+    #[tracepoint]
+    pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+        let _ = try_sched_process_exec(&ctx);
+        0
+    }
+
+    fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        let filename_off = config(CFG_EXEC_FILENAME_OFF).ok_or(1)?;
+        emit_proc(EVENT_EXEC, tgid, 0, Some((ctx, filename_off)))
+    }
+
+    #[tracepoint]
+    pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+        let _ = try_sched_process_exit(&ctx);
+        0
+    }
+
+    fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = (pid_tgid >> 32) as u32;
+        match config(CFG_EXIT_GROUP_DEAD_OFF) {
+            // The whole thread group is gone only when group_dead is set.
+            Some(off) => {
+                let dead: u8 = unsafe { ctx.read_at(off as usize) }.map_err(|e| e as i64)?;
+                if dead == 0 {
+                    return Ok(());
+                }
+            }
+            // Older kernels: the leader's exit stands for the process.
+            None => {
+                if pid_tgid as u32 != tgid {
+                    return Ok(());
+                }
+            }
+        }
+        emit_proc(EVENT_EXIT, tgid, 0, None)
+    }
+
+    #[inline(always)]
+    fn emit_proc(
+        kind: u32,
+        tgid: u32,
+        ppid: u32,
+        exec: Option<(&TracePointContext, u32)>,
+    ) -> Result<(), i64> {
+        let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
+            count(DROP_PROC_EVENTS, 1);
+            return Err(1);
+        };
+        let ev = entry.as_mut_ptr();
+        unsafe {
+            (*ev).kind = kind;
+            (*ev).tgid = tgid;
+            (*ev).ppid = ppid;
+            (*ev)._pad0 = 0;
+            (*ev).ts_ns = bpf_ktime_get_boot_ns();
+            (*ev).comm = comm();
+            (*ev).filename[0] = 0;
+            if let Some((ctx, off)) = exec {
+                // __data_loc: low 16 bits offset from the record start, high 16 bits length.
+                if let Ok(loc) = ctx.read_at::<u32>(off as usize) {
+                    let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
+                    let _ = bpf_probe_read_kernel_str_bytes(src, &mut (*ev).filename);
+                }
+            }
+        }
+        entry.submit(0);
+        Ok(())
+    }
+
+    // ---- TLS plaintext -----------------------------------------------------------------
+
+    /// Entry of `SSL_write(ssl, buf, num)` and `SSL_read(ssl, buf, num)`.
+    #[uprobe]
+    pub fn ssl_rw_enter(ctx: ProbeContext) -> u32 {
+        let _ = try_stash(&ctx, false);
+        0
+    }
+
+    /// Entry of `SSL_write_ex(ssl, buf, num, *written)` and `SSL_read_ex(ssl, buf, num, *readbytes)`.
+    #[uprobe]
+    pub fn ssl_rw_ex_enter(ctx: ProbeContext) -> u32 {
+        let _ = try_stash(&ctx, true);
+        0
+    }
+
+    #[uretprobe]
+    pub fn ssl_write_exit(ctx: RetProbeContext) -> u32 {
+        let _ = try_ssl_exit(&ctx, DIR_WRITE);
+        0
+    }
+
+    #[uretprobe]
+    pub fn ssl_read_exit(ctx: RetProbeContext) -> u32 {
+        let _ = try_ssl_exit(&ctx, DIR_READ);
+        0
+    }
+
+    fn try_stash(ctx: &ProbeContext, ex: bool) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        if config(CFG_SELF_TGID) == Some((pid_tgid >> 32) as u32) {
+            return Ok(());
+        }
+        let ssl: u64 = ctx.arg(0).ok_or(1)?;
+        let buf: u64 = ctx.arg(1).ok_or(1)?;
+        let out_len: u64 = if ex { ctx.arg(3).ok_or(1)? } else { 0 };
+        let args = SslArgs { ssl, buf, out_len };
+        if SSL_ARGS.insert(&pid_tgid, &args, 0).is_err() {
+            count(DROP_ARGS_MAP_FULL, 1);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn try_ssl_exit(ctx: &RetProbeContext, direction: u32) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let args = match unsafe { SSL_ARGS.get(&pid_tgid) } {
+            Some(a) => *a,
+            None => return Ok(()),
+        };
+        let _ = SSL_ARGS.remove(&pid_tgid);
+        let ret: i64 = ctx.ret::<i64>();
+        let ret = ret as i32;
+        // Only bytes of successful calls count: a call that fails (e.g. before the
+        // handshake) is retried by the library with the same buffer.
+        let len: u64 = if args.out_len != 0 {
+            if ret != 1 {
+                return Ok(());
+            }
+            unsafe { bpf_probe_read_user(args.out_len as *const u64) }.map_err(|e| e as i64)?
+        } else {
+            if ret <= 0 {
+                return Ok(());
+            }
+            ret as u64
+        };
+        emit_tls(pid_tgid, direction, &args, len)
+    }
+
+    #[inline(always)]
+    fn emit_tls(pid_tgid: u64, direction: u32, args: &SslArgs, len: u64) -> Result<(), i64> {
+        let tgid = (pid_tgid >> 32) as u32;
+        let key = ConnKey { tgid, direction, ssl: args.ssl };
+        let mut flags = 0u32;
+        if unsafe { LOSS.get(&key) }.is_some() {
+            flags |= TLS_FLAG_LOSS_BEFORE;
+            let _ = LOSS.remove(&key);
+        }
+        let scratch = SCRATCH.get_ptr_mut(0).ok_or(1)?;
+        let ts = unsafe { bpf_ktime_get_boot_ns() };
+        let mut offset: u64 = 0;
+        for _ in 0..MAX_CHUNKS {
+            if offset >= len {
+                break;
+            }
+            let mut n = len - offset;
+            if n > DATA_CHUNK as u64 {
+                n = DATA_CHUNK as u64;
+            }
+            let n32 = (n as u32) & (2 * DATA_CHUNK as u32 - 1);
+            if n32 as usize > DATA_CHUNK || n32 == 0 {
+                break;
+            }
+            unsafe {
+                let h = &mut (*scratch).header;
+                h.kind = EVENT_TLS_DATA;
+                h.tgid = tgid;
+                h.tid = pid_tgid as u32;
+                h.direction = direction;
+                h.flags = flags;
+                h.len = n32;
+                h.ssl = args.ssl;
+                h.ts_ns = ts;
+                h.call_len = len;
+                h.offset = offset;
+                let dst = (*scratch).data.as_mut_ptr() as *mut core::ffi::c_void;
+                let src = (args.buf + offset) as *const core::ffi::c_void;
+                if generated::bpf_probe_read_user(dst, n32, src) != 0 {
+                    count(DROP_READ_FAILED_BYTES, len - offset);
+                    let _ = LOSS.insert(&key, &1, 0);
+                    return Err(1);
+                }
+                let total = TLS_HEADER_LEN as u64 + n32 as u64;
+                let record = core::slice::from_raw_parts(scratch as *const u8, total as usize);
+                if EVENTS.output::<[u8]>(record, 0).is_err() {
+                    count(DROP_RINGBUF_EVENTS, 1);
+                    count(DROP_RINGBUF_BYTES, len - offset);
+                    let _ = LOSS.insert(&key, &1, 0);
+                    return Err(1);
+                }
+            }
+            flags = 0;
+            offset += n32 as u64;
+        }
+        if offset < len {
+            // Over MAX_CHUNKS: the rest is not copied; the stream must resynchronise.
+            count(DROP_TRUNCATED_BYTES, len - offset);
+            let _ = LOSS.insert(&key, &1, 0);
+        }
+        Ok(())
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+}

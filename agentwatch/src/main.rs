@@ -1,1 +1,121 @@
-fn main() {}
+//! The agentwatch command line: the daemon (`run`) and its clients.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use agentwatch::config::Config;
+use agentwatch::control::{self, Request};
+use clap::{Parser, Subcommand};
+
+const DEFAULT_SOCKET: &str = "/run/agentwatch/agentwatch.sock";
+
+#[derive(Parser)]
+#[command(version, about = "LLM agents, accounted from the kernel")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (root).
+    Run {
+        /// TOML config; every field has a default, so this is optional.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where calls.jsonl and ledger.jsonl go [default: /var/lib/agentwatch].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Control socket [default: /run/agentwatch/agentwatch.sock].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Probes, libraries, counters and drops; exits 0 only when every probe is attached.
+    Status {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live sessions: id, root, agents, depth, calls, tokens, cost.
+    Sessions {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The agent tree of one session (or of every live session), with tokens and cost.
+    Tree {
+        session: Option<String>,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AGENTWATCH_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("agentwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let (req, socket, json) = match cli.command {
+        Command::Run {
+            config,
+            data_dir,
+            socket,
+        } => {
+            let mut cfg = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            if let Some(s) = socket {
+                cfg.socket = s;
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(agentwatch::daemon::run(cfg))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Status { socket, json } => (Request::Status, socket, json),
+        Command::Sessions { socket, json } => (Request::Sessions, socket, json),
+        Command::Tree {
+            session,
+            socket,
+            json,
+        } => (Request::Tree { session }, socket, json),
+    };
+    let answer = control::request(&socket, &req)?;
+    if let Some(err) = answer.get("error") {
+        anyhow::bail!("the daemon refused the request: {err}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print!("{}", control::render::render(&req, &answer));
+    }
+    let ok = !matches!(req, Request::Status) || answer["ok"].as_bool() == Some(true);
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

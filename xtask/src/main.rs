@@ -1,1 +1,279 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | run | test | bench`.
+//!
+//! Everything a fresh machine needs is installed here, idempotently, so the README's two
+//! commands (`cargo xtask run`, `cargo xtask test`) work from a clean clone.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "agentwatch project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the build toolchain (nightly rust-src, bpf-linker on nightly's LLVM). Idempotent.
+    Setup {
+        /// Also install what the tests need (Python venv with the SDKs, node packages).
+        #[arg(long)]
+        tests: bool,
+    },
+    /// Build the eBPF object and target/release/agentwatch with the object embedded.
+    Build,
+    /// Build, then run the daemon in the foreground (as root) with embedded defaults.
+    Run {
+        /// Arguments passed to `agentwatch run` (e.g. --data-dir /tmp/aw).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests, then the privileged integration tests (as root).
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Run the benchmarks and write BENCHMARKS.md.
+    Bench,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+fn cargo_bin(name: &str) -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".cargo"))
+        .join("bin")
+        .join(name)
+}
+
+/// Nightly rust-src and a bpf-linker built against nightly's own LLVM (TOOLCHAIN.md).
+fn setup_toolchain() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("the nightly toolchain is needed to build eBPF: `rustup toolchain install nightly`")?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    let libllvm = std::fs::read_dir(sysroot.join("lib"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .context("nightly ships no libLLVM.so.* in its sysroot; bpf-linker cannot be built")?;
+    let prefix = home().join(".cache/agentwatch/llvm");
+    let link = prefix.join("lib/libLLVM.so");
+    if std::fs::read_link(&link).ok().as_deref() != Some(libllvm.as_path()) {
+        std::fs::create_dir_all(prefix.join("lib"))?;
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)?;
+    }
+    let linker = cargo_bin("bpf-linker");
+    let works = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !works {
+        let version = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+        let major = version
+            .lines()
+            .find_map(|l| l.strip_prefix("LLVM version: "))
+            .and_then(|v| v.split('.').next())
+            .context("cannot read nightly's LLVM version")?
+            .to_string();
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", "^0.13", "--locked"])
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix))?;
+    }
+    Ok(())
+}
+
+/// The Python venv with the official SDKs and the node packages the integration tests drive.
+fn setup_test_deps() -> Result<()> {
+    let root = root();
+    let clients = root.join("tests/clients");
+    let venv = root.join(".venv");
+    let requirements = clients.join("requirements.txt");
+    let stamp = venv.join(".requirements.installed");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        if !venv.join("bin/python").exists() {
+            run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        }
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements))?;
+        std::fs::write(&stamp, &wanted)?;
+    }
+    let lock = std::fs::read_to_string(clients.join("package-lock.json")).unwrap_or_default();
+    let node_stamp = clients.join("node_modules/.lock-installed");
+    if std::fs::read_to_string(&node_stamp).ok().as_deref() != Some(lock.as_str()) {
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&clients))?;
+        std::fs::write(&node_stamp, &lock)?;
+    }
+    for tool in ["curl", "bash"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            bail!("`{tool}` is needed by the integration tests: apt-get install -y {tool}");
+        }
+    }
+    Ok(())
+}
+
+fn build_ebpf() -> Result<()> {
+    let root = root();
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["+nightly", "build", "--package", "agentwatch-ebpf", "--bin", "agentwatch"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--release"])
+        .arg("--target-dir")
+        .arg(root.join("target/ebpf"))
+        // Nightly must find bpf-linker even when ~/.cargo/bin is not on PATH.
+        .env("PATH", path_with_cargo_bin())
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTUP_TOOLCHAIN"))
+}
+
+fn path_with_cargo_bin() -> String {
+    let bin = cargo_bin("");
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+fn build() -> Result<()> {
+    setup_toolchain()?;
+    build_ebpf()?;
+    run(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--release",
+        "--package",
+        "agentwatch",
+        "--package",
+        "agentwatch-tests",
+    ]))
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u"))
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = root();
+    match cli.task {
+        Task::Setup { tests } => {
+            setup_toolchain()?;
+            if tests {
+                setup_test_deps()?;
+            }
+        }
+        Task::Build => build()?,
+        Task::Run { args } => {
+            build()?;
+            if !is_root() {
+                bail!("the daemon loads eBPF programs: run `sudo -E cargo xtask run`");
+            }
+            let mut cmd = Command::new(root.join("target/release/agentwatch"));
+            cmd.arg("run").args(args);
+            run(&mut cmd)?;
+        }
+        Task::Test { filter } => {
+            build()?;
+            setup_test_deps()?;
+            let mut unit = Command::new("cargo");
+            unit.current_dir(&root)
+                .args(["test", "--release", "--workspace", "--exclude", "agentwatch-ebpf"])
+                .args(["--lib", "--bins"]);
+            if let Some(f) = &filter {
+                unit.args(["--", f.as_str()]);
+            }
+            run(&mut unit)?;
+            if !is_root() {
+                bail!("the integration tests load eBPF programs: run them as root");
+            }
+            let mut integration = Command::new("cargo");
+            integration
+                .current_dir(&root)
+                .args(["test", "--release", "--package", "agentwatch-tests", "--tests"])
+                .env("AGENTWATCH_BIN", root.join("target/release/agentwatch"))
+                .env("MOCK_LLM_BIN", root.join("target/release/mock-llm"))
+                .env("AGENTWATCH_VENV", root.join(".venv"))
+                .args(["--", "--test-threads=1"]);
+            if let Some(f) = &filter {
+                integration.arg(f);
+            }
+            run(&mut integration)?;
+        }
+        Task::Bench => {
+            build()?;
+            setup_test_deps()?;
+            run(Command::new("cargo")
+                .current_dir(&root)
+                .args(["run", "--release", "--package", "agentwatch-tests", "--bin", "bench"])
+                .env("AGENTWATCH_BIN", root.join("target/release/agentwatch"))
+                .env("MOCK_LLM_BIN", root.join("target/release/mock-llm"))
+                .env("AGENTWATCH_VENV", root.join(".venv")))?;
+        }
+    }
+    Ok(())
+}

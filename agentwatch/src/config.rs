@@ -1,0 +1,111 @@
+//! The daemon's TOML configuration. Every field has a documented default, so an empty
+//! file (or none: `agentwatch run` with no `--config`) is a complete configuration.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::accounting::pricing::PriceOverride;
+use crate::capture::CaptureLimits;
+use crate::probes::ProbesConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where `calls.jsonl` and `ledger.jsonl` are written. Default `/var/lib/agentwatch`.
+    pub data_dir: PathBuf,
+    /// The control socket used by the CLI (created 0600, root only).
+    /// Default `/run/agentwatch/agentwatch.sock`.
+    pub socket: PathBuf,
+    /// Host name written in ledger rows. Default: the machine's host name.
+    pub host_name: Option<String>,
+    /// Kernel probes.
+    pub probes: ProbesConfig,
+    /// Per-connection buffering bounds.
+    pub capture: CaptureLimits,
+    /// Bounds of the daemon's own tables.
+    pub limits: Limits,
+    /// Price overrides, winning over the built-in table (`[[pricing]]`).
+    pub pricing: Vec<PriceOverride>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// TLS connections tracked at once; the least recently used is evicted (counted). Default 16,384.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/agentwatch"),
+            socket: PathBuf::from("/run/agentwatch/agentwatch.sock"),
+            host_name: None,
+            probes: ProbesConfig::default(),
+            capture: CaptureLimits::default(),
+            limits: Limits::default(),
+            pricing: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn host_name(&self) -> String {
+        self.host_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default_and_unknown_keys_are_rejected() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/agentwatch"));
+        assert_eq!(c.probes.ring_buffer_bytes, 16 << 20);
+        assert!(toml::from_str::<Config>("data_dirr = '/x'").is_err());
+        let c: Config = toml::from_str(
+            "data_dir = '/tmp/aw'\n[[pricing]]\nmodel = 'm'\ninput_per_mtok = 1.0\noutput_per_mtok = 2.0\n",
+        )
+        .unwrap();
+        assert_eq!(c.pricing.len(), 1);
+    }
+}

@@ -1,0 +1,117 @@
+//! Human-readable output of the CLI (the same answers are available with `--json`).
+use std::fmt::Write;
+
+use serde_json::Value;
+
+use super::Request;
+
+fn num(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn usd(v: &Value) -> String {
+    v.as_f64()
+        .map(|c| format!("${c:.6}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+pub fn render(req: &Request, answer: &Value) -> String {
+    let mut out = String::new();
+    match req {
+        Request::Status => {
+            let ok = answer["ok"].as_bool() == Some(true);
+            let _ = writeln!(
+                out,
+                "agentwatch {}: {} (up {}s), data in {}",
+                answer["version"].as_str().unwrap_or("?"),
+                if ok {
+                    "all probes attached"
+                } else {
+                    "NOT all probes attached"
+                },
+                num(&answer["uptime_secs"]),
+                answer["data_dir"].as_str().unwrap_or("?")
+            );
+            let tps: Vec<&str> = answer["tracepoints"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let _ = writeln!(out, "tracepoints: {}", tps.join(", "));
+            let _ = writeln!(out, "TLS libraries:");
+            for lib in answer["tls_libraries"].as_array().into_iter().flatten() {
+                let syms: Vec<&str> = lib["symbols"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  {} ({})",
+                    lib["path"].as_str().unwrap_or("?"),
+                    syms.join(" ")
+                );
+            }
+            if let Some(f) = answer["attach_failures"].as_object()
+                && !f.is_empty()
+            {
+                let _ = writeln!(out, "attach failures:");
+                for (path, err) in f {
+                    let _ = writeln!(out, "  {path}: {}", err.as_str().unwrap_or("?"));
+                }
+            }
+            let _ = writeln!(
+                out,
+                "processes: {} live, {} exited but kept; live sessions: {}",
+                num(&answer["processes"]["live"]),
+                num(&answer["processes"]["exited_kept"]),
+                num(&answer["live_sessions"])
+            );
+            for section in ["kernel_drops", "pipeline", "capture"] {
+                let _ = writeln!(out, "{section}:");
+                for (k, v) in answer[section].as_object().into_iter().flatten() {
+                    let _ = writeln!(out, "  {k}: {v}");
+                }
+            }
+        }
+        Request::Sessions => {
+            let _ = writeln!(
+                out,
+                "{:<34} {:>8} {:>6} {:>5} {:>6} {:>10} {:>12}  ROOT",
+                "SESSION", "ROOT_PID", "AGENTS", "DEPTH", "CALLS", "TOKENS", "COST"
+            );
+            for s in answer["sessions"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "{:<34} {:>8} {:>6} {:>5} {:>6} {:>10} {:>12}  {}",
+                    s["session_id"].as_str().unwrap_or("?"),
+                    num(&s["root_pid"]),
+                    num(&s["agent_count"]),
+                    num(&s["depth_max"]),
+                    num(&s["call_count"]),
+                    num(&s["total_tokens"]),
+                    usd(&s["total_cost_usd"]),
+                    s["root_cmdline"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Request::Tree { .. } => {
+            for tree in answer["trees"].as_array().into_iter().flatten() {
+                let _ = writeln!(out, "session {}", tree["session_id"].as_str().unwrap_or("?"));
+                for agent in tree["agents"].as_array().into_iter().flatten() {
+                    let depth = num(&agent["depth"]) as usize;
+                    let _ = writeln!(
+                        out,
+                        "{}- pid {} {} (depth {}): {} calls, {} tokens, {}",
+                        "  ".repeat(depth + 1),
+                        num(&agent["pid"]),
+                        agent["comm"].as_str().unwrap_or("?"),
+                        depth,
+                        num(&agent["call_count"]),
+                        num(&agent["total_tokens"]),
+                        usd(&agent["cost_usd"])
+                    );
+                }
+            }
+        }
+    }
+    out
+}

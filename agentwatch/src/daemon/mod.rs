@@ -1,0 +1,256 @@
+//! Wiring: probes → pipeline → sinks, the control socket, discovery and shutdown.
+pub mod pipeline;
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::accounting::pricing::Pricing;
+use crate::config::Config;
+use crate::control::{self, Request};
+use crate::probes::{Probes, libraries};
+use crate::procs::ProcTree;
+use crate::sessions::Sessions;
+use crate::sessions::clock::boot_now_ns;
+use crate::sinks::{JsonlSink, Sink};
+use pipeline::Pipeline;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Probe(#[from] crate::probes::ProbeError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+    #[error(transparent)]
+    Proc(#[from] crate::procs::ProcError),
+    #[error(transparent)]
+    Sink(#[from] crate::sinks::SinkError),
+    #[error(transparent)]
+    Pricing(#[from] crate::accounting::pricing::PricingError),
+    #[error("failed to create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ring buffer: {0}")]
+    Ring(std::io::Error),
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Finds and attaches TLS libraries; remembers the mount namespaces already searched.
+struct Discovery {
+    probes: Probes,
+    roots_seen: HashSet<(u64, u64)>,
+}
+
+impl Discovery {
+    /// Libraries in the process's maps, its executable, and (for a process in another
+    /// mount namespace) the standard library directories of its root.
+    fn process(&mut self, pid: u32) {
+        for (path, via) in libraries::mapped_tls_libraries(pid) {
+            self.probes.attach_tls_library(&path, &via);
+        }
+        if let Some((exe, via)) = libraries::executable(pid) {
+            self.probes.attach_tls_library(&exe, &via);
+        }
+        let root = format!("/proc/{pid}/root");
+        if let Ok(meta) = std::fs::metadata(&root)
+            && self.roots_seen.insert((meta.dev(), meta.ino()))
+        {
+            for (path, via) in libraries::system_tls_libraries(Path::new(&root)) {
+                self.probes.attach_tls_library(&path, &via);
+            }
+        }
+    }
+
+    fn rescan(&mut self) {
+        for pid in libraries::all_pids() {
+            self.process(pid);
+        }
+    }
+}
+
+fn read_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown-boot".into())
+}
+
+/// Runs the daemon in the foreground until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let (probes, ring) = Probes::load(&config.probes)?;
+    let mut discovery = Discovery {
+        probes,
+        roots_seen: HashSet::new(),
+    };
+    // Our own root first: it covers processes that load libssl after we start.
+    if let Ok(meta) = std::fs::metadata("/") {
+        discovery.roots_seen.insert((meta.dev(), meta.ino()));
+    }
+    for (path, via) in libraries::system_tls_libraries(Path::new("/")) {
+        discovery.probes.attach_tls_library(&path, &via);
+    }
+    for extra in &config.probes.extra_libraries {
+        discovery
+            .probes
+            .attach_tls_library(&extra.display().to_string(), extra);
+    }
+    discovery.rescan();
+
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let tree = ProcTree::seed(Path::new("/proc"))?;
+    let mut sink = JsonlSink::open(&config.data_dir)?;
+    let mut sessions = Sessions::new(read_boot_id(), config.host_name());
+    let recovered = crate::sinks::recovery::recover(&config.data_dir)?;
+    for row in sessions.restore(recovered, &tree, boot_now_ns()) {
+        sink.write_ledger(&row)?;
+    }
+    let pricing = Pricing::builtin()?.with_overrides(config.pricing.clone());
+    let pipeline = Arc::new(Mutex::new(Pipeline::new(
+        tree,
+        sessions,
+        pricing,
+        Box::new(sink),
+        config.capture.clone(),
+        config.limits.max_connections,
+    )));
+    let discovery = Arc::new(Mutex::new(discovery));
+
+    let listener = control::bind(&config.socket)?;
+    {
+        let pipeline = pipeline.clone();
+        let discovery = discovery.clone();
+        let data_dir = config.data_dir.clone();
+        tokio::spawn(control::serve(listener, move |req| {
+            answer(req, &pipeline, &discovery, &data_dir, started)
+        }));
+    }
+    {
+        let discovery = discovery.clone();
+        let period = Duration::from_secs(config.probes.rescan_interval_secs.max(1));
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            loop {
+                interval.tick().await;
+                let discovery = discovery.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Ok(mut d) = discovery.lock() {
+                        d.rescan();
+                    }
+                })
+                .await;
+            }
+        });
+    }
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        socket = %config.socket.display(),
+        "agentwatch running"
+    );
+
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let mut ring = AsyncFd::new(ring).map_err(DaemonError::Ring)?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut execs = Vec::new();
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(DaemonError::Ring)?;
+                {
+                    let mut p = pipeline.lock().expect("pipeline lock");
+                    let ring = guard.get_inner_mut();
+                    while let Some(item) = ring.next() {
+                        if let Some(tgid) = p.handle_record(&item) {
+                            execs.push(tgid);
+                        }
+                    }
+                }
+                guard.clear_ready();
+                if !execs.is_empty() {
+                    let mut d = discovery.lock().expect("discovery lock");
+                    for tgid in execs.drain(..) {
+                        d.process(tgid);
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                pipeline.lock().expect("pipeline lock").tick(boot_now_ns());
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("agentwatch stopping");
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}
+
+fn answer(
+    req: Request,
+    pipeline: &Mutex<Pipeline>,
+    discovery: &Mutex<Discovery>,
+    data_dir: &Path,
+    started: Instant,
+) -> serde_json::Value {
+    match req {
+        Request::Status => {
+            let (tracepoints, libraries, failures, drops) = {
+                let d = discovery.lock().expect("discovery lock");
+                (
+                    d.probes.tracepoints.clone(),
+                    d.probes.libraries.clone(),
+                    d.probes.failures.clone(),
+                    d.probes.drop_counters(),
+                )
+            };
+            let p = pipeline.lock().expect("pipeline lock");
+            // Every probe attached: the four process tracepoints, at least one TLS library,
+            // and no attach failure.
+            let ok = tracepoints.len() == 4 && !libraries.is_empty() && failures.is_empty();
+            json!({
+                "ok": ok,
+                "version": env!("CARGO_PKG_VERSION"),
+                "uptime_secs": started.elapsed().as_secs(),
+                "data_dir": data_dir,
+                "tracepoints": tracepoints,
+                "tls_libraries": libraries,
+                "attach_failures": failures,
+                "processes": {"live": p.tree.live_count(), "exited_kept": p.tree.exited_kept_count(), "dropped_over_cap": p.tree.dropped_over_cap()},
+                "live_sessions": p.sessions.live_sessions().len(),
+                "kernel_drops": drops,
+                "pipeline": p.stats,
+                "capture": p.capture_stats,
+            })
+        }
+        Request::Sessions => {
+            let p = pipeline.lock().expect("pipeline lock");
+            json!({"sessions": p.sessions.live_sessions()})
+        }
+        Request::Tree { session } => {
+            let p = pipeline.lock().expect("pipeline lock");
+            let ids: Vec<String> = match session {
+                Some(id) => vec![id],
+                None => p
+                    .sessions
+                    .live_sessions()
+                    .iter()
+                    .map(|s| s.session_id.clone())
+                    .collect(),
+            };
+            let trees: Vec<_> = ids.iter().filter_map(|id| p.sessions.tree(id)).collect();
+            json!({"trees": trees})
+        }
+    }
+}

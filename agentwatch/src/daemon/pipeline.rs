@@ -1,0 +1,247 @@
+//! The user-space pipeline: kernel events in, call and ledger rows out.
+//!
+//! One owner, driven by one task: process events update the tree, TLS chunks feed the
+//! connection that owns them, recognised calls are priced and charged to their session,
+//! and closed sessions become ledger rows. Nothing here blocks on the network.
+use std::collections::HashMap;
+
+use agentwatch_ebpf::{DIR_WRITE, TLS_FLAG_LOSS_BEFORE, TlsDataHeader};
+use serde::Serialize;
+
+use crate::accounting::pricing::Pricing;
+use crate::capture::{CaptureEvent, CaptureLimits, CaptureStats, Connection};
+use crate::probes::KernelEvent;
+use crate::procs::{ProcKey, ProcTree};
+use crate::sessions::Sessions;
+use crate::sinks::Sink;
+
+/// Counters of the pipeline itself (the capture layer has its own).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PipelineStats {
+    pub records: u64,
+    pub decode_errors: u64,
+    pub forks: u64,
+    pub execs: u64,
+    pub exits: u64,
+    pub tls_chunks: u64,
+    pub tls_bytes: u64,
+    /// TLS chunks from a process that vanished before /proc could be read (charged to nobody).
+    pub tls_chunks_unknown_process: u64,
+    pub llm_requests: u64,
+    pub llm_calls: u64,
+    pub ledger_rows: u64,
+    pub connections_open: u64,
+    /// Connections evicted because `limits.max_connections` was reached.
+    pub connections_evicted: u64,
+    pub sink_errors: u64,
+}
+
+struct Conn {
+    conn: Connection,
+    key: ProcKey,
+    last_seen_ns: u64,
+}
+
+pub struct Pipeline {
+    pub tree: ProcTree,
+    pub sessions: Sessions,
+    pricing: Pricing,
+    sink: Box<dyn Sink + Send>,
+    limits: CaptureLimits,
+    max_connections: usize,
+    conns: HashMap<(u32, u64), Conn>,
+    /// tgid → SSL pointers of its open connections, to close them when the process exits.
+    conns_by_tgid: HashMap<u32, Vec<u64>>,
+    pub stats: PipelineStats,
+    pub capture_stats: CaptureStats,
+    scratch: Vec<CaptureEvent>,
+}
+
+impl Pipeline {
+    pub fn new(
+        tree: ProcTree,
+        sessions: Sessions,
+        pricing: Pricing,
+        sink: Box<dyn Sink + Send>,
+        limits: CaptureLimits,
+        max_connections: usize,
+    ) -> Self {
+        Self {
+            tree,
+            sessions,
+            pricing,
+            sink,
+            limits,
+            max_connections: max_connections.max(1),
+            conns: HashMap::new(),
+            conns_by_tgid: HashMap::new(),
+            stats: PipelineStats::default(),
+            capture_stats: CaptureStats::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Handles one ring-buffer record. Returns the tgid of a process that just exec'd, so
+    /// the caller can look for TLS libraries in it.
+    pub fn handle_record(&mut self, record: &[u8]) -> Option<u32> {
+        self.stats.records += 1;
+        let event = match crate::probes::decode(record) {
+            Ok(e) => e,
+            Err(e) => {
+                self.stats.decode_errors += 1;
+                tracing::debug!("{e}");
+                return None;
+            }
+        };
+        match event {
+            KernelEvent::Fork {
+                child,
+                parent,
+                ts_ns,
+            } => {
+                self.stats.forks += 1;
+                self.tree.on_fork(parent, child, ts_ns);
+            }
+            KernelEvent::Exec {
+                tgid, filename, ..
+            } => {
+                self.stats.execs += 1;
+                self.tree.on_exec(tgid, &filename);
+                return Some(tgid);
+            }
+            KernelEvent::Exit { tgid, ts_ns } => {
+                self.stats.exits += 1;
+                self.on_exit(tgid, ts_ns);
+            }
+            KernelEvent::Tls { header, data } => self.on_tls(&header, data),
+        }
+        None
+    }
+
+    fn on_tls(&mut self, h: &TlsDataHeader, data: &[u8]) {
+        self.stats.tls_chunks += 1;
+        self.stats.tls_bytes += data.len() as u64;
+        let id = (h.tgid, h.ssl);
+        if !self.conns.contains_key(&id) {
+            let Some(key) = self.tree.ensure(h.tgid) else {
+                self.stats.tls_chunks_unknown_process += 1;
+                return;
+            };
+            if self.conns.len() >= self.max_connections {
+                self.evict_oldest(h.ts_ns);
+            }
+            self.conns.insert(
+                id,
+                Conn {
+                    conn: Connection::new(self.limits.clone()),
+                    key,
+                    last_seen_ns: h.ts_ns,
+                },
+            );
+            self.conns_by_tgid.entry(h.tgid).or_default().push(h.ssl);
+            self.stats.connections_open = self.conns.len() as u64;
+        }
+        let mut out = std::mem::take(&mut self.scratch);
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.last_seen_ns = h.ts_ns;
+        let is_write = h.direction == DIR_WRITE;
+        if h.flags & TLS_FLAG_LOSS_BEFORE != 0 {
+            c.conn
+                .on_loss(is_write, h.ts_ns, &mut self.capture_stats, &mut out);
+        }
+        if is_write {
+            c.conn
+                .on_write(data, h.ts_ns, &mut self.capture_stats, &mut out);
+        } else {
+            c.conn
+                .on_read(data, h.ts_ns, &mut self.capture_stats, &mut out);
+        }
+        let key = c.key;
+        self.apply(key, &mut out);
+        self.scratch = out;
+    }
+
+    /// Charges capture events to the process's session and writes call rows.
+    fn apply(&mut self, key: ProcKey, events: &mut Vec<CaptureEvent>) {
+        for event in events.drain(..) {
+            match event {
+                CaptureEvent::Request(req) => {
+                    self.stats.llm_requests += 1;
+                    self.sessions.on_llm_request(&self.tree, key, &req);
+                }
+                CaptureEvent::Call(call) => {
+                    self.stats.llm_calls += 1;
+                    let model = call
+                        .request
+                        .model
+                        .as_deref()
+                        .or(call.response_model.as_deref());
+                    let cost = model.and_then(|m| self.pricing.cost_usd(m, &call.usage));
+                    let record = self.sessions.on_call(&self.tree, key, &call, cost);
+                    if let Err(e) = self.sink.write_call(&record) {
+                        self.stats.sink_errors += 1;
+                        tracing::error!("{e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn close_connection(&mut self, id: (u32, u64), ts_ns: u64) {
+        let Some(mut c) = self.conns.remove(&id) else {
+            return;
+        };
+        let mut out = std::mem::take(&mut self.scratch);
+        c.conn.close(ts_ns, &mut self.capture_stats, &mut out);
+        self.apply(c.key, &mut out);
+        self.scratch = out;
+        self.stats.connections_open = self.conns.len() as u64;
+    }
+
+    fn evict_oldest(&mut self, ts_ns: u64) {
+        // Linear scan: runs only when the table is full, which is itself counted.
+        if let Some(id) = self
+            .conns
+            .iter()
+            .min_by_key(|(_, c)| c.last_seen_ns)
+            .map(|(id, _)| *id)
+        {
+            self.stats.connections_evicted += 1;
+            if let Some(list) = self.conns_by_tgid.get_mut(&id.0) {
+                list.retain(|ssl| *ssl != id.1);
+            }
+            self.close_connection(id, ts_ns);
+        }
+    }
+
+    fn on_exit(&mut self, tgid: u32, ts_ns: u64) {
+        // Flush the process's connections first: their calls belong to its session.
+        for ssl in self.conns_by_tgid.remove(&tgid).unwrap_or_default() {
+            self.close_connection((tgid, ssl), ts_ns);
+        }
+        let removed = self.tree.on_exit(tgid);
+        self.close_sessions(&removed, ts_ns);
+    }
+
+    fn close_sessions(&mut self, removed: &[ProcKey], ts_ns: u64) {
+        if removed.is_empty() {
+            return;
+        }
+        for row in self.sessions.on_removed(removed, ts_ns) {
+            self.stats.ledger_rows += 1;
+            if let Err(e) = self.sink.write_ledger(&row) {
+                self.stats.sink_errors += 1;
+                tracing::error!("{e}");
+            }
+        }
+    }
+
+    /// Periodic upkeep: processes that vanished without an exit event we saw (ring buffer
+    /// loss) are found by the tree's liveness check and closed like exits.
+    pub fn tick(&mut self, now_ns: u64) {
+        let removed = self.tree.take_removed();
+        self.close_sessions(&removed, now_ns);
+    }
+}

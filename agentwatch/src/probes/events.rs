@@ -1,0 +1,132 @@
+//! Decoding of ring-buffer records. A record's kind is checked before its layout is
+//! trusted; an unknown kind or a short record is an error the caller counts.
+use agentwatch_ebpf::{
+    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_TLS_DATA, ProcEvent, TLS_HEADER_LEN, TlsDataHeader,
+};
+
+#[derive(Debug)]
+pub enum KernelEvent<'a> {
+    Fork {
+        child: u32,
+        parent: u32,
+        ts_ns: u64,
+    },
+    Exec {
+        tgid: u32,
+        ts_ns: u64,
+        filename: String,
+    },
+    Exit {
+        tgid: u32,
+        ts_ns: u64,
+    },
+    Tls {
+        header: TlsDataHeader,
+        data: &'a [u8],
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring buffer record of {len} bytes is too short for kind {kind}")]
+    Short { kind: u32, len: usize },
+    #[error("ring buffer record of unknown kind {0}")]
+    UnknownKind(u32),
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; the types are plain old data and read unaligned.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn cstr(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
+    let kind = read::<u32>(bytes).ok_or(DecodeError::Short {
+        kind: 0,
+        len: bytes.len(),
+    })?;
+    let short = || DecodeError::Short {
+        kind,
+        len: bytes.len(),
+    };
+    match kind {
+        EVENT_FORK | EVENT_EXEC | EVENT_EXIT => {
+            let ev = read::<ProcEvent>(bytes).ok_or_else(short)?;
+            Ok(match kind {
+                EVENT_FORK => KernelEvent::Fork {
+                    child: ev.tgid,
+                    parent: ev.ppid,
+                    ts_ns: ev.ts_ns,
+                },
+                EVENT_EXEC => KernelEvent::Exec {
+                    tgid: ev.tgid,
+                    ts_ns: ev.ts_ns,
+                    filename: cstr(&ev.filename),
+                },
+                _ => KernelEvent::Exit {
+                    tgid: ev.tgid,
+                    ts_ns: ev.ts_ns,
+                },
+            })
+        }
+        EVENT_TLS_DATA => {
+            let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;
+            let data = bytes
+                .get(TLS_HEADER_LEN..TLS_HEADER_LEN + header.len as usize)
+                .ok_or_else(short)?;
+            Ok(KernelEvent::Tls { header, data })
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert!(matches!(decode(&[1, 0]), Err(DecodeError::Short { .. })));
+        assert_eq!(
+            decode(&[9, 0, 0, 0, 0, 0, 0, 0]).unwrap_err(),
+            DecodeError::UnknownKind(9)
+        );
+        let mut tls = vec![0u8; TLS_HEADER_LEN + 3];
+        tls[0] = EVENT_TLS_DATA as u8;
+        tls[20] = 10; // len = 10 > 3 payload bytes present
+        assert!(matches!(decode(&tls), Err(DecodeError::Short { .. })));
+    }
+
+    #[test]
+    fn decodes_tls_payload() {
+        let header = TlsDataHeader {
+            kind: EVENT_TLS_DATA,
+            tgid: 42,
+            tid: 43,
+            direction: 0,
+            flags: 0,
+            len: 3,
+            ssl: 0xdead,
+            ts_ns: 7,
+            call_len: 3,
+            offset: 0,
+        };
+        let mut rec = vec![0u8; TLS_HEADER_LEN];
+        // SAFETY: rec is exactly TLS_HEADER_LEN bytes.
+        unsafe { std::ptr::write_unaligned(rec.as_mut_ptr().cast(), header) };
+        rec.extend_from_slice(b"abc");
+        match decode(&rec).unwrap() {
+            KernelEvent::Tls { header, data } => {
+                assert_eq!((header.tgid, header.ssl, data), (42, 0xdead, &b"abc"[..]));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

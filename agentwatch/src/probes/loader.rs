@@ -1,0 +1,329 @@
+//! Loading the eBPF object and attaching its programs.
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use agentwatch_ebpf as abi;
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::programs::{TracePoint, UProbe, uprobe::UProbeScope};
+use aya::{Ebpf, EbpfLoader};
+use serde::{Deserialize, Serialize};
+
+use super::{ProbeError, tracefs};
+
+/// The eBPF object, built by `cargo xtask build` and embedded at compile time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AGENTWATCH_EBPF_OBJECT"));
+
+/// Probe settings (the `[probes]` table of the config).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbesConfig {
+    /// Ring buffer size in bytes (a power of two, at least one page). Default 16 MiB.
+    pub ring_buffer_bytes: u32,
+    /// Seconds between rescans of /proc/*/maps for TLS libraries loaded from unusual paths. Default 2.
+    pub rescan_interval_secs: u64,
+    /// Extra TLS libraries (or executables exporting `SSL_write`) to attach at start. Default none.
+    pub extra_libraries: Vec<PathBuf>,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: 16 << 20,
+            rescan_interval_secs: 2,
+            extra_libraries: Vec::new(),
+        }
+    }
+}
+
+/// A TLS library (or executable) the uprobes are attached to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachedLibrary {
+    /// Path as the process that uses it sees it.
+    pub path: String,
+    /// Path the daemon attached through (may go through /proc/PID/root).
+    pub attached_via: String,
+    pub symbols: Vec<String>,
+    pub missing: Vec<String>,
+}
+
+/// Drop counters of the kernel side, summed over CPUs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DropCounters {
+    pub ringbuf_full_events: u64,
+    pub ringbuf_full_bytes: u64,
+    pub truncated_bytes: u64,
+    pub args_map_full: u64,
+    pub proc_events: u64,
+    pub read_failed_bytes: u64,
+}
+
+const TLS_SYMBOLS: [(&str, &str, &str); 4] = [
+    ("SSL_write", "ssl_rw_enter", "ssl_write_exit"),
+    ("SSL_write_ex", "ssl_rw_ex_enter", "ssl_write_exit"),
+    ("SSL_read", "ssl_rw_enter", "ssl_read_exit"),
+    ("SSL_read_ex", "ssl_rw_ex_enter", "ssl_read_exit"),
+];
+
+pub struct Probes {
+    ebpf: Ebpf,
+    drops: PerCpuArray<MapData, u64>,
+    pub tracepoints: Vec<String>,
+    pub libraries: Vec<AttachedLibrary>,
+    /// Attach failures, by path, for `agentwatch status`.
+    pub failures: BTreeMap<String, String>,
+    /// (device, inode) of every file already handled, attached or not.
+    seen_files: HashSet<(u64, u64)>,
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProbeError> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| ProbeError::MissingProgram { name: name.into() })?;
+    program
+        .try_into()
+        .map_err(|source| ProbeError::ProgramLoad {
+            name: name.into(),
+            source,
+        })
+}
+
+impl Probes {
+    /// Loads the object, configures it for this kernel, and attaches the process tracepoints.
+    /// Returns the probes and the ring buffer to read events from.
+    pub fn load(config: &ProbesConfig) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(ProbeError::NotRoot);
+        }
+        if OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        raise_memlock_limit();
+        let root = tracefs::ensure_mounted()?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", config.ring_buffer_bytes)
+            .load(OBJECT)?;
+        write_config(&mut ebpf, &root)?;
+
+        let ring = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or_else(|| ProbeError::MissingMap {
+                    name: "EVENTS".into(),
+                })?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: "EVENTS".into(),
+            source,
+        })?;
+        let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").ok_or_else(|| {
+            ProbeError::MissingMap {
+                name: "DROPS".into(),
+            }
+        })?)
+        .map_err(|source| ProbeError::Map {
+            name: "DROPS".into(),
+            source,
+        })?;
+
+        let mut tracepoints = Vec::new();
+        for (category, name) in [
+            ("task", "task_newtask"),
+            ("sched", "sched_process_fork"),
+            ("sched", "sched_process_exec"),
+            ("sched", "sched_process_exit"),
+        ] {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::MissingProgram { name: name.into() })?
+                .try_into()
+                .map_err(|source| ProbeError::ProgramLoad {
+                    name: name.into(),
+                    source,
+                })?;
+            program.load().map_err(|source| ProbeError::ProgramLoad {
+                name: name.into(),
+                source,
+            })?;
+            program
+                .attach(category, name)
+                .map_err(|source| ProbeError::TracepointAttach {
+                    category: category.into(),
+                    name: name.into(),
+                    source,
+                })?;
+            tracepoints.push(format!("{category}:{name}"));
+        }
+        for name in [
+            "ssl_rw_enter",
+            "ssl_rw_ex_enter",
+            "ssl_write_exit",
+            "ssl_read_exit",
+        ] {
+            uprobe(&mut ebpf, name)?
+                .load()
+                .map_err(|source| ProbeError::ProgramLoad {
+                    name: name.into(),
+                    source,
+                })?;
+        }
+        Ok((
+            Probes {
+                ebpf,
+                drops,
+                tracepoints,
+                libraries: Vec::new(),
+                failures: BTreeMap::new(),
+                seen_files: HashSet::new(),
+            },
+            ring,
+        ))
+    }
+
+    /// Attaches the TLS uprobes to `path` (reached through `via`, e.g. /proc/PID/root/…),
+    /// once per file identity. Returns true when the file was newly attached.
+    pub fn attach_tls_library(&mut self, path: &str, via: &Path) -> bool {
+        let Ok(meta) = std::fs::metadata(via) else {
+            return false;
+        };
+        if !self.seen_files.insert((meta.dev(), meta.ino())) {
+            return false;
+        }
+        let exported = super::libraries::exported_tls_symbols(via);
+        if exported.is_empty() {
+            return false;
+        }
+        let mut symbols = Vec::new();
+        let mut missing = Vec::new();
+        for (symbol, enter, exit) in TLS_SYMBOLS {
+            if !exported.iter().any(|s| s == symbol) {
+                missing.push(symbol.to_string());
+                continue;
+            }
+            let result = (|| {
+                uprobe(&mut self.ebpf, enter)?
+                    .attach(symbol, via, UProbeScope::AllProcesses)
+                    .map_err(|source| ProbeError::UprobeAttach {
+                        symbol: symbol.into(),
+                        path: via.into(),
+                        source,
+                    })?;
+                uprobe(&mut self.ebpf, exit)?
+                    .attach(symbol, via, UProbeScope::AllProcesses)
+                    .map_err(|source| ProbeError::UprobeAttach {
+                        symbol: symbol.into(),
+                        path: via.into(),
+                        source,
+                    })?;
+                Ok::<(), ProbeError>(())
+            })();
+            match result {
+                Ok(()) => symbols.push(symbol.to_string()),
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    self.failures.insert(path.to_string(), e.to_string());
+                    missing.push(symbol.to_string());
+                }
+            }
+        }
+        if symbols.is_empty() {
+            return false;
+        }
+        tracing::info!(library = path, via = %via.display(), ?symbols, "attached TLS uprobes");
+        self.libraries.push(AttachedLibrary {
+            path: path.to_string(),
+            attached_via: via.display().to_string(),
+            symbols,
+            missing,
+        });
+        true
+    }
+
+    pub fn drop_counters(&self) -> DropCounters {
+        let sum = |index: u32| -> u64 {
+            self.drops
+                .get(&index, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
+        };
+        DropCounters {
+            ringbuf_full_events: sum(abi::DROP_RINGBUF_EVENTS),
+            ringbuf_full_bytes: sum(abi::DROP_RINGBUF_BYTES),
+            truncated_bytes: sum(abi::DROP_TRUNCATED_BYTES),
+            args_map_full: sum(abi::DROP_ARGS_MAP_FULL),
+            proc_events: sum(abi::DROP_PROC_EVENTS),
+            read_failed_bytes: sum(abi::DROP_READ_FAILED_BYTES),
+        }
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones ignore it.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: rlim is a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}
+
+fn write_config(ebpf: &mut Ebpf, root: &Path) -> Result<(), ProbeError> {
+    let field = |category: &str, name: &str, field: &str, required: bool| {
+        let offsets = tracefs::field_offsets(root, category, name)?;
+        match offsets.get(field) {
+            Some(o) => Ok(*o),
+            None if !required => Ok(abi::CFG_ABSENT),
+            None => Err(ProbeError::MissingField {
+                tracepoint: format!("{category}:{name}"),
+                field: field.into(),
+            }),
+        }
+    };
+    let values = [
+        (
+            abi::CFG_FORK_PARENT_PID_OFF,
+            field("sched", "sched_process_fork", "parent_pid", true)?,
+        ),
+        (
+            abi::CFG_FORK_CHILD_PID_OFF,
+            field("sched", "sched_process_fork", "child_pid", true)?,
+        ),
+        (
+            abi::CFG_EXEC_FILENAME_OFF,
+            field("sched", "sched_process_exec", "filename", true)?,
+        ),
+        (
+            abi::CFG_EXIT_GROUP_DEAD_OFF,
+            field("sched", "sched_process_exit", "group_dead", false)?,
+        ),
+        (
+            abi::CFG_NEWTASK_PID_OFF,
+            field("task", "task_newtask", "pid", true)?,
+        ),
+        (
+            abi::CFG_NEWTASK_CLONE_FLAGS_OFF,
+            field("task", "task_newtask", "clone_flags", true)?,
+        ),
+        (abi::CFG_SELF_TGID, std::process::id()),
+    ];
+    let mut config: Array<_, u32> = Array::try_from(ebpf.map_mut("CONFIG").ok_or_else(|| {
+        ProbeError::MissingMap {
+            name: "CONFIG".into(),
+        }
+    })?)
+    .map_err(|source| ProbeError::Map {
+        name: "CONFIG".into(),
+        source,
+    })?;
+    for (index, value) in values {
+        config
+            .set(index, value, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "CONFIG".into(),
+                source,
+            })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! Kernel side of the daemon: load the eBPF object, attach tracepoints and TLS uprobes,
+//! find TLS libraries per process, and decode ring-buffer records.
+pub mod events;
+pub mod libraries;
+pub mod loader;
+pub mod tracefs;
+
+use std::path::PathBuf;
+
+pub use events::{KernelEvent, decode};
+pub use loader::{DropCounters, Probes, ProbesConfig};
+
+/// Everything that can go wrong between the daemon and the kernel, named so the user knows
+/// what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "agentwatch must run as root (it loads eBPF programs and needs CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN): run it with sudo"
+    )]
+    NotRoot,
+    #[error(
+        "tracefs is not available at /sys/kernel/tracing and mounting it failed: {source}; mount it with `mount -t tracefs nodev /sys/kernel/tracing`"
+    )]
+    Tracefs { source: std::io::Error },
+    #[error("failed to read tracepoint format {path}: {source}")]
+    TracepointFormat { path: PathBuf, source: std::io::Error },
+    #[error("tracepoint {tracepoint} has no field `{field}` on this kernel")]
+    MissingField { tracepoint: String, field: String },
+    #[error(
+        "this agentwatch binary has no eBPF object embedded: build it with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error("failed to load the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program `{name}` is missing from the object")]
+    MissingProgram { name: String },
+    #[error("eBPF map `{name}` is missing from the object")]
+    MissingMap { name: String },
+    #[error("failed to load eBPF program `{name}` (check the kernel log and `dmesg`): {source}")]
+    ProgramLoad {
+        name: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("failed to attach tracepoint {category}:{name}: {source}")]
+    TracepointAttach {
+        category: String,
+        name: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("failed to attach uprobe {symbol} to {path}: {source}")]
+    UprobeAttach {
+        symbol: String,
+        path: PathBuf,
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map `{name}`: {source}")]
+    Map {
+        name: String,
+        source: aya::maps::MapError,
+    },
+}
