@@ -1,1 +1,444 @@
-//! (in progress)
+//! The process tree: every process on the host, keyed by (tgid, start time).
+//!
+//! * Keys: [`ProcKey`] = tgid + start time in clock ticks since boot (`/proc/PID/stat` field 22),
+//!   so a reused pid is a different process.
+//! * Seeded from a `/proc`-like directory ([`ProcTree::seed`]), then kept current by kernel
+//!   events: [`ProcTree::on_fork`], [`ProcTree::on_exec`], [`ProcTree::on_exit`]. A TLS event
+//!   from an unknown tgid (missed fork) is handled with [`ProcTree::ensure`].
+//! * The ORIGINAL tree is kept: a child's parent link always points at the process that forked
+//!   it, even after the kernel reparents it. An exited process stays (as "exited") while it has
+//!   descendants in the tree; when its last descendant goes, it and every exited ancestor that
+//!   became childless are removed together. Removals are reported as keys so that sessions can
+//!   close.
+//! * Bounded: at most [`ProcConfig::max_procs`] entries; processes over the cap are counted
+//!   ([`ProcTree::dropped_over_cap`]) and not inserted.
+//!
+//! Nothing here panics on a vanished process: every `/proc` read may fail, and that is normal.
+
+mod stat;
+#[cfg(test)]
+pub(crate) mod test_support;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use stat::Snapshot;
+
+/// A process: thread-group id and start time (clock ticks since boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProcKey {
+    pub tgid: u32,
+    pub start_ticks: u64,
+}
+
+/// What the tree knows about one process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcInfo {
+    pub key: ProcKey,
+    /// The parent pid as last read (or the forking tgid); may name a process not in the tree.
+    pub ppid: u32,
+    /// The process that forked this one, when it is in the tree. Never rewritten on reparenting.
+    pub parent: Option<ProcKey>,
+    pub comm: String,
+    pub exe: Option<String>,
+    /// Arguments, at most 4 KiB of `/proc/PID/cmdline`.
+    pub cmdline: Vec<String>,
+    /// Exited, kept because it still has descendants in the tree.
+    pub exited: bool,
+    /// Direct children in the tree (live or kept).
+    pub children: u32,
+}
+
+impl ProcInfo {
+    /// Arguments joined with spaces (for display; arguments with spaces are ambiguous).
+    pub fn cmdline_display(&self) -> String {
+        self.cmdline.join(" ")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcConfig {
+    /// Maximum number of processes in the tree (live + exited-but-kept).
+    pub max_procs: usize,
+}
+
+impl Default for ProcConfig {
+    fn default() -> Self {
+        Self { max_procs: 65_536 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error(
+        "cannot list processes in {path}: {source}; check that procfs is mounted there and readable"
+    )]
+    ReadProcRoot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Longest parent chain walked (guards against corrupt links).
+const MAX_CHAIN: usize = 4096;
+
+#[derive(Debug)]
+pub struct ProcTree {
+    proc_root: PathBuf,
+    config: ProcConfig,
+    clk_tck: u64,
+    /// Every process in the tree, live or exited-but-kept.
+    by_key: HashMap<ProcKey, ProcInfo>,
+    /// Live processes only: tgid → key. An exited tgid is free for reuse.
+    live: HashMap<u32, ProcKey>,
+    /// Removed keys not yet handed out (stale entries evicted by fork/exec/ensure).
+    pending_removed: Vec<ProcKey>,
+    dropped_over_cap: u64,
+}
+
+impl ProcTree {
+    /// An empty tree reading processes from `proc_root` (normally `/proc`).
+    pub fn new(proc_root: &Path, config: ProcConfig) -> Self {
+        Self {
+            proc_root: proc_root.to_path_buf(),
+            config,
+            clk_tck: stat::clk_tck(),
+            by_key: HashMap::new(),
+            live: HashMap::new(),
+            pending_removed: Vec::new(),
+            dropped_over_cap: 0,
+        }
+    }
+
+    /// A tree seeded from every process in `proc_root`, default config.
+    pub fn seed(proc_root: &Path) -> Result<Self, ProcError> {
+        Self::seed_with(proc_root, ProcConfig::default())
+    }
+
+    /// A tree seeded from every process in `proc_root`. Processes that vanish during the scan
+    /// are skipped; parent links are set when the parent is in the tree and started no later
+    /// than the child.
+    pub fn seed_with(proc_root: &Path, config: ProcConfig) -> Result<Self, ProcError> {
+        let mut tree = Self::new(proc_root, config);
+        let entries = std::fs::read_dir(proc_root).map_err(|source| ProcError::ReadProcRoot {
+            path: proc_root.to_path_buf(),
+            source,
+        })?;
+        let mut snaps: Vec<(u32, Snapshot)> = Vec::new();
+        for entry in entries.flatten() {
+            let Some(tgid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(snap) = stat::read_snapshot(proc_root, tgid) {
+                snaps.push((tgid, snap));
+            }
+        }
+        // Parents first (start time order), so links can be made on insertion.
+        snaps.sort_by_key(|(tgid, s)| (s.stat.start_ticks, *tgid));
+        for (tgid, snap) in snaps {
+            let ppid = snap.stat.ppid;
+            tree.insert_snapshot(tgid, snap, ppid);
+        }
+        Ok(tree)
+    }
+
+    pub fn proc_root(&self) -> &Path {
+        &self.proc_root
+    }
+
+    /// The live process with this tgid.
+    pub fn get_by_tgid(&self, tgid: u32) -> Option<&ProcInfo> {
+        self.live.get(&tgid).and_then(|k| self.by_key.get(k))
+    }
+
+    /// The key of the live process with this tgid.
+    pub fn key_of(&self, tgid: u32) -> Option<ProcKey> {
+        self.live.get(&tgid).copied()
+    }
+
+    /// Any process in the tree, live or exited-but-kept.
+    pub fn get(&self, key: ProcKey) -> Option<&ProcInfo> {
+        self.by_key.get(&key)
+    }
+
+    pub fn contains(&self, key: ProcKey) -> bool {
+        self.by_key.contains_key(&key)
+    }
+
+    /// Whether this exact process is alive (in the tree and not exited).
+    pub fn is_live(&self, key: ProcKey) -> bool {
+        self.live.get(&key.tgid) == Some(&key)
+    }
+
+    pub fn parent(&self, key: ProcKey) -> Option<&ProcInfo> {
+        self.by_key
+            .get(&key)
+            .and_then(|p| p.parent)
+            .and_then(|k| self.by_key.get(&k))
+    }
+
+    /// The ancestors of `key`, nearest first (not including `key` itself).
+    pub fn ancestors(&self, key: ProcKey) -> Ancestors<'_> {
+        Ancestors {
+            tree: self,
+            next: self.by_key.get(&key).and_then(|p| p.parent),
+            steps: 0,
+        }
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn exited_kept_count(&self) -> usize {
+        self.by_key.len() - self.live.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Processes not inserted because the tree was full.
+    pub fn dropped_over_cap(&self) -> u64 {
+        self.dropped_over_cap
+    }
+
+    /// Keys removed as a side effect of `on_fork`, `on_exec` or `ensure` (a stale entry for a
+    /// reused pid whose exit was missed). `on_exit` returns these too.
+    pub fn take_removed(&mut self) -> Vec<ProcKey> {
+        std::mem::take(&mut self.pending_removed)
+    }
+
+    /// `child_tgid` was forked by `parent_tgid` at boot-clock `ts_ns`. The child's start time
+    /// comes from /proc; if the child already vanished, from `ts_ns` (may differ from the
+    /// kernel's value by one tick at a tick boundary). Returns the child's key, `None` when the
+    /// tree is full.
+    pub fn on_fork(&mut self, parent_tgid: u32, child_tgid: u32, ts_ns: u64) -> Option<ProcKey> {
+        let parent_key = self.ensure(parent_tgid);
+        let snap = match stat::read_snapshot(&self.proc_root, child_tgid) {
+            Some(snap) => snap,
+            None => {
+                // Vanished already: it was a copy of its parent.
+                let parent = parent_key.and_then(|k| self.by_key.get(&k));
+                Snapshot {
+                    stat: stat::StatFields {
+                        comm: parent.map(|p| p.comm.clone()).unwrap_or_default(),
+                        ppid: parent_tgid,
+                        start_ticks: stat::ns_to_ticks(ts_ns, self.clk_tck),
+                    },
+                    exe: parent.and_then(|p| p.exe.clone()),
+                    cmdline: parent.map(|p| p.cmdline.clone()).unwrap_or_default(),
+                }
+            }
+        };
+        let key = ProcKey {
+            tgid: child_tgid,
+            start_ticks: snap.stat.start_ticks,
+        };
+        if let Some(existing) = self.live.get(&child_tgid).copied() {
+            if existing == key {
+                return Some(key); // already learnt (ensure raced ahead of the fork event)
+            }
+            self.mark_exited(existing); // pid reused, exit missed
+        }
+        // The forking process is the parent, whatever /proc says now (reparenting).
+        self.insert_with_parent(child_tgid, snap, parent_tgid, parent_key)
+    }
+
+    /// `tgid` exec'd `filename`: refresh comm, exe and cmdline from /proc, or keep `filename`
+    /// when /proc is gone. An unknown tgid is learnt first.
+    pub fn on_exec(&mut self, tgid: u32, filename: &str) -> Option<ProcKey> {
+        let snap = stat::read_snapshot(&self.proc_root, tgid);
+        if let Some(snap) = &snap
+            && let Some(existing) = self.live.get(&tgid).copied()
+            && existing.start_ticks != snap.stat.start_ticks
+        {
+            self.mark_exited(existing); // stale entry for a reused pid
+        }
+        let key = match self.live.get(&tgid).copied() {
+            Some(k) => k,
+            None => match snap {
+                Some(snap) => {
+                    let ppid = snap.stat.ppid;
+                    self.ensure(ppid);
+                    return self.insert_snapshot(tgid, snap, ppid);
+                }
+                None => return None, // unknown and gone: nothing to attach it to
+            },
+        };
+        let info = self.by_key.get_mut(&key)?;
+        match snap {
+            Some(snap) => {
+                info.comm = snap.stat.comm;
+                info.exe = snap.exe.or_else(|| Some(filename.to_string()));
+                info.cmdline = snap.cmdline;
+            }
+            None => {
+                info.comm = stat::comm_from_filename(filename);
+                info.exe = Some(filename.to_string());
+                info.cmdline = vec![filename.to_string()];
+            }
+        }
+        Some(key)
+    }
+
+    /// `tgid` exited. Returns every key REMOVED from the tree (it, if childless, and the exited
+    /// ancestors that became childless), plus any pending removals (see [`Self::take_removed`]).
+    pub fn on_exit(&mut self, tgid: u32) -> Vec<ProcKey> {
+        if let Some(key) = self.live.get(&tgid).copied() {
+            self.mark_exited(key);
+        }
+        self.take_removed()
+    }
+
+    /// The key of live `tgid`, learning it (and its missing ancestors) from /proc when the
+    /// tree does not know it. `None` when it vanished or the tree is full.
+    pub fn ensure(&mut self, tgid: u32) -> Option<ProcKey> {
+        if let Some(k) = self.live.get(&tgid) {
+            return Some(*k);
+        }
+        // Walk up until a known ancestor (or the top), then insert top-down.
+        let mut chain: Vec<(u32, Snapshot)> = Vec::new();
+        let mut cur = tgid;
+        while chain.len() < MAX_CHAIN {
+            let Some(snap) = stat::read_snapshot(&self.proc_root, cur) else {
+                break;
+            };
+            let ppid = snap.stat.ppid;
+            chain.push((cur, snap));
+            if ppid == 0 || self.live.contains_key(&ppid) || chain.iter().any(|(t, _)| *t == ppid) {
+                break;
+            }
+            cur = ppid;
+        }
+        if chain.first().map(|(t, _)| *t) != Some(tgid) {
+            return None;
+        }
+        let mut result = None;
+        for (t, snap) in chain.into_iter().rev() {
+            let ppid = snap.stat.ppid;
+            result = self.insert_snapshot(t, snap, ppid);
+        }
+        result
+    }
+
+    /// Inserts with the parent taken from the live tgid `ppid` (when it started no later).
+    fn insert_snapshot(&mut self, tgid: u32, snap: Snapshot, ppid: u32) -> Option<ProcKey> {
+        let parent = self
+            .live
+            .get(&ppid)
+            .copied()
+            .filter(|p| p.start_ticks <= snap.stat.start_ticks && p.tgid != tgid);
+        self.insert_with_parent(tgid, snap, ppid, parent)
+    }
+
+    fn insert_with_parent(
+        &mut self,
+        tgid: u32,
+        snap: Snapshot,
+        ppid: u32,
+        parent: Option<ProcKey>,
+    ) -> Option<ProcKey> {
+        let key = ProcKey {
+            tgid,
+            start_ticks: snap.stat.start_ticks,
+        };
+        if self.by_key.contains_key(&key) {
+            return Some(key);
+        }
+        if self.by_key.len() >= self.config.max_procs {
+            self.dropped_over_cap += 1;
+            return None;
+        }
+        if let Some(old) = self.live.get(&tgid).copied() {
+            self.mark_exited(old);
+        }
+        let parent = parent.filter(|p| self.by_key.contains_key(p));
+        if let Some(p) = parent.and_then(|p| self.by_key.get_mut(&p)) {
+            p.children += 1;
+        }
+        self.by_key.insert(
+            key,
+            ProcInfo {
+                key,
+                ppid,
+                parent,
+                comm: snap.stat.comm,
+                exe: snap.exe,
+                cmdline: snap.cmdline,
+                exited: false,
+                children: 0,
+            },
+        );
+        self.live.insert(tgid, key);
+        Some(key)
+    }
+
+    /// Marks `key` exited; removes it (with cascade) if it has no children. Removed keys go to
+    /// `pending_removed`.
+    fn mark_exited(&mut self, key: ProcKey) {
+        if self.live.get(&key.tgid) == Some(&key) {
+            self.live.remove(&key.tgid);
+        }
+        let Some(info) = self.by_key.get_mut(&key) else {
+            return;
+        };
+        info.exited = true;
+        if info.children > 0 {
+            return;
+        }
+        let mut cur = key;
+        loop {
+            let Some(node) = self.by_key.remove(&cur) else {
+                break;
+            };
+            self.pending_removed.push(cur);
+            let Some(parent_key) = node.parent else {
+                break;
+            };
+            let Some(parent) = self.by_key.get_mut(&parent_key) else {
+                break;
+            };
+            parent.children = parent.children.saturating_sub(1);
+            if parent.exited && parent.children == 0 {
+                cur = parent_key;
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+/// Ancestors of a process, nearest first.
+pub struct Ancestors<'a> {
+    tree: &'a ProcTree,
+    next: Option<ProcKey>,
+    steps: usize,
+}
+
+impl<'a> Iterator for Ancestors<'a> {
+    type Item = &'a ProcInfo;
+
+    fn next(&mut self) -> Option<&'a ProcInfo> {
+        if self.steps >= MAX_CHAIN {
+            return None;
+        }
+        self.steps += 1;
+        let info = self.tree.by_key.get(&self.next?)?;
+        self.next = info.parent;
+        Some(info)
+    }
+}
