@@ -1,1 +1,738 @@
-//! (in progress)
+//! Agent tree and sessions (see ARCHITECTURE.md, "Domain model").
+//!
+//! * An **agent** is a process that made at least one LLM call ([`Sessions::on_llm_request`]).
+//! * A new agent with no agent ancestor starts a **session** as its root (depth 0); an agent
+//!   whose nearest agent ancestor has depth `d` joins that ancestor's session at depth `d + 1`.
+//!   Tool processes (never called an LLM) add no depth. An agent's session and depth are fixed
+//!   at its first request: if an ancestor becomes an agent later, it starts its own session and
+//!   the earlier agent stays where it was (each call is charged once, to one session).
+//! * A session closes when its last process exits, which is when its root is removed from the
+//!   process tree ([`Sessions::on_removed`]); the tree keeps an exited root while any
+//!   descendant lives.
+//! * Session ids: hex of the first 16 bytes of SHA-256 over `"{boot_id}:{tgid}:{start_ticks}"`
+//!   ([`session_id`]), so a restarted daemon re-derives them. Should that id already belong to
+//!   a session closed in this boot (a missed exit), a generation suffix `":{n}"` is hashed in,
+//!   so a ledger row is never written twice for one id.
+//! * Session `started_at` = the start of the request that made the root an agent (the root
+//!   agent's first call start); `ended_at` = when it closed.
+//! * Totals are accumulated from the very [`CallRecord`]s that are written, in write order,
+//!   so the ledger totals equal the sums of the session's calls exactly (the cost sum adds the
+//!   same `f64`s in the same order a reader of `calls.jsonl` would).
+
+pub mod clock;
+mod rows;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub use clock::WallClock;
+pub use rows::{CallRecord, LedgerRow, Outcome};
+
+use crate::accounting::Usage;
+use crate::procs::{ProcKey, ProcTree};
+use crate::providers::{LlmCall, LlmRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot read {what} from {path}: {source}; check that procfs is mounted and readable")]
+    ReadHostInfo {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `/proc/sys/kernel/random/boot_id`, trimmed.
+pub fn read_boot_id(proc_root: &Path) -> Result<String, SessionError> {
+    read_trimmed(proc_root, "sys/kernel/random/boot_id", "the boot id")
+}
+
+/// `/proc/sys/kernel/hostname`, trimmed.
+pub fn read_hostname(proc_root: &Path) -> Result<String, SessionError> {
+    read_trimmed(proc_root, "sys/kernel/hostname", "the host name")
+}
+
+fn read_trimmed(proc_root: &Path, rel: &str, what: &'static str) -> Result<String, SessionError> {
+    let path = proc_root.join(rel);
+    std::fs::read_to_string(&path)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| SessionError::ReadHostInfo { what, path, source })
+}
+
+/// The deterministic id of the session rooted at `root` in boot `boot_id`.
+pub fn session_id(boot_id: &str, root: ProcKey) -> String {
+    session_id_gen(boot_id, root, 0)
+}
+
+fn session_id_gen(boot_id: &str, root: ProcKey, generation: u32) -> String {
+    let input = if generation == 0 {
+        format!("{boot_id}:{}:{}", root.tgid, root.start_ticks)
+    } else {
+        format!("{boot_id}:{}:{}:{generation}", root.tgid, root.start_ticks)
+    };
+    let digest = Sha256::digest(input.as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Generations tried before giving up on a fresh id (never reached in practice).
+const MAX_GENERATION: u32 = 64;
+
+#[derive(Debug, Clone)]
+pub struct SessionsConfig {
+    pub boot_id: String,
+    /// Host name written in every row.
+    pub host: String,
+    pub clock: WallClock,
+    /// Ids of sessions closed in this boot remembered to avoid reusing one (FIFO bound).
+    pub closed_ids_max: usize,
+}
+
+impl SessionsConfig {
+    pub fn new(boot_id: impl Into<String>, host: impl Into<String>, clock: WallClock) -> Self {
+        Self {
+            boot_id: boot_id.into(),
+            host: host.into(),
+            clock,
+            closed_ids_max: 100_000,
+        }
+    }
+}
+
+/// Where an agent's calls are charged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentRef {
+    pub session_id: String,
+    pub depth: u32,
+}
+
+/// Open sessions found in `calls.jsonl` at start (produced by `sinks::recovery`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecoveredSessions {
+    /// Sessions with calls but no ledger row, each with its calls in file order.
+    pub open: Vec<(String, Vec<CallRecord>)>,
+    /// Ids of sessions already closed (ledger rows) in the current boot.
+    pub closed_this_boot: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SessionsStats {
+    pub open_sessions: usize,
+    pub indexed_agents: usize,
+    pub closed_sessions: u64,
+    pub restored_continued: u64,
+    pub restored_closed: u64,
+}
+
+/// One open session, for `agentwatch sessions`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionView {
+    pub session_id: String,
+    pub root_pid: u32,
+    pub root_start_ticks: u64,
+    pub root_comm: String,
+    pub root_cmdline: String,
+    pub agents: u64,
+    pub depth_max: u32,
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub cost_usd: f64,
+    pub unpriced_calls: u64,
+    pub started_at: String,
+}
+
+/// One agent of a session's agent tree.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentView {
+    pub pid: u32,
+    pub start_ticks: u64,
+    pub comm: String,
+    pub depth: u32,
+    /// The nearest agent ancestor (`None` for the root).
+    pub parent_pid: Option<u32>,
+    pub parent_start_ticks: Option<u64>,
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub cost_usd: f64,
+    pub unpriced_calls: u64,
+}
+
+/// A session's agent tree, agents in depth-first order (root first; children by start).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TreeView {
+    pub session_id: String,
+    pub root_pid: u32,
+    pub agents: Vec<AgentView>,
+}
+
+#[derive(Debug, Clone)]
+struct AgentStats {
+    comm: String,
+    depth: u32,
+    parent: Option<ProcKey>,
+    usage: Usage,
+    cost_usd: f64,
+    unpriced: u64,
+    calls: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    id: String,
+    root: ProcKey,
+    root_comm: String,
+    root_exe: Option<String>,
+    root_cmdline: String,
+    started_at: String,
+    usage: Usage,
+    cost_usd: f64,
+    unpriced: u64,
+    call_count: u64,
+    depth_max: u32,
+    /// Every agent the session ever had (exited ones too), for counts and the tree view.
+    agents: BTreeMap<ProcKey, AgentStats>,
+    providers: BTreeSet<String>,
+    models: BTreeSet<String>,
+    last_ended_at: Option<String>,
+}
+
+impl Session {
+    /// Adds one written call to the totals (live and on restore: one code path).
+    fn apply(&mut self, rec: &CallRecord) {
+        let usage = Usage {
+            input_tokens: rec.input_tokens,
+            output_tokens: rec.output_tokens,
+            cache_read_tokens: rec.cache_read_tokens,
+            cache_write_tokens: rec.cache_write_tokens,
+            reasoning_tokens: rec.reasoning_tokens,
+        };
+        self.usage.add(&usage);
+        match rec.cost_usd {
+            Some(c) => self.cost_usd += c,
+            None => self.unpriced += 1,
+        }
+        self.call_count += 1;
+        self.depth_max = self.depth_max.max(rec.depth);
+        if !self.providers.contains(&rec.provider) {
+            self.providers.insert(rec.provider.clone());
+        }
+        if let Some(m) = &rec.model
+            && !self.models.contains(m)
+        {
+            self.models.insert(m.clone());
+        }
+        let key = ProcKey {
+            tgid: rec.pid,
+            start_ticks: rec.pid_start_ticks,
+        };
+        let agent = self.agents.entry(key).or_insert_with(|| AgentStats {
+            comm: rec.comm.clone(),
+            depth: rec.depth,
+            parent: rec
+                .parent_pid
+                .zip(rec.parent_start_ticks)
+                .map(|(tgid, start_ticks)| ProcKey { tgid, start_ticks }),
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            unpriced: 0,
+            calls: 0,
+        });
+        if agent.comm != rec.comm {
+            agent.comm = rec.comm.clone();
+        }
+        agent.usage.add(&usage);
+        match rec.cost_usd {
+            Some(c) => agent.cost_usd += c,
+            None => agent.unpriced += 1,
+        }
+        agent.calls += 1;
+        if self.last_ended_at.as_deref() < Some(rec.ended_at.as_str()) {
+            self.last_ended_at = Some(rec.ended_at.clone());
+        }
+    }
+
+    fn ledger_row(
+        &self,
+        host: &str,
+        boot_id: &str,
+        ended_at: String,
+        outcome: Outcome,
+    ) -> LedgerRow {
+        LedgerRow {
+            session_id: self.id.clone(),
+            host: host.to_string(),
+            root_pid: self.root.tgid,
+            root_exe: self.root_exe.clone(),
+            root_cmdline: self.root_cmdline.clone(),
+            started_at: self.started_at.clone(),
+            ended_at,
+            input_tokens: self.usage.input_tokens,
+            output_tokens: self.usage.output_tokens,
+            cache_read_tokens: self.usage.cache_read_tokens,
+            cache_write_tokens: self.usage.cache_write_tokens,
+            reasoning_tokens: self.usage.reasoning_tokens,
+            total_tokens: self.usage.total_tokens(),
+            total_cost_usd: self.cost_usd,
+            call_count: self.call_count,
+            depth_max: self.depth_max,
+            agent_count: self.agents.len() as u64,
+            ceiling_hits: 0,
+            outcome,
+            providers: self.providers.iter().cloned().collect(),
+            models: self.models.iter().cloned().collect(),
+            unpriced_calls: self.unpriced,
+            root_start_ticks: self.root.start_ticks,
+            root_comm: self.root_comm.clone(),
+            boot_id: boot_id.to_string(),
+        }
+    }
+
+    fn view(&self) -> SessionView {
+        SessionView {
+            session_id: self.id.clone(),
+            root_pid: self.root.tgid,
+            root_start_ticks: self.root.start_ticks,
+            root_comm: self.root_comm.clone(),
+            root_cmdline: self.root_cmdline.clone(),
+            agents: self.agents.len() as u64,
+            depth_max: self.depth_max,
+            calls: self.call_count,
+            input_tokens: self.usage.input_tokens,
+            output_tokens: self.usage.output_tokens,
+            total_tokens: self.usage.total_tokens(),
+            cost_usd: self.cost_usd,
+            unpriced_calls: self.unpriced,
+            started_at: self.started_at.clone(),
+        }
+    }
+}
+
+/// All open sessions and the index of agents still in the process tree.
+#[derive(Debug)]
+pub struct Sessions {
+    cfg: SessionsConfig,
+    sessions: HashMap<String, Session>,
+    by_root: HashMap<ProcKey, String>,
+    /// Agents whose process is still in the tree (live or exited-but-kept).
+    agents: HashMap<ProcKey, AgentRef>,
+    closed_ids: HashSet<String>,
+    closed_order: VecDeque<String>,
+    stats: SessionsStats,
+}
+
+impl Sessions {
+    pub fn new(cfg: SessionsConfig) -> Self {
+        Self {
+            cfg,
+            sessions: HashMap::new(),
+            by_root: HashMap::new(),
+            agents: HashMap::new(),
+            closed_ids: HashSet::new(),
+            closed_order: VecDeque::new(),
+            stats: SessionsStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &SessionsConfig {
+        &self.cfg
+    }
+
+    /// Follow an NTP step: re-read the boot → wall clock offset.
+    pub fn set_clock(&mut self, clock: WallClock) {
+        self.cfg.clock = clock;
+    }
+
+    /// The session and depth of an agent still in the tree.
+    pub fn agent(&self, key: ProcKey) -> Option<&AgentRef> {
+        self.agents.get(&key)
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn stats(&self) -> SessionsStats {
+        SessionsStats {
+            open_sessions: self.sessions.len(),
+            indexed_agents: self.agents.len(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// `key` wrote an LLM request: make it an agent (idempotent) and say where it is charged.
+    pub fn on_llm_request(&mut self, tree: &ProcTree, key: ProcKey, req: &LlmRequest) -> AgentRef {
+        if let Some(a) = self.agents.get(&key)
+            && self.sessions.contains_key(&a.session_id)
+        {
+            return a.clone();
+        }
+        let parent = tree.ancestors(key).find_map(|p| {
+            let a = self.agents.get(&p.key)?;
+            let session = self.sessions.contains_key(&a.session_id);
+            session.then(|| (p.key, a.clone()))
+        });
+        let proc_info = tree.get(key);
+        let comm = proc_info.map(|p| p.comm.clone()).unwrap_or_default();
+        let parent_session = parent.and_then(|(parent_key, pref)| {
+            let session = self.sessions.get_mut(&pref.session_id)?;
+            Some((parent_key, pref, session))
+        });
+        let aref = match parent_session {
+            Some((parent_key, pref, session)) => {
+                let depth = pref.depth + 1;
+                session.depth_max = session.depth_max.max(depth);
+                session
+                    .agents
+                    .insert(key, AgentStats::new(comm, depth, Some(parent_key)));
+                AgentRef {
+                    session_id: pref.session_id,
+                    depth,
+                }
+            }
+            None => {
+                let id = self.fresh_id(key);
+                let mut agents = BTreeMap::new();
+                agents.insert(key, AgentStats::new(comm.clone(), 0, None));
+                let session = Session {
+                    id: id.clone(),
+                    root: key,
+                    root_comm: comm,
+                    root_exe: proc_info.and_then(|p| p.exe.clone()),
+                    root_cmdline: proc_info.map(|p| p.cmdline_display()).unwrap_or_default(),
+                    started_at: self.cfg.clock.rfc3339(req.started_at_ns),
+                    usage: Usage::default(),
+                    cost_usd: 0.0,
+                    unpriced: 0,
+                    call_count: 0,
+                    depth_max: 0,
+                    agents,
+                    providers: BTreeSet::new(),
+                    models: BTreeSet::new(),
+                    last_ended_at: None,
+                };
+                self.sessions.insert(id.clone(), session);
+                self.by_root.insert(key, id.clone());
+                AgentRef {
+                    session_id: id,
+                    depth: 0,
+                }
+            }
+        };
+        self.agents.insert(key, aref.clone());
+        aref
+    }
+
+    /// A call finished: charge it to its session (once) and return its `calls.jsonl` row.
+    /// A non-finite cost is treated as unknown.
+    pub fn on_call(
+        &mut self,
+        tree: &ProcTree,
+        key: ProcKey,
+        call: &LlmCall,
+        cost_usd: Option<f64>,
+    ) -> CallRecord {
+        let aref = self.on_llm_request(tree, key, &call.request);
+        let clock = self.cfg.clock;
+        let comm = tree.get(key).map(|p| p.comm.clone());
+        let session = self
+            .sessions
+            .get_mut(&aref.session_id)
+            .expect("on_llm_request returns an open session");
+        let agent = session.agents.get(&key);
+        let parent = agent.and_then(|a| a.parent);
+        let comm = comm
+            .or_else(|| agent.map(|a| a.comm.clone()))
+            .unwrap_or_default();
+        let first = session.call_count == 0;
+        let u = &call.usage;
+        let rec = CallRecord {
+            session_id: aref.session_id.clone(),
+            pid: key.tgid,
+            comm,
+            depth: aref.depth,
+            provider: call.request.provider.clone(),
+            api: call.request.api.clone(),
+            model: call
+                .request
+                .model
+                .clone()
+                .or_else(|| call.response_model.clone()),
+            streaming: call.request.streaming,
+            http_version: call.request.http_version.clone(),
+            status: call.status,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cache_read_tokens: u.cache_read_tokens,
+            cache_write_tokens: u.cache_write_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+            cost_usd: cost_usd.filter(|c| c.is_finite()),
+            started_at: clock.rfc3339(call.request.started_at_ns),
+            ended_at: clock.rfc3339(call.ended_at_ns),
+            total_tokens: u.total_tokens(),
+            usage_source: call.usage_source,
+            complete: call.complete,
+            response_model: call.response_model.clone(),
+            response_id: call.response_id.clone(),
+            server_address: call.request.server_address.clone(),
+            host: self.cfg.host.clone(),
+            pid_start_ticks: key.start_ticks,
+            root_pid: session.root.tgid,
+            root_start_ticks: session.root.start_ticks,
+            parent_pid: parent.map(|p| p.tgid),
+            parent_start_ticks: parent.map(|p| p.start_ticks),
+            call_seq: session.call_count + 1,
+            request_bytes: call.request.request_bytes,
+            response_bytes: call.response_bytes,
+            session_started_at: first.then(|| session.started_at.clone()),
+            root_comm: first.then(|| session.root_comm.clone()),
+            root_exe: if first {
+                session.root_exe.clone()
+            } else {
+                None
+            },
+            root_cmdline: first.then(|| session.root_cmdline.clone()),
+        };
+        session.apply(&rec);
+        rec
+    }
+
+    /// Processes left the tree (`ProcTree::on_exit` / `take_removed`). Sessions whose root is
+    /// among them close now; their ledger rows are returned (to be written once).
+    pub fn on_removed(&mut self, removed: &[ProcKey], now_ns: u64) -> Vec<LedgerRow> {
+        let mut rows = Vec::new();
+        for key in removed {
+            self.agents.remove(key);
+            if let Some(id) = self.by_root.get(key).cloned() {
+                let ended_at = self.cfg.clock.rfc3339(now_ns);
+                rows.extend(self.close(&id, ended_at, Outcome::Completed));
+            }
+        }
+        rows
+    }
+
+    /// Closes sessions whose root is no longer in the tree (a root that vanished before it was
+    /// ever inserted, or a tree over its cap). Call now and then.
+    pub fn reap_orphans(&mut self, tree: &ProcTree, now_ns: u64) -> Vec<LedgerRow> {
+        let mut orphans: Vec<String> = self
+            .by_root
+            .iter()
+            .filter(|(root, _)| !tree.contains(**root))
+            .map(|(_, id)| id.clone())
+            .collect();
+        orphans.sort();
+        let ended_at = self.cfg.clock.rfc3339(now_ns);
+        orphans
+            .iter()
+            .filter_map(|id| self.close(id, ended_at.clone(), Outcome::Completed))
+            .collect()
+    }
+
+    /// Restart recovery. Each open session found in `calls.jsonl` continues (totals, call
+    /// count, agents still in the tree keep their depth and session) when its root is still in
+    /// the tree with the same id; otherwise it closes now and its ledger row is returned for
+    /// writing, `ended_at` = its last call's `ended_at` (`now_ns` if it has none).
+    pub fn restore(
+        &mut self,
+        recovered: RecoveredSessions,
+        tree: &ProcTree,
+        now_ns: u64,
+    ) -> Vec<LedgerRow> {
+        for id in recovered.closed_this_boot {
+            self.remember_closed(id);
+        }
+        let mut rows = Vec::new();
+        for (id, calls) in recovered.open {
+            let Some(first) = calls.first() else {
+                continue;
+            };
+            if self.sessions.contains_key(&id) || self.closed_ids.contains(&id) {
+                continue;
+            }
+            let root = ProcKey {
+                tgid: first.root_pid,
+                start_ticks: first.root_start_ticks,
+            };
+            let header = calls.iter().find(|c| c.session_started_at.is_some());
+            let root_info = tree.get(root);
+            let mut session = Session {
+                id: id.clone(),
+                root,
+                root_comm: header
+                    .and_then(|h| h.root_comm.clone())
+                    .or_else(|| root_info.map(|p| p.comm.clone()))
+                    .unwrap_or_default(),
+                root_exe: header
+                    .and_then(|h| h.root_exe.clone())
+                    .or_else(|| root_info.and_then(|p| p.exe.clone())),
+                root_cmdline: header
+                    .and_then(|h| h.root_cmdline.clone())
+                    .or_else(|| root_info.map(|p| p.cmdline_display()))
+                    .unwrap_or_default(),
+                started_at: header
+                    .and_then(|h| h.session_started_at.clone())
+                    .or_else(|| calls.iter().map(|c| c.started_at.clone()).min())
+                    .unwrap_or_default(),
+                usage: Usage::default(),
+                cost_usd: 0.0,
+                unpriced: 0,
+                call_count: 0,
+                depth_max: 0,
+                agents: BTreeMap::new(),
+                providers: BTreeSet::new(),
+                models: BTreeSet::new(),
+                last_ended_at: None,
+            };
+            for rec in &calls {
+                session.apply(rec);
+            }
+            let same_boot_root = tree.contains(root)
+                && !self.by_root.contains_key(&root)
+                && (0..MAX_GENERATION).any(|g| session_id_gen(&self.cfg.boot_id, root, g) == id);
+            if same_boot_root {
+                for (key, agent) in &session.agents {
+                    if tree.contains(*key) && !self.agents.contains_key(key) {
+                        self.agents.insert(
+                            *key,
+                            AgentRef {
+                                session_id: id.clone(),
+                                depth: agent.depth,
+                            },
+                        );
+                    }
+                }
+                self.by_root.insert(root, id.clone());
+                self.sessions.insert(id, session);
+                self.stats.restored_continued += 1;
+            } else {
+                let ended_at = session
+                    .last_ended_at
+                    .clone()
+                    .unwrap_or_else(|| self.cfg.clock.rfc3339(now_ns));
+                rows.push(session.ledger_row(
+                    &self.cfg.host,
+                    &self.cfg.boot_id,
+                    ended_at,
+                    Outcome::Completed,
+                ));
+                self.remember_closed(id);
+                self.stats.restored_closed += 1;
+                self.stats.closed_sessions += 1;
+            }
+        }
+        rows
+    }
+
+    /// Open sessions, oldest first.
+    pub fn live_sessions(&self) -> Vec<SessionView> {
+        let mut v: Vec<SessionView> = self.sessions.values().map(Session::view).collect();
+        v.sort_by(|a, b| (&a.started_at, &a.session_id).cmp(&(&b.started_at, &b.session_id)));
+        v
+    }
+
+    /// The agent tree of an open session.
+    pub fn tree(&self, session_id: &str) -> Option<TreeView> {
+        let s = self.sessions.get(session_id)?;
+        let mut children: BTreeMap<Option<ProcKey>, Vec<ProcKey>> = BTreeMap::new();
+        for (key, a) in &s.agents {
+            // A parent outside the session's agents (cannot happen; be safe) counts as top.
+            let parent = a.parent.filter(|p| s.agents.contains_key(p));
+            children.entry(parent).or_default().push(*key);
+        }
+        let mut out = Vec::with_capacity(s.agents.len());
+        let mut stack: Vec<ProcKey> = children.get(&None).cloned().unwrap_or_default();
+        stack.reverse();
+        while let Some(key) = stack.pop() {
+            let Some(a) = s.agents.get(&key) else {
+                continue;
+            };
+            out.push(AgentView {
+                pid: key.tgid,
+                start_ticks: key.start_ticks,
+                comm: a.comm.clone(),
+                depth: a.depth,
+                parent_pid: a.parent.map(|p| p.tgid),
+                parent_start_ticks: a.parent.map(|p| p.start_ticks),
+                calls: a.calls,
+                input_tokens: a.usage.input_tokens,
+                output_tokens: a.usage.output_tokens,
+                total_tokens: a.usage.total_tokens(),
+                cost_usd: a.cost_usd,
+                unpriced_calls: a.unpriced,
+            });
+            if let Some(kids) = children.get(&Some(key)) {
+                stack.extend(kids.iter().rev());
+            }
+        }
+        Some(TreeView {
+            session_id: s.id.clone(),
+            root_pid: s.root.tgid,
+            agents: out,
+        })
+    }
+
+    fn close(&mut self, id: &str, ended_at: String, outcome: Outcome) -> Option<LedgerRow> {
+        let session = self.sessions.remove(id)?;
+        self.by_root.remove(&session.root);
+        for key in session.agents.keys() {
+            if self.agents.get(key).is_some_and(|a| a.session_id == id) {
+                self.agents.remove(key);
+            }
+        }
+        self.stats.closed_sessions += 1;
+        let row = session.ledger_row(&self.cfg.host, &self.cfg.boot_id, ended_at, outcome);
+        self.remember_closed(session.id);
+        Some(row)
+    }
+
+    fn remember_closed(&mut self, id: String) {
+        if self.cfg.closed_ids_max == 0 || !self.closed_ids.insert(id.clone()) {
+            return;
+        }
+        self.closed_order.push_back(id);
+        while self.closed_order.len() > self.cfg.closed_ids_max {
+            if let Some(old) = self.closed_order.pop_front() {
+                self.closed_ids.remove(&old);
+            }
+        }
+    }
+
+    fn fresh_id(&self, root: ProcKey) -> String {
+        for g in 0..MAX_GENERATION {
+            let id = session_id_gen(&self.cfg.boot_id, root, g);
+            if !self.closed_ids.contains(&id) && !self.sessions.contains_key(&id) {
+                if g > 0 {
+                    tracing::warn!(
+                        root_pid = root.tgid,
+                        generation = g,
+                        "session id already used in this boot; using a new generation"
+                    );
+                }
+                return id;
+            }
+        }
+        session_id_gen(&self.cfg.boot_id, root, MAX_GENERATION)
+    }
+}
+
+impl AgentStats {
+    fn new(comm: String, depth: u32, parent: Option<ProcKey>) -> Self {
+        Self {
+            comm,
+            depth,
+            parent,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            unpriced: 0,
+            calls: 0,
+        }
+    }
+}

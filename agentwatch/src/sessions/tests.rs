@@ -1,0 +1,561 @@
+use super::*;
+use crate::accounting::UsageSource;
+use crate::procs::test_support::FakeProc;
+use crate::procs::{ProcConfig, ProcTree};
+
+pub(crate) const OFFSET: i128 = 1_700_000_000_000_000_000;
+pub(crate) const S: u64 = 1_000_000_000;
+
+pub(crate) fn k(tgid: u32, start_ticks: u64) -> ProcKey {
+    ProcKey { tgid, start_ticks }
+}
+
+pub(crate) fn cfg() -> SessionsConfig {
+    SessionsConfig::new("boot-1", "host-a", WallClock::with_offset(OFFSET))
+}
+
+pub(crate) fn req(provider: &str, model: Option<&str>, started_at_ns: u64) -> LlmRequest {
+    LlmRequest {
+        provider: provider.to_string(),
+        api: "messages".to_string(),
+        server_address: Some(format!("api.{provider}.com")),
+        model: model.map(str::to_string),
+        streaming: true,
+        http_version: "1.1".to_string(),
+        started_at_ns,
+        request_bytes: 1000,
+    }
+}
+
+pub(crate) fn call(req: LlmRequest, input: u64, output: u64, ended_at_ns: u64) -> LlmCall {
+    LlmCall {
+        request: req,
+        status: Some(200),
+        response_model: Some("resp-model".to_string()),
+        response_id: Some("msg_1".to_string()),
+        usage: Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_tokens: input / 2,
+            cache_write_tokens: input / 10,
+            reasoning_tokens: output / 4,
+        },
+        usage_source: UsageSource::Reported,
+        complete: true,
+        ended_at_ns,
+        response_bytes: 500,
+    }
+}
+
+/// init(1) → sshd bash(10) → claude(100) → bash(200) → sub(300) → python(400) → grand(500);
+/// claude(100) → git(250); bash(10) → other(600).
+pub(crate) fn fake_host() -> (FakeProc, ProcTree) {
+    let fake = FakeProc::new();
+    fake.add(1, 0, "init", 1, &["/sbin/init"]);
+    fake.add(10, 1, "bash", 10, &["-bash"]);
+    fake.add(100, 10, "claude", 100, &["claude", "--resume"]);
+    let mut tree = ProcTree::seed_with(fake.root(), ProcConfig::default()).unwrap();
+    for (pid, ppid, comm, t) in [
+        (200, 100, "bash", 200),
+        (250, 100, "git", 250),
+        (300, 200, "sub", 300),
+        (400, 300, "python3", 400),
+        (500, 400, "grand", 500),
+        (600, 10, "other", 600),
+    ] {
+        fake.add(pid, ppid, comm, t, &[comm]);
+        assert_eq!(tree.on_fork(ppid, pid, 0), Some(k(pid, t)));
+    }
+    (fake, tree)
+}
+
+fn wall(ns: u64) -> String {
+    clock::format_unix_ns(OFFSET + ns as i128)
+}
+
+#[test]
+fn sessions_session_id_is_deterministic() {
+    assert_eq!(
+        session_id("boot-1", k(100, 100)),
+        "5800fc8ba5faba2fb27bd1d46290cbfa"
+    );
+    assert_eq!(
+        session_id_gen("boot-1", k(100, 100), 1),
+        "c9510557592c5b68087387c906ca07be"
+    );
+    assert_eq!(
+        session_id("boot-2", k(100, 100)),
+        "6651e22c43ecdb6fe17f76c7b51621a7"
+    );
+    let (_fake, tree) = fake_host();
+    let mut a = Sessions::new(cfg());
+    let mut b = Sessions::new(cfg());
+    let r = req("anthropic", Some("claude-x"), S);
+    assert_eq!(
+        a.on_llm_request(&tree, k(100, 100), &r),
+        b.on_llm_request(&tree, k(100, 100), &r)
+    );
+    assert_eq!(
+        a.on_llm_request(&tree, k(100, 100), &r).session_id,
+        "5800fc8ba5faba2fb27bd1d46290cbfa"
+    );
+}
+
+#[test]
+fn sessions_agent_tree_depths_through_tool_processes() {
+    let (_fake, tree) = fake_host();
+    let mut s = Sessions::new(cfg());
+    let sid = session_id("boot-1", k(100, 100));
+    let root = s.on_llm_request(&tree, k(100, 100), &req("anthropic", Some("m1"), S));
+    assert_eq!(
+        root,
+        AgentRef {
+            session_id: sid.clone(),
+            depth: 0
+        }
+    );
+    // Idempotent.
+    assert_eq!(
+        s.on_llm_request(&tree, k(100, 100), &req("anthropic", Some("m1"), 9 * S)),
+        root
+    );
+    // sub agent below a bash tool process: depth 1.
+    let sub = s.on_llm_request(&tree, k(300, 300), &req("openai", Some("m2"), 2 * S));
+    assert_eq!(
+        sub,
+        AgentRef {
+            session_id: sid.clone(),
+            depth: 1
+        }
+    );
+    // grandchild below a python tool process: depth 2.
+    let grand = s.on_llm_request(&tree, k(500, 500), &req("openai", Some("m2"), 3 * S));
+    assert_eq!(
+        grand,
+        AgentRef {
+            session_id: sid.clone(),
+            depth: 2
+        }
+    );
+    // Tools are not agents.
+    for tool in [k(200, 200), k(250, 250), k(400, 400), k(10, 10)] {
+        assert_eq!(s.agent(tool), None);
+    }
+    // An independent agent (sibling of claude under the login shell): a second session.
+    let other = s.on_llm_request(&tree, k(600, 600), &req("gemini", None, 4 * S));
+    assert_eq!(
+        other,
+        AgentRef {
+            session_id: session_id("boot-1", k(600, 600)),
+            depth: 0
+        }
+    );
+
+    let live = s.live_sessions();
+    assert_eq!(live.len(), 2);
+    assert_eq!(live[0].session_id, sid);
+    assert_eq!(live[0].root_pid, 100);
+    assert_eq!(live[0].root_comm, "claude");
+    assert_eq!(live[0].root_cmdline, "claude --resume");
+    assert_eq!(live[0].agents, 3);
+    assert_eq!(live[0].depth_max, 2);
+    assert_eq!(live[0].calls, 0);
+    assert_eq!(live[0].started_at, wall(S));
+    assert_eq!(live[1].root_pid, 600);
+    assert_eq!(live[1].agents, 1);
+    assert_eq!(live[1].depth_max, 0);
+
+    let t = s.tree(&sid).unwrap();
+    let shape: Vec<(u32, u32, Option<u32>, &str)> = t
+        .agents
+        .iter()
+        .map(|a| (a.pid, a.depth, a.parent_pid, a.comm.as_str()))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (100, 0, None, "claude"),
+            (300, 1, Some(100), "sub"),
+            (500, 2, Some(300), "grand")
+        ]
+    );
+    assert_eq!(s.tree("nope"), None);
+}
+
+#[test]
+fn sessions_calls_rows_and_ledger_totals_equal_sums() {
+    let (_fake, mut tree) = fake_host();
+    let mut s = Sessions::new(cfg());
+    let sid = session_id("boot-1", k(100, 100));
+    let mut recs = Vec::new();
+    // The request event of the first call was missed: on_call makes the agent.
+    recs.push(s.on_call(
+        &tree,
+        k(100, 100),
+        &call(req("anthropic", Some("claude-x"), S), 1000, 200, 2 * S),
+        Some(0.25),
+    ));
+    recs.push(s.on_call(
+        &tree,
+        k(300, 300),
+        &call(req("openai", None, 3 * S), 100, 40, 4 * S),
+        None,
+    ));
+    recs.push(s.on_call(
+        &tree,
+        k(500, 500),
+        &call(req("openai", Some("gpt-y"), 5 * S), 10, 8, 6 * S),
+        Some(0.125),
+    ));
+    recs.push(s.on_call(
+        &tree,
+        k(100, 100),
+        &call(req("anthropic", Some("claude-x"), 7 * S), 2000, 400, 8 * S),
+        Some(f64::NAN),
+    ));
+
+    let r0 = &recs[0];
+    assert_eq!(r0.session_id, sid);
+    assert_eq!((r0.pid, r0.comm.as_str(), r0.depth), (100, "claude", 0));
+    assert_eq!(r0.model.as_deref(), Some("claude-x"));
+    assert_eq!(
+        (
+            r0.input_tokens,
+            r0.output_tokens,
+            r0.cache_read_tokens,
+            r0.cache_write_tokens
+        ),
+        (1000, 200, 500, 100)
+    );
+    assert_eq!((r0.reasoning_tokens, r0.total_tokens), (50, 1200));
+    assert_eq!(r0.cost_usd, Some(0.25));
+    assert_eq!(r0.started_at, "2023-11-14T22:13:21.000000000Z");
+    assert_eq!(r0.ended_at, "2023-11-14T22:13:22.000000000Z");
+    assert_eq!(
+        (r0.root_pid, r0.root_start_ticks, r0.pid_start_ticks),
+        (100, 100, 100)
+    );
+    assert_eq!((r0.parent_pid, r0.call_seq), (None, 1));
+    assert_eq!(r0.host, "host-a");
+    assert_eq!(r0.server_address.as_deref(), Some("api.anthropic.com"));
+    assert_eq!(
+        r0.session_started_at.as_deref(),
+        Some("2023-11-14T22:13:21.000000000Z")
+    );
+    assert_eq!(r0.root_cmdline.as_deref(), Some("claude --resume"));
+    assert_eq!(r0.root_exe.as_deref(), Some("/usr/bin/claude"));
+    let r1 = &recs[1];
+    assert_eq!(
+        (r1.depth, r1.parent_pid, r1.parent_start_ticks),
+        (1, Some(100), Some(100))
+    );
+    assert_eq!(r1.model.as_deref(), Some("resp-model")); // fell back to the response's
+    assert_eq!(r1.cost_usd, None);
+    assert_eq!((r1.call_seq, r1.session_started_at.clone()), (2, None));
+    assert_eq!(recs[2].depth, 2);
+    assert_eq!(recs[2].parent_pid, Some(300));
+    assert_eq!(recs[3].cost_usd, None); // NaN is not a price
+    assert_eq!(recs[3].call_seq, 4);
+    let json = serde_json::to_value(&recs[1]).unwrap();
+    assert_eq!(json["cost_usd"], serde_json::Value::Null);
+    assert_eq!(json["usage_source"], "reported");
+    assert!(json.get("root_cmdline").is_none());
+
+    // The root exits first: kept, session open.
+    let removed = tree.on_exit(100);
+    assert_eq!(removed, vec![]);
+    assert!(s.on_removed(&removed, 9 * S).is_empty());
+    assert_eq!(s.open_count(), 1);
+    // Tools and agents exit in order; the session closes only with the last descendant.
+    let mut rows = Vec::new();
+    for (i, pid) in [250u32, 200, 300, 400].into_iter().enumerate() {
+        let removed = tree.on_exit(pid);
+        rows.extend(s.on_removed(&removed, (10 + i as u64) * S));
+        assert!(rows.is_empty(), "closed early at pid {pid}");
+    }
+    let removed = tree.on_exit(500);
+    assert_eq!(
+        removed,
+        vec![
+            k(500, 500),
+            k(400, 400),
+            k(300, 300),
+            k(200, 200),
+            k(100, 100)
+        ]
+    );
+    rows.extend(s.on_removed(&removed, 20 * S));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(s.open_count(), 0);
+    assert_eq!(s.agent(k(300, 300)), None);
+
+    let row = &rows[0];
+    assert_eq!(row.session_id, sid);
+    assert_eq!((row.root_pid, row.root_start_ticks), (100, 100));
+    assert_eq!(row.root_exe.as_deref(), Some("/usr/bin/claude"));
+    assert_eq!(row.root_cmdline, "claude --resume");
+    assert_eq!(row.started_at, wall(S));
+    assert_eq!(row.ended_at, wall(20 * S));
+    assert_eq!(row.input_tokens, 3110);
+    assert_eq!(row.output_tokens, 648);
+    assert_eq!(row.cache_read_tokens, 500 + 50 + 5 + 1000);
+    assert_eq!(row.cache_write_tokens, 100 + 10 + 1 + 200);
+    assert_eq!(row.reasoning_tokens, 50 + 10 + 2 + 100);
+    assert_eq!(row.total_tokens, 3758);
+    assert_eq!(row.total_cost_usd, 0.375);
+    assert_eq!(row.unpriced_calls, 2);
+    assert_eq!(row.call_count, 4);
+    assert_eq!(
+        (row.depth_max, row.agent_count, row.ceiling_hits),
+        (2, 3, 0)
+    );
+    assert_eq!(row.outcome, Outcome::Completed);
+    assert_eq!(row.providers, vec!["anthropic", "openai"]);
+    assert_eq!(row.models, vec!["claude-x", "gpt-y", "resp-model"]);
+    assert_eq!(row.host, "host-a");
+    assert_eq!(row.boot_id, "boot-1");
+    // Totals = sums of the calls.
+    assert_eq!(
+        row.input_tokens,
+        recs.iter().map(|r| r.input_tokens).sum::<u64>()
+    );
+    assert_eq!(
+        row.output_tokens,
+        recs.iter().map(|r| r.output_tokens).sum::<u64>()
+    );
+    assert_eq!(
+        row.total_tokens,
+        recs.iter().map(|r| r.total_tokens).sum::<u64>()
+    );
+    assert_eq!(
+        row.total_cost_usd,
+        recs.iter().filter_map(|r| r.cost_usd).sum::<f64>()
+    );
+    let json = serde_json::to_value(row).unwrap();
+    assert_eq!(json["outcome"], "completed");
+
+    // The other session (600) is untouched and closes on its own.
+    let rows = s.on_removed(&tree.on_exit(600), 30 * S);
+    assert_eq!(rows, vec![]); // 600 never called an LLM: no session
+}
+
+#[test]
+fn sessions_second_root_and_late_ancestor_agent_are_separate() {
+    let (_fake, mut tree) = fake_host();
+    let mut s = Sessions::new(cfg());
+    let c1 = s.on_call(
+        &tree,
+        k(300, 300),
+        &call(req("openai", Some("a"), S), 1, 1, 2 * S),
+        Some(1.0),
+    );
+    assert_eq!(c1.depth, 0);
+    assert_eq!(c1.session_id, session_id("boot-1", k(300, 300)));
+    // claude (an ancestor) calls later: its own session; 300 stays where it was.
+    let c2 = s.on_call(
+        &tree,
+        k(100, 100),
+        &call(req("openai", Some("a"), 3 * S), 1, 1, 4 * S),
+        Some(1.0),
+    );
+    assert_eq!(c2.depth, 0);
+    assert_eq!(c2.session_id, session_id("boot-1", k(100, 100)));
+    let c3 = s.on_call(
+        &tree,
+        k(300, 300),
+        &call(req("openai", Some("a"), 5 * S), 1, 1, 6 * S),
+        Some(1.0),
+    );
+    assert_eq!(
+        (c3.session_id.as_str(), c3.depth, c3.call_seq),
+        (c1.session_id.as_str(), 0, 2)
+    );
+    // A new agent below 300 joins 300's session (nearest agent ancestor).
+    let c4 = s.on_call(
+        &tree,
+        k(500, 500),
+        &call(req("openai", Some("a"), 7 * S), 1, 1, 8 * S),
+        None,
+    );
+    assert_eq!(
+        (c4.session_id.as_str(), c4.depth),
+        (c1.session_id.as_str(), 1)
+    );
+    assert_eq!(s.open_count(), 2);
+    // 300's subtree ends: its session closes; claude's stays open.
+    let mut rows = s.on_removed(&tree.on_exit(500), 9 * S);
+    rows.extend(s.on_removed(&tree.on_exit(400), 9 * S));
+    assert!(rows.is_empty());
+    rows.extend(s.on_removed(&tree.on_exit(300), 10 * S));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (
+            rows[0].call_count,
+            rows[0].agent_count,
+            rows[0].total_cost_usd
+        ),
+        (3, 2, 2.0)
+    );
+    assert_eq!(rows[0].unpriced_calls, 1);
+    assert_eq!(s.open_count(), 1);
+}
+
+#[test]
+fn sessions_reused_id_in_same_boot_gets_new_generation_and_orphans_are_reaped() {
+    let (_fake, mut tree) = fake_host();
+    let mut s = Sessions::new(cfg());
+    let c = s.on_call(
+        &tree,
+        k(600, 600),
+        &call(req("x", None, S), 1, 1, 2 * S),
+        None,
+    );
+    let rows = s.on_removed(&tree.on_exit(600), 3 * S);
+    assert_eq!(rows.len(), 1);
+    // A call for the same key again (a missed-exit confusion): never the same id twice.
+    let c2 = s.on_call(
+        &tree,
+        k(600, 600),
+        &call(req("x", None, 4 * S), 1, 1, 5 * S),
+        None,
+    );
+    assert_ne!(c2.session_id, c.session_id);
+    assert_eq!(c2.session_id, session_id_gen("boot-1", k(600, 600), 1));
+    // Its root is not in the tree: reaped.
+    let rows = s.reap_orphans(&tree, 6 * S);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].session_id, c2.session_id);
+    assert_eq!(rows[0].ended_at, wall(6 * S));
+    assert_eq!(s.open_count(), 0);
+    assert_eq!(s.stats().closed_sessions, 2);
+}
+
+#[test]
+fn sessions_restore_continues_live_root_and_closes_dead_one() {
+    let (_fake, tree) = fake_host();
+    // A previous daemon run in the same boot.
+    let mut before = Sessions::new(cfg());
+    let mut alive_calls = Vec::new();
+    alive_calls.push(before.on_call(
+        &tree,
+        k(100, 100),
+        &call(req("anthropic", Some("m"), S), 10, 5, 2 * S),
+        Some(0.5),
+    ));
+    alive_calls.push(before.on_call(
+        &tree,
+        k(300, 300),
+        &call(req("anthropic", Some("m"), 3 * S), 20, 6, 4 * S),
+        None,
+    ));
+    // A session whose root (pid 700) is gone now.
+    let dead = k(700, 700);
+    let mut dead_calls = Vec::new();
+    dead_calls.push(before.on_call(
+        &tree,
+        dead,
+        &call(req("openai", Some("g"), 5 * S), 7, 3, 6 * S),
+        Some(0.25),
+    ));
+    dead_calls.push(before.on_call(
+        &tree,
+        dead,
+        &call(req("openai", Some("g"), 7 * S), 7, 3, 8 * S),
+        Some(0.25),
+    ));
+
+    let mut after = Sessions::new(cfg());
+    let rows = after.restore(
+        RecoveredSessions {
+            open: vec![
+                (alive_calls[0].session_id.clone(), alive_calls.clone()),
+                (dead_calls[0].session_id.clone(), dead_calls.clone()),
+            ],
+            closed_this_boot: vec![],
+        },
+        &tree,
+        100 * S,
+    );
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row.session_id, session_id("boot-1", dead));
+    assert_eq!(row.started_at, wall(5 * S));
+    assert_eq!(row.ended_at, wall(8 * S)); // its last call's end
+    assert_eq!(
+        (row.call_count, row.input_tokens, row.total_cost_usd),
+        (2, 14, 0.5)
+    );
+    assert_eq!(row.root_cmdline, ""); // pid 700 never was in the tree
+    assert_eq!(after.stats().restored_continued, 1);
+    assert_eq!(after.stats().restored_closed, 1);
+
+    // The live one continues: totals, agents with their depth, call count.
+    let live = after.live_sessions();
+    assert_eq!(live.len(), 1);
+    assert_eq!(
+        (live[0].calls, live[0].input_tokens, live[0].agents),
+        (2, 30, 2)
+    );
+    assert_eq!(live[0].started_at, wall(S));
+    assert_eq!(after.agent(k(300, 300)).map(|a| a.depth), Some(1));
+    let next = after.on_call(
+        &tree,
+        k(500, 500),
+        &call(req("anthropic", Some("m"), 9 * S), 1, 1, 10 * S),
+        Some(0.25),
+    );
+    assert_eq!(
+        (next.depth, next.call_seq, next.parent_pid),
+        (2, 3, Some(300))
+    );
+    assert_eq!(next.session_id, alive_calls[0].session_id);
+    assert_eq!(after.live_sessions()[0].cost_usd, 0.75);
+    assert_eq!(after.live_sessions()[0].unpriced_calls, 1);
+}
+
+#[test]
+fn sessions_restore_other_boot_closes_and_closed_ids_are_not_reopened() {
+    let (_fake, tree) = fake_host();
+    let mut old_boot = Sessions::new(SessionsConfig::new(
+        "boot-0",
+        "host-a",
+        WallClock::with_offset(OFFSET),
+    ));
+    let c = old_boot.on_call(
+        &tree,
+        k(100, 100),
+        &call(req("a", Some("m"), S), 1, 1, 2 * S),
+        None,
+    );
+    let mut s = Sessions::new(cfg());
+    // Same pid and start ticks in the new boot, but another boot's session: closes.
+    let rows = s.restore(
+        RecoveredSessions {
+            open: vec![(c.session_id.clone(), vec![c.clone()])],
+            closed_this_boot: vec![],
+        },
+        &tree,
+        S,
+    );
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].unpriced_calls, 1);
+    assert_eq!(rows[0].total_cost_usd, 0.0);
+    assert_eq!(s.open_count(), 0);
+
+    // A closed id of this boot passed in is not reused.
+    let mut s = Sessions::new(cfg());
+    let closed = session_id("boot-1", k(100, 100));
+    assert!(
+        s.restore(
+            RecoveredSessions {
+                open: vec![],
+                closed_this_boot: vec![closed.clone()]
+            },
+            &tree,
+            S
+        )
+        .is_empty()
+    );
+    let r = s.on_llm_request(&tree, k(100, 100), &req("a", None, S));
+    assert_eq!(r.session_id, session_id_gen("boot-1", k(100, 100), 1));
+}

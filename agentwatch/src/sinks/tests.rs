@@ -1,0 +1,295 @@
+use std::io::Write;
+
+use super::*;
+use crate::procs::test_support::TempDir;
+use crate::sessions::tests::{S, call, cfg, fake_host, k, req};
+use crate::sessions::{LedgerRow, Sessions, session_id};
+
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn ledger(dir: &std::path::Path) -> Vec<LedgerRow> {
+    lines(&dir.join("ledger.jsonl"))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn calls(dir: &std::path::Path) -> Vec<CallRecord> {
+    lines(&dir.join("calls.jsonl"))
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn sinks_jsonl_appends_whole_lines_and_repairs_torn_tail() {
+    let dir = TempDir::new("jsonl");
+    let data = dir.path().join("data");
+    let (_fake, tree) = fake_host();
+    let mut s = Sessions::new(cfg());
+    let c1 = s.on_call(
+        &tree,
+        k(100, 100),
+        &call(req("a", Some("m"), S), 3, 4, 2 * S),
+        Some(0.5),
+    );
+    let c2 = s.on_call(
+        &tree,
+        k(100, 100),
+        &call(req("a", Some("m"), 3 * S), 5, 6, 4 * S),
+        None,
+    );
+    {
+        let mut sink = JsonlSink::open(&data).unwrap();
+        sink.write_call(&c1).unwrap();
+        sink.write_call(&c2).unwrap();
+        let h = sink.health();
+        assert_eq!(
+            (
+                h.ok,
+                h.calls_written,
+                h.ledger_rows_written,
+                h.torn_lines_repaired
+            ),
+            (true, 2, 0, 0)
+        );
+        assert_eq!(sink.calls_path(), data.join("calls.jsonl"));
+    }
+    assert_eq!(calls(&data), vec![c1.clone(), c2.clone()]);
+    assert!(
+        std::fs::read(data.join("calls.jsonl"))
+            .unwrap()
+            .ends_with(b"\n")
+    );
+
+    // A crash mid-write: half a row, no newline.
+    let good_len = std::fs::metadata(data.join("calls.jsonl")).unwrap().len();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("calls.jsonl"))
+        .unwrap();
+    f.write_all(br#"{"session_id":"abc","pid":1"#).unwrap();
+    drop(f);
+    // Recovery ignores the torn tail, whichever runs first.
+    let rep = recover(&data, "boot-1").unwrap();
+    assert_eq!(
+        (
+            rep.stats.calls_read,
+            rep.stats.torn_lines,
+            rep.stats.bad_call_lines
+        ),
+        (2, 1, 0)
+    );
+    let mut sink = JsonlSink::open(&data).unwrap();
+    assert_eq!(sink.health().torn_lines_repaired, 1);
+    assert_eq!(
+        std::fs::metadata(data.join("calls.jsonl")).unwrap().len(),
+        good_len
+    );
+    sink.write_call(&c1).unwrap();
+    assert_eq!(calls(&data), vec![c1.clone(), c2, c1]);
+    assert_eq!(lines(&data.join("calls.jsonl")).len(), 3);
+
+    // A file that is one torn line only is emptied.
+    std::fs::write(data.join("ledger.jsonl"), b"{\"sess").unwrap();
+    let sink = JsonlSink::open(&data).unwrap();
+    assert_eq!(sink.health().torn_lines_repaired, 1);
+    assert_eq!(
+        std::fs::metadata(data.join("ledger.jsonl")).unwrap().len(),
+        0
+    );
+}
+
+#[test]
+fn sinks_open_error_names_the_path() {
+    let dir = TempDir::new("openerr");
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let err = JsonlSink::open(&blocker.join("data")).unwrap_err();
+    assert!(matches!(err, SinkError::Open { .. }));
+    assert!(err.to_string().contains("file/data"), "{err}");
+}
+
+/// One daemon run: recover, restore, write the returned ledger rows.
+fn start(
+    data: &std::path::Path,
+    tree: &crate::procs::ProcTree,
+) -> (Sessions, JsonlSink, Vec<LedgerRow>, RecoveryReport) {
+    let mut sink = JsonlSink::open(data).unwrap();
+    let rep = recover(data, "boot-1").unwrap();
+    let mut s = Sessions::new(cfg());
+    let rows = s.restore(rep.sessions.clone(), tree, 50 * S);
+    for r in &rows {
+        sink.write_ledger(r).unwrap();
+    }
+    (s, sink, rows, rep)
+}
+
+#[test]
+fn sinks_recovery_continues_open_closes_dead_and_never_duplicates() {
+    let dir = TempDir::new("recovery");
+    let data = dir.path().to_path_buf();
+    let (_fake, mut tree) = fake_host();
+    let alive_id = session_id("boot-1", k(100, 100));
+    let dead_id = session_id("boot-1", k(700, 700));
+    let done_id = session_id("boot-1", k(600, 600));
+
+    // Run 1: three sessions; 600's closes normally; the daemon stops with 100's and 700's open.
+    {
+        let (mut s, mut sink, rows, _) = start(&data, &tree);
+        assert!(rows.is_empty());
+        let calls = [
+            (k(100, 100), 10, 1, Some(0.5)),
+            (k(300, 300), 20, 2, None),
+            (k(700, 700), 30, 3, Some(0.25)),
+            (k(600, 600), 40, 4, Some(1.0)),
+            (k(700, 700), 50, 5, Some(0.125)),
+        ];
+        for (i, (key, input, output, cost)) in calls.into_iter().enumerate() {
+            let t = (i as u64 + 1) * 2 * S;
+            let rec = s.on_call(
+                &tree,
+                key,
+                &call(req("openai", Some("g"), t), input, output, t + S),
+                cost,
+            );
+            sink.write_call(&rec).unwrap();
+        }
+        for row in s.on_removed(&tree.on_exit(600), 20 * S) {
+            sink.write_ledger(&row).unwrap();
+        }
+        assert_eq!(ledger(&data).len(), 1);
+    }
+    // Garbage in calls.jsonl: skipped and counted.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("calls.jsonl"))
+        .unwrap();
+    f.write_all(b"not json\n{\"session_id\":1}\n\n").unwrap();
+    drop(f);
+
+    // Run 2: 700 is dead (never in the tree) → closed now, one row; 100 continues.
+    {
+        let (mut s, mut sink, rows, rep) = start(&data, &tree);
+        assert_eq!(rep.stats.bad_call_lines, 2);
+        assert_eq!(rep.stats.calls_read, 5);
+        assert_eq!(rep.stats.closed_sessions, 1);
+        assert_eq!(rep.stats.open_calls, 4);
+        assert_eq!(rep.sessions.closed_this_boot, vec![done_id.clone()]);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].session_id, dead_id);
+        assert_eq!(
+            (
+                rows[0].call_count,
+                rows[0].input_tokens,
+                rows[0].output_tokens
+            ),
+            (2, 80, 8)
+        );
+        assert_eq!(rows[0].total_cost_usd, 0.375);
+        assert_eq!(
+            rows[0].ended_at,
+            crate::sessions::clock::format_unix_ns(
+                crate::sessions::tests::OFFSET + (11 * S) as i128
+            )
+        );
+        let live = s.live_sessions();
+        assert_eq!(live.len(), 1);
+        assert_eq!(
+            (live[0].session_id.as_str(), live[0].calls, live[0].agents),
+            (alive_id.as_str(), 2, 2)
+        );
+        // It keeps charging: a grandchild agent joins at depth 2, seq 3.
+        let rec = s.on_call(
+            &tree,
+            k(500, 500),
+            &call(req("openai", Some("g"), 30 * S), 7, 7, 31 * S),
+            Some(0.25),
+        );
+        assert_eq!(
+            (rec.depth, rec.call_seq, rec.session_id.as_str()),
+            (2, 3, alive_id.as_str())
+        );
+        sink.write_call(&rec).unwrap();
+    }
+    assert_eq!(ledger(&data).len(), 2);
+
+    // Run 3: nothing to close, nothing reopened; then the alive session ends.
+    {
+        let (mut s, mut sink, rows, rep) = start(&data, &tree);
+        assert!(rows.is_empty());
+        assert_eq!(rep.sessions.open.len(), 1);
+        assert_eq!(s.live_sessions()[0].calls, 3);
+        let mut closed = Vec::new();
+        for pid in [250, 200, 300, 400, 500, 100] {
+            closed.extend(s.on_removed(&tree.on_exit(pid), 60 * S));
+        }
+        assert_eq!(closed.len(), 1);
+        for row in &closed {
+            sink.write_ledger(row).unwrap();
+        }
+    }
+    // Run 4: everything closed; no row written twice.
+    {
+        let (s, _sink, rows, rep) = start(&data, &tree);
+        assert!(rows.is_empty());
+        assert!(rep.sessions.open.is_empty());
+        assert_eq!(s.open_count(), 0);
+    }
+    let rows = ledger(&data);
+    let mut ids: Vec<&str> = rows.iter().map(|r| r.session_id.as_str()).collect();
+    ids.sort();
+    let mut expected = vec![alive_id.as_str(), dead_id.as_str(), done_id.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    // Every ledger row's totals equal the sums of its calls in calls.jsonl.
+    let all = calls(&data);
+    for row in &rows {
+        let mine: Vec<&CallRecord> = all
+            .iter()
+            .filter(|c| c.session_id == row.session_id)
+            .collect();
+        assert_eq!(row.call_count, mine.len() as u64);
+        assert_eq!(
+            row.input_tokens,
+            mine.iter().map(|c| c.input_tokens).sum::<u64>()
+        );
+        assert_eq!(
+            row.output_tokens,
+            mine.iter().map(|c| c.output_tokens).sum::<u64>()
+        );
+        assert_eq!(
+            row.cache_read_tokens,
+            mine.iter().map(|c| c.cache_read_tokens).sum::<u64>()
+        );
+        assert_eq!(
+            row.total_tokens,
+            mine.iter().map(|c| c.total_tokens).sum::<u64>()
+        );
+        assert_eq!(
+            row.total_cost_usd,
+            mine.iter().filter_map(|c| c.cost_usd).sum::<f64>()
+        );
+        assert_eq!(
+            row.unpriced_calls,
+            mine.iter().filter(|c| c.cost_usd.is_none()).count() as u64
+        );
+    }
+    let alive_row = rows.iter().find(|r| r.session_id == alive_id).unwrap();
+    assert_eq!(
+        (
+            alive_row.call_count,
+            alive_row.depth_max,
+            alive_row.agent_count
+        ),
+        (3, 2, 3)
+    );
+    assert_eq!(alive_row.total_cost_usd, 0.75);
+    assert_eq!(alive_row.root_cmdline, "claude --resume");
+}
