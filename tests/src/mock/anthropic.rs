@@ -40,6 +40,14 @@ fn usage_obj(u: &AnthropicUsage, output_tokens: u64) -> Obj {
         .s("service_tier", "standard")
 }
 
+fn with_thinking(o: Obj, u: &AnthropicUsage) -> Obj {
+    if u.thinking_tokens > 0 {
+        o.o("output_tokens_details", Obj::new().n("thinking_tokens", u.thinking_tokens))
+    } else {
+        o
+    }
+}
+
 fn message_obj(call: &Call, content: String, stop: Option<&str>, usage: Obj) -> Obj {
     Obj::new()
         .s("id", &format!("msg_{}", id_suffix(call.seq)))
@@ -56,7 +64,8 @@ fn message_obj(call: &Call, content: String, stop: Option<&str>, usage: Obj) -> 
 pub fn message(call: &Call) -> (Vec<(String, String)>, Vec<u8>) {
     let u = AnthropicUsage::from_otel(&call.usage);
     let content = arr([Obj::new().s("type", "text").s("text", &reply_text(call.seq)).finish()]);
-    let body = message_obj(call, content, Some("end_turn"), usage_obj(&u, u.output_tokens)).finish();
+    let usage = with_thinking(usage_obj(&u, u.output_tokens), &u);
+    let body = message_obj(call, content, Some("end_turn"), usage).finish();
     (common_headers(call.seq, "application/json"), body.into_bytes())
 }
 
@@ -105,7 +114,7 @@ pub fn stream(call: &Call) -> (Vec<(String, String)>, Vec<Vec<u8>>) {
         Obj::new()
             .s("type", "message_delta")
             .o("delta", Obj::new().s("stop_reason", "end_turn").null("stop_sequence"))
-            .o("usage", Obj::new().n("output_tokens", u.output_tokens))
+            .o("usage", with_thinking(Obj::new().n("output_tokens", u.output_tokens), &u))
             .finish(),
     ));
     events.push(event("message_stop", Obj::new().s("type", "message_stop").finish()));

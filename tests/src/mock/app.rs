@@ -95,6 +95,7 @@ impl AppState {
     pub fn finish(&self, resp: &Response, truncated: bool, response_wire_bytes: u64) {
         let mut rec = resp.log.clone();
         rec.truncated = truncated;
+        rec.gzip = resp.gzip;
         rec.response_wire_bytes = response_wire_bytes;
         if truncated {
             rec.usage_sent = false;

@@ -24,14 +24,15 @@ fn common_headers(seq: u64, content_type: &str) -> Vec<(String, String)> {
 }
 
 fn usage_obj(u: &OpenAiUsage) -> Obj {
+    let mut prompt_details = Obj::new().n("cached_tokens", u.cached_tokens).n("audio_tokens", 0);
+    if u.cache_write_tokens > 0 {
+        prompt_details = prompt_details.n("cache_write_tokens", u.cache_write_tokens);
+    }
     Obj::new()
         .n("prompt_tokens", u.prompt_tokens)
         .n("completion_tokens", u.completion_tokens)
         .n("total_tokens", u.total_tokens())
-        .o(
-            "prompt_tokens_details",
-            Obj::new().n("cached_tokens", u.cached_tokens).n("audio_tokens", 0),
-        )
+        .o("prompt_tokens_details", prompt_details)
         .o(
             "completion_tokens_details",
             Obj::new()

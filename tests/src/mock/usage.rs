@@ -32,6 +32,9 @@ pub struct OpenAiUsage {
     /// Includes reasoning tokens.
     pub completion_tokens: u64,
     pub cached_tokens: u64,
+    /// `prompt_tokens_details.cache_write_tokens`: only sent when nonzero
+    /// (set through `x-mock-usage`).
+    pub cache_write_tokens: u64,
     pub reasoning_tokens: u64,
 }
 
@@ -40,12 +43,13 @@ impl OpenAiUsage {
         self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 
-    /// From OTel numbers. OpenAI has no cache-write count: that part is dropped.
+    /// From OTel numbers.
     pub fn from_otel(u: &Usage) -> Self {
         OpenAiUsage {
             prompt_tokens: u.input_tokens,
             completion_tokens: u.output_tokens,
             cached_tokens: u.cache_read_tokens,
+            cache_write_tokens: u.cache_write_tokens,
             reasoning_tokens: u.reasoning_tokens,
         }
     }
@@ -56,7 +60,7 @@ impl OpenAiUsage {
             input_tokens: self.prompt_tokens,
             output_tokens: self.completion_tokens,
             cache_read_tokens: self.cached_tokens,
-            cache_write_tokens: 0,
+            cache_write_tokens: self.cache_write_tokens,
             reasoning_tokens: self.reasoning_tokens,
         }
     }
@@ -70,11 +74,14 @@ pub struct AnthropicUsage {
     pub cache_creation_input_tokens: u64,
     pub cache_read_input_tokens: u64,
     pub output_tokens: u64,
+    /// `output_tokens_details.thinking_tokens` (part of output_tokens): only
+    /// sent when nonzero (set through `x-mock-usage` reasoning_tokens).
+    pub thinking_tokens: u64,
 }
 
 impl AnthropicUsage {
     /// From OTel numbers: input_tokens = input - cache_read - cache_write
-    /// (saturating). Anthropic reports no separate reasoning count.
+    /// (saturating); reasoning tokens become `thinking_tokens`.
     pub fn from_otel(u: &Usage) -> Self {
         AnthropicUsage {
             input_tokens: u
@@ -83,6 +90,7 @@ impl AnthropicUsage {
             cache_creation_input_tokens: u.cache_write_tokens,
             cache_read_input_tokens: u.cache_read_tokens,
             output_tokens: u.output_tokens,
+            thinking_tokens: u.reasoning_tokens,
         }
     }
 
@@ -95,7 +103,7 @@ impl AnthropicUsage {
             output_tokens: self.output_tokens,
             cache_read_tokens: self.cache_read_input_tokens,
             cache_write_tokens: self.cache_creation_input_tokens,
-            reasoning_tokens: 0,
+            reasoning_tokens: self.thinking_tokens,
         }
     }
 }
