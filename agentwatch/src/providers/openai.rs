@@ -1,0 +1,142 @@
+//! OpenAI Chat Completions (`POST …/chat/completions`), also spoken by most gateways and
+//! OpenAI-compatible servers.
+//!
+//! Usage semantics: `prompt_tokens` already includes `prompt_tokens_details.cached_tokens`,
+//! and `completion_tokens` already includes `completion_tokens_details.reasoning_tokens`, so
+//! they map straight onto OTel input/output. A streamed response carries usage only in a final
+//! chunk (empty `choices`) when the request set `stream_options.include_usage`; some compatible
+//! servers repeat a running usage in every chunk, so the *last* usage object wins.
+
+use serde_json::Value;
+
+use super::{Envelope, ResponseMeta, count};
+use crate::accounting::Usage;
+use crate::protocol::sse::SseEvent;
+
+pub(crate) fn matches_path(path: &str) -> bool {
+    path.ends_with("/chat/completions")
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ChatAccumulator {
+    pub meta: ResponseMeta,
+    usage: Option<Usage>,
+}
+
+impl ChatAccumulator {
+    pub fn on_json_body(&mut self, body: &[u8]) {
+        match Envelope::parse(body) {
+            Some(env) => self.take(&env),
+            None => self.meta.json_errors += 1,
+        }
+    }
+
+    pub fn on_sse(&mut self, event: SseEvent<'_>) {
+        if event.data.trim_ascii() == b"[DONE]" {
+            self.meta.stream_done = true;
+            return;
+        }
+        if event.event == Some("error") {
+            self.meta.provider_errors += 1;
+        }
+        match Envelope::parse(event.data) {
+            Some(env) => self.take(&env),
+            None => self.meta.json_errors += 1,
+        }
+    }
+
+    fn take(&mut self, env: &Envelope) {
+        self.meta.take_ids(env.id.as_ref(), env.model.as_ref());
+        if env.error.is_some() {
+            self.meta.provider_errors += 1;
+        }
+        if let Some(u) = env.usage.as_ref().and_then(parse_usage) {
+            self.usage = Some(u);
+        }
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+fn parse_usage(u: &Value) -> Option<Usage> {
+    let prompt = count(u, "prompt_tokens");
+    let completion = count(u, "completion_tokens");
+    if prompt.is_none() && completion.is_none() {
+        return None;
+    }
+    let cached = u
+        .get("prompt_tokens_details")
+        .and_then(|d| count(d, "cached_tokens"))
+        .unwrap_or(0);
+    let reasoning = u
+        .get("completion_tokens_details")
+        .and_then(|d| count(d, "reasoning_tokens"))
+        .unwrap_or(0);
+    Some(Usage {
+        input_tokens: prompt.unwrap_or(0),
+        output_tokens: completion.unwrap_or(0),
+        cache_read_tokens: cached,
+        cache_write_tokens: 0,
+        reasoning_tokens: reasoning,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::sse::SseParser;
+
+    #[test]
+    fn openai_non_stream_usage() {
+        let mut a = ChatAccumulator::default();
+        a.on_json_body(
+            br#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-mini-2024-07-18",
+            "choices":[{"index":0,"message":{"role":"assistant","content":"secret text"}}],
+            "usage":{"prompt_tokens":1200,"completion_tokens":300,"total_tokens":1500,
+            "prompt_tokens_details":{"cached_tokens":1024},
+            "completion_tokens_details":{"reasoning_tokens":128}}}"#,
+        );
+        assert_eq!(
+            a.usage(),
+            Some(Usage {
+                input_tokens: 1200,
+                output_tokens: 300,
+                cache_read_tokens: 1024,
+                cache_write_tokens: 0,
+                reasoning_tokens: 128,
+            })
+        );
+        assert_eq!(a.meta.response_id.as_deref(), Some("chatcmpl-1"));
+        assert_eq!(
+            a.meta.response_model.as_deref(),
+            Some("gpt-4o-mini-2024-07-18")
+        );
+    }
+
+    #[test]
+    fn openai_error_body_and_garbage() {
+        let mut a = ChatAccumulator::default();
+        a.on_json_body(br#"{"error":{"message":"rate limited","type":"requests"}}"#);
+        assert_eq!(a.usage(), None);
+        assert_eq!(a.meta.provider_errors, 1);
+        a.on_json_body(b"<html>bad gateway</html>");
+        assert_eq!(a.meta.json_errors, 1);
+    }
+
+    #[test]
+    fn openai_stream_usage_last_chunk() {
+        let stream = b"data: {\"id\":\"c1\",\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n\
+            data: {\"id\":\"c1\",\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":2}}\n\n\
+            data: [DONE]\n\n";
+        let mut a = ChatAccumulator::default();
+        let mut p = SseParser::new(1 << 20);
+        p.feed(stream, &mut |e| a.on_sse(e));
+        assert!(a.meta.stream_done);
+        assert_eq!(
+            a.usage().map(|u| (u.input_tokens, u.output_tokens)),
+            Some((10, 2))
+        );
+    }
+}
