@@ -80,7 +80,7 @@ def status_of(exc):
     return getattr(exc, "status_code", None)
 
 
-def check_expectation(args, failures, errors):
+def check_expectation(failures):
     """Exit code: failures are unexpected outcomes."""
     if failures:
         for f in failures:
@@ -119,4 +119,4 @@ def run_calls(args, driver, api, one_call, error_types):
         emit(rec)
         if expect_error:
             failures.append(f"call {i}: succeeded but an error was expected")
-    return check_expectation(args, failures, None)
+    return check_expectation(failures)
