@@ -547,3 +547,59 @@ fn http_date_formats() {
     assert_eq!(super::http1::http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
     assert_eq!(super::http1::http_date(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 GMT");
 }
+
+/// The binary end to end through `MockProcess` (skipped when cargo did not
+/// build `target/<profile>/mock-llm` for this run).
+#[tokio::test]
+async fn binary_prints_listening_writes_ca_and_stops_on_sigterm() {
+    use super::process::MockProcess;
+    let bin = MockProcess::default_bin();
+    if !bin.exists() {
+        eprintln!("skipping: {} not built", bin.display());
+        return;
+    }
+    let dir = temp_dir("binary");
+    let mut mock = MockProcess::spawn(&bin, &dir, &["--gzip", "never", "--exit-after-secs", "60"]).unwrap();
+    assert!(mock.base_url().starts_with("https://127.0.0.1:"));
+    let pem = std::fs::read(mock.ca_path()).unwrap();
+    let ca = rustls::pki_types::CertificateDer::from(
+        pem_to_der(std::str::from_utf8(&pem).unwrap()),
+    );
+    let connector = TlsConnector::from(tls::client_config(&ca, &[b"http/1.1"]).unwrap());
+    let tcp = TcpStream::connect(mock.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut c = Reader { io: connector.connect(name, tcp).await.unwrap(), buf: Vec::new() };
+    c.send(&post("/v1/chat/completions", "x-test-tag: bin\r\n", r#"{"model":"gpt-5"}"#)).await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200);
+    let log = mock.wait_log(1, Duration::from_secs(5)).unwrap();
+    assert_eq!(log[0].tag.as_deref(), Some("bin"));
+    assert!(log[0].usage.unwrap().reasoning_tokens > 0);
+    mock.stop();
+    assert!(mock.child.try_wait().unwrap().is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn pem_to_der(pem: &str) -> Vec<u8> {
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for ch in b64.bytes() {
+        let v = match ch {
+            b'A'..=b'Z' => ch - b'A',
+            b'a'..=b'z' => ch - b'a' + 26,
+            b'0'..=b'9' => ch - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => continue,
+        } as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
