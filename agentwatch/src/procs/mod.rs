@@ -401,10 +401,7 @@ impl ProcTree {
             return;
         }
         let mut cur = key;
-        loop {
-            let Some(node) = self.by_key.remove(&cur) else {
-                break;
-            };
+        while let Some(node) = self.by_key.remove(&cur) {
             self.pending_removed.push(cur);
             let Some(parent_key) = node.parent else {
                 break;

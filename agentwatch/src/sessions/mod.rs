@@ -18,6 +18,19 @@
 //! * Totals are accumulated from the very [`CallRecord`]s that are written, in write order,
 //!   so the ledger totals equal the sums of the session's calls exactly (the cost sum adds the
 //!   same `f64`s in the same order a reader of `calls.jsonl` would).
+//!
+//! Daemon wiring: `tree.ensure(tgid)` on a TLS event → `on_llm_request` when a request is
+//! recognised → `on_call` when it finishes (write the row, then) ; `on_removed` with the keys
+//! returned by `ProcTree::on_exit` / `take_removed` (write the ledger rows). A call finished
+//! after its agent's exit event is still charged to the agent's session while that session is
+//! open; finish (flush) a process's calls before handing its ROOT's removal to `on_removed`.
+//! Call `reap_orphans` now and then.
+//!
+//! Known limits: after a restart the tree is seeded from /proc, so an exited root that was
+//! kept only for its live descendants is not there: its session is closed by `restore`, and a
+//! surviving sub-agent's later calls start a new session. An agent that made a request but
+//! whose call never finished is counted in `agent_count` live, but not after a restart (only
+//! calls are persisted).
 
 pub mod clock;
 mod rows;
@@ -324,6 +337,9 @@ pub struct Sessions {
     by_root: HashMap<ProcKey, String>,
     /// Agents whose process is still in the tree (live or exited-but-kept).
     agents: HashMap<ProcKey, AgentRef>,
+    /// Agents that left the tree while their session is still open: a call finished after
+    /// its process's exit event is still charged to its session.
+    departed: HashMap<ProcKey, AgentRef>,
     closed_ids: HashSet<String>,
     closed_order: VecDeque<String>,
     stats: SessionsStats,
@@ -336,6 +352,7 @@ impl Sessions {
             sessions: HashMap::new(),
             by_root: HashMap::new(),
             agents: HashMap::new(),
+            departed: HashMap::new(),
             closed_ids: HashSet::new(),
             closed_order: VecDeque::new(),
             stats: SessionsStats::default(),
@@ -351,9 +368,9 @@ impl Sessions {
         self.cfg.clock = clock;
     }
 
-    /// The session and depth of an agent still in the tree.
+    /// The session and depth of an agent of an open session.
     pub fn agent(&self, key: ProcKey) -> Option<&AgentRef> {
-        self.agents.get(&key)
+        self.agents.get(&key).or_else(|| self.departed.get(&key))
     }
 
     pub fn open_count(&self) -> usize {
@@ -370,7 +387,7 @@ impl Sessions {
 
     /// `key` wrote an LLM request: make it an agent (idempotent) and say where it is charged.
     pub fn on_llm_request(&mut self, tree: &ProcTree, key: ProcKey, req: &LlmRequest) -> AgentRef {
-        if let Some(a) = self.agents.get(&key)
+        if let Some(a) = self.agents.get(&key).or_else(|| self.departed.get(&key))
             && self.sessions.contains_key(&a.session_id)
         {
             return a.clone();
@@ -510,7 +527,9 @@ impl Sessions {
     pub fn on_removed(&mut self, removed: &[ProcKey], now_ns: u64) -> Vec<LedgerRow> {
         let mut rows = Vec::new();
         for key in removed {
-            self.agents.remove(key);
+            if let Some(a) = self.agents.remove(key) {
+                self.departed.insert(*key, a);
+            }
             if let Some(id) = self.by_root.get(key).cloned() {
                 let ended_at = self.cfg.clock.rfc3339(now_ns);
                 rows.extend(self.close(&id, ended_at, Outcome::Completed));
@@ -685,6 +704,9 @@ impl Sessions {
         for key in session.agents.keys() {
             if self.agents.get(key).is_some_and(|a| a.session_id == id) {
                 self.agents.remove(key);
+            }
+            if self.departed.get(key).is_some_and(|a| a.session_id == id) {
+                self.departed.remove(key);
             }
         }
         self.stats.closed_sessions += 1;

@@ -187,32 +187,33 @@ fn sessions_calls_rows_and_ledger_totals_equal_sums() {
     let (_fake, mut tree) = fake_host();
     let mut s = Sessions::new(cfg());
     let sid = session_id("boot-1", k(100, 100));
-    let mut recs = Vec::new();
     // The request event of the first call was missed: on_call makes the agent.
-    recs.push(s.on_call(
-        &tree,
-        k(100, 100),
-        &call(req("anthropic", Some("claude-x"), S), 1000, 200, 2 * S),
-        Some(0.25),
-    ));
-    recs.push(s.on_call(
-        &tree,
-        k(300, 300),
-        &call(req("openai", None, 3 * S), 100, 40, 4 * S),
-        None,
-    ));
-    recs.push(s.on_call(
-        &tree,
-        k(500, 500),
-        &call(req("openai", Some("gpt-y"), 5 * S), 10, 8, 6 * S),
-        Some(0.125),
-    ));
-    recs.push(s.on_call(
-        &tree,
-        k(100, 100),
-        &call(req("anthropic", Some("claude-x"), 7 * S), 2000, 400, 8 * S),
-        Some(f64::NAN),
-    ));
+    let recs = vec![
+        s.on_call(
+            &tree,
+            k(100, 100),
+            &call(req("anthropic", Some("claude-x"), S), 1000, 200, 2 * S),
+            Some(0.25),
+        ),
+        s.on_call(
+            &tree,
+            k(300, 300),
+            &call(req("openai", None, 3 * S), 100, 40, 4 * S),
+            None,
+        ),
+        s.on_call(
+            &tree,
+            k(500, 500),
+            &call(req("openai", Some("gpt-y"), 5 * S), 10, 8, 6 * S),
+            Some(0.125),
+        ),
+        s.on_call(
+            &tree,
+            k(100, 100),
+            &call(req("anthropic", Some("claude-x"), 7 * S), 2000, 400, 8 * S),
+            Some(f64::NAN),
+        ),
+    ];
 
     let r0 = &recs[0];
     assert_eq!(r0.session_id, sid);
@@ -386,6 +387,18 @@ fn sessions_second_root_and_late_ancestor_agent_are_separate() {
     let mut rows = s.on_removed(&tree.on_exit(500), 9 * S);
     rows.extend(s.on_removed(&tree.on_exit(400), 9 * S));
     assert!(rows.is_empty());
+    // A call of 500 that finished after its exit event: still charged to its session.
+    let late = s.on_call(
+        &tree,
+        k(500, 500),
+        &call(req("openai", Some("a"), 7 * S), 1, 1, 9 * S),
+        Some(0.5),
+    );
+    assert_eq!(
+        (late.session_id.as_str(), late.depth),
+        (c1.session_id.as_str(), 1)
+    );
+    assert_eq!(late.parent_pid, Some(300));
     rows.extend(s.on_removed(&tree.on_exit(300), 10 * S));
     assert_eq!(rows.len(), 1);
     assert_eq!(
@@ -394,7 +407,7 @@ fn sessions_second_root_and_late_ancestor_agent_are_separate() {
             rows[0].agent_count,
             rows[0].total_cost_usd
         ),
-        (3, 2, 2.0)
+        (4, 2, 2.5)
     );
     assert_eq!(rows[0].unpriced_calls, 1);
     assert_eq!(s.open_count(), 1);
@@ -435,34 +448,36 @@ fn sessions_restore_continues_live_root_and_closes_dead_one() {
     let (_fake, tree) = fake_host();
     // A previous daemon run in the same boot.
     let mut before = Sessions::new(cfg());
-    let mut alive_calls = Vec::new();
-    alive_calls.push(before.on_call(
-        &tree,
-        k(100, 100),
-        &call(req("anthropic", Some("m"), S), 10, 5, 2 * S),
-        Some(0.5),
-    ));
-    alive_calls.push(before.on_call(
-        &tree,
-        k(300, 300),
-        &call(req("anthropic", Some("m"), 3 * S), 20, 6, 4 * S),
-        None,
-    ));
+    let alive_calls = vec![
+        before.on_call(
+            &tree,
+            k(100, 100),
+            &call(req("anthropic", Some("m"), S), 10, 5, 2 * S),
+            Some(0.5),
+        ),
+        before.on_call(
+            &tree,
+            k(300, 300),
+            &call(req("anthropic", Some("m"), 3 * S), 20, 6, 4 * S),
+            None,
+        ),
+    ];
     // A session whose root (pid 700) is gone now.
     let dead = k(700, 700);
-    let mut dead_calls = Vec::new();
-    dead_calls.push(before.on_call(
-        &tree,
-        dead,
-        &call(req("openai", Some("g"), 5 * S), 7, 3, 6 * S),
-        Some(0.25),
-    ));
-    dead_calls.push(before.on_call(
-        &tree,
-        dead,
-        &call(req("openai", Some("g"), 7 * S), 7, 3, 8 * S),
-        Some(0.25),
-    ));
+    let dead_calls = vec![
+        before.on_call(
+            &tree,
+            dead,
+            &call(req("openai", Some("g"), 5 * S), 7, 3, 6 * S),
+            Some(0.25),
+        ),
+        before.on_call(
+            &tree,
+            dead,
+            &call(req("openai", Some("g"), 7 * S), 7, 3, 8 * S),
+            Some(0.25),
+        ),
+    ];
 
     let mut after = Sessions::new(cfg());
     let rows = after.restore(
