@@ -188,7 +188,7 @@ fn sessions_calls_rows_and_ledger_totals_equal_sums() {
     let mut s = Sessions::new(cfg());
     let sid = session_id("boot-1", k(100, 100));
     // The request event of the first call was missed: on_call makes the agent.
-    let recs = vec![
+    let recs = [
         s.on_call(
             &tree,
             k(100, 100),
