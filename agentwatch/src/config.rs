@@ -8,7 +8,7 @@ use crate::accounting::pricing::PriceOverride;
 use crate::capture::CaptureLimits;
 use crate::probes::ProbesConfig;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where `calls.jsonl` and `ledger.jsonl` are written. Default `/var/lib/agentwatch`.

@@ -6,6 +6,10 @@
 
 pub mod accounting;
 pub mod capture;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod probes;
 pub mod procs;
 pub mod protocol;
 pub mod providers;

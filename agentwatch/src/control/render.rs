@@ -84,11 +84,11 @@ pub fn render(req: &Request, answer: &Value) -> String {
                     "{:<34} {:>8} {:>6} {:>5} {:>6} {:>10} {:>12}  {}",
                     s["session_id"].as_str().unwrap_or("?"),
                     num(&s["root_pid"]),
-                    num(&s["agent_count"]),
+                    num(&s["agents"]),
                     num(&s["depth_max"]),
-                    num(&s["call_count"]),
+                    num(&s["calls"]),
                     num(&s["total_tokens"]),
-                    usd(&s["total_cost_usd"]),
+                    usd(&s["cost_usd"]),
                     s["root_cmdline"].as_str().unwrap_or("")
                 );
             }
@@ -105,7 +105,7 @@ pub fn render(req: &Request, answer: &Value) -> String {
                         num(&agent["pid"]),
                         agent["comm"].as_str().unwrap_or("?"),
                         depth,
-                        num(&agent["call_count"]),
+                        num(&agent["calls"]),
                         num(&agent["total_tokens"]),
                         usd(&agent["cost_usd"])
                     );

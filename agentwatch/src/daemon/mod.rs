@@ -16,8 +16,8 @@ use crate::config::Config;
 use crate::control::{self, Request};
 use crate::probes::{Probes, libraries};
 use crate::procs::ProcTree;
-use crate::sessions::Sessions;
 use crate::sessions::clock::boot_now_ns;
+use crate::sessions::{Sessions, SessionsConfig, WallClock};
 use crate::sinks::{JsonlSink, Sink};
 use pipeline::Pipeline;
 
@@ -31,6 +31,8 @@ pub enum DaemonError {
     Proc(#[from] crate::procs::ProcError),
     #[error(transparent)]
     Sink(#[from] crate::sinks::SinkError),
+    #[error(transparent)]
+    Session(#[from] crate::sessions::SessionError),
     #[error(transparent)]
     Pricing(#[from] crate::accounting::pricing::PricingError),
     #[error("failed to create the data directory {path}: {source}")]
@@ -77,12 +79,6 @@ impl Discovery {
     }
 }
 
-fn read_boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown-boot".into())
-}
-
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
@@ -111,12 +107,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     })?;
     let tree = ProcTree::seed(Path::new("/proc"))?;
     let mut sink = JsonlSink::open(&config.data_dir)?;
-    let mut sessions = Sessions::new(read_boot_id(), config.host_name());
-    let recovered = crate::sinks::recovery::recover(&config.data_dir)?;
-    for row in sessions.restore(recovered, &tree, boot_now_ns()) {
+    let boot_id = crate::sessions::read_boot_id(Path::new("/proc"))?;
+    let mut sessions = Sessions::new(SessionsConfig::new(
+        boot_id.clone(),
+        config.host_name(),
+        WallClock::from_system(),
+    ));
+    // Sessions open when the daemon last stopped continue (root alive) or close now.
+    let recovered = crate::sinks::recover(&config.data_dir, &boot_id)?;
+    tracing::info!(stats = ?recovered.stats, "recovered state from {}", config.data_dir.display());
+    for row in sessions.restore(recovered.sessions, &tree, boot_now_ns()) {
         sink.write_ledger(&row)?;
     }
-    let pricing = Pricing::builtin()?.with_overrides(config.pricing.clone());
+    let pricing = Pricing::builtin()?.with_overrides(config.pricing.clone())?;
     let pipeline = Arc::new(Mutex::new(Pipeline::new(
         tree,
         sessions,
@@ -161,7 +164,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
-    let mut ring = AsyncFd::new(ring).map_err(DaemonError::Ring)?;
+    // SAFETY: the ring buffer owns its fd and lives as long as the AsyncFd that wraps it.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| DaemonError::Ring(std::io::Error::other(e.to_string())))?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut execs = Vec::new();
     loop {

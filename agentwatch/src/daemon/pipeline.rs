@@ -230,11 +230,7 @@ impl Pipeline {
             return;
         }
         for row in self.sessions.on_removed(removed, ts_ns) {
-            self.stats.ledger_rows += 1;
-            if let Err(e) = self.sink.write_ledger(&row) {
-                self.stats.sink_errors += 1;
-                tracing::error!("{e}");
-            }
+            self.write_ledger(&row);
         }
     }
 
@@ -243,5 +239,16 @@ impl Pipeline {
     pub fn tick(&mut self, now_ns: u64) {
         let removed = self.tree.take_removed();
         self.close_sessions(&removed, now_ns);
+        for row in self.sessions.reap_orphans(&self.tree, now_ns) {
+            self.write_ledger(&row);
+        }
+    }
+
+    fn write_ledger(&mut self, row: &crate::sessions::LedgerRow) {
+        self.stats.ledger_rows += 1;
+        if let Err(e) = self.sink.write_ledger(row) {
+            self.stats.sink_errors += 1;
+            tracing::error!("{e}");
+        }
     }
 }

@@ -1,0 +1,372 @@
+//! Harness for the privileged integration tests: the real daemon, the mock LLM server and
+//! real clients, each started in its own scratch directory and stopped on drop.
+//! Every wait is bounded; a test selects its own rows by the pids it started.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn from_env(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(default))
+}
+
+pub fn agentwatch_bin() -> PathBuf {
+    from_env("AGENTWATCH_BIN", "target/release/agentwatch")
+}
+
+pub fn mock_bin() -> PathBuf {
+    from_env("MOCK_LLM_BIN", "target/release/mock-llm")
+}
+
+pub fn python() -> PathBuf {
+    from_env("AGENTWATCH_VENV", ".venv").join("bin/python")
+}
+
+pub fn clients() -> PathBuf {
+    repo().join("tests/clients")
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "agentwatch-test-{name}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn terminate(child: &mut Child) {
+    // SAFETY: plain kill(2) on a child we own.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+pub struct Mock {
+    child: Child,
+    pub port: u16,
+    pub ca: PathBuf,
+    pub log: PathBuf,
+    _dir: Scratch,
+}
+
+impl Mock {
+    pub fn start(extra: &[&str]) -> Mock {
+        let dir = Scratch::new("mock");
+        let log = dir.0.join("mock.jsonl");
+        let mut child = Command::new(mock_bin())
+            .args(["--listen", "127.0.0.1:0", "--exit-after-secs", "300"])
+            .arg("--state-dir")
+            .arg(&dir.0)
+            .arg("--log")
+            .arg(&log)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to start {}: {e}", mock_bin().display()));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("mock-llm printed {line:?}"));
+        Mock {
+            child,
+            port,
+            ca: dir.0.join("ca.pem"),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The mock's log lines (one per served request).
+    pub fn served(&self) -> Vec<Value> {
+        read_jsonl(&self.log)
+    }
+
+    pub fn served_with_tag(&self, tag: &str) -> Vec<Value> {
+        self.served()
+            .into_iter()
+            .filter(|v| v["tag"].as_str() == Some(tag))
+            .collect()
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+pub struct Daemon {
+    child: Child,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub stderr: PathBuf,
+    pub dir: Scratch,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Self::start_in(Scratch::new("daemon"), &[])
+    }
+
+    /// Starts the daemon with its data in `dir` and waits until every probe is attached.
+    pub fn start_in(dir: Scratch, extra: &[&str]) -> Daemon {
+        let data_dir = dir.0.join("data");
+        let socket = dir.0.join("agentwatch.sock");
+        let stderr = dir.0.join("daemon.log");
+        let child = Command::new(agentwatch_bin())
+            .arg("run")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .env("AGENTWATCH_LOG", "info")
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to start {}: {e}", agentwatch_bin().display()));
+        let mut daemon = Daemon {
+            child,
+            data_dir,
+            socket,
+            stderr,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!(
+                    "daemon exited early with {status}: {}",
+                    std::fs::read_to_string(&daemon.stderr).unwrap_or_default()
+                );
+            }
+            if daemon.cli(&["status"]).status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready in 60 s: {}",
+                String::from_utf8_lossy(&daemon.cli(&["status"]).stdout)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        daemon
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(agentwatch_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .unwrap()
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cli(&all);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "agentwatch {args:?}: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    pub fn calls(&self) -> Vec<Value> {
+        read_jsonl(&self.data_dir.join("calls.jsonl"))
+    }
+
+    pub fn ledger(&self) -> Vec<Value> {
+        read_jsonl(&self.data_dir.join("ledger.jsonl"))
+    }
+
+    /// Waits (bounded) until `pred` holds over (calls, ledger).
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&[Value], &[Value]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (calls, ledger) = (self.calls(), self.ledger());
+            if pred(&calls, &ledger) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}\ncalls: {calls:#?}\nledger: {ledger:#?}\nstatus: {}\nlog: {}",
+                    String::from_utf8_lossy(&self.cli(&["status"]).stdout),
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn stop(mut self) -> String {
+        terminate(&mut self.child);
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSONL line {l:?}: {e}")))
+        .collect()
+}
+
+/// Runs a client to completion (bounded) and returns its pid and output.
+pub fn run_client(mut cmd: Command) -> (u32, Output) {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("failed to start {cmd:?}: {e}"));
+    let pid = child.id();
+    let out = wait_bounded(child, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "client {cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (pid, out)
+}
+
+fn wait_bounded(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "client did not finish in {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A Python SDK driver from tests/clients.
+pub fn py_client(script: &str, mock: &Mock, args: &[&str]) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.arg(clients().join(script))
+        .arg("--base-url")
+        .arg(mock.base_url())
+        .arg("--ca")
+        .arg(&mock.ca)
+        .args(args);
+    cmd
+}
+
+/// The node driver (official `openai` npm package); node trusts the CA through NODE_EXTRA_CA_CERTS.
+pub fn node_client(mock: &Mock, args: &[&str]) -> Command {
+    let mut cmd = Command::new("node");
+    cmd.arg(clients().join("openai_chat.mjs"))
+        .arg("--base-url")
+        .arg(mock.base_url())
+        .arg("--ca")
+        .arg(&mock.ca)
+        .env("NODE_EXTRA_CA_CERTS", &mock.ca)
+        .current_dir(clients())
+        .args(args);
+    cmd
+}
+
+pub fn u(v: &Value) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("expected an unsigned integer, got {v}"))
+}
+
+/// Checks that a call row carries exactly the usage the mock served.
+pub fn assert_usage_matches(call: &Value, served: &Value) {
+    let usage = &served["usage"];
+    for field in [
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+    ] {
+        assert_eq!(
+            u(&call[field]),
+            u(&usage[field]),
+            "{field}: call row {call} vs served {served}"
+        );
+    }
+}
+
+/// USD for gpt-4o-mini at the built-in rates (0.15 in, 0.075 cache read, 0.60 out per Mtok).
+pub fn gpt_4o_mini_cost(call: &Value) -> f64 {
+    let input = u(&call["input_tokens"]) as f64;
+    let cache_read = u(&call["cache_read_tokens"]) as f64;
+    let cache_write = u(&call["cache_write_tokens"]) as f64;
+    let output = u(&call["output_tokens"]) as f64;
+    ((input - cache_read - cache_write) * 0.15
+        + cache_read * 0.075
+        + cache_write * 0.15
+        + output * 0.60)
+        / 1e6
+}
+
+pub fn approx(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-12_f64.max(b.abs() * 1e-9)
+}

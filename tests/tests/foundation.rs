@@ -1,0 +1,341 @@
+//! Privileged end-to-end tests of the foundation: the real daemon with real probes, the
+//! mock LLM server, and unmodified real clients (Python SDKs, node, curl). Each test starts
+//! its own daemon and mock, and selects the rows of the processes it started.
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn calls_of(calls: &[Value], pid: u32) -> Vec<Value> {
+    calls
+        .iter()
+        .filter(|c| u(&c["pid"]) == pid as u64)
+        .cloned()
+        .collect()
+}
+
+fn ledger_of(ledger: &[Value], root_pid: u32) -> Vec<Value> {
+    ledger
+        .iter()
+        .filter(|r| u(&r["root_pid"]) == root_pid as u64)
+        .cloned()
+        .collect()
+}
+
+/// The rows of a one-process session: `n` calls and one ledger row, matching the mock.
+fn check_single_agent_session(
+    daemon: &Daemon,
+    mock: &Mock,
+    pid: u32,
+    tag: &str,
+    n: usize,
+    expect: &Value,
+) -> (Vec<Value>, Value) {
+    daemon.wait_for(&format!("{n} calls and a ledger row of pid {pid}"), |c, l| {
+        calls_of(c, pid).len() >= n && !ledger_of(l, pid).is_empty()
+    });
+    let calls = calls_of(&daemon.calls(), pid);
+    let served = mock.served_with_tag(tag);
+    assert_eq!(calls.len(), n, "calls of pid {pid}: {calls:#?}");
+    assert_eq!(served.len(), n, "mock served for tag {tag}: {served:#?}");
+    let ledger = ledger_of(&daemon.ledger(), pid);
+    assert_eq!(ledger.len(), 1, "exactly one ledger row: {ledger:#?}");
+    let row = ledger[0].clone();
+
+    for (call, served) in calls.iter().zip(&served) {
+        assert_usage_matches(call, served);
+        assert_eq!(call["session_id"], row["session_id"]);
+        assert_eq!(u(&call["depth"]), 0);
+        assert_eq!(u(&call["status"]), 200);
+        assert_eq!(call["http_version"], "1.1");
+        assert_eq!(call["usage_source"], "reported");
+        assert_eq!(
+            u(&call["total_tokens"]),
+            u(&call["input_tokens"]) + u(&call["output_tokens"])
+        );
+        for (key, want) in expect.as_object().unwrap() {
+            assert_eq!(&call[key], want, "{key} of {call}");
+        }
+        assert!(call["started_at"].as_str().unwrap() <= call["ended_at"].as_str().unwrap());
+    }
+    // The ledger row's totals are the sums of its calls.
+    for field in [
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "total_tokens",
+    ] {
+        let sum: u64 = calls.iter().map(|c| u(&c[field])).sum();
+        assert_eq!(u(&row[field]), sum, "ledger {field}");
+    }
+    let cost: f64 = calls.iter().map(|c| c["cost_usd"].as_f64().unwrap()).sum();
+    assert!(approx(row["total_cost_usd"].as_f64().unwrap(), cost), "{row}");
+    assert_eq!(u(&row["call_count"]), n as u64);
+    assert_eq!(u(&row["agent_count"]), 1);
+    assert_eq!(u(&row["depth_max"]), 0);
+    assert_eq!(u(&row["ceiling_hits"]), 0);
+    assert_eq!(row["outcome"], "completed");
+    (calls, row)
+}
+
+#[test]
+fn status_lists_probes_and_libssl() {
+    let daemon = Daemon::start();
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(status["ok"], true, "{status:#}");
+    assert_eq!(status["tracepoints"].as_array().unwrap().len(), 4);
+    let libs = status["tls_libraries"].as_array().unwrap();
+    assert!(
+        libs.iter()
+            .any(|l| l["path"].as_str().unwrap().contains("libssl.so")),
+        "{libs:#?}"
+    );
+    for counter in ["ringbuf_full_events", "truncated_bytes", "proc_events"] {
+        assert!(status["kernel_drops"][counter].is_u64(), "{counter}");
+    }
+    // The human form names the same things.
+    let text = String::from_utf8(daemon.cli(&["status"]).stdout).unwrap();
+    assert!(text.contains("all probes attached") && text.contains("libssl.so"), "{text}");
+    // The control socket is root-only.
+    let mode = std::fs::metadata(&daemon.socket).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn python_openai_chat_completions_exact_usage_and_cost() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    for (tag, stream) in [("py-openai-plain", false), ("py-openai-stream", true)] {
+        let mut args = vec!["--model", "gpt-4o-mini", "--calls", "3", "--tag", tag];
+        if stream {
+            args.push("--stream");
+        }
+        let (pid, _) = run_client(py_client("openai_chat.py", &mock, &args));
+        let expect = serde_json::json!({
+            "provider": "openai", "api": "chat.completions", "model": "gpt-4o-mini", "streaming": stream,
+        });
+        let (calls, _) = check_single_agent_session(&daemon, &mock, pid, tag, 3, &expect);
+        for call in &calls {
+            let want = gpt_4o_mini_cost(call);
+            assert!(approx(call["cost_usd"].as_f64().unwrap(), want), "{call}");
+            assert!(u(&call["cache_read_tokens"]) > 0, "the mock sends cached tokens");
+        }
+    }
+}
+
+#[test]
+fn python_openai_stream_without_include_usage_is_recorded_as_missing() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    let tag = "py-openai-no-usage";
+    let (pid, _) = run_client(py_client(
+        "openai_chat.py",
+        &mock,
+        &["--stream", "--no-include-usage", "--tag", tag],
+    ));
+    daemon.wait_for("the call row", |c, _| !calls_of(c, pid).is_empty());
+    let call = &calls_of(&daemon.calls(), pid)[0];
+    assert_eq!(call["usage_source"], "missing", "{call}");
+    assert_eq!(u(&call["input_tokens"]), 0);
+    assert_eq!(mock.served_with_tag(tag)[0]["usage_sent"], false);
+}
+
+#[test]
+fn python_anthropic_messages_cache_tokens_included() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    for (tag, stream) in [("py-anthropic-plain", false), ("py-anthropic-stream", true)] {
+        let mut args = vec![
+            "--model",
+            "claude-sonnet-4-5",
+            "--calls",
+            "2",
+            "--tag",
+            tag,
+            "--usage",
+            r#"{"input_tokens":5000,"output_tokens":700,"cache_read_tokens":3000,"cache_write_tokens":1500,"reasoning_tokens":0}"#,
+        ];
+        if stream {
+            args.push("--stream");
+        }
+        let (pid, _) = run_client(py_client("anthropic_messages.py", &mock, &args));
+        let expect = serde_json::json!({
+            "provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-5", "streaming": stream,
+            "input_tokens": 5000, "cache_read_tokens": 3000, "cache_write_tokens": 1500, "output_tokens": 700,
+        });
+        let (calls, _) = check_single_agent_session(&daemon, &mock, pid, tag, 2, &expect);
+        // claude-sonnet-4-5: 3 in, 15 out, 0.30 cache read, 3.75 cache write per Mtok.
+        let want = (500.0 * 3.0 + 3000.0 * 0.30 + 1500.0 * 3.75 + 700.0 * 15.0) / 1e6;
+        for call in &calls {
+            assert!(approx(call["cost_usd"].as_f64().unwrap(), want), "{call}");
+        }
+    }
+}
+
+#[test]
+fn node_openai_package_through_node_static_openssl() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    for (tag, stream) in [("node-plain", false), ("node-stream", true)] {
+        let mut args = vec!["--model", "gpt-4o-mini", "--calls", "2", "--tag", tag];
+        if stream {
+            args.push("--stream");
+        }
+        let (pid, _) = run_client(node_client(&mock, &args));
+        let expect = serde_json::json!({"provider": "openai", "model": "gpt-4o-mini", "streaming": stream});
+        check_single_agent_session(&daemon, &mock, pid, tag, 2, &expect);
+    }
+    let status = daemon.cli_json(&["status"]);
+    assert!(
+        status["tls_libraries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["path"].as_str().unwrap().ends_with("/node")),
+        "node's own OpenSSL is attached: {status:#}"
+    );
+}
+
+#[test]
+fn curl_http11_gzip_response() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    let tag = "curl-gzip";
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "--http1.1", "--compressed", "--cacert"])
+        .arg(&mock.ca)
+        .args(["-H", "content-type: application/json", "-H"])
+        .arg(format!("x-test-tag: {tag}"))
+        .args(["-d", body])
+        .arg(format!("{}/v1/chat/completions", mock.base_url()));
+    let (pid, out) = run_client(cmd);
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(reply["usage"]["prompt_tokens"].is_u64());
+    assert_eq!(mock.served_with_tag(tag)[0]["gzip"], true, "the mock gzipped it");
+    let expect = serde_json::json!({"provider": "openai", "streaming": false});
+    check_single_agent_session(&daemon, &mock, pid, tag, 1, &expect);
+}
+
+#[test]
+fn large_request_split_across_many_writes() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    let tag = "big-prompt";
+    // ~200 KiB body: many SSL_write calls and many 16 KiB ring-buffer chunks.
+    let prompt = "lorem ipsum dolor sit amet ".repeat(8000);
+    let (pid, _) = run_client(py_client(
+        "openai_chat.py",
+        &mock,
+        &["--calls", "2", "--tag", tag, "--prompt", &prompt],
+    ));
+    let expect = serde_json::json!({"provider": "openai"});
+    let (calls, _) = check_single_agent_session(&daemon, &mock, pid, tag, 2, &expect);
+    assert!(u(&calls[0]["request_bytes"]) > 200_000, "{}", calls[0]);
+}
+
+#[test]
+fn agent_tree_one_session_with_depths() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    let py = python();
+    let script = clients().join("tree_agent.py");
+    let agent = |tag: &str, children: &[String]| -> String {
+        let mut s = format!(
+            "{} {} --base-url {} --ca {} --calls 1 --tag {tag}",
+            py.display(),
+            script.display(),
+            mock.base_url(),
+            mock.ca.display()
+        );
+        for c in children {
+            s.push_str(&format!(" --child \"{}\"", c.replace('"', "\\\"")));
+        }
+        s
+    };
+    // root → bash → a → bash → a1, and root → bash → b (bash is a tool process).
+    let a1 = agent("tree-a1", &[]);
+    let a = agent("tree-a", &[a1]);
+    let b = agent("tree-b", &[]);
+    let root_cmd = agent("tree-root", &[a, b]);
+    let (root_pid, _) = run_client({
+        let mut c = Command::new("bash");
+        c.args(["-c", &format!("exec {root_cmd}")]);
+        c
+    });
+    daemon.wait_for("the tree's ledger row", |_, l| !ledger_of(l, root_pid).is_empty());
+    let row = &ledger_of(&daemon.ledger(), root_pid)[0];
+    let sid = row["session_id"].clone();
+    let calls: Vec<Value> = daemon
+        .calls()
+        .into_iter()
+        .filter(|c| c["session_id"] == sid)
+        .collect();
+    let depth_of = |tag: &str| -> u64 {
+        let served = mock.served_with_tag(tag);
+        assert_eq!(served.len(), 1, "{tag}");
+        // Match the call by its exact usage (each mock call differs).
+        let c = calls
+            .iter()
+            .find(|c| {
+                c["input_tokens"] == served[0]["usage"]["input_tokens"]
+                    && c["output_tokens"] == served[0]["usage"]["output_tokens"]
+            })
+            .unwrap_or_else(|| panic!("no call of {tag} in the session: {calls:#?}"));
+        u(&c["depth"])
+    };
+    assert_eq!(calls.len(), 4, "{calls:#?}");
+    assert_eq!(depth_of("tree-root"), 0);
+    assert_eq!(depth_of("tree-a"), 1);
+    assert_eq!(depth_of("tree-b"), 1);
+    assert_eq!(depth_of("tree-a1"), 2);
+    assert_eq!(u(&row["agent_count"]), 4, "bash processes are not agents: {row}");
+    assert_eq!(u(&row["depth_max"]), 2);
+    assert_eq!(u(&row["call_count"]), 4);
+    let sum: u64 = calls.iter().map(|c| u(&c["total_tokens"])).sum();
+    assert_eq!(u(&row["total_tokens"]), sum);
+    // No process of the tree opened a session of its own.
+    let pids: Vec<u64> = calls.iter().map(|c| u(&c["pid"])).collect();
+    for r in daemon.ledger() {
+        if r["session_id"] != sid {
+            assert!(!pids.contains(&u(&r["root_pid"])), "a sub-agent became a root: {r}");
+        }
+    }
+}
+
+#[test]
+fn no_prompt_or_completion_text_is_stored() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    let canary = "zq9-canary-7f3e1b";
+    let prompt = format!("please repeat the secret word {canary} back to me");
+    let (pid, out) = run_client(py_client(
+        "openai_chat.py",
+        &mock,
+        &["--tag", "canary", "--prompt", &prompt],
+    ));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(canary));
+    daemon.wait_for("the canary session's ledger row", |_, l| {
+        !ledger_of(l, pid).is_empty()
+    });
+    assert_eq!(calls_of(&daemon.calls(), pid).len(), 1, "the call itself was accounted");
+    let mut haystacks: Vec<(String, String)> = Vec::new();
+    for entry in std::fs::read_dir(&daemon.data_dir).unwrap().flatten() {
+        let text = String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned();
+        haystacks.push((entry.path().display().to_string(), text));
+    }
+    assert!(haystacks.len() >= 2, "calls.jsonl and ledger.jsonl exist");
+    for args in [&["sessions"][..], &["status", "--json"], &["tree"]] {
+        let out = daemon.cli(args);
+        haystacks.push((format!("agentwatch {args:?}"), String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    haystacks.push(("daemon log".into(), daemon.stop()));
+    for (name, text) in &haystacks {
+        assert!(!text.contains(canary), "{name} contains the prompt text");
+    }
+}
