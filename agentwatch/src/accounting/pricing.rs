@@ -388,8 +388,8 @@ mod tests {
             cache_read_per_mtok = 0.5
             [[pricing]]
             model = "my-local-*"
-            input_per_mtok = 0.0
-            output_per_mtok = 0.0
+            input_per_mtok = 0
+            output_per_mtok = 0
             "#,
         )
         .unwrap();

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use super::{CaptureEvent, CaptureLimits, CaptureStats};
-use crate::accounting::{Usage, UsageSource};
+use crate::accounting::UsageSource;
 use crate::protocol::decode::{ContentEncoding, Decoder};
 use crate::protocol::http1::{
     Http1Error, Http1Event, Http1Parser, MessageKind, RequestHead, ResponseHead,
@@ -335,7 +335,7 @@ impl Exchange {
             } else {
                 UsageSource::Missing
             },
-            usage: usage.unwrap_or(Usage::default()),
+            usage: usage.unwrap_or_default(),
             complete,
             ended_at_ns: self.ended_at_ns,
             response_bytes: self.response_bytes,
@@ -832,15 +832,17 @@ impl Connection {
         let ResponseBody { reader, acc } = body;
         reader.feed(bytes, stats, &mut |e| acc.on_sse(e));
         // A stream's terminal event ends the call even if the HTTP body trails on.
-        if acc.meta().stream_done && !ex.emitted && ex.request == RequestState::Done {
-            if let Some(req) = ex.llm.clone() {
-                ex.ended_at_ns = ts_ns;
-                ex.response_bytes = message_bytes;
-                let call = ex.call(req, true);
-                Self::count_call(&call, stats);
-                out.push(CaptureEvent::Call(call));
-                ex.emitted = true;
-            }
+        if acc.meta().stream_done
+            && !ex.emitted
+            && ex.request == RequestState::Done
+            && let Some(req) = ex.llm.clone()
+        {
+            ex.ended_at_ns = ts_ns;
+            ex.response_bytes = message_bytes;
+            let call = ex.call(req, true);
+            Self::count_call(&call, stats);
+            out.push(CaptureEvent::Call(call));
+            ex.emitted = true;
         }
     }
 

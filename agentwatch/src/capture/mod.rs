@@ -14,9 +14,13 @@
 //! from them: no prompt or completion text outlives the call, and none is ever logged.
 //!
 //! Failure is normal input: malformed HTTP, bad encodings, kernel loss. Each is counted in
-//! [`CaptureStats`]; the direction concerned gives up its message in flight (emitting a call
-//! marked incomplete if it was an LLM call) and resynchronises at the next chunk that starts a
-//! message.
+//! [`CaptureStats`]; the direction concerned gives up its message in flight and resynchronises
+//! at the next chunk that starts a message (a request line for writes, `HTTP/1.` for reads).
+//! A response cut by loss or an error is emitted at once as an incomplete call, with whatever
+//! usage it had shown. A request cut by loss was still *sent*, so it is emitted at once as a
+//! `Request` (model unknown) but stays queued: its response, which may carry the usage, pairs
+//! with it and ends the call, marked incomplete. At `close`, every exchange still in flight
+//! is emitted incomplete; a request that was never written whole is not a call.
 
 mod connection;
 #[cfg(test)]

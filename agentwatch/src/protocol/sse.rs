@@ -101,10 +101,11 @@ impl SseParser {
     fn end_line(&mut self, on_event: &mut impl FnMut(SseEvent<'_>)) {
         let mut line = std::mem::take(&mut self.line);
         let overflow = std::mem::replace(&mut self.line_overflow, false);
-        if self.at_start && !overflow {
-            if let Some(rest) = line.strip_prefix("\u{feff}".as_bytes()) {
-                line = rest.to_vec();
-            }
+        if self.at_start
+            && !overflow
+            && let Some(rest) = line.strip_prefix("\u{feff}".as_bytes())
+        {
+            line = rest.to_vec();
         }
         self.at_start = false;
         if overflow {

@@ -36,12 +36,21 @@ impl ChatAccumulator {
             self.meta.stream_done = true;
             return;
         }
-        if event.event == Some("error") {
-            self.meta.provider_errors += 1;
-        }
+        let error_event = event.event == Some("error");
         match Envelope::parse(event.data) {
-            Some(env) => self.take(&env),
-            None => self.meta.json_errors += 1,
+            Some(env) => {
+                // An `error` event counts once, with or without an `error` object inside.
+                if error_event && env.error.is_none() {
+                    self.meta.provider_errors += 1;
+                }
+                self.take(&env);
+            }
+            None => {
+                if error_event {
+                    self.meta.provider_errors += 1;
+                }
+                self.meta.json_errors += 1;
+            }
         }
     }
 
