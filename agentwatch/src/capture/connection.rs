@@ -9,7 +9,9 @@ use crate::protocol::http1::{
     Http1Error, Http1Event, Http1Parser, MessageKind, RequestHead, ResponseHead,
 };
 use crate::protocol::sse::{SseEvent, SseParser};
-use crate::providers::{Accumulator, Api, LlmCall, LlmRequest, ProviderError, provider_name};
+use crate::providers::{
+    Accumulator, Api, LlmCall, LlmRequest, ProviderError, provider_name, scan_request_prefix,
+};
 
 /// Compressed or plain body bytes are handed to decoders in pieces of this size, so one TLS
 /// record never inflates into more than a few MiB at once.
@@ -102,6 +104,8 @@ struct BodyReader {
     broken: bool,
     sink: BodySink,
     limit: usize,
+    /// Over the limit, keep the first `limit` bytes (requests: the `model` is near the start).
+    keep_prefix: bool,
 }
 
 #[derive(Debug)]
@@ -138,6 +142,7 @@ impl BodyReader {
             decoder,
             sink,
             limit,
+            keep_prefix: false,
         }
     }
 
@@ -209,7 +214,12 @@ impl BodyReader {
                 } else if buf.len() + bytes.len() > self.limit {
                     *over_limit = true;
                     stats.bytes_over_limit += (buf.len() + bytes.len()) as u64;
-                    *buf = Vec::new();
+                    if self.keep_prefix {
+                        let room = self.limit - buf.len();
+                        buf.extend_from_slice(&bytes[..room]);
+                    } else {
+                        *buf = Vec::new();
+                    }
                 } else {
                     buf.extend_from_slice(bytes);
                 }
@@ -226,6 +236,14 @@ impl BodyReader {
                 over_limit: false,
             } if !self.broken => Some(buf),
             _ => None,
+        }
+    }
+
+    /// What was kept of a body over its limit (with `keep_prefix`).
+    fn prefix(&self) -> &[u8] {
+        match &self.sink {
+            BodySink::Buffer { buf, .. } if !self.broken => buf,
+            _ => &[],
         }
     }
 
@@ -635,12 +653,14 @@ impl Connection {
         stats.http_requests += 1;
         let ex = Exchange::new(Some(head), self.write.started_at_ns);
         self.write.body = ex.api.map(|_| {
-            BodyReader::new(
+            let mut reader = BodyReader::new(
                 head.content_encoding.as_deref(),
                 false,
                 self.limits.max_request_body,
                 stats,
-            )
+            );
+            reader.keep_prefix = true;
+            reader
         });
         self.write.in_request = true;
         self.push_exchange(ex, ts_ns, stats, out);
@@ -658,8 +678,11 @@ impl Connection {
             (Some(api), Some(mut body)) => {
                 body.finish(stats, &mut |_| {});
                 if body.lost_to_limit_or_decoding() {
-                    // Method and path say LLM; the body was too big (or undecodable) to read.
-                    Some(ex.llm_request(api, None, false, request_bytes))
+                    // Method and path say LLM; the body was too big (or undecodable) to read
+                    // whole: take the model from the kept prefix if it is there.
+                    let (model, stream) = scan_request_prefix(body.prefix());
+                    let streaming = stream.unwrap_or(false);
+                    Some(ex.llm_request(api, model, streaming, request_bytes))
                 } else {
                     match api.request_info(body.buffered().unwrap_or_default()) {
                         Ok(info) => Some(ex.llm_request(

@@ -678,19 +678,33 @@ fn capture_limits_are_enforced() {
     let mut h = H::with_limits(limits);
     let body = openai_body("gpt-4o", false, false, 2000);
     h.write(&request("/v1/chat/completions", "api.openai.com", &body));
+    let mut tail_model = anthropic_body("claude-haiku-4-5", true);
+    tail_model.splice(
+        1..1,
+        format!(r#""system":"{}","#, "s".repeat(2000)).into_bytes(),
+    );
+    h.write(&request("/v1/messages", "api.anthropic.com", &tail_model));
     // Response over the limit: usage missing.
     h.read(&response(200, JSON, OPENAI_JSON));
     let events = h.take();
-    let [CaptureEvent::Request(r), CaptureEvent::Call(call)] = events.as_slice() else {
+    let [
+        CaptureEvent::Request(r),
+        CaptureEvent::Request(r2),
+        CaptureEvent::Call(call),
+    ] = events.as_slice()
+    else {
         panic!("{events:#?}")
     };
-    assert_eq!(r.model, None);
+    // The model is in the kept prefix of the first, beyond it in the second.
+    assert_eq!(r.model.as_deref(), Some("gpt-4o"));
+    assert_eq!(r2.model, None);
     assert!(call.complete);
     assert_eq!(call.usage_source, UsageSource::Missing);
     assert_eq!(
         h.stats.bytes_over_limit,
-        (body.len() + OPENAI_JSON.len()) as u64
+        (body.len() + tail_model.len() + OPENAI_JSON.len()) as u64
     );
+    assert_eq!(h.stats.llm_requests, 2);
 
     // A header block above the limit breaks the direction; no panic, counted.
     let mut h = H::with_limits(limits);

@@ -123,6 +123,61 @@ impl Api {
     }
 }
 
+/// Best effort for a request body too large to buffer whole: the top-level `"model"` string
+/// and `"stream"` flag found in the kept prefix by a minimal scanner that only tracks strings,
+/// escapes and nesting depth (a `"model"` key inside `messages` or `tools` is not top-level).
+/// No other string is copied.
+pub fn scan_request_prefix(prefix: &[u8]) -> (Option<String>, Option<bool>) {
+    let (mut model, mut stream) = (None, None);
+    let mut depth = 0usize;
+    // A top-level string that may be a key, and the key whose value comes next.
+    let mut key: Option<&[u8]> = None;
+    let mut value_of: Option<&[u8]> = None;
+    let mut i = 0;
+    while i < prefix.len() {
+        match prefix[i] {
+            b'"' => {
+                let start = i + 1;
+                let mut j = start;
+                while j < prefix.len() && prefix[j] != b'"' {
+                    j += if prefix[j] == b'\\' { 2 } else { 1 };
+                }
+                if j >= prefix.len() {
+                    break; // cut inside a string
+                }
+                let s = &prefix[start..j];
+                if depth == 1 {
+                    match value_of.take() {
+                        Some(b"model") if model.is_none() && !s.contains(&b'\\') => {
+                            model = std::str::from_utf8(s).ok().map(str::to_string);
+                        }
+                        Some(_) => {}
+                        None => key = Some(s),
+                    }
+                }
+                i = j;
+            }
+            b':' if depth == 1 => value_of = key.take(),
+            b',' if depth == 1 => (key, value_of) = (None, None),
+            b'{' | b'[' => {
+                depth += 1;
+                value_of = None;
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b't' | b'f' if depth == 1 && value_of == Some(&b"stream"[..]) => {
+                stream = Some(prefix[i] == b't');
+                value_of = None;
+            }
+            _ => {}
+        }
+        if model.is_some() && stream.is_some() {
+            break;
+        }
+        i += 1;
+    }
+    (model, stream)
+}
+
 /// The request fields every API family shares; the rest of the body is skipped unread.
 #[derive(Deserialize)]
 struct RequestProbe {
@@ -325,6 +380,23 @@ mod tests {
             Api::OpenAiChat.request_info(br#"{"model":"x""#),
             Err(ProviderError::InvalidJson { .. })
         ));
+    }
+
+    #[test]
+    fn providers_scan_request_prefix() {
+        let body = br#"{"max_tokens":5,"messages":[{"role":"user","content":"say \"model\": \"x\""},{"model":"nested"}],"tools":{"model":"t"},"model":"claude-opus-4-5","stream":true,"system":"trunc"#;
+        assert_eq!(
+            scan_request_prefix(body),
+            (Some("claude-opus-4-5".into()), Some(true))
+        );
+        assert_eq!(
+            scan_request_prefix(br#"{"messages":[{"content":"cut here"#),
+            (None, None)
+        );
+        assert_eq!(
+            scan_request_prefix(br#"{"model" : "gpt-4o", "stream": false"#),
+            (Some("gpt-4o".into()), Some(false))
+        );
     }
 
     #[test]
