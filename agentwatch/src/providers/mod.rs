@@ -28,8 +28,9 @@ use crate::protocol::sse::SseEvent;
 /// Why a body could not be read as an LLM request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
-    #[error("request body is not a JSON object: {reason}")]
-    InvalidJson { reason: String },
+    /// Position only: a `serde_json` message can quote body text, which must not leak.
+    #[error("request body is not a JSON object (line {line}, column {column})")]
+    InvalidJson { line: usize, column: usize },
     #[error("request body has no string `model`")]
     NoModel,
 }
@@ -88,13 +89,12 @@ impl Api {
     pub fn request_info(self, body: &[u8]) -> Result<RequestInfo, ProviderError> {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if first != Some(&b'{') {
-            return Err(ProviderError::InvalidJson {
-                reason: "not an object".into(),
-            });
+            return Err(ProviderError::InvalidJson { line: 1, column: 1 });
         }
         let probe: RequestProbe =
             serde_json::from_slice(body).map_err(|e| ProviderError::InvalidJson {
-                reason: e.to_string(),
+                line: e.line(),
+                column: e.column(),
             })?;
         let Some(Value::String(model)) = probe.model else {
             return Err(ProviderError::NoModel);
