@@ -16,6 +16,9 @@ pub const EVENT_FORK: u32 = 1;
 pub const EVENT_EXEC: u32 = 2;
 pub const EVENT_EXIT: u32 = 3;
 pub const EVENT_TLS_DATA: u32 = 4;
+/// A TLS handshake started on an SSL object: whatever the daemon knew of a connection
+/// with the same SSL pointer is over (the pointer was freed and reused). Header only.
+pub const EVENT_TLS_HANDSHAKE: u32 = 5;
 
 /// Direction of TLS plaintext relative to the observed process.
 pub const DIR_WRITE: u32 = 0;

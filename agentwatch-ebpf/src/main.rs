@@ -197,6 +197,45 @@ mod bpf {
         0
     }
 
+    /// Entry of `SSL_do_handshake(ssl)` (also reached from `SSL_connect`/`SSL_accept`).
+    #[uprobe]
+    pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
+        let _ = try_handshake(&ctx);
+        0
+    }
+
+    fn try_handshake(ctx: &ProbeContext) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = (pid_tgid >> 32) as u32;
+        if config(CFG_SELF_TGID) == Some(tgid) {
+            return Ok(());
+        }
+        let ssl: u64 = ctx.arg(0).ok_or(1)?;
+        for direction in [DIR_WRITE, DIR_READ] {
+            let _ = LOSS.remove(&ConnKey {
+                tgid,
+                direction,
+                ssl,
+            });
+        }
+        let header = TlsDataHeader {
+            kind: EVENT_TLS_HANDSHAKE,
+            tgid,
+            tid: pid_tgid as u32,
+            direction: 0,
+            flags: 0,
+            len: 0,
+            ssl,
+            ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+            call_len: 0,
+            offset: 0,
+        };
+        if EVENTS.output::<TlsDataHeader>(&header, 0).is_err() {
+            count(DROP_RINGBUF_EVENTS, 1);
+        }
+        Ok(())
+    }
+
     #[uretprobe]
     pub fn ssl_write_exit(ctx: RetProbeContext) -> u32 {
         let _ = try_ssl_exit(&ctx, DIR_WRITE);
@@ -253,64 +292,97 @@ mod bpf {
     #[inline(always)]
     fn emit_tls(pid_tgid: u64, direction: u32, args: &SslArgs, len: u64) -> Result<(), i64> {
         let tgid = (pid_tgid >> 32) as u32;
-        let key = ConnKey { tgid, direction, ssl: args.ssl };
+        let key = ConnKey {
+            tgid,
+            direction,
+            ssl: args.ssl,
+        };
         let mut flags = 0u32;
         if unsafe { LOSS.get(&key) }.is_some() {
             flags |= TLS_FLAG_LOSS_BEFORE;
             let _ = LOSS.remove(&key);
         }
         let scratch = SCRATCH.get_ptr_mut(0).ok_or(1)?;
-        let ts = unsafe { bpf_ktime_get_boot_ns() };
-        let mut offset: u64 = 0;
-        for _ in 0..MAX_CHUNKS {
-            if offset >= len {
+        let chunk = Chunk {
+            scratch,
+            key: &key,
+            pid_tgid,
+            buf: args.buf,
+            call_len: len,
+            ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        };
+        // Full chunks have a constant size and the remainder is masked, so the verifier
+        // sees a loop whose iterations do not branch into each other (linear, not 2^n).
+        let full = len / DATA_CHUNK as u64;
+        for i in 0..MAX_CHUNKS as u64 {
+            if i >= full {
                 break;
             }
-            let mut n = len - offset;
-            if n > DATA_CHUNK as u64 {
-                n = DATA_CHUNK as u64;
-            }
-            let n32 = (n as u32) & (2 * DATA_CHUNK as u32 - 1);
-            if n32 as usize > DATA_CHUNK || n32 == 0 {
-                break;
-            }
-            unsafe {
-                let h = &mut (*scratch).header;
-                h.kind = EVENT_TLS_DATA;
-                h.tgid = tgid;
-                h.tid = pid_tgid as u32;
-                h.direction = direction;
-                h.flags = flags;
-                h.len = n32;
-                h.ssl = args.ssl;
-                h.ts_ns = ts;
-                h.call_len = len;
-                h.offset = offset;
-                let dst = (*scratch).data.as_mut_ptr() as *mut core::ffi::c_void;
-                let src = (args.buf + offset) as *const core::ffi::c_void;
-                if generated::bpf_probe_read_user(dst, n32, src) != 0 {
-                    count(DROP_READ_FAILED_BYTES, len - offset);
-                    let _ = LOSS.insert(&key, &1, 0);
-                    return Err(1);
-                }
-                let total = TLS_HEADER_LEN as u64 + n32 as u64;
-                let record = core::slice::from_raw_parts(scratch as *const u8, total as usize);
-                if EVENTS.output::<[u8]>(record, 0).is_err() {
-                    count(DROP_RINGBUF_EVENTS, 1);
-                    count(DROP_RINGBUF_BYTES, len - offset);
-                    let _ = LOSS.insert(&key, &1, 0);
-                    return Err(1);
-                }
-            }
+            chunk.emit(i * DATA_CHUNK as u64, DATA_CHUNK as u32, flags)?;
             flags = 0;
-            offset += n32 as u64;
         }
-        if offset < len {
-            // Over MAX_CHUNKS: the rest is not copied; the stream must resynchronise.
-            count(DROP_TRUNCATED_BYTES, len - offset);
-            let _ = LOSS.insert(&key, &1, 0);
+        if full < MAX_CHUNKS as u64 {
+            let rem = (len & (DATA_CHUNK as u64 - 1)) as u32;
+            if rem > 0 {
+                chunk.emit(full * DATA_CHUNK as u64, rem, flags)?;
+            }
+        } else {
+            let copied = MAX_CHUNKS as u64 * DATA_CHUNK as u64;
+            if len > copied {
+                // Over MAX_CHUNKS: the rest is not copied; the stream must resynchronise.
+                count(DROP_TRUNCATED_BYTES, len - copied);
+                let _ = LOSS.insert(&key, &1, 0);
+            }
         }
         Ok(())
+    }
+
+    struct Chunk<'a> {
+        scratch: *mut TlsDataEvent,
+        key: &'a ConnKey,
+        pid_tgid: u64,
+        buf: u64,
+        call_len: u64,
+        ts_ns: u64,
+    }
+
+    impl Chunk<'_> {
+        /// Copies `n` (1..=DATA_CHUNK) bytes at `offset` of the SSL buffer into one record.
+        #[inline(always)]
+        fn emit(&self, offset: u64, n: u32, flags: u32) -> Result<(), i64> {
+            if n == 0 || n as usize > DATA_CHUNK {
+                return Err(1);
+            }
+            unsafe {
+                let h = &mut (*self.scratch).header;
+                h.kind = EVENT_TLS_DATA;
+                h.tgid = self.key.tgid;
+                h.tid = self.pid_tgid as u32;
+                h.direction = self.key.direction;
+                h.flags = flags;
+                h.len = n;
+                h.ssl = self.key.ssl;
+                h.ts_ns = self.ts_ns;
+                h.call_len = self.call_len;
+                h.offset = offset;
+                let dst = (*self.scratch).data.as_mut_ptr() as *mut core::ffi::c_void;
+                let src = (self.buf + offset) as *const core::ffi::c_void;
+                if generated::bpf_probe_read_user(dst, n, src) != 0 {
+                    count(DROP_READ_FAILED_BYTES, self.call_len - offset);
+                    let _ = LOSS.insert(self.key, &1, 0);
+                    return Err(1);
+                }
+                let total = TLS_HEADER_LEN + n as usize;
+                let record = core::slice::from_raw_parts(self.scratch as *const u8, total);
+                if EVENTS.output::<[u8]>(record, 0).is_err() {
+                    count(DROP_RINGBUF_EVENTS, 1);
+                    count(DROP_RINGBUF_BYTES, self.call_len - offset);
+                    let _ = LOSS.insert(self.key, &1, 0);
+                    return Err(1);
+                }
+            }
+            Ok(())
+        }
     }
 
     #[panic_handler]

@@ -96,7 +96,13 @@ fn setup_toolchain() -> Result<()> {
     ]))
     .context("the nightly toolchain is needed to build eBPF: `rustup toolchain install nightly`")?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
 
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
@@ -178,8 +184,21 @@ fn build_ebpf() -> Result<()> {
     let root = root();
     run(Command::new("cargo")
         .current_dir(&root)
-        .args(["+nightly", "build", "--package", "agentwatch-ebpf", "--bin", "agentwatch"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--release"])
+        .args([
+            "+nightly",
+            "build",
+            "--package",
+            "agentwatch-ebpf",
+            "--bin",
+            "agentwatch",
+        ])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+        ])
         .arg("--target-dir")
         .arg(root.join("target/ebpf"))
         // Nightly must find bpf-linker even when ~/.cargo/bin is not on PATH.
@@ -242,7 +261,13 @@ fn main() -> Result<()> {
             setup_test_deps()?;
             let mut unit = Command::new("cargo");
             unit.current_dir(&root)
-                .args(["test", "--release", "--workspace", "--exclude", "agentwatch-ebpf"])
+                .args([
+                    "test",
+                    "--release",
+                    "--workspace",
+                    "--exclude",
+                    "agentwatch-ebpf",
+                ])
                 .args(["--lib", "--bins"]);
             if let Some(f) = &filter {
                 unit.args(["--", f.as_str()]);
@@ -254,7 +279,13 @@ fn main() -> Result<()> {
             let mut integration = Command::new("cargo");
             integration
                 .current_dir(&root)
-                .args(["test", "--release", "--package", "agentwatch-tests", "--tests"])
+                .args([
+                    "test",
+                    "--release",
+                    "--package",
+                    "agentwatch-tests",
+                    "--tests",
+                ])
                 .env("AGENTWATCH_BIN", root.join("target/release/agentwatch"))
                 .env("MOCK_LLM_BIN", root.join("target/release/mock-llm"))
                 .env("AGENTWATCH_VENV", root.join(".venv"))
@@ -269,7 +300,14 @@ fn main() -> Result<()> {
             setup_test_deps()?;
             run(Command::new("cargo")
                 .current_dir(&root)
-                .args(["run", "--release", "--package", "agentwatch-tests", "--bin", "bench"])
+                .args([
+                    "run",
+                    "--release",
+                    "--package",
+                    "agentwatch-tests",
+                    "--bin",
+                    "bench",
+                ])
                 .env("AGENTWATCH_BIN", root.join("target/release/agentwatch"))
                 .env("MOCK_LLM_BIN", root.join("target/release/mock-llm"))
                 .env("AGENTWATCH_VENV", root.join(".venv")))?;

@@ -95,7 +95,11 @@ pub fn render(req: &Request, answer: &Value) -> String {
         }
         Request::Tree { .. } => {
             for tree in answer["trees"].as_array().into_iter().flatten() {
-                let _ = writeln!(out, "session {}", tree["session_id"].as_str().unwrap_or("?"));
+                let _ = writeln!(
+                    out,
+                    "session {}",
+                    tree["session_id"].as_str().unwrap_or("?")
+                );
                 for agent in tree["agents"].as_array().into_iter().flatten() {
                     let depth = num(&agent["depth"]) as usize;
                     let _ = writeln!(

@@ -24,6 +24,7 @@ pub struct PipelineStats {
     pub execs: u64,
     pub exits: u64,
     pub tls_chunks: u64,
+    pub tls_handshakes: u64,
     pub tls_bytes: u64,
     /// TLS chunks from a process that vanished before /proc could be read (charged to nobody).
     pub tls_chunks_unknown_process: u64,
@@ -102,9 +103,7 @@ impl Pipeline {
                 self.stats.forks += 1;
                 self.tree.on_fork(parent, child, ts_ns);
             }
-            KernelEvent::Exec {
-                tgid, filename, ..
-            } => {
+            KernelEvent::Exec { tgid, filename, .. } => {
                 self.stats.execs += 1;
                 self.tree.on_exec(tgid, &filename);
                 return Some(tgid);
@@ -114,6 +113,16 @@ impl Pipeline {
                 self.on_exit(tgid, ts_ns);
             }
             KernelEvent::Tls { header, data } => self.on_tls(&header, data),
+            KernelEvent::TlsHandshake { tgid, ssl, ts_ns } => {
+                // The SSL pointer starts a new connection: the old one (if any) is over.
+                self.stats.tls_handshakes += 1;
+                if self.conns.contains_key(&(tgid, ssl)) {
+                    if let Some(list) = self.conns_by_tgid.get_mut(&tgid) {
+                        list.retain(|s| *s != ssl);
+                    }
+                    self.close_connection((tgid, ssl), ts_ns);
+                }
+            }
         }
         None
     }

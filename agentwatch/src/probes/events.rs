@@ -1,7 +1,8 @@
 //! Decoding of ring-buffer records. A record's kind is checked before its layout is
 //! trusted; an unknown kind or a short record is an error the caller counts.
 use agentwatch_ebpf::{
-    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_TLS_DATA, ProcEvent, TLS_HEADER_LEN, TlsDataHeader,
+    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, ProcEvent,
+    TLS_HEADER_LEN, TlsDataHeader,
 };
 
 #[derive(Debug)]
@@ -23,6 +24,12 @@ pub enum KernelEvent<'a> {
     Tls {
         header: TlsDataHeader,
         data: &'a [u8],
+    },
+    /// A new TLS connection starts on `ssl` (the pointer may be a reused one).
+    TlsHandshake {
+        tgid: u32,
+        ssl: u64,
+        ts_ns: u64,
     },
 }
 
@@ -82,6 +89,14 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 .get(TLS_HEADER_LEN..TLS_HEADER_LEN + header.len as usize)
                 .ok_or_else(short)?;
             Ok(KernelEvent::Tls { header, data })
+        }
+        EVENT_TLS_HANDSHAKE => {
+            let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;
+            Ok(KernelEvent::TlsHandshake {
+                tgid: header.tgid,
+                ssl: header.ssl,
+                ts_ns: header.ts_ns,
+            })
         }
         other => Err(DecodeError::UnknownKind(other)),
     }

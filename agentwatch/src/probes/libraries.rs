@@ -6,8 +6,15 @@ use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSymbol};
 
-/// The plain and `_ex` read/write calls of OpenSSL's API (also exported by node's static OpenSSL).
-pub const TLS_SYMBOLS: [&str; 4] = ["SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex"];
+/// The plain and `_ex` read/write calls of OpenSSL's API (also exported by node's static
+/// OpenSSL), and the handshake that marks a new connection on an SSL object.
+pub const TLS_SYMBOLS: [&str; 5] = [
+    "SSL_write",
+    "SSL_write_ex",
+    "SSL_read",
+    "SSL_read_ex",
+    "SSL_do_handshake",
+];
 
 /// Library directories searched at start, so processes that load libssl later
 /// (Python imports `ssl` lazily) are covered from their first call.

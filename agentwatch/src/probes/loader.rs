@@ -58,11 +58,14 @@ pub struct DropCounters {
     pub read_failed_bytes: u64,
 }
 
-const TLS_SYMBOLS: [(&str, &str, &str); 4] = [
-    ("SSL_write", "ssl_rw_enter", "ssl_write_exit"),
-    ("SSL_write_ex", "ssl_rw_ex_enter", "ssl_write_exit"),
-    ("SSL_read", "ssl_rw_enter", "ssl_read_exit"),
-    ("SSL_read_ex", "ssl_rw_ex_enter", "ssl_read_exit"),
+/// (symbol, entry program, return program): the data-moving calls of OpenSSL's API.
+const TLS_SYMBOLS: [(&str, &str, Option<&str>); 5] = [
+    ("SSL_write", "ssl_rw_enter", Some("ssl_write_exit")),
+    ("SSL_write_ex", "ssl_rw_ex_enter", Some("ssl_write_exit")),
+    ("SSL_read", "ssl_rw_enter", Some("ssl_read_exit")),
+    ("SSL_read_ex", "ssl_rw_ex_enter", Some("ssl_read_exit")),
+    // A new connection on a (possibly reused) SSL pointer; entry only.
+    ("SSL_do_handshake", "ssl_handshake_enter", None),
 ];
 
 pub struct Probes {
@@ -106,16 +109,17 @@ impl Probes {
             .load(OBJECT)?;
         write_config(&mut ebpf, &root)?;
 
-        let ring = RingBuf::try_from(
-            ebpf.take_map("EVENTS")
-                .ok_or_else(|| ProbeError::MissingMap {
-                    name: "EVENTS".into(),
-                })?,
-        )
-        .map_err(|source| ProbeError::Map {
-            name: "EVENTS".into(),
-            source,
-        })?;
+        let ring =
+            RingBuf::try_from(
+                ebpf.take_map("EVENTS")
+                    .ok_or_else(|| ProbeError::MissingMap {
+                        name: "EVENTS".into(),
+                    })?,
+            )
+            .map_err(|source| ProbeError::Map {
+                name: "EVENTS".into(),
+                source,
+            })?;
         let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").ok_or_else(|| {
             ProbeError::MissingMap {
                 name: "DROPS".into(),
@@ -157,6 +161,7 @@ impl Probes {
         for name in [
             "ssl_rw_enter",
             "ssl_rw_ex_enter",
+            "ssl_handshake_enter",
             "ssl_write_exit",
             "ssl_read_exit",
         ] {
@@ -190,7 +195,7 @@ impl Probes {
             return false;
         }
         let exported = super::libraries::exported_tls_symbols(via);
-        if exported.is_empty() {
+        if !exported.iter().any(|s| s.starts_with("SSL_write")) {
             return false;
         }
         let mut symbols = Vec::new();
@@ -208,13 +213,15 @@ impl Probes {
                         path: via.into(),
                         source,
                     })?;
-                uprobe(&mut self.ebpf, exit)?
-                    .attach(symbol, via, UProbeScope::AllProcesses)
-                    .map_err(|source| ProbeError::UprobeAttach {
-                        symbol: symbol.into(),
-                        path: via.into(),
-                        source,
-                    })?;
+                if let Some(exit) = exit {
+                    uprobe(&mut self.ebpf, exit)?
+                        .attach(symbol, via, UProbeScope::AllProcesses)
+                        .map_err(|source| ProbeError::UprobeAttach {
+                            symbol: symbol.into(),
+                            path: via.into(),
+                            source,
+                        })?;
+                }
                 Ok::<(), ProbeError>(())
             })();
             match result {
@@ -308,15 +315,17 @@ fn write_config(ebpf: &mut Ebpf, root: &Path) -> Result<(), ProbeError> {
         ),
         (abi::CFG_SELF_TGID, std::process::id()),
     ];
-    let mut config: Array<_, u32> = Array::try_from(ebpf.map_mut("CONFIG").ok_or_else(|| {
-        ProbeError::MissingMap {
+    let mut config: Array<_, u32> =
+        Array::try_from(
+            ebpf.map_mut("CONFIG")
+                .ok_or_else(|| ProbeError::MissingMap {
+                    name: "CONFIG".into(),
+                })?,
+        )
+        .map_err(|source| ProbeError::Map {
             name: "CONFIG".into(),
-        }
-    })?)
-    .map_err(|source| ProbeError::Map {
-        name: "CONFIG".into(),
-        source,
-    })?;
+            source,
+        })?;
     for (index, value) in values {
         config
             .set(index, value, 0)

@@ -23,7 +23,10 @@ pub enum ProbeError {
     )]
     Tracefs { source: std::io::Error },
     #[error("failed to read tracepoint format {path}: {source}")]
-    TracepointFormat { path: PathBuf, source: std::io::Error },
+    TracepointFormat {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("tracepoint {tracepoint} has no field `{field}` on this kernel")]
     MissingField { tracepoint: String, field: String },
     #[error(

@@ -21,6 +21,37 @@ pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod cmdline_tests {
+    use super::*;
+
+    #[test]
+    fn free_text_arguments_are_redacted() {
+        let info = ProcInfo {
+            key: ProcKey {
+                tgid: 1,
+                start_ticks: 1,
+            },
+            ppid: 0,
+            parent: None,
+            comm: "claude".into(),
+            exe: None,
+            cmdline: vec![
+                "claude".into(),
+                "-p".into(),
+                "fix the bug in main.rs".into(),
+                "--model=x".into(),
+            ],
+            exited: false,
+            children: 0,
+        };
+        assert_eq!(
+            info.cmdline_display(),
+            "claude -p <redacted 22 bytes> --model=x"
+        );
+    }
+}
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -55,8 +86,21 @@ pub struct ProcInfo {
 
 impl ProcInfo {
     /// Arguments joined with spaces (for display; arguments with spaces are ambiguous).
+    /// The command line with free-text arguments redacted: agents are often started with
+    /// their prompt as an argument (`claude -p "…"`), and prompt text is never stored.
+    /// Arguments of at most 64 bytes without whitespace (flags, paths, names) are kept.
     pub fn cmdline_display(&self) -> String {
-        self.cmdline.join(" ")
+        self.cmdline
+            .iter()
+            .map(|arg| {
+                if arg.len() <= 64 && !arg.chars().any(char::is_whitespace) {
+                    arg.clone()
+                } else {
+                    format!("<redacted {} bytes>", arg.len())
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 

@@ -10,7 +10,10 @@ use agentwatch_tests::mock::{Config, GzipMode, Server};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(name = "mock-llm", about = "Mock OpenAI/Anthropic API server over TLS for tests")]
+#[command(
+    name = "mock-llm",
+    about = "Mock OpenAI/Anthropic API server over TLS for tests"
+)]
 struct Args {
     /// Address to listen on (port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -34,7 +37,11 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mock-llm: runtime: {e}");
@@ -71,7 +78,10 @@ fn main() {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

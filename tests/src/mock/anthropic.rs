@@ -12,16 +12,43 @@ fn common_headers(seq: u64, content_type: &str) -> Vec<(String, String)> {
     vec![
         ("content-type".into(), content_type.into()),
         ("request-id".into(), format!("req_{}", id_suffix(seq))),
-        ("anthropic-organization-id".into(), "00000000-0000-4000-8000-agentwatch00".into()),
+        (
+            "anthropic-organization-id".into(),
+            "00000000-0000-4000-8000-agentwatch00".into(),
+        ),
         ("anthropic-ratelimit-requests-limit".into(), "4000".into()),
-        ("anthropic-ratelimit-requests-remaining".into(), "3999".into()),
-        ("anthropic-ratelimit-requests-reset".into(), "2030-01-01T00:00:01Z".into()),
-        ("anthropic-ratelimit-input-tokens-limit".into(), "400000".into()),
-        ("anthropic-ratelimit-input-tokens-remaining".into(), "399000".into()),
-        ("anthropic-ratelimit-input-tokens-reset".into(), "2030-01-01T00:00:01Z".into()),
-        ("anthropic-ratelimit-output-tokens-limit".into(), "80000".into()),
-        ("anthropic-ratelimit-output-tokens-remaining".into(), "79000".into()),
-        ("anthropic-ratelimit-output-tokens-reset".into(), "2030-01-01T00:00:01Z".into()),
+        (
+            "anthropic-ratelimit-requests-remaining".into(),
+            "3999".into(),
+        ),
+        (
+            "anthropic-ratelimit-requests-reset".into(),
+            "2030-01-01T00:00:01Z".into(),
+        ),
+        (
+            "anthropic-ratelimit-input-tokens-limit".into(),
+            "400000".into(),
+        ),
+        (
+            "anthropic-ratelimit-input-tokens-remaining".into(),
+            "399000".into(),
+        ),
+        (
+            "anthropic-ratelimit-input-tokens-reset".into(),
+            "2030-01-01T00:00:01Z".into(),
+        ),
+        (
+            "anthropic-ratelimit-output-tokens-limit".into(),
+            "80000".into(),
+        ),
+        (
+            "anthropic-ratelimit-output-tokens-remaining".into(),
+            "79000".into(),
+        ),
+        (
+            "anthropic-ratelimit-output-tokens-reset".into(),
+            "2030-01-01T00:00:01Z".into(),
+        ),
     ]
 }
 
@@ -42,7 +69,10 @@ fn usage_obj(u: &AnthropicUsage, output_tokens: u64) -> Obj {
 
 fn with_thinking(o: Obj, u: &AnthropicUsage) -> Obj {
     if u.thinking_tokens > 0 {
-        o.o("output_tokens_details", Obj::new().n("thinking_tokens", u.thinking_tokens))
+        o.o(
+            "output_tokens_details",
+            Obj::new().n("thinking_tokens", u.thinking_tokens),
+        )
     } else {
         o
     }
@@ -63,10 +93,16 @@ fn message_obj(call: &Call, content: String, stop: Option<&str>, usage: Obj) -> 
 /// A non-streaming `message`.
 pub fn message(call: &Call) -> (Vec<(String, String)>, Vec<u8>) {
     let u = AnthropicUsage::from_otel(&call.usage);
-    let content = arr([Obj::new().s("type", "text").s("text", &reply_text(call.seq)).finish()]);
+    let content = arr([Obj::new()
+        .s("type", "text")
+        .s("text", &reply_text(call.seq))
+        .finish()]);
     let usage = with_thinking(usage_obj(&u, u.output_tokens), &u);
     let body = message_obj(call, content, Some("end_turn"), usage).finish();
-    (common_headers(call.seq, "application/json"), body.into_bytes())
+    (
+        common_headers(call.seq, "application/json"),
+        body.into_bytes(),
+    )
 }
 
 fn event(name: &str, data: String) -> Vec<u8> {
@@ -83,7 +119,10 @@ pub fn stream(call: &Call) -> (Vec<(String, String)>, Vec<Vec<u8>>) {
         "message_start",
         Obj::new()
             .s("type", "message_start")
-            .o("message", message_obj(call, "[]".into(), None, usage_obj(&u, initial)))
+            .o(
+                "message",
+                message_obj(call, "[]".into(), None, usage_obj(&u, initial)),
+            )
             .finish(),
     ));
     events.push(event(
@@ -101,23 +140,40 @@ pub fn stream(call: &Call) -> (Vec<(String, String)>, Vec<Vec<u8>>) {
             Obj::new()
                 .s("type", "content_block_delta")
                 .n("index", 0)
-                .o("delta", Obj::new().s("type", "text_delta").s("text", &piece))
+                .o(
+                    "delta",
+                    Obj::new().s("type", "text_delta").s("text", &piece),
+                )
                 .finish(),
         ));
     }
     events.push(event(
         "content_block_stop",
-        Obj::new().s("type", "content_block_stop").n("index", 0).finish(),
+        Obj::new()
+            .s("type", "content_block_stop")
+            .n("index", 0)
+            .finish(),
     ));
     events.push(event(
         "message_delta",
         Obj::new()
             .s("type", "message_delta")
-            .o("delta", Obj::new().s("stop_reason", "end_turn").null("stop_sequence"))
-            .o("usage", with_thinking(Obj::new().n("output_tokens", u.output_tokens), &u))
+            .o(
+                "delta",
+                Obj::new()
+                    .s("stop_reason", "end_turn")
+                    .null("stop_sequence"),
+            )
+            .o(
+                "usage",
+                with_thinking(Obj::new().n("output_tokens", u.output_tokens), &u),
+            )
             .finish(),
     ));
-    events.push(event("message_stop", Obj::new().s("type", "message_stop").finish()));
+    events.push(event(
+        "message_stop",
+        Obj::new().s("type", "message_stop").finish(),
+    ));
     let mut headers = common_headers(call.seq, "text/event-stream; charset=utf-8");
     headers.push(("cache-control".into(), "no-cache".into()));
     (headers, events)
@@ -151,7 +207,12 @@ pub fn error(
     };
     let body = Obj::new()
         .s("type", "error")
-        .o("error", Obj::new().s("type", kind.unwrap_or(default_kind)).s("message", message))
+        .o(
+            "error",
+            Obj::new()
+                .s("type", kind.unwrap_or(default_kind))
+                .s("message", message),
+        )
         .s("request_id", &format!("req_{}", id_suffix(seq)))
         .finish();
     let mut headers = common_headers(seq, "application/json");

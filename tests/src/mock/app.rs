@@ -38,7 +38,9 @@ impl Request {
     }
 
     pub fn accepts_gzip(&self) -> bool {
-        let Some(ae) = self.header("accept-encoding") else { return false };
+        let Some(ae) = self.header("accept-encoding") else {
+            return false;
+        };
         ae.split(',').any(|item| {
             let mut parts = item.split(';');
             let coding = parts.next().unwrap_or("").trim();
@@ -88,7 +90,12 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, log: LogSink) -> Arc<Self> {
-        Arc::new(AppState { config, seq: AtomicU64::new(0), conns: AtomicU64::new(0), log })
+        Arc::new(AppState {
+            config,
+            seq: AtomicU64::new(0),
+            conns: AtomicU64::new(0),
+            log,
+        })
     }
 
     /// Completes and writes a log record for a finished response.
@@ -194,7 +201,10 @@ pub fn handle(state: &AppState, req: &Request, conn: u64, protocol: &str) -> Res
             );
         }
     };
-    let model = body.get("model").and_then(Value::as_str).map(str::to_string);
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     log.model = model.clone();
     log.stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     log.include_usage = match provider {
@@ -234,7 +244,12 @@ pub fn handle(state: &AppState, req: &Request, conn: u64, protocol: &str) -> Res
         !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false"))
     });
 
-    let call = Call { seq, model: &model, usage: planned, include_usage: log.include_usage };
+    let call = Call {
+        seq,
+        model: &model,
+        usage: planned,
+        include_usage: log.include_usage,
+    };
     let stream = log.stream;
     let (headers, body) = match (provider, stream) {
         (Provider::OpenAi, false) => {

@@ -113,7 +113,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             }
             let first = self.buf.is_empty();
             if !self.fill().await? {
-                return Err(if first { ReadErr::Closed } else { ReadErr::Bad("truncated head") });
+                return Err(if first {
+                    ReadErr::Closed
+                } else {
+                    ReadErr::Bad("truncated head")
+                });
             }
         }
     }
@@ -190,7 +194,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         .await
         {
             Ok(r) => r,
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out")),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "write timed out",
+            )),
         }
     }
 }
@@ -204,7 +211,12 @@ fn framing(head: &Head) -> Result<Framing, ReadErr> {
         .collect();
     if !te.is_empty() {
         let last = te.join(",");
-        let last = last.rsplit(',').next().unwrap_or("").trim().to_ascii_lowercase();
+        let last = last
+            .rsplit(',')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         return if last == "chunked" {
             Ok(Framing::Chunked)
         } else {
@@ -213,7 +225,10 @@ fn framing(head: &Head) -> Result<Framing, ReadErr> {
     }
     let mut len: Option<usize> = None;
     for (_, v) in head.headers.iter().filter(|(k, _)| k == "content-length") {
-        let n: usize = v.trim().parse().map_err(|_| ReadErr::Bad("bad content-length"))?;
+        let n: usize = v
+            .trim()
+            .parse()
+            .map_err(|_| ReadErr::Bad("bad content-length"))?;
         if len.is_some_and(|l| l != n) {
             return Err(ReadErr::Bad("conflicting content-length"));
         }
@@ -231,7 +246,11 @@ fn wants_close(head: &Head) -> bool {
         .headers
         .iter()
         .filter(|(k, _)| k == "connection")
-        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
         .collect();
     if head.minor_version == 0 {
         !conn.iter().any(|t| t == "keep-alive")
@@ -279,8 +298,9 @@ pub fn http_date(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let mo = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if mo <= 2 { 1 } else { 0 };
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        [(mo - 1) as usize];
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(mo - 1) as usize];
     format!("{weekday}, {d:02} {month} {y} {h:02}:{m:02}:{s:02} GMT")
 }
 
@@ -309,11 +329,19 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
     resp: &Response,
     close: bool,
 ) -> std::io::Result<(bool, u64)> {
-    let conn_hdr = if close || resp.truncate { "close" } else { "keep-alive" };
+    let conn_hdr = if close || resp.truncate {
+        "close"
+    } else {
+        "keep-alive"
+    };
     let mut written = 0u64;
     match &resp.body {
         Body::Full(body) => {
-            let body = if resp.gzip { gzip_all(body) } else { body.clone() };
+            let body = if resp.gzip {
+                gzip_all(body)
+            } else {
+                body.clone()
+            };
             let mut extra = vec![("content-length", body.len().to_string())];
             if resp.gzip {
                 extra.push(("content-encoding", "gzip".into()));
@@ -321,7 +349,11 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
             }
             extra.push(("connection", conn_hdr.into()));
             let mut out = head_bytes(resp.status, &resp.headers, &extra);
-            let body_part = if resp.truncate { &body[..body.len() / 2] } else { &body[..] };
+            let body_part = if resp.truncate {
+                &body[..body.len() / 2]
+            } else {
+                &body[..]
+            };
             out.extend_from_slice(body_part);
             conn.write(&out).await?;
             written += out.len() as u64;
@@ -338,7 +370,9 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
             conn.write(&head).await?;
             written += head.len() as u64;
             let cut = TRUNCATE_AFTER_EVENTS.min(events.len().saturating_sub(1));
-            let mut enc = resp.gzip.then(|| GzEncoder::new(Vec::new(), Compression::default()));
+            let mut enc = resp
+                .gzip
+                .then(|| GzEncoder::new(Vec::new(), Compression::default()));
             for (i, ev) in events.iter().enumerate() {
                 if resp.truncate && i == cut {
                     return Ok((true, written));
@@ -402,7 +436,11 @@ async fn write_plain_error<IO: AsyncRead + AsyncWrite + Unpin>(
 
 /// Serves one connection until it closes, errs, idles out or hits the bound.
 pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(io: IO, state: &AppState, conn_id: u64) {
-    let mut conn = Conn { io, buf: Vec::new(), consumed: 0 };
+    let mut conn = Conn {
+        io,
+        buf: Vec::new(),
+        consumed: 0,
+    };
     for _ in 0..MAX_REQUESTS_PER_CONN {
         conn.consumed = 0;
         // Wait for the first byte of the next request (idle keep-alive).
@@ -415,9 +453,10 @@ pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(io: IO, state: &AppState,
         let read = timeout(REQUEST_TIMEOUT, async {
             let head = conn.read_head().await?;
             let framing = framing(&head)?;
-            let expects = head.headers.iter().any(|(k, v)| {
-                k == "expect" && v.eq_ignore_ascii_case("100-continue")
-            });
+            let expects = head
+                .headers
+                .iter()
+                .any(|(k, v)| k == "expect" && v.eq_ignore_ascii_case("100-continue"));
             if expects && !matches!(framing, Framing::None) && conn.buf.is_empty() {
                 conn.write(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
             }

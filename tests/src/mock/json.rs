@@ -14,7 +14,9 @@ pub struct Obj {
 
 impl Obj {
     pub fn new() -> Self {
-        Obj { buf: String::from("{") }
+        Obj {
+            buf: String::from("{"),
+        }
     }
 
     fn key(&mut self, k: &str) {

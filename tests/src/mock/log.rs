@@ -65,13 +65,20 @@ impl LogSink {
     }
 
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(LogSink { file: Some(Mutex::new(f)) })
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(LogSink {
+            file: Some(Mutex::new(f)),
+        })
     }
 
     pub fn write(&self, rec: &LogRecord) {
         let Some(f) = &self.file else { return };
-        let Ok(mut line) = serde_json::to_vec(rec) else { return };
+        let Ok(mut line) = serde_json::to_vec(rec) else {
+            return;
+        };
         line.push(b'\n');
         let mut guard = match f.lock() {
             Ok(g) => g,

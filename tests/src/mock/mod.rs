@@ -102,8 +102,10 @@ impl Server {
             .with_context(|| format!("creating {}", config.state_dir.display()))?;
         let ca_path = config.state_dir.join("ca.pem");
         let tmp = config.state_dir.join(".ca.pem.tmp");
-        std::fs::write(&tmp, &certs.ca_pem).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &ca_path).with_context(|| format!("writing {}", ca_path.display()))?;
+        std::fs::write(&tmp, &certs.ca_pem)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &ca_path)
+            .with_context(|| format!("writing {}", ca_path.display()))?;
         let sink = match &config.log {
             Some(p) => log::LogSink::open(p).with_context(|| format!("opening {}", p.display()))?,
             None => log::LogSink::none(),
@@ -117,7 +119,13 @@ impl Server {
         let state = app::AppState::new(config, sink);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, tls_cfg, state, stop_rx, exit_after));
-        Ok(Server { addr, ca_pem: certs.ca_pem, ca_der: certs.ca_der, stop, task })
+        Ok(Server {
+            addr,
+            ca_pem: certs.ca_pem,
+            ca_der: certs.ca_der,
+            stop,
+            task,
+        })
     }
 
     /// Stops accepting and ends every connection.

@@ -24,7 +24,9 @@ fn common_headers(seq: u64, content_type: &str) -> Vec<(String, String)> {
 }
 
 fn usage_obj(u: &OpenAiUsage) -> Obj {
-    let mut prompt_details = Obj::new().n("cached_tokens", u.cached_tokens).n("audio_tokens", 0);
+    let mut prompt_details = Obj::new()
+        .n("cached_tokens", u.cached_tokens)
+        .n("audio_tokens", 0);
     if u.cache_write_tokens > 0 {
         prompt_details = prompt_details.n("cache_write_tokens", u.cache_write_tokens);
     }
@@ -66,7 +68,10 @@ pub fn completion(call: &Call) -> (Vec<(String, String)>, Vec<u8>) {
         .s("service_tier", "default")
         .s("system_fingerprint", FINGERPRINT)
         .finish();
-    (common_headers(call.seq, "application/json"), body.into_bytes())
+    (
+        common_headers(call.seq, "application/json"),
+        body.into_bytes(),
+    )
 }
 
 /// A streamed completion: `data: {chunk}` events then `data: [DONE]`.
@@ -98,7 +103,13 @@ pub fn stream(call: &Call) -> (Vec<(String, String)>, Vec<Vec<u8>>) {
     };
     let mut events = Vec::new();
     events.push(chunk(
-        choice(Obj::new().s("role", "assistant").s("content", "").null("refusal"), None),
+        choice(
+            Obj::new()
+                .s("role", "assistant")
+                .s("content", "")
+                .null("refusal"),
+            None,
+        ),
         None,
     ));
     for piece in reply_pieces(call.seq) {
@@ -124,7 +135,10 @@ pub fn error(
 ) -> (Vec<(String, String)>, Vec<u8>) {
     let (default_kind, code) = match status {
         401 => ("invalid_request_error", Some("invalid_api_key")),
-        403 => ("invalid_request_error", Some("unsupported_country_region_territory")),
+        403 => (
+            "invalid_request_error",
+            Some("unsupported_country_region_territory"),
+        ),
         404 => ("invalid_request_error", None),
         429 => ("requests", Some("rate_limit_exceeded")),
         400..=499 => ("invalid_request_error", None),

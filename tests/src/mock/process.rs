@@ -89,7 +89,12 @@ impl MockProcess {
             let _ = child.wait();
             bail!("unexpected first line from mock-llm: {line:?}");
         };
-        Ok(MockProcess { child, addr, state_dir: state_dir.to_path_buf(), log_path })
+        Ok(MockProcess {
+            child,
+            addr,
+            state_dir: state_dir.to_path_buf(),
+            log_path,
+        })
     }
 
     /// `https://127.0.0.1:PORT`

@@ -39,7 +39,11 @@ impl Fixture {
         let pem = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
         assert_eq!(pem, server.ca_pem);
         let cc = tls::client_config(&server.ca_der, &[b"http/1.1"]).unwrap();
-        Fixture { server, dir, connector: TlsConnector::from(cc) }
+        Fixture {
+            server,
+            dir,
+            connector: TlsConnector::from(cc),
+        }
     }
 
     async fn connect(&self) -> TlsStream<TcpStream> {
@@ -82,12 +86,17 @@ struct Resp {
 
 impl Resp {
     fn header(&self, n: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_str())
     }
     fn decoded(&self) -> Vec<u8> {
         if self.header("content-encoding") == Some("gzip") {
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&self.body[..]).read_to_end(&mut out).unwrap();
+            flate2::read::GzDecoder::new(&self.body[..])
+                .read_to_end(&mut out)
+                .unwrap();
             out
         } else {
             self.body.clone()
@@ -147,7 +156,10 @@ impl Reader {
                 if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                     break i + 4;
                 }
-                assert!(self.more().await, "connection closed before a response head");
+                assert!(
+                    self.more().await,
+                    "connection closed before a response head"
+                );
             };
             let mut hs = [httparse::EMPTY_HEADER; 64];
             let mut r = httparse::Response::new(&mut hs);
@@ -156,24 +168,39 @@ impl Reader {
             let headers: Vec<(String, String)> = r
                 .headers
                 .iter()
-                .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into()))
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into(),
+                    )
+                })
                 .collect();
             self.buf.drain(..head_end);
             if status != 100 {
                 break (status, headers);
             }
         };
-        let mut resp = Resp { status, headers, body: Vec::new(), chunks: Vec::new(), complete: false };
+        let mut resp = Resp {
+            status,
+            headers,
+            body: Vec::new(),
+            chunks: Vec::new(),
+            complete: false,
+        };
         if resp.header("transfer-encoding") == Some("chunked") {
             loop {
-                let Some(line) = self.line().await else { return resp };
+                let Some(line) = self.line().await else {
+                    return resp;
+                };
                 let size = usize::from_str_radix(std::str::from_utf8(&line).unwrap(), 16).unwrap();
                 if size == 0 {
                     self.line().await;
                     resp.complete = true;
                     return resp;
                 }
-                let Some(data) = self.take(size).await else { return resp };
+                let Some(data) = self.take(size).await else {
+                    return resp;
+                };
                 self.line().await;
                 resp.body.extend_from_slice(&data);
                 resp.chunks.push(data);
@@ -226,17 +253,25 @@ fn sse_data(text: &str) -> Vec<String> {
 fn sse_names(text: &str) -> Vec<String> {
     text.split("\n\n")
         .filter(|e| !e.is_empty())
-        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("event: ")).map(str::to_string))
+        .filter_map(|e| {
+            e.lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .map(str::to_string)
+        })
         .collect()
 }
 
 #[tokio::test]
 async fn openai_non_stream_and_stream_on_one_connection() {
     let fx = Fixture::new("openai", GzipMode::Never).await;
-    let mut c = Reader { io: fx.connect().await, buf: Vec::new() };
+    let mut c = Reader {
+        io: fx.connect().await,
+        buf: Vec::new(),
+    };
 
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"secret prompt"}]}"#;
-    c.send(&post("/v1/chat/completions", "x-test-tag: one\r\n", body)).await;
+    c.send(&post("/v1/chat/completions", "x-test-tag: one\r\n", body))
+        .await;
     let r = c.response().await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
@@ -247,9 +282,15 @@ async fn openai_non_stream_and_stream_on_one_connection() {
     assert!(j["choices"][0]["message"]["refusal"].is_null());
     assert_eq!(j["choices"][0]["finish_reason"], "stop");
     let u = &j["usage"];
-    let (p, c_, t) = (u["prompt_tokens"].as_u64().unwrap(), u["completion_tokens"].as_u64().unwrap(), u["total_tokens"].as_u64().unwrap());
+    let (p, c_, t) = (
+        u["prompt_tokens"].as_u64().unwrap(),
+        u["completion_tokens"].as_u64().unwrap(),
+        u["total_tokens"].as_u64().unwrap(),
+    );
     assert_eq!(p + c_, t);
-    let cached = u["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    let cached = u["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
     assert!(cached > 0 && cached < p);
     assert_eq!(u["completion_tokens_details"]["reasoning_tokens"], 0);
 
@@ -265,20 +306,43 @@ async fn openai_non_stream_and_stream_on_one_connection() {
     let r = c.response().await;
     assert_eq!(r.status, 200);
     assert!(r.complete);
-    assert!(r.header("content-type").unwrap().starts_with("text/event-stream"));
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     let text = r.text();
     let data = sse_data(&text);
     assert_eq!(data.last().unwrap(), "[DONE]");
     // One event per chunk.
     assert_eq!(r.chunks.len(), data.len());
-    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
     let last = chunks.last().unwrap();
     assert_eq!(last["choices"], serde_json::json!([]));
-    assert!(last["usage"]["completion_tokens_details"]["reasoning_tokens"].as_u64().unwrap() > 0);
-    assert!(chunks[..chunks.len() - 1].iter().all(|c| c["usage"].is_null()));
-    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "stop");
+    assert!(
+        last["usage"]["completion_tokens_details"]["reasoning_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(
+        chunks[..chunks.len() - 1]
+            .iter()
+            .all(|c| c["usage"].is_null())
+    );
+    assert_eq!(
+        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
+        "stop"
+    );
     let stream_usage = last["usage"].clone();
 
     // Without include_usage: no usage chunk.
@@ -296,14 +360,25 @@ async fn openai_non_stream_and_stream_on_one_connection() {
     assert_eq!(log[0].tag.as_deref(), Some("one"));
     assert_eq!(log[0].api.as_deref(), Some("chat.completions"));
     let lu = log[0].usage.unwrap();
-    assert_eq!((lu.input_tokens, lu.output_tokens, lu.cache_read_tokens), (p, c_, cached));
+    assert_eq!(
+        (lu.input_tokens, lu.output_tokens, lu.cache_read_tokens),
+        (p, c_, cached)
+    );
     assert!(log[0].usage_sent);
     assert_eq!(log[1].request_bytes, body_len_of_chunked());
     assert!(log[1].request_wire_bytes > log[1].request_bytes);
     assert!(log[1].stream && log[1].include_usage && log[1].usage_sent);
     let lu = log[1].usage.unwrap();
-    assert_eq!(lu.input_tokens, stream_usage["prompt_tokens"].as_u64().unwrap());
-    assert_eq!(lu.reasoning_tokens, stream_usage["completion_tokens_details"]["reasoning_tokens"].as_u64().unwrap());
+    assert_eq!(
+        lu.input_tokens,
+        stream_usage["prompt_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(
+        lu.reasoning_tokens,
+        stream_usage["completion_tokens_details"]["reasoning_tokens"]
+            .as_u64()
+            .unwrap()
+    );
     assert!(!log[2].usage_sent);
     assert_eq!(log[0].conn, log[2].conn);
     // No prompt text in the log.
@@ -313,26 +388,45 @@ async fn openai_non_stream_and_stream_on_one_connection() {
 }
 
 fn body_len_of_chunked() -> u64 {
-    r#"{"model":"o3-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#.len() as u64
+    r#"{"model":"o3-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#
+        .len() as u64
 }
 
 #[tokio::test]
 async fn anthropic_stream_events_and_forced_usage() {
     let fx = Fixture::new("anthropic", GzipMode::Never).await;
-    let mut c = Reader { io: fx.connect().await, buf: Vec::new() };
+    let mut c = Reader {
+        io: fx.connect().await,
+        buf: Vec::new(),
+    };
     let forced = r#"{"input_tokens":1000,"output_tokens":200,"cache_read_tokens":300,"cache_write_tokens":50}"#;
     let body = r#"{"model":"claude-sonnet-4-6","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    c.send(&post("/v1/messages?beta=true", &format!("anthropic-version: 2023-06-01\r\nx-mock-usage: {forced}\r\n"), body)).await;
+    c.send(&post(
+        "/v1/messages?beta=true",
+        &format!("anthropic-version: 2023-06-01\r\nx-mock-usage: {forced}\r\n"),
+        body,
+    ))
+    .await;
     let r = c.response().await;
     assert_eq!(r.status, 200);
     assert!(r.header("request-id").unwrap().starts_with("req_"));
     let text = r.text();
     let names = sse_names(&text);
     assert_eq!(names[..3], ["message_start", "content_block_start", "ping"]);
-    assert!(names[3..names.len() - 3].iter().all(|n| n == "content_block_delta"));
+    assert!(
+        names[3..names.len() - 3]
+            .iter()
+            .all(|n| n == "content_block_delta")
+    );
     assert!(names.len() - 6 >= 3);
-    assert_eq!(names[names.len() - 3..], ["content_block_stop", "message_delta", "message_stop"]);
-    let data: Vec<Value> = sse_data(&text).iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert_eq!(
+        names[names.len() - 3..],
+        ["content_block_stop", "message_delta", "message_stop"]
+    );
+    let data: Vec<Value> = sse_data(&text)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
     for (n, d) in names.iter().zip(&data) {
         assert_eq!(&d["type"], n);
     }
@@ -353,13 +447,26 @@ async fn anthropic_stream_events_and_forced_usage() {
     assert_eq!(j["content"][0]["type"], "text");
     assert_eq!(j["stop_reason"], "end_turn");
     assert!(j["stop_sequence"].is_null());
-    for k in ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens"] {
+    for k in [
+        "input_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "output_tokens",
+    ] {
         assert!(j["usage"][k].as_u64().unwrap() > 0, "{k}");
     }
 
     let log = fx.log(2).await;
     let u = log[0].usage.unwrap();
-    assert_eq!((u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens), (1000, 200, 300, 50));
+    assert_eq!(
+        (
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens
+        ),
+        (1000, 200, 300, 50)
+    );
     assert_eq!(log[0].path, "/v1/messages");
     let u1 = log[1].usage.unwrap();
     assert_eq!(
@@ -374,7 +481,10 @@ async fn anthropic_stream_events_and_forced_usage() {
 #[tokio::test]
 async fn errors_in_provider_shapes() {
     let fx = Fixture::new("errors", GzipMode::Never).await;
-    let mut c = Reader { io: fx.connect().await, buf: Vec::new() };
+    let mut c = Reader {
+        io: fx.connect().await,
+        buf: Vec::new(),
+    };
     c.send(&post("/v1/nope", "", "{}")).await;
     let r = c.response().await;
     assert_eq!(r.status, 404);
@@ -387,12 +497,22 @@ async fn errors_in_provider_shapes() {
     assert_eq!(r.json()["type"], "error");
     assert_eq!(r.json()["error"]["type"], "invalid_request_error");
 
-    c.send(&post("/v1/messages", "x-mock-status: 429\r\n", r#"{"model":"m","max_tokens":1,"messages":[]}"#)).await;
+    c.send(&post(
+        "/v1/messages",
+        "x-mock-status: 429\r\n",
+        r#"{"model":"m","max_tokens":1,"messages":[]}"#,
+    ))
+    .await;
     let r = c.response().await;
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"]["type"], "rate_limit_error");
 
-    c.send(&post("/v1/chat/completions", "x-mock-status: 429\r\n", r#"{"model":"m","stream":true}"#)).await;
+    c.send(&post(
+        "/v1/chat/completions",
+        "x-mock-status: 429\r\n",
+        r#"{"model":"m","stream":true}"#,
+    ))
+    .await;
     let r = c.response().await;
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
@@ -402,8 +522,12 @@ async fn errors_in_provider_shapes() {
     let r = c.response().await;
     assert_eq!(r.status, 400);
     assert!(c.closed().await);
-    let mut c = Reader { io: fx.connect().await, buf: Vec::new() };
-    c.send(&post("/v1/chat/completions", "", r#"{"model":"gpt-4o"}"#)).await;
+    let mut c = Reader {
+        io: fx.connect().await,
+        buf: Vec::new(),
+    };
+    c.send(&post("/v1/chat/completions", "", r#"{"model":"gpt-4o"}"#))
+        .await;
     assert_eq!(c.response().await.status, 200);
 
     let log = fx.log(5).await;
@@ -416,9 +540,17 @@ async fn errors_in_provider_shapes() {
 #[tokio::test]
 async fn truncated_stream_closes_without_usage() {
     let fx = Fixture::new("truncate", GzipMode::Never).await;
-    let mut c = Reader { io: fx.connect().await, buf: Vec::new() };
+    let mut c = Reader {
+        io: fx.connect().await,
+        buf: Vec::new(),
+    };
     let body = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}"#;
-    c.send(&post("/v1/chat/completions", "x-mock-truncate: 1\r\n", body)).await;
+    c.send(&post(
+        "/v1/chat/completions",
+        "x-mock-truncate: 1\r\n",
+        body,
+    ))
+    .await;
     let r = c.response().await;
     assert_eq!(r.status, 200);
     assert!(!r.complete);
@@ -426,9 +558,13 @@ async fn truncated_stream_closes_without_usage() {
     assert!(!r.text().contains("prompt_tokens"));
     assert_eq!(r.chunks.len(), super::app::TRUNCATE_AFTER_EVENTS);
 
-    let mut c = Reader { io: fx.connect().await, buf: Vec::new() };
+    let mut c = Reader {
+        io: fx.connect().await,
+        buf: Vec::new(),
+    };
     let body = r#"{"model":"claude-opus-4-7","max_tokens":5,"stream":true,"messages":[]}"#;
-    c.send(&post("/v1/messages", "x-mock-truncate: 1\r\n", body)).await;
+    c.send(&post("/v1/messages", "x-mock-truncate: 1\r\n", body))
+        .await;
     let r = c.response().await;
     assert!(!r.complete);
     assert!(!r.text().contains("message_delta"));
@@ -445,28 +581,53 @@ async fn truncated_stream_closes_without_usage() {
 #[tokio::test]
 async fn gzip_auto_and_always() {
     let fx = Fixture::new("gzip-auto", GzipMode::Auto).await;
-    let mut c = Reader { io: fx.connect().await, buf: Vec::new() };
-    c.send(&post("/v1/chat/completions", "accept-encoding: gzip, deflate\r\n", r#"{"model":"gpt-4o"}"#)).await;
+    let mut c = Reader {
+        io: fx.connect().await,
+        buf: Vec::new(),
+    };
+    c.send(&post(
+        "/v1/chat/completions",
+        "accept-encoding: gzip, deflate\r\n",
+        r#"{"model":"gpt-4o"}"#,
+    ))
+    .await;
     let r = c.response().await;
     assert_eq!(r.header("content-encoding"), Some("gzip"));
     assert_eq!(r.json()["object"], "chat.completion");
     // Streams are not gzipped in auto mode.
-    c.send(&post("/v1/chat/completions", "accept-encoding: gzip\r\n", r#"{"model":"gpt-4o","stream":true}"#)).await;
+    c.send(&post(
+        "/v1/chat/completions",
+        "accept-encoding: gzip\r\n",
+        r#"{"model":"gpt-4o","stream":true}"#,
+    ))
+    .await;
     let r = c.response().await;
     assert!(r.header("content-encoding").is_none());
     // No Accept-Encoding: plain.
-    c.send(&post("/v1/messages", "", r#"{"model":"claude-haiku-4-5","max_tokens":5}"#)).await;
+    c.send(&post(
+        "/v1/messages",
+        "",
+        r#"{"model":"claude-haiku-4-5","max_tokens":5}"#,
+    ))
+    .await;
     let r = c.response().await;
     assert!(r.header("content-encoding").is_none());
     assert_eq!(r.json()["type"], "message");
     let log = fx.log(3).await;
-    assert_eq!(log.iter().map(|r| r.gzip).collect::<Vec<_>>(), [true, false, false]);
+    assert_eq!(
+        log.iter().map(|r| r.gzip).collect::<Vec<_>>(),
+        [true, false, false]
+    );
     fx.stop().await;
 
     let fx = Fixture::new("gzip-always", GzipMode::Always).await;
-    let mut c = Reader { io: fx.connect().await, buf: Vec::new() };
+    let mut c = Reader {
+        io: fx.connect().await,
+        buf: Vec::new(),
+    };
     let body = r#"{"model":"claude-haiku-4-5","max_tokens":5,"stream":true}"#;
-    c.send(&post("/v1/messages", "accept-encoding: gzip\r\n", body)).await;
+    c.send(&post("/v1/messages", "accept-encoding: gzip\r\n", body))
+        .await;
     let r = c.response().await;
     assert_eq!(r.header("content-encoding"), Some("gzip"));
     assert!(r.complete);
@@ -481,9 +642,13 @@ async fn gzip_auto_and_always() {
 #[tokio::test]
 async fn large_bodies_expect_continue_and_keep_alive() {
     let fx = Fixture::new("large", GzipMode::Never).await;
-    let mut c = Reader { io: fx.connect().await, buf: Vec::new() };
+    let mut c = Reader {
+        io: fx.connect().await,
+        buf: Vec::new(),
+    };
     let filler = "x".repeat(3 * 1024 * 1024);
-    let body = format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{filler}"}}]}}"#);
+    let body =
+        format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{filler}"}}]}}"#);
     // Content-Length with Expect: 100-continue.
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
@@ -511,8 +676,16 @@ async fn large_bodies_expect_continue_and_keep_alive() {
     assert_eq!(c.response().await.status, 200);
 
     // Pipelined: two requests in one write.
-    let mut two = post("/v1/chat/completions", "x-test-tag: p1\r\n", r#"{"model":"gpt-4o"}"#);
-    two.extend(post("/v1/chat/completions", "x-test-tag: p2\r\nconnection: close\r\n", r#"{"model":"gpt-4o"}"#));
+    let mut two = post(
+        "/v1/chat/completions",
+        "x-test-tag: p1\r\n",
+        r#"{"model":"gpt-4o"}"#,
+    );
+    two.extend(post(
+        "/v1/chat/completions",
+        "x-test-tag: p2\r\nconnection: close\r\n",
+        r#"{"model":"gpt-4o"}"#,
+    ));
     c.send(&two).await;
     assert_eq!(c.response().await.status, 200);
     let last = c.response().await;
@@ -536,7 +709,10 @@ async fn usage_is_deterministic_and_different_per_call() {
     assert_ne!(a, b);
     assert_eq!(a, deterministic(Provider::OpenAi, "gpt-5", 1, 100));
     assert!(a.reasoning_tokens > 0 && a.cache_read_tokens > 0);
-    assert_eq!(deterministic(Provider::OpenAi, "gpt-4o", 1, 100).reasoning_tokens, 0);
+    assert_eq!(
+        deterministic(Provider::OpenAi, "gpt-4o", 1, 100).reasoning_tokens,
+        0
+    );
     let c = deterministic(Provider::Anthropic, "claude-opus-4-7", 1, 100);
     assert!(c.cache_write_tokens > 0 && c.cache_read_tokens > 0);
     assert!(c.input_tokens > c.cache_read_tokens + c.cache_write_tokens);
@@ -545,7 +721,10 @@ async fn usage_is_deterministic_and_different_per_call() {
 #[test]
 fn http_date_formats() {
     assert_eq!(super::http1::http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
-    assert_eq!(super::http1::http_date(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 GMT");
+    assert_eq!(
+        super::http1::http_date(1_700_000_000),
+        "Tue, 14 Nov 2023 22:13:20 GMT"
+    );
 }
 
 /// The binary end to end through `MockProcess` (skipped when cargo did not
@@ -559,17 +738,25 @@ async fn binary_prints_listening_writes_ca_and_stops_on_sigterm() {
         return;
     }
     let dir = temp_dir("binary");
-    let mut mock = MockProcess::spawn(&bin, &dir, &["--gzip", "never", "--exit-after-secs", "60"]).unwrap();
+    let mut mock =
+        MockProcess::spawn(&bin, &dir, &["--gzip", "never", "--exit-after-secs", "60"]).unwrap();
     assert!(mock.base_url().starts_with("https://127.0.0.1:"));
     let pem = std::fs::read(mock.ca_path()).unwrap();
-    let ca = rustls::pki_types::CertificateDer::from(
-        pem_to_der(std::str::from_utf8(&pem).unwrap()),
-    );
+    let ca =
+        rustls::pki_types::CertificateDer::from(pem_to_der(std::str::from_utf8(&pem).unwrap()));
     let connector = TlsConnector::from(tls::client_config(&ca, &[b"http/1.1"]).unwrap());
     let tcp = TcpStream::connect(mock.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut c = Reader { io: connector.connect(name, tcp).await.unwrap(), buf: Vec::new() };
-    c.send(&post("/v1/chat/completions", "x-test-tag: bin\r\n", r#"{"model":"gpt-5"}"#)).await;
+    let mut c = Reader {
+        io: connector.connect(name, tcp).await.unwrap(),
+        buf: Vec::new(),
+    };
+    c.send(&post(
+        "/v1/chat/completions",
+        "x-test-tag: bin\r\n",
+        r#"{"model":"gpt-5"}"#,
+    ))
+    .await;
     let r = c.response().await;
     assert_eq!(r.status, 200);
     let log = mock.wait_log(1, Duration::from_secs(5)).unwrap();

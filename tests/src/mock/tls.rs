@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -44,12 +44,17 @@ pub fn generate() -> Result<Certs> {
     dn.push(DnType::CommonName, "localhost");
     params.distinguished_name = dn;
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2044, 1, 1);
-    let cert = params.signed_by(&key, &issuer).context("server certificate")?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .context("server certificate")?;
 
     Ok(Certs {
         ca_pem: ca_cert.pem(),
@@ -74,7 +79,10 @@ pub fn server_config(certs: &Certs, alpn: &[&[u8]]) -> Result<Arc<rustls::Server
 }
 
 /// A rustls client config trusting only `ca` (for the tests).
-pub fn client_config(ca: &CertificateDer<'static>, alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>> {
+pub fn client_config(
+    ca: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).context("CA into root store")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -128,7 +128,11 @@ pub fn deterministic(provider: Provider, model: &str, seq: u64, body_len: usize)
             output_tokens: output,
             cache_read_tokens: cache_read,
             cache_write_tokens: 0,
-            reasoning_tokens: if is_reasoning_model(model) { output / 2 } else { 0 },
+            reasoning_tokens: if is_reasoning_model(model) {
+                output / 2
+            } else {
+                0
+            },
         },
         Provider::Anthropic => Usage {
             input_tokens: input,

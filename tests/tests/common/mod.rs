@@ -275,7 +275,9 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
 /// Runs a client to completion (bounded) and returns its pid and output.
 pub fn run_client(mut cmd: Command) -> (u32, Output) {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("failed to start {cmd:?}: {e}"));
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("failed to start {cmd:?}: {e}"));
     let pid = child.id();
     let out = wait_bounded(child, Duration::from_secs(120));
     assert!(

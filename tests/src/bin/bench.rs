@@ -1,0 +1,257 @@
+//! `cargo xtask bench`: throughput of the user-space pipeline on recorded traffic, and the
+//! cost of the probes on real TLS clients, measured as on/off ratios within one run (the
+//! machine is noisy; ratios of interleaved runs are what can be compared).
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentwatch::capture::{CaptureLimits, CaptureStats, Connection};
+
+fn env_path(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(default)
+    })
+}
+
+/// One OpenAI streamed exchange: request bytes and response bytes (chunked SSE with usage).
+fn openai_stream_exchange(events: usize) -> (Vec<u8>, Vec<u8>) {
+    let body = br#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hello"}]}"#;
+    let mut req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    let mut resp =
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    let mut push = |event: &str| {
+        resp.extend_from_slice(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
+    };
+    for i in 0..events {
+        push(&format!(
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token{i} \"}},\"finish_reason\":null}}],\"usage\":null}}\n\n"
+        ));
+    }
+    push(
+        "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":200,\"total_tokens\":300,\"prompt_tokens_details\":{\"cached_tokens\":50},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\n",
+    );
+    push("data: [DONE]\n\n");
+    resp.extend_from_slice(b"0\r\n\r\n");
+    (req, resp)
+}
+
+fn bench_pipeline(out: &mut String) {
+    let (req, resp) = openai_stream_exchange(400);
+    let rounds = 2000;
+    let mut conn = Connection::new(CaptureLimits::default());
+    let mut stats = CaptureStats::default();
+    let mut events = Vec::new();
+    let start = Instant::now();
+    let mut calls = 0usize;
+    for _ in 0..rounds {
+        conn.on_write(&req, 1, &mut stats, &mut events);
+        // Reads arrive in pieces, as SSL_read returns them.
+        for piece in resp.chunks(4096) {
+            conn.on_read(piece, 2, &mut stats, &mut events);
+        }
+        calls += events
+            .drain(..)
+            .filter(|e| matches!(e, agentwatch::capture::CaptureEvent::Call(_)))
+            .count();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(calls, rounds, "every exchange must yield one call");
+    let mb = (resp.len() * rounds) as f64 / 1e6;
+    let _ = writeln!(
+        out,
+        "| HTTP/1.1 chunked SSE (OpenAI stream, 400 events, {} KiB/response) | {:.0} MB/s | {:.0} calls/s |",
+        resp.len() / 1024,
+        mb / secs,
+        rounds as f64 / secs
+    );
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn start_daemon(dir: &Path) -> Proc {
+    let bin = env_path("AGENTWATCH_BIN", "target/release/agentwatch");
+    let sock = dir.join("aw.sock");
+    let child = Command::new(&bin)
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(&sock)
+        .env("AGENTWATCH_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start agentwatch");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let ok = Command::new(&bin)
+            .args(["status", "--socket"])
+            .arg(&sock)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if ok {
+            return Proc(child);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("agentwatch did not become ready");
+}
+
+fn time_cmd(cmd: &mut Command) -> f64 {
+    let start = Instant::now();
+    let status = cmd.status().expect("run client");
+    assert!(status.success(), "{cmd:?} failed");
+    start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Runs `cmd` alternately without and with the daemon; returns (median off, median on).
+fn off_on(dir: &Path, reps: usize, mut cmd: impl FnMut() -> Command) -> (f64, f64) {
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        off.push(time_cmd(&mut cmd()));
+        let daemon = start_daemon(dir);
+        on.push(time_cmd(&mut cmd()));
+        drop(daemon);
+    }
+    (median(off), median(on))
+}
+
+const HTTPS_CLIENT: &str = r#"
+import http.client, json, ssl, sys
+url_port, ca, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+ctx = ssl.create_default_context(cafile=ca)
+c = http.client.HTTPSConnection("127.0.0.1", url_port, context=ctx)
+body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+for _ in range(n):
+    c.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+    r = c.getresponse(); r.read()
+    assert r.status == 200
+"#;
+
+const TLS_TAX: &str = r#"
+import ssl, sys
+n = int(sys.argv[1])
+cert, key = sys.argv[2], sys.argv[3]
+sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sctx.load_cert_chain(cert, key)
+cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); cctx.check_hostname = False; cctx.verify_mode = ssl.CERT_NONE
+ci, co, si, so = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+c = cctx.wrap_bio(ci, co, server_side=False); s = sctx.wrap_bio(si, so, server_side=True)
+def pump():
+    si.write(co.read()); ci.write(so.read())
+for _ in range(10):
+    try: c.do_handshake()
+    except ssl.SSLWantReadError: pass
+    pump()
+    try: s.do_handshake()
+    except ssl.SSLWantReadError: pass
+    pump()
+msg = b"x" * 64
+for _ in range(n):
+    c.write(msg); si.write(co.read()); s.read(64)
+"#;
+
+fn main() {
+    let scratch = std::env::temp_dir().join(format!("agentwatch-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut report = String::from(
+        "# Benchmarks\n\nProduced by `cargo xtask bench` (as root) on the project's CI-class VM: 2 cores, Linux 6.18.\n\
+Probe costs are medians of interleaved runs without and with the daemon, in one run, so only the ratios compare.\n\n\
+## User-space pipeline (one core, recorded traffic)\n\n| input | throughput | calls |\n|---|---|---|\n",
+    );
+    bench_pipeline(&mut report);
+
+    let python = env_path("AGENTWATCH_VENV", ".venv").join("bin/python");
+    let mock_bin = env_path("MOCK_LLM_BIN", "target/release/mock-llm");
+    let mut mock = Command::new(&mock_bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--exit-after-secs",
+            "900",
+            "--state-dir",
+        ])
+        .arg(&scratch)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start mock-llm");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(mock.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let _mock = Proc(mock);
+    let ca = scratch.join("ca.pem");
+    std::fs::write(scratch.join("client.py"), HTTPS_CLIENT).unwrap();
+    std::fs::write(scratch.join("tax.py"), TLS_TAX).unwrap();
+
+    let n = 300;
+    let (off, on) = off_on(&scratch, 3, || {
+        let mut c = Command::new(&python);
+        c.arg(scratch.join("client.py"))
+            .arg(port.to_string())
+            .arg(&ca)
+            .arg(n.to_string());
+        c
+    });
+    let _ = write!(
+        report,
+        "\n## Probe cost on an agent-like client\n\n{n} sequential HTTPS LLM calls (Python `http.client`, keep-alive, system OpenSSL) to the mock server.\n\n\
+| daemon off | daemon on | ratio (on/off) | added per call |\n|---|---|---|---|\n| {:.3} s | {:.3} s | {:.3} | {:.0} µs |\n",
+        off,
+        on,
+        on / off,
+        (on - off) / n as f64 * 1e6
+    );
+
+    // A TLS-heavy process that is not an agent: 64-byte SSL_write_ex calls in memory.
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(scratch.join("cert.pem"), key.cert.pem()).unwrap();
+    std::fs::write(scratch.join("key.pem"), key.signing_key.serialize_pem()).unwrap();
+    let writes = 50_000;
+    let (off, on) = off_on(&scratch, 3, || {
+        let mut c = Command::new(&python);
+        c.arg(scratch.join("tax.py"))
+            .arg(writes.to_string())
+            .arg(scratch.join("cert.pem"))
+            .arg(scratch.join("key.pem"));
+        c
+    });
+    let _ = write!(
+        report,
+        "\n## Tax on a TLS-heavy process that is not an agent\n\n{writes} × 64-byte `SSL_write_ex` + `SSL_read_ex` pairs in one Python process (in-memory BIOs).\n\
+Probes on libssl are global today, so every TLS process on the host pays this; a later issue scopes probes to agents.\n\n\
+| daemon off | daemon on | ratio (on/off) | added per write+read |\n|---|---|---|---|\n| {:.3} s | {:.3} s | {:.2} | {:.1} µs |\n",
+        off,
+        on,
+        on / off,
+        (on - off) / writes as f64 * 1e6
+    );
+    print!("{report}");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
+    std::fs::write(&path, report).unwrap();
+    eprintln!("wrote {}", path.display());
+    let _ = std::fs::remove_dir_all(&scratch);
+}
