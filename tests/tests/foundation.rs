@@ -371,3 +371,81 @@ fn no_prompt_or_completion_text_is_stored() {
         assert!(!text.contains(canary), "{name} contains the prompt text");
     }
 }
+
+#[test]
+fn restart_continues_a_live_session_and_writes_one_ledger_row() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    let sub = format!(
+        "{} {} --base-url {} --ca {} --calls 1 --tag restart-sub",
+        python().display(),
+        clients().join("tree_agent.py").display(),
+        mock.base_url(),
+        mock.ca.display()
+    );
+    // The root calls once, sleeps (the daemon is killed and restarted meanwhile), then a
+    // sub-agent calls once.
+    let mut root = py_client(
+        "tree_agent.py",
+        &mock,
+        &[
+            "--calls",
+            "1",
+            "--tag",
+            "restart-root",
+            "--child",
+            "sleep 5",
+            "--child",
+            &sub,
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let root_pid = root.id();
+    daemon.wait_for("the root's first call", |c, _| {
+        !calls_of(c, root_pid).is_empty()
+    });
+    let dir = daemon.crash();
+    let daemon = Daemon::start_in(dir, &[]);
+    assert!(root.wait().unwrap().success());
+    daemon.wait_for("the session's ledger row", |_, l| {
+        !ledger_of(l, root_pid).is_empty()
+    });
+    let rows = ledger_of(&daemon.ledger(), root_pid);
+    assert_eq!(rows.len(), 1, "one ledger row: {rows:#?}");
+    let row = &rows[0];
+    let calls: Vec<Value> = daemon
+        .calls()
+        .into_iter()
+        .filter(|c| c["session_id"] == row["session_id"])
+        .collect();
+    assert_eq!(
+        calls.len(),
+        2,
+        "both calls, before and after the restart: {calls:#?}"
+    );
+    assert_eq!(u(&row["call_count"]), 2);
+    assert_eq!(
+        u(&row["depth_max"]),
+        1,
+        "the sub-agent joined at depth 1: {row}"
+    );
+    for field in [
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "total_tokens",
+    ] {
+        let sum: u64 = calls.iter().map(|c| u(&c[field])).sum();
+        assert_eq!(u(&row[field]), sum, "{field}");
+    }
+    for (call, tag) in calls.iter().zip(["restart-root", "restart-sub"]) {
+        assert_usage_matches(call, &mock.served_with_tag(tag)[0]);
+    }
+    // A second restart does not write the row again.
+    let dir = daemon.crash();
+    let daemon = Daemon::start_in(dir, &[]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(ledger_of(&daemon.ledger(), root_pid).len(), 1);
+}

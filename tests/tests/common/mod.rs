@@ -144,7 +144,8 @@ pub struct Daemon {
     pub data_dir: PathBuf,
     pub socket: PathBuf,
     pub stderr: PathBuf,
-    pub dir: Scratch,
+    /// Owns the scratch directory (data, socket, log) unless taken by `crash`.
+    dir: Option<Scratch>,
 }
 
 impl Daemon {
@@ -173,7 +174,7 @@ impl Daemon {
             data_dir,
             socket,
             stderr,
-            dir,
+            dir: Some(dir),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -250,10 +251,11 @@ impl Daemon {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    /// SIGKILL, as a crash would.
-    pub fn kill(mut self) {
+    /// SIGKILL, as a crash would; returns the directory so a new daemon can use its data.
+    pub fn crash(mut self) -> Scratch {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.dir.take().expect("directory owned by the daemon")
     }
 }
 
