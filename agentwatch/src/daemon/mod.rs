@@ -125,7 +125,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         sessions,
         pricing,
         Box::new(sink),
-        config.capture.clone(),
+        config.capture,
         config.limits.max_connections,
     )));
     let discovery = Arc::new(Mutex::new(discovery));

@@ -142,7 +142,7 @@ impl Pipeline {
             self.conns.insert(
                 id,
                 Conn {
-                    conn: Connection::new(self.limits.clone()),
+                    conn: Connection::new(self.limits),
                     key,
                     last_seen_ns: h.ts_ns,
                 },

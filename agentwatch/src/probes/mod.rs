@@ -1,5 +1,8 @@
 //! Kernel side of the daemon: load the eBPF object, attach tracepoints and TLS uprobes,
 //! find TLS libraries per process, and decode ring-buffer records.
+
+// aya's errors are large; they occur at start-up and attach time, never per event.
+#![allow(clippy::result_large_err)]
 pub mod events;
 pub mod libraries;
 pub mod loader;

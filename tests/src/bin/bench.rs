@@ -86,16 +86,18 @@ impl Drop for Proc {
 fn start_daemon(dir: &Path) -> Proc {
     let bin = env_path("AGENTWATCH_BIN", "target/release/agentwatch");
     let sock = dir.join("aw.sock");
-    let child = Command::new(&bin)
-        .arg("run")
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--socket")
-        .arg(&sock)
-        .env("AGENTWATCH_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start agentwatch");
+    let daemon = Proc(
+        Command::new(&bin)
+            .arg("run")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--socket")
+            .arg(&sock)
+            .env("AGENTWATCH_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start agentwatch"),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let ok = Command::new(&bin)
@@ -105,7 +107,7 @@ fn start_daemon(dir: &Path) -> Proc {
             .map(|o| o.status.success())
             .unwrap_or(false);
         if ok {
-            return Proc(child);
+            return daemon;
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -196,7 +196,7 @@ pub fn error(
         429 => "rate_limit_error",
         529 => "overloaded_error",
         504 => "timeout_error",
-        400..=499 => "invalid_request_error",
+        _ if status < 500 => "invalid_request_error",
         _ => "api_error",
     };
     let message = match status {

@@ -57,10 +57,10 @@ impl Fixture {
     async fn log(&self, n: usize) -> Vec<LogRecord> {
         let path = self.dir.join("log.jsonl");
         for _ in 0..200 {
-            if let Ok(recs) = read_log(&path) {
-                if recs.len() >= n {
-                    return recs;
-                }
+            if let Ok(recs) = read_log(&path)
+                && recs.len() >= n
+            {
+                return recs;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
