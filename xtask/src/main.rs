@@ -284,7 +284,8 @@ fn main() -> Result<()> {
                     "--release",
                     "--package",
                     "agentwatch-tests",
-                    "--tests",
+                    "--test",
+                    "*",
                 ])
                 .env("AGENTWATCH_BIN", root.join("target/release/agentwatch"))
                 .env("MOCK_LLM_BIN", root.join("target/release/mock-llm"))

@@ -62,16 +62,26 @@ impl SseParser {
                 }
             }
             let rest = &input[i..];
-            match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', rest) {
                 None => {
                     self.push_line_bytes(rest);
                     break;
                 }
                 Some(j) => {
-                    self.push_line_bytes(&rest[..j]);
                     self.after_cr = rest[j] == b'\r';
                     i += j + 1;
-                    self.end_line(on_event);
+                    if self.line.is_empty() && !self.line_overflow {
+                        // The whole line is in this input: no copy into the line buffer.
+                        if j > self.max_event_bytes {
+                            self.line_overflow = true;
+                            self.end_line(on_event);
+                        } else {
+                            self.handle_line(&rest[..j], on_event);
+                        }
+                    } else {
+                        self.push_line_bytes(&rest[..j]);
+                        self.end_line(on_event);
+                    }
                 }
             }
         }
@@ -99,30 +109,40 @@ impl SseParser {
     }
 
     fn end_line(&mut self, on_event: &mut impl FnMut(SseEvent<'_>)) {
-        let mut line = std::mem::take(&mut self.line);
-        let overflow = std::mem::replace(&mut self.line_overflow, false);
+        let line = std::mem::take(&mut self.line);
+        if std::mem::replace(&mut self.line_overflow, false) {
+            self.at_start = false;
+            self.event_overflow = true;
+        } else {
+            self.handle_line(&line, on_event);
+        }
+        let mut line = line;
+        line.clear();
+        self.line = line;
+    }
+
+    fn handle_line(&mut self, line: &[u8], on_event: &mut impl FnMut(SseEvent<'_>)) {
+        let mut line = line;
         if self.at_start
-            && !overflow
             && let Some(rest) = line.strip_prefix("\u{feff}".as_bytes())
         {
-            line = rest.to_vec();
+            line = rest;
         }
         self.at_start = false;
-        if overflow {
-            self.event_overflow = true;
-        } else if line.is_empty() {
+        if line.is_empty() {
             self.dispatch(on_event);
         } else if line[0] != b':' {
-            let (field, value) = match line.iter().position(|&b| b == b':') {
+            let (field, value) = match memchr::memchr(b':', line) {
                 Some(c) => {
                     let v = &line[c + 1..];
                     (&line[..c], v.strip_prefix(b" ").unwrap_or(v))
                 }
-                None => (&line[..], &b""[..]),
+                None => (line, &b""[..]),
             };
             match field {
                 b"event" => {
-                    self.event = String::from_utf8_lossy(value).into_owned();
+                    self.event.clear();
+                    self.event.push_str(&String::from_utf8_lossy(value));
                     self.has_event = true;
                 }
                 b"data" => {
@@ -138,8 +158,6 @@ impl SseParser {
                 _ => {}
             }
         }
-        line.clear();
-        self.line = line;
     }
 
     fn dispatch(&mut self, on_event: &mut impl FnMut(SseEvent<'_>)) {

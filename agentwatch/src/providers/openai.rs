@@ -7,6 +7,9 @@
 //! chunk (empty `choices`) when the request set `stream_options.include_usage`; some compatible
 //! servers repeat a running usage in every chunk, so the *last* usage object wins.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde_json::Value;
 
 use super::{Envelope, ResponseMeta, count};
@@ -37,6 +40,9 @@ impl ChatAccumulator {
             return;
         }
         let error_event = event.event == Some("error");
+        if !error_event && !self.worth_parsing(event.data) {
+            return;
+        }
         match Envelope::parse(event.data) {
             Some(env) => {
                 // An `error` event counts once, with or without an `error` object inside.
@@ -52,6 +58,19 @@ impl ChatAccumulator {
                 self.meta.json_errors += 1;
             }
         }
+    }
+
+    /// Content chunks are most of a stream and carry nothing kept here: once the response's
+    /// id and model are known, a chunk is parsed only if it may hold usage or an error.
+    /// (A false positive only costs a parse; JSON cannot hide a key from this scan except
+    /// through `\u` escapes in key names, which no server sends.)
+    fn worth_parsing(&self, data: &[u8]) -> bool {
+        if self.meta.response_id.is_none() || self.meta.response_model.is_none() {
+            return true;
+        }
+        static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+        static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+        has_object_value(data, &USAGE) || ERROR.find(data).is_some()
     }
 
     fn take(&mut self, env: &Envelope) {
@@ -147,5 +166,63 @@ mod tests {
             a.usage().map(|u| (u.input_tokens, u.output_tokens)),
             Some((10, 2))
         );
+    }
+}
+
+/// True if the finder's key (a quoted JSON key) occurs, not escaped inside a string, with an
+/// object value.
+fn has_object_value(data: &[u8], key: &Finder<'_>) -> bool {
+    let key_len = key.needle().len();
+    key.find_iter(data).any(|at| {
+        if at > 0 && data[at - 1] == b'\\' {
+            return false;
+        }
+        let mut rest = data[at + key_len..]
+            .iter()
+            .skip_while(|b| b.is_ascii_whitespace());
+        rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+    })
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+
+    fn usage() -> Finder<'static> {
+        Finder::new(b"\"usage\"")
+    }
+
+    #[test]
+    fn usage_objects_are_found_and_null_or_escaped_ones_skipped() {
+        assert!(has_object_value(
+            br#"{"choices":[],"usage":{"prompt_tokens":1}}"#,
+            &usage()
+        ));
+        assert!(has_object_value(
+            br#"{"usage" :  {"prompt_tokens":1}}"#,
+            &usage()
+        ));
+        assert!(!has_object_value(
+            br#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#,
+            &usage()
+        ));
+        assert!(!has_object_value(
+            br#"{"delta":{"content":"say \"usage\": {"}}"#,
+            &usage()
+        ));
+    }
+
+    #[test]
+    fn content_chunks_after_the_first_are_skipped_but_usage_is_kept() {
+        let mut acc = ChatAccumulator::default();
+        let ev = |data: &'static [u8]| SseEvent { event: None, data };
+        acc.on_sse(ev(br#"{"id":"c1","model":"gpt-4o-mini","choices":[{"delta":{"role":"assistant"}}],"usage":null}"#));
+        acc.on_sse(ev(br#"{"id":"c1","model":"gpt-4o-mini","choices":[{"delta":{"content":"hi"}}],"usage":null}"#));
+        acc.on_sse(ev(br#"{"id":"c1","model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":4,"total_tokens":14}}"#));
+        acc.on_sse(ev(b"[DONE]"));
+        let u = acc.usage().expect("usage");
+        assert_eq!((u.input_tokens, u.output_tokens), (10, 4));
+        assert_eq!(acc.meta.response_id.as_deref(), Some("c1"));
+        assert!(acc.meta.stream_done);
     }
 }
