@@ -408,6 +408,27 @@ fn restart_continues_a_live_session_and_writes_one_ledger_row() {
     });
     let dir = daemon.crash();
     let daemon = Daemon::start_in(dir, &[]);
+    // While the root sleeps, the restarted daemon shows the continued session live.
+    let sessions = daemon.cli_json(&["sessions"]);
+    let live = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| u(&s["root_pid"]) == root_pid as u64)
+        .unwrap_or_else(|| panic!("session of {root_pid} not live after restart: {sessions:#}"))
+        .clone();
+    assert_eq!(u(&live["calls"]), 1, "{live}");
+    let tree = daemon.cli_json(&["tree", live["session_id"].as_str().unwrap()]);
+    assert_eq!(
+        u(&tree["trees"][0]["agents"][0]["pid"]),
+        root_pid as u64,
+        "{tree:#}"
+    );
+    let text = String::from_utf8(daemon.cli(&["sessions"]).stdout).unwrap();
+    assert!(
+        text.contains(live["session_id"].as_str().unwrap()),
+        "{text}"
+    );
     assert!(root.wait().unwrap().success());
     daemon.wait_for("the session's ledger row", |_, l| {
         !ledger_of(l, root_pid).is_empty()
@@ -448,4 +469,57 @@ fn restart_continues_a_live_session_and_writes_one_ledger_row() {
     let daemon = Daemon::start_in(dir, &[]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(ledger_of(&daemon.ledger(), root_pid).len(), 1);
+}
+
+#[test]
+fn without_root_the_daemon_says_what_it_needs() {
+    let dir = Scratch::new("nonroot");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(agentwatch_bin())
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir.0.join("data"))
+        .arg("--socket")
+        .arg(dir.0.join("s.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must run as root"), "{err}");
+}
+
+#[test]
+fn a_full_ring_buffer_is_counted_and_the_daemon_keeps_going() {
+    let dir = Scratch::new("tinyring");
+    let config = dir.0.join("agentwatch.toml");
+    // One page: a 16 KiB chunk can never fit, so large writes are dropped for certain.
+    std::fs::write(&config, "[probes]\nring_buffer_bytes = 4096\n").unwrap();
+    let config = config.display().to_string();
+    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    let mock = Mock::start(&[]);
+    let prompt = "lorem ipsum dolor sit amet ".repeat(2000);
+    run_client(py_client(
+        "openai_chat.py",
+        &mock,
+        &["--calls", "2", "--tag", "tiny-ring", "--prompt", &prompt],
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = daemon.cli_json(&["status"]);
+        let drops = &status["kernel_drops"];
+        if u(&drops["ringbuf_full_events"]) > 0 && u(&drops["ringbuf_full_bytes"]) > 0 {
+            assert_eq!(status["ok"], true, "probes stay attached: {status:#}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ring buffer drops not counted: {status:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Still accounting after the loss: a small call goes through whole.
+    let (pid, _) = run_client(py_client("openai_chat.py", &mock, &["--tag", "after-loss"]));
+    let expect = serde_json::json!({"provider": "openai"});
+    check_single_agent_session(&daemon, &mock, pid, "after-loss", 1, &expect);
 }
