@@ -44,7 +44,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use clock::WallClock;
-pub use rows::{CallRecord, LedgerRow, Outcome};
+pub use rows::{CallRecord, CeilingHit, LedgerRow, Outcome};
 
 use crate::accounting::Usage;
 use crate::procs::{ProcKey, ProcTree};

@@ -111,3 +111,21 @@ pub struct LedgerRow {
     /// `/proc/sys/kernel/random/boot_id` of the boot the session ran in.
     pub boot_id: String,
 }
+
+/// A session reached a ceiling (written by the policy stage; a span event in OTLP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CeilingHit {
+    pub session_id: String,
+    pub host: String,
+    /// The process whose call crossed (or was stopped by) the ceiling.
+    pub pid: u32,
+    pub pid_start_ticks: u64,
+    /// `session_usd`, `session_tokens`, `session_calls`, `session_calls_per_minute`,
+    /// `max_depth` or `host_usd_per_day`.
+    pub ceiling: String,
+    pub limit: f64,
+    pub value: f64,
+    /// `observe`, `pause`, `kill` or `block`.
+    pub action: String,
+    pub at: String,
+}

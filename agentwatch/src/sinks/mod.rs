@@ -85,5 +85,9 @@ pub struct SinkHealth {
 pub trait Sink: Send {
     fn write_call(&mut self, call: &CallRecord) -> Result<(), SinkError>;
     fn write_ledger(&mut self, row: &LedgerRow) -> Result<(), SinkError>;
+    /// A ceiling hit; sinks that have no place for it ignore it.
+    fn write_ceiling_hit(&mut self, _hit: &crate::sessions::CeilingHit) -> Result<(), SinkError> {
+        Ok(())
+    }
     fn health(&self) -> SinkHealth;
 }
