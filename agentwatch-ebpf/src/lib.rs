@@ -19,6 +19,26 @@ pub const EVENT_TLS_DATA: u32 = 4;
 /// A TLS handshake started on an SSL object: whatever the daemon knew of a connection
 /// with the same SSL pointer is over (the pointer was freed and reused). Header only.
 pub const EVENT_TLS_HANDSHAKE: u32 = 5;
+/// A process in the gate was stopped (SIGSTOP from the probe) at the entry of an SSL write,
+/// before any byte left; `GATE_PREVIEW` bytes of the buffer follow the header so user space
+/// can tell an LLM request from other TLS traffic. Preview bytes stay in memory.
+pub const EVENT_GATE_HOLD: u32 = 6;
+pub const GATE_PREVIEW: usize = 256;
+
+/// Values of the `GATE` map (tgid → state), the in-kernel half of ceilings.
+/// The next SSL write of the process is held for a decision.
+pub const GATE_ARMED: u32 = 1;
+/// Held (stopped) at an SSL write; user space decides.
+pub const GATE_HELD: u32 = 2;
+/// Writes pass until the process reads TLS data again (then back to ARMED): the rest of a
+/// granted request goes out, the next request after a response is held again.
+pub const GATE_GRANTED: u32 = 3;
+/// Every SSL write is answered with SIGKILL before it runs.
+pub const GATE_KILL: u32 = 4;
+/// Every SSL write is held; user space cuts the connection and lets the write fail.
+pub const GATE_BLOCKED: u32 = 5;
+/// Every SSL write is held until the session is approved.
+pub const GATE_PAUSED: u32 = 6;
 
 /// Direction of TLS plaintext relative to the observed process.
 pub const DIR_WRITE: u32 = 0;
@@ -51,6 +71,9 @@ pub const CFG_NEWTASK_PID_OFF: u32 = 4;
 pub const CFG_NEWTASK_CLONE_FLAGS_OFF: u32 = 5;
 /// tgid of the daemon itself: its own traffic is never captured.
 pub const CFG_SELF_TGID: u32 = 6;
+/// 1 when the host is over a host-wide ceiling: every process without a gate entry is
+/// treated as ARMED, so a new session's first LLM call is held too.
+pub const CFG_HOST_GATE: u32 = 7;
 pub const CFG_ENTRIES: u32 = 8;
 /// Value of an offset that the running kernel's tracepoint does not have.
 pub const CFG_ABSENT: u32 = u32::MAX;
@@ -125,6 +148,23 @@ pub struct ConnKey {
     pub ssl: u64,
 }
 
+/// An IPv4 destination refused to blocked processes (address and port in network order,
+/// as in `bpf_sock_addr`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dest4 {
+    pub ip: u32,
+    pub port: u32,
+}
+
+/// An IPv6 destination refused to blocked processes (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dest6 {
+    pub ip: [u32; 4],
+    pub port: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -132,4 +172,6 @@ mod user {
     unsafe impl aya::Pod for TlsDataHeader {}
     unsafe impl aya::Pod for SslArgs {}
     unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for Dest4 {}
+    unsafe impl aya::Pod for Dest6 {}
 }

@@ -18,12 +18,14 @@ mod bpf {
             bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
             bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, generated,
         },
-        macros::{map, tracepoint, uprobe, uretprobe},
+        macros::{cgroup_sock_addr, map, tracepoint, uprobe, uretprobe},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-        programs::{ProbeContext, RetProbeContext, TracePointContext},
+        programs::{ProbeContext, RetProbeContext, SockAddrContext, TracePointContext},
     };
 
     const CLONE_THREAD: u64 = 0x0001_0000;
+    const SIGKILL: u32 = 9;
+    const SIGSTOP: u32 = 19;
 
     /// Every record goes through one ring buffer (size set by user space at load).
     #[map]
@@ -47,6 +49,18 @@ mod bpf {
     /// sched_process_fork reports processes only.
     #[map]
     static THREAD_CHILDREN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(8192, 0);
+
+    /// Ceiling gate, tgid → `GATE_*` state; written by user space, advanced by the probes.
+    #[map]
+    static GATE: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
+
+    /// Processes of blocked sessions (tgid → 1), and the LLM endpoints refused to them.
+    #[map]
+    static BLOCKED_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(8192, 0);
+    #[map]
+    static BLOCKED_DEST4: HashMap<Dest4, u32> = HashMap::with_max_entries(1024, 0);
+    #[map]
+    static BLOCKED_DEST6: HashMap<Dest6, u32> = HashMap::with_max_entries(1024, 0);
 
     /// Staging area for one TLS record (too large for the BPF stack).
     #[map]
@@ -107,6 +121,18 @@ mod bpf {
         }
         // The tracepoint runs in the parent: its tgid is the parent process.
         let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        // A child of a gated process is gated from its first instruction: a sub-agent
+        // cannot make a call before user space has seen it.
+        if let Some(state) = unsafe { GATE.get(&parent_tgid) } {
+            let inherited = match *state {
+                GATE_KILL | GATE_BLOCKED => *state,
+                _ => GATE_ARMED,
+            };
+            let _ = GATE.insert(&child, &inherited, 0);
+            if unsafe { BLOCKED_TGIDS.get(&parent_tgid) }.is_some() {
+                let _ = BLOCKED_TGIDS.insert(&child, &1, 0);
+            }
+        }
         emit_proc(EVENT_FORK, child, parent_tgid, None)
     }
 
@@ -146,6 +172,8 @@ mod bpf {
                 }
             }
         }
+        let _ = GATE.remove(&tgid);
+        let _ = BLOCKED_TGIDS.remove(&tgid);
         emit_proc(EVENT_EXIT, tgid, 0, None)
     }
 
@@ -183,17 +211,31 @@ mod bpf {
 
     // ---- TLS plaintext -----------------------------------------------------------------
 
-    /// Entry of `SSL_write(ssl, buf, num)` and `SSL_read(ssl, buf, num)`.
+    /// Entry of `SSL_write(ssl, buf, num)`.
     #[uprobe]
-    pub fn ssl_rw_enter(ctx: ProbeContext) -> u32 {
-        let _ = try_stash(&ctx, false);
+    pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
+        let _ = try_stash(&ctx, false, true);
         0
     }
 
-    /// Entry of `SSL_write_ex(ssl, buf, num, *written)` and `SSL_read_ex(ssl, buf, num, *readbytes)`.
+    /// Entry of `SSL_write_ex(ssl, buf, num, *written)`.
     #[uprobe]
-    pub fn ssl_rw_ex_enter(ctx: ProbeContext) -> u32 {
-        let _ = try_stash(&ctx, true);
+    pub fn ssl_write_ex_enter(ctx: ProbeContext) -> u32 {
+        let _ = try_stash(&ctx, true, true);
+        0
+    }
+
+    /// Entry of `SSL_read(ssl, buf, num)`.
+    #[uprobe]
+    pub fn ssl_read_enter(ctx: ProbeContext) -> u32 {
+        let _ = try_stash(&ctx, false, false);
+        0
+    }
+
+    /// Entry of `SSL_read_ex(ssl, buf, num, *readbytes)`.
+    #[uprobe]
+    pub fn ssl_read_ex_enter(ctx: ProbeContext) -> u32 {
+        let _ = try_stash(&ctx, true, false);
         0
     }
 
@@ -248,19 +290,89 @@ mod bpf {
         0
     }
 
-    fn try_stash(ctx: &ProbeContext, ex: bool) -> Result<(), i64> {
+    #[inline(always)]
+    fn try_stash(ctx: &ProbeContext, ex: bool, write: bool) -> Result<(), i64> {
         let pid_tgid = bpf_get_current_pid_tgid();
-        if config(CFG_SELF_TGID) == Some((pid_tgid >> 32) as u32) {
+        let tgid = (pid_tgid >> 32) as u32;
+        if config(CFG_SELF_TGID) == Some(tgid) {
             return Ok(());
         }
         let ssl: u64 = ctx.arg(0).ok_or(1)?;
         let buf: u64 = ctx.arg(1).ok_or(1)?;
         let out_len: u64 = if ex { ctx.arg(3).ok_or(1)? } else { 0 };
+        if write {
+            let num: u64 = ctx.arg(2).ok_or(1)?;
+            gate(pid_tgid, ssl, buf, num);
+        }
         let args = SslArgs { ssl, buf, out_len };
         if SSL_ARGS.insert(&pid_tgid, &args, 0).is_err() {
             count(DROP_ARGS_MAP_FULL, 1);
         }
         Ok(())
+    }
+
+    /// The pre-commit gate: a gated process's write is stopped here, before the library
+    /// writes a byte (the signal is delivered on the return to user mode).
+    #[inline(always)]
+    fn gate(pid_tgid: u64, ssl: u64, buf: u64, num: u64) {
+        let tgid = (pid_tgid >> 32) as u32;
+        let state = match unsafe { GATE.get(&tgid) } {
+            Some(s) => *s,
+            None if config(CFG_HOST_GATE) == Some(1) => GATE_ARMED,
+            None => return,
+        };
+        match state {
+            GATE_GRANTED => {}
+            GATE_KILL => unsafe {
+                generated::bpf_send_signal(SIGKILL);
+            },
+            _ => {
+                if state == GATE_ARMED {
+                    let _ = GATE.insert(&tgid, &GATE_HELD, 0);
+                }
+                emit_hold(pid_tgid, state, ssl, buf, num);
+                unsafe {
+                    generated::bpf_send_signal(SIGSTOP);
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn emit_hold(pid_tgid: u64, state: u32, ssl: u64, buf: u64, num: u64) {
+        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+            return;
+        };
+        let mut n = num;
+        if n > GATE_PREVIEW as u64 {
+            n = GATE_PREVIEW as u64;
+        }
+        let n = (n as u32) & (2 * GATE_PREVIEW as u32 - 1);
+        unsafe {
+            let h = &mut (*scratch).header;
+            h.kind = EVENT_GATE_HOLD;
+            h.tgid = (pid_tgid >> 32) as u32;
+            h.tid = pid_tgid as u32;
+            h.direction = DIR_WRITE;
+            // The gate state the write found.
+            h.flags = state;
+            h.ssl = ssl;
+            h.ts_ns = bpf_ktime_get_boot_ns();
+            h.call_len = num;
+            h.offset = 0;
+            h.len = 0;
+            if n > 0 {
+                let dst = (*scratch).data.as_mut_ptr() as *mut core::ffi::c_void;
+                if generated::bpf_probe_read_user(dst, n, buf as *const core::ffi::c_void) == 0 {
+                    h.len = n;
+                }
+            }
+            let total = TLS_HEADER_LEN + (h.len as usize & (2 * GATE_PREVIEW - 1));
+            let record = core::slice::from_raw_parts(scratch as *const u8, total);
+            if EVENTS.output::<[u8]>(record, 0).is_err() {
+                count(DROP_RINGBUF_EVENTS, 1);
+            }
+        }
     }
 
     #[inline(always)]
@@ -286,6 +398,15 @@ mod bpf {
             }
             ret as u64
         };
+        if direction == DIR_READ {
+            // A granted process that reads (a response) may write a new request next.
+            let tgid = (pid_tgid >> 32) as u32;
+            if let Some(state) = unsafe { GATE.get(&tgid) }
+                && *state == GATE_GRANTED
+            {
+                let _ = GATE.insert(&tgid, &GATE_ARMED, 0);
+            }
+        }
         emit_tls(pid_tgid, direction, &args, len)
     }
 
@@ -382,6 +503,56 @@ mod bpf {
                 }
             }
             Ok(())
+        }
+    }
+
+    // ---- block: refuse new connections to LLM endpoints ---------------------------------
+    // Attached at the cgroup v2 root (every process runs them on connect; one hash lookup
+    // for processes that are not blocked). Returning 0 makes connect() fail with EPERM.
+
+    #[cgroup_sock_addr(connect4)]
+    pub fn block_connect4(ctx: SockAddrContext) -> i32 {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if unsafe { BLOCKED_TGIDS.get(&tgid) }.is_none() {
+            return 1;
+        }
+        let dest = unsafe {
+            let sa = ctx.sock_addr;
+            Dest4 {
+                ip: core::ptr::read_volatile(&(*sa).user_ip4),
+                port: core::ptr::read_volatile(&(*sa).user_port),
+            }
+        };
+        if unsafe { BLOCKED_DEST4.get(&dest) }.is_some() {
+            0
+        } else {
+            1
+        }
+    }
+
+    #[cgroup_sock_addr(connect6)]
+    pub fn block_connect6(ctx: SockAddrContext) -> i32 {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if unsafe { BLOCKED_TGIDS.get(&tgid) }.is_none() {
+            return 1;
+        }
+        // The context allows only 4-byte loads of user_ip6: read word by word.
+        let dest = unsafe {
+            let sa = ctx.sock_addr;
+            Dest6 {
+                ip: [
+                    core::ptr::read_volatile(&(*sa).user_ip6[0]),
+                    core::ptr::read_volatile(&(*sa).user_ip6[1]),
+                    core::ptr::read_volatile(&(*sa).user_ip6[2]),
+                    core::ptr::read_volatile(&(*sa).user_ip6[3]),
+                ],
+                port: core::ptr::read_volatile(&(*sa).user_port),
+            }
+        };
+        if unsafe { BLOCKED_DEST6.get(&dest) }.is_some() {
+            0
+        } else {
+            1
         }
     }
 

@@ -26,6 +26,14 @@ pub struct Config {
     pub limits: Limits,
     /// Price overrides, winning over the built-in table (`[[pricing]]`).
     pub pricing: Vec<PriceOverride>,
+    /// Ceilings for every session and the host (`[ceilings]`); none by default.
+    pub ceilings: crate::policy::CeilingsConfig,
+    /// Processes that start a session at exec, with their own ceilings (`[[session_roots]]`).
+    pub session_roots: Vec<crate::policy::SessionRootRule>,
+    /// Network sinks (`[sinks.clickhouse]`, `[sinks.otlp]`); JSONL is always on. See README § Export.
+    pub sinks: crate::sinks::SinksConfig,
+    /// `[metrics]`: the loopback Prometheus endpoint (off by default).
+    pub metrics: crate::sinks::MetricsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +61,10 @@ impl Default for Config {
             capture: CaptureLimits::default(),
             limits: Limits::default(),
             pricing: Vec::new(),
+            ceilings: Default::default(),
+            session_roots: Vec::new(),
+            sinks: crate::sinks::SinksConfig::default(),
+            metrics: crate::sinks::MetricsConfig::default(),
         }
     }
 }

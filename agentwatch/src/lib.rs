@@ -9,6 +9,7 @@ pub mod capture;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod policy;
 pub mod probes;
 pub mod procs;
 pub mod protocol;

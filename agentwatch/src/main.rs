@@ -43,6 +43,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Continue a paused session (its held call goes out), optionally raising its limits.
+    Approve {
+        session: String,
+        /// Add this many USD to the session's ceiling.
+        #[arg(long)]
+        raise_usd: Option<f64>,
+        /// Add this many tokens to the session's ceiling.
+        #[arg(long)]
+        raise_tokens: Option<u64>,
+        /// Add this many calls to the session's ceiling.
+        #[arg(long)]
+        raise_calls: Option<u64>,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// SIGKILL a session's whole process tree, tool processes included.
+    Kill {
+        session: String,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Re-read the ceilings of the daemon's config file (same as SIGHUP).
+    Reload {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// The agent tree of one session (or of every live session), with tokens and cost.
     Tree {
         session: Option<String>,
@@ -78,8 +104,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data_dir,
             socket,
         } => {
-            let mut cfg = match config {
-                Some(path) => Config::load(&path)?,
+            let mut cfg = match &config {
+                Some(path) => Config::load(path)?,
                 None => Config::default(),
             };
             if let Some(d) = data_dir {
@@ -92,7 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(agentwatch::daemon::run(cfg))?;
+            rt.block_on(agentwatch::daemon::run(cfg, config))?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Status { socket, json } => (Request::Status, socket, json),
@@ -102,6 +128,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             socket,
             json,
         } => (Request::Tree { session }, socket, json),
+        Command::Approve {
+            session,
+            raise_usd,
+            raise_tokens,
+            raise_calls,
+            socket,
+        } => (
+            Request::Approve {
+                session,
+                raise_usd,
+                raise_tokens,
+                raise_calls,
+            },
+            socket,
+            true,
+        ),
+        Command::Kill { session, socket } => (Request::Kill { session }, socket, true),
+        Command::Reload { socket } => (Request::Reload, socket, true),
     };
     let answer = control::request(&socket, &req)?;
     if let Some(err) = answer.get("error") {

@@ -16,7 +16,22 @@ pub mod render;
 pub enum Request {
     Status,
     Sessions,
-    Tree { session: Option<String> },
+    Tree {
+        session: Option<String>,
+    },
+    /// Continue a paused session, optionally raising its limits.
+    Approve {
+        session: String,
+        raise_usd: Option<f64>,
+        raise_tokens: Option<u64>,
+        raise_calls: Option<u64>,
+    },
+    /// SIGKILL a session's whole process tree.
+    Kill {
+        session: String,
+    },
+    /// Re-read the config file's ceilings.
+    Reload,
 }
 
 #[derive(Debug, thiserror::Error)]

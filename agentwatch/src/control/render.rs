@@ -93,6 +93,9 @@ pub fn render(req: &Request, answer: &Value) -> String {
                 );
             }
         }
+        Request::Approve { .. } | Request::Kill { .. } | Request::Reload => {
+            let _ = writeln!(out, "{answer}");
+        }
         Request::Tree { .. } => {
             for tree in answer["trees"].as_array().into_iter().flatten() {
                 let _ = writeln!(

@@ -3,8 +3,8 @@ pub mod pipeline;
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -14,11 +14,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::accounting::pricing::Pricing;
 use crate::config::Config;
 use crate::control::{self, Request};
+use crate::policy::Policy;
 use crate::probes::{Probes, libraries};
 use crate::procs::ProcTree;
 use crate::sessions::clock::boot_now_ns;
 use crate::sessions::{Sessions, SessionsConfig, WallClock};
-use crate::sinks::{JsonlSink, Sink};
+use crate::sinks::Sink;
 use pipeline::Pipeline;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,8 @@ pub enum DaemonError {
     Proc(#[from] crate::procs::ProcError),
     #[error(transparent)]
     Sink(#[from] crate::sinks::SinkError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     #[error(transparent)]
     Session(#[from] crate::sessions::SessionError),
     #[error(transparent)]
@@ -79,10 +82,38 @@ impl Discovery {
     }
 }
 
+/// The config file the daemon was started with (re-read on SIGHUP / `agentwatch reload`).
+static CONFIG_PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// Where the `block` connect programs are attached, or why not.
+static BLOCK_STATUS: OnceLock<String> = OnceLock::new();
+
+/// Re-reads the ceilings of the config file (SIGHUP, `agentwatch reload`).
+fn reload(pipeline: &Mutex<Pipeline>) -> serde_json::Value {
+    let Some(Some(path)) = CONFIG_PATH.get() else {
+        return json!({"error": "the daemon was started without --config: nothing to reload"});
+    };
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return json!({"error": e.to_string()}),
+    };
+    let mut p = pipeline.lock().expect("pipeline lock");
+    let Some(policy) = p.policy.as_mut() else {
+        return json!({"error": "ceilings are not available"});
+    };
+    match policy.reload(config.ceilings, &config.session_roots) {
+        Ok(()) => {
+            tracing::info!("reloaded ceilings from {}", path.display());
+            json!({"reloaded": path})
+        }
+        Err(e) => json!({"error": e.to_string()}),
+    }
+}
+
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     let started = Instant::now();
-    let (probes, ring) = Probes::load(&config.probes)?;
+    let (mut probes, ring) = Probes::load(&config.probes)?;
+    let gate = probes.take_gate()?;
     let mut discovery = Discovery {
         probes,
         roots_seen: HashSet::new(),
@@ -106,7 +137,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         source,
     })?;
     let tree = ProcTree::seed(Path::new("/proc"))?;
-    let mut sink = JsonlSink::open(&config.data_dir)?;
+    // JSONL plus the configured network sinks (spooled; delivered on their own tasks).
+    let (mut sink, exports) = crate::sinks::build(
+        &config.data_dir,
+        &config.sinks,
+        &config.metrics,
+        config.host_name(),
+    )
+    .await?;
     let boot_id = crate::sessions::read_boot_id(Path::new("/proc"))?;
     let mut sessions = Sessions::new(SessionsConfig::new(
         boot_id.clone(),
@@ -116,18 +154,41 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // Sessions open when the daemon last stopped continue (root alive) or close now.
     let recovered = crate::sinks::recover(&config.data_dir, &boot_id)?;
     tracing::info!(stats = ?recovered.stats, "recovered state from {}", config.data_dir.display());
+    sink.seed(&recovered.sessions);
     for row in sessions.restore(recovered.sessions, &tree, boot_now_ns()) {
         sink.write_ledger(&row)?;
     }
     let pricing = Pricing::builtin()?.with_overrides(config.pricing.clone())?;
-    let pipeline = Arc::new(Mutex::new(Pipeline::new(
+    let policy = Policy::new(
+        config.ceilings.clone(),
+        &config.session_roots,
+        &config.data_dir,
+    )?;
+    let block = if !policy.enabled() {
+        "not attached (no ceilings configured)".to_string()
+    } else {
+        match discovery.probes.attach_block_programs() {
+            Ok(root) => format!("attached at {}", root.display()),
+            Err(e) => {
+                tracing::warn!("{e}; the `block` action cannot refuse new connections");
+                format!("unavailable: {e}")
+            }
+        }
+    };
+    let _ = BLOCK_STATUS.set(block);
+    let _ = CONFIG_PATH.set(config_path);
+    let mut pipeline = Pipeline::new(
         tree,
         sessions,
         pricing,
         Box::new(sink),
         config.capture,
         config.limits.max_connections,
-    )));
+    )
+    .with_policy(policy, gate);
+    // Continue or release what a previous daemon held, per `on_restart`.
+    pipeline.restore_policy(boot_now_ns());
+    let pipeline = Arc::new(Mutex::new(pipeline));
     let discovery = Arc::new(Mutex::new(discovery));
 
     let listener = control::bind(&config.socket)?;
@@ -135,9 +196,25 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         let pipeline = pipeline.clone();
         let discovery = discovery.clone();
         let data_dir = config.data_dir.clone();
+        let exports = exports.clone();
         tokio::spawn(control::serve(listener, move |req| {
-            answer(req, &pipeline, &discovery, &data_dir, started)
+            answer(req, &pipeline, &discovery, &data_dir, started, &exports)
         }));
+    }
+    if let Some(metrics) = exports.metrics.clone() {
+        // The daemon's own counters (drops, queue and spool depths) as metrics.
+        let (pipeline, discovery) = (pipeline.clone(), discovery.clone());
+        let (data_dir, exports) = (config.data_dir.clone(), exports.clone());
+        metrics.set_daemon_source(move || {
+            answer(
+                Request::Status,
+                &pipeline,
+                &discovery,
+                &data_dir,
+                started,
+                &exports,
+            )
+        });
     }
     {
         let discovery = discovery.clone();
@@ -164,6 +241,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     // SAFETY: the ring buffer owns its fd and lives as long as the AsyncFd that wraps it.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| DaemonError::Ring(std::io::Error::other(e.to_string())))?;
@@ -193,8 +271,22 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             _ = tick.tick() => {
                 pipeline.lock().expect("pipeline lock").tick(boot_now_ns());
             }
+            _ = hup.recv() => {
+                let answer = reload(&pipeline);
+                if let Some(e) = answer.get("error") {
+                    tracing::error!("reload failed: {e}");
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
+        }
+    }
+    // Decide what is already in the ring buffer (holds above all) before leaving.
+    {
+        let mut p = pipeline.lock().expect("pipeline lock");
+        let ring = ring.get_mut();
+        while let Some(item) = ring.next() {
+            p.handle_record(&item);
         }
     }
     tracing::info!("agentwatch stopping");
@@ -208,6 +300,7 @@ fn answer(
     discovery: &Mutex<Discovery>,
     data_dir: &Path,
     started: Instant,
+    exports: &crate::sinks::ExportHandle,
 ) -> serde_json::Value {
     match req {
         Request::Status => {
@@ -237,8 +330,31 @@ fn answer(
                 "kernel_drops": drops,
                 "pipeline": p.stats,
                 "capture": p.capture_stats,
+                "ceilings": {
+                    "enabled": p.policy.as_ref().is_some_and(|pol| pol.enabled()),
+                    "block": BLOCK_STATUS.get(),
+                    "stats": p.policy.as_ref().map(|pol| &pol.stats),
+                    "gate_errors": p.gate.as_ref().map(|g| g.errors),
+                },
+                "sinks": exports.status_json(),
             })
         }
+        Request::Approve {
+            session,
+            raise_usd,
+            raise_tokens,
+            raise_calls,
+        } => pipeline.lock().expect("pipeline lock").approve(
+            &session,
+            raise_usd.unwrap_or(0.0),
+            raise_tokens.unwrap_or(0),
+            raise_calls.unwrap_or(0),
+        ),
+        Request::Kill { session } => pipeline
+            .lock()
+            .expect("pipeline lock")
+            .kill_session(&session),
+        Request::Reload => reload(pipeline),
         Request::Sessions => {
             let p = pipeline.lock().expect("pipeline lock");
             json!({"sessions": p.sessions.live_sessions()})

@@ -1,8 +1,8 @@
 //! Decoding of ring-buffer records. A record's kind is checked before its layout is
 //! trusted; an unknown kind or a short record is an error the caller counts.
 use agentwatch_ebpf::{
-    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, ProcEvent,
-    TLS_HEADER_LEN, TlsDataHeader,
+    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_GATE_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE,
+    ProcEvent, TLS_HEADER_LEN, TlsDataHeader,
 };
 
 #[derive(Debug)]
@@ -24,6 +24,15 @@ pub enum KernelEvent<'a> {
     Tls {
         header: TlsDataHeader,
         data: &'a [u8],
+    },
+    /// A gated process was stopped at an SSL write; `preview` is the start of the buffer.
+    GateHold {
+        tgid: u32,
+        ssl: u64,
+        /// The `GATE_*` state the write found.
+        state: u32,
+        ts_ns: u64,
+        preview: &'a [u8],
     },
     /// A new TLS connection starts on `ssl` (the pointer may be a reused one).
     TlsHandshake {
@@ -89,6 +98,19 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 .get(TLS_HEADER_LEN..TLS_HEADER_LEN + header.len as usize)
                 .ok_or_else(short)?;
             Ok(KernelEvent::Tls { header, data })
+        }
+        EVENT_GATE_HOLD => {
+            let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;
+            let preview = bytes
+                .get(TLS_HEADER_LEN..TLS_HEADER_LEN + header.len as usize)
+                .ok_or_else(short)?;
+            Ok(KernelEvent::GateHold {
+                tgid: header.tgid,
+                ssl: header.ssl,
+                state: header.flags,
+                ts_ns: header.ts_ns,
+                preview,
+            })
         }
         EVENT_TLS_HANDSHAKE => {
             let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;

@@ -60,10 +60,10 @@ pub struct DropCounters {
 
 /// (symbol, entry program, return program): the data-moving calls of OpenSSL's API.
 const TLS_SYMBOLS: [(&str, &str, Option<&str>); 5] = [
-    ("SSL_write", "ssl_rw_enter", Some("ssl_write_exit")),
-    ("SSL_write_ex", "ssl_rw_ex_enter", Some("ssl_write_exit")),
-    ("SSL_read", "ssl_rw_enter", Some("ssl_read_exit")),
-    ("SSL_read_ex", "ssl_rw_ex_enter", Some("ssl_read_exit")),
+    ("SSL_write", "ssl_write_enter", Some("ssl_write_exit")),
+    ("SSL_write_ex", "ssl_write_ex_enter", Some("ssl_write_exit")),
+    ("SSL_read", "ssl_read_enter", Some("ssl_read_exit")),
+    ("SSL_read_ex", "ssl_read_ex_enter", Some("ssl_read_exit")),
     // A new connection on a (possibly reused) SSL pointer; entry only.
     ("SSL_do_handshake", "ssl_handshake_enter", None),
 ];
@@ -159,8 +159,10 @@ impl Probes {
             tracepoints.push(format!("{category}:{name}"));
         }
         for name in [
-            "ssl_rw_enter",
-            "ssl_rw_ex_enter",
+            "ssl_write_enter",
+            "ssl_write_ex_enter",
+            "ssl_read_enter",
+            "ssl_read_ex_enter",
             "ssl_handshake_enter",
             "ssl_write_exit",
             "ssl_read_exit",
@@ -244,6 +246,45 @@ impl Probes {
             missing,
         });
         true
+    }
+
+    /// Takes the ceiling gate's maps out of the object (once).
+    pub fn take_gate(&mut self) -> Result<crate::policy::gate::Gate, ProbeError> {
+        crate::policy::gate::take(&mut self.ebpf)
+    }
+
+    /// Attaches the `block` connect programs at the cgroup v2 root; returns where.
+    pub fn attach_block_programs(&mut self) -> Result<PathBuf, ProbeError> {
+        use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+        let root = cgroup2_root().ok_or_else(|| ProbeError::Cgroup {
+            detail: "no cgroup2 mount in /proc/self/mounts".into(),
+        })?;
+        let dir = std::fs::File::open(&root).map_err(|e| ProbeError::Cgroup {
+            detail: format!("{}: {e}", root.display()),
+        })?;
+        for name in ["block_connect4", "block_connect6"] {
+            let program: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::MissingProgram { name: name.into() })?
+                .try_into()
+                .map_err(|source| ProbeError::ProgramLoad {
+                    name: name.into(),
+                    source,
+                })?;
+            program.load().map_err(|source| ProbeError::ProgramLoad {
+                name: name.into(),
+                source,
+            })?;
+            program
+                // A bpf link is always multi-attach; the kernel rejects attach flags on it.
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|source| ProbeError::ProgramLoad {
+                    name: name.into(),
+                    source,
+                })?;
+        }
+        Ok(root)
     }
 
     pub fn drop_counters(&self) -> DropCounters {
@@ -335,4 +376,15 @@ fn write_config(ebpf: &mut Ebpf, root: &Path) -> Result<(), ProbeError> {
             })?;
     }
     Ok(())
+}
+
+/// The cgroup v2 mount point (`/sys/fs/cgroup` on most systems, `/sys/fs/cgroup/unified`
+/// in the hybrid layout).
+fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut cols = line.split_whitespace();
+        let (_, mount_point, fstype) = (cols.next()?, cols.next()?, cols.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
 }

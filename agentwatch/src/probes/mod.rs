@@ -59,6 +59,8 @@ pub enum ProbeError {
         path: PathBuf,
         source: aya::programs::ProgramError,
     },
+    #[error("cannot attach the block programs to the cgroup v2 root: {detail}")]
+    Cgroup { detail: String },
     #[error("eBPF map `{name}`: {source}")]
     Map {
         name: String,

@@ -243,6 +243,17 @@ impl ProcTree {
         self.live.len()
     }
 
+    /// Live processes of the subtree rooted at `root` (itself included when live), e.g. to
+    /// signal a whole session, tool processes included. Linear in the live processes; used
+    /// for enforcement actions, not per event.
+    pub fn live_subtree(&self, root: ProcKey) -> Vec<ProcKey> {
+        self.live
+            .values()
+            .copied()
+            .filter(|k| *k == root || self.ancestors(*k).any(|a| a.key == root))
+            .collect()
+    }
+
     pub fn exited_kept_count(&self) -> usize {
         self.by_key.len() - self.live.len()
     }

@@ -32,6 +32,7 @@
 //! whose call never finished is counted in `agent_count` live, but not after a restart (only
 //! calls are persisted).
 
+pub mod ceilings;
 pub mod clock;
 mod rows;
 #[cfg(test)]
@@ -159,6 +160,10 @@ pub struct SessionView {
     pub cost_usd: f64,
     pub unpriced_calls: u64,
     pub started_at: String,
+    pub ceiling_hits: u64,
+    /// `completed` while running normally; `paused`, `killed` or `blocked` once stopped.
+    pub outcome: Outcome,
+    pub reason: Option<String>,
 }
 
 /// One agent of a session's agent tree.
@@ -216,11 +221,20 @@ struct Session {
     providers: BTreeSet<String>,
     models: BTreeSet<String>,
     last_ended_at: Option<String>,
+    /// Ceiling hits so far, and the outcome the policy set (completed unless stopped).
+    ceiling_hits: u64,
+    outcome: Outcome,
+    /// Why the session was stopped or flagged, for `agentwatch sessions`.
+    reason: Option<String>,
 }
 
 impl Session {
     /// Adds one written call to the totals (live and on restore: one code path).
     fn apply(&mut self, rec: &CallRecord) {
+        if rec.blocked {
+            // A stopped attempt: a row in calls.jsonl, not a call (nothing left the host).
+            return;
+        }
         let usage = Usage {
             input_tokens: rec.input_tokens,
             output_tokens: rec.output_tokens,
@@ -298,8 +312,13 @@ impl Session {
             call_count: self.call_count,
             depth_max: self.depth_max,
             agent_count: self.agents.len() as u64,
-            ceiling_hits: 0,
-            outcome,
+            ceiling_hits: self.ceiling_hits,
+            // A stop decided by the policy wins over the plain end of the session.
+            outcome: if self.outcome == Outcome::Completed {
+                outcome
+            } else {
+                self.outcome
+            },
             providers: self.providers.iter().cloned().collect(),
             models: self.models.iter().cloned().collect(),
             unpriced_calls: self.unpriced,
@@ -325,6 +344,9 @@ impl Session {
             cost_usd: self.cost_usd,
             unpriced_calls: self.unpriced,
             started_at: self.started_at.clone(),
+            ceiling_hits: self.ceiling_hits,
+            outcome: self.outcome,
+            reason: self.reason.clone(),
         }
     }
 }
@@ -435,6 +457,9 @@ impl Sessions {
                     providers: BTreeSet::new(),
                     models: BTreeSet::new(),
                     last_ended_at: None,
+                    ceiling_hits: 0,
+                    outcome: Outcome::Completed,
+                    reason: None,
                 };
                 self.sessions.insert(id.clone(), session);
                 self.by_root.insert(key, id.clone());
@@ -517,6 +542,7 @@ impl Sessions {
                 None
             },
             root_cmdline: first.then(|| session.root_cmdline.clone()),
+            blocked: false,
         };
         session.apply(&rec);
         rec
@@ -609,6 +635,9 @@ impl Sessions {
                 providers: BTreeSet::new(),
                 models: BTreeSet::new(),
                 last_ended_at: None,
+                ceiling_hits: 0,
+                outcome: Outcome::Completed,
+                reason: None,
             };
             for rec in &calls {
                 session.apply(rec);

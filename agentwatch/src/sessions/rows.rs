@@ -60,6 +60,9 @@ pub struct CallRecord {
     pub root_exe: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_cmdline: Option<String>,
+    /// A call attempt stopped by a ceiling before its first byte left: no tokens, not a call.
+    #[serde(default)]
+    pub blocked: bool,
 }
 
 /// How a session ended.
@@ -128,4 +131,14 @@ pub struct CeilingHit {
     /// `observe`, `pause`, `kill` or `block`.
     pub action: String,
     pub at: String,
+}
+
+impl CallRecord {
+    /// The calling process's key.
+    pub fn pid_key(&self) -> crate::procs::ProcKey {
+        crate::procs::ProcKey {
+            tgid: self.pid,
+            start_ticks: self.pid_start_ticks,
+        }
+    }
 }

@@ -3,6 +3,8 @@
 //! One owner, driven by one task: process events update the tree, TLS chunks feed the
 //! connection that owns them, recognised calls are priced and charged to their session,
 //! and closed sessions become ledger rows. Nothing here blocks on the network.
+mod ceilings;
+
 use std::collections::HashMap;
 
 use agentwatch_ebpf::{DIR_WRITE, TLS_FLAG_LOSS_BEFORE, TlsDataHeader};
@@ -10,6 +12,8 @@ use serde::Serialize;
 
 use crate::accounting::pricing::Pricing;
 use crate::capture::{CaptureEvent, CaptureLimits, CaptureStats, Connection};
+use crate::policy::Policy;
+use crate::policy::gate::Gate;
 use crate::probes::KernelEvent;
 use crate::procs::{ProcKey, ProcTree};
 use crate::sessions::Sessions;
@@ -56,6 +60,9 @@ pub struct Pipeline {
     pub stats: PipelineStats,
     pub capture_stats: CaptureStats,
     scratch: Vec<CaptureEvent>,
+    /// Ceilings (None when the daemon runs without its kernel gate, e.g. in unit tests).
+    pub policy: Option<Policy>,
+    pub gate: Option<Gate>,
 }
 
 impl Pipeline {
@@ -79,7 +86,15 @@ impl Pipeline {
             stats: PipelineStats::default(),
             capture_stats: CaptureStats::default(),
             scratch: Vec::new(),
+            policy: None,
+            gate: None,
         }
+    }
+
+    pub fn with_policy(mut self, policy: Policy, gate: Gate) -> Self {
+        self.policy = Some(policy);
+        self.gate = Some(gate);
+        self
     }
 
     /// Handles one ring-buffer record. Returns the tgid of a process that just exec'd, so
@@ -103,9 +118,14 @@ impl Pipeline {
                 self.stats.forks += 1;
                 self.tree.on_fork(parent, child, ts_ns);
             }
-            KernelEvent::Exec { tgid, filename, .. } => {
+            KernelEvent::Exec {
+                tgid,
+                filename,
+                ts_ns,
+            } => {
                 self.stats.execs += 1;
                 self.tree.on_exec(tgid, &filename);
+                self.on_exec_policy(tgid, ts_ns);
                 return Some(tgid);
             }
             KernelEvent::Exit { tgid, ts_ns } => {
@@ -113,6 +133,13 @@ impl Pipeline {
                 self.on_exit(tgid, ts_ns);
             }
             KernelEvent::Tls { header, data } => self.on_tls(&header, data),
+            KernelEvent::GateHold {
+                tgid,
+                state,
+                ts_ns,
+                preview,
+                ..
+            } => self.on_hold(tgid, state, ts_ns, preview),
             KernelEvent::TlsHandshake { tgid, ssl, ts_ns } => {
                 // The SSL pointer starts a new connection: the old one (if any) is over.
                 self.stats.tls_handshakes += 1;
@@ -178,7 +205,8 @@ impl Pipeline {
             match event {
                 CaptureEvent::Request(req) => {
                     self.stats.llm_requests += 1;
-                    self.sessions.on_llm_request(&self.tree, key, &req);
+                    let aref = self.sessions.on_llm_request(&self.tree, key, &req);
+                    self.after_request(&aref.session_id, req.started_at_ns);
                 }
                 CaptureEvent::Call(call) => {
                     self.stats.llm_calls += 1;
@@ -189,12 +217,17 @@ impl Pipeline {
                         .or(call.response_model.as_deref());
                     let cost = model.and_then(|m| self.pricing.cost_usd(m, &call.usage));
                     let record = self.sessions.on_call(&self.tree, key, &call, cost);
-                    if let Err(e) = self.sink.write_call(&record) {
-                        self.stats.sink_errors += 1;
-                        tracing::error!("{e}");
-                    }
+                    self.write_call_row(&record);
+                    self.after_call(&record, call.ended_at_ns);
                 }
             }
+        }
+    }
+
+    fn write_call_row(&mut self, record: &crate::sessions::CallRecord) {
+        if let Err(e) = self.sink.write_call(record) {
+            self.stats.sink_errors += 1;
+            tracing::error!("{e}");
         }
     }
 
@@ -255,6 +288,12 @@ impl Pipeline {
 
     fn write_ledger(&mut self, row: &crate::sessions::LedgerRow) {
         self.stats.ledger_rows += 1;
+        if let Some(policy) = self.policy.as_mut()
+            && policy.sessions.contains_key(&row.session_id)
+        {
+            policy.forget(&row.session_id);
+            policy.save();
+        }
         if let Err(e) = self.sink.write_ledger(row) {
             self.stats.sink_errors += 1;
             tracing::error!("{e}");

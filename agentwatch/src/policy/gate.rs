@@ -1,0 +1,118 @@
+//! The user-space handle on the in-kernel gate (`GATE` and the host flag in `CONFIG`).
+use std::net::{IpAddr, SocketAddr};
+
+use agentwatch_ebpf::{self as abi, Dest4, Dest6};
+use aya::maps::{Array, HashMap, MapData};
+
+use crate::probes::ProbeError;
+
+pub struct Gate {
+    gate: HashMap<MapData, u32, u32>,
+    config: Array<MapData, u32>,
+    blocked_tgids: HashMap<MapData, u32, u32>,
+    dest4: HashMap<MapData, Dest4, u32>,
+    dest6: HashMap<MapData, Dest6, u32>,
+    /// Writes that failed (map full, process gone): counted, shown in status.
+    pub errors: u64,
+}
+
+impl Gate {
+    pub fn set(&mut self, tgid: u32, state: u32) {
+        if self.gate.insert(tgid, state, 0).is_err() {
+            self.errors += 1;
+        }
+    }
+
+    pub fn get(&self, tgid: u32) -> Option<u32> {
+        self.gate.get(&tgid, 0).ok()
+    }
+
+    pub fn clear(&mut self, tgid: u32) {
+        let _ = self.gate.remove(&tgid);
+    }
+
+    pub fn len(&self) -> usize {
+        self.gate.keys().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// New connections of `tgid` to `dest` are refused (EPERM) from now on.
+    pub fn refuse(&mut self, tgid: u32, dests: impl IntoIterator<Item = SocketAddr>) {
+        let mut ok = self.blocked_tgids.insert(tgid, 1, 0).is_ok();
+        for d in dests {
+            let port = (d.port().to_be()) as u32;
+            ok &= match d.ip() {
+                IpAddr::V4(ip) => {
+                    let key = Dest4 {
+                        ip: u32::from_ne_bytes(ip.octets()),
+                        port,
+                    };
+                    // An IPv4 peer may be reached through an IPv4-mapped IPv6 socket too.
+                    let mapped = ip.to_ipv6_mapped().octets();
+                    self.dest4.insert(key, 1, 0).is_ok()
+                        && self.dest6.insert(dest6(mapped, port), 1, 0).is_ok()
+                }
+                IpAddr::V6(ip) => self.dest6.insert(dest6(ip.octets(), port), 1, 0).is_ok(),
+            };
+        }
+        if !ok {
+            self.errors += 1;
+        }
+    }
+
+    pub fn set_host_gate(&mut self, on: bool) {
+        if self.config.set(abi::CFG_HOST_GATE, on as u32, 0).is_err() {
+            self.errors += 1;
+        }
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("errors", &self.errors)
+            .finish()
+    }
+}
+
+fn dest6(octets: [u8; 16], port: u32) -> Dest6 {
+    let mut ip = [0u32; 4];
+    for (i, w) in ip.iter_mut().enumerate() {
+        *w = u32::from_ne_bytes([
+            octets[i * 4],
+            octets[i * 4 + 1],
+            octets[i * 4 + 2],
+            octets[i * 4 + 3],
+        ]);
+    }
+    Dest6 { ip, port }
+}
+
+/// Takes the gate maps out of the loaded object.
+pub fn take(ebpf: &mut aya::Ebpf) -> Result<Gate, ProbeError> {
+    let map_err = |name: &str| {
+        let name = name.to_string();
+        move |source| ProbeError::Map { name, source }
+    };
+    let mut take = |name: &str| {
+        ebpf.take_map(name)
+            .ok_or_else(|| ProbeError::MissingMap { name: name.into() })
+    };
+    let gate = HashMap::try_from(take("GATE")?).map_err(map_err("GATE"))?;
+    let blocked_tgids =
+        HashMap::try_from(take("BLOCKED_TGIDS")?).map_err(map_err("BLOCKED_TGIDS"))?;
+    let dest4 = HashMap::try_from(take("BLOCKED_DEST4")?).map_err(map_err("BLOCKED_DEST4"))?;
+    let dest6 = HashMap::try_from(take("BLOCKED_DEST6")?).map_err(map_err("BLOCKED_DEST6"))?;
+    let config = Array::try_from(take("CONFIG")?).map_err(map_err("CONFIG"))?;
+    Ok(Gate {
+        gate,
+        config,
+        blocked_tgids,
+        dest4,
+        dest6,
+        errors: 0,
+    })
+}

@@ -1,0 +1,559 @@
+//! Ceilings: stop a runaway agent tree before its next call leaves the host.
+//!
+//! # Design (why there is no race)
+//!
+//! The rule is pre-commit: a call may start only if its session (and the host) is below every
+//! ceiling when it starts; the call that crosses completes; no byte of a later call leaves.
+//!
+//! * Every process of a session with ceilings is in the kernel's `GATE` map (children inherit
+//!   the entry at fork, in the kernel, so a sub-agent is gated from its first instruction).
+//! * An `ARMED` process that enters `SSL_write` is stopped right there by the probe
+//!   (`bpf_send_signal(SIGSTOP)`, delivered before the library runs) and a `HOLD` record
+//!   with the first bytes of the buffer goes into the ring buffer.
+//! * The ring buffer is totally ordered, and the hold is emitted after the process's earlier
+//!   `SSL_read` records. So when the pipeline reaches the hold, it has already accounted
+//!   every response that process read — including the one that may have just crossed a
+//!   ceiling, however few microseconds ago it arrived. The decision is made on complete data.
+//! * Granted: the state becomes `GRANTED` (the rest of the request is written freely) and the
+//!   process is continued; its next `SSL_read` re-arms it in the kernel, so the next request
+//!   is held again. Denied: the session's action runs (kill, pause, block) and a
+//!   `blocked: true` attempt is written.
+//! * After any call completes, a session that reached a ceiling is stopped at once, without
+//!   waiting for its next write (the hold above is the guarantee; this is the fast path).
+//!
+//! Residual window, stated honestly: a root agent enters the gate when the pipeline has seen
+//! its first request; its second call escapes only if the daemon lags by more than the first
+//! call's whole round trip. Calls a process makes in parallel on several connections are
+//! each checked when they start, against what had completed by then (that is the rule).
+pub mod config;
+pub mod enforce;
+pub mod gate;
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+pub use config::{Action, CeilingsConfig, Limits, OnRestart, SessionRootRule};
+
+use crate::procs::{ProcInfo, ProcKey};
+use crate::sessions::Outcome;
+use crate::sessions::ceilings::SessionTotals;
+
+const MINUTE_NS: u64 = 60_000_000_000;
+const DAY_NS: u64 = 24 * 3600 * 1_000_000_000;
+const STATE_FILE: &str = "policy-state.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("invalid regex in [[session_roots]] #{index} ({field} = {pattern:?}): {source}")]
+    Regex {
+        index: usize,
+        field: &'static str,
+        pattern: String,
+        source: regex::Error,
+    },
+    #[error("failed to write the policy state {path}: {source}")]
+    Save {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A ceiling a call ran into.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub ceiling: &'static str,
+    pub limit: f64,
+    pub value: f64,
+    pub action: Action,
+}
+
+impl Hit {
+    pub fn reason(&self) -> String {
+        format!(
+            "{} reached: {} of {} ({})",
+            self.ceiling,
+            trim(self.value),
+            trim(self.limit),
+            self.action.name()
+        )
+    }
+}
+
+fn trim(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.6}")
+    }
+}
+
+/// What the policy keeps per open session (persisted across restarts).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionPolicy {
+    pub limits: Limits,
+    pub raise_usd: f64,
+    pub raise_tokens: u64,
+    pub raise_calls: u64,
+    pub hits: u64,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    /// LLM calls started (requests written), for `session_calls`.
+    pub calls_started: u64,
+    /// Processes this daemon stopped for `pause`.
+    pub paused: BTreeSet<ProcKey>,
+    /// `server_address` of its calls: where `block` cuts and refuses connections.
+    pub endpoints: BTreeSet<String>,
+    #[serde(skip)]
+    recent_starts: VecDeque<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PolicyStats {
+    pub holds: u64,
+    pub holds_granted: u64,
+    pub holds_not_llm: u64,
+    pub holds_denied: u64,
+    pub ceiling_hits: u64,
+    pub processes_killed: u64,
+    pub processes_paused: u64,
+    pub connections_cut: u64,
+    pub state_save_errors: u64,
+    pub host_usd_last_24h: f64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PersistedState {
+    sessions: HashMap<String, SessionPolicy>,
+}
+
+struct CompiledRule {
+    exe: Option<String>,
+    comm: Option<Regex>,
+    cmdline: Option<Regex>,
+    cgroup: Option<Regex>,
+    limits: Limits,
+}
+
+pub struct Policy {
+    ceilings: CeilingsConfig,
+    rules: Vec<CompiledRule>,
+    pub sessions: HashMap<String, SessionPolicy>,
+    host_window: VecDeque<(u64, f64)>,
+    host_sum: f64,
+    pub stats: PolicyStats,
+    state_path: PathBuf,
+}
+
+fn compile(rules: &[SessionRootRule]) -> Result<Vec<CompiledRule>, PolicyError> {
+    let re = |index, field, pattern: &Option<String>| {
+        pattern
+            .as_ref()
+            .map(|p| {
+                Regex::new(p).map_err(|source| PolicyError::Regex {
+                    index,
+                    field,
+                    pattern: p.clone(),
+                    source,
+                })
+            })
+            .transpose()
+    };
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Ok(CompiledRule {
+                exe: r.match_exe.clone(),
+                comm: re(i, "match_comm", &r.match_comm)?,
+                cmdline: re(i, "match_cmdline", &r.match_cmdline)?,
+                cgroup: re(i, "match_cgroup", &r.match_cgroup)?,
+                limits: r.limits(),
+            })
+        })
+        .collect()
+}
+
+fn read_cgroup(tgid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).unwrap_or_default()
+}
+
+impl CompiledRule {
+    fn matches(&self, info: &ProcInfo) -> bool {
+        if let Some(exe) = &self.exe {
+            let path = info.exe.as_deref().unwrap_or_default();
+            let ok = if exe.contains('/') {
+                path == exe
+            } else {
+                path.rsplit('/').next() == Some(exe.as_str()) || info.comm == *exe
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(re) = &self.comm
+            && !re.is_match(&info.comm)
+        {
+            return false;
+        }
+        if let Some(re) = &self.cmdline
+            && !re.is_match(&info.cmdline.join(" "))
+        {
+            return false;
+        }
+        if let Some(re) = &self.cgroup
+            && !re.is_match(&read_cgroup(info.key.tgid))
+        {
+            return false;
+        }
+        self.exe.is_some() || self.comm.is_some() || self.cmdline.is_some() || self.cgroup.is_some()
+    }
+}
+
+impl Policy {
+    /// Builds the policy and loads what a previous daemon persisted in `data_dir`.
+    pub fn new(
+        ceilings: CeilingsConfig,
+        rules: &[SessionRootRule],
+        data_dir: &Path,
+    ) -> Result<Policy, PolicyError> {
+        let state_path = data_dir.join(STATE_FILE);
+        let persisted: PersistedState = std::fs::read(&state_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Ok(Policy {
+            ceilings,
+            rules: compile(rules)?,
+            sessions: persisted.sessions,
+            host_window: VecDeque::new(),
+            host_sum: 0.0,
+            stats: PolicyStats::default(),
+            state_path,
+        })
+    }
+
+    /// New limits (SIGHUP / `agentwatch reload`): open sessions take the new defaults; what
+    /// `approve` raised stays raised.
+    pub fn reload(
+        &mut self,
+        ceilings: CeilingsConfig,
+        rules: &[SessionRootRule],
+    ) -> Result<(), PolicyError> {
+        let compiled = compile(rules)?;
+        self.ceilings = ceilings;
+        self.rules = compiled;
+        let defaults = self.ceilings.session();
+        for s in self.sessions.values_mut() {
+            s.limits = defaults.clone();
+        }
+        Ok(())
+    }
+
+    /// Any ceiling configured at all (otherwise nothing is gated: zero cost).
+    pub fn enabled(&self) -> bool {
+        self.ceilings.session().any()
+            || self.ceilings.host_usd_per_day.is_some()
+            || !self.rules.is_empty()
+    }
+
+    pub fn on_restart(&self) -> OnRestart {
+        self.ceilings.on_restart
+    }
+
+    /// The `[[session_roots]]` rule that makes `info` a session root at exec, if any.
+    pub fn root_rule(&self, info: &ProcInfo) -> Option<Limits> {
+        self.rules
+            .iter()
+            .find(|r| r.matches(info))
+            .map(|r| self.ceilings.session().overlaid(&r.limits))
+    }
+
+    /// The policy entry of a session, created with its limits on first use.
+    pub fn session(&mut self, id: &str, root: Option<&ProcInfo>) -> &mut SessionPolicy {
+        if !self.sessions.contains_key(id) {
+            let limits = root
+                .and_then(|info| self.root_rule(info))
+                .unwrap_or_else(|| self.ceilings.session());
+            self.sessions.insert(
+                id.to_string(),
+                SessionPolicy {
+                    limits,
+                    ..Default::default()
+                },
+            );
+        }
+        self.sessions.get_mut(id).expect("inserted above")
+    }
+
+    pub fn set_limits(&mut self, id: &str, limits: Limits) {
+        self.session(id, None).limits = limits;
+    }
+
+    /// May a new call of this session, by an agent at `depth`, start now?
+    pub fn check_start(&mut self, totals: &SessionTotals, depth: u32, now_ns: u64) -> Option<Hit> {
+        let host = self.host_hit(now_ns);
+        let s = self.session(&totals.session_id, None);
+        let action = s.limits.action.unwrap_or_default();
+        while s
+            .recent_starts
+            .front()
+            .is_some_and(|t| now_ns.saturating_sub(*t) >= MINUTE_NS)
+        {
+            s.recent_starts.pop_front();
+        }
+        let hit = |ceiling, limit: f64, value: f64| Hit {
+            ceiling,
+            limit,
+            value,
+            action,
+        };
+        if let Some(h) = spend_hit(s, totals, action) {
+            return Some(h);
+        }
+        if let Some(max) = s.limits.session_calls
+            && s.calls_started >= max + s.raise_calls
+        {
+            return Some(hit(
+                "session_calls",
+                (max + s.raise_calls) as f64,
+                s.calls_started as f64,
+            ));
+        }
+        if let Some(max) = s.limits.session_calls_per_minute
+            && s.recent_starts.len() as u64 >= max
+        {
+            return Some(hit(
+                "session_calls_per_minute",
+                max as f64,
+                s.recent_starts.len() as f64,
+            ));
+        }
+        if let Some(max) = s.limits.max_depth
+            && depth > max
+        {
+            return Some(hit("max_depth", max as f64, depth as f64));
+        }
+        host.map(|mut h| {
+            h.action = action;
+            h
+        })
+    }
+
+    /// After a call completed: has the session now reached a spend or call ceiling?
+    pub fn check_crossed(&mut self, totals: &SessionTotals, now_ns: u64) -> Option<Hit> {
+        let host = self.host_hit(now_ns);
+        let s = self.session(&totals.session_id, None);
+        let action = s.limits.action.unwrap_or_default();
+        if let Some(h) = spend_hit(s, totals, action) {
+            return Some(h);
+        }
+        if let Some(max) = s.limits.session_calls
+            && totals.calls >= max + s.raise_calls
+        {
+            return Some(Hit {
+                ceiling: "session_calls",
+                limit: (max + s.raise_calls) as f64,
+                value: totals.calls as f64,
+                action,
+            });
+        }
+        host.map(|mut h| {
+            h.action = action;
+            h
+        })
+    }
+
+    /// A call of the session started (its request was written).
+    pub fn note_started(&mut self, session_id: &str, now_ns: u64) {
+        let s = self.session(session_id, None);
+        s.calls_started += 1;
+        s.recent_starts.push_back(now_ns);
+    }
+
+    /// Spend of a finished call, for the host's rolling day.
+    pub fn note_cost(&mut self, at_ns: u64, cost: f64) {
+        if cost > 0.0 && cost.is_finite() {
+            self.host_window.push_back((at_ns, cost));
+            self.host_sum += cost;
+        }
+    }
+
+    fn host_hit(&mut self, now_ns: u64) -> Option<Hit> {
+        while let Some((t, c)) = self.host_window.front().copied() {
+            if now_ns.saturating_sub(t) < DAY_NS {
+                break;
+            }
+            self.host_window.pop_front();
+            self.host_sum -= c;
+        }
+        self.stats.host_usd_last_24h = self.host_sum.max(0.0);
+        let limit = self.ceilings.host_usd_per_day?;
+        (self.host_sum >= limit).then(|| Hit {
+            ceiling: "host_usd_per_day",
+            limit,
+            value: self.host_sum,
+            action: self.ceilings.action.unwrap_or_default(),
+        })
+    }
+
+    /// Is the host over its daily ceiling (every new session's first call is then held)?
+    pub fn host_over(&mut self, now_ns: u64) -> bool {
+        self.host_hit(now_ns).is_some()
+    }
+
+    /// `agentwatch approve`: raise the session's limits and let it run again.
+    pub fn approve(&mut self, id: &str, usd: f64, tokens: u64, calls: u64) {
+        let s = self.session(id, None);
+        s.raise_usd += usd;
+        s.raise_tokens += tokens;
+        s.raise_calls += calls;
+        s.outcome = Outcome::Completed;
+        s.reason = Some("approved".into());
+        s.paused.clear();
+    }
+
+    pub fn forget(&mut self, id: &str) {
+        self.sessions.remove(id);
+    }
+
+    /// Writes the state a restarted daemon needs (atomic rename; no fsync: it only matters
+    /// while the processes it names live, and they do not survive a machine crash).
+    pub fn save(&mut self) {
+        let state = PersistedState {
+            sessions: self.sessions.clone(),
+        };
+        let tmp = self.state_path.with_extension("json.tmp");
+        let result = serde_json::to_vec(&state)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &self.state_path));
+        if let Err(source) = result {
+            self.stats.state_save_errors += 1;
+            tracing::error!(
+                "{}",
+                PolicyError::Save {
+                    path: self.state_path.clone(),
+                    source
+                }
+            );
+        }
+    }
+}
+
+fn spend_hit(s: &SessionPolicy, totals: &SessionTotals, action: Action) -> Option<Hit> {
+    if let Some(max) = s.limits.session_usd {
+        let limit = max + s.raise_usd;
+        if totals.cost_usd >= limit {
+            return Some(Hit {
+                ceiling: "session_usd",
+                limit,
+                value: totals.cost_usd,
+                action,
+            });
+        }
+    }
+    if let Some(max) = s.limits.session_tokens {
+        let limit = max + s.raise_tokens;
+        let used = totals.usage.total_tokens();
+        if used >= limit {
+            return Some(Hit {
+                ceiling: "session_tokens",
+                limit: limit as f64,
+                value: used as f64,
+                action,
+            });
+        }
+    }
+    None
+}
+
+/// Resolves `server_address`es to the socket addresses `block` cuts.
+pub fn endpoints(s: &SessionPolicy) -> HashSet<std::net::SocketAddr> {
+    enforce::resolve(&s.endpoints.iter().cloned().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounting::Usage;
+
+    fn totals(id: &str, tokens: u64, cost: f64, calls: u64) -> SessionTotals {
+        SessionTotals {
+            session_id: id.into(),
+            root: ProcKey {
+                tgid: 1,
+                start_ticks: 1,
+            },
+            usage: Usage {
+                input_tokens: tokens,
+                ..Default::default()
+            },
+            cost_usd: cost,
+            calls,
+        }
+    }
+
+    fn policy(toml_text: &str) -> Policy {
+        let c: CeilingsConfig = toml::from_str(toml_text).unwrap();
+        let dir = std::env::temp_dir().join(format!("aw-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Policy::new(c, &[], &dir).unwrap()
+    }
+
+    #[test]
+    fn pre_commit_allows_below_and_stops_at_each_ceiling() {
+        let mut p =
+            policy("session_tokens = 1000\nsession_calls = 3\nmax_depth = 1\naction = 'kill'");
+        assert_eq!(p.check_start(&totals("s", 999, 0.0, 0), 0, 0), None);
+        let h = p.check_start(&totals("s", 1000, 0.0, 0), 0, 0).unwrap();
+        assert_eq!((h.ceiling, h.action), ("session_tokens", Action::Kill));
+        for _ in 0..3 {
+            p.note_started("s", 0);
+        }
+        assert_eq!(
+            p.check_start(&totals("s", 0, 0.0, 3), 0, 0)
+                .unwrap()
+                .ceiling,
+            "session_calls"
+        );
+        let mut p = policy("max_depth = 1");
+        assert_eq!(p.check_start(&totals("s", 0, 0.0, 0), 1, 0), None);
+        let h = p.check_start(&totals("s", 0, 0.0, 0), 2, 0).unwrap();
+        assert_eq!((h.ceiling, h.action), ("max_depth", Action::Pause));
+    }
+
+    #[test]
+    fn rate_window_slides_and_approve_raises() {
+        let mut p = policy("session_calls_per_minute = 2\nsession_usd = 1.0");
+        p.note_started("s", 0);
+        p.note_started("s", 1);
+        let h = p.check_start(&totals("s", 0, 0.0, 2), 0, 2).unwrap();
+        assert_eq!(h.ceiling, "session_calls_per_minute");
+        assert_eq!(
+            p.check_start(&totals("s", 0, 0.0, 2), 0, MINUTE_NS + 2),
+            None
+        );
+        assert!(p.check_crossed(&totals("s", 0, 1.5, 2), 0).is_some());
+        p.approve("s", 1.0, 0, 0);
+        assert_eq!(p.check_crossed(&totals("s", 0, 1.5, 2), 0), None);
+    }
+
+    #[test]
+    fn host_day_is_rolling() {
+        let mut p = policy("host_usd_per_day = 1.0");
+        p.note_cost(0, 0.6);
+        assert!(!p.host_over(1));
+        p.note_cost(10, 0.5);
+        assert!(p.host_over(11));
+        assert_eq!(
+            p.check_start(&totals("s", 0, 0.0, 0), 0, 11)
+                .unwrap()
+                .ceiling,
+            "host_usd_per_day"
+        );
+        assert!(!p.host_over(DAY_NS + 5), "the first spend left the window");
+    }
+}

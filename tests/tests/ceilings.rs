@@ -1,0 +1,385 @@
+//! Privileged end-to-end tests of ceilings: real clients in tight loops, real probes, and
+//! the mock server's log as the witness of what left the host.
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Exactly 1,000 tokens per call (800 in, 200 out).
+const USAGE_1K: &str = r#"{"input_tokens":800,"output_tokens":200,"cache_read_tokens":0,"cache_write_tokens":0,"reasoning_tokens":0}"#;
+/// 1,000,000 input tokens of gpt-4o-mini: exactly $0.15 per call.
+const USAGE_15C: &str = r#"{"input_tokens":1000000,"output_tokens":0,"cache_read_tokens":0,"cache_write_tokens":0,"reasoning_tokens":0}"#;
+
+fn daemon_with(ceilings: &str) -> Daemon {
+    let dir = Scratch::new("ceilings");
+    let config = dir.0.join("agentwatch.toml");
+    std::fs::write(&config, ceilings).unwrap();
+    let config = config.display().to_string();
+    Daemon::start_in(dir, &["--config", &config])
+}
+
+fn spawn(mut cmd: Command) -> Child {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("failed to start {cmd:?}: {e}"))
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "client still running after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+fn wait_state(pid: u32, want: char) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proc_state(pid) != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} not in state {want}: {:?}",
+            proc_state(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ledger_row(daemon: &Daemon, root_pid: u32) -> Value {
+    daemon.wait_for(&format!("the ledger row of {root_pid}"), |_, l| {
+        l.iter().any(|r| u(&r["root_pid"]) == root_pid as u64)
+    });
+    daemon
+        .ledger()
+        .into_iter()
+        .find(|r| u(&r["root_pid"]) == root_pid as u64)
+        .unwrap()
+}
+
+fn live_session(daemon: &Daemon, root_pid: u32) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = daemon.cli_json(&["sessions"]);
+        if let Some(found) = s["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| u(&s["root_pid"]) == root_pid as u64)
+        {
+            return found.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no live session of {root_pid}: {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn tight_loop(mock: &Mock, tag: &str, usage: &str, calls: &str) -> Command {
+    py_client(
+        "openai_chat.py",
+        mock,
+        &[
+            "--calls",
+            calls,
+            "--tag",
+            tag,
+            "--usage",
+            usage,
+            "--model",
+            "gpt-4o-mini",
+        ],
+    )
+}
+
+/// The runaway loop is killed; the mock received exactly the calls up to and including
+/// the one that reached the ceiling, and none after.
+fn runaway_is_killed(ceiling: &str, usage: &str, tag: &str, served_expected: usize) {
+    let daemon = daemon_with(&format!("[ceilings]\n{ceiling}\naction = \"kill\"\n"));
+    let mock = Mock::start(&[]);
+    let mut child = spawn(tight_loop(&mock, tag, usage, "30"));
+    let pid = child.id();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "killed by the ceiling: {status:?}"
+    );
+    let row = ledger_row(&daemon, pid);
+    assert_eq!(
+        mock.served_with_tag(tag).len(),
+        served_expected,
+        "calls that left the host; ledger {row}"
+    );
+    assert_eq!(row["outcome"], "killed", "{row}");
+    assert!(u(&row["ceiling_hits"]) >= 1, "{row}");
+    assert_eq!(u(&row["call_count"]), served_expected as u64, "{row}");
+    // Every later attempt that reached the gate is on record as blocked, with no tokens.
+    for c in daemon.calls().iter().filter(|c| c["blocked"] == true) {
+        assert_eq!(u(&c["total_tokens"]), 0);
+    }
+}
+
+#[test]
+fn session_tokens_kill_stops_the_loop_after_the_crossing_call() {
+    // 1,000 tokens a call, ceiling 3,500: calls 1–4 go out (4 crosses), 5 never does.
+    runaway_is_killed("session_tokens = 3500", USAGE_1K, "tokens-kill", 4);
+}
+
+#[test]
+fn session_usd_kill() {
+    // $0.15 a call, ceiling $0.50: calls 1–4 ($0.60 after the 4th), none after.
+    runaway_is_killed("session_usd = 0.5", USAGE_15C, "usd-kill", 4);
+}
+
+#[test]
+fn session_calls_kill() {
+    runaway_is_killed("session_calls = 3", USAGE_1K, "calls-kill", 3);
+}
+
+#[test]
+fn max_depth_stops_a_too_deep_sub_agent() {
+    let daemon = daemon_with("[ceilings]\nmax_depth = 1\naction = \"kill\"\n");
+    let mock = Mock::start(&[]);
+    let agent = |tag: &str, children: &[String]| -> String {
+        let mut s = format!(
+            "{} {} --base-url {} --ca {} --calls 1 --tag {tag}",
+            python().display(),
+            clients().join("tree_agent.py").display(),
+            mock.base_url(),
+            mock.ca.display()
+        );
+        for c in children {
+            s.push_str(&format!(" --child \"{}\"", c.replace('"', "\\\"")));
+        }
+        s
+    };
+    // root (depth 0) → a (depth 1) → a1 (depth 2: over max_depth).
+    let root_cmd = agent("depth-root", &[agent("depth-a", &[agent("depth-a1", &[])])]);
+    let mut c = Command::new("bash");
+    c.args(["-c", &format!("exec {root_cmd}")]);
+    let mut child = spawn(c);
+    let pid = child.id();
+    wait_exit(&mut child, Duration::from_secs(60));
+    let row = ledger_row(&daemon, pid);
+    assert_eq!(mock.served_with_tag("depth-root").len(), 1);
+    assert_eq!(mock.served_with_tag("depth-a").len(), 1);
+    assert_eq!(
+        mock.served_with_tag("depth-a1").len(),
+        0,
+        "the depth-2 call never left"
+    );
+    assert_eq!(row["outcome"], "killed", "{row}");
+    assert!(u(&row["ceiling_hits"]) >= 1);
+    let blocked: Vec<Value> = daemon
+        .calls()
+        .into_iter()
+        .filter(|c| c["session_id"] == row["session_id"] && c["blocked"] == true)
+        .collect();
+    assert_eq!(blocked.len(), 1, "{blocked:#?}");
+    assert_eq!(u(&blocked[0]["depth"]), 2);
+}
+
+#[test]
+fn host_usd_per_day_across_two_sessions() {
+    let daemon = daemon_with("[ceilings]\nhost_usd_per_day = 0.25\naction = \"kill\"\n");
+    let mock = Mock::start(&[]);
+    // Session 1: two calls of $0.15 take the host to $0.30.
+    let mut first = spawn(tight_loop(&mock, "host-1", USAGE_15C, "2"));
+    let first_pid = first.id();
+    wait_exit(&mut first, Duration::from_secs(60));
+    ledger_row(&daemon, first_pid);
+    assert_eq!(mock.served_with_tag("host-1").len(), 2);
+    // Session 2, a new process: its very first call is stopped.
+    let mut second = spawn(tight_loop(&mock, "host-2", USAGE_15C, "3"));
+    let second_pid = second.id();
+    let status = wait_exit(&mut second, Duration::from_secs(60));
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert_eq!(
+        mock.served_with_tag("host-2").len(),
+        0,
+        "nothing left the host"
+    );
+    let row = ledger_row(&daemon, second_pid);
+    assert_eq!(row["outcome"], "killed", "{row}");
+    assert_eq!(u(&row["call_count"]), 0);
+    let status = daemon.cli_json(&["status"]);
+    assert!(
+        status["ceilings"]["stats"]["host_usd_last_24h"]
+            .as_f64()
+            .unwrap()
+            >= 0.3
+    );
+}
+
+#[test]
+fn pause_then_approve_then_kill() {
+    let daemon = daemon_with("[ceilings]\nsession_tokens = 2500\naction = \"pause\"\n");
+    let mock = Mock::start(&[]);
+    let mut child = spawn(tight_loop(&mock, "pause", USAGE_1K, "6"));
+    let pid = child.id();
+    // Calls 1–3 go out (3 crosses 2,500), then the whole tree stops.
+    wait_state(pid, 'T');
+    let session = live_session(&daemon, pid);
+    let id = session["session_id"].as_str().unwrap().to_string();
+    assert_eq!(session["outcome"], "paused", "{session}");
+    assert!(
+        session["reason"]
+            .as_str()
+            .unwrap()
+            .contains("session_tokens"),
+        "{session}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        mock.served_with_tag("pause").len(),
+        3,
+        "nothing after the crossing call"
+    );
+    // Approve with more tokens: the held call and the rest go out and are accounted.
+    let out = daemon.cli(&["approve", &id, "--raise-tokens", "10000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(mock.served_with_tag("pause").len(), 6);
+    let row = ledger_row(&daemon, pid);
+    assert_eq!(u(&row["call_count"]), 6);
+    assert_eq!(u(&row["total_tokens"]), 6000);
+    assert!(u(&row["ceiling_hits"]) >= 1);
+    assert_eq!(row["outcome"], "completed", "approved and finished: {row}");
+
+    // A second paused session is ended by `agentwatch kill`.
+    let mut child = spawn(tight_loop(&mock, "pause-kill", USAGE_1K, "6"));
+    let pid = child.id();
+    wait_state(pid, 'T');
+    let id = live_session(&daemon, pid)["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(daemon.cli(&["kill", &id]).status.success());
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert_eq!(ledger_row(&daemon, pid)["outcome"], "killed");
+    assert_eq!(mock.served_with_tag("pause-kill").len(), 3);
+}
+
+/// Calls the API in a loop, never giving up on errors; prints what happened as JSON.
+const KEEP_TRYING: &str = r#"
+import json, sys, openai
+base, ca, n, tag = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+client = openai.OpenAI(base_url=base + "/v1", api_key="test", max_retries=0,
+                       http_client=openai.DefaultHttpxClient(verify=ca))
+ok, errors = 0, []
+for i in range(n):
+    try:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                       extra_headers={"x-test-tag": tag})
+        ok += 1
+    except Exception as e:
+        cause = e.__cause__ or e.__context__
+        errors.append(f"{type(e).__name__}: {e}; cause: {type(cause).__name__}: {cause}")
+print(json.dumps({"ok": ok, "errors": errors}))
+"#;
+
+#[test]
+fn block_fails_the_calls_and_keeps_the_process_alive() {
+    let daemon = daemon_with("[ceilings]\nsession_calls = 2\naction = \"block\"\n");
+    let status = daemon.cli_json(&["status"]);
+    assert!(
+        status["ceilings"]["block"]
+            .as_str()
+            .unwrap()
+            .starts_with("attached"),
+        "{status:#}"
+    );
+    let mock = Mock::start(&[]);
+    let script = daemon.data_dir.parent().unwrap().join("keep_trying.py");
+    std::fs::write(&script, KEEP_TRYING).unwrap();
+    let mut cmd = Command::new(python());
+    cmd.arg(&script)
+        .arg(mock.base_url())
+        .arg(&mock.ca)
+        .arg("5")
+        .arg("block");
+    let (pid, out) = run_client(cmd);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], 2, "{report:#}");
+    let errors = report["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 3, "{report:#}");
+    // New connections to the endpoint are refused by the kernel.
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("Operation not permitted")),
+        "{report:#}"
+    );
+    assert_eq!(
+        mock.served_with_tag("block").len(),
+        2,
+        "nothing after the ceiling"
+    );
+    let row = ledger_row(&daemon, pid);
+    assert_eq!(row["outcome"], "blocked", "{row}");
+    assert_eq!(u(&row["call_count"]), 2);
+}
+
+#[test]
+fn restart_keeps_or_releases_a_paused_session_with_its_spend() {
+    for (on_restart, expect_stopped) in [("keep", true), ("release", false)] {
+        let daemon = daemon_with(&format!(
+            "[ceilings]\nsession_tokens = 2500\naction = \"pause\"\non_restart = \"{on_restart}\"\n"
+        ));
+        let mock = Mock::start(&[]);
+        let tag = format!("restart-{on_restart}");
+        let mut child = spawn(tight_loop(&mock, &tag, USAGE_1K, "6"));
+        let pid = child.id();
+        wait_state(pid, 'T');
+        let config = daemon.data_dir.parent().unwrap().join("agentwatch.toml");
+        let config = config.display().to_string();
+        let dir = daemon.crash();
+        let daemon = Daemon::start_in(dir, &["--config", &config]);
+        let session = live_session(&daemon, pid);
+        assert_eq!(u(&session["total_tokens"]), 3000, "spend intact: {session}");
+        assert_eq!(u(&session["calls"]), 3);
+        std::thread::sleep(Duration::from_millis(500));
+        if expect_stopped {
+            assert_eq!(proc_state(pid), Some('T'), "kept paused");
+            assert_eq!(session["outcome"], "paused");
+        } else {
+            // Released: it runs, and its next call meets the ceiling again before leaving.
+            wait_state(pid, 'T');
+        }
+        assert_eq!(
+            mock.served_with_tag(&tag).len(),
+            3,
+            "nothing left after the ceiling"
+        );
+        let id = session["session_id"].as_str().unwrap().to_string();
+        assert!(daemon.cli(&["kill", &id]).status.success());
+        let status = wait_exit(&mut child, Duration::from_secs(20));
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        let row = ledger_row(&daemon, pid);
+        assert_eq!(u(&row["total_tokens"]), 3000, "{row}");
+        assert_eq!(row["outcome"], "killed");
+    }
+}
