@@ -219,13 +219,49 @@ fn host_usd_per_day_across_two_sessions() {
     let row = ledger_row(&daemon, second_pid);
     assert_eq!(row["outcome"], "killed", "{row}");
     assert_eq!(u(&row["call_count"]), 0);
-    let status = daemon.cli_json(&["status"]);
-    assert!(
-        status["ceilings"]["stats"]["host_usd_last_24h"]
+    let host_spend = |daemon: &Daemon| {
+        daemon.cli_json(&["status"])["ceilings"]["stats"]["host_usd_last_24h"]
             .as_f64()
             .unwrap()
-            >= 0.3
+    };
+    assert!(host_spend(&daemon) >= 0.3);
+
+    // A restarted daemon rebuilds the host's day from calls.jsonl: still over.
+    let config = daemon.data_dir.parent().unwrap().join("agentwatch.toml");
+    let config = config.display().to_string();
+    let daemon = Daemon::start_in(daemon.crash(), &["--config", &config]);
+    assert!(host_spend(&daemon) >= 0.3);
+    let mut third = spawn(tight_loop(&mock, "host-3", USAGE_15C, "1"));
+    let status = wait_exit(&mut third, Duration::from_secs(60));
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert_eq!(mock.served_with_tag("host-3").len(), 0);
+}
+
+#[test]
+fn reload_applies_new_ceilings() {
+    let daemon = daemon_with("[ceilings]\nsession_calls = 100\naction = \"kill\"\n");
+    let config = daemon.data_dir.parent().unwrap().join("agentwatch.toml");
+    std::fs::write(
+        &config,
+        "[ceilings]\nsession_calls = 2\naction = \"kill\"\n",
+    )
+    .unwrap();
+    let out = daemon.cli(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
+    let mock = Mock::start(&[]);
+    let mut child = spawn(tight_loop(&mock, "reload", USAGE_1K, "5"));
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert_eq!(mock.served_with_tag("reload").len(), 2);
+    // A config that does not parse is refused, and the running ceilings stay.
+    std::fs::write(&config, "[ceilings]\nsesion_calls = 1\n").unwrap();
+    let out = daemon.cli(&["reload"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sesion_calls"));
 }
 
 #[test]

@@ -399,6 +399,37 @@ impl Policy {
         })
     }
 
+    /// Rebuilds the host's rolling day from `calls.jsonl` after a restart, so a restarted
+    /// daemon does not forget spend it accounted. Lines it cannot read are skipped.
+    pub fn seed_host_window(&mut self, calls_jsonl: &Path, clock: &crate::sessions::WallClock) {
+        if self.ceilings.host_usd_per_day.is_none() {
+            return;
+        }
+        #[derive(Deserialize)]
+        struct Row {
+            ended_at: String,
+            cost_usd: Option<f64>,
+        }
+        let Ok(text) = std::fs::read_to_string(calls_jsonl) else {
+            return;
+        };
+        let now_boot = crate::sessions::clock::boot_now_ns();
+        let now_unix = clock.unix_ns(now_boot);
+        let mut rows: Vec<(u64, f64)> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Row>(l).ok())
+            .filter_map(|r| {
+                let ended = crate::sessions::clock::parse_rfc3339(&r.ended_at)?;
+                let age = u64::try_from(now_unix - ended).ok()?;
+                (age < DAY_NS).then(|| (now_boot.saturating_sub(age), r.cost_usd.unwrap_or(0.0)))
+            })
+            .collect();
+        rows.sort_by_key(|(t, _)| *t);
+        for (t, c) in rows {
+            self.note_cost(t, c);
+        }
+    }
+
     /// Is the host over its daily ceiling (every new session's first call is then held)?
     pub fn host_over(&mut self, now_ns: u64) -> bool {
         self.host_hit(now_ns).is_some()
