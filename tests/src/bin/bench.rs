@@ -133,11 +133,21 @@ impl Drop for Proc {
 }
 
 fn start_daemon(dir: &Path) -> Proc {
+    start_daemon_with(dir, None)
+}
+
+/// Starts the daemon (optionally with a config file's text) and waits until it is ready.
+fn start_daemon_with(dir: &Path, config: Option<&str>) -> Proc {
     let bin = env_path("AGENTWATCH_BIN", "target/release/agentwatch");
     let sock = dir.join("aw.sock");
+    let config_path = dir.join("bench.toml");
+    std::fs::write(&config_path, config.unwrap_or("")).unwrap();
+    let _ = std::fs::remove_dir_all(dir.join("data"));
     let daemon = Proc(
         Command::new(&bin)
             .arg("run")
+            .arg("--config")
+            .arg(&config_path)
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--socket")
@@ -185,6 +195,27 @@ fn off_on(dir: &Path, reps: usize, mut cmd: impl FnMut() -> Command) -> (f64, f6
         drop(daemon);
     }
     (median(off), median(on))
+}
+
+/// Runs `cmd` alternately under the daemon with config `a` and with config `b`.
+fn a_b(dir: &Path, reps: usize, a: &str, b: &str, mut cmd: impl FnMut() -> Command) -> (f64, f64) {
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        for (config, out) in [(a, &mut ta), (b, &mut tb)] {
+            let daemon = start_daemon_with(dir, Some(config));
+            out.push(time_cmd(&mut cmd()));
+            drop(daemon);
+        }
+    }
+    (median(ta), median(tb))
+}
+
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1e3
 }
 
 const HTTPS_CLIENT: &str = r#"
@@ -243,10 +274,12 @@ Probe costs are medians of interleaved runs without and with the daemon, in one 
             "--listen",
             "127.0.0.1:0",
             "--exit-after-secs",
-            "900",
+            "1800",
             "--state-dir",
         ])
         .arg(&scratch)
+        .arg("--log")
+        .arg(scratch.join("mock.jsonl"))
         .stdout(Stdio::piped())
         .spawn()
         .expect("start mock-llm");
@@ -307,6 +340,83 @@ Probes on libssl are global today, so every TLS process on the host pays this; a
         on / off,
         (on - off) / writes as f64 * 1e6
     );
+    // Ceilings: the gate holds every call of a gated session for a decision.
+    let (plain, gated) = a_b(
+        &scratch,
+        5,
+        "",
+        "[ceilings]\nsession_tokens = 1000000000000000\naction = \"kill\"\n",
+        || {
+            let mut c = Command::new(&python);
+            c.arg(scratch.join("client.py"))
+                .arg(port.to_string())
+                .arg(&ca)
+                .arg(n.to_string());
+            c
+        },
+    );
+    let _ = write!(
+        report,
+        "\n## Ceilings: cost of the in-kernel gate on allowed calls\n\n{n} sequential HTTPS calls as above, daemon without ceilings vs. with a ceiling that is never reached\n\
+(every call of the session is stopped at `SSL_write`, decided by the daemon, and continued).\n\n\
+| no ceilings | gated | ratio (gated/plain) | added per call |\n|---|---|---|---|\n| {:.3} s | {:.3} s | {:.3} | {:.0} µs |\n",
+        plain,
+        gated,
+        gated / plain,
+        (gated - plain) / n as f64 * 1e6
+    );
+
+    // Time from the crossing response to the session being stopped (the client reaped).
+    let mut stops = Vec::new();
+    for rep in 0..5 {
+        let daemon = start_daemon_with(
+            &scratch,
+            Some("[ceilings]\nsession_calls = 10\naction = \"kill\"\n"),
+        );
+        let tag = format!("stop-{rep}");
+        let mut child = Command::new(&python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/openai_chat.py"))
+            .args(["--base-url", &format!("https://127.0.0.1:{port}"), "--ca"])
+            .arg(&ca)
+            .args(["--calls", "50", "--tag", &tag])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let exited_ms = loop {
+            if child.try_wait().unwrap().is_some() {
+                break unix_ms();
+            }
+            assert!(Instant::now() < deadline, "the loop was not stopped");
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        drop(daemon);
+        let log = std::fs::read_to_string(scratch.join("mock.jsonl")).unwrap_or_default();
+        let served: Vec<serde_json::Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["tag"] == tag.as_str())
+            .collect();
+        assert_eq!(served.len(), 10, "exactly the allowed calls left the host");
+        let last_ms = served
+            .iter()
+            .filter_map(|v| v["ts_ms"].as_f64())
+            .fold(f64::MIN, f64::max);
+        stops.push(exited_ms - last_ms);
+    }
+    let _ = write!(
+        report,
+        "\n## Ceilings: from the crossing response to the session stopped\n\n\
+Python `openai` SDK in a tight loop, `session_calls = 10`, `action = \"kill\"`: time from the mock server logging the\n\
+10th (crossing) response to the client process being reaped (ms clocks; includes the client reading the response).\n\
+In each of 5 runs exactly 10 calls reached the server.\n\n\
+| median | min | max |\n|---|---|---|\n| {:.1} ms | {:.1} ms | {:.1} ms |\n",
+        median(stops.clone()),
+        stops.iter().cloned().fold(f64::MAX, f64::min),
+        stops.iter().cloned().fold(f64::MIN, f64::max)
+    );
+
     print!("{report}");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
     std::fs::write(&path, report).unwrap();
