@@ -117,11 +117,16 @@ fn setup_toolchain() -> Result<()> {
         })
         .context("nightly ships no libLLVM.so.* in its sysroot; bpf-linker cannot be built")?;
     let prefix = home().join(".cache/agentwatch/llvm");
-    let link = prefix.join("lib/libLLVM.so");
-    if std::fs::read_link(&link).ok().as_deref() != Some(libllvm.as_path()) {
-        std::fs::create_dir_all(prefix.join("lib"))?;
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&libllvm, &link)?;
+    // `libLLVM.so` for building bpf-linker, and the versioned soname it loads at run time
+    // (through its rpath), so it also runs outside a nightly cargo invocation.
+    let versioned = libllvm.file_name().expect("a file name").to_owned();
+    for name in [std::ffi::OsString::from("libLLVM.so"), versioned] {
+        let link = prefix.join("lib").join(name);
+        if std::fs::read_link(&link).ok().as_deref() != Some(libllvm.as_path()) {
+            std::fs::create_dir_all(prefix.join("lib"))?;
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&libllvm, &link)?;
+        }
     }
     let linker = cargo_bin("bpf-linker");
     let works = Command::new(&linker)
@@ -175,6 +180,33 @@ fn setup_test_deps() -> Result<()> {
     for tool in ["curl", "bash"] {
         if Command::new(tool).arg("--version").output().is_err() {
             bail!("`{tool}` is needed by the integration tests: apt-get install -y {tool}");
+        }
+    }
+    setup_clickhouse()?;
+    Ok(())
+}
+
+/// Debian's ClickHouse (18.16) for the export tests, installed once; the tests start their own
+/// server on loopback (nothing is started or enabled here).
+fn setup_clickhouse() -> Result<()> {
+    let installed = ["/usr/bin/clickhouse-server", "/usr/sbin/clickhouse-server"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    if installed {
+        return Ok(());
+    }
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "clickhouse-server", "clickhouse-client"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+    };
+    if !install().is_ok_and(|s| s.success()) {
+        run(Command::new("apt-get").arg("update"))?;
+        if !install().is_ok_and(|s| s.success()) {
+            bail!(
+                "installing clickhouse-server failed: run `apt-get install -y clickhouse-server clickhouse-client` (Debian package) and retry"
+            );
         }
     }
     Ok(())
