@@ -30,6 +30,10 @@ pub struct Config {
     pub ceilings: crate::policy::CeilingsConfig,
     /// Processes that start a session at exec, with their own ceilings (`[[session_roots]]`).
     pub session_roots: Vec<crate::policy::SessionRootRule>,
+    /// Network sinks (`[sinks.clickhouse]`, `[sinks.otlp]`); JSONL is always on. See README § Export.
+    pub sinks: crate::sinks::SinksConfig,
+    /// `[metrics]`: the loopback Prometheus endpoint (off by default).
+    pub metrics: crate::sinks::MetricsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +63,8 @@ impl Default for Config {
             pricing: Vec::new(),
             ceilings: Default::default(),
             session_roots: Vec::new(),
+            sinks: crate::sinks::SinksConfig::default(),
+            metrics: crate::sinks::MetricsConfig::default(),
         }
     }
 }

@@ -95,7 +95,7 @@ impl AppendFile {
 }
 
 /// Length of the file up to and including its last `\n` (0 when it has none).
-fn complete_prefix_len(file: &File, len: u64) -> std::io::Result<u64> {
+pub(crate) fn complete_prefix_len(file: &File, len: u64) -> std::io::Result<u64> {
     const CHUNK: u64 = 64 * 1024;
     let mut end = len;
     let mut buf = vec![0u8; CHUNK as usize];

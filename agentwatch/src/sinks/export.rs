@@ -1,0 +1,504 @@
+//! The fan-out sink and the delivery loop shared by the network sinks.
+//!
+//! [`Fanout`] is what the event pipeline holds: it writes JSONL (the embedded default, durable)
+//! and appends each row to the spool of every enabled network sink (local disk only: the
+//! pipeline never waits on the network). One delivery task per sink ([`run_delivery`]) reads
+//! batches from its spool, sends them on its own, and commits the spool cursor only once the
+//! server acknowledged them; failures back off (0.5 s doubling to 30 s) and are retried forever.
+//! While idle, the task checks its server every 10 s (the health shown in `agentwatch status`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::metrics::Metrics;
+use super::spans::{AgentSummary, SessionClose};
+use super::spool::Spool;
+use super::{JsonlSink, Sink, SinkError, SinkHealth};
+use crate::sessions::{CallRecord, CeilingHit, LedgerRow, RecoveredSessions};
+
+/// One spooled record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "row", rename_all = "snake_case")]
+pub enum ExportItem {
+    Call(Box<CallRecord>),
+    Session(Box<SessionClose>),
+}
+
+/// Live state of one network sink (shared by the pipeline side, its task and `status`).
+#[derive(Debug)]
+pub struct DestStatus {
+    pub name: &'static str,
+    pub target: String,
+    pub spool: Arc<Spool>,
+    pub notify: Notify,
+    /// The last request (delivery or health check) succeeded.
+    pub ok: AtomicBool,
+    /// Schema created (ClickHouse) / first contact made.
+    pub ready: AtomicBool,
+    pub delivered_records: AtomicU64,
+    pub delivered_batches: AtomicU64,
+    pub failed_requests: AtomicU64,
+    /// Spool records that could not be decoded (skipped).
+    pub bad_records: AtomicU64,
+    /// OTLP: spans sent; rejected by the receiver (partial success).
+    pub spans_sent: AtomicU64,
+    pub spans_rejected: AtomicU64,
+    /// OTLP metrics: exports done / failed (metrics are cumulative: the next export repeats
+    /// what a failed one carried, so a failure loses no count).
+    pub metric_exports: AtomicU64,
+    pub metric_export_failures: AtomicU64,
+    /// Agents or ceiling hits not remembered for agent spans (over the per-session bound).
+    pub tracker_dropped: AtomicU64,
+    pub last_success_unix: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl DestStatus {
+    pub fn new(name: &'static str, target: String, spool: Arc<Spool>) -> Self {
+        Self {
+            name,
+            target,
+            spool,
+            notify: Notify::new(),
+            ok: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            delivered_records: AtomicU64::new(0),
+            delivered_batches: AtomicU64::new(0),
+            failed_requests: AtomicU64::new(0),
+            bad_records: AtomicU64::new(0),
+            spans_sent: AtomicU64::new(0),
+            spans_rejected: AtomicU64::new(0),
+            metric_exports: AtomicU64::new(0),
+            metric_export_failures: AtomicU64::new(0),
+            tracker_dropped: AtomicU64::new(0),
+            last_success_unix: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn success(&self) {
+        self.ok.store(true, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.last_success_unix.store(now, Ordering::Relaxed);
+    }
+
+    pub fn failure(&self, what: &str, err: &str) {
+        let was_ok = self.ok.swap(false, Ordering::Relaxed);
+        self.failed_requests.fetch_add(1, Ordering::Relaxed);
+        let msg = format!("{what}: {err}");
+        let changed = {
+            let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = last.as_deref() != Some(msg.as_str());
+            *last = Some(msg.clone());
+            changed
+        };
+        if was_ok || changed {
+            tracing::warn!(sink = self.name, target = %self.target, "{msg}; rows stay spooled and are retried");
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let spool = self.spool.stats();
+        json!({
+            "name": self.name,
+            "target": self.target,
+            "ok": self.ok.load(Ordering::Relaxed),
+            "ready": self.ready.load(Ordering::Relaxed),
+            "delivered_records": self.delivered_records.load(Ordering::Relaxed),
+            "delivered_batches": self.delivered_batches.load(Ordering::Relaxed),
+            "failed_requests": self.failed_requests.load(Ordering::Relaxed),
+            "bad_records": self.bad_records.load(Ordering::Relaxed),
+            "spans_sent": self.spans_sent.load(Ordering::Relaxed),
+            "spans_rejected": self.spans_rejected.load(Ordering::Relaxed),
+            "metric_exports": self.metric_exports.load(Ordering::Relaxed),
+            "metric_export_failures": self.metric_export_failures.load(Ordering::Relaxed),
+            "tracker_dropped": self.tracker_dropped.load(Ordering::Relaxed),
+            "last_success_unix": self.last_success_unix.load(Ordering::Relaxed),
+            "last_error": *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
+            "spool": spool,
+        })
+    }
+}
+
+/// Handle kept by the daemon for `status` and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ExportHandle {
+    pub dests: Vec<Arc<DestStatus>>,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl ExportHandle {
+    /// `status.sinks`: JSONL is reported by the pipeline; this lists the network sinks.
+    pub fn status_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(self.dests.iter().map(|d| d.to_json()).collect())
+    }
+}
+
+/// Per open session: its agents and ceiling hits, for the agent spans at close.
+#[derive(Debug, Default)]
+pub struct AgentTracker {
+    sessions: HashMap<String, Tracked>,
+    max_per_session: usize,
+    max_sessions: usize,
+}
+
+#[derive(Debug, Default)]
+struct Tracked {
+    agents: Vec<AgentSummary>,
+    hits: Vec<CeilingHit>,
+    dropped: u64,
+}
+
+impl AgentTracker {
+    pub fn new(max_per_session: usize) -> Self {
+        Self {
+            sessions: HashMap::new(),
+            max_per_session: max_per_session.max(1),
+            max_sessions: 100_000,
+        }
+    }
+
+    /// Returns how many entries were dropped for the bounds (0 or 1).
+    pub fn observe(&mut self, c: &CallRecord) -> u64 {
+        if !self.sessions.contains_key(&c.session_id) && self.sessions.len() >= self.max_sessions {
+            return 1;
+        }
+        let t = self.sessions.entry(c.session_id.clone()).or_default();
+        if let Some(a) = t
+            .agents
+            .iter_mut()
+            .find(|a| a.pid == c.pid && a.pid_start_ticks == c.pid_start_ticks)
+        {
+            a.add(c);
+            return 0;
+        }
+        if t.agents.len() >= self.max_per_session {
+            t.dropped += 1;
+            return 1;
+        }
+        t.agents.push(AgentSummary::from_call(c));
+        0
+    }
+
+    pub fn hit(&mut self, h: &CeilingHit) -> u64 {
+        if !self.sessions.contains_key(&h.session_id) && self.sessions.len() >= self.max_sessions {
+            return 1;
+        }
+        let t = self.sessions.entry(h.session_id.clone()).or_default();
+        if t.hits.len() >= self.max_per_session {
+            t.dropped += 1;
+            return 1;
+        }
+        t.hits.push(h.clone());
+        0
+    }
+
+    pub fn close(&mut self, row: &LedgerRow) -> SessionClose {
+        let t = self.sessions.remove(&row.session_id).unwrap_or_default();
+        SessionClose {
+            ledger: row.clone(),
+            agents: t.agents,
+            ceiling_hits: t.hits,
+            dropped: t.dropped,
+        }
+    }
+
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+/// The pipeline-side half of a network sink.
+#[derive(Debug)]
+pub struct SpoolWriter {
+    pub status: Arc<DestStatus>,
+    /// Agent spans need the session's agents (OTLP); ClickHouse only needs the ledger row.
+    pub tracker: Option<AgentTracker>,
+    /// Append failures are logged once per this many.
+    logged_failures: u64,
+}
+
+impl SpoolWriter {
+    pub fn new(status: Arc<DestStatus>, tracker: Option<AgentTracker>) -> Self {
+        Self {
+            status,
+            tracker,
+            logged_failures: 0,
+        }
+    }
+
+    fn push(&mut self, item: &ExportItem) {
+        let bytes = match serde_json::to_vec(item) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(
+                    sink = self.status.name,
+                    "cannot serialize a spool record: {e}; this is a bug, please report it"
+                );
+                return;
+            }
+        };
+        match self.status.spool.append(&bytes) {
+            Ok(()) => self.status.notify.notify_one(),
+            Err(e) => {
+                // Counted by the spool (overflow_rows / write_errors); log the first and then
+                // every 1,000th.
+                if self.logged_failures.is_multiple_of(1000) {
+                    tracing::warn!(sink = self.status.name, "{e}");
+                }
+                self.logged_failures += 1;
+            }
+        }
+    }
+
+    pub fn call(&mut self, c: &CallRecord) {
+        if let Some(t) = &mut self.tracker {
+            let d = t.observe(c);
+            self.status.tracker_dropped.fetch_add(d, Ordering::Relaxed);
+        }
+        self.push(&ExportItem::Call(Box::new(c.clone())));
+    }
+
+    pub fn ledger(&mut self, row: &LedgerRow) {
+        let close = match &mut self.tracker {
+            Some(t) => t.close(row),
+            None => SessionClose {
+                ledger: row.clone(),
+                agents: Vec::new(),
+                ceiling_hits: Vec::new(),
+                dropped: 0,
+            },
+        };
+        self.push(&ExportItem::Session(Box::new(close)));
+    }
+
+    pub fn ceiling_hit(&mut self, h: &CeilingHit) {
+        if let Some(t) = &mut self.tracker {
+            let d = t.hit(h);
+            self.status.tracker_dropped.fetch_add(d, Ordering::Relaxed);
+        }
+    }
+}
+
+/// JSONL plus every enabled network sink.
+#[derive(Debug)]
+pub struct Fanout {
+    pub jsonl: JsonlSink,
+    pub writers: Vec<SpoolWriter>,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl Fanout {
+    /// Teaches the agent trackers the sessions that were open when the daemon last stopped
+    /// (their calls were spooled by the previous run), so their agent spans are complete.
+    /// Call before writing the ledger rows `Sessions::restore` returns.
+    pub fn seed(&mut self, recovered: &RecoveredSessions) {
+        for w in &mut self.writers {
+            if let Some(t) = &mut w.tracker {
+                for (_, calls) in &recovered.open {
+                    for c in calls {
+                        t.observe(c);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Sink for Fanout {
+    fn write_call(&mut self, call: &CallRecord) -> Result<(), SinkError> {
+        let r = self.jsonl.write_call(call);
+        for w in &mut self.writers {
+            w.call(call);
+        }
+        if let Some(m) = &self.metrics {
+            m.record_call(call);
+        }
+        r
+    }
+
+    fn write_ledger(&mut self, row: &LedgerRow) -> Result<(), SinkError> {
+        let r = self.jsonl.write_ledger(row);
+        for w in &mut self.writers {
+            w.ledger(row);
+        }
+        if let Some(m) = &self.metrics {
+            m.record_session(row);
+        }
+        r
+    }
+
+    fn write_ceiling_hit(&mut self, hit: &CeilingHit) -> Result<(), SinkError> {
+        let r = self.jsonl.write_ceiling_hit(hit);
+        for w in &mut self.writers {
+            w.ceiling_hit(hit);
+        }
+        if let Some(m) = &self.metrics {
+            m.record_ceiling_hit(hit);
+        }
+        r
+    }
+
+    fn health(&self) -> SinkHealth {
+        self.jsonl.health()
+    }
+}
+
+/// Where a delivery task sends its batches.
+pub enum Destination {
+    ClickHouse(Box<super::clickhouse::ClickHouseDest>),
+    Otlp(Box<super::otlp::OtlpDest>),
+}
+
+impl Destination {
+    async fn prepare(&mut self) -> Result<(), String> {
+        match self {
+            Destination::ClickHouse(d) => d.prepare().await,
+            Destination::Otlp(_) => Ok(()),
+        }
+    }
+
+    async fn deliver(&mut self, items: &[ExportItem], status: &DestStatus) -> Result<(), String> {
+        match self {
+            Destination::ClickHouse(d) => d.deliver(items).await,
+            Destination::Otlp(d) => d.deliver(items, status).await,
+        }
+    }
+
+    async fn check(&mut self) -> Result<(), String> {
+        match self {
+            Destination::ClickHouse(d) => d.check().await,
+            Destination::Otlp(d) => d.check().await,
+        }
+    }
+}
+
+const HEALTH_EVERY: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Delivers `status.spool` to `dest` forever (spawn it).
+pub async fn run_delivery(
+    mut dest: Destination,
+    status: Arc<DestStatus>,
+    batch_records: usize,
+    timeout: Duration,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut last_check = tokio::time::Instant::now();
+    let fail_wait = |backoff: &mut Duration| {
+        let wait = *backoff;
+        *backoff = (*backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(wait)
+    };
+    loop {
+        if !status.ready.load(Ordering::Relaxed) {
+            match tokio::time::timeout(timeout, dest.prepare()).await {
+                Ok(Ok(())) => {
+                    status.ready.store(true, Ordering::Relaxed);
+                    status.success();
+                    backoff = BACKOFF_MIN;
+                }
+                Ok(Err(e)) => {
+                    status.failure("preparing the destination", &e);
+                    fail_wait(&mut backoff).await;
+                    continue;
+                }
+                Err(_) => {
+                    status.failure("preparing the destination", "timed out");
+                    fail_wait(&mut backoff).await;
+                    continue;
+                }
+            }
+        }
+        let spool = status.spool.clone();
+        let batch = match tokio::task::spawn_blocking(move || {
+            spool.read_batch(batch_records.max(1), 32 << 20)
+        })
+        .await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                status.failure("reading the spool", &e.to_string());
+                fail_wait(&mut backoff).await;
+                continue;
+            }
+            Err(e) => {
+                status.failure("reading the spool", &e.to_string());
+                fail_wait(&mut backoff).await;
+                continue;
+            }
+        };
+        if batch.records.is_empty() {
+            // The cursor may have moved past an exhausted segment: persist that.
+            let _ = status.spool.commit(&batch);
+            let since = last_check.elapsed();
+            if since >= HEALTH_EVERY {
+                last_check = tokio::time::Instant::now();
+                match tokio::time::timeout(timeout, dest.check()).await {
+                    Ok(Ok(())) => status.success(),
+                    Ok(Err(e)) => status.failure("health check", &e),
+                    Err(_) => status.failure("health check", "timed out"),
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = status.notify.notified() => {}
+                _ = tokio::time::sleep(HEALTH_EVERY - since) => {}
+            }
+            continue;
+        }
+        let mut items = Vec::with_capacity(batch.records.len());
+        for r in &batch.records {
+            match serde_json::from_slice::<ExportItem>(r) {
+                Ok(i) => items.push(i),
+                Err(_) => {
+                    status.bad_records.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let sent = if items.is_empty() {
+            Ok(Ok(()))
+        } else {
+            tokio::time::timeout(timeout, dest.deliver(&items, &status)).await
+        };
+        match sent {
+            Ok(Ok(())) => {
+                let spool = status.spool.clone();
+                let b = batch.clone();
+                match tokio::task::spawn_blocking(move || spool.commit(&b)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => status.failure("committing the spool cursor", &e.to_string()),
+                    Err(e) => status.failure("committing the spool cursor", &e.to_string()),
+                }
+                status
+                    .delivered_records
+                    .fetch_add(items.len() as u64, Ordering::Relaxed);
+                status.delivered_batches.fetch_add(1, Ordering::Relaxed);
+                status.success();
+                last_check = tokio::time::Instant::now();
+                backoff = BACKOFF_MIN;
+            }
+            Ok(Err(e)) => {
+                status.failure("delivering a batch", &e);
+                fail_wait(&mut backoff).await;
+            }
+            Err(_) => {
+                status.failure(
+                    "delivering a batch",
+                    &format!("timed out after {timeout:?}"),
+                );
+                fail_wait(&mut backoff).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! Metrics: GenAI client instruments aggregated in memory from the rows the pipeline writes,
+//! plus the daemon's own counters (drops, queue and spool depths, read from the status JSON),
+//! exported over OTLP and, when enabled, served as Prometheus text on a loopback `/metrics`.
+//!
+//! Instruments (cumulative since the daemon started):
+//! - `gen_ai.client.token.usage` histogram `{token}`, by `gen_ai.token.type` (input|output),
+//!   `gen_ai.provider.name`, `gen_ai.request.model`, `gen_ai.operation.name`;
+//! - `gen_ai.client.operation.duration` histogram `s` (same attributes, plus `error.type`);
+//! - `agentwatch.cost` sum `USD` by provider and model;
+//! - `agentwatch.ceiling.hits` sum by `agentwatch.ceiling` and `agentwatch.ceiling.action`;
+//! - `agentwatch.sessions.closed` sum by `agentwatch.outcome`;
+//! - `agentwatch.daemon.*` gauges: every number of `agentwatch status` (pipeline, capture,
+//!   kernel drops, sinks' spools), e.g. `agentwatch.daemon.kernel_drops.ring_full`.
+//!
+//! Label sets per instrument are bounded (`max_series`); more are dropped and counted in
+//! `agentwatch.metrics.series_dropped`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum,
+    metric, number_data_point,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::spans::{kv_str, operation_name, provider_name, unix_nanos};
+use crate::sessions::{CallRecord, CeilingHit, LedgerRow};
+
+const TOKEN_BOUNDS: [f64; 14] = [
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+const DURATION_BOUNDS: [f64; 14] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug, Clone)]
+struct Hist {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+    min: f64,
+    max: f64,
+}
+
+impl Hist {
+    fn new(bounds: &[f64]) -> Self {
+        Self {
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+
+    fn record(&mut self, bounds: &[f64], v: f64) {
+        let i = bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+        self.count += 1;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    tokens: BTreeMap<Labels, Hist>,
+    duration: BTreeMap<Labels, Hist>,
+    cost: BTreeMap<Labels, f64>,
+    ceiling_hits: BTreeMap<Labels, u64>,
+    sessions: BTreeMap<Labels, u64>,
+}
+
+type DaemonSource = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+pub struct Metrics {
+    state: Mutex<State>,
+    max_series: usize,
+    series_dropped: AtomicU64,
+    start_unix_nanos: u64,
+    daemon: Mutex<Option<DaemonSource>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn bump<'a, V>(
+    map: &'a mut BTreeMap<Labels, V>,
+    key: Labels,
+    max: usize,
+    dropped: &AtomicU64,
+    init: impl FnOnce() -> V,
+) -> Option<&'a mut V> {
+    if !map.contains_key(&key) && map.len() >= max {
+        dropped.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    Some(map.entry(key).or_insert_with(init))
+}
+
+impl Metrics {
+    pub fn new(max_series: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            max_series: max_series.max(1),
+            series_dropped: AtomicU64::new(0),
+            start_unix_nanos: now_nanos(),
+            daemon: Mutex::new(None),
+        }
+    }
+
+    /// Where the daemon's own counters come from (the status JSON).
+    pub fn set_daemon_source(&self, f: impl Fn() -> serde_json::Value + Send + Sync + 'static) {
+        *self.daemon.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+    }
+
+    pub fn series_dropped(&self) -> u64 {
+        self.series_dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn record_call(&self, c: &CallRecord) {
+        let op = operation_name(&c.provider, &c.api);
+        let base: Labels = vec![
+            ("gen_ai.provider.name", provider_name(&c.provider)),
+            ("gen_ai.request.model", c.model.clone().unwrap_or_default()),
+            ("gen_ai.operation.name", op.to_string()),
+        ];
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let max = self.max_series;
+        for (ty, n) in [("input", c.input_tokens), ("output", c.output_tokens)] {
+            let mut l = base.clone();
+            l.push(("gen_ai.token.type", ty.to_string()));
+            if let Some(h) = bump(&mut st.tokens, l, max, &self.series_dropped, || {
+                Hist::new(&TOKEN_BOUNDS)
+            }) {
+                h.record(&TOKEN_BOUNDS, n as f64);
+            }
+        }
+        let mut l = base.clone();
+        let error = match c.status {
+            Some(s) if s >= 400 => s.to_string(),
+            _ if !c.complete => "incomplete".to_string(),
+            _ => String::new(),
+        };
+        if !error.is_empty() {
+            l.push(("error.type", error));
+        }
+        let secs = unix_nanos(&c.ended_at).saturating_sub(unix_nanos(&c.started_at)) as f64 / 1e9;
+        if let Some(h) = bump(&mut st.duration, l, max, &self.series_dropped, || {
+            Hist::new(&DURATION_BOUNDS)
+        }) {
+            h.record(&DURATION_BOUNDS, secs);
+        }
+        if let Some(cost) = c.cost_usd {
+            let l = base[..2].to_vec();
+            if let Some(v) = bump(&mut st.cost, l, max, &self.series_dropped, || 0.0) {
+                *v += cost;
+            }
+        }
+    }
+
+    pub fn record_ceiling_hit(&self, h: &CeilingHit) {
+        let l = vec![
+            ("agentwatch.ceiling", h.ceiling.clone()),
+            ("agentwatch.ceiling.action", h.action.clone()),
+        ];
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = bump(
+            &mut st.ceiling_hits,
+            l,
+            self.max_series,
+            &self.series_dropped,
+            || 0,
+        ) {
+            *v += 1;
+        }
+    }
+
+    pub fn record_session(&self, r: &LedgerRow) {
+        let outcome = serde_json::to_value(r.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let l = vec![("agentwatch.outcome", outcome)];
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = bump(
+            &mut st.sessions,
+            l,
+            self.max_series,
+            &self.series_dropped,
+            || 0,
+        ) {
+            *v += 1;
+        }
+    }
+
+    /// The daemon's numbers as (dotted name, labels, value).
+    fn daemon_gauges(&self) -> Vec<(String, Labels, f64)> {
+        let v = match &*self.daemon.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(f) => f(),
+            None => serde_json::Value::Null,
+        };
+        let mut out = Vec::new();
+        flatten("agentwatch.daemon", &v, &Vec::new(), &mut out);
+        out.push((
+            "agentwatch.metrics.series_dropped".into(),
+            Vec::new(),
+            self.series_dropped() as f64,
+        ));
+        out
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        prom_hist(
+            &mut out,
+            "gen_ai_client_token_usage",
+            "Tokens per call",
+            &TOKEN_BOUNDS,
+            &st.tokens,
+        );
+        prom_hist(
+            &mut out,
+            "gen_ai_client_operation_duration_seconds",
+            "Call duration",
+            &DURATION_BOUNDS,
+            &st.duration,
+        );
+        prom_counter(
+            &mut out,
+            "agentwatch_cost_usd_total",
+            "Cost of priced calls",
+            &st.cost,
+        );
+        let hits: BTreeMap<Labels, f64> = st
+            .ceiling_hits
+            .iter()
+            .map(|(k, v)| (k.clone(), *v as f64))
+            .collect();
+        prom_counter(
+            &mut out,
+            "agentwatch_ceiling_hits_total",
+            "Ceiling hits",
+            &hits,
+        );
+        let sess: BTreeMap<Labels, f64> = st
+            .sessions
+            .iter()
+            .map(|(k, v)| (k.clone(), *v as f64))
+            .collect();
+        prom_counter(
+            &mut out,
+            "agentwatch_sessions_closed_total",
+            "Sessions closed",
+            &sess,
+        );
+        drop(st);
+        let mut by_name: BTreeMap<String, Vec<(Labels, f64)>> = BTreeMap::new();
+        for (name, labels, v) in self.daemon_gauges() {
+            by_name
+                .entry(prom_name(&name))
+                .or_default()
+                .push((labels, v));
+        }
+        for (name, points) in by_name {
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (labels, v) in points {
+                let _ = writeln!(out, "{name}{} {}", prom_labels(&labels, None), prom_num(v));
+            }
+        }
+        out
+    }
+
+    /// OTLP metrics (cumulative temporality).
+    pub fn otlp(&self) -> Vec<Metric> {
+        let now = now_nanos();
+        let start = self.start_unix_nanos;
+        let cum = AggregationTemporality::Cumulative as i32;
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let hist =
+            |name: &str, unit: &str, desc: &str, bounds: &[f64], m: &BTreeMap<Labels, Hist>| {
+                Metric {
+                    name: name.into(),
+                    unit: unit.into(),
+                    description: desc.into(),
+                    data: Some(metric::Data::Histogram(Histogram {
+                        aggregation_temporality: cum,
+                        data_points: m
+                            .iter()
+                            .map(|(l, h)| HistogramDataPoint {
+                                attributes: l.iter().map(|(k, v)| kv_str(k, v.clone())).collect(),
+                                start_time_unix_nano: start,
+                                time_unix_nano: now,
+                                count: h.count,
+                                sum: Some(h.sum),
+                                bucket_counts: h.counts.clone(),
+                                explicit_bounds: bounds.to_vec(),
+                                min: (h.count > 0).then_some(h.min),
+                                max: (h.count > 0).then_some(h.max),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    })),
+                    ..Default::default()
+                }
+            };
+        let sum = |name: &str,
+                   unit: &str,
+                   desc: &str,
+                   pts: Vec<(Labels, number_data_point::Value)>| Metric {
+            name: name.into(),
+            unit: unit.into(),
+            description: desc.into(),
+            data: Some(metric::Data::Sum(Sum {
+                aggregation_temporality: cum,
+                is_monotonic: true,
+                data_points: pts
+                    .into_iter()
+                    .map(|(l, v)| NumberDataPoint {
+                        attributes: l.iter().map(|(k, v)| kv_str(k, v.clone())).collect(),
+                        start_time_unix_nano: start,
+                        time_unix_nano: now,
+                        value: Some(v),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })),
+            ..Default::default()
+        };
+        let mut out = vec![
+            hist(
+                "gen_ai.client.token.usage",
+                "{token}",
+                "Number of input and output tokens used",
+                &TOKEN_BOUNDS,
+                &st.tokens,
+            ),
+            hist(
+                "gen_ai.client.operation.duration",
+                "s",
+                "GenAI operation duration",
+                &DURATION_BOUNDS,
+                &st.duration,
+            ),
+            sum(
+                "agentwatch.cost",
+                "USD",
+                "Cost of priced LLM calls",
+                st.cost
+                    .iter()
+                    .map(|(l, v)| (l.clone(), number_data_point::Value::AsDouble(*v)))
+                    .collect(),
+            ),
+            sum(
+                "agentwatch.ceiling.hits",
+                "{hit}",
+                "Ceiling hits",
+                st.ceiling_hits
+                    .iter()
+                    .map(|(l, v)| (l.clone(), number_data_point::Value::AsInt(*v as i64)))
+                    .collect(),
+            ),
+            sum(
+                "agentwatch.sessions.closed",
+                "{session}",
+                "Sessions closed",
+                st.sessions
+                    .iter()
+                    .map(|(l, v)| (l.clone(), number_data_point::Value::AsInt(*v as i64)))
+                    .collect(),
+            ),
+        ];
+        drop(st);
+        let mut by_name: BTreeMap<String, Vec<NumberDataPoint>> = BTreeMap::new();
+        for (name, labels, v) in self.daemon_gauges() {
+            by_name.entry(name).or_default().push(NumberDataPoint {
+                attributes: labels.iter().map(|(k, v)| kv_str(k, v.clone())).collect(),
+                time_unix_nano: now,
+                value: Some(number_data_point::Value::AsDouble(v)),
+                ..Default::default()
+            });
+        }
+        for (name, pts) in by_name {
+            out.push(Metric {
+                name,
+                data: Some(metric::Data::Gauge(Gauge { data_points: pts })),
+                ..Default::default()
+            });
+        }
+        out
+    }
+}
+
+/// Numbers of a JSON value as gauges; arrays of objects with a `name` become a `name` label.
+fn flatten(
+    prefix: &str,
+    v: &serde_json::Value,
+    labels: &Labels,
+    out: &mut Vec<(String, Labels, f64)>,
+) {
+    match v {
+        serde_json::Value::Number(n) => {
+            if let Some(f) = n.as_f64() {
+                out.push((prefix.to_string(), labels.clone(), f));
+            }
+        }
+        serde_json::Value::Bool(b) if prefix.ends_with(".ok") => {
+            out.push((prefix.to_string(), labels.clone(), f64::from(u8::from(*b))));
+        }
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                if k == "uptime_secs" || k.ends_with("_unix") {
+                    continue;
+                }
+                flatten(&format!("{prefix}.{k}"), v, labels, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                if let Some(name) = item.get("name").and_then(|n| n.as_str()) {
+                    let mut l = labels.clone();
+                    l.push(("name", name.to_string()));
+                    flatten(prefix, item, &l, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn prom_name(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+fn prom_labels(l: &Labels, le: Option<&str>) -> String {
+    let mut parts: Vec<String> = l
+        .iter()
+        .map(|(k, v)| {
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{}=\"{v}\"", prom_name(k))
+        })
+        .collect();
+    if let Some(le) = le {
+        parts.push(format!("le=\"{le}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+fn prom_num(v: f64) -> String {
+    if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
+fn prom_hist(out: &mut String, name: &str, help: &str, bounds: &[f64], m: &BTreeMap<Labels, Hist>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (l, h) in m {
+        let mut acc = 0;
+        for (i, c) in h.counts.iter().enumerate() {
+            acc += c;
+            let le = bounds.get(i).map_or("+Inf".to_string(), |b| prom_num(*b));
+            let _ = writeln!(out, "{name}_bucket{} {acc}", prom_labels(l, Some(&le)));
+        }
+        let _ = writeln!(
+            out,
+            "{name}_sum{} {}",
+            prom_labels(l, None),
+            prom_num(h.sum)
+        );
+        let _ = writeln!(out, "{name}_count{} {}", prom_labels(l, None), h.count);
+    }
+}
+
+fn prom_counter(out: &mut String, name: &str, help: &str, m: &BTreeMap<Labels, f64>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (l, v) in m {
+        let _ = writeln!(out, "{name}{} {}", prom_labels(l, None), prom_num(*v));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error(
+        "[metrics] listen = {0} is not a loopback address; the Prometheus endpoint serves on loopback only (use 127.0.0.1 or ::1 and a local scraper or proxy)"
+    )]
+    NotLoopback(SocketAddr),
+    #[error("cannot listen on {addr} for /metrics: {source}; pick a free port in [metrics] listen")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds the Prometheus endpoint (loopback only) and serves it on a task.
+pub async fn serve_prometheus(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> Result<SocketAddr, MetricsError> {
+    if !addr.ip().is_loopback() {
+        return Err(MetricsError::NotLoopback(addr));
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    let local = listener.local_addr().unwrap_or(addr);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                // One request per connection; the head must arrive within 5 s and 8 KiB.
+                let mut buf = vec![0u8; 8192];
+                let mut n = 0;
+                let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                    while n < buf.len() {
+                        let m = conn.read(&mut buf[n..]).await?;
+                        if m == 0 {
+                            break;
+                        }
+                        n += m;
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                    Ok::<_, std::io::Error>(())
+                })
+                .await;
+                if !matches!(read, Ok(Ok(()))) {
+                    return;
+                }
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let path = head.split_whitespace().nth(1).unwrap_or("");
+                let (status, body) = if head.starts_with("GET ")
+                    && (path == "/metrics" || path.starts_with("/metrics?"))
+                {
+                    let m = metrics.clone();
+                    let body = tokio::task::spawn_blocking(move || m.prometheus())
+                        .await
+                        .unwrap_or_default();
+                    ("200 OK", body)
+                } else {
+                    ("404 Not Found", "only GET /metrics is served\n".to_string())
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    Ok(local)
+}
