@@ -1,4 +1,6 @@
 //! Test support for agentwatch: the mock LLM server (`mock`) used by the
 //! privileged integration tests, and helpers to run it.
 
+pub mod clickhouse;
 pub mod mock;
+pub mod otlp_receiver;

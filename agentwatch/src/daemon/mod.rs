@@ -19,7 +19,7 @@ use crate::probes::{Probes, libraries};
 use crate::procs::ProcTree;
 use crate::sessions::clock::boot_now_ns;
 use crate::sessions::{Sessions, SessionsConfig, WallClock};
-use crate::sinks::{JsonlSink, Sink};
+use crate::sinks::Sink;
 use pipeline::Pipeline;
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +138,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     })?;
     let tree = ProcTree::seed(Path::new("/proc"))?;
     // JSONL plus the configured network sinks (spooled; delivered on their own tasks).
-    let mut sink = JsonlSink::open(&config.data_dir)?;
+    let (mut sink, exports) = crate::sinks::build(
+        &config.data_dir,
+        &config.sinks,
+        &config.metrics,
+        config.host_name(),
+    )
+    .await?;
     let boot_id = crate::sessions::read_boot_id(Path::new("/proc"))?;
     let mut sessions = Sessions::new(SessionsConfig::new(
         boot_id.clone(),
@@ -148,6 +154,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     // Sessions open when the daemon last stopped continue (root alive) or close now.
     let recovered = crate::sinks::recover(&config.data_dir, &boot_id)?;
     tracing::info!(stats = ?recovered.stats, "recovered state from {}", config.data_dir.display());
+    sink.seed(&recovered.sessions);
     for row in sessions.restore(recovered.sessions, &tree, boot_now_ns()) {
         sink.write_ledger(&row)?;
     }
@@ -191,9 +198,25 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         let pipeline = pipeline.clone();
         let discovery = discovery.clone();
         let data_dir = config.data_dir.clone();
+        let exports = exports.clone();
         tokio::spawn(control::serve(listener, move |req| {
-            answer(req, &pipeline, &discovery, &data_dir, started)
+            answer(req, &pipeline, &discovery, &data_dir, started, &exports)
         }));
+    }
+    if let Some(metrics) = exports.metrics.clone() {
+        // The daemon's own counters (drops, queue and spool depths) as metrics.
+        let (pipeline, discovery) = (pipeline.clone(), discovery.clone());
+        let (data_dir, exports) = (config.data_dir.clone(), exports.clone());
+        metrics.set_daemon_source(move || {
+            answer(
+                Request::Status,
+                &pipeline,
+                &discovery,
+                &data_dir,
+                started,
+                &exports,
+            )
+        });
     }
     {
         let discovery = discovery.clone();
@@ -279,6 +302,7 @@ fn answer(
     discovery: &Mutex<Discovery>,
     data_dir: &Path,
     started: Instant,
+    exports: &crate::sinks::ExportHandle,
 ) -> serde_json::Value {
     match req {
         Request::Status => {
@@ -314,6 +338,7 @@ fn answer(
                     "stats": p.policy.as_ref().map(|pol| &pol.stats),
                     "gate_errors": p.gate.as_ref().map(|g| g.errors),
                 },
+                "sinks": exports.status_json(),
             })
         }
         Request::Approve {
