@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 
+use super::streams::{JsonArraySplitter, NdjsonSplitter};
 use super::{CaptureEvent, CaptureLimits, CaptureStats};
 use crate::accounting::UsageSource;
 use crate::protocol::decode::{ContentEncoding, Decoder};
@@ -10,7 +11,7 @@ use crate::protocol::http1::{
 };
 use crate::protocol::sse::{SseEvent, SseParser};
 use crate::providers::{
-    Accumulator, Api, LlmCall, LlmRequest, ProviderError, provider_name, scan_request_prefix,
+    Accumulator, Api, Framing, LlmCall, LlmRequest, ProviderError, Route, provider_name,
 };
 
 /// Compressed or plain body bytes are handed to decoders in pieces of this size, so one TLS
@@ -112,12 +113,14 @@ struct BodyReader {
 enum BodySink {
     Buffer { buf: Vec<u8>, over_limit: bool },
     Sse(SseParser),
+    Ndjson(NdjsonSplitter),
+    JsonArray(JsonArraySplitter),
 }
 
 impl BodyReader {
     fn new(
         content_encoding: Option<&str>,
-        sse: bool,
+        framing: Framing,
         limit: usize,
         stats: &mut CaptureStats,
     ) -> Self {
@@ -129,13 +132,14 @@ impl BodyReader {
                 None
             }
         };
-        let sink = if sse {
-            BodySink::Sse(SseParser::new(limit))
-        } else {
-            BodySink::Buffer {
+        let sink = match framing {
+            Framing::Sse => BodySink::Sse(SseParser::new(limit)),
+            Framing::Ndjson => BodySink::Ndjson(NdjsonSplitter::new(limit)),
+            Framing::JsonArray => BodySink::JsonArray(JsonArraySplitter::new(limit)),
+            Framing::Whole => BodySink::Buffer {
                 buf: Vec::new(),
                 over_limit: false,
-            }
+            },
         };
         Self {
             broken: decoder.is_none(),
@@ -163,7 +167,8 @@ impl BodyReader {
             return;
         }
         let mut plain = Vec::new();
-        for piece in bytes.chunks(BODY_PIECE) {
+        let piece_len = decoder.max_piece().min(BODY_PIECE);
+        for piece in bytes.chunks(piece_len) {
             plain.clear();
             let Some(decoder) = self.decoder.as_mut() else {
                 return;
@@ -193,8 +198,11 @@ impl BodyReader {
             }
             self.sink_bytes(&plain, stats, on_event);
         }
-        if let BodySink::Sse(p) = &mut self.sink {
-            p.finish(on_event);
+        match &mut self.sink {
+            BodySink::Sse(p) => p.finish(on_event),
+            BodySink::Ndjson(p) => p.finish(on_event),
+            BodySink::JsonArray(p) => p.finish(on_event),
+            BodySink::Buffer { .. } => {}
         }
     }
 
@@ -225,6 +233,8 @@ impl BodyReader {
                 }
             }
             BodySink::Sse(p) => p.feed(bytes, on_event),
+            BodySink::Ndjson(p) => p.feed(bytes, on_event),
+            BodySink::JsonArray(p) => p.feed(bytes, on_event),
         }
     }
 
@@ -262,6 +272,8 @@ impl BodyReader {
     fn oversized_events(&self) -> u64 {
         match &self.sink {
             BodySink::Sse(p) => p.oversized_events,
+            BodySink::Ndjson(p) => p.oversized_events,
+            BodySink::JsonArray(p) => p.oversized_events,
             BodySink::Buffer { .. } => 0,
         }
     }
@@ -278,8 +290,9 @@ struct ResponseBody {
 #[derive(Debug)]
 struct Exchange {
     is_head: bool,
-    /// The API this request's method and path match (a candidate until the body is read).
-    api: Option<Api>,
+    /// The API this request's method and path match (a candidate until the body is read),
+    /// with what the path says (a Gemini model, an Azure deployment, a streaming verb).
+    route: Option<Route>,
     host: Option<String>,
     http_version: &'static str,
     started_at_ns: u64,
@@ -301,7 +314,7 @@ impl Exchange {
     fn new(head: Option<&RequestHead>, started_at_ns: u64) -> Self {
         Self {
             is_head: head.is_some_and(|h| h.method == "HEAD"),
-            api: head.and_then(|h| Api::for_request(&h.method, &h.path)),
+            route: head.and_then(|h| Api::route(&h.method, &h.path)),
             host: head.and_then(|h| h.host.clone()),
             http_version: match head.map(|h| h.minor_version) {
                 Some(0) => "1.0",
@@ -652,10 +665,10 @@ impl Connection {
     ) {
         stats.http_requests += 1;
         let ex = Exchange::new(Some(head), self.write.started_at_ns);
-        self.write.body = ex.api.map(|_| {
+        self.write.body = ex.route.as_ref().map(|_| {
             let mut reader = BodyReader::new(
                 head.content_encoding.as_deref(),
-                false,
+                Framing::Whole,
                 self.limits.max_request_body,
                 stats,
             );
@@ -674,19 +687,18 @@ impl Connection {
             return;
         };
         ex.request = RequestState::Done;
-        let llm = match (ex.api, body) {
-            (Some(api), Some(mut body)) => {
+        let llm = match (ex.route.clone(), body) {
+            (Some(route), Some(mut body)) => {
                 body.finish(stats, &mut |_| {});
                 if body.lost_to_limit_or_decoding() {
                     // Method and path say LLM; the body was too big (or undecodable) to read
-                    // whole: take the model from the kept prefix if it is there.
-                    let (model, stream) = scan_request_prefix(body.prefix());
-                    let streaming = stream.unwrap_or(false);
-                    Some(ex.llm_request(api, model, streaming, request_bytes))
+                    // whole: take the model from the kept prefix (or the path) if it is there.
+                    let (model, streaming) = route.scan_prefix(body.prefix());
+                    Some(ex.llm_request(route.api, model, streaming, request_bytes))
                 } else {
-                    match api.request_info(body.buffered().unwrap_or_default()) {
+                    match route.request_info(body.buffered().unwrap_or_default()) {
                         Ok(info) => Some(ex.llm_request(
-                            api,
+                            route.api,
                             Some(info.model),
                             info.streaming,
                             request_bytes,
@@ -722,10 +734,15 @@ impl Connection {
             let request_bytes = self.write.parser.message_bytes();
             if let Some(ex) = self.pending.back_mut() {
                 ex.request = RequestState::Lost;
-                match ex.api {
-                    Some(api) => {
+                match ex.route.clone() {
+                    Some(route) => {
                         // It was sent; we did not see all of it. Its response still pairs.
-                        let req = ex.llm_request(api, None, false, request_bytes);
+                        let req = ex.llm_request(
+                            route.api,
+                            route.path_model,
+                            route.path_streaming,
+                            request_bytes,
+                        );
                         stats.llm_requests += 1;
                         out.push(CaptureEvent::Request(req.clone()));
                         ex.llm = Some(req);
@@ -818,18 +835,16 @@ impl Connection {
         ex.status = Some(head.status);
         // Known non-LLM by now (the body had no model): frame only.
         let ruled_out = ex.request == RequestState::Done && ex.llm.is_none();
-        if let Some(api) = ex.api.filter(|_| !ruled_out) {
+        if let Some(route) = ex.route.as_ref().filter(|_| !ruled_out) {
             let content_type = head.content_type.as_deref().unwrap_or("");
-            let sse = if content_type.is_empty() {
-                ex.llm.as_ref().is_some_and(|r| r.streaming)
-            } else {
-                content_type
-                    .to_ascii_lowercase()
-                    .contains("text/event-stream")
+            let streaming = match &ex.llm {
+                Some(r) => r.streaming,
+                None => route.path_streaming,
             };
+            let framing = route.api.framing(content_type, streaming);
             ex.body = Some(ResponseBody {
-                reader: BodyReader::new(head.content_encoding.as_deref(), sse, limit, stats),
-                acc: api.accumulator(),
+                reader: BodyReader::new(head.content_encoding.as_deref(), framing, limit, stats),
+                acc: route.api.accumulator(),
             });
         }
     }

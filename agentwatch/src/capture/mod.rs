@@ -23,6 +23,7 @@
 //! is emitted incomplete; a request that was never written whole is not a call.
 
 mod connection;
+pub(crate) mod streams;
 #[cfg(test)]
 mod tests;
 
@@ -103,7 +104,8 @@ pub struct CaptureStats {
     pub json_errors: u64,
     /// Error objects / `error` events sent by providers.
     pub provider_errors: u64,
-    /// SSE events above `max_response_body`, dropped.
+    /// Stream events (SSE events, NDJSON lines, JSON array elements) above
+    /// `max_response_body`, dropped.
     pub sse_oversized_events: u64,
 }
 

@@ -863,3 +863,316 @@ fn capture_pending_queue_is_bounded() {
     assert!(!call.complete);
     assert_eq!(h.stats.exchanges_dropped, 45);
 }
+
+// ---------------------------------------------------------------- API breadth
+
+fn run_exchange(req: &[u8], resp: &[u8], piece: usize) -> (LlmCall, CaptureStats) {
+    let mut h = H::new();
+    h.write(req);
+    h.read_pieces(resp, piece);
+    let call = only_call(&mut h);
+    (call, h.stats)
+}
+
+#[test]
+fn capture_responses_api_json_and_stream() {
+    use crate::providers::responses::tests::{BODY, STREAM, stream_usage};
+    let body = br#"{"model":"gpt-5-mini","input":"hi","store":false}"#;
+    let req = request("/v1/responses", "api.openai.com", body);
+    let (call, _) = run_exchange(&req, &response(200, JSON, BODY), 4096);
+    assert_eq!(
+        (call.request.api.as_str(), call.request.provider.as_str()),
+        ("responses", "openai")
+    );
+    assert_eq!(call.request.model.as_deref(), Some("gpt-5-mini"));
+    assert_eq!(
+        (call.usage.input_tokens, call.usage.reasoning_tokens),
+        (328, 32)
+    );
+    assert_eq!(call.usage_source, UsageSource::Reported);
+
+    let body = br#"{"model":"gpt-4o-mini","input":"hi","stream":true}"#;
+    let req = request("/v1/responses", "api.openai.com", body);
+    let resp = chunked_response(200, SSE, STREAM, 97);
+    for piece in [1, 13, 4096] {
+        let (call, stats) = run_exchange(&req, &resp, piece);
+        assert!(call.request.streaming && call.complete);
+        assert_eq!(call.usage, stream_usage(), "piece {piece}");
+        assert_eq!(stats.json_errors, 0);
+    }
+}
+
+#[test]
+fn capture_gemini_sse_json_array_and_whole_body() {
+    use crate::providers::gemini::tests::{BODY, array_stream, body_usage, sse_stream};
+    let body = br#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+    let host = "generativelanguage.googleapis.com";
+    let req = request(
+        "/v1beta/models/gemini-2.5-flash:generateContent",
+        host,
+        body,
+    );
+    let (call, _) = run_exchange(&req, &response(200, JSON, BODY), 4096);
+    assert_eq!(call.request.api, "generate_content");
+    assert_eq!(call.request.provider, "gemini");
+    assert_eq!(call.request.model.as_deref(), Some("gemini-2.5-flash"));
+    assert!(!call.request.streaming);
+    assert_eq!(call.usage, body_usage());
+
+    let sse_req = request(
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        host,
+        body,
+    );
+    let arr_req = request(
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        host,
+        body,
+    );
+    let sse = chunked_response(
+        200,
+        "Content-Type: text/event-stream\r\n",
+        &sse_stream(),
+        50,
+    );
+    let arr = chunked_response(
+        200,
+        "Content-Type: application/json; charset=UTF-8\r\n",
+        &array_stream(),
+        64,
+    );
+    for piece in [1, 7, 4096] {
+        for (req, resp) in [(&sse_req, &sse), (&arr_req, &arr)] {
+            let (call, stats) = run_exchange(req, resp, piece);
+            assert!(call.request.streaming && call.complete);
+            assert_eq!(call.usage, body_usage(), "piece {piece}");
+            assert_eq!(call.usage_source, UsageSource::Reported);
+            assert_eq!(stats.json_errors, 0);
+        }
+    }
+    // Cut before the final chunk: recorded, incomplete, usage missing.
+    let a = array_stream();
+    let cut = chunked_response(200, JSON, &a[..a.len() * 2 / 3], 64);
+    let mut h = H::new();
+    h.write(&arr_req).read(&cut[..cut.len() - 5]).close();
+    let call = only_call(&mut h);
+    assert!(!call.complete);
+    assert_eq!(call.usage_source, UsageSource::Missing);
+    assert_eq!(call.usage, Usage::default());
+}
+
+#[test]
+fn capture_ollama_ndjson_and_whole() {
+    use crate::providers::ollama::tests::{CHAT_STREAM, GENERATE_BODY};
+    let req = request(
+        "/api/chat",
+        "localhost:11434",
+        br#"{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    let resp = chunked_response(
+        200,
+        "Content-Type: application/x-ndjson\r\n",
+        CHAT_STREAM,
+        33,
+    );
+    for piece in [1, 9, 4096] {
+        let (call, _) = run_exchange(&req, &resp, piece);
+        assert_eq!(
+            (call.request.api.as_str(), call.request.provider.as_str()),
+            ("ollama.chat", "ollama")
+        );
+        assert!(call.request.streaming, "Ollama streams by default");
+        assert_eq!(
+            (call.usage.input_tokens, call.usage.output_tokens),
+            (26, 282)
+        );
+        assert_eq!(call.response_model.as_deref(), Some("llama3.2"));
+    }
+    let req = request(
+        "/api/generate",
+        "localhost:11434",
+        br#"{"model":"llama3.2","prompt":"hi","stream":false}"#,
+    );
+    let (call, _) = run_exchange(&req, &response(200, JSON, GENERATE_BODY), 4096);
+    assert_eq!(call.request.api, "ollama.generate");
+    assert!(!call.request.streaming);
+    assert_eq!(
+        (call.usage.input_tokens, call.usage.output_tokens),
+        (26, 290)
+    );
+    // Truncated stream: missing, never zero-as-reported.
+    let mut h = H::new();
+    let cut = chunked_response(
+        200,
+        "Content-Type: application/x-ndjson\r\n",
+        &CHAT_STREAM[..CHAT_STREAM.len() - 60],
+        33,
+    );
+    h.write(&request(
+        "/api/chat",
+        "localhost:11434",
+        br#"{"model":"llama3.2"}"#,
+    ))
+    .read(&cut[..cut.len() - 5])
+    .close();
+    let call = only_call(&mut h);
+    assert_eq!(
+        (call.complete, call.usage_source),
+        (false, UsageSource::Missing)
+    );
+}
+
+#[test]
+fn capture_legacy_completions_embeddings_and_azure() {
+    let comp = br#"{"id":"cmpl-1","object":"text_completion","model":"gpt-3.5-turbo-instruct","choices":[{"text":"x","index":0,"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+    let req = request(
+        "/v1/completions",
+        "api.openai.com",
+        br#"{"model":"gpt-3.5-turbo-instruct","prompt":"hi"}"#,
+    );
+    let (call, _) = run_exchange(&req, &response(200, JSON, comp), 4096);
+    assert_eq!(call.request.api, "completions");
+    assert_eq!((call.usage.input_tokens, call.usage.output_tokens), (5, 7));
+
+    let emb = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-0.2]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+    let req = request(
+        "/v1/embeddings",
+        "api.openai.com",
+        br#"{"model":"text-embedding-3-small","input":"hi"}"#,
+    );
+    let (call, _) = run_exchange(&req, &response(200, JSON, emb), 4096);
+    assert_eq!(call.request.api, "embeddings");
+    assert_eq!(
+        call.usage,
+        Usage {
+            input_tokens: 8,
+            ..Usage::default()
+        }
+    );
+    assert_eq!(call.usage_source, UsageSource::Reported);
+
+    // Azure: no model in the body, the deployment names it; the host names the provider.
+    let req = request(
+        "/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21",
+        "my-res.openai.azure.com",
+        br#"{"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    let (call, _) = run_exchange(&req, &response(200, JSON, OPENAI_JSON), 4096);
+    assert_eq!(call.request.provider, "azure_openai");
+    assert_eq!(call.request.api, "chat.completions");
+    assert_eq!(call.request.model.as_deref(), Some("prod-4o"));
+    assert_eq!(call.usage, openai_json_usage());
+}
+
+#[test]
+fn capture_zstd_json_and_stream() {
+    use crate::protocol::decode::tests::{zstd, zstd_flushed};
+    let req = request(
+        "/v1/chat/completions",
+        "api.openai.com",
+        &openai_body("gpt-4o", false, false, 10),
+    );
+    let resp = response(
+        200,
+        "Content-Type: application/json\r\nContent-Encoding: zstd\r\n",
+        &zstd(OPENAI_JSON),
+    );
+    let (call, stats) = run_exchange(&req, &resp, 5);
+    assert_eq!(call.usage, openai_json_usage());
+    assert_eq!(stats.decode_errors, 0);
+
+    // A zstd stream flushed per event: the call ends at [DONE], before the frame's end.
+    let stream = openai_stream(true);
+    let text = String::from_utf8(stream).unwrap();
+    let events: Vec<String> = text.split_inclusive("\n\n").map(str::to_string).collect();
+    let pieces: Vec<&[u8]> = events.iter().map(|e| e.as_bytes()).collect();
+    let z = zstd_flushed(&pieces);
+    let req = request(
+        "/v1/chat/completions",
+        "api.openai.com",
+        &openai_body("gpt-4o", true, true, 10),
+    );
+    let resp = chunked_response(
+        200,
+        "Content-Type: text/event-stream\r\nContent-Encoding: zstd\r\n",
+        &z,
+        40,
+    );
+    for piece in [1, 3, 4096] {
+        let (call, stats) = run_exchange(&req, &resp, piece);
+        assert_eq!((call.usage.input_tokens, call.usage.output_tokens), (50, 3));
+        assert!(call.complete);
+        assert_eq!((stats.decode_errors, stats.json_errors), (0, 0));
+    }
+    // Corrupt zstd: counted, usage missing, no panic.
+    let resp = response(
+        200,
+        "Content-Type: application/json\r\nContent-Encoding: zstd\r\n",
+        b"\x28\xb5\x2f\xfdgarbage-not-a-frame",
+    );
+    let req = request(
+        "/v1/chat/completions",
+        "api.openai.com",
+        &openai_body("gpt-4o", false, false, 10),
+    );
+    let (call, stats) = run_exchange(&req, &resp, 4096);
+    assert_eq!(call.usage_source, UsageSource::Missing);
+    assert_eq!(stats.decode_errors, 1);
+}
+
+#[test]
+fn capture_new_apis_truncated_non_stream_bodies_are_missing() {
+    use crate::providers::{gemini, responses};
+    let cases: [(&str, &[u8], &[u8]); 3] = [
+        ("/v1/responses", br#"{"model":"gpt-4o-mini","input":"x"}"#, responses::tests::BODY),
+        ("/v1beta/models/gemini-2.5-flash:generateContent", b"{}", gemini::tests::BODY),
+        ("/v1/embeddings", br#"{"model":"text-embedding-3-small","input":"x"}"#, br#"{"object":"list","data":[],"model":"m","usage":{"prompt_tokens":8,"total_tokens":8}}"#),
+    ];
+    for (path, body, resp_body) in cases {
+        let resp = response(200, JSON, resp_body);
+        let mut h = H::new();
+        h.write(&request(path, "example.test", body))
+            .read(&resp[..resp.len() - resp_body.len() / 2])
+            .close();
+        let call = only_call(&mut h);
+        assert_eq!(
+            (call.complete, call.usage_source),
+            (false, UsageSource::Missing),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn capture_new_apis_garbage_never_panics() {
+    let paths = [
+        "/v1/responses",
+        "/v1beta/models/g:streamGenerateContent",
+        "/api/chat",
+        "/api/generate",
+        "/v1/completions",
+        "/v1/embeddings",
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for path in paths {
+        for ct in [
+            "application/x-ndjson",
+            "application/json",
+            "text/event-stream",
+        ] {
+            let mut h = H::new();
+            h.write(&request(path, "h", br#"{"model":"m","stream":true}"#));
+            let junk: Vec<u8> = (0..3000).map(|_| (rnd() % 256) as u8).collect();
+            let resp = chunked_response(200, &format!("Content-Type: {ct}\r\n"), &junk, 100);
+            h.read_pieces(&resp, 17).close();
+            let call = only_call(&mut h);
+            assert_eq!(call.usage_source, UsageSource::Missing);
+        }
+    }
+}

@@ -1,11 +1,14 @@
 //! Streaming `Content-Encoding` decoding: identity, gzip, deflate (zlib, with a raw-deflate
-//! fallback) and brotli.
+//! fallback), brotli and zstd.
 //!
-//! Shape: the write-side decoders of `flate2` and `brotli` are fed compressed bytes as they
+//! Shape: the write-side decoders of `flate2`, `brotli` and `zstd` are fed compressed bytes as they
 //! arrive and write plain bytes into an inner `Vec` that [`Decoder::feed`] drains after every
 //! step. That lets an SSE stream be decoded event by event instead of being buffered whole.
 //! Input is fed in small steps so that a high-ratio ("bomb") block cannot inflate one TLS
 //! record into more than a few MiB before the caller sees the output and applies its limits.
+//! zstd can expand far more per input byte (an RLE block of 4 bytes is 128 KiB), so callers
+//! hand it smaller pieces ([`Decoder::max_piece`]), and its window is capped at 8 MiB: a frame
+//! asking for more is refused, not allocated.
 
 use std::io::Write;
 
@@ -13,6 +16,13 @@ use flate2::write::{DeflateDecoder, GzDecoder, ZlibDecoder};
 
 /// Compressed input is fed at most this many bytes at a time.
 const STEP: usize = 1024;
+
+/// Largest zstd window accepted (log2): 8 MiB. Servers compressing responses use far less.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// Largest zstd input piece handed to [`Decoder::feed`] by callers that bound memory: at most
+/// ~4 MiB of output even for RLE blocks.
+const ZSTD_PIECE: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -34,6 +44,7 @@ pub enum ContentEncoding {
     Gzip,
     Deflate,
     Brotli,
+    Zstd,
 }
 
 impl ContentEncoding {
@@ -50,6 +61,7 @@ impl ContentEncoding {
                 "gzip" | "x-gzip" => Self::Gzip,
                 "deflate" => Self::Deflate,
                 "br" => Self::Brotli,
+                "zstd" => Self::Zstd,
                 _ => {
                     return Err(DecodeError::Unsupported {
                         encoding: value.to_string(),
@@ -72,6 +84,7 @@ impl ContentEncoding {
             Self::Gzip => "gzip",
             Self::Deflate => "deflate",
             Self::Brotli => "br",
+            Self::Zstd => "zstd",
         }
     }
 }
@@ -85,6 +98,11 @@ enum Inner {
     Zlib(ZlibDecoder<Vec<u8>>),
     RawDeflate(DeflateDecoder<Vec<u8>>),
     Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
+    /// Concatenated frames are decoded one after the other; the body may end only between
+    /// frames.
+    Zstd(Box<zstd::stream::write::Decoder<'static, Vec<u8>>>),
+    /// Decoder set-up failed (out of memory); reported at the first byte.
+    ZstdUnavailable,
     /// The stream ended (gzip/zlib/deflate trailer seen); later bytes are ignored.
     Ended,
 }
@@ -115,6 +133,17 @@ impl Decoder {
             ContentEncoding::Brotli => {
                 Inner::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096)))
             }
+            ContentEncoding::Zstd => match zstd::stream::write::Decoder::new(Vec::new()) {
+                Ok(mut d) => {
+                    match d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+                        ZSTD_WINDOW_LOG_MAX,
+                    )) {
+                        Ok(()) => Inner::Zstd(Box::new(d)),
+                        Err(_) => Inner::ZstdUnavailable,
+                    }
+                }
+                Err(_) => Inner::ZstdUnavailable,
+            },
         };
         Self {
             encoding,
@@ -125,6 +154,14 @@ impl Decoder {
 
     pub fn encoding(&self) -> ContentEncoding {
         self.encoding
+    }
+
+    /// The largest input piece a caller bounding memory should hand to [`Decoder::feed`].
+    pub fn max_piece(&self) -> usize {
+        match self.encoding {
+            ContentEncoding::Zstd => ZSTD_PIECE,
+            _ => usize::MAX,
+        }
     }
 
     /// Decodes `input`, appending plain bytes to `out`.
@@ -164,6 +201,13 @@ impl Decoder {
                     Inner::Zlib(d) => write_drain(d, step, out),
                     Inner::RawDeflate(d) => write_drain(d, step, out),
                     Inner::Brotli(d) => write_drain(d.as_mut(), step, out),
+                    Inner::Zstd(d) => write_drain(d.as_mut(), step, out),
+                    Inner::ZstdUnavailable => {
+                        return Err(DecodeError::Corrupt {
+                            encoding: "zstd",
+                            reason: "decoder unavailable".into(),
+                        });
+                    }
                     Inner::Ended => return Ok(()),
                     Inner::Identity | Inner::DeflateSniff(_) => unreachable!("handled in feed"),
                 };
@@ -176,6 +220,15 @@ impl Decoder {
                     Ok(n) => step = &step[n..],
                     Err(e) => return Err(self.corrupt(e)),
                 }
+            }
+        }
+        if let Inner::Zstd(d) = &mut self.inner {
+            // zstd holds decoded bytes in its own buffer until flushed: a streamed event must
+            // come out now, not with the next one.
+            let r = d.flush();
+            drain(d.get_mut(), out);
+            if let Err(e) = r {
+                return Err(self.corrupt(e));
             }
         }
         Ok(())
@@ -201,6 +254,12 @@ impl Decoder {
                 drain(d.get_mut(), out);
                 r
             }
+            Inner::Zstd(d) => {
+                let r = d.do_finish();
+                drain(d.get_mut(), out);
+                r
+            }
+            Inner::ZstdUnavailable => Err(std::io::Error::other("decoder unavailable")),
         };
         self.inner = Inner::Ended;
         result.map_err(|e| {
@@ -238,6 +297,11 @@ impl InnerVec for ZlibDecoder<Vec<u8>> {
     }
 }
 impl InnerVec for DeflateDecoder<Vec<u8>> {
+    fn vec(&mut self) -> &mut Vec<u8> {
+        self.get_mut()
+    }
+}
+impl InnerVec for zstd::stream::write::Decoder<'static, Vec<u8>> {
     fn vec(&mut self) -> &mut Vec<u8> {
         self.get_mut()
     }
@@ -287,6 +351,20 @@ pub(crate) mod tests {
         out
     }
 
+    pub(crate) fn zstd(data: &[u8]) -> Vec<u8> {
+        zstd::stream::encode_all(data, 3).unwrap()
+    }
+
+    /// zstd flushed after every piece, as a server streaming events does.
+    pub(crate) fn zstd_flushed(pieces: &[&[u8]]) -> Vec<u8> {
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        for p in pieces {
+            e.write_all(p).unwrap();
+            e.flush().unwrap();
+        }
+        e.finish().unwrap()
+    }
+
     fn plain() -> Vec<u8> {
         (0..20_000u32)
             .map(|i| format!("line {i} of text\n"))
@@ -317,6 +395,7 @@ pub(crate) mod tests {
             (ContentEncoding::Deflate, zlib(&p)),
             (ContentEncoding::Deflate, raw_deflate(&p)),
             (ContentEncoding::Brotli, brotli(&p)),
+            (ContentEncoding::Zstd, zstd(&p)),
         ] {
             for piece in [1, 7, 1000, usize::MAX] {
                 let piece = piece.min(data.len());
@@ -365,6 +444,50 @@ pub(crate) mod tests {
             Ok(Deflate)
         );
         assert!(ContentEncoding::from_header(Some("gzip, br")).is_err());
-        assert!(ContentEncoding::from_header(Some("zstd")).is_err());
+        assert_eq!(ContentEncoding::from_header(Some("zstd")), Ok(Zstd));
+        assert!(ContentEncoding::from_header(Some("zstd, gzip")).is_err());
+        assert!(ContentEncoding::from_header(Some("compress")).is_err());
+    }
+
+    #[test]
+    fn decode_zstd_streaming_frames_and_errors() {
+        // Each flushed event is decodable as soon as its bytes arrive.
+        let events: [&[u8]; 3] = [b"data: one\n\n", b"data: two\n\n", b"data: [DONE]\n\n"];
+        let z = zstd_flushed(&events);
+        let mut d = Decoder::new(ContentEncoding::Zstd);
+        let mut out = Vec::new();
+        let first_flush = zstd_flushed(&events[..1]);
+        // The bytes of the first flushed block (without the final frame end) give event one.
+        d.feed(&z[..first_flush.len() - 3], &mut out).unwrap();
+        assert!(out.starts_with(b"data: one\n\n"), "{out:?}");
+        // Concatenated frames, any split.
+        let two = [zstd(b"hello "), zstd(b"world")].concat();
+        for piece in [1, 5, 1000] {
+            assert_eq!(
+                decode_in_pieces(ContentEncoding::Zstd, &two, piece).unwrap(),
+                b"hello world"
+            );
+        }
+        // Truncated and corrupt.
+        let p = plain();
+        let zp = zstd(&p);
+        assert_eq!(
+            decode_in_pieces(ContentEncoding::Zstd, &zp[..zp.len() / 2], 100),
+            Err(DecodeError::Truncated { encoding: "zstd" })
+        );
+        assert!(matches!(
+            decode_in_pieces(ContentEncoding::Zstd, b"definitely not zstd", 4),
+            Err(DecodeError::Corrupt { .. })
+        ));
+        assert_eq!(decode_in_pieces(ContentEncoding::Zstd, b"", 1), Ok(vec![]));
+        // A frame asking for a 1 GiB window is refused.
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        e.set_parameter(zstd::zstd_safe::CParameter::WindowLog(30))
+            .unwrap();
+        e.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(false))
+            .unwrap();
+        e.write_all(&p).unwrap();
+        let big_window = e.finish().unwrap();
+        assert!(decode_in_pieces(ContentEncoding::Zstd, &big_window, 64).is_err());
     }
 }

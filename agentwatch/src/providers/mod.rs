@@ -1,12 +1,15 @@
 //! LLM APIs recognised by request shape; each turns a request and a response into an [`LlmCall`].
 //!
 //! Shape: one [`Api`] enum variant per wire API (not per vendor — many vendors and gateways
-//! speak the OpenAI or Anthropic shapes), with three questions asked of it:
-//! [`Api::for_request`] (method + path), [`Api::request_info`] (the JSON body must carry a
-//! string `model`) and [`Api::accumulator`], a per-response state machine fed either the whole
-//! JSON body or SSE events one at a time. Adding the Responses API, Gemini or Ollama means one
-//! more variant, one more module and one more accumulator variant; the capture layer does not
-//! change. An enum (not `dyn Trait`) keeps dispatch static and allocation-free per call.
+//! speak the OpenAI or Anthropic shapes), with four questions asked of it:
+//! [`Api::route`] (method + path → a [`Route`], which also carries what the path says: the
+//! Gemini model, an Azure deployment, a streaming verb), [`Route::request_info`] (the JSON
+//! body must carry a string `model`, unless the path named one), [`Api::framing`] (how a
+//! response body is cut into events: SSE, NDJSON, a streamed JSON array, or one JSON body)
+//! and [`Api::accumulator`], a per-response state machine fed either the whole JSON body or
+//! stream events one at a time. Adding an API means one more variant, one more module and
+//! one more accumulator variant. An enum (not `dyn Trait`) keeps dispatch static and
+//! allocation-free per call.
 //!
 //! Bodies are read with typed `serde` envelopes that name only the metadata fields (`model`,
 //! `id`, `usage`, …): prompt and completion text is skipped by the deserializer, never copied.
@@ -15,7 +18,10 @@
 
 pub mod anthropic;
 pub mod call;
+pub mod gemini;
+pub mod ollama;
 pub mod openai;
+pub mod responses;
 
 pub use call::{LlmCall, LlmRequest};
 
@@ -38,10 +44,46 @@ pub enum ProviderError {
 /// A wire API recognised by request shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
-    /// `POST …/chat/completions`.
+    /// `POST …/chat/completions` (OpenAI, Azure deployments, every compatible server).
     OpenAiChat,
     /// `POST …/v1/messages`.
     AnthropicMessages,
+    /// `POST …/responses` (OpenAI Responses API).
+    OpenAiResponses,
+    /// `POST …/completions` (legacy text completions; not `chat/completions`).
+    OpenAiCompletions,
+    /// `POST …/embeddings` (input tokens only).
+    OpenAiEmbeddings,
+    /// `POST …/models/{model}:generateContent` and `:streamGenerateContent` (Gemini).
+    GeminiGenerateContent,
+    /// `POST …/api/chat` (Ollama native).
+    OllamaChat,
+    /// `POST …/api/generate` (Ollama native).
+    OllamaGenerate,
+}
+
+/// How a response body is cut into what an [`Accumulator`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One JSON body, read whole at its end.
+    Whole,
+    /// `text/event-stream`.
+    Sse,
+    /// Newline-delimited JSON (Ollama streams): one object per line.
+    Ndjson,
+    /// A JSON array streamed element by element (Gemini `streamGenerateContent` without
+    /// `alt=sse`).
+    JsonArray,
+}
+
+/// A request whose method and path match an API, with what the path itself says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub api: Api,
+    /// The model named by the path: Gemini's `models/{model}:…`, an Azure deployment.
+    pub path_model: Option<String>,
+    /// The path asks for a stream whatever the body says (`:streamGenerateContent`).
+    pub path_streaming: bool,
 }
 
 /// What the request body says about the call.
@@ -54,39 +96,148 @@ pub struct RequestInfo {
 }
 
 impl Api {
-    pub const ALL: [Api; 2] = [Api::OpenAiChat, Api::AnthropicMessages];
+    pub const ALL: [Api; 8] = [
+        Api::OpenAiChat,
+        Api::AnthropicMessages,
+        Api::OpenAiResponses,
+        Api::OpenAiCompletions,
+        Api::OpenAiEmbeddings,
+        Api::GeminiGenerateContent,
+        Api::OllamaChat,
+        Api::OllamaGenerate,
+    ];
 
     /// The `api` field of calls.
     pub fn name(self) -> &'static str {
         match self {
             Api::OpenAiChat => "chat.completions",
             Api::AnthropicMessages => "messages",
+            Api::OpenAiResponses => "responses",
+            Api::OpenAiCompletions => "completions",
+            Api::OpenAiEmbeddings => "embeddings",
+            Api::GeminiGenerateContent => "generate_content",
+            Api::OllamaChat => "ollama.chat",
+            Api::OllamaGenerate => "ollama.generate",
         }
     }
 
     /// The provider named when the host is not a known vendor (a gateway, a local mock).
     pub fn family(self) -> &'static str {
         match self {
-            Api::OpenAiChat => "openai",
+            Api::OpenAiChat
+            | Api::OpenAiResponses
+            | Api::OpenAiCompletions
+            | Api::OpenAiEmbeddings => "openai",
             Api::AnthropicMessages => "anthropic",
+            Api::GeminiGenerateContent => "gemini",
+            Api::OllamaChat | Api::OllamaGenerate => "ollama",
         }
     }
 
     /// The API whose method and path this request has, if any.
     pub fn for_request(method: &str, path: &str) -> Option<Api> {
+        Self::route(method, path).map(|r| r.api)
+    }
+
+    /// The API, and what the path says, of a request with this method and path (query allowed).
+    pub fn route(method: &str, path: &str) -> Option<Route> {
         if method != "POST" {
             return None;
         }
         let path = path.split(['?', '#']).next().unwrap_or("");
         let path = path.trim_end_matches('/');
-        Self::ALL.into_iter().find(|api| match api {
-            Api::OpenAiChat => openai::matches_path(path),
-            Api::AnthropicMessages => anthropic::matches_path(path),
+        if let Some((model, streaming)) = gemini::match_path(path) {
+            return Some(Route {
+                api: Api::GeminiGenerateContent,
+                path_model: Some(model),
+                path_streaming: streaming,
+            });
+        }
+        let api = if openai::matches_path(path) {
+            Api::OpenAiChat
+        } else if anthropic::matches_path(path) {
+            Api::AnthropicMessages
+        } else if responses::matches_path(path) {
+            Api::OpenAiResponses
+        } else if openai::matches_completions_path(path) {
+            Api::OpenAiCompletions
+        } else if openai::matches_embeddings_path(path) {
+            Api::OpenAiEmbeddings
+        } else if path.ends_with("/api/chat") {
+            Api::OllamaChat
+        } else if path.ends_with("/api/generate") {
+            Api::OllamaGenerate
+        } else {
+            return None;
+        };
+        Some(Route {
+            api,
+            path_model: openai::azure_deployment(path).map(str::to_string),
+            path_streaming: false,
         })
     }
 
     /// Reads the request body: it must be a JSON object with a string `model`.
     pub fn request_info(self, body: &[u8]) -> Result<RequestInfo, ProviderError> {
+        Route {
+            api: self,
+            path_model: None,
+            path_streaming: false,
+        }
+        .request_info(body)
+    }
+
+    /// Whether a request that does not say `stream` streams (Ollama's default is to stream).
+    fn streams_by_default(self) -> bool {
+        matches!(self, Api::OllamaChat | Api::OllamaGenerate)
+    }
+
+    /// How a response with this `Content-Type` (empty if none) is framed; `streaming` is what
+    /// the request asked for.
+    pub fn framing(self, content_type: &str, streaming: bool) -> Framing {
+        let ct = content_type.to_ascii_lowercase();
+        if ct.contains("text/event-stream") {
+            return Framing::Sse;
+        }
+        if ct.contains("ndjson") || ct.contains("jsonl") {
+            return Framing::Ndjson;
+        }
+        match self {
+            _ if !streaming => Framing::Whole,
+            Api::OllamaChat | Api::OllamaGenerate => Framing::Ndjson,
+            Api::GeminiGenerateContent => Framing::JsonArray,
+            _ if ct.is_empty() => Framing::Sse,
+            _ => Framing::Whole,
+        }
+    }
+
+    /// A fresh response accumulator for one call of this API.
+    pub fn accumulator(self) -> Accumulator {
+        match self {
+            Api::OpenAiChat | Api::OpenAiCompletions | Api::OpenAiEmbeddings => {
+                Accumulator::OpenAiChat(openai::ChatAccumulator::default())
+            }
+            Api::AnthropicMessages => {
+                Accumulator::AnthropicMessages(anthropic::MessagesAccumulator::default())
+            }
+            Api::OpenAiResponses => {
+                Accumulator::OpenAiResponses(responses::ResponsesAccumulator::default())
+            }
+            Api::GeminiGenerateContent => {
+                Accumulator::Gemini(gemini::GenerateAccumulator::default())
+            }
+            Api::OllamaChat | Api::OllamaGenerate => {
+                Accumulator::Ollama(ollama::OllamaAccumulator::default())
+            }
+        }
+    }
+}
+
+impl Route {
+    /// Reads the request body: it must be a JSON object, with a string `model` unless the path
+    /// named one. Gemini's model is the path's; an Azure deployment stands in for a body with
+    /// no `model`.
+    pub fn request_info(&self, body: &[u8]) -> Result<RequestInfo, ProviderError> {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if first != Some(&b'{') {
             return Err(ProviderError::InvalidJson { line: 1, column: 1 });
@@ -96,7 +247,15 @@ impl Api {
                 line: e.line(),
                 column: e.column(),
             })?;
-        let Some(Value::String(model)) = probe.model else {
+        let body_model = match probe.model {
+            Some(Value::String(m)) => Some(m),
+            _ => None,
+        };
+        let model = match self.api {
+            Api::GeminiGenerateContent => self.path_model.clone().or(body_model),
+            _ => body_model.or_else(|| self.path_model.clone()),
+        };
+        let Some(model) = model else {
             return Err(ProviderError::NoModel);
         };
         let include_usage = probe
@@ -105,21 +264,27 @@ impl Api {
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
+        let stream = probe.stream.as_ref().and_then(Value::as_bool);
         Ok(RequestInfo {
             model,
-            streaming: probe.stream.as_ref().and_then(Value::as_bool) == Some(true),
-            include_usage: matches!(self, Api::OpenAiChat) && include_usage,
+            streaming: self.path_streaming
+                || stream.unwrap_or_else(|| self.api.streams_by_default()),
+            include_usage: matches!(self.api, Api::OpenAiChat | Api::OpenAiCompletions)
+                && include_usage,
         })
     }
 
-    /// A fresh response accumulator for one call of this API.
-    pub fn accumulator(self) -> Accumulator {
-        match self {
-            Api::OpenAiChat => Accumulator::OpenAiChat(openai::ChatAccumulator::default()),
-            Api::AnthropicMessages => {
-                Accumulator::AnthropicMessages(anthropic::MessagesAccumulator::default())
-            }
-        }
+    /// Model and streaming of a request whose body was too large (or undecodable) to read
+    /// whole, from what was kept of it and from the path.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> (Option<String>, bool) {
+        let (model, stream) = scan_request_prefix(prefix);
+        let model = match self.api {
+            Api::GeminiGenerateContent => self.path_model.clone().or(model),
+            _ => model.or_else(|| self.path_model.clone()),
+        };
+        let streaming =
+            self.path_streaming || stream.unwrap_or_else(|| self.api.streams_by_default());
+        (model, streaming)
     }
 }
 
@@ -242,49 +407,59 @@ impl ResponseMeta {
     }
 }
 
-/// Per-response usage state, one variant per [`Api`].
+/// Per-response usage state, one variant per usage shape (chat, legacy completions and
+/// embeddings share OpenAI's `usage` object).
 #[derive(Debug, Clone)]
 pub enum Accumulator {
     OpenAiChat(openai::ChatAccumulator),
     AnthropicMessages(anthropic::MessagesAccumulator),
+    OpenAiResponses(responses::ResponsesAccumulator),
+    Gemini(gemini::GenerateAccumulator),
+    Ollama(ollama::OllamaAccumulator),
+}
+
+/// Dispatches one expression over every accumulator variant.
+macro_rules! each {
+    ($self:expr, $a:ident => $e:expr) => {
+        match $self {
+            Accumulator::OpenAiChat($a) => $e,
+            Accumulator::AnthropicMessages($a) => $e,
+            Accumulator::OpenAiResponses($a) => $e,
+            Accumulator::Gemini($a) => $e,
+            Accumulator::Ollama($a) => $e,
+        }
+    };
 }
 
 impl Accumulator {
     /// A complete non-streamed body (or an error body).
     pub fn on_json_body(&mut self, body: &[u8]) {
-        match self {
-            Accumulator::OpenAiChat(a) => a.on_json_body(body),
-            Accumulator::AnthropicMessages(a) => a.on_json_body(body),
-        }
+        each!(self, a => a.on_json_body(body))
     }
 
-    /// One SSE event of a streamed body.
+    /// One event of a streamed body: an SSE event, or (with no event name) one NDJSON line or
+    /// one element of a streamed JSON array.
     pub fn on_sse(&mut self, event: SseEvent<'_>) {
-        match self {
-            Accumulator::OpenAiChat(a) => a.on_sse(event),
-            Accumulator::AnthropicMessages(a) => a.on_sse(event),
-        }
+        each!(self, a => a.on_sse(event))
     }
 
     /// Usage so far; `None` if the response reported none.
     pub fn usage(&self) -> Option<Usage> {
-        match self {
-            Accumulator::OpenAiChat(a) => a.usage(),
-            Accumulator::AnthropicMessages(a) => a.usage(),
-        }
+        each!(self, a => a.usage())
     }
 
     pub fn meta(&self) -> &ResponseMeta {
-        match self {
-            Accumulator::OpenAiChat(a) => &a.meta,
-            Accumulator::AnthropicMessages(a) => &a.meta,
-        }
+        each!(self, a => &a.meta)
     }
 }
 
 /// Reads a token count: a non-negative integer (a float with no fraction is tolerated).
 pub(crate) fn count(obj: &Value, key: &str) -> Option<u64> {
-    let v = obj.get(key)?;
+    as_count(obj.get(key)?)
+}
+
+/// A token count value (see [`count`]).
+pub(crate) fn as_count(v: &Value) -> Option<u64> {
     v.as_u64().or_else(|| {
         v.as_f64()
             .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1e15)
@@ -311,6 +486,31 @@ pub fn provider_for_host(host: &str) -> Option<&'static str> {
         "api.mistral.ai" => "mistral",
         "api.deepseek.com" => "deepseek",
         "api.x.ai" => "xai",
+        "api.together.xyz" | "api.together.ai" => "together",
+        "api.fireworks.ai" => "fireworks",
+        "api.cerebras.ai" => "cerebras",
+        "api.perplexity.ai" => "perplexity",
+        "api.deepinfra.com" => "deepinfra",
+        "api.moonshot.ai" | "api.moonshot.cn" => "moonshot",
+        "dashscope.aliyuncs.com" | "dashscope-intl.aliyuncs.com" => "alibaba",
+        "api.cohere.com" | "api.cohere.ai" => "cohere",
+        "integrate.api.nvidia.com" => "nvidia",
+        "api.sambanova.ai" => "sambanova",
+        "api.hyperbolic.xyz" => "hyperbolic",
+        "api.novita.ai" => "novita",
+        "router.huggingface.co" => "huggingface",
+        "ollama.com" => "ollama",
+        "aiplatform.googleapis.com" => "vertex_ai",
+        _ if name.ends_with(".openai.azure.com")
+            || name.ends_with(".cognitiveservices.azure.com") =>
+        {
+            "azure_openai"
+        }
+        _ if name.ends_with(".services.ai.azure.com") => "azure_ai",
+        _ if name.ends_with("-aiplatform.googleapis.com") => "vertex_ai",
+        _ if name.starts_with("bedrock-runtime.") && name.ends_with(".amazonaws.com") => {
+            "aws_bedrock"
+        }
         _ => return None,
     })
 }
@@ -345,8 +545,148 @@ mod tests {
         );
         assert_eq!(Api::for_request("GET", "/v1/messages"), None);
         assert_eq!(Api::for_request("POST", "/v1/messages/count_tokens"), None);
-        assert_eq!(Api::for_request("POST", "/v1/embeddings"), None);
-        assert_eq!(Api::for_request("POST", "/v1/completions"), None);
+        assert_eq!(
+            Api::for_request("POST", "/v1/embeddings"),
+            Some(Api::OpenAiEmbeddings)
+        );
+        assert_eq!(
+            Api::for_request("POST", "/v1/completions"),
+            Some(Api::OpenAiCompletions)
+        );
+        assert_eq!(
+            Api::for_request("POST", "/v1/responses"),
+            Some(Api::OpenAiResponses)
+        );
+        assert_eq!(
+            Api::for_request("POST", "/v1/responses/resp_1/cancel"),
+            None
+        );
+        assert_eq!(Api::for_request("POST", "/api/chat"), Some(Api::OllamaChat));
+        assert_eq!(
+            Api::for_request("POST", "/api/generate"),
+            Some(Api::OllamaGenerate)
+        );
+        assert_eq!(Api::for_request("POST", "/api/embeddings"), None);
+        assert_eq!(
+            Api::route(
+                "POST",
+                "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+            ),
+            Some(Route {
+                api: Api::GeminiGenerateContent,
+                path_model: Some("gemini-2.5-flash".into()),
+                path_streaming: true,
+            })
+        );
+        assert_eq!(
+            Api::route(
+                "POST",
+                "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21"
+            ),
+            Some(Route {
+                api: Api::OpenAiChat,
+                path_model: Some("prod-gpt4o".into()),
+                path_streaming: false,
+            })
+        );
+        assert_eq!(
+            Api::route("POST", "/openai/deployments/emb/embeddings").map(|r| r.api),
+            Some(Api::OpenAiEmbeddings)
+        );
+        assert_eq!(Api::route("GET", "/v1beta/models/gemini-2.5-flash"), None);
+    }
+
+    #[test]
+    fn providers_route_request_info() {
+        let gemini = Api::route("POST", "/v1beta/models/gemini-2.5-pro:generateContent").unwrap();
+        let info = gemini
+            .request_info(br#"{"contents":[{"parts":[{"text":"hi"}]}]}"#)
+            .unwrap();
+        assert_eq!(
+            (info.model.as_str(), info.streaming),
+            ("gemini-2.5-pro", false)
+        );
+        let stream = Api::route(
+            "POST",
+            "/v1beta/models/gemini-2.5-pro:streamGenerateContent",
+        )
+        .unwrap();
+        assert!(stream.request_info(b"{}").unwrap().streaming);
+        assert!(stream.request_info(b"[]").is_err());
+        // Azure: the deployment stands in for a missing model; a body model wins.
+        let azure = Api::route("POST", "/openai/deployments/dep1/chat/completions").unwrap();
+        assert_eq!(
+            azure.request_info(br#"{"messages":[]}"#).unwrap().model,
+            "dep1"
+        );
+        assert_eq!(
+            azure.request_info(br#"{"model":"gpt-4o"}"#).unwrap().model,
+            "gpt-4o"
+        );
+        // Ollama streams unless told not to.
+        let ollama = Api::route("POST", "/api/chat").unwrap();
+        assert!(
+            ollama
+                .request_info(br#"{"model":"llama3.2"}"#)
+                .unwrap()
+                .streaming
+        );
+        assert!(
+            !ollama
+                .request_info(br#"{"model":"llama3.2","stream":false}"#)
+                .unwrap()
+                .streaming
+        );
+        assert_eq!(
+            ollama.request_info(br#"{"messages":[]}"#),
+            Err(ProviderError::NoModel)
+        );
+        // Legacy completions honour include_usage; the prefix scan falls back to the path.
+        let comp = Api::route("POST", "/v1/completions").unwrap();
+        assert!(
+            comp.request_info(
+                br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#
+            )
+            .unwrap()
+            .include_usage
+        );
+        assert_eq!(
+            stream.scan_prefix(br#"{"contents":[{"parts":[{"text":"cut"#),
+            (Some("gemini-2.5-pro".into()), true)
+        );
+        assert_eq!(
+            ollama.scan_prefix(br#"{"model":"qwen3","messa"#),
+            (Some("qwen3".into()), true)
+        );
+    }
+
+    #[test]
+    fn providers_framing() {
+        use Framing::*;
+        assert_eq!(
+            Api::OpenAiChat.framing("text/event-stream; charset=utf-8", true),
+            Sse
+        );
+        assert_eq!(Api::OpenAiChat.framing("", true), Sse);
+        assert_eq!(Api::OpenAiChat.framing("application/json", false), Whole);
+        assert_eq!(
+            Api::OllamaChat.framing("application/x-ndjson", true),
+            Ndjson
+        );
+        assert_eq!(Api::OllamaChat.framing("application/json", true), Ndjson);
+        assert_eq!(Api::OllamaChat.framing("application/json", false), Whole);
+        assert_eq!(
+            Api::GeminiGenerateContent.framing("text/event-stream", true),
+            Sse
+        );
+        assert_eq!(
+            Api::GeminiGenerateContent.framing("application/json; charset=UTF-8", true),
+            JsonArray
+        );
+        assert_eq!(
+            Api::GeminiGenerateContent.framing("application/json", false),
+            Whole
+        );
     }
 
     #[test]
@@ -415,6 +755,29 @@ mod tests {
         assert_eq!(provider_for_host("api.mistral.ai"), Some("mistral"));
         assert_eq!(provider_for_host("api.deepseek.com"), Some("deepseek"));
         assert_eq!(provider_for_host("api.x.ai"), Some("xai"));
+        assert_eq!(
+            provider_for_host("my-res.openai.azure.com"),
+            Some("azure_openai")
+        );
+        assert_eq!(
+            provider_for_host("my-res.cognitiveservices.azure.com:443"),
+            Some("azure_openai")
+        );
+        assert_eq!(provider_for_host("openai.azure.com.evil.example"), None);
+        assert_eq!(provider_for_host("api.together.xyz"), Some("together"));
+        assert_eq!(
+            provider_for_host("us-central1-aiplatform.googleapis.com"),
+            Some("vertex_ai")
+        );
+        assert_eq!(
+            provider_name(Api::GeminiGenerateContent, Some("127.0.0.1:9")),
+            "gemini"
+        );
+        assert_eq!(
+            provider_name(Api::OllamaChat, Some("localhost:11434")),
+            "ollama"
+        );
+        assert_eq!(provider_name(Api::OpenAiResponses, None), "openai");
         assert_eq!(provider_for_host("127.0.0.1:8443"), None);
         assert_eq!(provider_for_host("[::1]:8443"), None);
         assert_eq!(

@@ -20,6 +20,26 @@ pub(crate) fn matches_path(path: &str) -> bool {
     path.ends_with("/chat/completions")
 }
 
+/// Legacy text completions (`/v1/completions`, Azure `…/deployments/{d}/completions`, FIM
+/// endpoints): the same `usage` object as chat.
+pub(crate) fn matches_completions_path(path: &str) -> bool {
+    path.ends_with("/completions") && !path.ends_with("/chat/completions")
+}
+
+/// Embeddings: `usage` has `prompt_tokens` (and `total_tokens`) only. Ollama's deprecated
+/// `/api/embeddings` reports no usage at all and is not counted.
+pub(crate) fn matches_embeddings_path(path: &str) -> bool {
+    path.ends_with("/embeddings") && !path.ends_with("/api/embeddings")
+}
+
+/// The deployment of an Azure OpenAI path (`/openai/deployments/{deployment}/…`): Azure bodies
+/// may omit `model`, the deployment names it.
+pub(crate) fn azure_deployment(path: &str) -> Option<&str> {
+    let (_, rest) = path.split_once("/openai/deployments/")?;
+    let name = rest.split('/').next()?;
+    (!name.is_empty()).then_some(name)
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ChatAccumulator {
     pub meta: ResponseMeta,

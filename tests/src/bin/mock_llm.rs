@@ -1,4 +1,4 @@
-//! `mock-llm`: the mock OpenAI / Anthropic API server for agentwatch's
+//! `mock-llm`: the mock OpenAI / Anthropic / Gemini / Ollama API server for agentwatch's
 //! integration tests. See `tests/clients/README.md`.
 
 use std::io::Write;
@@ -12,7 +12,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(
     name = "mock-llm",
-    about = "Mock OpenAI/Anthropic API server over TLS for tests"
+    about = "Mock OpenAI/Anthropic/Gemini/Ollama API server over TLS for tests"
 )]
 struct Args {
     /// Address to listen on (port 0 picks one).
@@ -30,6 +30,10 @@ struct Args {
     /// auto: gzip non-streaming bodies when accepted; always: streams too; never.
     #[arg(long, default_value = "auto")]
     gzip: GzipMode,
+    /// auto: zstd non-streaming bodies when accepted; always: streams too; never (default).
+    /// Wins over gzip when both apply.
+    #[arg(long, default_value = "never")]
+    zstd: GzipMode,
     /// Delay between stream events, in milliseconds.
     #[arg(long, default_value_t = 0)]
     chunk_delay_ms: u64,
@@ -55,6 +59,7 @@ fn main() {
             log: args.log,
             exit_after: Duration::from_secs(args.exit_after_secs),
             gzip: args.gzip,
+            zstd: args.zstd,
             chunk_delay_ms: args.chunk_delay_ms,
         };
         let server = match Server::start(config).await {

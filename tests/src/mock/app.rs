@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::Value;
 
 use super::log::{LogRecord, LogSink};
+use super::ollama::Endpoint;
 use super::usage::{self, Provider, Usage};
-use super::{Config, GzipMode, anthropic, openai};
+use super::{Config, GzipMode, anthropic, gemini, ollama, openai, responses};
 
 /// A request as received (any HTTP version).
 #[derive(Debug, Clone, Default)]
@@ -38,6 +39,11 @@ impl Request {
     }
 
     pub fn accepts_gzip(&self) -> bool {
+        self.accepts("gzip")
+    }
+
+    /// Whether `Accept-Encoding` allows `coding` (explicitly, or through `*`).
+    pub fn accepts(&self, wanted: &str) -> bool {
         let Some(ae) = self.header("accept-encoding") else {
             return false;
         };
@@ -48,7 +54,7 @@ impl Request {
                 let p = p.trim().replace(' ', "");
                 p == "q=0" || p == "q=0.0" || p == "q=0.00" || p == "q=0.000"
             });
-            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !zero_q
+            (coding.eq_ignore_ascii_case(wanted) || coding == "*") && !zero_q
         })
     }
 }
@@ -72,6 +78,8 @@ pub struct Response {
     pub body: Body,
     /// Gzip the body (decided by the app from `--gzip` and Accept-Encoding).
     pub gzip: bool,
+    /// Zstd-encode the body (from `--zstd` and Accept-Encoding); wins over gzip.
+    pub zstd: bool,
     /// Cut the response short and close the connection.
     pub truncate: bool,
     /// Delay between stream events.
@@ -103,6 +111,7 @@ impl AppState {
         let mut rec = resp.log.clone();
         rec.truncated = truncated;
         rec.gzip = resp.gzip;
+        rec.zstd = resp.zstd;
         rec.response_wire_bytes = response_wire_bytes;
         if truncated {
             rec.usage_sent = false;
@@ -114,17 +123,154 @@ impl AppState {
     }
 }
 
-/// Which API a request is for.
-fn provider_for(req: &Request) -> Provider {
+/// The API a request's path names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MockApi {
+    Chat,
+    Messages,
+    Responses,
+    Completions,
+    Embeddings,
+    /// `…/models/{model}:generateContent` or `:streamGenerateContent`.
+    Gemini {
+        model: String,
+        stream: bool,
+    },
+    Ollama(Endpoint),
+}
+
+impl MockApi {
+    /// The `api` of the log (agentwatch's names).
+    fn name(&self) -> &'static str {
+        match self {
+            MockApi::Chat => "chat.completions",
+            MockApi::Messages => "messages",
+            MockApi::Responses => "responses",
+            MockApi::Completions => "completions",
+            MockApi::Embeddings => "embeddings",
+            MockApi::Gemini { .. } => "generate_content",
+            MockApi::Ollama(Endpoint::Chat) => "ollama.chat",
+            MockApi::Ollama(Endpoint::Generate) => "ollama.generate",
+        }
+    }
+
+    fn usage_provider(&self) -> Provider {
+        match self {
+            MockApi::Messages => Provider::Anthropic,
+            MockApi::Gemini { .. } => Provider::Gemini,
+            MockApi::Ollama(_) => Provider::Ollama,
+            _ => Provider::OpenAi,
+        }
+    }
+}
+
+/// The API of a path, and the model the path names (Gemini's model, an Azure
+/// deployment).
+fn route(path: &str) -> Option<(MockApi, Option<String>)> {
+    if let Some((head, verb)) = path.rsplit_once(':')
+        && let Some((prefix, model)) = head.rsplit_once("/models/")
+        && (prefix == "/v1beta" || prefix == "/v1")
+        && !model.is_empty()
+    {
+        let stream = match verb {
+            "generateContent" => false,
+            "streamGenerateContent" => true,
+            _ => return None,
+        };
+        let api = MockApi::Gemini {
+            model: model.to_string(),
+            stream,
+        };
+        return Some((api, Some(model.to_string())));
+    }
+    // Azure OpenAI: /openai/deployments/{deployment}/{chat/completions|completions|embeddings}.
+    if let Some(rest) = path.strip_prefix("/openai/deployments/") {
+        let (dep, op) = rest.split_once('/')?;
+        let api = match op {
+            "chat/completions" => MockApi::Chat,
+            "completions" => MockApi::Completions,
+            "embeddings" => MockApi::Embeddings,
+            _ => return None,
+        };
+        return (!dep.is_empty()).then(|| (api, Some(dep.to_string())));
+    }
+    let api = match path {
+        "/v1/chat/completions" | "/openai/v1/chat/completions" => MockApi::Chat,
+        "/v1/messages" => MockApi::Messages,
+        "/v1/responses" | "/openai/v1/responses" => MockApi::Responses,
+        "/v1/completions" => MockApi::Completions,
+        "/v1/embeddings" | "/openai/v1/embeddings" => MockApi::Embeddings,
+        "/api/chat" => MockApi::Ollama(Endpoint::Chat),
+        "/api/generate" => MockApi::Ollama(Endpoint::Generate),
+        _ => return None,
+    };
+    Some((api, None))
+}
+
+/// The shape errors take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorShape {
+    OpenAi,
+    Anthropic,
+    Gemini,
+    Ollama,
+}
+
+/// Which API's error shape a request gets.
+fn error_shape(req: &Request) -> ErrorShape {
     let p = req.path();
     if p.starts_with("/v1/messages")
-        || p.starts_with("/v1/complete")
+        || p.starts_with("/v1/complete") && !p.starts_with("/v1/completions")
         || req.header("anthropic-version").is_some()
         || req.header("x-api-key").is_some()
     {
-        Provider::Anthropic
+        ErrorShape::Anthropic
+    } else if p.starts_with("/v1beta/") || req.header("x-goog-api-key").is_some() {
+        ErrorShape::Gemini
+    } else if p.starts_with("/api/") {
+        ErrorShape::Ollama
     } else {
-        Provider::OpenAi
+        ErrorShape::OpenAi
+    }
+}
+
+/// The usage as the API's fields carry it, normalised back to OTel numbers.
+fn carried(api: &MockApi, u: &Usage) -> Usage {
+    match api {
+        MockApi::Chat => usage::as_carried(Provider::OpenAi, u),
+        // Legacy completions carry prompt and completion counts, no details.
+        MockApi::Completions => Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            ..Usage::default()
+        },
+        MockApi::Messages => usage::as_carried(Provider::Anthropic, u),
+        // input incl. cached, output incl. reasoning; no cache-write field.
+        MockApi::Responses => Usage {
+            cache_write_tokens: 0,
+            ..*u
+        },
+        // Embeddings: prompt tokens only.
+        MockApi::Embeddings => Usage {
+            input_tokens: u.input_tokens,
+            ..Usage::default()
+        },
+        // candidates = output - thoughts (saturating): output is re-derived.
+        MockApi::Gemini { .. } => Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u
+                .output_tokens
+                .saturating_sub(u.reasoning_tokens)
+                .saturating_add(u.reasoning_tokens),
+            cache_read_tokens: u.cache_read_tokens,
+            cache_write_tokens: 0,
+            reasoning_tokens: u.reasoning_tokens,
+        },
+        MockApi::Ollama(_) => Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            ..Usage::default()
+        },
     }
 }
 
@@ -139,7 +285,7 @@ pub struct Call<'a> {
 /// Serves one request.
 pub fn handle(state: &AppState, req: &Request, conn: u64, protocol: &str) -> Response {
     let seq = state.seq.fetch_add(1, Ordering::SeqCst) + 1;
-    let provider = provider_for(req);
+    let shape = error_shape(req);
     let mut log = LogRecord {
         seq,
         conn,
@@ -151,16 +297,23 @@ pub fn handle(state: &AppState, req: &Request, conn: u64, protocol: &str) -> Res
         request_wire_bytes: req.wire_bytes,
         ..Default::default()
     };
-    let gzip_full = match state.config.gzip {
-        GzipMode::Never => false,
-        GzipMode::Auto | GzipMode::Always => req.accepts_gzip(),
+    let encoding = |mode: GzipMode, stream: bool, coding: &str| -> bool {
+        let on = match mode {
+            GzipMode::Never => false,
+            GzipMode::Auto => !stream,
+            GzipMode::Always => true,
+        };
+        on && req.accepts(coding)
     };
-    let gzip_stream = state.config.gzip == GzipMode::Always && req.accepts_gzip();
+    let zstd_full = encoding(state.config.zstd, false, "zstd");
+    let gzip_full = !zstd_full && encoding(state.config.gzip, false, "gzip");
 
     let error = |log: LogRecord, status: u16, kind: Option<&str>, msg: &str| -> Response {
-        let (headers, body) = match provider {
-            Provider::OpenAi => openai::error(seq, status, kind, msg),
-            Provider::Anthropic => anthropic::error(seq, status, kind, msg),
+        let (headers, body) = match shape {
+            ErrorShape::OpenAi => openai::error(seq, status, kind, msg),
+            ErrorShape::Anthropic => anthropic::error(seq, status, kind, msg),
+            ErrorShape::Gemini => gemini::error(status, msg),
+            ErrorShape::Ollama => ollama::error(msg),
         };
         let mut log = log;
         log.status = status;
@@ -169,21 +322,18 @@ pub fn handle(state: &AppState, req: &Request, conn: u64, protocol: &str) -> Res
             headers,
             body: Body::Full(body),
             gzip: gzip_full,
+            zstd: zstd_full,
             truncate: false,
             event_delay_ms: 0,
             log,
         }
     };
 
-    let api = match req.path() {
-        "/v1/chat/completions" => "chat.completions",
-        "/v1/messages" => "messages",
-        other => {
-            let msg = format!("Invalid URL ({} {})", req.method, other);
-            return error(log, 404, None, &msg);
-        }
+    let Some((api, path_model)) = route(req.path()) else {
+        let msg = format!("Invalid URL ({} {})", req.method, req.path());
+        return error(log, 404, None, &msg);
     };
-    log.api = Some(api.to_string());
+    log.api = Some(api.name().to_string());
     if req.method != "POST" {
         let msg = format!("Method {} not allowed for {}", req.method, req.path());
         return error(log, 405, None, &msg);
@@ -201,19 +351,29 @@ pub fn handle(state: &AppState, req: &Request, conn: u64, protocol: &str) -> Res
             );
         }
     };
-    let model = body
+    let body_model = body
         .get("model")
         .and_then(Value::as_str)
         .map(str::to_string);
+    let model = match &api {
+        MockApi::Gemini { model, .. } => Some(model.clone()),
+        _ => body_model.or(path_model),
+    };
     log.model = model.clone();
-    log.stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    log.include_usage = match provider {
-        Provider::Anthropic => true,
-        Provider::OpenAi => body
+    let body_stream = body.get("stream").and_then(Value::as_bool);
+    log.stream = match &api {
+        MockApi::Gemini { stream, .. } => *stream,
+        MockApi::Ollama(_) => body_stream.unwrap_or(true),
+        MockApi::Embeddings => false,
+        _ => body_stream.unwrap_or(false),
+    };
+    log.include_usage = match &api {
+        MockApi::Chat | MockApi::Completions => body
             .get("stream_options")
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        _ => true,
     };
     let Some(model) = model else {
         return error(log, 400, None, "model: Field required");
@@ -234,9 +394,9 @@ pub fn handle(state: &AppState, req: &Request, conn: u64, protocol: &str) -> Res
             Ok(u) => u,
             Err(e) => return error(log, 400, None, &e),
         },
-        None => usage::deterministic(provider, &model, seq, req.body.len()),
+        None => usage::deterministic(api.usage_provider(), &model, seq, req.body.len()),
     };
-    let carried = usage::as_carried(provider, &planned);
+    let carried = carried(&api, &planned);
     log.usage = Some(carried);
     log.status = 200;
     let truncate = req.header("x-mock-truncate").is_some_and(|v| {
@@ -247,40 +407,65 @@ pub fn handle(state: &AppState, req: &Request, conn: u64, protocol: &str) -> Res
     let call = Call {
         seq,
         model: &model,
-        usage: planned,
+        usage: match api {
+            MockApi::Chat | MockApi::Messages => planned,
+            _ => carried,
+        },
         include_usage: log.include_usage,
     };
     let stream = log.stream;
-    let (headers, body) = match (provider, stream) {
-        (Provider::OpenAi, false) => {
-            log.usage_sent = true;
-            let (h, b) = openai::completion(&call);
-            (h, Body::Full(b))
-        }
-        (Provider::OpenAi, true) => {
+    log.usage_sent = true;
+    let full = |(h, b): (Vec<(String, String)>, Vec<u8>)| (h, Body::Full(b));
+    let events = |(h, e): (Vec<(String, String)>, Vec<Vec<u8>>)| (h, Body::Events(e));
+    let (headers, body) = match (&api, stream) {
+        (MockApi::Chat, false) => full(openai::completion(&call)),
+        (MockApi::Chat, true) => {
             log.usage_sent = call.include_usage;
-            let (h, ev) = openai::stream(&call);
-            (h, Body::Events(ev))
+            events(openai::stream(&call))
         }
-        (Provider::Anthropic, false) => {
-            log.usage_sent = true;
-            let (h, b) = anthropic::message(&call);
-            (h, Body::Full(b))
-        }
-        (Provider::Anthropic, true) => {
-            log.usage_sent = true;
+        (MockApi::Messages, false) => full(anthropic::message(&call)),
+        (MockApi::Messages, true) => {
             // A truncated stream still sent message_start with the input usage.
             let mut partial = carried;
             partial.output_tokens = anthropic::INITIAL_OUTPUT_TOKENS.min(carried.output_tokens);
             log.usage_partial = Some(partial);
-            let (h, ev) = anthropic::stream(&call);
-            (h, Body::Events(ev))
+            events(anthropic::stream(&call))
         }
+        (MockApi::Responses, false) => full(responses::response(&call)),
+        (MockApi::Responses, true) => events(responses::stream(&call)),
+        (MockApi::Completions, false) => full(openai::text_completion(&call)),
+        (MockApi::Completions, true) => {
+            log.usage_sent = call.include_usage;
+            events(openai::text_stream(&call))
+        }
+        (MockApi::Embeddings, _) => {
+            let inputs = match body.get("input") {
+                Some(Value::Array(items)) if items.first().is_some_and(|v| !v.is_number()) => {
+                    items.len()
+                }
+                _ => 1,
+            };
+            let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+            full(openai::embeddings(&call, inputs, base64))
+        }
+        (MockApi::Gemini { .. }, false) => full(gemini::generate(&call)),
+        (MockApi::Gemini { .. }, true) => {
+            if req.target.contains("alt=sse") {
+                events(gemini::stream_sse(&call))
+            } else {
+                events(gemini::stream_array(&call))
+            }
+        }
+        (MockApi::Ollama(ep), false) => full(ollama::whole(&call, *ep)),
+        (MockApi::Ollama(ep), true) => events(ollama::stream(&call, *ep)),
     };
+    let zstd = encoding(state.config.zstd, stream, "zstd");
+    let gzip = !zstd && encoding(state.config.gzip, stream, "gzip");
     Response {
         status: 200,
         headers,
-        gzip: if stream { gzip_stream } else { gzip_full },
+        gzip,
+        zstd,
         body,
         truncate,
         event_delay_ms: state.config.chunk_delay_ms,

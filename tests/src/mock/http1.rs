@@ -1,6 +1,6 @@
 //! The HTTP/1.1 front: keep-alive connections, Content-Length and chunked
 //! request bodies, `Expect: 100-continue`, and responses written whole or as
-//! chunked streams (one chunk per event, flushed), optionally gzip-encoded.
+//! chunked streams (one chunk per event, flushed), optionally gzip- or zstd-encoded.
 //! Every read and write has a deadline and every loop a bound.
 
 use std::io::Write;
@@ -323,6 +323,71 @@ fn gzip_all(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap_or_default()
 }
 
+fn zstd_all(data: &[u8]) -> Vec<u8> {
+    zstd::stream::encode_all(data, 3).unwrap_or_default()
+}
+
+/// A streaming body encoder, flushed after every event.
+enum StreamEnc {
+    Gzip(GzEncoder<Vec<u8>>),
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+}
+
+impl StreamEnc {
+    fn for_response(resp: &Response) -> Option<StreamEnc> {
+        if resp.zstd {
+            zstd::stream::write::Encoder::new(Vec::new(), 3)
+                .ok()
+                .map(StreamEnc::Zstd)
+        } else if resp.gzip {
+            Some(StreamEnc::Gzip(GzEncoder::new(
+                Vec::new(),
+                Compression::default(),
+            )))
+        } else {
+            None
+        }
+    }
+
+    /// Encodes and flushes one event; returns the bytes to send.
+    fn event(&mut self, ev: &[u8]) -> std::io::Result<Vec<u8>> {
+        match self {
+            StreamEnc::Gzip(e) => {
+                e.write_all(ev)?;
+                e.flush()?;
+                Ok(std::mem::take(e.get_mut()))
+            }
+            StreamEnc::Zstd(e) => {
+                e.write_all(ev)?;
+                e.flush()?;
+                Ok(std::mem::take(e.get_mut()))
+            }
+        }
+    }
+
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            StreamEnc::Gzip(e) => e.finish(),
+            StreamEnc::Zstd(e) => e.finish(),
+        }
+    }
+}
+
+/// The `content-encoding` header of a response, if any.
+fn encoding_headers(resp: &Response) -> Vec<(&'static str, String)> {
+    let coding = if resp.zstd {
+        "zstd"
+    } else if resp.gzip {
+        "gzip"
+    } else {
+        return Vec::new();
+    };
+    vec![
+        ("content-encoding", coding.into()),
+        ("vary", "Accept-Encoding".into()),
+    ]
+}
+
 /// Writes a response. Returns (truncated, bytes written) or an I/O error.
 async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<IO>,
@@ -337,16 +402,15 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
     let mut written = 0u64;
     match &resp.body {
         Body::Full(body) => {
-            let body = if resp.gzip {
+            let body = if resp.zstd {
+                zstd_all(body)
+            } else if resp.gzip {
                 gzip_all(body)
             } else {
                 body.clone()
             };
             let mut extra = vec![("content-length", body.len().to_string())];
-            if resp.gzip {
-                extra.push(("content-encoding", "gzip".into()));
-                extra.push(("vary", "Accept-Encoding".into()));
-            }
+            extra.extend(encoding_headers(resp));
             extra.push(("connection", conn_hdr.into()));
             let mut out = head_bytes(resp.status, &resp.headers, &extra);
             let body_part = if resp.truncate {
@@ -361,18 +425,13 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
         }
         Body::Events(events) => {
             let mut extra = vec![("transfer-encoding", "chunked".to_string())];
-            if resp.gzip {
-                extra.push(("content-encoding", "gzip".into()));
-                extra.push(("vary", "Accept-Encoding".into()));
-            }
+            extra.extend(encoding_headers(resp));
             extra.push(("connection", conn_hdr.into()));
             let head = head_bytes(resp.status, &resp.headers, &extra);
             conn.write(&head).await?;
             written += head.len() as u64;
             let cut = TRUNCATE_AFTER_EVENTS.min(events.len().saturating_sub(1));
-            let mut enc = resp
-                .gzip
-                .then(|| GzEncoder::new(Vec::new(), Compression::default()));
+            let mut enc = StreamEnc::for_response(resp);
             for (i, ev) in events.iter().enumerate() {
                 if resp.truncate && i == cut {
                     return Ok((true, written));
@@ -381,11 +440,7 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
                     tokio::time::sleep(Duration::from_millis(resp.event_delay_ms)).await;
                 }
                 let data = match enc.as_mut() {
-                    Some(e) => {
-                        e.write_all(ev)?;
-                        e.flush()?;
-                        std::mem::take(e.get_mut())
-                    }
+                    Some(e) => e.event(ev)?,
                     None => ev.clone(),
                 };
                 if data.is_empty() {

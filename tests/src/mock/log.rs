@@ -22,7 +22,8 @@ pub struct LogRecord {
     pub method: String,
     /// Path without the query.
     pub path: String,
-    /// `chat.completions`, `messages`, or null for unknown paths.
+    /// `chat.completions`, `messages`, `responses`, `completions`, `embeddings`,
+    /// `generate_content`, `ollama.chat`, `ollama.generate`, or null for unknown paths.
     pub api: Option<String>,
     pub model: Option<String>,
     pub stream: bool,
@@ -40,6 +41,9 @@ pub struct LogRecord {
     pub response_wire_bytes: u64,
     /// The response body was gzip-encoded.
     pub gzip: bool,
+    /// The response body was zstd-encoded.
+    #[serde(default)]
+    pub zstd: bool,
     /// The response was cut short and the connection closed.
     pub truncated: bool,
     /// OTel-normalised usage of the call, as the provider's fields carry it

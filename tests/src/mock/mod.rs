@@ -1,6 +1,8 @@
-//! The mock LLM server: OpenAI Chat Completions and Anthropic Messages over
-//! TLS (rustls), HTTP/1.1, with deterministic token usage and test controls
-//! by request header. See `tests/clients/README.md` for the CLI and the log.
+//! The mock LLM server: OpenAI Chat Completions, Responses, legacy
+//! Completions and Embeddings (also on Azure deployment paths), Anthropic
+//! Messages, Gemini generateContent and Ollama's native API over TLS
+//! (rustls), HTTP/1.1, with deterministic token usage and test controls by
+//! request header. See `tests/clients/README.md` for the CLI and the log.
 //!
 //! Layout: `app` maps a parsed [`app::Request`] to an [`app::Response`]
 //! (provider bodies in `openai` / `anthropic`, numbers in `usage`); `http1`
@@ -9,11 +11,14 @@
 
 pub mod anthropic;
 pub mod app;
+pub mod gemini;
 pub mod http1;
 pub mod json;
 pub mod log;
+pub mod ollama;
 pub mod openai;
 pub mod process;
+pub mod responses;
 pub mod tls;
 pub mod usage;
 
@@ -30,7 +35,7 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// When responses are gzip-encoded (only ever if the request accepts gzip).
+/// When responses are gzip- (or zstd-) encoded (only ever if the request accepts it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GzipMode {
     /// Non-streaming bodies, as API servers do.
@@ -63,6 +68,8 @@ pub struct Config {
     pub log: Option<PathBuf>,
     pub exit_after: Duration,
     pub gzip: GzipMode,
+    /// Same modes for zstd (default never); zstd wins over gzip when both apply.
+    pub zstd: GzipMode,
     pub chunk_delay_ms: u64,
 }
 
@@ -74,6 +81,7 @@ impl Config {
             log: None,
             exit_after: Duration::from_secs(900),
             gzip: GzipMode::Auto,
+            zstd: GzipMode::Never,
             chunk_delay_ms: 0,
         }
     }

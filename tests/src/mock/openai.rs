@@ -161,3 +161,145 @@ pub fn error(
     }
     (headers, body.into_bytes())
 }
+
+/// Legacy `text_completion` usage: no cache or reasoning details.
+fn text_usage_obj(call: &Call) -> Obj {
+    let u = &call.usage;
+    Obj::new()
+        .n("prompt_tokens", u.input_tokens)
+        .n("completion_tokens", u.output_tokens)
+        .n(
+            "total_tokens",
+            u.input_tokens.saturating_add(u.output_tokens),
+        )
+}
+
+/// A non-streaming legacy `text_completion` (`POST /v1/completions`).
+pub fn text_completion(call: &Call) -> (Vec<(String, String)>, Vec<u8>) {
+    let choice = Obj::new()
+        .s("text", &reply_text(call.seq))
+        .n("index", 0)
+        .null("logprobs")
+        .s("finish_reason", "stop");
+    let body = Obj::new()
+        .s("id", &format!("cmpl-{}", id_suffix(call.seq)))
+        .s("object", "text_completion")
+        .n("created", now_secs())
+        .s("model", call.model)
+        .raw("choices", &arr([choice.finish()]))
+        .o("usage", text_usage_obj(call))
+        .finish();
+    (
+        common_headers(call.seq, "application/json"),
+        body.into_bytes(),
+    )
+}
+
+/// A streamed legacy completion: text chunks, a usage chunk (`"choices": []`)
+/// only with `stream_options.include_usage`, then `data: [DONE]`.
+pub fn text_stream(call: &Call) -> (Vec<(String, String)>, Vec<Vec<u8>>) {
+    let id = format!("cmpl-{}", id_suffix(call.seq));
+    let created = now_secs();
+    let chunk = |choices: String, usage: Option<Obj>| -> Vec<u8> {
+        let o = Obj::new()
+            .s("id", &id)
+            .s("object", "text_completion")
+            .n("created", created)
+            .raw("choices", &choices)
+            .s("model", call.model)
+            .s("system_fingerprint", FINGERPRINT);
+        let o = match usage {
+            Some(u) => o.o("usage", u),
+            None => o.null("usage"),
+        };
+        format!("data: {}\n\n", o.finish()).into_bytes()
+    };
+    let choice = |text: &str, finish: Option<&str>| -> String {
+        arr([Obj::new()
+            .s("text", text)
+            .n("index", 0)
+            .null("logprobs")
+            .opt_s("finish_reason", finish)
+            .finish()])
+    };
+    let mut events: Vec<Vec<u8>> = reply_pieces(call.seq)
+        .iter()
+        .map(|p| chunk(choice(p, None), None))
+        .collect();
+    events.push(chunk(choice("", Some("stop")), None));
+    if call.include_usage {
+        events.push(chunk("[]".into(), Some(text_usage_obj(call))));
+    }
+    events.push(b"data: [DONE]\n\n".to_vec());
+    let mut headers = common_headers(call.seq, "text/event-stream; charset=utf-8");
+    headers.push(("cache-control".into(), "no-cache".into()));
+    (headers, events)
+}
+
+/// Dimensions of the mock's embeddings.
+const EMBEDDING_DIMS: usize = 8;
+
+/// `POST /v1/embeddings`: one embedding per input (`float` arrays, or
+/// little-endian float32 in base64 with `"encoding_format": "base64"`, which
+/// the Python SDK asks for); usage has `prompt_tokens` and `total_tokens` only.
+pub fn embeddings(call: &Call, inputs: usize, base64: bool) -> (Vec<(String, String)>, Vec<u8>) {
+    let data = (0..inputs.max(1)).map(|i| {
+        let floats: Vec<f32> = (0..EMBEDDING_DIMS)
+            .map(|d| ((call.seq as usize + i + d) % 7) as f32 / 7.0 - 0.5)
+            .collect();
+        let emb = if base64 {
+            let bytes: Vec<u8> = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
+            super::json::quote(&base64_encode(&bytes))
+        } else {
+            format!(
+                "[{}]",
+                floats
+                    .iter()
+                    .map(|f| format!("{f}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        };
+        Obj::new()
+            .s("object", "embedding")
+            .n("index", i as u64)
+            .raw("embedding", &emb)
+            .finish()
+    });
+    let body = Obj::new()
+        .s("object", "list")
+        .raw("data", &arr(data))
+        .s("model", call.model)
+        .o(
+            "usage",
+            Obj::new()
+                .n("prompt_tokens", call.usage.input_tokens)
+                .n("total_tokens", call.usage.input_tokens),
+        )
+        .finish();
+    (
+        common_headers(call.seq, "application/json"),
+        body.into_bytes(),
+    )
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for group in data.chunks(3) {
+        let b = [
+            group[0],
+            group.get(1).copied().unwrap_or(0),
+            group.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for k in 0..4 {
+            if k <= group.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * k)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

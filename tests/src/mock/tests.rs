@@ -790,3 +790,401 @@ fn pem_to_der(pem: &str) -> Vec<u8> {
     }
     out
 }
+
+// ------------------------------------------------- API breadth, through agentwatch's parser
+
+/// Sends one request with `connection: close` and returns every byte received.
+async fn raw_exchange(fx: &Fixture, req: &[u8]) -> Vec<u8> {
+    let mut io = fx.connect().await;
+    io.write_all(req).await.unwrap();
+    io.flush().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut out)).await;
+    out
+}
+
+fn post_close(path: &str, extra: &str, body: &str) -> Vec<u8> {
+    post(path, &format!("connection: close\r\n{extra}"), body)
+}
+
+/// Feeds a request and the raw response into agentwatch's capture, as the daemon would.
+fn capture(req: &[u8], resp: &[u8]) -> agentwatch::providers::LlmCall {
+    use agentwatch::capture::{CaptureEvent, CaptureLimits, CaptureStats, Connection};
+    let mut conn = Connection::new(CaptureLimits::default());
+    let (mut stats, mut out) = (CaptureStats::default(), Vec::new());
+    conn.on_write(req, 1, &mut stats, &mut out);
+    for piece in resp.chunks(7) {
+        conn.on_read(piece, 2, &mut stats, &mut out);
+    }
+    conn.close(3, &mut stats, &mut out);
+    let calls: Vec<_> = out
+        .into_iter()
+        .filter_map(|e| match e {
+            CaptureEvent::Call(c) => Some(c),
+            CaptureEvent::Request(_) => None,
+        })
+        .collect();
+    assert_eq!(calls.len(), 1, "{calls:#?} {stats:#?}");
+    assert_eq!(stats.json_errors, 0, "{stats:#?}");
+    calls.into_iter().next().unwrap()
+}
+
+fn otel(u: &agentwatch::accounting::Usage) -> super::usage::Usage {
+    super::usage::Usage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cache_read_tokens: u.cache_read_tokens,
+        cache_write_tokens: u.cache_write_tokens,
+        reasoning_tokens: u.reasoning_tokens,
+    }
+}
+
+fn body_of(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn new_apis_speak_their_shapes_and_agentwatch_reads_the_exact_usage() {
+    let fx = Fixture::new("breadth", GzipMode::Never).await;
+    let usage =
+        r#"{"input_tokens":900,"output_tokens":120,"cache_read_tokens":512,"reasoning_tokens":40}"#;
+    let cases: Vec<(&str, &str, &str, &str, bool)> = vec![
+        // (path, extra headers, body, api, streaming)
+        (
+            "/v1/responses",
+            "",
+            r#"{"model":"gpt-5-mini","input":"hi"}"#,
+            "responses",
+            false,
+        ),
+        (
+            "/v1/responses",
+            "",
+            r#"{"model":"gpt-5-mini","input":"hi","stream":true}"#,
+            "responses",
+            true,
+        ),
+        (
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            "x-goog-api-key: k\r\n",
+            r#"{"contents":[]}"#,
+            "generate_content",
+            false,
+        ),
+        (
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            "",
+            r#"{"contents":[]}"#,
+            "generate_content",
+            true,
+        ),
+        (
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            "",
+            r#"{"contents":[]}"#,
+            "generate_content",
+            true,
+        ),
+        (
+            "/api/chat",
+            "",
+            r#"{"model":"llama3.2","messages":[]}"#,
+            "ollama.chat",
+            true,
+        ),
+        (
+            "/api/chat",
+            "",
+            r#"{"model":"llama3.2","messages":[],"stream":false}"#,
+            "ollama.chat",
+            false,
+        ),
+        (
+            "/api/generate",
+            "",
+            r#"{"model":"llama3.2","prompt":"hi"}"#,
+            "ollama.generate",
+            true,
+        ),
+        (
+            "/api/generate",
+            "",
+            r#"{"model":"llama3.2","prompt":"hi","stream":false}"#,
+            "ollama.generate",
+            false,
+        ),
+        (
+            "/v1/completions",
+            "",
+            r#"{"model":"gpt-3.5-turbo-instruct","prompt":"hi"}"#,
+            "completions",
+            false,
+        ),
+        (
+            "/v1/completions",
+            "",
+            r#"{"model":"gpt-3.5-turbo-instruct","prompt":"hi","stream":true,"stream_options":{"include_usage":true}}"#,
+            "completions",
+            true,
+        ),
+        (
+            "/v1/embeddings",
+            "",
+            r#"{"model":"text-embedding-3-small","input":["a","b"],"encoding_format":"base64"}"#,
+            "embeddings",
+            false,
+        ),
+        (
+            "/openai/deployments/dep-4o/chat/completions?api-version=2024-10-21",
+            "api-key: k\r\n",
+            r#"{"messages":[]}"#,
+            "chat.completions",
+            false,
+        ),
+    ];
+    for (i, (path, extra, body, api, streaming)) in cases.iter().enumerate() {
+        let extra = format!("{extra}x-mock-usage: {usage}\r\n");
+        let req = post_close(path, &extra, body);
+        let raw = raw_exchange(&fx, &req).await;
+        let rec = fx.log(i + 1).await.pop().unwrap();
+        assert_eq!(rec.api.as_deref(), Some(*api), "{path}");
+        assert_eq!(rec.stream, *streaming, "{path}");
+        assert!(rec.usage_sent && !rec.truncated, "{path}");
+        let call = capture(&req, &raw);
+        assert_eq!(call.request.api, *api, "{path}");
+        assert_eq!(call.request.streaming, *streaming, "{path}");
+        assert_eq!(call.request.model, rec.model, "{path}");
+        assert!(call.complete, "{path}");
+        assert_eq!(
+            Some(otel(&call.usage)),
+            rec.usage,
+            "{path}: {}",
+            body_of(&raw)
+        );
+    }
+    // What each API carries of the same planned usage.
+    let log = fx.log(cases.len()).await;
+    let u = |i: usize| log[i].usage.unwrap();
+    assert_eq!((u(0).cache_read_tokens, u(0).reasoning_tokens), (512, 40));
+    assert_eq!(
+        (u(2).output_tokens, u(2).reasoning_tokens),
+        (120, 40),
+        "thoughts outside candidates"
+    );
+    assert_eq!(
+        (u(5).cache_read_tokens, u(5).reasoning_tokens),
+        (0, 0),
+        "Ollama: counts only"
+    );
+    assert_eq!(
+        (u(11).input_tokens, u(11).output_tokens),
+        (900, 0),
+        "embeddings: input only"
+    );
+    assert_eq!(
+        log[12].model.as_deref(),
+        Some("dep-4o"),
+        "Azure deployment names the model"
+    );
+    fx.stop().await;
+}
+
+#[tokio::test]
+async fn new_apis_wire_details() {
+    let fx = Fixture::new("breadth-wire", GzipMode::Never).await;
+    // Gemini's default stream is one JSON array; alt=sse is SSE with CRLF.
+    let raw = raw_exchange(
+        &fx,
+        &post_close(
+            "/v1beta/models/gemini-2.5-pro:streamGenerateContent",
+            "",
+            "{}",
+        ),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    assert!(text.contains("content-type: application/json"), "{text}");
+    let raw = raw_exchange(
+        &fx,
+        &post_close(
+            "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse",
+            "",
+            "{}",
+        ),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&raw).contains("data: {\"candidates\""));
+    let raw = raw_exchange(
+        &fx,
+        &post_close("/v1beta/models/gemini-2.5-pro:generateContent", "", "{}"),
+    )
+    .await;
+    let v: Value = serde_json::from_str(&body_of(&raw)).unwrap();
+    assert_eq!(v["candidates"][0]["finishReason"], "STOP");
+    assert_eq!(v["modelVersion"], "gemini-2.5-pro");
+    let um = &v["usageMetadata"];
+    assert_eq!(
+        um["totalTokenCount"].as_u64().unwrap(),
+        um["promptTokenCount"].as_u64().unwrap()
+            + um["candidatesTokenCount"].as_u64().unwrap()
+            + um["thoughtsTokenCount"].as_u64().unwrap()
+    );
+    // Responses: typed events, usage only in response.completed, no [DONE].
+    let raw = raw_exchange(
+        &fx,
+        &post_close(
+            "/v1/responses",
+            "",
+            r#"{"model":"gpt-4o","input":"x","stream":true}"#,
+        ),
+    )
+    .await;
+    let names = sse_names(&String::from_utf8_lossy(&raw));
+    assert_eq!(names.first().map(String::as_str), Some("response.created"));
+    assert_eq!(names.last().map(String::as_str), Some("response.completed"));
+    assert!(names.iter().any(|n| n == "response.output_text.delta"));
+    assert!(!String::from_utf8_lossy(&raw).contains("[DONE]"));
+    // Ollama: NDJSON, last line done with counts.
+    let raw = raw_exchange(&fx, &post_close("/api/chat", "", r#"{"model":"qwen3"}"#)).await;
+    assert!(String::from_utf8_lossy(&raw).contains("content-type: application/x-ndjson"));
+    // Errors in each API's shape.
+    let raw = raw_exchange(
+        &fx,
+        &post_close(
+            "/v1beta/models/g:generateContent",
+            "x-mock-status: 429\r\n",
+            "{}",
+        ),
+    )
+    .await;
+    let v: Value = serde_json::from_str(&body_of(&raw)).unwrap();
+    assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED");
+    let raw = raw_exchange(&fx, &post_close("/api/generate", "", r#"{"prompt":"x"}"#)).await;
+    let v: Value = serde_json::from_str(&body_of(&raw)).unwrap();
+    assert!(v["error"].is_string());
+    // Embeddings as floats.
+    let raw = raw_exchange(
+        &fx,
+        &post_close(
+            "/v1/embeddings",
+            "",
+            r#"{"model":"text-embedding-3-small","input":"x"}"#,
+        ),
+    )
+    .await;
+    let v: Value = serde_json::from_str(&body_of(&raw)).unwrap();
+    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 8);
+    fx.stop().await;
+}
+
+#[tokio::test]
+async fn new_apis_truncated_streams_are_missing_in_agentwatch() {
+    let fx = Fixture::new("breadth-trunc", GzipMode::Never).await;
+    let cases = [
+        (
+            "/v1/responses",
+            r#"{"model":"gpt-4o","input":"x","stream":true}"#,
+        ),
+        ("/v1/responses", r#"{"model":"gpt-4o","input":"x"}"#),
+        (
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            "{}",
+        ),
+        (
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            "{}",
+        ),
+        ("/v1beta/models/gemini-2.5-flash:generateContent", "{}"),
+        ("/api/chat", r#"{"model":"llama3.2"}"#),
+        ("/api/generate", r#"{"model":"llama3.2","stream":false}"#),
+        (
+            "/v1/completions",
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"model":"text-embedding-3-small","input":"x"}"#,
+        ),
+    ];
+    for (i, (path, body)) in cases.iter().enumerate() {
+        let req = post_close(path, "x-mock-truncate: 1\r\n", body);
+        let raw = raw_exchange(&fx, &req).await;
+        let rec = fx.log(i + 1).await.pop().unwrap();
+        assert!(rec.truncated && !rec.usage_sent, "{path}");
+        let call = {
+            use agentwatch::capture::{CaptureEvent, CaptureLimits, CaptureStats, Connection};
+            let mut conn = Connection::new(CaptureLimits::default());
+            let (mut stats, mut out) = (CaptureStats::default(), Vec::new());
+            conn.on_write(&req, 1, &mut stats, &mut out);
+            conn.on_read(&raw, 2, &mut stats, &mut out);
+            conn.close(3, &mut stats, &mut out);
+            out.into_iter()
+                .find_map(|e| match e {
+                    CaptureEvent::Call(c) => Some(c),
+                    CaptureEvent::Request(_) => None,
+                })
+                .expect("the call is recorded")
+        };
+        assert!(!call.complete, "{path}");
+        assert_eq!(
+            call.usage_source,
+            agentwatch::accounting::UsageSource::Missing,
+            "{path}: {}",
+            body_of(&raw)
+        );
+    }
+    fx.stop().await;
+}
+
+#[tokio::test]
+async fn zstd_auto_and_always() {
+    let dir = temp_dir("zstd");
+    let mut cfg = Config::new(&dir);
+    cfg.log = Some(dir.join("log.jsonl"));
+    cfg.zstd = GzipMode::Always;
+    let server = Server::start(cfg).await.unwrap();
+    let cc = tls::client_config(&server.ca_der, &[b"http/1.1"]).unwrap();
+    let fx = Fixture {
+        server,
+        dir,
+        connector: TlsConnector::from(cc),
+    };
+    for (path, body) in [
+        ("/v1/chat/completions", r#"{"model":"gpt-4o"}"#),
+        (
+            "/v1/responses",
+            r#"{"model":"gpt-4o","input":"x","stream":true}"#,
+        ),
+        ("/api/chat", r#"{"model":"llama3.2"}"#),
+    ] {
+        let req = post_close(path, "accept-encoding: gzip, zstd\r\n", body);
+        let raw = raw_exchange(&fx, &req).await;
+        assert!(
+            String::from_utf8_lossy(&raw).contains("content-encoding: zstd"),
+            "{path}"
+        );
+        let call = capture(&req, &raw);
+        assert!(call.complete, "{path}");
+        assert_eq!(
+            call.usage_source,
+            agentwatch::accounting::UsageSource::Reported
+        );
+    }
+    // Not accepted: gzip (auto, non-stream) or nothing.
+    let req = post_close(
+        "/v1/chat/completions",
+        "accept-encoding: gzip\r\n",
+        r#"{"model":"gpt-4o"}"#,
+    );
+    let raw = raw_exchange(&fx, &req).await;
+    assert!(String::from_utf8_lossy(&raw).contains("content-encoding: gzip"));
+    let log = fx.log(4).await;
+    assert_eq!(
+        log.iter().map(|r| r.zstd).collect::<Vec<_>>(),
+        [true, true, true, false]
+    );
+    fx.stop().await;
+}

@@ -22,6 +22,10 @@ pub struct Usage {
 pub enum Provider {
     OpenAi,
     Anthropic,
+    /// Gemini `usageMetadata`: thoughts outside candidates, no cache writes.
+    Gemini,
+    /// Ollama: prompt and eval counts only.
+    Ollama,
 }
 
 /// OpenAI Chat Completions native usage.
@@ -141,6 +145,18 @@ pub fn deterministic(provider: Provider, model: &str, seq: u64, body_len: usize)
             cache_write_tokens: (input / 8).max(1),
             reasoning_tokens: 0,
         },
+        Provider::Gemini => Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_tokens: cache_read,
+            cache_write_tokens: 0,
+            reasoning_tokens: output / 3,
+        },
+        Provider::Ollama => Usage {
+            input_tokens: input,
+            output_tokens: output,
+            ..Usage::default()
+        },
     }
 }
 
@@ -154,5 +170,15 @@ pub fn as_carried(provider: Provider, u: &Usage) -> Usage {
     match provider {
         Provider::OpenAi => OpenAiUsage::from_otel(u).to_otel(),
         Provider::Anthropic => AnthropicUsage::from_otel(u).to_otel(),
+        Provider::Gemini => Usage {
+            output_tokens: u.output_tokens.max(u.reasoning_tokens),
+            cache_write_tokens: 0,
+            ..*u
+        },
+        Provider::Ollama => Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            ..Usage::default()
+        },
     }
 }

@@ -1,0 +1,365 @@
+//! Privileged end-to-end tests of the API breadth: the OpenAI Responses API, Gemini
+//! generateContent (SSE and the default JSON-array stream), Ollama's native NDJSON API, legacy
+//! Completions and Embeddings, Azure deployment paths, and zstd-encoded responses — each
+//! through its official client (or curl), the real daemon and the mock. Every call row must
+//! carry exactly the usage the mock served, every ledger row the sums of its calls, and every
+//! truncated stream must be recorded with `usage_source = "missing"`.
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn calls_of(calls: &[Value], pid: u32) -> Vec<Value> {
+    calls
+        .iter()
+        .filter(|c| u(&c["pid"]) == pid as u64)
+        .cloned()
+        .collect()
+}
+
+fn ledger_of(ledger: &[Value], root_pid: u32) -> Vec<Value> {
+    ledger
+        .iter()
+        .filter(|r| u(&r["root_pid"]) == root_pid as u64)
+        .cloned()
+        .collect()
+}
+
+const TOKEN_FIELDS: [&str; 6] = [
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+];
+
+/// Waits for the `n` calls and the ledger row of a one-process session.
+fn rows_of(daemon: &Daemon, pid: u32, n: usize) -> (Vec<Value>, Value) {
+    daemon.wait_for(
+        &format!("{n} calls and a ledger row of pid {pid}"),
+        |c, l| calls_of(c, pid).len() >= n && !ledger_of(l, pid).is_empty(),
+    );
+    let calls = calls_of(&daemon.calls(), pid);
+    assert_eq!(calls.len(), n, "calls of pid {pid}: {calls:#?}");
+    let ledger = ledger_of(&daemon.ledger(), pid);
+    assert_eq!(ledger.len(), 1, "exactly one ledger row: {ledger:#?}");
+    (calls, ledger[0].clone())
+}
+
+/// The ledger row's totals are the sums of its calls.
+fn assert_ledger_sums(calls: &[Value], row: &Value) {
+    for field in TOKEN_FIELDS {
+        let sum: u64 = calls.iter().map(|c| u(&c[field])).sum();
+        assert_eq!(u(&row[field]), sum, "ledger {field}: {row}");
+    }
+    let priced: Vec<f64> = calls
+        .iter()
+        .filter_map(|c| c["cost_usd"].as_f64())
+        .collect();
+    let cost: f64 = priced.iter().sum();
+    assert!(
+        approx(row["total_cost_usd"].as_f64().unwrap_or(0.0), cost),
+        "{row}"
+    );
+    assert_eq!(u(&row["call_count"]), calls.len() as u64);
+    assert_eq!(row["outcome"], "completed");
+}
+
+/// `n` complete calls of one process, each carrying exactly what the mock served.
+fn check_exact(
+    daemon: &Daemon,
+    mock: &Mock,
+    pid: u32,
+    tag: &str,
+    n: usize,
+    expect: &Value,
+) -> Vec<Value> {
+    let (calls, row) = rows_of(daemon, pid, n);
+    let served = mock.served_with_tag(tag);
+    assert_eq!(served.len(), n, "mock served for tag {tag}: {served:#?}");
+    for (call, served) in calls.iter().zip(&served) {
+        assert_eq!(served["usage_sent"], true, "{served}");
+        assert_usage_matches(call, served);
+        assert_eq!(call["usage_source"], "reported", "{call}");
+        assert_eq!(call["complete"], true, "{call}");
+        assert_eq!(u(&call["status"]), 200);
+        assert_eq!(call["session_id"], row["session_id"]);
+        assert_eq!(
+            u(&call["total_tokens"]),
+            u(&call["input_tokens"]) + u(&call["output_tokens"])
+        );
+        assert_eq!(call["model"], served["model"], "{call}");
+        for (key, want) in expect.as_object().unwrap() {
+            assert_eq!(&call[key], want, "{key} of {call}");
+        }
+    }
+    assert_ledger_sums(&calls, &row);
+    calls
+}
+
+/// One call of a stream (or body) the mock cut short: recorded, incomplete, usage missing
+/// (zero tokens, never passed off as reported), and its session closed with it.
+fn check_truncated(daemon: &Daemon, mock: &Mock, pid: u32, tag: &str, expect: &Value) {
+    let (calls, row) = rows_of(daemon, pid, 1);
+    let served = mock.served_with_tag(tag);
+    assert_eq!(served.len(), 1, "{served:#?}");
+    assert_eq!(served[0]["truncated"], true, "{}", served[0]);
+    assert_eq!(served[0]["usage_sent"], false);
+    let call = &calls[0];
+    assert_eq!(call["usage_source"], "missing", "{call}");
+    assert_eq!(call["complete"], false, "{call}");
+    for field in TOKEN_FIELDS {
+        assert_eq!(u(&call[field]), 0, "{field} of {call}");
+    }
+    for (key, want) in expect.as_object().unwrap() {
+        assert_eq!(&call[key], want, "{key} of {call}");
+    }
+    assert_ledger_sums(&calls, &row);
+}
+
+/// Runs a driver with `--tag tag` and the given arguments; returns its pid.
+fn run_py(mock: &Mock, script: &str, tag: &str, args: &[&str]) -> u32 {
+    let mut all = vec!["--tag", tag];
+    all.extend_from_slice(args);
+    run_client(py_client(script, mock, &all)).0
+}
+
+/// A truncated call: the mock cuts the response, the client must fail.
+fn run_py_truncated(mock: &Mock, script: &str, tag: &str, args: &[&str]) -> u32 {
+    let mut all = vec!["--header", "x-mock-truncate=1", "--expect-error"];
+    all.extend_from_slice(args);
+    run_py(mock, script, tag, &all)
+}
+
+fn per_mtok(tokens: &Value) -> f64 {
+    u(tokens) as f64 / 1e6
+}
+
+#[test]
+fn responses_api_exact_usage_stream_and_not_and_truncated() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    for (tag, stream) in [("resp-plain", false), ("resp-stream", true)] {
+        let mut args = vec!["--model", "gpt-5-mini", "--calls", "2"];
+        if stream {
+            args.push("--stream");
+        }
+        let pid = run_py(&mock, "openai_responses.py", tag, &args);
+        let expect = json!({"provider": "openai", "api": "responses", "streaming": stream});
+        let calls = check_exact(&daemon, &mock, pid, tag, 2, &expect);
+        for call in &calls {
+            assert!(u(&call["cache_read_tokens"]) > 0 && u(&call["reasoning_tokens"]) > 0);
+            // gpt-5-mini: 0.25 in, 0.025 cache read, 2.00 out per Mtok.
+            let want = (per_mtok(&call["input_tokens"]) - per_mtok(&call["cache_read_tokens"]))
+                * 0.25
+                + per_mtok(&call["cache_read_tokens"]) * 0.025
+                + per_mtok(&call["output_tokens"]) * 2.00;
+            assert!(approx(call["cost_usd"].as_f64().unwrap(), want), "{call}");
+        }
+    }
+    let tag = "resp-truncated";
+    let pid = run_py_truncated(&mock, "openai_responses.py", tag, &["--stream"]);
+    check_truncated(
+        &daemon,
+        &mock,
+        pid,
+        tag,
+        &json!({"api": "responses", "streaming": true}),
+    );
+}
+
+#[test]
+fn gemini_generate_content_sdk_sse_json_array_and_truncated() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    for (tag, mode) in [
+        ("gemini-plain", None),
+        ("gemini-sse", Some("--stream")),
+        ("gemini-array", Some("--json-array")),
+    ] {
+        let mut args = vec!["--model", "gemini-2.5-flash", "--calls", "2"];
+        args.extend(mode);
+        let pid = run_py(&mock, "gemini_generate.py", tag, &args);
+        // The host is the mock's address: the provider falls back to the API family.
+        let expect = json!({
+            "provider": "gemini", "api": "generate_content", "model": "gemini-2.5-flash",
+            "streaming": mode.is_some(),
+        });
+        let calls = check_exact(&daemon, &mock, pid, tag, 2, &expect);
+        for call in &calls {
+            // Thoughts are outside candidates: output includes them.
+            assert!(u(&call["reasoning_tokens"]) > 0);
+            assert!(u(&call["output_tokens"]) > u(&call["reasoning_tokens"]));
+            // gemini-2.5-flash: 0.30 in, 0.075 cache read, 2.50 out per Mtok.
+            let want = (per_mtok(&call["input_tokens"]) - per_mtok(&call["cache_read_tokens"]))
+                * 0.30
+                + per_mtok(&call["cache_read_tokens"]) * 0.075
+                + per_mtok(&call["output_tokens"]) * 2.50;
+            assert!(approx(call["cost_usd"].as_f64().unwrap(), want), "{call}");
+        }
+    }
+    for (tag, mode) in [
+        ("gemini-sse-cut", "--stream"),
+        ("gemini-array-cut", "--json-array"),
+    ] {
+        let pid = run_py_truncated(&mock, "gemini_generate.py", tag, &[mode]);
+        let expect =
+            json!({"api": "generate_content", "model": "gemini-2.5-flash", "streaming": true});
+        check_truncated(&daemon, &mock, pid, tag, &expect);
+    }
+}
+
+#[test]
+fn ollama_native_chat_and_generate_ndjson_and_truncated() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    for (tag, api, stream) in [
+        ("ollama-chat", "chat", false),
+        ("ollama-chat-stream", "chat", true),
+        ("ollama-gen", "generate", false),
+        ("ollama-gen-stream", "generate", true),
+    ] {
+        let mut args = vec!["--api", api, "--model", "llama3.2", "--calls", "2"];
+        if stream {
+            args.push("--stream");
+        }
+        let pid = run_py(&mock, "ollama_api.py", tag, &args);
+        let expect = json!({
+            "provider": "ollama", "api": format!("ollama.{api}"), "model": "llama3.2",
+            "streaming": stream,
+        });
+        let calls = check_exact(&daemon, &mock, pid, tag, 2, &expect);
+        for call in &calls {
+            assert!(u(&call["input_tokens"]) > 0 && u(&call["output_tokens"]) > 0);
+            // A local model has no price: tokens count, cost is null.
+            assert!(call["cost_usd"].is_null(), "{call}");
+        }
+    }
+    let tag = "ollama-cut";
+    let pid = run_py_truncated(&mock, "ollama_api.py", tag, &["--stream"]);
+    check_truncated(
+        &daemon,
+        &mock,
+        pid,
+        tag,
+        &json!({"api": "ollama.chat", "streaming": true}),
+    );
+}
+
+#[test]
+fn legacy_completions_and_embeddings_and_truncated() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    for (tag, api, stream) in [
+        ("legacy-comp", "completions", false),
+        ("legacy-comp-stream", "completions", true),
+        ("legacy-emb", "embeddings", false),
+    ] {
+        let mut args = vec!["--api", api, "--calls", "2"];
+        if stream {
+            args.push("--stream");
+        }
+        let pid = run_py(&mock, "openai_legacy.py", tag, &args);
+        let expect = json!({"provider": "openai", "api": api, "streaming": stream});
+        let calls = check_exact(&daemon, &mock, pid, tag, 2, &expect);
+        for call in &calls {
+            let input = per_mtok(&call["input_tokens"]);
+            let want = if api == "embeddings" {
+                assert_eq!(u(&call["output_tokens"]), 0, "{call}");
+                input * 0.02 // text-embedding-3-small
+            } else {
+                input * 1.50 + per_mtok(&call["output_tokens"]) * 2.00 // gpt-3.5-turbo-instruct
+            };
+            assert!(approx(call["cost_usd"].as_f64().unwrap(), want), "{call}");
+        }
+    }
+    for (tag, args) in [
+        ("legacy-comp-cut", &["--api", "completions", "--stream"][..]),
+        ("legacy-emb-cut", &["--api", "embeddings"][..]),
+    ] {
+        let pid = run_py_truncated(&mock, "openai_legacy.py", tag, args);
+        check_truncated(&daemon, &mock, pid, tag, &json!({"api": args[1]}));
+    }
+}
+
+/// curl against the mock with a `Host` header, so the daemon sees the vendor's host name.
+fn curl(mock: &Mock, path: &str, host: &str, headers: &[&str], body: &str) -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "--http1.1", "-o", "/dev/null", "--cacert"])
+        .arg(&mock.ca)
+        .args(["-H", "content-type: application/json", "-H"])
+        .arg(format!("Host: {host}"));
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.args(["-d", body])
+        .arg(format!("{}{path}", mock.base_url()));
+    cmd
+}
+
+#[test]
+fn azure_deployment_path_without_model_and_provider_by_host() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    let tag = "azure";
+    // Azure bodies may leave `model` out: the deployment names it.
+    let body = r#"{"messages":[{"role":"user","content":"hi"}]}"#;
+    let (pid, _) = run_client(curl(
+        &mock,
+        "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21",
+        "my-resource.openai.azure.com",
+        &["api-key: mock", &format!("x-test-tag: {tag}")],
+        body,
+    ));
+    let expect = json!({
+        "provider": "azure_openai", "api": "chat.completions", "model": "gpt-4o-mini",
+        "streaming": false, "server_address": "my-resource.openai.azure.com",
+    });
+    let calls = check_exact(&daemon, &mock, pid, tag, 1, &expect);
+    assert!(approx(
+        calls[0]["cost_usd"].as_f64().unwrap(),
+        gpt_4o_mini_cost(&calls[0])
+    ));
+    // An OpenAI-compatible gateway host is named too (same parser).
+    let tag = "groq";
+    let body = r#"{"model":"llama-3.3-70b-versatile","messages":[{"role":"user","content":"hi"}]}"#;
+    let (pid, _) = run_client(curl(
+        &mock,
+        "/v1/chat/completions",
+        "api.groq.com",
+        &[&format!("x-test-tag: {tag}")],
+        body,
+    ));
+    let expect = json!({"provider": "groq", "api": "chat.completions"});
+    check_exact(&daemon, &mock, pid, tag, 1, &expect);
+}
+
+#[test]
+fn zstd_encoded_responses_json_and_stream() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&["--zstd", "always"]);
+    for (tag, stream) in [("zstd-plain", false), ("zstd-stream", true)] {
+        let body = if stream {
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#
+        } else {
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#
+        };
+        let (pid, _) = run_client(curl(
+            &mock,
+            "/v1/chat/completions",
+            &format!("127.0.0.1:{}", mock.port),
+            &["Accept-Encoding: zstd", &format!("x-test-tag: {tag}")],
+            body,
+        ));
+        assert_eq!(
+            mock.served_with_tag(tag)[0]["zstd"],
+            true,
+            "the mock used zstd"
+        );
+        let expect = json!({"provider": "openai", "model": "gpt-4o-mini", "streaming": stream});
+        check_exact(&daemon, &mock, pid, tag, 1, &expect);
+    }
+}
