@@ -330,10 +330,14 @@ mod bpf {
                 if state == GATE_ARMED {
                     let _ = GATE.insert(&tgid, &GATE_HELD, 0);
                 }
-                emit_hold(pid_tgid, state, ssl, buf, num);
+                // The stop is generated before the record can be read: a SIGCONT sent after
+                // the decision then either cancels the pending stop or continues the stopped
+                // process. (Emitting first let a fast decision's SIGCONT precede the SIGSTOP
+                // and leave the process stopped for good.)
                 unsafe {
                     generated::bpf_send_signal(SIGSTOP);
                 }
+                emit_hold(pid_tgid, state, ssl, buf, num);
             }
         }
     }

@@ -282,6 +282,11 @@ fn pause_then_approve_then_kill() {
             .contains("session_tokens"),
         "{session}"
     );
+    let text = String::from_utf8(daemon.cli(&["sessions"]).stdout).unwrap();
+    assert!(
+        text.contains("paused") && text.contains("session_tokens reached"),
+        "{text}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         mock.served_with_tag("pause").len(),

@@ -75,13 +75,13 @@ pub fn render(req: &Request, answer: &Value) -> String {
         Request::Sessions => {
             let _ = writeln!(
                 out,
-                "{:<34} {:>8} {:>6} {:>5} {:>6} {:>10} {:>12}  ROOT",
-                "SESSION", "ROOT_PID", "AGENTS", "DEPTH", "CALLS", "TOKENS", "COST"
+                "{:<34} {:>8} {:>6} {:>5} {:>6} {:>10} {:>12} {:<10} ROOT",
+                "SESSION", "ROOT_PID", "AGENTS", "DEPTH", "CALLS", "TOKENS", "COST", "STATUS"
             );
             for s in answer["sessions"].as_array().into_iter().flatten() {
                 let _ = writeln!(
                     out,
-                    "{:<34} {:>8} {:>6} {:>5} {:>6} {:>10} {:>12}  {}",
+                    "{:<34} {:>8} {:>6} {:>5} {:>6} {:>10} {:>12} {:<10} {}",
                     s["session_id"].as_str().unwrap_or("?"),
                     num(&s["root_pid"]),
                     num(&s["agents"]),
@@ -89,8 +89,19 @@ pub fn render(req: &Request, answer: &Value) -> String {
                     num(&s["calls"]),
                     num(&s["total_tokens"]),
                     usd(&s["cost_usd"]),
+                    match s["outcome"].as_str() {
+                        Some("completed") | None => "running",
+                        Some(other) => other,
+                    },
                     s["root_cmdline"].as_str().unwrap_or("")
                 );
+                if let Some(reason) = s["reason"].as_str() {
+                    let _ = writeln!(
+                        out,
+                        "    ({reason}; {} ceiling hits)",
+                        num(&s["ceiling_hits"])
+                    );
+                }
             }
         }
         Request::Approve { .. } | Request::Kill { .. } | Request::Reload => {

@@ -31,6 +31,11 @@ impl Gate {
         let _ = self.gate.remove(&tgid);
     }
 
+    /// Every (tgid, state) in the gate.
+    pub fn entries(&self) -> Vec<(u32, u32)> {
+        self.gate.iter().filter_map(Result::ok).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.gate.keys().count()
     }

@@ -121,6 +121,8 @@ pub struct PolicyStats {
     pub processes_paused: u64,
     pub connections_cut: u64,
     pub state_save_errors: u64,
+    /// Gated processes found stopped though granted (continued by the watchdog).
+    pub stuck_continued: u64,
     pub host_usd_last_24h: f64,
 }
 

@@ -306,6 +306,31 @@ impl Pipeline {
         self.policy.as_mut().expect("policy").save();
     }
 
+    /// Watchdog (every tick): a gated process that is stopped while its gate says it may
+    /// run was stopped by nothing we decided; continue it and count it.
+    pub(super) fn continue_stuck(&mut self) {
+        let Some(gate) = self.gate.as_ref() else {
+            return;
+        };
+        let stuck: Vec<u32> = gate
+            .entries()
+            .into_iter()
+            .filter(|(_, state)| *state == GATE_GRANTED || *state == GATE_ARMED)
+            .map(|(tgid, _)| tgid)
+            .filter(|tgid| enforce::is_stopped(*tgid))
+            .collect();
+        for tgid in stuck {
+            tracing::warn!(
+                pid = tgid,
+                "a gated process was stopped though granted; continuing it"
+            );
+            cont(tgid);
+            if let Some(p) = self.policy.as_mut() {
+                p.stats.stuck_continued += 1;
+            }
+        }
+    }
+
     /// `agentwatch approve SESSION [--raise-usd X] [--raise-tokens N] [--raise-calls N]`.
     pub fn approve(
         &mut self,

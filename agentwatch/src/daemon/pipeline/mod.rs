@@ -279,6 +279,7 @@ impl Pipeline {
     /// Periodic upkeep: processes that vanished without an exit event we saw (ring buffer
     /// loss) are found by the tree's liveness check and closed like exits.
     pub fn tick(&mut self, now_ns: u64) {
+        self.continue_stuck();
         let removed = self.tree.take_removed();
         self.close_sessions(&removed, now_ns);
         for row in self.sessions.reap_orphans(&self.tree, now_ns) {
