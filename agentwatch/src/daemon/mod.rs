@@ -177,7 +177,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     };
     let _ = BLOCK_STATUS.set(block);
     let mut policy = policy;
-    policy.seed_host_window(&config.data_dir.join("calls.jsonl"), &WallClock::from_system());
+    policy.seed_host_window(
+        &config.data_dir.join("calls.jsonl"),
+        &WallClock::from_system(),
+    );
     let _ = CONFIG_PATH.set(config_path);
     let mut pipeline = Pipeline::new(
         tree,
