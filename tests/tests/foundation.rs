@@ -45,6 +45,14 @@ fn check_single_agent_session(
     assert_eq!(ledger.len(), 1, "exactly one ledger row: {ledger:#?}");
     let row = ledger[0].clone();
 
+    // Pair rows with served calls by usage, not file order: each mock call's usage differs,
+    // and a row's position in calls.jsonl is when its exchange ended. Every token field is
+    // still compared exactly below.
+    let by_usage = |v: &Value| (u(&v["input_tokens"]), u(&v["output_tokens"]));
+    let mut calls = calls;
+    calls.sort_by_key(|c| by_usage(c));
+    let mut served = served;
+    served.sort_by_key(|s| by_usage(&s["usage"]));
     for (call, served) in calls.iter().zip(&served) {
         assert_usage_matches(call, served);
         assert_eq!(call["session_id"], row["session_id"]);

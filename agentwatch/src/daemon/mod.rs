@@ -122,7 +122,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     if let Ok(meta) = std::fs::metadata("/") {
         discovery.roots_seen.insert((meta.dev(), meta.ino()));
     }
-    for (path, via) in libraries::system_tls_libraries(Path::new("/")) {
+    for (path, via) in libraries::system_tls_libraries(Path::new("/"))
+        .into_iter()
+        .chain(libraries::runtime_executables())
+    {
         discovery.probes.attach_tls_library(&path, &via);
     }
     for extra in &config.probes.extra_libraries {

@@ -98,6 +98,28 @@ pub fn system_tls_libraries(root: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
+/// Runtimes that carry their own OpenSSL and export its symbols (node). Attaching them at
+/// start means a runtime started later is covered from its first call: attaching on exec
+/// races with the runtime's first request (a ~100 MB binary takes a moment to attach).
+pub fn runtime_executables() -> Vec<(String, PathBuf)> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    for d in ["/usr/bin", "/usr/local/bin", "/bin"] {
+        dirs.push(PathBuf::from(d));
+    }
+    let mut out = Vec::new();
+    for dir in dirs {
+        for name in ["node", "nodejs"] {
+            let path = dir.join(name);
+            if path.is_file() {
+                out.push((path.display().to_string(), path));
+            }
+        }
+    }
+    out
+}
+
 /// Every pid in /proc.
 pub fn all_pids() -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
