@@ -11,22 +11,6 @@ use std::process::Command;
 use common::*;
 use serde_json::{Value, json};
 
-fn calls_of(calls: &[Value], pid: u32) -> Vec<Value> {
-    calls
-        .iter()
-        .filter(|c| u(&c["pid"]) == pid as u64)
-        .cloned()
-        .collect()
-}
-
-fn ledger_of(ledger: &[Value], root_pid: u32) -> Vec<Value> {
-    ledger
-        .iter()
-        .filter(|r| u(&r["root_pid"]) == root_pid as u64)
-        .cloned()
-        .collect()
-}
-
 const TOKEN_FIELDS: [&str; 6] = [
     "input_tokens",
     "output_tokens",

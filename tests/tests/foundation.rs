@@ -8,22 +8,6 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-fn calls_of(calls: &[Value], pid: u32) -> Vec<Value> {
-    calls
-        .iter()
-        .filter(|c| u(&c["pid"]) == pid as u64)
-        .cloned()
-        .collect()
-}
-
-fn ledger_of(ledger: &[Value], root_pid: u32) -> Vec<Value> {
-    ledger
-        .iter()
-        .filter(|r| u(&r["root_pid"]) == root_pid as u64)
-        .cloned()
-        .collect()
-}
-
 /// The rows of a one-process session: `n` calls and one ledger row, matching the mock.
 fn check_single_agent_session(
     daemon: &Daemon,

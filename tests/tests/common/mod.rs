@@ -374,3 +374,21 @@ pub fn gpt_4o_mini_cost(call: &Value) -> f64 {
 pub fn approx(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-12_f64.max(b.abs() * 1e-9)
 }
+
+/// The call rows of one process.
+pub fn calls_of(calls: &[Value], pid: u32) -> Vec<Value> {
+    calls
+        .iter()
+        .filter(|c| u(&c["pid"]) == pid as u64)
+        .cloned()
+        .collect()
+}
+
+/// The ledger rows of sessions rooted at one process.
+pub fn ledger_of(ledger: &[Value], root_pid: u32) -> Vec<Value> {
+    ledger
+        .iter()
+        .filter(|r| u(&r["root_pid"]) == root_pid as u64)
+        .cloned()
+        .collect()
+}
