@@ -1,4 +1,6 @@
 //! The user-space handle on the in-kernel gate (`GATE` and the host flag in `CONFIG`).
+// aya's errors are large; the gate maps are taken once, at start-up.
+#![allow(clippy::result_large_err)]
 use std::net::{IpAddr, SocketAddr};
 
 use agentwatch_ebpf::{self as abi, Dest4, Dest6};

@@ -79,16 +79,24 @@ pub struct Probes {
     seen_files: HashSet<(u64, u64)>,
 }
 
-fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProbeError> {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or_else(|| ProbeError::MissingProgram { name: name.into() })?;
-    program
+/// The object's program `name` as its concrete type (tracepoint, uprobe, cgroup program).
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| ProbeError::MissingProgram { name: name.into() })?
         .try_into()
-        .map_err(|source| ProbeError::ProgramLoad {
-            name: name.into(),
-            source,
-        })
+        .map_err(load_error(name))
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProbeError> {
+    program(ebpf, name)
+}
+
+fn load_error(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError {
+    let name = name.to_string();
+    move |source| ProbeError::ProgramLoad { name, source }
 }
 
 impl Probes {
@@ -137,18 +145,8 @@ impl Probes {
             ("sched", "sched_process_exec"),
             ("sched", "sched_process_exit"),
         ] {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| ProbeError::MissingProgram { name: name.into() })?
-                .try_into()
-                .map_err(|source| ProbeError::ProgramLoad {
-                    name: name.into(),
-                    source,
-                })?;
-            program.load().map_err(|source| ProbeError::ProgramLoad {
-                name: name.into(),
-                source,
-            })?;
+            let program: &mut TracePoint = program(&mut ebpf, name)?;
+            program.load().map_err(load_error(name))?;
             program
                 .attach(category, name)
                 .map_err(|source| ProbeError::TracepointAttach {
@@ -167,12 +165,7 @@ impl Probes {
             "ssl_write_exit",
             "ssl_read_exit",
         ] {
-            uprobe(&mut ebpf, name)?
-                .load()
-                .map_err(|source| ProbeError::ProgramLoad {
-                    name: name.into(),
-                    source,
-                })?;
+            uprobe(&mut ebpf, name)?.load().map_err(load_error(name))?;
         }
         Ok((
             Probes {
@@ -263,26 +256,12 @@ impl Probes {
             detail: format!("{}: {e}", root.display()),
         })?;
         for name in ["block_connect4", "block_connect6"] {
-            let program: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| ProbeError::MissingProgram { name: name.into() })?
-                .try_into()
-                .map_err(|source| ProbeError::ProgramLoad {
-                    name: name.into(),
-                    source,
-                })?;
-            program.load().map_err(|source| ProbeError::ProgramLoad {
-                name: name.into(),
-                source,
-            })?;
+            let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            program.load().map_err(load_error(name))?;
             program
                 // A bpf link is always multi-attach; the kernel rejects attach flags on it.
                 .attach(&dir, CgroupAttachMode::Single)
-                .map_err(|source| ProbeError::ProgramLoad {
-                    name: name.into(),
-                    source,
-                })?;
+                .map_err(load_error(name))?;
         }
         Ok(root)
     }
