@@ -151,7 +151,8 @@ fn setup_toolchain() -> Result<()> {
     Ok(())
 }
 
-/// The Python venv with the official SDKs and the node packages the integration tests drive.
+/// The Python venv with the official SDKs and the node packages the integration tests drive,
+/// and the programs they start (ClickHouse, kubectl).
 fn setup_test_deps() -> Result<()> {
     let root = root();
     let clients = root.join("tests/clients");
@@ -183,6 +184,40 @@ fn setup_test_deps() -> Result<()> {
         }
     }
     setup_clickhouse()?;
+    setup_kubectl()?;
+    Ok(())
+}
+
+/// kubectl (its built-in kustomize) for the deploy tests, which render deploy/kubernetes. One on
+/// PATH is used as it is; else Debian's kubernetes-client (1.20, kustomize v2.0.3, which the
+/// manifests are written for as well as for v5).
+fn setup_kubectl() -> Result<()> {
+    let works = || {
+        Command::new("kubectl")
+            .args(["version", "--client"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works() {
+        return Ok(());
+    }
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "kubernetes-client"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+    };
+    if !install().is_ok_and(|s| s.success()) {
+        run(Command::new("apt-get").arg("update"))?;
+        if !install().is_ok_and(|s| s.success()) {
+            bail!(
+                "installing kubectl failed: run `apt-get install -y kubernetes-client` (Debian package) and retry"
+            );
+        }
+    }
+    if !works() {
+        bail!("kubernetes-client is installed but `kubectl version --client` fails");
+    }
     Ok(())
 }
 
