@@ -34,6 +34,9 @@ pub struct Config {
     pub sinks: crate::sinks::SinksConfig,
     /// `[metrics]`: the loopback Prometheus endpoint (off by default).
     pub metrics: crate::sinks::MetricsConfig,
+    /// `[kubernetes]`: where pod names and labels come from (none by default; container ids
+    /// and pod UIDs come from cgroup paths regardless).
+    pub kubernetes: crate::workloads::KubernetesConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,6 +68,7 @@ impl Default for Config {
             session_roots: Vec::new(),
             sinks: crate::sinks::SinksConfig::default(),
             metrics: crate::sinks::MetricsConfig::default(),
+            kubernetes: Default::default(),
         }
     }
 }

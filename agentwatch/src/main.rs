@@ -35,6 +35,18 @@ enum Command {
         socket: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Exit 0 as soon as the daemon answers (a liveness probe), whatever its probes' state.
+        #[arg(long)]
+        ping: bool,
+    },
+    /// What the daemon needs from its host (capabilities, host PID namespace, paths) and
+    /// whether this process has it; exits 0 only when everything is present.
+    CheckPrivileges {
+        /// The config whose data directory and socket are checked.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
     /// Live sessions: id, root, agents, depth, calls, tokens, cost.
     Sessions {
@@ -121,7 +133,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(agentwatch::daemon::run(cfg, config))?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Status { socket, json } => (Request::Status, socket, json),
+        Command::Status {
+            socket,
+            json: _,
+            ping: true,
+        } => {
+            control::request(&socket, &Request::Status)?;
+            println!("agentwatch is running");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Status { socket, json, .. } => (Request::Status, socket, json),
+        Command::CheckPrivileges { config, json } => {
+            let cfg = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            let report = agentwatch::privileges::check(&cfg);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            return Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
         Command::Sessions { socket, json } => (Request::Sessions, socket, json),
         Command::Tree {
             session,

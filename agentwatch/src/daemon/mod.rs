@@ -1,7 +1,7 @@
 //! Wiring: probes → pipeline → sinks, the control socket, discovery and shutdown.
 pub mod pipeline;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,6 +20,7 @@ use crate::procs::ProcTree;
 use crate::sessions::clock::boot_now_ns;
 use crate::sessions::{Sessions, SessionsConfig, WallClock};
 use crate::sinks::Sink;
+use crate::workloads::PodIndex;
 use pipeline::Pipeline;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,31 +54,84 @@ pub enum DaemonError {
 struct Discovery {
     probes: Probes,
     roots_seen: HashSet<(u64, u64)>,
+    /// (root, directory) pairs of `LD_LIBRARY_PATH` already searched.
+    dirs_seen: HashSet<((u64, u64), String)>,
+}
+
+/// What a rescan saw: files mapped by live processes, and a live process per root.
+#[derive(Default)]
+struct Seen {
+    mapped: HashSet<(u64, u64)>,
+    roots: HashMap<(u64, u64), u32>,
 }
 
 impl Discovery {
     /// Libraries in the process's maps, its executable, and (for a process in another
-    /// mount namespace) the standard library directories of its root.
-    fn process(&mut self, pid: u32) {
-        for (path, via) in libraries::mapped_tls_libraries(pid) {
+    /// mount namespace, or with an `LD_LIBRARY_PATH`) the library directories of its root.
+    fn process(&mut self, pid: u32, seen: Option<&mut Seen>) {
+        let maps = libraries::mappings(pid);
+        for (path, via) in libraries::mapped_tls_libraries(pid, &maps) {
             self.probes.attach_tls_library(&path, &via);
         }
         if let Some((exe, via)) = libraries::executable(pid) {
             self.probes.attach_tls_library(&exe, &via);
         }
         let root = format!("/proc/{pid}/root");
-        if let Ok(meta) = std::fs::metadata(&root)
-            && self.roots_seen.insert((meta.dev(), meta.ino()))
-        {
+        let Ok(meta) = std::fs::metadata(&root) else {
+            return;
+        };
+        let root_id = (meta.dev(), meta.ino());
+        if let Some(seen) = seen {
+            seen.mapped.extend(maps.iter().map(|m| m.identity));
+            seen.roots.entry(root_id).or_insert(pid);
+        }
+        if self.roots_seen.insert(root_id) {
             for (path, via) in libraries::system_tls_libraries(Path::new(&root)) {
                 self.probes.attach_tls_library(&path, &via);
+            }
+        }
+        // Once per (root, directory): a container's own OpenSSL outside the usual places.
+        for dir in libraries::ld_library_path(pid) {
+            if self.dirs_seen.insert((root_id, dir.clone())) {
+                for (path, via) in libraries::tls_libraries_in(Path::new(&root), &dir) {
+                    self.probes.attach_tls_library(&path, &via);
+                }
             }
         }
     }
 
     fn rescan(&mut self) {
+        let mut seen = Seen::default();
         for pid in libraries::all_pids() {
-            self.process(pid);
+            self.process(pid, Some(&mut seen));
+        }
+        self.detach_unreachable(&seen);
+    }
+
+    /// A container's library stays attached while a live process maps it or shares its
+    /// root; after that it is detached, and its root may be searched again if it returns.
+    fn detach_unreachable(&mut self, seen: &Seen) {
+        let mut gone = Vec::new();
+        for lib in &mut self.probes.libraries {
+            let Some(root) = lib.root else { continue };
+            if seen.mapped.contains(&lib.identity) {
+                continue;
+            }
+            if let Some(pid) = seen.roots.get(&root) {
+                let via = libraries::via_root(*pid, &lib.path);
+                if std::fs::metadata(&via).is_ok_and(|m| (m.dev(), m.ino()) == lib.identity) {
+                    lib.attached_via = via.display().to_string();
+                    continue;
+                }
+            }
+            gone.push((lib.identity, root));
+        }
+        for (identity, root) in gone {
+            self.probes.detach_library(identity);
+            if !seen.roots.contains_key(&root) {
+                self.roots_seen.remove(&root);
+                self.dirs_seen.retain(|(r, _)| *r != root);
+            }
         }
     }
 }
@@ -117,6 +171,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let mut discovery = Discovery {
         probes,
         roots_seen: HashSet::new(),
+        dirs_seen: HashSet::new(),
     };
     // Our own root first: it covers processes that load libssl after we start.
     if let Ok(meta) = std::fs::metadata("/") {
@@ -162,11 +217,18 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         sink.write_ledger(&row)?;
     }
     let pricing = Pricing::builtin()?.with_overrides(config.pricing.clone())?;
+    let pods = Arc::new(PodIndex::new(config.kubernetes.clone()));
+    if pods.configured() {
+        // First list before the first call, so early calls carry pod names.
+        pods.refresh().await;
+        pods.spawn_refresher();
+    }
     let policy = Policy::new(
         config.ceilings.clone(),
         &config.session_roots,
         &config.data_dir,
-    )?;
+    )?
+    .with_pods(pods.clone());
     let block = if !policy.enabled() {
         "not attached (no ceilings configured)".to_string()
     } else {
@@ -193,7 +255,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         config.capture,
         config.limits.max_connections,
     )
-    .with_policy(policy, gate);
+    .with_policy(policy, gate)
+    .with_pods(pods.clone());
     // Continue or release what a previous daemon held, per `on_restart`.
     pipeline.restore_policy(boot_now_ns());
     let pipeline = Arc::new(Mutex::new(pipeline));
@@ -205,14 +268,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         let discovery = discovery.clone();
         let data_dir = config.data_dir.clone();
         let exports = exports.clone();
+        let pods = pods.clone();
         tokio::spawn(control::serve(listener, move |req| {
-            answer(req, &pipeline, &discovery, &data_dir, started, &exports)
+            answer(
+                req, &pipeline, &discovery, &data_dir, started, &exports, &pods,
+            )
         }));
     }
     if let Some(metrics) = exports.metrics.clone() {
         // The daemon's own counters (drops, queue and spool depths) as metrics.
         let (pipeline, discovery) = (pipeline.clone(), discovery.clone());
-        let (data_dir, exports) = (config.data_dir.clone(), exports.clone());
+        let (data_dir, exports, pods) = (config.data_dir.clone(), exports.clone(), pods.clone());
         metrics.set_daemon_source(move || {
             answer(
                 Request::Status,
@@ -221,6 +287,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                 &data_dir,
                 started,
                 &exports,
+                &pods,
             )
         });
     }
@@ -272,7 +339,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                 if !execs.is_empty() {
                     let mut d = discovery.lock().expect("discovery lock");
                     for tgid in execs.drain(..) {
-                        d.process(tgid);
+                        d.process(tgid, None);
                     }
                 }
             }
@@ -309,16 +376,18 @@ fn answer(
     data_dir: &Path,
     started: Instant,
     exports: &crate::sinks::ExportHandle,
+    pods: &PodIndex,
 ) -> serde_json::Value {
     match req {
         Request::Status => {
-            let (tracepoints, libraries, failures, drops) = {
+            let (tracepoints, libraries, failures, drops, detached) = {
                 let d = discovery.lock().expect("discovery lock");
                 (
                     d.probes.tracepoints.clone(),
                     d.probes.libraries.clone(),
                     d.probes.failures.clone(),
                     d.probes.drop_counters(),
+                    d.probes.detached,
                 )
             };
             let p = pipeline.lock().expect("pipeline lock");
@@ -332,6 +401,7 @@ fn answer(
                 "data_dir": data_dir,
                 "tracepoints": tracepoints,
                 "tls_libraries": libraries,
+                "tls_libraries_detached": detached,
                 "attach_failures": failures,
                 "processes": {"live": p.tree.live_count(), "exited_kept": p.tree.exited_kept_count(), "dropped_over_cap": p.tree.dropped_over_cap()},
                 "live_sessions": p.sessions.live_sessions().len(),
@@ -345,6 +415,7 @@ fn answer(
                     "gate_errors": p.gate.as_ref().map(|g| g.errors),
                 },
                 "sinks": exports.status_json(),
+                "kubernetes": pods.status(),
             })
         }
         Request::Approve {

@@ -120,6 +120,9 @@ pub struct SessionRootRule {
     pub match_comm: Option<String>,
     pub match_cmdline: Option<String>,
     pub match_cgroup: Option<String>,
+    /// `key=value` (or just `key`): a label of the process's pod, from `[kubernetes]` pod
+    /// metadata. Never matches when pod metadata is not configured or not available.
+    pub match_pod_label: Option<String>,
     pub session_usd: Option<f64>,
     pub session_tokens: Option<u64>,
     pub session_calls: Option<u64>,

@@ -31,6 +31,7 @@ pub mod gate;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,7 @@ pub use config::{Action, CeilingsConfig, Limits, OnRestart, SessionRootRule};
 use crate::procs::{ProcInfo, ProcKey};
 use crate::sessions::Outcome;
 use crate::sessions::ceilings::SessionTotals;
+use crate::workloads::PodIndex;
 
 const MINUTE_NS: u64 = 60_000_000_000;
 const DAY_NS: u64 = 24 * 3600 * 1_000_000_000;
@@ -136,6 +138,8 @@ struct CompiledRule {
     comm: Option<Regex>,
     cmdline: Option<Regex>,
     cgroup: Option<Regex>,
+    /// (key, value): value None means "has the label".
+    pod_label: Option<(String, Option<String>)>,
     limits: Limits,
 }
 
@@ -147,6 +151,8 @@ pub struct Policy {
     host_sum: f64,
     pub stats: PolicyStats,
     state_path: PathBuf,
+    /// Pod labels for `match_pod_label`.
+    pods: Arc<PodIndex>,
 }
 
 fn compile(rules: &[SessionRootRule]) -> Result<Vec<CompiledRule>, PolicyError> {
@@ -172,6 +178,10 @@ fn compile(rules: &[SessionRootRule]) -> Result<Vec<CompiledRule>, PolicyError> 
                 comm: re(i, "match_comm", &r.match_comm)?,
                 cmdline: re(i, "match_cmdline", &r.match_cmdline)?,
                 cgroup: re(i, "match_cgroup", &r.match_cgroup)?,
+                pod_label: r.match_pod_label.as_ref().map(|l| match l.split_once('=') {
+                    Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
+                    None => (l.trim().to_string(), None),
+                }),
                 limits: r.limits(),
             })
         })
@@ -183,7 +193,7 @@ fn read_cgroup(tgid: u32) -> String {
 }
 
 impl CompiledRule {
-    fn matches(&self, info: &ProcInfo) -> bool {
+    fn matches(&self, info: &ProcInfo, pods: &PodIndex) -> bool {
         if let Some(exe) = &self.exe {
             let path = info.exe.as_deref().unwrap_or_default();
             let ok = if exe.contains('/') {
@@ -210,7 +220,22 @@ impl CompiledRule {
         {
             return false;
         }
-        self.exe.is_some() || self.comm.is_some() || self.cmdline.is_some() || self.cgroup.is_some()
+        if let Some((key, value)) = &self.pod_label {
+            let labels = crate::workloads::cgroup::read(info.key.tgid)
+                .and_then(|path| crate::workloads::pod_labels(&path, pods));
+            let ok = labels
+                .as_ref()
+                .and_then(|l| l.get(key))
+                .is_some_and(|v| value.as_ref().is_none_or(|want| want == v));
+            if !ok {
+                return false;
+            }
+        }
+        self.exe.is_some()
+            || self.comm.is_some()
+            || self.cmdline.is_some()
+            || self.cgroup.is_some()
+            || self.pod_label.is_some()
     }
 }
 
@@ -234,6 +259,7 @@ impl Policy {
             host_sum: 0.0,
             stats: PolicyStats::default(),
             state_path,
+            pods: Arc::new(PodIndex::default()),
         })
     }
 
@@ -254,6 +280,12 @@ impl Policy {
         Ok(())
     }
 
+    /// Pod metadata for `match_pod_label`.
+    pub fn with_pods(mut self, pods: Arc<PodIndex>) -> Self {
+        self.pods = pods;
+        self
+    }
+
     /// Any ceiling configured at all (otherwise nothing is gated: zero cost).
     pub fn enabled(&self) -> bool {
         self.ceilings.session().any()
@@ -269,7 +301,7 @@ impl Policy {
     pub fn root_rule(&self, info: &ProcInfo) -> Option<Limits> {
         self.rules
             .iter()
-            .find(|r| r.matches(info))
+            .find(|r| r.matches(info, &self.pods))
             .map(|r| self.ceilings.session().overlaid(&r.limits))
     }
 

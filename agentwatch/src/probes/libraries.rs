@@ -2,6 +2,7 @@
 //! processes in other mount namespaces (containers) are covered; the loader attaches once
 //! per file identity (device, inode).
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSymbol};
@@ -54,19 +55,117 @@ pub fn via_root(pid: u32, path: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root")).join(path.trim_start_matches('/'))
 }
 
-/// libssl files mapped by process `pid`: (path inside the process, path to attach through).
-pub fn mapped_tls_libraries(pid: u32) -> Vec<(String, PathBuf)> {
+/// One file-backed mapping of a process (a line of /proc/PID/maps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    /// `start-end` (the name of its /proc/PID/map_files entry).
+    pub range: String,
+    /// (st_dev, inode) of the mapped file.
+    pub identity: (u64, u64),
+    pub path: String,
+}
+
+/// Parses one maps line: `start-end perms offset major:minor inode path`.
+pub fn parse_maps_line(line: &str) -> Option<Mapping> {
+    let mut cols = line.split_whitespace();
+    let range = cols.next()?;
+    let (_perms, _offset, dev, inode) = (cols.next()?, cols.next()?, cols.next()?, cols.next()?);
+    let path = cols.next()?;
+    if !path.starts_with('/') {
+        return None;
+    }
+    let inode: u64 = inode.parse().ok()?;
+    let (major, minor) = dev.split_once(':')?;
+    let major = u32::from_str_radix(major, 16).ok()?;
+    let minor = u32::from_str_radix(minor, 16).ok()?;
+    (inode != 0).then(|| Mapping {
+        range: range.to_string(),
+        identity: (libc::makedev(major, minor), inode),
+        path: path.to_string(),
+    })
+}
+
+/// Every file mapped by process `pid`, once per file.
+pub fn mappings(pid: u32) -> Vec<Mapping> {
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
         return Vec::new();
     };
-    let mut out: Vec<(String, PathBuf)> = Vec::new();
-    for line in maps.lines() {
-        let Some(path) = line.split_whitespace().nth(5) else {
+    let mut out: Vec<Mapping> = Vec::new();
+    for m in maps.lines().filter_map(parse_maps_line) {
+        if !out.iter().any(|o| o.identity == m.identity) {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// The libssl files among `maps` of process `pid`: (path inside the process, path to attach
+/// through). The path goes through /proc/PID/root; when that no longer names the mapped file
+/// (deleted, replaced, or hidden by a mount), through /proc/PID/map_files.
+pub fn mapped_tls_libraries(pid: u32, maps: &[Mapping]) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for m in maps {
+        let name = m.path.rsplit('/').next().unwrap_or(&m.path);
+        if !is_libssl(name) {
             continue;
+        }
+        let via = via_root(pid, &m.path);
+        let same = std::fs::metadata(&via).is_ok_and(|meta| (meta.dev(), meta.ino()) == m.identity);
+        let via = if same {
+            via
+        } else {
+            PathBuf::from(format!("/proc/{pid}/map_files/{}", m.range))
         };
-        let name = path.rsplit('/').next().unwrap_or(path);
-        if path.starts_with('/') && is_libssl(name) && !out.iter().any(|(p, _)| p == path) {
-            out.push((path.to_string(), via_root(pid, path)));
+        out.push((m.path.trim_end_matches(" (deleted)").to_string(), via));
+    }
+    out
+}
+
+/// Directories of the process's `LD_LIBRARY_PATH` (containers often carry their own OpenSSL
+/// outside the standard directories), from /proc/PID/environ as it was at exec.
+pub fn ld_library_path(pid: u32) -> Vec<String> {
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return Vec::new();
+    };
+    environ
+        .split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(b"LD_LIBRARY_PATH="))
+        .map(|v| {
+            String::from_utf8_lossy(v)
+                .split(':')
+                .filter(|d| d.starts_with('/'))
+                .take(16)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The root directory `via` goes through (`/proc/PID/root/…` or `/proc/PID/map_files/…`),
+/// when that is not the daemon's own root: the file belongs to another mount namespace.
+pub fn foreign_root(via: &Path) -> Option<(u64, u64)> {
+    let rest = via.to_str()?.strip_prefix("/proc/")?;
+    let pid = rest.split('/').next()?;
+    let theirs = std::fs::metadata(format!("/proc/{pid}/root")).ok()?;
+    let ours = std::fs::metadata("/").ok()?;
+    let id = |m: &std::fs::Metadata| (m.dev(), m.ino());
+    (id(&theirs) != id(&ours)).then(|| id(&theirs))
+}
+
+/// libssl files in directory `dir` (as the process sees it) under `root`.
+pub fn tls_libraries_in(root: &Path, dir: &str) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root.join(dir.trim_start_matches('/'))) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if is_libssl(name) {
+            out.push((
+                format!("{}/{name}", dir.trim_end_matches('/')),
+                entry.path(),
+            ));
         }
     }
     out
@@ -82,20 +181,10 @@ pub fn executable(pid: u32) -> Option<(String, PathBuf)> {
 
 /// libssl files in the standard library directories under `root` ("/" or /proc/PID/root).
 pub fn system_tls_libraries(root: &Path) -> Vec<(String, PathBuf)> {
-    let mut out = Vec::new();
-    for dir in LIBRARY_DIRS {
-        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if is_libssl(name) {
-                out.push((format!("/{dir}/{name}"), entry.path()));
-            }
-        }
-    }
-    out
+    LIBRARY_DIRS
+        .iter()
+        .flat_map(|dir| tls_libraries_in(root, &format!("/{dir}")))
+        .collect()
 }
 
 /// Runtimes that carry their own OpenSSL and export its symbols (node). Attaching them at
@@ -134,6 +223,27 @@ pub fn all_pids() -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maps_lines() {
+        let m = parse_maps_line(
+            "7f1c2a000000-7f1c2a0a0000 r--p 00000000 fd:01 1234567 /opt/tls/lib/libssl.so.3",
+        )
+        .unwrap();
+        assert_eq!(m.range, "7f1c2a000000-7f1c2a0a0000");
+        assert_eq!(m.identity, (libc::makedev(0xfd, 1), 1234567));
+        assert_eq!(m.path, "/opt/tls/lib/libssl.so.3");
+        assert!(parse_maps_line("7f-80 rw-p 00000000 00:00 0 [heap]").is_none());
+        assert!(parse_maps_line("garbage").is_none());
+        // Our own maps: the identity of a mapped file equals its stat.
+        let own = mappings(std::process::id());
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let meta = std::fs::metadata(&exe).unwrap();
+        assert!(
+            own.iter().any(|m| m.identity == (meta.dev(), meta.ino())),
+            "{own:?}"
+        );
+    }
 
     #[test]
     fn finds_the_system_libssl_exports() {

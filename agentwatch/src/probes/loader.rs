@@ -1,11 +1,11 @@
 //! Loading the eBPF object and attaching its programs.
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use agentwatch_ebpf as abi;
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use aya::programs::{TracePoint, UProbe, uprobe::UProbeScope};
+use aya::programs::{TracePoint, UProbe, uprobe::UProbeLinkId, uprobe::UProbeScope};
 use aya::{Ebpf, EbpfLoader};
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +45,12 @@ pub struct AttachedLibrary {
     pub attached_via: String,
     pub symbols: Vec<String>,
     pub missing: Vec<String>,
+    /// (device, inode) of the file.
+    #[serde(skip)]
+    pub identity: (u64, u64),
+    /// The root directory (mount namespace) it was found through; None for the daemon's own.
+    #[serde(skip)]
+    pub root: Option<(u64, u64)>,
 }
 
 /// Drop counters of the kernel side, summed over CPUs.
@@ -77,6 +83,10 @@ pub struct Probes {
     pub failures: BTreeMap<String, String>,
     /// (device, inode) of every file already handled, attached or not.
     seen_files: HashSet<(u64, u64)>,
+    /// The uprobe links of each attached file, to detach them when its container is gone.
+    links: HashMap<(u64, u64), Vec<(&'static str, UProbeLinkId)>>,
+    /// Files detached because no process could reach them any more.
+    pub detached: u64,
 }
 
 /// The object's program `name` as its concrete type (tracepoint, uprobe, cgroup program).
@@ -175,6 +185,8 @@ impl Probes {
                 libraries: Vec::new(),
                 failures: BTreeMap::new(),
                 seen_files: HashSet::new(),
+                links: HashMap::new(),
+                detached: 0,
             },
             ring,
         ))
@@ -186,7 +198,8 @@ impl Probes {
         let Ok(meta) = std::fs::metadata(via) else {
             return false;
         };
-        if !self.seen_files.insert((meta.dev(), meta.ino())) {
+        let identity = (meta.dev(), meta.ino());
+        if !self.seen_files.insert(identity) {
             return false;
         }
         let exported = super::libraries::exported_tls_symbols(via);
@@ -195,27 +208,22 @@ impl Probes {
         }
         let mut symbols = Vec::new();
         let mut missing = Vec::new();
+        let mut links = Vec::new();
         for (symbol, enter, exit) in TLS_SYMBOLS {
             if !exported.iter().any(|s| s == symbol) {
                 missing.push(symbol.to_string());
                 continue;
             }
             let result = (|| {
-                uprobe(&mut self.ebpf, enter)?
-                    .attach(symbol, via, UProbeScope::AllProcesses)
-                    .map_err(|source| ProbeError::UprobeAttach {
-                        symbol: symbol.into(),
-                        path: via.into(),
-                        source,
-                    })?;
-                if let Some(exit) = exit {
-                    uprobe(&mut self.ebpf, exit)?
+                for program in std::iter::once(enter).chain(exit) {
+                    let link = uprobe(&mut self.ebpf, program)?
                         .attach(symbol, via, UProbeScope::AllProcesses)
                         .map_err(|source| ProbeError::UprobeAttach {
                             symbol: symbol.into(),
                             path: via.into(),
                             source,
                         })?;
+                    links.push((program, link));
                 }
                 Ok::<(), ProbeError>(())
             })();
@@ -232,13 +240,38 @@ impl Probes {
             return false;
         }
         tracing::info!(library = path, via = %via.display(), ?symbols, "attached TLS uprobes");
+        self.links.insert(identity, links);
         self.libraries.push(AttachedLibrary {
             path: path.to_string(),
             attached_via: via.display().to_string(),
             symbols,
             missing,
+            identity,
+            root: super::libraries::foreign_root(via),
         });
         true
+    }
+
+    /// Detaches the uprobes of a file no process can reach any more (its container is gone),
+    /// so the kernel lets go of it; it is attached again if it comes back.
+    pub fn detach_library(&mut self, identity: (u64, u64)) {
+        for (program, link) in self.links.remove(&identity).unwrap_or_default() {
+            if let Ok(p) = uprobe(&mut self.ebpf, program)
+                && let Err(e) = p.detach(link)
+            {
+                tracing::warn!("failed to detach {program}: {e}");
+            }
+        }
+        if let Some(at) = self.libraries.iter().position(|l| l.identity == identity) {
+            let lib = self.libraries.remove(at);
+            tracing::info!(
+                library = lib.path,
+                via = lib.attached_via,
+                "detached TLS uprobes: no process can reach the file any more"
+            );
+            self.detached += 1;
+        }
+        self.seen_files.remove(&identity);
     }
 
     /// Takes the ceiling gate's maps out of the object (once).

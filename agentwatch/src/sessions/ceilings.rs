@@ -189,6 +189,8 @@ impl Sessions {
             root_exe: None,
             root_cmdline: None,
             blocked: true,
+            ns_pid: None,
+            workload: Default::default(),
         }
     }
 }

@@ -203,6 +203,13 @@ struct AgentStats {
     calls: u64,
 }
 
+/// Where a call came from, beyond its process key: read by the pipeline from /proc.
+#[derive(Debug, Clone, Default)]
+pub struct CallOrigin {
+    pub ns_pid: Option<u32>,
+    pub workload: crate::workloads::Workload,
+}
+
 #[derive(Debug, Clone)]
 struct Session {
     id: String,
@@ -226,6 +233,8 @@ struct Session {
     outcome: Outcome,
     /// Why the session was stopped or flagged, for `agentwatch sessions`.
     reason: Option<String>,
+    /// Container and pod labels, from the session's first call.
+    workload: crate::workloads::Workload,
 }
 
 impl Session {
@@ -246,6 +255,9 @@ impl Session {
         match rec.cost_usd {
             Some(c) => self.cost_usd += c,
             None => self.unpriced += 1,
+        }
+        if self.call_count == 0 {
+            self.workload = rec.workload.clone();
         }
         self.call_count += 1;
         self.depth_max = self.depth_max.max(rec.depth);
@@ -325,6 +337,7 @@ impl Session {
             root_start_ticks: self.root.start_ticks,
             root_comm: self.root_comm.clone(),
             boot_id: boot_id.to_string(),
+            workload: self.workload.clone(),
         }
     }
 
@@ -460,6 +473,7 @@ impl Sessions {
                     ceiling_hits: 0,
                     outcome: Outcome::Completed,
                     reason: None,
+                    workload: Default::default(),
                 };
                 self.sessions.insert(id.clone(), session);
                 self.by_root.insert(key, id.clone());
@@ -481,6 +495,18 @@ impl Sessions {
         key: ProcKey,
         call: &LlmCall,
         cost_usd: Option<f64>,
+    ) -> CallRecord {
+        self.on_call_from(tree, key, call, cost_usd, CallOrigin::default())
+    }
+
+    /// [`Sessions::on_call`] with the caller's namespace pid and container labels.
+    pub fn on_call_from(
+        &mut self,
+        tree: &ProcTree,
+        key: ProcKey,
+        call: &LlmCall,
+        cost_usd: Option<f64>,
+        origin: CallOrigin,
     ) -> CallRecord {
         let aref = self.on_llm_request(tree, key, &call.request);
         let clock = self.cfg.clock;
@@ -543,6 +569,8 @@ impl Sessions {
             },
             root_cmdline: first.then(|| session.root_cmdline.clone()),
             blocked: false,
+            ns_pid: origin.ns_pid,
+            workload: origin.workload,
         };
         session.apply(&rec);
         rec
@@ -638,6 +666,7 @@ impl Sessions {
                 ceiling_hits: 0,
                 outcome: Outcome::Completed,
                 reason: None,
+                workload: Default::default(),
             };
             for rec in &calls {
                 session.apply(rec);

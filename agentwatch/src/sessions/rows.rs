@@ -63,6 +63,12 @@ pub struct CallRecord {
     /// A call attempt stopped by a ceiling before its first byte left: no tokens, not a call.
     #[serde(default)]
     pub blocked: bool,
+    /// The caller's pid in its own PID namespace (a container's), when that differs from `pid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
+    /// The caller's container and pod (absent on the host).
+    #[serde(flatten)]
+    pub workload: crate::workloads::Workload,
 }
 
 /// How a session ended.
@@ -113,6 +119,9 @@ pub struct LedgerRow {
     pub root_comm: String,
     /// `/proc/sys/kernel/random/boot_id` of the boot the session ran in.
     pub boot_id: String,
+    /// The container and pod of the session (those of its first call; absent on the host).
+    #[serde(flatten)]
+    pub workload: crate::workloads::Workload,
 }
 
 /// A session reached a ceiling (written by the policy stage; a span event in OTLP).

@@ -60,6 +60,12 @@ pub const CALL_COLUMNS: &[(&str, &str)] = &[
     ("request_bytes", "UInt64"),
     ("response_bytes", "UInt64"),
     ("blocked", "UInt8"),
+    ("ns_pid", "Nullable(UInt32)"),
+    ("container_id", "Nullable(String)"),
+    ("container_runtime", "Nullable(String)"),
+    ("pod_uid", "Nullable(String)"),
+    ("pod_name", "Nullable(String)"),
+    ("pod_namespace", "Nullable(String)"),
 ];
 
 pub const SESSION_COLUMNS: &[(&str, &str)] = &[
@@ -88,6 +94,11 @@ pub const SESSION_COLUMNS: &[(&str, &str)] = &[
     ("root_start_ticks", "UInt64"),
     ("root_comm", "String"),
     ("boot_id", "String"),
+    ("container_id", "Nullable(String)"),
+    ("container_runtime", "Nullable(String)"),
+    ("pod_uid", "Nullable(String)"),
+    ("pod_name", "Nullable(String)"),
+    ("pod_namespace", "Nullable(String)"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
@@ -127,6 +138,12 @@ pub struct CallRow {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub blocked: u8,
+    pub ns_pid: Option<u32>,
+    pub container_id: Option<String>,
+    pub container_runtime: Option<String>,
+    pub pod_uid: Option<String>,
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
@@ -156,6 +173,11 @@ pub struct SessionRow {
     pub root_start_ticks: u64,
     pub root_comm: String,
     pub boot_id: String,
+    pub container_id: Option<String>,
+    pub container_runtime: Option<String>,
+    pub pod_uid: Option<String>,
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
 }
 
 fn json_str<T: Serialize>(v: &T) -> String {
@@ -207,6 +229,12 @@ impl From<&CallRecord> for CallRow {
             request_bytes: c.request_bytes,
             response_bytes: c.response_bytes,
             blocked: u8::from(super::spans::is_blocked(c)),
+            ns_pid: c.ns_pid,
+            container_id: c.workload.container_id.clone(),
+            container_runtime: c.workload.container_runtime.clone(),
+            pod_uid: c.workload.pod_uid.clone(),
+            pod_name: c.workload.pod_name.clone(),
+            pod_namespace: c.workload.pod_namespace.clone(),
         }
     }
 }
@@ -239,6 +267,11 @@ impl From<&LedgerRow> for SessionRow {
             root_start_ticks: l.root_start_ticks,
             root_comm: l.root_comm.clone(),
             boot_id: l.boot_id.clone(),
+            container_id: l.workload.container_id.clone(),
+            container_runtime: l.workload.container_runtime.clone(),
+            pod_uid: l.workload.pod_uid.clone(),
+            pod_name: l.workload.pod_name.clone(),
+            pod_namespace: l.workload.pod_namespace.clone(),
         }
     }
 }

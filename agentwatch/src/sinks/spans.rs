@@ -184,6 +184,21 @@ fn kv(key: &str, v: any_value::Value) -> KeyValue {
 
 /// A call attempt stopped by a ceiling before its first byte left (the `blocked` field of
 /// `calls.jsonl`; read by name, so rows written before the field existed read as false).
+/// OpenTelemetry's k8s and container resource attributes, as span attributes (one resource
+/// holds every pod's spans of a host).
+pub fn workload_attrs(w: &crate::workloads::Workload) -> Vec<KeyValue> {
+    [
+        ("container.id", &w.container_id),
+        ("container.runtime", &w.container_runtime),
+        ("k8s.pod.uid", &w.pod_uid),
+        ("k8s.pod.name", &w.pod_name),
+        ("k8s.namespace.name", &w.pod_namespace),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| kv_str(k, v.clone())))
+    .collect()
+}
+
 pub fn is_blocked(c: &CallRecord) -> bool {
     serde_json::to_value(c)
         .ok()
@@ -250,6 +265,7 @@ pub fn call_span(c: &CallRecord) -> Span {
             attrs.push(kv_int("agent.parent_pid", i64::from(p)));
         }
     }
+    attrs.extend(workload_attrs(&c.workload));
     let blocked = is_blocked(c);
     if blocked {
         attrs.push(kv_bool("agentwatch.blocked", true));
@@ -367,6 +383,7 @@ pub fn session_spans(s: &SessionClose) -> Vec<Span> {
     if let Some(exe) = &l.root_exe {
         root_attrs.push(kv_str("process.executable.path", exe.clone()));
     }
+    root_attrs.extend(workload_attrs(&l.workload));
     let mut spans = vec![Span {
         trace_id: trace.clone(),
         span_id: root_id.clone(),

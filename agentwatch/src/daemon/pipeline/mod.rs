@@ -6,6 +6,7 @@
 mod ceilings;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use agentwatch_ebpf::{DIR_WRITE, TLS_FLAG_LOSS_BEFORE, TlsDataHeader};
 use serde::Serialize;
@@ -16,8 +17,9 @@ use crate::policy::Policy;
 use crate::policy::gate::Gate;
 use crate::probes::KernelEvent;
 use crate::procs::{ProcKey, ProcTree};
-use crate::sessions::Sessions;
+use crate::sessions::{CallOrigin, Sessions};
 use crate::sinks::Sink;
+use crate::workloads::{PodIndex, Workload, cgroup};
 
 /// Counters of the pipeline itself (the capture layer has its own).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -63,6 +65,8 @@ pub struct Pipeline {
     /// Ceilings (None when the daemon runs without its kernel gate, e.g. in unit tests).
     pub policy: Option<Policy>,
     pub gate: Option<Gate>,
+    /// Pod names for the container labels of calls.
+    pods: Arc<PodIndex>,
 }
 
 impl Pipeline {
@@ -88,6 +92,7 @@ impl Pipeline {
             scratch: Vec::new(),
             policy: None,
             gate: None,
+            pods: Arc::new(PodIndex::default()),
         }
     }
 
@@ -216,12 +221,34 @@ impl Pipeline {
                         .as_deref()
                         .or(call.response_model.as_deref());
                     let cost = model.and_then(|m| self.pricing.cost_usd(m, &call.usage));
-                    let record = self.sessions.on_call(&self.tree, key, &call, cost);
+                    let origin = self.origin(key);
+                    let record = self
+                        .sessions
+                        .on_call_from(&self.tree, key, &call, cost, origin);
                     self.write_call_row(&record);
                     self.after_call(&record, call.ended_at_ns);
                 }
             }
         }
+    }
+
+    /// The caller's namespace pid and container labels, read now (a process keeps its
+    /// container; a vanished one gets none).
+    fn origin(&self, key: ProcKey) -> CallOrigin {
+        if !self.tree.is_live(key) {
+            return CallOrigin::default();
+        }
+        let path = cgroup::read(key.tgid);
+        CallOrigin {
+            ns_pid: cgroup::read_ns_pid(key.tgid),
+            workload: Workload::resolve(path.as_deref(), &self.pods),
+        }
+    }
+
+    /// Pod metadata for container labels (none: labels from cgroup paths only).
+    pub fn with_pods(mut self, pods: Arc<PodIndex>) -> Self {
+        self.pods = pods;
+        self
     }
 
     fn write_call_row(&mut self, record: &crate::sessions::CallRecord) {
