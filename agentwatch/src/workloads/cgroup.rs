@@ -64,7 +64,8 @@ pub fn parse_path(path: &str) -> CgroupIdentity {
     let mut in_kubepods = false;
     let mut parent: Option<&str> = None;
     for component in path.split('/').filter(|c| !c.is_empty()) {
-        if component.starts_with("kubepods") {
+        // `..`: a path seen from inside a private cgroup namespace (a pod's), relative to it.
+        if component.starts_with("kubepods") || component == ".." {
             in_kubepods = true;
         }
         if in_kubepods && let Some(uid) = pod_uid(component) {
@@ -84,22 +85,24 @@ pub fn parse_path(path: &str) -> CgroupIdentity {
     id
 }
 
-/// The cgroup path of a `/proc/PID/cgroup` text: the v2 (`0::`) line, else the first v1
-/// line that names a container.
+/// The cgroup path of a `/proc/PID/cgroup` text: the first line (v2 `0::` first) whose
+/// path names a container or pod, else the v2 path. On hybrid hosts containers may be
+/// placed in the v1 hierarchies only, with `0::/` in the unified one.
 pub fn path_of(proc_cgroup: &str) -> Option<&str> {
-    let paths = proc_cgroup
+    let mut paths: Vec<(bool, &str)> = proc_cgroup
         .lines()
-        .filter_map(|l| l.splitn(3, ':').nth(2).map(|p| (l.starts_with("0::"), p)));
-    let mut fallback = None;
-    for (v2, p) in paths {
-        if v2 {
-            return Some(p);
-        }
-        if fallback.is_none() && parse_path(p).container_id.is_some() {
-            fallback = Some(p);
-        }
-    }
-    fallback
+        .filter_map(|l| l.splitn(3, ':').nth(2).map(|p| (l.starts_with("0::"), p)))
+        .collect();
+    paths.sort_by_key(|(v2, _)| !v2);
+    let names_workload = |p: &str| {
+        let id = parse_path(p);
+        id.container_id.is_some() || id.pod_uid.is_some()
+    };
+    paths
+        .iter()
+        .find(|(_, p)| names_workload(p))
+        .or_else(|| paths.iter().find(|(v2, _)| *v2))
+        .map(|(_, p)| *p)
 }
 
 /// The cgroup path of process `tgid` (None when it is gone).
@@ -182,6 +185,16 @@ mod tests {
         let v1 = format!("12:cpu:/x\n1:name=systemd:/docker/{ID}\n");
         assert_eq!(path_of(&v1), Some(format!("/docker/{ID}").as_str()));
         assert_eq!(path_of("garbage"), None);
+        // Hybrid host: the container is in the v1 hierarchies, the unified one says `/`.
+        let hybrid = format!("4:memory:/kubepods/pod{UID}/{ID}\n0::/\n");
+        assert_eq!(
+            parse_path(path_of(&hybrid).unwrap()).pod_uid.as_deref(),
+            Some(UID)
+        );
+        assert_eq!(path_of("1:cpu:/\n0::/user.slice\n"), Some("/user.slice"));
+        // Seen from a pod's own cgroup namespace.
+        let relative = parse_path(&format!("/../../pod{UID}/{ID}"));
+        assert_eq!(relative.pod_uid.as_deref(), Some(UID));
         assert_eq!(ns_pid("Name:\tx\nNSpid:\t4242\t7\n"), Some(7));
         assert_eq!(ns_pid("NSpid:\t4242\n"), None);
         assert_eq!(ns_pid("NSpid:\tx\n"), None);

@@ -67,6 +67,9 @@ pub struct Pipeline {
     pub gate: Option<Gate>,
     /// Pod names for the container labels of calls.
     pods: Arc<PodIndex>,
+    /// Labels of processes with an LLM request, read while they were alive (a call may
+    /// complete as its process exits).
+    origins: HashMap<ProcKey, CallOrigin>,
 }
 
 impl Pipeline {
@@ -93,6 +96,7 @@ impl Pipeline {
             policy: None,
             gate: None,
             pods: Arc::new(PodIndex::default()),
+            origins: HashMap::new(),
         }
     }
 
@@ -210,6 +214,10 @@ impl Pipeline {
             match event {
                 CaptureEvent::Request(req) => {
                     self.stats.llm_requests += 1;
+                    if !self.origins.contains_key(&key) {
+                        let origin = self.origin(key);
+                        self.origins.insert(key, origin);
+                    }
                     let aref = self.sessions.on_llm_request(&self.tree, key, &req);
                     self.after_request(&aref.session_id, req.started_at_ns);
                 }
@@ -221,7 +229,10 @@ impl Pipeline {
                         .as_deref()
                         .or(call.response_model.as_deref());
                     let cost = model.and_then(|m| self.pricing.cost_usd(m, &call.usage));
-                    let origin = self.origin(key);
+                    let origin = match self.origins.get(&key) {
+                        Some(o) => o.clone(),
+                        None => self.origin(key),
+                    };
                     let record = self
                         .sessions
                         .on_call_from(&self.tree, key, &call, cost, origin);
@@ -297,6 +308,9 @@ impl Pipeline {
     fn close_sessions(&mut self, removed: &[ProcKey], ts_ns: u64) {
         if removed.is_empty() {
             return;
+        }
+        for key in removed {
+            self.origins.remove(key);
         }
         for row in self.sessions.on_removed(removed, ts_ns) {
             self.write_ledger(&row);
