@@ -16,7 +16,8 @@ pub struct Config {
     /// The control socket used by the CLI (created 0600, root only).
     /// Default `/run/agentwatch/agentwatch.sock`.
     pub socket: PathBuf,
-    /// Host name written in ledger rows. Default: the machine's host name.
+    /// Host name written in rows. Default: `$AGENTWATCH_HOST_NAME` (a DaemonSet sets it to
+    /// the node's name: a pod's own host name is the pod's), else the machine's host name.
     pub host_name: Option<String>,
     /// Kernel probes.
     pub probes: ProbesConfig,
@@ -100,11 +101,18 @@ impl Config {
     }
 
     pub fn host_name(&self) -> String {
-        self.host_name.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into())
-        })
+        self.host_name
+            .clone()
+            .or_else(|| {
+                std::env::var("AGENTWATCH_HOST_NAME")
+                    .ok()
+                    .filter(|h| !h.is_empty())
+            })
+            .unwrap_or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "unknown".into())
+            })
     }
 }
 

@@ -385,3 +385,42 @@ prometheus = true
     );
     assert!(toml::from_str::<crate::config::Config>("[sinks.clickhouse]\nurll = \"x\"\n").is_err());
 }
+
+#[test]
+fn sinks_spans_carry_container_and_pod_labels() {
+    let (calls, row) = tree_session();
+    let mut c = calls[0].clone();
+    assert!(
+        attr(&call_span(&c), "k8s.pod.name").is_none(),
+        "none on the host"
+    );
+    c.workload = crate::workloads::Workload {
+        container_id: Some("c0".into()),
+        container_runtime: Some("containerd".into()),
+        pod_uid: Some("u1".into()),
+        pod_name: Some("summarizer-0".into()),
+        pod_namespace: Some("team-a".into()),
+    };
+    let s = call_span(&c);
+    let text = |k| match attr(&s, k) {
+        Some(Av::StringValue(v)) => v.clone(),
+        other => panic!("{k}: {other:?}"),
+    };
+    assert_eq!(text("k8s.pod.name"), "summarizer-0");
+    assert_eq!(text("k8s.namespace.name"), "team-a");
+    assert_eq!(text("k8s.pod.uid"), "u1");
+    assert_eq!(text("container.id"), "c0");
+    // The session's root span carries the ledger row's labels.
+    let mut row = row;
+    row.workload = c.workload.clone();
+    let close = super::spans::SessionClose {
+        ledger: row,
+        agents: Vec::new(),
+        ceiling_hits: Vec::new(),
+        dropped: 0,
+    };
+    let spans = session_spans(&close);
+    assert!(
+        matches!(attr(&spans[0], "k8s.pod.name"), Some(Av::StringValue(v)) if v == "summarizer-0")
+    );
+}
