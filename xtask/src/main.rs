@@ -185,6 +185,33 @@ fn setup_test_deps() -> Result<()> {
     }
     setup_clickhouse()?;
     setup_kubectl()?;
+    // A real GnuTLS client for the GnuTLS probes.
+    setup_apt_tool("gnutls-cli", "gnutls-bin")?;
+    Ok(())
+}
+
+/// Installs Debian package `package` when `tool` is not on PATH (idempotent).
+fn setup_apt_tool(tool: &str, package: &str) -> Result<()> {
+    let present = || Command::new(tool).arg("--version").output().is_ok();
+    if present() {
+        return Ok(());
+    }
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        run(Command::new("apt-get").arg("update"))?;
+        if !install() {
+            bail!("installing {package} failed: run `apt-get install -y {package}` and retry");
+        }
+    }
+    if !present() {
+        bail!("`{tool}` is still missing after installing {package}");
+    }
     Ok(())
 }
 
