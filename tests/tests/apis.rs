@@ -347,3 +347,83 @@ fn zstd_encoded_responses_json_and_stream() {
         check_exact(&daemon, &mock, pid, tag, 1, &expect);
     }
 }
+
+/// `gnutls-cli` (GnuTLS's own client) sends one raw HTTP/1.1 request from stdin and prints
+/// the response: the GnuTLS probes (`gnutls_record_send` / `gnutls_record_recv`).
+fn gnutls_cli(mock: &Mock, tag: &str, body: &str) -> (u32, std::process::Output) {
+    use std::io::Write;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nx-test-tag: {tag}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        mock.port,
+        body.len()
+    );
+    let mut child = Command::new("gnutls-cli")
+        .arg("--x509cafile")
+        .arg(&mock.ca)
+        .args(["-p", &mock.port.to_string(), "127.0.0.1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gnutls-cli (Debian gnutls-bin; `cargo xtask test` installs it)");
+    let pid = child.id();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.as_bytes())
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "gnutls-cli hung");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "gnutls-cli: {out:?}");
+    (pid, out)
+}
+
+#[test]
+fn gnutls_client_exact_usage_stream_and_not() {
+    let daemon = Daemon::start();
+    let status = daemon.cli_json(&["status"]);
+    let gnutls = status["tls_libraries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| {
+            l["path"]
+                .as_str()
+                .is_some_and(|p| p.contains("libgnutls.so"))
+        })
+        .unwrap_or_else(|| panic!("libgnutls attached at start: {}", status["tls_libraries"]))
+        .clone();
+    assert_eq!(
+        gnutls["symbols"],
+        json!([
+            "gnutls_record_send",
+            "gnutls_record_recv",
+            "gnutls_handshake"
+        ]),
+        "{gnutls}"
+    );
+    let mock = Mock::start(&[]);
+    for (tag, stream) in [("gnutls-plain", false), ("gnutls-stream", true)] {
+        let body = if stream {
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#
+        } else {
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#
+        };
+        let (pid, out) = gnutls_cli(&mock, tag, body);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("HTTP/1.1 200"),
+            "{out:?}"
+        );
+        let expect = json!({"provider": "openai", "model": "gpt-4o-mini", "streaming": stream, "comm": "gnutls-cli"});
+        let calls = check_exact(&daemon, &mock, pid, tag, 1, &expect);
+        assert!(approx(
+            calls[0]["cost_usd"].as_f64().unwrap(),
+            gpt_4o_mini_cost(&calls[0])
+        ));
+    }
+}

@@ -8,13 +8,17 @@ use std::path::{Path, PathBuf};
 use object::{Object, ObjectSymbol};
 
 /// The plain and `_ex` read/write calls of OpenSSL's API (also exported by node's static
-/// OpenSSL), and the handshake that marks a new connection on an SSL object.
-pub const TLS_SYMBOLS: [&str; 5] = [
+/// OpenSSL), GnuTLS's record send/receive, and the handshakes that mark a new connection on a
+/// (possibly reused) session object.
+pub const TLS_SYMBOLS: [&str; 8] = [
     "SSL_write",
     "SSL_write_ex",
     "SSL_read",
     "SSL_read_ex",
     "SSL_do_handshake",
+    "gnutls_record_send",
+    "gnutls_record_recv",
+    "gnutls_handshake",
 ];
 
 /// Library directories searched at start, so processes that load libssl later
@@ -46,8 +50,9 @@ pub fn exported_tls_symbols(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// OpenSSL's and GnuTLS's shared libraries.
 fn is_libssl(name: &str) -> bool {
-    name.starts_with("libssl.so")
+    name.starts_with("libssl.so") || name.starts_with("libgnutls.so")
 }
 
 /// `/proc/PID/root` joined with an absolute path seen inside that process.

@@ -64,14 +64,29 @@ pub struct DropCounters {
     pub read_failed_bytes: u64,
 }
 
-/// (symbol, entry program, return program): the data-moving calls of OpenSSL's API.
-const TLS_SYMBOLS: [(&str, &str, Option<&str>); 5] = [
+/// (symbol, entry program, return program): the data-moving calls of OpenSSL's and GnuTLS's
+/// APIs. `gnutls_record_send/recv(session, data, size)` return the byte count like
+/// `SSL_write/SSL_read(ssl, buf, num)`, so the same programs serve both.
+const TLS_SYMBOLS: [(&str, &str, Option<&str>); 8] = [
     ("SSL_write", "ssl_write_enter", Some("ssl_write_exit")),
     ("SSL_write_ex", "ssl_write_ex_enter", Some("ssl_write_exit")),
     ("SSL_read", "ssl_read_enter", Some("ssl_read_exit")),
     ("SSL_read_ex", "ssl_read_ex_enter", Some("ssl_read_exit")),
     // A new connection on a (possibly reused) SSL pointer; entry only.
     ("SSL_do_handshake", "ssl_handshake_enter", None),
+    // gnutls_record_send is a wrapper of gnutls_record_send2: probing both would see each
+    // write twice, so only the public wrapper is probed.
+    (
+        "gnutls_record_send",
+        "ssl_write_enter",
+        Some("ssl_write_exit"),
+    ),
+    (
+        "gnutls_record_recv",
+        "ssl_read_enter",
+        Some("ssl_read_exit"),
+    ),
+    ("gnutls_handshake", "ssl_handshake_enter", None),
 ];
 
 pub struct Probes {
@@ -203,13 +218,21 @@ impl Probes {
             return false;
         }
         let exported = super::libraries::exported_tls_symbols(via);
-        if !exported.iter().any(|s| s.starts_with("SSL_write")) {
+        if !exported
+            .iter()
+            .any(|s| s.starts_with("SSL_write") || s == "gnutls_record_send")
+        {
             return false;
         }
         let mut symbols = Vec::new();
         let mut missing = Vec::new();
         let mut links = Vec::new();
+        // A file is one library family; the other family's symbols are not "missing".
+        let gnutls = !exported.iter().any(|s| s.starts_with("SSL_"));
         for (symbol, enter, exit) in TLS_SYMBOLS {
+            if symbol.starts_with("gnutls_") != gnutls {
+                continue;
+            }
             if !exported.iter().any(|s| s == symbol) {
                 missing.push(symbol.to_string());
                 continue;
