@@ -98,6 +98,16 @@ pub struct ProcEvent {
     pub filename: [u8; FILENAME_LEN],
 }
 
+/// Connection ids of plain-HTTP sockets have this bit set, with the fd below it (SSL object
+/// addresses never have it: they are user-space pointers).
+pub const PLAIN_CONN: u64 = 1 << 63;
+
+/// Field offsets of the syscall tracepoints (`syscalls/sys_enter_*`: the arguments as 8-byte
+/// slots after `__syscall_nr`; `sys_exit_*`: `ret`). Fixed by the syscall trace event layout.
+pub const SYSCALL_ARG0_OFF: usize = 16;
+pub const SYSCALL_ARG1_OFF: usize = 24;
+pub const SYSCALL_RET_OFF: usize = 16;
+
 /// Header of a TLS plaintext chunk; `len` payload bytes follow it in the same record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

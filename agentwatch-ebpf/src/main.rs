@@ -62,6 +62,18 @@ mod bpf {
     #[map]
     static BLOCKED_DEST6: HashMap<Dest6, u32> = HashMap::with_max_entries(1024, 0);
 
+    /// Plain-HTTP capture: TCP ports of local model servers (host order → 1), set by user space.
+    #[map]
+    static PLAIN_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(64, 0);
+
+    /// Sockets connected to a watched port: `tgid << 32 | fd` → 1.
+    #[map]
+    static PLAIN_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+
+    /// Syscall arguments of a watched socket from enter to exit, per thread.
+    #[map]
+    static PLAIN_ARGS: HashMap<u64, SslArgs> = HashMap::with_max_entries(16384, 0);
+
     /// Staging area for one TLS record (too large for the BPF stack).
     #[map]
     static SCRATCH: PerCpuArray<TlsDataEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -253,6 +265,14 @@ mod bpf {
             return Ok(());
         }
         let ssl: u64 = ctx.arg(0).ok_or(1)?;
+        new_connection(pid_tgid, ssl);
+        Ok(())
+    }
+
+    /// A new connection on `ssl` (a handshake, or a connect on a reused fd): its state restarts.
+    #[inline(always)]
+    fn new_connection(pid_tgid: u64, ssl: u64) {
+        let tgid = (pid_tgid >> 32) as u32;
         for direction in [DIR_WRITE, DIR_READ] {
             let _ = LOSS.remove(&ConnKey {
                 tgid,
@@ -275,7 +295,103 @@ mod bpf {
         if EVENTS.output::<TlsDataHeader>(&header, 0).is_err() {
             count(DROP_RINGBUF_EVENTS, 1);
         }
+    }
+
+    // ---- plain HTTP to local model servers (syscall tracepoints) -------------------------
+
+    #[tracepoint]
+    pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+        let _ = try_connect(&ctx);
+        0
+    }
+
+    /// A TCP connect to a watched port marks the socket; everything else costs one read.
+    fn try_connect(ctx: &TracePointContext) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = (pid_tgid >> 32) as u32;
+        if config(CFG_SELF_TGID) == Some(tgid) {
+            return Ok(());
+        }
+        let fd: u64 = unsafe { ctx.read_at(SYSCALL_ARG0_OFF) }.map_err(|e| e as i64)?;
+        let addr: u64 = unsafe { ctx.read_at(SYSCALL_ARG1_OFF) }.map_err(|e| e as i64)?;
+        // sockaddr_in / sockaddr_in6: family, then the port in network order.
+        let family: u16 =
+            unsafe { bpf_probe_read_user(addr as *const u16) }.map_err(|e| e as i64)?;
+        if family != 2 && family != 10 {
+            return Ok(());
+        }
+        let port: u16 =
+            unsafe { bpf_probe_read_user((addr + 2) as *const u16) }.map_err(|e| e as i64)?;
+        let port = u16::from_be(port);
+        if unsafe { PLAIN_PORTS.get(&port) }.is_none() {
+            return Ok(());
+        }
+        let fd = fd & 0xffff_ffff;
+        PLAIN_FDS.insert(&(((tgid as u64) << 32) | fd), &1, 0)?;
+        new_connection(pid_tgid, PLAIN_CONN | fd);
         Ok(())
+    }
+
+    #[tracepoint]
+    pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+        if let Ok(fd) = unsafe { ctx.read_at::<u64>(SYSCALL_ARG0_OFF) } {
+            let tgid = bpf_get_current_pid_tgid() >> 32;
+            let _ = PLAIN_FDS.remove(&((tgid << 32) | (fd & 0xffff_ffff)));
+        }
+        0
+    }
+
+    /// Entry of write/sendto/read/recvfrom (fd, buf, …): keeps the arguments of watched sockets.
+    #[tracepoint]
+    pub fn sys_enter_plain_io(ctx: TracePointContext) -> u32 {
+        let _ = try_plain_stash(&ctx);
+        0
+    }
+
+    fn try_plain_stash(ctx: &TracePointContext) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let fd: u64 = unsafe { ctx.read_at(SYSCALL_ARG0_OFF) }.map_err(|e| e as i64)?;
+        let fd = fd & 0xffff_ffff;
+        let key = (pid_tgid & 0xffff_ffff_0000_0000) | fd;
+        if unsafe { PLAIN_FDS.get(&key) }.is_none() {
+            return Ok(());
+        }
+        let buf: u64 = unsafe { ctx.read_at(SYSCALL_ARG1_OFF) }.map_err(|e| e as i64)?;
+        let args = SslArgs {
+            ssl: PLAIN_CONN | fd,
+            buf,
+            out_len: 0,
+        };
+        if PLAIN_ARGS.insert(&pid_tgid, &args, 0).is_err() {
+            count(DROP_ARGS_MAP_FULL, 1);
+        }
+        Ok(())
+    }
+
+    #[tracepoint]
+    pub fn sys_exit_plain_write(ctx: TracePointContext) -> u32 {
+        let _ = try_plain_exit(&ctx, DIR_WRITE);
+        0
+    }
+
+    #[tracepoint]
+    pub fn sys_exit_plain_read(ctx: TracePointContext) -> u32 {
+        let _ = try_plain_exit(&ctx, DIR_READ);
+        0
+    }
+
+    fn try_plain_exit(ctx: &TracePointContext, direction: u32) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let args = match unsafe { PLAIN_ARGS.get(&pid_tgid) } {
+            Some(a) => *a,
+            None => return Ok(()),
+        };
+        let _ = PLAIN_ARGS.remove(&pid_tgid);
+        let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET_OFF) }.map_err(|e| e as i64)?;
+        if ret <= 0 {
+            return Ok(());
+        }
+        emit_tls(pid_tgid, direction, &args, ret as u64)
     }
 
     #[uretprobe]

@@ -427,3 +427,56 @@ fn gnutls_client_exact_usage_stream_and_not() {
         ));
     }
 }
+
+/// A local model server over plain HTTP (the mock without TLS, as Ollama serves): captured from
+/// the client's syscalls (connect marks the socket, write/sendto and read/recvfrom carry the
+/// bytes), no TLS library involved.
+#[test]
+fn plain_http_local_server_ollama_and_openai_compatible() {
+    let mock = Mock::start(&["--plain"]);
+    let dir = Scratch::new("plain");
+    let config = dir.0.join("agentwatch.toml");
+    std::fs::write(
+        &config,
+        format!("[probes]\nplaintext_ports = [{}]\n", mock.port),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    let status = daemon.cli_json(&["status"]);
+    assert!(
+        status["tracepoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "syscalls:sys_enter_connect"),
+        "{}",
+        status["tracepoints"]
+    );
+    let plain_url = format!("http://127.0.0.1:{}", mock.port);
+    let driver = |script: &str, tag: &str, args: &[&str]| -> u32 {
+        let mut cmd = Command::new(python());
+        cmd.arg(clients().join(script))
+            .args(["--base-url", &plain_url, "--ca"])
+            .arg(&mock.ca)
+            .args(["--tag", tag])
+            .args(args);
+        run_client(cmd).0
+    };
+    for (tag, stream) in [("plain-ollama", false), ("plain-ollama-stream", true)] {
+        let mut args = vec!["--api", "chat", "--model", "llama3.2", "--calls", "2"];
+        if stream {
+            args.push("--stream");
+        }
+        let pid = driver("ollama_api.py", tag, &args);
+        let expect = json!({
+            "provider": "ollama", "api": "ollama.chat", "model": "llama3.2", "streaming": stream,
+        });
+        check_exact(&daemon, &mock, pid, tag, 2, &expect);
+    }
+    // vLLM / llama.cpp speak the OpenAI API over plain HTTP.
+    let tag = "plain-openai";
+    let pid = driver("openai_chat.py", tag, &["--calls", "2", "--stream"]);
+    let expect = json!({"provider": "openai", "api": "chat.completions", "streaming": true});
+    check_exact(&daemon, &mock, pid, tag, 2, &expect);
+}

@@ -24,6 +24,10 @@ pub struct ProbesConfig {
     pub rescan_interval_secs: u64,
     /// Extra TLS libraries (or executables exporting `SSL_write`) to attach at start. Default none.
     pub extra_libraries: Vec<PathBuf>,
+    /// TCP ports of local model servers whose plain-HTTP traffic is captured from the syscalls
+    /// of the connecting process (write/sendto, read/recvfrom). Default Ollama 11434, LM Studio
+    /// 1234, vLLM 8000, llama.cpp 8080, LiteLLM 4000; `[]` turns plain capture off.
+    pub plaintext_ports: Vec<u16>,
 }
 
 impl Default for ProbesConfig {
@@ -32,6 +36,7 @@ impl Default for ProbesConfig {
             ring_buffer_bytes: 16 << 20,
             rescan_interval_secs: 2,
             extra_libraries: Vec::new(),
+            plaintext_ports: vec![11434, 1234, 8000, 8080, 4000],
         }
     }
 }
@@ -181,6 +186,16 @@ impl Probes {
                 })?;
             tracepoints.push(format!("{category}:{name}"));
         }
+        let mut failures = BTreeMap::new();
+        if !config.plaintext_ports.is_empty()
+            && let Err(e) = attach_plaintext(&mut ebpf, &config.plaintext_ports, &mut tracepoints)
+        {
+            tracing::warn!("{e}; plain-HTTP capture is off");
+            failures.insert(
+                "plain HTTP (syscall tracepoints)".to_string(),
+                e.to_string(),
+            );
+        }
         for name in [
             "ssl_write_enter",
             "ssl_write_ex_enter",
@@ -198,7 +213,7 @@ impl Probes {
                 drops,
                 tracepoints,
                 libraries: Vec::new(),
-                failures: BTreeMap::new(),
+                failures,
                 seen_files: HashSet::new(),
                 links: HashMap::new(),
                 detached: 0,
@@ -338,6 +353,66 @@ impl Probes {
             read_failed_bytes: sum(abi::DROP_READ_FAILED_BYTES),
         }
     }
+}
+
+/// Plain HTTP to local model servers: the watched ports, and the syscall tracepoints that
+/// mark their sockets at connect and copy their bytes.
+fn attach_plaintext(
+    ebpf: &mut Ebpf,
+    ports: &[u16],
+    tracepoints: &mut Vec<String>,
+) -> Result<(), ProbeError> {
+    let mut map: aya::maps::HashMap<_, u16, u32> =
+        aya::maps::HashMap::try_from(ebpf.map_mut("PLAIN_PORTS").ok_or_else(|| {
+            ProbeError::MissingMap {
+                name: "PLAIN_PORTS".into(),
+            }
+        })?)
+        .map_err(|source| ProbeError::Map {
+            name: "PLAIN_PORTS".into(),
+            source,
+        })?;
+    for port in ports {
+        map.insert(port, 1, 0).map_err(|source| ProbeError::Map {
+            name: "PLAIN_PORTS".into(),
+            source,
+        })?;
+    }
+    for (program_name, events) in [
+        ("sys_enter_connect", &["sys_enter_connect"][..]),
+        ("sys_enter_close", &["sys_enter_close"][..]),
+        (
+            "sys_enter_plain_io",
+            &[
+                "sys_enter_write",
+                "sys_enter_sendto",
+                "sys_enter_read",
+                "sys_enter_recvfrom",
+            ][..],
+        ),
+        (
+            "sys_exit_plain_write",
+            &["sys_exit_write", "sys_exit_sendto"][..],
+        ),
+        (
+            "sys_exit_plain_read",
+            &["sys_exit_read", "sys_exit_recvfrom"][..],
+        ),
+    ] {
+        let program: &mut TracePoint = program(ebpf, program_name)?;
+        program.load().map_err(load_error(program_name))?;
+        for event in events {
+            program
+                .attach("syscalls", event)
+                .map_err(|source| ProbeError::TracepointAttach {
+                    category: "syscalls".into(),
+                    name: (*event).into(),
+                    source,
+                })?;
+            tracepoints.push(format!("syscalls:{event}"));
+        }
+    }
+    Ok(())
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones ignore it.

@@ -37,6 +37,9 @@ struct Args {
     /// Delay between stream events, in milliseconds.
     #[arg(long, default_value_t = 0)]
     chunk_delay_ms: u64,
+    /// Serve plain HTTP (a local model server: Ollama, vLLM, llama.cpp) instead of TLS.
+    #[arg(long)]
+    plain: bool,
 }
 
 fn main() {
@@ -61,6 +64,7 @@ fn main() {
             gzip: args.gzip,
             zstd: args.zstd,
             chunk_delay_ms: args.chunk_delay_ms,
+            plain: args.plain,
         };
         let server = match Server::start(config).await {
             Ok(s) => s,

@@ -71,6 +71,8 @@ pub struct Config {
     /// Same modes for zstd (default never); zstd wins over gzip when both apply.
     pub zstd: GzipMode,
     pub chunk_delay_ms: u64,
+    /// Plain HTTP/1.1, no TLS (a local model server).
+    pub plain: bool,
 }
 
 impl Config {
@@ -83,6 +85,7 @@ impl Config {
             gzip: GzipMode::Auto,
             zstd: GzipMode::Never,
             chunk_delay_ms: 0,
+            plain: false,
         }
     }
 }
@@ -184,7 +187,11 @@ async fn accept_loop(
                 conns.spawn(async move {
                     let _permit = permit;
                     let conn_id = state.conns.fetch_add(1, Ordering::SeqCst) + 1;
-                    serve(acceptor, tcp, &state, conn_id).await;
+                    if state.config.plain {
+                        http1::serve(tcp, &state, conn_id).await;
+                    } else {
+                        serve(acceptor, tcp, &state, conn_id).await;
+                    }
                 });
             }
         }
