@@ -395,6 +395,14 @@ fn restart_keeps_or_releases_a_paused_session_with_its_spend() {
         let mut child = spawn(tight_loop(&mock, &tag, USAGE_1K, "6"));
         let pid = child.id();
         wait_state(pid, 'T');
+        // The stop comes before the daemon has read the hold from the ring buffer: crash only
+        // once it has decided (and so written every call before the hold), or a loaded
+        // machine loses the last response's records with the crash.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while live_session(&daemon, pid)["outcome"] != "paused" {
+            assert!(Instant::now() < deadline, "the hold was not decided");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let config = daemon.data_dir.parent().unwrap().join("agentwatch.toml");
         let config = config.display().to_string();
         let dir = daemon.crash();

@@ -437,9 +437,17 @@ impl Pipeline {
                 }
                 Outcome::Paused => {
                     // Released: it runs again, and its next LLM call meets the ceiling again.
+                    // A process paused at a hold is stopped inside the write the uprobe already
+                    // passed: its LLM connections are cut first, so that write fails instead
+                    // of leaving the host over the ceiling.
                     for k in &keys {
                         self.gate_set(k.tgid, GATE_ARMED);
                     }
+                    let mut cut = 0;
+                    for k in &paused {
+                        cut += enforce::cut_connections(k.tgid, &dests).len();
+                    }
+                    self.policy.as_mut().expect("gating").stats.connections_cut += cut as u64;
                     enforce::signal(&self.tree, &paused, libc::SIGCONT);
                 }
                 Outcome::Killed => {
