@@ -392,13 +392,25 @@ impl Pipeline {
         let Some(info) = self.tree.get(key).cloned() else {
             return;
         };
+        if let Prospect::Session(aref) = self.sessions.prospect(&self.tree, key) {
+            // Inside a gated session: a child forked before the daemon armed its parent did
+            // not inherit the gate in the kernel; arm it now, before it calls.
+            let gated = self
+                .policy
+                .as_ref()
+                .is_some_and(|p| p.sessions.contains_key(&aref.session_id));
+            if gated
+                && let Some(g) = self.gate.as_mut()
+                && g.get(tgid).is_none()
+            {
+                g.set(tgid, GATE_ARMED);
+            }
+            return;
+        }
         let policy = self.policy.as_mut().expect("gating");
         let Some(limits) = policy.root_rule(&info) else {
             return;
         };
-        if self.sessions.prospect(&self.tree, key) != Prospect::NewRoot {
-            return;
-        }
         let aref = self.sessions.start_root(&self.tree, key, ts_ns);
         let policy = self.policy.as_mut().expect("gating");
         policy.set_limits(&aref.session_id, limits);
