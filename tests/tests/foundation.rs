@@ -83,7 +83,25 @@ fn status_lists_probes_and_libssl() {
     let daemon = Daemon::start();
     let status = daemon.cli_json(&["status"]);
     assert_eq!(status["ok"], true, "{status:#}");
-    assert_eq!(status["tracepoints"].as_array().unwrap().len(), 4);
+    // The four process tracepoints, and the ten syscall tracepoints of plain-HTTP capture
+    // (on by default).
+    let tracepoints: Vec<&str> = status["tracepoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    for t in [
+        "task:task_newtask",
+        "sched:sched_process_fork",
+        "sched:sched_process_exec",
+        "sched:sched_process_exit",
+        "syscalls:sys_enter_connect",
+        "syscalls:sys_exit_recvfrom",
+    ] {
+        assert!(tracepoints.contains(&t), "{t} in {tracepoints:?}");
+    }
+    assert_eq!(tracepoints.len(), 14, "{tracepoints:?}");
     let libs = status["tls_libraries"].as_array().unwrap();
     assert!(
         libs.iter()
