@@ -24,6 +24,11 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 /// ~4 MiB of output even for RLE blocks.
 const ZSTD_PIECE: usize = 128;
 
+/// Largest brotli output of one [`STEP`] of input. A brotli meta-block can repeat a byte
+/// 16 MiB times for a few bits (211 bytes decode to 256 MiB): past twice deflate's worst ratio
+/// the stream is refused as a bomb instead of being inflated into memory.
+const BROTLI_STEP_OUTPUT_MAX: usize = 2 << 20;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("unsupported content encoding {encoding:?}")]
@@ -97,7 +102,7 @@ enum Inner {
     DeflateSniff(Vec<u8>),
     Zlib(ZlibDecoder<Vec<u8>>),
     RawDeflate(DeflateDecoder<Vec<u8>>),
-    Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
+    Brotli(Box<brotli::DecompressorWriter<Capped>>),
     /// Concatenated frames are decoded one after the other; the body may end only between
     /// frames.
     Zstd(Box<zstd::stream::write::Decoder<'static, Vec<u8>>>),
@@ -130,9 +135,10 @@ impl Decoder {
             ContentEncoding::Identity => Inner::Identity,
             ContentEncoding::Gzip => Inner::Gzip(GzDecoder::new(Vec::new())),
             ContentEncoding::Deflate => Inner::DeflateSniff(Vec::new()),
-            ContentEncoding::Brotli => {
-                Inner::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096)))
-            }
+            ContentEncoding::Brotli => Inner::Brotli(Box::new(brotli::DecompressorWriter::new(
+                Capped::default(),
+                4096,
+            ))),
             ContentEncoding::Zstd => match zstd::stream::write::Decoder::new(Vec::new()) {
                 Ok(mut d) => {
                     match d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
@@ -251,7 +257,7 @@ impl Decoder {
             Inner::RawDeflate(d) => d.try_finish().map(|()| drain(d.get_mut(), out)),
             Inner::Brotli(d) => {
                 let r = d.close();
-                drain(d.get_mut(), out);
+                drain(&mut d.get_mut().0, out);
                 r
             }
             Inner::Zstd(d) => {
@@ -306,9 +312,28 @@ impl InnerVec for zstd::stream::write::Decoder<'static, Vec<u8>> {
         self.get_mut()
     }
 }
-impl InnerVec for brotli::DecompressorWriter<Vec<u8>> {
+impl InnerVec for brotli::DecompressorWriter<Capped> {
     fn vec(&mut self) -> &mut Vec<u8> {
-        self.get_mut()
+        &mut self.get_mut().0
+    }
+}
+
+/// The brotli decoder's output: refuses to hold more than [`BROTLI_STEP_OUTPUT_MAX`] bytes
+/// between two drains.
+#[derive(Default)]
+struct Capped(Vec<u8>);
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > BROTLI_STEP_OUTPUT_MAX {
+            return Err(std::io::Error::other("decompression bomb"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
