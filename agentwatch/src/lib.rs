@@ -9,6 +9,7 @@ pub mod capture;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod fuzzing;
 pub mod policy;
 pub mod privileges;
 pub mod probes;
