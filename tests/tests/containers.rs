@@ -392,3 +392,131 @@ fn pod_label_rule_gives_a_pods_sessions_their_own_ceiling() {
     assert_eq!(row["call_count"], 1, "{row}");
     assert!(u(&row["ceiling_hits"]) >= 1, "{row}");
 }
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl CLI.
+fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    run(&ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=kubernetes",
+    ]);
+    run(&csr);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("srv.pem"), dir.join("srv.key"))
+}
+
+/// The API-server form of `[kubernetes]`: HTTPS with the cluster CA and a bearer token (as a
+/// pod's service account has them); a wrong token is a clear status, not a crash.
+#[test]
+fn pod_list_from_an_api_server_over_https_with_a_token() {
+    let dir = Scratch::new("containers-apiserver");
+    let (ca, cert, key) = make_pki(&dir.0);
+    let cg = PodCgroup::new();
+    let pods = dir.0.join("pods.json");
+    std::fs::write(
+        &pods,
+        serde_json::to_vec(&pod_list(&cg, "p", "ns")).unwrap(),
+    )
+    .unwrap();
+    let token = dir.0.join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let mut server = Command::new(python())
+        .arg(clients().join("pod_list_server.py"))
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .arg("--token-file")
+        .arg(&token)
+        .arg("--pods")
+        .arg(&pods)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().strip_prefix("PORT ").unwrap().parse().unwrap();
+    let config = |token_file: &Path| {
+        format!(
+            "[kubernetes]\npod_list_url = \"https://127.0.0.1:{port}/api/v1/pods?fieldSelector=spec.nodeName=${{AW_TEST_NODE}}\"\n\
+             token_file = \"{}\"\nca_file = \"{}\"\n",
+            token_file.display(),
+            ca.display()
+        )
+    };
+    let wrong = dir.0.join("wrong-token");
+    std::fs::write(&wrong, "nope").unwrap();
+    let (ok_cfg, bad_cfg) = (config(&token), config(&wrong));
+    let daemon = daemon_with_config(Scratch::new("apiserver-ok"), &ok_cfg);
+    let k = &daemon.cli_json(&["status"])["kubernetes"];
+    assert_eq!(k["state"], "ok", "{k}");
+    assert_eq!(k["pods"], 2, "{k}");
+    drop(daemon);
+    let daemon = daemon_with_config(Scratch::new("apiserver-bad"), &bad_cfg);
+    let k = &daemon.cli_json(&["status"])["kubernetes"];
+    let state = k["state"].as_str().unwrap();
+    assert!(
+        state.starts_with("unavailable") && state.contains("HTTP 401"),
+        "{k}"
+    );
+    assert_eq!(k["pods"], 0, "{k}");
+    drop(daemon);
+    let _ = server.kill();
+    let _ = server.wait();
+}
