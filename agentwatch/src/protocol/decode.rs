@@ -25,9 +25,9 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 const ZSTD_PIECE: usize = 128;
 
 /// Largest brotli output of one [`STEP`] of input. A brotli meta-block can repeat a byte
-/// 16 MiB times for a few bits (211 bytes decode to 256 MiB): past twice deflate's worst ratio
-/// the stream is refused as a bomb instead of being inflated into memory.
-const BROTLI_STEP_OUTPUT_MAX: usize = 2 << 20;
+/// 16 MiB times for a few bits (211 bytes decode to 256 MiB): past deflate's worst ratio
+/// (1032:1) the stream is refused as a bomb instead of being inflated into memory.
+const BROTLI_STEP_OUTPUT_MAX: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -257,7 +257,7 @@ impl Decoder {
             Inner::RawDeflate(d) => d.try_finish().map(|()| drain(d.get_mut(), out)),
             Inner::Brotli(d) => {
                 let r = d.close();
-                drain(&mut d.get_mut().0, out);
+                drain(&mut d.get_mut().buf, out);
                 r
             }
             Inner::Zstd(d) => {
@@ -314,21 +314,25 @@ impl InnerVec for zstd::stream::write::Decoder<'static, Vec<u8>> {
 }
 impl InnerVec for brotli::DecompressorWriter<Capped> {
     fn vec(&mut self) -> &mut Vec<u8> {
-        &mut self.get_mut().0
+        &mut self.get_mut().buf
     }
 }
 
 /// The brotli decoder's output: refuses to hold more than [`BROTLI_STEP_OUTPUT_MAX`] bytes
-/// between two drains.
+/// between two drains, and anything after a refusal (the decoder's drop flushes).
 #[derive(Default)]
-struct Capped(Vec<u8>);
+struct Capped {
+    buf: Vec<u8>,
+    refused: bool,
+}
 
 impl Write for Capped {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.0.len() + buf.len() > BROTLI_STEP_OUTPUT_MAX {
+        if self.refused || self.buf.len() + buf.len() > BROTLI_STEP_OUTPUT_MAX {
+            self.refused = true;
             return Err(std::io::Error::other("decompression bomb"));
         }
-        self.0.extend_from_slice(buf);
+        self.buf.extend_from_slice(buf);
         Ok(buf.len())
     }
 
