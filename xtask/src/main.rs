@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | run | test | bench`.
+//! Project tasks: `cargo xtask setup | build | run | test | bench | fuzz`.
 //!
 //! Everything a fresh machine needs is installed here, idempotently, so the README's two
 //! commands (`cargo xtask run`, `cargo xtask test`) work from a clean clone.
@@ -38,6 +38,14 @@ enum Task {
     },
     /// Run the benchmarks and write BENCHMARKS.md.
     Bench,
+    /// Fuzz the parsers (cargo-fuzz, nightly): each target for a bounded time; fails on a crash.
+    Fuzz {
+        /// Seconds of fuzzing per target.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// One target (default: every target in fuzz/Cargo.toml).
+        target: Option<String>,
+    },
 }
 
 fn root() -> PathBuf {
@@ -324,6 +332,120 @@ fn build() -> Result<()> {
     ]))
 }
 
+/// cargo-fuzz, installed once (it drives nightly's libFuzzer integration).
+fn setup_fuzz() -> Result<()> {
+    output(Command::new("rustc").args(["+nightly", "-V"]))
+        .context("fuzzing needs the nightly toolchain: `rustup toolchain install nightly`")?;
+    let works = Command::new(cargo_bin("cargo-fuzz"))
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !works {
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    Ok(())
+}
+
+/// `cargo +nightly fuzz …` from the workspace root, whatever toolchain runs xtask. The
+/// variables `cargo run` set for xtask itself are removed: build scripts that watch them
+/// (ring's) would otherwise rebuild the whole fuzz tree on every run.
+fn cargo_fuzz() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root())
+        .args(["+nightly", "fuzz"])
+        .env("PATH", path_with_cargo_bin())
+        .env_remove("CARGO")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTUP_TOOLCHAIN");
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        let set_by_cargo_run = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+            || k == "CARGO_PRIMARY_PACKAGE";
+        if set_by_cargo_run {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
+/// Runs each fuzz target (or one) for `secs` seconds over its committed seeds
+/// (fuzz/corpus/<t>, read only) and a working corpus it grows (fuzz/work/<t>, ignored by git).
+/// A crash, a timeout (one input over 10 s) or memory use (one allocation over 128 MiB, 2 GiB
+/// in all) fails the task; libFuzzer leaves the input in fuzz/artifacts/<t>/.
+fn fuzz(secs: u64, only: Option<String>) -> Result<()> {
+    use std::io::BufRead;
+
+    setup_fuzz()?;
+    let root = root();
+    let listed = output(cargo_fuzz().arg("list"))?;
+    let all: Vec<String> = listed.split_whitespace().map(str::to_string).collect();
+    let targets = match only {
+        Some(t) if all.contains(&t) => vec![t],
+        Some(t) => bail!("no fuzz target {t:?}; targets: {}", all.join(", ")),
+        None => all,
+    };
+    run(cargo_fuzz().arg("build"))?;
+    let mut summary = Vec::new();
+    let mut failed = Vec::new();
+    for t in &targets {
+        let work = root.join("fuzz/work").join(t);
+        std::fs::create_dir_all(&work)?;
+        let mut cmd = cargo_fuzz();
+        cmd.args(["run", t.as_str()])
+            .arg(&work)
+            .arg(root.join("fuzz/corpus").join(t))
+            .arg("--")
+            .arg(format!("-max_total_time={secs}"))
+            .args(["-timeout=10", "-rss_limit_mb=2048", "-malloc_limit_mb=128"])
+            .arg("-print_final_stats=1")
+            .stderr(std::process::Stdio::piped());
+        eprintln!("+ {cmd:?}");
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("failed to start {cmd:?}"))?;
+        // libFuzzer reports on stderr: pass it through, keep its closing lines.
+        let mut done = String::new();
+        let mut runs = String::new();
+        if let Some(stderr) = child.stderr.take() {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let line = line?;
+                eprintln!("{line}");
+                if line.starts_with('#') && line.contains("DONE") {
+                    done = line.trim().to_string();
+                } else if line.starts_with("Done ") {
+                    runs = line.trim().to_string();
+                }
+            }
+        }
+        let status = child.wait()?;
+        summary.push(format!("{t:<12} {done}  ({runs})"));
+        if !status.success() {
+            failed.push(t.clone());
+        }
+    }
+    eprintln!("\nfuzzing summary ({secs} s per target):");
+    for line in &summary {
+        eprintln!("  {line}");
+    }
+    if !failed.is_empty() {
+        bail!(
+            "fuzz targets failed: {}; the crashing inputs are in fuzz/artifacts/<target>/ \
+             (reproduce with `cargo +nightly fuzz run <target> <file>`; once fixed, add the \
+             file to fuzz/corpus/<target>/)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn is_root() -> bool {
     output(Command::new("id").arg("-u"))
         .map(|s| s.trim() == "0")
@@ -407,6 +529,7 @@ fn main() -> Result<()> {
                 .env("MOCK_LLM_BIN", root.join("target/release/mock-llm"))
                 .env("AGENTWATCH_VENV", root.join(".venv")))?;
         }
+        Task::Fuzz { secs, target } => fuzz(secs, target)?,
     }
     Ok(())
 }
