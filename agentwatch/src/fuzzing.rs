@@ -21,9 +21,12 @@ use crate::protocol::http1::{
 use crate::protocol::sse::{SseEvent, SseParser};
 use crate::providers::{self, Api, ProviderError};
 
+/// A fuzz entry point.
+pub type Target = fn(&[u8]);
+
 /// Every target: its name (the directory under `fuzz/corpus/` and the cargo-fuzz binary)
 /// and its function.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("http1", http1),
     ("decode", decode),
     ("sse", sse),
@@ -33,7 +36,7 @@ pub const TARGETS: [(&str, fn(&[u8])); 6] = [
 ];
 
 /// The function of the target named `name`.
-pub fn target(name: &str) -> Option<fn(&[u8])> {
+pub fn target(name: &str) -> Option<Target> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|&(_, f)| f)
 }
 
