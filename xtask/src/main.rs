@@ -198,15 +198,13 @@ fn setup_test_deps() -> Result<()> {
     Ok(())
 }
 
-/// Installs Debian package `package` when `tool` is not on PATH (idempotent).
-fn setup_apt_tool(tool: &str, package: &str) -> Result<()> {
-    let present = || Command::new(tool).arg("--version").output().is_ok();
-    if present() {
-        return Ok(());
-    }
+/// `apt-get install -y PACKAGES`, with an `apt-get update` and one retry when the package lists
+/// are stale (a fresh machine's are).
+fn apt_install(packages: &[&str]) -> Result<()> {
     let install = || {
         Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", package])
+            .args(["install", "-y"])
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .is_ok_and(|s| s.success())
@@ -214,9 +212,22 @@ fn setup_apt_tool(tool: &str, package: &str) -> Result<()> {
     if !install() {
         run(Command::new("apt-get").arg("update"))?;
         if !install() {
-            bail!("installing {package} failed: run `apt-get install -y {package}` and retry");
+            let list = packages.join(" ");
+            bail!(
+                "installing {list} failed: run `apt-get install -y {list}` (Debian packages) and retry"
+            );
         }
     }
+    Ok(())
+}
+
+/// Installs Debian package `package` when `tool` is not on PATH (idempotent).
+fn setup_apt_tool(tool: &str, package: &str) -> Result<()> {
+    let present = || Command::new(tool).arg("--version").output().is_ok();
+    if present() {
+        return Ok(());
+    }
+    apt_install(&[package])?;
     if !present() {
         bail!("`{tool}` is still missing after installing {package}");
     }
@@ -236,20 +247,7 @@ fn setup_kubectl() -> Result<()> {
     if works() {
         return Ok(());
     }
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "kubernetes-client"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-    };
-    if !install().is_ok_and(|s| s.success()) {
-        run(Command::new("apt-get").arg("update"))?;
-        if !install().is_ok_and(|s| s.success()) {
-            bail!(
-                "installing kubectl failed: run `apt-get install -y kubernetes-client` (Debian package) and retry"
-            );
-        }
-    }
+    apt_install(&["kubernetes-client"])?;
     if !works() {
         bail!("kubernetes-client is installed but `kubectl version --client` fails");
     }
@@ -265,21 +263,7 @@ fn setup_clickhouse() -> Result<()> {
     if installed {
         return Ok(());
     }
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "clickhouse-server", "clickhouse-client"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-    };
-    if !install().is_ok_and(|s| s.success()) {
-        run(Command::new("apt-get").arg("update"))?;
-        if !install().is_ok_and(|s| s.success()) {
-            bail!(
-                "installing clickhouse-server failed: run `apt-get install -y clickhouse-server clickhouse-client` (Debian package) and retry"
-            );
-        }
-    }
-    Ok(())
+    apt_install(&["clickhouse-server", "clickhouse-client"])
 }
 
 fn build_ebpf() -> Result<()> {
