@@ -14,15 +14,21 @@ pub struct Usage {
 
 impl Usage {
     pub fn total_tokens(&self) -> u64 {
-        self.input_tokens + self.output_tokens
+        self.input_tokens.saturating_add(self.output_tokens)
     }
 
+    /// Saturating: totals of absurd reported counts stay at the maximum instead of wrapping
+    /// (a wrapped total would let a session slip under its token ceiling).
     pub fn add(&mut self, other: &Usage) {
-        self.input_tokens += other.input_tokens;
-        self.output_tokens += other.output_tokens;
-        self.cache_read_tokens += other.cache_read_tokens;
-        self.cache_write_tokens += other.cache_write_tokens;
-        self.reasoning_tokens += other.reasoning_tokens;
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.cache_read_tokens = self
+            .cache_read_tokens
+            .saturating_add(other.cache_read_tokens);
+        self.cache_write_tokens = self
+            .cache_write_tokens
+            .saturating_add(other.cache_write_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(other.reasoning_tokens);
     }
 }
 
@@ -35,4 +41,23 @@ pub enum UsageSource {
     Reported,
     /// The response ended (or was lost) without usage.
     Missing,
+}
+
+#[cfg(test)]
+mod saturation_tests {
+    use super::Usage;
+
+    #[test]
+    fn sums_saturate_instead_of_wrapping() {
+        let big = Usage {
+            input_tokens: u64::MAX - 1,
+            output_tokens: 5,
+            ..Default::default()
+        };
+        let mut total = big.clone();
+        total.add(&big);
+        assert_eq!(total.input_tokens, u64::MAX);
+        assert_eq!(total.output_tokens, 10);
+        assert_eq!(total.total_tokens(), u64::MAX);
+    }
 }
