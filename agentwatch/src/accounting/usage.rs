@@ -54,7 +54,7 @@ mod saturation_tests {
             output_tokens: 5,
             ..Default::default()
         };
-        let mut total = big.clone();
+        let mut total = big;
         total.add(&big);
         assert_eq!(total.input_tokens, u64::MAX);
         assert_eq!(total.output_tokens, 10);
