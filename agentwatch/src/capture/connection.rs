@@ -82,7 +82,7 @@ fn sniff(data: &[u8]) -> Sniff {
 
 /// Where a request's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RequestState {
+pub(super) enum RequestState {
     Writing,
     Done,
     /// Bytes of it were lost: it was sent, but we did not see all of it.
@@ -91,7 +91,7 @@ enum RequestState {
 
 /// Where a response's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ResponseState {
+pub(super) enum ResponseState {
     Waiting,
     Receiving,
     Done,
@@ -99,14 +99,14 @@ enum ResponseState {
 
 /// A body being read: content decoding, then bounded buffering or SSE parsing.
 #[derive(Debug)]
-struct BodyReader {
+pub(super) struct BodyReader {
     /// `None`: unsupported content encoding.
     decoder: Option<Decoder>,
     broken: bool,
     sink: BodySink,
     limit: usize,
     /// Over the limit, keep the first `limit` bytes (requests: the `model` is near the start).
-    keep_prefix: bool,
+    pub(super) keep_prefix: bool,
 }
 
 #[derive(Debug)]
@@ -118,7 +118,7 @@ enum BodySink {
 }
 
 impl BodyReader {
-    fn new(
+    pub(super) fn new(
         content_encoding: Option<&str>,
         framing: Framing,
         limit: usize,
@@ -150,7 +150,7 @@ impl BodyReader {
         }
     }
 
-    fn feed(
+    pub(super) fn feed(
         &mut self,
         bytes: &[u8],
         stats: &mut CaptureStats,
@@ -184,7 +184,11 @@ impl BodyReader {
     }
 
     /// The body ended normally: flush the decoder and the SSE parser.
-    fn finish(&mut self, stats: &mut CaptureStats, on_event: &mut impl FnMut(SseEvent<'_>)) {
+    pub(super) fn finish(
+        &mut self,
+        stats: &mut CaptureStats,
+        on_event: &mut impl FnMut(SseEvent<'_>),
+    ) {
         if self.broken {
             return;
         }
@@ -239,7 +243,7 @@ impl BodyReader {
     }
 
     /// The whole decoded body, if it was kept intact.
-    fn buffered(&self) -> Option<&[u8]> {
+    pub(super) fn buffered(&self) -> Option<&[u8]> {
         match &self.sink {
             BodySink::Buffer {
                 buf,
@@ -250,7 +254,7 @@ impl BodyReader {
     }
 
     /// What was kept of a body over its limit (with `keep_prefix`).
-    fn prefix(&self) -> &[u8] {
+    pub(super) fn prefix(&self) -> &[u8] {
         match &self.sink {
             BodySink::Buffer { buf, .. } if !self.broken => buf,
             _ => &[],
@@ -258,7 +262,7 @@ impl BodyReader {
     }
 
     /// The body was not kept whole for a reason that is not the body's own fault.
-    fn lost_to_limit_or_decoding(&self) -> bool {
+    pub(super) fn lost_to_limit_or_decoding(&self) -> bool {
         self.broken
             || matches!(
                 self.sink,
@@ -281,37 +285,37 @@ impl BodyReader {
 
 /// The response side of an LLM exchange.
 #[derive(Debug)]
-struct ResponseBody {
-    reader: BodyReader,
-    acc: Accumulator,
+pub(super) struct ResponseBody {
+    pub(super) reader: BodyReader,
+    pub(super) acc: Accumulator,
 }
 
 /// One request/response pair, queued FIFO from the request head until both sides are done.
 #[derive(Debug)]
-struct Exchange {
-    is_head: bool,
+pub(super) struct Exchange {
+    pub(super) is_head: bool,
     /// The API this request's method and path match (a candidate until the body is read),
     /// with what the path says (a Gemini model, an Azure deployment, a streaming verb).
-    route: Option<Route>,
-    host: Option<String>,
-    http_version: &'static str,
-    started_at_ns: u64,
-    request: RequestState,
+    pub(super) route: Option<Route>,
+    pub(super) host: Option<String>,
+    pub(super) http_version: &'static str,
+    pub(super) started_at_ns: u64,
+    pub(super) request: RequestState,
     /// Set once the request is known to be an LLM call.
-    llm: Option<LlmRequest>,
-    response: ResponseState,
-    status: Option<u16>,
-    body: Option<ResponseBody>,
+    pub(super) llm: Option<LlmRequest>,
+    pub(super) response: ResponseState,
+    pub(super) status: Option<u16>,
+    pub(super) body: Option<ResponseBody>,
     /// The response was seen to its end.
-    response_complete: bool,
-    response_bytes: u64,
-    ended_at_ns: u64,
+    pub(super) response_complete: bool,
+    pub(super) response_bytes: u64,
+    pub(super) ended_at_ns: u64,
     /// The call was already emitted (at the SSE stream's terminal event).
-    emitted: bool,
+    pub(super) emitted: bool,
 }
 
 impl Exchange {
-    fn new(head: Option<&RequestHead>, started_at_ns: u64) -> Self {
+    pub(super) fn new(head: Option<&RequestHead>, started_at_ns: u64) -> Self {
         Self {
             is_head: head.is_some_and(|h| h.method == "HEAD"),
             route: head.and_then(|h| Api::route(&h.method, &h.path)),
@@ -333,7 +337,7 @@ impl Exchange {
         }
     }
 
-    fn llm_request(
+    pub(super) fn llm_request(
         &self,
         api: Api,
         model: Option<String>,
@@ -352,7 +356,7 @@ impl Exchange {
         }
     }
 
-    fn call(&self, request: LlmRequest, complete: bool) -> LlmCall {
+    pub(super) fn call(&self, request: LlmRequest, complete: bool) -> LlmCall {
         let acc = self.body.as_ref().map(|b| &b.acc);
         let usage = acc.and_then(Accumulator::usage);
         let meta = acc.map(Accumulator::meta);
@@ -370,6 +374,134 @@ impl Exchange {
             complete,
             ended_at_ns: self.ended_at_ns,
             response_bytes: self.response_bytes,
+        }
+    }
+}
+
+impl Exchange {
+    /// The request was written whole: read the model from its body and say whether it is an
+    /// LLM call (emitting `Request` if so).
+    pub(super) fn finish_request(
+        &mut self,
+        body: Option<BodyReader>,
+        request_bytes: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
+        self.request = RequestState::Done;
+        let llm = match (self.route.clone(), body) {
+            (Some(route), Some(mut body)) => {
+                body.finish(stats, &mut |_| {});
+                if body.lost_to_limit_or_decoding() {
+                    // Method and path say LLM; the body was too big (or undecodable) to read
+                    // whole: take the model from the kept prefix (or the path) if it is there.
+                    let (model, streaming) = route.scan_prefix(body.prefix());
+                    Some(self.llm_request(route.api, model, streaming, request_bytes))
+                } else {
+                    match route.request_info(body.buffered().unwrap_or_default()) {
+                        Ok(info) => Some(self.llm_request(
+                            route.api,
+                            Some(info.model),
+                            info.streaming,
+                            request_bytes,
+                        )),
+                        Err(ProviderError::InvalidJson { .. })
+                            if !body.buffered().unwrap_or_default().is_empty() =>
+                        {
+                            stats.json_errors += 1;
+                            None
+                        }
+                        Err(_) => None,
+                    }
+                }
+            }
+            _ => None,
+        };
+        match llm {
+            Some(req) => {
+                stats.llm_requests += 1;
+                out.push(CaptureEvent::Request(req.clone()));
+                self.llm = Some(req);
+            }
+            None => stats.non_llm_requests += 1,
+        }
+    }
+
+    /// A final response head: set up reading its body if it may carry usage.
+    pub(super) fn start_response(
+        &mut self,
+        status: u16,
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+        limit: usize,
+        stats: &mut CaptureStats,
+    ) {
+        self.response = ResponseState::Receiving;
+        self.status = Some(status);
+        // Known non-LLM by now (the body had no model): frame only.
+        let ruled_out = self.request == RequestState::Done && self.llm.is_none();
+        if let Some(route) = self.route.as_ref().filter(|_| !ruled_out) {
+            let streaming = match &self.llm {
+                Some(r) => r.streaming,
+                None => route.path_streaming,
+            };
+            let framing = route.api.framing(content_type.unwrap_or(""), streaming);
+            self.body = Some(ResponseBody {
+                reader: BodyReader::new(content_encoding, framing, limit, stats),
+                acc: route.api.accumulator(),
+            });
+        }
+    }
+
+    /// Response body bytes (still content-encoded). A stream's terminal event ends the call
+    /// even if the HTTP body trails on.
+    pub(super) fn response_body(
+        &mut self,
+        bytes: &[u8],
+        ts_ns: u64,
+        message_bytes: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
+        let Some(ResponseBody { reader, acc }) = self.body.as_mut() else {
+            return;
+        };
+        reader.feed(bytes, stats, &mut |e| acc.on_sse(e));
+        if acc.meta().stream_done
+            && !self.emitted
+            && self.request == RequestState::Done
+            && let Some(req) = self.llm.clone()
+        {
+            self.ended_at_ns = ts_ns;
+            self.response_bytes = message_bytes;
+            let call = self.call(req, true);
+            Connection::count_call(&call, stats);
+            out.push(CaptureEvent::Call(call));
+            self.emitted = true;
+        }
+    }
+
+    /// The response ended (`complete`: seen to its end).
+    pub(super) fn end_response(
+        &mut self,
+        ts_ns: u64,
+        complete: bool,
+        message_bytes: u64,
+        stats: &mut CaptureStats,
+    ) {
+        if !self.emitted {
+            self.ended_at_ns = ts_ns;
+            self.response_bytes = message_bytes;
+        }
+        self.response = ResponseState::Done;
+        self.response_complete = complete;
+        if complete && let Some(ResponseBody { reader, acc }) = self.body.as_mut() {
+            reader.finish(stats, &mut |e| acc.on_sse(e));
+            if let Some(buf) = reader.buffered()
+                && !buf.is_empty()
+            {
+                acc.on_json_body(buf);
+            }
         }
     }
 }
@@ -686,43 +818,7 @@ impl Connection {
         let Some(ex) = self.pending.back_mut() else {
             return;
         };
-        ex.request = RequestState::Done;
-        let llm = match (ex.route.clone(), body) {
-            (Some(route), Some(mut body)) => {
-                body.finish(stats, &mut |_| {});
-                if body.lost_to_limit_or_decoding() {
-                    // Method and path say LLM; the body was too big (or undecodable) to read
-                    // whole: take the model from the kept prefix (or the path) if it is there.
-                    let (model, streaming) = route.scan_prefix(body.prefix());
-                    Some(ex.llm_request(route.api, model, streaming, request_bytes))
-                } else {
-                    match route.request_info(body.buffered().unwrap_or_default()) {
-                        Ok(info) => Some(ex.llm_request(
-                            route.api,
-                            Some(info.model),
-                            info.streaming,
-                            request_bytes,
-                        )),
-                        Err(ProviderError::InvalidJson { .. })
-                            if !body.buffered().unwrap_or_default().is_empty() =>
-                        {
-                            stats.json_errors += 1;
-                            None
-                        }
-                        Err(_) => None,
-                    }
-                }
-            }
-            _ => None,
-        };
-        match llm {
-            Some(req) => {
-                stats.llm_requests += 1;
-                out.push(CaptureEvent::Request(req.clone()));
-                ex.llm = Some(req);
-            }
-            None => stats.non_llm_requests += 1,
-        }
+        ex.finish_request(body, request_bytes, stats, out);
         self.settle(stats, out);
     }
 
@@ -830,23 +926,13 @@ impl Connection {
         };
         self.read.orphan = false;
         let limit = self.limits.max_response_body;
-        let ex = &mut self.pending[i];
-        ex.response = ResponseState::Receiving;
-        ex.status = Some(head.status);
-        // Known non-LLM by now (the body had no model): frame only.
-        let ruled_out = ex.request == RequestState::Done && ex.llm.is_none();
-        if let Some(route) = ex.route.as_ref().filter(|_| !ruled_out) {
-            let content_type = head.content_type.as_deref().unwrap_or("");
-            let streaming = match &ex.llm {
-                Some(r) => r.streaming,
-                None => route.path_streaming,
-            };
-            let framing = route.api.framing(content_type, streaming);
-            ex.body = Some(ResponseBody {
-                reader: BodyReader::new(head.content_encoding.as_deref(), framing, limit, stats),
-                acc: route.api.accumulator(),
-            });
-        }
+        self.pending[i].start_response(
+            head.status,
+            head.content_type.as_deref(),
+            head.content_encoding.as_deref(),
+            limit,
+            stats,
+        );
     }
 
     fn on_response_body(
@@ -863,25 +949,7 @@ impl Connection {
             return;
         };
         let message_bytes = self.read.parser.message_bytes();
-        let ex = &mut self.pending[i];
-        let Some(body) = ex.body.as_mut() else {
-            return;
-        };
-        let ResponseBody { reader, acc } = body;
-        reader.feed(bytes, stats, &mut |e| acc.on_sse(e));
-        // A stream's terminal event ends the call even if the HTTP body trails on.
-        if acc.meta().stream_done
-            && !ex.emitted
-            && ex.request == RequestState::Done
-            && let Some(req) = ex.llm.clone()
-        {
-            ex.ended_at_ns = ts_ns;
-            ex.response_bytes = message_bytes;
-            let call = ex.call(req, true);
-            Self::count_call(&call, stats);
-            out.push(CaptureEvent::Call(call));
-            ex.emitted = true;
-        }
+        self.pending[i].response_body(bytes, ts_ns, message_bytes, stats, out);
     }
 
     fn on_response_end(
@@ -898,21 +966,7 @@ impl Connection {
             return;
         };
         let message_bytes = self.read.parser.message_bytes();
-        let ex = &mut self.pending[i];
-        if !ex.emitted {
-            ex.ended_at_ns = ts_ns;
-            ex.response_bytes = message_bytes;
-        }
-        ex.response = ResponseState::Done;
-        ex.response_complete = complete;
-        if complete && let Some(ResponseBody { reader, acc }) = ex.body.as_mut() {
-            reader.finish(stats, &mut |e| acc.on_sse(e));
-            if let Some(buf) = reader.buffered()
-                && !buf.is_empty()
-            {
-                acc.on_json_body(buf);
-            }
-        }
+        self.pending[i].end_response(ts_ns, complete, message_bytes, stats);
         self.settle(stats, out);
     }
 
@@ -976,7 +1030,7 @@ impl Connection {
         }
     }
 
-    fn finalize(ex: Exchange, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
+    pub(super) fn finalize(ex: Exchange, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
         if let Some(body) = ex.body.as_ref().filter(|_| ex.llm.is_some()) {
             let meta = body.acc.meta();
             stats.json_errors += meta.json_errors;
@@ -994,7 +1048,7 @@ impl Connection {
         }
     }
 
-    fn count_call(call: &LlmCall, stats: &mut CaptureStats) {
+    pub(super) fn count_call(call: &LlmCall, stats: &mut CaptureStats) {
         stats.llm_calls += 1;
         if !call.complete {
             stats.calls_incomplete += 1;

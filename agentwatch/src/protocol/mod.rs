@@ -9,8 +9,10 @@
 //!
 //! - [`http1`]: HTTP/1.1 message framing (heads via `httparse`, Content-Length, chunked).
 //! - [`decode`]: streaming `Content-Encoding` decoding (gzip, deflate, br).
+//! - [`http2`]: HTTP/2 framing (HPACK is decoded per connection in `capture`).
 //! - [`sse`]: Server-Sent Events.
 
 pub mod decode;
 pub mod http1;
+pub mod http2;
 pub mod sse;
