@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 
+use super::http2::Http2;
 use super::streams::{JsonArraySplitter, NdjsonSplitter};
 use super::{CaptureEvent, CaptureLimits, CaptureStats};
 use crate::accounting::UsageSource;
@@ -31,7 +32,9 @@ enum Role {
     Client,
     /// It writes responses (a local gateway, a mock server): ignored.
     ServerSide,
-    /// HTTP/2, WebSocket, or not HTTP at all: ignored.
+    /// It wrote the HTTP/2 preface: its calls are ours, framed by [`Http2`].
+    Http2Client,
+    /// WebSocket, HTTP/2 without its preface (capture began mid-connection), or not HTTP.
     Unsupported,
 }
 
@@ -315,6 +318,21 @@ pub(super) struct Exchange {
 }
 
 impl Exchange {
+    /// An HTTP/2 stream's request, from its pseudo-headers.
+    pub(super) fn for_http2(
+        method: &str,
+        path: &str,
+        host: Option<String>,
+        started_at_ns: u64,
+    ) -> Self {
+        let mut ex = Self::new(None, started_at_ns);
+        ex.is_head = method == "HEAD";
+        ex.route = Api::route(method, path);
+        ex.host = host;
+        ex.http_version = "2";
+        ex
+    }
+
     pub(super) fn new(head: Option<&RequestHead>, started_at_ns: u64) -> Self {
         Self {
             is_head: head.is_some_and(|h| h.method == "HEAD"),
@@ -541,6 +559,8 @@ pub struct Connection {
     write: WriteSide,
     read: ReadSide,
     pending: VecDeque<Exchange>,
+    /// The HTTP/2 state, once the process wrote the preface.
+    h2: Option<Box<Http2>>,
 }
 
 impl Connection {
@@ -564,6 +584,7 @@ impl Connection {
                 sniffed: Vec::new(),
             },
             pending: VecDeque::new(),
+            h2: None,
         }
     }
 
@@ -581,6 +602,11 @@ impl Connection {
         }
         match self.role {
             Role::Client => self.process_write(data, ts_ns, ts_ns, stats, out),
+            Role::Http2Client => {
+                if let Some(h2) = self.h2.as_mut() {
+                    h2.on_write(data, ts_ns, stats, out);
+                }
+            }
             Role::Unknown => {
                 let mut buf = std::mem::take(&mut self.write.sniffed);
                 if buf.is_empty() {
@@ -594,7 +620,7 @@ impl Connection {
                     }
                     Sniff::RequestLine => Role::Client,
                     Sniff::StatusLine => Role::ServerSide,
-                    Sniff::Http2Preface => Role::Unsupported,
+                    Sniff::Http2Preface => Role::Http2Client,
                     Sniff::Other if self.write.resync => {
                         // After loss, before any role was known: wait for a message start.
                         stats.bytes_discarded += buf.len() as u64;
@@ -610,6 +636,9 @@ impl Connection {
                 if role == Role::Client {
                     let first_byte_ns = self.write.sniffed_at_ns;
                     self.process_write(&buf, ts_ns, first_byte_ns, stats, out);
+                }
+                if let Some(h2) = self.h2.as_mut() {
+                    h2.on_write(&buf, ts_ns, stats, out);
                 }
             }
             Role::ServerSide | Role::Unsupported => {}
@@ -630,6 +659,11 @@ impl Connection {
         }
         match self.role {
             Role::Client => self.process_read(data, ts_ns, stats, out),
+            Role::Http2Client => {
+                if let Some(h2) = self.h2.as_mut() {
+                    h2.on_read(data, ts_ns, stats, out);
+                }
+            }
             Role::Unknown => {
                 let mut buf = std::mem::take(&mut self.read.sniffed);
                 buf.extend_from_slice(data);
@@ -641,7 +675,8 @@ impl Connection {
                     }
                     Sniff::RequestLine => Role::ServerSide,
                     Sniff::StatusLine => Role::Client,
-                    Sniff::Http2Preface => Role::Unsupported,
+                    // It received the preface: it is the server.
+                    Sniff::Http2Preface => Role::ServerSide,
                     Sniff::Other if self.read.resync => {
                         stats.bytes_discarded += buf.len() as u64;
                         return;
@@ -673,6 +708,11 @@ impl Connection {
         match self.role {
             Role::Client if direction_is_write => self.write_broken(ts_ns, stats, out),
             Role::Client => self.read_broken(ts_ns, stats, out),
+            Role::Http2Client => {
+                if let Some(h2) = self.h2.as_mut() {
+                    h2.on_loss(ts_ns, stats, out);
+                }
+            }
             Role::Unknown if direction_is_write => {
                 self.write.sniffed.clear();
                 self.write.resync = true;
@@ -689,6 +729,9 @@ impl Connection {
     /// every other exchange in flight is given up, and the connection starts afresh (an SSL
     /// pointer can be reused by a new connection).
     pub fn close(&mut self, ts_ns: u64, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
+        if let Some(h2) = self.h2.as_mut() {
+            h2.close(ts_ns, stats, out);
+        }
         if self.role == Role::Client {
             if self.read.parser.finish_at_close() {
                 self.on_response_end(ts_ns, true, stats, out);
@@ -725,6 +768,7 @@ impl Connection {
             && !self.read.parser.in_message()
             && self.write.sniffed.is_empty()
             && self.read.sniffed.is_empty()
+            && self.h2.as_ref().is_none_or(|h2| h2.is_idle())
     }
 
     fn set_role(&mut self, role: Role, stats: &mut CaptureStats) {
@@ -734,6 +778,10 @@ impl Connection {
         match role {
             Role::ServerSide => stats.server_side_connections += 1,
             Role::Unsupported => stats.unsupported_connections += 1,
+            Role::Http2Client => {
+                stats.http2_connections += 1;
+                self.h2 = Some(Box::new(Http2::new(self.limits)));
+            }
             Role::Client | Role::Unknown => {}
         }
     }

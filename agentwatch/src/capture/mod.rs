@@ -23,6 +23,7 @@
 //! is emitted incomplete; a request that was never written whole is not a call.
 
 mod connection;
+mod http2;
 pub(crate) mod streams;
 #[cfg(test)]
 mod tests;
@@ -84,8 +85,21 @@ pub struct CaptureStats {
     pub abandoned_requests: u64,
     /// Connections where the observed process is the HTTP server (it writes responses).
     pub server_side_connections: u64,
-    /// Connections speaking something else (HTTP/2, WebSocket after 101, non-HTTP).
+    /// Connections speaking something else (WebSocket after 101, HTTP/2 seen without its
+    /// preface because capture began mid-connection, non-HTTP).
     pub unsupported_connections: u64,
+    /// HTTP/2 connections (the process wrote the preface) and the streams they opened.
+    pub http2_connections: u64,
+    pub http2_streams: u64,
+    /// HTTP/2 streams reset by either side (their calls are emitted incomplete), and streams
+    /// the server refused unprocessed (retried by the client: not calls).
+    pub http2_streams_reset: u64,
+    pub http2_streams_refused: u64,
+    /// HPACK header blocks that could not be decoded.
+    pub hpack_errors: u64,
+    /// HTTP/2 connections given up after loss or an error (HPACK state cannot be recovered):
+    /// their open streams are emitted incomplete and the rest of the connection is ignored.
+    pub http2_desynced: u64,
     /// `on_loss` calls (the kernel dropped bytes).
     pub losses: u64,
     /// Times a direction found a new message start after loss or an error.

@@ -5,6 +5,8 @@ use crate::accounting::{Usage, UsageSource};
 use crate::protocol::decode::tests::{brotli, gzip, raw_deflate, zlib};
 use crate::providers::anthropic::tests::{STREAM as ANTHROPIC_STREAM, expected_stream_usage};
 
+mod http2;
+
 // ---------------------------------------------------------------- fixtures
 
 fn request(path: &str, host: &str, body: &[u8]) -> Vec<u8> {
@@ -646,11 +648,16 @@ fn capture_server_side_and_unsupported_connections_are_ignored() {
     assert!(h.take().is_empty());
     assert_eq!(h.stats.server_side_connections, 1);
 
-    // HTTP/2 preface, written in two pieces; and non-HTTP bytes.
+    // HTTP/2 preface, written in two pieces: an HTTP/2 client (see tests/http2.rs). Receiving
+    // it means server side. Non-HTTP bytes are unsupported.
     let mut h = H::new();
     h.write(b"PRI * HT").write(b"TP/2.0\r\n\r\nSM\r\n\r\n");
     h.read(b"\x00\x00\x12\x04");
-    assert_eq!(h.stats.unsupported_connections, 1);
+    assert_eq!(h.stats.http2_connections, 1);
+    assert_eq!(h.stats.unsupported_connections, 0);
+    let mut h = H::new();
+    h.read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    assert_eq!(h.stats.server_side_connections, 1);
     let mut h = H::new();
     h.write(b"\x16\x03\x01 not http");
     assert_eq!(h.stats.unsupported_connections, 1);

@@ -1,0 +1,542 @@
+//! One observed HTTP/2 connection where the process is the client (it wrote the preface).
+//!
+//! Each direction has its own frame reader and its own HPACK decoder (the dynamic tables of
+//! the two directions are independent); each stream is one [`Exchange`], driven through the
+//! same steps as an HTTP/1.1 exchange, so provider parsing and the call it yields are the
+//! same. Streams interleave freely; a call is emitted when its stream's request and response
+//! are both done (or at the stream's terminal SSE event).
+//!
+//! HPACK is stateful: a header block that is lost or cannot be decoded leaves the decoder's
+//! table out of step with the peer's, and every later block of that direction would decode
+//! wrong. So loss, a malformed frame or a bad header block *desynchronises* the connection:
+//! its streams are given up (emitted incomplete when their request was sent) and the rest
+//! of the connection is ignored, counted in `http2_desynced`. Nothing is guessed.
+
+use std::collections::BTreeMap;
+
+use loona_hpack::Decoder;
+
+use super::connection::{BodyReader, Connection, Exchange, RequestState, ResponseState};
+use super::{CaptureEvent, CaptureLimits, CaptureStats};
+use crate::protocol::http2::{
+    self as h2, CONTINUATION, DATA, FLAG_END_HEADERS, FLAG_END_STREAM, FRAME_HEADER_LEN,
+    FrameHeader, FrameReader, GOAWAY, HEADERS, Http2Error, PUSH_PROMISE, REFUSED_STREAM,
+    RST_STREAM,
+};
+use crate::providers::Framing;
+
+/// Streams tracked on one connection at most. Servers allow ~100 concurrent streams; past
+/// this the oldest stream is given up (incomplete) and counted in `exchanges_dropped`.
+const MAX_STREAMS: usize = 256;
+
+/// Largest HPACK dynamic table a peer may make us keep (per direction). Peers advertise
+/// 4 KiB–64 KiB; this bounds memory against a hostile one.
+const MAX_HPACK_TABLE: usize = 1 << 20;
+
+/// Why a connection could not be followed any further.
+#[derive(Debug, thiserror::Error)]
+enum Desync {
+    #[error(transparent)]
+    Frame(#[from] Http2Error),
+    #[error("HPACK header block could not be decoded: {0}")]
+    Hpack(loona_hpack::decoder::DecoderError),
+    #[error("header block above max_header_bytes")]
+    HeaderBlockTooLarge,
+    #[error("CONTINUATION frame without a header block to continue, or a frame inside one")]
+    Continuation,
+}
+
+/// A header block being assembled from HEADERS / PUSH_PROMISE + CONTINUATION frames.
+#[derive(Debug)]
+struct HeaderBlock {
+    stream_id: u32,
+    end_stream: bool,
+    push_promise: bool,
+    fragment: Vec<u8>,
+    /// Frame bytes of the block on the wire (headers included).
+    wire_bytes: u64,
+}
+
+/// One direction: frames, its HPACK decoder and the header block in progress.
+struct Side {
+    frames: FrameReader,
+    hpack: Decoder<'static>,
+    block: Option<HeaderBlock>,
+}
+
+impl std::fmt::Debug for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Side")
+            .field("frames", &self.frames)
+            .field("block", &self.block)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Side {
+    fn new(frames: FrameReader) -> Self {
+        let mut hpack = Decoder::new();
+        hpack.set_max_allowed_table_size(MAX_HPACK_TABLE);
+        Self {
+            frames,
+            hpack,
+            block: None,
+        }
+    }
+}
+
+/// The few header values the capture uses; nothing else of a header block is kept.
+#[derive(Debug, Default)]
+struct Fields {
+    method: Option<String>,
+    path: Option<String>,
+    authority: Option<String>,
+    host: Option<String>,
+    status: Option<u16>,
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+}
+
+impl Fields {
+    fn take(&mut self, name: &[u8], value: &[u8]) {
+        let v = || String::from_utf8_lossy(value).into_owned();
+        match name {
+            b":method" => self.method = Some(v()),
+            b":path" => self.path = Some(v()),
+            b":authority" => self.authority = Some(v()),
+            b"host" => self.host = Some(v()),
+            b":status" => {
+                self.status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok())
+            }
+            b"content-type" => self.content_type = Some(v()),
+            b"content-encoding" => self.content_encoding = Some(v()),
+            _ => {}
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Stream {
+    ex: Exchange,
+    request_body: Option<BodyReader>,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+#[derive(Debug)]
+pub(super) struct Http2 {
+    limits: CaptureLimits,
+    write: Side,
+    read: Side,
+    streams: BTreeMap<u32, Stream>,
+    /// Given up (see the module docs): everything after is ignored.
+    desynced: bool,
+}
+
+impl Http2 {
+    pub(super) fn new(limits: CaptureLimits) -> Self {
+        Self {
+            limits,
+            write: Side::new(FrameReader::client()),
+            read: Side::new(FrameReader::server()),
+            streams: BTreeMap::new(),
+            desynced: false,
+        }
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        self.streams.is_empty()
+            && !self.write.frames.in_frame()
+            && !self.read.frames.in_frame()
+            && self.write.block.is_none()
+            && self.read.block.is_none()
+    }
+
+    pub(super) fn on_write(
+        &mut self,
+        data: &[u8],
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
+        if self.desynced {
+            return;
+        }
+        let mut frames = std::mem::replace(&mut self.write.frames, FrameReader::server());
+        let result = frames.feed(data, |h, p| self.write_frame(h, p, ts_ns, stats, out));
+        self.write.frames = frames;
+        if let Err(e) = result {
+            self.desync(e, ts_ns, stats, out);
+        }
+    }
+
+    pub(super) fn on_read(
+        &mut self,
+        data: &[u8],
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
+        if self.desynced {
+            return;
+        }
+        let mut frames = std::mem::replace(&mut self.read.frames, FrameReader::server());
+        let result = frames.feed(data, |h, p| self.read_frame(h, p, ts_ns, stats, out));
+        self.read.frames = frames;
+        if let Err(e) = result {
+            self.desync(e, ts_ns, stats, out);
+        }
+    }
+
+    /// Bytes were lost: frame boundaries and the HPACK state cannot be trusted any more.
+    pub(super) fn on_loss(
+        &mut self,
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
+        if !self.desynced {
+            self.give_up(ts_ns, stats, out);
+            stats.http2_desynced += 1;
+        }
+    }
+
+    /// The connection closed: every stream still open is emitted incomplete (or, if its
+    /// request was never written whole, counted as abandoned).
+    pub(super) fn close(
+        &mut self,
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
+        self.give_up(ts_ns, stats, out);
+    }
+
+    fn desync(
+        &mut self,
+        e: Desync,
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
+        tracing::debug!(error = %e, "HTTP/2 connection desynchronised; ignoring the rest of it");
+        match e {
+            Desync::Hpack(_) => stats.hpack_errors += 1,
+            Desync::HeaderBlockTooLarge => stats.header_overflows += 1,
+            Desync::Frame(_) | Desync::Continuation => stats.http_errors += 1,
+        }
+        stats.http2_desynced += 1;
+        self.give_up(ts_ns, stats, out);
+    }
+
+    fn give_up(&mut self, ts_ns: u64, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
+        for (_, s) in std::mem::take(&mut self.streams) {
+            Self::end_abruptly(s, ts_ns, stats, out);
+        }
+        self.desynced = true;
+        self.write.frames.reset();
+        self.read.frames.reset();
+        self.write.block = None;
+        self.read.block = None;
+    }
+
+    /// A stream ended before its exchange did (reset, close, loss, eviction).
+    fn end_abruptly(
+        mut s: Stream,
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
+        if s.ex.request == RequestState::Writing {
+            // Never sent whole: not a call.
+            stats.abandoned_requests += 1;
+            return;
+        }
+        if s.ex.response != ResponseState::Done {
+            s.ex.response = ResponseState::Done;
+            s.ex.response_complete = false;
+            s.ex.ended_at_ns = ts_ns;
+            s.ex.response_bytes = s.response_bytes;
+        }
+        Connection::finalize(s.ex, stats, out);
+    }
+
+    // ------------------------------------------------------------------ header blocks
+
+    /// Adds a frame to the header block of `side`; returns the block once it is whole.
+    fn assemble(
+        side: &mut Side,
+        h: &FrameHeader,
+        payload: &[u8],
+        max: usize,
+    ) -> Result<Option<HeaderBlock>, Desync> {
+        let wire = (FRAME_HEADER_LEN + h.len) as u64;
+        let block = match (side.block.take(), h.kind) {
+            (Some(mut b), CONTINUATION) if b.stream_id == h.stream_id => {
+                b.fragment.extend_from_slice(payload);
+                b.wire_bytes += wire;
+                b
+            }
+            (Some(_), _) | (None, CONTINUATION) => return Err(Desync::Continuation),
+            (None, kind) => {
+                let push_promise = kind == PUSH_PROMISE;
+                let fragment = if push_promise {
+                    h2::push_promise_fragment(h, payload)?
+                } else {
+                    h2::headers_fragment(h, payload)?
+                };
+                HeaderBlock {
+                    stream_id: h.stream_id,
+                    end_stream: !push_promise && h.has(FLAG_END_STREAM),
+                    push_promise,
+                    fragment: fragment.to_vec(),
+                    wire_bytes: wire,
+                }
+            }
+        };
+        if block.fragment.len() > max {
+            return Err(Desync::HeaderBlockTooLarge);
+        }
+        if h.has(FLAG_END_HEADERS) {
+            Ok(Some(block))
+        } else {
+            side.block = Some(block);
+            Ok(None)
+        }
+    }
+
+    /// Decodes a whole block (always: the table must stay in step) and keeps a few fields.
+    fn decode(side: &mut Side, block: &HeaderBlock) -> Result<Fields, Desync> {
+        let mut fields = Fields::default();
+        side.hpack
+            .decode_with_cb(&block.fragment, |n, v| fields.take(&n, &v))
+            .map_err(Desync::Hpack)?;
+        Ok(fields)
+    }
+
+    // ------------------------------------------------------------------ requests
+
+    fn write_frame(
+        &mut self,
+        h: FrameHeader,
+        payload: &[u8],
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) -> Result<(), Desync> {
+        if self.write.block.is_some() || matches!(h.kind, HEADERS | CONTINUATION | PUSH_PROMISE) {
+            let max = self.limits.max_header_bytes;
+            if let Some(block) = Self::assemble(&mut self.write, &h, payload, max)? {
+                let fields = Self::decode(&mut self.write, &block)?;
+                if !block.push_promise {
+                    self.request_headers(&block, fields, ts_ns, stats, out);
+                }
+            }
+            return Ok(());
+        }
+        match h.kind {
+            DATA => {
+                let body = h2::unpadded(&h, payload)?;
+                if let Some(s) = self.streams.get_mut(&h.stream_id)
+                    && s.ex.request == RequestState::Writing
+                {
+                    s.request_bytes += (FRAME_HEADER_LEN + h.len) as u64;
+                    if let Some(reader) = s.request_body.as_mut() {
+                        reader.feed(body, stats, &mut |_| {});
+                    }
+                    if h.has(FLAG_END_STREAM) {
+                        self.request_end(h.stream_id, stats, out);
+                    }
+                }
+            }
+            RST_STREAM => {
+                let code = h2::rst_stream_code(&h, payload)?;
+                self.reset(h.stream_id, code, ts_ns, stats, out);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn request_headers(
+        &mut self,
+        block: &HeaderBlock,
+        f: Fields,
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
+        let id = block.stream_id;
+        if let Some(s) = self.streams.get_mut(&id) {
+            // Trailers.
+            s.request_bytes += block.wire_bytes;
+            if block.end_stream && s.ex.request == RequestState::Writing {
+                self.request_end(id, stats, out);
+            }
+            return;
+        }
+        stats.http_requests += 1;
+        stats.http2_streams += 1;
+        let method = f.method.unwrap_or_default();
+        let path = f.path.unwrap_or_default();
+        let ex = Exchange::for_http2(&method, &path, f.authority.or(f.host), ts_ns);
+        let request_body = ex.route.as_ref().map(|_| {
+            let mut reader = BodyReader::new(
+                f.content_encoding.as_deref(),
+                Framing::Whole,
+                self.limits.max_request_body,
+                stats,
+            );
+            reader.keep_prefix = true;
+            reader
+        });
+        if self.streams.len() >= MAX_STREAMS
+            && let Some((_, oldest)) = self.streams.pop_first()
+        {
+            stats.exchanges_dropped += 1;
+            Self::end_abruptly(oldest, ts_ns, stats, out);
+        }
+        self.streams.insert(
+            id,
+            Stream {
+                ex,
+                request_body,
+                request_bytes: block.wire_bytes,
+                response_bytes: 0,
+            },
+        );
+        if block.end_stream {
+            self.request_end(id, stats, out);
+        }
+    }
+
+    fn request_end(&mut self, id: u32, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let body = s.request_body.take();
+        s.ex.finish_request(body, s.request_bytes, stats, out);
+        self.settle(id, stats, out);
+    }
+
+    // ------------------------------------------------------------------ responses
+
+    fn read_frame(
+        &mut self,
+        h: FrameHeader,
+        payload: &[u8],
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) -> Result<(), Desync> {
+        if self.read.block.is_some() || matches!(h.kind, HEADERS | CONTINUATION | PUSH_PROMISE) {
+            let max = self.limits.max_header_bytes;
+            if let Some(block) = Self::assemble(&mut self.read, &h, payload, max)? {
+                let fields = Self::decode(&mut self.read, &block)?;
+                if !block.push_promise {
+                    self.response_headers(&block, &fields, ts_ns, stats, out);
+                }
+            }
+            return Ok(());
+        }
+        match h.kind {
+            DATA => {
+                let body = h2::unpadded(&h, payload)?;
+                if let Some(s) = self.streams.get_mut(&h.stream_id)
+                    && s.ex.response == ResponseState::Receiving
+                {
+                    s.response_bytes += (FRAME_HEADER_LEN + h.len) as u64;
+                    s.ex.response_body(body, ts_ns, s.response_bytes, stats, out);
+                    if h.has(FLAG_END_STREAM) {
+                        s.ex.end_response(ts_ns, true, s.response_bytes, stats);
+                        self.settle(h.stream_id, stats, out);
+                    }
+                }
+            }
+            RST_STREAM => {
+                let code = h2::rst_stream_code(&h, payload)?;
+                self.reset(h.stream_id, code, ts_ns, stats, out);
+            }
+            GOAWAY => {
+                // Streams above the last one the server processed were refused: the client
+                // retries them on another connection, where they are counted.
+                let last = h2::goaway_last_stream(&h, payload)?;
+                let refused: Vec<u32> = self.streams.range(last + 1..).map(|(id, _)| *id).collect();
+                for id in refused {
+                    self.reset(id, REFUSED_STREAM, ts_ns, stats, out);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn response_headers(
+        &mut self,
+        block: &HeaderBlock,
+        f: &Fields,
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
+        let id = block.stream_id;
+        let Some(s) = self.streams.get_mut(&id) else {
+            stats.unmatched_responses += 1;
+            return;
+        };
+        s.response_bytes += block.wire_bytes;
+        if s.ex.response == ResponseState::Waiting {
+            let status = f.status.unwrap_or(0);
+            if (100..200).contains(&status) {
+                // Interim (100 Continue, 103 Early Hints): the final head follows.
+                return;
+            }
+            stats.http_responses += 1;
+            let limit = self.limits.max_response_body;
+            s.ex.start_response(
+                status,
+                f.content_type.as_deref(),
+                f.content_encoding.as_deref(),
+                limit,
+                stats,
+            );
+        }
+        // Otherwise: trailers.
+        if block.end_stream && s.ex.response == ResponseState::Receiving {
+            s.ex.end_response(ts_ns, true, s.response_bytes, stats);
+            self.settle(id, stats, out);
+        }
+    }
+
+    // ------------------------------------------------------------------ completion
+
+    /// RST_STREAM (either side) or a GOAWAY refusal.
+    fn reset(
+        &mut self,
+        id: u32,
+        code: u32,
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
+        let Some(s) = self.streams.remove(&id) else {
+            return;
+        };
+        if code == REFUSED_STREAM && s.ex.response == ResponseState::Waiting {
+            // Not processed by the server: the client sends it again; not a call here.
+            stats.http2_streams_refused += 1;
+            return;
+        }
+        stats.http2_streams_reset += 1;
+        Self::end_abruptly(s, ts_ns, stats, out);
+    }
+
+    fn settle(&mut self, id: u32, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
+        let done = self.streams.get(&id).is_some_and(|s| {
+            s.ex.request != RequestState::Writing && s.ex.response == ResponseState::Done
+        });
+        if done && let Some(s) = self.streams.remove(&id) {
+            Connection::finalize(s.ex, stats, out);
+        }
+    }
+}
