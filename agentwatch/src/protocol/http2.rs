@@ -121,11 +121,9 @@ impl FrameReader {
             if end > input.len() {
                 break;
             }
-            let result = on_frame(header, &input[pos + FRAME_HEADER_LEN..end]);
+            // On an error the rest is dropped: the caller gives the direction up.
+            on_frame(header, &input[pos + FRAME_HEADER_LEN..end])?;
             pos = end;
-            if let Err(e) = result {
-                return Err(e);
-            }
         }
         self.buf = input[pos..].to_vec();
         Ok(())
