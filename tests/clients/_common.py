@@ -25,6 +25,11 @@ def base_parser(description, default_model):
     ap.add_argument("--model", default=default_model)
     ap.add_argument("--stream", action="store_true", help="stream the responses")
     ap.add_argument("--calls", type=int, default=1, help="number of calls (sequential)")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="make the --calls calls at once, from threads sharing one client "
+                         "(over HTTP/2 they share one connection)")
+    ap.add_argument("--http2", action="store_true",
+                    help="speak HTTP/2 (httpx with h2; ALPN h2) where the driver supports it")
     ap.add_argument("--tag", help="sent as the x-test-tag header")
     ap.add_argument("--usage", help="JSON sent as the x-mock-usage header")
     ap.add_argument("--prompt", default="Say hello.", help="user message text")
@@ -90,15 +95,28 @@ def check_expectation(failures):
 
 
 def run_calls(args, driver, api, one_call, error_types):
-    """Runs args.calls calls of one_call(i) -> (usage_dict, otel, text_chars)."""
+    """Runs args.calls calls of one_call(i) -> (usage_dict, otel, text_chars), one after the
+    other, or all at once from threads with --concurrent. Records are printed in call order."""
     expect_error = args.expect_error or args.expect_status is not None
     failures = []
-    for i in range(1, args.calls + 1):
+
+    def attempt(i):
+        try:
+            return i, one_call(i), None
+        except Exception as exc:  # classified below, in call order
+            return i, None, exc
+
+    calls = range(1, args.calls + 1)
+    if getattr(args, "concurrent", False):
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=max(1, args.calls)) as pool:
+            outcomes = list(pool.map(attempt, calls))
+    else:
+        outcomes = [attempt(i) for i in calls]
+    for i, result, exc in outcomes:
         rec = {"driver": driver, "call": i, "api": api, "model": args.model,
                "stream": bool(args.stream)}
-        try:
-            usage, otel, text_chars = one_call(i)
-        except error_types as exc:  # SDK errors: expected or not
+        if exc is not None and isinstance(exc, error_types):  # SDK errors: expected or not
             rec.update(status="error", usage=None, otel=None, error=type(exc).__name__,
                        error_status=status_of(exc))
             emit(rec)
@@ -108,13 +126,14 @@ def run_calls(args, driver, api, one_call, error_types):
                 failures.append(f"call {i}: wanted status {args.expect_status}, "
                                 f"got {status_of(exc)} ({type(exc).__name__})")
             continue
-        except Exception as exc:  # a bug in the driver or a protocol break
+        if exc is not None:  # a bug in the driver or a protocol break
             rec.update(status="error", usage=None, otel=None, error=type(exc).__name__,
                        error_status=None)
             emit(rec)
             if not expect_error or args.expect_status is not None:
                 failures.append(f"call {i}: {type(exc).__name__}: {exc}")
             continue
+        usage, otel, text_chars = result
         rec.update(status="ok", usage=usage, otel=otel, text_chars=text_chars)
         emit(rec)
         if expect_error:

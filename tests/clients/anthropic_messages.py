@@ -53,7 +53,7 @@ def make_client(args):
         base_url=anthropic_base(args.base_url),
         max_retries=args.max_retries,
         timeout=args.timeout,
-        http_client=anthropic.DefaultHttpxClient(verify=ssl_context(args.ca)),
+        http_client=anthropic.DefaultHttpxClient(verify=ssl_context(args.ca), http2=args.http2),
     )
 
 

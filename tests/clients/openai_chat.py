@@ -3,7 +3,7 @@
 
   python openai_chat.py --base-url https://127.0.0.1:PORT --ca DIR/ca.pem \
       [--model gpt-4o-mini] [--stream [--no-include-usage]] [--calls N] \
-      [--tag T] [--usage JSON] [--prompt TEXT]
+      [--tag T] [--usage JSON] [--prompt TEXT] [--http2 [--concurrent]]
 
 Streams pass stream_options={"include_usage": True} unless --no-include-usage.
 Prints one JSON line per call (see _common.py); exits non-zero on any failure.
@@ -44,7 +44,7 @@ def make_client(args):
         base_url=openai_base(args.base_url),
         max_retries=args.max_retries,
         timeout=args.timeout,
-        http_client=openai.DefaultHttpxClient(verify=ssl_context(args.ca)),
+        http_client=openai.DefaultHttpxClient(verify=ssl_context(args.ca), http2=args.http2),
     )
 
 

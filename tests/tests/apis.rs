@@ -480,3 +480,81 @@ fn plain_http_local_server_ollama_and_openai_compatible() {
     let expect = json!({"provider": "openai", "api": "chat.completions", "streaming": true});
     check_exact(&daemon, &mock, pid, tag, 2, &expect);
 }
+
+/// HTTP/2 (ALPN h2): curl makes two calls as two streams of one connection; the official
+/// `openai` SDK over httpx with h2 makes three streamed calls *at once* from threads sharing one
+/// client, so their streams interleave on one connection. Each call carries exactly what the
+/// mock served, decoded from frames with the connection's HPACK state.
+#[test]
+fn http2_curl_and_python_httpx_concurrent_streams_exact_usage() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&["--h2"]);
+    let tag = "h2-curl";
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let url = format!("{}/v1/chat/completions", mock.base_url());
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--fail",
+        "--http2",
+        "--compressed",
+        "-o",
+        "/dev/null",
+    ])
+    .arg("--cacert")
+    .arg(&mock.ca)
+    .args(["-H", "content-type: application/json"])
+    .args(["-H", &format!("x-test-tag: {tag}")])
+    .args(["-d", body, &url, &url]);
+    let (pid, _) = run_client(cmd);
+    let served = mock.served_with_tag(tag);
+    assert!(
+        served
+            .iter()
+            .all(|s| s["protocol"] == "h2" && s["gzip"] == true),
+        "{served:#?}"
+    );
+    assert_eq!(served[0]["conn"], served[1]["conn"], "one connection");
+    let expect = json!({"provider": "openai", "model": "gpt-4o-mini", "streaming": false, "http_version": "2"});
+    let calls = check_exact(&daemon, &mock, pid, tag, 2, &expect);
+    for call in &calls {
+        assert!(approx(
+            call["cost_usd"].as_f64().unwrap(),
+            gpt_4o_mini_cost(call)
+        ));
+    }
+
+    let tag = "h2-httpx";
+    let pid = run_py(
+        &mock,
+        "openai_chat.py",
+        tag,
+        &["--http2", "--concurrent", "--calls", "3", "--stream"],
+    );
+    let served = mock.served_with_tag(tag);
+    assert_eq!(served.len(), 3, "{served:#?}");
+    assert!(
+        served
+            .iter()
+            .all(|s| s["protocol"] == "h2" && s["conn"] == served[0]["conn"]),
+        "three streams of one HTTP/2 connection: {served:#?}"
+    );
+    let (calls, _) = rows_of(&daemon, pid, 3);
+    // Concurrent streams finish in any order: pair calls with served requests by usage.
+    for s in &served {
+        let call = calls
+            .iter()
+            .find(|c| u(&c["input_tokens"]) == u(&s["usage"]["input_tokens"]))
+            .unwrap_or_else(|| panic!("a call with the usage of {s}: {calls:#?}"));
+        assert_usage_matches(call, s);
+        assert_eq!(call["usage_source"], "reported", "{call}");
+        assert_eq!(call["complete"], true, "{call}");
+        assert_eq!(call["http_version"], "2", "{call}");
+        assert_eq!(call["streaming"], true, "{call}");
+    }
+    let status = daemon.cli_json(&["status"]);
+    let capture = &status["capture"];
+    assert!(u(&capture["http2_connections"]) >= 2, "{capture}");
+    assert!(u(&capture["http2_streams"]) >= 5, "{capture}");
+    assert_eq!(u(&capture["hpack_errors"]), 0, "{capture}");
+}

@@ -40,6 +40,9 @@ struct Args {
     /// Serve plain HTTP (a local model server: Ollama, vLLM, llama.cpp) instead of TLS.
     #[arg(long)]
     plain: bool,
+    /// Offer HTTP/2 (ALPN h2, then http/1.1) on TLS connections.
+    #[arg(long)]
+    h2: bool,
 }
 
 fn main() {
@@ -65,6 +68,7 @@ fn main() {
             zstd: args.zstd,
             chunk_delay_ms: args.chunk_delay_ms,
             plain: args.plain,
+            h2: args.h2,
         };
         let server = match Server::start(config).await {
             Ok(s) => s,

@@ -317,24 +317,24 @@ fn head_bytes(status: u16, headers: &[(String, String)], extra: &[(&str, String)
     s.into_bytes()
 }
 
-fn gzip_all(data: &[u8]) -> Vec<u8> {
+pub(super) fn gzip_all(data: &[u8]) -> Vec<u8> {
     let mut enc = GzEncoder::new(Vec::new(), Compression::default());
     let _ = enc.write_all(data);
     enc.finish().unwrap_or_default()
 }
 
-fn zstd_all(data: &[u8]) -> Vec<u8> {
+pub(super) fn zstd_all(data: &[u8]) -> Vec<u8> {
     zstd::stream::encode_all(data, 3).unwrap_or_default()
 }
 
 /// A streaming body encoder, flushed after every event.
-enum StreamEnc {
+pub(super) enum StreamEnc {
     Gzip(GzEncoder<Vec<u8>>),
     Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
 }
 
 impl StreamEnc {
-    fn for_response(resp: &Response) -> Option<StreamEnc> {
+    pub(super) fn for_response(resp: &Response) -> Option<StreamEnc> {
         if resp.zstd {
             zstd::stream::write::Encoder::new(Vec::new(), 3)
                 .ok()
@@ -350,7 +350,7 @@ impl StreamEnc {
     }
 
     /// Encodes and flushes one event; returns the bytes to send.
-    fn event(&mut self, ev: &[u8]) -> std::io::Result<Vec<u8>> {
+    pub(super) fn event(&mut self, ev: &[u8]) -> std::io::Result<Vec<u8>> {
         match self {
             StreamEnc::Gzip(e) => {
                 e.write_all(ev)?;
@@ -365,7 +365,7 @@ impl StreamEnc {
         }
     }
 
-    fn finish(self) -> std::io::Result<Vec<u8>> {
+    pub(super) fn finish(self) -> std::io::Result<Vec<u8>> {
         match self {
             StreamEnc::Gzip(e) => e.finish(),
             StreamEnc::Zstd(e) => e.finish(),
@@ -374,7 +374,7 @@ impl StreamEnc {
 }
 
 /// The `content-encoding` header of a response, if any.
-fn encoding_headers(resp: &Response) -> Vec<(&'static str, String)> {
+pub(super) fn encoding_headers(resp: &Response) -> Vec<(&'static str, String)> {
     let coding = if resp.zstd {
         "zstd"
     } else if resp.gzip {

@@ -6,13 +6,14 @@
 //!
 //! Layout: `app` maps a parsed [`app::Request`] to an [`app::Response`]
 //! (provider bodies in `openai` / `anthropic`, numbers in `usage`); `http1`
-//! is the wire front chosen by ALPN in [`serve`]. An HTTP/2 front would be a
-//! sibling of `http1` taking the same requests and responses.
+//! and `http2` are the wire fronts, chosen by ALPN in [`serve`] (`h2` is
+//! offered only with `Config::h2`).
 
 pub mod anthropic;
 pub mod app;
 pub mod gemini;
 pub mod http1;
+pub mod http2;
 pub mod json;
 pub mod log;
 pub mod ollama;
@@ -73,6 +74,8 @@ pub struct Config {
     pub chunk_delay_ms: u64,
     /// Plain HTTP/1.1, no TLS (a local model server).
     pub plain: bool,
+    /// Offer `h2` in ALPN (before `http/1.1`), so clients that speak HTTP/2 use it.
+    pub h2: bool,
 }
 
 impl Config {
@@ -86,6 +89,7 @@ impl Config {
             zstd: GzipMode::Never,
             chunk_delay_ms: 0,
             plain: false,
+            h2: false,
         }
     }
 }
@@ -121,7 +125,12 @@ impl Server {
             Some(p) => log::LogSink::open(p).with_context(|| format!("opening {}", p.display()))?,
             None => log::LogSink::none(),
         };
-        let tls_cfg = tls::server_config(&certs, &[b"http/1.1"])?;
+        let alpn: &[&[u8]] = if config.h2 {
+            &[b"h2", b"http/1.1"]
+        } else {
+            &[b"http/1.1"]
+        };
+        let tls_cfg = tls::server_config(&certs, alpn)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -190,7 +199,7 @@ async fn accept_loop(
                     if state.config.plain {
                         http1::serve(tcp, &state, conn_id).await;
                     } else {
-                        serve(acceptor, tcp, &state, conn_id).await;
+                        serve(acceptor, tcp, state, conn_id).await;
                     }
                 });
             }
@@ -207,13 +216,16 @@ async fn accept_loop(
 async fn serve(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: tokio::net::TcpStream,
-    state: &app::AppState,
+    state: Arc<app::AppState>,
     conn_id: u64,
 ) {
     let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
         return;
     };
-    // Only http/1.1 is offered today; a client without ALPN also gets HTTP/1.1.
-    // An `h2` branch goes here once the HTTP/2 front exists.
-    http1::serve(tls, state, conn_id).await;
+    // A client without ALPN gets HTTP/1.1.
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        http2::serve(tls, state, conn_id).await;
+    } else {
+        http1::serve(tls, &state, conn_id).await;
+    }
 }
