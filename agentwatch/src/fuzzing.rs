@@ -26,13 +26,14 @@ pub type Target = fn(&[u8]);
 
 /// Every target: its name (the directory under `fuzz/corpus/` and the cargo-fuzz binary)
 /// and its function.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("http1", http1),
     ("decode", decode),
     ("sse", sse),
     ("streams", streams),
     ("providers", providers),
     ("connection", connection),
+    ("http2", http2),
 ];
 
 /// The function of the target named `name`.
@@ -530,6 +531,24 @@ pub fn connection(data: &[u8]) {
     let _ = connection_run(data);
 }
 
+/// HTTP/2 (frames, HPACK, streams) through a connection: as [`connection`], with the client
+/// preface written first, so that every input speaks HTTP/2. Same control byte, same records,
+/// same invariants.
+pub fn http2(data: &[u8]) {
+    let _ = http2_run(data);
+}
+
+/// [`http2`], returning what was emitted (for tests).
+pub fn http2_run(data: &[u8]) -> ConnectionRun {
+    let (ctl, rest) = data.split_first().map_or((0, &[][..]), |(c, r)| (*c, r));
+    let preface = crate::protocol::http2::PREFACE;
+    let mut input = vec![ctl, 0];
+    input.extend_from_slice(&(preface.len() as u16).to_le_bytes());
+    input.extend_from_slice(preface);
+    input.extend_from_slice(rest);
+    connection_run(&input)
+}
+
 /// [`connection`], returning what was emitted (for tests).
 pub fn connection_run(data: &[u8]) -> ConnectionRun {
     let Some((&ctl, mut rest)) = data.split_first() else {
@@ -684,6 +703,25 @@ mod tests {
         assert!(reported >= 15, "only {reported} complete calls with usage");
     }
 
+    /// The HTTP/2 seeds decode: each two-stream seed gives two complete calls with usage.
+    #[test]
+    fn fuzzing_http2_seeds_make_calls() {
+        let mut reported = 0;
+        for (name, data) in seeds::http2() {
+            let run = http2_run(&data);
+            assert_eq!(run.stats.hpack_errors, 0, "{name}");
+            reported += run
+                .events
+                .iter()
+                .filter(|e| {
+                    matches!(e, CaptureEvent::Call(c)
+                        if c.complete && c.usage_source == UsageSource::Reported)
+                })
+                .count();
+        }
+        assert_eq!(reported, 8, "four two-stream seeds");
+    }
+
     /// The pieces helper covers the input exactly.
     #[test]
     fn fuzzing_pieces_cover_input() {
@@ -726,6 +764,7 @@ mod tests {
                 ("streams", streams()),
                 ("providers", providers()),
                 ("connection", connection()),
+                ("http2", http2()),
             ]
         }
 
@@ -950,6 +989,133 @@ data: [DONE]\n\n";
                 v.extend_from_slice(p);
             }
             v
+        }
+
+        fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+            let len = payload.len();
+            let mut v = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+            v.extend_from_slice(&stream.to_be_bytes());
+            v.extend_from_slice(payload);
+            v
+        }
+
+        fn h2_headers(
+            enc: &mut loona_hpack::Encoder<'static>,
+            stream: u32,
+            fields: &[(&str, &str)],
+            end_stream: bool,
+        ) -> Vec<u8> {
+            let block = enc.encode(fields.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+            // END_HEADERS, and END_STREAM if asked.
+            h2_frame(1, 4 | u8::from(end_stream), stream, &block)
+        }
+
+        /// Seeds for [`super::http2`]: records after the preface (written by the target).
+        pub fn http2() -> Files {
+            let mut files = Vec::new();
+            for (name, path, host, req, resp_ct, resp, gz) in [
+                (
+                    "openai-json",
+                    "/v1/chat/completions",
+                    "api.openai.com",
+                    OPENAI_REQ,
+                    "application/json",
+                    OPENAI_JSON,
+                    false,
+                ),
+                (
+                    "openai-json-gzip",
+                    "/v1/chat/completions",
+                    "api.openai.com",
+                    OPENAI_REQ,
+                    "application/json",
+                    OPENAI_JSON,
+                    true,
+                ),
+                (
+                    "openai-sse",
+                    "/v1/chat/completions",
+                    "api.openai.com",
+                    OPENAI_STREAM_REQ,
+                    "text/event-stream",
+                    OPENAI_SSE,
+                    false,
+                ),
+                (
+                    "anthropic-sse",
+                    "/v1/messages",
+                    "api.anthropic.com",
+                    ANTHROPIC_REQ,
+                    "text/event-stream",
+                    anthropic::tests::STREAM,
+                    false,
+                ),
+            ] {
+                let mut cenc = loona_hpack::Encoder::new();
+                let mut senc = loona_hpack::Encoder::new();
+                let mut w = h2_frame(4, 0, 0, &[]);
+                let mut r = h2_frame(4, 0, 0, &[0, 3, 0, 0, 0, 100]);
+                for stream in [1u32, 3] {
+                    w.extend(h2_headers(
+                        &mut cenc,
+                        stream,
+                        &[
+                            (":method", "POST"),
+                            (":scheme", "https"),
+                            (":authority", host),
+                            (":path", path),
+                            ("content-type", "application/json"),
+                        ],
+                        false,
+                    ));
+                    w.extend(h2_frame(0, 1, stream, req));
+                }
+                let body = if gz { gzip(resp) } else { resp.to_vec() };
+                for stream in [3u32, 1] {
+                    let mut fields = vec![(":status", "200"), ("content-type", resp_ct)];
+                    if gz {
+                        fields.push(("content-encoding", "gzip"));
+                    }
+                    r.extend(h2_headers(&mut senc, stream, &fields, false));
+                    for (i, piece) in body.chunks(100).enumerate() {
+                        let last = (i + 1) * 100 >= body.len();
+                        r.extend(h2_frame(0, u8::from(last), stream, piece));
+                    }
+                }
+                files.push((
+                    format!("{name}"),
+                    script(0, &[recs(W, &w, 700), recs(R, &r, 300)]),
+                ));
+            }
+            // A reset stream, and a loss in the middle of a response.
+            let mut cenc = loona_hpack::Encoder::new();
+            let mut w = h2_headers(
+                &mut cenc,
+                1,
+                &[
+                    (":method", "POST"),
+                    (":path", "/v1/messages"),
+                    (":authority", "api.anthropic.com"),
+                ],
+                false,
+            );
+            w.extend(h2_frame(0, 1, 1, ANTHROPIC_REQ));
+            let mut senc = loona_hpack::Encoder::new();
+            let mut r = h2_headers(
+                &mut senc,
+                1,
+                &[(":status", "200"), ("content-type", "text/event-stream")],
+                false,
+            );
+            r.extend(h2_frame(0, 0, 1, &anthropic::tests::STREAM[..200]));
+            let mut reset = r.clone();
+            reset.extend(h2_frame(3, 0, 1, &[0, 0, 0, 8]));
+            files.push(("reset".into(), script(0, &[rec(W, &w), rec(R, &reset)])));
+            files.push((
+                "loss".into(),
+                script(0, &[rec(W, &w), rec(R, &r), vec![LOSS_READ]]),
+            ));
+            files
         }
 
         pub fn connection() -> Files {
