@@ -558,3 +558,36 @@ fn http2_curl_and_python_httpx_concurrent_streams_exact_usage() {
     assert!(u(&capture["http2_streams"]) >= 5, "{capture}");
     assert_eq!(u(&capture["hpack_errors"]), 0, "{capture}");
 }
+
+/// One OpenSSL `SSL*` carries two connections (`SSL_clear` between them, through libssl
+/// itself): the first response is abandoned after its head, the second is read whole. The
+/// handshake probe ends the first connection's state before the second's bytes arrive, so
+/// the first call is recorded incomplete (usage missing) and the second exact; the second
+/// response is never parsed as the rest of the first.
+#[test]
+fn ssl_pointer_reused_by_a_new_connection_is_not_mixed_up() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    let reused = |d: &Daemon| u(&d.cli_json(&["status"])["pipeline"]["ssl_pointers_reused"]);
+    let before = reused(&daemon);
+    let tag = "ssl-reuse";
+    let (pid, out) = run_client(py_client("ssl_reuse.py", &mock, &["--tag", tag]));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    let served = mock.served_with_tag(tag);
+    assert_eq!(served.len(), 2, "{served:#?}");
+    assert_ne!(served[0]["conn"], served[1]["conn"], "two connections");
+    let (calls, _) = rows_of(&daemon, pid, 2);
+    let first = calls.iter().find(|c| c["streaming"] == true).unwrap();
+    assert_eq!(first["complete"], false, "{first}");
+    assert_eq!(first["usage_source"], "missing", "{first}");
+    let second = calls.iter().find(|c| c["streaming"] == false).unwrap();
+    assert_eq!(second["complete"], true, "{second}");
+    assert_eq!(second["usage_source"], "reported", "{second}");
+    assert_usage_matches(second, &served[1]);
+    assert!(
+        reused(&daemon) > before,
+        "the SSL pointer's reuse was seen: {}",
+        daemon.cli_json(&["status"])["pipeline"]
+    );
+}

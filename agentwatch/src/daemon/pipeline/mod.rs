@@ -31,6 +31,9 @@ pub struct PipelineStats {
     pub exits: u64,
     pub tls_chunks: u64,
     pub tls_handshakes: u64,
+    /// Handshakes on an SSL pointer that still had a connection (freed and reused by the
+    /// library): the old connection was closed first, so the two are never mixed.
+    pub ssl_pointers_reused: u64,
     pub tls_bytes: u64,
     /// TLS chunks from a process that vanished before /proc could be read (charged to nobody).
     pub tls_chunks_unknown_process: u64,
@@ -153,6 +156,7 @@ impl Pipeline {
                 // The SSL pointer starts a new connection: the old one (if any) is over.
                 self.stats.tls_handshakes += 1;
                 if self.conns.contains_key(&(tgid, ssl)) {
+                    self.stats.ssl_pointers_reused += 1;
                     if let Some(list) = self.conns_by_tgid.get_mut(&tgid) {
                         list.retain(|s| *s != ssl);
                     }
