@@ -384,6 +384,41 @@ fn block_fails_the_calls_and_keeps_the_process_alive() {
     assert_eq!(u(&row["call_count"]), 2);
 }
 
+/// Over HTTP/2 every call is a stream of one connection, and a request starts with binary
+/// HEADERS, not a request line: the gate recognises the new stream (from the preview's header
+/// block, or the connection's earlier LLM streams), so the third call never leaves.
+#[test]
+fn block_on_http2_stops_the_next_stream_of_the_connection() {
+    let daemon = daemon_with("[ceilings]\nsession_calls = 2\naction = \"block\"\n");
+    let mock = Mock::start(&["--h2"]);
+    let tag = "block-h2";
+    let mut child = spawn(py_client(
+        "openai_chat.py",
+        &mock,
+        &["--http2", "--calls", "4", "--tag", tag],
+    ));
+    let pid = child.id();
+    // Calls 3 and 4 fail (the connection is cut, then new connections are refused).
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert!(!status.success(), "the blocked calls failed: {status:?}");
+    let served = mock.served_with_tag(tag);
+    assert_eq!(served.len(), 2, "nothing after the ceiling: {served:#?}");
+    assert!(served.iter().all(|s| s["protocol"] == "h2"), "{served:#?}");
+    let row = ledger_row(&daemon, pid);
+    assert_eq!(row["outcome"], "blocked", "{row}");
+    assert_eq!(u(&row["call_count"]), 2, "{row}");
+    let blocked: Vec<Value> = daemon
+        .calls()
+        .into_iter()
+        .filter(|c| c["blocked"] == true && u(&c["pid"]) == pid as u64)
+        .collect();
+    assert!(!blocked.is_empty(), "the held HEADERS write is on record");
+    assert!(
+        blocked.iter().all(|c| u(&c["total_tokens"]) == 0),
+        "{blocked:#?}"
+    );
+}
+
 #[test]
 fn restart_keeps_or_releases_a_paused_session_with_its_spend() {
     for (on_restart, expect_stopped) in [("keep", true), ("release", false)] {

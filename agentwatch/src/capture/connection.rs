@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use super::http2::Http2;
+use super::http2::{Http2, Http2Hold};
 use super::streams::{JsonArraySplitter, NdjsonSplitter};
 use super::{CaptureEvent, CaptureLimits, CaptureStats};
 use crate::accounting::UsageSource;
@@ -758,6 +758,23 @@ impl Connection {
             }
         }
         *self = Connection::new(self.limits);
+    }
+
+    /// What a write held by the ceilings gate starts, if this is (or the write opens) an
+    /// HTTP/2 client connection. `conn` is the connection's state, if it has one yet.
+    pub fn http2_hold(conn: Option<&Connection>, preview: &[u8]) -> Http2Hold {
+        let preface = crate::protocol::http2::PREFACE;
+        let n = preview.len().min(preface.len());
+        if n >= H2_PREFACE.len() && preview[..n] == preface[..n] {
+            // A new connection: its first write.
+            return Http2::hold(None, &preview[n..]);
+        }
+        match conn.and_then(|c| c.h2.as_deref()) {
+            Some(h2) if conn.is_some_and(|c| c.role == Role::Http2Client) => {
+                Http2::hold(Some(h2), preview)
+            }
+            _ => Http2Hold::NotHttp2,
+        }
     }
 
     /// Nothing buffered or in flight: the daemon may drop this connection. Connections that

@@ -23,7 +23,7 @@ use crate::protocol::http2::{
     FrameHeader, FrameReader, GOAWAY, HEADERS, Http2Error, PUSH_PROMISE, REFUSED_STREAM,
     RST_STREAM,
 };
-use crate::providers::Framing;
+use crate::providers::{Api, Framing};
 
 /// Streams tracked on one connection at most. Servers allow ~100 concurrent streams; past
 /// this the oldest stream is given up (incomplete) and counted in `exchanges_dropped`.
@@ -131,6 +131,26 @@ pub(super) struct Http2 {
     streams: BTreeMap<u32, Stream>,
     /// Given up (see the module docs): everything after is ignored.
     desynced: bool,
+    /// Highest stream id the client opened, and its last LLM request (for [`Http2Hold`]).
+    max_stream_id: u32,
+    last_llm: Option<(Api, Option<String>)>,
+}
+
+/// What a write held by the ceilings gate starts, on an HTTP/2 connection. The gate sees only
+/// the first bytes of the write, before the connection's state has seen them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Http2Hold {
+    /// Not an HTTP/2 client connection: the HTTP/1 request line decides.
+    NotHttp2,
+    /// Connection set-up or control frames only (preface, SETTINGS, WINDOW_UPDATE, PING): no
+    /// request has started; the next write must be held again.
+    NoRequest,
+    /// Frames of streams already open (request bodies, trailers): nothing new.
+    OpenStreams,
+    /// HEADERS opening a new stream, with the API and host if it is an LLM request: read from
+    /// the preview when its header block decodes without the dynamic table (always so for a
+    /// connection's first request), else taken from the connection's last LLM request.
+    NewStream(Option<(Api, Option<String>)>),
 }
 
 impl Http2 {
@@ -141,6 +161,57 @@ impl Http2 {
             read: Side::new(FrameReader::server()),
             streams: BTreeMap::new(),
             desynced: false,
+            max_stream_id: 0,
+            last_llm: None,
+        }
+    }
+
+    /// See [`Http2Hold`]. `preview` is what a held write starts with (after the preface, if
+    /// the write carries it: then `conn` is `None`, the connection being new).
+    pub(super) fn hold(conn: Option<&Http2>, preview: &[u8]) -> Http2Hold {
+        let mut frames = preview;
+        let mut saw_data = false;
+        while frames.len() >= FRAME_HEADER_LEN {
+            let len = (usize::from(frames[0]) << 16)
+                | (usize::from(frames[1]) << 8)
+                | usize::from(frames[2]);
+            let h = FrameHeader {
+                len,
+                kind: frames[3],
+                flags: frames[4],
+                stream_id: u32::from_be_bytes([frames[5], frames[6], frames[7], frames[8]])
+                    & 0x7fff_ffff,
+            };
+            // The preview may end inside this frame: take what is there.
+            let payload = &frames[FRAME_HEADER_LEN..frames.len().min(FRAME_HEADER_LEN + len)];
+            match h.kind {
+                HEADERS if h.stream_id > conn.map_or(0, |c| c.max_stream_id) => {
+                    let fragment = h2::headers_fragment(&h, payload).unwrap_or(payload);
+                    let mut f = Fields::default();
+                    // A fresh decoder: right for a first block; a later one may refer to the
+                    // dynamic table, and then :method/:path do not come out.
+                    let _ = Decoder::new().decode_with_cb(fragment, |n, v| f.take(&n, &v));
+                    let route = match (f.method.as_deref(), f.path.as_deref()) {
+                        (Some(m), Some(p)) => {
+                            Some(Api::route(m, p).map(|r| (r.api, f.authority.or(f.host))))
+                        }
+                        _ => None,
+                    };
+                    let llm = match route {
+                        Some(decoded) => decoded,
+                        None => conn.and_then(|c| c.last_llm.clone()),
+                    };
+                    return Http2Hold::NewStream(llm);
+                }
+                DATA | HEADERS | CONTINUATION => saw_data = true,
+                _ => {}
+            }
+            frames = &frames[(FRAME_HEADER_LEN + len).min(frames.len())..];
+        }
+        if saw_data {
+            Http2Hold::OpenStreams
+        } else {
+            Http2Hold::NoRequest
         }
     }
 
@@ -377,6 +448,7 @@ impl Http2 {
         }
         stats.http_requests += 1;
         stats.http2_streams += 1;
+        self.max_stream_id = self.max_stream_id.max(id);
         let method = f.method.unwrap_or_default();
         let path = f.path.unwrap_or_default();
         let ex = Exchange::for_http2(&method, &path, f.authority.or(f.host), ts_ns);
@@ -416,6 +488,11 @@ impl Http2 {
         };
         let body = s.request_body.take();
         s.ex.finish_request(body, s.request_bytes, stats, out);
+        if let Some(req) = &s.ex.llm
+            && let Some(route) = &s.ex.route
+        {
+            self.last_llm = Some((route.api, req.server_address.clone()));
+        }
         self.settle(id, stats, out);
     }
 

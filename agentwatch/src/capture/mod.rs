@@ -29,6 +29,7 @@ pub(crate) mod streams;
 mod tests;
 
 pub use connection::Connection;
+pub use http2::Http2Hold;
 
 use serde::{Deserialize, Serialize};
 

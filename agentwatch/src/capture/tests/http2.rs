@@ -4,6 +4,7 @@
 use loona_hpack::Encoder;
 
 use super::*;
+use crate::capture::Http2Hold;
 use crate::protocol::http2::{
     CONTINUATION, DATA, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, GOAWAY, HEADERS, PREFACE,
     REFUSED_STREAM, RST_STREAM, SETTINGS,
@@ -374,4 +375,100 @@ fn http2_bad_hpack_continuation_and_garbage_never_panic() {
         h.close();
         assert!(h.conn.is_idle());
     }
+}
+
+#[test]
+fn http2_hold_tells_setup_new_llm_streams_and_open_streams_apart() {
+    use crate::providers::Api;
+    let openai = Some((Api::OpenAiChat, Some("api.openai.com".to_string())));
+    let mut cenc = Encoder::new();
+    // A new connection's first write: preface and SETTINGS only.
+    let mut setup = PREFACE.to_vec();
+    setup.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0x10, 0, 0]));
+    assert_eq!(Connection::http2_hold(None, &setup), Http2Hold::NoRequest);
+    // Preface, SETTINGS and the first request's HEADERS in one write, cut at 256 bytes.
+    let mut first = setup.clone();
+    first.extend(headers(
+        &mut cenc,
+        1,
+        &request_fields("/v1/chat/completions", "api.openai.com"),
+        false,
+        4096,
+    ));
+    first.extend(data(
+        1,
+        &openai_body("gpt-4o", false, false, 500),
+        16_384,
+        true,
+    ));
+    first.truncate(256);
+    assert_eq!(
+        Connection::http2_hold(None, &first),
+        Http2Hold::NewStream(openai.clone())
+    );
+    // A non-LLM first request.
+    let mut other = PREFACE.to_vec();
+    other.extend(headers(
+        &mut Encoder::new(),
+        1,
+        &[
+            (":method", "GET"),
+            (":path", "/index.html"),
+            (":authority", "example.com"),
+        ],
+        true,
+        4096,
+    ));
+    assert_eq!(
+        Connection::http2_hold(None, &other),
+        Http2Hold::NewStream(None)
+    );
+
+    // On a connection that made an LLM call: the next HEADERS (leaning on the dynamic table)
+    // is a new LLM stream; a DATA frame of an open stream is not a new request.
+    let mut full = setup;
+    full.extend(headers(
+        &mut Encoder::new(),
+        1,
+        &request_fields("/v1/chat/completions", "api.openai.com"),
+        false,
+        4096,
+    ));
+    full.extend(data(
+        1,
+        &openai_body("gpt-4o", false, false, 5),
+        16_384,
+        true,
+    ));
+    let mut h = H::new();
+    h.write(&full);
+    let mut cenc2 = Encoder::new();
+    let _ = cenc2.encode(
+        request_fields("/v1/chat/completions", "api.openai.com")
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+    );
+    let next = headers(
+        &mut cenc2,
+        3,
+        &request_fields("/v1/chat/completions", "api.openai.com"),
+        false,
+        4096,
+    );
+    assert_eq!(
+        Connection::http2_hold(Some(&h.conn), &next),
+        Http2Hold::NewStream(openai)
+    );
+    let body = data(3, b"{\"model\":\"gpt-4o\"}", 100, true);
+    assert_eq!(
+        Connection::http2_hold(Some(&h.conn), &body),
+        Http2Hold::OpenStreams
+    );
+    // HTTP/1 connections are left to the request-line classifier.
+    let mut h1 = H::new();
+    h1.write(b"GET / HTTP/1.1\r\n");
+    assert_eq!(
+        Connection::http2_hold(Some(&h1.conn), b"POST /v1/messages HTTP/1.1\r\n"),
+        Http2Hold::NotHttp2
+    );
 }

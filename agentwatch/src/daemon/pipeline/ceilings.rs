@@ -4,6 +4,7 @@ use agentwatch_ebpf::{GATE_ARMED, GATE_BLOCKED, GATE_GRANTED, GATE_KILL, GATE_PA
 use serde_json::json;
 
 use super::Pipeline;
+use crate::capture::{Connection, Http2Hold};
 use crate::policy::{Action, Hit, OnRestart, enforce};
 use crate::procs::ProcKey;
 use crate::providers::{Api, LlmRequest, provider_name};
@@ -126,13 +127,34 @@ impl Pipeline {
     }
 
     /// A gated process is stopped at an SSL write: decide.
-    pub(super) fn on_hold(&mut self, tgid: u32, state: u32, ts_ns: u64, preview: &[u8]) {
+    pub(super) fn on_hold(&mut self, tgid: u32, ssl: u64, state: u32, ts_ns: u64, preview: &[u8]) {
         let Some(key) = self.tree.ensure(tgid) else {
             self.gate_set(tgid, GATE_GRANTED);
             cont(tgid);
             return;
         };
-        let req = classify(preview, ts_ns);
+        // HTTP/2 first: its frames are binary, and a request on a connection the process
+        // already uses may only be recognisable with that connection's state.
+        let conn = self.conns.get(&(tgid, ssl)).map(|c| &c.conn);
+        let (req, rearm) = match Connection::http2_hold(conn, preview) {
+            Http2Hold::NotHttp2 => (classify(preview, ts_ns), false),
+            // Only set-up frames: the request itself comes in a later write; hold that too.
+            Http2Hold::NoRequest => (None, true),
+            Http2Hold::OpenStreams | Http2Hold::NewStream(None) => (None, false),
+            Http2Hold::NewStream(Some((api, host))) => (
+                Some(LlmRequest {
+                    provider: provider_name(api, host.as_deref()),
+                    api: api.name().to_string(),
+                    server_address: host,
+                    model: None,
+                    streaming: false,
+                    http_version: "2".into(),
+                    started_at_ns: ts_ns,
+                    request_bytes: 0,
+                }),
+                false,
+            ),
+        };
         let Some(policy) = self.policy.as_mut() else {
             self.gate_set(tgid, GATE_GRANTED);
             cont(tgid);
@@ -147,7 +169,7 @@ impl Pipeline {
             // Not the start of an LLM request (a body continuation, other TLS traffic).
             policy.stats.holds_not_llm += 1;
             if state != GATE_BLOCKED {
-                self.gate_set(tgid, GATE_GRANTED);
+                self.gate_set(tgid, if rearm { GATE_ARMED } else { GATE_GRANTED });
             }
             cont(tgid);
             return;

@@ -147,11 +147,11 @@ impl Pipeline {
             KernelEvent::Tls { header, data } => self.on_tls(&header, data),
             KernelEvent::GateHold {
                 tgid,
+                ssl,
                 state,
                 ts_ns,
                 preview,
-                ..
-            } => self.on_hold(tgid, state, ts_ns, preview),
+            } => self.on_hold(tgid, ssl, state, ts_ns, preview),
             KernelEvent::TlsHandshake { tgid, ssl, ts_ns } => {
                 // The SSL pointer starts a new connection: the old one (if any) is over.
                 self.stats.tls_handshakes += 1;
