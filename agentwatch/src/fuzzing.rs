@@ -1083,7 +1083,7 @@ data: [DONE]\n\n";
                     }
                 }
                 files.push((
-                    format!("{name}"),
+                    name.to_string(),
                     script(0, &[recs(W, &w, 700), recs(R, &r, 300)]),
                 ));
             }
