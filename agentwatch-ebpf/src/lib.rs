@@ -149,6 +149,31 @@ pub struct SslArgs {
     pub out_len: u64,
 }
 
+/// Key of the Go `crypto/tls` argument map: a goroutine (its `g` pointer, R14 in Go's amd64
+/// register ABI) rather than a thread, because a goroutine blocked in `Read` may resume on
+/// another OS thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoKey {
+    pub tgid: u32,
+    pub direction: u32,
+    pub g: u64,
+}
+
+/// Arguments of a Go `crypto/tls` Write or Read, kept per goroutine from entry to a RET.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoArgs {
+    /// The `*Conn`: the connection id (`ssl` of the records).
+    pub conn: u64,
+    pub buf: u64,
+    /// `len(b)`.
+    pub len: u64,
+    /// 1 when a Write's bytes were already emitted at its entry.
+    pub emitted: u32,
+    pub _pad: u32,
+}
+
 /// Key of the per-connection loss marker map.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -182,6 +207,8 @@ mod user {
     unsafe impl aya::Pod for TlsDataHeader {}
     unsafe impl aya::Pod for SslArgs {}
     unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for GoKey {}
+    unsafe impl aya::Pod for GoArgs {}
     unsafe impl aya::Pod for Dest4 {}
     unsafe impl aya::Pod for Dest6 {}
 }
