@@ -58,6 +58,8 @@ pub const DROP_TRUNCATED_BYTES: u32 = 2;
 pub const DROP_ARGS_MAP_FULL: u32 = 3;
 pub const DROP_PROC_EVENTS: u32 = 4;
 pub const DROP_READ_FAILED_BYTES: u32 = 5;
+/// Bytes of a plain `sendmsg`/`recvmsg`/`writev`/`readv` in iovecs beyond `MAX_IOVECS`.
+pub const DROP_IOV_BYTES: u32 = 6;
 pub const DROP_COUNTERS: u32 = 8;
 
 /// Indexes of the `CONFIG` array, written by user space before any program is attached.
@@ -107,6 +109,11 @@ pub const PLAIN_CONN: u64 = 1 << 63;
 pub const SYSCALL_ARG0_OFF: usize = 16;
 pub const SYSCALL_ARG1_OFF: usize = 24;
 pub const SYSCALL_RET_OFF: usize = 16;
+pub const SYSCALL_ARG2_OFF: usize = 32;
+
+/// iovecs of one vectored plain-socket call copied at most; bytes in the rest are counted
+/// (`DROP_IOV_BYTES`) and the stream is marked lost.
+pub const MAX_IOVECS: u32 = 8;
 
 /// Header of a TLS plaintext chunk; `len` payload bytes follow it in the same record.
 #[repr(C)]

@@ -80,6 +80,11 @@ mod bpf {
     #[map]
     static PLAIN_ARGS: HashMap<u64, SslArgs> = HashMap::with_max_entries(16384, 0);
 
+    /// Vectored syscalls of a watched socket from enter to exit, per thread: `buf` is the
+    /// iovec array, `out_len` its length.
+    #[map]
+    static PLAIN_IOV_ARGS: HashMap<u64, SslArgs> = HashMap::with_max_entries(16384, 0);
+
     /// Staging area for one TLS record (too large for the BPF stack).
     #[map]
     static SCRATCH: PerCpuArray<TlsDataEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -398,6 +403,112 @@ mod bpf {
             return Ok(());
         }
         emit_tls(pid_tgid, direction, &args, ret as u64)
+    }
+
+    /// Entry of sendmsg/recvmsg (fd, struct user_msghdr *, flags).
+    #[tracepoint]
+    pub fn sys_enter_plain_msg(ctx: TracePointContext) -> u32 {
+        let _ = try_plain_iov_stash(&ctx, true);
+        0
+    }
+
+    /// Entry of writev/readv (fd, const struct iovec *, iovcnt).
+    #[tracepoint]
+    pub fn sys_enter_plain_vec(ctx: TracePointContext) -> u32 {
+        let _ = try_plain_iov_stash(&ctx, false);
+        0
+    }
+
+    fn try_plain_iov_stash(ctx: &TracePointContext, msghdr: bool) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let fd: u64 = unsafe { ctx.read_at(SYSCALL_ARG0_OFF) }.map_err(|e| e as i64)?;
+        let fd = fd & 0xffff_ffff;
+        // The socket filter first: other processes pay one lookup.
+        if unsafe { PLAIN_FDS.get(&((pid_tgid & 0xffff_ffff_0000_0000) | fd)) }.is_none() {
+            return Ok(());
+        }
+        let arg1: u64 = unsafe { ctx.read_at(SYSCALL_ARG1_OFF) }.map_err(|e| e as i64)?;
+        let (iov, iovcnt) = if msghdr {
+            // struct user_msghdr: msg_name, msg_namelen (+pad), msg_iov at 16, msg_iovlen at 24.
+            let iov: u64 =
+                unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.map_err(|e| e as i64)?;
+            let iovcnt: u64 =
+                unsafe { bpf_probe_read_user((arg1 + 24) as *const u64) }.map_err(|e| e as i64)?;
+            (iov, iovcnt)
+        } else {
+            let iovcnt: u64 = unsafe { ctx.read_at(SYSCALL_ARG2_OFF) }.map_err(|e| e as i64)?;
+            (arg1, iovcnt & 0xffff_ffff)
+        };
+        let args = SslArgs {
+            ssl: PLAIN_CONN | fd,
+            buf: iov,
+            out_len: iovcnt,
+        };
+        if PLAIN_IOV_ARGS.insert(&pid_tgid, &args, 0).is_err() {
+            count(DROP_ARGS_MAP_FULL, 1);
+        }
+        Ok(())
+    }
+
+    #[tracepoint]
+    pub fn sys_exit_plain_vec_write(ctx: TracePointContext) -> u32 {
+        let _ = try_plain_iov_exit(&ctx, DIR_WRITE);
+        0
+    }
+
+    #[tracepoint]
+    pub fn sys_exit_plain_vec_read(ctx: TracePointContext) -> u32 {
+        let _ = try_plain_iov_exit(&ctx, DIR_READ);
+        0
+    }
+
+    /// Emits the bytes the call moved, iovec by iovec in order, from at most `MAX_IOVECS`.
+    fn try_plain_iov_exit(ctx: &TracePointContext, direction: u32) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let args = match unsafe { PLAIN_IOV_ARGS.get(&pid_tgid) } {
+            Some(a) => *a,
+            None => return Ok(()),
+        };
+        let _ = PLAIN_IOV_ARGS.remove(&pid_tgid);
+        let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET_OFF) }.map_err(|e| e as i64)?;
+        if ret <= 0 {
+            return Ok(());
+        }
+        let mut left = ret as u64;
+        for i in 0..MAX_IOVECS as u64 {
+            if i >= args.out_len || left == 0 {
+                break;
+            }
+            // struct iovec { void *iov_base; size_t iov_len; }
+            let at = args.buf + i * 16;
+            let base: u64 =
+                unsafe { bpf_probe_read_user(at as *const u64) }.map_err(|e| e as i64)?;
+            let len: u64 =
+                unsafe { bpf_probe_read_user((at + 8) as *const u64) }.map_err(|e| e as i64)?;
+            let n = if len < left { len } else { left };
+            if n > 0 {
+                let part = SslArgs {
+                    ssl: args.ssl,
+                    buf: base,
+                    out_len: 0,
+                };
+                emit_tls(pid_tgid, direction, &part, n)?;
+            }
+            left -= n;
+        }
+        if left > 0 {
+            count(DROP_IOV_BYTES, left);
+            let _ = LOSS.insert(
+                &ConnKey {
+                    tgid: (pid_tgid >> 32) as u32,
+                    direction,
+                    ssl: args.ssl,
+                },
+                &1,
+                0,
+            );
+        }
+        Ok(())
     }
 
     #[uretprobe]

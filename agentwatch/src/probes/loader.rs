@@ -26,7 +26,7 @@ pub struct ProbesConfig {
     /// Extra TLS libraries (or executables exporting `SSL_write`) to attach at start. Default none.
     pub extra_libraries: Vec<PathBuf>,
     /// TCP ports of local model servers whose plain-HTTP traffic is captured from the syscalls
-    /// of the connecting process (write/sendto, read/recvfrom). Default Ollama 11434, LM Studio
+    /// of the connecting process (write/sendto/sendmsg/writev, read/recvfrom/recvmsg/readv). Default Ollama 11434, LM Studio
     /// 1234, vLLM 8000, llama.cpp 8080, LiteLLM 4000; `[]` turns plain capture off.
     pub plaintext_ports: Vec<u16>,
 }
@@ -81,6 +81,9 @@ pub struct DropCounters {
     pub args_map_full: u64,
     pub proc_events: u64,
     pub read_failed_bytes: u64,
+    /// Plain vectored calls: bytes in iovecs beyond the copied `MAX_IOVECS`.
+    #[serde(default)]
+    pub iov_bytes_not_copied: u64,
 }
 
 /// (symbol, entry program, return program): the data-moving calls of OpenSSL's and GnuTLS's
@@ -529,6 +532,7 @@ impl Probes {
             args_map_full: sum(abi::DROP_ARGS_MAP_FULL),
             proc_events: sum(abi::DROP_PROC_EVENTS),
             read_failed_bytes: sum(abi::DROP_READ_FAILED_BYTES),
+            iov_bytes_not_copied: sum(abi::DROP_IOV_BYTES),
         }
     }
 }
@@ -575,6 +579,22 @@ fn attach_plaintext(
         (
             "sys_exit_plain_read",
             &["sys_exit_read", "sys_exit_recvfrom"][..],
+        ),
+        (
+            "sys_enter_plain_msg",
+            &["sys_enter_sendmsg", "sys_enter_recvmsg"][..],
+        ),
+        (
+            "sys_enter_plain_vec",
+            &["sys_enter_writev", "sys_enter_readv"][..],
+        ),
+        (
+            "sys_exit_plain_vec_write",
+            &["sys_exit_sendmsg", "sys_exit_writev"][..],
+        ),
+        (
+            "sys_exit_plain_vec_read",
+            &["sys_exit_recvmsg", "sys_exit_readv"][..],
         ),
     ] {
         let program: &mut TracePoint = program(ebpf, program_name)?;
