@@ -58,6 +58,8 @@ pub const DROP_TRUNCATED_BYTES: u32 = 2;
 pub const DROP_ARGS_MAP_FULL: u32 = 3;
 pub const DROP_PROC_EVENTS: u32 = 4;
 pub const DROP_READ_FAILED_BYTES: u32 = 5;
+/// Bytes of a plain `sendmsg`/`recvmsg`/`writev`/`readv` in iovecs beyond `MAX_IOVECS`.
+pub const DROP_IOV_BYTES: u32 = 6;
 pub const DROP_COUNTERS: u32 = 8;
 
 /// Indexes of the `CONFIG` array, written by user space before any program is attached.
@@ -107,6 +109,11 @@ pub const PLAIN_CONN: u64 = 1 << 63;
 pub const SYSCALL_ARG0_OFF: usize = 16;
 pub const SYSCALL_ARG1_OFF: usize = 24;
 pub const SYSCALL_RET_OFF: usize = 16;
+pub const SYSCALL_ARG2_OFF: usize = 32;
+
+/// iovecs of one vectored plain-socket call copied at most; bytes in the rest are counted
+/// (`DROP_IOV_BYTES`) and the stream is marked lost.
+pub const MAX_IOVECS: u32 = 8;
 
 /// Header of a TLS plaintext chunk; `len` payload bytes follow it in the same record.
 #[repr(C)]
@@ -149,6 +156,31 @@ pub struct SslArgs {
     pub out_len: u64,
 }
 
+/// Key of the Go `crypto/tls` argument map: a goroutine (its `g` pointer, R14 in Go's amd64
+/// register ABI) rather than a thread, because a goroutine blocked in `Read` may resume on
+/// another OS thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoKey {
+    pub tgid: u32,
+    pub direction: u32,
+    pub g: u64,
+}
+
+/// Arguments of a Go `crypto/tls` Write or Read, kept per goroutine from entry to a RET.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoArgs {
+    /// The `*Conn`: the connection id (`ssl` of the records).
+    pub conn: u64,
+    pub buf: u64,
+    /// `len(b)`.
+    pub len: u64,
+    /// 1 when a Write's bytes were already emitted at its entry.
+    pub emitted: u32,
+    pub _pad: u32,
+}
+
 /// Key of the per-connection loss marker map.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -182,6 +214,8 @@ mod user {
     unsafe impl aya::Pod for TlsDataHeader {}
     unsafe impl aya::Pod for SslArgs {}
     unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for GoKey {}
+    unsafe impl aya::Pod for GoArgs {}
     unsafe impl aya::Pod for Dest4 {}
     unsafe impl aya::Pod for Dest6 {}
 }

@@ -41,6 +41,12 @@ mod bpf {
     #[map]
     static SSL_ARGS: HashMap<u64, SslArgs> = HashMap::with_max_entries(16384, 0);
 
+    /// Go `crypto/tls` call arguments from entry to a RET probe, per goroutine. Entries of
+    /// goroutines that never return (the process exited while blocked in `Read`) are swept by
+    /// user space.
+    #[map]
+    static GO_ARGS: HashMap<GoKey, GoArgs> = HashMap::with_max_entries(16384, 0);
+
     /// Connections whose bytes were lost; the next chunk carries `TLS_FLAG_LOSS_BEFORE`.
     #[map]
     static LOSS: LruHashMap<ConnKey, u32> = LruHashMap::with_max_entries(16384, 0);
@@ -73,6 +79,11 @@ mod bpf {
     /// Syscall arguments of a watched socket from enter to exit, per thread.
     #[map]
     static PLAIN_ARGS: HashMap<u64, SslArgs> = HashMap::with_max_entries(16384, 0);
+
+    /// Vectored syscalls of a watched socket from enter to exit, per thread: `buf` is the
+    /// iovec array, `out_len` its length.
+    #[map]
+    static PLAIN_IOV_ARGS: HashMap<u64, SslArgs> = HashMap::with_max_entries(16384, 0);
 
     /// Staging area for one TLS record (too large for the BPF stack).
     #[map]
@@ -394,6 +405,112 @@ mod bpf {
         emit_tls(pid_tgid, direction, &args, ret as u64)
     }
 
+    /// Entry of sendmsg/recvmsg (fd, struct user_msghdr *, flags).
+    #[tracepoint]
+    pub fn sys_enter_plain_msg(ctx: TracePointContext) -> u32 {
+        let _ = try_plain_iov_stash(&ctx, true);
+        0
+    }
+
+    /// Entry of writev/readv (fd, const struct iovec *, iovcnt).
+    #[tracepoint]
+    pub fn sys_enter_plain_vec(ctx: TracePointContext) -> u32 {
+        let _ = try_plain_iov_stash(&ctx, false);
+        0
+    }
+
+    fn try_plain_iov_stash(ctx: &TracePointContext, msghdr: bool) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let fd: u64 = unsafe { ctx.read_at(SYSCALL_ARG0_OFF) }.map_err(|e| e as i64)?;
+        let fd = fd & 0xffff_ffff;
+        // The socket filter first: other processes pay one lookup.
+        if unsafe { PLAIN_FDS.get(&((pid_tgid & 0xffff_ffff_0000_0000) | fd)) }.is_none() {
+            return Ok(());
+        }
+        let arg1: u64 = unsafe { ctx.read_at(SYSCALL_ARG1_OFF) }.map_err(|e| e as i64)?;
+        let (iov, iovcnt) = if msghdr {
+            // struct user_msghdr: msg_name, msg_namelen (+pad), msg_iov at 16, msg_iovlen at 24.
+            let iov: u64 =
+                unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.map_err(|e| e as i64)?;
+            let iovcnt: u64 =
+                unsafe { bpf_probe_read_user((arg1 + 24) as *const u64) }.map_err(|e| e as i64)?;
+            (iov, iovcnt)
+        } else {
+            let iovcnt: u64 = unsafe { ctx.read_at(SYSCALL_ARG2_OFF) }.map_err(|e| e as i64)?;
+            (arg1, iovcnt & 0xffff_ffff)
+        };
+        let args = SslArgs {
+            ssl: PLAIN_CONN | fd,
+            buf: iov,
+            out_len: iovcnt,
+        };
+        if PLAIN_IOV_ARGS.insert(&pid_tgid, &args, 0).is_err() {
+            count(DROP_ARGS_MAP_FULL, 1);
+        }
+        Ok(())
+    }
+
+    #[tracepoint]
+    pub fn sys_exit_plain_vec_write(ctx: TracePointContext) -> u32 {
+        let _ = try_plain_iov_exit(&ctx, DIR_WRITE);
+        0
+    }
+
+    #[tracepoint]
+    pub fn sys_exit_plain_vec_read(ctx: TracePointContext) -> u32 {
+        let _ = try_plain_iov_exit(&ctx, DIR_READ);
+        0
+    }
+
+    /// Emits the bytes the call moved, iovec by iovec in order, from at most `MAX_IOVECS`.
+    fn try_plain_iov_exit(ctx: &TracePointContext, direction: u32) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let args = match unsafe { PLAIN_IOV_ARGS.get(&pid_tgid) } {
+            Some(a) => *a,
+            None => return Ok(()),
+        };
+        let _ = PLAIN_IOV_ARGS.remove(&pid_tgid);
+        let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET_OFF) }.map_err(|e| e as i64)?;
+        if ret <= 0 {
+            return Ok(());
+        }
+        let mut left = ret as u64;
+        for i in 0..MAX_IOVECS as u64 {
+            if i >= args.out_len || left == 0 {
+                break;
+            }
+            // struct iovec { void *iov_base; size_t iov_len; }
+            let at = args.buf + i * 16;
+            let base: u64 =
+                unsafe { bpf_probe_read_user(at as *const u64) }.map_err(|e| e as i64)?;
+            let len: u64 =
+                unsafe { bpf_probe_read_user((at + 8) as *const u64) }.map_err(|e| e as i64)?;
+            let n = if len < left { len } else { left };
+            if n > 0 {
+                let part = SslArgs {
+                    ssl: args.ssl,
+                    buf: base,
+                    out_len: 0,
+                };
+                emit_tls(pid_tgid, direction, &part, n)?;
+            }
+            left -= n;
+        }
+        if left > 0 {
+            count(DROP_IOV_BYTES, left);
+            let _ = LOSS.insert(
+                &ConnKey {
+                    tgid: (pid_tgid >> 32) as u32,
+                    direction,
+                    ssl: args.ssl,
+                },
+                &1,
+                0,
+            );
+        }
+        Ok(())
+    }
+
     #[uretprobe]
     pub fn ssl_write_exit(ctx: RetProbeContext) -> u32 {
         let _ = try_ssl_exit(&ctx, DIR_WRITE);
@@ -404,6 +521,151 @@ mod bpf {
     pub fn ssl_read_exit(ctx: RetProbeContext) -> u32 {
         let _ = try_ssl_exit(&ctx, DIR_READ);
         0
+    }
+
+    // ---- Go crypto/tls (statically linked Go binaries, register ABI) ---------------------
+    // Go's amd64 ABIInternal: receiver and arguments in RAX, RBX, RCX, RDI, …; results in RAX,
+    // RBX, …; the current goroutine `g` in R14. No uretprobes (they corrupt goroutine stacks,
+    // which move): user space attaches `*_return` at each RET instruction of the function.
+
+    /// Entry of `crypto/tls.(*Conn).Write(b []byte)`: RAX = *Conn, RBX = b.ptr, RCX = b.len.
+    #[uprobe]
+    pub fn go_tls_write_enter(ctx: ProbeContext) -> u32 {
+        let _ = try_go_stash(&ctx, DIR_WRITE);
+        0
+    }
+
+    /// Entry of `crypto/tls.(*Conn).Read(b []byte)`.
+    #[uprobe]
+    pub fn go_tls_read_enter(ctx: ProbeContext) -> u32 {
+        let _ = try_go_stash(&ctx, DIR_READ);
+        0
+    }
+
+    /// A RET of `(*Conn).Write`: RAX = n.
+    #[uprobe]
+    pub fn go_tls_write_return(ctx: ProbeContext) -> u32 {
+        let _ = try_go_return(&ctx, DIR_WRITE);
+        0
+    }
+
+    /// A RET of `(*Conn).Read`: RAX = n.
+    #[uprobe]
+    pub fn go_tls_read_return(ctx: ProbeContext) -> u32 {
+        let _ = try_go_return(&ctx, DIR_READ);
+        0
+    }
+
+    /// Entry of `(*Conn).clientHandshake` / `serverHandshake` (once per connection, unlike
+    /// `Handshake`, which every Write and Read calls): the *Conn address starts fresh.
+    #[uprobe]
+    pub fn go_tls_handshake_enter(ctx: ProbeContext) -> u32 {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        if config(CFG_SELF_TGID) != Some((pid_tgid >> 32) as u32) {
+            let conn = unsafe { (*ctx.regs).rax };
+            new_connection(pid_tgid, conn as u64);
+        }
+        0
+    }
+
+    #[inline(always)]
+    fn try_go_stash(ctx: &ProbeContext, direction: u32) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = (pid_tgid >> 32) as u32;
+        if config(CFG_SELF_TGID) == Some(tgid) {
+            return Ok(());
+        }
+        let (conn, buf, len, g) = unsafe {
+            let r = &*ctx.regs;
+            (r.rax as u64, r.rbx as u64, r.rcx as u64, r.r14 as u64)
+        };
+        let mut emitted = 0;
+        // A Write's bytes are emitted at its entry, before they leave: Go reads responses on
+        // another goroutine (often another thread), whose Read can return before the writer
+        // reaches its RET, and the request must precede its response in the ring buffer. A
+        // write held by the gate is emitted at its RET instead (it may never be sent).
+        if direction == DIR_WRITE && !gate(pid_tgid, conn, buf, len) {
+            let args = SslArgs {
+                ssl: conn,
+                buf,
+                out_len: 0,
+            };
+            if len > 0 {
+                emit_tls(pid_tgid, DIR_WRITE, &args, len)?;
+            }
+            emitted = 1;
+        }
+        let key = GoKey { tgid, direction, g };
+        let args = GoArgs {
+            conn,
+            buf,
+            len,
+            emitted,
+            _pad: 0,
+        };
+        if GO_ARGS.insert(&key, &args, 0).is_err() {
+            count(DROP_ARGS_MAP_FULL, 1);
+            if emitted == 1 {
+                // Its RET cannot check what was sent: the stream must resynchronise.
+                let _ = LOSS.insert(
+                    &ConnKey {
+                        tgid,
+                        direction,
+                        ssl: conn,
+                    },
+                    &1,
+                    0,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn try_go_return(ctx: &ProbeContext, direction: u32) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = (pid_tgid >> 32) as u32;
+        let (n, g) = unsafe {
+            let r = &*ctx.regs;
+            (r.rax as i64, r.r14 as u64)
+        };
+        let key = GoKey { tgid, direction, g };
+        let args = match unsafe { GO_ARGS.get(&key) } {
+            Some(a) => *a,
+            None => return Ok(()),
+        };
+        let _ = GO_ARGS.remove(&key);
+        if args.emitted == 1 {
+            // Fewer bytes sent than emitted at entry (a write error: the connection is
+            // broken): what follows must not be joined to them.
+            if (n as u64) < args.len {
+                let _ = LOSS.insert(
+                    &ConnKey {
+                        tgid,
+                        direction,
+                        ssl: args.conn,
+                    },
+                    &1,
+                    0,
+                );
+            }
+            return Ok(());
+        }
+        if n <= 0 {
+            return Ok(());
+        }
+        if direction == DIR_READ
+            && let Some(state) = unsafe { GATE.get(&tgid) }
+            && *state == GATE_GRANTED
+        {
+            let _ = GATE.insert(&tgid, &GATE_ARMED, 0);
+        }
+        let args = SslArgs {
+            ssl: args.conn,
+            buf: args.buf,
+            out_len: 0,
+        };
+        emit_tls(pid_tgid, direction, &args, n as u64)
     }
 
     #[inline(always)]
@@ -418,7 +680,7 @@ mod bpf {
         let out_len: u64 = if ex { ctx.arg(3).ok_or(1)? } else { 0 };
         if write {
             let num: u64 = ctx.arg(2).ok_or(1)?;
-            gate(pid_tgid, ssl, buf, num);
+            let _ = gate(pid_tgid, ssl, buf, num);
         }
         let args = SslArgs { ssl, buf, out_len };
         if SSL_ARGS.insert(&pid_tgid, &args, 0).is_err() {
@@ -428,20 +690,24 @@ mod bpf {
     }
 
     /// The pre-commit gate: a gated process's write is stopped here, before the library
-    /// writes a byte (the signal is delivered on the return to user mode).
+    /// writes a byte (the signal is delivered on the return to user mode). Returns true when
+    /// the write was stopped or killed.
     #[inline(always)]
-    fn gate(pid_tgid: u64, ssl: u64, buf: u64, num: u64) {
+    fn gate(pid_tgid: u64, ssl: u64, buf: u64, num: u64) -> bool {
         let tgid = (pid_tgid >> 32) as u32;
         let state = match unsafe { GATE.get(&tgid) } {
             Some(s) => *s,
             None if config(CFG_HOST_GATE) == Some(1) => GATE_ARMED,
-            None => return,
+            None => return false,
         };
         match state {
-            GATE_GRANTED => {}
-            GATE_KILL => unsafe {
-                generated::bpf_send_signal(SIGKILL);
-            },
+            GATE_GRANTED => false,
+            GATE_KILL => {
+                unsafe {
+                    generated::bpf_send_signal(SIGKILL);
+                }
+                true
+            }
             _ => {
                 if state == GATE_ARMED {
                     let _ = GATE.insert(&tgid, &GATE_HELD, 0);
@@ -454,6 +720,7 @@ mod bpf {
                     generated::bpf_send_signal(SIGSTOP);
                 }
                 emit_hold(pid_tgid, state, ssl, buf, num);
+                true
             }
         }
     }

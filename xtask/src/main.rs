@@ -195,6 +195,8 @@ fn setup_test_deps() -> Result<()> {
     setup_kubectl()?;
     // A real GnuTLS client for the GnuTLS probes.
     setup_apt_tool("gnutls-cli", "gnutls-bin")?;
+    // `go build` of the Go client (tests/clients/go) for the Go crypto/tls probes.
+    setup_go()?;
     Ok(())
 }
 
@@ -230,6 +232,24 @@ fn setup_apt_tool(tool: &str, package: &str) -> Result<()> {
     apt_install(&[package])?;
     if !present() {
         bail!("`{tool}` is still missing after installing {package}");
+    }
+    Ok(())
+}
+
+/// Debian's Go toolchain when no `go` is on PATH (`go version`, not `--version`).
+fn setup_go() -> Result<()> {
+    let works = || {
+        Command::new("go")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works() {
+        return Ok(());
+    }
+    apt_install(&["golang-go"])?;
+    if !works() {
+        bail!("golang-go is installed but `go version` fails");
     }
     Ok(())
 }

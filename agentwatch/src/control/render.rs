@@ -45,10 +45,24 @@ pub fn render(req: &Request, answer: &Value) -> String {
                     .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "  {} ({})",
+                    "  {} [{}] ({})",
                     lib["path"].as_str().unwrap_or("?"),
+                    lib["kind"].as_str().unwrap_or("?"),
                     syms.join(" ")
                 );
+            }
+            let not_covered = &answer["tls_not_covered"];
+            if let Some(exes) = not_covered["executables"].as_object()
+                && !exes.is_empty()
+            {
+                let _ = writeln!(out, "TLS not covered (not captured):");
+                for (path, why) in exes {
+                    let _ = writeln!(out, "  {path}: {}", why.as_str().unwrap_or("?"));
+                }
+                let over = num(&not_covered["over_cap"]);
+                if over > 0 {
+                    let _ = writeln!(out, "  … and {over} more");
+                }
             }
             if let Some(f) = answer["attach_failures"].as_object()
                 && !f.is_empty()

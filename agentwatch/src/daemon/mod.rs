@@ -106,6 +106,7 @@ impl Discovery {
             self.process(pid, Some(&mut seen));
         }
         self.detach_unreachable(&seen);
+        self.probes.sweep_go_args();
     }
 
     /// A container's library stays attached while a live process maps it or shares its
@@ -380,7 +381,7 @@ fn answer(
 ) -> serde_json::Value {
     match req {
         Request::Status => {
-            let (tracepoints, libraries, failures, drops, detached) = {
+            let (tracepoints, libraries, failures, drops, detached, not_covered) = {
                 let d = discovery.lock().expect("discovery lock");
                 (
                     d.probes.tracepoints.clone(),
@@ -388,6 +389,11 @@ fn answer(
                     d.probes.failures.clone(),
                     d.probes.drop_counters(),
                     d.probes.detached,
+                    json!({
+                        "executables": d.probes.not_covered,
+                        "over_cap": d.probes.not_covered_over_cap,
+                        "go_args_swept": d.probes.go_args_swept,
+                    }),
                 )
             };
             let p = pipeline.lock().expect("pipeline lock");
@@ -403,6 +409,9 @@ fn answer(
                 "tls_libraries": libraries,
                 "tls_libraries_detached": detached,
                 "attach_failures": failures,
+                // Programs whose TLS the probes cannot see (stripped Go binaries): known gaps,
+                // not failures.
+                "tls_not_covered": not_covered,
                 "processes": {"live": p.tree.live_count(), "exited_kept": p.tree.exited_kept_count(), "dropped_over_cap": p.tree.dropped_over_cap()},
                 "live_sessions": p.sessions.live_sessions().len(),
                 "kernel_drops": drops,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use agentwatch_ebpf as abi;
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::programs::uprobe::UProbeAttachLocation;
 use aya::programs::{TracePoint, UProbe, uprobe::UProbeLinkId, uprobe::UProbeScope};
 use aya::{Ebpf, EbpfLoader};
 use serde::{Deserialize, Serialize};
@@ -25,7 +26,7 @@ pub struct ProbesConfig {
     /// Extra TLS libraries (or executables exporting `SSL_write`) to attach at start. Default none.
     pub extra_libraries: Vec<PathBuf>,
     /// TCP ports of local model servers whose plain-HTTP traffic is captured from the syscalls
-    /// of the connecting process (write/sendto, read/recvfrom). Default Ollama 11434, LM Studio
+    /// of the connecting process (write/sendto/sendmsg/writev, read/recvfrom/recvmsg/readv). Default Ollama 11434, LM Studio
     /// 1234, vLLM 8000, llama.cpp 8080, LiteLLM 4000; `[]` turns plain capture off.
     pub plaintext_ports: Vec<u16>,
 }
@@ -48,6 +49,11 @@ pub struct AttachedLibrary {
     pub path: String,
     /// Path the daemon attached through (may go through /proc/PID/root).
     pub attached_via: String,
+    /// `openssl` (also node's static copy), `gnutls`, or `go` (a Go binary's crypto/tls).
+    pub kind: String,
+    /// Go: uprobes on the RET instructions of Write and Read (no uretprobes on Go code).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub return_probes: usize,
     pub symbols: Vec<String>,
     pub missing: Vec<String>,
     /// (device, inode) of the file.
@@ -58,6 +64,14 @@ pub struct AttachedLibrary {
     pub root: Option<(u64, u64)>,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Executables with TLS traffic the probes cannot see (stripped Go binaries), kept for
+/// `agentwatch status` up to this many; the rest are counted.
+const NOT_COVERED_CAP: usize = 256;
+
 /// Drop counters of the kernel side, summed over CPUs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DropCounters {
@@ -67,6 +81,9 @@ pub struct DropCounters {
     pub args_map_full: u64,
     pub proc_events: u64,
     pub read_failed_bytes: u64,
+    /// Plain vectored calls: bytes in iovecs beyond the copied `MAX_IOVECS`.
+    #[serde(default)]
+    pub iov_bytes_not_copied: u64,
 }
 
 /// (symbol, entry program, return program): the data-moving calls of OpenSSL's and GnuTLS's
@@ -107,7 +124,35 @@ pub struct Probes {
     links: HashMap<(u64, u64), Vec<(&'static str, UProbeLinkId)>>,
     /// Files detached because no process could reach them any more.
     pub detached: u64,
+    /// Executables using TLS that cannot be probed, by path: why (bounded).
+    pub not_covered: BTreeMap<String, String>,
+    /// Not-covered executables beyond `NOT_COVERED_CAP`.
+    pub not_covered_over_cap: u64,
+    /// Go goroutine → call arguments (swept of exited processes).
+    go_args: aya::maps::HashMap<MapData, abi::GoKey, abi::GoArgs>,
+    /// Entries of exited processes removed from the Go argument map.
+    pub go_args_swept: u64,
 }
+
+/// An error and its causes, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    out
+}
+
+/// Go programs: entry programs at function starts, return programs at RET instructions.
+const GO_PROGRAMS: [&str; 5] = [
+    "go_tls_write_enter",
+    "go_tls_read_enter",
+    "go_tls_write_return",
+    "go_tls_read_return",
+    "go_tls_handshake_enter",
+];
 
 /// The object's program `name` as its concrete type (tracepoint, uprobe, cgroup program).
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, ProbeError>
@@ -167,6 +212,15 @@ impl Probes {
             name: "DROPS".into(),
             source,
         })?;
+        let go_args = aya::maps::HashMap::try_from(ebpf.take_map("GO_ARGS").ok_or_else(|| {
+            ProbeError::MissingMap {
+                name: "GO_ARGS".into(),
+            }
+        })?)
+        .map_err(|source| ProbeError::Map {
+            name: "GO_ARGS".into(),
+            source,
+        })?;
 
         let mut tracepoints = Vec::new();
         for (category, name) in [
@@ -204,7 +258,10 @@ impl Probes {
             "ssl_handshake_enter",
             "ssl_write_exit",
             "ssl_read_exit",
-        ] {
+        ]
+        .into_iter()
+        .chain(GO_PROGRAMS)
+        {
             uprobe(&mut ebpf, name)?.load().map_err(load_error(name))?;
         }
         Ok((
@@ -217,6 +274,10 @@ impl Probes {
                 seen_files: HashSet::new(),
                 links: HashMap::new(),
                 detached: 0,
+                not_covered: BTreeMap::new(),
+                not_covered_over_cap: 0,
+                go_args,
+                go_args_swept: 0,
             },
             ring,
         ))
@@ -237,7 +298,8 @@ impl Probes {
             .iter()
             .any(|s| s.starts_with("SSL_write") || s == "gnutls_record_send")
         {
-            return false;
+            // No exported TLS API: perhaps a Go binary with its own crypto/tls.
+            return self.attach_go(path, via, identity);
         }
         let mut symbols = Vec::new();
         let mut missing = Vec::new();
@@ -282,12 +344,131 @@ impl Probes {
         self.libraries.push(AttachedLibrary {
             path: path.to_string(),
             attached_via: via.display().to_string(),
+            kind: if gnutls { "gnutls" } else { "openssl" }.to_string(),
+            return_probes: 0,
             symbols,
             missing,
             identity,
             root: super::libraries::foreign_root(via),
         });
         true
+    }
+
+    /// Attaches the Go programs to a Go binary's crypto/tls: entry probes on Write, Read and the
+    /// handshakes, and a return probe on every RET of Write and Read. All or nothing: a binary
+    /// with Write probed but not its returns would stash arguments that are never used.
+    fn attach_go(&mut self, path: &str, via: &Path, identity: (u64, u64)) -> bool {
+        use super::golang::{self, GoScan};
+        // In the daemon's own mount namespace the file's own path outlives the process it
+        // was found through (/proc/PID/root/… vanishes when that process exits).
+        let own_path = Path::new(path);
+        let via = if super::libraries::foreign_root(via).is_none()
+            && std::fs::metadata(own_path).is_ok_and(|m| (m.dev(), m.ino()) == identity)
+        {
+            own_path
+        } else {
+            via
+        };
+        let probes = match golang::scan(via) {
+            GoScan::NotGo | GoScan::NoTls => return false,
+            GoScan::NotCovered(reason) => {
+                tracing::warn!(binary = path, "TLS not covered: {reason}");
+                if self.not_covered.len() < NOT_COVERED_CAP || self.not_covered.contains_key(path) {
+                    self.not_covered.insert(path.to_string(), reason);
+                } else {
+                    self.not_covered_over_cap += 1;
+                }
+                return false;
+            }
+            GoScan::Probes(p) => p,
+        };
+        let mut points: Vec<(&'static str, &'static str, u64)> = vec![
+            (golang::WRITE, "go_tls_write_enter", probes.write),
+            (golang::READ, "go_tls_read_enter", probes.read),
+        ];
+        for offset in &probes.write_returns {
+            points.push((golang::WRITE, "go_tls_write_return", *offset));
+        }
+        for offset in &probes.read_returns {
+            points.push((golang::READ, "go_tls_read_return", *offset));
+        }
+        for (symbol, offset) in &probes.handshakes {
+            points.push((symbol, "go_tls_handshake_enter", *offset));
+        }
+        let mut links = Vec::new();
+        for (symbol, program, offset) in points {
+            let attached = uprobe(&mut self.ebpf, program).and_then(|p| {
+                p.attach(
+                    UProbeAttachLocation::AbsoluteOffset(offset),
+                    via,
+                    UProbeScope::AllProcesses,
+                )
+                .map_err(|source| ProbeError::GoUprobeAttach {
+                    symbol: symbol.into(),
+                    path: via.into(),
+                    detail: error_chain(&source),
+                })
+            });
+            match attached {
+                Ok(link) => links.push((program, link)),
+                Err(e) => {
+                    for (program, link) in links {
+                        if let Ok(p) = uprobe(&mut self.ebpf, program) {
+                            let _ = p.detach(link);
+                        }
+                    }
+                    if !via.exists() {
+                        // The process it was found through exited meanwhile: no failure,
+                        // the next process of this file tries again.
+                        tracing::debug!("{e}");
+                        self.seen_files.remove(&identity);
+                        return false;
+                    }
+                    tracing::warn!("{e}");
+                    self.failures.insert(path.to_string(), e.to_string());
+                    return false;
+                }
+            }
+        }
+        let mut symbols = vec![golang::WRITE.to_string(), golang::READ.to_string()];
+        symbols.extend(probes.handshakes.iter().map(|(s, _)| s.to_string()));
+        // Without a handshake probe a reused *Conn address is not told apart (rare: one
+        // of the two exists in every binary that makes or accepts TLS connections).
+        let missing = if probes.handshakes.is_empty() {
+            vec![golang::HANDSHAKES[0].to_string()]
+        } else {
+            Vec::new()
+        };
+        let return_probes = probes.write_returns.len() + probes.read_returns.len();
+        tracing::info!(binary = path, via = %via.display(), return_probes, "attached Go crypto/tls uprobes");
+        self.links.insert(identity, links);
+        self.libraries.push(AttachedLibrary {
+            path: path.to_string(),
+            attached_via: via.display().to_string(),
+            kind: "go".to_string(),
+            return_probes,
+            symbols,
+            missing,
+            identity,
+            root: super::libraries::foreign_root(via),
+        });
+        true
+    }
+
+    /// Removes the Go argument entries of processes that are gone: a goroutine blocked in
+    /// `Read` when its process exits never reaches a RET, and would hold its entry forever.
+    pub fn sweep_go_args(&mut self) {
+        let dead: Vec<abi::GoKey> = self
+            .go_args
+            .keys()
+            .flatten()
+            .filter(|k| !Path::new(&format!("/proc/{}", k.tgid)).exists())
+            .collect();
+        for key in dead {
+            if self.go_args.remove(&key).is_ok() {
+                self.go_args_swept += 1;
+            }
+        }
     }
 
     /// Detaches the uprobes of a file no process can reach any more (its container is gone),
@@ -351,6 +532,7 @@ impl Probes {
             args_map_full: sum(abi::DROP_ARGS_MAP_FULL),
             proc_events: sum(abi::DROP_PROC_EVENTS),
             read_failed_bytes: sum(abi::DROP_READ_FAILED_BYTES),
+            iov_bytes_not_copied: sum(abi::DROP_IOV_BYTES),
         }
     }
 }
@@ -397,6 +579,22 @@ fn attach_plaintext(
         (
             "sys_exit_plain_read",
             &["sys_exit_read", "sys_exit_recvfrom"][..],
+        ),
+        (
+            "sys_enter_plain_msg",
+            &["sys_enter_sendmsg", "sys_enter_recvmsg"][..],
+        ),
+        (
+            "sys_enter_plain_vec",
+            &["sys_enter_writev", "sys_enter_readv"][..],
+        ),
+        (
+            "sys_exit_plain_vec_write",
+            &["sys_exit_sendmsg", "sys_exit_writev"][..],
+        ),
+        (
+            "sys_exit_plain_vec_read",
+            &["sys_exit_recvmsg", "sys_exit_readv"][..],
         ),
     ] {
         let program: &mut TracePoint = program(ebpf, program_name)?;

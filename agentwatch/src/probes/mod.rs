@@ -4,6 +4,7 @@
 // aya's errors are large; they occur at start-up and attach time, never per event.
 #![allow(clippy::result_large_err)]
 pub mod events;
+pub mod golang;
 pub mod libraries;
 pub mod loader;
 pub mod tracefs;
@@ -58,6 +59,15 @@ pub enum ProbeError {
         symbol: String,
         path: PathBuf,
         source: aya::programs::ProgramError,
+    },
+    #[error(
+        "failed to attach uprobe {symbol} to {path}: {detail}; the Go TLS traffic of this binary is not captured (check `dmesg`, and that the file is an amd64 Go binary that is not being rewritten)"
+    )]
+    GoUprobeAttach {
+        symbol: String,
+        path: PathBuf,
+        /// The error with its causes (aya's top-level message alone omits the errno).
+        detail: String,
     },
     #[error("cannot attach the block programs to the cgroup v2 root: {detail}")]
     Cgroup { detail: String },

@@ -1,0 +1,3 @@
+module agentwatch/goclient
+
+go 1.19

@@ -1,0 +1,234 @@
+//! Privileged end-to-end tests of Go `crypto/tls` capture: a real Go client (standard library
+//! net/http, built with `go build` at test time) calls the mock's OpenAI chat completions
+//! endpoint; the daemon finds the binary's crypto/tls functions in its symbol table and probes
+//! them (entry probes, and probes on each RET instead of uretprobes). Every call row must carry
+//! exactly the usage the mock served. A stripped Go binary is reported as not covered.
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const TOKEN_FIELDS: [&str; 6] = [
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+];
+
+/// `go build` of tests/clients/go into `out`, offline, with its caches under target/.
+fn go_build(out: &Path, ldflags: &str) {
+    let cache = repo().join("target/go");
+    let status = Command::new("go")
+        .args(["build", "-ldflags", ldflags, "-o"])
+        .arg(out)
+        .arg(".")
+        .current_dir(clients().join("go"))
+        .env("GOCACHE", cache.join("cache"))
+        .env("GOPATH", cache.join("path"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "")
+        .status()
+        .expect("`go` (Debian golang-go; `cargo xtask setup --tests` installs it)");
+    assert!(status.success(), "go build failed: {status}");
+}
+
+fn go_client(bin: &Path, mock: &Mock, tag: &str, calls: usize, stream: bool) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("-base-url")
+        .arg(mock.base_url())
+        .arg("-ca")
+        .arg(&mock.ca)
+        .args(["-tag", tag, "-calls", &calls.to_string()]);
+    if stream {
+        cmd.arg("-stream");
+    }
+    cmd
+}
+
+/// Waits (bounded) until `pred` holds over the daemon's status.
+fn wait_status(daemon: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = daemon.cli_json(&["status"]);
+        if pred(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts the client with `-wait`, waits until `ready` holds over the status (the daemon has
+/// looked at the new binary), then lets it make its calls. A binary's first process races with
+/// its attachment (as with any probe attached at exec); later processes of the same file are
+/// covered from their first instruction.
+fn run_after(daemon: &Daemon, mut cmd: Command, what: &str, ready: impl Fn(&Value) -> bool) -> u32 {
+    cmd.arg("-wait")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start the Go client");
+    let pid = child.id();
+    let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_status(daemon, what, &ready)
+    }));
+    if status.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what}: see above");
+    }
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the Go client did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "Go client: {out:?}");
+    pid
+}
+
+/// The `n` calls of `pid`, each exactly as the mock served them (tag `tag`), and the ledger
+/// row of its session with their sums.
+fn check_exact(daemon: &Daemon, mock: &Mock, pid: u32, tag: &str, n: usize, stream: bool) {
+    daemon.wait_for(
+        &format!("{n} calls and a ledger row of pid {pid}"),
+        |c, l| calls_of(c, pid).len() >= n && !ledger_of(l, pid).is_empty(),
+    );
+    let calls = calls_of(&daemon.calls(), pid);
+    assert_eq!(calls.len(), n, "calls of pid {pid}: {calls:#?}");
+    let ledger = ledger_of(&daemon.ledger(), pid);
+    assert_eq!(ledger.len(), 1, "exactly one ledger row: {ledger:#?}");
+    let row = &ledger[0];
+    let served = mock.served_with_tag(tag);
+    assert_eq!(served.len(), n, "mock served for tag {tag}: {served:#?}");
+    for (call, served) in calls.iter().zip(&served) {
+        assert_eq!(served["usage_sent"], true, "{served}");
+        assert_usage_matches(call, served);
+        assert_eq!(call["usage_source"], "reported", "{call}");
+        assert_eq!(call["complete"], true, "{call}");
+        assert_eq!(u(&call["status"]), 200);
+        assert_eq!(call["session_id"], row["session_id"]);
+        assert_eq!(call["provider"], "openai", "{call}");
+        assert_eq!(call["api"], "chat.completions", "{call}");
+        assert_eq!(call["model"], "gpt-4o-mini", "{call}");
+        assert_eq!(call["streaming"], stream, "{call}");
+        assert_eq!(call["http_version"], "1.1", "{call}");
+        assert_eq!(call["comm"], "goclient", "{call}");
+        assert_eq!(
+            u(&call["total_tokens"]),
+            u(&call["input_tokens"]) + u(&call["output_tokens"])
+        );
+        let cost = call["cost_usd"].as_f64().expect("priced");
+        assert!(approx(cost, gpt_4o_mini_cost(call)), "{call}");
+    }
+    for field in TOKEN_FIELDS {
+        let sum: u64 = calls.iter().map(|c| u(&c[field])).sum();
+        assert_eq!(u(&row[field]), sum, "ledger {field}: {row}");
+    }
+    let cost: f64 = calls.iter().filter_map(|c| c["cost_usd"].as_f64()).sum();
+    assert!(
+        approx(row["total_cost_usd"].as_f64().unwrap(), cost),
+        "{row}"
+    );
+    assert_eq!(u(&row["call_count"]), n as u64);
+    assert_eq!(row["outcome"], "completed");
+}
+
+fn go_entry<'a>(status: &'a Value, path: &Path) -> Option<&'a Value> {
+    status["tls_libraries"]
+        .as_array()?
+        .iter()
+        .find(|l| l["kind"] == "go" && l["path"].as_str() == path.to_str())
+}
+
+#[test]
+fn go_crypto_tls_client_exact_usage_stream_and_not() {
+    let dir = Scratch::new("go");
+    let bin: PathBuf = dir.0.join("goclient");
+    go_build(&bin, "");
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+
+    let first = go_client(&bin, &mock, "go-plain", 3, false);
+    let pid = run_after(&daemon, first, "the Go binary attached", |s| {
+        go_entry(s, &bin).is_some()
+    });
+    check_exact(&daemon, &mock, pid, "go-plain", 3, false);
+
+    let status = daemon.cli_json(&["status"]);
+    let entry = go_entry(&status, &bin).unwrap();
+    assert_eq!(
+        entry["symbols"],
+        json!([
+            "crypto/tls.(*Conn).Write",
+            "crypto/tls.(*Conn).Read",
+            "crypto/tls.(*Conn).clientHandshake"
+        ]),
+        "{entry}"
+    );
+    assert_eq!(entry["missing"], json!([]), "{entry}");
+    assert!(u(&entry["return_probes"]) >= 2, "{entry}");
+    assert_eq!(status["ok"], true, "{status:#}");
+
+    // The same file again: attached once, covered from the process's first call.
+    let (pid, _) = run_client(go_client(&bin, &mock, "go-stream", 3, true));
+    check_exact(&daemon, &mock, pid, "go-stream", 3, true);
+    let status = daemon.cli_json(&["status"]);
+    let go_entries = status["tls_libraries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["path"].as_str() == bin.to_str())
+        .count();
+    assert_eq!(go_entries, 1, "{}", status["tls_libraries"]);
+    assert_eq!(u(&status["kernel_drops"]["args_map_full"]), 0);
+}
+
+/// A stripped Go binary (`-ldflags=-s -w`) has no symbol table: its crypto/tls cannot be
+/// located. The daemon says so in `tls_not_covered` (not an attach failure), and its calls,
+/// which succeed, are not passed off as seen.
+#[test]
+fn stripped_go_binary_is_reported_not_covered() {
+    let dir = Scratch::new("go-stripped");
+    let bin: PathBuf = dir.0.join("goclient");
+    go_build(&bin, "-s -w");
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    let cmd = go_client(&bin, &mock, "go-stripped", 2, false);
+    let pid = run_after(&daemon, cmd, "the stripped Go binary reported", |s| {
+        s["tls_not_covered"]["executables"]
+            .get(bin.to_str().unwrap())
+            .is_some()
+    });
+    assert_eq!(mock.served_with_tag("go-stripped").len(), 2);
+    let status = daemon.cli_json(&["status"]);
+    let why = status["tls_not_covered"]["executables"][bin.to_str().unwrap()]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        why.contains("stripped") && why.contains("-ldflags=-s"),
+        "{why}"
+    );
+    assert!(go_entry(&status, &bin).is_none(), "{status:#}");
+    assert_eq!(status["ok"], true, "a known gap is no failure: {status:#}");
+    assert!(daemon.cli(&["status"]).status.success());
+    // Let anything the ring buffer could still hold arrive: nothing of this pid may.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(calls_of(&daemon.calls(), pid).is_empty());
+}

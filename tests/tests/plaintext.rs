@@ -1,0 +1,124 @@
+//! Privileged end-to-end tests of plain-HTTP capture through the vectored socket calls: a real
+//! client (Python, standard library) sends each request with one `sendmsg` (or `writev`) of two
+//! iovecs and reads the response with `recvmsg` (or `readv` into two buffers) from the mock
+//! served without TLS on a watched port. Every call row must carry exactly the served usage.
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+/// `n` calls of `pid`, each exactly as the mock served them under `tag`, and its ledger row.
+fn check_exact(daemon: &Daemon, mock: &Mock, pid: u32, tag: &str, n: usize, stream: bool) {
+    daemon.wait_for(
+        &format!("{n} calls and a ledger row of pid {pid}"),
+        |c, l| calls_of(c, pid).len() >= n && !ledger_of(l, pid).is_empty(),
+    );
+    let calls = calls_of(&daemon.calls(), pid);
+    assert_eq!(calls.len(), n, "calls of pid {pid}: {calls:#?}");
+    let ledger = ledger_of(&daemon.ledger(), pid);
+    assert_eq!(ledger.len(), 1, "exactly one ledger row: {ledger:#?}");
+    let row = &ledger[0];
+    let served = mock.served_with_tag(tag);
+    assert_eq!(served.len(), n, "mock served for tag {tag}: {served:#?}");
+    for (call, served) in calls.iter().zip(&served) {
+        assert_eq!(served["usage_sent"], true, "{served}");
+        assert_usage_matches(call, served);
+        assert_eq!(call["usage_source"], "reported", "{call}");
+        assert_eq!(call["complete"], true, "{call}");
+        assert_eq!(u(&call["status"]), 200);
+        assert_eq!(call["api"], "chat.completions", "{call}");
+        assert_eq!(call["model"], "gpt-4o-mini", "{call}");
+        assert_eq!(call["streaming"], stream, "{call}");
+        assert_eq!(call["session_id"], row["session_id"]);
+        let cost = call["cost_usd"].as_f64().expect("priced");
+        assert!(approx(cost, gpt_4o_mini_cost(call)), "{call}");
+    }
+    for field in ["input_tokens", "output_tokens", "total_tokens"] {
+        let sum: u64 = calls.iter().map(|c| u(&c[field])).sum();
+        assert_eq!(u(&row[field]), sum, "ledger {field}: {row}");
+    }
+    let cost: f64 = calls.iter().filter_map(|c| c["cost_usd"].as_f64()).sum();
+    assert!(
+        approx(row["total_cost_usd"].as_f64().unwrap(), cost),
+        "{row}"
+    );
+    assert_eq!(u(&row["call_count"]), n as u64);
+}
+
+#[test]
+fn plain_http_sendmsg_recvmsg_and_writev_readv() {
+    let mock = Mock::start(&["--plain"]);
+    let dir = Scratch::new("plain-vectored");
+    let config = dir.0.join("agentwatch.toml");
+    std::fs::write(
+        &config,
+        format!("[probes]\nplaintext_ports = [{}]\n", mock.port),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    let status = daemon.cli_json(&["status"]);
+    for tp in [
+        "syscalls:sys_enter_sendmsg",
+        "syscalls:sys_exit_recvmsg",
+        "syscalls:sys_enter_writev",
+        "syscalls:sys_exit_readv",
+    ] {
+        assert!(
+            status["tracepoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t == tp),
+            "{tp}: {}",
+            status["tracepoints"]
+        );
+    }
+    for mode in ["msg", "vec"] {
+        for stream in [false, true] {
+            let tag = format!("plain-{mode}-{}", if stream { "stream" } else { "json" });
+            let mut cmd = Command::new(python());
+            cmd.arg(clients().join("plain_vectored.py"))
+                .args(["--port", &mock.port.to_string(), "--mode", mode])
+                .args(["--tag", &tag, "--calls", "2"]);
+            if stream {
+                cmd.arg("--stream");
+            }
+            let (pid, _) = run_client(cmd);
+            check_exact(&daemon, &mock, pid, &tag, 2, stream);
+        }
+    }
+    let drops: Value = daemon.cli_json(&["status"])["kernel_drops"].clone();
+    assert_eq!(u(&drops["iov_bytes_not_copied"]), 0, "{drops}");
+
+    // A request in 12 iovecs (head + 11 body pieces): the bytes of iovecs 9.. are not copied,
+    // counted to the byte, and the call is never passed off as complete.
+    let mut cmd = Command::new(python());
+    cmd.arg(clients().join("plain_vectored.py"))
+        .args(["--port", &mock.port.to_string(), "--mode", "msg"])
+        .args(["--tag", "plain-split", "--split", "11"]);
+    let (pid, out) = run_client(cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let beyond: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("bytes beyond 8 iovecs: "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(beyond > 0, "{stdout}");
+    assert_eq!(mock.served_with_tag("plain-split").len(), 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let drops = daemon.cli_json(&["status"])["kernel_drops"].clone();
+        if u(&drops["iov_bytes_not_copied"]) == beyond {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{drops} vs {beyond}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    for call in calls_of(&daemon.calls(), pid) {
+        assert_ne!(call["complete"], true, "{call}");
+    }
+}
