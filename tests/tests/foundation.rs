@@ -83,8 +83,9 @@ fn status_lists_probes_and_libssl() {
     let daemon = Daemon::start();
     let status = daemon.cli_json(&["status"]);
     assert_eq!(status["ok"], true, "{status:#}");
-    // The four process tracepoints, and the ten syscall tracepoints of plain-HTTP capture
-    // (on by default).
+    // The four process tracepoints, and the eighteen syscall tracepoints of plain-HTTP
+    // capture (on by default): connect, close, and enter/exit of write, sendto, sendmsg,
+    // writev, read, recvfrom, recvmsg, readv.
     let tracepoints: Vec<&str> = status["tracepoints"]
         .as_array()
         .unwrap()
@@ -98,10 +99,12 @@ fn status_lists_probes_and_libssl() {
         "sched:sched_process_exit",
         "syscalls:sys_enter_connect",
         "syscalls:sys_exit_recvfrom",
+        "syscalls:sys_enter_sendmsg",
+        "syscalls:sys_exit_readv",
     ] {
         assert!(tracepoints.contains(&t), "{t} in {tracepoints:?}");
     }
-    assert_eq!(tracepoints.len(), 14, "{tracepoints:?}");
+    assert_eq!(tracepoints.len(), 22, "{tracepoints:?}");
     let libs = status["tls_libraries"].as_array().unwrap();
     assert!(
         libs.iter()
