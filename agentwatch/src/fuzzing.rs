@@ -991,14 +991,6 @@ data: [DONE]\n\n";
             v
         }
 
-        fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-            let len = payload.len();
-            let mut v = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-            v.extend_from_slice(&stream.to_be_bytes());
-            v.extend_from_slice(payload);
-            v
-        }
-
         fn h2_headers(
             enc: &mut loona_hpack::Encoder<'static>,
             stream: u32,
@@ -1007,7 +999,7 @@ data: [DONE]\n\n";
         ) -> Vec<u8> {
             let block = enc.encode(fields.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
             // END_HEADERS, and END_STREAM if asked.
-            h2_frame(1, 4 | u8::from(end_stream), stream, &block)
+            crate::protocol::http2::frame(1, 4 | u8::from(end_stream), stream, &block)
         }
 
         /// Seeds for [`super::http2`]: records after the preface (written by the target).
@@ -1053,8 +1045,8 @@ data: [DONE]\n\n";
             ] {
                 let mut cenc = loona_hpack::Encoder::new();
                 let mut senc = loona_hpack::Encoder::new();
-                let mut w = h2_frame(4, 0, 0, &[]);
-                let mut r = h2_frame(4, 0, 0, &[0, 3, 0, 0, 0, 100]);
+                let mut w = crate::protocol::http2::frame(4, 0, 0, &[]);
+                let mut r = crate::protocol::http2::frame(4, 0, 0, &[0, 3, 0, 0, 0, 100]);
                 for stream in [1u32, 3] {
                     w.extend(h2_headers(
                         &mut cenc,
@@ -1068,7 +1060,7 @@ data: [DONE]\n\n";
                         ],
                         false,
                     ));
-                    w.extend(h2_frame(0, 1, stream, req));
+                    w.extend(crate::protocol::http2::frame(0, 1, stream, req));
                 }
                 let body = if gz { gzip(resp) } else { resp.to_vec() };
                 for stream in [3u32, 1] {
@@ -1079,7 +1071,12 @@ data: [DONE]\n\n";
                     r.extend(h2_headers(&mut senc, stream, &fields, false));
                     for (i, piece) in body.chunks(100).enumerate() {
                         let last = (i + 1) * 100 >= body.len();
-                        r.extend(h2_frame(0, u8::from(last), stream, piece));
+                        r.extend(crate::protocol::http2::frame(
+                            0,
+                            u8::from(last),
+                            stream,
+                            piece,
+                        ));
                     }
                 }
                 files.push((
@@ -1099,7 +1096,7 @@ data: [DONE]\n\n";
                 ],
                 false,
             );
-            w.extend(h2_frame(0, 1, 1, ANTHROPIC_REQ));
+            w.extend(crate::protocol::http2::frame(0, 1, 1, ANTHROPIC_REQ));
             let mut senc = loona_hpack::Encoder::new();
             let mut r = h2_headers(
                 &mut senc,
@@ -1107,9 +1104,14 @@ data: [DONE]\n\n";
                 &[(":status", "200"), ("content-type", "text/event-stream")],
                 false,
             );
-            r.extend(h2_frame(0, 0, 1, &anthropic::tests::STREAM[..200]));
+            r.extend(crate::protocol::http2::frame(
+                0,
+                0,
+                1,
+                &anthropic::tests::STREAM[..200],
+            ));
             let mut reset = r.clone();
-            reset.extend(h2_frame(3, 0, 1, &[0, 0, 0, 8]));
+            reset.extend(crate::protocol::http2::frame(3, 0, 1, &[0, 0, 0, 8]));
             files.push(("reset".into(), script(0, &[rec(W, &w), rec(R, &reset)])));
             files.push((
                 "loss".into(),

@@ -171,17 +171,8 @@ impl Http2 {
     pub(super) fn hold(conn: Option<&Http2>, preview: &[u8]) -> Http2Hold {
         let mut frames = preview;
         let mut saw_data = false;
-        while frames.len() >= FRAME_HEADER_LEN {
-            let len = (usize::from(frames[0]) << 16)
-                | (usize::from(frames[1]) << 8)
-                | usize::from(frames[2]);
-            let h = FrameHeader {
-                len,
-                kind: frames[3],
-                flags: frames[4],
-                stream_id: u32::from_be_bytes([frames[5], frames[6], frames[7], frames[8]])
-                    & 0x7fff_ffff,
-            };
+        while let Some(h) = h2::parse_header(frames) {
+            let len = h.len;
             // The preview may end inside this frame: take what is there.
             let payload = &frames[FRAME_HEADER_LEN..frames.len().min(FRAME_HEADER_LEN + len)];
             match h.kind {

@@ -135,7 +135,18 @@ impl FrameReader {
     }
 }
 
-fn parse_header(b: &[u8]) -> Option<FrameHeader> {
+/// Encodes one frame. The daemon only reads frames; this serves its tests, fuzz seeds and
+/// benchmarks.
+pub fn frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut v = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    v.extend_from_slice(&stream_id.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// The frame header at the start of `b`, if `b` holds one.
+pub fn parse_header(b: &[u8]) -> Option<FrameHeader> {
     if b.len() < FRAME_HEADER_LEN {
         return None;
     }
@@ -217,14 +228,6 @@ pub fn goaway_last_stream(h: &FrameHeader, payload: &[u8]) -> Result<u32, Http2E
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len();
-        let mut v = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        v.extend_from_slice(&stream.to_be_bytes());
-        v.extend_from_slice(payload);
-        v
-    }
 
     fn collect(reader: &mut FrameReader, bytes: &[u8]) -> Vec<(FrameHeader, Vec<u8>)> {
         let mut out = Vec::new();

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agentwatch::capture::{CaptureLimits, CaptureStats, Connection};
+use agentwatch::protocol::http2::frame;
 
 fn env_path(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
@@ -93,20 +94,13 @@ fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
     block
 }
 
-fn h2_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    let len = payload.len();
-    out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-}
-
 /// The OpenAI stream of [`openai_stream_exchange`] as a new HTTP/2 connection: preface,
 /// SETTINGS, HEADERS + DATA; the response as HEADERS and one DATA frame per SSE event.
 fn openai_stream_exchange_h2(events: usize) -> (Vec<u8>, Vec<u8>) {
     let (req1, resp1) = openai_stream_exchange(events);
     let body_at = req1.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let mut req = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    h2_frame(&mut req, 0x4, 0, 0, &[]);
+    req.extend(frame(0x4, 0, 0, &[]));
     let head = hpack_literals(&[
         (":method", "POST"),
         (":scheme", "https"),
@@ -114,12 +108,12 @@ fn openai_stream_exchange_h2(events: usize) -> (Vec<u8>, Vec<u8>) {
         (":path", "/v1/chat/completions"),
         ("content-type", "application/json"),
     ]);
-    h2_frame(&mut req, 0x1, 0x4, 1, &head);
-    h2_frame(&mut req, 0x0, 0x1, 1, &req1[body_at..]);
+    req.extend(frame(0x1, 0x4, 1, &head));
+    req.extend(frame(0x0, 0x1, 1, &req1[body_at..]));
     let mut resp = Vec::new();
-    h2_frame(&mut resp, 0x4, 0, 0, &[]);
+    resp.extend(frame(0x4, 0, 0, &[]));
     let head = hpack_literals(&[(":status", "200"), ("content-type", "text/event-stream")]);
-    h2_frame(&mut resp, 0x1, 0x4, 1, &head);
+    resp.extend(frame(0x1, 0x4, 1, &head));
     // Undo the chunked framing: each chunk is one SSE event, sent as one DATA frame.
     let mut rest = &resp1[resp1.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
     loop {
@@ -129,16 +123,10 @@ fn openai_stream_exchange_h2(events: usize) -> (Vec<u8>, Vec<u8>) {
         if size == 0 {
             break;
         }
-        h2_frame(
-            &mut resp,
-            0x0,
-            0,
-            1,
-            &rest[line_end + 2..line_end + 2 + size],
-        );
+        resp.extend(frame(0x0, 0, 1, &rest[line_end + 2..line_end + 2 + size]));
         rest = &rest[line_end + 2 + size + 2..];
     }
-    h2_frame(&mut resp, 0x0, 0x1, 1, &[]);
+    resp.extend(frame(0x0, 0x1, 1, &[]));
     (req, resp)
 }
 

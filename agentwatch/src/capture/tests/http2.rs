@@ -7,16 +7,8 @@ use super::*;
 use crate::capture::Http2Hold;
 use crate::protocol::http2::{
     CONTINUATION, DATA, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, GOAWAY, HEADERS, PREFACE,
-    REFUSED_STREAM, RST_STREAM, SETTINGS,
+    REFUSED_STREAM, RST_STREAM, SETTINGS, frame,
 };
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len();
-    let mut v = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    v.extend_from_slice(&stream.to_be_bytes());
-    v.extend_from_slice(payload);
-    v
-}
 
 /// A HEADERS frame, split into CONTINUATION frames of `piece` bytes of block.
 fn headers(
