@@ -392,3 +392,78 @@ pub fn ledger_of(ledger: &[Value], root_pid: u32) -> Vec<Value> {
         .cloned()
         .collect()
 }
+
+// ------------------------------------------------------------ exact-usage checks
+
+pub const TOKEN_FIELDS: [&str; 6] = [
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+];
+
+/// Waits for the `n` calls and the ledger row of a one-process session.
+pub fn rows_of(daemon: &Daemon, pid: u32, n: usize) -> (Vec<Value>, Value) {
+    daemon.wait_for(
+        &format!("{n} calls and a ledger row of pid {pid}"),
+        |c, l| calls_of(c, pid).len() >= n && !ledger_of(l, pid).is_empty(),
+    );
+    let calls = calls_of(&daemon.calls(), pid);
+    assert_eq!(calls.len(), n, "calls of pid {pid}: {calls:#?}");
+    let ledger = ledger_of(&daemon.ledger(), pid);
+    assert_eq!(ledger.len(), 1, "exactly one ledger row: {ledger:#?}");
+    (calls, ledger[0].clone())
+}
+
+/// The ledger row's totals are the sums of its calls.
+pub fn assert_ledger_sums(calls: &[Value], row: &Value) {
+    for field in TOKEN_FIELDS {
+        let sum: u64 = calls.iter().map(|c| u(&c[field])).sum();
+        assert_eq!(u(&row[field]), sum, "ledger {field}: {row}");
+    }
+    let priced: Vec<f64> = calls
+        .iter()
+        .filter_map(|c| c["cost_usd"].as_f64())
+        .collect();
+    let cost: f64 = priced.iter().sum();
+    assert!(
+        approx(row["total_cost_usd"].as_f64().unwrap_or(0.0), cost),
+        "{row}"
+    );
+    assert_eq!(u(&row["call_count"]), calls.len() as u64);
+    assert_eq!(row["outcome"], "completed");
+}
+
+/// `n` complete calls of one process, each carrying exactly what the mock served.
+pub fn check_exact(
+    daemon: &Daemon,
+    mock: &Mock,
+    pid: u32,
+    tag: &str,
+    n: usize,
+    expect: &Value,
+) -> Vec<Value> {
+    let (calls, row) = rows_of(daemon, pid, n);
+    let served = mock.served_with_tag(tag);
+    assert_eq!(served.len(), n, "mock served for tag {tag}: {served:#?}");
+    for (call, served) in calls.iter().zip(&served) {
+        assert_eq!(served["usage_sent"], true, "{served}");
+        assert_usage_matches(call, served);
+        assert_eq!(call["usage_source"], "reported", "{call}");
+        assert_eq!(call["complete"], true, "{call}");
+        assert_eq!(u(&call["status"]), 200);
+        assert_eq!(call["session_id"], row["session_id"]);
+        assert_eq!(
+            u(&call["total_tokens"]),
+            u(&call["input_tokens"]) + u(&call["output_tokens"])
+        );
+        assert_eq!(call["model"], served["model"], "{call}");
+        for (key, want) in expect.as_object().unwrap() {
+            assert_eq!(&call[key], want, "{key} of {call}");
+        }
+    }
+    assert_ledger_sums(&calls, &row);
+    calls
+}
