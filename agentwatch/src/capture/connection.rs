@@ -604,7 +604,7 @@ impl Connection {
             Role::Client => self.process_write(data, ts_ns, ts_ns, stats, out),
             Role::Http2Client => {
                 if let Some(h2) = self.h2.as_mut() {
-                    h2.on_write(data, ts_ns, stats, out);
+                    h2.on_bytes(true, data, ts_ns, stats, out);
                 }
             }
             Role::Unknown => {
@@ -638,7 +638,7 @@ impl Connection {
                     self.process_write(&buf, ts_ns, first_byte_ns, stats, out);
                 }
                 if let Some(h2) = self.h2.as_mut() {
-                    h2.on_write(&buf, ts_ns, stats, out);
+                    h2.on_bytes(true, &buf, ts_ns, stats, out);
                 }
             }
             Role::ServerSide | Role::Unsupported => {}
@@ -661,7 +661,7 @@ impl Connection {
             Role::Client => self.process_read(data, ts_ns, stats, out),
             Role::Http2Client => {
                 if let Some(h2) = self.h2.as_mut() {
-                    h2.on_read(data, ts_ns, stats, out);
+                    h2.on_bytes(false, data, ts_ns, stats, out);
                 }
             }
             Role::Unknown => {

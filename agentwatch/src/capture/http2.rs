@@ -214,8 +214,10 @@ impl Http2 {
             && self.read.block.is_none()
     }
 
-    pub(super) fn on_write(
+    /// Bytes the process wrote (`write`) or read: split into frames, each handled in order.
+    pub(super) fn on_bytes(
         &mut self,
+        write: bool,
         data: &[u8],
         ts_ns: u64,
         stats: &mut CaptureStats,
@@ -224,27 +226,26 @@ impl Http2 {
         if self.desynced {
             return;
         }
-        let mut frames = std::mem::replace(&mut self.write.frames, FrameReader::server());
-        let result = frames.feed(data, |h, p| self.write_frame(h, p, ts_ns, stats, out));
-        self.write.frames = frames;
-        if let Err(e) = result {
-            self.desync(e, ts_ns, stats, out);
-        }
-    }
-
-    pub(super) fn on_read(
-        &mut self,
-        data: &[u8],
-        ts_ns: u64,
-        stats: &mut CaptureStats,
-        out: &mut Vec<CaptureEvent>,
-    ) {
-        if self.desynced {
-            return;
-        }
-        let mut frames = std::mem::replace(&mut self.read.frames, FrameReader::server());
-        let result = frames.feed(data, |h, p| self.read_frame(h, p, ts_ns, stats, out));
-        self.read.frames = frames;
+        // The reader is taken out while its frames are handled (they need `&mut self`).
+        let side = if write {
+            &mut self.write
+        } else {
+            &mut self.read
+        };
+        let mut frames = std::mem::replace(&mut side.frames, FrameReader::server());
+        let result = frames.feed(data, |h, p| {
+            if write {
+                self.write_frame(h, p, ts_ns, stats, out)
+            } else {
+                self.read_frame(h, p, ts_ns, stats, out)
+            }
+        });
+        let side = if write {
+            &mut self.write
+        } else {
+            &mut self.read
+        };
+        side.frames = frames;
         if let Err(e) = result {
             self.desync(e, ts_ns, stats, out);
         }

@@ -317,13 +317,24 @@ fn head_bytes(status: u16, headers: &[(String, String)], extra: &[(&str, String)
     s.into_bytes()
 }
 
-pub(super) fn gzip_all(data: &[u8]) -> Vec<u8> {
+/// A whole body as the response's content coding says (zstd wins over gzip).
+pub(super) fn encode_whole(resp: &Response, body: &[u8]) -> Vec<u8> {
+    if resp.zstd {
+        zstd_all(body)
+    } else if resp.gzip {
+        gzip_all(body)
+    } else {
+        body.to_vec()
+    }
+}
+
+fn gzip_all(data: &[u8]) -> Vec<u8> {
     let mut enc = GzEncoder::new(Vec::new(), Compression::default());
     let _ = enc.write_all(data);
     enc.finish().unwrap_or_default()
 }
 
-pub(super) fn zstd_all(data: &[u8]) -> Vec<u8> {
+fn zstd_all(data: &[u8]) -> Vec<u8> {
     zstd::stream::encode_all(data, 3).unwrap_or_default()
 }
 
@@ -402,13 +413,7 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
     let mut written = 0u64;
     match &resp.body {
         Body::Full(body) => {
-            let body = if resp.zstd {
-                zstd_all(body)
-            } else if resp.gzip {
-                gzip_all(body)
-            } else {
-                body.clone()
-            };
+            let body = encode_whole(resp, body);
             let mut extra = vec![("content-length", body.len().to_string())];
             extra.extend(encoding_headers(resp));
             extra.push(("connection", conn_hdr.into()));

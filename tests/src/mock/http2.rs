@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
 
 use super::app::{self, AppState, Body, Request, Response, TRUNCATE_AFTER_EVENTS};
-use super::http1::{MAX_BODY, StreamEnc, encoding_headers, gzip_all, zstd_all};
+use super::http1::{MAX_BODY, StreamEnc, encode_whole, encoding_headers};
 
 pub const PROTOCOL: &str = "h2";
 /// Streams a client may open at once on a connection.
@@ -126,13 +126,7 @@ async fn send(
     let mut extra: Vec<(&str, String)> = encoding_headers(resp);
     match &resp.body {
         Body::Full(body) => {
-            let body = if resp.zstd {
-                zstd_all(body)
-            } else if resp.gzip {
-                gzip_all(body)
-            } else {
-                body.clone()
-            };
+            let body = encode_whole(resp, body);
             extra.push(("content-length", body.len().to_string()));
             let mut stream = respond.send_response(head(resp, &extra), body.is_empty())?;
             if resp.truncate {

@@ -1188,3 +1188,105 @@ async fn zstd_auto_and_always() {
     );
     fx.stop().await;
 }
+
+/// HTTP/2 (with `Config::h2`): an `h2` client opens two concurrent streams on one
+/// connection, a gzip-accepting non-streamed call and a stream, and a client offering only
+/// http/1.1 still gets HTTP/1.1.
+#[tokio::test]
+async fn http2_concurrent_streams_on_one_connection() {
+    let dir = temp_dir("h2");
+    let mut cfg = Config::new(&dir);
+    cfg.log = Some(dir.join("log.jsonl"));
+    cfg.h2 = true;
+    cfg.exit_after = Duration::from_secs(120);
+    let server = Server::start(cfg).await.unwrap();
+    let cc = tls::client_config(&server.ca_der, &[b"h2"]).unwrap();
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = TlsConnector::from(cc).connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let mut responses = Vec::new();
+    for (body, gzip) in [
+        (
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+            true,
+        ),
+        (
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#,
+            false,
+        ),
+    ] {
+        let mut req = http::Request::post("https://localhost/v1/chat/completions")
+            .header("content-type", "application/json");
+        if gzip {
+            req = req.header("accept-encoding", "gzip");
+        }
+        let (resp, mut send) = client.send_request(req.body(()).unwrap(), false).unwrap();
+        send.send_data(bytes::Bytes::from(body), true).unwrap();
+        responses.push(resp);
+        client = client.ready().await.unwrap();
+    }
+    let mut bodies = Vec::new();
+    for resp in responses {
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let gz = resp.headers().get("content-encoding").is_some();
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+        let mut recv = resp.into_body();
+        let mut data = Vec::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk.unwrap();
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            data.extend_from_slice(&chunk);
+        }
+        if gz {
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(&data[..])
+                .read_to_end(&mut plain)
+                .unwrap();
+            data = plain;
+        }
+        bodies.push((ct, gz, String::from_utf8(data).unwrap()));
+    }
+    let (ct, gz, json) = &bodies[0];
+    assert!(ct.starts_with("application/json") && *gz, "{ct}");
+    let v: Value = serde_json::from_str(json).unwrap();
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{v}");
+    let (ct, gz, sse) = &bodies[1];
+    assert!(ct.starts_with("text/event-stream") && !*gz, "{ct}");
+    let data = sse_data(sse);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    drop(client);
+    driver.abort();
+    let recs = {
+        let path = dir.join("log.jsonl");
+        let mut recs = Vec::new();
+        for _ in 0..200 {
+            recs = read_log(&path).unwrap_or_default();
+            if recs.len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        recs
+    };
+    assert_eq!(recs.len(), 2);
+    assert!(
+        recs.iter()
+            .all(|r| r.protocol == "h2" && r.conn == recs[0].conn)
+    );
+    // Offering only http/1.1 still works on an h2-enabled server.
+    let cc = tls::client_config(&server.ca_der, &[b"http/1.1"]).unwrap();
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = TlsConnector::from(cc).connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    server.stop().await;
+}

@@ -27,16 +27,21 @@ fn classify(preview: &[u8], ts_ns: u64) -> Option<LlmRequest> {
         .find(|h| h.name.eq_ignore_ascii_case("host"))
         .and_then(|h| std::str::from_utf8(h.value).ok())
         .map(str::to_string);
-    Some(LlmRequest {
+    Some(held_request(api, host, "1.1", ts_ns))
+}
+
+/// The request a held write starts, as far as its first bytes tell (no model yet).
+fn held_request(api: Api, host: Option<String>, http_version: &str, ts_ns: u64) -> LlmRequest {
+    LlmRequest {
         provider: provider_name(api, host.as_deref()),
         api: api.name().to_string(),
         server_address: host,
         model: None,
         streaming: false,
-        http_version: "1.1".into(),
+        http_version: http_version.into(),
         started_at_ns: ts_ns,
         request_bytes: 0,
-    })
+    }
 }
 
 fn outcome_of(action: Action) -> Option<Outcome> {
@@ -141,19 +146,9 @@ impl Pipeline {
             // Only set-up frames: the request itself comes in a later write; hold that too.
             Http2Hold::NoRequest => (None, true),
             Http2Hold::OpenStreams | Http2Hold::NewStream(None) => (None, false),
-            Http2Hold::NewStream(Some((api, host))) => (
-                Some(LlmRequest {
-                    provider: provider_name(api, host.as_deref()),
-                    api: api.name().to_string(),
-                    server_address: host,
-                    model: None,
-                    streaming: false,
-                    http_version: "2".into(),
-                    started_at_ns: ts_ns,
-                    request_bytes: 0,
-                }),
-                false,
-            ),
+            Http2Hold::NewStream(Some((api, host))) => {
+                (Some(held_request(api, host, "2", ts_ns)), false)
+            }
         };
         let Some(policy) = self.policy.as_mut() else {
             self.gate_set(tgid, GATE_GRANTED);
