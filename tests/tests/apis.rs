@@ -361,15 +361,7 @@ fn gnutls_client_exact_usage_stream_and_not() {
 #[test]
 fn plain_http_local_server_ollama_and_openai_compatible() {
     let mock = Mock::start(&["--plain"]);
-    let dir = Scratch::new("plain");
-    let config = dir.0.join("agentwatch.toml");
-    std::fs::write(
-        &config,
-        format!("[probes]\nplaintext_ports = [{}]\n", mock.port),
-    )
-    .unwrap();
-    let config = config.display().to_string();
-    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    let daemon = Daemon::watching_plain_port("plain", mock.port);
     let status = daemon.cli_json(&["status"]);
     assert!(
         status["tracepoints"]

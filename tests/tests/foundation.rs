@@ -54,14 +54,7 @@ fn check_single_agent_session(
         assert!(call["started_at"].as_str().unwrap() <= call["ended_at"].as_str().unwrap());
     }
     // The ledger row's totals are the sums of its calls.
-    for field in [
-        "input_tokens",
-        "output_tokens",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "reasoning_tokens",
-        "total_tokens",
-    ] {
+    for field in TOKEN_FIELDS {
         let sum: u64 = calls.iter().map(|c| u(&c[field])).sum();
         assert_eq!(u(&row[field]), sum, "ledger {field}");
     }

@@ -21,15 +21,7 @@ fn check_plain(daemon: &Daemon, mock: &Mock, pid: u32, tag: &str, n: usize, stre
 #[test]
 fn plain_http_sendmsg_recvmsg_and_writev_readv() {
     let mock = Mock::start(&["--plain"]);
-    let dir = Scratch::new("plain-vectored");
-    let config = dir.0.join("agentwatch.toml");
-    std::fs::write(
-        &config,
-        format!("[probes]\nplaintext_ports = [{}]\n", mock.port),
-    )
-    .unwrap();
-    let config = config.display().to_string();
-    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    let daemon = Daemon::watching_plain_port("plain-vectored", mock.port);
     let status = daemon.cli_json(&["status"]);
     for tp in [
         "syscalls:sys_enter_sendmsg",

@@ -377,6 +377,36 @@ impl Http2 {
         Ok(fields)
     }
 
+    /// A frame of a header block of one direction: once the block is whole it is decoded
+    /// (always, to keep the table in step) and, unless it is a push promise, handed on as a
+    /// request's or a response's head (or trailers).
+    fn header_frame(
+        &mut self,
+        write: bool,
+        h: &FrameHeader,
+        payload: &[u8],
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) -> Result<(), Desync> {
+        let max = self.limits.max_header_bytes;
+        let side = if write {
+            &mut self.write
+        } else {
+            &mut self.read
+        };
+        let Some(block) = Self::assemble(side, h, payload, max)? else {
+            return Ok(());
+        };
+        let fields = Self::decode(side, &block)?;
+        match (block.push_promise, write) {
+            (true, _) => {}
+            (false, true) => self.request_headers(&block, fields, ts_ns, stats, out),
+            (false, false) => self.response_headers(&block, &fields, ts_ns, stats, out),
+        }
+        Ok(())
+    }
+
     // ------------------------------------------------------------------ requests
 
     fn write_frame(
@@ -388,14 +418,7 @@ impl Http2 {
         out: &mut Vec<CaptureEvent>,
     ) -> Result<(), Desync> {
         if self.write.block.is_some() || matches!(h.kind, HEADERS | CONTINUATION | PUSH_PROMISE) {
-            let max = self.limits.max_header_bytes;
-            if let Some(block) = Self::assemble(&mut self.write, &h, payload, max)? {
-                let fields = Self::decode(&mut self.write, &block)?;
-                if !block.push_promise {
-                    self.request_headers(&block, fields, ts_ns, stats, out);
-                }
-            }
-            return Ok(());
+            return self.header_frame(true, &h, payload, ts_ns, stats, out);
         }
         match h.kind {
             DATA => {
@@ -499,14 +522,7 @@ impl Http2 {
         out: &mut Vec<CaptureEvent>,
     ) -> Result<(), Desync> {
         if self.read.block.is_some() || matches!(h.kind, HEADERS | CONTINUATION | PUSH_PROMISE) {
-            let max = self.limits.max_header_bytes;
-            if let Some(block) = Self::assemble(&mut self.read, &h, payload, max)? {
-                let fields = Self::decode(&mut self.read, &block)?;
-                if !block.push_promise {
-                    self.response_headers(&block, &fields, ts_ns, stats, out);
-                }
-            }
-            return Ok(());
+            return self.header_frame(false, &h, payload, ts_ns, stats, out);
         }
         match h.kind {
             DATA => {

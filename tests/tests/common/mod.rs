@@ -197,6 +197,15 @@ impl Daemon {
         daemon
     }
 
+    /// A daemon whose plain-HTTP capture watches `port` (a `--plain` mock).
+    pub fn watching_plain_port(name: &str, port: u16) -> Daemon {
+        let dir = Scratch::new(name);
+        let config = dir.0.join("agentwatch.toml");
+        std::fs::write(&config, format!("[probes]\nplaintext_ports = [{port}]\n")).unwrap();
+        let config = config.display().to_string();
+        Daemon::start_in(dir, &["--config", &config])
+    }
+
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(agentwatch_bin())
             .args(args)
