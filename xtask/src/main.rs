@@ -178,14 +178,9 @@ fn setup_test_deps() -> Result<()> {
             .arg(&requirements))?;
         std::fs::write(&stamp, &wanted)?;
     }
-    let lock = std::fs::read_to_string(clients.join("package-lock.json")).unwrap_or_default();
-    let node_stamp = clients.join("node_modules/.lock-installed");
-    if std::fs::read_to_string(&node_stamp).ok().as_deref() != Some(lock.as_str()) {
-        run(Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&clients))?;
-        std::fs::write(&node_stamp, &lock)?;
-    }
+    npm_ci(&clients)?;
+    // The real agents the opaque-binary tests run (pinned Claude Code and Codex builds).
+    npm_ci(&root.join("tests/agents"))?;
     for tool in ["curl", "bash"] {
         if Command::new(tool).arg("--version").output().is_err() {
             bail!("`{tool}` is needed by the integration tests: apt-get install -y {tool}");
@@ -197,6 +192,19 @@ fn setup_test_deps() -> Result<()> {
     setup_apt_tool("gnutls-cli", "gnutls-bin")?;
     // `go build` of the Go client (tests/clients/go) for the Go crypto/tls probes.
     setup_go()?;
+    Ok(())
+}
+
+/// `npm ci` in `dir` unless its lock file is what was installed last (idempotent).
+fn npm_ci(dir: &Path) -> Result<()> {
+    let lock = std::fs::read_to_string(dir.join("package-lock.json")).unwrap_or_default();
+    let stamp = dir.join("node_modules/.lock-installed");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(lock.as_str()) {
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(dir))?;
+        std::fs::write(&stamp, &lock)?;
+    }
     Ok(())
 }
 

@@ -50,6 +50,9 @@ pub fn render(req: &Request, answer: &Value) -> String {
                     lib["kind"].as_str().unwrap_or("?"),
                     syms.join(" ")
                 );
+                if let Some(coverage) = lib["coverage"].as_str().filter(|c| !c.is_empty()) {
+                    let _ = writeln!(out, "    {coverage}");
+                }
             }
             let not_covered = &answer["tls_not_covered"];
             if let Some(exes) = not_covered["executables"].as_object()

@@ -338,10 +338,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                 }
                 guard.clear_ready();
                 if !execs.is_empty() {
-                    let mut d = discovery.lock().expect("discovery lock");
-                    for tgid in execs.drain(..) {
-                        d.process(tgid, None);
-                    }
+                    // Off the ring's task: analysing a large static binary takes a moment,
+                    // and the ring must keep draining meanwhile.
+                    let discovery = discovery.clone();
+                    let tgids = std::mem::take(&mut execs);
+                    tokio::task::spawn_blocking(move || {
+                        if let Ok(mut d) = discovery.lock() {
+                            for tgid in tgids {
+                                d.process(tgid, None);
+                            }
+                        }
+                    });
                 }
             }
             _ = tick.tick() => {

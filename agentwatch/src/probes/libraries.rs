@@ -192,21 +192,29 @@ pub fn system_tls_libraries(root: &Path) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-/// Runtimes that carry their own OpenSSL and export its symbols (node). Attaching them at
-/// start means a runtime started later is covered from its first call: attaching on exec
-/// races with the runtime's first request (a ~100 MB binary takes a moment to attach).
+/// Runtimes that carry their own OpenSSL and export its symbols (node), and agents that are
+/// one static binary (claude, codex, bun). Attaching them at start means one started later is
+/// covered from its first call: attaching on exec races with the first request (a binary of
+/// a few hundred MB takes a moment to attach, and longer to analyse).
 pub fn runtime_executables() -> Vec<(String, PathBuf)> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
-    for d in ["/usr/bin", "/usr/local/bin", "/bin"] {
+    for d in ["/usr/bin", "/usr/local/bin", "/bin", "/root/.local/bin"] {
         dirs.push(PathBuf::from(d));
     }
-    let mut out = Vec::new();
+    // The agents' own installers put them in ~/.local/bin.
+    if let Ok(homes) = std::fs::read_dir("/home") {
+        dirs.extend(homes.flatten().map(|h| h.path().join(".local/bin")));
+    }
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
     for dir in dirs {
-        for name in ["node", "nodejs"] {
-            let path = dir.join(name);
-            if path.is_file() {
+        for name in ["node", "nodejs", "claude", "codex", "bun"] {
+            // Installers link the name to the current version: attach the file itself.
+            let Ok(path) = dir.join(name).canonicalize() else {
+                continue;
+            };
+            if path.is_file() && !out.iter().any(|(_, p)| *p == path) {
                 out.push((path.display().to_string(), path));
             }
         }

@@ -62,11 +62,17 @@ pub struct AttachedLibrary {
     /// The root directory (mount namespace) it was found through; None for the daemon's own.
     #[serde(skip)]
     pub root: Option<(u64, u64)>,
+    /// How its traffic is measured: `exact: …` and what the probes rest on.
+    #[serde(default)]
+    pub coverage: String,
 }
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
 }
+
+/// Analysis results kept by build id; cleared when full.
+const LOCATED_CACHE_CAP: usize = 64;
 
 /// Executables with TLS traffic the probes cannot see (stripped Go binaries), kept for
 /// `agentwatch status` up to this many; the rest are counted.
@@ -132,6 +138,8 @@ pub struct Probes {
     go_args: aya::maps::HashMap<MapData, abi::GoKey, abi::GoArgs>,
     /// Entries of exited processes removed from the Go argument map.
     pub go_args_swept: u64,
+    /// Static TLS libraries analysed, by build id.
+    located: HashMap<Vec<u8>, super::opaque::OpaqueScan>,
 }
 
 /// An error and its causes, `: `-separated.
@@ -278,6 +286,7 @@ impl Probes {
                 not_covered_over_cap: 0,
                 go_args,
                 go_args_swept: 0,
+                located: HashMap::new(),
             },
             ring,
         ))
@@ -346,6 +355,10 @@ impl Probes {
             attached_via: via.display().to_string(),
             kind: if gnutls { "gnutls" } else { "openssl" }.to_string(),
             return_probes: 0,
+            coverage: format!(
+                "exact: {} exported symbols",
+                if gnutls { "GnuTLS" } else { "OpenSSL" }
+            ),
             symbols,
             missing,
             identity,
@@ -370,14 +383,10 @@ impl Probes {
             via
         };
         let probes = match golang::scan(via) {
-            GoScan::NotGo | GoScan::NoTls => return false,
+            GoScan::NotGo => return self.attach_opaque(path, via, identity),
+            GoScan::NoTls => return false,
             GoScan::NotCovered(reason) => {
-                tracing::warn!(binary = path, "TLS not covered: {reason}");
-                if self.not_covered.len() < NOT_COVERED_CAP || self.not_covered.contains_key(path) {
-                    self.not_covered.insert(path.to_string(), reason);
-                } else {
-                    self.not_covered_over_cap += 1;
-                }
+                self.not_covered(path, reason);
                 return false;
             }
             GoScan::Probes(p) => p,
@@ -412,11 +421,7 @@ impl Probes {
             match attached {
                 Ok(link) => links.push((program, link)),
                 Err(e) => {
-                    for (program, link) in links {
-                        if let Ok(p) = uprobe(&mut self.ebpf, program) {
-                            let _ = p.detach(link);
-                        }
-                    }
+                    self.unlink(links);
                     if !via.exists() {
                         // The process it was found through exited meanwhile: no failure,
                         // the next process of this file tries again.
@@ -451,8 +456,109 @@ impl Probes {
             missing,
             identity,
             root: super::libraries::foreign_root(via),
+            coverage: "exact: Go crypto/tls symbols".into(),
         });
         true
+    }
+
+    fn not_covered(&mut self, path: &str, reason: String) {
+        tracing::warn!(binary = path, "TLS not covered: {reason}");
+        if self.not_covered.len() < NOT_COVERED_CAP || self.not_covered.contains_key(path) {
+            self.not_covered.insert(path.to_string(), reason);
+        } else {
+            self.not_covered_over_cap += 1;
+        }
+    }
+
+    /// Attaches the TLS programs to a stripped executable with a TLS library linked in, at the
+    /// functions the analysis located (cached by build id: agents are installed in several
+    /// places and auto-update to new files).
+    fn attach_opaque(&mut self, path: &str, via: &Path, identity: (u64, u64)) -> bool {
+        use super::opaque::{self, OpaqueScan};
+        let build_id = opaque::build_id(via);
+        let scan = match build_id.as_ref().and_then(|id| self.located.get(id)) {
+            Some(cached) => cached.clone(),
+            None => {
+                let started = std::time::Instant::now();
+                let scan = opaque::scan(via);
+                if !matches!(scan, OpaqueScan::NotTls) {
+                    tracing::info!(binary = path, took = ?started.elapsed(), result = ?scan, "analysed a static TLS library");
+                }
+                if let Some(id) = build_id {
+                    if self.located.len() >= LOCATED_CACHE_CAP {
+                        self.located.clear();
+                    }
+                    self.located.insert(id, scan.clone());
+                }
+                scan
+            }
+        };
+        let located = match scan {
+            OpaqueScan::NotTls => return false,
+            OpaqueScan::NotLocated(reason) => {
+                self.not_covered(path, reason);
+                return false;
+            }
+            OpaqueScan::Located(l) => l,
+        };
+        let points = [
+            ("SSL_write", "ssl_write_enter", located.write),
+            ("SSL_write", "ssl_write_exit", located.write),
+            ("SSL_read", "ssl_read_enter", located.read),
+            ("SSL_read", "ssl_read_exit", located.read),
+        ];
+        let mut links = Vec::new();
+        for (symbol, program, offset) in points {
+            let attached = uprobe(&mut self.ebpf, program).and_then(|p| {
+                p.attach(
+                    UProbeAttachLocation::AbsoluteOffset(offset),
+                    via,
+                    UProbeScope::AllProcesses,
+                )
+                .map_err(|source| ProbeError::LocatedUprobeAttach {
+                    symbol: symbol.into(),
+                    offset,
+                    path: via.into(),
+                    detail: error_chain(&source),
+                })
+            });
+            match attached {
+                Ok(link) => links.push((program, link)),
+                Err(e) => {
+                    self.unlink(links);
+                    if !via.exists() {
+                        self.seen_files.remove(&identity);
+                        return false;
+                    }
+                    tracing::warn!("{e}");
+                    self.failures.insert(path.to_string(), e.to_string());
+                    return false;
+                }
+            }
+        }
+        tracing::info!(binary = path, via = %via.display(), how = located.how, "attached TLS uprobes at located functions");
+        self.links.insert(identity, links);
+        self.libraries.push(AttachedLibrary {
+            path: path.to_string(),
+            attached_via: via.display().to_string(),
+            kind: located.stack.clone(),
+            return_probes: 0,
+            symbols: vec!["SSL_write".into(), "SSL_read".into()],
+            // Without a handshake probe a reused SSL pointer is told apart by its first write.
+            missing: vec!["SSL_do_handshake".into()],
+            identity,
+            root: super::libraries::foreign_root(via),
+            coverage: format!("exact: {}", located.how),
+        });
+        true
+    }
+
+    fn unlink(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
+        for (program, link) in links {
+            if let Ok(p) = uprobe(&mut self.ebpf, program) {
+                let _ = p.detach(link);
+            }
+        }
     }
 
     /// Removes the Go argument entries of processes that are gone: a goroutine blocked in

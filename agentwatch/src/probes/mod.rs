@@ -7,6 +7,7 @@ pub mod events;
 pub mod golang;
 pub mod libraries;
 pub mod loader;
+pub mod opaque;
 pub mod tracefs;
 
 use std::path::PathBuf;
@@ -67,6 +68,15 @@ pub enum ProbeError {
         symbol: String,
         path: PathBuf,
         /// The error with its causes (aya's top-level message alone omits the errno).
+        detail: String,
+    },
+    #[error(
+        "failed to attach uprobe {symbol} at file offset {offset:#x} of {path} (located by analysis): {detail}; this binary's TLS traffic is not captured exactly (check `dmesg`)"
+    )]
+    LocatedUprobeAttach {
+        symbol: String,
+        offset: u64,
+        path: PathBuf,
         detail: String,
     },
     #[error("cannot attach the block programs to the cgroup v2 root: {detail}")]

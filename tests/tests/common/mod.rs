@@ -155,6 +155,11 @@ impl Daemon {
 
     /// Starts the daemon with its data in `dir` and waits until every probe is attached.
     pub fn start_in(dir: Scratch, extra: &[&str]) -> Daemon {
+        Self::start_with_env(dir, extra, &[])
+    }
+
+    /// `start_in` with extra environment variables for the daemon (e.g. its PATH).
+    pub fn start_with_env(dir: Scratch, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let data_dir = dir.0.join("data");
         let socket = dir.0.join("agentwatch.sock");
         let stderr = dir.0.join("daemon.log");
@@ -165,6 +170,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .args(extra)
+            .envs(env.iter().copied())
             .env("AGENTWATCH_LOG", "info")
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()

@@ -1,0 +1,657 @@
+//! Opaque binaries: TLS stacks linked statically into stripped executables (Bun's BoringSSL in
+//! Claude Code, the static OpenSSL in Codex). They export no TLS symbols, so the functions are
+//! located by analysis that does not depend on one version's bytes: the library reports errors
+//! with its source file name (or function name) and line, so the code that loads that string
+//! sits inside the function we want, whose bounds come from `.eh_frame_hdr`.
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::Path;
+
+use gimli::{BaseAddresses, EhFrame, EhFrameHdr, LittleEndian, UnwindSection};
+use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic, OpKind, Register};
+use object::{Object, ObjectSection, ObjectSegment, SectionKind};
+
+/// BoringSSL's library code for SSL errors (`ERR_LIB_SSL`).
+const ERR_LIB_SSL: u64 = 16;
+/// Reasons `SSL_write` raises in BoringSSL (`SSL_R_PROTOCOL_IS_SHUTDOWN` is the one no other
+/// function in ssl_lib.cc raises); `SSL_read` raises only `SSL_R_UNINITIALIZED` (SSL_peek's
+/// check, inlined).
+const REASON_PROTOCOL_IS_SHUTDOWN: u64 = 111;
+const REASON_UNINITIALIZED: u64 = 66;
+
+/// The System V integer argument registers, in order.
+const ARGUMENTS: [Register; 6] = [
+    Register::RDI,
+    Register::RSI,
+    Register::RDX,
+    Register::RCX,
+    Register::R8,
+    Register::R9,
+];
+
+/// Where a function's bounds came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bounds {
+    /// An `.eh_frame` entry.
+    Unwind,
+    /// Linker padding, checked by decoding and a direct branch to the start.
+    Padding,
+}
+
+/// Where a located TLS library's read and write functions are, as file offsets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Located {
+    /// `boringssl` (SSL_write/SSL_read) or `openssl-internal` (ssl_write_internal/
+    /// ssl_read_internal, whose byte counts come back through a pointer).
+    pub stack: String,
+    pub write: u64,
+    pub read: u64,
+    /// How they were found, for `agentwatch status`.
+    pub how: String,
+}
+
+/// What a look at an executable found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpaqueScan {
+    /// No statically linked TLS library this analysis knows.
+    NotTls,
+    /// A TLS library is inside but its functions could not be located; the reason says why.
+    NotLocated(String),
+    Located(Located),
+}
+
+/// The parts of an ELF executable the analysis reads, loaded once.
+struct Image {
+    /// (virtual address, bytes) of the read-only, non-executable data sections.
+    data: Vec<(u64, Vec<u8>)>,
+    /// (virtual address, bytes) of the executable sections.
+    code: Vec<(u64, Vec<u8>)>,
+    /// (address, file offset, size) of the loadable segments, to turn addresses into the file
+    /// offsets uprobes attach at.
+    segments: Vec<(u64, u64, u64)>,
+    eh_frame_hdr: Option<(u64, Vec<u8>)>,
+    eh_frame: Option<(u64, Vec<u8>)>,
+    pie: bool,
+}
+
+impl Image {
+    fn load(path: &Path, wanted: &[&[u8]]) -> Option<Image> {
+        let file = File::open(path).ok()?;
+        let cache = object::ReadCache::new(file);
+        let obj = object::File::parse(&cache).ok()?;
+        if obj.architecture() != object::Architecture::X86_64 {
+            return None;
+        }
+        let mut data = Vec::new();
+        let mut found = false;
+        for section in obj.sections() {
+            if section.kind() == SectionKind::ReadOnlyString
+                || section.kind() == SectionKind::ReadOnlyData
+            {
+                let Ok(bytes) = section.data() else { continue };
+                found |= wanted
+                    .iter()
+                    .any(|w| memchr::memmem::find(bytes, w).is_some());
+                data.push((section.address(), bytes.to_vec()));
+            }
+        }
+        // Most executables stop here: none of the strings the analysis looks for.
+        if !found {
+            return None;
+        }
+        let mut code = Vec::new();
+        for section in obj.sections() {
+            if section.kind() == SectionKind::Text
+                && let Ok(bytes) = section.data()
+            {
+                code.push((section.address(), bytes.to_vec()));
+            }
+        }
+        let named = |name: &str| {
+            let s = obj.section_by_name(name)?;
+            Some((s.address(), s.data().ok()?.to_vec()))
+        };
+        let segments = obj
+            .segments()
+            .map(|s| (s.address(), s.file_range().0, s.file_range().1))
+            .collect();
+        Some(Image {
+            data,
+            code,
+            segments,
+            eh_frame_hdr: named(".eh_frame_hdr"),
+            eh_frame: named(".eh_frame"),
+            pie: obj.kind() == object::ObjectKind::Dynamic,
+        })
+    }
+
+    /// Addresses of the NUL-terminated strings that end with `tail` (a source path is stored
+    /// whole, `../../vendor/boringssl/ssl/ssl_lib.cc`, and referenced from its start).
+    fn strings_ending_with(&self, tail: &[u8]) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (address, bytes) in &self.data {
+            for at in memchr::memmem::find_iter(bytes, tail) {
+                if bytes.get(at + tail.len()) != Some(&0) {
+                    continue;
+                }
+                let start = bytes[..at]
+                    .iter()
+                    .rposition(|b| *b == 0)
+                    .map_or(0, |p| p + 1);
+                out.push(address + start as u64);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Addresses of the instructions that load one of `targets` into a register: `lea r,
+    /// [rip+disp32]` (position-independent code) or `mov r32, imm32` (fixed addresses).
+    fn references(&self, targets: &[u64]) -> Vec<u64> {
+        let targets: BTreeSet<u64> = targets.iter().copied().collect();
+        let mut out = Vec::new();
+        for (base, bytes) in &self.code {
+            // lea: REX.W (48/4C) 8D, ModRM mod=00 rm=101, disp32.
+            let mut i = 0;
+            while i + 7 <= bytes.len() {
+                if (bytes[i] == 0x48 || bytes[i] == 0x4C)
+                    && bytes[i + 1] == 0x8D
+                    && bytes[i + 2] & 0xC7 == 0x05
+                {
+                    let disp = i32::from_le_bytes(bytes[i + 3..i + 7].try_into().unwrap());
+                    let next = base + i as u64 + 7;
+                    if targets.contains(&next.wrapping_add_signed(disp as i64)) {
+                        out.push(base + i as u64);
+                    }
+                }
+                i += 1;
+            }
+            if self.pie {
+                continue;
+            }
+            // mov r32, imm32: (41) B8+r imm32.
+            for target in &targets {
+                let Ok(imm) = u32::try_from(*target) else {
+                    continue;
+                };
+                for at in memchr::memmem::find_iter(bytes, &imm.to_le_bytes()) {
+                    if at >= 1 && (0xB8..=0xBF).contains(&bytes[at - 1]) {
+                        let start = if at >= 2 && bytes[at - 2] == 0x41 {
+                            at - 2
+                        } else {
+                            at - 1
+                        };
+                        out.push(base + start as u64);
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The bounds `[start, end)` of the function containing `address`: from the unwind table
+    /// when it covers the address, otherwise from the linker's padding (see `padded_function`).
+    fn function_at(&self, address: u64) -> Option<(u64, u64, Bounds)> {
+        if let Some((start, end)) = self.unwind_entry(address) {
+            return Some((start, end, Bounds::Unwind));
+        }
+        let (start, end) = self.padded_function(address)?;
+        Some((start, end, Bounds::Padding))
+    }
+
+    /// The FDE covering `address` in `.eh_frame_hdr`/`.eh_frame`.
+    fn unwind_entry(&self, address: u64) -> Option<(u64, u64)> {
+        let (hdr_address, hdr) = self.eh_frame_hdr.as_ref()?;
+        let (frame_address, frame) = self.eh_frame.as_ref()?;
+        let bases = BaseAddresses::default()
+            .set_eh_frame_hdr(*hdr_address)
+            .set_eh_frame(*frame_address)
+            .set_text(self.code.first().map_or(0, |c| c.0));
+        let parsed = EhFrameHdr::new(hdr, LittleEndian).parse(&bases, 8).ok()?;
+        let table = parsed.table()?;
+        let eh_frame = EhFrame::new(frame, LittleEndian);
+        let fde = table
+            .fde_for_address(&eh_frame, &bases, address, EhFrame::cie_from_offset)
+            .ok()?;
+        let start = fde.initial_address();
+        (address >= start && address < start + fde.len()).then_some((start, start + fde.len()))
+    }
+
+    /// Bun's BoringSSL has no unwind entries; there the function is found from the linker's
+    /// layout instead: functions start 16-byte aligned after `int3` padding. A candidate start
+    /// counts only if decoding from it reaches `address` on an instruction boundary without
+    /// meeting padding, and it is the target of a direct call or jump elsewhere in the code.
+    fn padded_function(&self, address: u64) -> Option<(u64, u64)> {
+        let (base, bytes) = self
+            .code
+            .iter()
+            .find(|(b, c)| address >= *b && address < b + c.len() as u64)?;
+        let at = (address - base) as usize;
+        let mut candidate = at & !15;
+        // Functions longer than this are not where a TLS library's read or write lives.
+        let floor = at.saturating_sub(64 * 1024);
+        loop {
+            let after_padding = candidate == 0 || bytes[candidate - 1] == 0xCC;
+            if after_padding && self.reaches(*base, bytes, candidate, at) {
+                let start = base + candidate as u64;
+                if !self.is_branch_target(start) {
+                    return None;
+                }
+                let end = self.padding_after(*base, bytes, at)?;
+                return Some((start, end));
+            }
+            if candidate <= floor {
+                return None;
+            }
+            candidate -= 16;
+        }
+    }
+
+    /// Whether linear decoding from `from` lands on `to` without meeting `int3` padding.
+    fn reaches(&self, base: u64, bytes: &[u8], from: usize, to: usize) -> bool {
+        let mut decoder =
+            Decoder::with_ip(64, &bytes[from..], base + from as u64, DecoderOptions::NONE);
+        let target = base + to as u64;
+        for ins in &mut decoder {
+            if ins.is_invalid() || ins.mnemonic() == Mnemonic::Int3 || ins.ip() > target {
+                return false;
+            }
+            if ins.ip() == target {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The address of the first `int3` decoded from `from` on: the end of the function.
+    fn padding_after(&self, base: u64, bytes: &[u8], from: usize) -> Option<u64> {
+        let mut decoder =
+            Decoder::with_ip(64, &bytes[from..], base + from as u64, DecoderOptions::NONE);
+        decoder
+            .iter()
+            .take(64 * 1024)
+            .find(|ins| ins.is_invalid() || ins.mnemonic() == Mnemonic::Int3)
+            .map(|ins| ins.ip())
+    }
+
+    /// Whether a `call rel32` or `jmp rel32` somewhere in the code goes to `target`.
+    fn is_branch_target(&self, target: u64) -> bool {
+        self.code.iter().any(|(base, bytes)| {
+            memchr::memchr2_iter(0xE8, 0xE9, bytes).any(|i| {
+                bytes.get(i + 1..i + 5).is_some_and(|rel| {
+                    let rel = i32::from_le_bytes(rel.try_into().unwrap());
+                    (base + i as u64 + 5).wrapping_add_signed(rel as i64) == target
+                })
+            })
+        })
+    }
+
+    fn code_of(&self, start: u64, end: u64) -> Option<&[u8]> {
+        self.code.iter().find_map(|(base, bytes)| {
+            let from = start.checked_sub(*base)? as usize;
+            let to = end.checked_sub(*base)? as usize;
+            bytes.get(from..to)
+        })
+    }
+
+    fn file_offset(&self, address: u64) -> Option<u64> {
+        self.segments.iter().find_map(|(va, off, size)| {
+            (address >= *va && address < va + size).then(|| address - va + off)
+        })
+    }
+
+    /// The error calls of function `[start, end)`, as (library, reason, line): calls that pass
+    /// a `file` string address as an argument, with the reason in the argument before it and
+    /// the line in the one after (BoringSSL's `ERR_put_error(lib, 0, reason, file, line)`,
+    /// older builds' `(lib, reason, file, line)`).
+    fn error_calls(&self, (start, end): (u64, u64), file: &BTreeSet<u64>) -> Vec<[u64; 3]> {
+        let Some(bytes) = self.code_of(start, end) else {
+            return Vec::new();
+        };
+        let mut decoder = Decoder::with_ip(64, bytes, start, DecoderOptions::NONE);
+        // Integer constants held by the argument registers since the last call or jump.
+        let mut held: BTreeMap<Register, u64> = BTreeMap::new();
+        let mut out = Vec::new();
+        for ins in &mut decoder {
+            if ins.is_invalid() {
+                break;
+            }
+            match ins.mnemonic() {
+                // A jump with the arguments set is a shared or tail call of the error function.
+                Mnemonic::Call | Mnemonic::Jmp => {
+                    let at = ARGUMENTS
+                        .iter()
+                        .position(|r| held.get(r).is_some_and(|a| file.contains(a)));
+                    if let Some(at) = at.filter(|at| (2..ARGUMENTS.len() - 1).contains(at)) {
+                        let arg = |r: Register| held.get(&r).copied();
+                        if let (Some(lib), Some(reason), Some(line)) = (
+                            arg(ARGUMENTS[0]),
+                            arg(ARGUMENTS[at - 1]),
+                            arg(ARGUMENTS[at + 1]),
+                        ) {
+                            out.push([lib, reason, line]);
+                        }
+                    }
+                    if ins.mnemonic() == Mnemonic::Call || at.is_some() {
+                        held.clear();
+                    }
+                }
+                Mnemonic::Mov
+                    if ins.op0_kind() == OpKind::Register
+                        && matches!(
+                            ins.op1_kind(),
+                            OpKind::Immediate32 | OpKind::Immediate32to64 | OpKind::Immediate64
+                        ) =>
+                {
+                    held.insert(ins.op0_register().full_register(), ins.immediate(1));
+                }
+                Mnemonic::Lea if ins.is_ip_rel_memory_operand() => {
+                    held.insert(
+                        ins.op0_register().full_register(),
+                        ins.ip_rel_memory_address(),
+                    );
+                }
+                Mnemonic::Xor
+                    if ins.code() == Code::Xor_r32_rm32
+                        && ins.op1_kind() == OpKind::Register
+                        && ins.op0_register() == ins.op1_register() =>
+                {
+                    held.insert(ins.op0_register().full_register(), 0);
+                }
+                Mnemonic::Cmp | Mnemonic::Test | Mnemonic::Push => {}
+                _ => {
+                    if ins.op_count() > 0 && ins.op0_kind() == OpKind::Register {
+                        held.remove(&ins.op0_register().full_register());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// BoringSSL (Bun, and so Claude Code): `SSL_write` and `SSL_read` from the errors ssl_lib.cc
+/// raises through `ERR_put_error(ERR_LIB_SSL, 0, reason, __FILE__, __LINE__)`.
+fn locate_boringssl(image: &Image) -> Result<Located, String> {
+    let files = image.strings_ending_with(b"/ssl/ssl_lib.cc");
+    if files.is_empty() {
+        return Err("no ssl_lib.cc error strings".into());
+    }
+    let file_set: BTreeSet<u64> = files.iter().copied().collect();
+    // function → (reason, line) of each SSL error it raises.
+    let mut raised: BTreeMap<(u64, u64), BTreeSet<(u64, u64)>> = BTreeMap::new();
+    let mut bounds: BTreeMap<(u64, u64), Bounds> = BTreeMap::new();
+    for reference in image.references(&files) {
+        if raised
+            .keys()
+            .any(|(start, end)| (*start..*end).contains(&reference))
+        {
+            continue;
+        }
+        let Some((start, end, how)) = image.function_at(reference) else {
+            continue;
+        };
+        bounds.insert((start, end), how);
+        let errors = raised.entry((start, end)).or_default();
+        for [lib, reason, line] in image.error_calls((start, end), &file_set) {
+            if lib == ERR_LIB_SSL {
+                errors.insert((reason, line));
+            }
+        }
+    }
+    let writes: Vec<_> = raised
+        .iter()
+        .filter(|(_, errors)| {
+            errors
+                .iter()
+                .any(|(r, _)| *r == REASON_PROTOCOL_IS_SHUTDOWN)
+        })
+        .collect();
+    let [(write, write_errors)] = writes[..] else {
+        return Err(format!(
+            "{} functions of ssl_lib.cc raise reason {REASON_PROTOCOL_IS_SHUTDOWN} (SSL_write is the only one)",
+            writes.len()
+        ));
+    };
+    let write_line = write_errors.iter().map(|(_, l)| *l).min().unwrap_or(0);
+    // SSL_read sits just above SSL_write in ssl_lib.cc and raises only SSL_R_UNINITIALIZED.
+    let read = raised
+        .iter()
+        .filter(|(_, errors)| errors.iter().all(|(r, _)| *r == REASON_UNINITIALIZED))
+        .filter_map(|(f, errors)| {
+            let line = errors.iter().map(|(_, l)| *l).max()?;
+            (line < write_line).then_some((write_line - line, *f))
+        })
+        .min();
+    let Some((_, read)) = read else {
+        return Err(format!(
+            "no function raising only reason {REASON_UNINITIALIZED} above SSL_write (line {write_line}) in ssl_lib.cc"
+        ));
+    };
+    let offset = |f: (u64, u64)| {
+        image
+            .file_offset(f.0)
+            .ok_or_else(|| format!("function at {:#x} is outside the loadable segments", f.0))
+    };
+    Ok(Located {
+        stack: "boringssl".into(),
+        write: offset(*write)?,
+        read: offset(read)?,
+        how: format!(
+            "BoringSSL SSL_write/SSL_read located by analysis (ssl_lib.cc error sites, bounds from {})",
+            if [*write, read]
+                .iter()
+                .all(|f| bounds.get(f) == Some(&Bounds::Unwind))
+            {
+                ".eh_frame"
+            } else {
+                "linker padding and call targets"
+            }
+        ),
+    })
+}
+
+/// The GNU build id of the executable at `path`, if it has one.
+pub fn build_id(path: &Path) -> Option<Vec<u8>> {
+    let file = File::open(path).ok()?;
+    let cache = object::ReadCache::new(file);
+    let obj = object::File::parse(&cache).ok()?;
+    obj.build_id().ok().flatten().map(<[u8]>::to_vec)
+}
+
+/// Looks at `path`: a stripped executable with a TLS library inside, and where its read and
+/// write functions are.
+pub fn scan(path: &Path) -> OpaqueScan {
+    let Some(image) = Image::load(path, &[b"/ssl/ssl_lib.cc\0"]) else {
+        return OpaqueScan::NotTls;
+    };
+    if image.eh_frame_hdr.is_none() {
+        return OpaqueScan::NotLocated("no .eh_frame_hdr to find function bounds".into());
+    }
+    match locate_boringssl(&image) {
+        Ok(located) => OpaqueScan::Located(located),
+        Err(why) => OpaqueScan::NotLocated(format!("BoringSSL inside, not located: {why}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: u64 = 0x40_0010;
+    const ERR_FN: u64 = 0x1800;
+
+    /// A tiny x86-64 assembler for the instructions the analysis reads.
+    #[derive(Default)]
+    struct Asm(Vec<u8>);
+
+    impl Asm {
+        /// `mov r32, imm32` for register number `reg` (0 = eax … 8 = r8d).
+        fn mov(&mut self, reg: u8, imm: u32) -> &mut Self {
+            if reg >= 8 {
+                self.0.push(0x41);
+            }
+            self.0.push(0xB8 + (reg & 7));
+            self.0.extend(imm.to_le_bytes());
+            self
+        }
+        fn xor_esi(&mut self) -> &mut Self {
+            self.0.extend([0x31, 0xF6]);
+            self
+        }
+        /// `call`/`jmp rel32` (opcode E8/E9) to `target`, at `base` + current length.
+        fn branch(&mut self, opcode: u8, base: u64, target: u64) -> &mut Self {
+            let next = base + self.0.len() as u64 + 5;
+            self.0.push(opcode);
+            self.0
+                .extend(((target as i64 - next as i64) as i32).to_le_bytes());
+            self
+        }
+        /// BoringSSL's `ERR_put_error(16, 0, reason, file, line)`.
+        fn put_error(&mut self, base: u64, reason: u32, line: u32) -> &mut Self {
+            self.mov(1, FILE as u32)
+                .mov(7, 16)
+                .xor_esi()
+                .mov(2, reason)
+                .mov(8, line);
+            self.branch(0xE8, base, ERR_FN)
+        }
+        /// An older build's four-argument `(lib, reason, file, line)`.
+        fn put_error_old(&mut self, base: u64, reason: u32, line: u32) -> &mut Self {
+            self.mov(2, FILE as u32)
+                .mov(7, 16)
+                .mov(6, reason)
+                .mov(1, line);
+            self.branch(0xE8, base, ERR_FN)
+        }
+        /// `ret`, then `int3` padding to the next 16-byte boundary.
+        fn end(&mut self) -> Vec<u8> {
+            self.0.push(0xC3);
+            while !self.0.len().is_multiple_of(16) {
+                self.0.push(0xCC);
+            }
+            std::mem::take(&mut self.0)
+        }
+    }
+
+    /// A code image of: SSL_read at 0x1000, SSL_write at 0x1040, another ssl_lib.cc function
+    /// raising reason 66 further up (at 0x1100), and a caller of all three at 0x1200.
+    fn image(old: bool) -> (Image, u64, u64) {
+        let (read, write, other, caller) = (0x1000u64, 0x1040u64, 0x1100u64, 0x1200u64);
+        let put = |a: &mut Asm, base, reason, line| {
+            if old {
+                a.put_error_old(base, reason, line);
+            } else {
+                a.put_error(base, reason, line);
+            }
+        };
+        let mut code = Vec::new();
+        let mut a = Asm::default();
+        a.0.push(0x55);
+        put(&mut a, read, 66, 933);
+        code.extend(a.end());
+        code.resize((write - read) as usize, 0xCC);
+        a.0.push(0x55);
+        put(&mut a, write, 66, 955);
+        put(&mut a, write, 226, 960);
+        // The shared error call: arguments set, then a jump back to an earlier call.
+        let shared = write + a.0.len() as u64;
+        put(&mut a, write, 111, 981);
+        a.mov(1, FILE as u32)
+            .mov(7, 16)
+            .xor_esi()
+            .mov(2, 215)
+            .mov(8, 975);
+        a.branch(0xE9, write, shared);
+        code.extend(a.end());
+        code.resize((other - read) as usize, 0xCC);
+        a.0.push(0x55);
+        put(&mut a, other, 66, 300);
+        code.extend(a.end());
+        code.resize((caller - read) as usize, 0xCC);
+        for target in [read, write, other] {
+            a.branch(0xE8, caller, target);
+        }
+        code.extend(a.end());
+        let mut data = vec![0u8; 0x10];
+        data.extend(b"../../vendor/boringssl/ssl/ssl_lib.cc\0");
+        let image = Image {
+            data: vec![(FILE - 0x10, data)],
+            code: vec![(read, code.clone())],
+            segments: vec![(read, 0x5000, code.len() as u64)],
+            eh_frame_hdr: None,
+            eh_frame: None,
+            pie: false,
+        };
+        (image, 0x5000 + write - read, 0x5000)
+    }
+
+    #[test]
+    fn boringssl_write_and_read_located_from_error_sites() {
+        for old in [false, true] {
+            let (image, write, read) = image(old);
+            assert_eq!(image.strings_ending_with(b"/ssl/ssl_lib.cc"), vec![FILE]);
+            let located = locate_boringssl(&image).unwrap_or_else(|e| panic!("old={old}: {e}"));
+            assert_eq!((located.write, located.read), (write, read), "old={old}");
+            assert!(located.how.contains("linker padding"), "{}", located.how);
+        }
+    }
+
+    #[test]
+    fn error_calls_read_both_argument_layouts_and_shared_calls() {
+        let (image, _, _) = image(false);
+        let files = BTreeSet::from([FILE]);
+        let (start, end) = image.padded_function(0x1041).unwrap();
+        assert_eq!(start, 0x1040);
+        let mut calls = image.error_calls((start, end), &files);
+        calls.sort_unstable();
+        assert_eq!(
+            calls,
+            vec![
+                [16, 66, 955],
+                [16, 111, 981],
+                [16, 215, 975],
+                [16, 226, 960]
+            ]
+        );
+        let (image, _, _) = self::image(true);
+        let (start, end) = image.padded_function(0x1001).unwrap();
+        assert_eq!(image.error_calls((start, end), &files), vec![[16, 66, 933]]);
+    }
+
+    #[test]
+    fn a_function_nobody_calls_is_not_trusted() {
+        let (mut image, _, _) = image(false);
+        // Drop the caller: no direct branch reaches the candidate starts any more.
+        image.code[0].1.truncate(0x200);
+        assert_eq!(image.padded_function(0x1041), None);
+        assert!(locate_boringssl(&image).is_err());
+    }
+
+    #[test]
+    fn ambiguity_is_refused() {
+        let (mut image, _, _) = image(false);
+        // A second function raising reason 111: SSL_write is no longer unique.
+        let mut a = Asm::default();
+        a.0.push(0x55);
+        a.put_error(0x1300, 111, 990);
+        let code = &mut image.code[0].1;
+        code.resize(0x300, 0xCC);
+        code.extend(a.end());
+        let mut caller = Asm::default();
+        caller.branch(0xE8, 0x1000 + code.len() as u64, 0x1300);
+        code.extend(caller.end());
+        image.segments[0].2 = code.len() as u64;
+        let err = locate_boringssl(&image).unwrap_err();
+        assert!(err.contains("2 functions"), "{err}");
+    }
+
+    #[test]
+    fn files_without_the_strings_are_not_tls() {
+        assert_eq!(scan(Path::new("/bin/true")), OpaqueScan::NotTls);
+        assert_eq!(scan(Path::new("/nonexistent")), OpaqueScan::NotTls);
+    }
+}

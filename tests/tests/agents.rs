@@ -1,0 +1,123 @@
+//! Privileged end-to-end tests of opaque agents: the real, stripped, statically linked coding
+//! agents from the npm registry (pinned in tests/agents/package.json) run headless against the
+//! mock. They export no TLS symbols; the daemon locates their TLS library's read and write
+//! functions by analysis and must record exactly the usage the mock served.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// The executable of an installed agent package, resolved the way the daemon sees it.
+fn agent(package: &str, file: &str) -> PathBuf {
+    let path = repo()
+        .join("tests/agents/node_modules")
+        .join(package)
+        .join(file);
+    path.canonicalize().unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run `cargo xtask setup --tests` (it installs the pinned agents)",
+            path.display()
+        )
+    })
+}
+
+/// `claude -p "say hi"` headless against the mock: one streamed `POST /v1/messages`.
+fn claude(bin: &Path, mock: &Mock, home: &Path, tag: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["-p", "say hi"])
+        .current_dir(home)
+        .env("HOME", home)
+        .env("CLAUDE_CONFIG_DIR", home.join(".claude"))
+        .env("ANTHROPIC_BASE_URL", mock.base_url())
+        .env("ANTHROPIC_API_KEY", "test")
+        .env("NODE_EXTRA_CA_CERTS", &mock.ca)
+        .env("ANTHROPIC_CUSTOM_HEADERS", format!("x-test-tag: {tag}"))
+        .env("DISABLE_TELEMETRY", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_ERROR_REPORTING", "1");
+    cmd
+}
+
+fn located<'a>(status: &'a Value, bin: &Path) -> Option<&'a Value> {
+    status["tls_libraries"]
+        .as_array()?
+        .iter()
+        .find(|l| l["path"].as_str() == bin.to_str())
+}
+
+fn wait_located(daemon: &Daemon, bin: &Path) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = daemon.cli_json(&["status"]);
+        if let Some(entry) = located(&status, bin) {
+            return entry.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} not attached in 30 s: {status:#}",
+            bin.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn check_boringssl_entry(entry: &Value) {
+    assert_eq!(entry["kind"], "boringssl", "{entry}");
+    assert_eq!(
+        entry["symbols"],
+        json!(["SSL_write", "SSL_read"]),
+        "{entry}"
+    );
+    let coverage = entry["coverage"].as_str().unwrap_or_default();
+    assert!(
+        coverage.starts_with("exact: BoringSSL SSL_write/SSL_read located by analysis"),
+        "{entry}"
+    );
+}
+
+/// Two Claude Code builds (Bun with BoringSSL inside, stripped of TLS symbols). The first is
+/// on the daemon's PATH and attached at start; the second is found when it is exec'd (its
+/// first process only announces it: `claude --version` makes no call). Each call is recorded
+/// exactly as the mock served it, as an Anthropic streaming Messages call.
+#[test]
+fn claude_code_two_versions_exact_usage() {
+    let newer = agent("claude-code-2.1.328", "claude");
+    let older = agent("claude-code-2.1.110", "claude");
+    let home = Scratch::new("claude-home");
+    let path = format!(
+        "{}:{}",
+        newer.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let daemon = Daemon::start_with_env(Scratch::new("daemon"), &[], &[("PATH", &path)]);
+    let mock = Mock::start(&[]);
+    let expect = json!({
+        "provider": "anthropic", "api": "messages", "streaming": true, "http_version": "1.1",
+    });
+
+    check_boringssl_entry(&wait_located(&daemon, &newer));
+    let (pid, out) = run_client(claude(&newer, &mock, &home.0, "cc-newer"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Mock reply"),
+        "{out:?}"
+    );
+    check_exact(&daemon, &mock, pid, "cc-newer", 1, &expect);
+
+    run_client({
+        let mut c = Command::new(&older);
+        c.arg("--version").env("HOME", &home.0);
+        c
+    });
+    check_boringssl_entry(&wait_located(&daemon, &older));
+    let (pid, _) = run_client(claude(&older, &mock, &home.0, "cc-older"));
+    check_exact(&daemon, &mock, pid, "cc-older", 1, &expect);
+
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(status["ok"], true, "{status:#}");
+    assert_eq!(u(&status["kernel_drops"]["args_map_full"]), 0);
+}
