@@ -24,6 +24,10 @@ pub const EVENT_TLS_HANDSHAKE: u32 = 5;
 /// can tell an LLM request from other TLS traffic. Preview bytes stay in memory.
 pub const EVENT_GATE_HOLD: u32 = 6;
 pub const GATE_PREVIEW: usize = 256;
+/// An AEAD context (one direction of a rustls connection in an opaque binary) was used next
+/// to a socket syscall of the same thread: header only, `ssl` = context, `offset` = the fd,
+/// `direction` = which way. Links the context's records to their connection.
+pub const EVENT_AEAD_LINK: u32 = 7;
 
 /// Values of the `GATE` map (tgid → state), the in-kernel half of ceilings.
 /// The next SSL write of the process is held for a decision.
@@ -50,6 +54,9 @@ pub const TLS_FLAG_LOSS_BEFORE: u32 = 1;
 /// `TlsDataHeader::flags`: the SSL call moved more than `MAX_CHUNKS * DATA_CHUNK` bytes;
 /// the rest was not copied (counted in `DROP_TRUNCATED_BYTES`).
 pub const TLS_FLAG_TRUNCATED: u32 = 2;
+/// `TlsDataHeader::flags`: one TLS record's plaintext from an AEAD seal/open (aws-lc under
+/// rustls), `ssl` = the AEAD context; TLS 1.3's inner content type is its last non-zero byte.
+pub const TLS_FLAG_AEAD: u32 = 4;
 
 /// Indexes of the per-CPU drop counter array `DROPS` (summed over CPUs by user space).
 pub const DROP_RINGBUF_EVENTS: u32 = 0;
@@ -110,6 +117,8 @@ pub const SYSCALL_ARG0_OFF: usize = 16;
 pub const SYSCALL_ARG1_OFF: usize = 24;
 pub const SYSCALL_RET_OFF: usize = 16;
 pub const SYSCALL_ARG2_OFF: usize = 32;
+/// `__syscall_nr` of a `sys_enter_*` tracepoint.
+pub const SYSCALL_NR_OFF: usize = 8;
 
 /// iovecs of one vectored plain-socket call copied at most; bytes in the rest are counted
 /// (`DROP_IOV_BYTES`) and the stream is marked lost.

@@ -86,6 +86,19 @@ mod bpf {
     static PLAIN_IOV_ARGS: HashMap<u64, SslArgs> = HashMap::with_max_entries(16384, 0);
 
     /// Staging area for one TLS record (too large for the BPF stack).
+    /// Threads that sealed a record (AEAD context), until their next socket write links it.
+    #[map]
+    static AEAD_SEALED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+    /// Per thread of a process using AEAD probes: the fd of its last read-type syscall,
+    /// which is the socket the next opened record came from.
+    #[map]
+    static AEAD_LAST_READ: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+    /// Processes whose AEAD functions were called (their read syscalls are remembered).
+    #[map]
+    static AEAD_TGIDS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+
     #[map]
     static SCRATCH: PerCpuArray<TlsDataEvent> = PerCpuArray::with_max_entries(1, 0);
 
@@ -262,6 +275,126 @@ mod bpf {
         0
     }
 
+    /// Entry of aws-lc's `EVP_AEAD_CTX_seal(ctx, out, *out_len, max_out, nonce, nonce_len, in,
+    /// in_len, ad, ad_len)`: `in`/`in_len` are the first two stack arguments.
+    #[uprobe]
+    pub fn aead_seal_enter(ctx: ProbeContext) -> u32 {
+        let _ = try_aead_seal(&ctx);
+        0
+    }
+
+    fn try_aead_seal(ctx: &ProbeContext) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = (pid_tgid >> 32) as u32;
+        if config(CFG_SELF_TGID) == Some(tgid) {
+            return Ok(());
+        }
+        let aead: u64 = ctx.arg(0).ok_or(1)?;
+        // At entry the stack pointer holds the return address; stack arguments follow it.
+        let sp = unsafe { (*ctx.regs).rsp };
+        let buf: u64 =
+            unsafe { bpf_probe_read_user((sp + 8) as *const u64) }.map_err(|e| e as i64)?;
+        let len: u64 =
+            unsafe { bpf_probe_read_user((sp + 16) as *const u64) }.map_err(|e| e as i64)?;
+        let _ = AEAD_TGIDS.insert(&tgid, &1, 0);
+        let _ = gate(pid_tgid, aead, buf, len);
+        let _ = AEAD_SEALED.insert(&pid_tgid, &aead, 0);
+        let args = SslArgs {
+            ssl: aead,
+            buf,
+            out_len: 0,
+        };
+        emit_tls_flagged(pid_tgid, DIR_WRITE, &args, len, TLS_FLAG_AEAD)
+    }
+
+    /// Entry of `EVP_AEAD_CTX_open(ctx, out, *out_len, …)`: the plaintext is in `out` on return.
+    #[uprobe]
+    pub fn aead_open_enter(ctx: ProbeContext) -> u32 {
+        let _ = try_aead_open(&ctx);
+        0
+    }
+
+    fn try_aead_open(ctx: &ProbeContext) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = (pid_tgid >> 32) as u32;
+        if config(CFG_SELF_TGID) == Some(tgid) {
+            return Ok(());
+        }
+        let _ = AEAD_TGIDS.insert(&tgid, &1, 0);
+        let args = SslArgs {
+            ssl: ctx.arg(0).ok_or(1)?,
+            buf: ctx.arg(1).ok_or(1)?,
+            out_len: ctx.arg(2).ok_or(1)?,
+        };
+        if SSL_ARGS.insert(&pid_tgid, &args, 0).is_err() {
+            count(DROP_ARGS_MAP_FULL, 1);
+        }
+        Ok(())
+    }
+
+    #[uretprobe]
+    pub fn aead_open_exit(ctx: RetProbeContext) -> u32 {
+        let _ = try_aead_open_exit(&ctx);
+        0
+    }
+
+    fn try_aead_open_exit(ctx: &RetProbeContext) -> Result<(), i64> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let args = match unsafe { SSL_ARGS.get(&pid_tgid) } {
+            Some(a) => *a,
+            None => return Ok(()),
+        };
+        let _ = SSL_ARGS.remove(&pid_tgid);
+        if ctx.ret::<i64>() as i32 != 1 {
+            return Ok(());
+        }
+        let len: u64 =
+            unsafe { bpf_probe_read_user(args.out_len as *const u64) }.map_err(|e| e as i64)?;
+        if let Some(fd) = unsafe { AEAD_LAST_READ.get(&pid_tgid) } {
+            emit_aead_link(pid_tgid, DIR_READ, args.ssl, *fd);
+        }
+        emit_tls_flagged(pid_tgid, DIR_READ, &args, len, TLS_FLAG_AEAD)
+    }
+
+    /// Socket syscalls of AEAD processes: a write after a seal links the sealing context to
+    /// the fd; a read is remembered for the next open. Other processes pay one lookup.
+    #[inline(always)]
+    fn aead_syscall(ctx: &TracePointContext, pid_tgid: u64, fd: u64) {
+        if unsafe { AEAD_TGIDS.get(&((pid_tgid >> 32) as u32)) }.is_none() {
+            return;
+        }
+        let Ok(nr) = (unsafe { ctx.read_at::<u32>(SYSCALL_NR_OFF) }) else {
+            return;
+        };
+        // x86-64: read 0, readv 19, recvfrom 45, recvmsg 47; the rest here are writes.
+        if matches!(nr, 0 | 19 | 45 | 47) {
+            let _ = AEAD_LAST_READ.insert(&pid_tgid, &fd, 0);
+        } else if let Some(aead) = unsafe { AEAD_SEALED.get(&pid_tgid) } {
+            let aead = *aead;
+            let _ = AEAD_SEALED.remove(&pid_tgid);
+            emit_aead_link(pid_tgid, DIR_WRITE, aead, fd);
+        }
+    }
+
+    #[inline(always)]
+    fn emit_aead_link(pid_tgid: u64, direction: u32, aead: u64, fd: u64) {
+        let header = TlsDataHeader {
+            kind: EVENT_AEAD_LINK,
+            tgid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            direction,
+            flags: 0,
+            len: 0,
+            ssl: aead,
+            ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+            call_len: 0,
+            offset: fd,
+        };
+        if EVENTS.output::<TlsDataHeader>(&header, 0).is_err() {
+            count(DROP_RINGBUF_EVENTS, 1);
+        }
+    }
+
     /// Entry of `SSL_do_handshake(ssl)` (also reached from `SSL_connect`/`SSL_accept`).
     #[uprobe]
     pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
@@ -363,6 +496,7 @@ mod bpf {
         let pid_tgid = bpf_get_current_pid_tgid();
         let fd: u64 = unsafe { ctx.read_at(SYSCALL_ARG0_OFF) }.map_err(|e| e as i64)?;
         let fd = fd & 0xffff_ffff;
+        aead_syscall(ctx, pid_tgid, fd);
         let key = (pid_tgid & 0xffff_ffff_0000_0000) | fd;
         if unsafe { PLAIN_FDS.get(&key) }.is_none() {
             return Ok(());
@@ -423,6 +557,7 @@ mod bpf {
         let pid_tgid = bpf_get_current_pid_tgid();
         let fd: u64 = unsafe { ctx.read_at(SYSCALL_ARG0_OFF) }.map_err(|e| e as i64)?;
         let fd = fd & 0xffff_ffff;
+        aead_syscall(ctx, pid_tgid, fd);
         // The socket filter first: other processes pay one lookup.
         if unsafe { PLAIN_FDS.get(&((pid_tgid & 0xffff_ffff_0000_0000) | fd)) }.is_none() {
             return Ok(());
@@ -799,6 +934,18 @@ mod bpf {
 
     #[inline(always)]
     fn emit_tls(pid_tgid: u64, direction: u32, args: &SslArgs, len: u64) -> Result<(), i64> {
+        emit_tls_flagged(pid_tgid, direction, args, len, 0)
+    }
+
+    /// `emit_tls` with `extra` flags on every chunk (`TLS_FLAG_AEAD`).
+    #[inline(always)]
+    fn emit_tls_flagged(
+        pid_tgid: u64,
+        direction: u32,
+        args: &SslArgs,
+        len: u64,
+        extra: u32,
+    ) -> Result<(), i64> {
         let tgid = (pid_tgid >> 32) as u32;
         let key = ConnKey {
             tgid,
@@ -826,13 +973,13 @@ mod bpf {
             if i >= full {
                 break;
             }
-            chunk.emit(i * DATA_CHUNK as u64, DATA_CHUNK as u32, flags)?;
+            chunk.emit(i * DATA_CHUNK as u64, DATA_CHUNK as u32, flags | extra)?;
             flags = 0;
         }
         if full < MAX_CHUNKS as u64 {
             let rem = (len & (DATA_CHUNK as u64 - 1)) as u32;
             if rem > 0 {
-                chunk.emit(full * DATA_CHUNK as u64, rem, flags)?;
+                chunk.emit(full * DATA_CHUNK as u64, rem, flags | extra)?;
             }
         } else {
             let copied = MAX_CHUNKS as u64 * DATA_CHUNK as u64;

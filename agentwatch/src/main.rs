@@ -48,6 +48,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// How the probes would cover an executable or library (the analysis the daemon runs when
+    /// it is exec'd); exits 0 when its TLS is captured exactly. Needs no daemon.
+    Inspect { binary: PathBuf },
     /// Live sessions: id, root, agents, depth, calls, tokens, cost.
     Sessions {
         #[arg(long, default_value = DEFAULT_SOCKET)]
@@ -155,6 +158,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", report.render());
             }
             return Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Command::Inspect { binary } => {
+            let (exact, what) = agentwatch::probes::inspect(&binary);
+            println!("{}: {what}", binary.display());
+            return Ok(if exact {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -100,6 +100,20 @@ fn claude_code_two_versions_exact_usage() {
         "provider": "anthropic", "api": "messages", "streaming": true, "http_version": "1.1",
     });
 
+    // The same analysis, offline: `agentwatch inspect`.
+    for bin in [&newer, &older] {
+        let out = Command::new(agentwatch_bin())
+            .arg("inspect")
+            .arg(bin)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("exact: BoringSSL SSL_write/SSL_read located"),
+            "{text}"
+        );
+    }
     check_boringssl_entry(&wait_located(&daemon, &newer));
     let (pid, out) = run_client(claude(&newer, &mock, &home.0, "cc-newer"));
     assert!(
@@ -120,4 +134,92 @@ fn claude_code_two_versions_exact_usage() {
     let status = daemon.cli_json(&["status"]);
     assert_eq!(status["ok"], true, "{status:#}");
     assert_eq!(u(&status["kernel_drops"]["args_map_full"]), 0);
+}
+
+fn codex_bin() -> PathBuf {
+    agent(
+        "@openai/codex-linux-x64",
+        "vendor/x86_64-unknown-linux-musl/bin/codex",
+    )
+}
+
+/// `codex exec "say hi"` headless against the mock, through a custom provider (HTTPS only,
+/// Responses API); `websockets` picks its WebSocket transport over `POST /v1/responses`.
+fn codex(bin: &Path, mock: &Mock, home: &Path, tag: &str, websockets: bool) -> Command {
+    let provider = format!(
+        "model_providers.mock={{name=\"mock\",base_url=\"{}/v1\",env_key=\"MOCK_KEY\",wire_api=\"responses\",supports_websockets={websockets},http_headers={{\"x-test-tag\"=\"{tag}\"}}}}",
+        mock.base_url()
+    );
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "exec",
+        "--skip-git-repo-check",
+        "-c",
+        "model_provider=\"mock\"",
+        "-c",
+    ])
+    .arg(provider)
+    .arg("say hi")
+    .current_dir(home)
+    .env("HOME", home)
+    .env("CODEX_HOME", home.join(".codex"))
+    .env("MOCK_KEY", "test")
+    .env("OPENAI_API_KEY", "test")
+    .env("CODEX_CA_CERTIFICATE", &mock.ca);
+    std::fs::create_dir_all(home.join(".codex")).unwrap();
+    cmd
+}
+
+/// Codex (a static musl Rust binary, stripped; rustls over aws-lc) over HTTPS: the AEAD
+/// functions every TLS record passes are located by analysis, records are linked to their
+/// socket, and the Responses call is recorded exactly as the mock served it.
+#[test]
+fn codex_over_https_exact_usage() {
+    let bin = codex_bin();
+    let home = Scratch::new("codex-home");
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let daemon = Daemon::start_with_env(Scratch::new("daemon"), &[], &[("PATH", &path)]);
+    let mock = Mock::start(&[]);
+    let entry = wait_located(&daemon, &bin);
+    assert_eq!(entry["kind"], "aws-lc-aead", "{entry}");
+    assert_eq!(
+        entry["symbols"],
+        json!(["EVP_AEAD_CTX_seal", "EVP_AEAD_CTX_open"]),
+        "{entry}"
+    );
+    assert!(
+        entry["coverage"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("exact: aws-lc EVP_AEAD_CTX_seal/open located by analysis"),
+        "{entry}"
+    );
+    let expect = json!({
+        "provider": "openai", "api": "responses", "streaming": true, "http_version": "1.1",
+    });
+    for (round, tag) in ["codex-1", "codex-2"].iter().enumerate() {
+        let (pid, out) = run_client(codex(&bin, &mock, &home.0, tag, false));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Mock reply"),
+            "round {round}: {out:?}"
+        );
+        check_exact(&daemon, &mock, pid, tag, 1, &expect);
+    }
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(status["ok"], true, "{status:#}");
+    assert!(
+        u(&status["aead"]["aead_app_records"]) >= 4,
+        "{}",
+        status["aead"]
+    );
+    assert_eq!(
+        u(&status["aead"]["aead_malformed"]),
+        0,
+        "{}",
+        status["aead"]
+    );
 }

@@ -22,6 +22,7 @@
 //! with it and ends the call, marked incomplete. At `close`, every exchange still in flight
 //! is emitted incomplete; a request that was never written whole is not a call.
 
+pub mod aead;
 mod connection;
 mod http2;
 pub(crate) mod streams;

@@ -424,6 +424,7 @@ fn answer(
                 "kernel_drops": drops,
                 "pipeline": p.stats,
                 "capture": p.capture_stats,
+                "aead": p.aead.stats,
                 "ceilings": {
                     "enabled": p.policy.as_ref().is_some_and(|pol| pol.enabled()),
                     "block": BLOCK_STATUS.get(),

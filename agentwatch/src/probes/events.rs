@@ -1,8 +1,8 @@
 //! Decoding of ring-buffer records. A record's kind is checked before its layout is
 //! trusted; an unknown kind or a short record is an error the caller counts.
 use agentwatch_ebpf::{
-    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_GATE_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE,
-    ProcEvent, TLS_HEADER_LEN, TlsDataHeader,
+    EVENT_AEAD_LINK, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_GATE_HOLD, EVENT_TLS_DATA,
+    EVENT_TLS_HANDSHAKE, ProcEvent, TLS_HEADER_LEN, TlsDataHeader,
 };
 
 #[derive(Debug)]
@@ -38,6 +38,14 @@ pub enum KernelEvent<'a> {
     TlsHandshake {
         tgid: u32,
         ssl: u64,
+        ts_ns: u64,
+    },
+    /// An AEAD context was used next to a socket syscall on `fd` (see `EVENT_AEAD_LINK`).
+    AeadLink {
+        tgid: u32,
+        direction: u32,
+        aead: u64,
+        fd: u64,
         ts_ns: u64,
     },
 }
@@ -117,6 +125,16 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
             Ok(KernelEvent::TlsHandshake {
                 tgid: header.tgid,
                 ssl: header.ssl,
+                ts_ns: header.ts_ns,
+            })
+        }
+        EVENT_AEAD_LINK => {
+            let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;
+            Ok(KernelEvent::AeadLink {
+                tgid: header.tgid,
+                direction: header.direction,
+                aead: header.ssl,
+                fd: header.offset,
                 ts_ns: header.ts_ns,
             })
         }

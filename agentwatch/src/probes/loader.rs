@@ -266,6 +266,9 @@ impl Probes {
             "ssl_handshake_enter",
             "ssl_write_exit",
             "ssl_read_exit",
+            "aead_seal_enter",
+            "aead_open_enter",
+            "aead_open_exit",
         ]
         .into_iter()
         .chain(GO_PROGRAMS)
@@ -501,12 +504,32 @@ impl Probes {
             }
             OpaqueScan::Located(l) => l,
         };
-        let points = [
-            ("SSL_write", "ssl_write_enter", located.write),
-            ("SSL_write", "ssl_write_exit", located.write),
-            ("SSL_read", "ssl_read_enter", located.read),
-            ("SSL_read", "ssl_read_exit", located.read),
-        ];
+        let points = if located.stack == "aws-lc-aead" {
+            [
+                ("EVP_AEAD_CTX_seal", "aead_seal_enter", located.write),
+                ("EVP_AEAD_CTX_open", "aead_open_enter", located.read),
+                ("EVP_AEAD_CTX_open", "aead_open_exit", located.read),
+            ]
+            .to_vec()
+        } else {
+            [
+                ("SSL_write", "ssl_write_enter", located.write),
+                ("SSL_write", "ssl_write_exit", located.write),
+                ("SSL_read", "ssl_read_enter", located.read),
+                ("SSL_read", "ssl_read_exit", located.read),
+            ]
+            .to_vec()
+        };
+        let symbols: Vec<String> =
+            points
+                .iter()
+                .map(|p| p.0.to_string())
+                .fold(Vec::new(), |mut v, s| {
+                    if !v.contains(&s) {
+                        v.push(s);
+                    }
+                    v
+                });
         let mut links = Vec::new();
         for (symbol, program, offset) in points {
             let attached = uprobe(&mut self.ebpf, program).and_then(|p| {
@@ -543,9 +566,13 @@ impl Probes {
             attached_via: via.display().to_string(),
             kind: located.stack.clone(),
             return_probes: 0,
-            symbols: vec!["SSL_write".into(), "SSL_read".into()],
+            symbols,
             // Without a handshake probe a reused SSL pointer is told apart by its first write.
-            missing: vec!["SSL_do_handshake".into()],
+            missing: if located.stack == "boringssl" {
+                vec!["SSL_do_handshake".into()]
+            } else {
+                Vec::new()
+            },
             identity,
             root: super::libraries::foreign_root(via),
             coverage: format!("exact: {}", located.how),

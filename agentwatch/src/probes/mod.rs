@@ -13,6 +13,47 @@ pub mod tracefs;
 use std::path::PathBuf;
 
 pub use events::{KernelEvent, decode};
+
+/// How the probes would cover the executable or library at `path` (`agentwatch inspect`):
+/// (covered exactly, what was found). Runs the same analysis the daemon runs at exec.
+pub fn inspect(path: &std::path::Path) -> (bool, String) {
+    let exported = libraries::exported_tls_symbols(path);
+    if !exported.is_empty() {
+        return (
+            true,
+            format!("exact: exported symbols {}", exported.join(" ")),
+        );
+    }
+    match golang::scan(path) {
+        golang::GoScan::Probes(p) => {
+            return (
+                true,
+                format!(
+                    "exact: Go crypto/tls symbols (Write at {:#x}, Read at {:#x})",
+                    p.write, p.read
+                ),
+            );
+        }
+        golang::GoScan::NotCovered(why) => return (false, format!("not covered: {why}")),
+        golang::GoScan::NoTls => return (false, "a Go binary without crypto/tls".into()),
+        golang::GoScan::NotGo => {}
+    }
+    match opaque::scan(path) {
+        opaque::OpaqueScan::Located(l) => (
+            true,
+            format!(
+                "exact: {} (write side at file offset {:#x}, read side at {:#x})",
+                l.how, l.write, l.read
+            ),
+        ),
+        opaque::OpaqueScan::NotLocated(why) => (false, format!("not covered: {why}")),
+        opaque::OpaqueScan::NotTls => (
+            false,
+            "no TLS library inside that the probes know (shared libraries it loads, such as libssl, are probed on their own)"
+                .into(),
+        ),
+    }
+}
 pub use loader::{DropCounters, Probes, ProbesConfig};
 
 /// Everything that can go wrong between the daemon and the kernel, named so the user knows

@@ -1,8 +1,9 @@
 //! Opaque binaries: TLS stacks linked statically into stripped executables (Bun's BoringSSL in
-//! Claude Code, the static OpenSSL in Codex). They export no TLS symbols, so the functions are
+//! Claude Code, rustls over aws-lc in Codex). They export no TLS symbols, so the functions are
 //! located by analysis that does not depend on one version's bytes: the library reports errors
-//! with its source file name (or function name) and line, so the code that loads that string
-//! sits inside the function we want, whose bounds come from `.eh_frame_hdr`.
+//! with its source file name and line, so the code that loads that string sits inside the
+//! function we want, whose bounds come from `.eh_frame_hdr` (or, where that has no entry, from
+//! the linker's padding, checked by decoding).
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::Path;
@@ -18,6 +19,10 @@ const ERR_LIB_SSL: u64 = 16;
 /// check, inlined).
 const REASON_PROTOCOL_IS_SHUTDOWN: u64 = 111;
 const REASON_UNINITIALIZED: u64 = 66;
+/// aws-lc's `ERR_LIB_CIPHER` and the reasons of its AEAD entry points.
+const ERR_LIB_CIPHER: u64 = 30;
+const CIPHER_R_BAD_DECRYPT: u64 = 101;
+const CIPHER_R_OUTPUT_ALIASES_INPUT: u64 = 115;
 
 /// The System V integer argument registers, in order.
 const ARGUMENTS: [Register; 6] = [
@@ -29,6 +34,9 @@ const ARGUMENTS: [Register; 6] = [
     Register::R9,
 ];
 
+/// Function `[start, end)` → the (reason, line) of each error it raises.
+type ErrorSites = BTreeMap<(u64, u64), BTreeSet<(u64, u64)>>;
+
 /// Where a function's bounds came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bounds {
@@ -38,11 +46,11 @@ enum Bounds {
     Padding,
 }
 
-/// Where a located TLS library's read and write functions are, as file offsets.
+/// Where a located TLS library's write and read functions are, as file offsets: SSL_write
+/// and SSL_read (`boringssl`), or the AEAD seal and open every record passes (`aws-lc-aead`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Located {
-    /// `boringssl` (SSL_write/SSL_read) or `openssl-internal` (ssl_write_internal/
-    /// ssl_read_internal, whose byte counts come back through a pointer).
+    /// `boringssl` or `aws-lc-aead`.
     pub stack: String,
     pub write: u64,
     pub read: u64,
@@ -303,6 +311,34 @@ impl Image {
         })
     }
 
+    /// Every function raising errors of library `lib` from the source file whose path ends with
+    /// `file`: its (reason, line) pairs, and where its bounds came from.
+    fn error_sites(&self, file: &[u8], lib: u64) -> (ErrorSites, BTreeMap<(u64, u64), Bounds>) {
+        let files = self.strings_ending_with(file);
+        let file_set: BTreeSet<u64> = files.iter().copied().collect();
+        let mut raised = ErrorSites::new();
+        let mut bounds = BTreeMap::new();
+        for reference in self.references(&files) {
+            if raised
+                .keys()
+                .any(|(start, end)| (*start..*end).contains(&reference))
+            {
+                continue;
+            }
+            let Some((start, end, how)) = self.function_at(reference) else {
+                continue;
+            };
+            bounds.insert((start, end), how);
+            let errors = raised.entry((start, end)).or_default();
+            for [l, reason, line] in self.error_calls((start, end), &file_set) {
+                if l == lib {
+                    errors.insert((reason, line));
+                }
+            }
+        }
+        (raised, bounds)
+    }
+
     /// The error calls of function `[start, end)`, as (library, reason, line): calls that pass
     /// a `file` string address as an argument, with the reason in the argument before it and
     /// the line in the one after (BoringSSL's `ERR_put_error(lib, 0, reason, file, line)`,
@@ -376,31 +412,9 @@ impl Image {
 /// BoringSSL (Bun, and so Claude Code): `SSL_write` and `SSL_read` from the errors ssl_lib.cc
 /// raises through `ERR_put_error(ERR_LIB_SSL, 0, reason, __FILE__, __LINE__)`.
 fn locate_boringssl(image: &Image) -> Result<Located, String> {
-    let files = image.strings_ending_with(b"/ssl/ssl_lib.cc");
-    if files.is_empty() {
-        return Err("no ssl_lib.cc error strings".into());
-    }
-    let file_set: BTreeSet<u64> = files.iter().copied().collect();
-    // function → (reason, line) of each SSL error it raises.
-    let mut raised: BTreeMap<(u64, u64), BTreeSet<(u64, u64)>> = BTreeMap::new();
-    let mut bounds: BTreeMap<(u64, u64), Bounds> = BTreeMap::new();
-    for reference in image.references(&files) {
-        if raised
-            .keys()
-            .any(|(start, end)| (*start..*end).contains(&reference))
-        {
-            continue;
-        }
-        let Some((start, end, how)) = image.function_at(reference) else {
-            continue;
-        };
-        bounds.insert((start, end), how);
-        let errors = raised.entry((start, end)).or_default();
-        for [lib, reason, line] in image.error_calls((start, end), &file_set) {
-            if lib == ERR_LIB_SSL {
-                errors.insert((reason, line));
-            }
-        }
+    let (raised, bounds) = image.error_sites(b"/ssl/ssl_lib.cc", ERR_LIB_SSL);
+    if raised.is_empty() {
+        return Err("no ssl_lib.cc error sites".into());
     }
     let writes: Vec<_> = raised
         .iter()
@@ -454,6 +468,57 @@ fn locate_boringssl(image: &Image) -> Result<Located, String> {
     })
 }
 
+/// aws-lc (rustls's crypto provider in Codex): every TLS record passes
+/// `EVP_AEAD_CTX_seal` and `EVP_AEAD_CTX_open`, both in cipher/aead.c, whose errors go through
+/// `ERR_put_error(ERR_LIB_CIPHER, 0, reason, __FILE__, __LINE__)`. Every seal/open variant
+/// checks that output does not alias input (`CIPHER_R_OUTPUT_ALIASES_INPUT`); in file order
+/// they are seal, seal_scatter, open, open_gather. `EVP_AEAD_CTX_seal` is the first of them
+/// (smallest line), and `EVP_AEAD_CTX_open` the first that also raises `CIPHER_R_BAD_DECRYPT`.
+fn locate_aws_lc_aead(image: &Image) -> Result<Located, String> {
+    let (raised, bounds) = image.error_sites(b"/cipher/aead.c", ERR_LIB_CIPHER);
+    let first_line = |errors: &BTreeSet<(u64, u64)>| errors.iter().map(|(_, l)| *l).min();
+    let checking: Vec<(u64, (u64, u64), bool)> = raised
+        .iter()
+        .filter(|(_, e)| e.iter().any(|(r, _)| *r == CIPHER_R_OUTPUT_ALIASES_INPUT))
+        .filter_map(|(f, e)| {
+            let decrypts = e.iter().any(|(r, _)| *r == CIPHER_R_BAD_DECRYPT);
+            Some((first_line(e)?, *f, decrypts))
+        })
+        .collect();
+    let seal = checking.iter().filter(|c| !c.2).min().map(|c| c.1);
+    let open = checking.iter().filter(|c| c.2).min().map(|c| c.1);
+    let (Some(seal), Some(open)) = (seal, open) else {
+        return Err(format!(
+            "{} aead.c functions check aliasing; seal and open not both found",
+            checking.len()
+        ));
+    };
+    if seal.0 == open.0 {
+        return Err("seal and open resolve to one function".into());
+    }
+    let offset = |f: (u64, u64)| {
+        image
+            .file_offset(f.0)
+            .ok_or_else(|| format!("function at {:#x} is outside the loadable segments", f.0))
+    };
+    Ok(Located {
+        stack: "aws-lc-aead".into(),
+        write: offset(seal)?,
+        read: offset(open)?,
+        how: format!(
+            "aws-lc EVP_AEAD_CTX_seal/open located by analysis (aead.c error sites, bounds from {})",
+            if [seal, open]
+                .iter()
+                .all(|f| bounds.get(f) == Some(&Bounds::Unwind))
+            {
+                ".eh_frame"
+            } else {
+                "linker padding and call targets"
+            }
+        ),
+    })
+}
+
 /// The GNU build id of the executable at `path`, if it has one.
 pub fn build_id(path: &Path) -> Option<Vec<u8>> {
     let file = File::open(path).ok()?;
@@ -465,15 +530,25 @@ pub fn build_id(path: &Path) -> Option<Vec<u8>> {
 /// Looks at `path`: a stripped executable with a TLS library inside, and where its read and
 /// write functions are.
 pub fn scan(path: &Path) -> OpaqueScan {
-    let Some(image) = Image::load(path, &[b"/ssl/ssl_lib.cc\0"]) else {
+    const BORINGSSL: &[u8] = b"/ssl/ssl_lib.cc\0";
+    const AWS_LC: &[u8] = b"/cipher/aead.c\0";
+    let Some(image) = Image::load(path, &[BORINGSSL, AWS_LC]) else {
         return OpaqueScan::NotTls;
     };
-    if image.eh_frame_hdr.is_none() {
-        return OpaqueScan::NotLocated("no .eh_frame_hdr to find function bounds".into());
-    }
-    match locate_boringssl(&image) {
+    let has = |s: &[u8]| {
+        image
+            .data
+            .iter()
+            .any(|(_, d)| memchr::memmem::find(d, s).is_some())
+    };
+    let result = if has(BORINGSSL) {
+        locate_boringssl(&image).map_err(|why| format!("BoringSSL inside, not located: {why}"))
+    } else {
+        locate_aws_lc_aead(&image).map_err(|why| format!("aws-lc inside, not located: {why}"))
+    };
+    match result {
         Ok(located) => OpaqueScan::Located(located),
-        Err(why) => OpaqueScan::NotLocated(format!("BoringSSL inside, not located: {why}")),
+        Err(why) => OpaqueScan::NotLocated(why),
     }
 }
 

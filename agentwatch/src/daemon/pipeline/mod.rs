@@ -8,10 +8,13 @@ mod ceilings;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use agentwatch_ebpf::{DIR_WRITE, TLS_FLAG_LOSS_BEFORE, TlsDataHeader};
+use agentwatch_ebpf::{
+    DIR_WRITE, EVENT_TLS_DATA, TLS_FLAG_AEAD, TLS_FLAG_LOSS_BEFORE, TlsDataHeader,
+};
 use serde::Serialize;
 
 use crate::accounting::pricing::Pricing;
+use crate::capture::aead::{AeadOut, AeadStreams};
 use crate::capture::{CaptureEvent, CaptureLimits, CaptureStats, Connection};
 use crate::policy::Policy;
 use crate::policy::gate::Gate;
@@ -65,6 +68,8 @@ pub struct Pipeline {
     pub stats: PipelineStats,
     pub capture_stats: CaptureStats,
     scratch: Vec<CaptureEvent>,
+    /// TLS records from AEAD probes (rustls in opaque binaries), back into byte streams.
+    pub aead: AeadStreams,
     /// Ceilings (None when the daemon runs without its kernel gate, e.g. in unit tests).
     pub policy: Option<Policy>,
     pub gate: Option<Gate>,
@@ -96,6 +101,7 @@ impl Pipeline {
             stats: PipelineStats::default(),
             capture_stats: CaptureStats::default(),
             scratch: Vec::new(),
+            aead: AeadStreams::default(),
             policy: None,
             gate: None,
             pods: Arc::new(PodIndex::default()),
@@ -144,7 +150,34 @@ impl Pipeline {
                 self.stats.exits += 1;
                 self.on_exit(tgid, ts_ns);
             }
+            KernelEvent::Tls { header, data } if header.flags & TLS_FLAG_AEAD != 0 => {
+                let mut out = Vec::new();
+                self.aead.on_chunk(
+                    header.tgid,
+                    header.ssl,
+                    header.direction,
+                    header.offset,
+                    header.call_len,
+                    header.flags & TLS_FLAG_LOSS_BEFORE != 0,
+                    data,
+                    header.ts_ns,
+                    &mut out,
+                );
+                self.on_aead(out);
+            }
             KernelEvent::Tls { header, data } => self.on_tls(&header, data),
+            KernelEvent::AeadLink {
+                tgid,
+                direction,
+                aead,
+                fd,
+                ts_ns,
+            } => {
+                let mut out = Vec::new();
+                self.aead
+                    .on_link(tgid, direction, aead, fd, ts_ns, &mut out);
+                self.on_aead(out);
+            }
             KernelEvent::GateHold {
                 tgid,
                 ssl,
@@ -165,6 +198,42 @@ impl Pipeline {
             }
         }
         None
+    }
+
+    /// Application data of AEAD-captured connections, as if an SSL probe had seen it.
+    fn on_aead(&mut self, out: Vec<AeadOut>) {
+        for item in out {
+            match item {
+                AeadOut::Data {
+                    tgid,
+                    conn,
+                    direction,
+                    data,
+                    loss,
+                    ts_ns,
+                } => {
+                    let header = TlsDataHeader {
+                        kind: EVENT_TLS_DATA,
+                        tgid,
+                        tid: 0,
+                        direction,
+                        flags: if loss { TLS_FLAG_LOSS_BEFORE } else { 0 },
+                        len: data.len() as u32,
+                        ssl: conn,
+                        ts_ns,
+                        call_len: data.len() as u64,
+                        offset: 0,
+                    };
+                    self.on_tls(&header, &data);
+                }
+                AeadOut::Closed { tgid, conn, ts_ns } => {
+                    if let Some(list) = self.conns_by_tgid.get_mut(&tgid) {
+                        list.retain(|s| *s != conn);
+                    }
+                    self.close_connection((tgid, conn), ts_ns);
+                }
+            }
+        }
     }
 
     fn on_tls(&mut self, h: &TlsDataHeader, data: &[u8]) {
@@ -301,6 +370,7 @@ impl Pipeline {
     }
 
     fn on_exit(&mut self, tgid: u32, ts_ns: u64) {
+        self.aead.forget(tgid);
         // Flush the process's connections first: their calls belong to its session.
         for ssl in self.conns_by_tgid.remove(&tgid).unwrap_or_default() {
             self.close_connection((tgid, ssl), ts_ns);
