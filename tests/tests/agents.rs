@@ -134,6 +134,13 @@ fn claude_code_two_versions_exact_usage() {
     let status = daemon.cli_json(&["status"]);
     assert_eq!(status["ok"], true, "{status:#}");
     assert_eq!(u(&status["kernel_drops"]["args_map_full"]), 0);
+    for bin in [&newer, &older] {
+        let entry = located(&status, bin).unwrap();
+        assert_eq!(
+            entry["confirmed"], true,
+            "first plaintext was HTTP: {entry}"
+        );
+    }
 }
 
 fn codex_bin() -> PathBuf {

@@ -83,6 +83,17 @@ fn sniff(data: &[u8]) -> Sniff {
     }
 }
 
+/// Whether the first plaintext written on a new connection is the start of an HTTP/1 request
+/// or the HTTP/2 preface (None: too short to tell). Probes at located functions are checked
+/// with it: a wrong location would not yield request lines.
+pub fn starts_http_request(data: &[u8]) -> Option<bool> {
+    match sniff(data) {
+        Sniff::RequestLine | Sniff::Http2Preface => Some(true),
+        Sniff::NeedMore => None,
+        Sniff::StatusLine | Sniff::Other => Some(false),
+    }
+}
+
 /// Where a request's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum RequestState {

@@ -29,7 +29,7 @@ pub(crate) mod streams;
 #[cfg(test)]
 mod tests;
 
-pub use connection::Connection;
+pub use connection::{Connection, starts_http_request};
 pub use http2::Http2Hold;
 
 use serde::{Deserialize, Serialize};

@@ -51,7 +51,12 @@ pub fn render(req: &Request, answer: &Value) -> String {
                     syms.join(" ")
                 );
                 if let Some(coverage) = lib["coverage"].as_str().filter(|c| !c.is_empty()) {
-                    let _ = writeln!(out, "    {coverage}");
+                    let checked = match lib["confirmed"].as_bool() {
+                        Some(true) => " (confirmed: its first plaintext was HTTP)",
+                        Some(false) => " (not confirmed by traffic yet)",
+                        None => "",
+                    };
+                    let _ = writeln!(out, "    {coverage}{checked}");
                 }
             }
             let not_covered = &answer["tls_not_covered"];

@@ -337,6 +337,18 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                     }
                 }
                 guard.clear_ready();
+                {
+                    // Confirm or reject probes at located functions by what they captured
+                    // (skipped while an analysis holds discovery: the verdicts wait).
+                    let mut p = pipeline.lock().expect("pipeline lock");
+                    if !p.first_writes.is_empty()
+                        && let Ok(mut d) = discovery.try_lock()
+                    {
+                        for (tgid, http) in p.first_writes.drain(..) {
+                            d.probes.judge_first_write(tgid, http);
+                        }
+                    }
+                }
                 if !execs.is_empty() {
                     // Off the ring's task: analysing a large static binary takes a moment,
                     // and the ring must keep draining meanwhile.

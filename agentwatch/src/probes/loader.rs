@@ -65,6 +65,31 @@ pub struct AttachedLibrary {
     /// How its traffic is measured: `exact: …` and what the probes rest on.
     #[serde(default)]
     pub coverage: String,
+    /// Functions located by analysis: whether a new connection's first plaintext looked like
+    /// HTTP (confirmed), and how many did not before that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed: Option<bool>,
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub doubts: u32,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+/// New connections whose first plaintext is not HTTP, with none that is, before probes at
+/// located functions are taken for wrong and detached.
+const LOCATED_DOUBTS: u32 = 3;
+
+/// One first-write verdict on probes at located functions; true when they must go. One
+/// HTTP start confirms them for good (a wrong function does not write request lines).
+fn judge(confirmed: &mut Option<bool>, doubts: &mut u32, http: bool) -> bool {
+    match (http, *confirmed) {
+        (true, Some(_)) => *confirmed = Some(true),
+        (false, Some(false)) => *doubts += 1,
+        _ => {}
+    }
+    *confirmed == Some(false) && *doubts >= LOCATED_DOUBTS
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -362,6 +387,8 @@ impl Probes {
                 "exact: {} exported symbols",
                 if gnutls { "GnuTLS" } else { "OpenSSL" }
             ),
+            confirmed: None,
+            doubts: 0,
             symbols,
             missing,
             identity,
@@ -460,6 +487,8 @@ impl Probes {
             identity,
             root: super::libraries::foreign_root(via),
             coverage: "exact: Go crypto/tls symbols".into(),
+            confirmed: None,
+            doubts: 0,
         });
         true
     }
@@ -576,8 +605,45 @@ impl Probes {
             identity,
             root: super::libraries::foreign_root(via),
             coverage: format!("exact: {}", located.how),
+            confirmed: Some(false),
+            doubts: 0,
         });
         true
+    }
+
+    /// The first plaintext written on a new connection of process `tgid`: for probes at
+    /// located functions, HTTP confirms the location; non-HTTP on `LOCATED_DOUBTS` new
+    /// connections with none confirmed means the analysis was wrong for this build: the
+    /// probes are detached and the binary is listed as not covered, with why.
+    pub fn judge_first_write(&mut self, tgid: u32, http: bool) {
+        let Ok(meta) = std::fs::metadata(format!("/proc/{tgid}/exe")) else {
+            return;
+        };
+        let identity = (meta.dev(), meta.ino());
+        let Some(lib) = self
+            .libraries
+            .iter_mut()
+            .find(|l| l.identity == identity && l.confirmed.is_some())
+        else {
+            return;
+        };
+        if !judge(&mut lib.confirmed, &mut lib.doubts, http) {
+            return;
+        }
+        let path = lib.path.clone();
+        for (program, link) in self.links.remove(&identity).unwrap_or_default() {
+            if let Ok(p) = uprobe(&mut self.ebpf, program) {
+                let _ = p.detach(link);
+            }
+        }
+        self.libraries.retain(|l| l.identity != identity);
+        // Stays in `seen_files`: the same file is not attached again.
+        self.not_covered(
+            &path,
+            format!(
+                "the functions located by analysis wrote non-HTTP plaintext on {LOCATED_DOUBTS} new connections and none was HTTP; probes detached (this build is not analysed correctly)"
+            ),
+        );
     }
 
     fn unlink(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
@@ -828,4 +894,33 @@ fn cgroup2_root() -> Option<PathBuf> {
         let (_, mount_point, fstype) = (cols.next()?, cols.next()?, cols.next()?);
         (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn located_probes_are_confirmed_by_http_or_rejected_after_doubts() {
+        let (mut confirmed, mut doubts) = (Some(false), 0);
+        assert!(!judge(&mut confirmed, &mut doubts, false));
+        assert!(!judge(&mut confirmed, &mut doubts, true));
+        assert_eq!(confirmed, Some(true));
+        for _ in 0..10 {
+            assert!(
+                !judge(&mut confirmed, &mut doubts, false),
+                "confirmed stays"
+            );
+        }
+        let (mut confirmed, mut doubts) = (Some(false), 0);
+        assert!(!judge(&mut confirmed, &mut doubts, false));
+        assert!(!judge(&mut confirmed, &mut doubts, false));
+        assert!(judge(&mut confirmed, &mut doubts, false));
+        // Probes found by symbol are never judged.
+        let (mut confirmed, mut doubts) = (None, 0);
+        for _ in 0..10 {
+            assert!(!judge(&mut confirmed, &mut doubts, false));
+        }
+        assert_eq!((confirmed, doubts), (None, 0));
+    }
 }

@@ -47,7 +47,12 @@ pub struct PipelineStats {
     /// Connections evicted because `limits.max_connections` was reached.
     pub connections_evicted: u64,
     pub sink_errors: u64,
+    /// First-write verdicts not handed to the daemon (queue full).
+    pub first_writes_dropped: u64,
 }
+
+/// First-write verdicts kept until the daemon takes them.
+const MAX_FIRST_WRITES: usize = 1024;
 
 struct Conn {
     conn: Connection,
@@ -70,6 +75,9 @@ pub struct Pipeline {
     scratch: Vec<CaptureEvent>,
     /// TLS records from AEAD probes (rustls in opaque binaries), back into byte streams.
     pub aead: AeadStreams,
+    /// (tgid, whether it looked like HTTP) of the first plaintext written on each new TLS
+    /// connection, for the daemon to confirm or reject probes at located functions.
+    pub first_writes: Vec<(u32, bool)>,
     /// Ceilings (None when the daemon runs without its kernel gate, e.g. in unit tests).
     pub policy: Option<Policy>,
     pub gate: Option<Gate>,
@@ -102,6 +110,7 @@ impl Pipeline {
             capture_stats: CaptureStats::default(),
             scratch: Vec::new(),
             aead: AeadStreams::default(),
+            first_writes: Vec::new(),
             policy: None,
             gate: None,
             pods: Arc::new(PodIndex::default()),
@@ -258,6 +267,16 @@ impl Pipeline {
             );
             self.conns_by_tgid.entry(h.tgid).or_default().push(h.ssl);
             self.stats.connections_open = self.conns.len() as u64;
+            if h.ssl & agentwatch_ebpf::PLAIN_CONN == 0
+                && h.direction == DIR_WRITE
+                && let Some(http) = crate::capture::starts_http_request(data)
+            {
+                if self.first_writes.len() < MAX_FIRST_WRITES {
+                    self.first_writes.push((h.tgid, http));
+                } else {
+                    self.stats.first_writes_dropped += 1;
+                }
+            }
         }
         let mut out = std::mem::take(&mut self.scratch);
         let Some(c) = self.conns.get_mut(&id) else {
