@@ -14,11 +14,11 @@ use object::{Object, ObjectSection, ObjectSegment, SectionKind};
 
 /// BoringSSL's library code for SSL errors (`ERR_LIB_SSL`).
 const ERR_LIB_SSL: u64 = 16;
-/// Reasons `SSL_write` raises in BoringSSL (`SSL_R_PROTOCOL_IS_SHUTDOWN` is the one no other
-/// function in ssl_lib.cc raises); `SSL_read` raises only `SSL_R_UNINITIALIZED` (SSL_peek's
-/// check, inlined).
-const REASON_PROTOCOL_IS_SHUTDOWN: u64 = 111;
-const REASON_UNINITIALIZED: u64 = 66;
+/// `SSL_write` is the one function of BoringSSL's ssl_lib.cc raising `SSL_R_BAD_LENGTH` (a
+/// negative length); `SSL_read` raises only `ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED` (the QUIC
+/// check of SSL_peek, inlined), and sits just above SSL_write in the file.
+const SSL_R_BAD_LENGTH: u64 = 111;
+const ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED: u64 = 66;
 /// aws-lc's `ERR_LIB_CIPHER` and the reasons of its AEAD entry points.
 const ERR_LIB_CIPHER: u64 = 30;
 const CIPHER_R_BAD_DECRYPT: u64 = 101;
@@ -418,23 +418,23 @@ fn locate_boringssl(image: &Image) -> Result<Located, String> {
     }
     let writes: Vec<_> = raised
         .iter()
-        .filter(|(_, errors)| {
-            errors
-                .iter()
-                .any(|(r, _)| *r == REASON_PROTOCOL_IS_SHUTDOWN)
-        })
+        .filter(|(_, errors)| errors.iter().any(|(r, _)| *r == SSL_R_BAD_LENGTH))
         .collect();
     let [(write, write_errors)] = writes[..] else {
         return Err(format!(
-            "{} functions of ssl_lib.cc raise reason {REASON_PROTOCOL_IS_SHUTDOWN} (SSL_write is the only one)",
+            "{} functions of ssl_lib.cc raise reason {SSL_R_BAD_LENGTH} (SSL_write is the only one)",
             writes.len()
         ));
     };
     let write_line = write_errors.iter().map(|(_, l)| *l).min().unwrap_or(0);
-    // SSL_read sits just above SSL_write in ssl_lib.cc and raises only SSL_R_UNINITIALIZED.
+    // SSL_read sits just above SSL_write in ssl_lib.cc and raises only reason 66.
     let read = raised
         .iter()
-        .filter(|(_, errors)| errors.iter().all(|(r, _)| *r == REASON_UNINITIALIZED))
+        .filter(|(_, errors)| {
+            errors
+                .iter()
+                .all(|(r, _)| *r == ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED)
+        })
         .filter_map(|(f, errors)| {
             let line = errors.iter().map(|(_, l)| *l).max()?;
             (line < write_line).then_some((write_line - line, *f))
@@ -442,7 +442,7 @@ fn locate_boringssl(image: &Image) -> Result<Located, String> {
         .min();
     let Some((_, read)) = read else {
         return Err(format!(
-            "no function raising only reason {REASON_UNINITIALIZED} above SSL_write (line {write_line}) in ssl_lib.cc"
+            "no function raising only reason {ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED} above SSL_write (line {write_line}) in ssl_lib.cc"
         ));
     };
     let offset = |f: (u64, u64)| {
