@@ -24,6 +24,10 @@ pub const EVENT_TLS_HANDSHAKE: u32 = 5;
 /// can tell an LLM request from other TLS traffic. Preview bytes stay in memory.
 pub const EVENT_GATE_HOLD: u32 = 6;
 pub const GATE_PREVIEW: usize = 256;
+/// `offset` of a hold record: the held write is one TLS record (an AEAD seal), not a write
+/// call; one that is not an LLM request (handshake, a record between requests) keeps the
+/// process armed, since the request may follow without a read in between.
+pub const HOLD_TLS_RECORD: u64 = 1;
 /// An AEAD context (one direction of a rustls connection in an opaque binary) was used next
 /// to a socket syscall of the same thread: header only, `ssl` = context, `offset` = the fd,
 /// `direction` = which way. Links the context's records to their connection.

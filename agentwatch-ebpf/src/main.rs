@@ -297,7 +297,7 @@ mod bpf {
         let len: u64 =
             unsafe { bpf_probe_read_user((sp + 16) as *const u64) }.map_err(|e| e as i64)?;
         let _ = AEAD_TGIDS.insert(&tgid, &1, 0);
-        let _ = gate(pid_tgid, aead, buf, len);
+        let _ = gate(pid_tgid, aead, buf, len, HOLD_TLS_RECORD);
         let _ = AEAD_SEALED.insert(&pid_tgid, &aead, 0);
         let args = SslArgs {
             ssl: aead,
@@ -352,6 +352,13 @@ mod bpf {
             unsafe { bpf_probe_read_user(args.out_len as *const u64) }.map_err(|e| e as i64)?;
         if let Some(fd) = unsafe { AEAD_LAST_READ.get(&pid_tgid) } {
             emit_aead_link(pid_tgid, DIR_READ, args.ssl, *fd);
+        }
+        // As after an SSL read: a granted process that reads may write a new request next.
+        let tgid = (pid_tgid >> 32) as u32;
+        if let Some(state) = unsafe { GATE.get(&tgid) }
+            && *state == GATE_GRANTED
+        {
+            let _ = GATE.insert(&tgid, &GATE_ARMED, 0);
         }
         emit_tls_flagged(pid_tgid, DIR_READ, &args, len, TLS_FLAG_AEAD)
     }
@@ -719,7 +726,7 @@ mod bpf {
         // another goroutine (often another thread), whose Read can return before the writer
         // reaches its RET, and the request must precede its response in the ring buffer. A
         // write held by the gate is emitted at its RET instead (it may never be sent).
-        if direction == DIR_WRITE && !gate(pid_tgid, conn, buf, len) {
+        if direction == DIR_WRITE && !gate(pid_tgid, conn, buf, len, 0) {
             let args = SslArgs {
                 ssl: conn,
                 buf,
@@ -815,7 +822,7 @@ mod bpf {
         let out_len: u64 = if ex { ctx.arg(3).ok_or(1)? } else { 0 };
         if write {
             let num: u64 = ctx.arg(2).ok_or(1)?;
-            let _ = gate(pid_tgid, ssl, buf, num);
+            let _ = gate(pid_tgid, ssl, buf, num, 0);
         }
         let args = SslArgs { ssl, buf, out_len };
         if SSL_ARGS.insert(&pid_tgid, &args, 0).is_err() {
@@ -828,7 +835,7 @@ mod bpf {
     /// writes a byte (the signal is delivered on the return to user mode). Returns true when
     /// the write was stopped or killed.
     #[inline(always)]
-    fn gate(pid_tgid: u64, ssl: u64, buf: u64, num: u64) -> bool {
+    fn gate(pid_tgid: u64, ssl: u64, buf: u64, num: u64, hold_flags: u64) -> bool {
         let tgid = (pid_tgid >> 32) as u32;
         let state = match unsafe { GATE.get(&tgid) } {
             Some(s) => *s,
@@ -854,14 +861,14 @@ mod bpf {
                 unsafe {
                     generated::bpf_send_signal(SIGSTOP);
                 }
-                emit_hold(pid_tgid, state, ssl, buf, num);
+                emit_hold(pid_tgid, state, ssl, buf, num, hold_flags);
                 true
             }
         }
     }
 
     #[inline(always)]
-    fn emit_hold(pid_tgid: u64, state: u32, ssl: u64, buf: u64, num: u64) {
+    fn emit_hold(pid_tgid: u64, state: u32, ssl: u64, buf: u64, num: u64, hold_flags: u64) {
         let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
             return;
         };
@@ -881,7 +888,7 @@ mod bpf {
             h.ssl = ssl;
             h.ts_ns = bpf_ktime_get_boot_ns();
             h.call_len = num;
-            h.offset = 0;
+            h.offset = hold_flags;
             h.len = 0;
             if n > 0 {
                 let dst = (*scratch).data.as_mut_ptr() as *mut core::ffi::c_void;

@@ -4,6 +4,7 @@
 //! functions by analysis and must record exactly the usage the mock served.
 mod common;
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -229,4 +230,82 @@ fn codex_over_https_exact_usage() {
         "{}",
         status["aead"]
     );
+}
+
+fn wait_end(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{} did not end in 120 s", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Ceilings hold opaque agents at their located probes like any other client. The host's
+/// day is capped at $0.01: Claude Code's call (priced by a `[[pricing]]` entry) takes the host
+/// over, and then a Codex run, a new session, is killed at its first request record (held at
+/// `EVP_AEAD_CTX_seal`) before any byte of it leaves the host.
+#[test]
+fn host_ceiling_stops_an_opaque_agent_before_its_call_leaves() {
+    let claude_bin = agent("claude-code-2.1.328", "claude");
+    let codex_bin = codex_bin();
+    let home = Scratch::new("ceiling-home");
+    let dir = Scratch::new("ceiling-daemon");
+    let config = dir.0.join("agentwatch.toml");
+    std::fs::write(
+        &config,
+        "[ceilings]\nhost_usd_per_day = 0.01\naction = \"kill\"\n\n\
+         [[pricing]]\nmodel = \"claude-*\"\ninput_per_mtok = 10.0\noutput_per_mtok = 10.0\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let path = format!(
+        "{}:{}:{}",
+        claude_bin.parent().unwrap().display(),
+        codex_bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let daemon = Daemon::start_with_env(dir, &["--config", &config], &[("PATH", &path)]);
+    let mock = Mock::start(&[]);
+    wait_located(&daemon, &claude_bin);
+    wait_located(&daemon, &codex_bin);
+
+    // The call that takes the host over completes; its session is then killed.
+    let mut first = claude(&claude_bin, &mock, &home.0, "ceiling-claude")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_end(&mut first);
+    assert_eq!(mock.served_with_tag("ceiling-claude").len(), 1);
+    daemon.wait_for("Claude's priced call", |calls, _| {
+        calls
+            .iter()
+            .any(|c| c["cost_usd"].as_f64().is_some_and(|x| x > 0.01))
+    });
+
+    let mut codex = codex(&codex_bin, &mock, &home.0, "ceiling-codex", false)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = codex.id();
+    let status = wait_end(&mut codex);
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    assert_eq!(
+        mock.served_with_tag("ceiling-codex").len(),
+        0,
+        "nothing of Codex's call left the host"
+    );
+    // Its attempt is on record as blocked, charged to its own session.
+    daemon.wait_for("Codex's blocked attempt", |calls, _| {
+        calls
+            .iter()
+            .any(|c| u(&c["pid"]) == pid as u64 && c["blocked"] == true)
+    });
 }

@@ -33,6 +33,8 @@ pub enum KernelEvent<'a> {
         state: u32,
         ts_ns: u64,
         preview: &'a [u8],
+        /// The held write is one TLS record (`HOLD_TLS_RECORD`).
+        record: bool,
     },
     /// A new TLS connection starts on `ssl` (the pointer may be a reused one).
     TlsHandshake {
@@ -118,6 +120,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 state: header.flags,
                 ts_ns: header.ts_ns,
                 preview,
+                record: header.offset & agentwatch_ebpf::HOLD_TLS_RECORD != 0,
             })
         }
         EVENT_TLS_HANDSHAKE => {

@@ -507,6 +507,10 @@ impl Probes {
     /// places and auto-update to new files).
     fn attach_opaque(&mut self, path: &str, via: &Path, identity: (u64, u64)) -> bool {
         use super::opaque::{self, OpaqueScan};
+        // The daemon carries the strings it searches for: it is not an agent.
+        if std::fs::metadata("/proc/self/exe").is_ok_and(|m| (m.dev(), m.ino()) == identity) {
+            return false;
+        }
         let build_id = opaque::build_id(via);
         let scan = match build_id.as_ref().and_then(|id| self.located.get(id)) {
             Some(cached) => cached.clone(),

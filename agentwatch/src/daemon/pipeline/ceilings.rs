@@ -132,7 +132,17 @@ impl Pipeline {
     }
 
     /// A gated process is stopped at an SSL write: decide.
-    pub(super) fn on_hold(&mut self, tgid: u32, ssl: u64, state: u32, ts_ns: u64, preview: &[u8]) {
+    /// `record`: the held write is one TLS record (AEAD probes), whose next record may be the
+    /// request without a read in between, so a non-request keeps the process armed.
+    pub(super) fn on_hold(
+        &mut self,
+        tgid: u32,
+        ssl: u64,
+        state: u32,
+        ts_ns: u64,
+        preview: &[u8],
+        record: bool,
+    ) {
         let Some(key) = self.tree.ensure(tgid) else {
             self.gate_set(tgid, GATE_GRANTED);
             cont(tgid);
@@ -142,7 +152,7 @@ impl Pipeline {
         // already uses may only be recognisable with that connection's state.
         let conn = self.conns.get(&(tgid, ssl)).map(|c| &c.conn);
         let (req, rearm) = match Connection::http2_hold(conn, preview) {
-            Http2Hold::NotHttp2 => (classify(preview, ts_ns), false),
+            Http2Hold::NotHttp2 => (classify(preview, ts_ns), record),
             // Only set-up frames: the request itself comes in a later write; hold that too.
             Http2Hold::NoRequest => (None, true),
             Http2Hold::OpenStreams | Http2Hold::NewStream(None) => (None, false),

@@ -193,7 +193,8 @@ impl Pipeline {
                 state,
                 ts_ns,
                 preview,
-            } => self.on_hold(tgid, ssl, state, ts_ns, preview),
+                record,
+            } => self.on_hold(tgid, ssl, state, ts_ns, preview, record),
             KernelEvent::TlsHandshake { tgid, ssl, ts_ns } => {
                 // The SSL pointer starts a new connection: the old one (if any) is over.
                 self.stats.tls_handshakes += 1;
