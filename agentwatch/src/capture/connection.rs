@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 
 use super::http2::{Http2, Http2Hold};
 use super::streams::{JsonArraySplitter, NdjsonSplitter};
+use super::websocket::WebSocket;
 use super::{CaptureEvent, CaptureLimits, CaptureStats};
 use crate::accounting::UsageSource;
 use crate::protocol::decode::{ContentEncoding, Decoder};
@@ -34,7 +35,10 @@ enum Role {
     ServerSide,
     /// It wrote the HTTP/2 preface: its calls are ours, framed by [`Http2`].
     Http2Client,
-    /// WebSocket, HTTP/2 without its preface (capture began mid-connection), or not HTTP.
+    /// Its request was upgraded to a WebSocket: messages, framed by [`WebSocket`].
+    WebSocketClient,
+    /// An upgrade other than WebSocket, HTTP/2 without its preface (capture began
+    /// mid-connection), or not HTTP.
     Unsupported,
 }
 
@@ -329,18 +333,20 @@ pub(super) struct Exchange {
 }
 
 impl Exchange {
-    /// An HTTP/2 stream's request, from its pseudo-headers.
-    pub(super) fn for_http2(
+    /// A request that is not an HTTP/1 message: an HTTP/2 stream (from its pseudo-headers),
+    /// or a WebSocket message standing for `method path`.
+    pub(super) fn for_message(
         method: &str,
         path: &str,
         host: Option<String>,
+        http_version: &'static str,
         started_at_ns: u64,
     ) -> Self {
         let mut ex = Self::new(None, started_at_ns);
         ex.is_head = method == "HEAD";
         ex.route = Api::route(method, path);
         ex.host = host;
-        ex.http_version = "2";
+        ex.http_version = http_version;
         ex
     }
 
@@ -572,6 +578,8 @@ pub struct Connection {
     pending: VecDeque<Exchange>,
     /// The HTTP/2 state, once the process wrote the preface.
     h2: Option<Box<Http2>>,
+    /// The WebSocket state, once a request of the process was upgraded.
+    ws: Option<Box<WebSocket>>,
 }
 
 impl Connection {
@@ -596,6 +604,7 @@ impl Connection {
             },
             pending: VecDeque::new(),
             h2: None,
+            ws: None,
         }
     }
 
@@ -616,6 +625,11 @@ impl Connection {
             Role::Http2Client => {
                 if let Some(h2) = self.h2.as_mut() {
                     h2.on_bytes(true, data, ts_ns, stats, out);
+                }
+            }
+            Role::WebSocketClient => {
+                if let Some(ws) = self.ws.as_mut() {
+                    ws.on_bytes(true, data, ts_ns, stats, out);
                 }
             }
             Role::Unknown => {
@@ -675,6 +689,11 @@ impl Connection {
                     h2.on_bytes(false, data, ts_ns, stats, out);
                 }
             }
+            Role::WebSocketClient => {
+                if let Some(ws) = self.ws.as_mut() {
+                    ws.on_bytes(false, data, ts_ns, stats, out);
+                }
+            }
             Role::Unknown => {
                 let mut buf = std::mem::take(&mut self.read.sniffed);
                 buf.extend_from_slice(data);
@@ -724,6 +743,11 @@ impl Connection {
                     h2.on_loss(ts_ns, stats, out);
                 }
             }
+            Role::WebSocketClient => {
+                if let Some(ws) = self.ws.as_mut() {
+                    ws.on_loss(ts_ns, stats, out);
+                }
+            }
             Role::Unknown if direction_is_write => {
                 self.write.sniffed.clear();
                 self.write.resync = true;
@@ -742,6 +766,9 @@ impl Connection {
     pub fn close(&mut self, ts_ns: u64, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
         if let Some(h2) = self.h2.as_mut() {
             h2.close(ts_ns, stats, out);
+        }
+        if let Some(ws) = self.ws.as_mut() {
+            ws.close(ts_ns, stats, out);
         }
         if self.role == Role::Client {
             if self.read.parser.finish_at_close() {
@@ -797,6 +824,7 @@ impl Connection {
             && self.write.sniffed.is_empty()
             && self.read.sniffed.is_empty()
             && self.h2.as_ref().is_none_or(|h2| h2.is_idle())
+            && self.ws.as_ref().is_none_or(|ws| ws.is_idle())
     }
 
     fn set_role(&mut self, role: Role, stats: &mut CaptureStats) {
@@ -810,6 +838,7 @@ impl Connection {
                 stats.http2_connections += 1;
                 self.h2 = Some(Box::new(Http2::new(self.limits)));
             }
+            Role::WebSocketClient => stats.websocket_connections += 1,
             Role::Client | Role::Unknown => {}
         }
     }
@@ -981,11 +1010,20 @@ impl Connection {
                 Http1Event::Body(range) => self.on_response_body(&input[range], ts_ns, stats, out),
                 Http1Event::End => self.on_response_end(ts_ns, true, stats, out),
                 Http1Event::Upgraded(head) => {
-                    // 101: the rest is WebSocket or similar. Close out and ignore the connection.
+                    // 101: the rest is a WebSocket (followed) or another protocol (ignored).
+                    let host = self.read_index().and_then(|i| self.pending[i].host.clone());
                     self.on_response_head(&head, stats);
                     self.on_response_end(ts_ns, true, stats, out);
                     self.close(ts_ns, stats, out);
-                    self.set_role(Role::Unsupported, stats);
+                    if !head.websocket {
+                        self.set_role(Role::Unsupported, stats);
+                        return;
+                    }
+                    self.set_role(Role::WebSocketClient, stats);
+                    let mut ws =
+                        WebSocket::new(self.limits, host, head.websocket_extensions.as_deref());
+                    ws.on_bytes(false, &data[pos..], ts_ns, stats, out);
+                    self.ws = Some(Box::new(ws));
                     return;
                 }
                 Http1Event::Request(_) => {}

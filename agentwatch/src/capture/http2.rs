@@ -466,7 +466,7 @@ impl Http2 {
         self.max_stream_id = self.max_stream_id.max(id);
         let method = f.method.unwrap_or_default();
         let path = f.path.unwrap_or_default();
-        let ex = Exchange::for_http2(&method, &path, f.authority.or(f.host), ts_ns);
+        let ex = Exchange::for_message(&method, &path, f.authority.or(f.host), "2", ts_ns);
         let request_body = ex.route.as_ref().map(|_| {
             let mut reader = BodyReader::new(
                 f.content_encoding.as_deref(),

@@ -28,6 +28,7 @@ mod http2;
 pub(crate) mod streams;
 #[cfg(test)]
 mod tests;
+mod websocket;
 
 pub use connection::{Connection, starts_http_request};
 pub use http2::Http2Hold;
@@ -102,6 +103,14 @@ pub struct CaptureStats {
     /// HTTP/2 connections given up after loss or an error (HPACK state cannot be recovered):
     /// their open streams are emitted incomplete and the rest of the connection is ignored.
     pub http2_desynced: u64,
+    /// Connections upgraded to WebSocket (followed for the Responses API's WebSocket mode).
+    pub websocket_connections: u64,
+    pub websocket_messages: u64,
+    /// `response.create` with `generate: false` (warm-ups, not calls).
+    pub websocket_warmups: u64,
+    /// WebSocket connections given up after loss, a bad frame or a bad deflate stream.
+    pub websocket_desynced: u64,
+    pub websocket_inflate_errors: u64,
     /// `on_loss` calls (the kernel dropped bytes).
     pub losses: u64,
     /// Times a direction found a new message start after loss or an error.

@@ -6,6 +6,7 @@ use crate::protocol::decode::tests::{brotli, gzip, raw_deflate, zlib};
 use crate::providers::anthropic::tests::{STREAM as ANTHROPIC_STREAM, expected_stream_usage};
 
 mod http2;
+mod websocket;
 
 // ---------------------------------------------------------------- fixtures
 
@@ -664,12 +665,21 @@ fn capture_server_side_and_unsupported_connections_are_ignored() {
     assert!(h.take().is_empty());
     assert!(h.conn.is_idle());
 
-    // 101 Switching Protocols: the rest is ignored.
+    // 101 to a WebSocket: followed (see tests/websocket.rs); messages that are not
+    // `response.create` are no calls, and garbage desynchronises it.
     let mut h = H::new();
     h.write(b"GET /v1/realtime HTTP/1.1\r\nHost: api.openai.com\r\nUpgrade: websocket\r\n\r\n")
         .read(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello")
         .write(b"\x81\x85masked")
         .read(b"more frames");
+    assert!(h.take().is_empty());
+    assert_eq!(h.stats.websocket_connections, 1);
+    assert_eq!(h.stats.websocket_desynced, 1);
+    // Any other upgrade: the rest is ignored.
+    let mut h = H::new();
+    h.write(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n")
+        .read(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n\x00\x00")
+        .write(b"more");
     assert!(h.take().is_empty());
     assert_eq!(h.stats.unsupported_connections, 1);
 }

@@ -68,6 +68,10 @@ pub struct ResponseHead {
     pub content_encoding: Option<String>,
     pub framing: BodyFraming,
     pub head_bytes: usize,
+    /// `Upgrade: websocket` (with a 101).
+    pub websocket: bool,
+    /// `Sec-WebSocket-Extensions`, as negotiated.
+    pub websocket_extensions: Option<String>,
 }
 
 /// One step of parsing.
@@ -461,6 +465,8 @@ impl Http1Parser {
             content_encoding: fields.content_encoding,
             framing: BodyFraming::None,
             head_bytes: len,
+            websocket: fields.upgrade_websocket,
+            websocket_extensions: fields.websocket_extensions,
         };
         if code == 101 {
             self.state = State::Opaque;
@@ -507,6 +513,8 @@ struct HeadFields {
     content_length: Option<u64>,
     transfer_encoding: bool,
     chunked: bool,
+    upgrade_websocket: bool,
+    websocket_extensions: Option<String>,
 }
 
 impl HeadFields {
@@ -517,6 +525,10 @@ impl HeadFields {
             let name = h.name;
             if name.eq_ignore_ascii_case("host") {
                 f.host = Some(value());
+            } else if name.eq_ignore_ascii_case("upgrade") {
+                f.upgrade_websocket = value().eq_ignore_ascii_case("websocket");
+            } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+                f.websocket_extensions = Some(value());
             } else if name.eq_ignore_ascii_case("content-type") {
                 f.content_type = Some(value());
             } else if name.eq_ignore_ascii_case("content-encoding") {
