@@ -178,6 +178,49 @@ fn codex(bin: &Path, mock: &Mock, home: &Path, tag: &str, websockets: bool) -> C
     cmd
 }
 
+/// Codex's default transport, the Responses API over a WebSocket (`GET /v1/responses`,
+/// upgraded), with and without permessage-deflate: a warm-up `response.create` (not billed)
+/// and the real one, whose usage comes in `response.completed`. Recorded exactly.
+#[test]
+fn codex_over_websocket_exact_usage_with_and_without_deflate() {
+    let bin = codex_bin();
+    let home = Scratch::new("codex-ws-home");
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let daemon = Daemon::start_with_env(Scratch::new("daemon"), &[], &[("PATH", &path)]);
+    wait_located(&daemon, &bin);
+    let expect = json!({
+        "provider": "openai", "api": "responses", "streaming": true, "http_version": "1.1",
+    });
+    for (deflate, extra) in [(true, &[][..]), (false, &["--no-ws-deflate"][..])] {
+        let mock = Mock::start(extra);
+        let tag = if deflate {
+            "codex-ws-deflate"
+        } else {
+            "codex-ws-plain"
+        };
+        let (pid, out) = run_client(codex(&bin, &mock, &home.0, tag, true));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Mock reply"),
+            "{out:?}"
+        );
+        let served = mock.served_with_tag(tag);
+        assert_eq!(served.len(), 1, "{served:#?}");
+        assert_eq!(served[0]["protocol"], "websocket", "{}", served[0]);
+        assert_eq!(served[0]["websocket_deflate"], deflate, "{}", served[0]);
+        check_exact(&daemon, &mock, pid, tag, 1, &expect);
+    }
+    let status = daemon.cli_json(&["status"]);
+    let capture = &status["capture"];
+    assert!(u(&capture["websocket_connections"]) >= 2, "{capture}");
+    assert!(u(&capture["websocket_warmups"]) >= 2, "{capture}");
+    assert_eq!(u(&capture["websocket_desynced"]), 0, "{capture}");
+    assert_eq!(u(&capture["websocket_inflate_errors"]), 0, "{capture}");
+}
+
 /// Codex (a static musl Rust binary, stripped; rustls over aws-lc) over HTTPS: the AEAD
 /// functions every TLS record passes are located by analysis, records are linked to their
 /// socket, and the Responses call is recorded exactly as the mock served it.

@@ -43,6 +43,9 @@ struct Args {
     /// Offer HTTP/2 (ALPN h2, then http/1.1) on TLS connections.
     #[arg(long)]
     h2: bool,
+    /// Refuse permessage-deflate on the Responses WebSocket (`GET /v1/responses`).
+    #[arg(long)]
+    no_ws_deflate: bool,
 }
 
 fn main() {
@@ -69,6 +72,7 @@ fn main() {
             chunk_delay_ms: args.chunk_delay_ms,
             plain: args.plain,
             h2: args.h2,
+            ws_deflate: !args.no_ws_deflate,
         };
         let server = match Server::start(config).await {
             Ok(s) => s,

@@ -549,6 +549,12 @@ pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(io: IO, state: &AppState,
             body,
             wire_bytes: conn.consumed,
         };
+        if super::websocket::is_upgrade(&req) {
+            // The Responses API's WebSocket mode: the connection is the socket's from here.
+            let leftover = std::mem::take(&mut conn.buf);
+            super::websocket::serve(&mut conn.io, leftover, &req, state, conn_id).await;
+            break;
+        }
         let resp = app::handle(state, &req, conn_id, PROTOCOL);
         drop(req);
         match write_response(&mut conn, &resp, close).await {

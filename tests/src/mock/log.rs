@@ -54,6 +54,9 @@ pub struct LogRecord {
     /// Anthropic truncated streams: what `message_start` carried before the cut.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub usage_partial: Option<Usage>,
+    /// WebSocket calls: whether permessage-deflate was negotiated on the socket.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub websocket_deflate: Option<bool>,
     /// Unix time in milliseconds when the response finished.
     pub ts_ms: u64,
 }

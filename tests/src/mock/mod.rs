@@ -22,6 +22,7 @@ pub mod process;
 pub mod responses;
 pub mod tls;
 pub mod usage;
+pub mod websocket;
 
 #[cfg(test)]
 mod tests;
@@ -76,6 +77,8 @@ pub struct Config {
     pub plain: bool,
     /// Offer `h2` in ALPN (before `http/1.1`), so clients that speak HTTP/2 use it.
     pub h2: bool,
+    /// Accept permessage-deflate on the Responses WebSocket when the client offers it.
+    pub ws_deflate: bool,
 }
 
 impl Config {
@@ -90,6 +93,7 @@ impl Config {
             chunk_delay_ms: 0,
             plain: false,
             h2: false,
+            ws_deflate: true,
         }
     }
 }
