@@ -26,7 +26,7 @@ pub type Target = fn(&[u8]);
 
 /// Every target: its name (the directory under `fuzz/corpus/` and the cargo-fuzz binary)
 /// and its function.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("http1", http1),
     ("decode", decode),
     ("sse", sse),
@@ -34,6 +34,7 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("providers", providers),
     ("connection", connection),
     ("http2", http2),
+    ("websocket", websocket),
 ];
 
 /// The function of the target named `name`.
@@ -538,6 +539,32 @@ pub fn http2(data: &[u8]) {
     let _ = http2_run(data);
 }
 
+/// WebSocket (frames, permessage-deflate, Responses messages) through a connection: as
+/// [`connection`], after an upgrade request and its `101`, which negotiates permessage-deflate
+/// when the control byte's top bit is set (the other bits set the limits).
+pub fn websocket(data: &[u8]) {
+    let _ = websocket_run(data);
+}
+
+/// [`websocket`], returning what was emitted (for tests).
+pub fn websocket_run(data: &[u8]) -> ConnectionRun {
+    let (ctl, rest) = data.split_first().map_or((0, &[][..]), |(c, r)| (*c, r));
+    let upgrade: &[u8] = b"GET /v1/responses HTTP/1.1\r\nHost: api.openai.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    let switching: &[u8] = if ctl & 0x80 != 0 {
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    } else {
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+    };
+    let mut input = vec![ctl & 0x7f];
+    for (op, bytes) in [(0u8, upgrade), (1, switching)] {
+        input.push(op);
+        input.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+        input.extend_from_slice(bytes);
+    }
+    input.extend_from_slice(rest);
+    connection_run(&input)
+}
+
 /// [`http2`], returning what was emitted (for tests).
 pub fn http2_run(data: &[u8]) -> ConnectionRun {
     let (ctl, rest) = data.split_first().map_or((0, &[][..]), |(c, r)| (*c, r));
@@ -680,6 +707,24 @@ mod tests {
         assert!(total >= TARGETS.len());
     }
 
+    /// The WebSocket seeds are real calls: two with usage, one fewer after a lost read.
+    #[test]
+    fn fuzzing_websocket_seeds_make_calls() {
+        for (name, data) in seeds::websocket() {
+            let run = websocket_run(&data);
+            let reported = run
+                .events
+                .iter()
+                .filter(|e| {
+                    matches!(e, CaptureEvent::Call(c)
+                        if c.complete && c.usage_source == UsageSource::Reported)
+                })
+                .count();
+            assert_eq!(reported, if name == "loss" { 1 } else { 2 }, "{name}");
+            assert_eq!(run.stats.websocket_warmups, 1, "{name}");
+        }
+    }
+
     /// The connection seeds do what their names say: real calls with usage come out.
     #[test]
     fn fuzzing_connection_seeds_make_calls() {
@@ -765,6 +810,69 @@ mod tests {
                 ("providers", providers()),
                 ("connection", connection()),
                 ("http2", http2()),
+                ("websocket", websocket()),
+            ]
+        }
+
+        /// Seeds for [`super::websocket`]: a warm-up and two Responses calls over the socket,
+        /// plain and deflated (one context per direction), and a read lost mid-call.
+        pub fn websocket() -> Files {
+            use crate::protocol::websocket::frame;
+            use flate2::{Compress, Compression, FlushCompress};
+            let create = |generate: &str| {
+                format!("{{\"type\":\"response.create\",\"model\":\"gpt-5.1\",\"input\":[]{generate}}}")
+            };
+            let completed = |id: &str, input: u64| {
+                format!("{{\"type\":\"response.completed\",\"response\":{{\"id\":\"{id}\",\"status\":\"completed\",\"model\":\"gpt-5.1\",\"usage\":{{\"input_tokens\":{input},\"output_tokens\":7,\"total_tokens\":{}}}}}}}", input + 7)
+            };
+            let created = "{\"type\":\"response.created\",\"response\":{\"id\":\"r\",\"status\":\"in_progress\"}}";
+            let delta = "{\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}";
+            let messages: Vec<(bool, String)> = vec![
+                (true, create(",\"generate\":false")),
+                (false, created.into()),
+                (false, completed("w", 0)),
+                (true, create("")),
+                (false, created.into()),
+                (false, delta.into()),
+                (false, completed("a", 1200)),
+                (true, create("")),
+                (false, created.into()),
+                (false, delta.into()),
+                (false, completed("b", 2400)),
+            ];
+            let encode = |deflate: bool| -> Vec<Vec<u8>> {
+                let mut z = [
+                    Compress::new(Compression::default(), false),
+                    Compress::new(Compression::default(), false),
+                ];
+                messages
+                    .iter()
+                    .map(|(client, text)| {
+                        let mask = client.then_some([1, 2, 3, 4]);
+                        let op = if *client { W } else { R };
+                        let bytes = if deflate {
+                            let z = &mut z[usize::from(*client)];
+                            let mut out = Vec::with_capacity(text.len() + 64);
+                            z.compress_vec(text.as_bytes(), &mut out, FlushCompress::Sync)
+                                .unwrap();
+                            out.truncate(out.len() - 4);
+                            frame(0x1, true, true, mask, &out)
+                        } else {
+                            frame(0x1, true, false, mask, text.as_bytes())
+                        };
+                        recs(op, &bytes, 23)
+                    })
+                    .collect()
+            };
+            let plain = encode(false);
+            let deflated = encode(true);
+            let mut lost = deflated[..9].to_vec();
+            lost.push(vec![LOSS_READ]);
+            lost.extend(deflated[9..].iter().cloned());
+            vec![
+                ("plain".into(), script(0, &plain)),
+                ("deflate".into(), script(0x80, &deflated)),
+                ("loss".into(), script(0x80, &lost)),
             ]
         }
 
