@@ -820,10 +820,15 @@ mod tests {
             use crate::protocol::websocket::frame;
             use flate2::{Compress, Compression, FlushCompress};
             let create = |generate: &str| {
-                format!("{{\"type\":\"response.create\",\"model\":\"gpt-5.1\",\"input\":[]{generate}}}")
+                format!(
+                    "{{\"type\":\"response.create\",\"model\":\"gpt-5.1\",\"input\":[]{generate}}}"
+                )
             };
             let completed = |id: &str, input: u64| {
-                format!("{{\"type\":\"response.completed\",\"response\":{{\"id\":\"{id}\",\"status\":\"completed\",\"model\":\"gpt-5.1\",\"usage\":{{\"input_tokens\":{input},\"output_tokens\":7,\"total_tokens\":{}}}}}}}", input + 7)
+                format!(
+                    "{{\"type\":\"response.completed\",\"response\":{{\"id\":\"{id}\",\"status\":\"completed\",\"model\":\"gpt-5.1\",\"usage\":{{\"input_tokens\":{input},\"output_tokens\":7,\"total_tokens\":{}}}}}}}",
+                    input + 7
+                )
             };
             let created = "{\"type\":\"response.created\",\"response\":{\"id\":\"r\",\"status\":\"in_progress\"}}";
             let delta = "{\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}";

@@ -94,22 +94,24 @@ impl WebSocket {
             stats.bytes_discarded += data.len() as u64;
             return;
         }
-        let mut messages: Vec<(Opcode, Vec<u8>)> = Vec::new();
+        let mut messages: Vec<(Opcode, Vec<u8>, u64)> = Vec::new();
         let (reader, inflater) = if is_write {
             (&mut self.client, self.client_inflate.as_mut())
         } else {
             (&mut self.server, self.server_inflate.as_mut())
         };
-        let fed = reader.feed(data, inflater, &mut |op, m| messages.push((op, m.to_vec())));
-        for (op, message) in messages {
+        let fed = reader.feed(data, inflater, &mut |op, m, wire| {
+            messages.push((op, m.to_vec(), wire))
+        });
+        for (op, message, wire) in messages {
             stats.websocket_messages += 1;
             if op != Opcode::Text {
                 continue;
             }
             if is_write {
-                self.client_message(&message, ts_ns, stats, out);
+                self.client_message(&message, wire, ts_ns, stats, out);
             } else {
-                self.server_message(&message, ts_ns, stats, out);
+                self.server_message(&message, wire, ts_ns, stats, out);
             }
         }
         match fed {
@@ -126,9 +128,11 @@ impl WebSocket {
         }
     }
 
+    /// A client text message (`wire`: its bytes on the wire, the request size).
     fn client_message(
         &mut self,
         message: &[u8],
+        wire: u64,
         ts_ns: u64,
         stats: &mut CaptureStats,
         out: &mut Vec<CaptureEvent>,
@@ -159,7 +163,7 @@ impl WebSocket {
         let mut body = BodyReader::new(None, Framing::Whole, self.limits.max_request_body, stats);
         body.keep_prefix = true;
         body.feed(message, stats, &mut |_| {});
-        ex.finish_request(Some(body), message.len() as u64, stats, out);
+        ex.finish_request(Some(body), wire, stats, out);
         if let Some(req) = ex.llm.as_mut() {
             // Every answer over the socket is a stream of events.
             req.streaming = true;
@@ -180,6 +184,7 @@ impl WebSocket {
     fn server_message(
         &mut self,
         message: &[u8],
+        wire: u64,
         ts_ns: u64,
         stats: &mut CaptureStats,
         out: &mut Vec<CaptureEvent>,
@@ -194,7 +199,7 @@ impl WebSocket {
             None => {}
             Some(InFlightDebug(InFlight::Warmup)) => {}
             Some(InFlightDebug(InFlight::Call { ex, response_bytes })) => {
-                *response_bytes += message.len() as u64;
+                *response_bytes += wire;
                 // As one SSE event (JSON text has no raw newlines outside strings).
                 let mut event = Vec::with_capacity(message.len() + 8);
                 event.extend_from_slice(b"data: ");

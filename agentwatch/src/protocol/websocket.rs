@@ -101,6 +101,8 @@ pub struct FrameReader {
     /// The message being assembled from fragments, and how it started.
     message: Vec<u8>,
     started: Option<(Opcode, bool)>,
+    /// Bytes on the wire of the message being assembled (frame headers included).
+    wire: u64,
     max_message: usize,
 }
 
@@ -110,17 +112,18 @@ impl FrameReader {
             buf: Vec::new(),
             message: Vec::new(),
             started: None,
+            wire: 0,
             max_message,
         }
     }
 
-    /// Feeds bytes; calls `on_message` with each whole (inflated) message. A close frame ends
-    /// the direction (`Ok(true)`).
+    /// Feeds bytes; calls `on_message` with each whole (inflated) message and the bytes its
+    /// frames took on the wire. A close frame ends the direction (`Ok(true)`).
     pub fn feed(
         &mut self,
         data: &[u8],
         inflater: Option<&mut Inflater>,
-        on_message: &mut dyn FnMut(Opcode, &[u8]),
+        on_message: &mut dyn FnMut(Opcode, &[u8], u64),
     ) -> Result<bool, WsError> {
         self.buf.extend_from_slice(data);
         let mut inflater = inflater;
@@ -130,6 +133,7 @@ impl FrameReader {
                 Ok(None) => break Ok(false),
                 Err(e) => break Err(e),
                 Ok(Some((header, payload))) => {
+                    let frame_bytes = (payload.end - pos) as u64;
                     pos = payload.end;
                     let mut body = self.buf[payload].to_vec();
                     if let Some(key) = header.mask {
@@ -168,7 +172,9 @@ impl FrameReader {
                                 break Err(WsError::TooLarge);
                             }
                             self.message.extend_from_slice(&body);
+                            self.wire += frame_bytes;
                             if header.fin {
+                                let wire = std::mem::take(&mut self.wire);
                                 let (kind, compressed) = self.started.take().expect("started");
                                 let message = std::mem::take(&mut self.message);
                                 if compressed {
@@ -178,11 +184,11 @@ impl FrameReader {
                                         ));
                                     };
                                     match z.inflate(&message, self.max_message) {
-                                        Ok(plain) => on_message(kind, &plain),
+                                        Ok(plain) => on_message(kind, &plain, wire),
                                         Err(e) => break Err(e),
                                     }
                                 } else {
-                                    on_message(kind, &message);
+                                    on_message(kind, &message, wire);
                                 }
                             }
                         }
@@ -300,7 +306,8 @@ mod tests {
 
     fn messages(r: &mut FrameReader, z: Option<&mut Inflater>, bytes: &[u8]) -> Vec<Vec<u8>> {
         let mut got = Vec::new();
-        r.feed(bytes, z, &mut |_, m| got.push(m.to_vec())).unwrap();
+        r.feed(bytes, z, &mut |_, m, _| got.push(m.to_vec()))
+            .unwrap();
         got
     }
 
@@ -359,26 +366,30 @@ mod tests {
             r.feed(
                 &frame(0x1, true, false, None, &[0; 100]),
                 None,
-                &mut |_, _| {}
+                &mut |_, _, _| {}
             )
             .is_err()
         );
         let mut r = FrameReader::new(64);
-        assert!(r.feed(&[0x83, 0x00], None, &mut |_, _| {}).is_err());
+        assert!(r.feed(&[0x83, 0x00], None, &mut |_, _, _| {}).is_err());
         let mut r = FrameReader::new(64);
         assert!(
-            r.feed(&frame(0x0, true, false, None, b"x"), None, &mut |_, _| {})
-                .is_err()
+            r.feed(
+                &frame(0x0, true, false, None, b"x"),
+                None,
+                &mut |_, _, _| {}
+            )
+            .is_err()
         );
         let mut r = FrameReader::new(64);
         let bad = frame(0x1, true, true, None, b"\xff\xff\xff\xff");
         assert!(
-            r.feed(&bad, Some(&mut Inflater::new(false)), &mut |_, _| {})
+            r.feed(&bad, Some(&mut Inflater::new(false)), &mut |_, _, _| {})
                 .is_err()
         );
         let mut r = FrameReader::new(1 << 20);
         assert!(
-            r.feed(&frame(0x8, true, false, None, b""), None, &mut |_, _| {})
+            r.feed(&frame(0x8, true, false, None, b""), None, &mut |_, _, _| {})
                 .unwrap()
         );
         for seed in 0..200u32 {
@@ -386,7 +397,7 @@ mod tests {
                 .map(|i| (seed.wrapping_mul(2654435761) >> (i % 24)) as u8)
                 .collect();
             let mut r = FrameReader::new(256);
-            let _ = r.feed(&bytes, Some(&mut Inflater::new(false)), &mut |_, _| {});
+            let _ = r.feed(&bytes, Some(&mut Inflater::new(false)), &mut |_, _, _| {});
         }
     }
 
