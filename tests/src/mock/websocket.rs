@@ -287,3 +287,55 @@ pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 6455 §1.3's example handshake.
+    #[test]
+    fn accept_key_is_the_rfc_example() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn only_get_upgrades_of_responses_are_taken() {
+        let req = |method: &str, target: &str, upgrade: Option<&str>| Request {
+            method: method.into(),
+            target: target.into(),
+            headers: upgrade
+                .map(|u| vec![("upgrade".to_string(), u.to_string())])
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        assert!(is_upgrade(&req("GET", "/v1/responses", Some("websocket"))));
+        assert!(is_upgrade(&req(
+            "GET",
+            "/v1/responses?x=1",
+            Some("WebSocket")
+        )));
+        assert!(!is_upgrade(&req(
+            "POST",
+            "/v1/responses",
+            Some("websocket")
+        )));
+        assert!(!is_upgrade(&req("GET", "/v1/responses", None)));
+        assert!(!is_upgrade(&req(
+            "GET",
+            "/v1/chat/completions",
+            Some("websocket")
+        )));
+    }
+
+    #[test]
+    fn sse_events_become_their_data() {
+        assert_eq!(
+            event_data(b"event: response.created\ndata: {\"a\":1}\n\n"),
+            Some(&b"{\"a\":1}"[..])
+        );
+        assert_eq!(event_data(b"event: x\n\n"), None);
+    }
+}
