@@ -32,6 +32,20 @@ pub const HOLD_TLS_RECORD: u64 = 1;
 /// to a socket syscall of the same thread: header only, `ssl` = context, `offset` = the fd,
 /// `direction` = which way. Links the context's records to their connection.
 pub const EVENT_AEAD_LINK: u32 = 7;
+/// The first bytes written on a TCP socket connected to an estimate port (443): a TLS
+/// ClientHello whose SNI user space reads. `ssl` = the fd; up to `HELLO_BYTES` follow.
+pub const EVENT_TLS_HELLO: u32 = 8;
+pub const HELLO_BYTES: usize = 512;
+/// Bytes a metered socket moved (`len`, `direction`; `ssl` = the fd); header only.
+pub const EVENT_SOCKET_BYTES: u32 = 9;
+/// A metered socket was closed (`ssl` = the fd); header only.
+pub const EVENT_SOCKET_CLOSE: u32 = 10;
+
+/// `TLS_SOCKS` states: connected to an estimate port, first write not seen yet; its
+/// ClientHello was sent to user space (undecided); metered (an LLM host no hook covers).
+pub const SOCK_CONNECTED: u32 = 1;
+pub const SOCK_HELLO_SENT: u32 = 2;
+pub const SOCK_METERED: u32 = 3;
 
 /// Values of the `GATE` map (tgid → state), the in-kernel half of ceilings.
 /// The next SSL write of the process is held for a decision.

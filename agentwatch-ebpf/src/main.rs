@@ -86,6 +86,18 @@ mod bpf {
     static PLAIN_IOV_ARGS: HashMap<u64, SslArgs> = HashMap::with_max_entries(16384, 0);
 
     /// Staging area for one TLS record (too large for the BPF stack).
+    /// TCP ports whose TLS connections are estimated when no hook covers them (443).
+    #[map]
+    static ESTIMATE_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(64, 0);
+
+    /// (tgid << 32 | fd) of sockets connected to an estimate port → `SOCK_*` state.
+    #[map]
+    static TLS_SOCKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+
+    /// Per thread: (fd, direction) of a metered socket's syscall, from entry to exit.
+    #[map]
+    static METER_ARGS: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
+
     /// Threads that sealed a record (AEAD context), until their next socket write links it.
     #[map]
     static AEAD_SEALED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
@@ -474,10 +486,13 @@ mod bpf {
         let port: u16 =
             unsafe { bpf_probe_read_user((addr + 2) as *const u16) }.map_err(|e| e as i64)?;
         let port = u16::from_be(port);
+        let fd = fd & 0xffff_ffff;
         if unsafe { PLAIN_PORTS.get(&port) }.is_none() {
+            if unsafe { ESTIMATE_PORTS.get(&port) }.is_some() {
+                let _ = TLS_SOCKS.insert(&(((tgid as u64) << 32) | fd), &SOCK_CONNECTED, 0);
+            }
             return Ok(());
         }
-        let fd = fd & 0xffff_ffff;
         PLAIN_FDS.insert(&(((tgid as u64) << 32) | fd), &1, 0)?;
         new_connection(pid_tgid, PLAIN_CONN | fd);
         Ok(())
@@ -486,10 +501,133 @@ mod bpf {
     #[tracepoint]
     pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         if let Ok(fd) = unsafe { ctx.read_at::<u64>(SYSCALL_ARG0_OFF) } {
-            let tgid = bpf_get_current_pid_tgid() >> 32;
-            let _ = PLAIN_FDS.remove(&((tgid << 32) | (fd & 0xffff_ffff)));
+            let pid_tgid = bpf_get_current_pid_tgid();
+            let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd & 0xffff_ffff);
+            let _ = PLAIN_FDS.remove(&key);
+            if let Some(state) = unsafe { TLS_SOCKS.get(&key) } {
+                if *state == SOCK_METERED {
+                    emit_socket(pid_tgid, EVENT_SOCKET_CLOSE, 0, fd & 0xffff_ffff, 0);
+                }
+                let _ = TLS_SOCKS.remove(&key);
+            }
         }
         0
+    }
+
+    /// A header-only record about a metered socket.
+    #[inline(always)]
+    fn emit_socket(pid_tgid: u64, kind: u32, direction: u32, fd: u64, len: u32) {
+        let header = TlsDataHeader {
+            kind,
+            tgid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            direction,
+            flags: 0,
+            len,
+            ssl: fd,
+            ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+            call_len: 0,
+            offset: 0,
+        };
+        if EVENTS.output::<TlsDataHeader>(&header, 0).is_err() {
+            count(DROP_RINGBUF_EVENTS, 1);
+        }
+    }
+
+    /// Read/write syscalls on sockets connected to an estimate port: the first write's bytes
+    /// (a ClientHello) go to user space once; a metered socket's calls are measured at exit.
+    /// `data` is where the written bytes are (the buffer, or the first iovec's).
+    #[inline(always)]
+    fn meter_enter(ctx: &TracePointContext, pid_tgid: u64, fd: u64, data: Option<(u64, u64)>) {
+        let key = (pid_tgid & 0xffff_ffff_0000_0000) | fd;
+        let Some(state) = (unsafe { TLS_SOCKS.get(&key) }) else {
+            return;
+        };
+        let state = *state;
+        let Ok(nr) = (unsafe { ctx.read_at::<u32>(SYSCALL_NR_OFF) }) else {
+            return;
+        };
+        // x86-64: write 1, writev 20, sendto 44, sendmsg 46.
+        let write = matches!(nr, 1 | 20 | 44 | 46);
+        if state == SOCK_METERED {
+            let direction = if write { DIR_WRITE } else { DIR_READ };
+            if METER_ARGS
+                .insert(&pid_tgid, &(fd | ((direction as u64) << 32)), 0)
+                .is_err()
+            {
+                count(DROP_ARGS_MAP_FULL, 1);
+            }
+        } else if state == SOCK_CONNECTED
+            && write
+            && let Some((buf, len)) = data
+        {
+            let _ = TLS_SOCKS.insert(&key, &SOCK_HELLO_SENT, 0);
+            emit_hello(pid_tgid, fd, buf, len);
+        }
+    }
+
+    #[inline(always)]
+    fn emit_hello(pid_tgid: u64, fd: u64, buf: u64, len: u64) {
+        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+            return;
+        };
+        let n = if len > HELLO_BYTES as u64 {
+            HELLO_BYTES as u32
+        } else {
+            len as u32
+        };
+        let n = n & (2 * HELLO_BYTES as u32 - 1);
+        unsafe {
+            let h = &mut (*scratch).header;
+            h.kind = EVENT_TLS_HELLO;
+            h.tgid = (pid_tgid >> 32) as u32;
+            h.tid = pid_tgid as u32;
+            h.direction = DIR_WRITE;
+            h.flags = 0;
+            h.ssl = fd;
+            h.ts_ns = bpf_ktime_get_boot_ns();
+            h.call_len = len;
+            h.offset = 0;
+            h.len = 0;
+            if n > 0 {
+                let dst = (*scratch).data.as_mut_ptr() as *mut core::ffi::c_void;
+                if generated::bpf_probe_read_user(dst, n, buf as *const core::ffi::c_void) == 0 {
+                    h.len = n;
+                }
+            }
+            let total = TLS_HEADER_LEN + (h.len as usize & (2 * HELLO_BYTES - 1));
+            let record = core::slice::from_raw_parts(scratch as *const u8, total);
+            if EVENTS.output::<[u8]>(record, 0).is_err() {
+                count(DROP_RINGBUF_EVENTS, 1);
+            }
+        }
+    }
+
+    /// Exit of a read/write syscall of a metered socket: its byte count.
+    #[inline(always)]
+    fn meter_exit(ctx: &TracePointContext, pid_tgid: u64) {
+        let Some(args) = (unsafe { METER_ARGS.get(&pid_tgid) }) else {
+            return;
+        };
+        let args = *args;
+        let _ = METER_ARGS.remove(&pid_tgid);
+        let Ok(ret) = (unsafe { ctx.read_at::<i64>(SYSCALL_RET_OFF) }) else {
+            return;
+        };
+        if ret > 0 {
+            let len = if ret > u32::MAX as i64 {
+                u32::MAX
+            } else {
+                ret as u32
+            };
+            emit_socket(
+                pid_tgid,
+                EVENT_SOCKET_BYTES,
+                (args >> 32) as u32,
+                args & 0xffff_ffff,
+                len,
+            );
+        }
     }
 
     /// Entry of write/sendto/read/recvfrom (fd, buf, …): keeps the arguments of watched sockets.
@@ -506,6 +644,11 @@ mod bpf {
         aead_syscall(ctx, pid_tgid, fd);
         let key = (pid_tgid & 0xffff_ffff_0000_0000) | fd;
         if unsafe { PLAIN_FDS.get(&key) }.is_none() {
+            if let Ok(buf) = unsafe { ctx.read_at::<u64>(SYSCALL_ARG1_OFF) }
+                && let Ok(len) = unsafe { ctx.read_at::<u64>(SYSCALL_ARG2_OFF) }
+            {
+                meter_enter(ctx, pid_tgid, fd, Some((buf, len)));
+            }
             return Ok(());
         }
         let buf: u64 = unsafe { ctx.read_at(SYSCALL_ARG1_OFF) }.map_err(|e| e as i64)?;
@@ -534,6 +677,7 @@ mod bpf {
 
     fn try_plain_exit(ctx: &TracePointContext, direction: u32) -> Result<(), i64> {
         let pid_tgid = bpf_get_current_pid_tgid();
+        meter_exit(ctx, pid_tgid);
         let args = match unsafe { PLAIN_ARGS.get(&pid_tgid) } {
             Some(a) => *a,
             None => return Ok(()),
@@ -560,6 +704,20 @@ mod bpf {
         0
     }
 
+    /// (base, len) of the first iovec of a writev/sendmsg-shaped call.
+    #[inline(always)]
+    fn first_iovec(ctx: &TracePointContext, msghdr: bool) -> Option<(u64, u64)> {
+        let arg1: u64 = unsafe { ctx.read_at(SYSCALL_ARG1_OFF) }.ok()?;
+        let iov = if msghdr {
+            unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.ok()?
+        } else {
+            arg1
+        };
+        let base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }.ok()?;
+        let len: u64 = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.ok()?;
+        Some((base, len))
+    }
+
     fn try_plain_iov_stash(ctx: &TracePointContext, msghdr: bool) -> Result<(), i64> {
         let pid_tgid = bpf_get_current_pid_tgid();
         let fd: u64 = unsafe { ctx.read_at(SYSCALL_ARG0_OFF) }.map_err(|e| e as i64)?;
@@ -567,6 +725,7 @@ mod bpf {
         aead_syscall(ctx, pid_tgid, fd);
         // The socket filter first: other processes pay one lookup.
         if unsafe { PLAIN_FDS.get(&((pid_tgid & 0xffff_ffff_0000_0000) | fd)) }.is_none() {
+            meter_enter(ctx, pid_tgid, fd, first_iovec(ctx, msghdr));
             return Ok(());
         }
         let arg1: u64 = unsafe { ctx.read_at(SYSCALL_ARG1_OFF) }.map_err(|e| e as i64)?;
@@ -607,6 +766,7 @@ mod bpf {
     /// Emits the bytes the call moved, iovec by iovec in order, from at most `MAX_IOVECS`.
     fn try_plain_iov_exit(ctx: &TracePointContext, direction: u32) -> Result<(), i64> {
         let pid_tgid = bpf_get_current_pid_tgid();
+        meter_exit(ctx, pid_tgid);
         let args = match unsafe { PLAIN_IOV_ARGS.get(&pid_tgid) } {
             Some(a) => *a,
             None => return Ok(()),

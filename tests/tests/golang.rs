@@ -188,3 +188,66 @@ fn stripped_go_binary_is_reported_not_covered() {
     std::thread::sleep(Duration::from_secs(1));
     assert!(calls_of(&daemon.calls(), pid).is_empty());
 }
+
+/// The same stripped binary calling an LLM host by name (`api.openai.com`, pointed at the mock):
+/// no hook sees its plaintext, so the daemon reads the SNI of its ClientHello and meters the
+/// connection's bytes. Each call is on record as estimated, with the mock's true input tokens
+/// inside the stated bounds, output unknown, and the binary listed as `estimated: SNI`.
+#[test]
+fn stripped_go_binary_to_an_llm_host_is_estimated_within_bounds() {
+    let dir = Scratch::new("go-estimate");
+    let bin: PathBuf = dir.0.join("goclient");
+    go_build(&bin, "-s -w");
+    let mock = Mock::start(&[]);
+    // The mock's port stands for 443 here.
+    let daemon_dir = Scratch::new("go-estimate-daemon");
+    let config = daemon_dir.0.join("agentwatch.toml");
+    std::fs::write(
+        &config,
+        format!("[probes]\nestimate_ports = [{}]\n", mock.port),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let daemon = Daemon::start_in(daemon_dir, &["--config", &config]);
+    let tag = "go-estimate";
+    let mut cmd = Command::new(&bin);
+    cmd.arg("-base-url")
+        .arg(format!("https://api.openai.com:{}", mock.port))
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{}", mock.port))
+        .arg("-ca")
+        .arg(&mock.ca)
+        .args(["-tag", tag, "-calls", "3", "-pad", "40000"]);
+    let (pid, _) = run_client(cmd);
+    let served = mock.served_with_tag(tag);
+    assert_eq!(served.len(), 3);
+    let (calls, row) = rows_of(&daemon, pid, 3);
+    for (call, served) in calls.iter().zip(&served) {
+        assert_eq!(call["usage_source"], "estimated", "{call}");
+        assert_eq!(call["provider"], "openai", "{call}");
+        assert_eq!(call["server_address"], "api.openai.com", "{call}");
+        let truth = u(&served["usage"]["input_tokens"]);
+        let (low, high) = (
+            u(&call["estimate"]["input_tokens_low"]),
+            u(&call["estimate"]["input_tokens_high"]),
+        );
+        assert!(
+            low <= truth && truth <= high,
+            "{truth} not in [{low}, {high}]: {call}"
+        );
+        assert!(low <= u(&call["input_tokens"]) && u(&call["input_tokens"]) <= high);
+        assert_eq!(u(&call["output_tokens"]), 0, "{call}");
+        assert_eq!(call["estimate"]["output_unknown"], true, "{call}");
+    }
+    assert_ledger_sums(&calls, &row);
+    let status = daemon.cli_json(&["status"]);
+    let how = status["estimates"]["binaries"][bin.to_str().unwrap()]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        how.starts_with("estimated: SNI api.openai.com"),
+        "{status:#}"
+    );
+    assert_eq!(u(&status["estimates"]["stats"]["estimated_calls"]), 3);
+}

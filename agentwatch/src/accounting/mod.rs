@@ -6,4 +6,4 @@
 pub mod pricing;
 pub mod usage;
 pub use pricing::{PriceOverride, Pricing, PricingError, Rates};
-pub use usage::{Usage, UsageSource};
+pub use usage::{Estimate, Usage, UsageSource};

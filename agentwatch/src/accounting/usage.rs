@@ -41,6 +41,21 @@ pub enum UsageSource {
     Reported,
     /// The response ended (or was lost) without usage.
     Missing,
+    /// Not seen in plaintext (no hook covers the TLS): estimated from bytes on the socket,
+    /// within the call's `estimate` bounds.
+    Estimated,
+}
+
+/// The bounds of an estimated call's tokens, and what they rest on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    pub input_tokens_low: u64,
+    pub input_tokens_high: u64,
+    /// Output tokens are not estimated (`output_tokens` is 0): response bytes on the wire say
+    /// too little about them (event framing, compression).
+    pub output_unknown: bool,
+    /// How it was measured, e.g. `SNI api.openai.com; 41234 bytes sent`.
+    pub basis: String,
 }
 
 #[cfg(test)]

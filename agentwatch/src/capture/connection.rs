@@ -409,6 +409,7 @@ impl Exchange {
             complete,
             ended_at_ns: self.ended_at_ns,
             response_bytes: self.response_bytes,
+            estimate: None,
         }
     }
 }

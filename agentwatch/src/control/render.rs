@@ -72,6 +72,14 @@ pub fn render(req: &Request, answer: &Value) -> String {
                     let _ = writeln!(out, "  … and {over} more");
                 }
             }
+            if let Some(bins) = answer["estimates"]["binaries"].as_object()
+                && !bins.is_empty()
+            {
+                let _ = writeln!(out, "TLS estimated (no hook; bytes on the socket, SNI):");
+                for (exe, how) in bins {
+                    let _ = writeln!(out, "  {exe}: {}", how.as_str().unwrap_or("?"));
+                }
+            }
             if let Some(f) = answer["attach_failures"].as_object()
                 && !f.is_empty()
             {

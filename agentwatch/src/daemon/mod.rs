@@ -169,6 +169,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let started = Instant::now();
     let (mut probes, ring) = Probes::load(&config.probes)?;
     let gate = probes.take_gate()?;
+    let meter = probes.take_meter()?;
     let mut discovery = Discovery {
         probes,
         roots_seen: HashSet::new(),
@@ -257,6 +258,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         config.limits.max_connections,
     )
     .with_policy(policy, gate)
+    .with_meter(meter)
     .with_pods(pods.clone());
     // Continue or release what a previous daemon held, per `on_restart`.
     pipeline.restore_policy(boot_now_ns());
@@ -437,6 +439,13 @@ fn answer(
                 "pipeline": p.stats,
                 "capture": p.capture_stats,
                 "aead": p.aead.stats,
+                "estimates": {
+                    "stats": p.estimates.stats,
+                    // Binaries whose LLM traffic no hook sees, and how it is measured.
+                    "binaries": p.estimates.binaries.iter().map(|(exe, (host, calls))| {
+                        (exe.clone(), serde_json::json!(format!("estimated: SNI {host} ({calls} calls)")))
+                    }).collect::<serde_json::Map<String, serde_json::Value>>(),
+                },
                 "ceilings": {
                     "enabled": p.policy.as_ref().is_some_and(|pol| pol.enabled()),
                     "block": BLOCK_STATUS.get(),

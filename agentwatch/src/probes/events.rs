@@ -1,8 +1,9 @@
 //! Decoding of ring-buffer records. A record's kind is checked before its layout is
 //! trusted; an unknown kind or a short record is an error the caller counts.
 use agentwatch_ebpf::{
-    EVENT_AEAD_LINK, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_GATE_HOLD, EVENT_TLS_DATA,
-    EVENT_TLS_HANDSHAKE, ProcEvent, TLS_HEADER_LEN, TlsDataHeader,
+    EVENT_AEAD_LINK, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_GATE_HOLD, EVENT_SOCKET_BYTES,
+    EVENT_SOCKET_CLOSE, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, EVENT_TLS_HELLO, ProcEvent,
+    TLS_HEADER_LEN, TlsDataHeader,
 };
 
 #[derive(Debug)]
@@ -40,6 +41,27 @@ pub enum KernelEvent<'a> {
     TlsHandshake {
         tgid: u32,
         ssl: u64,
+        ts_ns: u64,
+    },
+    /// The first bytes written on a socket connected to an estimate port (a ClientHello).
+    TlsHello {
+        tgid: u32,
+        fd: u64,
+        ts_ns: u64,
+        bytes: &'a [u8],
+    },
+    /// A metered socket moved `len` bytes.
+    SocketBytes {
+        tgid: u32,
+        fd: u64,
+        direction: u32,
+        len: u32,
+        ts_ns: u64,
+    },
+    /// A metered socket was closed.
+    SocketClose {
+        tgid: u32,
+        fd: u64,
         ts_ns: u64,
     },
     /// An AEAD context was used next to a socket syscall on `fd` (see `EVENT_AEAD_LINK`).
@@ -141,6 +163,36 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 ts_ns: header.ts_ns,
             })
         }
+        EVENT_TLS_HELLO => {
+            let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;
+            let data = bytes
+                .get(TLS_HEADER_LEN..TLS_HEADER_LEN + header.len as usize)
+                .ok_or_else(short)?;
+            Ok(KernelEvent::TlsHello {
+                tgid: header.tgid,
+                fd: header.ssl,
+                ts_ns: header.ts_ns,
+                bytes: data,
+            })
+        }
+        EVENT_SOCKET_BYTES => {
+            let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;
+            Ok(KernelEvent::SocketBytes {
+                tgid: header.tgid,
+                fd: header.ssl,
+                direction: header.direction,
+                len: header.len,
+                ts_ns: header.ts_ns,
+            })
+        }
+        EVENT_SOCKET_CLOSE => {
+            let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;
+            Ok(KernelEvent::SocketClose {
+                tgid: header.tgid,
+                fd: header.ssl,
+                ts_ns: header.ts_ns,
+            })
+        }
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -153,8 +205,8 @@ mod tests {
     fn rejects_short_and_unknown_records() {
         assert!(matches!(decode(&[1, 0]), Err(DecodeError::Short { .. })));
         assert_eq!(
-            decode(&[9, 0, 0, 0, 0, 0, 0, 0]).unwrap_err(),
-            DecodeError::UnknownKind(9)
+            decode(&[99, 0, 0, 0, 0, 0, 0, 0]).unwrap_err(),
+            DecodeError::UnknownKind(99)
         );
         let mut tls = vec![0u8; TLS_HEADER_LEN + 3];
         tls[0] = EVENT_TLS_DATA as u8;

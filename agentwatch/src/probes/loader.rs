@@ -29,6 +29,9 @@ pub struct ProbesConfig {
     /// of the connecting process (write/sendto/sendmsg/writev, read/recvfrom/recvmsg/readv). Default Ollama 11434, LM Studio
     /// 1234, vLLM 8000, llama.cpp 8080, LiteLLM 4000; `[]` turns plain capture off.
     pub plaintext_ports: Vec<u16>,
+    /// TCP ports whose TLS connections to known LLM hosts (by SNI) are estimated from their
+    /// byte counts when no hook sees their plaintext. Default 443; `[]` turns estimates off.
+    pub estimate_ports: Vec<u16>,
 }
 
 impl Default for ProbesConfig {
@@ -38,6 +41,7 @@ impl Default for ProbesConfig {
             rescan_interval_secs: 2,
             extra_libraries: Vec::new(),
             plaintext_ports: vec![11434, 1234, 8000, 8080, 4000],
+            estimate_ports: vec![443],
         }
     }
 }
@@ -274,9 +278,13 @@ impl Probes {
             tracepoints.push(format!("{category}:{name}"));
         }
         let mut failures = BTreeMap::new();
-        if !config.plaintext_ports.is_empty()
-            && let Err(e) = attach_plaintext(&mut ebpf, &config.plaintext_ports, &mut tracepoints)
-        {
+        // Also the socket side of AEAD capture and of estimates: attached in any case.
+        if let Err(e) = attach_plaintext(
+            &mut ebpf,
+            &config.plaintext_ports,
+            &config.estimate_ports,
+            &mut tracepoints,
+        ) {
             tracing::warn!("{e}; plain-HTTP capture is off");
             failures.insert(
                 "plain HTTP (syscall tracepoints)".to_string(),
@@ -696,6 +704,21 @@ impl Probes {
         self.seen_files.remove(&identity);
     }
 
+    /// Takes the map of sockets to meter out of the object (once), for the pipeline.
+    pub fn take_meter(&mut self) -> Result<super::meter::Meter, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map("TLS_SOCKS")
+            .ok_or_else(|| ProbeError::MissingMap {
+                name: "TLS_SOCKS".into(),
+            })?;
+        let socks = aya::maps::HashMap::try_from(map).map_err(|source| ProbeError::Map {
+            name: "TLS_SOCKS".into(),
+            source,
+        })?;
+        Ok(super::meter::Meter::new(socks))
+    }
+
     /// Takes the ceiling gate's maps out of the object (once).
     pub fn take_gate(&mut self) -> Result<crate::policy::gate::Gate, ProbeError> {
         crate::policy::gate::take(&mut self.ebpf)
@@ -745,23 +768,24 @@ impl Probes {
 fn attach_plaintext(
     ebpf: &mut Ebpf,
     ports: &[u16],
+    estimate_ports: &[u16],
     tracepoints: &mut Vec<String>,
 ) -> Result<(), ProbeError> {
-    let mut map: aya::maps::HashMap<_, u16, u32> =
-        aya::maps::HashMap::try_from(ebpf.map_mut("PLAIN_PORTS").ok_or_else(|| {
-            ProbeError::MissingMap {
-                name: "PLAIN_PORTS".into(),
-            }
-        })?)
+    for (name, ports) in [("PLAIN_PORTS", ports), ("ESTIMATE_PORTS", estimate_ports)] {
+        let mut map: aya::maps::HashMap<_, u16, u32> = aya::maps::HashMap::try_from(
+            ebpf.map_mut(name)
+                .ok_or_else(|| ProbeError::MissingMap { name: name.into() })?,
+        )
         .map_err(|source| ProbeError::Map {
-            name: "PLAIN_PORTS".into(),
+            name: name.into(),
             source,
         })?;
-    for port in ports {
-        map.insert(port, 1, 0).map_err(|source| ProbeError::Map {
-            name: "PLAIN_PORTS".into(),
-            source,
-        })?;
+        for port in ports {
+            map.insert(port, 1, 0).map_err(|source| ProbeError::Map {
+                name: name.into(),
+                source,
+            })?;
+        }
     }
     for (program_name, events) in [
         ("sys_enter_connect", &["sys_enter_connect"][..]),

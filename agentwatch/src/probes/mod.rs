@@ -7,6 +7,7 @@ pub mod events;
 pub mod golang;
 pub mod libraries;
 pub mod loader;
+pub mod meter;
 pub mod opaque;
 pub mod tracefs;
 

@@ -11,10 +11,12 @@
 //! - [`decode`]: streaming `Content-Encoding` decoding (gzip, deflate, br).
 //! - [`http2`]: HTTP/2 framing (HPACK is decoded per connection in `capture`).
 //! - [`sse`]: Server-Sent Events.
+//! - [`tls_hello`]: the SNI of a TLS ClientHello.
 //! - [`websocket`]: WebSocket frames and permessage-deflate.
 
 pub mod decode;
 pub mod http1;
 pub mod http2;
 pub mod sse;
+pub mod tls_hello;
 pub mod websocket;

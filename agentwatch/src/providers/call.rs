@@ -36,4 +36,6 @@ pub struct LlmCall {
     /// Boot-clock nanoseconds of the response's last byte (or of the moment the call was given up).
     pub ended_at_ns: u64,
     pub response_bytes: u64,
+    /// `usage_source = Estimated`: the bounds of the estimate.
+    pub estimate: Option<crate::accounting::Estimate>,
 }

@@ -189,6 +189,7 @@ impl Sessions {
             root_exe: None,
             root_cmdline: None,
             blocked: true,
+            estimate: None,
             ns_pid: None,
             workload: Default::default(),
         }

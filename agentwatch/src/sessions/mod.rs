@@ -569,6 +569,7 @@ impl Sessions {
             },
             root_cmdline: first.then(|| session.root_cmdline.clone()),
             blocked: false,
+            estimate: call.estimate.clone(),
             ns_pid: origin.ns_pid,
             workload: origin.workload,
         };

@@ -63,6 +63,9 @@ pub struct CallRecord {
     /// A call attempt stopped by a ceiling before its first byte left: no tokens, not a call.
     #[serde(default)]
     pub blocked: bool,
+    /// `usage_source = "estimated"`: the bounds of the estimate and what it rests on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<crate::accounting::Estimate>,
     /// The caller's pid in its own PID namespace (a container's), when that differs from `pid`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ns_pid: Option<u32>,

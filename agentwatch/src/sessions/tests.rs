@@ -44,6 +44,7 @@ pub(crate) fn call(req: LlmRequest, input: u64, output: u64, ended_at_ns: u64) -
         complete: true,
         ended_at_ns,
         response_bytes: 500,
+        estimate: None,
     }
 }
 

@@ -7,11 +7,13 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -25,6 +27,8 @@ func main() {
 	model := flag.String("model", "gpt-4o-mini", "model name")
 	tag := flag.String("tag", "", "x-test-tag header (lets the mock log each call)")
 	wait := flag.Bool("wait", false, "read one line from stdin before the first call")
+	connect := flag.String("connect", "", "host:port to dial instead of the URL's (the URL's host stays the SNI)")
+	pad := flag.Int("pad", 0, "bytes of filler in each prompt (a request as large as an agent's)")
 	flag.Parse()
 
 	pem, err := os.ReadFile(*caFile)
@@ -35,14 +39,19 @@ func main() {
 	if !roots.AppendCertsFromPEM(pem) {
 		fail("no certificate in %s", *caFile)
 	}
-	client := &http.Client{Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: roots},
-	}}
+	transport := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
+	if *connect != "" {
+		dialer := &net.Dialer{}
+		transport.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, network, *connect)
+		}
+	}
+	client := &http.Client{Transport: transport}
 	if *wait {
 		bufio.NewReader(os.Stdin).ReadString('\n')
 	}
 	for i := 0; i < *calls; i++ {
-		body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"call %d"}]`, *model, i)
+		body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"call %d %s"}]`, *model, i, strings.Repeat("x", *pad))
 		if *stream {
 			body += `,"stream":true,"stream_options":{"include_usage":true}`
 		}

@@ -38,8 +38,17 @@ pub fn generate() -> Result<Certs> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let key = KeyPair::generate().context("server key")?;
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .context("server params")?;
+    // Also two provider host names, for clients that must send a real SNI (estimates); the
+    // tests point those names at the mock themselves.
+    let names = [
+        "localhost",
+        "127.0.0.1",
+        "api.openai.com",
+        "api.anthropic.com",
+    ];
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .context("server params")?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "localhost");
     params.distinguished_name = dn;

@@ -4,6 +4,7 @@
 //! connection that owns them, recognised calls are priced and charged to their session,
 //! and closed sessions become ledger rows. Nothing here blocks on the network.
 mod ceilings;
+pub mod estimates;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,6 +76,9 @@ pub struct Pipeline {
     scratch: Vec<CaptureEvent>,
     /// TLS records from AEAD probes (rustls in opaque binaries), back into byte streams.
     pub aead: AeadStreams,
+    /// Estimates for LLM-host sockets no hook covers, and the kernel's list of them.
+    pub estimates: estimates::Estimates,
+    meter: crate::probes::meter::Meter,
     /// (tgid, whether it looked like HTTP) of the first plaintext written on each new TLS
     /// connection, for the daemon to confirm or reject probes at located functions.
     pub first_writes: Vec<(u32, bool)>,
@@ -110,12 +114,20 @@ impl Pipeline {
             capture_stats: CaptureStats::default(),
             scratch: Vec::new(),
             aead: AeadStreams::default(),
+            estimates: estimates::Estimates::default(),
+            meter: crate::probes::meter::Meter::disabled(),
             first_writes: Vec::new(),
             policy: None,
             gate: None,
             pods: Arc::new(PodIndex::default()),
             origins: HashMap::new(),
         }
+    }
+
+    /// The kernel map of metered sockets (estimates).
+    pub fn with_meter(mut self, meter: crate::probes::meter::Meter) -> Self {
+        self.meter = meter;
+        self
     }
 
     pub fn with_policy(mut self, policy: Policy, gate: Gate) -> Self {
@@ -175,6 +187,36 @@ impl Pipeline {
                 self.on_aead(out);
             }
             KernelEvent::Tls { header, data } => self.on_tls(&header, data),
+            KernelEvent::TlsHello {
+                tgid,
+                fd,
+                ts_ns,
+                bytes,
+            } => {
+                let metered = self.estimates.on_hello(tgid, fd, bytes, ts_ns, || {
+                    std::fs::read_link(format!("/proc/{tgid}/exe"))
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|_| format!("pid {tgid}"))
+                });
+                self.meter.set(tgid, fd, metered);
+            }
+            KernelEvent::SocketBytes {
+                tgid,
+                fd,
+                direction,
+                len,
+                ts_ns,
+            } => {
+                let mut out = Vec::new();
+                self.estimates
+                    .on_bytes(tgid, fd, direction, len, ts_ns, &mut out);
+                self.charge_estimates(out);
+            }
+            KernelEvent::SocketClose { tgid, fd, .. } => {
+                let mut out = Vec::new();
+                self.estimates.on_close(tgid, fd, &mut out);
+                self.charge_estimates(out);
+            }
             KernelEvent::AeadLink {
                 tgid,
                 direction,
@@ -208,6 +250,21 @@ impl Pipeline {
             }
         }
         None
+    }
+
+    /// Estimated calls, charged like captured ones.
+    fn charge_estimates(&mut self, out: Vec<estimates::Estimated>) {
+        for est in out {
+            let Some(key) = self.tree.ensure(est.tgid) else {
+                self.stats.tls_chunks_unknown_process += 1;
+                continue;
+            };
+            let mut events = vec![
+                CaptureEvent::Request(est.call.request.clone()),
+                CaptureEvent::Call(est.call),
+            ];
+            self.apply(key, &mut events);
+        }
     }
 
     /// Application data of AEAD-captured connections, as if an SSL probe had seen it.
@@ -248,6 +305,9 @@ impl Pipeline {
 
     fn on_tls(&mut self, h: &TlsDataHeader, data: &[u8]) {
         self.stats.tls_chunks += 1;
+        if h.ssl & agentwatch_ebpf::PLAIN_CONN == 0 {
+            self.estimates.on_exact(h.tgid, h.ts_ns);
+        }
         self.stats.tls_bytes += data.len() as u64;
         let id = (h.tgid, h.ssl);
         if !self.conns.contains_key(&id) {
@@ -391,6 +451,9 @@ impl Pipeline {
 
     fn on_exit(&mut self, tgid: u32, ts_ns: u64) {
         self.aead.forget(tgid);
+        let mut out = Vec::new();
+        self.estimates.on_exit(tgid, &mut out);
+        self.charge_estimates(out);
         // Flush the process's connections first: their calls belong to its session.
         for ssl in self.conns_by_tgid.remove(&tgid).unwrap_or_default() {
             self.close_connection((tgid, ssl), ts_ns);

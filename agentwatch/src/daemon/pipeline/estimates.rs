@@ -1,0 +1,357 @@
+//! Honest estimates for TLS no hook covers: a socket connected to an estimate port whose
+//! ClientHello names a known LLM host (SNI) is metered by length only. Each request/response
+//! turn becomes a call with `usage_source = "estimated"`: input tokens from the bytes sent,
+//! output tokens unknown, bounds stated. A turn during which the same process's TLS was seen
+//! exactly (any hook) is dropped: the exact call stands for it.
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use agentwatch_ebpf::DIR_WRITE;
+
+use crate::accounting::{Estimate, Usage, UsageSource};
+use crate::providers::{LlmCall, LlmRequest};
+
+/// Plaintext bytes per input token, measured on Claude Code and Codex requests (±20%).
+const BYTES_PER_TOKEN: f64 = 4.7;
+const ERROR: f64 = 0.2;
+/// TLS 1.3 record overhead: 5-byte header, content type byte, 16-byte tag; records hold at
+/// most 16 KiB of plaintext.
+const RECORD_OVERHEAD: u64 = 22;
+const RECORD_PLAINTEXT: u64 = 16 * 1024;
+/// The client's Finished (and change_cipher_spec) at the start of the first turn.
+const FINISHED: u64 = 80;
+/// HTTP request line and headers, taken off the body's bytes.
+const HEADERS: u64 = 400;
+/// A write after at least this many bytes read (since the last write) starts a new turn:
+/// session tickets and pings are smaller than a response.
+const MIN_RESPONSE: u64 = 200;
+/// A turn smaller than this (sent) is no request yet (the Finished): it goes on.
+const MIN_REQUEST: u64 = 300;
+/// Metered connections at most; the oldest is dropped past it.
+const MAX_CONNECTIONS: usize = 4096;
+/// Binaries listed in status at most.
+const MAX_BINARIES: usize = 256;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EstimateStats {
+    /// First writes of sockets connected to an estimate port seen (ClientHellos or not).
+    pub hellos: u64,
+    /// … of which named a known LLM host: metered.
+    pub metered_connections: u64,
+    pub estimated_calls: u64,
+    /// Turns dropped because the process's TLS was captured exactly meanwhile.
+    pub superseded_turns: u64,
+    /// Metered connections dropped at `MAX_CONNECTIONS`.
+    pub connections_dropped: u64,
+    /// Socket byte counts for a connection not (or no longer) tracked.
+    pub unknown_socket_events: u64,
+}
+
+struct Conn {
+    host: String,
+    provider: String,
+    exe: String,
+    /// The server's first flight was read: the handshake is over for the client's next write.
+    server_spoke: bool,
+    turn: Option<Turn>,
+    first_turn: bool,
+    last_ns: u64,
+}
+
+struct Turn {
+    started_ns: u64,
+    sent: u64,
+    received: u64,
+    received_since_write: u64,
+    ended_ns: u64,
+}
+
+/// What a turn became: a call to charge, for process `tgid`.
+pub struct Estimated {
+    pub tgid: u32,
+    pub call: LlmCall,
+}
+
+#[derive(Default)]
+pub struct Estimates {
+    conns: HashMap<(u32, u64), Conn>,
+    /// Boot ns of the last plaintext any hook captured, per process.
+    exact_seen: HashMap<u32, u64>,
+    pub stats: EstimateStats,
+    /// Executable → (host, calls) of estimated traffic, for status.
+    pub binaries: BTreeMap<String, (String, u64)>,
+}
+
+impl Estimates {
+    /// The ClientHello of a new socket: whether to meter it (an LLM host by SNI).
+    pub fn on_hello(
+        &mut self,
+        tgid: u32,
+        fd: u64,
+        hello: &[u8],
+        ts_ns: u64,
+        exe: impl FnOnce() -> String,
+    ) -> bool {
+        self.stats.hellos += 1;
+        let Some(host) = crate::protocol::tls_hello::server_name(hello) else {
+            return false;
+        };
+        let Some(provider) = crate::providers::provider_for_host(&host) else {
+            return false;
+        };
+        if self.conns.len() >= MAX_CONNECTIONS
+            && let Some(oldest) = self
+                .conns
+                .iter()
+                .min_by_key(|(_, c)| c.last_ns)
+                .map(|(k, _)| *k)
+        {
+            self.conns.remove(&oldest);
+            self.stats.connections_dropped += 1;
+        }
+        self.stats.metered_connections += 1;
+        self.conns.insert(
+            (tgid, fd),
+            Conn {
+                host,
+                provider: provider.to_string(),
+                exe: exe(),
+                server_spoke: false,
+                turn: None,
+                first_turn: true,
+                last_ns: ts_ns,
+            },
+        );
+        true
+    }
+
+    /// Plaintext a hook captured for `tgid` (any connection).
+    pub fn on_exact(&mut self, tgid: u32, ts_ns: u64) {
+        self.exact_seen.insert(tgid, ts_ns);
+    }
+
+    pub fn on_bytes(
+        &mut self,
+        tgid: u32,
+        fd: u64,
+        direction: u32,
+        len: u32,
+        ts_ns: u64,
+        out: &mut Vec<Estimated>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&(tgid, fd)) else {
+            self.stats.unknown_socket_events += 1;
+            return;
+        };
+        conn.last_ns = ts_ns;
+        let len = u64::from(len);
+        if direction != DIR_WRITE {
+            match conn.turn.as_mut() {
+                Some(t) => {
+                    t.received += len;
+                    t.received_since_write += len;
+                    t.ended_ns = ts_ns;
+                }
+                None => conn.server_spoke = true,
+            }
+            return;
+        }
+        if !conn.server_spoke {
+            // ClientHello retries, early data: before the handshake ends, nothing counts.
+            return;
+        }
+        let next = conn
+            .turn
+            .as_ref()
+            .is_some_and(|t| t.received_since_write >= MIN_RESPONSE && t.sent >= MIN_REQUEST);
+        if next {
+            let turn = conn.turn.take().expect("checked");
+            self.finish(tgid, fd, turn, out);
+        }
+        let conn = self.conns.get_mut(&(tgid, fd)).expect("present");
+        let turn = conn.turn.get_or_insert(Turn {
+            started_ns: ts_ns,
+            sent: 0,
+            received: 0,
+            received_since_write: 0,
+            ended_ns: ts_ns,
+        });
+        turn.sent += len;
+        turn.received_since_write = 0;
+        turn.ended_ns = ts_ns;
+    }
+
+    pub fn on_close(&mut self, tgid: u32, fd: u64, out: &mut Vec<Estimated>) {
+        if let Some(mut conn) = self.conns.remove(&(tgid, fd))
+            && let Some(turn) = conn.turn.take()
+        {
+            self.conns.insert((tgid, fd), conn);
+            self.finish(tgid, fd, turn, out);
+            self.conns.remove(&(tgid, fd));
+        }
+    }
+
+    /// The process exited: its connections end.
+    pub fn on_exit(&mut self, tgid: u32, out: &mut Vec<Estimated>) {
+        let fds: Vec<u64> = self
+            .conns
+            .keys()
+            .filter(|k| k.0 == tgid)
+            .map(|k| k.1)
+            .collect();
+        for fd in fds {
+            self.on_close(tgid, fd, out);
+        }
+        self.exact_seen.remove(&tgid);
+    }
+
+    fn finish(&mut self, tgid: u32, fd: u64, turn: Turn, out: &mut Vec<Estimated>) {
+        let Some(conn) = self.conns.get_mut(&(tgid, fd)) else {
+            return;
+        };
+        let first = std::mem::replace(&mut conn.first_turn, false);
+        if turn.received == 0 {
+            // Never answered: nothing to say it was a call.
+            return;
+        }
+        if self
+            .exact_seen
+            .get(&tgid)
+            .is_some_and(|t| *t >= turn.started_ns)
+        {
+            self.stats.superseded_turns += 1;
+            return;
+        }
+        let records = turn.sent.div_ceil(RECORD_PLAINTEXT + RECORD_OVERHEAD);
+        let plain = turn
+            .sent
+            .saturating_sub(records * RECORD_OVERHEAD)
+            .saturating_sub(if first { FINISHED } else { 0 })
+            .saturating_sub(HEADERS);
+        let tokens = plain as f64 / BYTES_PER_TOKEN;
+        let input = tokens.round() as u64;
+        let estimate = Estimate {
+            input_tokens_low: (tokens * (1.0 - ERROR)).floor() as u64,
+            input_tokens_high: (tokens * (1.0 + ERROR)).ceil() as u64,
+            output_unknown: true,
+            basis: format!(
+                "SNI {}: {} bytes sent, {} received; input ≈ (sent − TLS records, handshake and headers) ÷ {BYTES_PER_TOKEN} ± {:.0}%",
+                conn.host,
+                turn.sent,
+                turn.received,
+                ERROR * 100.0
+            ),
+        };
+        self.stats.estimated_calls += 1;
+        if self.binaries.len() < MAX_BINARIES || self.binaries.contains_key(&conn.exe) {
+            let entry = self
+                .binaries
+                .entry(conn.exe.clone())
+                .or_insert_with(|| (conn.host.clone(), 0));
+            entry.0 = conn.host.clone();
+            entry.1 += 1;
+        }
+        out.push(Estimated {
+            tgid,
+            call: LlmCall {
+                request: LlmRequest {
+                    provider: conn.provider.clone(),
+                    api: "unknown".into(),
+                    server_address: Some(conn.host.clone()),
+                    model: None,
+                    streaming: false,
+                    http_version: "unknown".into(),
+                    started_at_ns: turn.started_ns,
+                    request_bytes: turn.sent,
+                },
+                status: None,
+                response_model: None,
+                response_id: None,
+                usage: Usage {
+                    input_tokens: input,
+                    ..Usage::default()
+                },
+                usage_source: UsageSource::Estimated,
+                complete: true,
+                ended_at_ns: turn.ended_ns,
+                response_bytes: turn.received,
+                estimate: Some(estimate),
+            },
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentwatch_ebpf::DIR_READ;
+
+    fn hello(name: &str) -> Vec<u8> {
+        crate::protocol::tls_hello::tests::client_hello(name)
+    }
+
+    /// Handshake, then `calls` request/response turns of `body` bytes each, with session
+    /// tickets read between the Finished and the first request.
+    fn run(e: &mut Estimates, body: u64, calls: usize) -> Vec<Estimated> {
+        let mut out = Vec::new();
+        assert!(e.on_hello(7, 3, &hello("api.anthropic.com"), 1, || "/opt/agent".into()));
+        e.on_bytes(7, 3, DIR_READ, 4000, 2, &mut out); // server flight
+        e.on_bytes(7, 3, DIR_WRITE, 80, 3, &mut out); // Finished
+        e.on_bytes(7, 3, DIR_READ, 500, 4, &mut out); // tickets
+        let mut ts = 10;
+        for _ in 0..calls {
+            e.on_bytes(7, 3, DIR_WRITE, 16406 + 22, ts, &mut out);
+            e.on_bytes(
+                7,
+                3,
+                DIR_WRITE,
+                (body - 16406 + 22) as u32,
+                ts + 1,
+                &mut out,
+            );
+            e.on_bytes(7, 3, DIR_READ, 3000, ts + 5, &mut out);
+            ts += 100;
+        }
+        e.on_close(7, 3, &mut out);
+        out
+    }
+
+    #[test]
+    fn turns_become_estimated_calls_with_bounds() {
+        let mut e = Estimates::default();
+        let out = run(&mut e, 40_000 + HEADERS, 3);
+        assert_eq!(out.len(), 3);
+        for (i, est) in out.iter().enumerate() {
+            let call = &est.call;
+            assert_eq!(call.usage_source, UsageSource::Estimated);
+            assert_eq!(call.request.provider, "anthropic");
+            let bounds = call.estimate.as_ref().unwrap();
+            let truth = 40_000.0 / BYTES_PER_TOKEN;
+            assert!(
+                (bounds.input_tokens_low as f64) <= truth
+                    && truth <= bounds.input_tokens_high as f64,
+                "call {i}: {bounds:?} vs {truth}"
+            );
+            assert!(call.usage.input_tokens >= bounds.input_tokens_low);
+            assert!(call.usage.input_tokens <= bounds.input_tokens_high);
+            assert_eq!(call.usage.output_tokens, 0);
+            assert!(bounds.output_unknown);
+        }
+        assert_eq!(e.binaries["/opt/agent"], ("api.anthropic.com".into(), 3));
+    }
+
+    #[test]
+    fn exact_capture_supersedes_and_other_hosts_are_not_metered() {
+        let mut e = Estimates::default();
+        e.on_exact(7, 9);
+        let out = run(&mut e, 40_000, 1);
+        assert!(out.is_empty());
+        assert_eq!(e.stats.superseded_turns, 1);
+        assert!(!e.on_hello(7, 4, &hello("example.com"), 1, || "x".into()));
+        assert!(!e.on_hello(7, 5, b"GET / HTTP/1.1\r\n\r\n", 1, || "x".into()));
+        let mut out = Vec::new();
+        e.on_bytes(7, 4, DIR_WRITE, 100, 2, &mut out);
+        assert_eq!(e.stats.unknown_socket_events, 1);
+    }
+}
