@@ -240,6 +240,7 @@ fn stripped_go_binary_to_an_llm_host_is_estimated_within_bounds() {
         assert_eq!(call["estimate"]["output_unknown"], true, "{call}");
     }
     assert_ledger_sums(&calls, &row);
+    assert_eq!(u(&row["estimated_calls"]), 3, "{row}");
     let status = daemon.cli_json(&["status"]);
     let how = status["estimates"]["binaries"][bin.to_str().unwrap()]
         .as_str()

@@ -221,6 +221,9 @@ struct Session {
     usage: Usage,
     cost_usd: f64,
     unpriced: u64,
+    /// Calls by how they were measured (`usage_source`).
+    estimated: u64,
+    usage_missing: u64,
     call_count: u64,
     depth_max: u32,
     /// Every agent the session ever had (exited ones too), for counts and the tree view.
@@ -255,6 +258,11 @@ impl Session {
         match rec.cost_usd {
             Some(c) => self.cost_usd += c,
             None => self.unpriced += 1,
+        }
+        match rec.usage_source {
+            crate::accounting::UsageSource::Estimated => self.estimated += 1,
+            crate::accounting::UsageSource::Missing => self.usage_missing += 1,
+            crate::accounting::UsageSource::Reported => {}
         }
         if self.call_count == 0 {
             self.workload = rec.workload.clone();
@@ -334,6 +342,8 @@ impl Session {
             providers: self.providers.iter().cloned().collect(),
             models: self.models.iter().cloned().collect(),
             unpriced_calls: self.unpriced,
+            estimated_calls: self.estimated,
+            usage_missing_calls: self.usage_missing,
             root_start_ticks: self.root.start_ticks,
             root_comm: self.root_comm.clone(),
             boot_id: boot_id.to_string(),
@@ -464,6 +474,8 @@ impl Sessions {
                     usage: Usage::default(),
                     cost_usd: 0.0,
                     unpriced: 0,
+                    estimated: 0,
+                    usage_missing: 0,
                     call_count: 0,
                     depth_max: 0,
                     agents,
@@ -658,6 +670,8 @@ impl Sessions {
                 usage: Usage::default(),
                 cost_usd: 0.0,
                 unpriced: 0,
+                estimated: 0,
+                usage_missing: 0,
                 call_count: 0,
                 depth_max: 0,
                 agents: BTreeMap::new(),

@@ -118,6 +118,12 @@ pub struct LedgerRow {
     // ---- extras ----
     /// Calls whose cost was unknown (not in `total_cost_usd`).
     pub unpriced_calls: u64,
+    /// How the calls were measured: those estimated from socket bytes (no hook saw them; their
+    /// tokens are in the totals, within each call's bounds) and those without usage.
+    #[serde(default)]
+    pub estimated_calls: u64,
+    #[serde(default)]
+    pub usage_missing_calls: u64,
     pub root_start_ticks: u64,
     pub root_comm: String,
     /// `/proc/sys/kernel/random/boot_id` of the boot the session ran in.

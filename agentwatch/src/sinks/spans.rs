@@ -243,6 +243,21 @@ pub fn call_span(c: &CallRecord) -> Span {
     if let Some(id) = &c.response_id {
         attrs.push(kv_str("gen_ai.response.id", id.clone()));
     }
+    if let Some(e) = &c.estimate {
+        // An estimate is never a bill: its bounds go with it.
+        attrs.push(kv_u64(
+            "agentwatch.estimate.input_tokens_low",
+            e.input_tokens_low,
+        ));
+        attrs.push(kv_u64(
+            "agentwatch.estimate.input_tokens_high",
+            e.input_tokens_high,
+        ));
+        attrs.push(kv_bool(
+            "agentwatch.estimate.output_unknown",
+            e.output_unknown,
+        ));
+    }
     if let Some(a) = &c.server_address {
         let host =
             a.rsplit_once(':').map_or(

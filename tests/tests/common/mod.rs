@@ -480,5 +480,7 @@ pub fn check_exact(
         }
     }
     assert_ledger_sums(&calls, &row);
+    assert_eq!(u(&row["estimated_calls"]), 0, "{row}");
+    assert_eq!(u(&row["usage_missing_calls"]), 0, "{row}");
     calls
 }
