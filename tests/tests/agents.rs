@@ -44,6 +44,24 @@ fn claude(bin: &Path, mock: &Mock, home: &Path, tag: &str) -> Command {
     cmd
 }
 
+/// A daemon with the agents' directories first on its PATH, so it analyses and attaches
+/// them at start (an agent's first run is covered), with a config file in `dir` if given.
+fn daemon_with_agents(bins: &[&Path], config: Option<(Scratch, &Path)>) -> Daemon {
+    let mut dirs: Vec<String> = bins
+        .iter()
+        .map(|b| b.parent().unwrap().display().to_string())
+        .collect();
+    dirs.push(std::env::var("PATH").unwrap_or_default());
+    let path = dirs.join(":");
+    match config {
+        Some((dir, file)) => {
+            let file = file.display().to_string();
+            Daemon::start_with_env(dir, &["--config", &file], &[("PATH", &path)])
+        }
+        None => Daemon::start_with_env(Scratch::new("daemon"), &[], &[("PATH", &path)]),
+    }
+}
+
 fn located<'a>(status: &'a Value, bin: &Path) -> Option<&'a Value> {
     status["tls_libraries"]
         .as_array()?
@@ -90,12 +108,7 @@ fn claude_code_two_versions_exact_usage() {
     let newer = agent("claude-code-2.1.328", "claude");
     let older = agent("claude-code-2.1.110", "claude");
     let home = Scratch::new("claude-home");
-    let path = format!(
-        "{}:{}",
-        newer.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let daemon = Daemon::start_with_env(Scratch::new("daemon"), &[], &[("PATH", &path)]);
+    let daemon = daemon_with_agents(&[&newer], None);
     let mock = Mock::start(&[]);
     let expect = json!({
         "provider": "anthropic", "api": "messages", "streaming": true, "http_version": "1.1",
@@ -185,12 +198,7 @@ fn codex(bin: &Path, mock: &Mock, home: &Path, tag: &str, websockets: bool) -> C
 fn codex_over_websocket_exact_usage_with_and_without_deflate() {
     let bin = codex_bin();
     let home = Scratch::new("codex-ws-home");
-    let path = format!(
-        "{}:{}",
-        bin.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let daemon = Daemon::start_with_env(Scratch::new("daemon"), &[], &[("PATH", &path)]);
+    let daemon = daemon_with_agents(&[&bin], None);
     wait_located(&daemon, &bin);
     let expect = json!({
         "provider": "openai", "api": "responses", "streaming": true, "http_version": "1.1",
@@ -228,12 +236,7 @@ fn codex_over_websocket_exact_usage_with_and_without_deflate() {
 fn codex_over_https_exact_usage() {
     let bin = codex_bin();
     let home = Scratch::new("codex-home");
-    let path = format!(
-        "{}:{}",
-        bin.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let daemon = Daemon::start_with_env(Scratch::new("daemon"), &[], &[("PATH", &path)]);
+    let daemon = daemon_with_agents(&[&bin], None);
     let mock = Mock::start(&[]);
     let entry = wait_located(&daemon, &bin);
     assert_eq!(entry["kind"], "aws-lc-aead", "{entry}");
@@ -306,14 +309,7 @@ fn host_ceiling_stops_an_opaque_agent_before_its_call_leaves() {
          [[pricing]]\nmodel = \"claude-*\"\ninput_per_mtok = 10.0\noutput_per_mtok = 10.0\n",
     )
     .unwrap();
-    let config = config.display().to_string();
-    let path = format!(
-        "{}:{}:{}",
-        claude_bin.parent().unwrap().display(),
-        codex_bin.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let daemon = Daemon::start_with_env(dir, &["--config", &config], &[("PATH", &path)]);
+    let daemon = daemon_with_agents(&[&claude_bin, &codex_bin], Some((dir, &config)));
     let mock = Mock::start(&[]);
     wait_located(&daemon, &claude_bin);
     wait_located(&daemon, &codex_bin);

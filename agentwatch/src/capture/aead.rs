@@ -102,14 +102,7 @@ impl AeadStreams {
         ts_ns: u64,
         out: &mut Vec<AeadOut>,
     ) {
-        self.clock += 1;
-        if !self.contexts.contains_key(&(tgid, aead)) && self.contexts.len() >= MAX_CONTEXTS {
-            self.evict();
-        }
-        let clock = self.clock;
-        let ctx = self.contexts.entry((tgid, aead)).or_default();
-        ctx.direction = direction;
-        ctx.last_used = clock;
+        let ctx = self.context(tgid, aead, direction);
         if offset == 0 {
             ctx.partial.clear();
             ctx.partial_loss = false;
@@ -158,14 +151,7 @@ impl AeadStreams {
         ts_ns: u64,
         out: &mut Vec<AeadOut>,
     ) {
-        self.clock += 1;
-        if !self.contexts.contains_key(&(tgid, aead)) && self.contexts.len() >= MAX_CONTEXTS {
-            self.evict();
-        }
-        let clock = self.clock;
-        let ctx = self.contexts.entry((tgid, aead)).or_default();
-        ctx.last_used = clock;
-        ctx.direction = direction;
+        let ctx = self.context(tgid, aead, direction);
         let relinked = ctx.fd != Some(fd);
         ctx.fd = Some(fd);
         let pending: Vec<_> = ctx.pending.drain(..).collect();
@@ -186,6 +172,20 @@ impl AeadStreams {
         for item in pending {
             self.deliver(tgid, fd, direction, item, out);
         }
+    }
+
+    /// The state of context `aead` of `tgid` (made, evicting the least recently used if
+    /// full), marked as just used.
+    fn context(&mut self, tgid: u32, aead: u64, direction: u32) -> &mut Context {
+        self.clock += 1;
+        if !self.contexts.contains_key(&(tgid, aead)) && self.contexts.len() >= MAX_CONTEXTS {
+            self.evict();
+        }
+        let clock = self.clock;
+        let ctx = self.contexts.entry((tgid, aead)).or_default();
+        ctx.direction = direction;
+        ctx.last_used = clock;
+        ctx
     }
 
     fn deliver(

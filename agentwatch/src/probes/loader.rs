@@ -442,37 +442,17 @@ impl Probes {
         for (symbol, offset) in &probes.handshakes {
             points.push((symbol, "go_tls_handshake_enter", *offset));
         }
-        let mut links = Vec::new();
-        for (symbol, program, offset) in points {
-            let attached = uprobe(&mut self.ebpf, program).and_then(|p| {
-                p.attach(
-                    UProbeAttachLocation::AbsoluteOffset(offset),
-                    via,
-                    UProbeScope::AllProcesses,
-                )
-                .map_err(|source| ProbeError::GoUprobeAttach {
+        let Some(links) =
+            self.attach_at_offsets(path, via, identity, &points, |symbol, _, source| {
+                ProbeError::GoUprobeAttach {
                     symbol: symbol.into(),
                     path: via.into(),
                     detail: error_chain(&source),
-                })
-            });
-            match attached {
-                Ok(link) => links.push((program, link)),
-                Err(e) => {
-                    self.unlink(links);
-                    if !via.exists() {
-                        // The process it was found through exited meanwhile: no failure,
-                        // the next process of this file tries again.
-                        tracing::debug!("{e}");
-                        self.seen_files.remove(&identity);
-                        return false;
-                    }
-                    tracing::warn!("{e}");
-                    self.failures.insert(path.to_string(), e.to_string());
-                    return false;
                 }
-            }
-        }
+            })
+        else {
+            return false;
+        };
         let mut symbols = vec![golang::WRITE.to_string(), golang::READ.to_string()];
         symbols.extend(probes.handshakes.iter().map(|(s, _)| s.to_string()));
         // Without a handshake probe a reused *Conn address is not told apart (rare: one
@@ -571,35 +551,18 @@ impl Probes {
                     }
                     v
                 });
-        let mut links = Vec::new();
-        for (symbol, program, offset) in points {
-            let attached = uprobe(&mut self.ebpf, program).and_then(|p| {
-                p.attach(
-                    UProbeAttachLocation::AbsoluteOffset(offset),
-                    via,
-                    UProbeScope::AllProcesses,
-                )
-                .map_err(|source| ProbeError::LocatedUprobeAttach {
+        let Some(links) =
+            self.attach_at_offsets(path, via, identity, &points, |symbol, offset, source| {
+                ProbeError::LocatedUprobeAttach {
                     symbol: symbol.into(),
                     offset,
                     path: via.into(),
                     detail: error_chain(&source),
-                })
-            });
-            match attached {
-                Ok(link) => links.push((program, link)),
-                Err(e) => {
-                    self.unlink(links);
-                    if !via.exists() {
-                        self.seen_files.remove(&identity);
-                        return false;
-                    }
-                    tracing::warn!("{e}");
-                    self.failures.insert(path.to_string(), e.to_string());
-                    return false;
                 }
-            }
-        }
+            })
+        else {
+            return false;
+        };
         tracing::info!(binary = path, via = %via.display(), how = located.how, "attached TLS uprobes at located functions");
         self.links.insert(identity, links);
         self.libraries.push(AttachedLibrary {
@@ -656,6 +619,45 @@ impl Probes {
                 "the functions located by analysis wrote non-HTTP plaintext on {LOCATED_DOUBTS} new connections and none was HTTP; probes detached (this build is not analysed correctly)"
             ),
         );
+    }
+
+    /// Attaches `(symbol, program, file offset)` probes to `via`, all or none: on a failure
+    /// the ones attached are detached, and the failure is kept for status, unless the file
+    /// vanished (the process it was found through exited; the next one tries again).
+    fn attach_at_offsets(
+        &mut self,
+        path: &str,
+        via: &Path,
+        identity: (u64, u64),
+        points: &[(&'static str, &'static str, u64)],
+        error: impl Fn(&str, u64, aya::programs::ProgramError) -> ProbeError,
+    ) -> Option<Vec<(&'static str, UProbeLinkId)>> {
+        let mut links = Vec::new();
+        for &(symbol, program, offset) in points {
+            let attached = uprobe(&mut self.ebpf, program).and_then(|p| {
+                p.attach(
+                    UProbeAttachLocation::AbsoluteOffset(offset),
+                    via,
+                    UProbeScope::AllProcesses,
+                )
+                .map_err(|source| error(symbol, offset, source))
+            });
+            match attached {
+                Ok(link) => links.push((program, link)),
+                Err(e) => {
+                    self.unlink(links);
+                    if !via.exists() {
+                        tracing::debug!("{e}");
+                        self.seen_files.remove(&identity);
+                    } else {
+                        tracing::warn!("{e}");
+                        self.failures.insert(path.to_string(), e.to_string());
+                    }
+                    return None;
+                }
+            }
+        }
+        Some(links)
     }
 
     fn unlink(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {

@@ -305,6 +305,12 @@ impl Image {
         })
     }
 
+    /// The file offset of function `f`'s entry, where a uprobe attaches.
+    fn entry_offset(&self, f: (u64, u64)) -> Result<u64, String> {
+        self.file_offset(f.0)
+            .ok_or_else(|| format!("function at {:#x} is outside the loadable segments", f.0))
+    }
+
     fn file_offset(&self, address: u64) -> Option<u64> {
         self.segments.iter().find_map(|(va, off, size)| {
             (address >= *va && address < va + size).then(|| address - va + off)
@@ -445,15 +451,10 @@ fn locate_boringssl(image: &Image) -> Result<Located, String> {
             "no function raising only reason {ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED} above SSL_write (line {write_line}) in ssl_lib.cc"
         ));
     };
-    let offset = |f: (u64, u64)| {
-        image
-            .file_offset(f.0)
-            .ok_or_else(|| format!("function at {:#x} is outside the loadable segments", f.0))
-    };
     Ok(Located {
         stack: "boringssl".into(),
-        write: offset(*write)?,
-        read: offset(read)?,
+        write: image.entry_offset(*write)?,
+        read: image.entry_offset(read)?,
         how: format!(
             "BoringSSL SSL_write/SSL_read located by analysis (ssl_lib.cc error sites, bounds from {})",
             if [*write, read]
@@ -496,15 +497,10 @@ fn locate_aws_lc_aead(image: &Image) -> Result<Located, String> {
     if seal.0 == open.0 {
         return Err("seal and open resolve to one function".into());
     }
-    let offset = |f: (u64, u64)| {
-        image
-            .file_offset(f.0)
-            .ok_or_else(|| format!("function at {:#x} is outside the loadable segments", f.0))
-    };
     Ok(Located {
         stack: "aws-lc-aead".into(),
-        write: offset(seal)?,
-        read: offset(open)?,
+        write: image.entry_offset(seal)?,
+        read: image.entry_offset(open)?,
         how: format!(
             "aws-lc EVP_AEAD_CTX_seal/open located by analysis (aead.c error sites, bounds from {})",
             if [seal, open]
