@@ -44,16 +44,14 @@ pub(super) struct WebSocket {
     server: FrameReader,
     client_inflate: Option<Inflater>,
     server_inflate: Option<Inflater>,
-    in_flight: VecDeque<InFlightDebug>,
+    in_flight: VecDeque<InFlight>,
     desynced: bool,
 }
 
-/// `InFlight` with a Debug that shows no content.
-struct InFlightDebug(InFlight);
-
-impl std::fmt::Debug for InFlightDebug {
+/// Shows no content.
+impl std::fmt::Debug for InFlight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.0 {
+        f.write_str(match self {
             InFlight::Warmup => "Warmup",
             InFlight::Call { .. } => "Call",
         })
@@ -146,15 +144,13 @@ impl WebSocket {
         }
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             stats.exchanges_dropped += 1;
-            if let Some(InFlightDebug(InFlight::Call { ex, response_bytes })) =
-                self.in_flight.pop_front()
-            {
+            if let Some(InFlight::Call { ex, response_bytes }) = self.in_flight.pop_front() {
                 Self::end(*ex, response_bytes, ts_ns, false, stats, out);
             }
         }
         if kind.generate == Some(false) {
             stats.websocket_warmups += 1;
-            self.in_flight.push_back(InFlightDebug(InFlight::Warmup));
+            self.in_flight.push_back(InFlight::Warmup);
             return;
         }
         stats.http_requests += 1;
@@ -175,10 +171,10 @@ impl WebSocket {
             self.limits.max_response_body,
             stats,
         );
-        self.in_flight.push_back(InFlightDebug(InFlight::Call {
+        self.in_flight.push_back(InFlight::Call {
             ex: Box::new(ex),
             response_bytes: 0,
-        }));
+        });
     }
 
     fn server_message(
@@ -197,8 +193,8 @@ impl WebSocket {
         });
         match self.in_flight.front_mut() {
             None => {}
-            Some(InFlightDebug(InFlight::Warmup)) => {}
-            Some(InFlightDebug(InFlight::Call { ex, response_bytes })) => {
+            Some(InFlight::Warmup) => {}
+            Some(InFlight::Call { ex, response_bytes }) => {
                 *response_bytes += wire;
                 // As one SSE event (JSON text has no raw newlines outside strings).
                 let mut event = Vec::with_capacity(message.len() + 8);
@@ -208,9 +204,7 @@ impl WebSocket {
                 ex.response_body(&event, ts_ns, *response_bytes, stats, out);
             }
         }
-        if terminal
-            && let Some(InFlightDebug(InFlight::Call { ex, response_bytes })) =
-                self.in_flight.pop_front()
+        if terminal && let Some(InFlight::Call { ex, response_bytes }) = self.in_flight.pop_front()
         {
             Self::end(*ex, response_bytes, ts_ns, true, stats, out);
         }
@@ -254,7 +248,7 @@ impl WebSocket {
         stats: &mut CaptureStats,
         out: &mut Vec<CaptureEvent>,
     ) {
-        while let Some(InFlightDebug(item)) = self.in_flight.pop_front() {
+        while let Some(item) = self.in_flight.pop_front() {
             if let InFlight::Call { ex, response_bytes } = item {
                 debug_assert!(ex.request == RequestState::Done);
                 Self::end(*ex, response_bytes, ts_ns, false, stats, out);

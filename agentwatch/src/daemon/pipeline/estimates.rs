@@ -126,9 +126,12 @@ impl Estimates {
         true
     }
 
-    /// Plaintext a hook captured for `tgid` (any connection).
+    /// Plaintext a hook captured for `tgid` (any connection). Called per captured chunk:
+    /// nothing to keep while no socket is metered (only turns after now would ask).
     pub fn on_exact(&mut self, tgid: u32, ts_ns: u64) {
-        self.exact_seen.insert(tgid, ts_ns);
+        if !self.conns.is_empty() {
+            self.exact_seen.insert(tgid, ts_ns);
+        }
     }
 
     pub fn on_bytes(
@@ -344,8 +347,14 @@ mod tests {
     #[test]
     fn exact_capture_supersedes_and_other_hosts_are_not_metered() {
         let mut e = Estimates::default();
-        e.on_exact(7, 9);
-        let out = run(&mut e, 40_000, 1);
+        // Exact plaintext while the socket is metered, after its turn began.
+        let mut out = Vec::new();
+        assert!(e.on_hello(7, 3, &hello("api.anthropic.com"), 1, || "x".into()));
+        e.on_bytes(7, 3, DIR_READ, 4000, 2, &mut out);
+        e.on_bytes(7, 3, DIR_WRITE, 40_000, 3, &mut out);
+        e.on_exact(7, 4);
+        e.on_bytes(7, 3, DIR_READ, 3000, 5, &mut out);
+        e.on_close(7, 3, &mut out);
         assert!(out.is_empty());
         assert_eq!(e.stats.superseded_turns, 1);
         assert!(!e.on_hello(7, 4, &hello("example.com"), 1, || "x".into()));
