@@ -28,6 +28,11 @@ pub const GATE_PREVIEW: usize = 256;
 /// call; one that is not an LLM request (handshake, a record between requests) keeps the
 /// process armed, since the request may follow without a read in between.
 pub const HOLD_TLS_RECORD: u64 = 1;
+/// `offset` of a hold record: the held call is a write syscall on a metered socket (an LLM
+/// host no hook covers), `ssl` = the fd. The syscall itself runs on; what it queued stays in
+/// the host because the socket is in `HELD_SOCKS` (dropped at egress) until user space
+/// releases it. The record is a [`SocketHold`].
+pub const HOLD_SOCKET: u64 = 2;
 /// An AEAD context (one direction of a rustls connection in an opaque binary) was used next
 /// to a socket syscall of the same thread: header only, `ssl` = context, `offset` = the fd,
 /// `direction` = which way. Links the context's records to their connection.
@@ -85,6 +90,8 @@ pub const DROP_PROC_EVENTS: u32 = 4;
 pub const DROP_READ_FAILED_BYTES: u32 = 5;
 /// Bytes of a plain `sendmsg`/`recvmsg`/`writev`/`readv` in iovecs beyond `MAX_IOVECS`.
 pub const DROP_IOV_BYTES: u32 = 6;
+/// Packets of held sockets kept from leaving the host (the egress gate of estimates).
+pub const DROP_HELD_PACKETS: u32 = 7;
 pub const DROP_COUNTERS: u32 = 8;
 
 /// Indexes of the `CONFIG` array, written by user space before any program is attached.
@@ -166,6 +173,17 @@ pub struct TlsDataHeader {
 
 pub const TLS_HEADER_LEN: usize = core::mem::size_of::<TlsDataHeader>();
 
+/// A write syscall on a metered socket held for a decision (`EVENT_GATE_HOLD` with
+/// `HOLD_SOCKET`): `header.ssl` = the fd, `header.call_len` = the bytes asked to be written
+/// (the first iovec's for vectored calls), `header.flags` = the gate state it found.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketHold {
+    pub header: TlsDataHeader,
+    /// The socket's cookie in `HELD_SOCKS` (0: unknown, its bytes could not be held back).
+    pub cookie: u64,
+}
+
 /// A TLS data record as staged in the per-CPU scratch buffer before output.
 #[repr(C)]
 pub struct TlsDataEvent {
@@ -239,6 +257,7 @@ mod user {
     use super::*;
     unsafe impl aya::Pod for ProcEvent {}
     unsafe impl aya::Pod for TlsDataHeader {}
+    unsafe impl aya::Pod for SocketHold {}
     unsafe impl aya::Pod for SslArgs {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for GoKey {}

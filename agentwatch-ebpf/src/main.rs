@@ -18,9 +18,11 @@ mod bpf {
             bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
             bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, generated,
         },
-        macros::{cgroup_sock_addr, map, tracepoint, uprobe, uretprobe},
+        macros::{cgroup_skb, cgroup_sock_addr, map, tracepoint, uprobe, uretprobe},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-        programs::{ProbeContext, RetProbeContext, SockAddrContext, TracePointContext},
+        programs::{
+            ProbeContext, RetProbeContext, SkBuffContext, SockAddrContext, TracePointContext,
+        },
     };
 
     const CLONE_THREAD: u64 = 0x0001_0000;
@@ -110,6 +112,21 @@ mod bpf {
     /// Processes whose AEAD functions were called (their read syscalls are remembered).
     #[map]
     static AEAD_TGIDS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+
+    /// Per thread: the fd of a connect to an estimate port, from the syscall's entry to the
+    /// cgroup connect hook inside it, which knows the socket's cookie.
+    #[map]
+    static CONNECT_FDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+    /// (tgid << 32 | fd) of sockets connected to an estimate port → socket cookie (filled by
+    /// the connect hooks, which are attached when ceilings are configured).
+    #[map]
+    static SOCK_COOKIES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+    /// Cookies of sockets whose queued bytes must not leave the host (a held, killed or
+    /// blocked write on a metered socket) → 1. Written here, released by user space.
+    #[map]
+    static HELD_SOCKS: HashMap<u64, u32> = HashMap::with_max_entries(16384, 0);
 
     #[map]
     static SCRATCH: PerCpuArray<TlsDataEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -490,6 +507,7 @@ mod bpf {
         if unsafe { PLAIN_PORTS.get(&port) }.is_none() {
             if unsafe { ESTIMATE_PORTS.get(&port) }.is_some() {
                 let _ = TLS_SOCKS.insert(&(((tgid as u64) << 32) | fd), &SOCK_CONNECTED, 0);
+                let _ = CONNECT_FDS.insert(&pid_tgid, &fd, 0);
             }
             return Ok(());
         }
@@ -509,6 +527,7 @@ mod bpf {
                     emit_socket(pid_tgid, EVENT_SOCKET_CLOSE, 0, fd & 0xffff_ffff, 0);
                 }
                 let _ = TLS_SOCKS.remove(&key);
+                let _ = SOCK_COOKIES.remove(&key);
             }
         }
         0
@@ -551,6 +570,9 @@ mod bpf {
         let write = matches!(nr, 1 | 20 | 44 | 46);
         if state == SOCK_METERED {
             let direction = if write { DIR_WRITE } else { DIR_READ };
+            if write {
+                socket_gate(pid_tgid, key, fd, data.map_or(0, |(_, len)| len));
+            }
             if METER_ARGS
                 .insert(&pid_tgid, &(fd | ((direction as u64) << 32)), 0)
                 .is_err()
@@ -603,6 +625,60 @@ mod bpf {
         }
     }
 
+    /// The pre-commit gate for sockets no hook covers: a gated process's write on a metered
+    /// socket cannot be stopped before it runs (the signal comes on the syscall's return), so
+    /// the socket goes into `HELD_SOCKS` first and the egress program keeps whatever the
+    /// write queues inside the host until user space decides.
+    #[inline(always)]
+    fn socket_gate(pid_tgid: u64, key: u64, fd: u64, len: u64) {
+        let tgid = (pid_tgid >> 32) as u32;
+        let state = match unsafe { GATE.get(&tgid) } {
+            Some(s) => *s,
+            None if config(CFG_HOST_GATE) == Some(1) => GATE_ARMED,
+            None => return,
+        };
+        if state == GATE_GRANTED {
+            return;
+        }
+        let mut cookie = match unsafe { SOCK_COOKIES.get(&key) } {
+            Some(c) => *c,
+            None => 0,
+        };
+        if cookie != 0 && HELD_SOCKS.insert(&cookie, &1, 0).is_err() {
+            cookie = 0;
+        }
+        if state == GATE_KILL {
+            unsafe {
+                generated::bpf_send_signal(SIGKILL);
+            }
+            return;
+        }
+        if state == GATE_ARMED {
+            let _ = GATE.insert(&tgid, &GATE_HELD, 0);
+        }
+        unsafe {
+            generated::bpf_send_signal(SIGSTOP);
+        }
+        let hold = SocketHold {
+            header: TlsDataHeader {
+                kind: EVENT_GATE_HOLD,
+                tgid,
+                tid: pid_tgid as u32,
+                direction: DIR_WRITE,
+                flags: state,
+                len: 0,
+                ssl: fd,
+                ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+                call_len: len,
+                offset: HOLD_SOCKET,
+            },
+            cookie,
+        };
+        if EVENTS.output::<SocketHold>(&hold, 0).is_err() {
+            count(DROP_RINGBUF_EVENTS, 1);
+        }
+    }
+
     /// Exit of a read/write syscall of a metered socket: its byte count.
     #[inline(always)]
     fn meter_exit(ctx: &TracePointContext, pid_tgid: u64) {
@@ -620,6 +696,15 @@ mod bpf {
             } else {
                 ret as u32
             };
+            if (args >> 32) as u32 == DIR_READ {
+                // As after an SSL read: a granted process that reads may write a new request.
+                let tgid = (pid_tgid >> 32) as u32;
+                if let Some(state) = unsafe { GATE.get(&tgid) }
+                    && *state == GATE_GRANTED
+                {
+                    let _ = GATE.insert(&tgid, &GATE_ARMED, 0);
+                }
+            }
             emit_socket(
                 pid_tgid,
                 EVENT_SOCKET_BYTES,
@@ -1211,8 +1296,24 @@ mod bpf {
     // Attached at the cgroup v2 root (every process runs them on connect; one hash lookup
     // for processes that are not blocked). Returning 0 makes connect() fail with EPERM.
 
+    /// Inside a connect that `sys_enter_connect` saw to an estimate port: the socket's cookie,
+    /// which names it in the egress program.
+    #[inline(always)]
+    fn link_cookie(ctx: &SockAddrContext) {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let Some(fd) = (unsafe { CONNECT_FDS.get(&pid_tgid) }) else {
+            return;
+        };
+        let fd = *fd;
+        let _ = CONNECT_FDS.remove(&pid_tgid);
+        let cookie = unsafe { generated::bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
+        let key = (pid_tgid & 0xffff_ffff_0000_0000) | fd;
+        let _ = SOCK_COOKIES.insert(&key, &cookie, 0);
+    }
+
     #[cgroup_sock_addr(connect4)]
     pub fn block_connect4(ctx: SockAddrContext) -> i32 {
+        link_cookie(&ctx);
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         if unsafe { BLOCKED_TGIDS.get(&tgid) }.is_none() {
             return 1;
@@ -1233,6 +1334,7 @@ mod bpf {
 
     #[cgroup_sock_addr(connect6)]
     pub fn block_connect6(ctx: SockAddrContext) -> i32 {
+        link_cookie(&ctx);
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         if unsafe { BLOCKED_TGIDS.get(&tgid) }.is_none() {
             return 1;
@@ -1255,6 +1357,19 @@ mod bpf {
         } else {
             1
         }
+    }
+
+    /// Egress of every socket (attached at the cgroup v2 root with the connect hooks): packets
+    /// of a held socket are dropped, so TCP keeps them queued (and retries them once the
+    /// socket is released); everything else costs one hash lookup.
+    #[cgroup_skb(egress)]
+    pub fn hold_egress(ctx: SkBuffContext) -> i32 {
+        let cookie = unsafe { generated::bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
+        if cookie != 0 && unsafe { HELD_SOCKS.get(&cookie) }.is_some() {
+            count(DROP_HELD_PACKETS, 1);
+            return 0;
+        }
+        1
     }
 
     #[panic_handler]

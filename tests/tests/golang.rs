@@ -252,3 +252,142 @@ fn stripped_go_binary_to_an_llm_host_is_estimated_within_bounds() {
     );
     assert_eq!(u(&status["estimates"]["stats"]["estimated_calls"]), 3);
 }
+
+/// A daemon that estimates the mock's port (it stands for 443) under `ceilings` (TOML).
+fn estimating_daemon(mock: &Mock, ceilings: &str) -> Daemon {
+    let dir = Scratch::new("go-estimate-ceiling");
+    let config = dir.0.join("agentwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[probes]\nestimate_ports = [{}]\n\n{ceilings}",
+            mock.port
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    Daemon::start_in(dir, &["--config", &config])
+}
+
+/// The stripped Go client in a loop of `calls` calls to `api.openai.com` (the mock), each
+/// request ~40 KB like an agent's, on one kept-alive connection.
+fn estimated_loop(bin: &Path, mock: &Mock, tag: &str, calls: usize) -> std::process::Child {
+    Command::new(bin)
+        .arg("-base-url")
+        .arg(format!("https://api.openai.com:{}", mock.port))
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{}", mock.port))
+        .arg("-ca")
+        .arg(&mock.ca)
+        .args(["-tag", tag, "-calls", &calls.to_string(), "-pad", "40000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the Go client")
+}
+
+fn wait_child(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the Go client did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for the ledger row of `pid`'s session and returns (its calls, blocked attempts, row).
+fn estimated_rows(daemon: &Daemon, pid: u32) -> (Vec<Value>, Vec<Value>, Value) {
+    daemon.wait_for(&format!("the ledger row of {pid}"), |_, l| {
+        !ledger_of(l, pid).is_empty()
+    });
+    let row = ledger_of(&daemon.ledger(), pid).remove(0);
+    let (blocked, calls): (Vec<Value>, Vec<Value>) = calls_of(&daemon.calls(), pid)
+        .into_iter()
+        .partition(|c| c["blocked"] == true);
+    (calls, blocked, row)
+}
+
+/// Ceilings hold sessions no hook covers at the socket write: a stripped Go binary looping
+/// on an LLM host is estimated, and `session_calls = 2` with `kill` lets exactly two
+/// requests reach the server. The third request's write ran, but the socket was held, so
+/// its bytes never left before the process was killed.
+#[test]
+fn estimated_session_is_killed_before_its_next_call_leaves() {
+    let dir = Scratch::new("go-estimate-kill");
+    let bin: PathBuf = dir.0.join("goclient");
+    go_build(&bin, "-s -w");
+    let mock = Mock::start(&[]);
+    let daemon = estimating_daemon(&mock, "[ceilings]\nsession_calls = 2\naction = \"kill\"\n");
+    let tag = "go-estimate-kill";
+    let mut child = estimated_loop(&bin, &mock, tag, 6);
+    let pid = child.id();
+    let status = wait_child(&mut child);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "killed: {status:?}");
+    let (calls, blocked, row) = estimated_rows(&daemon, pid);
+    // Let a late retransmission show itself, if any byte of the third request had left.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(mock.served_with_tag(tag).len(), 2, "requests that left the host");
+    assert_eq!(mock.incomplete_with_tag(tag), Vec::<Value>::new(), "no byte of the third");
+    assert_eq!(calls.len(), 2, "{calls:#?}");
+    for call in &calls {
+        assert_eq!(call["usage_source"], "estimated", "{call}");
+    }
+    assert_eq!(blocked.len(), 1, "the held third request: {blocked:#?}");
+    assert_eq!(u(&blocked[0]["total_tokens"]), 0);
+    assert_eq!(row["outcome"], "killed", "{row}");
+    assert_eq!(u(&row["call_count"]), 2, "{row}");
+    assert_eq!(u(&row["estimated_calls"]), 2, "{row}");
+    assert_ledger_totals(&calls, &row);
+    let status = daemon.cli_json(&["status"]);
+    let stats = &status["ceilings"]["stats"];
+    assert!(u(&stats["socket_holds"]) >= 2, "{stats}");
+    assert_eq!(u(&stats["socket_holds_unprotected"]), 0, "{stats}");
+    assert!(u(&status["kernel_drops"]["held_packets_kept"]) >= 1, "{status:#}");
+}
+
+/// Spend ceilings charge an estimate at its upper bound: the model is unknown, so an
+/// estimated call's input counts at `input_tokens_high` times the price table's highest
+/// input rate (pinned here by a `[[pricing]]` entry at $1,000 per million). With
+/// `session_usd = 15` and ~$10 a call, the second call crosses and the third is blocked at
+/// the socket: the process stays alive and its call fails; the server saw two requests.
+#[test]
+fn estimated_spend_counts_its_upper_bound_and_block_fails_the_next_call() {
+    let dir = Scratch::new("go-estimate-block");
+    let bin: PathBuf = dir.0.join("goclient");
+    go_build(&bin, "-s -w");
+    let mock = Mock::start(&[]);
+    let daemon = estimating_daemon(
+        &mock,
+        "[ceilings]\nsession_usd = 15.0\naction = \"block\"\n\n[[pricing]]\nmodel = \"test-priciest\"\ninput_per_mtok = 1000.0\noutput_per_mtok = 0.0\n",
+    );
+    let tag = "go-estimate-block";
+    let mut child = estimated_loop(&bin, &mock, tag, 6);
+    let pid = child.id();
+    let status = wait_child(&mut child);
+    assert_eq!(status.code(), Some(1), "alive until its call failed: {status:?}");
+    let (calls, blocked, row) = estimated_rows(&daemon, pid);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(mock.served_with_tag(tag).len(), 2, "requests that left the host");
+    assert_eq!(mock.incomplete_with_tag(tag), Vec::<Value>::new(), "no byte of the third");
+    assert_eq!(calls.len(), 2, "{calls:#?}");
+    let mut bound = 0.0;
+    for call in &calls {
+        let high = u(&call["estimate"]["input_tokens_high"]) as f64;
+        let cost_high = call["estimate"]["cost_usd_high"].as_f64().unwrap();
+        assert!(approx(cost_high, high * 1000.0 / 1e6), "{call}");
+        assert!(call["cost_usd"].is_null(), "an estimate is no bill: {call}");
+        bound += cost_high;
+    }
+    assert!(bound >= 15.0 && bound - calls[1]["estimate"]["cost_usd_high"].as_f64().unwrap() < 15.0);
+    assert!(!blocked.is_empty(), "{blocked:#?}");
+    assert_eq!(row["outcome"], "blocked", "{row}");
+    assert_ledger_totals(&calls, &row);
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(u(&status["ceilings"]["stats"]["socket_holds_unprotected"]), 0);
+}

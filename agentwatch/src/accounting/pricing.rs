@@ -215,6 +215,20 @@ impl Pricing {
         })
     }
 
+    /// The highest input rate of any model listed (overrides and the built-in table): what
+    /// an estimated call, whose model is unknown, is taken to cost at most per input token.
+    pub fn highest_input_per_mtok(&self) -> f64 {
+        [&self.overrides, &self.builtin]
+            .iter()
+            .flat_map(|t| {
+                t.exact
+                    .values()
+                    .chain(t.prefixes.iter().map(|(_, r)| r))
+                    .map(|r| r.input_per_mtok)
+            })
+            .fold(0.0, f64::max)
+    }
+
     /// USD cost of `usage` on `model`; `None` (and one warning per name) for unknown models.
     pub fn cost_usd(&self, model: &str, usage: &Usage) -> Option<f64> {
         match self.rates(model) {
@@ -453,5 +467,22 @@ mod tests {
             ),
             Err(PricingError::Duplicate { .. })
         ));
+    }
+
+    #[test]
+    fn highest_input_rate_covers_overrides() {
+        let p = Pricing::builtin().unwrap();
+        let top = p.highest_input_per_mtok();
+        assert!(top >= 15.0, "{top}");
+        let p = p
+            .with_overrides(vec![PriceOverride {
+                model: "house-model".into(),
+                input_per_mtok: 99.0,
+                output_per_mtok: 1.0,
+                cache_read_per_mtok: None,
+                cache_write_per_mtok: None,
+            }])
+            .unwrap();
+        assert_eq!(p.highest_input_per_mtok(), 99.0);
     }
 }

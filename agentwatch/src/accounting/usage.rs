@@ -56,6 +56,10 @@ pub struct Estimate {
     pub output_unknown: bool,
     /// How it was measured, e.g. `SNI api.openai.com; 41234 bytes sent`.
     pub basis: String,
+    /// The most the input could have cost: `input_tokens_high` at the highest input rate
+    /// of the price table (the model is unknown). Ceilings charge this; output is not in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd_high: Option<f64>,
 }
 
 #[cfg(test)]

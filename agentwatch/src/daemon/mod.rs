@@ -451,6 +451,8 @@ fn answer(
                     "block": BLOCK_STATUS.get(),
                     "stats": p.policy.as_ref().map(|pol| &pol.stats),
                     "gate_errors": p.gate.as_ref().map(|g| g.errors),
+                    // Metered sockets whose queued bytes are kept in the host now.
+                    "held_sockets": p.gate.as_ref().map(|g| g.held_sockets()),
                 },
                 "sinks": exports.status_json(),
                 "kubernetes": pods.status(),

@@ -118,31 +118,89 @@ fn parse_proc_addr(s: &str, v6: bool) -> Option<SocketAddr> {
 /// through a duplicate of its socket taken with pidfd_getfd: its pending TLS write then
 /// fails instead of sending. Returns the remote addresses cut.
 pub fn cut_connections(pid: u32, dests: &HashSet<SocketAddr>) -> Vec<SocketAddr> {
-    let targets: Vec<(i32, SocketAddr)> = established_sockets(pid)
+    established_sockets(pid)
         .into_iter()
-        .filter(|(_, remote)| dests.contains(remote))
-        .collect();
-    if targets.is_empty() {
-        return Vec::new();
-    }
+        .filter(|(fd, remote)| dests.contains(remote) && cut_socket(pid, *fd as u64))
+        .map(|(_, remote)| remote)
+        .collect()
+}
+
+/// Runs `f` on a duplicate of process `pid`'s descriptor `fd` (the same open socket).
+fn with_fd(pid: u32, fd: u64, f: impl FnOnce(i32) -> bool) -> bool {
+    let Ok(fd) = i32::try_from(fd) else {
+        return false;
+    };
     // SAFETY: raw syscalls with integer arguments; every fd we get is closed below.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) } as i32;
     if pidfd < 0 {
-        return Vec::new();
+        return false;
     }
-    let mut cut = Vec::new();
-    for (fd, remote) in targets {
-        let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) } as i32;
-        if dup < 0 {
-            continue;
-        }
-        if unsafe { libc::shutdown(dup, libc::SHUT_RDWR) } == 0 {
-            cut.push(remote);
-        }
+    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) } as i32;
+    let done = dup >= 0 && f(dup);
+    if dup >= 0 {
         unsafe { libc::close(dup) };
     }
     unsafe { libc::close(pidfd) };
-    cut
+    done
+}
+
+/// The socket `fd` of `pid` aborts when its process closes it (`SO_LINGER` 0): what it
+/// still has queued is discarded, never sent. Returns the setting it had, to restore.
+pub fn abort_on_close(pid: u32, fd: u64) -> Option<libc::linger> {
+    let mut before = None;
+    with_fd(pid, fd, |dup| {
+        let mut old = libc::linger {
+            l_onoff: 0,
+            l_linger: 0,
+        };
+        let mut len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+        // SAFETY: getsockopt into a linger of the given size.
+        let got = unsafe {
+            libc::getsockopt(
+                dup,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&mut old as *mut libc::linger).cast(),
+                &mut len,
+            )
+        } == 0;
+        let set = set_linger(
+            dup,
+            libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            },
+        );
+        if got && set {
+            before = Some(old);
+        }
+        set
+    });
+    before
+}
+
+/// Puts back what `abort_on_close` changed (the write was granted after all).
+pub fn restore_linger(pid: u32, fd: u64, linger: libc::linger) -> bool {
+    with_fd(pid, fd, |dup| set_linger(dup, linger))
+}
+
+fn set_linger(fd: i32, linger: libc::linger) -> bool {
+    // SAFETY: setsockopt with a valid pointer and its size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+/// Cuts the socket `fd` of `pid` (both directions): its reads end, its writes fail.
+pub fn cut_socket(pid: u32, fd: u64) -> bool {
+    // SAFETY: shutdown on a descriptor we own.
+    with_fd(pid, fd, |dup| unsafe { libc::shutdown(dup, libc::SHUT_RDWR) } == 0)
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ pub struct Gate {
     blocked_tgids: HashMap<MapData, u32, u32>,
     dest4: HashMap<MapData, Dest4, u32>,
     dest6: HashMap<MapData, Dest6, u32>,
+    /// Sockets whose queued bytes the egress program keeps in the host (cookie → 1).
+    held_socks: HashMap<MapData, u64, u32>,
     /// Writes that failed (map full, process gone): counted, shown in status.
     pub errors: u64,
 }
@@ -70,6 +72,18 @@ impl Gate {
         }
     }
 
+    /// A held socket's bytes may leave again (TCP sends what it queued).
+    pub fn release_socket(&mut self, cookie: u64) {
+        if cookie != 0 {
+            let _ = self.held_socks.remove(&cookie);
+        }
+    }
+
+    /// Sockets held now.
+    pub fn held_sockets(&self) -> usize {
+        self.held_socks.keys().count()
+    }
+
     pub fn set_host_gate(&mut self, on: bool) {
         if self.config.set(abi::CFG_HOST_GATE, on as u32, 0).is_err() {
             self.errors += 1;
@@ -114,12 +128,14 @@ pub fn take(ebpf: &mut aya::Ebpf) -> Result<Gate, ProbeError> {
     let dest4 = HashMap::try_from(take("BLOCKED_DEST4")?).map_err(map_err("BLOCKED_DEST4"))?;
     let dest6 = HashMap::try_from(take("BLOCKED_DEST6")?).map_err(map_err("BLOCKED_DEST6"))?;
     let config = Array::try_from(take("CONFIG")?).map_err(map_err("CONFIG"))?;
+    let held_socks = HashMap::try_from(take("HELD_SOCKS")?).map_err(map_err("HELD_SOCKS"))?;
     Ok(Gate {
         gate,
         config,
         blocked_tgids,
         dest4,
         dest6,
+        held_socks,
         errors: 0,
     })
 }

@@ -118,6 +118,10 @@ pub struct PolicyStats {
     pub holds_granted: u64,
     pub holds_not_llm: u64,
     pub holds_denied: u64,
+    /// Holds of write syscalls on metered sockets (TLS no hook covers), and those whose
+    /// bytes could not be held back (the socket's connect was not seen by the hooks).
+    pub socket_holds: u64,
+    pub socket_holds_unprotected: u64,
     pub ceiling_hits: u64,
     pub processes_killed: u64,
     pub processes_paused: u64,
@@ -443,6 +447,8 @@ impl Policy {
         struct Row {
             ended_at: String,
             cost_usd: Option<f64>,
+            #[serde(default)]
+            estimate: Option<crate::accounting::Estimate>,
         }
         let Ok(text) = std::fs::read_to_string(calls_jsonl) else {
             return;
@@ -455,7 +461,11 @@ impl Policy {
             .filter_map(|r| {
                 let ended = crate::sessions::clock::parse_rfc3339(&r.ended_at)?;
                 let age = u64::try_from(now_unix - ended).ok()?;
-                (age < DAY_NS).then(|| (now_boot.saturating_sub(age), r.cost_usd.unwrap_or(0.0)))
+                let cost = r
+                    .cost_usd
+                    .or(r.estimate.and_then(|e| e.cost_usd_high))
+                    .unwrap_or(0.0);
+                (age < DAY_NS).then(|| (now_boot.saturating_sub(age), cost))
             })
             .collect();
         rows.sort_by_key(|(t, _)| *t);
@@ -511,18 +521,18 @@ impl Policy {
 fn spend_hit(s: &SessionPolicy, totals: &SessionTotals, action: Action) -> Option<Hit> {
     if let Some(max) = s.limits.session_usd {
         let limit = max + s.raise_usd;
-        if totals.cost_usd >= limit {
+        if totals.spend_bound_usd >= limit {
             return Some(Hit {
                 ceiling: "session_usd",
                 limit,
-                value: totals.cost_usd,
+                value: totals.spend_bound_usd,
                 action,
             });
         }
     }
     if let Some(max) = s.limits.session_tokens {
         let limit = max + s.raise_tokens;
-        let used = totals.usage.total_tokens();
+        let used = totals.tokens_bound;
         if used >= limit {
             return Some(Hit {
                 ceiling: "session_tokens",
@@ -558,6 +568,8 @@ mod tests {
             },
             cost_usd: cost,
             calls,
+            tokens_bound: tokens,
+            spend_bound_usd: cost,
         }
     }
 

@@ -37,6 +37,17 @@ pub enum KernelEvent<'a> {
         /// The held write is one TLS record (`HOLD_TLS_RECORD`).
         record: bool,
     },
+    /// A gated process was stopped after a write syscall on a metered socket (`HOLD_SOCKET`),
+    /// whose queued bytes are held in the host under `cookie` (0: they could not be).
+    SocketHold {
+        tgid: u32,
+        fd: u64,
+        state: u32,
+        ts_ns: u64,
+        /// Bytes the write asked to send (the first iovec's for vectored calls).
+        len: u64,
+        cookie: u64,
+    },
     /// A new TLS connection starts on `ssl` (the pointer may be a reused one).
     TlsHandshake {
         tgid: u32,
@@ -133,6 +144,17 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
         }
         EVENT_GATE_HOLD => {
             let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;
+            if header.offset & agentwatch_ebpf::HOLD_SOCKET != 0 {
+                let hold = read::<agentwatch_ebpf::SocketHold>(bytes).ok_or_else(short)?;
+                return Ok(KernelEvent::SocketHold {
+                    tgid: header.tgid,
+                    fd: header.ssl,
+                    state: header.flags,
+                    ts_ns: header.ts_ns,
+                    len: header.call_len,
+                    cookie: hold.cookie,
+                });
+            }
             let preview = bytes
                 .get(TLS_HEADER_LEN..TLS_HEADER_LEN + header.len as usize)
                 .ok_or_else(short)?;

@@ -119,6 +119,10 @@ pub struct DropCounters {
     /// Plain vectored calls: bytes in iovecs beyond the copied `MAX_IOVECS`.
     #[serde(default)]
     pub iov_bytes_not_copied: u64,
+    /// Not loss: packets of held sockets (a gated write on a metered socket) kept inside the
+    /// host by the egress program until a decision (TCP sends them again once released).
+    #[serde(default)]
+    pub held_packets_kept: u64,
 }
 
 /// (symbol, entry program, return program): the data-moving calls of OpenSSL's and GnuTLS's
@@ -726,9 +730,10 @@ impl Probes {
         crate::policy::gate::take(&mut self.ebpf)
     }
 
-    /// Attaches the `block` connect programs at the cgroup v2 root; returns where.
+    /// Attaches the `block` connect programs and the egress program that holds metered
+    /// sockets' bytes at the cgroup v2 root; returns where.
     pub fn attach_block_programs(&mut self) -> Result<PathBuf, ProbeError> {
-        use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+        use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr};
         let root = cgroup2_root().ok_or_else(|| ProbeError::Cgroup {
             detail: "no cgroup2 mount in /proc/self/mounts".into(),
         })?;
@@ -743,6 +748,16 @@ impl Probes {
                 .attach(&dir, CgroupAttachMode::Single)
                 .map_err(load_error(name))?;
         }
+        let name = "hold_egress";
+        let program: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+        program.load().map_err(load_error(name))?;
+        program
+            .attach(
+                &dir,
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single,
+            )
+            .map_err(load_error(name))?;
         Ok(root)
     }
 
@@ -761,6 +776,7 @@ impl Probes {
             proc_events: sum(abi::DROP_PROC_EVENTS),
             read_failed_bytes: sum(abi::DROP_READ_FAILED_BYTES),
             iov_bytes_not_copied: sum(abi::DROP_IOV_BYTES),
+            held_packets_kept: sum(abi::DROP_HELD_PACKETS),
         }
     }
 }

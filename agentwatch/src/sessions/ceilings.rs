@@ -22,6 +22,9 @@ pub struct SessionTotals {
     pub usage: Usage,
     pub cost_usd: f64,
     pub calls: u64,
+    /// Tokens and spend with estimated calls at their upper bounds (what ceilings compare).
+    pub tokens_bound: u64,
+    pub spend_bound_usd: f64,
 }
 
 impl Sessions {
@@ -50,6 +53,11 @@ impl Sessions {
             usage: s.usage,
             cost_usd: s.cost_usd,
             calls: s.call_count,
+            tokens_bound: s
+                .usage
+                .total_tokens()
+                .saturating_add(s.estimate_margin_tokens),
+            spend_bound_usd: s.cost_usd + s.estimate_margin_usd,
         })
     }
 

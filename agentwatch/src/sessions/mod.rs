@@ -223,6 +223,10 @@ struct Session {
     unpriced: u64,
     /// Calls by how they were measured (`usage_source`).
     estimated: u64,
+    /// How far estimated calls could be above their point estimates (input tokens, and the
+    /// input's cost at the highest rate): ceilings charge the upper bounds.
+    estimate_margin_tokens: u64,
+    estimate_margin_usd: f64,
     usage_missing: u64,
     call_count: u64,
     depth_max: u32,
@@ -258,6 +262,12 @@ impl Session {
         match rec.cost_usd {
             Some(c) => self.cost_usd += c,
             None => self.unpriced += 1,
+        }
+        if let Some(e) = &rec.estimate {
+            self.estimate_margin_tokens = self
+                .estimate_margin_tokens
+                .saturating_add(e.input_tokens_high.saturating_sub(rec.input_tokens));
+            self.estimate_margin_usd += e.cost_usd_high.unwrap_or(0.0);
         }
         match rec.usage_source {
             crate::accounting::UsageSource::Estimated => self.estimated += 1,
@@ -475,6 +485,8 @@ impl Sessions {
                     cost_usd: 0.0,
                     unpriced: 0,
                     estimated: 0,
+                    estimate_margin_tokens: 0,
+                    estimate_margin_usd: 0.0,
                     usage_missing: 0,
                     call_count: 0,
                     depth_max: 0,
@@ -671,6 +683,8 @@ impl Sessions {
                 cost_usd: 0.0,
                 unpriced: 0,
                 estimated: 0,
+                estimate_margin_tokens: 0,
+                estimate_margin_usd: 0.0,
                 usage_missing: 0,
                 call_count: 0,
                 depth_max: 0,

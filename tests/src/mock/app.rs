@@ -106,6 +106,24 @@ impl AppState {
         })
     }
 
+    /// Logs a request whose head arrived but whose body did not (whole): proof that some
+    /// of it left its client, though nothing was served.
+    pub fn incomplete(&self, conn: u64, protocol: &str, method: &str, path: &str, tag: Option<String>, wire_bytes: u64) {
+        let rec = LogRecord {
+            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            conn,
+            protocol: protocol.to_string(),
+            method: method.to_string(),
+            path: path.split('?').next().unwrap_or_default().to_string(),
+            tag,
+            request_wire_bytes: wire_bytes,
+            incomplete: true,
+            ts_ms: super::log::now_ms(),
+            ..Default::default()
+        };
+        self.log.write(&rec);
+    }
+
     /// Completes and writes a log record for a finished response.
     pub fn finish(&self, resp: &Response, truncated: bool, response_wire_bytes: u64) {
         let mut rec = resp.log.clone();

@@ -510,8 +510,19 @@ pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(io: IO, state: &AppState,
                 _ => break,
             }
         }
+        // The head of a request whose body has not arrived (yet): logged as incomplete
+        // if the body never does.
+        let mut pending: Option<(String, String, Option<String>)> = None;
         let read = timeout(REQUEST_TIMEOUT, async {
             let head = conn.read_head().await?;
+            pending = Some((
+                head.method.clone(),
+                head.target.clone(),
+                head.headers
+                    .iter()
+                    .find(|(k, _)| k == "x-test-tag")
+                    .map(|(_, v)| v.clone()),
+            ));
             let framing = framing(&head)?;
             let expects = head
                 .headers
@@ -525,6 +536,12 @@ pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(io: IO, state: &AppState,
         })
         .await
         .unwrap_or(Err(ReadErr::Timeout));
+        if read.is_err()
+            && let Some((method, target, tag)) = pending.take()
+        {
+            let wire = conn.consumed + conn.buf.len() as u64;
+            state.incomplete(conn_id, PROTOCOL, &method, &target, tag, wire);
+        }
         let (head, body) = match read {
             Ok(x) => x,
             Err(ReadErr::Closed) | Err(ReadErr::Io) => break,

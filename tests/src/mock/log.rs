@@ -59,6 +59,10 @@ pub struct LogRecord {
     pub websocket_deflate: Option<bool>,
     /// Unix time in milliseconds when the response finished.
     pub ts_ms: u64,
+    /// Only a request's head (and part of its body) arrived before the connection ended or
+    /// timed out: no request was served. `request_wire_bytes` says how much came.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub incomplete: bool,
 }
 
 /// Where log lines go (nowhere without `--log`).

@@ -123,6 +123,17 @@ impl Mock {
     /// The mock's log lines (one per served request).
     pub fn served(&self) -> Vec<Value> {
         read_jsonl(&self.log)
+            .into_iter()
+            .filter(|v| v["incomplete"] != true)
+            .collect()
+    }
+
+    /// Requests of which only a part arrived (their head, some of the body).
+    pub fn incomplete_with_tag(&self, tag: &str) -> Vec<Value> {
+        read_jsonl(&self.log)
+            .into_iter()
+            .filter(|v| v["incomplete"] == true && v["tag"].as_str() == Some(tag))
+            .collect()
     }
 
     pub fn served_with_tag(&self, tag: &str) -> Vec<Value> {
@@ -432,8 +443,8 @@ pub fn rows_of(daemon: &Daemon, pid: u32, n: usize) -> (Vec<Value>, Value) {
     (calls, ledger[0].clone())
 }
 
-/// The ledger row's totals are the sums of its calls.
-pub fn assert_ledger_sums(calls: &[Value], row: &Value) {
+/// The ledger row's totals are the sums of its calls (whatever its outcome).
+pub fn assert_ledger_totals(calls: &[Value], row: &Value) {
     for field in TOKEN_FIELDS {
         let sum: u64 = calls.iter().map(|c| u(&c[field])).sum();
         assert_eq!(u(&row[field]), sum, "ledger {field}: {row}");
@@ -448,6 +459,11 @@ pub fn assert_ledger_sums(calls: &[Value], row: &Value) {
         "{row}"
     );
     assert_eq!(u(&row["call_count"]), calls.len() as u64);
+}
+
+/// The ledger row's totals are the sums of its calls, and the session ran to its end.
+pub fn assert_ledger_sums(calls: &[Value], row: &Value) {
+    assert_ledger_totals(calls, row);
     assert_eq!(row["outcome"], "completed");
 }
 

@@ -11,6 +11,17 @@ use crate::providers::{Api, LlmRequest, provider_name};
 use crate::sessions::ceilings::Prospect;
 use crate::sessions::{CallRecord, CeilingHit, Outcome};
 
+use super::estimates::HeldWrite;
+
+/// A metered socket whose queued bytes the kernel holds (`HELD_SOCKS`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HeldSocket {
+    fd: u64,
+    cookie: u64,
+    /// Its `SO_LINGER` before the hold made it abort on close, to restore on a grant.
+    linger: Option<libc::linger>,
+}
+
 /// The LLM request a held write starts, if its first bytes are an HTTP request line of a
 /// known LLM API. The bytes are read here and dropped; nothing of them is kept but the
 /// method/path shape and the Host header.
@@ -41,6 +52,12 @@ fn held_request(api: Api, host: Option<String>, http_version: &str, ts_ns: u64) 
         http_version: http_version.into(),
         started_at_ns: ts_ns,
         request_bytes: 0,
+    }
+}
+
+impl HeldSocket {
+    pub(super) fn cookie(&self) -> u64 {
+        self.cookie
     }
 }
 
@@ -107,7 +124,11 @@ impl Pipeline {
             return;
         }
         let policy = self.policy.as_mut().expect("gating");
-        policy.note_cost(ts_ns, record.cost_usd.unwrap_or(0.0));
+        // An estimated call counts at the most it could have cost.
+        let cost = record
+            .cost_usd
+            .or(record.estimate.as_ref().and_then(|e| e.cost_usd_high));
+        policy.note_cost(ts_ns, cost.unwrap_or(0.0));
         let session = policy.session(&record.session_id, None);
         if let Some(addr) = &record.server_address {
             session.endpoints.insert(addr.clone());
@@ -179,9 +200,104 @@ impl Pipeline {
             cont(tgid);
             return;
         };
+        self.decide_hold(tgid, key, state, &req, ts_ns, None);
+    }
+
+    /// A gated process is stopped after a write syscall on a metered socket (TLS no hook
+    /// covers), whose queued bytes the egress program keeps in the host: decide as for an
+    /// SSL write, from what the connection's bytes tell (see `Estimates::held_write`).
+    pub(super) fn on_socket_hold(
+        &mut self,
+        tgid: u32,
+        fd: u64,
+        state: u32,
+        ts_ns: u64,
+        len: u64,
+        cookie: u64,
+    ) {
+        let mut held = HeldSocket {
+            fd,
+            cookie,
+            linger: None,
+        };
+        let key = self.tree.ensure(tgid);
+        let (Some(key), Some(policy)) = (key, self.policy.as_mut()) else {
+            self.release_socket(cookie);
+            self.gate_set(tgid, GATE_GRANTED);
+            cont(tgid);
+            return;
+        };
+        policy.stats.holds += 1;
+        policy.stats.socket_holds += 1;
+        if cookie == 0 {
+            // Connected before the daemon (or its connect hooks) ran: the write was not held.
+            policy.stats.socket_holds_unprotected += 1;
+        }
+        if state == GATE_PAUSED {
+            // Continued by someone else while paused: it stays stopped until approved.
+            self.keep_held(tgid, held);
+            return;
+        }
+        let kind = self.estimates.held_write(tgid, fd, len);
+        if kind != HeldWrite::Request {
+            policy.stats.holds_not_llm += 1;
+            self.release_socket(cookie);
+            if state != GATE_BLOCKED {
+                let rearm = kind == HeldWrite::Handshake;
+                self.gate_set(tgid, if rearm { GATE_ARMED } else { GATE_GRANTED });
+            }
+            cont(tgid);
+            return;
+        }
+        // Should the process die now, its socket aborts rather than send what it queued
+        // (undone on a grant).
+        held.linger = enforce::abort_on_close(tgid, fd);
+        // The answered turn before this write is charged first, so the decision sees it;
+        // charging it may stop the session by itself (the fast path of `after_call`).
+        let before = self.gate.as_ref().and_then(|g| g.get(tgid));
+        let mut out = Vec::new();
+        self.estimates.end_answered_turn(tgid, fd, &mut out);
+        self.charge_estimates(out);
+        let Some(req) = self.estimates.held_request(tgid, fd, ts_ns) else {
+            self.release_held(tgid, held);
+            cont(tgid);
+            return;
+        };
+        let now = self.gate.as_ref().and_then(|g| g.get(tgid));
+        if now != before
+            && let Some(stopped @ (GATE_KILL | GATE_PAUSED | GATE_BLOCKED)) = now
+        {
+            // Stopped just now: the held request is an attempt that never left.
+            let row = self.sessions.blocked_attempt(&self.tree, key, &req, ts_ns);
+            self.write_call_row(&row);
+            let action = match stopped {
+                GATE_KILL => Action::Kill,
+                GATE_PAUSED => Action::Pause,
+                _ => Action::Block,
+            };
+            self.deny_socket(tgid, held, action);
+            if stopped == GATE_BLOCKED {
+                cont(tgid);
+            }
+            return;
+        }
+        self.decide_hold(tgid, key, state, &req, ts_ns, Some(held));
+    }
+
+    /// The decision on a held write that starts LLM request `req`. `socket`: the hold is a
+    /// metered socket's, whose bytes are released on a grant and kept on a denial.
+    fn decide_hold(
+        &mut self,
+        tgid: u32,
+        key: ProcKey,
+        state: u32,
+        req: &LlmRequest,
+        ts_ns: u64,
+        socket: Option<HeldSocket>,
+    ) {
         if state == GATE_BLOCKED {
             // A blocked session tries again: cut, record, let the write fail.
-            let row = self.sessions.blocked_attempt(&self.tree, key, &req, ts_ns);
+            let row = self.sessions.blocked_attempt(&self.tree, key, req, ts_ns);
             self.write_call_row(&row);
             let hit = Hit {
                 ceiling: "blocked",
@@ -189,6 +305,9 @@ impl Pipeline {
                 value: 0.0,
                 action: Action::Block,
             };
+            if let Some(held) = socket {
+                self.deny_socket(tgid, held, Action::Block);
+            }
             self.enforce(&row.session_id, &hit, ts_ns, Some(key), key);
             return;
         }
@@ -204,7 +323,7 @@ impl Pipeline {
                 let policy = self.policy.as_mut().expect("checked");
                 if policy.host_over(ts_ns) {
                     // Its first call would start a session; record it there.
-                    let aref = self.sessions.on_llm_request(&self.tree, key, &req);
+                    let aref = self.sessions.on_llm_request(&self.tree, key, req);
                     let totals = self.sessions.totals(&aref.session_id);
                     totals.and_then(|t| {
                         self.policy
@@ -222,19 +341,65 @@ impl Pipeline {
         match verdict {
             None => {
                 policy.stats.holds_granted += 1;
+                if let Some(held) = socket {
+                    self.release_held(tgid, held);
+                }
                 self.gate_set(tgid, GATE_GRANTED);
                 cont(tgid);
             }
             Some((session_id, hit)) => {
                 if hit.action == Action::Observe {
                     policy.stats.holds_granted += 1;
+                    if let Some(held) = socket {
+                        self.release_held(tgid, held);
+                    }
                 } else {
                     policy.stats.holds_denied += 1;
-                    let row = self.sessions.blocked_attempt(&self.tree, key, &req, ts_ns);
+                    let row = self.sessions.blocked_attempt(&self.tree, key, req, ts_ns);
                     self.write_call_row(&row);
+                    if let Some(held) = socket {
+                        self.deny_socket(tgid, held, hit.action);
+                    }
                 }
                 self.enforce(&session_id, &hit, ts_ns, Some(key), key);
             }
+        }
+    }
+
+    fn release_socket(&mut self, cookie: u64) {
+        if let Some(g) = self.gate.as_mut() {
+            g.release_socket(cookie);
+        }
+    }
+
+    /// A held socket's bytes may leave; its close behaves as before the hold.
+    fn release_held(&mut self, tgid: u32, held: HeldSocket) {
+        self.release_socket(held.cookie);
+        if let Some(linger) = held.linger {
+            enforce::restore_linger(tgid, held.fd, linger);
+        }
+    }
+
+    /// The held socket's bytes stay in the host until approval, or the process is gone.
+    fn keep_held(&mut self, tgid: u32, held: HeldSocket) {
+        if held.cookie != 0 {
+            let list = self.held_sockets.entry(tgid).or_default();
+            if !list.iter().any(|h| h.cookie == held.cookie) {
+                list.push(held);
+            }
+        }
+    }
+
+    /// A held socket write was denied: its bytes stay held; a killed or blocked process's
+    /// socket aborts when closed (its queue is discarded, never sent) and, blocked, is cut
+    /// now; nothing more of that connection is an estimated call.
+    fn deny_socket(&mut self, tgid: u32, held: HeldSocket, action: Action) {
+        self.keep_held(tgid, held);
+        if matches!(action, Action::Kill | Action::Block) {
+            self.estimates.deny(tgid, held.fd);
+        }
+        if action == Action::Block && enforce::cut_socket(tgid, held.fd) {
+            self.policy.as_mut().expect("policy").stats.connections_cut += 1;
         }
     }
 
@@ -379,6 +544,11 @@ impl Pipeline {
         let keys = self.tree.live_subtree(root);
         for k in &keys {
             self.gate_set(k.tgid, GATE_ARMED);
+            // Held socket writes go out now (TCP sends what it queued).
+            for held in self.held_sockets.remove(&k.tgid).unwrap_or_default() {
+                self.release_held(k.tgid, held);
+            }
+            self.estimates.allow(k.tgid);
         }
         let n = enforce::signal(&self.tree, &keys, libc::SIGCONT);
         json!({"approved": session_id, "continued": n})

@@ -56,6 +56,9 @@ struct Conn {
     server_spoke: bool,
     turn: Option<Turn>,
     first_turn: bool,
+    /// A ceiling stopped a request on this connection: what follows is no call (the held
+    /// bytes never leave the host); the attempt is on record as blocked instead.
+    denied: bool,
     last_ns: u64,
 }
 
@@ -65,12 +68,27 @@ struct Turn {
     received: u64,
     received_since_write: u64,
     ended_ns: u64,
+    /// Its request was reported (it reached `MIN_REQUEST` bytes sent).
+    announced: bool,
 }
 
-/// What a turn became: a call to charge, for process `tgid`.
-pub struct Estimated {
-    pub tgid: u32,
-    pub call: LlmCall,
+/// What the metered bytes became, for process `tgid`: a request started (as soon as a turn
+/// has sent `MIN_REQUEST` bytes, so its session is gated from its first call), then the
+/// call to charge when the turn ends.
+pub enum Estimated {
+    Request { tgid: u32, request: LlmRequest },
+    Call { tgid: u32, call: LlmCall },
+}
+
+/// What a held write on a metered socket is, for the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldWrite {
+    /// The start of a request (a new turn, or the first request after the handshake).
+    Request,
+    /// Handshake bytes (the Finished): the request may follow without a read; keep holding.
+    Handshake,
+    /// More of the request under way, or a connection not metered.
+    Other,
 }
 
 #[derive(Default)]
@@ -120,6 +138,7 @@ impl Estimates {
                 server_spoke: false,
                 turn: None,
                 first_turn: true,
+                denied: false,
                 last_ns: ts_ns,
             },
         );
@@ -160,15 +179,12 @@ impl Estimates {
             }
             return;
         }
-        if !conn.server_spoke {
-            // ClientHello retries, early data: before the handshake ends, nothing counts.
+        if !conn.server_spoke || conn.denied {
+            // ClientHello retries, early data: before the handshake ends, nothing counts;
+            // after a denial, nothing of it left the host.
             return;
         }
-        let next = conn
-            .turn
-            .as_ref()
-            .is_some_and(|t| t.received_since_write >= MIN_RESPONSE && t.sent >= MIN_REQUEST);
-        if next {
+        if conn.turn.as_ref().is_some_and(Turn::answered) {
             let turn = conn.turn.take().expect("checked");
             self.finish(tgid, fd, turn, out);
         }
@@ -179,10 +195,83 @@ impl Estimates {
             received: 0,
             received_since_write: 0,
             ended_ns: ts_ns,
+            announced: false,
         });
         turn.sent += len;
         turn.received_since_write = 0;
         turn.ended_ns = ts_ns;
+        if !turn.announced && turn.sent >= MIN_REQUEST {
+            turn.announced = true;
+            let request = request_of(conn, conn.turn.as_ref().expect("present"));
+            out.push(Estimated::Request { tgid, request });
+        }
+    }
+
+    /// What a gated process's held write on `fd` would be, from what the connection did so
+    /// far (the write itself has not been counted yet).
+    pub fn held_write(&self, tgid: u32, fd: u64, len: u64) -> HeldWrite {
+        let Some(conn) = self.conns.get(&(tgid, fd)) else {
+            return HeldWrite::Other;
+        };
+        if conn.denied {
+            return HeldWrite::Request;
+        }
+        if !conn.server_spoke {
+            return HeldWrite::Handshake;
+        }
+        match &conn.turn {
+            Some(t) if t.answered() => HeldWrite::Request,
+            Some(t) if t.announced => HeldWrite::Other,
+            // Nothing requested yet: a short write finishes the handshake, a long one asks.
+            Some(t) if t.sent + len < MIN_REQUEST => HeldWrite::Handshake,
+            None if len < MIN_REQUEST => HeldWrite::Handshake,
+            _ => HeldWrite::Request,
+        }
+    }
+
+    /// A held write starts a new turn: the answered one before it ends now, so that the
+    /// decision sees it charged.
+    pub fn end_answered_turn(&mut self, tgid: u32, fd: u64, out: &mut Vec<Estimated>) {
+        let Some(conn) = self.conns.get_mut(&(tgid, fd)) else {
+            return;
+        };
+        if conn.turn.as_ref().is_some_and(Turn::answered) {
+            let turn = conn.turn.take().expect("checked");
+            self.finish(tgid, fd, turn, out);
+        }
+    }
+
+    /// The request a held write starts, as far as the connection tells (no model).
+    pub fn held_request(&self, tgid: u32, fd: u64, ts_ns: u64) -> Option<LlmRequest> {
+        let conn = self.conns.get(&(tgid, fd))?;
+        let turn = Turn {
+            started_ns: ts_ns,
+            sent: 0,
+            received: 0,
+            received_since_write: 0,
+            ended_ns: ts_ns,
+            announced: false,
+        };
+        Some(request_of(conn, &turn))
+    }
+
+    /// A ceiling stopped the held write on `fd`: nothing more of this connection is a call.
+    pub fn deny(&mut self, tgid: u32, fd: u64) {
+        if let Some(conn) = self.conns.get_mut(&(tgid, fd)) {
+            conn.denied = true;
+            if conn.turn.as_ref().is_some_and(|t| !t.announced) {
+                conn.turn = None;
+            }
+        }
+    }
+
+    /// The session was approved: its denied connections carry calls again.
+    pub fn allow(&mut self, tgid: u32) {
+        for ((t, _), conn) in self.conns.iter_mut() {
+            if *t == tgid {
+                conn.denied = false;
+            }
+        }
     }
 
     pub fn on_close(&mut self, tgid: u32, fd: u64, out: &mut Vec<Estimated>) {
@@ -214,8 +303,9 @@ impl Estimates {
             return;
         };
         let first = std::mem::replace(&mut conn.first_turn, false);
-        if turn.received == 0 {
-            // Never answered: nothing to say it was a call.
+        if turn.received == 0 || !turn.announced || conn.denied {
+            // Never answered, never a request (a handshake that ended), or stopped by a
+            // ceiling: nothing to say it was a call.
             return;
         }
         if self
@@ -245,6 +335,7 @@ impl Estimates {
                 turn.received,
                 ERROR * 100.0
             ),
+            cost_usd_high: None,
         };
         self.stats.estimated_calls += 1;
         if self.binaries.len() < MAX_BINARIES || self.binaries.contains_key(&conn.exe) {
@@ -255,19 +346,12 @@ impl Estimates {
             entry.0 = conn.host.clone();
             entry.1 += 1;
         }
-        out.push(Estimated {
+        let mut request = request_of(conn, &turn);
+        request.request_bytes = turn.sent;
+        out.push(Estimated::Call {
             tgid,
             call: LlmCall {
-                request: LlmRequest {
-                    provider: conn.provider.clone(),
-                    api: "unknown".into(),
-                    server_address: Some(conn.host.clone()),
-                    model: None,
-                    streaming: false,
-                    http_version: "unknown".into(),
-                    started_at_ns: turn.started_ns,
-                    request_bytes: turn.sent,
-                },
+                request,
                 status: None,
                 response_model: None,
                 response_id: None,
@@ -285,10 +369,46 @@ impl Estimates {
     }
 }
 
+impl Turn {
+    /// A request went out and a response came back since the last write: the next write
+    /// starts a new turn. Session tickets and pings are smaller than `MIN_RESPONSE`.
+    fn answered(&self) -> bool {
+        self.received_since_write >= MIN_RESPONSE && self.sent >= MIN_REQUEST
+    }
+}
+
+fn request_of(conn: &Conn, turn: &Turn) -> LlmRequest {
+    LlmRequest {
+        provider: conn.provider.clone(),
+        api: "unknown".into(),
+        server_address: Some(conn.host.clone()),
+        model: None,
+        streaming: false,
+        http_version: "unknown".into(),
+        started_at_ns: turn.started_ns,
+        request_bytes: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use agentwatch_ebpf::DIR_READ;
+
+    fn calls(out: &[Estimated]) -> Vec<&LlmCall> {
+        out.iter()
+            .filter_map(|e| match e {
+                Estimated::Call { call, .. } => Some(call),
+                Estimated::Request { .. } => None,
+            })
+            .collect()
+    }
+
+    fn requests(out: &[Estimated]) -> usize {
+        out.iter()
+            .filter(|e| matches!(e, Estimated::Request { .. }))
+            .count()
+    }
 
     fn hello(name: &str) -> Vec<u8> {
         crate::protocol::tls_hello::tests::client_hello(name)
@@ -324,9 +444,13 @@ mod tests {
     fn turns_become_estimated_calls_with_bounds() {
         let mut e = Estimates::default();
         let out = run(&mut e, 40_000 + HEADERS, 3);
-        assert_eq!(out.len(), 3);
-        for (i, est) in out.iter().enumerate() {
-            let call = &est.call;
+        assert_eq!(requests(&out), 3);
+        assert_eq!(calls(&out).len(), 3);
+        // Each request is reported as it starts, its call when the next one starts.
+        assert!(matches!(out[0], Estimated::Request { .. }));
+        assert!(matches!(out[1], Estimated::Call { .. }));
+        assert!(matches!(out[2], Estimated::Request { .. }));
+        for (i, call) in calls(&out).into_iter().enumerate() {
             assert_eq!(call.usage_source, UsageSource::Estimated);
             assert_eq!(call.request.provider, "anthropic");
             let bounds = call.estimate.as_ref().unwrap();
@@ -355,12 +479,48 @@ mod tests {
         e.on_exact(7, 4);
         e.on_bytes(7, 3, DIR_READ, 3000, 5, &mut out);
         e.on_close(7, 3, &mut out);
-        assert!(out.is_empty());
+        assert!(calls(&out).is_empty());
         assert_eq!(e.stats.superseded_turns, 1);
         assert!(!e.on_hello(7, 4, &hello("example.com"), 1, || "x".into()));
         assert!(!e.on_hello(7, 5, b"GET / HTTP/1.1\r\n\r\n", 1, || "x".into()));
         let mut out = Vec::new();
         e.on_bytes(7, 4, DIR_WRITE, 100, 2, &mut out);
         assert_eq!(e.stats.unknown_socket_events, 1);
+    }
+
+    /// What the gate is told of held writes: the Finished keeps holding, the first request
+    /// and each request after an answer are requests, the rest of a request is not; a
+    /// denied connection's bytes are no call.
+    #[test]
+    fn held_writes_are_classified_and_denied_turns_are_no_calls() {
+        let mut e = Estimates::default();
+        let mut out = Vec::new();
+        assert_eq!(e.held_write(7, 3, 100), HeldWrite::Other, "not metered");
+        assert!(e.on_hello(7, 3, &hello("api.openai.com"), 1, || "x".into()));
+        assert_eq!(e.held_write(7, 3, 80), HeldWrite::Handshake);
+        e.on_bytes(7, 3, DIR_READ, 4000, 2, &mut out);
+        assert_eq!(e.held_write(7, 3, 80), HeldWrite::Handshake);
+        e.on_bytes(7, 3, DIR_WRITE, 80, 3, &mut out);
+        assert_eq!(e.held_write(7, 3, 5000), HeldWrite::Request);
+        e.on_bytes(7, 3, DIR_WRITE, 5000, 4, &mut out);
+        assert_eq!(requests(&out), 1);
+        assert_eq!(e.held_write(7, 3, 5000), HeldWrite::Other, "same request");
+        e.on_bytes(7, 3, DIR_READ, 3000, 5, &mut out);
+        assert_eq!(e.held_write(7, 3, 5000), HeldWrite::Request, "after the answer");
+        e.end_answered_turn(7, 3, &mut out);
+        assert_eq!(calls(&out).len(), 1, "the answered turn is charged before deciding");
+        e.deny(7, 3);
+        e.on_bytes(7, 3, DIR_WRITE, 5000, 6, &mut out);
+        e.on_bytes(7, 3, DIR_READ, 3000, 7, &mut out);
+        e.on_close(7, 3, &mut out);
+        assert_eq!((requests(&out), calls(&out).len()), (1, 1), "nothing after the denial");
+        // A connection that only shook hands is no call.
+        let mut out = Vec::new();
+        assert!(e.on_hello(7, 4, &hello("api.openai.com"), 1, || "x".into()));
+        e.on_bytes(7, 4, DIR_READ, 4000, 2, &mut out);
+        e.on_bytes(7, 4, DIR_WRITE, 80, 3, &mut out);
+        e.on_bytes(7, 4, DIR_READ, 500, 4, &mut out);
+        e.on_close(7, 4, &mut out);
+        assert!(out.is_empty());
     }
 }

@@ -52,6 +52,9 @@ pub struct PipelineStats {
     pub first_writes_dropped: u64,
 }
 
+/// How long a killed or blocked process's held sockets stay held after it exited.
+const HELD_SOCKET_GRACE_NS: u64 = 60_000_000_000;
+
 /// First-write verdicts kept until the daemon takes them.
 const MAX_FIRST_WRITES: usize = 1024;
 
@@ -90,6 +93,11 @@ pub struct Pipeline {
     /// Labels of processes with an LLM request, read while they were alive (a call may
     /// complete as its process exits).
     origins: HashMap<ProcKey, CallOrigin>,
+    /// Cookies of metered sockets kept held for a stopped session (paused: released on
+    /// approval; killed or blocked: released a while after the process is gone).
+    held_sockets: HashMap<u32, Vec<ceilings::HeldSocket>>,
+    /// (boot ns after which to release, cookie) of exited processes' held sockets.
+    held_sockets_expiring: Vec<(u64, u64)>,
 }
 
 impl Pipeline {
@@ -121,6 +129,8 @@ impl Pipeline {
             gate: None,
             pods: Arc::new(PodIndex::default()),
             origins: HashMap::new(),
+            held_sockets: HashMap::new(),
+            held_sockets_expiring: Vec::new(),
         }
     }
 
@@ -237,6 +247,14 @@ impl Pipeline {
                 preview,
                 record,
             } => self.on_hold(tgid, ssl, state, ts_ns, preview, record),
+            KernelEvent::SocketHold {
+                tgid,
+                fd,
+                state,
+                ts_ns,
+                len,
+                cookie,
+            } => self.on_socket_hold(tgid, fd, state, ts_ns, len, cookie),
             KernelEvent::TlsHandshake { tgid, ssl, ts_ns } => {
                 // The SSL pointer starts a new connection: the old one (if any) is over.
                 self.stats.tls_handshakes += 1;
@@ -252,18 +270,20 @@ impl Pipeline {
         None
     }
 
-    /// Estimated calls, charged like captured ones.
+    /// Estimated requests and calls, charged like captured ones.
     fn charge_estimates(&mut self, out: Vec<estimates::Estimated>) {
         for est in out {
-            let Some(key) = self.tree.ensure(est.tgid) else {
+            let (tgid, event) = match est {
+                estimates::Estimated::Request { tgid, request } => {
+                    (tgid, CaptureEvent::Request(request))
+                }
+                estimates::Estimated::Call { tgid, call } => (tgid, CaptureEvent::Call(call)),
+            };
+            let Some(key) = self.tree.ensure(tgid) else {
                 self.stats.tls_chunks_unknown_process += 1;
                 continue;
             };
-            let mut events = vec![
-                CaptureEvent::Request(est.call.request.clone()),
-                CaptureEvent::Call(est.call),
-            ];
-            self.apply(key, &mut events);
+            self.apply(key, &mut vec![event]);
         }
     }
 
@@ -382,6 +402,14 @@ impl Pipeline {
                         .as_deref()
                         .or(call.response_model.as_deref());
                     let cost = model.and_then(|m| self.pricing.cost_usd(m, &call.usage));
+                    let mut call = call;
+                    if let Some(e) = call.estimate.as_mut() {
+                        // No model is known: the most the input could have cost, for ceilings.
+                        e.cost_usd_high = Some(
+                            e.input_tokens_high as f64 * self.pricing.highest_input_per_mtok()
+                                / 1e6,
+                        );
+                    }
                     let origin = match self.origins.get(&key) {
                         Some(o) => o.clone(),
                         None => self.origin(key),
@@ -451,6 +479,12 @@ impl Pipeline {
 
     fn on_exit(&mut self, tgid: u32, ts_ns: u64) {
         self.aead.forget(tgid);
+        // Its sockets close now (aborted: `enforce::abort_on_close`); what they queued is
+        // kept from leaving a while longer, in case a socket outlives the process.
+        for held in self.held_sockets.remove(&tgid).unwrap_or_default() {
+            self.held_sockets_expiring
+                .push((ts_ns + HELD_SOCKET_GRACE_NS, held.cookie()));
+        }
         let mut out = Vec::new();
         self.estimates.on_exit(tgid, &mut out);
         self.charge_estimates(out);
@@ -478,6 +512,16 @@ impl Pipeline {
     /// loss) are found by the tree's liveness check and closed like exits.
     pub fn tick(&mut self, now_ns: u64) {
         self.continue_stuck();
+        let gate = self.gate.as_mut();
+        if let Some(g) = gate {
+            self.held_sockets_expiring.retain(|(at, cookie)| {
+                let keep = *at > now_ns;
+                if !keep {
+                    g.release_socket(*cookie);
+                }
+                keep
+            });
+        }
         let removed = self.tree.take_removed();
         self.close_sessions(&removed, now_ns);
         for row in self.sessions.reap_orphans(&self.tree, now_ns) {
