@@ -259,10 +259,7 @@ fn estimating_daemon(mock: &Mock, ceilings: &str) -> Daemon {
     let config = dir.0.join("agentwatch.toml");
     std::fs::write(
         &config,
-        format!(
-            "[probes]\nestimate_ports = [{}]\n\n{ceilings}",
-            mock.port
-        ),
+        format!("[probes]\nestimate_ports = [{}]\n\n{ceilings}", mock.port),
     )
     .unwrap();
     let config = config.display().to_string();
@@ -332,8 +329,16 @@ fn estimated_session_is_killed_before_its_next_call_leaves() {
     let (calls, blocked, row) = estimated_rows(&daemon, pid);
     // Let a late retransmission show itself, if any byte of the third request had left.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(mock.served_with_tag(tag).len(), 2, "requests that left the host");
-    assert_eq!(mock.incomplete_with_tag(tag), Vec::<Value>::new(), "no byte of the third");
+    assert_eq!(
+        mock.served_with_tag(tag).len(),
+        2,
+        "requests that left the host"
+    );
+    assert_eq!(
+        mock.incomplete_with_tag(tag),
+        Vec::<Value>::new(),
+        "no byte of the third"
+    );
     assert_eq!(calls.len(), 2, "{calls:#?}");
     for call in &calls {
         assert_eq!(call["usage_source"], "estimated", "{call}");
@@ -348,7 +353,10 @@ fn estimated_session_is_killed_before_its_next_call_leaves() {
     let stats = &status["ceilings"]["stats"];
     assert!(u(&stats["socket_holds"]) >= 2, "{stats}");
     assert_eq!(u(&stats["socket_holds_unprotected"]), 0, "{stats}");
-    assert!(u(&status["kernel_drops"]["held_packets_kept"]) >= 1, "{status:#}");
+    assert!(
+        u(&status["kernel_drops"]["held_packets_kept"]) >= 1,
+        "{status:#}"
+    );
 }
 
 /// Spend ceilings charge an estimate at its upper bound: the model is unknown, so an
@@ -370,11 +378,23 @@ fn estimated_spend_counts_its_upper_bound_and_block_fails_the_next_call() {
     let mut child = estimated_loop(&bin, &mock, tag, 6);
     let pid = child.id();
     let status = wait_child(&mut child);
-    assert_eq!(status.code(), Some(1), "alive until its call failed: {status:?}");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "alive until its call failed: {status:?}"
+    );
     let (calls, blocked, row) = estimated_rows(&daemon, pid);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(mock.served_with_tag(tag).len(), 2, "requests that left the host");
-    assert_eq!(mock.incomplete_with_tag(tag), Vec::<Value>::new(), "no byte of the third");
+    assert_eq!(
+        mock.served_with_tag(tag).len(),
+        2,
+        "requests that left the host"
+    );
+    assert_eq!(
+        mock.incomplete_with_tag(tag),
+        Vec::<Value>::new(),
+        "no byte of the third"
+    );
     assert_eq!(calls.len(), 2, "{calls:#?}");
     let mut bound = 0.0;
     for call in &calls {
@@ -384,10 +404,15 @@ fn estimated_spend_counts_its_upper_bound_and_block_fails_the_next_call() {
         assert!(call["cost_usd"].is_null(), "an estimate is no bill: {call}");
         bound += cost_high;
     }
-    assert!(bound >= 15.0 && bound - calls[1]["estimate"]["cost_usd_high"].as_f64().unwrap() < 15.0);
+    assert!(
+        bound >= 15.0 && bound - calls[1]["estimate"]["cost_usd_high"].as_f64().unwrap() < 15.0
+    );
     assert!(!blocked.is_empty(), "{blocked:#?}");
     assert_eq!(row["outcome"], "blocked", "{row}");
     assert_ledger_totals(&calls, &row);
     let status = daemon.cli_json(&["status"]);
-    assert_eq!(u(&status["ceilings"]["stats"]["socket_holds_unprotected"]), 0);
+    assert_eq!(
+        u(&status["ceilings"]["stats"]["socket_holds_unprotected"]),
+        0
+    );
 }

@@ -200,7 +200,11 @@ fn set_linger(fd: i32, linger: libc::linger) -> bool {
 /// Cuts the socket `fd` of `pid` (both directions): its reads end, its writes fail.
 pub fn cut_socket(pid: u32, fd: u64) -> bool {
     // SAFETY: shutdown on a descriptor we own.
-    with_fd(pid, fd, |dup| unsafe { libc::shutdown(dup, libc::SHUT_RDWR) } == 0)
+    with_fd(
+        pid,
+        fd,
+        |dup| unsafe { libc::shutdown(dup, libc::SHUT_RDWR) } == 0,
+    )
 }
 
 #[cfg(test)]

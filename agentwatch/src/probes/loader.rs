@@ -752,11 +752,7 @@ impl Probes {
         let program: &mut CgroupSkb = program(&mut self.ebpf, name)?;
         program.load().map_err(load_error(name))?;
         program
-            .attach(
-                &dir,
-                CgroupSkbAttachType::Egress,
-                CgroupAttachMode::Single,
-            )
+            .attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
             .map_err(load_error(name))?;
         Ok(root)
     }

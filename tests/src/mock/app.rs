@@ -108,7 +108,15 @@ impl AppState {
 
     /// Logs a request whose head arrived but whose body did not (whole): proof that some
     /// of it left its client, though nothing was served.
-    pub fn incomplete(&self, conn: u64, protocol: &str, method: &str, path: &str, tag: Option<String>, wire_bytes: u64) {
+    pub fn incomplete(
+        &self,
+        conn: u64,
+        protocol: &str,
+        method: &str,
+        path: &str,
+        tag: Option<String>,
+        wire_bytes: u64,
+    ) {
         let rec = LogRecord {
             seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
             conn,

@@ -506,14 +506,26 @@ mod tests {
         assert_eq!(requests(&out), 1);
         assert_eq!(e.held_write(7, 3, 5000), HeldWrite::Other, "same request");
         e.on_bytes(7, 3, DIR_READ, 3000, 5, &mut out);
-        assert_eq!(e.held_write(7, 3, 5000), HeldWrite::Request, "after the answer");
+        assert_eq!(
+            e.held_write(7, 3, 5000),
+            HeldWrite::Request,
+            "after the answer"
+        );
         e.end_answered_turn(7, 3, &mut out);
-        assert_eq!(calls(&out).len(), 1, "the answered turn is charged before deciding");
+        assert_eq!(
+            calls(&out).len(),
+            1,
+            "the answered turn is charged before deciding"
+        );
         e.deny(7, 3);
         e.on_bytes(7, 3, DIR_WRITE, 5000, 6, &mut out);
         e.on_bytes(7, 3, DIR_READ, 3000, 7, &mut out);
         e.on_close(7, 3, &mut out);
-        assert_eq!((requests(&out), calls(&out).len()), (1, 1), "nothing after the denial");
+        assert_eq!(
+            (requests(&out), calls(&out).len()),
+            (1, 1),
+            "nothing after the denial"
+        );
         // A connection that only shook hands is no call.
         let mut out = Vec::new();
         assert!(e.on_hello(7, 4, &hello("api.openai.com"), 1, || "x".into()));
