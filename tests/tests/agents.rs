@@ -157,11 +157,16 @@ fn claude_code_two_versions_exact_usage() {
     }
 }
 
+const CODEX_EXE: &str = "vendor/x86_64-unknown-linux-musl/bin/codex";
+
+/// The newest pinned Codex (the one `@openai/codex` depends on).
 fn codex_bin() -> PathBuf {
-    agent(
-        "@openai/codex-linux-x64",
-        "vendor/x86_64-unknown-linux-musl/bin/codex",
-    )
+    agent("@openai/codex-linux-x64", CODEX_EXE)
+}
+
+/// Both pinned Codex builds, newest first: the analysis must not depend on one build's bytes.
+fn codex_bins() -> [PathBuf; 2] {
+    [codex_bin(), agent("codex-0.160.0", CODEX_EXE)]
 }
 
 /// `codex exec "say hi"` headless against the mock, through a custom provider (HTTPS only,
@@ -193,80 +198,88 @@ fn codex(bin: &Path, mock: &Mock, home: &Path, tag: &str, websockets: bool) -> C
 
 /// Codex's default transport, the Responses API over a WebSocket (`GET /v1/responses`,
 /// upgraded), with and without permessage-deflate: a warm-up `response.create` (not billed)
-/// and the real one, whose usage comes in `response.completed`. Recorded exactly.
+/// and the real one, whose usage comes in `response.completed`. Recorded exactly, for both
+/// pinned Codex builds.
 #[test]
 fn codex_over_websocket_exact_usage_with_and_without_deflate() {
-    let bin = codex_bin();
+    let bins = codex_bins();
     let home = Scratch::new("codex-ws-home");
-    let daemon = daemon_with_agents(&[&bin], None);
-    wait_located(&daemon, &bin);
+    let daemon = daemon_with_agents(&[&bins[0], &bins[1]], None);
     let expect = json!({
         "provider": "openai", "api": "responses", "streaming": true, "http_version": "1.1",
     });
-    for (deflate, extra) in [(true, &[][..]), (false, &["--no-ws-deflate"][..])] {
-        let mock = Mock::start(extra);
-        let tag = if deflate {
-            "codex-ws-deflate"
-        } else {
-            "codex-ws-plain"
-        };
-        let (pid, out) = run_client(codex(&bin, &mock, &home.0, tag, true));
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("Mock reply"),
-            "{out:?}"
-        );
-        let served = mock.served_with_tag(tag);
-        assert_eq!(served.len(), 1, "{served:#?}");
-        assert_eq!(served[0]["protocol"], "websocket", "{}", served[0]);
-        assert_eq!(served[0]["websocket_deflate"], deflate, "{}", served[0]);
-        check_exact(&daemon, &mock, pid, tag, 1, &expect);
+    for (version, bin) in bins.iter().enumerate() {
+        wait_located(&daemon, bin);
+        for (deflate, extra) in [(true, &[][..]), (false, &["--no-ws-deflate"][..])] {
+            let mock = Mock::start(extra);
+            let tag = format!(
+                "codex{version}-ws-{}",
+                if deflate { "deflate" } else { "plain" }
+            );
+            let (pid, out) = run_client(codex(bin, &mock, &home.0, &tag, true));
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("Mock reply"),
+                "{}: {out:?}",
+                bin.display()
+            );
+            let served = mock.served_with_tag(&tag);
+            assert_eq!(served.len(), 1, "{served:#?}");
+            assert_eq!(served[0]["protocol"], "websocket", "{}", served[0]);
+            assert_eq!(served[0]["websocket_deflate"], deflate, "{}", served[0]);
+            check_exact(&daemon, &mock, pid, &tag, 1, &expect);
+        }
     }
     let status = daemon.cli_json(&["status"]);
     let capture = &status["capture"];
-    assert!(u(&capture["websocket_connections"]) >= 2, "{capture}");
-    assert!(u(&capture["websocket_warmups"]) >= 2, "{capture}");
+    assert!(u(&capture["websocket_connections"]) >= 4, "{capture}");
+    assert!(u(&capture["websocket_warmups"]) >= 4, "{capture}");
     assert_eq!(u(&capture["websocket_desynced"]), 0, "{capture}");
     assert_eq!(u(&capture["websocket_inflate_errors"]), 0, "{capture}");
 }
 
 /// Codex (a static musl Rust binary, stripped; rustls over aws-lc) over HTTPS: the AEAD
 /// functions every TLS record passes are located by analysis, records are linked to their
-/// socket, and the Responses call is recorded exactly as the mock served it.
+/// socket, and the Responses call is recorded exactly as the mock served it, for two Codex
+/// builds (0.169.0 and 0.160.0; their aws-lc code sits at different offsets).
 #[test]
 fn codex_over_https_exact_usage() {
-    let bin = codex_bin();
+    let bins = codex_bins();
     let home = Scratch::new("codex-home");
-    let daemon = daemon_with_agents(&[&bin], None);
+    let daemon = daemon_with_agents(&[&bins[0], &bins[1]], None);
     let mock = Mock::start(&[]);
-    let entry = wait_located(&daemon, &bin);
-    assert_eq!(entry["kind"], "aws-lc-aead", "{entry}");
-    assert_eq!(
-        entry["symbols"],
-        json!(["EVP_AEAD_CTX_seal", "EVP_AEAD_CTX_open"]),
-        "{entry}"
-    );
-    assert!(
-        entry["coverage"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("exact: aws-lc EVP_AEAD_CTX_seal/open located by analysis"),
-        "{entry}"
-    );
     let expect = json!({
         "provider": "openai", "api": "responses", "streaming": true, "http_version": "1.1",
     });
-    for (round, tag) in ["codex-1", "codex-2"].iter().enumerate() {
-        let (pid, out) = run_client(codex(&bin, &mock, &home.0, tag, false));
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("Mock reply"),
-            "round {round}: {out:?}"
+    for (version, bin) in bins.iter().enumerate() {
+        let entry = wait_located(&daemon, bin);
+        assert_eq!(entry["kind"], "aws-lc-aead", "{entry}");
+        assert_eq!(
+            entry["symbols"],
+            json!(["EVP_AEAD_CTX_seal", "EVP_AEAD_CTX_open"]),
+            "{entry}"
         );
-        check_exact(&daemon, &mock, pid, tag, 1, &expect);
+        assert!(
+            entry["coverage"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("exact: aws-lc EVP_AEAD_CTX_seal/open located by analysis"),
+            "{entry}"
+        );
+        for round in 0..2 {
+            let tag = format!("codex{version}-{round}");
+            let (pid, out) = run_client(codex(bin, &mock, &home.0, &tag, false));
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("Mock reply"),
+                "{} round {round}: {out:?}",
+                bin.display()
+            );
+            check_exact(&daemon, &mock, pid, &tag, 1, &expect);
+        }
     }
     let status = daemon.cli_json(&["status"]);
     assert_eq!(status["ok"], true, "{status:#}");
     assert!(
-        u(&status["aead"]["aead_app_records"]) >= 4,
+        u(&status["aead"]["aead_app_records"]) >= 8,
         "{}",
         status["aead"]
     );
@@ -276,6 +289,14 @@ fn codex_over_https_exact_usage() {
         "{}",
         status["aead"]
     );
+    for bin in &bins {
+        assert_eq!(
+            located(&status, bin).unwrap()["confirmed"],
+            true,
+            "{}",
+            bin.display()
+        );
+    }
 }
 
 fn wait_end(child: &mut std::process::Child) -> std::process::ExitStatus {
