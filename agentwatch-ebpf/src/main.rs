@@ -647,12 +647,9 @@ mod bpf {
         if cookie != 0 && HELD_SOCKS.insert(&cookie, &1, 0).is_err() {
             cookie = 0;
         }
-        if state == GATE_KILL {
-            unsafe {
-                generated::bpf_send_signal(SIGKILL);
-            }
-            return;
-        }
+        // A session being killed is stopped too, not killed here: its death would close the
+        // socket and TCP would send what the write queued once the hold ends. User space
+        // aborts the socket (an RST discards the queue) and then kills it.
         if state == GATE_ARMED {
             let _ = GATE.insert(&tgid, &GATE_HELD, 0);
         }

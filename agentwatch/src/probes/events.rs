@@ -261,4 +261,46 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
     }
+
+    #[test]
+    fn decodes_socket_hold_and_refuses_it_short() {
+        let hold = agentwatch_ebpf::SocketHold {
+            header: TlsDataHeader {
+                kind: EVENT_GATE_HOLD,
+                tgid: 7,
+                tid: 8,
+                direction: 1,
+                flags: 3,
+                len: 0,
+                ssl: 5,
+                ts_ns: 99,
+                call_len: 1200,
+                offset: agentwatch_ebpf::HOLD_SOCKET,
+            },
+            cookie: 0xc00c1e,
+        };
+        let mut rec = vec![0u8; std::mem::size_of::<agentwatch_ebpf::SocketHold>()];
+        // SAFETY: rec is exactly one SocketHold long.
+        unsafe { std::ptr::write_unaligned(rec.as_mut_ptr().cast(), hold) };
+        let event = decode(&rec).unwrap();
+        assert!(
+            matches!(
+                event,
+                KernelEvent::SocketHold {
+                    tgid: 7,
+                    fd: 5,
+                    state: 3,
+                    ts_ns: 99,
+                    len: 1200,
+                    cookie: 0xc00c1e,
+                }
+            ),
+            "{event:?}"
+        );
+        // The header alone (the cookie cut off) is a short record, not a hold without one.
+        assert!(matches!(
+            decode(&rec[..TLS_HEADER_LEN]),
+            Err(DecodeError::Short { .. })
+        ));
+    }
 }

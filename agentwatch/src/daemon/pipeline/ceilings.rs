@@ -238,6 +238,15 @@ impl Pipeline {
             self.keep_held(tgid, held);
             return;
         }
+        if state == GATE_KILL {
+            // A session being killed wrote again: what it queued is discarded, then it dies.
+            held.linger = enforce::abort_on_close(tgid, fd);
+            self.keep_held(tgid, held);
+            self.estimates.deny(tgid, fd);
+            // SAFETY: kill(2) with integer arguments.
+            unsafe { libc::kill(tgid as i32, libc::SIGKILL) };
+            return;
+        }
         let kind = self.estimates.held_write(tgid, fd, len);
         if kind != HeldWrite::Request {
             policy.stats.holds_not_llm += 1;
