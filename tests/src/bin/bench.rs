@@ -467,6 +467,33 @@ in `plaintext_ports`, in one Python process: 4 traced syscalls per round, each s
         (gated - plain) / n as f64 * 1e6
     );
 
+    // With ceilings, a cgroup_skb egress program sees every packet the host sends (to keep a
+    // held socket's bytes inside); traffic that is not held pays one map lookup per packet.
+    let (plain, egress) = a_b(
+        &scratch,
+        5,
+        "",
+        "[ceilings]\nsession_tokens = 1000000000000000\naction = \"kill\"\n",
+        || {
+            let mut c = Command::new(&python);
+            c.arg(scratch.join("socket_tax.py")).arg(pairs.to_string());
+            c
+        },
+    );
+    let _ = write!(
+        report,
+        "\n## Ceilings: cost of the egress hold program on traffic that is not held\n\n\
+The plain-socket workload above ({pairs} rounds of two 64-byte sends and two reads on loopback, so at least {} egress\n\
+packets), daemon without ceilings vs. with a ceiling (the `cgroup_skb/egress` program that keeps held sockets'\n\
+bytes in the host is attached only then, and every packet the host sends passes it).\n\n\
+| no ceilings | ceilings | ratio (ceilings/none) | added per round (2 sends) |\n|---|---|---|---|\n| {:.3} s | {:.3} s | {:.3} | {:.2} µs |\n",
+        pairs * 2,
+        plain,
+        egress,
+        egress / plain,
+        (egress - plain) / pairs as f64 * 1e6
+    );
+
     // Time from the crossing response to the session being stopped (the client reaped).
     let mut stops = Vec::new();
     for rep in 0..5 {
