@@ -279,28 +279,36 @@ mod bpf {
     /// Entry of `SSL_write(ssl, buf, num)`.
     #[uprobe]
     pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
-        let _ = try_stash(&ctx, false, true);
+        let _ = try_stash(&ctx, None, true);
         0
     }
 
     /// Entry of `SSL_write_ex(ssl, buf, num, *written)`.
     #[uprobe]
     pub fn ssl_write_ex_enter(ctx: ProbeContext) -> u32 {
-        let _ = try_stash(&ctx, true, true);
+        let _ = try_stash(&ctx, Some(3), true);
+        0
+    }
+
+    /// Entry of OpenSSL 3.3+'s internal `ssl_write_internal(ssl, buf, num, flags, *written)`
+    /// (located by analysis in static builds, where `SSL_write_ex` has no symbol).
+    #[uprobe]
+    pub fn ssl_write_flags_enter(ctx: ProbeContext) -> u32 {
+        let _ = try_stash(&ctx, Some(4), true);
         0
     }
 
     /// Entry of `SSL_read(ssl, buf, num)`.
     #[uprobe]
     pub fn ssl_read_enter(ctx: ProbeContext) -> u32 {
-        let _ = try_stash(&ctx, false, false);
+        let _ = try_stash(&ctx, None, false);
         0
     }
 
     /// Entry of `SSL_read_ex(ssl, buf, num, *readbytes)`.
     #[uprobe]
     pub fn ssl_read_ex_enter(ctx: ProbeContext) -> u32 {
-        let _ = try_stash(&ctx, true, false);
+        let _ = try_stash(&ctx, Some(3), false);
         0
     }
 
@@ -1052,8 +1060,10 @@ mod bpf {
         emit_tls(pid_tgid, direction, &args, n as u64)
     }
 
+    /// `out_len_arg`: the argument holding `size_t *written` / `*readbytes` (the `_ex`
+    /// calls, which return 1), or none (the count is the return value).
     #[inline(always)]
-    fn try_stash(ctx: &ProbeContext, ex: bool, write: bool) -> Result<(), i64> {
+    fn try_stash(ctx: &ProbeContext, out_len_arg: Option<usize>, write: bool) -> Result<(), i64> {
         let pid_tgid = bpf_get_current_pid_tgid();
         let tgid = (pid_tgid >> 32) as u32;
         if config(CFG_SELF_TGID) == Some(tgid) {
@@ -1061,7 +1071,10 @@ mod bpf {
         }
         let ssl: u64 = ctx.arg(0).ok_or(1)?;
         let buf: u64 = ctx.arg(1).ok_or(1)?;
-        let out_len: u64 = if ex { ctx.arg(3).ok_or(1)? } else { 0 };
+        let out_len: u64 = match out_len_arg {
+            Some(n) => ctx.arg(n).ok_or(1)?,
+            None => 0,
+        };
         if write {
             let num: u64 = ctx.arg(2).ok_or(1)?;
             let _ = gate(pid_tgid, ssl, buf, num, 0);

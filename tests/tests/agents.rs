@@ -62,29 +62,6 @@ fn daemon_with_agents(bins: &[&Path], config: Option<(Scratch, &Path)>) -> Daemo
     }
 }
 
-fn located<'a>(status: &'a Value, bin: &Path) -> Option<&'a Value> {
-    status["tls_libraries"]
-        .as_array()?
-        .iter()
-        .find(|l| l["path"].as_str() == bin.to_str())
-}
-
-fn wait_located(daemon: &Daemon, bin: &Path) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = daemon.cli_json(&["status"]);
-        if let Some(entry) = located(&status, bin) {
-            return entry.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} not attached in 30 s: {status:#}",
-            bin.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn check_boringssl_entry(entry: &Value) {
     assert_eq!(entry["kind"], "boringssl", "{entry}");
     assert_eq!(
@@ -172,9 +149,15 @@ fn codex_bins() -> [PathBuf; 2] {
 /// `codex exec "say hi"` headless against the mock, through a custom provider (HTTPS only,
 /// Responses API); `websockets` picks its WebSocket transport over `POST /v1/responses`.
 fn codex(bin: &Path, mock: &Mock, home: &Path, tag: &str, websockets: bool) -> Command {
+    let mut cmd = codex_at(bin, &mock.base_url(), home, tag, websockets);
+    cmd.env("CODEX_CA_CERTIFICATE", &mock.ca);
+    cmd
+}
+
+/// `codex exec` against the provider at `base_url`, trusting the system's roots.
+fn codex_at(bin: &Path, base_url: &str, home: &Path, tag: &str, websockets: bool) -> Command {
     let provider = format!(
-        "model_providers.mock={{name=\"mock\",base_url=\"{}/v1\",env_key=\"MOCK_KEY\",wire_api=\"responses\",supports_websockets={websockets},http_headers={{\"x-test-tag\"=\"{tag}\"}}}}",
-        mock.base_url()
+        "model_providers.mock={{name=\"mock\",base_url=\"{base_url}/v1\",env_key=\"MOCK_KEY\",wire_api=\"responses\",supports_websockets={websockets},http_headers={{\"x-test-tag\"=\"{tag}\"}}}}"
     );
     let mut cmd = Command::new(bin);
     cmd.args([
@@ -190,10 +173,142 @@ fn codex(bin: &Path, mock: &Mock, home: &Path, tag: &str, websockets: bool) -> C
     .env("HOME", home)
     .env("CODEX_HOME", home.join(".codex"))
     .env("MOCK_KEY", "test")
-    .env("OPENAI_API_KEY", "test")
-    .env("CODEX_CA_CERTIFICATE", &mock.ca);
+    .env("OPENAI_API_KEY", "test");
     std::fs::create_dir_all(home.join(".codex")).unwrap();
     cmd
+}
+
+/// Runs `cmd` in a mount namespace of its own where the system's CA bundle also trusts the
+/// mock's CA and `api.openai.com` resolves to loopback: Codex as users run it, with no CA
+/// override (which would switch its HTTPS to rustls over aws-lc).
+fn with_system_roots_trusting(cmd: &mut Command, mock: &Mock, dir: &Path) {
+    use std::os::unix::process::CommandExt;
+    const BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+    let mut bundle = std::fs::read(BUNDLE).unwrap_or_default();
+    bundle.extend(std::fs::read(&mock.ca).unwrap());
+    let (bundle_file, hosts_file) = (dir.join("ca-bundle.pem"), dir.join("hosts"));
+    std::fs::write(&bundle_file, bundle).unwrap();
+    std::fs::write(
+        &hosts_file,
+        "127.0.0.1 localhost\n127.0.0.1 api.openai.com\n",
+    )
+    .unwrap();
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let mounts = [
+        (c(&bundle_file), c(Path::new(BUNDLE))),
+        (c(&hosts_file), c(Path::new("/etc/hosts"))),
+    ];
+    let root = c(Path::new("/"));
+    // Either names a custom CA to Codex (this machine sets SSL_CERT_FILE for everyone).
+    cmd.env_remove("SSL_CERT_FILE")
+        .env_remove("CODEX_CA_CERTIFICATE");
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return fail();
+            }
+            let private = libc::MS_REC | libc::MS_PRIVATE;
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                private,
+                std::ptr::null(),
+            ) != 0
+            {
+                return fail();
+            }
+            for (from, to) in &mounts {
+                if libc::mount(
+                    from.as_ptr(),
+                    to.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return fail();
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Codex as users run it, trusting the system's roots (no CA override), calling
+/// `api.openai.com` (the mock, by a private /etc/hosts), on a port the daemon also estimates
+/// (it stands for 443). Its WebSocket transport is rustls over aws-lc; its HTTPS transport is
+/// then the static OpenSSL 3.6 beside it (native-tls), located by the names its errors carry.
+/// Both are recorded exactly, and the SNI estimate does not count them a second time.
+#[test]
+fn codex_with_system_roots_exact_over_aws_lc_websocket_and_openssl_https() {
+    let bin = codex_bin();
+    let home = Scratch::new("codex-roots-home");
+    let mock = Mock::start(&[]);
+    let dir = Scratch::new("codex-roots-daemon");
+    let config = dir.0.join("agentwatch.toml");
+    std::fs::write(
+        &config,
+        format!("[probes]\nestimate_ports = [{}]\n", mock.port),
+    )
+    .unwrap();
+    let daemon = daemon_with_agents(&[&bin], Some((dir, &config)));
+    wait_located(&daemon, &bin);
+    let base_url = format!("https://api.openai.com:{}", mock.port);
+    let run = |tag: &str, websockets: bool| {
+        let mut cmd = codex_at(&bin, &base_url, &home.0, tag, websockets);
+        with_system_roots_trusting(&mut cmd, &mock, &home.0);
+        let (pid, out) = run_client(cmd);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Mock reply"),
+            "{tag}: {out:?}"
+        );
+        pid
+    };
+    let aead_records = |daemon: &Daemon| u(&daemon.cli_json(&["status"])["aead"]["aead_records"]);
+    let expect = json!({"provider": "openai", "api": "responses", "streaming": true});
+    for (tag, websockets, protocol) in [
+        ("codex-roots-ws", true, "websocket"),
+        ("codex-roots-https", false, "http/1.1"),
+    ] {
+        let before = aead_records(&daemon);
+        let pid = run(tag, websockets);
+        let served = mock.served_with_tag(tag);
+        assert_eq!(served[0]["protocol"], protocol, "{}", served[0]);
+        let calls = check_exact(&daemon, &mock, pid, tag, 1, &expect);
+        // From the Host header, which carries the port.
+        assert_eq!(
+            calls[0]["server_address"],
+            format!("api.openai.com:{}", mock.port),
+            "{}",
+            calls[0]
+        );
+        // Which stack carried it: records through aws-lc's AEAD for the WebSocket, none for
+        // HTTPS (OpenSSL's own ciphers).
+        let after = aead_records(&daemon);
+        assert_eq!(
+            after > before,
+            websockets,
+            "{tag}: AEAD records {before} -> {after}"
+        );
+    }
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(
+        located(&status, &bin).unwrap()["confirmed"],
+        true,
+        "{status:#}"
+    );
+    assert_eq!(
+        u(&status["estimates"]["stats"]["estimated_calls"]),
+        0,
+        "{status:#}"
+    );
+    assert!(
+        u(&status["estimates"]["stats"]["superseded_turns"]) >= 1,
+        "{status:#}"
+    );
 }
 
 /// Codex's default transport, the Responses API over a WebSocket (`GET /v1/responses`,
@@ -253,16 +368,24 @@ fn codex_over_https_exact_usage() {
     for (version, bin) in bins.iter().enumerate() {
         let entry = wait_located(&daemon, bin);
         assert_eq!(entry["kind"], "aws-lc-aead", "{entry}");
+        // rustls over aws-lc, and the static OpenSSL beside it.
         assert_eq!(
             entry["symbols"],
-            json!(["EVP_AEAD_CTX_seal", "EVP_AEAD_CTX_open"]),
+            json!([
+                "EVP_AEAD_CTX_seal",
+                "EVP_AEAD_CTX_open",
+                "ssl_write_internal",
+                "ssl_read_internal",
+                "SSL_do_handshake"
+            ]),
             "{entry}"
         );
+        let coverage = entry["coverage"].as_str().unwrap_or_default();
         assert!(
-            entry["coverage"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("exact: aws-lc EVP_AEAD_CTX_seal/open located by analysis"),
+            coverage.starts_with("exact: aws-lc EVP_AEAD_CTX_seal/open located by analysis")
+                && coverage.contains(
+                    "; OpenSSL 3.6 ssl_write_internal/ssl_read_internal located by analysis"
+                ),
             "{entry}"
         );
         for round in 0..2 {

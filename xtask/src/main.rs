@@ -192,7 +192,25 @@ fn setup_test_deps() -> Result<()> {
     setup_apt_tool("gnutls-cli", "gnutls-bin")?;
     // `go build` of the Go client (tests/clients/go) for the Go crypto/tls probes.
     setup_go()?;
+    setup_static_openssl_clients()?;
     Ok(())
+}
+
+/// The stripped static OpenSSL clients of the static-TLS tests: Debian's libssl.a for the C
+/// client (the test links it), and the Rust client with OpenSSL 3.6 from source (openssl-src),
+/// built here into target/static-openssl (cargo makes it idempotent).
+fn setup_static_openssl_clients() -> Result<()> {
+    if !Path::new("/usr/lib/x86_64-linux-gnu/libssl.a").exists() {
+        apt_install(&["libssl-dev"])?;
+    }
+    if Command::new("gcc").arg("--version").output().is_err() {
+        apt_install(&["gcc", "libc6-dev"])?;
+    }
+    let root = root();
+    run(Command::new("cargo")
+        .args(["build", "--release", "--locked", "--target-dir"])
+        .arg(root.join("target/static-openssl"))
+        .current_dir(root.join("tests/clients/static_openssl/vendored")))
 }
 
 /// `npm ci` in `dir` unless its lock file is what was installed last (idempotent).

@@ -346,8 +346,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                     if !p.first_writes.is_empty()
                         && let Ok(mut d) = discovery.try_lock()
                     {
-                        for (tgid, http) in p.first_writes.drain(..) {
-                            d.probes.judge_first_write(tgid, http);
+                        for (identity, http) in p.first_writes.drain(..) {
+                            d.probes.judge_first_write(identity, http);
                         }
                     }
                 }

@@ -150,6 +150,43 @@ const TLS_SYMBOLS: [(&str, &str, Option<&str>); 8] = [
     ("gnutls_handshake", "ssl_handshake_enter", None),
 ];
 
+/// (symbol, program, file offset) of the probes at one located library's functions.
+fn located_points(l: &super::opaque::Located) -> Vec<(&'static str, &'static str, u64)> {
+    let mut points = match l.stack.as_str() {
+        "aws-lc-aead" => vec![
+            ("EVP_AEAD_CTX_seal", "aead_seal_enter", l.write),
+            ("EVP_AEAD_CTX_open", "aead_open_enter", l.read),
+            ("EVP_AEAD_CTX_open", "aead_open_exit", l.read),
+        ],
+        // ssl_write_internal(s, buf, num, [flags,] *written), ssl_read_internal(s, buf, num,
+        // *readbytes): the `_ex` layouts, returning 1.
+        "openssl" | "openssl-3.3" => vec![
+            (
+                "ssl_write_internal",
+                if l.stack == "openssl" {
+                    "ssl_write_ex_enter"
+                } else {
+                    "ssl_write_flags_enter"
+                },
+                l.write,
+            ),
+            ("ssl_write_internal", "ssl_write_exit", l.write),
+            ("ssl_read_internal", "ssl_read_ex_enter", l.read),
+            ("ssl_read_internal", "ssl_read_exit", l.read),
+        ],
+        _ => vec![
+            ("SSL_write", "ssl_write_enter", l.write),
+            ("SSL_write", "ssl_write_exit", l.write),
+            ("SSL_read", "ssl_read_enter", l.read),
+            ("SSL_read", "ssl_read_exit", l.read),
+        ],
+    };
+    if let Some(h) = l.handshake {
+        points.push(("SSL_do_handshake", "ssl_handshake_enter", h));
+    }
+    points
+}
+
 pub struct Probes {
     ebpf: Ebpf,
     drops: PerCpuArray<MapData, u64>,
@@ -298,6 +335,7 @@ impl Probes {
         for name in [
             "ssl_write_enter",
             "ssl_write_ex_enter",
+            "ssl_write_flags_enter",
             "ssl_read_enter",
             "ssl_read_ex_enter",
             "ssl_handshake_enter",
@@ -529,22 +567,7 @@ impl Probes {
             }
             OpaqueScan::Located(l) => l,
         };
-        let points = if located.stack == "aws-lc-aead" {
-            [
-                ("EVP_AEAD_CTX_seal", "aead_seal_enter", located.write),
-                ("EVP_AEAD_CTX_open", "aead_open_enter", located.read),
-                ("EVP_AEAD_CTX_open", "aead_open_exit", located.read),
-            ]
-            .to_vec()
-        } else {
-            [
-                ("SSL_write", "ssl_write_enter", located.write),
-                ("SSL_write", "ssl_write_exit", located.write),
-                ("SSL_read", "ssl_read_enter", located.read),
-                ("SSL_read", "ssl_read_exit", located.read),
-            ]
-            .to_vec()
-        };
+        let points: Vec<_> = located.stacks().flat_map(located_points).collect();
         let symbols: Vec<String> =
             points
                 .iter()
@@ -567,7 +590,7 @@ impl Probes {
         else {
             return false;
         };
-        tracing::info!(binary = path, via = %via.display(), how = located.how, "attached TLS uprobes at located functions");
+        tracing::info!(binary = path, via = %via.display(), how = located.describe(true), "attached TLS uprobes at located functions");
         self.links.insert(identity, links);
         self.libraries.push(AttachedLibrary {
             path: path.to_string(),
@@ -576,29 +599,28 @@ impl Probes {
             return_probes: 0,
             symbols,
             // Without a handshake probe a reused SSL pointer is told apart by its first write.
-            missing: if located.stack == "boringssl" {
+            missing: if located
+                .stacks()
+                .any(|l| l.stack != "aws-lc-aead" && l.handshake.is_none())
+            {
                 vec!["SSL_do_handshake".into()]
             } else {
                 Vec::new()
             },
             identity,
             root: super::libraries::foreign_root(via),
-            coverage: format!("exact: {}", located.how),
+            coverage: format!("exact: {}", located.describe(false)),
             confirmed: Some(false),
             doubts: 0,
         });
         true
     }
 
-    /// The first plaintext written on a new connection of process `tgid`: for probes at
-    /// located functions, HTTP confirms the location; non-HTTP on `LOCATED_DOUBTS` new
-    /// connections with none confirmed means the analysis was wrong for this build: the
-    /// probes are detached and the binary is listed as not covered, with why.
-    pub fn judge_first_write(&mut self, tgid: u32, http: bool) {
-        let Ok(meta) = std::fs::metadata(format!("/proc/{tgid}/exe")) else {
-            return;
-        };
-        let identity = (meta.dev(), meta.ino());
+    /// The first plaintext written on a new connection by executable `identity` (device,
+    /// inode): for probes at located functions, HTTP confirms the location; non-HTTP on
+    /// `LOCATED_DOUBTS` new connections with none confirmed means the analysis was wrong for
+    /// this build: the probes are detached and the binary is listed as not covered, with why.
+    pub fn judge_first_write(&mut self, identity: (u64, u64), http: bool) {
         let Some(lib) = self
             .libraries
             .iter_mut()

@@ -40,13 +40,7 @@ pub fn inspect(path: &std::path::Path) -> (bool, String) {
         golang::GoScan::NotGo => {}
     }
     match opaque::scan(path) {
-        opaque::OpaqueScan::Located(l) => (
-            true,
-            format!(
-                "exact: {} (write side at file offset {:#x}, read side at {:#x})",
-                l.how, l.write, l.read
-            ),
-        ),
+        opaque::OpaqueScan::Located(l) => (true, format!("exact: {}", l.describe(true))),
         opaque::OpaqueScan::NotLocated(why) => (false, format!("not covered: {why}")),
         opaque::OpaqueScan::NotTls => (
             false,

@@ -23,6 +23,10 @@ const ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED: u64 = 66;
 const ERR_LIB_CIPHER: u64 = 30;
 const CIPHER_R_BAD_DECRYPT: u64 = 101;
 const CIPHER_R_OUTPUT_ALIASES_INPUT: u64 = 115;
+/// OpenSSL's `ERR_LIB_SSL` (`ERR_set_error(lib, reason, fmt, …)` after `ERR_set_debug`), and
+/// the reason only 3.3+'s `ssl_write_internal(s, buf, num, flags, *written)` raises.
+const OPENSSL_ERR_LIB_SSL: u64 = 20;
+const SSL_R_UNSUPPORTED_WRITE_FLAG: u64 = 412;
 
 /// The System V integer argument registers, in order.
 const ARGUMENTS: [Register; 6] = [
@@ -47,15 +51,61 @@ enum Bounds {
 }
 
 /// Where a located TLS library's write and read functions are, as file offsets: SSL_write
-/// and SSL_read (`boringssl`), or the AEAD seal and open every record passes (`aws-lc-aead`).
+/// and SSL_read (`boringssl`), the AEAD seal and open every record passes (`aws-lc-aead`),
+/// or OpenSSL's `ssl_write_internal`/`ssl_read_internal` (`openssl`, `openssl-3.3` when the
+/// write takes a flags argument before `*written`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Located {
-    /// `boringssl` or `aws-lc-aead`.
+    /// `boringssl`, `aws-lc-aead`, `openssl` or `openssl-3.3`.
     pub stack: String,
     pub write: u64,
     pub read: u64,
+    /// Where a new connection starts (`SSL_do_handshake`), when located.
+    #[serde(default)]
+    pub handshake: Option<u64>,
     /// How they were found, for `agentwatch status`.
     pub how: String,
+    /// Further TLS libraries in the same executable (Codex carries rustls over aws-lc and a
+    /// static OpenSSL, used for HTTPS with the system's roots).
+    #[serde(default)]
+    pub also: Vec<Located>,
+    /// TLS libraries inside that could not be located, and why: their traffic is not seen.
+    #[serde(default)]
+    pub not_located: Vec<String>,
+}
+
+impl Located {
+    /// This library and the ones `also` names.
+    pub fn stacks(&self) -> impl Iterator<Item = &Located> {
+        std::iter::once(self).chain(self.also.iter())
+    }
+
+    /// Each library's `how`, joined, for status.
+    pub fn describe(&self, offsets: bool) -> String {
+        let mut parts: Vec<String> = self
+            .stacks()
+            .map(|l| {
+                if offsets {
+                    let handshake = l
+                        .handshake
+                        .map(|h| format!(", handshake at {h:#x}"))
+                        .unwrap_or_default();
+                    format!(
+                        "{} (write side at file offset {:#x}, read side at {:#x}{handshake})",
+                        l.how, l.write, l.read
+                    )
+                } else {
+                    l.how.clone()
+                }
+            })
+            .collect();
+        parts.extend(
+            self.not_located
+                .iter()
+                .map(|why| format!("not covered: {why}")),
+        );
+        parts.join("; ")
+    }
 }
 
 /// What a look at an executable found.
@@ -79,6 +129,9 @@ struct Image {
     segments: Vec<(u64, u64, u64)>,
     eh_frame_hdr: Option<(u64, Vec<u8>)>,
     eh_frame: Option<(u64, Vec<u8>)>,
+    /// `[start, end)` of every FDE, sorted, read from `.eh_frame` itself when there is no
+    /// `.eh_frame_hdr` (static glibc links have none).
+    fdes: std::cell::OnceCell<Vec<(u64, u64)>>,
     pie: bool,
 }
 
@@ -129,6 +182,7 @@ impl Image {
             segments,
             eh_frame_hdr: named(".eh_frame_hdr"),
             eh_frame: named(".eh_frame"),
+            fdes: std::cell::OnceCell::new(),
             pie: obj.kind() == object::ObjectKind::Dynamic,
         })
     }
@@ -151,6 +205,19 @@ impl Image {
         }
         out.sort_unstable();
         out.dedup();
+        out
+    }
+
+    /// Addresses of the NUL-terminated strings equal to `text` (a `__func__` name).
+    fn strings_equal_to(&self, text: &[u8]) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (address, bytes) in &self.data {
+            for at in memchr::memmem::find_iter(bytes, text) {
+                if bytes.get(at + text.len()) == Some(&0) && (at == 0 || bytes[at - 1] == 0) {
+                    out.push(address + at as u64);
+                }
+            }
+        }
         out
     }
 
@@ -212,8 +279,13 @@ impl Image {
 
     /// The FDE covering `address` in `.eh_frame_hdr`/`.eh_frame`.
     fn unwind_entry(&self, address: u64) -> Option<(u64, u64)> {
-        let (hdr_address, hdr) = self.eh_frame_hdr.as_ref()?;
         let (frame_address, frame) = self.eh_frame.as_ref()?;
+        let Some((hdr_address, hdr)) = self.eh_frame_hdr.as_ref() else {
+            let fdes = self.fdes.get_or_init(|| self.all_fdes());
+            let at = fdes.partition_point(|(start, _)| *start <= address);
+            let (start, end) = *fdes.get(at.checked_sub(1)?)?;
+            return (address < end).then_some((start, end));
+        };
         let bases = BaseAddresses::default()
             .set_eh_frame_hdr(*hdr_address)
             .set_eh_frame(*frame_address)
@@ -226,6 +298,29 @@ impl Image {
             .ok()?;
         let start = fde.initial_address();
         (address >= start && address < start + fde.len()).then_some((start, start + fde.len()))
+    }
+
+    /// Every FDE's `[start, end)` in `.eh_frame`, sorted by start.
+    fn all_fdes(&self) -> Vec<(u64, u64)> {
+        let Some((frame_address, frame)) = self.eh_frame.as_ref() else {
+            return Vec::new();
+        };
+        let bases = BaseAddresses::default()
+            .set_eh_frame(*frame_address)
+            .set_text(self.code.first().map_or(0, |c| c.0));
+        let eh_frame = EhFrame::new(frame, LittleEndian);
+        let mut out = Vec::new();
+        let mut entries = eh_frame.entries(&bases);
+        while let Ok(Some(entry)) = entries.next() {
+            if let gimli::CieOrFde::Fde(partial) = entry
+                && let Ok(fde) = partial.parse(EhFrame::cie_from_offset)
+                && fde.len() > 0
+            {
+                out.push((fde.initial_address(), fde.initial_address() + fde.len()));
+            }
+        }
+        out.sort_unstable();
+        out
     }
 
     /// Bun's BoringSSL has no unwind entries; there the function is found from the linker's
@@ -345,6 +440,49 @@ impl Image {
         (raised, bounds)
     }
 
+    /// The reasons of OpenSSL 3's `ERR_set_error(ERR_LIB_SSL, reason, …)` calls in function
+    /// `[start, end)`.
+    fn ssl_reasons(&self, (start, end): (u64, u64)) -> BTreeSet<u64> {
+        let Some(bytes) = self.code_of(start, end) else {
+            return BTreeSet::new();
+        };
+        let mut held: BTreeMap<Register, u64> = BTreeMap::new();
+        let mut out = BTreeSet::new();
+        for ins in &mut Decoder::with_ip(64, bytes, start, DecoderOptions::NONE) {
+            if ins.is_invalid() {
+                break;
+            }
+            match ins.mnemonic() {
+                Mnemonic::Call | Mnemonic::Jmp => {
+                    if held.get(&Register::RDI) == Some(&OPENSSL_ERR_LIB_SSL)
+                        && let Some(reason) = held.get(&Register::RSI)
+                    {
+                        out.insert(*reason);
+                    }
+                    if ins.mnemonic() == Mnemonic::Call {
+                        held.clear();
+                    }
+                }
+                Mnemonic::Mov
+                    if ins.op0_kind() == OpKind::Register
+                        && matches!(
+                            ins.op1_kind(),
+                            OpKind::Immediate32 | OpKind::Immediate32to64 | OpKind::Immediate64
+                        ) =>
+                {
+                    held.insert(ins.op0_register().full_register(), ins.immediate(1));
+                }
+                Mnemonic::Cmp | Mnemonic::Test | Mnemonic::Push => {}
+                _ => {
+                    if ins.op_count() > 0 && ins.op0_kind() == OpKind::Register {
+                        held.remove(&ins.op0_register().full_register());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The error calls of function `[start, end)`, as (library, reason, line): calls that pass
     /// a `file` string address as an argument, with the reason in the argument before it and
     /// the line in the one after (BoringSSL's `ERR_put_error(lib, 0, reason, file, line)`,
@@ -455,6 +593,9 @@ fn locate_boringssl(image: &Image) -> Result<Located, String> {
         stack: "boringssl".into(),
         write: image.entry_offset(*write)?,
         read: image.entry_offset(read)?,
+        handshake: None,
+        also: Vec::new(),
+        not_located: Vec::new(),
         how: format!(
             "BoringSSL SSL_write/SSL_read located by analysis (ssl_lib.cc error sites, bounds from {})",
             if [*write, read]
@@ -501,6 +642,9 @@ fn locate_aws_lc_aead(image: &Image) -> Result<Located, String> {
         stack: "aws-lc-aead".into(),
         write: image.entry_offset(seal)?,
         read: image.entry_offset(open)?,
+        handshake: None,
+        also: Vec::new(),
+        not_located: Vec::new(),
         how: format!(
             "aws-lc EVP_AEAD_CTX_seal/open located by analysis (aead.c error sites, bounds from {})",
             if [seal, open]
@@ -513,6 +657,104 @@ fn locate_aws_lc_aead(image: &Image) -> Result<Located, String> {
             }
         ),
     })
+}
+
+/// OpenSSL 3 records the function name with each error (`ERR_raise` passes `__func__`,
+/// `__FILE__` and `__LINE__` to `ERR_set_debug`), so the one function whose code loads both a
+/// name and the `ssl/ssl_lib.c` string is that function. `ssl_write_internal` and
+/// `ssl_read_internal` are what `SSL_write`, `SSL_write_ex` and the read calls all go through;
+/// from OpenSSL 3.3 on the write takes `flags` before `*written`, so the version string
+/// decides where the byte count is.
+fn locate_openssl(image: &Image) -> Result<Located, String> {
+    let files = image.strings_ending_with(b"ssl/ssl_lib.c");
+    if files.is_empty() {
+        return Err("no ssl/ssl_lib.c string".into());
+    }
+    let file_refs = image.references(&files);
+    let mut all_unwind = true;
+    let mut named = |name: &str| -> Result<Option<(u64, u64)>, String> {
+        let names = image.strings_equal_to(name.as_bytes());
+        let mut functions = BTreeSet::new();
+        for reference in image.references(&names) {
+            let Some((start, end, how)) = image.function_at(reference) else {
+                return Err(format!(
+                    "the code naming {name} at {reference:#x} is in no function with known bounds"
+                ));
+            };
+            // An error site names the file too; a bare use of the name is something else.
+            if file_refs.iter().any(|r| (start..end).contains(r)) {
+                all_unwind &= how == Bounds::Unwind;
+                functions.insert((start, end));
+            }
+        }
+        match functions.len() {
+            0 => Ok(None),
+            1 => Ok(functions.first().copied()),
+            n => Err(format!(
+                "{n} functions raise errors as {name} (inlined copies; 1 expected)"
+            )),
+        }
+    };
+    let write = named("ssl_write_internal")?.ok_or("no error site of ssl_write_internal")?;
+    let read = named("ssl_read_internal")?.ok_or("no error site of ssl_read_internal")?;
+    let handshake = named("SSL_do_handshake").ok().flatten();
+    if write == read {
+        return Err("ssl_write_internal and ssl_read_internal resolve to one function".into());
+    }
+    // OpenSSL 3.3 added `flags` before `*written`, and refuses unknown flags with
+    // SSL_R_UNSUPPORTED_WRITE_FLAG: the code says which layout it has, whatever the version.
+    let stack = if image
+        .ssl_reasons(write)
+        .contains(&SSL_R_UNSUPPORTED_WRITE_FLAG)
+    {
+        "openssl-3.3"
+    } else {
+        "openssl"
+    };
+    let version = openssl_version(image)
+        .map(|(major, minor)| format!(" {major}.{minor}"))
+        .unwrap_or_default();
+    Ok(Located {
+        stack: stack.into(),
+        write: image.entry_offset(write)?,
+        read: image.entry_offset(read)?,
+        handshake: handshake.map(|h| image.entry_offset(h)).transpose()?,
+        how: format!(
+            "OpenSSL{version} ssl_write_internal/ssl_read_internal located by analysis (error sites naming them, bounds from {})",
+            if all_unwind {
+                ".eh_frame"
+            } else {
+                "linker padding and call targets"
+            }
+        ),
+        also: Vec::new(),
+        not_located: Vec::new(),
+    })
+}
+
+/// (major, minor) of the first `OpenSSL x.y.z` string (`OPENSSL_VERSION_TEXT`).
+fn openssl_version(image: &Image) -> Option<(u32, u32)> {
+    for (_, bytes) in &image.data {
+        for at in memchr::memmem::find_iter(bytes, b"OpenSSL ") {
+            let rest = &bytes[at + 8..bytes.len().min(at + 24)];
+            let end = rest
+                .iter()
+                .position(|b| !(b.is_ascii_digit() || *b == b'.'))
+                .unwrap_or(rest.len());
+            let mut parts = std::str::from_utf8(&rest[..end]).ok()?.split('.');
+            let (Some(major), Some(minor), Some(patch)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if let (Ok(major), Ok(minor), Ok(_)) =
+                (major.parse(), minor.parse(), patch.parse::<u32>())
+            {
+                return Some((major, minor));
+            }
+        }
+    }
+    None
 }
 
 /// The GNU build id of the executable at `path`, if it has one.
@@ -528,7 +770,8 @@ pub fn build_id(path: &Path) -> Option<Vec<u8>> {
 pub fn scan(path: &Path) -> OpaqueScan {
     const BORINGSSL: &[u8] = b"/ssl/ssl_lib.cc\0";
     const AWS_LC: &[u8] = b"/cipher/aead.c\0";
-    let Some(image) = Image::load(path, &[BORINGSSL, AWS_LC]) else {
+    const OPENSSL: &[u8] = b"\0ssl_write_internal\0";
+    let Some(image) = Image::load(path, &[BORINGSSL, AWS_LC, OPENSSL]) else {
         return OpaqueScan::NotTls;
     };
     let has = |s: &[u8]| {
@@ -537,14 +780,38 @@ pub fn scan(path: &Path) -> OpaqueScan {
             .iter()
             .any(|(_, d)| memchr::memmem::find(d, s).is_some())
     };
-    let result = if has(BORINGSSL) {
-        locate_boringssl(&image).map_err(|why| format!("BoringSSL inside, not located: {why}"))
-    } else {
-        locate_aws_lc_aead(&image).map_err(|why| format!("aws-lc inside, not located: {why}"))
-    };
-    match result {
-        Ok(located) => OpaqueScan::Located(located),
-        Err(why) => OpaqueScan::NotLocated(why),
+    let mut results = Vec::new();
+    if has(BORINGSSL) {
+        results.push(
+            locate_boringssl(&image).map_err(|why| format!("BoringSSL inside, not located: {why}")),
+        );
+    } else if has(AWS_LC) {
+        results.push(
+            locate_aws_lc_aead(&image).map_err(|why| format!("aws-lc inside, not located: {why}")),
+        );
+    }
+    if has(OPENSSL) {
+        results.push(
+            locate_openssl(&image).map_err(|why| format!("OpenSSL inside, not located: {why}")),
+        );
+    }
+    combine(results)
+}
+
+/// One scan result from each TLS library found inside: the first located one carries the
+/// others (`also`) and the reasons the rest were not located.
+fn combine(results: Vec<Result<Located, String>>) -> OpaqueScan {
+    let (located, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    let mut located = located.into_iter().filter_map(Result::ok);
+    let failed: Vec<String> = failed.into_iter().filter_map(Result::err).collect();
+    match located.next() {
+        Some(mut first) => {
+            first.also = located.collect();
+            first.not_located = failed;
+            OpaqueScan::Located(first)
+        }
+        None if failed.is_empty() => OpaqueScan::NotTls,
+        None => OpaqueScan::NotLocated(failed.join("; ")),
     }
 }
 
@@ -655,6 +922,7 @@ mod tests {
             segments: vec![(read, 0x5000, code.len() as u64)],
             eh_frame_hdr: None,
             eh_frame: None,
+            fdes: std::cell::OnceCell::new(),
             pie: false,
         };
         (image, 0x5000 + write - read, 0x5000)
@@ -718,6 +986,108 @@ mod tests {
         image.segments[0].2 = code.len() as u64;
         let err = locate_boringssl(&image).unwrap_err();
         assert!(err.contains("2 functions"), "{err}");
+    }
+
+    /// OpenSSL 3's `ERR_raise(ERR_LIB_SSL, reason)` in function `name_at`:
+    /// `ERR_set_debug(file, line, func)` then `ERR_set_error(20, reason, NULL)`.
+    fn err_raise(a: &mut Asm, base: u64, file: u32, func: u32, line: u32, reason: u32) {
+        a.branch(0xE8, base, ERR_FN + 0x10);
+        a.mov(2, func).mov(6, line).mov(7, file);
+        a.branch(0xE8, base, ERR_FN + 0x20);
+        a.0.extend([0x31, 0xD2]); // xor edx, edx
+        a.mov(6, reason).mov(7, 20);
+        a.branch(0xE8, base, ERR_FN + 0x30);
+    }
+
+    /// ssl_write_internal at 0x1000 (raising 412 when `flags`), ssl_read_internal at 0x1080,
+    /// a third function naming ssl_write_internal at 0x1100 when `inlined`, a caller at 0x1200.
+    fn openssl_image(flags: bool, inlined: bool) -> Image {
+        let d = 0x40_0000u64;
+        let mut data = b"ssl/ssl_lib.c\0".to_vec();
+        let write_name = d + data.len() as u64;
+        data.extend(b"ssl_write_internal\0");
+        let read_name = d + data.len() as u64;
+        data.extend(b"ssl_read_internal\0");
+        let (file, w, r) = (d as u32, write_name as u32, read_name as u32);
+        let mut code = Vec::new();
+        let mut a = Asm::default();
+        a.0.push(0x55);
+        err_raise(&mut a, 0x1000, file, w, 2045, 276);
+        if flags {
+            err_raise(&mut a, 0x1000, file, w, 2058, 412);
+        }
+        code.extend(a.end());
+        code.resize(0x80, 0xCC);
+        a.0.push(0x55);
+        err_raise(&mut a, 0x1080, file, r, 1830, 276);
+        code.extend(a.end());
+        code.resize(0x100, 0xCC);
+        if inlined {
+            a.0.push(0x55);
+            err_raise(&mut a, 0x1100, file, w, 2045, 276);
+            code.extend(a.end());
+        }
+        code.resize(0x200, 0xCC);
+        for target in [0x1000, 0x1080, 0x1100] {
+            a.branch(0xE8, 0x1200, target);
+        }
+        code.extend(a.end());
+        Image {
+            data: vec![(d, data)],
+            code: vec![(0x1000, code.clone())],
+            segments: vec![(0x1000, 0x5000, code.len() as u64)],
+            eh_frame_hdr: None,
+            eh_frame: None,
+            fdes: std::cell::OnceCell::new(),
+            pie: false,
+        }
+    }
+
+    #[test]
+    fn openssl_internals_located_by_the_names_their_errors_carry() {
+        for (flags, stack) in [(false, "openssl"), (true, "openssl-3.3")] {
+            let located = locate_openssl(&openssl_image(flags, false)).unwrap();
+            assert_eq!(located.stack, stack);
+            assert_eq!((located.write, located.read), (0x5000, 0x5080));
+            assert_eq!(located.handshake, None);
+            assert!(
+                located.how.starts_with("OpenSSL ssl_write_internal"),
+                "{}",
+                located.how
+            );
+        }
+        let err = locate_openssl(&openssl_image(false, true)).unwrap_err();
+        assert!(
+            err.contains("2 functions raise errors as ssl_write_internal"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_second_library_rides_along_and_a_failed_one_is_said() {
+        let (boring, _, _) = image(false);
+        let first = locate_boringssl(&boring).unwrap();
+        let second = locate_openssl(&openssl_image(true, false)).unwrap();
+        let OpaqueScan::Located(l) = combine(vec![
+            Ok(first.clone()),
+            Ok(second.clone()),
+            Err("aws-lc inside, not located: x".into()),
+        ]) else {
+            panic!("not located");
+        };
+        assert_eq!(l.stacks().count(), 2);
+        assert_eq!(l.also, vec![second]);
+        let text = l.describe(false);
+        assert!(text.starts_with(&first.how), "{text}");
+        assert!(
+            text.ends_with("; not covered: aws-lc inside, not located: x"),
+            "{text}"
+        );
+        assert_eq!(
+            combine(vec![Err("a".into()), Err("b".into())]),
+            OpaqueScan::NotLocated("a; b".into())
+        );
+        assert_eq!(combine(Vec::new()), OpaqueScan::NotTls);
     }
 
     #[test]

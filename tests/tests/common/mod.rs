@@ -500,3 +500,28 @@ pub fn check_exact(
     assert_eq!(u(&row["usage_missing_calls"]), 0, "{row}");
     calls
 }
+
+/// The `tls_libraries` entry of status for executable `bin`.
+pub fn located<'a>(status: &'a Value, bin: &Path) -> Option<&'a Value> {
+    status["tls_libraries"]
+        .as_array()?
+        .iter()
+        .find(|l| l["path"].as_str() == bin.to_str())
+}
+
+/// Waits (bounded) until the daemon has attached to executable `bin`; returns its entry.
+pub fn wait_located(daemon: &Daemon, bin: &Path) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = daemon.cli_json(&["status"]);
+        if let Some(entry) = located(&status, bin) {
+            return entry.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} not attached in 30 s: {status:#}",
+            bin.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

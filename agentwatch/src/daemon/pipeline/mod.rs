@@ -82,9 +82,11 @@ pub struct Pipeline {
     /// Estimates for LLM-host sockets no hook covers, and the kernel's list of them.
     pub estimates: estimates::Estimates,
     meter: crate::probes::meter::Meter,
-    /// (tgid, whether it looked like HTTP) of the first plaintext written on each new TLS
-    /// connection, for the daemon to confirm or reject probes at located functions.
-    pub first_writes: Vec<(u32, bool)>,
+    /// (executable's device and inode, whether it looked like HTTP) of the first plaintext
+    /// written on each new TLS connection, for the daemon to confirm or reject probes at
+    /// located functions. The executable is read at once: the verdict may wait for an
+    /// analysis, and the process may be gone by then.
+    pub first_writes: Vec<((u64, u64), bool)>,
     /// Ceilings (None when the daemon runs without its kernel gate, e.g. in unit tests).
     pub policy: Option<Policy>,
     pub gate: Option<Gate>,
@@ -353,7 +355,10 @@ impl Pipeline {
                 && let Some(http) = crate::capture::starts_http_request(data)
             {
                 if self.first_writes.len() < MAX_FIRST_WRITES {
-                    self.first_writes.push((h.tgid, http));
+                    if let Ok(meta) = std::fs::metadata(format!("/proc/{}/exe", h.tgid)) {
+                        use std::os::unix::fs::MetadataExt;
+                        self.first_writes.push(((meta.dev(), meta.ino()), http));
+                    }
                 } else {
                     self.stats.first_writes_dropped += 1;
                 }
