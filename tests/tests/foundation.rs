@@ -389,8 +389,15 @@ fn restart_continues_a_live_session_and_writes_one_ledger_row() {
         mock.base_url(),
         mock.ca.display()
     );
-    // The root calls once, sleeps (the daemon is killed and restarted meanwhile), then a
+    // The root calls once, waits (bounded) for the test to say go (the daemon is killed and
+    // restarted meanwhile: a SIGKILLed daemon's uprobes take seconds to go), then a
     // sub-agent calls once.
+    let go = Scratch::new("restart-go");
+    let go_file = go.0.join("go");
+    let wait_go = format!(
+        "for i in $(seq 600); do [ -e '{}' ] && exit 0; sleep 0.1; done; exit 1",
+        go_file.display()
+    );
     let mut root = py_client(
         "tree_agent.py",
         &mock,
@@ -400,7 +407,7 @@ fn restart_continues_a_live_session_and_writes_one_ledger_row() {
             "--tag",
             "restart-root",
             "--child",
-            "sleep 5",
+            &wait_go,
             "--child",
             &sub,
         ],
@@ -414,7 +421,7 @@ fn restart_continues_a_live_session_and_writes_one_ledger_row() {
     });
     let dir = daemon.crash();
     let daemon = Daemon::start_in(dir, &[]);
-    // While the root sleeps, the restarted daemon shows the continued session live.
+    // While the root waits, the restarted daemon shows the continued session live.
     let sessions = daemon.cli_json(&["sessions"]);
     let live = sessions["sessions"]
         .as_array()
@@ -435,6 +442,7 @@ fn restart_continues_a_live_session_and_writes_one_ledger_row() {
         text.contains(live["session_id"].as_str().unwrap()),
         "{text}"
     );
+    std::fs::write(&go_file, "").unwrap();
     assert!(root.wait().unwrap().success());
     daemon.wait_for("the session's ledger row", |_, l| {
         !ledger_of(l, root_pid).is_empty()
