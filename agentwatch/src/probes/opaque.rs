@@ -463,21 +463,7 @@ impl Image {
                         held.clear();
                     }
                 }
-                Mnemonic::Mov
-                    if ins.op0_kind() == OpKind::Register
-                        && matches!(
-                            ins.op1_kind(),
-                            OpKind::Immediate32 | OpKind::Immediate32to64 | OpKind::Immediate64
-                        ) =>
-                {
-                    held.insert(ins.op0_register().full_register(), ins.immediate(1));
-                }
-                Mnemonic::Cmp | Mnemonic::Test | Mnemonic::Push => {}
-                _ => {
-                    if ins.op_count() > 0 && ins.op0_kind() == OpKind::Register {
-                        held.remove(&ins.op0_register().full_register());
-                    }
-                }
+                _ => track_constant(&mut held, &ins),
             }
         }
         out
@@ -519,37 +505,45 @@ impl Image {
                         held.clear();
                     }
                 }
-                Mnemonic::Mov
-                    if ins.op0_kind() == OpKind::Register
-                        && matches!(
-                            ins.op1_kind(),
-                            OpKind::Immediate32 | OpKind::Immediate32to64 | OpKind::Immediate64
-                        ) =>
-                {
-                    held.insert(ins.op0_register().full_register(), ins.immediate(1));
-                }
-                Mnemonic::Lea if ins.is_ip_rel_memory_operand() => {
-                    held.insert(
-                        ins.op0_register().full_register(),
-                        ins.ip_rel_memory_address(),
-                    );
-                }
-                Mnemonic::Xor
-                    if ins.code() == Code::Xor_r32_rm32
-                        && ins.op1_kind() == OpKind::Register
-                        && ins.op0_register() == ins.op1_register() =>
-                {
-                    held.insert(ins.op0_register().full_register(), 0);
-                }
-                Mnemonic::Cmp | Mnemonic::Test | Mnemonic::Push => {}
-                _ => {
-                    if ins.op_count() > 0 && ins.op0_kind() == OpKind::Register {
-                        held.remove(&ins.op0_register().full_register());
-                    }
-                }
+                _ => track_constant(&mut held, &ins),
             }
         }
         out
+    }
+}
+
+/// Follows the integer constants and addresses registers hold between calls: `mov r, imm`,
+/// `lea r, [rip+disp]`, `xor r32, r32`; any other write to a register forgets it.
+fn track_constant(held: &mut BTreeMap<Register, u64>, ins: &iced_x86::Instruction) {
+    match ins.mnemonic() {
+        Mnemonic::Mov
+            if ins.op0_kind() == OpKind::Register
+                && matches!(
+                    ins.op1_kind(),
+                    OpKind::Immediate32 | OpKind::Immediate32to64 | OpKind::Immediate64
+                ) =>
+        {
+            held.insert(ins.op0_register().full_register(), ins.immediate(1));
+        }
+        Mnemonic::Lea if ins.is_ip_rel_memory_operand() => {
+            held.insert(
+                ins.op0_register().full_register(),
+                ins.ip_rel_memory_address(),
+            );
+        }
+        Mnemonic::Xor
+            if ins.code() == Code::Xor_r32_rm32
+                && ins.op1_kind() == OpKind::Register
+                && ins.op0_register() == ins.op1_register() =>
+        {
+            held.insert(ins.op0_register().full_register(), 0);
+        }
+        Mnemonic::Cmp | Mnemonic::Test | Mnemonic::Push => {}
+        _ => {
+            if ins.op_count() > 0 && ins.op0_kind() == OpKind::Register {
+                held.remove(&ins.op0_register().full_register());
+            }
+        }
     }
 }
 
