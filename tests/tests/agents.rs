@@ -412,6 +412,13 @@ fn codex_over_https_exact_usage() {
         "{}",
         status["aead"]
     );
+    // Every sealed application record met the socket write that links it.
+    assert_eq!(
+        u(&status["aead"]["aead_unlinked_dropped"]),
+        0,
+        "{}",
+        status["aead"]
+    );
     for bin in &bins {
         assert_eq!(
             located(&status, bin).unwrap()["confirmed"],

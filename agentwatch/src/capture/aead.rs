@@ -3,8 +3,8 @@
 //!
 //! Each connection direction has its own AEAD context, so a context names half a connection.
 //! The kernel links a context to its socket: a sealed record goes out on the thread's next
-//! socket write, an opened one came from its last socket read. Records of a context not yet
-//! linked wait (bounded). TLS 1.3 puts the record's real content type as the last non-zero
+//! socket write, an opened one came from its last socket read. Sealed records wait (bounded)
+//! for the link that follows them; opened ones for their context's first link. TLS 1.3 puts the record's real content type as the last non-zero
 //! byte of the plaintext: only application data (0x17) is kept; handshake messages, alerts
 //! and session tickets under the same keys are dropped.
 use std::collections::{HashMap, VecDeque};
@@ -126,12 +126,15 @@ impl AeadStreams {
             .contexts
             .get_mut(&(tgid, aead))
             .expect("context just used");
+        // A sealed record goes out on the socket the link that follows it names: a context
+        // whose memory was reused by a new connection still carries the old socket's fd
+        // until then. (An opened record's link comes before it.)
         match ctx.fd {
-            Some(fd) => {
+            Some(fd) if direction != DIR_WRITE => {
                 let item = (content.to_vec(), loss, ts_ns);
                 self.deliver(tgid, fd, direction, item, out);
             }
-            None => {
+            _ => {
                 if ctx.pending.len() >= MAX_PENDING_RECORDS {
                     ctx.pending.pop_front();
                     self.stats.aead_unlinked_dropped += 1;
@@ -335,15 +338,16 @@ mod tests {
     fn records_in_chunks_are_reassembled_and_gaps_flagged() {
         let mut s = AeadStreams::default();
         let mut out = Vec::new();
-        s.on_link(7, DIR_WRITE, 0xb, 5, 1, &mut out);
         let rec = record(&[b'x'; 40], 0x17, 0);
         s.on_chunk(7, 0xb, DIR_WRITE, 0, 41, false, &rec[..20], 1, &mut out);
         assert!(out.is_empty());
         s.on_chunk(7, 0xb, DIR_WRITE, 20, 41, false, &rec[20..], 1, &mut out);
+        s.on_link(7, DIR_WRITE, 0xb, 5, 1, &mut out);
         assert_eq!(data(&out)[0].2, vec![b'x'; 40]);
         out.clear();
         // The first chunk of the next record is missing: what arrives is flagged lost.
         s.on_chunk(7, 0xb, DIR_WRITE, 20, 41, false, &rec[20..], 1, &mut out);
+        s.on_link(7, DIR_WRITE, 0xb, 5, 1, &mut out);
         assert!(
             matches!(out[0], AeadOut::Data { loss: true, .. }),
             "{out:?}"
@@ -354,13 +358,13 @@ mod tests {
     fn a_new_connection_on_a_reused_fd_closes_the_old_one() {
         let mut s = AeadStreams::default();
         let mut out = Vec::new();
-        s.on_link(7, DIR_WRITE, 0xb, 5, 1, &mut out);
         seal(
             &mut s,
             0xb,
             &record(b"GET / HTTP/1.1\r\n\r\n", 0x17, 0),
             &mut out,
         );
+        s.on_link(7, DIR_WRITE, 0xb, 5, 1, &mut out);
         // The fd is closed and reused: a new handshake context, then new application keys.
         s.on_link(7, DIR_WRITE, 0xd, 5, 2, &mut out);
         seal(
@@ -380,6 +384,31 @@ mod tests {
         );
         assert_eq!(data(&out)[1].0, conn_id(5, 1));
         assert_eq!(s.stats.aead_connections, 2);
+    }
+
+    #[test]
+    fn a_context_address_reused_by_a_new_connection_follows_its_new_socket() {
+        let mut s = AeadStreams::default();
+        let mut out = Vec::new();
+        seal(&mut s, 0xb, &record(b"GET /v1/models", 0x17, 0), &mut out);
+        s.on_link(7, DIR_WRITE, 0xb, 5, 1, &mut out);
+        // That connection closes; the next one (fd 6) gets its write context at the same
+        // address. Its first record is sealed before the write that links it to fd 6.
+        seal(
+            &mut s,
+            0xb,
+            &record(b"GET /v1/responses", 0x17, 0),
+            &mut out,
+        );
+        assert_eq!(data(&out).len(), 1, "waits for its link: {out:?}");
+        s.on_link(7, DIR_WRITE, 0xb, 6, 2, &mut out);
+        assert_eq!(
+            data(&out),
+            vec![
+                (conn_id(5, 0), DIR_WRITE, b"GET /v1/models".to_vec()),
+                (conn_id(6, 0), DIR_WRITE, b"GET /v1/responses".to_vec()),
+            ]
+        );
     }
 
     #[test]
