@@ -47,11 +47,23 @@ fn vendored_client() -> PathBuf {
 fn check_static_client(bin: &Path, kind: &str, version: &str) {
     let mock = Mock::start(&[]);
     let daemon = Daemon::start();
-    // Its first process only announces it (a usage error): the daemon analyses the file on
-    // exec, and a call made while that runs would be missed.
-    let usage = Command::new(bin).output().expect("run the client");
-    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
-    let entry = wait_located(&daemon, bin);
+    // Its first processes only announce it (a usage error): the daemon analyses the file on
+    // exec, and a call made while that runs would be missed. One that exits before the daemon
+    // reads its /proc entry announces nothing, so it is run until the file is attached.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let entry = loop {
+        let usage = Command::new(bin).output().expect("run the client");
+        assert_eq!(usage.status.code(), Some(2), "{usage:?}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if let Some(entry) = located(&daemon.cli_json(&["status"]), bin) {
+            break entry.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} not attached in 30 s of runs",
+            bin.display()
+        );
+    };
     assert_eq!(entry["kind"], kind, "{entry}");
     assert_eq!(
         entry["symbols"],
