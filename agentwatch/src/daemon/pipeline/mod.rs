@@ -48,7 +48,8 @@ pub struct PipelineStats {
     /// Connections evicted because `limits.max_connections` was reached.
     pub connections_evicted: u64,
     pub sink_errors: u64,
-    /// First-write verdicts not handed to the daemon (queue full).
+    /// First-write verdicts not handed to the daemon (queue full, or the process gone before
+    /// its executable could be read).
     pub first_writes_dropped: u64,
 }
 
@@ -354,13 +355,13 @@ impl Pipeline {
                 && h.direction == DIR_WRITE
                 && let Some(http) = crate::capture::starts_http_request(data)
             {
-                if self.first_writes.len() < MAX_FIRST_WRITES {
-                    if let Ok(meta) = std::fs::metadata(format!("/proc/{}/exe", h.tgid)) {
-                        use std::os::unix::fs::MetadataExt;
+                use std::os::unix::fs::MetadataExt;
+                let exe = std::fs::metadata(format!("/proc/{}/exe", h.tgid));
+                match exe {
+                    Ok(meta) if self.first_writes.len() < MAX_FIRST_WRITES => {
                         self.first_writes.push(((meta.dev(), meta.ino()), http));
                     }
-                } else {
-                    self.stats.first_writes_dropped += 1;
+                    _ => self.stats.first_writes_dropped += 1,
                 }
             }
         }
