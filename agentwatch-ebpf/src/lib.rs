@@ -1,56 +1,108 @@
 //! The kernel/user ABI of agentwatch: every type that crosses the ring buffer or a map.
 //!
 //! Layouts are `#[repr(C)]` with explicit padding so the BPF object and the daemon agree
-//! byte for byte. Flags are `u32`, never `bool`; event kinds are `u32` decoded with
-//! `TryFrom` in user space (an unknown value is counted, never transmuted).
+//! byte for byte (each size is asserted below). Flags are `u32`, never `bool`; record kinds
+//! are `u32` decoded in user space (an unknown value is counted, never transmuted). Every
+//! ring-buffer record starts with its kind and has a struct of its own.
 #![no_std]
 
-/// Payload bytes carried by one TLS data event. Larger SSL buffers are split into
+use core::mem::size_of;
+
+/// Payload bytes carried by one TLS data record. Larger SSL buffers are split into
 /// ordered chunks of at most this size.
 pub const DATA_CHUNK: usize = 16384;
 /// Chunks emitted for one SSL call at most (1 MiB). Bytes beyond are counted as truncated.
 pub const MAX_CHUNKS: u32 = 64;
 
-/// Ring buffer record kinds (first `u32` of every record).
+// ---- ring-buffer record kinds (the first `u32` of every record) ---------------------------
+
+/// [`ProcEvent`]: a process was forked, exec'd or exited.
 pub const EVENT_FORK: u32 = 1;
 pub const EVENT_EXEC: u32 = 2;
 pub const EVENT_EXIT: u32 = 3;
+/// [`TlsData`] + payload: plaintext a TLS hook (or a plain-HTTP socket) moved.
 pub const EVENT_TLS_DATA: u32 = 4;
-/// A TLS handshake started on an SSL object: whatever the daemon knew of a connection
-/// with the same SSL pointer is over (the pointer was freed and reused). Header only.
+/// [`Handshake`]: a TLS handshake started on an SSL object (or a plain socket connected):
+/// whatever the daemon knew of a connection with the same id is over.
 pub const EVENT_TLS_HANDSHAKE: u32 = 5;
-/// A process in the gate was stopped (SIGSTOP from the probe) at the entry of an SSL write,
-/// before any byte left; `GATE_PREVIEW` bytes of the buffer follow the header so user space
-/// can tell an LLM request from other TLS traffic. Preview bytes stay in memory.
+/// [`GateHold`] + preview: a process in the gate was stopped (SIGSTOP from the probe) at the
+/// entry of a TLS write, before any byte left; up to `GATE_PREVIEW` bytes of the buffer
+/// follow so user space can tell an LLM request from other TLS traffic.
 pub const EVENT_GATE_HOLD: u32 = 6;
-pub const GATE_PREVIEW: usize = 256;
-/// `offset` of a hold record: the held write is one TLS record (an AEAD seal), not a write
-/// call; one that is not an LLM request (handshake, a record between requests) keeps the
-/// process armed, since the request may follow without a read in between.
-pub const HOLD_TLS_RECORD: u64 = 1;
-/// `offset` of a hold record: the held call is a write syscall on a metered socket (an LLM
-/// host no hook covers), `ssl` = the fd. The syscall itself runs on; what it queued stays in
-/// the host because the socket is in `HELD_SOCKS` (dropped at egress) until user space
-/// releases it. The record is a [`SocketHold`].
-pub const HOLD_SOCKET: u64 = 2;
-/// An AEAD context (one direction of a rustls connection in an opaque binary) was used next
-/// to a socket syscall of the same thread: header only, `ssl` = context, `offset` = the fd,
-/// `direction` = which way. Links the context's records to their connection.
+/// [`AeadLink`]: an AEAD context (one direction of a rustls connection in an opaque binary)
+/// was used next to a socket syscall of the same thread: links its records to a socket.
 pub const EVENT_AEAD_LINK: u32 = 7;
-/// The first bytes written on a TCP socket connected to an estimate port (443): a TLS
-/// ClientHello whose SNI user space reads. `ssl` = the fd; up to `HELLO_BYTES` follow.
-pub const EVENT_TLS_HELLO: u32 = 8;
-pub const HELLO_BYTES: usize = 512;
-/// Bytes a metered socket moved (`len`, `direction`; `ssl` = the fd); header only.
+/// [`Contact`] + ClientHello bytes: the first write of a new TCP connection was a TLS
+/// ClientHello naming an LLM host, or naming none (an IP-literal endpoint).
+pub const EVENT_CONTACT: u32 = 8;
+/// [`SocketBytes`]: bytes a metered socket moved.
 pub const EVENT_SOCKET_BYTES: u32 = 9;
-/// A metered socket was closed (`ssl` = the fd); header only.
+/// [`SocketClose`]: a metered socket was closed.
 pub const EVENT_SOCKET_CLOSE: u32 = 10;
+/// [`SocketHold`]: a gated process's write on a metered socket is held (SIGSTOP; the
+/// socket's packets are kept in the host by the egress program until user space decides).
+pub const EVENT_SOCKET_HOLD: u32 = 11;
 
-/// `TLS_SOCKS` states: connected to an estimate port, first write not seen yet; its
-/// ClientHello was sent to user space (undecided); metered (an LLM host no hook covers).
-pub const SOCK_CONNECTED: u32 = 1;
+pub const GATE_PREVIEW: usize = 256;
+/// ClientHello bytes a [`Contact`] carries at most.
+pub const HELLO_BYTES: usize = 2048;
+
+/// `GateHold::flags`: the held write is one TLS record (an AEAD seal), not a write call;
+/// one that is not an LLM request (handshake, a record between requests) keeps the process
+/// armed, since the request may follow without a read in between.
+pub const HOLD_TLS_RECORD: u32 = 1;
+
+// ---- sockets -------------------------------------------------------------------------------
+
+/// `SockState::state`: connected, first write not seen yet (its first bytes decide).
+pub const SOCK_NEW: u32 = 1;
+/// Its ClientHello was sent to user space (a [`Contact`]); user space may meter it.
 pub const SOCK_HELLO_SENT: u32 = 2;
+/// Metered: an LLM host (by SNI) whose plaintext no hook sees; byte counts go up.
 pub const SOCK_METERED: u32 = 3;
+/// Connected to a plain-HTTP model server port: its bytes are captured.
+pub const SOCK_PLAIN: u32 = 4;
+
+/// Value of the `SOCKS` map (key: the kernel's `struct sock` address, which the socket
+/// tracepoints pass): a TCP socket a process connected, while it is of interest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockState {
+    /// `SOCK_*`.
+    pub state: u32,
+    /// The process that connected it, and the descriptor it connected on.
+    pub tgid: u32,
+    pub fd: u32,
+    /// Destination port (host order).
+    pub port: u32,
+    /// The socket's cookie (names it in the egress program).
+    pub cookie: u64,
+}
+
+/// `Contact::verdict`: the ClientHello names a known LLM host (or one in `llm_hosts`).
+pub const CONTACT_LLM_HOST: u32 = 1;
+/// The ClientHello names no host (an IP-literal endpoint such as `https://127.0.0.1:8443`).
+pub const CONTACT_NO_SNI: u32 = 2;
+
+/// `Contact::flags`: the process was stopped at this write (SIGSTOP), to be probed before it
+/// sends its first request; user space continues it.
+pub const CONTACT_HELD: u32 = 1;
+/// `Contact::flags`: an LLM host on an estimate port: user space decides whether to meter
+/// the socket (`SOCKS` holds it as `SOCK_HELLO_SENT`).
+pub const CONTACT_ESTIMATE: u32 = 2;
+
+// ---- per-process first-contact state (`PROCS`: tgid → one of these) -------------------------
+
+/// Stopped at a first contact; user space is deciding (attaching its probes).
+pub const PROC_HELD: u32 = 1;
+/// Decided: probes attached (or its TLS cannot be probed and is estimated). Its later
+/// connections are not held.
+pub const PROC_DECIDED: u32 = 2;
+/// Probed on probation (no SNI) and found not to be an agent: its no-SNI connections pass;
+/// a connection to a known LLM host is held again.
+pub const PROC_NOT_AGENT: u32 = 3;
+
+// ---- the ceiling gate ----------------------------------------------------------------------
 
 /// Values of the `GATE` map (tgid → state), the in-kernel half of ceilings.
 /// The next SSL write of the process is held for a decision.
@@ -67,18 +119,18 @@ pub const GATE_BLOCKED: u32 = 5;
 /// Every SSL write is held until the session is approved.
 pub const GATE_PAUSED: u32 = 6;
 
-/// Direction of TLS plaintext relative to the observed process.
+/// Direction of plaintext relative to the observed process.
 pub const DIR_WRITE: u32 = 0;
 pub const DIR_READ: u32 = 1;
 
-/// `TlsDataHeader::flags`: bytes of this connection and direction were lost (ring buffer
-/// full) before this chunk; user space must resynchronise the stream.
+/// `TlsData::flags`: bytes of this connection and direction were lost (ring buffer full)
+/// before this chunk; user space must resynchronise the stream.
 pub const TLS_FLAG_LOSS_BEFORE: u32 = 1;
-/// `TlsDataHeader::flags`: the SSL call moved more than `MAX_CHUNKS * DATA_CHUNK` bytes;
-/// the rest was not copied (counted in `DROP_TRUNCATED_BYTES`).
+/// `TlsData::flags`: the SSL call moved more than `MAX_CHUNKS * DATA_CHUNK` bytes; the
+/// rest was not copied (counted in `DROP_TRUNCATED_BYTES`).
 pub const TLS_FLAG_TRUNCATED: u32 = 2;
-/// `TlsDataHeader::flags`: one TLS record's plaintext from an AEAD seal/open (aws-lc under
-/// rustls), `ssl` = the AEAD context; TLS 1.3's inner content type is its last non-zero byte.
+/// `TlsData::flags`: one TLS record's plaintext from an AEAD seal/open (aws-lc under
+/// rustls), `conn` = the AEAD context; TLS 1.3's inner content type is its last non-zero byte.
 pub const TLS_FLAG_AEAD: u32 = 4;
 
 /// Indexes of the per-CPU drop counter array `DROPS` (summed over CPUs by user space).
@@ -92,7 +144,26 @@ pub const DROP_READ_FAILED_BYTES: u32 = 5;
 pub const DROP_IOV_BYTES: u32 = 6;
 /// Packets of held sockets kept from leaving the host (the egress gate of estimates).
 pub const DROP_HELD_PACKETS: u32 = 7;
-pub const DROP_COUNTERS: u32 = 8;
+/// TCP sockets not tracked because `SOCKS` was full (their first contact is not seen).
+pub const DROP_SOCKS_FULL: u32 = 8;
+/// First contacts not held because `PROCS` was full.
+pub const DROP_PROCS_FULL: u32 = 9;
+pub const DROP_COUNTERS: u32 = 10;
+
+/// Indexes of the per-CPU counter array `COUNTS` (not loss: what the kernel side did).
+/// TCP connects seen by the socket programs.
+pub const COUNT_CONNECTS: u32 = 0;
+/// First writes of new connections looked at.
+pub const COUNT_FIRST_WRITES: u32 = 1;
+/// … that were TLS ClientHellos naming a host that is not an LLM endpoint (let go).
+pub const COUNT_OTHER_HOSTS: u32 = 2;
+/// … that were not TLS (let go, or a proxy CONNECT whose next write decides).
+pub const COUNT_NOT_TLS: u32 = 3;
+/// First contacts that stopped their process for a decision.
+pub const COUNT_HOLDS: u32 = 4;
+/// Uprobe program runs (every TLS hook hit, whatever it did).
+pub const COUNT_UPROBE_HITS: u32 = 5;
+pub const COUNTERS: u32 = 6;
 
 /// Indexes of the `CONFIG` array, written by user space before any program is attached.
 /// Tracepoint field offsets come from the running kernel's tracefs `format` files, because
@@ -108,12 +179,57 @@ pub const CFG_SELF_TGID: u32 = 6;
 /// 1 when the host is over a host-wide ceiling: every process without a gate entry is
 /// treated as ARMED, so a new session's first LLM call is held too.
 pub const CFG_HOST_GATE: u32 = 7;
-pub const CFG_ENTRIES: u32 = 8;
+/// 1 when probes are per process (`scope = "agents"`): first contacts of undecided
+/// processes are held; 0 when the TLS probes are global (`scope = "all"`).
+pub const CFG_PER_PROCESS: u32 = 8;
+/// 1 when the pre-send hook (`tcp:tcp_sendmsg_locked`) is attached: holds happen before a
+/// write's bytes are queued; else at the end of the write.
+pub const CFG_PRE_SEND: u32 = 9;
+pub const CFG_ENTRIES: u32 = 10;
 /// Value of an offset that the running kernel's tracepoint does not have.
 pub const CFG_ABSENT: u32 = u32::MAX;
 
 pub const COMM_LEN: usize = 16;
 pub const FILENAME_LEN: usize = 256;
+
+/// Connection ids of plain-HTTP sockets have this bit set, with the fd below it (SSL object
+/// addresses never have it: they are user-space pointers).
+pub const PLAIN_CONN: u64 = 1 << 63;
+
+/// Field offsets of the syscall tracepoints (`syscalls/sys_enter_*`), kept for the format
+/// parser's tests.
+pub const SYSCALL_ARG0_OFF: usize = 16;
+
+/// iovecs of one vectored plain-socket call copied at most; bytes in the rest are counted
+/// (`DROP_IOV_BYTES`) and the stream is marked lost.
+pub const MAX_IOVECS: u32 = 8;
+
+// ---- LLM hosts (in-kernel SNI match) ------------------------------------------------------
+
+/// Host names longer than this are not matched (no known LLM endpoint comes close).
+pub const MAX_HOST_LEN: usize = 128;
+
+/// The hash the kernel computes over a host name, from its last byte to its first
+/// (lowercased), so every suffix is hashed on the way: FNV-1a, 64 bits. The `LLM_HOSTS`
+/// map holds the hashes of whole names (exact matches) and, in `LLM_SUFFIXES`, of
+/// suffixes that start at a `.` or `-` (`.openai.azure.com`, `-aiplatform.googleapis.com`).
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// One step of [`host_hash`] (shared so the kernel and user space cannot disagree).
+#[inline(always)]
+pub fn host_hash_step(hash: u64, byte: u8) -> u64 {
+    (hash ^ byte.to_ascii_lowercase() as u64).wrapping_mul(FNV_PRIME)
+}
+
+/// The hash of `name` as the kernel computes it (back to front).
+pub fn host_hash(name: &[u8]) -> u64 {
+    name.iter()
+        .rev()
+        .fold(FNV_OFFSET, |hash, byte| host_hash_step(hash, *byte))
+}
+
+// ---- records -------------------------------------------------------------------------------
 
 /// A process lifecycle event (fork, exec, exit). Threads are filtered in the kernel.
 #[repr(C)]
@@ -132,27 +248,10 @@ pub struct ProcEvent {
     pub filename: [u8; FILENAME_LEN],
 }
 
-/// Connection ids of plain-HTTP sockets have this bit set, with the fd below it (SSL object
-/// addresses never have it: they are user-space pointers).
-pub const PLAIN_CONN: u64 = 1 << 63;
-
-/// Field offsets of the syscall tracepoints (`syscalls/sys_enter_*`: the arguments as 8-byte
-/// slots after `__syscall_nr`; `sys_exit_*`: `ret`). Fixed by the syscall trace event layout.
-pub const SYSCALL_ARG0_OFF: usize = 16;
-pub const SYSCALL_ARG1_OFF: usize = 24;
-pub const SYSCALL_RET_OFF: usize = 16;
-pub const SYSCALL_ARG2_OFF: usize = 32;
-/// `__syscall_nr` of a `sys_enter_*` tracepoint.
-pub const SYSCALL_NR_OFF: usize = 8;
-
-/// iovecs of one vectored plain-socket call copied at most; bytes in the rest are counted
-/// (`DROP_IOV_BYTES`) and the stream is marked lost.
-pub const MAX_IOVECS: u32 = 8;
-
-/// Header of a TLS plaintext chunk; `len` payload bytes follow it in the same record.
+/// Header of a plaintext chunk; `len` payload bytes follow it in the same record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct TlsDataHeader {
+pub struct TlsData {
     pub kind: u32,
     pub tgid: u32,
     pub tid: u32,
@@ -162,34 +261,138 @@ pub struct TlsDataHeader {
     pub flags: u32,
     /// Payload bytes in this record.
     pub len: u32,
-    /// The SSL object's address in the process: with the tgid, it names the connection.
-    pub ssl: u64,
+    /// The connection: an SSL object's address in the process, an AEAD context, or
+    /// `PLAIN_CONN | fd`. With the tgid, it names the connection.
+    pub conn: u64,
     pub ts_ns: u64,
-    /// Bytes the SSL call transferred in all.
+    /// Bytes the call transferred in all.
     pub call_len: u64,
-    /// Offset of this chunk within the SSL call.
+    /// Offset of this chunk within the call.
     pub offset: u64,
 }
 
-pub const TLS_HEADER_LEN: usize = core::mem::size_of::<TlsDataHeader>();
+pub const TLS_HEADER_LEN: usize = size_of::<TlsData>();
 
-/// A write syscall on a metered socket held for a decision (`EVENT_GATE_HOLD` with
-/// `HOLD_SOCKET`): `header.ssl` = the fd, `header.call_len` = the bytes asked to be written
-/// (the first iovec's for vectored calls), `header.flags` = the gate state it found.
+/// A new connection on `conn` (a TLS handshake, or a plain socket's connect).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Handshake {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub _pad: u32,
+    pub conn: u64,
+    pub ts_ns: u64,
+}
+
+/// A gated process stopped at a TLS write; `len` preview bytes of its buffer follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GateHold {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// The `GATE_*` state the write found.
+    pub state: u32,
+    /// `HOLD_TLS_RECORD` or 0.
+    pub flags: u32,
+    /// Preview bytes that follow.
+    pub len: u32,
+    pub conn: u64,
+    pub ts_ns: u64,
+    /// Bytes the held call asked to write.
+    pub call_len: u64,
+}
+
+/// A write syscall on a metered socket held for a decision: the syscall itself runs on;
+/// what it queued stays in the host because the socket is in `HELD_SOCKS` (dropped at
+/// egress) until user space releases it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SocketHold {
-    pub header: TlsDataHeader,
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// The `GATE_*` state the write found.
+    pub state: u32,
+    pub fd: u64,
+    pub ts_ns: u64,
+    /// Bytes the write asked to send (the first iovec's for vectored calls).
+    pub len: u64,
     /// The socket's cookie in `HELD_SOCKS` (0: unknown, its bytes could not be held back).
     pub cookie: u64,
 }
 
-/// A TLS data record as staged in the per-CPU scratch buffer before output.
+/// An AEAD context used next to a socket syscall on `fd`.
 #[repr(C)]
-pub struct TlsDataEvent {
-    pub header: TlsDataHeader,
-    pub data: [u8; DATA_CHUNK],
+#[derive(Clone, Copy, Debug)]
+pub struct AeadLink {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// `DIR_WRITE` (a seal before a write) or `DIR_READ` (an open after a read).
+    pub direction: u32,
+    pub aead: u64,
+    pub fd: u64,
+    pub ts_ns: u64,
 }
+
+/// The first write of a new TCP connection, a ClientHello for an LLM host or for none;
+/// `len` of its bytes follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Contact {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// `CONTACT_LLM_HOST` or `CONTACT_NO_SNI`.
+    pub verdict: u32,
+    /// `CONTACT_HELD`, `CONTACT_ESTIMATE`.
+    pub flags: u32,
+    /// Destination port (host order).
+    pub port: u32,
+    pub fd: u64,
+    /// The `SOCKS` key (kernel socket address) user space writes a decision to.
+    pub sock: u64,
+    pub ts_ns: u64,
+    /// Bytes the write sent in all, and how many follow this header.
+    pub call_len: u32,
+    pub len: u32,
+}
+
+/// Bytes a metered socket moved.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketBytes {
+    pub kind: u32,
+    pub tgid: u32,
+    pub direction: u32,
+    pub len: u32,
+    pub fd: u64,
+    pub ts_ns: u64,
+}
+
+/// A metered socket was closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketClose {
+    pub kind: u32,
+    pub tgid: u32,
+    pub fd: u64,
+    pub ts_ns: u64,
+}
+
+/// A record staged in the per-CPU scratch buffer before output: its header at the start,
+/// then up to one chunk of bytes right after the header (whose size depends on the kind).
+#[repr(C)]
+pub struct Scratch {
+    pub bytes: [u8; SCRATCH_HEADER + DATA_CHUNK],
+}
+
+/// Room for the largest header that precedes bytes in a record.
+pub const SCRATCH_HEADER: usize = 64;
+
+// ---- map values ----------------------------------------------------------------------------
 
 /// Arguments of an SSL read/write call, kept per thread from entry to return.
 #[repr(C)]
@@ -216,7 +419,7 @@ pub struct GoKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct GoArgs {
-    /// The `*Conn`: the connection id (`ssl` of the records).
+    /// The `*Conn`: the connection id (`conn` of the records).
     pub conn: u64,
     pub buf: u64,
     /// `len(b)`.
@@ -252,12 +455,36 @@ pub struct Dest6 {
     pub port: u32,
 }
 
+// The layouts both sides rely on.
+const _: () = {
+    assert!(size_of::<ProcEvent>() == 24 + COMM_LEN + FILENAME_LEN);
+    assert!(size_of::<TlsData>() == 56);
+    assert!(size_of::<Handshake>() == 32);
+    assert!(size_of::<GateHold>() == 48);
+    assert!(size_of::<SocketHold>() == 48);
+    assert!(size_of::<AeadLink>() == 40);
+    assert!(size_of::<Contact>() == 56);
+    assert!(size_of::<SocketBytes>() == 32);
+    assert!(size_of::<SocketClose>() == 24);
+    assert!(size_of::<SockState>() == 24);
+    assert!(size_of::<SslArgs>() == 24);
+    assert!(size_of::<GoKey>() == 16);
+    assert!(size_of::<GoArgs>() == 32);
+    assert!(size_of::<ConnKey>() == 16);
+    assert!(size_of::<Dest4>() == 8);
+    assert!(size_of::<Dest6>() == 20);
+    // Every header that precedes bytes fits in the scratch buffer's header room.
+    assert!(size_of::<TlsData>() <= SCRATCH_HEADER);
+    assert!(size_of::<GateHold>() <= SCRATCH_HEADER);
+    assert!(size_of::<Contact>() <= SCRATCH_HEADER);
+};
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
     unsafe impl aya::Pod for ProcEvent {}
-    unsafe impl aya::Pod for TlsDataHeader {}
-    unsafe impl aya::Pod for SocketHold {}
+    unsafe impl aya::Pod for TlsData {}
+    unsafe impl aya::Pod for SockState {}
     unsafe impl aya::Pod for SslArgs {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for GoKey {}

@@ -1,4 +1,5 @@
 //! Wiring: probes → pipeline → sinks, the control socket, discovery and shutdown.
+mod first_contact;
 pub mod pipeline;
 
 use std::collections::{HashMap, HashSet};
@@ -15,7 +16,7 @@ use crate::accounting::pricing::Pricing;
 use crate::config::Config;
 use crate::control::{self, Request};
 use crate::policy::Policy;
-use crate::probes::{Probes, libraries};
+use crate::probes::{Probes, Scope, libraries};
 use crate::procs::ProcTree;
 use crate::sessions::clock::boot_now_ns;
 use crate::sessions::{Sessions, SessionsConfig, WallClock};
@@ -101,6 +102,11 @@ impl Discovery {
     }
 
     fn rescan(&mut self) {
+        if self.probes.scope == Scope::Agents {
+            // Probes are attached per process at first contact; nothing to look for.
+            self.probes.sweep_go_args();
+            return;
+        }
         let mut seen = Seen::default();
         for pid in libraries::all_pids() {
             self.process(pid, Some(&mut seen));
@@ -113,7 +119,7 @@ impl Discovery {
     /// root; after that it is detached, and its root may be searched again if it returns.
     fn detach_unreachable(&mut self, seen: &Seen) {
         let mut gone = Vec::new();
-        for lib in &mut self.probes.libraries {
+        for lib in &mut self.probes.attachments.libraries {
             let Some(root) = lib.root else { continue };
             if seen.mapped.contains(&lib.identity) {
                 continue;
@@ -175,22 +181,27 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         roots_seen: HashSet::new(),
         dirs_seen: HashSet::new(),
     };
-    // Our own root first: it covers processes that load libssl after we start.
-    if let Ok(meta) = std::fs::metadata("/") {
-        discovery.roots_seen.insert((meta.dev(), meta.ino()));
+    if config.probes.scope == Scope::All {
+        // Our own root first: it covers processes that load libssl after we start.
+        if let Ok(meta) = std::fs::metadata("/") {
+            discovery.roots_seen.insert((meta.dev(), meta.ino()));
+        }
+        for (path, via) in libraries::system_tls_libraries(Path::new("/"))
+            .into_iter()
+            .chain(libraries::runtime_executables())
+        {
+            discovery.probes.attach_tls_library(&path, &via);
+        }
+        for extra in &config.probes.extra_libraries {
+            discovery
+                .probes
+                .attach_tls_library(&extra.display().to_string(), extra);
+        }
+        discovery.rescan();
     }
-    for (path, via) in libraries::system_tls_libraries(Path::new("/"))
-        .into_iter()
-        .chain(libraries::runtime_executables())
-    {
-        discovery.probes.attach_tls_library(&path, &via);
-    }
-    for extra in &config.probes.extra_libraries {
-        discovery
-            .probes
-            .attach_tls_library(&extra.display().to_string(), extra);
-    }
-    discovery.rescan();
+    let scope = config.probes.scope;
+    let hold_timeout = Duration::from_millis(config.probes.first_contact_timeout_ms.max(1));
+    let closer = first_contact::Closer::spawn();
 
     std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::DataDir {
         path: config.data_dir.clone(),
@@ -325,6 +336,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         .map_err(|e| DaemonError::Ring(std::io::Error::other(e.to_string())))?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut execs = Vec::new();
+    let mut ended: Vec<u32> = Vec::new();
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -339,17 +351,27 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                     }
                 }
                 guard.clear_ready();
+                let held = pipeline.lock().expect("pipeline lock").take_held_contacts();
+                if !held.is_empty() {
+                    first_contact::decide_all(held, &discovery, &pipeline, hold_timeout, &closer);
+                }
                 {
-                    // Confirm or reject probes at located functions by what they captured
-                    // (skipped while an analysis holds discovery: the verdicts wait).
+                    // Confirm or reject probes at located functions by what they captured,
+                    // and take the probes of exited and exec'd processes off (both wait
+                    // while an attach holds discovery).
                     let mut p = pipeline.lock().expect("pipeline lock");
-                    if !p.first_writes.is_empty()
-                        && let Ok(mut d) = discovery.try_lock()
-                    {
+                    ended.extend(p.take_probe_ends());
+                    if let Ok(mut d) = discovery.try_lock() {
                         for (identity, http) in p.first_writes.drain(..) {
-                            d.probes.judge_first_write(identity, http);
+                            closer.close(d.probes.judge_first_write(identity, http));
+                        }
+                        for tgid in ended.drain(..) {
+                            closer.close(d.probes.detach_process(tgid));
                         }
                     }
+                }
+                if scope == Scope::Agents {
+                    execs.clear();
                 }
                 if !execs.is_empty() {
                     // Off the ring's task: analysing a large static binary takes a moment,
@@ -386,6 +408,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             p.handle_record(&item);
         }
     }
+    // Nobody is left stopped at a first contact by a daemon that goes away.
+    for tgid in pipeline
+        .lock()
+        .expect("pipeline lock")
+        .take_pending_contacts()
+    {
+        first_contact::cont(tgid);
+    }
     tracing::info!("agentwatch stopping");
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
@@ -402,32 +432,60 @@ fn answer(
 ) -> serde_json::Value {
     match req {
         Request::Status => {
-            let (tracepoints, libraries, failures, drops, detached, not_covered) = {
+            let (
+                programs,
+                scope,
+                libraries,
+                failures,
+                drops,
+                counters,
+                detached,
+                not_covered,
+                probed,
+            ) = {
                 let d = discovery.lock().expect("discovery lock");
+                let a = &d.probes.attachments;
                 (
-                    d.probes.tracepoints.clone(),
-                    d.probes.libraries.clone(),
-                    d.probes.failures.clone(),
+                    d.probes.programs.clone(),
+                    d.probes.scope,
+                    a.libraries.clone(),
+                    a.failures.clone(),
                     d.probes.drop_counters(),
-                    d.probes.detached,
+                    d.probes.kernel_counters(),
+                    a.detached,
                     json!({
-                        "executables": d.probes.not_covered,
-                        "over_cap": d.probes.not_covered_over_cap,
-                        "go_args_swept": d.probes.go_args_swept,
+                        "executables": a.not_covered,
+                        "over_cap": a.not_covered_over_cap,
+                        "go_args_swept": a.go_args_swept,
+                    }),
+                    json!({
+                        "now": a.processes_probed(),
+                        "attached_total": a.processes_attached_total,
+                        "detached_total": a.processes_detached_total,
+                        "libraries_over_cap": a.libraries_over_cap,
                     }),
                 )
             };
             let p = pipeline.lock().expect("pipeline lock");
-            // Every probe attached: the four process tracepoints, at least one TLS library,
-            // and no attach failure.
-            let ok = tracepoints.len() >= 4 && !libraries.is_empty() && failures.is_empty();
+            // Every probe attached: the process and socket tracepoints, no attach failure,
+            // and (probing every process) at least one TLS library.
+            let ok = programs.tracepoints.len() >= 7
+                && failures.is_empty()
+                && (scope == Scope::Agents || !libraries.is_empty());
             json!({
                 "ok": ok,
                 "version": env!("CARGO_PKG_VERSION"),
                 "uptime_secs": started.elapsed().as_secs(),
                 "data_dir": data_dir,
-                "tracepoints": tracepoints,
+                "scope": scope,
+                "tracepoints": programs.tracepoints,
+                "hooks_missing": programs.missing,
                 "tls_libraries": libraries,
+                "probed_processes": probed,
+                "first_contact": {
+                    "stats": p.first_contact,
+                    "kernel": counters,
+                },
                 "tls_libraries_detached": detached,
                 "attach_failures": failures,
                 // Programs whose TLS the probes cannot see (stripped Go binaries): known gaps,

@@ -1,9 +1,10 @@
 //! Decoding of ring-buffer records. A record's kind is checked before its layout is
 //! trusted; an unknown kind or a short record is an error the caller counts.
 use agentwatch_ebpf::{
-    EVENT_AEAD_LINK, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_GATE_HOLD, EVENT_SOCKET_BYTES,
-    EVENT_SOCKET_CLOSE, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, EVENT_TLS_HELLO, ProcEvent,
-    TLS_HEADER_LEN, TlsDataHeader,
+    AeadLink, CONTACT_ESTIMATE, CONTACT_HELD, CONTACT_LLM_HOST, Contact, EVENT_AEAD_LINK,
+    EVENT_CONTACT, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_GATE_HOLD, EVENT_SOCKET_BYTES,
+    EVENT_SOCKET_CLOSE, EVENT_SOCKET_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, GateHold,
+    HOLD_TLS_RECORD, Handshake, ProcEvent, SocketBytes, SocketClose, SocketHold, TlsData,
 };
 
 #[derive(Debug)]
@@ -23,10 +24,10 @@ pub enum KernelEvent<'a> {
         ts_ns: u64,
     },
     Tls {
-        header: TlsDataHeader,
+        header: TlsData,
         data: &'a [u8],
     },
-    /// A gated process was stopped at an SSL write; `preview` is the start of the buffer.
+    /// A gated process was stopped at a TLS write; `preview` is the start of the buffer.
     GateHold {
         tgid: u32,
         ssl: u64,
@@ -37,8 +38,8 @@ pub enum KernelEvent<'a> {
         /// The held write is one TLS record (`HOLD_TLS_RECORD`).
         record: bool,
     },
-    /// A gated process was stopped after a write syscall on a metered socket (`HOLD_SOCKET`),
-    /// whose queued bytes are held in the host under `cookie` (0: they could not be).
+    /// A gated process was stopped at a write on a metered socket, whose queued bytes are
+    /// held in the host under `cookie` (0: they could not be).
     SocketHold {
         tgid: u32,
         fd: u64,
@@ -54,12 +55,20 @@ pub enum KernelEvent<'a> {
         ssl: u64,
         ts_ns: u64,
     },
-    /// The first bytes written on a socket connected to an estimate port (a ClientHello).
-    TlsHello {
+    /// The first write of a new TCP connection was a ClientHello for an LLM host (`llm`)
+    /// or for no host; `held`: the process is stopped until it is decided.
+    Contact {
         tgid: u32,
         fd: u64,
+        /// The kernel's key of the socket (to meter it).
+        sock: u64,
+        port: u16,
+        llm: bool,
+        held: bool,
+        /// An LLM host on an estimate port: meter it unless a hook covers it.
+        estimate: bool,
         ts_ns: u64,
-        bytes: &'a [u8],
+        hello: &'a [u8],
     },
     /// A metered socket moved `len` bytes.
     SocketBytes {
@@ -101,6 +110,12 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// The `len` bytes that follow a header `H`.
+fn tail<H>(bytes: &[u8], len: u32) -> Option<&[u8]> {
+    let start = std::mem::size_of::<H>();
+    bytes.get(start..start + len as usize)
+}
+
 fn cstr(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
@@ -136,92 +151,101 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
             })
         }
         EVENT_TLS_DATA => {
-            let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;
-            let data = bytes
-                .get(TLS_HEADER_LEN..TLS_HEADER_LEN + header.len as usize)
-                .ok_or_else(short)?;
+            let header = read::<TlsData>(bytes).ok_or_else(short)?;
+            let data = tail::<TlsData>(bytes, header.len).ok_or_else(short)?;
             Ok(KernelEvent::Tls { header, data })
         }
         EVENT_GATE_HOLD => {
-            let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;
-            if header.offset & agentwatch_ebpf::HOLD_SOCKET != 0 {
-                let hold = read::<agentwatch_ebpf::SocketHold>(bytes).ok_or_else(short)?;
-                return Ok(KernelEvent::SocketHold {
-                    tgid: header.tgid,
-                    fd: header.ssl,
-                    state: header.flags,
-                    ts_ns: header.ts_ns,
-                    len: header.call_len,
-                    cookie: hold.cookie,
-                });
-            }
-            let preview = bytes
-                .get(TLS_HEADER_LEN..TLS_HEADER_LEN + header.len as usize)
-                .ok_or_else(short)?;
+            let hold = read::<GateHold>(bytes).ok_or_else(short)?;
+            let preview = tail::<GateHold>(bytes, hold.len).ok_or_else(short)?;
             Ok(KernelEvent::GateHold {
-                tgid: header.tgid,
-                ssl: header.ssl,
-                state: header.flags,
-                ts_ns: header.ts_ns,
+                tgid: hold.tgid,
+                ssl: hold.conn,
+                state: hold.state,
+                ts_ns: hold.ts_ns,
                 preview,
-                record: header.offset & agentwatch_ebpf::HOLD_TLS_RECORD != 0,
+                record: hold.flags & HOLD_TLS_RECORD != 0,
+            })
+        }
+        EVENT_SOCKET_HOLD => {
+            let hold = read::<SocketHold>(bytes).ok_or_else(short)?;
+            Ok(KernelEvent::SocketHold {
+                tgid: hold.tgid,
+                fd: hold.fd,
+                state: hold.state,
+                ts_ns: hold.ts_ns,
+                len: hold.len,
+                cookie: hold.cookie,
             })
         }
         EVENT_TLS_HANDSHAKE => {
-            let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;
+            let h = read::<Handshake>(bytes).ok_or_else(short)?;
             Ok(KernelEvent::TlsHandshake {
-                tgid: header.tgid,
-                ssl: header.ssl,
-                ts_ns: header.ts_ns,
+                tgid: h.tgid,
+                ssl: h.conn,
+                ts_ns: h.ts_ns,
             })
         }
         EVENT_AEAD_LINK => {
-            let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;
+            let link = read::<AeadLink>(bytes).ok_or_else(short)?;
             Ok(KernelEvent::AeadLink {
-                tgid: header.tgid,
-                direction: header.direction,
-                aead: header.ssl,
-                fd: header.offset,
-                ts_ns: header.ts_ns,
+                tgid: link.tgid,
+                direction: link.direction,
+                aead: link.aead,
+                fd: link.fd,
+                ts_ns: link.ts_ns,
             })
         }
-        EVENT_TLS_HELLO => {
-            let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;
-            let data = bytes
-                .get(TLS_HEADER_LEN..TLS_HEADER_LEN + header.len as usize)
-                .ok_or_else(short)?;
-            Ok(KernelEvent::TlsHello {
-                tgid: header.tgid,
-                fd: header.ssl,
-                ts_ns: header.ts_ns,
-                bytes: data,
+        EVENT_CONTACT => {
+            let c = read::<Contact>(bytes).ok_or_else(short)?;
+            let hello = tail::<Contact>(bytes, c.len).ok_or_else(short)?;
+            Ok(KernelEvent::Contact {
+                tgid: c.tgid,
+                fd: c.fd,
+                sock: c.sock,
+                port: c.port as u16,
+                llm: c.verdict == CONTACT_LLM_HOST,
+                held: c.flags & CONTACT_HELD != 0,
+                estimate: c.flags & CONTACT_ESTIMATE != 0,
+                ts_ns: c.ts_ns,
+                hello,
             })
         }
         EVENT_SOCKET_BYTES => {
-            let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;
+            let b = read::<SocketBytes>(bytes).ok_or_else(short)?;
             Ok(KernelEvent::SocketBytes {
-                tgid: header.tgid,
-                fd: header.ssl,
-                direction: header.direction,
-                len: header.len,
-                ts_ns: header.ts_ns,
+                tgid: b.tgid,
+                fd: b.fd,
+                direction: b.direction,
+                len: b.len,
+                ts_ns: b.ts_ns,
             })
         }
         EVENT_SOCKET_CLOSE => {
-            let header = read::<TlsDataHeader>(bytes).ok_or_else(short)?;
+            let c = read::<SocketClose>(bytes).ok_or_else(short)?;
             Ok(KernelEvent::SocketClose {
-                tgid: header.tgid,
-                fd: header.ssl,
-                ts_ns: header.ts_ns,
+                tgid: c.tgid,
+                fd: c.fd,
+                ts_ns: c.ts_ns,
             })
         }
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
 
+/// The bytes of a record (tests and the fuzz harness build records with it).
+pub fn encode<T: Copy>(value: &T, tail: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; std::mem::size_of::<T>()];
+    // SAFETY: `out` is exactly one `T` long; the ABI types are plain old data.
+    unsafe { std::ptr::write_unaligned(out.as_mut_ptr().cast(), *value) };
+    out.extend_from_slice(tail);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agentwatch_ebpf::TLS_HEADER_LEN;
 
     #[test]
     fn rejects_short_and_unknown_records() {
@@ -238,25 +262,21 @@ mod tests {
 
     #[test]
     fn decodes_tls_payload() {
-        let header = TlsDataHeader {
+        let header = TlsData {
             kind: EVENT_TLS_DATA,
             tgid: 42,
             tid: 43,
             direction: 0,
             flags: 0,
             len: 3,
-            ssl: 0xdead,
+            conn: 0xdead,
             ts_ns: 7,
             call_len: 3,
             offset: 0,
         };
-        let mut rec = vec![0u8; TLS_HEADER_LEN];
-        // SAFETY: rec is exactly TLS_HEADER_LEN bytes.
-        unsafe { std::ptr::write_unaligned(rec.as_mut_ptr().cast(), header) };
-        rec.extend_from_slice(b"abc");
-        match decode(&rec).unwrap() {
+        match decode(&encode(&header, b"abc")).unwrap() {
             KernelEvent::Tls { header, data } => {
-                assert_eq!((header.tgid, header.ssl, data), (42, 0xdead, &b"abc"[..]));
+                assert_eq!((header.tgid, header.conn, data), (42, 0xdead, &b"abc"[..]));
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -264,24 +284,17 @@ mod tests {
 
     #[test]
     fn decodes_socket_hold_and_refuses_it_short() {
-        let hold = agentwatch_ebpf::SocketHold {
-            header: TlsDataHeader {
-                kind: EVENT_GATE_HOLD,
-                tgid: 7,
-                tid: 8,
-                direction: 1,
-                flags: 3,
-                len: 0,
-                ssl: 5,
-                ts_ns: 99,
-                call_len: 1200,
-                offset: agentwatch_ebpf::HOLD_SOCKET,
-            },
+        let hold = SocketHold {
+            kind: EVENT_SOCKET_HOLD,
+            tgid: 7,
+            tid: 8,
+            state: 3,
+            fd: 5,
+            ts_ns: 99,
+            len: 1200,
             cookie: 0xc00c1e,
         };
-        let mut rec = vec![0u8; std::mem::size_of::<agentwatch_ebpf::SocketHold>()];
-        // SAFETY: rec is exactly one SocketHold long.
-        unsafe { std::ptr::write_unaligned(rec.as_mut_ptr().cast(), hold) };
+        let rec = encode(&hold, &[]);
         let event = decode(&rec).unwrap();
         assert!(
             matches!(
@@ -297,9 +310,43 @@ mod tests {
             ),
             "{event:?}"
         );
-        // The header alone (the cookie cut off) is a short record, not a hold without one.
+        // Cut short (the cookie missing), it is a short record, not a hold without one.
         assert!(matches!(
-            decode(&rec[..TLS_HEADER_LEN]),
+            decode(&rec[..rec.len() - 8]),
+            Err(DecodeError::Short { .. })
+        ));
+    }
+
+    #[test]
+    fn decodes_a_held_contact_with_its_hello() {
+        let contact = Contact {
+            kind: EVENT_CONTACT,
+            tgid: 9,
+            tid: 10,
+            verdict: agentwatch_ebpf::CONTACT_NO_SNI,
+            flags: CONTACT_HELD,
+            port: 8443,
+            fd: 4,
+            sock: 0xffff_8880_0000_1000,
+            ts_ns: 5,
+            call_len: 600,
+            len: 2,
+        };
+        let rec = encode(&contact, &[0x16, 0x03]);
+        match decode(&rec).unwrap() {
+            KernelEvent::Contact {
+                tgid: 9,
+                fd: 4,
+                port: 8443,
+                llm: false,
+                held: true,
+                hello,
+                ..
+            } => assert_eq!(hello, &[0x16, 0x03]),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            decode(&rec[..rec.len() - 1]),
             Err(DecodeError::Short { .. })
         ));
     }

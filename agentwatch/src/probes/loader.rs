@@ -1,13 +1,12 @@
-//! Loading the eBPF object and attaching its programs.
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
+//! Loading the eBPF object, attaching its kernel-side programs, and the maps user space
+//! writes (settings, ports, LLM hosts, first-contact decisions).
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use agentwatch_ebpf as abi;
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use aya::programs::uprobe::UProbeAttachLocation;
-use aya::programs::{TracePoint, UProbe, uprobe::UProbeLinkId, uprobe::UProbeScope};
-use aya::{Ebpf, EbpfLoader};
+use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint, UProbe};
+use aya::{Btf, Ebpf, EbpfLoader};
 use serde::{Deserialize, Serialize};
 
 use super::{ProbeError, tracefs};
@@ -15,19 +14,44 @@ use super::{ProbeError, tracefs};
 /// The eBPF object, built by `cargo xtask build` and embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AGENTWATCH_EBPF_OBJECT"));
 
+/// Which processes the TLS probes are attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Only processes that contact an LLM endpoint, decided at that first contact (before
+    /// their first request byte) and probed alone. Other processes get no uprobe.
+    #[default]
+    Agents,
+    /// Every process that maps a TLS library: calls are recognised by request shape on any
+    /// host, at the cost of a uprobe hit on every TLS read and write of every process.
+    All,
+}
+
 /// Probe settings (the `[probes]` table of the config).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProbesConfig {
+    /// `"agents"` (default): TLS probes per process, for processes that contact an LLM
+    /// endpoint; `"all"`: on every process (request-shape detection on any host).
+    pub scope: Scope,
+    /// More LLM endpoints for first contact, by the name their TLS ClientHello carries
+    /// (SNI): `"llm.internal.example"`, or `"*.gateway.example"` for every name under it.
+    /// The provider table (api.openai.com, api.anthropic.com, …) is always included. Default none.
+    pub llm_hosts: Vec<String>,
+    /// How long a process stopped at its first contact waits for its probes at most; then it
+    /// continues unprobed (counted in status `first_contact.timeouts`). Default 10,000 ms.
+    pub first_contact_timeout_ms: u64,
     /// Ring buffer size in bytes (a power of two, at least one page). Default 16 MiB.
     pub ring_buffer_bytes: u32,
-    /// Seconds between rescans of /proc/*/maps for TLS libraries loaded from unusual paths. Default 2.
+    /// `scope = "all"`: seconds between rescans of /proc/*/maps for TLS libraries loaded
+    /// from unusual paths. Default 2.
     pub rescan_interval_secs: u64,
-    /// Extra TLS libraries (or executables exporting `SSL_write`) to attach at start. Default none.
+    /// `scope = "all"`: extra TLS libraries (or executables exporting `SSL_write`) to
+    /// attach at start. Default none.
     pub extra_libraries: Vec<PathBuf>,
-    /// TCP ports of local model servers whose plain-HTTP traffic is captured from the syscalls
-    /// of the connecting process (write/sendto/sendmsg/writev, read/recvfrom/recvmsg/readv). Default Ollama 11434, LM Studio
-    /// 1234, vLLM 8000, llama.cpp 8080, LiteLLM 4000; `[]` turns plain capture off.
+    /// TCP ports of local model servers whose plain-HTTP traffic is captured from the socket
+    /// calls of the connecting process (write/sendto/sendmsg/writev, read/recvfrom/recvmsg/readv).
+    /// Default Ollama 11434, LM Studio 1234, vLLM 8000, llama.cpp 8080, LiteLLM 4000; `[]` turns plain capture off.
     pub plaintext_ports: Vec<u16>,
     /// TCP ports whose TLS connections to known LLM hosts (by SNI) are estimated from their
     /// byte counts when no hook sees their plaintext. Default 443; `[]` turns estimates off.
@@ -37,6 +61,9 @@ pub struct ProbesConfig {
 impl Default for ProbesConfig {
     fn default() -> Self {
         Self {
+            scope: Scope::Agents,
+            llm_hosts: Vec::new(),
+            first_contact_timeout_ms: 10_000,
             ring_buffer_bytes: 16 << 20,
             rescan_interval_secs: 2,
             extra_libraries: Vec::new(),
@@ -45,67 +72,6 @@ impl Default for ProbesConfig {
         }
     }
 }
-
-/// A TLS library (or executable) the uprobes are attached to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AttachedLibrary {
-    /// Path as the process that uses it sees it.
-    pub path: String,
-    /// Path the daemon attached through (may go through /proc/PID/root).
-    pub attached_via: String,
-    /// `openssl` (also node's static copy), `gnutls`, or `go` (a Go binary's crypto/tls).
-    pub kind: String,
-    /// Go: uprobes on the RET instructions of Write and Read (no uretprobes on Go code).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub return_probes: usize,
-    pub symbols: Vec<String>,
-    pub missing: Vec<String>,
-    /// (device, inode) of the file.
-    #[serde(skip)]
-    pub identity: (u64, u64),
-    /// The root directory (mount namespace) it was found through; None for the daemon's own.
-    #[serde(skip)]
-    pub root: Option<(u64, u64)>,
-    /// How its traffic is measured: `exact: …` and what the probes rest on.
-    #[serde(default)]
-    pub coverage: String,
-    /// Functions located by analysis: whether a new connection's first plaintext looked like
-    /// HTTP (confirmed), and how many did not before that.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub confirmed: Option<bool>,
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
-    pub doubts: u32,
-}
-
-fn is_zero_u32(n: &u32) -> bool {
-    *n == 0
-}
-
-/// New connections whose first plaintext is not HTTP, with none that is, before probes at
-/// located functions are taken for wrong and detached.
-const LOCATED_DOUBTS: u32 = 3;
-
-/// One first-write verdict on probes at located functions; true when they must go. One
-/// HTTP start confirms them for good (a wrong function does not write request lines).
-fn judge(confirmed: &mut Option<bool>, doubts: &mut u32, http: bool) -> bool {
-    match (http, *confirmed) {
-        (true, Some(_)) => *confirmed = Some(true),
-        (false, Some(false)) => *doubts += 1,
-        _ => {}
-    }
-    *confirmed == Some(false) && *doubts >= LOCATED_DOUBTS
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-/// Analysis results kept by build id; cleared when full.
-const LOCATED_CACHE_CAP: usize = 64;
-
-/// Executables with TLS traffic the probes cannot see (stripped Go binaries), kept for
-/// `agentwatch status` up to this many; the rest are counted.
-const NOT_COVERED_CAP: usize = 256;
 
 /// Drop counters of the kernel side, summed over CPUs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -123,117 +89,55 @@ pub struct DropCounters {
     /// host by the egress program until a decision (TCP sends them again once released).
     #[serde(default)]
     pub held_packets_kept: u64,
+    /// TCP connections not tracked because the socket table was full (their first
+    /// contact was not seen).
+    #[serde(default)]
+    pub socket_table_full: u64,
+    /// First contacts not held because the process table was full.
+    #[serde(default)]
+    pub process_table_full: u64,
 }
 
-/// (symbol, entry program, return program): the data-moving calls of OpenSSL's and GnuTLS's
-/// APIs. `gnutls_record_send/recv(session, data, size)` return the byte count like
-/// `SSL_write/SSL_read(ssl, buf, num)`, so the same programs serve both.
-const TLS_SYMBOLS: [(&str, &str, Option<&str>); 8] = [
-    ("SSL_write", "ssl_write_enter", Some("ssl_write_exit")),
-    ("SSL_write_ex", "ssl_write_ex_enter", Some("ssl_write_exit")),
-    ("SSL_read", "ssl_read_enter", Some("ssl_read_exit")),
-    ("SSL_read_ex", "ssl_read_ex_enter", Some("ssl_read_exit")),
-    // A new connection on a (possibly reused) SSL pointer; entry only.
-    ("SSL_do_handshake", "ssl_handshake_enter", None),
-    // gnutls_record_send is a wrapper of gnutls_record_send2: probing both would see each
-    // write twice, so only the public wrapper is probed.
-    (
-        "gnutls_record_send",
-        "ssl_write_enter",
-        Some("ssl_write_exit"),
-    ),
-    (
-        "gnutls_record_recv",
-        "ssl_read_enter",
-        Some("ssl_read_exit"),
-    ),
-    ("gnutls_handshake", "ssl_handshake_enter", None),
-];
+/// What the kernel side did, summed over CPUs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KernelCounters {
+    pub tcp_connects: u64,
+    /// First writes of new connections looked at …
+    pub first_writes: u64,
+    /// … that named a host that is not an LLM endpoint (let go, never probed),
+    pub other_hosts: u64,
+    /// … that were not TLS (let go),
+    pub not_tls: u64,
+    /// … and that stopped their process to be probed.
+    pub holds: u64,
+    /// Runs of the TLS uprobe programs (every hit of a probed process's TLS calls).
+    pub uprobe_hits: u64,
+}
 
-/// (symbol, program, file offset) of the probes at one located library's functions.
-fn located_points(l: &super::opaque::Located) -> Vec<(&'static str, &'static str, u64)> {
-    let mut points = match l.stack.as_str() {
-        "aws-lc-aead" => vec![
-            ("EVP_AEAD_CTX_seal", "aead_seal_enter", l.write),
-            ("EVP_AEAD_CTX_open", "aead_open_enter", l.read),
-            ("EVP_AEAD_CTX_open", "aead_open_exit", l.read),
-        ],
-        // ssl_write_internal(s, buf, num, [flags,] *written), ssl_read_internal(s, buf, num,
-        // *readbytes): the `_ex` layouts, returning 1.
-        "openssl" | "openssl-3.3" => vec![
-            (
-                "ssl_write_internal",
-                if l.stack == "openssl" {
-                    "ssl_write_ex_enter"
-                } else {
-                    "ssl_write_flags_enter"
-                },
-                l.write,
-            ),
-            ("ssl_write_internal", "ssl_write_exit", l.write),
-            ("ssl_read_internal", "ssl_read_ex_enter", l.read),
-            ("ssl_read_internal", "ssl_read_exit", l.read),
-        ],
-        _ => vec![
-            ("SSL_write", "ssl_write_enter", l.write),
-            ("SSL_write", "ssl_write_exit", l.write),
-            ("SSL_read", "ssl_read_enter", l.read),
-            ("SSL_read", "ssl_read_exit", l.read),
-        ],
-    };
-    if let Some(h) = l.handshake {
-        points.push(("SSL_do_handshake", "ssl_handshake_enter", h));
-    }
-    points
+/// Programs attached to kernel hooks, for status: names, and the hooks that could not be
+/// had on this kernel (with what that costs).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KernelPrograms {
+    pub tracepoints: Vec<String>,
+    /// Hooks this kernel lacks, and what is done instead.
+    pub missing: BTreeMap<String, String>,
 }
 
 pub struct Probes {
-    ebpf: Ebpf,
+    pub(super) ebpf: Ebpf,
+    /// Keeps the kernel's per-task perf scheduling enabled (see `keep_task_events_warm`).
+    _warm: Option<std::os::fd::OwnedFd>,
     drops: PerCpuArray<MapData, u64>,
-    pub tracepoints: Vec<String>,
-    pub libraries: Vec<AttachedLibrary>,
-    /// Attach failures, by path, for `agentwatch status`.
-    pub failures: BTreeMap<String, String>,
-    /// (device, inode) of every file already handled, attached or not.
-    seen_files: HashSet<(u64, u64)>,
-    /// The uprobe links of each attached file, to detach them when its container is gone.
-    links: HashMap<(u64, u64), Vec<(&'static str, UProbeLinkId)>>,
-    /// Files detached because no process could reach them any more.
-    pub detached: u64,
-    /// Executables using TLS that cannot be probed, by path: why (bounded).
-    pub not_covered: BTreeMap<String, String>,
-    /// Not-covered executables beyond `NOT_COVERED_CAP`.
-    pub not_covered_over_cap: u64,
-    /// Go goroutine → call arguments (swept of exited processes).
-    go_args: aya::maps::HashMap<MapData, abi::GoKey, abi::GoArgs>,
-    /// Entries of exited processes removed from the Go argument map.
-    pub go_args_swept: u64,
-    /// Static TLS libraries analysed, by build id.
-    located: HashMap<Vec<u8>, super::opaque::OpaqueScan>,
+    counts: PerCpuArray<MapData, u64>,
+    procs: aya::maps::HashMap<MapData, u32, u32>,
+    pub programs: KernelPrograms,
+    pub scope: Scope,
+    /// The TLS uprobes attached (per process or per file) and what was found on the way.
+    pub attachments: super::attach::Attachments,
 }
-
-/// An error and its causes, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    out
-}
-
-/// Go programs: entry programs at function starts, return programs at RET instructions.
-const GO_PROGRAMS: [&str; 5] = [
-    "go_tls_write_enter",
-    "go_tls_read_enter",
-    "go_tls_write_return",
-    "go_tls_read_return",
-    "go_tls_handshake_enter",
-];
 
 /// The object's program `name` as its concrete type (tracepoint, uprobe, cgroup program).
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, ProbeError>
+pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, ProbeError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
@@ -243,18 +147,28 @@ where
         .map_err(load_error(name))
 }
 
-fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProbeError> {
+pub(super) fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProbeError> {
     program(ebpf, name)
 }
 
-fn load_error(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError {
+pub(super) fn load_error(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError {
     let name = name.to_string();
     move |source| ProbeError::ProgramLoad { name, source }
 }
 
+fn map_error(name: &str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
+    let name = name.to_string();
+    move |source| ProbeError::Map { name, source }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name)
+        .ok_or_else(|| ProbeError::MissingMap { name: name.into() })
+}
+
 impl Probes {
-    /// Loads the object, configures it for this kernel, and attaches the process tracepoints.
-    /// Returns the probes and the ring buffer to read events from.
+    /// Loads the object, configures it for this kernel, and attaches the process and socket
+    /// tracepoints. Returns the probes and the ring buffer to read events from.
     pub fn load(config: &ProbesConfig) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -268,39 +182,24 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(OBJECT)?;
-        write_config(&mut ebpf, &root)?;
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf {
+            detail: e.to_string(),
+        })?;
 
         let ring =
-            RingBuf::try_from(
-                ebpf.take_map("EVENTS")
-                    .ok_or_else(|| ProbeError::MissingMap {
-                        name: "EVENTS".into(),
-                    })?,
-            )
-            .map_err(|source| ProbeError::Map {
-                name: "EVENTS".into(),
-                source,
-            })?;
-        let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").ok_or_else(|| {
-            ProbeError::MissingMap {
-                name: "DROPS".into(),
-            }
-        })?)
-        .map_err(|source| ProbeError::Map {
-            name: "DROPS".into(),
-            source,
-        })?;
-        let go_args = aya::maps::HashMap::try_from(ebpf.take_map("GO_ARGS").ok_or_else(|| {
-            ProbeError::MissingMap {
-                name: "GO_ARGS".into(),
-            }
-        })?)
-        .map_err(|source| ProbeError::Map {
-            name: "GO_ARGS".into(),
-            source,
-        })?;
+            RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(map_error("EVENTS"))?;
+        let drops =
+            PerCpuArray::try_from(take_map(&mut ebpf, "DROPS")?).map_err(map_error("DROPS"))?;
+        let counts =
+            PerCpuArray::try_from(take_map(&mut ebpf, "COUNTS")?).map_err(map_error("COUNTS"))?;
+        let procs = aya::maps::HashMap::try_from(take_map(&mut ebpf, "PROCS")?)
+            .map_err(map_error("PROCS"))?;
+        fill_ports(&mut ebpf, config)?;
+        fill_llm_hosts(&mut ebpf, &config.llm_hosts)?;
+        // Settings first: the programs read them from their first run.
+        write_config(&mut ebpf, &root, config.scope)?;
 
-        let mut tracepoints = Vec::new();
+        let mut programs = KernelPrograms::default();
         for (category, name) in [
             ("task", "task_newtask"),
             ("sched", "sched_process_fork"),
@@ -316,434 +215,43 @@ impl Probes {
                     name: name.into(),
                     source,
                 })?;
-            tracepoints.push(format!("{category}:{name}"));
+            programs.tracepoints.push(format!("{category}:{name}"));
         }
-        let mut failures = BTreeMap::new();
-        // Also the socket side of AEAD capture and of estimates: attached in any case.
-        if let Err(e) = attach_plaintext(
-            &mut ebpf,
-            &config.plaintext_ports,
-            &config.estimate_ports,
-            &mut tracepoints,
-        ) {
-            tracing::warn!("{e}; plain-HTTP capture is off");
-            failures.insert(
-                "plain HTTP (syscall tracepoints)".to_string(),
-                e.to_string(),
-            );
+        if attach_socket_programs(&mut ebpf, &btf, &mut programs)? {
+            set_config(&mut ebpf, abi::CFG_PRE_SEND, 1)?;
         }
-        for name in [
-            "ssl_write_enter",
-            "ssl_write_ex_enter",
-            "ssl_write_flags_enter",
-            "ssl_read_enter",
-            "ssl_read_ex_enter",
-            "ssl_handshake_enter",
-            "ssl_write_exit",
-            "ssl_read_exit",
-            "aead_seal_enter",
-            "aead_open_enter",
-            "aead_open_exit",
-        ]
-        .into_iter()
-        .chain(GO_PROGRAMS)
-        {
+        for name in super::plans::UPROBE_PROGRAMS {
             uprobe(&mut ebpf, name)?.load().map_err(load_error(name))?;
         }
         Ok((
             Probes {
                 ebpf,
                 drops,
-                tracepoints,
-                libraries: Vec::new(),
-                failures,
-                seen_files: HashSet::new(),
-                links: HashMap::new(),
-                detached: 0,
-                not_covered: BTreeMap::new(),
-                not_covered_over_cap: 0,
-                go_args,
-                go_args_swept: 0,
-                located: HashMap::new(),
+                counts,
+                procs,
+                programs,
+                scope: config.scope,
+                attachments: Default::default(),
+                _warm: (config.scope == Scope::Agents)
+                    .then(keep_task_events_warm)
+                    .flatten(),
             },
             ring,
         ))
     }
 
-    /// Attaches the TLS uprobes to `path` (reached through `via`, e.g. /proc/PID/root/…),
-    /// once per file identity. Returns true when the file was newly attached.
-    pub fn attach_tls_library(&mut self, path: &str, via: &Path) -> bool {
-        let Ok(meta) = std::fs::metadata(via) else {
-            return false;
-        };
-        let identity = (meta.dev(), meta.ino());
-        if !self.seen_files.insert(identity) {
-            return false;
-        }
-        let exported = super::libraries::exported_tls_symbols(via);
-        if !exported
-            .iter()
-            .any(|s| s.starts_with("SSL_write") || s == "gnutls_record_send")
-        {
-            // No exported TLS API: perhaps a Go binary with its own crypto/tls.
-            return self.attach_go(path, via, identity);
-        }
-        let mut symbols = Vec::new();
-        let mut missing = Vec::new();
-        let mut links = Vec::new();
-        // A file is one library family; the other family's symbols are not "missing".
-        let gnutls = !exported.iter().any(|s| s.starts_with("SSL_"));
-        for (symbol, enter, exit) in TLS_SYMBOLS {
-            if symbol.starts_with("gnutls_") != gnutls {
-                continue;
-            }
-            if !exported.iter().any(|s| s == symbol) {
-                missing.push(symbol.to_string());
-                continue;
-            }
-            let result = (|| {
-                for program in std::iter::once(enter).chain(exit) {
-                    let link = uprobe(&mut self.ebpf, program)?
-                        .attach(symbol, via, UProbeScope::AllProcesses)
-                        .map_err(|source| ProbeError::UprobeAttach {
-                            symbol: symbol.into(),
-                            path: via.into(),
-                            source,
-                        })?;
-                    links.push((program, link));
-                }
-                Ok::<(), ProbeError>(())
-            })();
-            match result {
-                Ok(()) => symbols.push(symbol.to_string()),
-                Err(e) => {
-                    tracing::warn!("{e}");
-                    self.failures.insert(path.to_string(), e.to_string());
-                    missing.push(symbol.to_string());
-                }
-            }
-        }
-        if symbols.is_empty() {
-            return false;
-        }
-        tracing::info!(library = path, via = %via.display(), ?symbols, "attached TLS uprobes");
-        self.links.insert(identity, links);
-        self.libraries.push(AttachedLibrary {
-            path: path.to_string(),
-            attached_via: via.display().to_string(),
-            kind: if gnutls { "gnutls" } else { "openssl" }.to_string(),
-            return_probes: 0,
-            coverage: format!(
-                "exact: {} exported symbols",
-                if gnutls { "GnuTLS" } else { "OpenSSL" }
-            ),
-            confirmed: None,
-            doubts: 0,
-            symbols,
-            missing,
-            identity,
-            root: super::libraries::foreign_root(via),
-        });
-        true
-    }
-
-    /// Attaches the Go programs to a Go binary's crypto/tls: entry probes on Write, Read and the
-    /// handshakes, and a return probe on every RET of Write and Read. All or nothing: a binary
-    /// with Write probed but not its returns would stash arguments that are never used.
-    fn attach_go(&mut self, path: &str, via: &Path, identity: (u64, u64)) -> bool {
-        use super::golang::{self, GoScan};
-        // In the daemon's own mount namespace the file's own path outlives the process it
-        // was found through (/proc/PID/root/… vanishes when that process exits).
-        let own_path = Path::new(path);
-        let via = if super::libraries::foreign_root(via).is_none()
-            && std::fs::metadata(own_path).is_ok_and(|m| (m.dev(), m.ino()) == identity)
-        {
-            own_path
-        } else {
-            via
-        };
-        let probes = match golang::scan(via) {
-            GoScan::NotGo => return self.attach_opaque(path, via, identity),
-            GoScan::NoTls => return false,
-            GoScan::NotCovered(reason) => {
-                self.not_covered(path, reason);
-                return false;
-            }
-            GoScan::Probes(p) => p,
-        };
-        let mut points: Vec<(&'static str, &'static str, u64)> = vec![
-            (golang::WRITE, "go_tls_write_enter", probes.write),
-            (golang::READ, "go_tls_read_enter", probes.read),
-        ];
-        for offset in &probes.write_returns {
-            points.push((golang::WRITE, "go_tls_write_return", *offset));
-        }
-        for offset in &probes.read_returns {
-            points.push((golang::READ, "go_tls_read_return", *offset));
-        }
-        for (symbol, offset) in &probes.handshakes {
-            points.push((symbol, "go_tls_handshake_enter", *offset));
-        }
-        let Some(links) =
-            self.attach_at_offsets(path, via, identity, &points, |symbol, _, source| {
-                ProbeError::GoUprobeAttach {
-                    symbol: symbol.into(),
-                    path: via.into(),
-                    detail: error_chain(&source),
-                }
-            })
-        else {
-            return false;
-        };
-        let mut symbols = vec![golang::WRITE.to_string(), golang::READ.to_string()];
-        symbols.extend(probes.handshakes.iter().map(|(s, _)| s.to_string()));
-        // Without a handshake probe a reused *Conn address is not told apart (rare: one
-        // of the two exists in every binary that makes or accepts TLS connections).
-        let missing = if probes.handshakes.is_empty() {
-            vec![golang::HANDSHAKES[0].to_string()]
-        } else {
-            Vec::new()
-        };
-        let return_probes = probes.write_returns.len() + probes.read_returns.len();
-        tracing::info!(binary = path, via = %via.display(), return_probes, "attached Go crypto/tls uprobes");
-        self.links.insert(identity, links);
-        self.libraries.push(AttachedLibrary {
-            path: path.to_string(),
-            attached_via: via.display().to_string(),
-            kind: "go".to_string(),
-            return_probes,
-            symbols,
-            missing,
-            identity,
-            root: super::libraries::foreign_root(via),
-            coverage: "exact: Go crypto/tls symbols".into(),
-            confirmed: None,
-            doubts: 0,
-        });
-        true
-    }
-
-    fn not_covered(&mut self, path: &str, reason: String) {
-        tracing::warn!(binary = path, "TLS not covered: {reason}");
-        if self.not_covered.len() < NOT_COVERED_CAP || self.not_covered.contains_key(path) {
-            self.not_covered.insert(path.to_string(), reason);
-        } else {
-            self.not_covered_over_cap += 1;
+    /// Writes a process's first-contact state (`PROC_*`), or removes it (`None`).
+    pub fn set_process_state(&mut self, tgid: u32, state: Option<u32>) -> bool {
+        match state {
+            Some(s) => self.procs.insert(tgid, s, 0).is_ok(),
+            None => self.procs.remove(&tgid).is_ok(),
         }
     }
 
-    /// Attaches the TLS programs to a stripped executable with a TLS library linked in, at the
-    /// functions the analysis located (cached by build id: agents are installed in several
-    /// places and auto-update to new files).
-    fn attach_opaque(&mut self, path: &str, via: &Path, identity: (u64, u64)) -> bool {
-        use super::opaque::{self, OpaqueScan};
-        // The daemon carries the strings it searches for: it is not an agent.
-        if std::fs::metadata("/proc/self/exe").is_ok_and(|m| (m.dev(), m.ino()) == identity) {
-            return false;
-        }
-        let build_id = opaque::build_id(via);
-        let scan = match build_id.as_ref().and_then(|id| self.located.get(id)) {
-            Some(cached) => cached.clone(),
-            None => {
-                let started = std::time::Instant::now();
-                let scan = opaque::scan(via);
-                if !matches!(scan, OpaqueScan::NotTls) {
-                    tracing::info!(binary = path, took = ?started.elapsed(), result = ?scan, "analysed a static TLS library");
-                }
-                if let Some(id) = build_id {
-                    if self.located.len() >= LOCATED_CACHE_CAP {
-                        self.located.clear();
-                    }
-                    self.located.insert(id, scan.clone());
-                }
-                scan
-            }
-        };
-        let located = match scan {
-            OpaqueScan::NotTls => return false,
-            OpaqueScan::NotLocated(reason) => {
-                self.not_covered(path, reason);
-                return false;
-            }
-            OpaqueScan::Located(l) => l,
-        };
-        let points: Vec<_> = located.stacks().flat_map(located_points).collect();
-        let symbols: Vec<String> =
-            points
-                .iter()
-                .map(|p| p.0.to_string())
-                .fold(Vec::new(), |mut v, s| {
-                    if !v.contains(&s) {
-                        v.push(s);
-                    }
-                    v
-                });
-        let Some(links) =
-            self.attach_at_offsets(path, via, identity, &points, |symbol, offset, source| {
-                ProbeError::LocatedUprobeAttach {
-                    symbol: symbol.into(),
-                    offset,
-                    path: via.into(),
-                    detail: error_chain(&source),
-                }
-            })
-        else {
-            return false;
-        };
-        tracing::info!(binary = path, via = %via.display(), how = located.describe(true), "attached TLS uprobes at located functions");
-        self.links.insert(identity, links);
-        self.libraries.push(AttachedLibrary {
-            path: path.to_string(),
-            attached_via: via.display().to_string(),
-            kind: located.stack.clone(),
-            return_probes: 0,
-            symbols,
-            // Without a handshake probe a reused SSL pointer is told apart by its first write.
-            missing: if located
-                .stacks()
-                .any(|l| l.stack != "aws-lc-aead" && l.handshake.is_none())
-            {
-                vec!["SSL_do_handshake".into()]
-            } else {
-                Vec::new()
-            },
-            identity,
-            root: super::libraries::foreign_root(via),
-            coverage: format!("exact: {}", located.describe(false)),
-            confirmed: Some(false),
-            doubts: 0,
-        });
-        true
-    }
-
-    /// The first plaintext written on a new connection by executable `identity` (device,
-    /// inode): for probes at located functions, HTTP confirms the location; non-HTTP on
-    /// `LOCATED_DOUBTS` new connections with none confirmed means the analysis was wrong for
-    /// this build: the probes are detached and the binary is listed as not covered, with why.
-    pub fn judge_first_write(&mut self, identity: (u64, u64), http: bool) {
-        let Some(lib) = self
-            .libraries
-            .iter_mut()
-            .find(|l| l.identity == identity && l.confirmed.is_some())
-        else {
-            return;
-        };
-        if !judge(&mut lib.confirmed, &mut lib.doubts, http) {
-            return;
-        }
-        let path = lib.path.clone();
-        for (program, link) in self.links.remove(&identity).unwrap_or_default() {
-            if let Ok(p) = uprobe(&mut self.ebpf, program) {
-                let _ = p.detach(link);
-            }
-        }
-        self.libraries.retain(|l| l.identity != identity);
-        // Stays in `seen_files`: the same file is not attached again.
-        self.not_covered(
-            &path,
-            format!(
-                "the functions located by analysis wrote non-HTTP plaintext on {LOCATED_DOUBTS} new connections and none was HTTP; probes detached (this build is not analysed correctly)"
-            ),
-        );
-    }
-
-    /// Attaches `(symbol, program, file offset)` probes to `via`, all or none: on a failure
-    /// the ones attached are detached, and the failure is kept for status, unless the file
-    /// vanished (the process it was found through exited; the next one tries again).
-    fn attach_at_offsets(
-        &mut self,
-        path: &str,
-        via: &Path,
-        identity: (u64, u64),
-        points: &[(&'static str, &'static str, u64)],
-        error: impl Fn(&str, u64, aya::programs::ProgramError) -> ProbeError,
-    ) -> Option<Vec<(&'static str, UProbeLinkId)>> {
-        let mut links = Vec::new();
-        for &(symbol, program, offset) in points {
-            let attached = uprobe(&mut self.ebpf, program).and_then(|p| {
-                p.attach(
-                    UProbeAttachLocation::AbsoluteOffset(offset),
-                    via,
-                    UProbeScope::AllProcesses,
-                )
-                .map_err(|source| error(symbol, offset, source))
-            });
-            match attached {
-                Ok(link) => links.push((program, link)),
-                Err(e) => {
-                    self.unlink(links);
-                    if !via.exists() {
-                        tracing::debug!("{e}");
-                        self.seen_files.remove(&identity);
-                    } else {
-                        tracing::warn!("{e}");
-                        self.failures.insert(path.to_string(), e.to_string());
-                    }
-                    return None;
-                }
-            }
-        }
-        Some(links)
-    }
-
-    fn unlink(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
-        for (program, link) in links {
-            if let Ok(p) = uprobe(&mut self.ebpf, program) {
-                let _ = p.detach(link);
-            }
-        }
-    }
-
-    /// Removes the Go argument entries of processes that are gone: a goroutine blocked in
-    /// `Read` when its process exits never reaches a RET, and would hold its entry forever.
-    pub fn sweep_go_args(&mut self) {
-        let dead: Vec<abi::GoKey> = self
-            .go_args
-            .keys()
-            .flatten()
-            .filter(|k| !Path::new(&format!("/proc/{}", k.tgid)).exists())
-            .collect();
-        for key in dead {
-            if self.go_args.remove(&key).is_ok() {
-                self.go_args_swept += 1;
-            }
-        }
-    }
-
-    /// Detaches the uprobes of a file no process can reach any more (its container is gone),
-    /// so the kernel lets go of it; it is attached again if it comes back.
-    pub fn detach_library(&mut self, identity: (u64, u64)) {
-        for (program, link) in self.links.remove(&identity).unwrap_or_default() {
-            if let Ok(p) = uprobe(&mut self.ebpf, program)
-                && let Err(e) = p.detach(link)
-            {
-                tracing::warn!("failed to detach {program}: {e}");
-            }
-        }
-        if let Some(at) = self.libraries.iter().position(|l| l.identity == identity) {
-            let lib = self.libraries.remove(at);
-            tracing::info!(
-                library = lib.path,
-                via = lib.attached_via,
-                "detached TLS uprobes: no process can reach the file any more"
-            );
-            self.detached += 1;
-        }
-        self.seen_files.remove(&identity);
-    }
-
-    /// Takes the map of sockets to meter out of the object (once), for the pipeline.
+    /// Takes the map of sockets (metering decisions) out of the object (once).
     pub fn take_meter(&mut self) -> Result<super::meter::Meter, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map("TLS_SOCKS")
-            .ok_or_else(|| ProbeError::MissingMap {
-                name: "TLS_SOCKS".into(),
-            })?;
-        let socks = aya::maps::HashMap::try_from(map).map_err(|source| ProbeError::Map {
-            name: "TLS_SOCKS".into(),
-            source,
-        })?;
+        let socks = aya::maps::HashMap::try_from(take_map(&mut self.ebpf, "SOCKS")?)
+            .map_err(map_error("SOCKS"))?;
         Ok(super::meter::Meter::new(socks))
     }
 
@@ -779,13 +287,14 @@ impl Probes {
         Ok(root)
     }
 
+    fn per_cpu_sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+        map.get(&index, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+
     pub fn drop_counters(&self) -> DropCounters {
-        let sum = |index: u32| -> u64 {
-            self.drops
-                .get(&index, 0)
-                .map(|values| values.iter().sum())
-                .unwrap_or(0)
-        };
+        let sum = |index: u32| Self::per_cpu_sum(&self.drops, index);
         DropCounters {
             ringbuf_full_events: sum(abi::DROP_RINGBUF_EVENTS),
             ringbuf_full_bytes: sum(abi::DROP_RINGBUF_BYTES),
@@ -795,85 +304,164 @@ impl Probes {
             read_failed_bytes: sum(abi::DROP_READ_FAILED_BYTES),
             iov_bytes_not_copied: sum(abi::DROP_IOV_BYTES),
             held_packets_kept: sum(abi::DROP_HELD_PACKETS),
+            socket_table_full: sum(abi::DROP_SOCKS_FULL),
+            process_table_full: sum(abi::DROP_PROCS_FULL),
+        }
+    }
+
+    pub fn kernel_counters(&self) -> KernelCounters {
+        let sum = |index: u32| Self::per_cpu_sum(&self.counts, index);
+        KernelCounters {
+            tcp_connects: sum(abi::COUNT_CONNECTS),
+            first_writes: sum(abi::COUNT_FIRST_WRITES),
+            other_hosts: sum(abi::COUNT_OTHER_HOSTS),
+            not_tls: sum(abi::COUNT_NOT_TLS),
+            holds: sum(abi::COUNT_HOLDS),
+            uprobe_hits: sum(abi::COUNT_UPROBE_HITS),
         }
     }
 }
 
-/// Plain HTTP to local model servers: the watched ports, and the syscall tracepoints that
-/// mark their sockets at connect and copy their bytes.
-fn attach_plaintext(
+/// The socket side: connect/close, the ends of socket writes and reads, and (where the
+/// kernel has it) the pre-send hook. Returns whether the pre-send hook is attached.
+fn attach_socket_programs(
     ebpf: &mut Ebpf,
-    ports: &[u16],
-    estimate_ports: &[u16],
-    tracepoints: &mut Vec<String>,
-) -> Result<(), ProbeError> {
-    for (name, ports) in [("PLAIN_PORTS", ports), ("ESTIMATE_PORTS", estimate_ports)] {
+    btf: &Btf,
+    programs: &mut KernelPrograms,
+) -> Result<bool, ProbeError> {
+    let attach_btf = |ebpf: &mut Ebpf, name: &str| -> Result<(), ProbeError> {
+        let program: &mut BtfTracePoint = program(ebpf, name)?;
+        program.load(name, btf).map_err(load_error(name))?;
+        program
+            .attach()
+            .map_err(|source| ProbeError::TracepointAttach {
+                category: "tp_btf".into(),
+                name: name.into(),
+                source,
+            })?;
+        Ok(())
+    };
+    attach_btf(ebpf, "inet_sock_set_state")?;
+    programs.tracepoints.push("sock:inet_sock_set_state".into());
+    for name in ["sock_send_length", "sock_recv_length"] {
+        let program: &mut RawTracePoint = program(ebpf, name)?;
+        program.load().map_err(load_error(name))?;
+        program
+            .attach(name)
+            .map_err(|source| ProbeError::TracepointAttach {
+                category: "raw_tp".into(),
+                name: name.into(),
+                source,
+            })?;
+        programs.tracepoints.push(format!("sock:{name}"));
+    }
+    // Linux 6.13+: before a write's bytes are queued. Without it, first contacts are decided
+    // when the ClientHello write ends (the same for TLS: no request byte has left), and a
+    // gated write on a metered socket is held only after its bytes were queued.
+    match attach_btf(ebpf, "tcp_sendmsg_locked") {
+        Ok(()) => {
+            programs.tracepoints.push("tcp:tcp_sendmsg_locked".into());
+            Ok(true)
+        }
+        Err(e) => {
+            tracing::warn!("{e}; holds of metered sockets happen after their write");
+            programs.missing.insert(
+                "tcp:tcp_sendmsg_locked".into(),
+                format!("{e}: a gated write on a metered socket is held after its bytes were queued (Linux 6.13+ has the hook)"),
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// The plain-HTTP ports and the estimate ports.
+fn fill_ports(ebpf: &mut Ebpf, config: &ProbesConfig) -> Result<(), ProbeError> {
+    for (name, ports) in [
+        ("PLAIN_PORTS", &config.plaintext_ports),
+        ("ESTIMATE_PORTS", &config.estimate_ports),
+    ] {
         let mut map: aya::maps::HashMap<_, u16, u32> = aya::maps::HashMap::try_from(
             ebpf.map_mut(name)
                 .ok_or_else(|| ProbeError::MissingMap { name: name.into() })?,
         )
-        .map_err(|source| ProbeError::Map {
-            name: name.into(),
-            source,
-        })?;
+        .map_err(map_error(name))?;
         for port in ports {
-            map.insert(port, 1, 0).map_err(|source| ProbeError::Map {
-                name: name.into(),
-                source,
-            })?;
-        }
-    }
-    for (program_name, events) in [
-        ("sys_enter_connect", &["sys_enter_connect"][..]),
-        ("sys_enter_close", &["sys_enter_close"][..]),
-        (
-            "sys_enter_plain_io",
-            &[
-                "sys_enter_write",
-                "sys_enter_sendto",
-                "sys_enter_read",
-                "sys_enter_recvfrom",
-            ][..],
-        ),
-        (
-            "sys_exit_plain_write",
-            &["sys_exit_write", "sys_exit_sendto"][..],
-        ),
-        (
-            "sys_exit_plain_read",
-            &["sys_exit_read", "sys_exit_recvfrom"][..],
-        ),
-        (
-            "sys_enter_plain_msg",
-            &["sys_enter_sendmsg", "sys_enter_recvmsg"][..],
-        ),
-        (
-            "sys_enter_plain_vec",
-            &["sys_enter_writev", "sys_enter_readv"][..],
-        ),
-        (
-            "sys_exit_plain_vec_write",
-            &["sys_exit_sendmsg", "sys_exit_writev"][..],
-        ),
-        (
-            "sys_exit_plain_vec_read",
-            &["sys_exit_recvmsg", "sys_exit_readv"][..],
-        ),
-    ] {
-        let program: &mut TracePoint = program(ebpf, program_name)?;
-        program.load().map_err(load_error(program_name))?;
-        for event in events {
-            program
-                .attach("syscalls", event)
-                .map_err(|source| ProbeError::TracepointAttach {
-                    category: "syscalls".into(),
-                    name: (*event).into(),
-                    source,
-                })?;
-            tracepoints.push(format!("syscalls:{event}"));
+            map.insert(port, 1, 0).map_err(map_error(name))?;
         }
     }
     Ok(())
+}
+
+/// The LLM hosts first contact matches (the provider table and `llm_hosts`), as the hashes
+/// the kernel computes: whole names, and suffixes that start at `.` or `-`.
+fn fill_llm_hosts(ebpf: &mut Ebpf, extra: &[String]) -> Result<(), ProbeError> {
+    let (names, suffixes) = crate::providers::first_contact_hosts(extra);
+    for (map_name, list) in [("LLM_HOSTS", names), ("LLM_SUFFIXES", suffixes)] {
+        let mut map: aya::maps::HashMap<_, u64, u32> =
+            aya::maps::HashMap::try_from(ebpf.map_mut(map_name).ok_or_else(|| {
+                ProbeError::MissingMap {
+                    name: map_name.into(),
+                }
+            })?)
+            .map_err(map_error(map_name))?;
+        for name in list {
+            map.insert(abi::host_hash(name.as_bytes()), 1, 0)
+                .map_err(map_error(map_name))?;
+        }
+    }
+    Ok(())
+}
+
+/// A per-process uprobe is a perf event bound to a task. The kernel turns its per-task perf
+/// scheduling hooks on when the first such event appears on the host, and waits for an RCU
+/// grace period to do it (tens of ms, paid by the process held at its first contact), then
+/// off again a second after the last one goes. One dummy software event on the daemon's own
+/// thread keeps them on, so attaching a process costs microseconds per probe.
+fn keep_task_events_warm() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // struct perf_event_attr, as far as the fields set here (the kernel takes `size`).
+    #[repr(C)]
+    struct Attr {
+        kind: u32,
+        size: u32,
+        config: u64,
+        rest: [u64; 14],
+    }
+    const PERF_TYPE_SOFTWARE: u32 = 1;
+    const PERF_COUNT_SW_DUMMY: u64 = 9;
+    const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+    let attr = Attr {
+        kind: PERF_TYPE_SOFTWARE,
+        size: std::mem::size_of::<Attr>() as u32,
+        config: PERF_COUNT_SW_DUMMY,
+        // `disabled` (bit 0 of the flags word after sample_period, sample_type, read_format):
+        // it never counts anything.
+        rest: {
+            let mut r = [0u64; 14];
+            r[3] = 1;
+            r
+        },
+    };
+    // SAFETY: perf_event_open with a valid attr of the size it states; the fd is owned below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const Attr,
+            0,
+            -1,
+            -1,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        tracing::debug!(
+            "no dummy perf event: {}; the first process probed after a quiet second waits a grace period",
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    // SAFETY: a new descriptor this process owns.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones ignore it.
@@ -888,7 +476,7 @@ fn raise_memlock_limit() {
     }
 }
 
-fn write_config(ebpf: &mut Ebpf, root: &Path) -> Result<(), ProbeError> {
+fn write_config(ebpf: &mut Ebpf, root: &Path, scope: Scope) -> Result<(), ProbeError> {
     let field = |category: &str, name: &str, field: &str, required: bool| {
         let offsets = tracefs::field_offsets(root, category, name)?;
         match offsets.get(field) {
@@ -926,7 +514,16 @@ fn write_config(ebpf: &mut Ebpf, root: &Path) -> Result<(), ProbeError> {
             field("task", "task_newtask", "clone_flags", true)?,
         ),
         (abi::CFG_SELF_TGID, std::process::id()),
+        (abi::CFG_PER_PROCESS, (scope == Scope::Agents) as u32),
+        (abi::CFG_PRE_SEND, 0),
     ];
+    for (index, value) in values {
+        set_config(ebpf, index, value)?;
+    }
+    Ok(())
+}
+
+fn set_config(ebpf: &mut Ebpf, index: u32, value: u32) -> Result<(), ProbeError> {
     let mut config: Array<_, u32> =
         Array::try_from(
             ebpf.map_mut("CONFIG")
@@ -934,19 +531,8 @@ fn write_config(ebpf: &mut Ebpf, root: &Path) -> Result<(), ProbeError> {
                     name: "CONFIG".into(),
                 })?,
         )
-        .map_err(|source| ProbeError::Map {
-            name: "CONFIG".into(),
-            source,
-        })?;
-    for (index, value) in values {
-        config
-            .set(index, value, 0)
-            .map_err(|source| ProbeError::Map {
-                name: "CONFIG".into(),
-                source,
-            })?;
-    }
-    Ok(())
+        .map_err(map_error("CONFIG"))?;
+    config.set(index, value, 0).map_err(map_error("CONFIG"))
 }
 
 /// The cgroup v2 mount point (`/sys/fs/cgroup` on most systems, `/sys/fs/cgroup/unified`
@@ -958,33 +544,4 @@ fn cgroup2_root() -> Option<PathBuf> {
         let (_, mount_point, fstype) = (cols.next()?, cols.next()?, cols.next()?);
         (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn located_probes_are_confirmed_by_http_or_rejected_after_doubts() {
-        let (mut confirmed, mut doubts) = (Some(false), 0);
-        assert!(!judge(&mut confirmed, &mut doubts, false));
-        assert!(!judge(&mut confirmed, &mut doubts, true));
-        assert_eq!(confirmed, Some(true));
-        for _ in 0..10 {
-            assert!(
-                !judge(&mut confirmed, &mut doubts, false),
-                "confirmed stays"
-            );
-        }
-        let (mut confirmed, mut doubts) = (Some(false), 0);
-        assert!(!judge(&mut confirmed, &mut doubts, false));
-        assert!(!judge(&mut confirmed, &mut doubts, false));
-        assert!(judge(&mut confirmed, &mut doubts, false));
-        // Probes found by symbol are never judged.
-        let (mut confirmed, mut doubts) = (None, 0);
-        for _ in 0..10 {
-            assert!(!judge(&mut confirmed, &mut doubts, false));
-        }
-        assert_eq!((confirmed, doubts), (None, 0));
-    }
 }

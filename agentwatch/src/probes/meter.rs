@@ -1,16 +1,16 @@
-//! The user-space half of estimates: which sockets the kernel meters (`TLS_SOCKS`).
+//! The user-space half of estimates: which sockets the kernel meters (`SOCKS`).
 use aya::maps::{HashMap, MapData};
 
-use agentwatch_ebpf::SOCK_METERED;
+use agentwatch_ebpf::{SOCK_METERED, SockState};
 
 pub struct Meter {
-    socks: Option<HashMap<MapData, u64, u32>>,
+    socks: Option<HashMap<MapData, u64, SockState>>,
     /// Map updates that failed (the socket stays unmetered or metered; counted).
     pub errors: u64,
 }
 
 impl Meter {
-    pub fn new(socks: HashMap<MapData, u64, u32>) -> Self {
+    pub fn new(socks: HashMap<MapData, u64, SockState>) -> Self {
         Self {
             socks: Some(socks),
             errors: 0,
@@ -25,16 +25,26 @@ impl Meter {
         }
     }
 
-    /// Starts metering socket `fd` of `tgid`, or stops looking at it.
-    pub fn set(&mut self, tgid: u32, fd: u64, metered: bool) {
+    /// Starts metering the socket the kernel knows as `sock`, or stops looking at it.
+    pub fn set(&mut self, sock: u64, metered: bool) {
         let Some(socks) = self.socks.as_mut() else {
             return;
         };
-        let key = ((tgid as u64) << 32) | (fd & 0xffff_ffff);
         let result = if metered {
-            socks.insert(key, SOCK_METERED, 0)
+            match socks.get(&sock, 0) {
+                Ok(mut state) => {
+                    state.state = SOCK_METERED;
+                    socks.insert(sock, state, 0)
+                }
+                // Closed meanwhile: nothing left to meter.
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(e),
+            }
         } else {
-            socks.remove(&key)
+            match socks.remove(&sock) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                other => other,
+            }
         };
         if result.is_err() {
             self.errors += 1;

@@ -3,53 +3,45 @@
 
 // aya's errors are large; they occur at start-up and attach time, never per event.
 #![allow(clippy::result_large_err)]
+use std::path::PathBuf;
+
+pub mod attach;
 pub mod events;
 pub mod golang;
 pub mod libraries;
 pub mod loader;
 pub mod meter;
 pub mod opaque;
+pub mod plans;
 pub mod tracefs;
 
-use std::path::PathBuf;
-
+pub use attach::{AttachedLibrary, DetachedLinks, ProcessCoverage};
 pub use events::{KernelEvent, decode};
+pub use loader::{DropCounters, KernelCounters, Probes, ProbesConfig, Scope};
 
 /// How the probes would cover the executable or library at `path` (`agentwatch inspect`):
-/// (covered exactly, what was found). Runs the same analysis the daemon runs at exec.
+/// (covered exactly, what was found). Runs the same analysis the daemon runs at first contact.
 pub fn inspect(path: &std::path::Path) -> (bool, String) {
-    let exported = libraries::exported_tls_symbols(path);
-    if !exported.is_empty() {
-        return (
-            true,
-            format!("exact: exported symbols {}", exported.join(" ")),
-        );
-    }
-    match golang::scan(path) {
-        golang::GoScan::Probes(p) => {
-            return (
+    match plans::plan(path, &mut plans::analyse_uncached) {
+        plans::FilePlan::Probe(plan) => {
+            let points: Vec<String> = plan
+                .points
+                .iter()
+                .map(|(symbol, program, offset)| format!("{symbol} ({program}) at {offset:#x}"))
+                .collect();
+            (
                 true,
-                format!(
-                    "exact: Go crypto/tls symbols (Write at {:#x}, Read at {:#x})",
-                    p.write, p.read
-                ),
-            );
+                format!("{}; probes: {}", plan.coverage, points.join(", ")),
+            )
         }
-        golang::GoScan::NotCovered(why) => return (false, format!("not covered: {why}")),
-        golang::GoScan::NoTls => return (false, "a Go binary without crypto/tls".into()),
-        golang::GoScan::NotGo => {}
-    }
-    match opaque::scan(path) {
-        opaque::OpaqueScan::Located(l) => (true, format!("exact: {}", l.describe(true))),
-        opaque::OpaqueScan::NotLocated(why) => (false, format!("not covered: {why}")),
-        opaque::OpaqueScan::NotTls => (
+        plans::FilePlan::NotCovered(why) => (false, format!("not covered: {why}")),
+        plans::FilePlan::NoTls => (
             false,
             "no TLS library inside that the probes know (shared libraries it loads, such as libssl, are probed on their own)"
                 .into(),
         ),
     }
 }
-pub use loader::{DropCounters, Probes, ProbesConfig};
 
 /// Everything that can go wrong between the daemon and the kernel, named so the user knows
 /// what failed and what to do.
@@ -91,30 +83,20 @@ pub enum ProbeError {
         name: String,
         source: aya::programs::ProgramError,
     },
-    #[error("failed to attach uprobe {symbol} to {path}: {source}")]
+    #[error(
+        "failed to attach uprobe {symbol} at file offset {offset:#x} of {path}: {detail}; this file's TLS traffic is not captured (check `dmesg`, and that the file is not being rewritten)"
+    )]
     UprobeAttach {
         symbol: String,
-        path: PathBuf,
-        source: aya::programs::ProgramError,
-    },
-    #[error(
-        "failed to attach uprobe {symbol} to {path}: {detail}; the Go TLS traffic of this binary is not captured (check `dmesg`, and that the file is an amd64 Go binary that is not being rewritten)"
-    )]
-    GoUprobeAttach {
-        symbol: String,
+        offset: u64,
         path: PathBuf,
         /// The error with its causes (aya's top-level message alone omits the errno).
         detail: String,
     },
     #[error(
-        "failed to attach uprobe {symbol} at file offset {offset:#x} of {path} (located by analysis): {detail}; this binary's TLS traffic is not captured exactly (check `dmesg`)"
+        "cannot read the kernel's BTF at /sys/kernel/btf/vmlinux: {detail}; the socket probes need a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     )]
-    LocatedUprobeAttach {
-        symbol: String,
-        offset: u64,
-        path: PathBuf,
-        detail: String,
-    },
+    Btf { detail: String },
     #[error("cannot attach the block programs to the cgroup v2 root: {detail}")]
     Cgroup { detail: String },
     #[error("eBPF map `{name}`: {source}")]

@@ -471,6 +471,85 @@ pub(crate) fn as_count(v: &Value) -> Option<u64> {
         })
 }
 
+/// Known LLM endpoints by exact host name, and their vendor.
+const HOSTS: &[(&str, &str)] = &[
+    ("api.openai.com", "openai"),
+    ("api.anthropic.com", "anthropic"),
+    ("generativelanguage.googleapis.com", "gemini"),
+    ("openrouter.ai", "openrouter"),
+    ("api.groq.com", "groq"),
+    ("api.mistral.ai", "mistral"),
+    ("api.deepseek.com", "deepseek"),
+    ("api.x.ai", "xai"),
+    ("api.together.xyz", "together"),
+    ("api.together.ai", "together"),
+    ("api.fireworks.ai", "fireworks"),
+    ("api.cerebras.ai", "cerebras"),
+    ("api.perplexity.ai", "perplexity"),
+    ("api.deepinfra.com", "deepinfra"),
+    ("api.moonshot.ai", "moonshot"),
+    ("api.moonshot.cn", "moonshot"),
+    ("dashscope.aliyuncs.com", "alibaba"),
+    ("dashscope-intl.aliyuncs.com", "alibaba"),
+    ("api.cohere.com", "cohere"),
+    ("api.cohere.ai", "cohere"),
+    ("integrate.api.nvidia.com", "nvidia"),
+    ("api.sambanova.ai", "sambanova"),
+    ("api.hyperbolic.xyz", "hyperbolic"),
+    ("api.novita.ai", "novita"),
+    ("router.huggingface.co", "huggingface"),
+    ("ollama.com", "ollama"),
+    ("aiplatform.googleapis.com", "vertex_ai"),
+];
+
+/// … by a suffix that starts at `.` or `-` (the kernel matches these the same way).
+const HOST_SUFFIXES: &[(&str, &str)] = &[
+    (".openai.azure.com", "azure_openai"),
+    (".cognitiveservices.azure.com", "azure_openai"),
+    (".services.ai.azure.com", "azure_ai"),
+    ("-aiplatform.googleapis.com", "vertex_ai"),
+];
+
+/// AWS regions with Bedrock: `bedrock-runtime.{region}.amazonaws.com` is named one by one
+/// for the kernel's first-contact match (a suffix would take in all of AWS); user space
+/// names any region.
+const BEDROCK_REGIONS: &[&str] = &[
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "ca-central-1",
+    "ca-west-1",
+    "sa-east-1",
+    "mx-central-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ap-southeast-4",
+    "ap-southeast-5",
+    "ap-southeast-7",
+    "ap-east-2",
+    "me-central-1",
+    "me-south-1",
+    "il-central-1",
+    "af-south-1",
+    "us-gov-east-1",
+    "us-gov-west-1",
+];
+
 /// The vendor behind a host, if known; else `None` (the caller falls back to the API family).
 pub fn provider_for_host(host: &str) -> Option<&'static str> {
     let host = host.trim();
@@ -481,42 +560,36 @@ pub fn provider_for_host(host: &str) -> Option<&'static str> {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    Some(match name.as_str() {
-        "api.openai.com" => "openai",
-        "api.anthropic.com" => "anthropic",
-        "generativelanguage.googleapis.com" => "gemini",
-        "openrouter.ai" => "openrouter",
-        "api.groq.com" => "groq",
-        "api.mistral.ai" => "mistral",
-        "api.deepseek.com" => "deepseek",
-        "api.x.ai" => "xai",
-        "api.together.xyz" | "api.together.ai" => "together",
-        "api.fireworks.ai" => "fireworks",
-        "api.cerebras.ai" => "cerebras",
-        "api.perplexity.ai" => "perplexity",
-        "api.deepinfra.com" => "deepinfra",
-        "api.moonshot.ai" | "api.moonshot.cn" => "moonshot",
-        "dashscope.aliyuncs.com" | "dashscope-intl.aliyuncs.com" => "alibaba",
-        "api.cohere.com" | "api.cohere.ai" => "cohere",
-        "integrate.api.nvidia.com" => "nvidia",
-        "api.sambanova.ai" => "sambanova",
-        "api.hyperbolic.xyz" => "hyperbolic",
-        "api.novita.ai" => "novita",
-        "router.huggingface.co" => "huggingface",
-        "ollama.com" => "ollama",
-        "aiplatform.googleapis.com" => "vertex_ai",
-        _ if name.ends_with(".openai.azure.com")
-            || name.ends_with(".cognitiveservices.azure.com") =>
-        {
-            "azure_openai"
+    if let Some((_, vendor)) = HOSTS.iter().find(|(h, _)| *h == name) {
+        return Some(vendor);
+    }
+    if let Some((_, vendor)) = HOST_SUFFIXES.iter().find(|(s, _)| name.ends_with(s)) {
+        return Some(vendor);
+    }
+    (name.starts_with("bedrock-runtime.") && name.ends_with(".amazonaws.com"))
+        .then_some("aws_bedrock")
+}
+
+/// The host names (exact) and suffixes (from a `.` or `-`) that first contact takes for
+/// LLM endpoints: the vendors above, and `extra` from the config (`name`, or `*.domain`
+/// for every name under it), lowercased.
+pub fn first_contact_hosts(extra: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut names: Vec<String> = HOSTS.iter().map(|(h, _)| h.to_string()).collect();
+    for region in BEDROCK_REGIONS {
+        names.push(format!("bedrock-runtime.{region}.amazonaws.com"));
+        names.push(format!("bedrock-runtime-fips.{region}.amazonaws.com"));
+    }
+    let mut suffixes: Vec<String> = HOST_SUFFIXES.iter().map(|(s, _)| s.to_string()).collect();
+    for host in extra {
+        let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
+        match host.strip_prefix('*') {
+            Some(suffix) if suffix.starts_with('.') => suffixes.push(suffix.to_string()),
+            Some(_) => {}
+            None if !host.is_empty() => names.push(host),
+            None => {}
         }
-        _ if name.ends_with(".services.ai.azure.com") => "azure_ai",
-        _ if name.ends_with("-aiplatform.googleapis.com") => "vertex_ai",
-        _ if name.starts_with("bedrock-runtime.") && name.ends_with(".amazonaws.com") => {
-            "aws_bedrock"
-        }
-        _ => return None,
-    })
+    }
+    (names, suffixes)
 }
 
 /// The `provider` of a call: by host where known, else the API family.

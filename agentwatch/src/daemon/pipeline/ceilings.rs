@@ -518,6 +518,8 @@ impl Pipeline {
             .into_iter()
             .filter(|(_, state)| *state == GATE_GRANTED || *state == GATE_ARMED)
             .map(|(tgid, _)| tgid)
+            // Stopped at its first contact, waiting for its probes: not the gate's stop.
+            .filter(|tgid| !self.pending_contacts.contains(*tgid))
             .filter(|tgid| enforce::is_stopped(*tgid))
             .collect();
         for tgid in stuck {

@@ -4,14 +4,15 @@
 //! connection that owns them, recognised calls are priced and charged to their session,
 //! and closed sessions become ledger rows. Nothing here blocks on the network.
 mod ceilings;
+mod contacts;
 pub mod estimates;
+
+pub use contacts::FirstContactStats;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use agentwatch_ebpf::{
-    DIR_WRITE, EVENT_TLS_DATA, TLS_FLAG_AEAD, TLS_FLAG_LOSS_BEFORE, TlsDataHeader,
-};
+use agentwatch_ebpf::{DIR_WRITE, EVENT_TLS_DATA, TLS_FLAG_AEAD, TLS_FLAG_LOSS_BEFORE, TlsData};
 use serde::Serialize;
 
 use crate::accounting::pricing::Pricing;
@@ -51,7 +52,23 @@ pub struct PipelineStats {
     /// First-write verdicts not handed to the daemon (queue full, or the process gone before
     /// its executable could be read).
     pub first_writes_dropped: u64,
+    /// First contacts (a new connection's ClientHello for an LLM host, or for none) seen.
+    pub first_contacts: u64,
+    /// Held first contacts not queued for the daemon (queue full; continued at the deadline).
+    pub contacts_dropped: u64,
 }
+
+/// A process stopped at its first contact, for the daemon to probe and continue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldContact {
+    pub tgid: u32,
+    /// The ClientHello named a known LLM host (else none: probation).
+    pub llm_host: bool,
+    pub ts_ns: u64,
+}
+
+/// Held first contacts kept until the daemon takes them.
+const MAX_CONTACTS: usize = 4096;
 
 /// How long a killed or blocked process's held sockets stay held after it exited.
 const HELD_SOCKET_GRACE_NS: u64 = 60_000_000_000;
@@ -88,6 +105,13 @@ pub struct Pipeline {
     /// located functions. The executable is read at once: the verdict may wait for an
     /// analysis, and the process may be gone by then.
     pub first_writes: Vec<((u64, u64), bool)>,
+    /// Processes stopped at their first contact, for the daemon to probe and continue.
+    contacts: Vec<HeldContact>,
+    /// … taken by the daemon and not continued yet.
+    pending_contacts: contacts::Pending,
+    pub first_contact: FirstContactStats,
+    /// Processes that exec'd or exited, whose per-process probes come off.
+    probe_ends: Vec<u32>,
     /// Ceilings (None when the daemon runs without its kernel gate, e.g. in unit tests).
     pub policy: Option<Policy>,
     pub gate: Option<Gate>,
@@ -128,6 +152,10 @@ impl Pipeline {
             estimates: estimates::Estimates::default(),
             meter: crate::probes::meter::Meter::disabled(),
             first_writes: Vec::new(),
+            contacts: Vec::new(),
+            pending_contacts: Default::default(),
+            first_contact: Default::default(),
+            probe_ends: Vec::new(),
             policy: None,
             gate: None,
             pods: Arc::new(PodIndex::default()),
@@ -176,19 +204,21 @@ impl Pipeline {
                 ts_ns,
             } => {
                 self.stats.execs += 1;
+                self.probe_ends.push(tgid);
                 self.tree.on_exec(tgid, &filename);
                 self.on_exec_policy(tgid, ts_ns);
                 return Some(tgid);
             }
             KernelEvent::Exit { tgid, ts_ns } => {
                 self.stats.exits += 1;
+                self.probe_ends.push(tgid);
                 self.on_exit(tgid, ts_ns);
             }
             KernelEvent::Tls { header, data } if header.flags & TLS_FLAG_AEAD != 0 => {
                 let mut out = Vec::new();
                 self.aead.on_chunk(
                     header.tgid,
-                    header.ssl,
+                    header.conn,
                     header.direction,
                     header.offset,
                     header.call_len,
@@ -200,18 +230,38 @@ impl Pipeline {
                 self.on_aead(out);
             }
             KernelEvent::Tls { header, data } => self.on_tls(&header, data),
-            KernelEvent::TlsHello {
+            KernelEvent::Contact {
                 tgid,
                 fd,
+                sock,
+                llm,
+                held,
+                estimate,
                 ts_ns,
-                bytes,
+                hello,
+                ..
             } => {
-                let metered = self.estimates.on_hello(tgid, fd, bytes, ts_ns, || {
-                    std::fs::read_link(format!("/proc/{tgid}/exe"))
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|_| format!("pid {tgid}"))
-                });
-                self.meter.set(tgid, fd, metered);
+                self.stats.first_contacts += 1;
+                if estimate {
+                    let metered = self.estimates.on_hello(tgid, fd, hello, ts_ns, || {
+                        std::fs::read_link(format!("/proc/{tgid}/exe"))
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|_| format!("pid {tgid}"))
+                    });
+                    self.meter.set(sock, metered);
+                }
+                if held {
+                    if self.contacts.len() < MAX_CONTACTS {
+                        self.contacts.push(HeldContact {
+                            tgid,
+                            llm_host: llm,
+                            ts_ns,
+                        });
+                    } else {
+                        // The daemon continues it when the hold's time is up.
+                        self.stats.contacts_dropped += 1;
+                    }
+                }
             }
             KernelEvent::SocketBytes {
                 tgid,
@@ -302,14 +352,14 @@ impl Pipeline {
                     loss,
                     ts_ns,
                 } => {
-                    let header = TlsDataHeader {
+                    let header = TlsData {
                         kind: EVENT_TLS_DATA,
                         tgid,
                         tid: 0,
                         direction,
                         flags: if loss { TLS_FLAG_LOSS_BEFORE } else { 0 },
                         len: data.len() as u32,
-                        ssl: conn,
+                        conn,
                         ts_ns,
                         call_len: data.len() as u64,
                         offset: 0,
@@ -326,13 +376,13 @@ impl Pipeline {
         }
     }
 
-    fn on_tls(&mut self, h: &TlsDataHeader, data: &[u8]) {
+    fn on_tls(&mut self, h: &TlsData, data: &[u8]) {
         self.stats.tls_chunks += 1;
-        if h.ssl & agentwatch_ebpf::PLAIN_CONN == 0 {
+        if h.conn & agentwatch_ebpf::PLAIN_CONN == 0 {
             self.estimates.on_exact(h.tgid, h.ts_ns);
         }
         self.stats.tls_bytes += data.len() as u64;
-        let id = (h.tgid, h.ssl);
+        let id = (h.tgid, h.conn);
         if !self.conns.contains_key(&id) {
             let Some(key) = self.tree.ensure(h.tgid) else {
                 self.stats.tls_chunks_unknown_process += 1;
@@ -349,9 +399,9 @@ impl Pipeline {
                     last_seen_ns: h.ts_ns,
                 },
             );
-            self.conns_by_tgid.entry(h.tgid).or_default().push(h.ssl);
+            self.conns_by_tgid.entry(h.tgid).or_default().push(h.conn);
             self.stats.connections_open = self.conns.len() as u64;
-            if h.ssl & agentwatch_ebpf::PLAIN_CONN == 0
+            if h.conn & agentwatch_ebpf::PLAIN_CONN == 0
                 && h.direction == DIR_WRITE
                 && let Some(http) = crate::capture::starts_http_request(data)
             {

@@ -1,0 +1,140 @@
+//! Process lifecycle: fork (processes only, not threads), exec and exit.
+use agentwatch_ebpf::*;
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+
+use crate::maps::{BLOCKED_TGIDS, EVENTS, GATE, PROCS, THREAD_CHILDREN};
+use crate::output::{config, drop_count, now};
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+#[tracepoint]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    let _ = try_task_newtask(&ctx);
+    0
+}
+
+fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i64> {
+    let flags_off = config(CFG_NEWTASK_CLONE_FLAGS_OFF).ok_or(1)?;
+    let pid_off = config(CFG_NEWTASK_PID_OFF).ok_or(1)?;
+    let flags: u64 = unsafe { ctx.read_at(flags_off as usize) }.map_err(|e| e as i64)?;
+    if flags & CLONE_THREAD == 0 {
+        return Ok(());
+    }
+    let pid: i32 = unsafe { ctx.read_at(pid_off as usize) }.map_err(|e| e as i64)?;
+    THREAD_CHILDREN.insert(&(pid as u32), &1, 0)?;
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let _ = try_sched_process_fork(&ctx);
+    0
+}
+
+fn try_sched_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
+    let child_off = config(CFG_FORK_CHILD_PID_OFF).ok_or(1)?;
+    let child: i32 = unsafe { ctx.read_at(child_off as usize) }.map_err(|e| e as i64)?;
+    let child = child as u32;
+    if unsafe { THREAD_CHILDREN.get(&child) }.is_some() {
+        let _ = THREAD_CHILDREN.remove(&child);
+        return Ok(());
+    }
+    // The tracepoint runs in the parent: its tgid is the parent process.
+    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // A child of a gated process is gated from its first instruction: a sub-agent
+    // cannot make a call before user space has seen it.
+    if let Some(state) = unsafe { GATE.get(&parent_tgid) } {
+        let inherited = match *state {
+            GATE_KILL | GATE_BLOCKED => *state,
+            _ => GATE_ARMED,
+        };
+        let _ = GATE.insert(&child, &inherited, 0);
+        if unsafe { BLOCKED_TGIDS.get(&parent_tgid) }.is_some() {
+            let _ = BLOCKED_TGIDS.insert(&child, &1, 0);
+        }
+    }
+    // A pid is decided at its own first contact (a stale entry of a reused pid is dropped).
+    let _ = PROCS.remove(&child);
+    emit(EVENT_FORK, child, parent_tgid, None)
+}
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let _ = try_sched_process_exec(&ctx);
+    0
+}
+
+fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // A new program: decided anew at its first contact (user space drops its probes).
+    let _ = PROCS.remove(&tgid);
+    let filename_off = config(CFG_EXEC_FILENAME_OFF).ok_or(1)?;
+    emit(EVENT_EXEC, tgid, 0, Some((ctx, filename_off)))
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_sched_process_exit(&ctx);
+    0
+}
+
+fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    match config(CFG_EXIT_GROUP_DEAD_OFF) {
+        // The whole thread group is gone only when group_dead is set.
+        Some(off) => {
+            let dead: u8 = unsafe { ctx.read_at(off as usize) }.map_err(|e| e as i64)?;
+            if dead == 0 {
+                return Ok(());
+            }
+        }
+        // Older kernels: the leader's exit stands for the process.
+        None => {
+            if pid_tgid as u32 != tgid {
+                return Ok(());
+            }
+        }
+    }
+    let _ = GATE.remove(&tgid);
+    let _ = BLOCKED_TGIDS.remove(&tgid);
+    let _ = PROCS.remove(&tgid);
+    emit(EVENT_EXIT, tgid, 0, None)
+}
+
+#[inline(always)]
+fn emit(
+    kind: u32,
+    tgid: u32,
+    ppid: u32,
+    exec: Option<(&TracePointContext, u32)>,
+) -> Result<(), i64> {
+    let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
+        drop_count(DROP_PROC_EVENTS, 1);
+        return Err(1);
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).kind = kind;
+        (*ev).tgid = tgid;
+        (*ev).ppid = ppid;
+        (*ev)._pad0 = 0;
+        (*ev).ts_ns = now();
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
+        (*ev).filename[0] = 0;
+        if let Some((ctx, off)) = exec {
+            // __data_loc: low 16 bits offset from the record start, high 16 bits length.
+            if let Ok(loc) = ctx.read_at::<u32>(off as usize) {
+                let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
+                let _ = bpf_probe_read_kernel_str_bytes(src, &mut (*ev).filename);
+            }
+        }
+    }
+    entry.submit(0);
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! The pipeline's side of first contact: which processes are stopped waiting for their
+//! probes, and what the decisions took.
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{HeldContact, Pipeline};
+use crate::probes::ProcessCoverage;
+
+/// What first contact did (status `first_contact`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FirstContactStats {
+    /// Processes stopped at a first contact, …
+    pub holds: u64,
+    /// … decided and continued with probes attached,
+    pub probed: u64,
+    /// … decided with nothing to probe (no TLS library the probes know: estimated, or not
+    /// an agent's TLS),
+    pub nothing_to_probe: u64,
+    /// … gone before they could be probed,
+    pub gone: u64,
+    /// … continued at the deadline before their probes were on (their first calls may be
+    /// missed; the probes still go on).
+    pub timeouts: u64,
+    /// Time from the hold to the process continuing: the last, and the longest (ms).
+    pub last_hold_ms: f64,
+    pub max_hold_ms: f64,
+    /// Holds for an endpoint without a name (no SNI: probation).
+    pub no_sni: u64,
+}
+
+/// Processes stopped now (tgid → boot ns of the hold).
+#[derive(Debug, Default)]
+pub struct Pending(HashMap<u32, u64>);
+
+impl Pending {
+    pub fn contains(&self, tgid: u32) -> bool {
+        self.0.contains_key(&tgid)
+    }
+}
+
+impl Pipeline {
+    /// The held contacts recorded since the last call, now pending.
+    pub fn take_held_contacts(&mut self) -> Vec<HeldContact> {
+        let held = std::mem::take(&mut self.contacts);
+        for c in &held {
+            self.first_contact.holds += 1;
+            if !c.llm_host {
+                self.first_contact.no_sni += 1;
+            }
+            self.pending_contacts.0.insert(c.tgid, c.ts_ns);
+        }
+        held
+    }
+
+    /// The attach of a held process is done; true when it is still stopped and the caller
+    /// must continue it (false: the deadline continued it already).
+    pub fn first_contact_decided(
+        &mut self,
+        contact: HeldContact,
+        coverage: &ProcessCoverage,
+        took: Duration,
+    ) -> bool {
+        if coverage.gone {
+            self.first_contact.gone += 1;
+        } else if coverage.attached.is_empty() {
+            self.first_contact.nothing_to_probe += 1;
+        } else {
+            self.first_contact.probed += 1;
+        }
+        let pending = self.pending_contacts.0.remove(&contact.tgid).is_some();
+        if pending {
+            let ms = took.as_secs_f64() * 1e3;
+            self.first_contact.last_hold_ms = ms;
+            self.first_contact.max_hold_ms = self.first_contact.max_hold_ms.max(ms);
+        }
+        pending
+    }
+
+    /// The deadline of a hold passed: true when the process was still waiting (the caller
+    /// continues it, and the miss is counted).
+    pub fn first_contact_timed_out(&mut self, tgid: u32) -> bool {
+        let late = self.pending_contacts.0.remove(&tgid).is_some();
+        if late {
+            self.first_contact.timeouts += 1;
+        }
+        late
+    }
+
+    /// Processes that exec'd or exited since the last call: their probes come off.
+    pub fn take_probe_ends(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.probe_ends)
+    }
+}
+
+impl Pipeline {
+    /// Every process still stopped at a first contact (the daemon is stopping: they go on).
+    pub fn take_pending_contacts(&mut self) -> Vec<u32> {
+        let mut tgids: Vec<u32> = self.pending_contacts.0.drain().map(|(t, _)| t).collect();
+        tgids.extend(self.contacts.drain(..).map(|c| c.tgid));
+        tgids
+    }
+}

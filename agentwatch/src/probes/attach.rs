@@ -1,0 +1,567 @@
+//! Attaching the TLS uprobes. With `scope = "agents"` a process decided at its first contact
+//! is probed alone (`UProbeScope::OneProcess`: the breakpoints go into that process's memory
+//! only, so no other process ever hits them); with `scope = "all"` each TLS library file is
+//! probed once for every process. Either way a file's plan is made once per identity.
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use agentwatch_ebpf as abi;
+use aya::maps::MapData;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeLinkId, UProbeScope};
+use serde::{Deserialize, Serialize};
+
+use super::loader::{Probes, uprobe};
+use super::opaque::{self, OpaqueScan};
+use super::plans::{self, FilePlan, Plan, Point};
+use super::{ProbeError, libraries};
+
+/// A TLS library (or executable) the uprobes are attached to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachedLibrary {
+    /// Path as the process that uses it sees it.
+    pub path: String,
+    /// Path the daemon attached through (may go through /proc/PID/root).
+    pub attached_via: String,
+    /// `openssl` (also node's static copy), `gnutls`, `go` (a Go binary's crypto/tls), or a
+    /// located stack (`boringssl`, `aws-lc-aead`, `openssl-3.3`, …).
+    pub kind: String,
+    /// Go: uprobes on the RET instructions of Write and Read (no uretprobes on Go code).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub return_probes: usize,
+    pub symbols: Vec<String>,
+    pub missing: Vec<String>,
+    /// (device, inode) of the file.
+    #[serde(skip)]
+    pub identity: (u64, u64),
+    /// The root directory (mount namespace) it was found through; None for the daemon's own.
+    #[serde(skip)]
+    pub root: Option<(u64, u64)>,
+    /// How its traffic is measured: `exact: …` and what the probes rest on.
+    #[serde(default)]
+    pub coverage: String,
+    /// Functions located by analysis: whether a new connection's first plaintext looked like
+    /// HTTP (confirmed), and how many did not before that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed: Option<bool>,
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub doubts: u32,
+    /// `scope = "agents"`: live processes probed through this file now.
+    #[serde(default)]
+    pub processes: usize,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// New connections whose first plaintext is not HTTP, with none that is, before probes at
+/// located functions are taken for wrong and detached.
+const LOCATED_DOUBTS: u32 = 3;
+
+/// One first-write verdict on probes at located functions; true when they must go. One
+/// HTTP start confirms them for good (a wrong function does not write request lines).
+fn judge(confirmed: &mut Option<bool>, doubts: &mut u32, http: bool) -> bool {
+    match (http, *confirmed) {
+        (true, Some(_)) => *confirmed = Some(true),
+        (false, Some(false)) => *doubts += 1,
+        _ => {}
+    }
+    *confirmed == Some(false) && *doubts >= LOCATED_DOUBTS
+}
+
+/// Analysis results kept by build id; cleared when full.
+const LOCATED_CACHE_CAP: usize = 64;
+/// File plans kept by identity; cleared when full.
+const PLAN_CACHE_CAP: usize = 4096;
+/// Files listed in status at most (the rest are counted).
+const LIBRARIES_CAP: usize = 512;
+
+/// Executables with TLS traffic the probes cannot see (stripped Go binaries), kept for
+/// `agentwatch status` up to this many; the rest are counted.
+const NOT_COVERED_CAP: usize = 256;
+
+/// An error and its causes, `: `-separated.
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    out
+}
+
+/// What attaching one process found.
+#[derive(Debug, Default, Clone)]
+pub struct ProcessCoverage {
+    /// Files whose probes are now attached for it.
+    pub attached: Vec<String>,
+    /// Files that use TLS the probes cannot see (why).
+    pub not_covered: Vec<(String, String)>,
+    /// The process was gone before it could be probed.
+    pub gone: bool,
+}
+
+/// Links of one process's probes, handed to a thread that closes them (the kernel takes a
+/// while to let go of a uprobe; nothing should wait for it).
+pub type DetachedLinks = Vec<UProbeLink>;
+
+#[derive(Default)]
+pub struct Attachments {
+    pub libraries: Vec<AttachedLibrary>,
+    /// Files beyond `LIBRARIES_CAP` not listed.
+    pub libraries_over_cap: u64,
+    /// Attach failures, by path, for `agentwatch status`.
+    pub failures: BTreeMap<String, String>,
+    /// `scope = "all"`: (device, inode) of every file already handled, attached or not.
+    seen_files: HashSet<(u64, u64)>,
+    /// `scope = "all"`: the uprobe links of each attached file.
+    file_links: HashMap<(u64, u64), Vec<(&'static str, UProbeLinkId)>>,
+    /// `scope = "agents"`: the links of each probed process, with the file they are on.
+    process_links: HashMap<u32, Vec<(&'static str, UProbeLinkId, (u64, u64))>>,
+    /// Files detached because no process could reach them any more.
+    pub detached: u64,
+    /// Executables using TLS that cannot be probed, by path: why (bounded).
+    pub not_covered: BTreeMap<String, String>,
+    /// Not-covered executables beyond `NOT_COVERED_CAP`.
+    pub not_covered_over_cap: u64,
+    /// Entries of exited processes removed from the Go argument map.
+    pub go_args_swept: u64,
+    /// Plans by file identity.
+    plans: HashMap<(u64, u64), FilePlan>,
+    /// Static TLS libraries analysed, by build id.
+    located: HashMap<Vec<u8>, OpaqueScan>,
+    /// Processes probed now, and since start.
+    pub processes_attached_total: u64,
+    pub processes_detached_total: u64,
+}
+
+impl Attachments {
+    pub fn processes_probed(&self) -> usize {
+        self.process_links.len()
+    }
+
+    pub fn is_probed(&self, tgid: u32) -> bool {
+        self.process_links.contains_key(&tgid)
+    }
+
+    fn not_covered(&mut self, path: &str, reason: String) {
+        if !self.not_covered.contains_key(path) {
+            tracing::warn!(binary = path, "TLS not covered: {reason}");
+        }
+        if self.not_covered.len() < NOT_COVERED_CAP || self.not_covered.contains_key(path) {
+            self.not_covered.insert(path.to_string(), reason);
+        } else {
+            self.not_covered_over_cap += 1;
+        }
+    }
+
+    /// The analysis of a stripped binary, cached by build id (agents are installed in
+    /// several places and auto-update to new files).
+    fn analyse(&mut self, path: &str, via: &Path) -> OpaqueScan {
+        // The daemon carries the strings it searches for: it is not an agent.
+        let own = std::fs::metadata("/proc/self/exe").ok();
+        let this = std::fs::metadata(via).ok();
+        if let (Some(own), Some(this)) = (own, this)
+            && (own.dev(), own.ino()) == (this.dev(), this.ino())
+        {
+            return OpaqueScan::NotTls;
+        }
+        let build_id = opaque::build_id(via);
+        if let Some(cached) = build_id.as_ref().and_then(|id| self.located.get(id)) {
+            return cached.clone();
+        }
+        let started = std::time::Instant::now();
+        let scan = opaque::scan(via);
+        if !matches!(scan, OpaqueScan::NotTls) {
+            tracing::info!(binary = path, took = ?started.elapsed(), result = ?scan, "analysed a static TLS library");
+        }
+        if let Some(id) = build_id {
+            if self.located.len() >= LOCATED_CACHE_CAP {
+                self.located.clear();
+            }
+            self.located.insert(id, scan.clone());
+        }
+        scan
+    }
+
+    /// The plan of a file, made once per identity.
+    fn plan(&mut self, identity: (u64, u64), path: &str, via: &Path) -> FilePlan {
+        if let Some(p) = self.plans.get(&identity) {
+            return p.clone();
+        }
+        let plan = plans::plan(via, &mut |v| self.analyse(path, v));
+        if self.plans.len() >= PLAN_CACHE_CAP {
+            self.plans.clear();
+        }
+        self.plans.insert(identity, plan.clone());
+        plan
+    }
+
+    /// The status entry of a file (created on its first attach).
+    fn library_entry(
+        &mut self,
+        identity: (u64, u64),
+        path: &str,
+        via: &Path,
+        plan: &Plan,
+    ) -> Option<&mut AttachedLibrary> {
+        if let Some(at) = self.libraries.iter().position(|l| l.identity == identity) {
+            return self.libraries.get_mut(at);
+        }
+        if self.libraries.len() >= LIBRARIES_CAP {
+            // Make room with a file no process uses any more.
+            match self.libraries.iter().position(|l| l.processes == 0) {
+                Some(at) => {
+                    self.libraries.remove(at);
+                }
+                None => {
+                    self.libraries_over_cap += 1;
+                    return None;
+                }
+            }
+        }
+        self.libraries.push(AttachedLibrary {
+            path: path.to_string(),
+            attached_via: via.display().to_string(),
+            kind: plan.kind.clone(),
+            return_probes: plan.return_probes,
+            symbols: plan.symbols.clone(),
+            missing: plan.missing.clone(),
+            identity,
+            root: libraries::foreign_root(via),
+            coverage: plan.coverage.clone(),
+            confirmed: plan.located.then_some(false),
+            doubts: 0,
+            processes: 0,
+        });
+        self.libraries.last_mut()
+    }
+}
+
+impl Probes {
+    /// Attaches `points` to `via` for `scope`, all or none: on a failure the ones attached
+    /// are detached, and the failure is kept for status, unless the file vanished (the
+    /// process it was found through exited).
+    fn attach_points(
+        &mut self,
+        path: &str,
+        via: &Path,
+        points: &[Point],
+        scope: UProbeScope,
+    ) -> Result<Vec<(&'static str, UProbeLinkId)>, bool> {
+        let mut links = Vec::new();
+        for &(symbol, program, offset) in points {
+            let attached = uprobe(&mut self.ebpf, program).and_then(|p| {
+                p.attach(UProbeAttachLocation::AbsoluteOffset(offset), via, scope)
+                    .map_err(|source| ProbeError::UprobeAttach {
+                        symbol: symbol.into(),
+                        offset,
+                        path: via.into(),
+                        detail: error_chain(&source),
+                    })
+            });
+            match attached {
+                Ok(link) => links.push((program, link)),
+                Err(e) => {
+                    for (program, link) in links {
+                        if let Ok(p) = uprobe(&mut self.ebpf, program) {
+                            let _ = p.detach(link);
+                        }
+                    }
+                    if !via.exists() {
+                        tracing::debug!("{e}");
+                        return Err(true);
+                    }
+                    tracing::warn!("{e}");
+                    self.attachments
+                        .failures
+                        .insert(path.to_string(), e.to_string());
+                    return Err(false);
+                }
+            }
+        }
+        Ok(links)
+    }
+
+    // ---- scope = "agents": one process at a time ------------------------------------------
+
+    /// Probes process `tgid` alone: every TLS library it maps and its executable (node's
+    /// OpenSSL, a Go binary's crypto/tls, a located static library). Returns what was found.
+    pub fn attach_process(&mut self, tgid: u32) -> ProcessCoverage {
+        let mut coverage = ProcessCoverage::default();
+        let Some(pid) = NonZeroU32::new(tgid) else {
+            coverage.gone = true;
+            return coverage;
+        };
+        let maps = libraries::mappings(tgid);
+        if maps.is_empty() {
+            coverage.gone = !Path::new(&format!("/proc/{tgid}")).exists();
+        }
+        let mut files = libraries::mapped_tls_libraries(tgid, &maps);
+        if let Some(exe) = libraries::executable(tgid) {
+            files.push(exe);
+        }
+        let mut seen = HashSet::new();
+        for (path, via) in files {
+            let Ok(meta) = std::fs::metadata(&via) else {
+                continue;
+            };
+            let identity = (meta.dev(), meta.ino());
+            if !seen.insert(identity) {
+                continue;
+            }
+            let plan = match self.attachments.plan(identity, &path, &via) {
+                FilePlan::Probe(plan) => plan,
+                FilePlan::NotCovered(why) => {
+                    self.attachments.not_covered(&path, why.clone());
+                    coverage.not_covered.push((path, why));
+                    continue;
+                }
+                FilePlan::NoTls => continue,
+            };
+            match self.attach_points(&path, &via, &plan.points, UProbeScope::OneProcess(pid)) {
+                Ok(links) => {
+                    let list = self.attachments.process_links.entry(tgid).or_default();
+                    list.extend(links.into_iter().map(|(p, l)| (p, l, identity)));
+                    if let Some(entry) =
+                        self.attachments.library_entry(identity, &path, &via, &plan)
+                    {
+                        entry.processes += 1;
+                    }
+                    coverage.attached.push(path);
+                }
+                Err(gone) => coverage.gone |= gone,
+            }
+        }
+        if !coverage.attached.is_empty() {
+            self.attachments.processes_attached_total += 1;
+            tracing::debug!(tgid, files = ?coverage.attached, "probed a process");
+        }
+        coverage
+    }
+
+    /// Takes a process's probes off (it exited, exec'd, or is not an agent after all). The
+    /// links come back to be closed off this thread.
+    pub fn detach_process(&mut self, tgid: u32) -> DetachedLinks {
+        let Some(links) = self.attachments.process_links.remove(&tgid) else {
+            return Vec::new();
+        };
+        self.attachments.processes_detached_total += 1;
+        let mut files = HashSet::new();
+        let mut out = Vec::new();
+        for (program, link, identity) in links {
+            files.insert(identity);
+            if let Ok(p) = uprobe(&mut self.ebpf, program)
+                && let Ok(link) = p.take_link(link)
+            {
+                out.push(link);
+            }
+        }
+        for lib in &mut self.attachments.libraries {
+            if files.contains(&lib.identity) {
+                lib.processes = lib.processes.saturating_sub(1);
+            }
+        }
+        out
+    }
+
+    /// The probed processes (for sweeps of those that vanished unseen).
+    pub fn probed_processes(&self) -> Vec<u32> {
+        self.attachments.process_links.keys().copied().collect()
+    }
+
+    // ---- scope = "all": one file for every process -----------------------------------------
+
+    /// Attaches the TLS uprobes to `path` (reached through `via`, e.g. /proc/PID/root/…),
+    /// once per file identity, for every process. Returns true when the file was newly attached.
+    pub fn attach_tls_library(&mut self, path: &str, via: &Path) -> bool {
+        let Ok(meta) = std::fs::metadata(via) else {
+            return false;
+        };
+        let identity = (meta.dev(), meta.ino());
+        if !self.attachments.seen_files.insert(identity) {
+            return false;
+        }
+        // In the daemon's own mount namespace the file's own path outlives the process it
+        // was found through (/proc/PID/root/… vanishes when that process exits).
+        let own_path = Path::new(path);
+        let via: PathBuf = if libraries::foreign_root(via).is_none()
+            && std::fs::metadata(own_path).is_ok_and(|m| (m.dev(), m.ino()) == identity)
+        {
+            own_path.to_path_buf()
+        } else {
+            via.to_path_buf()
+        };
+        let plan = match self.attachments.plan(identity, path, &via) {
+            FilePlan::Probe(plan) => plan,
+            FilePlan::NotCovered(why) => {
+                self.attachments.not_covered(path, why);
+                return false;
+            }
+            FilePlan::NoTls => return false,
+        };
+        match self.attach_points(path, &via, &plan.points, UProbeScope::AllProcesses) {
+            Ok(links) => {
+                tracing::info!(library = path, via = %via.display(), kind = plan.kind, "attached TLS uprobes");
+                self.attachments.file_links.insert(identity, links);
+                let _ = self.attachments.library_entry(identity, path, &via, &plan);
+                true
+            }
+            Err(gone) => {
+                if gone {
+                    // The process it was found through exited; the next one tries again.
+                    self.attachments.seen_files.remove(&identity);
+                }
+                false
+            }
+        }
+    }
+
+    /// Detaches the uprobes of a file no process can reach any more (its container is gone),
+    /// so the kernel lets go of it; it is attached again if it comes back.
+    pub fn detach_library(&mut self, identity: (u64, u64)) {
+        for (program, link) in self
+            .attachments
+            .file_links
+            .remove(&identity)
+            .unwrap_or_default()
+        {
+            if let Ok(p) = uprobe(&mut self.ebpf, program)
+                && let Err(e) = p.detach(link)
+            {
+                tracing::warn!("failed to detach {program}: {e}");
+            }
+        }
+        if let Some(at) = self
+            .attachments
+            .libraries
+            .iter()
+            .position(|l| l.identity == identity)
+        {
+            let lib = self.attachments.libraries.remove(at);
+            tracing::info!(
+                library = lib.path,
+                via = lib.attached_via,
+                "detached TLS uprobes: no process can reach the file any more"
+            );
+            self.attachments.detached += 1;
+        }
+        self.attachments.seen_files.remove(&identity);
+    }
+
+    // ---- both ------------------------------------------------------------------------------
+
+    /// The first plaintext written on a new connection by executable `identity` (device,
+    /// inode): for probes at located functions, HTTP confirms the location; non-HTTP on
+    /// `LOCATED_DOUBTS` new connections with none confirmed means the analysis was wrong for
+    /// this build: the probes are detached and the binary is listed as not covered, with
+    /// why. Returns the links of processes to close.
+    pub fn judge_first_write(&mut self, identity: (u64, u64), http: bool) -> DetachedLinks {
+        let Some(lib) = self
+            .attachments
+            .libraries
+            .iter_mut()
+            .find(|l| l.identity == identity && l.confirmed.is_some())
+        else {
+            return Vec::new();
+        };
+        if !judge(&mut lib.confirmed, &mut lib.doubts, http) {
+            return Vec::new();
+        }
+        let path = lib.path.clone();
+        let why = format!(
+            "the functions located by analysis wrote non-HTTP plaintext on {LOCATED_DOUBTS} new connections and none was HTTP; probes detached (this build is not analysed correctly)"
+        );
+        for (program, link) in self
+            .attachments
+            .file_links
+            .remove(&identity)
+            .unwrap_or_default()
+        {
+            if let Ok(p) = uprobe(&mut self.ebpf, program) {
+                let _ = p.detach(link);
+            }
+        }
+        let mut out = Vec::new();
+        for links in self.attachments.process_links.values_mut() {
+            let (gone, kept): (Vec<_>, Vec<_>) =
+                links.drain(..).partition(|(_, _, id)| *id == identity);
+            *links = kept;
+            for (program, link, _) in gone {
+                if let Ok(p) = uprobe(&mut self.ebpf, program)
+                    && let Ok(link) = p.take_link(link)
+                {
+                    out.push(link);
+                }
+            }
+        }
+        self.attachments
+            .libraries
+            .retain(|l| l.identity != identity);
+        // The plan stays, as not covered: the same file is not attached again.
+        self.attachments
+            .plans
+            .insert(identity, FilePlan::NotCovered(why.clone()));
+        self.attachments.not_covered(&path, why);
+        out
+    }
+
+    /// Removes the Go argument entries of processes that are gone: a goroutine blocked in
+    /// `Read` when its process exits never reaches a RET, and would hold its entry forever.
+    pub fn sweep_go_args(&mut self) {
+        let Some(map) = self.ebpf.map_mut("GO_ARGS") else {
+            return;
+        };
+        let Ok(mut go_args) =
+            aya::maps::HashMap::<&mut MapData, abi::GoKey, abi::GoArgs>::try_from(map)
+        else {
+            return;
+        };
+        let dead: Vec<abi::GoKey> = go_args
+            .keys()
+            .flatten()
+            .filter(|k| !Path::new(&format!("/proc/{}", k.tgid)).exists())
+            .collect();
+        for key in dead {
+            if go_args.remove(&key).is_ok() {
+                self.attachments.go_args_swept += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn located_probes_are_confirmed_by_http_or_rejected_after_doubts() {
+        let (mut confirmed, mut doubts) = (Some(false), 0);
+        assert!(!judge(&mut confirmed, &mut doubts, false));
+        assert!(!judge(&mut confirmed, &mut doubts, true));
+        assert_eq!(confirmed, Some(true));
+        for _ in 0..10 {
+            assert!(
+                !judge(&mut confirmed, &mut doubts, false),
+                "confirmed stays"
+            );
+        }
+        let (mut confirmed, mut doubts) = (Some(false), 0);
+        assert!(!judge(&mut confirmed, &mut doubts, false));
+        assert!(!judge(&mut confirmed, &mut doubts, false));
+        assert!(judge(&mut confirmed, &mut doubts, false));
+        // Probes found by symbol are never judged.
+        let (mut confirmed, mut doubts) = (None, 0);
+        for _ in 0..10 {
+            assert!(!judge(&mut confirmed, &mut doubts, false));
+        }
+        assert_eq!((confirmed, doubts), (None, 0));
+    }
+}
