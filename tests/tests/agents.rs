@@ -44,21 +44,16 @@ fn claude(bin: &Path, mock: &Mock, home: &Path, tag: &str) -> Command {
     cmd
 }
 
-/// A daemon with the agents' directories first on its PATH, so it analyses and attaches
-/// them at start (an agent's first run is covered), with a config file in `dir` if given.
-fn daemon_with_agents(bins: &[&Path], config: Option<(Scratch, &Path)>) -> Daemon {
-    let mut dirs: Vec<String> = bins
-        .iter()
-        .map(|b| b.parent().unwrap().display().to_string())
-        .collect();
-    dirs.push(std::env::var("PATH").unwrap_or_default());
-    let path = dirs.join(":");
+/// A daemon that has never seen the agents (they are not on its PATH, nor in its data
+/// directory's analysis cache): each is analysed and probed at its first contact, with a
+/// config file in `dir` if given.
+fn daemon_for_agents(config: Option<(Scratch, &Path)>) -> Daemon {
     match config {
         Some((dir, file)) => {
             let file = file.display().to_string();
-            Daemon::start_with_env(dir, &["--config", &file], &[("PATH", &path)])
+            Daemon::start_in(dir, &["--config", &file])
         }
-        None => Daemon::start_with_env(Scratch::new("daemon"), &[], &[("PATH", &path)]),
+        None => Daemon::start(),
     }
 }
 
@@ -76,16 +71,15 @@ fn check_boringssl_entry(entry: &Value) {
     );
 }
 
-/// Two Claude Code builds (Bun with BoringSSL inside, stripped of TLS symbols). The first is
-/// on the daemon's PATH and attached at start; the second is found when it is exec'd (its
-/// first process only announces it: `claude --version` makes no call). Each call is recorded
-/// exactly as the mock served it, as an Anthropic streaming Messages call.
+/// Two Claude Code builds (Bun with BoringSSL inside, stripped of TLS symbols), neither seen
+/// by the daemon before: each is analysed and probed at its first contact, and its first
+/// call is recorded exactly as the mock served it, as an Anthropic streaming Messages call.
 #[test]
 fn claude_code_two_versions_exact_usage() {
     let newer = agent("claude-code-2.1.328", "claude");
     let older = agent("claude-code-2.1.110", "claude");
     let home = Scratch::new("claude-home");
-    let daemon = daemon_with_agents(&[&newer], None);
+    let daemon = daemon_for_agents(None);
     let mock = Mock::start(&[]);
     let expect = json!({
         "provider": "anthropic", "api": "messages", "streaming": true, "http_version": "1.1",
@@ -105,22 +99,17 @@ fn claude_code_two_versions_exact_usage() {
             "{text}"
         );
     }
-    check_boringssl_entry(&wait_located(&daemon, &newer));
     let (pid, out) = run_client(claude(&newer, &mock, &home.0, "cc-newer"));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("Mock reply"),
         "{out:?}"
     );
     check_exact(&daemon, &mock, pid, "cc-newer", 1, &expect);
+    check_boringssl_entry(&wait_located(&daemon, &newer));
 
-    run_client({
-        let mut c = Command::new(&older);
-        c.arg("--version").env("HOME", &home.0);
-        c
-    });
-    check_boringssl_entry(&wait_located(&daemon, &older));
     let (pid, _) = run_client(claude(&older, &mock, &home.0, "cc-older"));
     check_exact(&daemon, &mock, pid, "cc-older", 1, &expect);
+    check_boringssl_entry(&wait_located(&daemon, &older));
 
     let status = daemon.cli_json(&["status"]);
     assert_eq!(status["ok"], true, "{status:#}");
@@ -254,8 +243,7 @@ fn codex_with_system_roots_exact_over_aws_lc_websocket_and_openssl_https() {
         format!("[probes]\nestimate_ports = [{}]\n", mock.port),
     )
     .unwrap();
-    let daemon = daemon_with_agents(&[&bin], Some((dir, &config)));
-    wait_located(&daemon, &bin);
+    let daemon = daemon_for_agents(Some((dir, &config)));
     let base_url = format!("https://api.openai.com:{}", mock.port);
     let run = |tag: &str, websockets: bool| {
         let mut cmd = codex_at(&bin, &base_url, &home.0, tag, websockets);
@@ -319,12 +307,11 @@ fn codex_with_system_roots_exact_over_aws_lc_websocket_and_openssl_https() {
 fn codex_over_websocket_exact_usage_with_and_without_deflate() {
     let bins = codex_bins();
     let home = Scratch::new("codex-ws-home");
-    let daemon = daemon_with_agents(&[&bins[0], &bins[1]], None);
+    let daemon = daemon_for_agents(None);
     let expect = json!({
         "provider": "openai", "api": "responses", "streaming": true, "http_version": "1.1",
     });
     for (version, bin) in bins.iter().enumerate() {
-        wait_located(&daemon, bin);
         for (deflate, extra) in [(true, &[][..]), (false, &["--no-ws-deflate"][..])] {
             let mock = Mock::start(extra);
             let tag = format!(
@@ -360,12 +347,22 @@ fn codex_over_websocket_exact_usage_with_and_without_deflate() {
 fn codex_over_https_exact_usage() {
     let bins = codex_bins();
     let home = Scratch::new("codex-home");
-    let daemon = daemon_with_agents(&[&bins[0], &bins[1]], None);
+    let daemon = daemon_for_agents(None);
     let mock = Mock::start(&[]);
     let expect = json!({
         "provider": "openai", "api": "responses", "streaming": true, "http_version": "1.1",
     });
     for (version, bin) in bins.iter().enumerate() {
+        for round in 0..2 {
+            let tag = format!("codex{version}-{round}");
+            let (pid, out) = run_client(codex(bin, &mock, &home.0, &tag, false));
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("Mock reply"),
+                "{} round {round}: {out:?}",
+                bin.display()
+            );
+            check_exact(&daemon, &mock, pid, &tag, 1, &expect);
+        }
         let entry = wait_located(&daemon, bin);
         assert_eq!(entry["kind"], "aws-lc-aead", "{entry}");
         // rustls over aws-lc, and the static OpenSSL beside it.
@@ -388,16 +385,6 @@ fn codex_over_https_exact_usage() {
                 ),
             "{entry}"
         );
-        for round in 0..2 {
-            let tag = format!("codex{version}-{round}");
-            let (pid, out) = run_client(codex(bin, &mock, &home.0, &tag, false));
-            assert!(
-                String::from_utf8_lossy(&out.stdout).contains("Mock reply"),
-                "{} round {round}: {out:?}",
-                bin.display()
-            );
-            check_exact(&daemon, &mock, pid, &tag, 1, &expect);
-        }
     }
     let status = daemon.cli_json(&["status"]);
     assert_eq!(status["ok"], true, "{status:#}");
@@ -460,10 +447,8 @@ fn host_ceiling_stops_an_opaque_agent_before_its_call_leaves() {
          [[pricing]]\nmodel = \"claude-*\"\ninput_per_mtok = 10.0\noutput_per_mtok = 10.0\n",
     )
     .unwrap();
-    let daemon = daemon_with_agents(&[&claude_bin, &codex_bin], Some((dir, &config)));
+    let daemon = daemon_for_agents(Some((dir, &config)));
     let mock = Mock::start(&[]);
-    wait_located(&daemon, &claude_bin);
-    wait_located(&daemon, &codex_bin);
 
     // The call that takes the host over completes; its session is then killed.
     let mut first = claude(&claude_bin, &mock, &home.0, "ceiling-claude")
@@ -498,4 +483,65 @@ fn host_ceiling_stops_an_opaque_agent_before_its_call_leaves() {
             .iter()
             .any(|c| u(&c["pid"]) == pid as u64 && c["blocked"] == true)
     });
+}
+
+/// A copy of the agent at `bin` in `dir`, its identity changed so that no cache of any
+/// analysis can know it: the GNU build id's last byte flipped where it has one, else a byte
+/// appended (a musl static binary does not read past its segments).
+fn fresh_copy(bin: &Path, dir: &Path) -> PathBuf {
+    let out = dir.join(bin.file_name().unwrap());
+    let mut bytes = std::fs::read(bin).unwrap();
+    let marker = b"GNU\0";
+    // The note: namesz 4, descsz 20, type 3 (NT_GNU_BUILD_ID), "GNU\0", 20 bytes of id.
+    let note = bytes
+        .windows(16)
+        .position(|w| w[0..4] == [4, 0, 0, 0] && w[8..12] == [3, 0, 0, 0] && &w[12..16] == marker);
+    match note {
+        Some(at) => {
+            let descsz = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+            bytes[at + 16 + descsz - 1] ^= 0xff;
+        }
+        None => bytes.push(0),
+    }
+    std::fs::write(&out, bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755)).unwrap();
+    out
+}
+
+/// The first run of a build nobody has seen: Claude Code and Codex copied to a directory of
+/// their own (not on anyone's PATH), their identity changed (no cache helps), each run once
+/// with one call while the daemon is already running. The process is stopped at its first
+/// contact while the daemon analyses the binary, probed, and continued: its one call is exact.
+#[test]
+fn never_seen_agent_builds_are_exact_from_their_first_run() {
+    let dir = Scratch::new("fresh-agents");
+    let home = Scratch::new("fresh-home");
+    let daemon = daemon_for_agents(None);
+    let mock = Mock::start(&[]);
+    let claude_copy = fresh_copy(&agent("claude-code-2.1.328", "claude"), &dir.0);
+    let (pid, _) = run_client(claude(&claude_copy, &mock, &home.0, "fresh-claude"));
+    check_exact(
+        &daemon,
+        &mock,
+        pid,
+        "fresh-claude",
+        1,
+        &json!({"provider": "anthropic", "api": "messages", "streaming": true}),
+    );
+    let codex_dir = Scratch::new("fresh-codex");
+    let codex_copy = fresh_copy(&codex_bin(), &codex_dir.0);
+    let expect = json!({"provider": "openai", "api": "responses", "streaming": true});
+    for (tag, websockets) in [("fresh-codex-https", false), ("fresh-codex-ws", true)] {
+        let (pid, _) = run_client(codex(&codex_copy, &mock, &home.0, tag, websockets));
+        check_exact(&daemon, &mock, pid, tag, 1, &expect);
+    }
+    let status = daemon.cli_json(&["status"]);
+    for bin in [&claude_copy, &codex_copy] {
+        let entry = located(&status, bin).unwrap_or_else(|| panic!("{status:#}"));
+        assert_eq!(entry["confirmed"], true, "{entry}");
+    }
+    let contact = &status["first_contact"]["stats"];
+    assert_eq!(u(&contact["timeouts"]), 0, "{contact}");
+    assert!(u(&contact["probed"]) >= 3, "{contact}");
 }

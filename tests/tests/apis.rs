@@ -313,27 +313,6 @@ fn gnutls_cli(mock: &Mock, tag: &str, body: &str) -> (u32, std::process::Output)
 #[test]
 fn gnutls_client_exact_usage_stream_and_not() {
     let daemon = Daemon::start();
-    let status = daemon.cli_json(&["status"]);
-    let gnutls = status["tls_libraries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| {
-            l["path"]
-                .as_str()
-                .is_some_and(|p| p.contains("libgnutls.so"))
-        })
-        .unwrap_or_else(|| panic!("libgnutls attached at start: {}", status["tls_libraries"]))
-        .clone();
-    assert_eq!(
-        gnutls["symbols"],
-        json!([
-            "gnutls_record_send",
-            "gnutls_record_recv",
-            "gnutls_handshake"
-        ]),
-        "{gnutls}"
-    );
     let mock = Mock::start(&[]);
     for (tag, stream) in [("gnutls-plain", false), ("gnutls-stream", true)] {
         let body = if stream {
@@ -353,6 +332,28 @@ fn gnutls_client_exact_usage_stream_and_not() {
             gpt_4o_mini_cost(&calls[0])
         ));
     }
+    // Probed at its first contact through libgnutls.
+    let status = daemon.cli_json(&["status"]);
+    let gnutls = status["tls_libraries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| {
+            l["path"]
+                .as_str()
+                .is_some_and(|p| p.contains("libgnutls.so"))
+        })
+        .unwrap_or_else(|| panic!("libgnutls probed: {}", status["tls_libraries"]))
+        .clone();
+    assert_eq!(
+        gnutls["symbols"],
+        json!([
+            "gnutls_record_send",
+            "gnutls_record_recv",
+            "gnutls_handshake"
+        ]),
+        "{gnutls}"
+    );
 }
 
 /// A local model server over plain HTTP (the mock without TLS, as Ollama serves): captured from
@@ -368,7 +369,7 @@ fn plain_http_local_server_ollama_and_openai_compatible() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|t| t == "syscalls:sys_enter_connect"),
+            .any(|t| t == "sock:sock_recv_length"),
         "{}",
         status["tracepoints"]
     );

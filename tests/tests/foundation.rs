@@ -76,9 +76,9 @@ fn status_lists_probes_and_libssl() {
     let daemon = Daemon::start();
     let status = daemon.cli_json(&["status"]);
     assert_eq!(status["ok"], true, "{status:#}");
-    // The four process tracepoints, and the eighteen syscall tracepoints of plain-HTTP
-    // capture (on by default): connect, close, and enter/exit of write, sendto, sendmsg,
-    // writev, read, recvfrom, recvmsg, readv.
+    assert_eq!(status["scope"], "agents", "{status:#}");
+    // The four process tracepoints and the socket-layer ones (first contact, plain HTTP,
+    // metered sockets); no syscall tracepoint, which every process on the host would pay.
     let tracepoints: Vec<&str> = status["tracepoints"]
         .as_array()
         .unwrap()
@@ -90,20 +90,42 @@ fn status_lists_probes_and_libssl() {
         "sched:sched_process_fork",
         "sched:sched_process_exec",
         "sched:sched_process_exit",
-        "syscalls:sys_enter_connect",
-        "syscalls:sys_exit_recvfrom",
-        "syscalls:sys_enter_sendmsg",
-        "syscalls:sys_exit_readv",
+        "sock:inet_sock_set_state",
+        "sock:sock_send_length",
+        "sock:sock_recv_length",
+        "tcp:tcp_sendmsg_locked",
     ] {
         assert!(tracepoints.contains(&t), "{t} in {tracepoints:?}");
     }
-    assert_eq!(tracepoints.len(), 22, "{tracepoints:?}");
+    assert!(
+        !tracepoints.iter().any(|t| t.starts_with("syscalls:")),
+        "{tracepoints:?}"
+    );
+    // Probes are per process: nothing is attached before a process contacts an LLM endpoint.
+    assert_eq!(u(&status["probed_processes"]["now"]), 0, "{status:#}");
+    // A curl call to the mock (an IP-literal endpoint) is held, probed and continued: its
+    // libssl is then listed, with the process counted.
+    let mock = Mock::start(&[]);
+    let (pid, _) = run_client(curl_chat(&mock, "status-curl", false));
+    check_exact(
+        &daemon,
+        &mock,
+        pid,
+        "status-curl",
+        1,
+        &serde_json::json!({"provider": "openai"}),
+    );
+    let status = daemon.cli_json(&["status"]);
     let libs = status["tls_libraries"].as_array().unwrap();
     assert!(
         libs.iter()
             .any(|l| l["path"].as_str().unwrap().contains("libssl.so")),
         "{libs:#?}"
     );
+    let contact = &status["first_contact"];
+    assert!(u(&contact["stats"]["holds"]) >= 1, "{contact}");
+    assert!(u(&contact["stats"]["probed"]) >= 1, "{contact}");
+    assert_eq!(u(&contact["stats"]["timeouts"]), 0, "{contact}");
     for counter in ["ringbuf_full_events", "truncated_bytes", "proc_events"] {
         assert!(status["kernel_drops"][counter].is_u64(), "{counter}");
     }

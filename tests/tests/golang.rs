@@ -5,7 +5,6 @@
 //! exactly the usage the mock served. A stripped Go binary is reported as not covered.
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,39 +59,6 @@ fn wait_status(daemon: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Va
     }
 }
 
-/// Starts the client with `-wait`, waits until `ready` holds over the status (the daemon has
-/// looked at the new binary), then lets it make its calls. A binary's first process races with
-/// its attachment (as with any probe attached at exec); later processes of the same file are
-/// covered from their first instruction.
-fn run_after(daemon: &Daemon, mut cmd: Command, what: &str, ready: impl Fn(&Value) -> bool) -> u32 {
-    cmd.arg("-wait")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("start the Go client");
-    let pid = child.id();
-    let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_status(daemon, what, &ready)
-    }));
-    if status.is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{what}: see above");
-    }
-    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the Go client did not finish in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "Go client: {out:?}");
-    pid
-}
-
 /// The `n` calls of `pid`, exact and priced, from the Go client over HTTP/1.1.
 fn check_go(daemon: &Daemon, mock: &Mock, pid: u32, tag: &str, n: usize, stream: bool) {
     let expect = json!({
@@ -120,10 +86,8 @@ fn go_crypto_tls_client_exact_usage_stream_and_not() {
     let daemon = Daemon::start();
     let mock = Mock::start(&[]);
 
-    let first = go_client(&bin, &mock, "go-plain", 3, false);
-    let pid = run_after(&daemon, first, "the Go binary attached", |s| {
-        go_entry(s, &bin).is_some()
-    });
+    // A binary the daemon never saw: probed at its first contact, exact from its first call.
+    let (pid, _) = run_client(go_client(&bin, &mock, "go-plain", 3, false));
     check_go(&daemon, &mock, pid, "go-plain", 3, false);
 
     let status = daemon.cli_json(&["status"]);
@@ -141,7 +105,7 @@ fn go_crypto_tls_client_exact_usage_stream_and_not() {
     assert!(u(&entry["return_probes"]) >= 2, "{entry}");
     assert_eq!(status["ok"], true, "{status:#}");
 
-    // The same file again: attached once, covered from the process's first call.
+    // The same file again: planned once, covered from the process's first call.
     let (pid, _) = run_client(go_client(&bin, &mock, "go-stream", 3, true));
     check_go(&daemon, &mock, pid, "go-stream", 3, true);
     let status = daemon.cli_json(&["status"]);
@@ -165,8 +129,8 @@ fn stripped_go_binary_is_reported_not_covered() {
     go_build(&bin, "-s -w");
     let daemon = Daemon::start();
     let mock = Mock::start(&[]);
-    let cmd = go_client(&bin, &mock, "go-stripped", 2, false);
-    let pid = run_after(&daemon, cmd, "the stripped Go binary reported", |s| {
+    let (pid, _) = run_client(go_client(&bin, &mock, "go-stripped", 2, false));
+    wait_status(&daemon, "the stripped Go binary reported", |s| {
         s["tls_not_covered"]["executables"]
             .get(bin.to_str().unwrap())
             .is_some()

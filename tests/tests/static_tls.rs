@@ -42,45 +42,11 @@ fn vendored_client() -> PathBuf {
     bin
 }
 
-/// Runs `bin` (3 chat completions on one connection) under a daemon that finds it when it is
-/// exec'd, and checks how it is covered and that every call is exact.
+/// Runs `bin` (3 chat completions on one connection) under a daemon that has never seen it:
+/// it is analysed and probed at its first contact, and every call, the first one too, is exact.
 fn check_static_client(bin: &Path, kind: &str, version: &str) {
     let mock = Mock::start(&[]);
     let daemon = Daemon::start();
-    // Its first processes only announce it (a usage error): the daemon analyses the file on
-    // exec, and a call made while that runs would be missed. One that exits before the daemon
-    // reads its /proc entry announces nothing, so it is run until the file is attached.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let entry = loop {
-        let usage = Command::new(bin).output().expect("run the client");
-        assert_eq!(usage.status.code(), Some(2), "{usage:?}");
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        if let Some(entry) = located(&daemon.cli_json(&["status"]), bin) {
-            break entry.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} not attached in 30 s of runs",
-            bin.display()
-        );
-    };
-    assert_eq!(entry["kind"], kind, "{entry}");
-    assert_eq!(
-        entry["symbols"],
-        json!([
-            "ssl_write_internal",
-            "ssl_read_internal",
-            "SSL_do_handshake"
-        ]),
-        "{entry}"
-    );
-    let coverage = entry["coverage"].as_str().unwrap_or_default();
-    assert!(
-        coverage.starts_with(&format!(
-            "exact: OpenSSL{version} ssl_write_internal/ssl_read_internal located by analysis"
-        )),
-        "{entry}"
-    );
     let tag = format!("static-{kind}");
     let mut cmd = Command::new(bin);
     cmd.arg(mock.port.to_string())
@@ -99,6 +65,26 @@ fn check_static_client(bin: &Path, kind: &str, version: &str) {
     });
     check_exact(&daemon, &mock, pid, &tag, 3, &expect);
     let status = daemon.cli_json(&["status"]);
+    let entry = located(&status, bin)
+        .unwrap_or_else(|| panic!("{} probed: {status:#}", bin.display()))
+        .clone();
+    assert_eq!(entry["kind"], kind, "{entry}");
+    assert_eq!(
+        entry["symbols"],
+        json!([
+            "ssl_write_internal",
+            "ssl_read_internal",
+            "SSL_do_handshake"
+        ]),
+        "{entry}"
+    );
+    let coverage = entry["coverage"].as_str().unwrap_or_default();
+    assert!(
+        coverage.starts_with(&format!(
+            "exact: OpenSSL{version} ssl_write_internal/ssl_read_internal located by analysis"
+        )),
+        "{entry}"
+    );
     assert_eq!(
         located(&status, bin).unwrap()["confirmed"],
         true,

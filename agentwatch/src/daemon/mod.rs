@@ -337,6 +337,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut execs = Vec::new();
     let mut ended: Vec<u32> = Vec::new();
+    let mut not_agents: Vec<u32> = Vec::new();
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -361,7 +362,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                     // while an attach holds discovery).
                     let mut p = pipeline.lock().expect("pipeline lock");
                     ended.extend(p.take_probe_ends());
+                    not_agents.extend(p.take_not_agents());
                     if let Ok(mut d) = discovery.try_lock() {
+                        for tgid in not_agents.drain(..) {
+                            closer.close(d.probes.detach_process(tgid));
+                            d.probes.set_process_state(tgid, Some(agentwatch_ebpf::PROC_NOT_AGENT));
+                        }
                         for (identity, http) in p.first_writes.drain(..) {
                             closer.close(d.probes.judge_first_write(identity, http));
                         }

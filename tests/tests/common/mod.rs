@@ -335,6 +335,23 @@ fn wait_bounded(mut child: Child, limit: Duration) -> Output {
     }
 }
 
+/// `curl` making one Chat Completions call to the mock (streamed with usage, or not).
+pub fn curl_chat(mock: &Mock, tag: &str, stream: bool) -> Command {
+    let body = if stream {
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#
+    } else {
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#
+    };
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "--http1.1", "--cacert"])
+        .arg(&mock.ca)
+        .args(["-H", "content-type: application/json", "-H"])
+        .arg(format!("x-test-tag: {tag}"))
+        .args(["-d", body])
+        .arg(format!("{}/v1/chat/completions", mock.base_url()));
+    cmd
+}
+
 /// A Python SDK driver from tests/clients.
 pub fn py_client(script: &str, mock: &Mock, args: &[&str]) -> Command {
     let mut cmd = Command::new(python());
@@ -349,7 +366,12 @@ pub fn py_client(script: &str, mock: &Mock, args: &[&str]) -> Command {
 
 /// The node driver (official `openai` npm package); node trusts the CA through NODE_EXTRA_CA_CERTS.
 pub fn node_client(mock: &Mock, args: &[&str]) -> Command {
-    let mut cmd = Command::new("node");
+    node_client_with(Path::new("node"), mock, args)
+}
+
+/// `node_client` run by the node executable at `node`.
+pub fn node_client_with(node: &Path, mock: &Mock, args: &[&str]) -> Command {
+    let mut cmd = Command::new(node);
     cmd.arg(clients().join("openai_chat.mjs"))
         .arg("--base-url")
         .arg(mock.base_url())

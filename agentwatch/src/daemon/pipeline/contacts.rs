@@ -28,6 +28,29 @@ pub struct FirstContactStats {
     pub max_hold_ms: f64,
     /// Holds for an endpoint without a name (no SNI: probation).
     pub no_sni: u64,
+    /// Processes on probation now, and those it found not to be agents (probes detached).
+    pub on_probation: u64,
+    pub not_agents: u64,
+}
+
+/// A process probed because its first contact named no host (`https://127.0.0.1:8443`) is
+/// on probation: an LLM request makes it an agent for good; this many of its connections
+/// closing without one make it not an agent (its probes come off, and the kernel lets its
+/// later no-SNI connections pass; a known LLM host still stops it).
+pub const PROBATION_CONNECTIONS: u32 = 3;
+
+#[derive(Debug, Default)]
+pub struct Probation {
+    /// tgid → connections closed without an LLM request.
+    on: HashMap<u32, u32>,
+    /// Found not to be agents, for the daemon to detach.
+    failed: Vec<u32>,
+}
+
+impl Probation {
+    pub fn forget(&mut self, tgid: u32) {
+        self.on.remove(&tgid);
+    }
 }
 
 /// Processes stopped now (tgid → boot ns of the hold).
@@ -68,6 +91,10 @@ impl Pipeline {
             self.first_contact.nothing_to_probe += 1;
         } else {
             self.first_contact.probed += 1;
+            if !contact.llm_host {
+                self.probation.on.entry(contact.tgid).or_insert(0);
+                self.first_contact.on_probation = self.probation.on.len() as u64;
+            }
         }
         let pending = self.pending_contacts.0.remove(&contact.tgid).is_some();
         if pending {
@@ -91,6 +118,36 @@ impl Pipeline {
     /// Processes that exec'd or exited since the last call: their probes come off.
     pub fn take_probe_ends(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.probe_ends)
+    }
+
+    /// Processes found not to be agents since the last call: their probes come off and the
+    /// kernel lets their no-SNI connections pass.
+    pub fn take_not_agents(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.probation.failed)
+    }
+
+    /// An LLM request from `tgid`: an agent, off probation for good.
+    pub(super) fn probation_passed(&mut self, tgid: u32) {
+        if self.probation.on.remove(&tgid).is_some() {
+            self.first_contact.on_probation = self.probation.on.len() as u64;
+        }
+    }
+
+    /// A connection of `tgid` closed; `llm`: it carried an LLM request.
+    pub(super) fn probation_connection_closed(&mut self, tgid: u32, llm: bool) {
+        if llm {
+            return self.probation_passed(tgid);
+        }
+        let Some(closed) = self.probation.on.get_mut(&tgid) else {
+            return;
+        };
+        *closed += 1;
+        if *closed >= PROBATION_CONNECTIONS {
+            self.probation.on.remove(&tgid);
+            self.probation.failed.push(tgid);
+            self.first_contact.not_agents += 1;
+            self.first_contact.on_probation = self.probation.on.len() as u64;
+        }
     }
 }
 

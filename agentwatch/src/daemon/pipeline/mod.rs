@@ -80,6 +80,8 @@ struct Conn {
     conn: Connection,
     key: ProcKey,
     last_seen_ns: u64,
+    /// An LLM request was seen on it (first-contact probation counts those without).
+    llm: bool,
 }
 
 pub struct Pipeline {
@@ -112,6 +114,9 @@ pub struct Pipeline {
     pub first_contact: FirstContactStats,
     /// Processes that exec'd or exited, whose per-process probes come off.
     probe_ends: Vec<u32>,
+    /// Processes probed on probation (their first contact named no host), and those found
+    /// not to be agents, whose probes come off.
+    probation: contacts::Probation,
     /// Ceilings (None when the daemon runs without its kernel gate, e.g. in unit tests).
     pub policy: Option<Policy>,
     pub gate: Option<Gate>,
@@ -156,6 +161,7 @@ impl Pipeline {
             pending_contacts: Default::default(),
             first_contact: Default::default(),
             probe_ends: Vec::new(),
+            probation: Default::default(),
             policy: None,
             gate: None,
             pods: Arc::new(PodIndex::default()),
@@ -205,6 +211,7 @@ impl Pipeline {
             } => {
                 self.stats.execs += 1;
                 self.probe_ends.push(tgid);
+                self.probation.forget(tgid);
                 self.tree.on_exec(tgid, &filename);
                 self.on_exec_policy(tgid, ts_ns);
                 return Some(tgid);
@@ -212,6 +219,7 @@ impl Pipeline {
             KernelEvent::Exit { tgid, ts_ns } => {
                 self.stats.exits += 1;
                 self.probe_ends.push(tgid);
+                self.probation.forget(tgid);
                 self.on_exit(tgid, ts_ns);
             }
             KernelEvent::Tls { header, data } if header.flags & TLS_FLAG_AEAD != 0 => {
@@ -397,6 +405,7 @@ impl Pipeline {
                     conn: Connection::new(self.limits),
                     key,
                     last_seen_ns: h.ts_ns,
+                    llm: false,
                 },
             );
             self.conns_by_tgid.entry(h.tgid).or_default().push(h.conn);
@@ -433,6 +442,9 @@ impl Pipeline {
                 .on_read(data, h.ts_ns, &mut self.capture_stats, &mut out);
         }
         let key = c.key;
+        if out.iter().any(|e| matches!(e, CaptureEvent::Request(_))) {
+            c.llm = true;
+        }
         self.apply(key, &mut out);
         self.scratch = out;
     }
@@ -443,6 +455,7 @@ impl Pipeline {
             match event {
                 CaptureEvent::Request(req) => {
                     self.stats.llm_requests += 1;
+                    self.probation_passed(key.tgid);
                     if !self.origins.contains_key(&key) {
                         let origin = self.origin(key);
                         self.origins.insert(key, origin);
@@ -515,6 +528,7 @@ impl Pipeline {
         self.apply(c.key, &mut out);
         self.scratch = out;
         self.stats.connections_open = self.conns.len() as u64;
+        self.probation_connection_closed(id.0, c.llm);
     }
 
     fn evict_oldest(&mut self, ts_ns: u64) {

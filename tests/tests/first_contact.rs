@@ -1,0 +1,197 @@
+//! Privileged end-to-end tests of first contact: probes go only on processes that contact an
+//! LLM endpoint, decided in the kernel at their first connection's ClientHello, before any
+//! request byte; every other process gets no uprobe and no per-byte work.
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn kernel(status: &Value) -> &Value {
+    &status["first_contact"]["kernel"]
+}
+
+/// A TLS server and TLS clients to it under a name that is no LLM endpoint (`--resolve`:
+/// SNI `files.example.test`), a new connection per request and keep-alive, while the daemon is
+/// up. The kernel looks at each connection's ClientHello and lets it go: no process is
+/// stopped, no probe is attached, and no uprobe fires (the kernel's own counter of uprobe
+/// runs stands still). A sentinel call to an LLM endpoint made afterwards is captured, so
+/// the daemon was watching all along.
+#[test]
+fn tls_that_is_not_an_agent_gets_no_uprobe() {
+    let daemon = Daemon::start();
+    // The mock is the "other" TLS server here: any TLS server does, and it serves any path.
+    let mock = Mock::start(&[]);
+    let before = daemon.cli_json(&["status"]);
+    let other = format!("files.example.test:{}:127.0.0.1", mock.port);
+    let url = format!("https://files.example.test:{}/v1/models", mock.port);
+    // Three processes, each one connection; then one process with three keep-alive requests.
+    for _ in 0..3 {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--fail", "--resolve", &other, "--cacert"])
+            .arg(&mock.ca)
+            .arg(&url);
+        run_client(cmd);
+    }
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "--resolve", &other, "--cacert"])
+        .arg(&mock.ca)
+        .args([&url, &url, &url]);
+    run_client(cmd);
+    let after = daemon.cli_json(&["status"]);
+    let (k0, k1) = (kernel(&before), kernel(&after));
+    assert!(
+        u(&k1["other_hosts"]) >= u(&k0["other_hosts"]) + 4,
+        "each connection's ClientHello was looked at and let go: {k0} → {k1}"
+    );
+    assert_eq!(k1["uprobe_hits"], k0["uprobe_hits"], "{k0} → {k1}");
+    assert_eq!(k1["holds"], k0["holds"], "{k0} → {k1}");
+    assert_eq!(
+        u(&after["probed_processes"]["attached_total"]),
+        u(&before["probed_processes"]["attached_total"]),
+        "{after:#}"
+    );
+    // The sentinel: an LLM call afterwards is held, probed and recorded.
+    let (pid, _) = run_client(curl_chat(&mock, "fc-sentinel", false));
+    check_exact(
+        &daemon,
+        &mock,
+        pid,
+        "fc-sentinel",
+        1,
+        &json!({"provider": "openai"}),
+    );
+    let last = daemon.cli_json(&["status"]);
+    assert!(
+        u(&kernel(&last)["uprobe_hits"]) > u(&k1["uprobe_hits"]),
+        "{last:#}"
+    );
+    assert!(u(&kernel(&last)["holds"]) > u(&k1["holds"]), "{last:#}");
+}
+
+/// An endpoint without a name (`https://127.0.0.1:PORT`: no SNI) is held like a known LLM
+/// host: a Python SDK client that has never run is exact from its first call, streamed or
+/// not; and so is a node client run from a path of its own (a copy of node, never seen), and a
+/// Python client in a mount namespace of its own.
+#[test]
+fn ip_literal_endpoints_are_exact_from_the_first_call_of_new_processes() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    let expect = json!({"provider": "openai", "model": "gpt-4o-mini"});
+    let (pid, _) = run_client(py_client(
+        "openai_chat.py",
+        &mock,
+        &["--calls", "1", "--tag", "fc-py"],
+    ));
+    check_exact(&daemon, &mock, pid, "fc-py", 1, &expect);
+
+    let dir = Scratch::new("fc-node");
+    let node = dir.0.join("node-copy");
+    let system_node = which("node");
+    std::fs::copy(&system_node, &node).unwrap();
+    let cmd = node_client_with(
+        &node,
+        &mock,
+        &["--model", "gpt-4o-mini", "--calls", "1", "--tag", "fc-node"],
+    );
+    let (pid, _) = run_client(cmd);
+    check_exact(&daemon, &mock, pid, "fc-node", 1, &expect);
+
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private"])
+        .arg(python())
+        .arg(clients().join("openai_chat.py"))
+        .args(["--base-url", &mock.base_url(), "--ca"])
+        .arg(&mock.ca)
+        .args(["--calls", "1", "--tag", "fc-ns"]);
+    let (unshare_pid, _) = run_client(cmd);
+    // `unshare` execs the client in place: the same pid.
+    check_exact(&daemon, &mock, unshare_pid, "fc-ns", 1, &expect);
+    let status = daemon.cli_json(&["status"]);
+    assert!(
+        status["tls_libraries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["path"].as_str() == node.to_str()),
+        "{status:#}"
+    );
+    let stats = &status["first_contact"]["stats"];
+    assert!(u(&stats["no_sni"]) >= 3, "{stats}");
+    assert_eq!(u(&stats["timeouts"]), 0, "{stats}");
+}
+
+/// A process probed on probation (no SNI) whose connections close without an LLM request is
+/// not an agent: after three such connections its probes come off.
+#[test]
+fn probation_ends_for_a_process_that_makes_no_llm_call() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    let url = format!("{}/v1/models", mock.base_url());
+    // One process, three connections (each closed: `Connection: close`), no LLM request.
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "-H", "connection: close", "--cacert"])
+        .arg(&mock.ca);
+    for _ in 0..3 {
+        cmd.arg(&url);
+    }
+    // A fourth request keeps the process alive until the probes are off.
+    cmd.args(["--next", "--cacert"]).arg(&mock.ca).arg(&url);
+    run_client(cmd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = daemon.cli_json(&["status"]);
+        let stats = &status["first_contact"]["stats"];
+        if u(&stats["not_agents"]) >= 1 {
+            assert_eq!(u(&stats["on_probation"]), 0, "{stats}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A held process is never left stopped: with a deadline shorter than any attach, the
+/// process continues at the deadline (counted), and its calls go through.
+#[test]
+fn a_held_process_continues_at_the_deadline() {
+    let dir = Scratch::new("fc-deadline");
+    let config = dir.0.join("agentwatch.toml");
+    std::fs::write(&config, "[probes]\nfirst_contact_timeout_ms = 1\n").unwrap();
+    let config = config.display().to_string();
+    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    let mock = Mock::start(&[]);
+    let started = Instant::now();
+    let mut child = curl_chat(&mock, "fc-deadline", false)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the held curl never finished");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(mock.served_with_tag("fc-deadline").len(), 1);
+    let stats = daemon.cli_json(&["status"])["first_contact"]["stats"].clone();
+    assert!(
+        u(&stats["timeouts"]) >= 1,
+        "{stats} after {:?}",
+        started.elapsed()
+    );
+}
+
+fn which(name: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .and_then(|p| p.canonicalize().ok())
+        .unwrap_or_else(|| Path::new("/usr/bin").join(name))
+}
