@@ -3,6 +3,7 @@
 
 // aya's errors are large; they occur at start-up and attach time, never per event.
 #![allow(clippy::result_large_err)]
+pub mod analysis_cache;
 pub mod events;
 pub mod golang;
 pub mod libraries;

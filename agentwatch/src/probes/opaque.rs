@@ -211,7 +211,7 @@ impl Mapped {
     }
 
     /// Hints that `range` is about to be read through once (read-ahead).
-    fn will_read(&self, range: &[u8]) {
+    pub fn will_read(&self, range: &[u8]) {
         let page = 4096usize;
         let start = (range.as_ptr() as usize) & !(page - 1);
         let end = range.as_ptr() as usize + range.len();
@@ -985,6 +985,31 @@ pub fn build_id(path: &Path) -> Option<Vec<u8>> {
 pub fn build_id_of(file: &[u8]) -> Option<Vec<u8>> {
     let obj = object::File::parse(file).ok()?;
     obj.build_id().ok().flatten().map(<[u8]>::to_vec)
+}
+
+/// Whether every file offset `scan` names (where uprobes would attach) lies in an executable
+/// segment of the ELF file `file`: what a result read back from elsewhere must at least meet.
+pub fn offsets_in_code(file: &[u8], scan: &OpaqueScan) -> bool {
+    let OpaqueScan::Located(located) = scan else {
+        return true;
+    };
+    let Ok(obj) = object::File::parse(file) else {
+        return false;
+    };
+    let code: Vec<(u64, u64)> = obj
+        .segments()
+        .filter(|s| {
+            matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0)
+        })
+        .map(|s| s.file_range())
+        .collect();
+    let in_code = |offset: u64| {
+        code.iter()
+            .any(|(start, size)| offset >= *start && offset - start < *size)
+    };
+    located
+        .stacks()
+        .all(|l| in_code(l.write) && in_code(l.read) && l.handshake.is_none_or(in_code))
 }
 
 /// The strings whose presence in read-only data says which TLS library is inside.
