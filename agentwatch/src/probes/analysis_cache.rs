@@ -17,6 +17,11 @@
 //!
 //! Executables without a TLS library inside (most of what runs) are answered by the analysis's
 //! first look, a search of read-only data: they are never hashed or written to disk.
+//!
+//! A build id is a claim any file can make. A located result is given to another file with the
+//! same key only if the bytes around its offsets are those analysed (a uprobe elsewhere would
+//! break the program); a failed analysis ("not located"), which no bytes can confirm, is kept
+//! by build id for the file analysed only (in memory), by content hash for every copy.
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -250,6 +255,7 @@ impl AnalysisCache {
         // result holds for this one only if its bytes are those analysed (where located), or
         // if, like that one, it has no TLS library's strings.
         match self.remembered(key) {
+            Some((scan, _)) if !holds_for_other_files(key, &scan) => {}
             Some((scan, seen))
                 if seen == witness(bytes, &scan)
                     && (scan != OpaqueScan::NotTls || !opaque::may_have_tls(bytes)) =>
@@ -273,7 +279,7 @@ impl AnalysisCache {
         self.stats.analysed += 1;
         let seen = witness(bytes, &scan);
         self.remember(key, &scan, seen.clone());
-        if !matches!(scan, OpaqueScan::NotTls) {
+        if !matches!(scan, OpaqueScan::NotTls) && holds_for_other_files(key, &scan) {
             self.store(key, &scan, seen, analysed_in);
         }
         (scan, CacheSource::Analysed)
@@ -341,6 +347,8 @@ impl AnalysisCache {
         } else if matches!(entry.scan, OpaqueScan::NotTls) {
             // Never stored: an entry saying so would hide a TLS library.
             Some("it says no TLS library inside".to_string())
+        } else if !holds_for_other_files(key, &entry.scan) {
+            Some("a failed analysis is not kept by build id".to_string())
         } else if !opaque::offsets_in_code(file, &entry.scan) {
             Some("it names offsets outside the executable's code".to_string())
         } else if entry.witness != witness(file, &entry.scan) {
@@ -479,8 +487,8 @@ impl AnalysisCache {
     }
 }
 
-/// The SHA-256 of the 64 bytes (fewer at the end of the file) at each offset of a located
-/// result, in order; `None` for other results.
+/// The SHA-256 of the bytes around each offset of a located result (from 256 before to 1 KiB
+/// after, within the file), in order; `None` for other results.
 fn witness(file: &[u8], scan: &OpaqueScan) -> Option<String> {
     let OpaqueScan::Located(located) = scan else {
         return None;
@@ -491,14 +499,26 @@ fn witness(file: &[u8], scan: &OpaqueScan) -> Option<String> {
             .into_iter()
             .flatten()
         {
-            let start = usize::try_from(offset)
+            let at = usize::try_from(offset)
                 .unwrap_or(usize::MAX)
                 .min(file.len());
+            let (from, to) = (
+                at.saturating_sub(256),
+                file.len().min(at.saturating_add(1024)),
+            );
             hash.update(offset.to_le_bytes());
-            hash.update(&file[start..file.len().min(start.saturating_add(64))]);
+            hash.update(&file[from..to]);
         }
     }
     Some(hex(&hash.finalize()))
+}
+
+/// Whether the result for `key` may be given to a file other than the one analysed. A build
+/// id is only a claim (any file can carry any note): a located result is checked against the
+/// file's bytes (`witness`), one without TLS by the first look again, but a failed analysis
+/// cannot be checked, and is kept for the file analysed only; under a content hash, it holds.
+fn holds_for_other_files(key: &str, scan: &OpaqueScan) -> bool {
+    !(key.starts_with("build-id-") && matches!(scan, OpaqueScan::NotLocated(_)))
 }
 
 /// `build-id-<hex>`; an id too long for a file name is hashed.
@@ -623,18 +643,19 @@ mod tests {
         }
     }
 
-    const TEXT_OFFSET: u64 = 0x200;
+    /// Where `elf` puts the read-only data and the code in the file.
+    const DATA_OFFSET: u64 = 0x1000;
+    const TEXT_OFFSET: u64 = 0x2000;
 
-    /// A minimal x86-64 ELF executable: a read-only loadable segment with the headers and
-    /// `.rodata` (at file offset 0x100), then a read+execute one with `.text` (at 0x200, 0x100
-    /// bytes of `int3`) and the rest (with `build_id`, a `.note.gnu.build-id`).
-    fn elf(rodata: &[u8], build_id: Option<&[u8]>) -> Vec<u8> {
-        assert!(rodata.len() <= 0x100);
-        let base = 0x40_0000u64;
-        let mut out = vec![0u8; 0x100];
-        out.extend(rodata);
+    /// A minimal x86-64 executable (ET_EXEC): `.rodata` with `data` (at file offset 0x1000) in
+    /// a read-only segment, then `.text` with `code` (at 0x2000) and the rest (with
+    /// `build_id`, a `.note.gnu.build-id`) in a read+execute one.
+    fn elf(data: (u64, &[u8]), code: (u64, &[u8]), build_id: Option<&[u8]>) -> Vec<u8> {
+        assert!(data.1.len() as u64 <= TEXT_OFFSET - DATA_OFFSET);
+        let mut out = vec![0u8; DATA_OFFSET as usize];
+        out.extend(data.1);
         out.resize(TEXT_OFFSET as usize, 0);
-        out.extend([0xCC; 0x100]);
+        out.extend(code.1);
         let note = build_id.map(|id| {
             let at = out.len() as u64;
             out.extend(4u32.to_le_bytes());
@@ -653,17 +674,17 @@ mod tests {
         while !out.len().is_multiple_of(8) {
             out.push(0);
         }
-        let load_size = out.len() as u64;
-        let shoff = out.len() as u64;
+        let end = out.len() as u64;
+        let in_code = |offset: u64| code.0 + offset - TEXT_OFFSET;
         // name offset, type, flags, address, offset, size, alignment
         let mut sections = vec![
             (0u32, 0u32, 0u64, 0u64, 0u64, 0u64, 0u64),
-            (1, 1, 2, base + 0x100, 0x100, rodata.len() as u64, 1), // PROGBITS, ALLOC
-            (9, 1, 6, base + TEXT_OFFSET, TEXT_OFFSET, 0x100, 16),  // PROGBITS, ALLOC|EXEC
+            (1, 1, 2, data.0, DATA_OFFSET, data.1.len() as u64, 1), // PROGBITS, ALLOC
+            (9, 1, 6, code.0, TEXT_OFFSET, code.1.len() as u64, 16), // PROGBITS, ALLOC|EXEC
             (15, 3, 0, 0, shstrtab_at, names.len() as u64, 1),      // STRTAB
         ];
         if let Some((at, size)) = note {
-            sections.push((25, 7, 2, base + at, at, size, 4)); // NOTE, ALLOC
+            sections.push((25, 7, 2, in_code(at), at, size, 4)); // NOTE, ALLOC
         }
         for (name, kind, flags, address, offset, size, align) in &sections {
             out.extend(name.to_le_bytes());
@@ -681,9 +702,9 @@ mod tests {
         header.extend(2u16.to_le_bytes()); // ET_EXEC
         header.extend(62u16.to_le_bytes()); // EM_X86_64
         header.extend(1u32.to_le_bytes());
-        header.extend((base + TEXT_OFFSET).to_le_bytes()); // entry
+        header.extend(code.0.to_le_bytes()); // entry
         header.extend(64u64.to_le_bytes()); // program headers
-        header.extend(shoff.to_le_bytes());
+        header.extend(end.to_le_bytes()); // section headers
         header.extend(0u32.to_le_bytes());
         header.extend(64u16.to_le_bytes());
         header.extend(56u16.to_le_bytes());
@@ -691,16 +712,16 @@ mod tests {
         header.extend(64u16.to_le_bytes());
         header.extend((sections.len() as u16).to_le_bytes());
         header.extend(3u16.to_le_bytes()); // .shstrtab
-        // PT_LOAD R up to the code, PT_LOAD R+X from there.
-        for (flags, offset, size) in [
-            (4u32, 0, TEXT_OFFSET),
-            (5, TEXT_OFFSET, load_size - TEXT_OFFSET),
+        // PT_LOAD R with the data, PT_LOAD R+X from the code on.
+        for (flags, offset, address, size) in [
+            (4u32, DATA_OFFSET, data.0, data.1.len() as u64),
+            (5, TEXT_OFFSET, code.0, end - TEXT_OFFSET),
         ] {
             header.extend(1u32.to_le_bytes());
             header.extend(flags.to_le_bytes());
             header.extend(offset.to_le_bytes());
-            header.extend((base + offset).to_le_bytes());
-            header.extend((base + offset).to_le_bytes());
+            header.extend(address.to_le_bytes());
+            header.extend(address.to_le_bytes());
             header.extend(size.to_le_bytes());
             header.extend(size.to_le_bytes());
             header.extend(0x1000u64.to_le_bytes());
@@ -709,12 +730,24 @@ mod tests {
         out
     }
 
-    /// An executable with BoringSSL's source path in its data but no code raising errors:
-    /// analysed as "BoringSSL inside, not located", a result worth storing.
-    fn boringssl(build_id: Option<&[u8]>, tag: u8) -> Vec<u8> {
-        let mut rodata = b"../../vendor/boringssl/ssl/ssl_lib.cc\0".to_vec();
-        rodata.push(tag);
-        elf(&rodata, build_id)
+    /// opaque's BoringSSL fixture as an executable: SSL_read at file offset 0x2000, SSL_write
+    /// at 0x2040. `tag` varies the contents (a byte after the data).
+    fn agent(build_id: Option<&[u8]>, tag: u8) -> Vec<u8> {
+        let ((code_at, code), (data_at, mut data)) = opaque::tests::boringssl_executable();
+        data.push(tag);
+        elf((data_at, &data), (code_at, &code), build_id)
+    }
+
+    /// BoringSSL's source path in the data, no code raising errors: "not located".
+    fn broken(build_id: Option<&[u8]>, tag: u8) -> Vec<u8> {
+        let mut data = b"../../vendor/boringssl/ssl/ssl_lib.cc\0".to_vec();
+        data.push(tag);
+        elf((0x40_0000, &data), (0x1000, &[0xCC; 0x100]), build_id)
+    }
+
+    /// No TLS library's strings at all.
+    fn plain(build_id: Option<&[u8]>) -> Vec<u8> {
+        elf((0x40_0000, b"hello\0"), (0x1000, &[0xC3]), build_id)
     }
 
     fn write(dir: &TempDir, name: &str, contents: &[u8]) -> PathBuf {
@@ -735,30 +768,49 @@ mod tests {
         names
     }
 
+    fn located(scan: &OpaqueScan) -> (u64, u64) {
+        match scan {
+            OpaqueScan::Located(l) => (l.write, l.read),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn age(path: &Path, by: Duration) {
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() - by)
+            .unwrap();
+    }
+
     #[test]
-    fn the_elf_writer_makes_what_the_analysis_reads() {
-        let id = [0xAB; 20];
-        let file = boringssl(Some(&id), 0);
-        assert_eq!(opaque::build_id_of(&file), Some(id.to_vec()));
-        assert!(opaque::may_have_tls(&file));
-        assert!(!opaque::may_have_tls(&elf(b"nothing\0", None)));
+    fn the_executables_written_are_what_the_analysis_reads() {
         let files = TempDir::new();
-        let path = write(&files, "agent", &file);
+        let id = [0xAB; 20];
+        let path = write(&files, "agent", &agent(Some(&id), 0));
+        assert_eq!(opaque::build_id(&path), Some(id.to_vec()));
+        let scan = opaque::scan(&path);
+        assert_eq!(located(&scan), (TEXT_OFFSET + 0x40, TEXT_OFFSET));
+        assert!(opaque::offsets_in_code(
+            &std::fs::read(&path).unwrap(),
+            &scan
+        ));
+        let path = write(&files, "broken", &broken(None, 0));
         let OpaqueScan::NotLocated(why) = opaque::scan(&path) else {
             panic!("{:?}", opaque::scan(&path));
         };
         assert!(why.starts_with("BoringSSL inside, not located"), "{why}");
+        assert!(!opaque::may_have_tls(&plain(None)));
     }
 
     #[test]
     fn analysed_once_then_from_memory_then_from_disk_after_a_restart() {
         let (files, cache_dir) = (TempDir::new(), TempDir::new());
         let dir = cache_dir.0.join("analysis");
-        let path = write(&files, "agent", &boringssl(Some(&[1, 2, 3, 4]), 0));
+        let path = write(&files, "agent", &agent(Some(&[1, 2, 3, 4]), 0));
         let mut cache = AnalysisCache::new(Some(dir.clone()), 8);
         let first = cache.scan(&path);
         assert_eq!(first.source, CacheSource::Analysed);
-        assert!(matches!(first.scan, OpaqueScan::NotLocated(_)));
+        assert_eq!(first.scan, opaque::scan(&path));
         assert_eq!(first.key.as_deref(), Some("build-id-01020304"));
         assert_eq!(
             stored(&dir),
@@ -770,15 +822,11 @@ mod tests {
             (CacheSource::Memory, &first.scan)
         );
         // The same build at another path (another container's copy) is known by its build id.
-        let copy = write(&files, "copy", &boringssl(Some(&[1, 2, 3, 4]), 0));
+        let copy = write(&files, "copy", &agent(Some(&[1, 2, 3, 4]), 0));
         assert_eq!(cache.scan(&copy).source, CacheSource::Memory);
-        let restarted = AnalysisCache::new(Some(dir.clone()), 8).scan(&path);
-        assert_eq!(
-            (restarted.source, &restarted.scan),
-            (CacheSource::Disk, &first.scan)
-        );
         let mut restarted = AnalysisCache::new(Some(dir.clone()), 8);
-        restarted.scan(&path);
+        let read = restarted.scan(&path);
+        assert_eq!((read.source, &read.scan), (CacheSource::Disk, &first.scan));
         assert_eq!(restarted.scan(&path).source, CacheSource::Memory);
         assert_eq!(
             restarted.stats(),
@@ -805,7 +853,7 @@ mod tests {
     #[test]
     fn without_a_build_id_the_key_is_the_contents() {
         let (files, dir) = (TempDir::new(), TempDir::new());
-        let contents = boringssl(None, 0);
+        let contents = agent(None, 0);
         let path = write(&files, "agent", &contents);
         let mut cache = AnalysisCache::new(Some(dir.0.clone()), 8);
         let first = cache.scan(&path);
@@ -820,10 +868,11 @@ mod tests {
         let mut restarted = AnalysisCache::new(Some(dir.0.clone()), 8);
         let read = restarted.scan(&path);
         assert_eq!((read.source, &read.key), (CacheSource::Disk, &first.key));
+        assert_eq!(read.scan, first.scan);
         assert_eq!(restarted.stats().content_hashes, 0);
         assert_eq!(restarted.stats().identity_hits, 1);
         // Rewritten with other contents of the same size: another key, analysed again.
-        std::fs::write(&path, boringssl(None, 1)).unwrap();
+        std::fs::write(&path, agent(None, 1)).unwrap();
         let changed = cache.scan(&path);
         assert_eq!(changed.source, CacheSource::Analysed);
         assert_ne!(changed.key, first.key);
@@ -843,15 +892,35 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_analysis_is_kept_by_contents_not_by_build_id() {
+        let (files, dir) = (TempDir::new(), TempDir::new());
+        let id = [6; 20];
+        let path = write(&files, "broken", &broken(Some(&id), 0));
+        let mut cache = AnalysisCache::new(Some(dir.0.clone()), 8);
+        let first = cache.scan(&path);
+        assert!(matches!(first.scan, OpaqueScan::NotLocated(_)));
+        assert_eq!(cache.scan(&path).source, CacheSource::Memory);
+        assert!(stored(&dir.0).is_empty());
+        // Another file with that build id is not told "not located" on the first one's word.
+        let copy = write(&files, "copy", &broken(Some(&id), 0));
+        assert_eq!(cache.scan(&copy).source, CacheSource::Analysed);
+        // Without a build id the key is the contents: stored, and read back.
+        let path = write(&files, "broken-no-id", &broken(None, 0));
+        assert_eq!(cache.scan(&path).source, CacheSource::Analysed);
+        let read = AnalysisCache::new(Some(dir.0.clone()), 8).scan(&path);
+        assert_eq!((read.source, read.scan), (CacheSource::Disk, first.scan));
+    }
+
+    #[test]
     fn executables_without_tls_are_neither_hashed_nor_stored() {
         let (files, dir) = (TempDir::new(), TempDir::new());
-        let plain = write(&files, "plain", &elf(b"hello\0", None));
-        let with_id = write(&files, "with-id", &elf(b"hello\0", Some(&[9; 8])));
+        let without_id = write(&files, "plain", &plain(None));
+        let with_id = write(&files, "with-id", &plain(Some(&[9; 8])));
         let mut cache = AnalysisCache::new(Some(dir.0.clone()), 8);
-        for path in [&plain, &with_id, &with_id] {
+        for path in [&without_id, &with_id, &with_id] {
             assert_eq!(cache.scan(path).scan, OpaqueScan::NotTls);
         }
-        assert_eq!(cache.scan(&plain).key, None);
+        assert_eq!(cache.scan(&without_id).key, None);
         assert_eq!(
             cache.stats(),
             &AnalysisCacheStats {
@@ -868,23 +937,20 @@ mod tests {
     #[test]
     fn bad_entries_are_counted_analysed_again_and_overwritten() {
         let (files, dir) = (TempDir::new(), TempDir::new());
-        let path = write(&files, "agent", &boringssl(Some(&[7; 20]), 0));
+        let contents = agent(Some(&[7; 20]), 0);
+        let path = write(&files, "agent", &contents);
         let analysed = AnalysisCache::new(Some(dir.0.clone()), 8).scan(&path);
         let key = analysed.key.clone().unwrap();
         let entry = dir.0.join(format!("v{ANALYSIS_FORMAT}-{key}.json"));
         let good = std::fs::read_to_string(&entry).unwrap();
-        let located = |write: u64| {
-            OpaqueScan::Located(opaque::Located {
-                stack: "boringssl".into(),
-                write,
-                read: TEXT_OFFSET + 0x40,
-                handshake: None,
-                how: "planted".into(),
-                also: Vec::new(),
-                not_located: Vec::new(),
-            })
+        let planted = |write: u64| {
+            let OpaqueScan::Located(mut l) = analysed.scan.clone() else {
+                unreachable!()
+            };
+            l.write = write;
+            l.how = "planted".into();
+            OpaqueScan::Located(l)
         };
-        let contents = std::fs::read(&path).unwrap();
         let witnessed = |format: u32, key: &str, scan: &OpaqueScan, witness: Option<String>| {
             serde_json::json!({ "format": format, "key": key, "scan": scan, "witness": witness })
                 .to_string()
@@ -892,6 +958,7 @@ mod tests {
         let json = |format: u32, key: &str, scan: &OpaqueScan| {
             witnessed(format, key, scan, super::witness(&contents, scan))
         };
+        let not_located = OpaqueScan::NotLocated("planted".into());
         let bad = [
             "{ not json".to_string(),
             String::new(),
@@ -899,16 +966,17 @@ mod tests {
             json(ANALYSIS_FORMAT + 1, &key, &analysed.scan),
             json(ANALYSIS_FORMAT, "build-id-00", &analysed.scan),
             json(ANALYSIS_FORMAT, &key, &OpaqueScan::NotTls),
+            json(ANALYSIS_FORMAT, &key, &not_located),
             // An offset in the data, not the code: a uprobe there would break the program.
-            json(ANALYSIS_FORMAT, &key, &located(0x100)),
-            json(ANALYSIS_FORMAT, &key, &located(1 << 40)),
-            // In the code, but not where the bytes analysed are.
-            witnessed(ANALYSIS_FORMAT, &key, &located(TEXT_OFFSET), None),
+            json(ANALYSIS_FORMAT, &key, &planted(DATA_OFFSET)),
+            json(ANALYSIS_FORMAT, &key, &planted(1 << 40)),
+            // In the code, but without the bytes analysed there, or with others.
+            witnessed(ANALYSIS_FORMAT, &key, &analysed.scan, None),
             witnessed(
                 ANALYSIS_FORMAT,
                 &key,
-                &located(TEXT_OFFSET),
-                super::witness(&contents, &located(TEXT_OFFSET + 1)),
+                &analysed.scan,
+                super::witness(&agent(None, 1), &analysed.scan),
             ),
         ];
         for (n, contents) in bad.iter().enumerate() {
@@ -920,48 +988,22 @@ mod tests {
             assert_eq!(cache.stats().disk_read_errors, 1, "case {n}");
             assert_eq!(std::fs::read_to_string(&entry).unwrap(), good, "case {n}");
         }
-        // A result in the code, at the bytes it was found at, holds up.
-        std::fs::write(&entry, json(ANALYSIS_FORMAT, &key, &located(TEXT_OFFSET))).unwrap();
+        // A result in the code, with the bytes it was found at, holds up.
+        let elsewhere = planted(TEXT_OFFSET + 0x80);
+        std::fs::write(&entry, json(ANALYSIS_FORMAT, &key, &elsewhere)).unwrap();
         let read = AnalysisCache::new(Some(dir.0.clone()), 8).scan(&path);
-        assert_eq!(
-            (read.source, read.scan),
-            (CacheSource::Disk, located(TEXT_OFFSET))
-        );
+        assert_eq!((read.source, read.scan), (CacheSource::Disk, elsewhere));
     }
 
     #[test]
     fn a_file_claiming_anothers_build_id_gets_its_own_analysis() {
         let (files, dir) = (TempDir::new(), TempDir::new());
         let id = [0x42; 20];
-        let contents = boringssl(Some(&id), 0);
-        let real = write(&files, "real", &contents);
-        let located = OpaqueScan::Located(opaque::Located {
-            stack: "boringssl".into(),
-            write: TEXT_OFFSET,
-            read: TEXT_OFFSET + 0x10,
-            handshake: None,
-            how: "stored".into(),
-            also: Vec::new(),
-            not_located: Vec::new(),
-        });
-        let key = build_id_key(&id);
-        let entry = serde_json::json!({
-            "format": ANALYSIS_FORMAT,
-            "key": key,
-            "scan": located,
-            "witness": witness(&contents, &located),
-        });
-        std::fs::write(
-            dir.0.join(format!("v{ANALYSIS_FORMAT}-{key}.json")),
-            entry.to_string(),
-        )
-        .unwrap();
+        let real = write(&files, "real", &agent(Some(&id), 0));
+        let forged = write(&files, "forged", &broken(Some(&id), 0));
         let mut cache = AnalysisCache::new(Some(dir.0.clone()), 8);
-        assert_eq!(cache.scan(&real).scan, located);
-        // Same build id, other code where the uprobes would go: not given those offsets.
-        let mut other = contents.clone();
-        other[TEXT_OFFSET as usize] = 0x90;
-        let forged = write(&files, "forged", &other);
+        let genuine = cache.scan(&real).scan;
+        // Other bytes where the uprobes would go: not given those offsets.
         let own = cache.scan(&forged);
         assert_eq!(own.source, CacheSource::Analysed);
         assert!(
@@ -970,37 +1012,40 @@ mod tests {
             own.scan
         );
         assert_eq!(cache.stats().mismatched, 1);
-        // Nor does one without TLS strings make the real one "no TLS inside".
-        let mut cache = AnalysisCache::new(None, 8);
-        let plain = write(&files, "plain", &elf(b"hello\0", Some(&id)));
-        assert_eq!(cache.scan(&plain).scan, OpaqueScan::NotTls);
-        let real = cache.scan(&real);
-        assert_eq!(real.source, CacheSource::Analysed);
-        assert!(matches!(real.scan, OpaqueScan::NotLocated(_)));
-        assert_eq!(cache.stats().mismatched, 1);
-        // The first one seen again (by its unchanged identity): its own result.
-        assert_eq!(cache.scan(&plain).scan, OpaqueScan::NotTls);
+        // Nor by a restarted daemon reading the stored result.
+        let mut restarted = AnalysisCache::new(Some(dir.0.clone()), 8);
+        assert_eq!(restarted.scan(&forged).source, CacheSource::Analysed);
+        assert_eq!(restarted.stats().disk_read_errors, 1);
+        // The other way round, the forged one first: the real one is not blinded.
+        for first in [&forged, &write(&files, "plain", &plain(Some(&id)))] {
+            let mut cache = AnalysisCache::new(None, 8);
+            assert_ne!(cache.scan(first).scan, genuine);
+            let read = cache.scan(&real);
+            assert_eq!((read.source, &read.scan), (CacheSource::Analysed, &genuine));
+            // Each seen again (by its unchanged identity): its own result.
+            assert_ne!(cache.scan(first).scan, genuine);
+            assert_eq!(cache.scan(&real).scan, genuine);
+        }
     }
 
     #[test]
     fn another_formats_entries_are_not_read_and_age_out() {
         let (files, dir) = (TempDir::new(), TempDir::new());
-        let path = write(&files, "agent", &boringssl(Some(&[5; 20]), 0));
-        let analysed = AnalysisCache::new(Some(dir.0.clone()), 8).scan(&path);
-        let key = analysed.key.unwrap();
-        let current = dir.0.join(format!("v{ANALYSIS_FORMAT}-{key}.json"));
+        let path = write(&files, "agent", &agent(Some(&[5; 20]), 0));
+        let key = AnalysisCache::new(Some(dir.0.clone()), 8)
+            .scan(&path)
+            .key
+            .unwrap();
+        let current = format!("v{ANALYSIS_FORMAT}-{key}.json");
         let old = dir
             .0
             .join(format!("v{}-{key}.json", ANALYSIS_FORMAT + 1000));
-        std::fs::rename(&current, &old).unwrap();
+        std::fs::rename(dir.0.join(&current), &old).unwrap();
         let mut cache = AnalysisCache::new(Some(dir.0.clone()), 1);
         assert_eq!(cache.scan(&path).source, CacheSource::Analysed);
         assert_eq!(cache.stats().disk_read_errors, 0);
         // Two entries for one place: the older (the other format's) goes.
-        assert_eq!(
-            stored(&dir.0),
-            vec![current.file_name().unwrap().to_string_lossy().into_owned()]
-        );
+        assert_eq!(stored(&dir.0), vec![current]);
         assert_eq!(cache.stats().evicted, 1);
     }
 
@@ -1008,42 +1053,30 @@ mod tests {
     fn the_directory_keeps_the_most_recently_used_entries() {
         let (files, dir) = (TempDir::new(), TempDir::new());
         let paths: Vec<PathBuf> = (0..4u8)
-            .map(|n| write(&files, &format!("agent{n}"), &boringssl(Some(&[n; 20]), 0)))
+            .map(|n| write(&files, &format!("agent{n}"), &agent(Some(&[n; 20]), n)))
             .collect();
         let mut cache = AnalysisCache::new(Some(dir.0.clone()), 2);
         let name = |n: u8| format!("v{ANALYSIS_FORMAT}-build-id-{}.json", hex(&[n; 20]));
-        let age = |n: u8, secs: u64| {
-            let f = std::fs::File::open(dir.0.join(name(n))).unwrap();
-            f.set_modified(SystemTime::now() - Duration::from_secs(secs))
-                .unwrap();
-        };
         cache.scan(&paths[0]);
         cache.scan(&paths[1]);
-        age(0, 200);
-        age(1, 100);
+        age(&dir.0.join(name(0)), Duration::from_secs(200));
+        age(&dir.0.join(name(1)), Duration::from_secs(100));
         // Entry 0 read back by a restarted daemon is used again: now the most recent.
-        assert_eq!(
-            AnalysisCache::new(Some(dir.0.clone()), 2)
-                .scan(&paths[0])
-                .source,
-            CacheSource::Disk
-        );
+        let read = AnalysisCache::new(Some(dir.0.clone()), 2).scan(&paths[0]);
+        assert_eq!(read.source, CacheSource::Disk);
         cache.scan(&paths[2]);
         assert_eq!(stored(&dir.0), vec![name(0), name(2)]);
         assert_eq!(cache.stats().evicted, 1);
         // Memory holds two results by key as well: the oldest goes (a copy of that build, at
         // another path, is read from disk; the file itself is still known by its identity).
         assert_eq!(cache.stats().memory_evicted, 1);
-        let copy = write(&files, "copy0", &boringssl(Some(&[0; 20]), 0));
+        let copy = write(&files, "copy0", &agent(Some(&[0; 20]), 0));
         assert_eq!(cache.scan(&copy).source, CacheSource::Disk);
         assert_eq!(cache.scan(&paths[0]).source, CacheSource::Memory);
         // A temporary file left by a writer that died is removed once stale.
         let temp = dir.0.join(".tmp-1-1-x.json");
         std::fs::write(&temp, "{").unwrap();
-        std::fs::File::open(&temp)
-            .unwrap()
-            .set_modified(SystemTime::now() - STALE_TEMP * 2)
-            .unwrap();
+        age(&temp, STALE_TEMP * 2);
         cache.scan(&paths[3]);
         assert!(!temp.exists());
         assert_eq!(stored(&dir.0).len(), 2);
@@ -1052,12 +1085,12 @@ mod tests {
     #[test]
     fn an_unwritable_directory_is_counted_and_the_result_still_given() {
         let files = TempDir::new();
-        let path = write(&files, "agent", &boringssl(Some(&[3; 20]), 0));
+        let path = write(&files, "agent", &agent(Some(&[3; 20]), 0));
         // A directory below a regular file cannot be created.
         let mut cache = AnalysisCache::new(Some(path.join("analysis")), 8);
         let result = cache.scan(&path);
         assert_eq!(result.source, CacheSource::Analysed);
-        assert!(matches!(result.scan, OpaqueScan::NotLocated(_)));
+        assert_eq!(result.scan, opaque::scan(&path));
         assert_eq!(cache.stats().disk_write_errors, 1);
         assert_eq!(cache.stats().disk_read_errors, 0);
     }
@@ -1066,6 +1099,7 @@ mod tests {
     fn entry_names() {
         assert!(is_entry_name("v1-build-id-00.json"));
         assert!(is_entry_name("v12-sha256-ab.json"));
+        assert!(is_entry_name("v1-file-ab.json"));
         assert!(!is_entry_name(".tmp-1-2-v1-x.json"));
         assert!(!is_entry_name("v-x.json"));
         assert!(!is_entry_name("v1-x.json.bak"));

@@ -1105,7 +1105,7 @@ fn combine(results: Vec<Result<Located, String>>) -> OpaqueScan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const FILE: u64 = 0x40_0010;
@@ -1213,6 +1213,15 @@ mod tests {
             ..Image::default()
         };
         (image, 0x5000 + write - read, 0x5000)
+    }
+
+    /// The BoringSSL fixture as the parts of an executable (`analysis_cache`'s tests write it
+    /// out): (address, bytes) of its code, then of its read-only data. SSL_read is at the
+    /// code's start, SSL_write 0x40 further.
+    pub(crate) fn boringssl_executable() -> ((u64, Vec<u8>), (u64, Vec<u8>)) {
+        let (image, _, _) = image(false);
+        let code = (image.code[0].0, image.code[0].1.to_vec());
+        (code, (image.data[0].0, image.data[0].1.to_vec()))
     }
 
     #[test]
