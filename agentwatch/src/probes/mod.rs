@@ -5,6 +5,7 @@
 #![allow(clippy::result_large_err)]
 use std::path::PathBuf;
 
+pub mod analysis_cache;
 pub mod attach;
 pub mod events;
 pub mod golang;

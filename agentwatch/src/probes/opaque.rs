@@ -4,7 +4,9 @@
 //! with its source file name and line, so the code that loads that string sits inside the
 //! function we want, whose bounds come from `.eh_frame_hdr` (or, where that has no entry, from
 //! the linker's padding, checked by decoding).
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 
@@ -40,6 +42,9 @@ const ARGUMENTS: [Register; 6] = [
 
 /// Function `[start, end)` → the (reason, line) of each error it raises.
 type ErrorSites = BTreeMap<(u64, u64), BTreeSet<(u64, u64)>>;
+
+/// A function's `[start, end)` and where those bounds came from.
+type Function = (u64, u64, Bounds);
 
 /// Where a function's bounds came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +114,7 @@ impl Located {
 }
 
 /// What a look at an executable found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OpaqueScan {
     /// No statically linked TLS library this analysis knows.
     NotTls,
@@ -118,28 +123,148 @@ pub enum OpaqueScan {
     Located(Located),
 }
 
-/// The parts of an ELF executable the analysis reads, loaded once.
-struct Image {
+/// A whole file mapped read-only: the analysis reads its sections in place, so a 300 MB
+/// executable costs page cache (shared with the process running it, and reclaimable), not
+/// the daemon's own memory.
+///
+/// A mapped file that shrinks faults on access (`SIGBUS`, which would kill the daemon), and
+/// one written to changes under the analysis. Neither happens to what the daemon analyses:
+/// the kernel refuses to write a running executable (`ETXTBSY`), updaters replace the file by
+/// a rename (this mapping stays on the old one), and while mapped the file holds a read
+/// lease, so that even after its processes are gone, opening it for writing or truncating it
+/// waits until the mapping is dropped. A lease needs the file's owner or `CAP_LEASE` (root
+/// has it) and a filesystem that grants leases; without one the file is mapped all the same.
+pub struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+    /// Kept open for the lease (released when it closes, after the unmapping).
+    file: File,
+    leased: bool,
+}
+
+// The mapping is read-only and owned: reading it from several threads is safe.
+unsafe impl Send for Mapped {}
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    pub fn open(path: &Path) -> std::io::Result<Mapped> {
+        use std::os::fd::AsRawFd;
+        let file = File::open(path)?;
+        let fd = file.as_raw_fd();
+        /// Linux's `F_SETSIG` (fcntl.h), which the libc crate does not export.
+        const F_SETSIG: libc::c_int = 10;
+        // SAFETY: fcntl on a descriptor we own. A lease break is announced by a signal:
+        // SIGURG, which is ignored unless handled (the default, SIGIO, would end the daemon).
+        let leased = unsafe {
+            libc::fcntl(fd, F_SETSIG, libc::SIGURG) == 0
+                && libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0
+        };
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::FileTooLarge))?;
+        if len == 0 {
+            return Ok(Mapped {
+                ptr: std::ptr::null_mut(),
+                len: 0,
+                file,
+                leased,
+            });
+        }
+        // SAFETY: a fresh private read-only mapping of an open file; no memory of ours is
+        // touched, and the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapped {
+            ptr,
+            len,
+            file,
+            leased,
+        })
+    }
+
+    /// The open file (its metadata as mapped).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Whether the file holds a read lease while mapped (see above).
+    pub fn leased(&self) -> bool {
+        self.leased
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `ptr` is a live mapping of `len` readable bytes until `drop`.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+
+    /// Hints that `range` is about to be read through once (read-ahead).
+    pub fn will_read(&self, range: &[u8]) {
+        let page = 4096usize;
+        let start = (range.as_ptr() as usize) & !(page - 1);
+        let end = range.as_ptr() as usize + range.len();
+        let base = self.ptr as usize;
+        if self.len == 0 || start < base || end > base + self.len || end <= start {
+            return;
+        }
+        // SAFETY: advice on pages of our own mapping; it changes no content.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_WILLNEED) };
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmaps the mapping made in `open`, whose borrows have ended; the file
+            // (and its lease) closes after this.
+            unsafe { libc::munmap(self.ptr, self.len) };
+        }
+    }
+}
+
+/// Bytes of a section: borrowed from the mapped file, or owned (unit tests build images).
+type Bytes<'a> = Cow<'a, [u8]>;
+
+/// The parts of an ELF executable the analysis reads, borrowed from the mapped file, and what
+/// was worked out from them so far (each pass over the code is made once).
+#[derive(Default)]
+struct Image<'a> {
     /// (virtual address, bytes) of the read-only, non-executable data sections.
-    data: Vec<(u64, Vec<u8>)>,
+    data: Vec<(u64, Bytes<'a>)>,
     /// (virtual address, bytes) of the executable sections.
-    code: Vec<(u64, Vec<u8>)>,
+    code: Vec<(u64, Bytes<'a>)>,
     /// (address, file offset, size) of the loadable segments, to turn addresses into the file
     /// offsets uprobes attach at.
     segments: Vec<(u64, u64, u64)>,
-    eh_frame_hdr: Option<(u64, Vec<u8>)>,
-    eh_frame: Option<(u64, Vec<u8>)>,
+    eh_frame_hdr: Option<(u64, Bytes<'a>)>,
+    eh_frame: Option<(u64, Bytes<'a>)>,
     /// `[start, end)` of every FDE, sorted, read from `.eh_frame` itself when there is no
     /// `.eh_frame_hdr` (static glibc links have none).
     fdes: std::cell::OnceCell<Vec<(u64, u64)>>,
     pie: bool,
+    /// Target address → the instructions loading it (see `references`).
+    referenced: RefCell<HashMap<u64, Vec<u64>>>,
+    /// Address → the function containing it (see `function_at`).
+    functions: RefCell<HashMap<u64, Option<Function>>>,
 }
 
-impl Image {
-    fn load(path: &Path, wanted: &[&[u8]]) -> Option<Image> {
-        let file = File::open(path).ok()?;
-        let cache = object::ReadCache::new(file);
-        let obj = object::File::parse(&cache).ok()?;
+impl<'a> Image<'a> {
+    /// The image of the ELF file `file` if it is x86-64 and one of `wanted` is in its
+    /// read-only data; `None` otherwise (most executables stop here).
+    fn parse(file: &'a [u8], wanted: &[&[u8]]) -> Option<Image<'a>> {
+        let obj = object::File::parse(file).ok()?;
         if obj.architecture() != object::Architecture::X86_64 {
             return None;
         }
@@ -150,13 +275,13 @@ impl Image {
                 || section.kind() == SectionKind::ReadOnlyData
             {
                 let Ok(bytes) = section.data() else { continue };
-                found |= wanted
-                    .iter()
-                    .any(|w| memchr::memmem::find(bytes, w).is_some());
-                data.push((section.address(), bytes.to_vec()));
+                found = found
+                    || wanted
+                        .iter()
+                        .any(|w| memchr::memmem::find(bytes, w).is_some());
+                data.push((section.address(), Cow::Borrowed(bytes)));
             }
         }
-        // Most executables stop here: none of the strings the analysis looks for.
         if !found {
             return None;
         }
@@ -165,12 +290,12 @@ impl Image {
             if section.kind() == SectionKind::Text
                 && let Ok(bytes) = section.data()
             {
-                code.push((section.address(), bytes.to_vec()));
+                code.push((section.address(), Cow::Borrowed(bytes)));
             }
         }
         let named = |name: &str| {
             let s = obj.section_by_name(name)?;
-            Some((s.address(), s.data().ok()?.to_vec()))
+            Some((s.address(), Cow::Borrowed(s.data().ok()?)))
         };
         let segments = obj
             .segments()
@@ -182,8 +307,8 @@ impl Image {
             segments,
             eh_frame_hdr: named(".eh_frame_hdr"),
             eh_frame: named(".eh_frame"),
-            fdes: std::cell::OnceCell::new(),
             pie: obj.kind() == object::ObjectKind::Dynamic,
+            ..Image::default()
         })
     }
 
@@ -223,33 +348,69 @@ impl Image {
 
     /// Addresses of the instructions that load one of `targets` into a register: `lea r,
     /// [rip+disp32]` (position-independent code) or `mov r32, imm32` (fixed addresses).
+    /// Targets not looked up before are found in one pass over the code (`find_references`).
     fn references(&self, targets: &[u64]) -> Vec<u64> {
-        let targets: BTreeSet<u64> = targets.iter().copied().collect();
-        let mut out = Vec::new();
+        let missing: Vec<u64> = {
+            let known = self.referenced.borrow();
+            targets
+                .iter()
+                .copied()
+                .filter(|t| !known.contains_key(t))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let found = self.find_references(&missing);
+            self.referenced.borrow_mut().extend(found);
+        }
+        let known = self.referenced.borrow();
+        let mut out: Vec<u64> = targets
+            .iter()
+            .flat_map(|t| known.get(t).into_iter().flatten().copied())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// One pass over the code for the loads of every target at once: each instruction loads
+    /// at most one address, so this is the union of a pass per target.
+    fn find_references(&self, targets: &[u64]) -> HashMap<u64, Vec<u64>> {
+        let mut sorted = targets.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut found: HashMap<u64, Vec<u64>> = sorted.iter().map(|t| (*t, Vec::new())).collect();
+        let (Some(&low), Some(&high)) = (sorted.first(), sorted.last()) else {
+            return found;
+        };
         for (base, bytes) in &self.code {
-            // lea: REX.W (48/4C) 8D, ModRM mod=00 rm=101, disp32.
-            let mut i = 0;
-            while i + 7 <= bytes.len() {
-                if (bytes[i] == 0x48 || bytes[i] == 0x4C)
-                    && bytes[i + 1] == 0x8D
-                    && bytes[i + 2] & 0xC7 == 0x05
-                {
+            let bytes: &[u8] = bytes;
+            // lea: REX.W (48/4C) 8D, ModRM mod=00 rm=101, disp32; found by its opcode byte
+            // (`i` is the REX prefix, at `j - 1`), whole when `i + 7 <= len`.
+            for j in memchr::memchr_iter(0x8D, bytes) {
+                if j == 0 || j + 6 > bytes.len() {
+                    continue;
+                }
+                let i = j - 1;
+                if (bytes[i] == 0x48 || bytes[i] == 0x4C) && bytes[j + 1] & 0xC7 == 0x05 {
                     let disp = i32::from_le_bytes(bytes[i + 3..i + 7].try_into().unwrap());
                     let next = base + i as u64 + 7;
-                    if targets.contains(&next.wrapping_add_signed(disp as i64)) {
-                        out.push(base + i as u64);
+                    let target = next.wrapping_add_signed(disp as i64);
+                    if (low..=high).contains(&target)
+                        && let Some(at) = found.get_mut(&target)
+                    {
+                        at.push(base + i as u64);
                     }
                 }
-                i += 1;
             }
             if self.pie {
                 continue;
             }
             // mov r32, imm32: (41) B8+r imm32.
-            for target in &targets {
+            for target in &sorted {
                 let Ok(imm) = u32::try_from(*target) else {
                     continue;
                 };
+                let refs = found.get_mut(target).expect("every target has an entry");
                 for at in memchr::memmem::find_iter(bytes, &imm.to_le_bytes()) {
                     if at >= 1 && (0xB8..=0xBF).contains(&bytes[at - 1]) {
                         let start = if at >= 2 && bytes[at - 2] == 0x41 {
@@ -257,24 +418,54 @@ impl Image {
                         } else {
                             at - 1
                         };
-                        out.push(base + start as u64);
+                        refs.push(base + start as u64);
                     }
                 }
             }
         }
-        out.sort_unstable();
-        out.dedup();
-        out
+        found
     }
 
     /// The bounds `[start, end)` of the function containing `address`: from the unwind table
     /// when it covers the address, otherwise from the linker's padding (see `padded_function`).
-    fn function_at(&self, address: u64) -> Option<(u64, u64, Bounds)> {
-        if let Some((start, end)) = self.unwind_entry(address) {
-            return Some((start, end, Bounds::Unwind));
+    fn function_at(&self, address: u64) -> Option<Function> {
+        if let Some(known) = self.functions.borrow().get(&address) {
+            return *known;
         }
-        let (start, end) = self.padded_function(address)?;
-        Some((start, end, Bounds::Padding))
+        self.prefetch_functions(&[address]);
+        self.functions.borrow().get(&address).copied().flatten()
+    }
+
+    /// Works out `function_at` for all of `addresses` at once: the call-target check of the
+    /// functions bounded by padding is then one pass over the code for all of them.
+    fn prefetch_functions(&self, addresses: &[u64]) {
+        let mut padded = Vec::new();
+        {
+            let mut known = self.functions.borrow_mut();
+            for &address in addresses {
+                if known.contains_key(&address) {
+                    continue;
+                }
+                if let Some((start, end)) = self.unwind_entry(address) {
+                    known.insert(address, Some((start, end, Bounds::Unwind)));
+                } else if let Some((start, end)) = self.padded_candidate(address) {
+                    padded.push((address, start, end));
+                } else {
+                    known.insert(address, None);
+                }
+            }
+        }
+        let starts: Vec<u64> = padded.iter().map(|(_, start, _)| *start).collect();
+        let targets = self.branch_targets(&starts);
+        let mut known = self.functions.borrow_mut();
+        for (address, start, end) in padded {
+            let bounds = targets
+                .contains(&start)
+                .then_some(end)
+                .flatten()
+                .map(|end| (start, end, Bounds::Padding));
+            known.insert(address, bounds);
+        }
     }
 
     /// The FDE covering `address` in `.eh_frame_hdr`/`.eh_frame`.
@@ -327,7 +518,19 @@ impl Image {
     /// layout instead: functions start 16-byte aligned after `int3` padding. A candidate start
     /// counts only if decoding from it reaches `address` on an instruction boundary without
     /// meeting padding, and it is the target of a direct call or jump elsewhere in the code.
+    /// (`function_at` checks the call targets of many candidates at once.)
+    #[cfg(test)]
     fn padded_function(&self, address: u64) -> Option<(u64, u64)> {
+        let (start, end) = self.padded_candidate(address)?;
+        if !self.is_branch_target(start) {
+            return None;
+        }
+        Some((start, end?))
+    }
+
+    /// `padded_function` short of the call-target check: the start, and the end if padding
+    /// follows.
+    fn padded_candidate(&self, address: u64) -> Option<(u64, Option<u64>)> {
         let (base, bytes) = self
             .code
             .iter()
@@ -340,11 +543,7 @@ impl Image {
             let after_padding = candidate == 0 || bytes[candidate - 1] == 0xCC;
             if after_padding && self.reaches(*base, bytes, candidate, at) {
                 let start = base + candidate as u64;
-                if !self.is_branch_target(start) {
-                    return None;
-                }
-                let end = self.padding_after(*base, bytes, at)?;
-                return Some((start, end));
+                return Some((start, self.padding_after(*base, bytes, at)));
             }
             if candidate <= floor {
                 return None;
@@ -381,15 +580,37 @@ impl Image {
     }
 
     /// Whether a `call rel32` or `jmp rel32` somewhere in the code goes to `target`.
+    #[cfg(test)]
     fn is_branch_target(&self, target: u64) -> bool {
-        self.code.iter().any(|(base, bytes)| {
-            memchr::memchr2_iter(0xE8, 0xE9, bytes).any(|i| {
-                bytes.get(i + 1..i + 5).is_some_and(|rel| {
-                    let rel = i32::from_le_bytes(rel.try_into().unwrap());
-                    (base + i as u64 + 5).wrapping_add_signed(rel as i64) == target
-                })
-            })
-        })
+        self.branch_targets(&[target]).contains(&target)
+    }
+
+    /// Those of `candidates` that a `call rel32` or `jmp rel32` somewhere in the code goes
+    /// to, in one pass over the code.
+    fn branch_targets(&self, candidates: &[u64]) -> HashSet<u64> {
+        let mut wanted = candidates.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut out = HashSet::new();
+        let (Some(&low), Some(&high)) = (wanted.first(), wanted.last()) else {
+            return out;
+        };
+        for (base, bytes) in &self.code {
+            for i in memchr::memchr2_iter(0xE8, 0xE9, bytes) {
+                let Some(rel) = bytes.get(i + 1..i + 5) else {
+                    continue;
+                };
+                let rel = i32::from_le_bytes(rel.try_into().unwrap());
+                let target = (base + i as u64 + 5).wrapping_add_signed(rel as i64);
+                if (low..=high).contains(&target) && wanted.binary_search(&target).is_ok() {
+                    out.insert(target);
+                    if out.len() == wanted.len() {
+                        return out;
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn code_of(&self, start: u64, end: u64) -> Option<&[u8]> {
@@ -419,7 +640,9 @@ impl Image {
         let file_set: BTreeSet<u64> = files.iter().copied().collect();
         let mut raised = ErrorSites::new();
         let mut bounds = BTreeMap::new();
-        for reference in self.references(&files) {
+        let references = self.references(&files);
+        self.prefetch_functions(&references);
+        for reference in references {
             if raised
                 .keys()
                 .any(|(start, end)| (*start..*end).contains(&reference))
@@ -550,7 +773,7 @@ fn track_constant(held: &mut BTreeMap<Register, u64>, ins: &iced_x86::Instructio
 /// BoringSSL (Bun, and so Claude Code): `SSL_write` and `SSL_read` from the errors ssl_lib.cc
 /// raises through `ERR_put_error(ERR_LIB_SSL, 0, reason, __FILE__, __LINE__)`.
 fn locate_boringssl(image: &Image) -> Result<Located, String> {
-    let (raised, bounds) = image.error_sites(b"/ssl/ssl_lib.cc", ERR_LIB_SSL);
+    let (raised, bounds) = image.error_sites(BORINGSSL_FILE, ERR_LIB_SSL);
     if raised.is_empty() {
         return Err("no ssl_lib.cc error sites".into());
     }
@@ -611,7 +834,7 @@ fn locate_boringssl(image: &Image) -> Result<Located, String> {
 /// they are seal, seal_scatter, open, open_gather. `EVP_AEAD_CTX_seal` is the first of them
 /// (smallest line), and `EVP_AEAD_CTX_open` the first that also raises `CIPHER_R_BAD_DECRYPT`.
 fn locate_aws_lc_aead(image: &Image) -> Result<Located, String> {
-    let (raised, bounds) = image.error_sites(b"/cipher/aead.c", ERR_LIB_CIPHER);
+    let (raised, bounds) = image.error_sites(AWS_LC_FILE, ERR_LIB_CIPHER);
     let first_line = |errors: &BTreeSet<(u64, u64)>| errors.iter().map(|(_, l)| *l).min();
     let checking: Vec<(u64, (u64, u64), bool)> = raised
         .iter()
@@ -660,7 +883,7 @@ fn locate_aws_lc_aead(image: &Image) -> Result<Located, String> {
 /// from OpenSSL 3.3 on the write takes `flags` before `*written`, so the version string
 /// decides where the byte count is.
 fn locate_openssl(image: &Image) -> Result<Located, String> {
-    let files = image.strings_ending_with(b"ssl/ssl_lib.c");
+    let files = image.strings_ending_with(OPENSSL_FILE);
     if files.is_empty() {
         return Err("no ssl/ssl_lib.c string".into());
     }
@@ -669,7 +892,9 @@ fn locate_openssl(image: &Image) -> Result<Located, String> {
     let mut named = |name: &str| -> Result<Option<(u64, u64)>, String> {
         let names = image.strings_equal_to(name.as_bytes());
         let mut functions = BTreeSet::new();
-        for reference in image.references(&names) {
+        let references = image.references(&names);
+        image.prefetch_functions(&references);
+        for reference in references {
             let Some((start, end, how)) = image.function_at(reference) else {
                 return Err(format!(
                     "the code naming {name} at {reference:#x} is in no function with known bounds"
@@ -689,9 +914,9 @@ fn locate_openssl(image: &Image) -> Result<Located, String> {
             )),
         }
     };
-    let write = named("ssl_write_internal")?.ok_or("no error site of ssl_write_internal")?;
-    let read = named("ssl_read_internal")?.ok_or("no error site of ssl_read_internal")?;
-    let handshake = named("SSL_do_handshake").ok().flatten();
+    let write = named(OPENSSL_WRITE)?.ok_or("no error site of ssl_write_internal")?;
+    let read = named(OPENSSL_READ)?.ok_or("no error site of ssl_read_internal")?;
+    let handshake = named(OPENSSL_HANDSHAKE).ok().flatten();
     if write == read {
         return Err("ssl_write_internal and ssl_read_internal resolve to one function".into());
     }
@@ -753,38 +978,108 @@ fn openssl_version(image: &Image) -> Option<(u32, u32)> {
 
 /// The GNU build id of the executable at `path`, if it has one.
 pub fn build_id(path: &Path) -> Option<Vec<u8>> {
-    let file = File::open(path).ok()?;
-    let cache = object::ReadCache::new(file);
-    let obj = object::File::parse(&cache).ok()?;
+    build_id_of(Mapped::open(path).ok()?.bytes())
+}
+
+/// The GNU build id of the ELF file `file`, if it has one (its notes are all that is read).
+pub fn build_id_of(file: &[u8]) -> Option<Vec<u8>> {
+    let obj = object::File::parse(file).ok()?;
     obj.build_id().ok().flatten().map(<[u8]>::to_vec)
+}
+
+/// Whether every file offset `scan` names (where uprobes would attach) lies in an executable
+/// segment of the ELF file `file`: what a result read back from elsewhere must at least meet.
+pub fn offsets_in_code(file: &[u8], scan: &OpaqueScan) -> bool {
+    let OpaqueScan::Located(located) = scan else {
+        return true;
+    };
+    let Ok(obj) = object::File::parse(file) else {
+        return false;
+    };
+    let code: Vec<(u64, u64)> = obj
+        .segments()
+        .filter(|s| {
+            matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0)
+        })
+        .map(|s| s.file_range())
+        .collect();
+    let in_code = |offset: u64| {
+        code.iter()
+            .any(|(start, size)| offset >= *start && offset - start < *size)
+    };
+    located
+        .stacks()
+        .all(|l| in_code(l.write) && in_code(l.read) && l.handshake.is_none_or(in_code))
+}
+
+/// The strings whose presence in read-only data says which TLS library is inside.
+const BORINGSSL: &[u8] = b"/ssl/ssl_lib.cc\0";
+const AWS_LC: &[u8] = b"/cipher/aead.c\0";
+const OPENSSL: &[u8] = b"\0ssl_write_internal\0";
+/// The source files whose error sites the analysis reads, and OpenSSL's function names.
+const BORINGSSL_FILE: &[u8] = b"/ssl/ssl_lib.cc";
+const AWS_LC_FILE: &[u8] = b"/cipher/aead.c";
+const OPENSSL_FILE: &[u8] = b"ssl/ssl_lib.c";
+const OPENSSL_WRITE: &str = "ssl_write_internal";
+const OPENSSL_READ: &str = "ssl_read_internal";
+const OPENSSL_HANDSHAKE: &str = "SSL_do_handshake";
+
+/// Whether the ELF file `file` may have a TLS library inside that `scan` knows: false is
+/// what `scan` would say `NotTls` for, found by the same first look (a search of its
+/// read-only data), without the analysis.
+pub fn may_have_tls(file: &[u8]) -> bool {
+    Image::parse(file, &[BORINGSSL, AWS_LC, OPENSSL]).is_some()
 }
 
 /// Looks at `path`: a stripped executable with a TLS library inside, and where its read and
 /// write functions are.
 pub fn scan(path: &Path) -> OpaqueScan {
-    const BORINGSSL: &[u8] = b"/ssl/ssl_lib.cc\0";
-    const AWS_LC: &[u8] = b"/cipher/aead.c\0";
-    const OPENSSL: &[u8] = b"\0ssl_write_internal\0";
-    let Some(image) = Image::load(path, &[BORINGSSL, AWS_LC, OPENSSL]) else {
+    match Mapped::open(path) {
+        Ok(file) => scan_file(&file),
+        Err(_) => OpaqueScan::NotTls,
+    }
+}
+
+/// `scan` of a mapped file.
+pub fn scan_file(file: &Mapped) -> OpaqueScan {
+    let Some(image) = Image::parse(file.bytes(), &[BORINGSSL, AWS_LC, OPENSSL]) else {
         return OpaqueScan::NotTls;
     };
+    for (_, code) in &image.code {
+        file.will_read(code);
+    }
     let has = |s: &[u8]| {
         image
             .data
             .iter()
             .any(|(_, d)| memchr::memmem::find(d, s).is_some())
     };
+    let (boringssl, aws_lc, openssl) = (has(BORINGSSL), has(AWS_LC), has(OPENSSL));
+    // Every string whose loads the libraries inside look for, so the code is read once.
+    let mut targets = Vec::new();
+    if boringssl {
+        targets.extend(image.strings_ending_with(BORINGSSL_FILE));
+    } else if aws_lc {
+        targets.extend(image.strings_ending_with(AWS_LC_FILE));
+    }
+    if openssl {
+        targets.extend(image.strings_ending_with(OPENSSL_FILE));
+        for name in [OPENSSL_WRITE, OPENSSL_READ, OPENSSL_HANDSHAKE] {
+            targets.extend(image.strings_equal_to(name.as_bytes()));
+        }
+    }
+    image.references(&targets);
     let mut results = Vec::new();
-    if has(BORINGSSL) {
+    if boringssl {
         results.push(
             locate_boringssl(&image).map_err(|why| format!("BoringSSL inside, not located: {why}")),
         );
-    } else if has(AWS_LC) {
+    } else if aws_lc {
         results.push(
             locate_aws_lc_aead(&image).map_err(|why| format!("aws-lc inside, not located: {why}")),
         );
     }
-    if has(OPENSSL) {
+    if openssl {
         results.push(
             locate_openssl(&image).map_err(|why| format!("OpenSSL inside, not located: {why}")),
         );
@@ -810,7 +1105,7 @@ fn combine(results: Vec<Result<Located, String>>) -> OpaqueScan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const FILE: u64 = 0x40_0010;
@@ -871,7 +1166,7 @@ mod tests {
 
     /// A code image of: SSL_read at 0x1000, SSL_write at 0x1040, another ssl_lib.cc function
     /// raising reason 66 further up (at 0x1100), and a caller of all three at 0x1200.
-    fn image(old: bool) -> (Image, u64, u64) {
+    fn image(old: bool) -> (Image<'static>, u64, u64) {
         let (read, write, other, caller) = (0x1000u64, 0x1040u64, 0x1100u64, 0x1200u64);
         let put = |a: &mut Asm, base, reason, line| {
             if old {
@@ -911,15 +1206,22 @@ mod tests {
         let mut data = vec![0u8; 0x10];
         data.extend(b"../../vendor/boringssl/ssl/ssl_lib.cc\0");
         let image = Image {
-            data: vec![(FILE - 0x10, data)],
-            code: vec![(read, code.clone())],
+            data: vec![(FILE - 0x10, data.into())],
+            code: vec![(read, code.clone().into())],
             segments: vec![(read, 0x5000, code.len() as u64)],
-            eh_frame_hdr: None,
-            eh_frame: None,
-            fdes: std::cell::OnceCell::new(),
             pie: false,
+            ..Image::default()
         };
         (image, 0x5000 + write - read, 0x5000)
+    }
+
+    /// The BoringSSL fixture as the parts of an executable (`analysis_cache`'s tests write it
+    /// out): (address, bytes) of its code, then of its read-only data. SSL_read is at the
+    /// code's start, SSL_write 0x40 further.
+    pub(crate) fn boringssl_executable() -> ((u64, Vec<u8>), (u64, Vec<u8>)) {
+        let (image, _, _) = image(false);
+        let code = (image.code[0].0, image.code[0].1.to_vec());
+        (code, (image.data[0].0, image.data[0].1.to_vec()))
     }
 
     #[test]
@@ -959,7 +1261,7 @@ mod tests {
     fn a_function_nobody_calls_is_not_trusted() {
         let (mut image, _, _) = image(false);
         // Drop the caller: no direct branch reaches the candidate starts any more.
-        image.code[0].1.truncate(0x200);
+        image.code[0].1.to_mut().truncate(0x200);
         assert_eq!(image.padded_function(0x1041), None);
         assert!(locate_boringssl(&image).is_err());
     }
@@ -971,7 +1273,7 @@ mod tests {
         let mut a = Asm::default();
         a.0.push(0x55);
         a.put_error(0x1300, 111, 990);
-        let code = &mut image.code[0].1;
+        let code = image.code[0].1.to_mut();
         code.resize(0x300, 0xCC);
         code.extend(a.end());
         let mut caller = Asm::default();
@@ -995,7 +1297,7 @@ mod tests {
 
     /// ssl_write_internal at 0x1000 (raising 412 when `flags`), ssl_read_internal at 0x1080,
     /// a third function naming ssl_write_internal at 0x1100 when `inlined`, a caller at 0x1200.
-    fn openssl_image(flags: bool, inlined: bool) -> Image {
+    fn openssl_image(flags: bool, inlined: bool) -> Image<'static> {
         let d = 0x40_0000u64;
         let mut data = b"ssl/ssl_lib.c\0".to_vec();
         let write_name = d + data.len() as u64;
@@ -1027,13 +1329,11 @@ mod tests {
         }
         code.extend(a.end());
         Image {
-            data: vec![(d, data)],
-            code: vec![(0x1000, code.clone())],
+            data: vec![(d, data.into())],
+            code: vec![(0x1000, code.clone().into())],
             segments: vec![(0x1000, 0x5000, code.len() as u64)],
-            eh_frame_hdr: None,
-            eh_frame: None,
-            fdes: std::cell::OnceCell::new(),
             pie: false,
+            ..Image::default()
         }
     }
 
@@ -1082,6 +1382,93 @@ mod tests {
             OpaqueScan::NotLocated("a; b".into())
         );
         assert_eq!(combine(Vec::new()), OpaqueScan::NotTls);
+    }
+
+    #[test]
+    fn references_to_many_targets_are_each_ones_together() {
+        // BoringSSL's fixture: references by `mov r32, imm32` to FILE; add `lea` (rip-relative)
+        // loads of FILE and of a second string, and look the targets up together and alone.
+        let (mut image, _, _) = image(false);
+        let other = FILE + 0x20;
+        let code = image.code[0].1.to_mut();
+        let base = 0x1000u64;
+        let mut leas = Vec::new();
+        for (rex, target) in [(0x48u8, FILE), (0x4C, other), (0x48, FILE)] {
+            let at = code.len() as u64;
+            let disp = (target as i64 - (base + at + 7) as i64) as i32;
+            code.extend([rex, 0x8D, 0x05 | (3 << 3)]);
+            code.extend(disp.to_le_bytes());
+            leas.push((base + at, target));
+        }
+        let each = |targets: &[u64]| {
+            let (mut fresh, _, _) = self::image(false);
+            fresh.code = image.code.clone();
+            fresh.references(targets)
+        };
+        let (file, second) = (each(&[FILE]), each(&[other]));
+        assert_eq!(second, vec![leas[1].0]);
+        assert!(
+            file.contains(&leas[0].0) && file.contains(&leas[2].0),
+            "{file:x?}"
+        );
+        let mut both = [file.clone(), second.clone()].concat();
+        both.sort_unstable();
+        assert_eq!(image.references(&[FILE, other]), both);
+        // Now known: answered without another pass, the same.
+        assert_eq!(image.references(&[other]), second);
+        assert_eq!(image.references(&[FILE]), file);
+    }
+
+    /// A file under the temporary directory, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(contents: &[u8]) -> TempFile {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "agentwatch-opaque-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::write(&path, contents).unwrap();
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_mapped_file_reads_as_its_bytes_and_is_not_written_while_mapped() {
+        let file = TempFile::new(b"not an ELF file\0");
+        let mapped = Mapped::open(&file.0).unwrap();
+        assert_eq!(mapped.bytes(), b"not an ELF file\0");
+        assert_eq!(scan_file(&mapped), OpaqueScan::NotTls);
+        if mapped.leased() {
+            // A writer waits for the lease; without waiting, it is told so.
+            use std::os::unix::fs::OpenOptionsExt;
+            let writer = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&file.0);
+            assert_eq!(
+                writer.map(|_| ()).unwrap_err().kind(),
+                std::io::ErrorKind::WouldBlock
+            );
+        }
+        drop(mapped);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file.0)
+            .unwrap();
+        let empty = TempFile::new(b"");
+        assert_eq!(Mapped::open(&empty.0).unwrap().bytes(), b"");
+        assert_eq!(scan(&empty.0), OpaqueScan::NotTls);
+        assert_eq!(build_id(&empty.0), None);
     }
 
     #[test]
