@@ -20,6 +20,8 @@ pub struct Closer {
     tx: std::sync::mpsc::Sender<DetachedLinks>,
     /// Held processes being probed now.
     attaching: Arc<AtomicUsize>,
+    /// Links handed over and not closed yet (status `probed_processes.links_closing`).
+    pub closing: Arc<AtomicUsize>,
 }
 
 /// How long one close waits for attaches to finish at most.
@@ -29,7 +31,9 @@ impl Closer {
     pub fn spawn() -> Closer {
         let (tx, rx) = std::sync::mpsc::channel::<DetachedLinks>();
         let attaching = Arc::new(AtomicUsize::new(0));
+        let closing = Arc::new(AtomicUsize::new(0));
         let busy = attaching.clone();
+        let left = closing.clone();
         std::thread::Builder::new()
             .name("uprobe-closer".into())
             .spawn(move || {
@@ -40,15 +44,21 @@ impl Closer {
                             std::thread::sleep(Duration::from_millis(5));
                         }
                         drop(link);
+                        left.fetch_sub(1, Ordering::AcqRel);
                     }
                 }
             })
             .expect("spawn the uprobe closer thread");
-        Closer { tx, attaching }
+        Closer {
+            tx,
+            attaching,
+            closing,
+        }
     }
 
     pub fn close(&self, links: DetachedLinks) {
         if !links.is_empty() {
+            self.closing.fetch_add(links.len(), Ordering::AcqRel);
             let _ = self.tx.send(links);
         }
     }

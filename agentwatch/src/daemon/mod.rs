@@ -54,6 +54,8 @@ pub enum DaemonError {
 /// Finds and attaches TLS libraries; remembers the mount namespaces already searched.
 struct Discovery {
     probes: Probes,
+    /// Detached uprobe links not closed yet (the closer thread's backlog).
+    links_closing: Arc<std::sync::atomic::AtomicUsize>,
     roots_seen: HashSet<(u64, u64)>,
     /// (root, directory) pairs of `LD_LIBRARY_PATH` already searched.
     dirs_seen: HashSet<((u64, u64), String)>,
@@ -176,8 +178,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let (mut probes, ring) = Probes::load(&config.probes)?;
     let gate = probes.take_gate()?;
     let meter = probes.take_meter()?;
+    let closer = first_contact::Closer::spawn();
     let mut discovery = Discovery {
         probes,
+        links_closing: closer.closing.clone(),
         roots_seen: HashSet::new(),
         dirs_seen: HashSet::new(),
     };
@@ -199,9 +203,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         }
         discovery.rescan();
     }
+    discovery
+        .probes
+        .attachments
+        .keep_analyses_in(config.data_dir.join("analysis"));
     let scope = config.probes.scope;
     let hold_timeout = Duration::from_millis(config.probes.first_contact_timeout_ms.max(1));
-    let closer = first_contact::Closer::spawn();
 
     std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::DataDir {
         path: config.data_dir.clone(),
@@ -465,7 +472,9 @@ fn answer(
                         "go_args_swept": a.go_args_swept,
                     }),
                     json!({
+                        "analysis": a.analyses.stats(),
                         "now": a.processes_probed(),
+                        "links_closing": d.links_closing.load(std::sync::atomic::Ordering::Acquire),
                         "attached_total": a.processes_attached_total,
                         "detached_total": a.processes_detached_total,
                         "libraries_over_cap": a.libraries_over_cap,

@@ -12,8 +12,9 @@ use aya::maps::MapData;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeLinkId, UProbeScope};
 use serde::{Deserialize, Serialize};
 
+use super::analysis_cache::AnalysisCache;
 use super::loader::{Probes, uprobe};
-use super::opaque::{self, OpaqueScan};
+use super::opaque::OpaqueScan;
 use super::plans::{self, FilePlan, Plan, Point};
 use super::{ProbeError, libraries};
 
@@ -75,8 +76,8 @@ fn judge(confirmed: &mut Option<bool>, doubts: &mut u32, http: bool) -> bool {
     *confirmed == Some(false) && *doubts >= LOCATED_DOUBTS
 }
 
-/// Analysis results kept by build id; cleared when full.
-const LOCATED_CACHE_CAP: usize = 64;
+/// Analysis results kept (in memory, and on disk under `<data_dir>/analysis`).
+const ANALYSES_CAP: usize = 256;
 /// File plans kept by identity; cleared when full.
 const PLAN_CACHE_CAP: usize = 4096;
 /// Files listed in status at most (the rest are counted).
@@ -97,6 +98,9 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// One probe of a process: (program, link, the file's identity).
+type ProcessLink = (&'static str, UProbeLinkId, (u64, u64));
+
 /// What attaching one process found.
 #[derive(Debug, Default, Clone)]
 pub struct ProcessCoverage {
@@ -112,7 +116,6 @@ pub struct ProcessCoverage {
 /// while to let go of a uprobe; nothing should wait for it).
 pub type DetachedLinks = Vec<UProbeLink>;
 
-#[derive(Default)]
 pub struct Attachments {
     pub libraries: Vec<AttachedLibrary>,
     /// Files beyond `LIBRARIES_CAP` not listed.
@@ -124,7 +127,7 @@ pub struct Attachments {
     /// `scope = "all"`: the uprobe links of each attached file.
     file_links: HashMap<(u64, u64), Vec<(&'static str, UProbeLinkId)>>,
     /// `scope = "agents"`: the links of each probed process, with the file they are on.
-    process_links: HashMap<u32, Vec<(&'static str, UProbeLinkId, (u64, u64))>>,
+    process_links: HashMap<u32, Vec<ProcessLink>>,
     /// Files detached because no process could reach them any more.
     pub detached: u64,
     /// Executables using TLS that cannot be probed, by path: why (bounded).
@@ -135,14 +138,41 @@ pub struct Attachments {
     pub go_args_swept: u64,
     /// Plans by file identity.
     plans: HashMap<(u64, u64), FilePlan>,
-    /// Static TLS libraries analysed, by build id.
-    located: HashMap<Vec<u8>, OpaqueScan>,
+    /// Analyses of stripped static binaries, by build id or content hash.
+    pub analyses: AnalysisCache,
     /// Processes probed now, and since start.
     pub processes_attached_total: u64,
     pub processes_detached_total: u64,
 }
 
+impl Default for Attachments {
+    fn default() -> Self {
+        Attachments {
+            libraries: Vec::new(),
+            libraries_over_cap: 0,
+            failures: BTreeMap::new(),
+            seen_files: HashSet::new(),
+            file_links: HashMap::new(),
+            process_links: HashMap::new(),
+            detached: 0,
+            not_covered: BTreeMap::new(),
+            not_covered_over_cap: 0,
+            go_args_swept: 0,
+            plans: HashMap::new(),
+            analyses: AnalysisCache::new(None, ANALYSES_CAP),
+            processes_attached_total: 0,
+            processes_detached_total: 0,
+        }
+    }
+}
+
 impl Attachments {
+    /// Keeps analyses on disk in `dir` too (the daemon: `<data_dir>/analysis`), so a restart
+    /// or another node sharing it does not analyse a build again.
+    pub fn keep_analyses_in(&mut self, dir: PathBuf) {
+        self.analyses = AnalysisCache::new(Some(dir), ANALYSES_CAP);
+    }
+
     pub fn processes_probed(&self) -> usize {
         self.process_links.len()
     }
@@ -173,22 +203,11 @@ impl Attachments {
         {
             return OpaqueScan::NotTls;
         }
-        let build_id = opaque::build_id(via);
-        if let Some(cached) = build_id.as_ref().and_then(|id| self.located.get(id)) {
-            return cached.clone();
+        let cached = self.analyses.scan(via);
+        if !matches!(cached.scan, OpaqueScan::NotTls) {
+            tracing::info!(binary = path, took = ?cached.took, source = ?cached.source, result = ?cached.scan, "analysis of a static TLS library");
         }
-        let started = std::time::Instant::now();
-        let scan = opaque::scan(via);
-        if !matches!(scan, OpaqueScan::NotTls) {
-            tracing::info!(binary = path, took = ?started.elapsed(), result = ?scan, "analysed a static TLS library");
-        }
-        if let Some(id) = build_id {
-            if self.located.len() >= LOCATED_CACHE_CAP {
-                self.located.clear();
-            }
-            self.located.insert(id, scan.clone());
-        }
-        scan
+        cached.scan
     }
 
     /// The plan of a file, made once per identity.
@@ -309,6 +328,7 @@ impl Probes {
             files.push(exe);
         }
         let mut seen = HashSet::new();
+        let mut vias = Vec::new();
         for (path, via) in files {
             let Ok(meta) = std::fs::metadata(&via) else {
                 continue;
@@ -335,6 +355,7 @@ impl Probes {
                     {
                         entry.processes += 1;
                     }
+                    vias.push(via.display().to_string());
                     coverage.attached.push(path);
                 }
                 Err(gone) => coverage.gone |= gone,
@@ -342,7 +363,7 @@ impl Probes {
         }
         if !coverage.attached.is_empty() {
             self.attachments.processes_attached_total += 1;
-            tracing::debug!(tgid, files = ?coverage.attached, "probed a process");
+            tracing::info!(pid = tgid, files = ?coverage.attached, via = ?vias, "probed a process at its first contact");
         }
         coverage
     }

@@ -114,16 +114,31 @@ pub fn mapped_tls_libraries(pid: u32, maps: &[Mapping]) -> Vec<(String, PathBuf)
         if !is_libssl(name) {
             continue;
         }
-        let via = via_root(pid, &m.path);
+        let path = inside_root(pid, &m.path);
+        let via = via_root(pid, &path);
         let same = std::fs::metadata(&via).is_ok_and(|meta| (meta.dev(), meta.ino()) == m.identity);
         let via = if same {
             via
         } else {
             PathBuf::from(format!("/proc/{pid}/map_files/{}", m.range))
         };
-        out.push((m.path.trim_end_matches(" (deleted)").to_string(), via));
+        out.push((path.trim_end_matches(" (deleted)").to_string(), via));
     }
     out
+}
+
+/// A path as /proc shows it to the daemon (from the daemon's root), as process `pid` sees it:
+/// a process under another root (a container's `chroot`/`pivot_root`) has that root's path
+/// in front.
+fn inside_root(pid: u32, path: &str) -> String {
+    let Ok(root) = std::fs::read_link(format!("/proc/{pid}/root")) else {
+        return path.to_string();
+    };
+    let root = root.to_string_lossy();
+    match path.strip_prefix(root.trim_end_matches('/')) {
+        Some(rest) if root != "/" && rest.starts_with('/') => rest.to_string(),
+        _ => path.to_string(),
+    }
 }
 
 /// Directories of the process's `LD_LIBRARY_PATH` (containers often carry their own OpenSSL
@@ -179,7 +194,7 @@ pub fn tls_libraries_in(root: &Path, dir: &str) -> Vec<(String, PathBuf)> {
 /// The executable of `pid` (node exports OpenSSL's symbols from its own binary).
 pub fn executable(pid: u32) -> Option<(String, PathBuf)> {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    let exe = exe.to_str()?.trim_end_matches(" (deleted)").to_string();
+    let exe = inside_root(pid, exe.to_str()?.trim_end_matches(" (deleted)"));
     let via = via_root(pid, &exe);
     Some((exe, via))
 }

@@ -34,14 +34,14 @@ pub struct FirstContactStats {
 }
 
 /// A process probed because its first contact named no host (`https://127.0.0.1:8443`) is
-/// on probation: an LLM request makes it an agent for good; this many of its connections
-/// closing without one make it not an agent (its probes come off, and the kernel lets its
-/// later no-SNI connections pass; a known LLM host still stops it).
+/// on probation: an LLM request makes it an agent for good; opening one more connection
+/// after this many without one makes it not an agent (its probes come off, and the kernel
+/// lets its later no-SNI connections pass; a known LLM host still stops it).
 pub const PROBATION_CONNECTIONS: u32 = 3;
 
 #[derive(Debug, Default)]
 pub struct Probation {
-    /// tgid → connections closed without an LLM request.
+    /// tgid → connections it opened, none with an LLM request so far.
     on: HashMap<u32, u32>,
     /// Found not to be agents, for the daemon to detach.
     failed: Vec<u32>,
@@ -133,16 +133,13 @@ impl Pipeline {
         }
     }
 
-    /// A connection of `tgid` closed; `llm`: it carried an LLM request.
-    pub(super) fn probation_connection_closed(&mut self, tgid: u32, llm: bool) {
-        if llm {
-            return self.probation_passed(tgid);
-        }
-        let Some(closed) = self.probation.on.get_mut(&tgid) else {
+    /// `tgid` started a new TLS connection (its first plaintext).
+    pub(super) fn probation_new_connection(&mut self, tgid: u32) {
+        let Some(opened) = self.probation.on.get_mut(&tgid) else {
             return;
         };
-        *closed += 1;
-        if *closed >= PROBATION_CONNECTIONS {
+        *opened += 1;
+        if *opened > PROBATION_CONNECTIONS {
             self.probation.on.remove(&tgid);
             self.probation.failed.push(tgid);
             self.first_contact.not_agents += 1;

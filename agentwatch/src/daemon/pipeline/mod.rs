@@ -80,8 +80,6 @@ struct Conn {
     conn: Connection,
     key: ProcKey,
     last_seen_ns: u64,
-    /// An LLM request was seen on it (first-contact probation counts those without).
-    llm: bool,
 }
 
 pub struct Pipeline {
@@ -405,11 +403,11 @@ impl Pipeline {
                     conn: Connection::new(self.limits),
                     key,
                     last_seen_ns: h.ts_ns,
-                    llm: false,
                 },
             );
             self.conns_by_tgid.entry(h.tgid).or_default().push(h.conn);
             self.stats.connections_open = self.conns.len() as u64;
+            self.probation_new_connection(h.tgid);
             if h.conn & agentwatch_ebpf::PLAIN_CONN == 0
                 && h.direction == DIR_WRITE
                 && let Some(http) = crate::capture::starts_http_request(data)
@@ -442,9 +440,6 @@ impl Pipeline {
                 .on_read(data, h.ts_ns, &mut self.capture_stats, &mut out);
         }
         let key = c.key;
-        if out.iter().any(|e| matches!(e, CaptureEvent::Request(_))) {
-            c.llm = true;
-        }
         self.apply(key, &mut out);
         self.scratch = out;
     }
@@ -528,7 +523,6 @@ impl Pipeline {
         self.apply(c.key, &mut out);
         self.scratch = out;
         self.stats.connections_open = self.conns.len() as u64;
-        self.probation_connection_closed(id.0, c.llm);
     }
 
     fn evict_oldest(&mut self, ts_ns: u64) {
