@@ -38,14 +38,19 @@ impl Closer {
             .name("uprobe-closer".into())
             .spawn(move || {
                 for links in rx {
-                    for link in links {
-                        let deadline = Instant::now() + CLOSE_YIELD;
-                        while busy.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                        drop(link);
-                        left.fetch_sub(1, Ordering::AcqRel);
+                    let deadline = Instant::now() + CLOSE_YIELD;
+                    while busy.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(5));
                     }
+                    // One process's links together: uprobe_multi links let go in parallel
+                    // share their grace periods (perf-event ones serialise in the kernel).
+                    let n = links.len();
+                    std::thread::scope(|s| {
+                        for link in links {
+                            s.spawn(move || drop(link));
+                        }
+                    });
+                    left.fetch_sub(n, Ordering::AcqRel);
                 }
             })
             .expect("spawn the uprobe closer thread");

@@ -472,6 +472,7 @@ fn answer(
                         "go_args_swept": a.go_args_swept,
                     }),
                     json!({
+                        "links": d.probes.per_process_links(),
                         "analysis": a.analyses.stats(),
                         "now": a.processes_probed(),
                         "links_closing": d.links_closing.load(std::sync::atomic::Ordering::Acquire),

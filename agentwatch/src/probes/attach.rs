@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::analysis_cache::AnalysisCache;
 use super::loader::{Probes, uprobe};
+use super::multi::MultiLink;
 use super::opaque::OpaqueScan;
 use super::plans::{self, FilePlan, Plan, Point};
 use super::{ProbeError, libraries};
@@ -98,8 +99,21 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// One probe of a process: (program, link, the file's identity).
-type ProcessLink = (&'static str, UProbeLinkId, (u64, u64));
+/// The probes of a process on one file.
+enum ProcessLink {
+    /// A `uprobe_multi` link: one program, every offset of it in the file.
+    Multi(MultiLink, (u64, u64)),
+    /// A perf-event uprobe (kernels without uprobe_multi): one offset.
+    Perf(&'static str, UProbeLinkId, (u64, u64)),
+}
+
+impl ProcessLink {
+    fn identity(&self) -> (u64, u64) {
+        match self {
+            ProcessLink::Multi(_, id) | ProcessLink::Perf(_, _, id) => *id,
+        }
+    }
+}
 
 /// What attaching one process found.
 #[derive(Debug, Default, Clone)]
@@ -112,9 +126,15 @@ pub struct ProcessCoverage {
     pub gone: bool,
 }
 
-/// Links of one process's probes, handed to a thread that closes them (the kernel takes a
-/// while to let go of a uprobe; nothing should wait for it).
-pub type DetachedLinks = Vec<UProbeLink>;
+/// A probe taken off, to be closed on another thread (the kernel takes a while to let go of
+/// a uprobe; nothing should wait for that).
+pub enum Detached {
+    Multi(MultiLink),
+    Perf(UProbeLink),
+}
+
+/// Links of one process's probes, handed to a thread that closes them.
+pub type DetachedLinks = Vec<Detached>;
 
 pub struct Attachments {
     pub libraries: Vec<AttachedLibrary>,
@@ -346,10 +366,10 @@ impl Probes {
                 }
                 FilePlan::NoTls => continue,
             };
-            match self.attach_points(&path, &via, &plan.points, UProbeScope::OneProcess(pid)) {
+            match self.attach_process_points(&path, &via, &plan.points, pid, identity) {
                 Ok(links) => {
                     let list = self.attachments.process_links.entry(tgid).or_default();
-                    list.extend(links.into_iter().map(|(p, l)| (p, l, identity)));
+                    list.extend(links);
                     if let Some(entry) =
                         self.attachments.library_entry(identity, &path, &via, &plan)
                     {
@@ -377,12 +397,10 @@ impl Probes {
         self.attachments.processes_detached_total += 1;
         let mut files = HashSet::new();
         let mut out = Vec::new();
-        for (program, link, identity) in links {
-            files.insert(identity);
-            if let Ok(p) = uprobe(&mut self.ebpf, program)
-                && let Ok(link) = p.take_link(link)
-            {
-                out.push(link);
+        for link in links {
+            files.insert(link.identity());
+            if let Some(d) = self.take_process_link(link) {
+                out.push(d);
             }
         }
         for lib in &mut self.attachments.libraries {
@@ -391,6 +409,66 @@ impl Probes {
             }
         }
         out
+    }
+
+    /// Attaches a plan's points for process `pid` alone: one uprobe_multi link per program
+    /// (every offset of it in the file), or perf-event uprobes where the kernel lacks
+    /// uprobe_multi. All or none.
+    fn attach_process_points(
+        &mut self,
+        path: &str,
+        via: &Path,
+        points: &[Point],
+        pid: NonZeroU32,
+        identity: (u64, u64),
+    ) -> Result<Vec<ProcessLink>, bool> {
+        let Some(multi) = self.multi.as_ref() else {
+            return self
+                .attach_points(path, via, points, UProbeScope::OneProcess(pid))
+                .map(|links| {
+                    links
+                        .into_iter()
+                        .map(|(p, l)| ProcessLink::Perf(p, l, identity))
+                        .collect()
+                });
+        };
+        let mut by_program: Vec<(&'static str, Vec<u64>)> = Vec::new();
+        for &(_, program, offset) in points {
+            match by_program.iter_mut().find(|(p, _)| *p == program) {
+                Some((_, offsets)) => offsets.push(offset),
+                None => by_program.push((program, vec![offset])),
+            }
+        }
+        let mut links = Vec::new();
+        for (program, offsets) in by_program {
+            match multi.attach(program, via, &offsets, pid.get()) {
+                Ok(link) => links.push(ProcessLink::Multi(link, identity)),
+                Err(e) => {
+                    // Dropping the links made so far detaches them.
+                    if !via.exists() {
+                        tracing::debug!("{e}");
+                        return Err(true);
+                    }
+                    tracing::warn!("{e}");
+                    self.attachments
+                        .failures
+                        .insert(path.to_string(), e.to_string());
+                    return Err(false);
+                }
+            }
+        }
+        Ok(links)
+    }
+
+    fn take_process_link(&mut self, link: ProcessLink) -> Option<Detached> {
+        match link {
+            ProcessLink::Multi(l, _) => Some(Detached::Multi(l)),
+            ProcessLink::Perf(program, id, _) => uprobe(&mut self.ebpf, program)
+                .ok()?
+                .take_link(id)
+                .ok()
+                .map(Detached::Perf),
+        }
     }
 
     /// The probed processes (for sweeps of those that vanished unseen).
@@ -511,16 +589,16 @@ impl Probes {
             }
         }
         let mut out = Vec::new();
+        let mut gone = Vec::new();
         for links in self.attachments.process_links.values_mut() {
-            let (gone, kept): (Vec<_>, Vec<_>) =
-                links.drain(..).partition(|(_, _, id)| *id == identity);
+            let (off, kept): (Vec<_>, Vec<_>) =
+                links.drain(..).partition(|l| l.identity() == identity);
             *links = kept;
-            for (program, link, _) in gone {
-                if let Ok(p) = uprobe(&mut self.ebpf, program)
-                    && let Ok(link) = p.take_link(link)
-                {
-                    out.push(link);
-                }
+            gone.extend(off);
+        }
+        for link in gone {
+            if let Some(d) = self.take_process_link(link) {
+                out.push(d);
             }
         }
         self.attachments

@@ -134,6 +134,9 @@ pub struct Probes {
     pub scope: Scope,
     /// The TLS uprobes attached (per process or per file) and what was found on the way.
     pub attachments: super::attach::Attachments,
+    /// The uprobe programs loaded again for `uprobe_multi` links (per-process probes), when
+    /// the kernel has them; else per-process probes are perf-event uprobes.
+    pub(super) multi: Option<super::multi::MultiPrograms>,
 }
 
 /// The object's program `name` as its concrete type (tracepoint, uprobe, cgroup program).
@@ -186,6 +189,18 @@ impl Probes {
             detail: e.to_string(),
         })?;
 
+        // Before any map is taken out: the uprobe_multi programs are relocated against them.
+        let multi = if config.scope == Scope::Agents {
+            match super::multi::MultiPrograms::load(OBJECT, &ebpf, &super::plans::UPROBE_PROGRAMS) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!("{e}; per-process probes are perf-event uprobes");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let ring =
             RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(map_error("EVENTS"))?;
         let drops =
@@ -232,6 +247,7 @@ impl Probes {
                 programs,
                 scope: config.scope,
                 attachments: Default::default(),
+                multi,
                 _warm: (config.scope == Scope::Agents)
                     .then(keep_task_events_warm)
                     .flatten(),
@@ -306,6 +322,15 @@ impl Probes {
             held_packets_kept: sum(abi::DROP_HELD_PACKETS),
             socket_table_full: sum(abi::DROP_SOCKS_FULL),
             process_table_full: sum(abi::DROP_PROCS_FULL),
+        }
+    }
+
+    /// How per-process probes are attached: `uprobe_multi` links, or perf-event uprobes.
+    pub fn per_process_links(&self) -> &'static str {
+        if self.multi.is_some() {
+            "uprobe_multi"
+        } else {
+            "perf_event"
         }
     }
 

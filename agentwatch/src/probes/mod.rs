@@ -12,11 +12,12 @@ pub mod golang;
 pub mod libraries;
 pub mod loader;
 pub mod meter;
+pub mod multi;
 pub mod opaque;
 pub mod plans;
 pub mod tracefs;
 
-pub use attach::{AttachedLibrary, DetachedLinks, ProcessCoverage};
+pub use attach::{AttachedLibrary, Detached, DetachedLinks, ProcessCoverage};
 pub use events::{KernelEvent, decode};
 pub use loader::{DropCounters, KernelCounters, Probes, ProbesConfig, Scope};
 
