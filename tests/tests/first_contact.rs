@@ -198,3 +198,30 @@ fn which(name: &str) -> std::path::PathBuf {
         .and_then(|p| p.canonicalize().ok())
         .unwrap_or_else(|| Path::new("/usr/bin").join(name))
 }
+
+/// `scope = "all"` keeps the earlier design for who wants request-shape detection on any
+/// host: the TLS libraries are probed for every process from the start, nothing is held, and
+/// calls are exact.
+#[test]
+fn scope_all_probes_every_tls_process_without_holds() {
+    let dir = Scratch::new("fc-scope-all");
+    let config = dir.0.join("agentwatch.toml");
+    std::fs::write(&config, "[probes]\nscope = \"all\"\n").unwrap();
+    let config = config.display().to_string();
+    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(status["scope"], "all", "{status:#}");
+    assert!(
+        status["tls_libraries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["path"].as_str().is_some_and(|p| p.contains("libssl.so"))),
+        "libssl attached at start: {status:#}"
+    );
+    let mock = Mock::start(&[]);
+    let (pid, _) = run_client(curl_chat(&mock, "fc-all", true));
+    check_exact(&daemon, &mock, pid, "fc-all", 1, &json!({"streaming": true}));
+    let stats = &daemon.cli_json(&["status"])["first_contact"]["stats"];
+    assert_eq!(u(&stats["holds"]), 0, "{stats}");
+}

@@ -24,8 +24,10 @@ pub struct Closer {
     pub closing: Arc<AtomicUsize>,
 }
 
-/// How long one close waits for attaches to finish at most.
+/// How long closing waits for attaches to finish at most.
 const CLOSE_YIELD: Duration = Duration::from_secs(5);
+/// Threads closing links at once.
+const CLOSE_THREADS: usize = 32;
 
 impl Closer {
     pub fn spawn() -> Closer {
@@ -37,17 +39,28 @@ impl Closer {
         std::thread::Builder::new()
             .name("uprobe-closer".into())
             .spawn(move || {
-                for links in rx {
+                while let Ok(first) = rx.recv() {
+                    // Everything handed over by now, closed together: uprobe_multi links let
+                    // go of in parallel share their grace periods (perf-event ones serialise
+                    // in the kernel whatever is done here).
+                    let mut links = first;
+                    while let Ok(more) = rx.try_recv() {
+                        links.extend(more);
+                    }
                     let deadline = Instant::now() + CLOSE_YIELD;
                     while busy.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
                         std::thread::sleep(Duration::from_millis(5));
                     }
-                    // One process's links together: uprobe_multi links let go in parallel
-                    // share their grace periods (perf-event ones serialise in the kernel).
                     let n = links.len();
+                    let per_thread = n.div_ceil(CLOSE_THREADS).max(1);
+                    let mut chunks: Vec<DetachedLinks> = Vec::new();
+                    let mut links = links.into_iter().peekable();
+                    while links.peek().is_some() {
+                        chunks.push(links.by_ref().take(per_thread).collect());
+                    }
                     std::thread::scope(|s| {
-                        for link in links {
-                            s.spawn(move || drop(link));
+                        for chunk in chunks {
+                            s.spawn(move || drop(chunk));
                         }
                     });
                     left.fetch_sub(n, Ordering::AcqRel);
@@ -58,6 +71,14 @@ impl Closer {
             tx,
             attaching,
             closing,
+        }
+    }
+
+    /// Waits (bounded) until every link handed over is closed.
+    pub fn drain(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.closing.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -130,4 +151,59 @@ fn decide(contact: HeldContact, discovery: &Mutex<Discovery>, pipeline: &Mutex<P
     if pending {
         cont(contact.tgid);
     }
+}
+
+/// The processes held now, written to `<data_dir>/held-first-contacts` whenever the set
+/// changes: a daemon killed while it holds a process continues it when it starts again
+/// (matched by start time, so a reused pid is left alone).
+pub struct HeldFile(std::path::PathBuf);
+
+impl HeldFile {
+    pub fn new(data_dir: &std::path::Path) -> HeldFile {
+        HeldFile(data_dir.join("held-first-contacts"))
+    }
+
+    /// Records `tgids` (the processes held now); an empty set removes the file.
+    pub fn save(&self, tgids: &[u32]) {
+        if tgids.is_empty() {
+            let _ = std::fs::remove_file(&self.0);
+            return;
+        }
+        let lines: String = tgids
+            .iter()
+            .filter_map(|t| Some(format!("{t} {}\n", start_ticks(*t)?)))
+            .collect();
+        let tmp = self.0.with_extension("tmp");
+        if std::fs::write(&tmp, lines).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.0);
+        }
+    }
+
+    /// Continues every process a previous daemon left held; returns how many.
+    pub fn continue_left_over(&self) -> usize {
+        let Ok(text) = std::fs::read_to_string(&self.0) else {
+            return 0;
+        };
+        let mut continued = 0;
+        for line in text.lines() {
+            let mut cols = line.split_whitespace();
+            let (Some(Ok(tgid)), Some(Ok(start))) = (
+                cols.next().map(str::parse::<u32>),
+                cols.next().map(str::parse::<u64>),
+            ) else {
+                continue;
+            };
+            if start_ticks(tgid) == Some(start) {
+                tracing::warn!(pid = tgid, "continuing a process a previous daemon held at its first contact");
+                cont(tgid);
+                continued += 1;
+            }
+        }
+        let _ = std::fs::remove_file(&self.0);
+        continued
+    }
+}
+
+fn start_ticks(tgid: u32) -> Option<u64> {
+    crate::procs::start_ticks_of(tgid)
 }

@@ -179,6 +179,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let gate = probes.take_gate()?;
     let meter = probes.take_meter()?;
     let closer = first_contact::Closer::spawn();
+    let held_file = first_contact::HeldFile::new(&config.data_dir);
+    let left_over = held_file.continue_left_over();
+    if left_over > 0 {
+        tracing::warn!(processes = left_over, "continued processes a killed daemon held at their first contact");
+    }
     let mut discovery = Discovery {
         probes,
         links_closing: closer.closing.clone(),
@@ -235,6 +240,23 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     sink.seed(&recovered.sessions);
     for row in sessions.restore(recovered.sessions, &tree, boot_now_ns()) {
         sink.write_ledger(&row)?;
+    }
+    if scope == Scope::Agents {
+        // The agents of the sessions a previous daemon left open are running now, mid-way
+        // through connections made before this daemon: they make no new first contact, so
+        // they are probed now.
+        let mut probed = 0;
+        for key in sessions.agent_processes() {
+            if tree.is_live(key) && !discovery.probes.attach_process(key.tgid).attached.is_empty() {
+                discovery
+                    .probes
+                    .set_process_state(key.tgid, Some(agentwatch_ebpf::PROC_DECIDED));
+                probed += 1;
+            }
+        }
+        if probed > 0 {
+            tracing::info!(processes = probed, "probed the agents of sessions still running");
+        }
     }
     let pricing = Pricing::builtin()?.with_overrides(config.pricing.clone())?;
     let pods = Arc::new(PodIndex::new(config.kubernetes.clone()));
@@ -361,6 +383,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                 guard.clear_ready();
                 let held = pipeline.lock().expect("pipeline lock").take_held_contacts();
                 if !held.is_empty() {
+                    held_file.save(&pipeline.lock().expect("pipeline lock").pending_contacts());
                     first_contact::decide_all(held, &discovery, &pipeline, hold_timeout, &closer);
                 }
                 {
@@ -401,7 +424,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                 }
             }
             _ = tick.tick() => {
-                pipeline.lock().expect("pipeline lock").tick(boot_now_ns());
+                let mut p = pipeline.lock().expect("pipeline lock");
+                p.tick(boot_now_ns());
+                held_file.save(&p.pending_contacts());
+                drop(p);
             }
             _ = hup.recv() => {
                 let answer = reload(&pipeline);
@@ -429,6 +455,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     {
         first_contact::cont(tgid);
     }
+    // Per-process probes closed together (the kernel would close them one by one at exit).
+    if let Ok(mut d) = discovery.lock() {
+        closer.close(d.probes.detach_all_processes());
+    }
+    closer.drain(Duration::from_secs(20));
     tracing::info!("agentwatch stopping");
     let _ = std::fs::remove_file(&config.socket);
     Ok(())

@@ -471,6 +471,16 @@ impl Probes {
         }
     }
 
+    /// Takes every process's probes off (the daemon is stopping): closing them together is
+    /// faster than the kernel closing them one by one at exit.
+    pub fn detach_all_processes(&mut self) -> DetachedLinks {
+        let tgids: Vec<u32> = self.attachments.process_links.keys().copied().collect();
+        tgids
+            .into_iter()
+            .flat_map(|tgid| self.detach_process(tgid))
+            .collect()
+    }
+
     /// The probed processes (for sweeps of those that vanished unseen).
     pub fn probed_processes(&self) -> Vec<u32> {
         self.attachments.process_links.keys().copied().collect()

@@ -494,3 +494,8 @@ impl<'a> Iterator for Ancestors<'a> {
         Some(info)
     }
 }
+
+/// The start time (clock ticks since boot) of live process `tgid`, from /proc.
+pub fn start_ticks_of(tgid: u32) -> Option<u64> {
+    stat::read_stat(std::path::Path::new("/proc"), tgid).map(|s| s.start_ticks)
+}

@@ -737,6 +737,11 @@ impl Sessions {
         rows
     }
 
+    /// The processes known as agents of open sessions (after a restart: those restored).
+    pub fn agent_processes(&self) -> Vec<ProcKey> {
+        self.agents.keys().copied().collect()
+    }
+
     /// Open sessions, oldest first.
     pub fn live_sessions(&self) -> Vec<SessionView> {
         let mut v: Vec<SessionView> = self.sessions.values().map(Session::view).collect();

@@ -927,7 +927,7 @@ is memory-mapped, so most of the RSS is page cache (clean, reclaimable), not hea
     let daemon = start_daemon(scratch);
     std::thread::sleep(Duration::from_secs(2));
     let (idle_rss, idle_anon) = rss_mib(daemon.0.id());
-    let n = 200;
+    let n = 1000;
     let mut clients = Vec::new();
     for _ in 0..n {
         clients.push(Proc(
@@ -954,6 +954,10 @@ is memory-mapped, so most of the RSS is page cache (clean, reclaimable), not hea
     });
     let released = started.elapsed().as_secs_f64();
     let released_ok = s["probed_processes"]["links_closing"].as_u64() == Some(0);
+    let links_kind = s["probed_processes"]["links"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
     drop(daemon);
     let mut exits = String::new();
     for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGKILL, "SIGKILL")] {
@@ -992,9 +996,10 @@ is memory-mapped, so most of the RSS is page cache (clean, reclaimable), not hea
 | state | VmRSS | RssAnon |\n|---|---|---|\n\
 | idle (started, no agent) | {idle_rss:.1} MiB | {idle_anon:.1} MiB |\n\
 | {probed} processes probed (`openssl s_client` connected to the mock: each held and probed) | {busy_rss:.1} MiB | {busy_anon:.1} MiB |\n\n\
-Once those {n} processes exit, their probes are closed on a thread of its own: {released:.1} s until every link was\n\
-closed{} (the kernel waits for a grace period per per-process uprobe it lets go of, one at a time).\n\n\
+Once those {n} processes exit, their probes are closed off the event loop ({} links, closed together on up to 32\n\
+threads so their grace periods overlap): {released:.1} s until every link was closed{}.\n\n\
 | signal | probed processes | daemon exit |\n|---|---|---|\n{exits}",
+        links_kind,
         if released_ok {
             ""
         } else {

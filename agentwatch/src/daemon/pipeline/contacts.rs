@@ -64,6 +64,13 @@ impl Pending {
 }
 
 impl Pipeline {
+    /// The processes held now.
+    pub fn pending_contacts(&self) -> Vec<u32> {
+        self.pending_contacts.0.keys().copied().collect()
+    }
+}
+
+impl Pipeline {
     /// The held contacts recorded since the last call, now pending.
     pub fn take_held_contacts(&mut self) -> Vec<HeldContact> {
         let held = std::mem::take(&mut self.contacts);
