@@ -62,6 +62,13 @@ pub const SOCK_HELLO_SENT: u32 = 2;
 pub const SOCK_METERED: u32 = 3;
 /// Connected to a plain-HTTP model server port: its bytes are captured.
 pub const SOCK_PLAIN: u32 = 4;
+/// Looked at and not metered (user space decided): nothing more is done until it closes.
+pub const SOCK_IGNORED: u32 = 5;
+
+/// Slots of the `TRACKED` counters: sockets in `SOCKS` per tgid (hashed: tgids `TRACKED_SLOTS`
+/// apart share a slot, which only costs them a lookup). A socket call of a process whose
+/// slot is 0 is of no interest and skips the `SOCKS` lookup.
+pub const TRACKED_SLOTS: u32 = 1 << 18;
 
 /// Value of the `SOCKS` map (key: the kernel's `struct sock` address, which the socket
 /// tracepoints pass): a TCP socket a process connected, while it is of interest.
@@ -188,6 +195,9 @@ pub const CFG_PRE_SEND: u32 = 9;
 pub const CFG_ENTRIES: u32 = 10;
 /// Value of an offset that the running kernel's tracepoint does not have.
 pub const CFG_ABSENT: u32 = u32::MAX;
+
+/// Words of the AEAD process bitmap: one bit per tgid below `PID_MAX_LIMIT` (2^22).
+pub const AEAD_TGID_WORDS: u32 = (1 << 22) / 64;
 
 pub const COMM_LEN: usize = 16;
 pub const FILENAME_LEN: usize = 256;

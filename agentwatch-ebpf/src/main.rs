@@ -6,6 +6,12 @@
 //! `probes/` (one file per hook family). The ABI shared with user space is the library
 //! (`lib.rs`).
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// Atomic adds on map values (the BPF target's core has no atomic read-modify-write types).
+#![cfg_attr(
+    target_arch = "bpf",
+    feature(core_intrinsics),
+    allow(internal_features)
+)]
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

@@ -62,16 +62,22 @@ pub static AEAD_SEALED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(1638
 #[map]
 pub static AEAD_LAST_READ: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// Processes whose AEAD functions were called (their socket reads are remembered).
+/// Processes whose AEAD functions were called (their socket reads are remembered), one bit
+/// per tgid (pids stay below 2^22): a test every socket read and write of every process
+/// makes, so an array (an inlined index) rather than a hash.
 #[map]
-pub static AEAD_TGIDS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+pub static AEAD_TGIDS: Array<u64> = Array::with_max_entries(AEAD_TGID_WORDS, 0);
 
 // ---- sockets ------------------------------------------------------------------------------
 
 /// TCP sockets of interest, by kernel `struct sock` address: connected and not decided yet,
 /// plain-HTTP, or metered. A socket whose first write is of no interest leaves at once.
 #[map]
-pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65536, 0);
+pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65536, 0);
+
+/// Sockets in `SOCKS` per tgid slot (`tgid % TRACKED_SLOTS`), kept with atomic adds.
+#[map]
+pub static TRACKED: Array<u64> = Array::with_max_entries(TRACKED_SLOTS, 0);
 
 /// Plain-HTTP capture: TCP ports of local model servers (host order → 1), set by user space.
 #[map]

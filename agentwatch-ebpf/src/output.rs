@@ -46,10 +46,23 @@ pub fn current() -> (u64, u32, u32) {
     (pid_tgid, (pid_tgid >> 32) as u32, pid_tgid as u32)
 }
 
-/// A header-only record.
+/// Ring-buffer flags: most records wake nobody (waking the daemon costs an interrupt of
+/// the CPU that wrote the record, ~15 µs in a VM, which every fork and exit of every process
+/// would pay); the daemon drains the buffer every few milliseconds. A record the daemon must
+/// act on at once (a process stopped for a decision) wakes it.
+pub const QUIET: u64 = 1; // BPF_RB_NO_WAKEUP
+pub const WAKE: u64 = 2; // BPF_RB_FORCE_WAKEUP
+
+/// A header-only record that waits for the daemon's next drain.
 #[inline(always)]
 pub fn record<T>(value: &T) {
-    if EVENTS.output::<T>(value, 0).is_err() {
+    record_flagged(value, QUIET)
+}
+
+/// A header-only record, `flags` `QUIET` or `WAKE`.
+#[inline(always)]
+pub fn record_flagged<T>(value: &T, flags: u64) {
+    if EVENTS.output::<T>(value, flags).is_err() {
         drop_count(DROP_RINGBUF_EVENTS, 1);
     }
 }
@@ -82,7 +95,8 @@ pub fn record_with_user_bytes<H>(
         core::ptr::write(base as *mut H, fill(n));
         let total = hdr + (n as usize & (2 * max - 1));
         let record = core::slice::from_raw_parts(base as *const u8, total);
-        if EVENTS.output::<[u8]>(record, 0).is_err() {
+        // Only holds carry bytes this way: the daemon decides at once.
+        if EVENTS.output::<[u8]>(record, WAKE).is_err() {
             drop_count(DROP_RINGBUF_EVENTS, 1);
             return false;
         }

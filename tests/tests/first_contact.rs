@@ -221,7 +221,14 @@ fn scope_all_probes_every_tls_process_without_holds() {
     );
     let mock = Mock::start(&[]);
     let (pid, _) = run_client(curl_chat(&mock, "fc-all", true));
-    check_exact(&daemon, &mock, pid, "fc-all", 1, &json!({"streaming": true}));
+    check_exact(
+        &daemon,
+        &mock,
+        pid,
+        "fc-all",
+        1,
+        &json!({"streaming": true}),
+    );
     let stats = &daemon.cli_json(&["status"])["first_contact"]["stats"];
     assert_eq!(u(&stats["holds"]), 0, "{stats}");
 }

@@ -32,7 +32,7 @@ fn try_aead_seal(ctx: &ProbeContext) -> Result<(), i64> {
     let sp = unsafe { (*ctx.regs).rsp };
     let buf: u64 = unsafe { bpf_probe_read_user((sp + 8) as *const u64) }.map_err(|e| e as i64)?;
     let len: u64 = unsafe { bpf_probe_read_user((sp + 16) as *const u64) }.map_err(|e| e as i64)?;
-    let _ = AEAD_TGIDS.insert(&tgid, &1, 0);
+    mark_aead_process(tgid);
     let _ = gate(pid_tgid, aead, buf, len, HOLD_TLS_RECORD);
     let _ = AEAD_SEALED.insert(&pid_tgid, &aead, 0);
     emit_tls(pid_tgid, DIR_WRITE, aead, buf, len, TLS_FLAG_AEAD)
@@ -51,7 +51,7 @@ fn try_aead_open(ctx: &ProbeContext) -> Result<(), i64> {
     if is_self(tgid) {
         return Ok(());
     }
-    let _ = AEAD_TGIDS.insert(&tgid, &1, 0);
+    mark_aead_process(tgid);
     let args = SslArgs {
         ssl: ctx.arg(0).ok_or(1)?,
         buf: ctx.arg(1).ok_or(1)?,
@@ -109,7 +109,37 @@ pub fn on_socket_io(pid_tgid: u64, fd: u64, write: bool) {
 /// Whether the thread's process uses AEAD probes (its socket I/O links records).
 #[inline(always)]
 pub fn is_aead_process(tgid: u32) -> bool {
-    unsafe { AEAD_TGIDS.get(&tgid) }.is_some()
+    match AEAD_TGIDS.get(tgid / 64) {
+        Some(word) => *word & (1u64 << (tgid % 64)) != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn mark_aead_process(tgid: u32) {
+    if let Some(word) = AEAD_TGIDS.get_ptr_mut(tgid / 64) {
+        let bit = 1u64 << (tgid % 64);
+        // A plain read-modify-write: two CPUs marking neighbours at once may lose one mark,
+        // which the process's next AEAD call sets again.
+        unsafe {
+            if *word & bit == 0 {
+                *word |= bit;
+            }
+        }
+    }
+}
+
+/// Forgets a process (it exited; its pid may be reused by a process that is no AEAD user).
+#[inline(always)]
+pub fn forget_aead_process(tgid: u32) {
+    if let Some(word) = AEAD_TGIDS.get_ptr_mut(tgid / 64) {
+        let bit = 1u64 << (tgid % 64);
+        unsafe {
+            if *word & bit != 0 {
+                *word &= !bit;
+            }
+        }
+    }
 }
 
 #[inline(always)]

@@ -9,9 +9,10 @@ use agentwatch_ebpf::*;
 use aya_ebpf::helpers::generated;
 
 use super::gate::SIGSTOP;
+use super::socket::untrack;
 use super::syscall::Syscall;
 use crate::maps::{ESTIMATE_PORTS, EVENTS, LLM_HOSTS, LLM_SUFFIXES, PROCS, SCRATCH, SOCKS};
-use crate::output::{config, count, current, drop_count, now};
+use crate::output::{QUIET, WAKE, config, count, current, drop_count, now};
 
 /// Offset of the copied bytes in the scratch buffer (right after a `Contact` header).
 const HDR: usize = core::mem::size_of::<Contact>();
@@ -71,13 +72,13 @@ fn try_first_write(sk: u64, st: &SockState) -> Result<(), i64> {
         Hello::NotTls { connect } => {
             count(COUNT_NOT_TLS);
             if !connect {
-                let _ = SOCKS.remove(&sk);
+                untrack(sk, st.tgid);
             }
             return Ok(());
         }
         Hello::Other => {
             count(COUNT_OTHER_HOSTS);
-            let _ = SOCKS.remove(&sk);
+            untrack(sk, st.tgid);
             return Ok(());
         }
         Hello::Llm => CONTACT_LLM_HOST,
@@ -97,7 +98,7 @@ fn try_first_write(sk: u64, st: &SockState) -> Result<(), i64> {
         next.state = SOCK_HELLO_SENT;
         let _ = SOCKS.insert(&sk, &next, 0);
     } else {
-        let _ = SOCKS.remove(&sk);
+        untrack(sk, st.tgid);
     }
     if !hold && !estimate {
         return Ok(());
@@ -138,7 +139,12 @@ fn try_first_write(sk: u64, st: &SockState) -> Result<(), i64> {
         );
         let total = HDR + (n as usize & (2 * LOOK - 1));
         let record = core::slice::from_raw_parts(base as *const u8, total);
-        if EVENTS.output::<[u8]>(record, 0).is_err() {
+        let wake = if flags & CONTACT_HELD != 0 {
+            WAKE
+        } else {
+            QUIET
+        };
+        if EVENTS.output::<[u8]>(record, wake).is_err() {
             drop_count(DROP_RINGBUF_EVENTS, 1);
         }
     }

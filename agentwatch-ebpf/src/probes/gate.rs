@@ -4,7 +4,7 @@ use agentwatch_ebpf::*;
 use aya_ebpf::helpers::generated;
 
 use crate::maps::{GATE, HELD_SOCKS};
-use crate::output::{config, now, record, record_with_user_bytes};
+use crate::output::{WAKE, config, now, record_flagged, record_with_user_bytes};
 
 const SIGKILL: u32 = 9;
 pub const SIGSTOP: u32 = 19;
@@ -98,15 +98,18 @@ pub fn socket_gate(pid_tgid: u64, fd: u64, cookie: u64, len: u64) -> bool {
     unsafe {
         generated::bpf_send_signal(SIGSTOP);
     }
-    record(&SocketHold {
-        kind: EVENT_SOCKET_HOLD,
-        tgid,
-        tid: pid_tgid as u32,
-        state,
-        fd,
-        ts_ns: now(),
-        len,
-        cookie,
-    });
+    record_flagged(
+        &SocketHold {
+            kind: EVENT_SOCKET_HOLD,
+            tgid,
+            tid: pid_tgid as u32,
+            state,
+            fd,
+            ts_ns: now(),
+            len,
+            cookie,
+        },
+        WAKE,
+    );
     true
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 
 use crate::maps::{BLOCKED_TGIDS, EVENTS, GATE, PROCS, THREAD_CHILDREN};
-use crate::output::{config, drop_count, now};
+use crate::output::{QUIET, config, drop_count, now};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -104,6 +104,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let _ = GATE.remove(&tgid);
     let _ = BLOCKED_TGIDS.remove(&tgid);
     let _ = PROCS.remove(&tgid);
+    super::aead::forget_aead_process(tgid);
     emit(EVENT_EXIT, tgid, 0, None)
 }
 
@@ -135,6 +136,6 @@ fn emit(
             }
         }
     }
-    entry.submit(0);
+    entry.submit(QUIET);
     Ok(())
 }

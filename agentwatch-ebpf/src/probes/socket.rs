@@ -17,7 +17,7 @@ use super::contact;
 use super::gate::{rearm_after_read, socket_gate};
 use super::syscall::{NR_CONNECT, Syscall, iovec};
 use super::tls::{emit_tls, mark_loss, new_connection};
-use crate::maps::{ESTIMATE_PORTS, PLAIN_PORTS, PROCS, SEND_GATED, SOCKS};
+use crate::maps::{ESTIMATE_PORTS, PLAIN_PORTS, PROCS, SEND_GATED, SOCKS, TRACKED};
 use crate::output::{config, count, current, drop_count, is_self, now, record};
 
 const TCP_SYN_SENT: i32 = 2;
@@ -77,7 +77,7 @@ fn on_connect(sk: u64) -> Result<(), i64> {
         port: port as u32,
         cookie,
     };
-    if SOCKS.insert(&sk, &value, 0).is_err() {
+    if !track(sk, &value) {
         drop_count(DROP_SOCKS_FULL, 1);
         return Ok(());
     }
@@ -100,13 +100,55 @@ fn undecided(tgid: u32) -> bool {
     }
 }
 
+/// Adds `delta` to the `TRACKED` counter of `tgid`'s slot (an atomic add: connects and
+/// closes of processes sharing a slot may run on two CPUs at once).
+#[inline(always)]
+fn add_tracked(tgid: u32, delta: u64) {
+    if let Some(p) = TRACKED.get_ptr_mut(tgid % TRACKED_SLOTS) {
+        // SAFETY: an aligned 8-byte map value that lives as long as the program.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                p, delta,
+            );
+        }
+    }
+}
+
+/// Whether a socket call of `tgid` may be on a socket in `SOCKS` (the process, or one that
+/// shares its slot, has one there). Every socket call of every process asks this first.
+#[inline(always)]
+fn may_track(tgid: u32) -> bool {
+    TRACKED.get(tgid % TRACKED_SLOTS).is_some_and(|c| *c != 0)
+}
+
+/// Puts a new socket of `state.tgid` in `SOCKS`.
+#[inline(always)]
+fn track(sk: u64, state: &SockState) -> bool {
+    if SOCKS.insert(&sk, state, BPF_NOEXIST).is_err() {
+        // Already there (a connect on the same socket again): replaced, same count.
+        return SOCKS.insert(&sk, state, 0).is_ok();
+    }
+    add_tracked(state.tgid, 1);
+    true
+}
+
+/// Takes a socket out of `SOCKS`.
+#[inline(always)]
+pub fn untrack(sk: u64, tgid: u32) {
+    if SOCKS.remove(&sk).is_ok() {
+        add_tracked(tgid, u64::MAX); // −1, wrapping
+    }
+}
+
+const BPF_NOEXIST: u64 = 1;
+
 #[inline(always)]
 fn on_close(sk: u64) {
     let Some(st) = (unsafe { SOCKS.get(&sk) }) else {
         return;
     };
     let st = *st;
-    let _ = SOCKS.remove(&sk);
+    untrack(sk, st.tgid);
     if st.state == SOCK_METERED {
         record(&SocketClose {
             kind: EVENT_SOCKET_CLOSE,
@@ -121,6 +163,10 @@ fn on_close(sk: u64) {
 /// (once per segment of a large write).
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
+    let (_, tgid, _) = current();
+    if !may_track(tgid) {
+        return 0;
+    }
     let sk: u64 = ctx.arg(0);
     let Some(st) = (unsafe { SOCKS.get(&sk) }) else {
         return 0;
@@ -173,7 +219,11 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn on_io(sk: u64, ret: i64, flags: u64, write: bool) {
     let (pid_tgid, tgid, _) = current();
-    let st = unsafe { SOCKS.get(&sk) }.copied();
+    let st = if may_track(tgid) {
+        unsafe { SOCKS.get(&sk) }.copied()
+    } else {
+        None
+    };
     let aead = aead::is_aead_process(tgid);
     if st.is_none() && !aead {
         return;

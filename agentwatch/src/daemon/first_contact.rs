@@ -194,7 +194,10 @@ impl HeldFile {
                 continue;
             };
             if start_ticks(tgid) == Some(start) {
-                tracing::warn!(pid = tgid, "continuing a process a previous daemon held at its first contact");
+                tracing::warn!(
+                    pid = tgid,
+                    "continuing a process a previous daemon held at its first contact"
+                );
                 cont(tgid);
                 continued += 1;
             }

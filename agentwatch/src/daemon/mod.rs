@@ -145,6 +145,9 @@ impl Discovery {
     }
 }
 
+/// How often the ring buffer is drained when no record asked for a wakeup.
+const RING_DRAIN: Duration = Duration::from_millis(10);
+
 /// The config file the daemon was started with (re-read on SIGHUP / `agentwatch reload`).
 static CONFIG_PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
 /// Where the `block` connect programs are attached, or why not.
@@ -182,7 +185,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let held_file = first_contact::HeldFile::new(&config.data_dir);
     let left_over = held_file.continue_left_over();
     if left_over > 0 {
-        tracing::warn!(processes = left_over, "continued processes a killed daemon held at their first contact");
+        tracing::warn!(
+            processes = left_over,
+            "continued processes a killed daemon held at their first contact"
+        );
     }
     let mut discovery = Discovery {
         probes,
@@ -247,7 +253,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         // they are probed now.
         let mut probed = 0;
         for key in sessions.agent_processes() {
-            if tree.is_live(key) && !discovery.probes.attach_process(key.tgid).attached.is_empty() {
+            if tree.is_live(key)
+                && !discovery
+                    .probes
+                    .attach_process(key.tgid)
+                    .attached
+                    .is_empty()
+            {
                 discovery
                     .probes
                     .set_process_state(key.tgid, Some(agentwatch_ebpf::PROC_DECIDED));
@@ -255,7 +267,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             }
         }
         if probed > 0 {
-            tracing::info!(processes = probed, "probed the agents of sessions still running");
+            tracing::info!(
+                processes = probed,
+                "probed the agents of sessions still running"
+            );
         }
     }
     let pricing = Pricing::builtin()?.with_overrides(config.pricing.clone())?;
@@ -364,79 +379,89 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| DaemonError::Ring(std::io::Error::other(e.to_string())))?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Most records wake nobody (a wakeup costs the writing CPU an interrupt): the ring is
+    // drained this often, and at once when a record asks (a process stopped for a decision).
+    let mut drain = tokio::time::interval(RING_DRAIN);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut execs = Vec::new();
     let mut ended: Vec<u32> = Vec::new();
     let mut not_agents: Vec<u32> = Vec::new();
     loop {
-        tokio::select! {
+        let read = tokio::select! {
             guard = ring.readable_mut() => {
-                let mut guard = guard.map_err(DaemonError::Ring)?;
-                {
-                    let mut p = pipeline.lock().expect("pipeline lock");
-                    let ring = guard.get_inner_mut();
-                    while let Some(item) = ring.next() {
-                        if let Some(tgid) = p.handle_record(&item) {
-                            execs.push(tgid);
-                        }
-                    }
-                }
-                guard.clear_ready();
-                let held = pipeline.lock().expect("pipeline lock").take_held_contacts();
-                if !held.is_empty() {
-                    held_file.save(&pipeline.lock().expect("pipeline lock").pending_contacts());
-                    first_contact::decide_all(held, &discovery, &pipeline, hold_timeout, &closer);
-                }
-                {
-                    // Confirm or reject probes at located functions by what they captured,
-                    // and take the probes of exited and exec'd processes off (both wait
-                    // while an attach holds discovery).
-                    let mut p = pipeline.lock().expect("pipeline lock");
-                    ended.extend(p.take_probe_ends());
-                    not_agents.extend(p.take_not_agents());
-                    if let Ok(mut d) = discovery.try_lock() {
-                        for tgid in not_agents.drain(..) {
-                            closer.close(d.probes.detach_process(tgid));
-                            d.probes.set_process_state(tgid, Some(agentwatch_ebpf::PROC_NOT_AGENT));
-                        }
-                        for (identity, http) in p.first_writes.drain(..) {
-                            closer.close(d.probes.judge_first_write(identity, http));
-                        }
-                        for tgid in ended.drain(..) {
-                            closer.close(d.probes.detach_process(tgid));
-                        }
-                    }
-                }
-                if scope == Scope::Agents {
-                    execs.clear();
-                }
-                if !execs.is_empty() {
-                    // Off the ring's task: analysing a large static binary takes a moment,
-                    // and the ring must keep draining meanwhile.
-                    let discovery = discovery.clone();
-                    let tgids = std::mem::take(&mut execs);
-                    tokio::task::spawn_blocking(move || {
-                        if let Ok(mut d) = discovery.lock() {
-                            for tgid in tgids {
-                                d.process(tgid, None);
-                            }
-                        }
-                    });
-                }
+                guard.map_err(DaemonError::Ring)?.clear_ready();
+                true
             }
+            _ = drain.tick() => true,
             _ = tick.tick() => {
                 let mut p = pipeline.lock().expect("pipeline lock");
                 p.tick(boot_now_ns());
                 held_file.save(&p.pending_contacts());
-                drop(p);
+                false
             }
             _ = hup.recv() => {
                 let answer = reload(&pipeline);
                 if let Some(e) = answer.get("error") {
                     tracing::error!("reload failed: {e}");
                 }
+                false
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+        };
+        if !read {
+            continue;
+        }
+        {
+            let mut p = pipeline.lock().expect("pipeline lock");
+            let ring = ring.get_mut();
+            while let Some(item) = ring.next() {
+                if let Some(tgid) = p.handle_record(&item) {
+                    execs.push(tgid);
+                }
+            }
+        }
+        let held = pipeline.lock().expect("pipeline lock").take_held_contacts();
+        if !held.is_empty() {
+            held_file.save(&pipeline.lock().expect("pipeline lock").pending_contacts());
+            first_contact::decide_all(held, &discovery, &pipeline, hold_timeout, &closer);
+        }
+        {
+            // Confirm or reject probes at located functions by what they captured, and take
+            // the probes of exited and exec'd processes off (both wait while an attach holds
+            // discovery).
+            let mut p = pipeline.lock().expect("pipeline lock");
+            ended.extend(p.take_probe_ends());
+            not_agents.extend(p.take_not_agents());
+            if let Ok(mut d) = discovery.try_lock() {
+                for tgid in not_agents.drain(..) {
+                    closer.close(d.probes.detach_process(tgid));
+                    d.probes
+                        .set_process_state(tgid, Some(agentwatch_ebpf::PROC_NOT_AGENT));
+                }
+                for (identity, http) in p.first_writes.drain(..) {
+                    closer.close(d.probes.judge_first_write(identity, http));
+                }
+                for tgid in ended.drain(..) {
+                    closer.close(d.probes.detach_process(tgid));
+                }
+            }
+        }
+        if scope == Scope::Agents {
+            execs.clear();
+        }
+        if !execs.is_empty() {
+            // Off the ring's task: analysing a large static binary takes a moment, and the
+            // ring must keep draining meanwhile.
+            let discovery = discovery.clone();
+            let tgids = std::mem::take(&mut execs);
+            tokio::task::spawn_blocking(move || {
+                if let Ok(mut d) = discovery.lock() {
+                    for tgid in tgids {
+                        d.process(tgid, None);
+                    }
+                }
+            });
         }
     }
     // Decide what is already in the ring buffer (holds above all) before leaving.

@@ -1,7 +1,7 @@
 //! The user-space half of estimates: which sockets the kernel meters (`SOCKS`).
 use aya::maps::{HashMap, MapData};
 
-use agentwatch_ebpf::{SOCK_METERED, SockState};
+use agentwatch_ebpf::{SOCK_IGNORED, SOCK_METERED, SockState};
 
 pub struct Meter {
     socks: Option<HashMap<MapData, u64, SockState>>,
@@ -25,26 +25,20 @@ impl Meter {
         }
     }
 
-    /// Starts metering the socket the kernel knows as `sock`, or stops looking at it.
+    /// Starts metering the socket the kernel knows as `sock`, or stops looking at it (the
+    /// kernel takes it out of its table when it closes, which keeps its counts right).
     pub fn set(&mut self, sock: u64, metered: bool) {
         let Some(socks) = self.socks.as_mut() else {
             return;
         };
-        let result = if metered {
-            match socks.get(&sock, 0) {
-                Ok(mut state) => {
-                    state.state = SOCK_METERED;
-                    socks.insert(sock, state, 0)
-                }
-                // Closed meanwhile: nothing left to meter.
-                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-                Err(e) => Err(e),
+        let result = match socks.get(&sock, 0) {
+            Ok(mut state) => {
+                state.state = if metered { SOCK_METERED } else { SOCK_IGNORED };
+                socks.insert(sock, state, 0)
             }
-        } else {
-            match socks.remove(&sock) {
-                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-                other => other,
-            }
+            // Closed meanwhile: nothing left to do.
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e),
         };
         if result.is_err() {
             self.errors += 1;
