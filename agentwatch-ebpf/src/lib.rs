@@ -192,7 +192,11 @@ pub const CFG_PER_PROCESS: u32 = 8;
 /// 1 when the pre-send hook (`tcp:tcp_sendmsg_locked`) is attached: holds happen before a
 /// write's bytes are queued; else at the end of the write.
 pub const CFG_PRE_SEND: u32 = 9;
-pub const CFG_ENTRIES: u32 = 10;
+/// 1 when ceilings are configured: every data record wakes the daemon as it is written (a
+/// session's gate is armed when its first request is seen, and a fast agent's next call must
+/// not go out before that); 0: data waits for the daemon's next drain (a few ms).
+pub const CFG_WAKE_DATA: u32 = 10;
+pub const CFG_ENTRIES: u32 = 11;
 /// Value of an offset that the running kernel's tracepoint does not have.
 pub const CFG_ABSENT: u32 = u32::MAX;
 

@@ -53,10 +53,21 @@ pub fn current() -> (u64, u32, u32) {
 pub const QUIET: u64 = 1; // BPF_RB_NO_WAKEUP
 pub const WAKE: u64 = 2; // BPF_RB_FORCE_WAKEUP
 
-/// A header-only record that waits for the daemon's next drain.
+/// The flags of a data record: as written when ceilings need the daemon to see requests at
+/// once (0: the kernel's own wakeup, when the daemon has caught up), else quiet.
+#[inline(always)]
+pub fn data_flags() -> u64 {
+    if config(CFG_WAKE_DATA) == Some(1) {
+        0
+    } else {
+        QUIET
+    }
+}
+
+/// A header-only data record.
 #[inline(always)]
 pub fn record<T>(value: &T) {
-    record_flagged(value, QUIET)
+    record_flagged(value, data_flags())
 }
 
 /// A header-only record, `flags` `QUIET` or `WAKE`.

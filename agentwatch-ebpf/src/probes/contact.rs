@@ -12,7 +12,7 @@ use super::gate::SIGSTOP;
 use super::socket::untrack;
 use super::syscall::Syscall;
 use crate::maps::{ESTIMATE_PORTS, EVENTS, LLM_HOSTS, LLM_SUFFIXES, PROCS, SCRATCH, SOCKS};
-use crate::output::{QUIET, WAKE, config, count, current, drop_count, now};
+use crate::output::{WAKE, config, count, current, data_flags, drop_count, now};
 
 /// Offset of the copied bytes in the scratch buffer (right after a `Contact` header).
 const HDR: usize = core::mem::size_of::<Contact>();
@@ -142,7 +142,7 @@ fn try_first_write(sk: u64, st: &SockState) -> Result<(), i64> {
         let wake = if flags & CONTACT_HELD != 0 {
             WAKE
         } else {
-            QUIET
+            data_flags()
         };
         if EVENTS.output::<[u8]>(record, wake).is_err() {
             drop_count(DROP_RINGBUF_EVENTS, 1);

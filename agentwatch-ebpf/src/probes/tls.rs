@@ -10,7 +10,7 @@ use aya_ebpf::{
 
 use super::gate::{gate, rearm_after_read};
 use crate::maps::{EVENTS, LOSS, SCRATCH, SSL_ARGS};
-use crate::output::{QUIET, count, current, drop_count, is_self, now, record};
+use crate::output::{count, current, data_flags, drop_count, is_self, now, record};
 
 /// Entry of `SSL_write(ssl, buf, num)`.
 #[uprobe]
@@ -262,7 +262,7 @@ impl Chunk<'_> {
             );
             let total = TLS_HEADER_LEN + n as usize;
             let record = core::slice::from_raw_parts(base as *const u8, total);
-            if EVENTS.output::<[u8]>(record, QUIET).is_err() {
+            if EVENTS.output::<[u8]>(record, data_flags()).is_err() {
                 drop_count(DROP_RINGBUF_EVENTS, 1);
                 drop_count(DROP_RINGBUF_BYTES, self.call_len - offset);
                 let _ = LOSS.insert(self.key, &1, 0);

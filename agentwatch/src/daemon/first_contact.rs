@@ -104,16 +104,20 @@ pub fn decide_all(
     pipeline: &Arc<Mutex<Pipeline>>,
     timeout: Duration,
     closer: &Closer,
+    held_file: &HeldFile,
 ) {
     for contact in held {
         {
             let pipeline = pipeline.clone();
+            let held_file = held_file.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(timeout).await;
-                let late = pipeline
-                    .lock()
-                    .expect("pipeline lock")
-                    .first_contact_timed_out(contact.tgid);
+                let mut p = pipeline.lock().expect("pipeline lock");
+                let late = p.first_contact_timed_out(contact.tgid);
+                if late {
+                    held_file.save(&p.pending_contacts());
+                }
+                drop(p);
                 if late {
                     tracing::warn!(
                         pid = contact.tgid,
@@ -125,15 +129,21 @@ pub fn decide_all(
         }
         let (discovery, pipeline) = (discovery.clone(), pipeline.clone());
         let attaching = closer.attaching.clone();
+        let held_file = held_file.clone();
         attaching.fetch_add(1, Ordering::AcqRel);
         tokio::task::spawn_blocking(move || {
-            decide(contact, &discovery, &pipeline);
+            decide(contact, &discovery, &pipeline, &held_file);
             attaching.fetch_sub(1, Ordering::AcqRel);
         });
     }
 }
 
-fn decide(contact: HeldContact, discovery: &Mutex<Discovery>, pipeline: &Mutex<Pipeline>) {
+fn decide(
+    contact: HeldContact,
+    discovery: &Mutex<Discovery>,
+    pipeline: &Mutex<Pipeline>,
+    held_file: &HeldFile,
+) {
     let started = Instant::now();
     let coverage = {
         let Ok(mut d) = discovery.lock() else {
@@ -144,18 +154,19 @@ fn decide(contact: HeldContact, discovery: &Mutex<Discovery>, pipeline: &Mutex<P
         d.probes.set_process_state(contact.tgid, Some(PROC_DECIDED));
         coverage
     };
-    let pending = pipeline
-        .lock()
-        .expect("pipeline lock")
-        .first_contact_decided(contact, &coverage, started.elapsed());
-    if pending {
+    let mut p = pipeline.lock().expect("pipeline lock");
+    if p.first_contact_decided(contact, &coverage, started.elapsed()) {
         cont(contact.tgid);
+        // At once: a process the file still named could be continued by the next daemon
+        // when a ceiling stops it later.
+        held_file.save(&p.pending_contacts());
     }
 }
 
 /// The processes held now, written to `<data_dir>/held-first-contacts` whenever the set
 /// changes: a daemon killed while it holds a process continues it when it starts again
 /// (matched by start time, so a reused pid is left alone).
+#[derive(Clone)]
 pub struct HeldFile(std::path::PathBuf);
 
 impl HeldFile {

@@ -168,6 +168,10 @@ fn reload(pipeline: &Mutex<Pipeline>) -> serde_json::Value {
     };
     match policy.reload(config.ceilings, &config.session_roots) {
         Ok(()) => {
+            let enabled = policy.enabled();
+            if let Some(g) = p.gate.as_mut() {
+                g.set_wake_data(enabled);
+            }
             tracing::info!("reloaded ceilings from {}", path.display());
             json!({"reloaded": path})
         }
@@ -179,7 +183,7 @@ fn reload(pipeline: &Mutex<Pipeline>) -> serde_json::Value {
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     let started = Instant::now();
     let (mut probes, ring) = Probes::load(&config.probes)?;
-    let gate = probes.take_gate()?;
+    let mut gate = probes.take_gate()?;
     let meter = probes.take_meter()?;
     let closer = first_contact::Closer::spawn();
     let held_file = first_contact::HeldFile::new(&config.data_dir);
@@ -304,6 +308,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         &WallClock::from_system(),
     );
     let _ = CONFIG_PATH.set(config_path);
+    gate.set_wake_data(policy.enabled());
     let mut pipeline = Pipeline::new(
         tree,
         sessions,
@@ -394,9 +399,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             }
             _ = drain.tick() => true,
             _ = tick.tick() => {
-                let mut p = pipeline.lock().expect("pipeline lock");
-                p.tick(boot_now_ns());
-                held_file.save(&p.pending_contacts());
+                pipeline.lock().expect("pipeline lock").tick(boot_now_ns());
                 false
             }
             _ = hup.recv() => {
@@ -424,7 +427,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         let held = pipeline.lock().expect("pipeline lock").take_held_contacts();
         if !held.is_empty() {
             held_file.save(&pipeline.lock().expect("pipeline lock").pending_contacts());
-            first_contact::decide_all(held, &discovery, &pipeline, hold_timeout, &closer);
+            first_contact::decide_all(
+                held,
+                &discovery,
+                &pipeline,
+                hold_timeout,
+                &closer,
+                &held_file,
+            );
         }
         {
             // Confirm or reject probes at located functions by what they captured, and take

@@ -84,6 +84,14 @@ impl Gate {
         self.held_socks.keys().count()
     }
 
+    /// With ceilings, every data record wakes the daemon (a session's gate must be armed
+    /// before a fast agent's next call); without, data waits for the next drain.
+    pub fn set_wake_data(&mut self, on: bool) {
+        if self.config.set(abi::CFG_WAKE_DATA, on as u32, 0).is_err() {
+            self.errors += 1;
+        }
+    }
+
     pub fn set_host_gate(&mut self, on: bool) {
         if self.config.set(abi::CFG_HOST_GATE, on as u32, 0).is_err() {
             self.errors += 1;
