@@ -103,6 +103,20 @@ impl Pipeline {
                 self.first_contact.on_probation = self.probation.on.len() as u64;
             }
         }
+        // Its container labels, read while it is surely alive (stopped here): its calls are
+        // charged a little later, when the process may be gone.
+        if !coverage.gone
+            && let Some(key) = self.tree.ensure(contact.tgid)
+            && !self.origins.contains_key(&key)
+        {
+            let origin = self.origin(key);
+            self.origins.insert(key, origin);
+        }
+        if !coverage.attached.is_empty()
+            && let Some(id) = super::exe_identity(contact.tgid)
+        {
+            self.exe_ids.insert(contact.tgid, id);
+        }
         let pending = self.pending_contacts.0.remove(&contact.tgid).is_some();
         if pending {
             let ms = took.as_secs_f64() * 1e3;

@@ -70,6 +70,13 @@ pub struct HeldContact {
 /// Held first contacts kept until the daemon takes them.
 const MAX_CONTACTS: usize = 4096;
 
+/// (device, inode) of the executable of live process `tgid`.
+fn exe_identity(tgid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(format!("/proc/{tgid}/exe")).ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
 /// How long a killed or blocked process's held sockets stay held after it exited.
 const HELD_SOCKET_GRACE_NS: u64 = 60_000_000_000;
 
@@ -107,6 +114,9 @@ pub struct Pipeline {
     pub first_writes: Vec<((u64, u64), bool)>,
     /// Processes stopped at their first contact, for the daemon to probe and continue.
     contacts: Vec<HeldContact>,
+    /// (device, inode) of the executable of each process probed at its first contact, read
+    /// then (it is alive for sure), for first-write verdicts that come after it exited.
+    exe_ids: HashMap<u32, (u64, u64)>,
     /// … taken by the daemon and not continued yet.
     pending_contacts: contacts::Pending,
     pub first_contact: FirstContactStats,
@@ -156,6 +166,7 @@ impl Pipeline {
             meter: crate::probes::meter::Meter::disabled(),
             first_writes: Vec::new(),
             contacts: Vec::new(),
+            exe_ids: HashMap::new(),
             pending_contacts: Default::default(),
             first_contact: Default::default(),
             probe_ends: Vec::new(),
@@ -209,6 +220,7 @@ impl Pipeline {
             } => {
                 self.stats.execs += 1;
                 self.probe_ends.push(tgid);
+                self.exe_ids.remove(&tgid);
                 self.probation.forget(tgid);
                 self.tree.on_exec(tgid, &filename);
                 self.on_exec_policy(tgid, ts_ns);
@@ -217,6 +229,7 @@ impl Pipeline {
             KernelEvent::Exit { tgid, ts_ns } => {
                 self.stats.exits += 1;
                 self.probe_ends.push(tgid);
+                self.exe_ids.remove(&tgid);
                 self.probation.forget(tgid);
                 self.on_exit(tgid, ts_ns);
             }
@@ -412,11 +425,12 @@ impl Pipeline {
                 && h.direction == DIR_WRITE
                 && let Some(http) = crate::capture::starts_http_request(data)
             {
-                use std::os::unix::fs::MetadataExt;
-                let exe = std::fs::metadata(format!("/proc/{}/exe", h.tgid));
+                // Read at its first contact if the process is gone by now (its records are
+                // read a few ms after they were written).
+                let exe = exe_identity(h.tgid).or_else(|| self.exe_ids.get(&h.tgid).copied());
                 match exe {
-                    Ok(meta) if self.first_writes.len() < MAX_FIRST_WRITES => {
-                        self.first_writes.push(((meta.dev(), meta.ino()), http));
+                    Some(id) if self.first_writes.len() < MAX_FIRST_WRITES => {
+                        self.first_writes.push((id, http));
                     }
                     _ => self.stats.first_writes_dropped += 1,
                 }
