@@ -170,7 +170,9 @@ pub const COUNT_NOT_TLS: u32 = 3;
 pub const COUNT_HOLDS: u32 = 4;
 /// Uprobe program runs (every TLS hook hit, whatever it did).
 pub const COUNT_UPROBE_HITS: u32 = 5;
-pub const COUNTERS: u32 = 6;
+/// First contacts not held because no daemon has been alive for `HOLD_WITHOUT_DAEMON_SECS`.
+pub const COUNT_NO_DAEMON: u32 = 6;
+pub const COUNTERS: u32 = 7;
 
 /// Indexes of the `CONFIG` array, written by user space before any program is attached.
 /// Tracepoint field offsets come from the running kernel's tracefs `format` files, because
@@ -196,7 +198,13 @@ pub const CFG_PRE_SEND: u32 = 9;
 /// session's gate is armed when its first request is seen, and a fast agent's next call must
 /// not go out before that); 0: data waits for the daemon's next drain (a few ms).
 pub const CFG_WAKE_DATA: u32 = 10;
-pub const CFG_ENTRIES: u32 = 11;
+/// Seconds of boot time at the daemon's last heartbeat (every second). The kernel side
+/// outlives the daemon (pinned); without a daemon for `HOLD_WITHOUT_DAEMON_SECS` nobody
+/// would continue a process stopped at its first contact, so none is stopped.
+pub const CFG_HEARTBEAT: u32 = 11;
+pub const CFG_ENTRIES: u32 = 12;
+/// Longer than a restart takes (a DaemonSet pod's is a few seconds), shorter than anyone waits.
+pub const HOLD_WITHOUT_DAEMON_SECS: u32 = 30;
 /// Value of an offset that the running kernel's tracepoint does not have.
 pub const CFG_ABSENT: u32 = u32::MAX;
 

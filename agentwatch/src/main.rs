@@ -48,6 +48,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove the kernel side a stopped daemon left pinned (its programs, probes and maps);
+    /// a daemon stopped with SIGTERM leaves it for the next one, Ctrl-C takes it along.
+    Unpin {
+        /// The config whose `probes.pin_root` is cleared [default: /sys/fs/bpf/agentwatch].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// How the probes would cover an executable or library (the analysis the daemon runs when
     /// it is exec'd); exits 0 when its TLS is captured exactly. Needs no daemon.
     Inspect { binary: PathBuf },
@@ -162,6 +169,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             });
+        }
+        Command::Unpin { config } => {
+            let cfg = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            let removed = agentwatch::probes::pins::unpin_all(&cfg.probes.pin_root)?;
+            if removed.is_empty() {
+                println!("nothing pinned under {}", cfg.probes.pin_root.display());
+            }
+            for dir in removed {
+                println!("removed {}", dir.display());
+            }
+            return Ok(ExitCode::SUCCESS);
         }
         Command::Inspect { binary } => {
             let (exact, what) = agentwatch::probes::inspect(&binary);

@@ -3,8 +3,9 @@
 
   python openai_chat.py --base-url https://127.0.0.1:PORT --ca DIR/ca.pem \
       [--model gpt-4o-mini] [--stream [--no-include-usage]] [--calls N] \
-      [--tag T] [--usage JSON] [--prompt TEXT] [--http2 [--concurrent]]
+      [--tag T] [--usage JSON] [--prompt TEXT] [--http2 [--concurrent]] [--alternate]
 
+--alternate streams every second call (2, 4, …) on the same keep-alive client.
 Streams pass stream_options={"include_usage": True} unless --no-include-usage.
 Prints one JSON line per call (see _common.py); exits non-zero on any failure.
 """
@@ -48,10 +49,11 @@ def make_client(args):
     )
 
 
-def chat_call(client, args, headers):
+def chat_call(client, args, headers, i=1):
     """One call; returns (usage dict, otel dict, reply chars)."""
     messages = [{"role": "user", "content": args.prompt}]
-    if not args.stream:
+    stream = args.stream or (args.alternate and i % 2 == 0)
+    if not stream:
         resp = client.chat.completions.create(
             model=args.model, messages=messages, max_completion_tokens=args.max_tokens,
             extra_headers=headers)
@@ -87,11 +89,13 @@ def main():
     ap = base_parser("official openai SDK, Chat Completions", "gpt-4o-mini")
     ap.add_argument("--no-include-usage", action="store_true",
                     help="streams: do not ask for the final usage chunk")
+    ap.add_argument("--alternate", action="store_true",
+                    help="stream every second call")
     args = ap.parse_args()
     headers = extra_headers(args)
     client = make_client(args)
     return run_calls(args, "openai_chat.py", "chat.completions",
-                     lambda i: chat_call(client, args, headers), (openai.OpenAIError,))
+                     lambda i: chat_call(client, args, headers, i), (openai.OpenAIError,))
 
 
 if __name__ == "__main__":

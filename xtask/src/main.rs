@@ -540,7 +540,13 @@ fn main() -> Result<()> {
             if let Some(f) = &filter {
                 integration.arg(f);
             }
-            run(&mut integration)?;
+            let result = run(&mut integration);
+            // Test daemons stop with SIGTERM, which leaves their kernel side pinned for a
+            // next daemon: none comes after the last test.
+            let _ = Command::new(root.join("target/release/agentwatch"))
+                .arg("unpin")
+                .status();
+            result?;
         }
         Task::Bench => {
             build()?;

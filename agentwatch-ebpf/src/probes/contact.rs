@@ -85,12 +85,16 @@ fn try_first_write(sk: u64, st: &SockState) -> Result<(), i64> {
         Hello::NoSni => CONTACT_NO_SNI,
     };
     let per_process = config(CFG_PER_PROCESS) == Some(1);
-    let hold = per_process
+    let mut hold = per_process
         && match unsafe { PROCS.get(&tgid) } {
             None => true,
             // A process found not to be an agent is held again only for a known LLM host.
             Some(s) => *s == PROC_NOT_AGENT && verdict == CONTACT_LLM_HOST,
         };
+    if hold && !daemon_alive() {
+        count(COUNT_NO_DAEMON);
+        hold = false;
+    }
     let estimate =
         verdict == CONTACT_LLM_HOST && unsafe { ESTIMATE_PORTS.get(&(st.port as u16)) }.is_some();
     if estimate {
@@ -149,6 +153,17 @@ fn try_first_write(sk: u64, st: &SockState) -> Result<(), i64> {
         }
     }
     Ok(())
+}
+
+/// A daemon beat within `HOLD_WITHOUT_DAEMON_SECS` (a restart is a few seconds): it, or the
+/// one that follows, continues what is stopped here.
+#[inline(always)]
+fn daemon_alive() -> bool {
+    let Some(beat) = config(CFG_HEARTBEAT) else {
+        return false;
+    };
+    let now_secs = (now() / 1_000_000_000) as u32;
+    now_secs.wrapping_sub(beat) <= HOLD_WITHOUT_DAEMON_SECS
 }
 
 /// The byte at `i` of the copied bytes (`i` is masked into the buffer; callers check it

@@ -37,6 +37,30 @@ pub fn render(req: &Request, answer: &Value) -> String {
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
             let _ = writeln!(out, "tracepoints: {}", tps.join(", "));
+            let ks = &answer["kernel_side"];
+            let mut line = format!("kernel side: {}", ks["origin"].as_str().unwrap_or("?"));
+            if let Some(at) = ks["pinned_at"].as_str() {
+                let _ = write!(line, ", pinned at {at}");
+            }
+            if let Some(gone) = ks["previous_daemon_gone_secs"].as_u64() {
+                let _ = write!(line, "; previous daemon gone {gone}s before this start");
+            }
+            if let Some(gap) = ks["gap_secs"].as_f64() {
+                let _ = write!(line, "; capture gap {gap:.1}s");
+            }
+            if let Some(n) = ks["adopted_processes"].as_u64().filter(|n| *n > 0) {
+                let _ = write!(line, "; {n} probed processes adopted");
+            }
+            let _ = writeln!(out, "{line}");
+            for why in ks["replaced"].as_array().into_iter().flatten() {
+                let _ = writeln!(out, "  replaced {}", why.as_str().unwrap_or("?"));
+            }
+            if let Some(why) = ks["not_pinned"].as_str() {
+                let _ = writeln!(
+                    out,
+                    "  not pinned: {why} (a restart misses what happens meanwhile)"
+                );
+            }
             let _ = writeln!(out, "TLS libraries:");
             for lib in answer["tls_libraries"].as_array().into_iter().flatten() {
                 let syms: Vec<&str> = lib["symbols"]

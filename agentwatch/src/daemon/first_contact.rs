@@ -191,11 +191,14 @@ impl HeldFile {
     }
 
     /// Continues every process a previous daemon left held; returns how many.
-    pub fn continue_left_over(&self) -> usize {
+    /// The processes a killed daemon left held that still run (same pid and start time);
+    /// the file is gone after. The caller probes them (they are undecided agents) and
+    /// continues them.
+    pub fn left_over(&self) -> Vec<u32> {
         let Ok(text) = std::fs::read_to_string(&self.0) else {
-            return 0;
+            return Vec::new();
         };
-        let mut continued = 0;
+        let mut live = Vec::new();
         for line in text.lines() {
             let mut cols = line.split_whitespace();
             let (Some(Ok(tgid)), Some(Ok(start))) = (
@@ -205,16 +208,11 @@ impl HeldFile {
                 continue;
             };
             if start_ticks(tgid) == Some(start) {
-                tracing::warn!(
-                    pid = tgid,
-                    "continuing a process a previous daemon held at its first contact"
-                );
-                cont(tgid);
-                continued += 1;
+                live.push(tgid);
             }
         }
         let _ = std::fs::remove_file(&self.0);
-        continued
+        live
     }
 }
 

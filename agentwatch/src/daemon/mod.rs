@@ -182,16 +182,36 @@ fn reload(pipeline: &Mutex<Pipeline>) -> serde_json::Value {
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     let started = Instant::now();
-    let (mut probes, ring) = Probes::load(&config.probes)?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let (mut probes, ring) = Probes::load(&config.probes, &config.data_dir)?;
     let mut gate = probes.take_gate()?;
     let meter = probes.take_meter()?;
     let closer = first_contact::Closer::spawn();
     let held_file = first_contact::HeldFile::new(&config.data_dir);
-    let left_over = held_file.continue_left_over();
-    if left_over > 0 {
+    // The probes a previous daemon left pinned for processes still running are ours now.
+    let (adopted, removed) = probes.adopt_processes();
+    tracing::info!(
+        kernel_side = %probes.kernel_side.origin,
+        adopted_processes = adopted.len(),
+        removed_process_links = removed,
+        "kernel side ready"
+    );
+    // Processes a killed daemon held at their first contact: probed now, then continued.
+    let left_over = held_file.left_over();
+    for &tgid in &left_over {
+        if config.probes.scope == Scope::Agents && !probes.attachments.is_probed(tgid) {
+            probes.attach_process(tgid);
+            probes.set_process_state(tgid, Some(agentwatch_ebpf::PROC_DECIDED));
+        }
+        first_contact::cont(tgid);
+    }
+    if !left_over.is_empty() {
         tracing::warn!(
-            processes = left_over,
-            "continued processes a killed daemon held at their first contact"
+            processes = left_over.len(),
+            "probed and continued processes a killed daemon held at their first contact"
         );
     }
     let mut discovery = Discovery {
@@ -225,10 +245,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let scope = config.probes.scope;
     let hold_timeout = Duration::from_millis(config.probes.first_contact_timeout_ms.max(1));
 
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
     let tree = ProcTree::seed(Path::new("/proc"))?;
     // JSONL plus the configured network sinks (spooled; delivered on their own tasks).
     let (mut sink, exports) = crate::sinks::build(
@@ -258,6 +274,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         let mut probed = 0;
         for key in sessions.agent_processes() {
             if tree.is_live(key)
+                && !discovery.probes.attachments.is_probed(key.tgid)
                 && !discovery
                     .probes
                     .attach_process(key.tgid)
@@ -291,6 +308,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     )?
     .with_pods(pods.clone());
     let block = if !policy.enabled() {
+        discovery.probes.drop_block_programs();
         "not attached (no ceilings configured)".to_string()
     } else {
         match discovery.probes.attach_block_programs() {
@@ -391,6 +409,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let mut execs = Vec::new();
     let mut ended: Vec<u32> = Vec::new();
     let mut not_agents: Vec<u32> = Vec::new();
+    // SIGINT (Ctrl-C at a terminal) stops for good: the kernel side goes too. SIGTERM (a
+    // service manager's stop, a DaemonSet's upgrade) leaves it pinned for the next daemon.
+    let mut interrupted = false;
     loop {
         let read = tokio::select! {
             guard = ring.readable_mut() => {
@@ -400,6 +421,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             _ = drain.tick() => true,
             _ = tick.tick() => {
                 pipeline.lock().expect("pipeline lock").tick(boot_now_ns());
+                if let Ok(mut d) = discovery.try_lock() {
+                    d.probes.heartbeat();
+                }
                 false
             }
             _ = hup.recv() => {
@@ -410,7 +434,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                 false
             }
             _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = int.recv() => {
+                interrupted = true;
+                break;
+            }
         };
         if !read {
             continue;
@@ -490,9 +517,19 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     {
         first_contact::cont(tgid);
     }
-    // Per-process probes closed together (the kernel would close them one by one at exit).
     if let Ok(mut d) = discovery.lock() {
-        closer.close(d.probes.detach_all_processes());
+        if d.probes.pin_set().is_some() && !interrupted {
+            // Pinned: the probes stay attached, and what happens until the next daemon waits
+            // in the ring buffer.
+            tracing::info!(
+                pinned_at = %d.probes.pin_set().map(|p| p.dir.display().to_string()).unwrap_or_default(),
+                "the kernel side stays attached for the next daemon (`agentwatch unpin` removes it)"
+            );
+        } else {
+            d.probes.unpin();
+            // Per-process probes closed together (the kernel would close them one by one at exit).
+            closer.close(d.probes.detach_all_processes());
+        }
     }
     closer.drain(Duration::from_secs(20));
     tracing::info!("agentwatch stopping");
@@ -521,6 +558,7 @@ fn answer(
                 detached,
                 not_covered,
                 probed,
+                kernel_side,
             ) = {
                 let d = discovery.lock().expect("discovery lock");
                 let a = &d.probes.attachments;
@@ -546,6 +584,7 @@ fn answer(
                         "detached_total": a.processes_detached_total,
                         "libraries_over_cap": a.libraries_over_cap,
                     }),
+                    d.probes.kernel_side.clone(),
                 )
             };
             let p = pipeline.lock().expect("pipeline lock");
@@ -560,6 +599,7 @@ fn answer(
                 "uptime_secs": started.elapsed().as_secs(),
                 "data_dir": data_dir,
                 "scope": scope,
+                "kernel_side": kernel_side,
                 "tracepoints": programs.tracepoints,
                 "hooks_missing": programs.missing,
                 "tls_libraries": libraries,

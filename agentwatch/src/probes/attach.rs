@@ -439,10 +439,25 @@ impl Probes {
                 None => by_program.push((program, vec![offset])),
             }
         }
+        // Pinned beside the kernel side, so a restarted daemon adopts them.
+        let pin_dir = self.pins.as_ref().and_then(|pins| {
+            let start = crate::procs::start_ticks_of(pid.get())?;
+            let dir = pins.process_dir(pid.get(), start);
+            std::fs::create_dir_all(&dir).ok()?;
+            Some(dir)
+        });
         let mut links = Vec::new();
         for (program, offsets) in by_program {
             match multi.attach(program, via, &offsets, pid.get()) {
-                Ok(link) => links.push(ProcessLink::Multi(link, identity)),
+                Ok(mut link) => {
+                    if let Some(dir) = &pin_dir {
+                        let path = dir.join(format!("{program}-{}-{}", identity.0, identity.1));
+                        if let Err(e) = link.pin(&path) {
+                            tracing::debug!("cannot pin {}: {e}", path.display());
+                        }
+                    }
+                    links.push(ProcessLink::Multi(link, identity))
+                }
                 Err(e) => {
                     // Dropping the links made so far detaches them.
                     if !via.exists() {
@@ -462,7 +477,10 @@ impl Probes {
 
     fn take_process_link(&mut self, link: ProcessLink) -> Option<Detached> {
         match link {
-            ProcessLink::Multi(l, _) => Some(Detached::Multi(l)),
+            ProcessLink::Multi(mut l, _) => {
+                l.unpin();
+                Some(Detached::Multi(l))
+            }
             ProcessLink::Perf(program, id, _) => uprobe(&mut self.ebpf, program)
                 .ok()?
                 .take_link(id)
@@ -479,6 +497,50 @@ impl Probes {
             .into_iter()
             .flat_map(|tgid| self.detach_process(tgid))
             .collect()
+    }
+
+    /// Takes over the per-process links a previous daemon pinned, for the processes still
+    /// running (same pid and start time); removes those of processes gone. Returns the
+    /// tgids adopted and how many link sets were removed.
+    pub fn adopt_processes(&mut self) -> (Vec<u32>, u64) {
+        let Some(pins) = self.pins.clone() else {
+            return (Vec::new(), 0);
+        };
+        let mut adopted = Vec::new();
+        let mut removed = 0;
+        for (tgid, start, dir) in pins.processes() {
+            if crate::procs::start_ticks_of(tgid) != Some(start) {
+                super::pins::remove_tree(&dir);
+                removed += 1;
+                continue;
+            }
+            let mut links = Vec::new();
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let mut parts = name.rsplitn(3, '-');
+                let (Some(ino), Some(dev)) = (
+                    parts.next().and_then(|v| v.parse::<u64>().ok()),
+                    parts.next().and_then(|v| v.parse::<u64>().ok()),
+                ) else {
+                    continue;
+                };
+                match MultiLink::adopt(&entry.path()) {
+                    Ok(link) => links.push(ProcessLink::Multi(link, (dev, ino))),
+                    Err(e) => tracing::warn!("cannot adopt {}: {e}", entry.path().display()),
+                }
+            }
+            if links.is_empty() {
+                super::pins::remove_tree(&dir);
+                removed += 1;
+                continue;
+            }
+            self.attachments.process_links.insert(tgid, links);
+            self.attachments.processes_attached_total += 1;
+            adopted.push(tgid);
+        }
+        self.kernel_side.adopted_processes = adopted.len() as u64;
+        self.kernel_side.removed_process_links = removed;
+        (adopted, removed)
     }
 
     /// The probed processes (for sweeps of those that vanished unseen).

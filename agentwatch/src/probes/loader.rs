@@ -42,7 +42,13 @@ pub struct ProbesConfig {
     /// continues unprobed (counted in status `first_contact.timeouts`). Default 10,000 ms.
     pub first_contact_timeout_ms: u64,
     /// Ring buffer size in bytes (a power of two, at least one page). Default 16 MiB.
+    /// A daemon that adopts a pinned kernel side keeps that ring's size.
     pub ring_buffer_bytes: u32,
+    /// Keep the kernel side (maps, ring buffer, links) pinned in bpffs across daemon restarts,
+    /// so a restarted or upgraded daemon adopts it and misses nothing. Default true.
+    pub pin: bool,
+    /// Where pin sets go. Default `/sys/fs/bpf/agentwatch`.
+    pub pin_root: PathBuf,
     /// `scope = "all"`: seconds between rescans of /proc/*/maps for TLS libraries loaded
     /// from unusual paths. Default 2.
     pub rescan_interval_secs: u64,
@@ -65,6 +71,8 @@ impl Default for ProbesConfig {
             llm_hosts: Vec::new(),
             first_contact_timeout_ms: 10_000,
             ring_buffer_bytes: 16 << 20,
+            pin: true,
+            pin_root: PathBuf::from(super::pins::DEFAULT_PIN_ROOT),
             rescan_interval_secs: 2,
             extra_libraries: Vec::new(),
             plaintext_ports: vec![11434, 1234, 8000, 8080, 4000],
@@ -112,6 +120,10 @@ pub struct KernelCounters {
     pub holds: u64,
     /// Runs of the TLS uprobe programs (every hit of a probed process's TLS calls).
     pub uprobe_hits: u64,
+    /// First contacts let go unprobed because no daemon had run for 30 s (a pinned kernel
+    /// side left behind).
+    #[serde(default)]
+    pub no_daemon: u64,
 }
 
 /// Programs attached to kernel hooks, for status: names, and the hooks that could not be
@@ -137,6 +149,12 @@ pub struct Probes {
     /// The uprobe programs loaded again for `uprobe_multi` links (per-process probes), when
     /// the kernel has them; else per-process probes are perf-event uprobes.
     pub(super) multi: Option<super::multi::MultiPrograms>,
+    /// The pin set (none when pinning is off).
+    pub(super) pins: Option<super::pins::PinSet>,
+    /// How the kernel side came to be (adopted, created, replaced), for status.
+    pub kernel_side: super::pins::KernelSide,
+    /// Links of the global programs (pinned ones: dropping closes only the descriptor).
+    _links: Vec<aya::programs::links::FdLink>,
 }
 
 /// The object's program `name` as its concrete type (tracepoint, uprobe, cgroup program).
@@ -172,7 +190,10 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, ProbeError> {
 impl Probes {
     /// Loads the object, configures it for this kernel, and attaches the process and socket
     /// tracepoints. Returns the probes and the ring buffer to read events from.
-    pub fn load(config: &ProbesConfig) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
+    pub fn load(
+        config: &ProbesConfig,
+        data_dir: &Path,
+    ) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(ProbeError::NotRoot);
@@ -182,9 +203,61 @@ impl Probes {
         }
         raise_memlock_limit();
         let root = tracefs::ensure_mounted()?;
-        let mut ebpf = EbpfLoader::new()
+        let started = boot_secs();
+        let mut kernel_side = super::pins::KernelSide::default();
+        let pins = if config.pin {
+            match super::pins::PinSet::prepare(&config.pin_root, OBJECT, data_dir) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!("{e}; the kernel side is not pinned");
+                    kernel_side.not_pinned = Some(e.to_string());
+                    None
+                }
+            }
+        } else {
+            kernel_side.not_pinned = Some("probes.pin = false".into());
+            None
+        };
+        // Other sets first: two attached at once, theirs would stop processes at their first
+        // contact that nobody continues.
+        for stale in pins.iter().flat_map(|p| p.stale.iter()) {
+            let beat = pinned_heartbeat(stale);
+            kernel_side.continued_from_replaced += continue_held_of(stale);
+            super::pins::remove_tree(stale);
+            let why = format!(
+                "{} (another build's eBPF object or another data directory)",
+                stale.display()
+            );
+            tracing::warn!("replaced the pinned kernel side at {why}");
+            kernel_side.replaced.push(why);
+            if let Some(beat) = beat {
+                kernel_side.previous_daemon_gone_secs = Some(started.saturating_sub(beat));
+            }
+        }
+        let adopt = pins.as_ref().is_some_and(|p| p.adopt);
+        // Without pinning the maps still need a bpffs directory to be created in (they are
+        // declared pinned): a private one, removed once they are loaded.
+        let scratch = (pins.is_none() && config.pin_root.parent().is_some()).then(|| {
+            config
+                .pin_root
+                .with_file_name(format!("agentwatch-unpinned-{}", std::process::id()))
+        });
+        let maps_dir = match (&pins, &scratch) {
+            (Some(p), _) => p.maps(),
+            (None, Some(d)) => {
+                let _ = std::fs::create_dir_all(d);
+                d.clone()
+            }
+            (None, None) => PathBuf::from("/sys/fs/bpf"),
+        };
+        let loaded = EbpfLoader::new()
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
-            .load(OBJECT)?;
+            .default_map_pin_directory(&maps_dir)
+            .load(OBJECT);
+        if let Some(d) = &scratch {
+            super::pins::remove_tree(d);
+        }
+        let mut ebpf = loaded?;
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf {
             detail: e.to_string(),
         })?;
@@ -209,32 +282,89 @@ impl Probes {
             PerCpuArray::try_from(take_map(&mut ebpf, "COUNTS")?).map_err(map_error("COUNTS"))?;
         let procs = aya::maps::HashMap::try_from(take_map(&mut ebpf, "PROCS")?)
             .map_err(map_error("PROCS"))?;
+        if adopt {
+            if let Some(beat) = get_config(&mut ebpf, abi::CFG_HEARTBEAT) {
+                kernel_side.previous_daemon_gone_secs = Some(started.saturating_sub(beat));
+            }
+            kernel_side.ring_drops_before_start = Some((
+                Self::per_cpu_sum(&drops, abi::DROP_RINGBUF_EVENTS),
+                Self::per_cpu_sum(&drops, abi::DROP_RINGBUF_BYTES),
+            ));
+        }
         fill_ports(&mut ebpf, config)?;
         fill_llm_hosts(&mut ebpf, &config.llm_hosts)?;
         // Settings first: the programs read them from their first run.
         write_config(&mut ebpf, &root, config.scope)?;
+        set_config(&mut ebpf, abi::CFG_HEARTBEAT, started as u32)?;
 
         let mut programs = KernelPrograms::default();
-        for (category, name) in [
+        let mut links = Vec::new();
+        let tracepoints = [
             ("task", "task_newtask"),
             ("sched", "sched_process_fork"),
             ("sched", "sched_process_exec"),
             ("sched", "sched_process_exit"),
-        ] {
-            let program: &mut TracePoint = program(&mut ebpf, name)?;
-            program.load().map_err(load_error(name))?;
-            program
-                .attach(category, name)
-                .map_err(|source| ProbeError::TracepointAttach {
-                    category: category.into(),
-                    name: name.into(),
-                    source,
+        ];
+        if adopt {
+            // The previous daemon's programs are still attached: they are kept, not doubled.
+            let pins = pins.as_ref().expect("adopting a pin set");
+            for name in super::pins::GLOBAL_LINKS {
+                let path = pins.link(name);
+                let link = aya::programs::links::PinnedLink::from_pin(&path).map_err(|e| {
+                    ProbeError::Pin {
+                        what: format!("cannot open the pinned link {}", path.display()),
+                        detail: e.to_string(),
+                    }
                 })?;
-            programs.tracepoints.push(format!("{category}:{name}"));
+                links.push(link.into());
+            }
+            for (category, name) in tracepoints {
+                programs.tracepoints.push(format!("{category}:{name}"));
+            }
+            programs.tracepoints.extend([
+                "sock:inet_sock_set_state".to_string(),
+                "sock:sock_send_length".into(),
+                "sock:sock_recv_length".into(),
+            ]);
+            if pins.link("tcp_sendmsg_locked").exists() {
+                programs.tracepoints.push("tcp:tcp_sendmsg_locked".into());
+                set_config(&mut ebpf, abi::CFG_PRE_SEND, 1)?;
+            }
+            kernel_side.origin = "adopted".into();
+            kernel_side.gap_secs = Some(0.0);
+        } else {
+            for (category, name) in tracepoints {
+                let program: &mut TracePoint = program(&mut ebpf, name)?;
+                program.load().map_err(load_error(name))?;
+                let id = program.attach(category, name).map_err(|source| {
+                    ProbeError::TracepointAttach {
+                        category: category.into(),
+                        name: name.into(),
+                        source,
+                    }
+                })?;
+                let link = program.take_link(id).map_err(load_error(name))?;
+                let link =
+                    aya::programs::links::FdLink::try_from(link).map_err(|e| ProbeError::Pin {
+                        what: format!("tracepoint {category}:{name} is not a bpf link"),
+                        detail: e.to_string(),
+                    })?;
+                links.push(pin_link(link, pins.as_ref(), name)?);
+                programs.tracepoints.push(format!("{category}:{name}"));
+            }
+            if attach_socket_programs(&mut ebpf, &btf, &mut programs, pins.as_ref(), &mut links)? {
+                set_config(&mut ebpf, abi::CFG_PRE_SEND, 1)?;
+            }
+            kernel_side.origin = if pins.is_some() {
+                "created".into()
+            } else {
+                "not pinned".into()
+            };
+            if let Some(gone) = kernel_side.previous_daemon_gone_secs {
+                kernel_side.gap_secs = Some(gone as f64 + (boot_secs() - started) as f64);
+            }
         }
-        if attach_socket_programs(&mut ebpf, &btf, &mut programs)? {
-            set_config(&mut ebpf, abi::CFG_PRE_SEND, 1)?;
-        }
+        kernel_side.pinned_at = pins.as_ref().map(|p| p.dir.clone());
         for name in super::plans::UPROBE_PROGRAMS {
             uprobe(&mut ebpf, name)?.load().map_err(load_error(name))?;
         }
@@ -251,6 +381,9 @@ impl Probes {
                 _warm: (config.scope == Scope::Agents)
                     .then(keep_task_events_warm)
                     .flatten(),
+                pins,
+                kernel_side,
+                _links: links,
             },
             ring,
         ))
@@ -286,21 +419,71 @@ impl Probes {
         let dir = std::fs::File::open(&root).map_err(|e| ProbeError::Cgroup {
             detail: format!("{}: {e}", root.display()),
         })?;
+        if let Some(pins) = &self.pins
+            && BLOCK_LINKS.iter().all(|l| pins.link(l).exists())
+        {
+            // A previous daemon's, still attached (its maps are ours now).
+            return Ok(root);
+        }
+        self.drop_block_programs();
+        let pins = self.pins.clone();
+        let pin_err = |name: &str| {
+            let name = name.to_string();
+            move |e: aya::programs::links::LinkError| ProbeError::Pin {
+                what: format!("the link of {name} is not a bpf link"),
+                detail: e.to_string(),
+            }
+        };
         for name in ["block_connect4", "block_connect6"] {
             let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             program.load().map_err(load_error(name))?;
-            program
+            let id = program
                 // A bpf link is always multi-attach; the kernel rejects attach flags on it.
                 .attach(&dir, CgroupAttachMode::Single)
                 .map_err(load_error(name))?;
+            let link = program.take_link(id).map_err(load_error(name))?;
+            let link = aya::programs::links::FdLink::try_from(link).map_err(pin_err(name))?;
+            let link = pin_link(link, pins.as_ref(), name)?;
+            self._links.push(link);
         }
         let name = "hold_egress";
         let program: &mut CgroupSkb = program(&mut self.ebpf, name)?;
         program.load().map_err(load_error(name))?;
-        program
+        let id = program
             .attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
             .map_err(load_error(name))?;
+        let link = program.take_link(id).map_err(load_error(name))?;
+        let link = aya::programs::links::FdLink::try_from(link).map_err(pin_err(name))?;
+        let link = pin_link(link, pins.as_ref(), name)?;
+        self._links.push(link);
         Ok(root)
+    }
+
+    /// Takes pinned `block` programs of a previous daemon off (this one has no ceilings).
+    pub fn drop_block_programs(&mut self) {
+        if let Some(pins) = &self.pins {
+            for name in BLOCK_LINKS {
+                let _ = std::fs::remove_file(pins.link(name));
+            }
+        }
+    }
+
+    /// Tells the kernel side a daemon is alive (every second): without one for 30 s, it
+    /// stops holding first contacts (nobody would continue them).
+    pub fn heartbeat(&mut self) {
+        let _ = set_config(&mut self.ebpf, abi::CFG_HEARTBEAT, boot_secs() as u32);
+    }
+
+    /// `Some(dir)` when the kernel side is pinned (it outlives this daemon).
+    pub fn pin_set(&self) -> Option<&super::pins::PinSet> {
+        self.pins.as_ref()
+    }
+
+    /// Removes this daemon's pin set: its kernel side goes when the daemon exits.
+    pub fn unpin(&mut self) {
+        if let Some(pins) = self.pins.take() {
+            super::pins::remove_tree(&pins.dir);
+        }
     }
 
     fn per_cpu_sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
@@ -343,6 +526,7 @@ impl Probes {
             not_tls: sum(abi::COUNT_NOT_TLS),
             holds: sum(abi::COUNT_HOLDS),
             uprobe_hits: sum(abi::COUNT_UPROBE_HITS),
+            no_daemon: sum(abi::COUNT_NO_DAEMON),
         }
     }
 }
@@ -353,37 +537,44 @@ fn attach_socket_programs(
     ebpf: &mut Ebpf,
     btf: &Btf,
     programs: &mut KernelPrograms,
+    pins: Option<&super::pins::PinSet>,
+    links: &mut Vec<aya::programs::links::FdLink>,
 ) -> Result<bool, ProbeError> {
-    let attach_btf = |ebpf: &mut Ebpf, name: &str| -> Result<(), ProbeError> {
+    let mut attach_btf = |ebpf: &mut Ebpf, name: &str| -> Result<(), ProbeError> {
         let program: &mut BtfTracePoint = program(ebpf, name)?;
         program.load(name, btf).map_err(load_error(name))?;
-        program
+        let id = program
             .attach()
             .map_err(|source| ProbeError::TracepointAttach {
                 category: "tp_btf".into(),
                 name: name.into(),
                 source,
             })?;
+        let link = program.take_link(id).map_err(load_error(name))?;
+        links.push(pin_link(link.into(), pins, name)?);
         Ok(())
     };
     attach_btf(ebpf, "inet_sock_set_state")?;
     programs.tracepoints.push("sock:inet_sock_set_state".into());
+    let pre_send = attach_btf(ebpf, "tcp_sendmsg_locked");
     for name in ["sock_send_length", "sock_recv_length"] {
         let program: &mut RawTracePoint = program(ebpf, name)?;
         program.load().map_err(load_error(name))?;
-        program
+        let id = program
             .attach(name)
             .map_err(|source| ProbeError::TracepointAttach {
                 category: "raw_tp".into(),
                 name: name.into(),
                 source,
             })?;
+        let link = program.take_link(id).map_err(load_error(name))?;
+        links.push(pin_link(link.into(), pins, name)?);
         programs.tracepoints.push(format!("sock:{name}"));
     }
     // Linux 6.13+: before a write's bytes are queued. Without it, first contacts are decided
     // when the ClientHello write ends (the same for TLS: no request byte has left), and a
     // gated write on a metered socket is held only after its bytes were queued.
-    match attach_btf(ebpf, "tcp_sendmsg_locked") {
+    match pre_send {
         Ok(()) => {
             programs.tracepoints.push("tcp:tcp_sendmsg_locked".into());
             Ok(true)
@@ -410,6 +601,7 @@ fn fill_ports(ebpf: &mut Ebpf, config: &ProbesConfig) -> Result<(), ProbeError> 
                 .ok_or_else(|| ProbeError::MissingMap { name: name.into() })?,
         )
         .map_err(map_error(name))?;
+        clear_map(&mut map);
         for port in ports {
             map.insert(port, 1, 0).map_err(map_error(name))?;
         }
@@ -429,6 +621,7 @@ fn fill_llm_hosts(ebpf: &mut Ebpf, extra: &[String]) -> Result<(), ProbeError> {
                 }
             })?)
             .map_err(map_error(map_name))?;
+        clear_map(&mut map);
         for name in list {
             map.insert(abi::host_hash(name.as_bytes()), 1, 0)
                 .map_err(map_error(map_name))?;
@@ -569,4 +762,85 @@ fn cgroup2_root() -> Option<PathBuf> {
         let (_, mount_point, fstype) = (cols.next()?, cols.next()?, cols.next()?);
         (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
     })
+}
+
+/// The cgroup programs of ceilings (`block`, held sockets).
+const BLOCK_LINKS: [&str; 3] = ["block_connect4", "block_connect6", "hold_egress"];
+
+/// Pins a global program's link in the pin set (when there is one).
+fn pin_link(
+    link: aya::programs::links::FdLink,
+    pins: Option<&super::pins::PinSet>,
+    name: &str,
+) -> Result<aya::programs::links::FdLink, ProbeError> {
+    let Some(pins) = pins else {
+        return Ok(link);
+    };
+    let path = pins.link(name);
+    link.pin(&path)
+        .map(Into::into)
+        .map_err(|e| ProbeError::Pin {
+            what: format!("cannot pin the link of {name} at {}", path.display()),
+            detail: e.to_string(),
+        })
+}
+
+/// Seconds of boot time (CLOCK_BOOTTIME, as the programs read it).
+pub(super) fn boot_secs() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64
+}
+
+fn get_config(ebpf: &mut Ebpf, index: u32) -> Option<u64> {
+    let config: Array<_, u32> = Array::try_from(ebpf.map_mut("CONFIG")?).ok()?;
+    match config.get(&index, 0) {
+        Ok(v) if v != 0 && v != abi::CFG_ABSENT => Some(v as u64),
+        _ => None,
+    }
+}
+
+/// The heartbeat in a pin set's `CONFIG` map (seconds of boot time), if it reads as ours.
+fn pinned_heartbeat(set: &Path) -> Option<u64> {
+    let data = MapData::from_pin(set.join("maps").join("CONFIG")).ok()?;
+    let config: Array<_, u32> = Array::try_from(aya::maps::Map::Array(data)).ok()?;
+    match config.get(&abi::CFG_HEARTBEAT, 0) {
+        Ok(v) if v != 0 && v != abi::CFG_ABSENT => Some(v as u64),
+        _ => None,
+    }
+}
+
+/// Continues the processes a pin set's `PROCS` map shows stopped at their first contact
+/// (its daemon is gone and its records are not ours to read). Returns how many.
+pub(super) fn continue_held_of(set: &Path) -> u64 {
+    let Ok(data) = MapData::from_pin(set.join("maps").join("PROCS")) else {
+        return 0;
+    };
+    let Ok(procs) = aya::maps::HashMap::<_, u32, u32>::try_from(aya::maps::Map::HashMap(data))
+    else {
+        return 0;
+    };
+    let held: Vec<u32> = procs
+        .iter()
+        .flatten()
+        .filter(|(_, state)| *state == abi::PROC_HELD)
+        .map(|(tgid, _)| tgid)
+        .collect();
+    for tgid in &held {
+        // SAFETY: kill(2) has no memory preconditions.
+        unsafe { libc::kill(*tgid as i32, libc::SIGCONT) };
+    }
+    held.len() as u64
+}
+
+/// Empties a user-filled hash map (settings of a previous daemon, when adopted).
+fn clear_map<K: aya::Pod>(map: &mut aya::maps::HashMap<&mut MapData, K, u32>) {
+    let keys: Vec<K> = map.keys().flatten().collect();
+    for k in keys {
+        let _ = map.remove(&k);
+    }
 }

@@ -14,6 +14,7 @@ pub mod loader;
 pub mod meter;
 pub mod multi;
 pub mod opaque;
+pub mod pins;
 pub mod plans;
 pub mod tracefs;
 
@@ -101,6 +102,10 @@ pub enum ProbeError {
     Btf { detail: String },
     #[error("cannot attach the block programs to the cgroup v2 root: {detail}")]
     Cgroup { detail: String },
+    #[error(
+        "{what}: {detail}; remove the pinned kernel side with `agentwatch unpin` and start again"
+    )]
+    Pin { what: String, detail: String },
     #[error("eBPF map `{name}`: {source}")]
     Map {
         name: String,

@@ -60,8 +60,40 @@ pub struct MultiPrograms {
     programs: HashMap<&'static str, OwnedFd>,
 }
 
-/// One attachment: closing it (dropping) detaches the probes.
-pub struct MultiLink(#[allow(dead_code)] OwnedFd);
+/// One attachment: closing it (dropping) detaches the probes, unless it is pinned.
+pub struct MultiLink {
+    fd: OwnedFd,
+    /// Where it is pinned (it outlives the daemon until unpinned).
+    pin: Option<std::path::PathBuf>,
+}
+
+impl MultiLink {
+    /// A link a previous daemon pinned at `path`.
+    pub fn adopt(path: &Path) -> std::io::Result<MultiLink> {
+        Ok(MultiLink {
+            fd: super::pins::open_pinned(path)?,
+            pin: Some(path.to_path_buf()),
+        })
+    }
+
+    /// Pins the link at `path` (a failure leaves it unpinned: it goes with this daemon).
+    pub fn pin(&mut self, path: &Path) -> std::io::Result<()> {
+        super::pins::pin_fd(self.fd.as_fd(), path)?;
+        self.pin = Some(path.to_path_buf());
+        Ok(())
+    }
+
+    /// Removes the pin: the probes go when the descriptor is closed.
+    pub fn unpin(&mut self) {
+        if let Some(path) = self.pin.take() {
+            let _ = std::fs::remove_file(&path);
+            if let Some(dir) = path.parent() {
+                // Empty once the process's last link is unpinned.
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
 
 fn map_fd(map: &Map) -> Option<RawFd> {
     let data = match map {
@@ -174,7 +206,10 @@ impl MultiPrograms {
             });
         }
         // SAFETY: a new descriptor this process owns.
-        Ok(MultiLink(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+        Ok(MultiLink {
+            fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+            pin: None,
+        })
     }
 }
 

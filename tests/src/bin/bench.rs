@@ -197,9 +197,20 @@ fn bench_exchange(
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        // SIGINT: a daemon stops for good and takes its pinned kernel side along (SIGTERM
+        // would leave it attached for a next daemon, and the runs without a daemon would pay).
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
         let _ = self.0.wait();
     }
+}
+
+/// Removes a pinned kernel side a stopped daemon left.
+fn unpin() {
+    let bin = env_path("AGENTWATCH_BIN", "target/release/agentwatch");
+    let _ = Command::new(bin)
+        .arg("unpin")
+        .stdout(Stdio::null())
+        .status();
 }
 
 fn start_daemon(dir: &Path) -> Proc {
@@ -424,6 +435,8 @@ fn main() {
     let scratch = std::env::temp_dir().join(format!("agentwatch-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
+    // A kernel side left pinned by an earlier daemon would make the runs without one pay.
+    unpin();
     let mut report = String::from(
         "# Benchmarks\n\nProduced by `cargo xtask bench` (as root) on the project's CI-class VM: 2 cores, Linux 6.18.\n\
 Probe costs are medians of interleaved runs without and with the daemon, in one run, so only the ratios compare.\n\n\
@@ -1003,6 +1016,8 @@ is memory-mapped, so most of the RSS is page cache (clean, reclaimable), not hea
             let took = started.elapsed().as_secs_f64();
             std::mem::forget(child);
             drop(clients);
+            // Both leave the kernel side pinned for a next daemon; none comes here.
+            unpin();
             let _ = writeln!(exits, "| {name} | {busy} | {took:.2} s |");
         }
     }

@@ -44,10 +44,16 @@ pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     pub fn new(name: &str) -> Scratch {
+        // Unique within this test binary (a counter) and across runs (the wall clock).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let dir = std::env::temp_dir().join(format!(
-            "agentwatch-test-{name}-{}-{}",
+            "agentwatch-test-{name}-{}-{n}-{now}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos()
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -275,6 +281,17 @@ impl Daemon {
     pub fn stop(mut self) -> String {
         terminate(&mut self.child);
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGTERM, as a service manager's stop or an upgrade; returns the directory so a new
+    /// daemon can use its data.
+    pub fn stop_keeping_data(mut self) -> Scratch {
+        terminate(&mut self.child);
+        self.dir.take().expect("directory owned by the daemon")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL, as a crash would; returns the directory so a new daemon can use its data.
