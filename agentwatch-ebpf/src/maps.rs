@@ -14,6 +14,11 @@ use aya_ebpf::{
 #[map]
 pub static EVENTS: RingBuf = RingBuf::pinned(16 << 20, 0);
 
+/// How far the daemon has read `EVENTS` (its stream position; written by user space only):
+/// a next daemon knows which records were seen already.
+#[map]
+pub static CURSOR: Array<u64> = Array::pinned(1, 0);
+
 /// Loss counters (`DROP_*`), summed over CPUs by user space.
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DROP_COUNTERS, 0);

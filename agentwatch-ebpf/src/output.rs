@@ -53,12 +53,13 @@ pub fn current() -> (u64, u32, u32) {
 pub const QUIET: u64 = 1; // BPF_RB_NO_WAKEUP
 pub const WAKE: u64 = 2; // BPF_RB_FORCE_WAKEUP
 
-/// The flags of a data record: as written when ceilings need the daemon to see requests at
-/// once (0: the kernel's own wakeup, when the daemon has caught up), else quiet.
+/// The flags of a data record: a wakeup when ceilings need the daemon to see requests at
+/// once, else quiet. (Not the kernel's own wakeup, which comes only when the consumer
+/// position has caught up: the daemon keeps it at the oldest exchange in flight.)
 #[inline(always)]
 pub fn data_flags() -> u64 {
     if config(CFG_WAKE_DATA) == Some(1) {
-        0
+        WAKE
     } else {
         QUIET
     }

@@ -52,7 +52,7 @@ def make_client(args):
 def chat_call(client, args, headers, i=1):
     """One call; returns (usage dict, otel dict, reply chars)."""
     messages = [{"role": "user", "content": args.prompt}]
-    stream = args.stream or (args.alternate and i % 2 == 0)
+    stream = args.stream or (getattr(args, "alternate", False) and i % 2 == 0)
     if not stream:
         resp = client.chat.completions.create(
             model=args.model, messages=messages, max_completion_tokens=args.max_tokens,

@@ -420,7 +420,7 @@ fn block_on_http2_stops_the_next_stream_of_the_connection() {
 }
 
 #[test]
-fn restart_keeps_or_releases_a_paused_session_with_its_spend() {
+fn restart_keeps_or_releases_a_paused_session_with_its_spend_and_a_kept_one_can_be_approved() {
     for (on_restart, expect_stopped) in [("keep", true), ("release", false)] {
         let daemon = daemon_with(&format!(
             "[ceilings]\nsession_tokens = 2500\naction = \"pause\"\non_restart = \"{on_restart}\"\n"
@@ -459,6 +459,30 @@ fn restart_keeps_or_releases_a_paused_session_with_its_spend() {
             "nothing left after the ceiling"
         );
         let id = session["session_id"].as_str().unwrap().to_string();
+        if expect_stopped {
+            // Kept paused across the crash (the gate lives in the pinned kernel side), and
+            // approved by the new daemon: the held call goes out, and the rest.
+            let out = daemon.cli(&["approve", &id, "--raise-tokens", "10000"]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let status = wait_exit(&mut child, Duration::from_secs(30));
+            assert!(
+                status.success(),
+                "the approved session ran to its end: {status:?}"
+            );
+            assert_eq!(
+                mock.served_with_tag(&tag).len(),
+                6,
+                "the held call and the rest"
+            );
+            let row = ledger_row(&daemon, pid);
+            assert_eq!(u(&row["call_count"]), 6, "{row}");
+            assert_eq!(u(&row["total_tokens"]), 6000, "{row}");
+            continue;
+        }
         assert!(daemon.cli(&["kill", &id]).status.success());
         let status = wait_exit(&mut child, Duration::from_secs(20));
         assert_eq!(status.signal(), Some(libc::SIGKILL));

@@ -1,8 +1,7 @@
 //! Restarts under traffic: the kernel side is pinned, so a daemon killed (SIGKILL) or stopped
 //! for an upgrade (SIGTERM) mid-way through agents' keep-alive connections comes back seeing
-//! them: no gap, every call after the restart has its row, none is written twice. Known limit:
-//! the call each client had in flight at the stop can be lost (its first records were read by
-//! the daemon that stopped).
+//! them, with no gap: every served call has exactly one row, the calls in flight at the stop
+//! too (their records are read again from the ring), and none is written twice.
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
@@ -62,11 +61,10 @@ fn wait_clients(clients: Vec<(String, Child)>) -> BTreeMap<String, u32> {
     pids
 }
 
-/// Every served call has one row (by client pid), except at most the one call of each client
-/// that was in flight when the daemon stopped (its first records were read by the daemon that
-/// stopped); no row is written twice; each session has one ledger row whose totals are its
-/// rows'. Returns the calls lost.
-fn assert_each_call_once(daemon: &Daemon, mock: &Mock, pids: &BTreeMap<String, u32>) -> usize {
+/// Every served call has exactly one row (by client pid), none duplicated, the calls in
+/// flight at the stop too (the next daemon reads their records again from the pinned ring);
+/// each session has one ledger row whose totals are its rows'.
+fn assert_each_call_once(daemon: &Daemon, mock: &Mock, pids: &BTreeMap<String, u32>) {
     for tag in pids.keys() {
         assert_eq!(
             mock.served_with_tag(tag).len(),
@@ -86,25 +84,37 @@ fn assert_each_call_once(daemon: &Daemon, mock: &Mock, pids: &BTreeMap<String, u
     for (tag, &pid) in pids {
         report.push_str(&format!("{tag} pid {pid}: {} rows\n", rows(pid as u64)));
     }
-    let mut lost = 0;
     for &pid in &want {
         let mine: Vec<&Value> = calls.iter().filter(|c| u(&c["pid"]) == pid).collect();
         let starts: HashSet<&str> = mine
             .iter()
             .filter_map(|c| c["started_at"].as_str())
             .collect();
-        assert!(
-            mine.len() == CALLS || mine.len() == CALLS - 1,
-            "pid {pid}: one row per served call but the one in flight at the stop\n{report}status: {}\nlog: {}",
+        if mine.len() < CALLS {
+            // Where one is missing: every second call streams, so the pattern breaks there.
+            let mut sorted: Vec<&&Value> = mine.iter().collect();
+            sorted.sort_by_key(|c| c["started_at"].as_str().unwrap_or("").to_string());
+            let at = sorted
+                .iter()
+                .enumerate()
+                .find(|(i, c)| (c["streaming"] == true) != (i % 2 == 1))
+                .map(|(i, c)| (i, c["started_at"].clone()));
+            eprintln!("pid {pid}: a call is missing before row {at:?}");
+        }
+        assert_eq!(
+            mine.len(),
+            CALLS,
+            "pid {pid}: one row per served call\n{report}status: {}\nlog: {}",
             String::from_utf8_lossy(&daemon.cli(&["status"]).stdout),
             std::fs::read_to_string(&daemon.stderr).unwrap_or_default()
         );
-        lost += CALLS - mine.len();
         assert_eq!(
             starts.len(),
             mine.len(),
             "pid {pid}: a row duplicated\n{report}"
         );
+        let streamed = mine.iter().filter(|c| c["streaming"] == true).count();
+        assert_eq!(streamed, CALLS / 2, "pid {pid}: every second call streams");
         for c in &mine {
             assert_eq!(c["status"], 200, "{c:#}");
             assert!(
@@ -116,11 +126,7 @@ fn assert_each_call_once(daemon: &Daemon, mock: &Mock, pids: &BTreeMap<String, u
             ledger.iter().filter(|l| u(&l["root_pid"]) == pid).collect();
         assert_eq!(rows_of_session.len(), 1, "pid {pid}: one ledger row");
         let l = rows_of_session[0];
-        assert_eq!(
-            u(&l["call_count"]),
-            mine.len() as u64,
-            "pid {pid}: ledger {l:#}"
-        );
+        assert_eq!(u(&l["call_count"]), CALLS as u64, "pid {pid}: ledger {l:#}");
         let tokens: u64 = mine.iter().map(|c| u(&c["total_tokens"])).sum();
         assert_eq!(
             u(&l["total_tokens"]),
@@ -128,8 +134,8 @@ fn assert_each_call_once(daemon: &Daemon, mock: &Mock, pids: &BTreeMap<String, u
             "pid {pid}: ledger tokens {l:#}"
         );
     }
-    eprintln!("{report}calls lost (in flight at the stop): {lost}");
-    lost
+    let replay = &daemon.cli_json(&["status"])["replay"];
+    eprintln!("{report}replay: {replay}");
 }
 
 fn kernel_side(daemon: &Daemon) -> Value {
@@ -149,6 +155,17 @@ fn restart_under_traffic(
     std::thread::sleep(Duration::from_secs(4));
     let served_before = mock.served().len();
     let t = Instant::now();
+    eprintln!(
+        "{name}: stopping the daemon at {}",
+        String::from_utf8_lossy(
+            &Command::new("date")
+                .arg("+%H:%M:%S.%N")
+                .output()
+                .unwrap()
+                .stdout
+        )
+        .trim()
+    );
     let dir = stop(daemon);
     let daemon = Daemon::start_in(dir, &[]);
     let restart = t.elapsed();
@@ -165,7 +182,7 @@ fn restart_under_traffic(
 }
 
 #[test]
-fn sigkill_under_traffic_misses_nothing_after_the_restart() {
+fn sigkill_under_traffic_each_call_has_exactly_one_row() {
     let (daemon, mock, pids, _) = restart_under_traffic("restart-kill", |d| d.crash());
     let ks = kernel_side(&daemon);
     assert_eq!(ks["origin"], "adopted", "{ks:#}");
@@ -174,7 +191,7 @@ fn sigkill_under_traffic_misses_nothing_after_the_restart() {
 }
 
 #[test]
-fn sigterm_upgrade_under_traffic_misses_nothing_after_the_restart() {
+fn sigterm_upgrade_under_traffic_each_call_has_exactly_one_row() {
     let (daemon, mock, pids, _) = restart_under_traffic("restart-term", |d| d.stop_keeping_data());
     let ks = kernel_side(&daemon);
     assert_eq!(ks["origin"], "adopted", "{ks:#}");

@@ -816,6 +816,12 @@ impl Connection {
         }
     }
 
+    /// HTTP/2 or WebSocket: state that spans exchanges (HPACK tables, a deflate context), so
+    /// reading it again must start where it was first seen.
+    pub fn keeps_stream_state(&self) -> bool {
+        self.h2.is_some() || self.ws.is_some()
+    }
+
     /// Nothing buffered or in flight: the daemon may drop this connection. Connections that
     /// are ignored (server side, unsupported) are idle too.
     pub fn is_idle(&self) -> bool {

@@ -264,6 +264,28 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let recovered = crate::sinks::recover(&config.data_dir, &boot_id)?;
     tracing::info!(stats = ?recovered.stats, "recovered state from {}", config.data_dir.display());
     sink.seed(&recovered.sessions);
+    // Records the previous daemon read are read again (its half-seen exchanges are rebuilt):
+    // the calls among them it wrote already are known by (pid, first byte's boot time).
+    // Also when nothing is marked seen: a daemon killed between writing rows and marking
+    // their records seen leaves them in the ring.
+    let written: Vec<(u32, u64)> = if discovery.probes.kernel_side.origin == "adopted" {
+        recovered
+            .sessions
+            .open
+            .iter()
+            .flat_map(|(_, calls)| calls.iter())
+            .filter_map(|c| Some((c.pid, c.started_ns?)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if ring.replay_end() > ring.read_pos() {
+        tracing::info!(
+            bytes = ring.replay_end() - ring.read_pos(),
+            calls_written = written.len(),
+            "reading again what the previous daemon read of exchanges still in flight"
+        );
+    }
     for row in sessions.restore(recovered.sessions, &tree, boot_now_ns()) {
         sink.write_ledger(&row)?;
     }
@@ -337,7 +359,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     )
     .with_policy(policy, gate)
     .with_meter(meter)
-    .with_pods(pods.clone());
+    .with_pods(pods.clone())
+    .with_written_calls(written);
     // Continue or release what a previous daemon held, per `on_restart`.
     pipeline.restore_policy(boot_now_ns());
     let pipeline = Arc::new(Mutex::new(pipeline));
@@ -445,11 +468,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         {
             let mut p = pipeline.lock().expect("pipeline lock");
             let ring = ring.get_mut();
-            while let Some(item) = ring.next() {
-                if let Some(tgid) = p.handle_record(&item) {
+            let seen_until = ring.replay_end();
+            while let Some((pos, item)) = ring.next() {
+                if let Some(tgid) = p.handle_record_at(pos, item, pos < seen_until) {
                     execs.push(tgid);
                 }
             }
+            // Handed back only up to the oldest exchange in flight (a next daemon reads it
+            // again), at most a quarter of the ring behind.
+            let low = p.replay_low_water(ring.read_pos(), ring.size() / 4);
+            ring.commit(low);
         }
         let held = pipeline.lock().expect("pipeline lock").take_held_contacts();
         if !held.is_empty() {
@@ -505,9 +533,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     {
         let mut p = pipeline.lock().expect("pipeline lock");
         let ring = ring.get_mut();
-        while let Some(item) = ring.next() {
-            p.handle_record(&item);
+        let seen_until = ring.replay_end();
+        while let Some((pos, item)) = ring.next() {
+            p.handle_record_at(pos, item, pos < seen_until);
         }
+        let low = p.replay_low_water(ring.read_pos(), ring.size() / 4);
+        ring.commit(low);
     }
     // Nobody is left stopped at a first contact by a daemon that goes away.
     for tgid in pipeline
@@ -617,6 +648,7 @@ fn answer(
                 "live_sessions": p.sessions.live_sessions().len(),
                 "kernel_drops": drops,
                 "pipeline": p.stats,
+                "replay": p.replay,
                 "capture": p.capture_stats,
                 "aead": p.aead.stats,
                 "estimates": {

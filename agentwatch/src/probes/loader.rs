@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use agentwatch_ebpf as abi;
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint, UProbe};
 use aya::{Btf, Ebpf, EbpfLoader};
 use serde::{Deserialize, Serialize};
@@ -193,7 +193,7 @@ impl Probes {
     pub fn load(
         config: &ProbesConfig,
         data_dir: &Path,
-    ) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
+    ) -> Result<(Probes, super::ring::Ring), ProbeError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(ProbeError::NotRoot);
@@ -274,8 +274,18 @@ impl Probes {
         } else {
             None
         };
-        let ring =
-            RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(map_error("EVENTS"))?;
+        let events = match take_map(&mut ebpf, "EVENTS")? {
+            aya::maps::Map::RingBuf(data) => data,
+            _ => {
+                return Err(ProbeError::MissingMap {
+                    name: "EVENTS".into(),
+                });
+            }
+        };
+        let cursor = ebpf
+            .take_map("CURSOR")
+            .and_then(|m| Array::<MapData, u64>::try_from(m).ok());
+        let ring = super::ring::Ring::new(events, cursor)?;
         let drops =
             PerCpuArray::try_from(take_map(&mut ebpf, "DROPS")?).map_err(map_error("DROPS"))?;
         let counts =

@@ -16,6 +16,7 @@ pub mod multi;
 pub mod opaque;
 pub mod pins;
 pub mod plans;
+pub mod ring;
 pub mod tracefs;
 
 pub use attach::{AttachedLibrary, Detached, DetachedLinks, ProcessCoverage};
@@ -106,6 +107,8 @@ pub enum ProbeError {
         "{what}: {detail}; remove the pinned kernel side with `agentwatch unpin` and start again"
     )]
     Pin { what: String, detail: String },
+    #[error(transparent)]
+    Ring(#[from] ring::RingError),
     #[error("eBPF map `{name}`: {source}")]
     Map {
         name: String,

@@ -198,6 +198,7 @@ impl Sessions {
             root_cmdline: None,
             blocked: true,
             estimate: None,
+            started_ns: None,
             ns_pid: None,
             workload: Default::default(),
         }

@@ -594,6 +594,7 @@ impl Sessions {
             root_cmdline: first.then(|| session.root_cmdline.clone()),
             blocked: false,
             estimate: call.estimate.clone(),
+            started_ns: Some(call.request.started_at_ns),
             ns_pid: origin.ns_pid,
             workload: origin.workload,
         };

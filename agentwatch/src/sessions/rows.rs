@@ -66,6 +66,10 @@ pub struct CallRecord {
     /// `usage_source = "estimated"`: the bounds of the estimate and what it rests on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimate: Option<crate::accounting::Estimate>,
+    /// Boot-clock nanoseconds of the request's first byte as the kernel stamped it: names the
+    /// call across a daemon restart (records read again are matched against rows written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ns: Option<u64>,
     /// The caller's pid in its own PID namespace (a container's), when that differs from `pid`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ns_pid: Option<u32>,

@@ -9,7 +9,7 @@ pub mod estimates;
 
 pub use contacts::FirstContactStats;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use agentwatch_ebpf::{DIR_WRITE, EVENT_TLS_DATA, TLS_FLAG_AEAD, TLS_FLAG_LOSS_BEFORE, TlsData};
@@ -87,6 +87,25 @@ struct Conn {
     conn: Connection,
     key: ProcKey,
     last_seen_ns: u64,
+    /// Ring position of the first record of the exchange in flight (none when idle): a next
+    /// daemon must read the ring again from there to rebuild it.
+    replay_from: Option<u64>,
+}
+
+/// What a daemon read again of the records its predecessor had read (see `probes::ring`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReplayStats {
+    /// Records read again (only connection data is handled again).
+    pub records: u64,
+    /// Calls found again whose row the previous daemon had written (not written twice).
+    pub calls_already_written: u64,
+    /// Calls whose start the previous daemon had seen and that only this one saw end.
+    pub calls_completed: u64,
+    /// Exchanges in flight longer than the replay window allows (a quarter of the ring):
+    /// the ring was handed back past them, so a restart then would lose them.
+    pub window_exceeded: u64,
+    /// Ring bytes read but not handed back now (what a next daemon would read again).
+    pub ring_uncommitted_bytes: u64,
 }
 
 pub struct Pipeline {
@@ -138,6 +157,14 @@ pub struct Pipeline {
     held_sockets: HashMap<u32, Vec<ceilings::HeldSocket>>,
     /// (boot ns after which to release, cookie) of exited processes' held sockets.
     held_sockets_expiring: Vec<(u64, u64)>,
+    /// Ring position of the record being handled.
+    record_pos: u64,
+    /// The record was read by the previous daemon too.
+    replaying: bool,
+    /// (pid, boot ns of the request's first byte) of calls already written by a previous
+    /// daemon whose records may be read again.
+    written: HashSet<(u32, u64)>,
+    pub replay: ReplayStats,
 }
 
 impl Pipeline {
@@ -177,7 +204,56 @@ impl Pipeline {
             origins: HashMap::new(),
             held_sockets: HashMap::new(),
             held_sockets_expiring: Vec::new(),
+            record_pos: 0,
+            replaying: false,
+            written: HashSet::new(),
+            replay: ReplayStats::default(),
         }
+    }
+
+    /// Calls already written (from `calls.jsonl`): found again in records read again, they
+    /// are not written twice.
+    pub fn with_written_calls(mut self, calls: impl IntoIterator<Item = (u32, u64)>) -> Self {
+        self.written.extend(calls);
+        self
+    }
+
+    /// Handles the record at ring position `pos`; `seen_before`: a previous daemon read it
+    /// (only connection data is handled again, to rebuild exchanges it had half seen).
+    pub fn handle_record_at(&mut self, pos: u64, record: &[u8], seen_before: bool) -> Option<u32> {
+        self.record_pos = pos;
+        self.replaying = seen_before;
+        if seen_before {
+            self.replay.records += 1;
+            let data = matches!(
+                crate::probes::decode(record),
+                Ok(KernelEvent::Tls { .. } | KernelEvent::TlsHandshake { .. })
+            );
+            if !data {
+                return None;
+            }
+        }
+        self.handle_record(record)
+    }
+
+    /// Where the ring may be handed back to: the first record of the oldest exchange in
+    /// flight, but no more than `window` bytes behind `read` (older exchanges are given up
+    /// for a restart, counted).
+    pub fn replay_low_water(&mut self, read: u64, window: u64) -> u64 {
+        let floor = read.saturating_sub(window);
+        let mut low = read;
+        for c in self.conns.values_mut() {
+            if let Some(p) = c.replay_from {
+                if p < floor {
+                    c.replay_from = None;
+                    self.replay.window_exceeded += 1;
+                } else {
+                    low = low.min(p);
+                }
+            }
+        }
+        self.replay.ring_uncommitted_bytes = read - low;
+        low
     }
 
     /// The kernel map of metered sockets (estimates).
@@ -416,6 +492,7 @@ impl Pipeline {
                     conn: Connection::new(self.limits),
                     key,
                     last_seen_ns: h.ts_ns,
+                    replay_from: None,
                 },
             );
             self.conns_by_tgid.entry(h.tgid).or_default().push(h.conn);
@@ -453,6 +530,13 @@ impl Pipeline {
             c.conn
                 .on_read(data, h.ts_ns, &mut self.capture_stats, &mut out);
         }
+        // HTTP/2 (HPACK tables) and WebSocket (deflate context) keep state across
+        // exchanges: a replay must start at the connection's first record seen.
+        if c.conn.is_idle() && !c.conn.keeps_stream_state() {
+            c.replay_from = None;
+        } else if c.replay_from.is_none() {
+            c.replay_from = Some(self.record_pos);
+        }
         let key = c.key;
         self.apply(key, &mut out);
         self.scratch = out;
@@ -462,6 +546,13 @@ impl Pipeline {
     fn apply(&mut self, key: ProcKey, events: &mut Vec<CaptureEvent>) {
         for event in events.drain(..) {
             match event {
+                CaptureEvent::Request(req)
+                    if self.written.contains(&(key.tgid, req.started_at_ns)) => {}
+                CaptureEvent::Call(call)
+                    if self.written.remove(&(key.tgid, call.request.started_at_ns)) =>
+                {
+                    self.replay.calls_already_written += 1;
+                }
                 CaptureEvent::Request(req) => {
                     self.stats.llm_requests += 1;
                     self.probation_passed(key.tgid);
@@ -474,6 +565,9 @@ impl Pipeline {
                 }
                 CaptureEvent::Call(call) => {
                     self.stats.llm_calls += 1;
+                    if self.replaying {
+                        self.replay.calls_completed += 1;
+                    }
                     let model = call
                         .request
                         .model
