@@ -1015,10 +1015,22 @@ is memory-mapped, so most of the RSS is page cache (clean, reclaimable), not hea
             let _ = child.0.wait();
             let took = started.elapsed().as_secs_f64();
             std::mem::forget(child);
+            // Both leave the kernel side pinned: the next daemon adopts it, the clients
+            // still connected (and probed).
+            let started = Instant::now();
+            let next = start_daemon(scratch);
+            let ready = started.elapsed().as_secs_f64();
+            let s = status(&sock);
+            let ks = &s["kernel_side"];
+            let _ = writeln!(
+                exits,
+                "| {name} | {busy} | {took:.2} s | {ready:.2} s | {}, {} probed processes adopted, gap {} s |",
+                ks["origin"].as_str().unwrap_or("?"),
+                ks["adopted_processes"],
+                ks["gap_secs"]
+            );
             drop(clients);
-            // Both leave the kernel side pinned for a next daemon; none comes here.
-            unpin();
-            let _ = writeln!(exits, "| {name} | {busy} | {took:.2} s |");
+            drop(next);
         }
     }
     let _ = python;
@@ -1034,7 +1046,11 @@ so probing one more libssl process costs more the more there are:\n\n\
 With {probed} probed: VmRSS {busy_rss:.1} MiB, RssAnon {busy_anon:.1} MiB.\n\n\
 Once those {probed} processes exit, their probes are closed off the event loop ({} links, closed together on up to 32\n\
 threads so their grace periods overlap): {released:.1} s until every link was closed{}.\n\n\
-| signal | probed processes | daemon exit |\n|---|---|---|\n{exits}",
+A daemon stopped by SIGTERM (a service manager, an upgrade) or killed leaves its kernel side pinned: nothing is\n\
+torn down, and the next daemon started on the same data adopts it (its programs, maps, ring buffer and the probed\n\
+processes' links), so nothing is missed in between (`tests/tests/restart.rs`: each served call exactly one row).\n\
+\n\
+| signal | probed processes | daemon exit | next daemon ready | next daemon's kernel side |\n|---|---|---|---|---|\n{exits}",
         links_kind,
         if released_ok {
             ""
