@@ -9,6 +9,9 @@ pub mod capture;
 pub mod config;
 pub mod control;
 pub mod daemon;
+/// Harness helpers for the fuzz targets (`fuzz/`), which turn the `fuzzing` feature on; not
+/// part of the daemon.
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod policy;
 pub mod privileges;

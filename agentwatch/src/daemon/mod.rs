@@ -182,6 +182,7 @@ fn reload(pipeline: &Mutex<Pipeline>) -> serde_json::Value {
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     let started = Instant::now();
+    crate::probes::require_root()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::DataDir {
         path: config.data_dir.clone(),
         source,

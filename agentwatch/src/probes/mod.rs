@@ -23,6 +23,15 @@ pub use attach::{AttachedLibrary, Detached, DetachedLinks, ProcessCoverage};
 pub use events::{KernelEvent, decode};
 pub use loader::{DropCounters, KernelCounters, Probes, ProbesConfig, Scope};
 
+/// The daemon's first check: it loads eBPF programs, so it must be root.
+pub fn require_root() -> Result<(), ProbeError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(ProbeError::NotRoot);
+    }
+    Ok(())
+}
+
 /// How the probes would cover the executable or library at `path` (`agentwatch inspect`):
 /// (covered exactly, what was found). Runs the same analysis the daemon runs at first contact.
 pub fn inspect(path: &std::path::Path) -> (bool, String) {

@@ -167,7 +167,9 @@ impl Ring {
         unsafe { (self.producer.ptr as *const u8).add(self.page) }
     }
 
-    /// The next record and its position; `None` when none is ready.
+    /// The next record and its position; `None` when none is ready. Not an `Iterator`: the
+    /// record borrows the ring.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<(u64, &[u8])> {
         loop {
             if self.read >= self.producer_pos() {

@@ -71,11 +71,7 @@ struct FeedbackProbe {
 }
 
 fn parse(data: &[u8]) -> Option<Probe> {
-    let first = data.iter().find(|b| !b.is_ascii_whitespace());
-    if first != Some(&b'{') {
-        return None;
-    }
-    serde_json::from_slice(data).ok()
+    super::json::object(data)
 }
 
 #[derive(Debug, Clone, Default)]

@@ -19,9 +19,12 @@
 pub mod anthropic;
 pub mod call;
 pub mod gemini;
+mod json;
 pub mod ollama;
 pub mod openai;
 pub mod responses;
+
+pub(crate) use json::{as_count, count};
 
 pub use call::{LlmCall, LlmRequest};
 
@@ -375,11 +378,7 @@ pub(crate) struct Envelope {
 
 impl Envelope {
     pub(crate) fn parse(data: &[u8]) -> Option<Envelope> {
-        let first = data.iter().find(|b| !b.is_ascii_whitespace());
-        if first != Some(&b'{') {
-            return None;
-        }
-        serde_json::from_slice(data).ok()
+        json::object(data)
     }
 }
 
@@ -451,24 +450,6 @@ impl Accumulator {
     pub fn meta(&self) -> &ResponseMeta {
         each!(self, a => &a.meta)
     }
-}
-
-/// Reads a token count: a non-negative integer (a float with no fraction is tolerated) below
-/// 10^15. Larger values are treated as absent: no call comes near, and the sums made of counts
-/// (Anthropic input + cache, totals) must not overflow.
-pub(crate) fn count(obj: &Value, key: &str) -> Option<u64> {
-    as_count(obj.get(key)?)
-}
-
-/// A token count value (see [`count`]).
-pub(crate) fn as_count(v: &Value) -> Option<u64> {
-    v.as_u64()
-        .filter(|n| *n < 1_000_000_000_000_000)
-        .or_else(|| {
-            v.as_f64()
-                .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1e15)
-                .map(|f| f as u64)
-        })
 }
 
 /// Known LLM endpoints by exact host name, and their vendor.

@@ -317,6 +317,32 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// For negative checks ("nothing of that process was recorded"): one call after it, by a
+/// client that is captured, and a wait for its row. Records come through one ordered ring
+/// buffer, so once the sentinel's row is in, everything written before it was handled.
+/// `plain`: the mock serves plain HTTP (a watched port).
+pub fn sentinel_call(daemon: &Daemon, mock: &Mock, plain: bool) {
+    let mut cmd = Command::new(python());
+    if plain {
+        cmd.arg(clients().join("plain_vectored.py")).args([
+            "--port",
+            &mock.port.to_string(),
+            "--mode",
+            "msg",
+        ]);
+    } else {
+        cmd.arg(clients().join("openai_chat.py"))
+            .args(["--base-url", &mock.base_url()])
+            .arg("--ca")
+            .arg(&mock.ca);
+    }
+    cmd.args(["--tag", "sentinel", "--calls", "1"]);
+    let (pid, _) = run_client(cmd);
+    daemon.wait_for("the sentinel call's row", |calls, _| {
+        calls.iter().any(|c| u(&c["pid"]) == pid as u64)
+    });
+}
+
 /// Runs a client to completion (bounded) and returns its pid and output.
 pub fn run_client(mut cmd: Command) -> (u32, Output) {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
