@@ -35,6 +35,11 @@ pub struct Received {
     pub http_requests: u64,
     /// HTTP requests refused (wrong path or content type, undecodable body).
     pub http_rejected: u64,
+    /// Answer every HTTP trace export that carries spans with 400 Bad Request (a receiver
+    /// that refuses the batch itself); empty ones (health checks) still succeed.
+    pub refuse_spans: bool,
+    /// HTTP trace exports refused that way.
+    pub refused: u64,
 }
 
 #[derive(Clone, Default)]
@@ -190,6 +195,11 @@ impl OtlpReceiver {
         f(&self.received.lock().unwrap())
     }
 
+    /// See `Received::refuse_spans`.
+    pub fn refuse_spans(&self, on: bool) {
+        self.received.lock().unwrap().refuse_spans = on;
+    }
+
     /// Every span received so far (a re-sent span appears once per delivery).
     pub fn spans(&self) -> Vec<RecordedSpan> {
         self.with(|r| {
@@ -287,6 +297,10 @@ async fn serve_http(listener: tokio::net::TcpListener, state: Arc<Mutex<Received
                         match path.as_str() {
                             "/v1/traces" => {
                                 match ExportTraceServiceRequest::decode(body.as_ref()) {
+                                    Ok(m) if r.refuse_spans && !m.resource_spans.is_empty() => {
+                                        r.refused += 1;
+                                        reply(400, b"refused by the test".to_vec())
+                                    }
                                     Ok(m) => {
                                         r.http_requests += 1;
                                         r.traces.push(m);

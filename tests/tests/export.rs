@@ -565,3 +565,61 @@ fn http_get(port: u16, path: &str) -> String {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     out
 }
+
+/// A receiver that refuses the batch itself (HTTP 400) is not retried forever: the batch is
+/// parked beside the spool, counted, its error shown, and delivery goes on with what follows.
+#[test]
+fn a_batch_refused_for_good_is_parked_and_delivery_goes_on() {
+    let receiver = OtlpReceiver::start();
+    receiver.refuse_spans(true);
+    let daemon = daemon_with(&format!(
+        "[sinks.otlp]\nendpoint = \"{}\"\nprotocol = \"http/protobuf\"\n",
+        receiver.http_endpoint()
+    ));
+    let mock = Mock::start(&[]);
+    let refused = chat(&mock, "otlp-refused", 2);
+    daemon.wait_for("the refused session's ledger row", |_, l| {
+        l.iter().any(|r| u(&r["root_pid"]) == refused as u64)
+    });
+    wait_until(
+        "the refused batches parked",
+        30,
+        || {
+            let s = sink_status(&daemon, "otlp");
+            u(&s["parked_records"]) >= 3 && u(&s["spool"]["pending_rows"]) == 0
+        },
+        || format!("{:#}", sink_status(&daemon, "otlp")),
+    );
+    let s = sink_status(&daemon, "otlp");
+    assert!(
+        s["last_permanent_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("400")),
+        "{s:#}"
+    );
+    let parked = daemon.data_dir.join("spool/otlp/parked.jsonl");
+    let lines = std::fs::read_to_string(&parked)
+        .unwrap_or_else(|e| panic!("{}: {e}", parked.display()))
+        .lines()
+        .count() as u64;
+    assert_eq!(lines, u(&s["parked_records"]), "{s:#}");
+    assert!(receiver.with(|r| r.refused) >= 1);
+    // The receiver takes batches again: the next session's spans arrive (nothing is stuck
+    // behind the refused batch).
+    receiver.refuse_spans(false);
+    let next = chat(&mock, "otlp-after-refusal", 1);
+    daemon.wait_for("the next session's ledger row", |_, l| {
+        l.iter().any(|r| u(&r["root_pid"]) == next as u64)
+    });
+    wait_until(
+        "the next session's spans",
+        30,
+        || {
+            receiver
+                .spans()
+                .iter()
+                .any(|sp| sp.int("process.pid") == Some(next as i64))
+        },
+        || format!("{:#}", sink_status(&daemon, "otlp")),
+    );
+}

@@ -232,3 +232,59 @@ fn scope_all_probes_every_tls_process_without_holds() {
     let stats = &daemon.cli_json(&["status"])["first_contact"]["stats"];
     assert_eq!(u(&stats["holds"]), 0, "{stats}");
 }
+
+/// Many processes started at once, each exec'd and at its first contact within the same few
+/// milliseconds (one drain of the ring buffer): every one stays probed. (An exec's record
+/// used to take off the probes of the first contact that followed it when the attach won the
+/// race, and a third to a half of them were left unprobed.)
+#[test]
+fn processes_started_together_are_all_probed() {
+    const N: usize = 60;
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    struct Client(std::process::Child);
+    impl Drop for Client {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let clients: Vec<Client> = (0..N)
+        .map(|_| {
+            Client(
+                Command::new("openssl")
+                    .args(["s_client", "-quiet", "-connect"])
+                    .arg(format!("127.0.0.1:{}", mock.port))
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("openssl s_client"),
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = daemon.cli_json(&["status"]);
+        let now = s["probed_processes"]["now"].as_u64().unwrap_or(0);
+        if now >= N as u64 {
+            assert_eq!(s["first_contact"]["stats"]["timeouts"], 0, "{s:#}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{now} of {N} probed: {:#}",
+            s["probed_processes"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // They stay probed (no late detach).
+    std::thread::sleep(Duration::from_millis(500));
+    let s = daemon.cli_json(&["status"]);
+    assert_eq!(
+        s["probed_processes"]["now"], N as u64,
+        "{:#}",
+        s["probed_processes"]
+    );
+    drop(clients);
+}

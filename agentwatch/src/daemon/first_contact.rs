@@ -130,9 +130,10 @@ pub fn decide_all(
         let (discovery, pipeline) = (discovery.clone(), pipeline.clone());
         let attaching = closer.attaching.clone();
         let held_file = held_file.clone();
+        let closer = closer.clone();
         attaching.fetch_add(1, Ordering::AcqRel);
         tokio::task::spawn_blocking(move || {
-            decide(contact, &discovery, &pipeline, &held_file);
+            decide(contact, &discovery, &pipeline, &held_file, &closer);
             attaching.fetch_sub(1, Ordering::AcqRel);
         });
     }
@@ -143,13 +144,19 @@ fn decide(
     discovery: &Mutex<Discovery>,
     pipeline: &Mutex<Pipeline>,
     held_file: &HeldFile,
+    closer: &Closer,
 ) {
     let started = Instant::now();
     let coverage = {
         let Ok(mut d) = discovery.lock() else {
             return;
         };
+        // Probes of its program before an exec whose record is not handled yet: off first.
+        if d.probes.attachments.is_probed(contact.tgid) {
+            closer.close(d.probes.detach_process(contact.tgid));
+        }
         let coverage = d.probes.attach_process(contact.tgid);
+        d.probes.probed_since(contact.tgid, contact.ts_ns);
         // Decided, whatever was found: its later connections are not held.
         d.probes.set_process_state(contact.tgid, Some(PROC_DECIDED));
         coverage

@@ -431,7 +431,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let mut drain = tokio::time::interval(RING_DRAIN);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut execs = Vec::new();
-    let mut ended: Vec<u32> = Vec::new();
+    let mut ended: Vec<(u32, u64)> = Vec::new();
     let mut not_agents: Vec<u32> = Vec::new();
     // SIGINT (Ctrl-C at a terminal) stops for good: the kernel side goes too. SIGTERM (a
     // service manager's stop, a DaemonSet's upgrade) leaves it pinned for the next daemon.
@@ -508,8 +508,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                 for (identity, http) in p.first_writes.drain(..) {
                     closer.close(d.probes.judge_first_write(identity, http));
                 }
-                for tgid in ended.drain(..) {
-                    closer.close(d.probes.detach_process(tgid));
+                for (tgid, at) in ended.drain(..) {
+                    // Not the probes of a first contact made after that exec (both can be
+                    // in one drain, and the attach can win the race to the lock).
+                    closer.close(d.probes.detach_process_before(tgid, at));
                 }
             }
         }

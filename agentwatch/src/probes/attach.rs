@@ -148,6 +148,8 @@ pub struct Attachments {
     file_links: HashMap<(u64, u64), Vec<(&'static str, UProbeLinkId)>>,
     /// `scope = "agents"`: the links of each probed process, with the file they are on.
     process_links: HashMap<u32, Vec<ProcessLink>>,
+    /// Boot ns of the first contact each process was probed for (see `probed_since`).
+    probed_since: HashMap<u32, u64>,
     /// Files detached because no process could reach them any more.
     pub detached: u64,
     /// Executables using TLS that cannot be probed, by path: why (bounded).
@@ -174,6 +176,7 @@ impl Default for Attachments {
             seen_files: HashSet::new(),
             file_links: HashMap::new(),
             process_links: HashMap::new(),
+            probed_since: HashMap::new(),
             detached: 0,
             not_covered: BTreeMap::new(),
             not_covered_over_cap: 0,
@@ -388,9 +391,31 @@ impl Probes {
         coverage
     }
 
+    /// Records that `tgid`'s probes are for its program as of boot time `ts_ns` (its first
+    /// contact), so an exec or exit recorded before that does not take them off.
+    pub fn probed_since(&mut self, tgid: u32, ts_ns: u64) {
+        if self.attachments.process_links.contains_key(&tgid) {
+            self.attachments.probed_since.insert(tgid, ts_ns);
+        }
+    }
+
+    /// `detach_process` for an exec or exit at boot time `at`, unless the probes are newer.
+    pub fn detach_process_before(&mut self, tgid: u32, at: u64) -> DetachedLinks {
+        if self
+            .attachments
+            .probed_since
+            .get(&tgid)
+            .is_some_and(|since| *since > at)
+        {
+            return Vec::new();
+        }
+        self.detach_process(tgid)
+    }
+
     /// Takes a process's probes off (it exited, exec'd, or is not an agent after all). The
     /// links come back to be closed off this thread.
     pub fn detach_process(&mut self, tgid: u32) -> DetachedLinks {
+        self.attachments.probed_since.remove(&tgid);
         let Some(links) = self.attachments.process_links.remove(&tgid) else {
             return Vec::new();
         };

@@ -16,11 +16,11 @@
 use std::time::Duration;
 
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
 use super::config::ClickHouseConfig;
+use super::destination::DeliveryError;
 use super::export::ExportItem;
 use crate::sessions::{CallRecord, LedgerRow};
 
@@ -230,7 +230,7 @@ impl From<&CallRecord> for CallRow {
             call_seq: c.call_seq,
             request_bytes: c.request_bytes,
             response_bytes: c.response_bytes,
-            blocked: u8::from(super::spans::is_blocked(c)),
+            blocked: u8::from(c.blocked),
             started_ns: c.started_ns,
             ns_pid: c.ns_pid,
             container_id: c.workload.container_id.clone(),
@@ -322,21 +322,6 @@ fn identifier(key: &'static str, value: &str) -> Result<(), ClickHouseConfigErro
     Ok(())
 }
 
-/// A hyper connector with TCP_NODELAY (without it each mid-sized insert stalls ~40 ms on Nagle
-/// + delayed ACK) and rustls for `https://`.
-pub fn connector(timeout: Duration) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(timeout));
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| e.to_string())?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http))
-}
-
 pub struct ClickHouseDest {
     cfg: ClickHouseConfig,
     /// Without a database (DDL), and with it (inserts).
@@ -352,7 +337,7 @@ impl ClickHouseDest {
         if !(cfg.url.starts_with("http://") || cfg.url.starts_with("https://")) {
             return Err(ClickHouseConfigError::BadUrl(cfg.url.clone()));
         }
-        let conn = connector(Duration::from_secs(cfg.timeout_secs.max(1)))
+        let conn = super::http::connector(Duration::from_secs(cfg.timeout_secs.max(1)))
             .map_err(ClickHouseConfigError::Tls)?;
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -418,7 +403,7 @@ impl ClickHouseDest {
             .map_err(|e| format!("SELECT 1 on {}: {e}", self.cfg.url))
     }
 
-    pub async fn deliver(&mut self, items: &[ExportItem]) -> Result<(), String> {
+    pub async fn deliver(&mut self, items: &[ExportItem]) -> Result<(), DeliveryError> {
         let calls: Vec<CallRow> = items
             .iter()
             .filter_map(|i| match i {
@@ -461,12 +446,17 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
-async fn insert<T>(client: &clickhouse::Client, table: &str, rows: &[T]) -> Result<(), String>
+async fn insert<T>(
+    client: &clickhouse::Client,
+    table: &str,
+    rows: &[T],
+) -> Result<(), DeliveryError>
 where
     T: clickhouse::Row + clickhouse::RowWrite + for<'a> clickhouse::Row<Value<'a> = T>,
 {
-    let what =
-        |e: clickhouse::error::Error| format!("inserting {} rows into {table}: {e}", rows.len());
+    let what = |e: clickhouse::error::Error| {
+        DeliveryError::from_clickhouse(format!("inserting {} rows into {table}: {e}", rows.len()))
+    };
     let mut ins = client.insert::<T>(table).await.map_err(what)?;
     for r in rows {
         ins.write(r).await.map_err(what)?;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Notify;
 
+use super::destination::DeliveryError;
 use super::metrics::Metrics;
 use super::spans::{AgentSummary, SessionClose};
 use super::spool::Spool;
@@ -55,6 +56,11 @@ pub struct DestStatus {
     pub metric_export_failures: AtomicU64,
     /// Agents or ceiling hits not remembered for agent spans (over the per-session bound).
     pub tracker_dropped: AtomicU64,
+    /// Records of batches the destination refused for good (a permanent error: not retried),
+    /// kept in `parked.jsonl` beside the spool; beyond its bound, counted only.
+    pub parked_records: AtomicU64,
+    pub parked_over_cap: AtomicU64,
+    pub last_permanent_error: Mutex<Option<String>>,
     pub last_success_unix: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
@@ -77,6 +83,9 @@ impl DestStatus {
             metric_exports: AtomicU64::new(0),
             metric_export_failures: AtomicU64::new(0),
             tracker_dropped: AtomicU64::new(0),
+            parked_records: AtomicU64::new(0),
+            parked_over_cap: AtomicU64::new(0),
+            last_permanent_error: Mutex::new(None),
             last_success_unix: AtomicU64::new(0),
             last_error: Mutex::new(None),
         }
@@ -122,6 +131,9 @@ impl DestStatus {
             "metric_exports": self.metric_exports.load(Ordering::Relaxed),
             "metric_export_failures": self.metric_export_failures.load(Ordering::Relaxed),
             "tracker_dropped": self.tracker_dropped.load(Ordering::Relaxed),
+            "parked_records": self.parked_records.load(Ordering::Relaxed),
+            "parked_over_cap": self.parked_over_cap.load(Ordering::Relaxed),
+            "last_permanent_error": *self.last_permanent_error.lock().unwrap_or_else(|e| e.into_inner()),
             "last_success_unix": self.last_success_unix.load(Ordering::Relaxed),
             "last_error": *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
             "spool": spool,
@@ -367,7 +379,11 @@ impl Destination {
         }
     }
 
-    async fn deliver(&mut self, items: &[ExportItem], status: &DestStatus) -> Result<(), String> {
+    async fn deliver(
+        &mut self,
+        items: &[ExportItem],
+        status: &DestStatus,
+    ) -> Result<(), DeliveryError> {
         match self {
             Destination::ClickHouse(d) => d.deliver(items).await,
             Destination::Otlp(d) => d.deliver(items, status).await,
@@ -488,8 +504,45 @@ pub async fn run_delivery(
                 last_check = tokio::time::Instant::now();
                 backoff = BACKOFF_MIN;
             }
-            Ok(Err(e)) => {
+            Ok(Err(DeliveryError::Permanent(e))) => {
+                // Sending these bytes again cannot succeed: park them and go on.
+                let spool = status.spool.clone();
+                let b = batch.clone();
+                let parked = tokio::task::spawn_blocking(move || {
+                    let kept = park(spool.dir(), &b.records);
+                    (kept, spool.commit(&b))
+                })
+                .await;
+                let n = batch.records.len() as u64;
+                match parked {
+                    Ok((kept, Ok(()))) => {
+                        status.parked_records.fetch_add(n, Ordering::Relaxed);
+                        if !kept {
+                            status.parked_over_cap.fetch_add(n, Ordering::Relaxed);
+                        }
+                    }
+                    Ok((_, Err(e))) => {
+                        status.failure("committing the spool cursor", &e.to_string())
+                    }
+                    Err(e) => status.failure("parking a batch", &e.to_string()),
+                }
+                tracing::error!(
+                    sink = status.name,
+                    target = %status.target,
+                    records = n,
+                    "{e}; the destination refused this batch for good: parked in parked.jsonl beside the spool, not retried"
+                );
+                *status
+                    .last_permanent_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(e);
+                status.failed_requests.fetch_add(1, Ordering::Relaxed);
+                backoff = BACKOFF_MIN;
+            }
+            Ok(Err(DeliveryError::Retryable(e))) => {
                 status.failure("delivering a batch", &e);
+                // A table or database gone is made again by the schema step.
+                status.ready.store(false, Ordering::Relaxed);
                 fail_wait(&mut backoff).await;
             }
             Err(_) => {
@@ -501,4 +554,29 @@ pub async fn run_delivery(
             }
         }
     }
+}
+
+/// Appends refused records to `parked.jsonl` in `dir` (one per line), while it is under
+/// `PARKED_MAX_BYTES`. Returns whether they were kept.
+fn park(dir: &std::path::Path, records: &[Vec<u8>]) -> bool {
+    use std::io::Write;
+    let path = dir.join("parked.jsonl");
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let bytes: u64 = records.iter().map(|r| r.len() as u64 + 1).sum();
+    if size + bytes > super::destination::PARKED_MAX_BYTES {
+        return false;
+    }
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    else {
+        return false;
+    };
+    let mut buf = Vec::with_capacity(bytes as usize);
+    for r in records {
+        buf.extend_from_slice(r);
+        buf.push(b'\n');
+    }
+    f.write_all(&buf).is_ok()
 }

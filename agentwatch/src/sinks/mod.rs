@@ -9,9 +9,11 @@
 
 pub mod clickhouse;
 pub mod config;
+pub mod destination;
 pub mod export;
 #[cfg(test)]
 mod export_tests;
+pub mod http;
 pub mod jsonl;
 pub mod metrics;
 pub mod otlp;

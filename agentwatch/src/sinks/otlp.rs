@@ -29,6 +29,7 @@ use prost::Message;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::config::{OtlpConfig, OtlpProtocol};
+use super::destination::DeliveryError;
 use super::export::{DestStatus, ExportItem};
 use super::metrics::Metrics;
 use super::spans::{SCHEMA_URL, call_span, kv_str, session_spans};
@@ -146,7 +147,7 @@ impl OtlpDest {
                 }
             }
             OtlpProtocol::HttpProtobuf => {
-                let conn = super::clickhouse::connector(timeout).map_err(bad)?;
+                let conn = super::http::connector(timeout).map_err(bad)?;
                 let client = HyperClient::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(30))
                     .build(conn);
@@ -172,14 +173,17 @@ impl OtlpDest {
         })
     }
 
-    async fn send_traces(&self, req: ExportTraceServiceRequest) -> Result<i64, String> {
+    async fn send_traces(&self, req: ExportTraceServiceRequest) -> Result<i64, DeliveryError> {
         match &*self.transport {
             Transport::Grpc { channel, headers } => {
                 let mut client = TraceServiceClient::new(channel.clone());
                 let mut r = tonic::Request::new(req);
                 *r.metadata_mut() = headers.clone();
                 let resp = client.export(r).await.map_err(|s| {
-                    format!("gRPC TraceService/Export: {} ({:?})", s.message(), s.code())
+                    DeliveryError::from_grpc_code(
+                        s.code() as i32,
+                        format!("gRPC TraceService/Export: {} ({:?})", s.message(), s.code()),
+                    )
                 })?;
                 Ok(resp
                     .into_inner()
@@ -211,22 +215,26 @@ impl OtlpDest {
                 })
             }
             Transport::Http { .. } => {
-                let body = self.post("/v1/metrics", req.encode_to_vec()).await?;
+                let body = self
+                    .post("/v1/metrics", req.encode_to_vec())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let _ = ExportMetricsServiceResponse::decode(body.as_ref());
                 Ok(())
             }
         }
     }
 
-    async fn post(&self, path: &str, body: Vec<u8>) -> Result<Bytes, String> {
+    async fn post(&self, path: &str, body: Vec<u8>) -> Result<Bytes, DeliveryError> {
         let Transport::Http {
             client,
             base,
             headers,
         } = &*self.transport
         else {
-            return Err("not an HTTP transport".into());
+            return Err(DeliveryError::Permanent("not an HTTP transport".into()));
         };
+        let retry = DeliveryError::Retryable;
         let url = format!("{base}{path}");
         let mut req = hyper::Request::post(&url)
             .header(hyper::header::CONTENT_TYPE, "application/x-protobuf");
@@ -235,21 +243,24 @@ impl OtlpDest {
         }
         let req = req
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("POST {url}: {e}"))?;
+            .map_err(|e| DeliveryError::Permanent(format!("POST {url}: {e}")))?;
         let resp = tokio::time::timeout(self.timeout, client.request(req))
             .await
-            .map_err(|_| format!("POST {url}: timed out after {:?}", self.timeout))?
-            .map_err(|e| format!("POST {url}: {e}"))?;
+            .map_err(|_| retry(format!("POST {url}: timed out after {:?}", self.timeout)))?
+            .map_err(|e| retry(format!("POST {url}: {e}")))?;
         let status = resp.status();
         let body = tokio::time::timeout(self.timeout, resp.into_body().collect())
             .await
-            .map_err(|_| format!("POST {url}: reading the response timed out"))?
-            .map_err(|e| format!("POST {url}: {e}"))?
+            .map_err(|_| retry(format!("POST {url}: reading the response timed out")))?
+            .map_err(|e| retry(format!("POST {url}: {e}")))?
             .to_bytes();
         if !status.is_success() {
-            return Err(format!(
-                "POST {url}: HTTP {status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
+            return Err(DeliveryError::from_http_status(
+                status.as_u16(),
+                format!(
+                    "POST {url}: HTTP {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                ),
             ));
         }
         Ok(body)
@@ -259,7 +270,7 @@ impl OtlpDest {
         &mut self,
         items: &[ExportItem],
         status: &DestStatus,
-    ) -> Result<(), String> {
+    ) -> Result<(), DeliveryError> {
         let spans = spans_of(items);
         let n = spans.len() as u64;
         let rejected = self.send_traces(trace_request(&self.host, spans)).await?;
@@ -277,6 +288,7 @@ impl OtlpDest {
         self.send_traces(ExportTraceServiceRequest::default())
             .await
             .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     pub async fn export_metrics(&self, metrics: &Metrics) -> Result<(), String> {

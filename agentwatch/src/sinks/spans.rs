@@ -199,13 +199,6 @@ pub fn workload_attrs(w: &crate::workloads::Workload) -> Vec<KeyValue> {
     .collect()
 }
 
-pub fn is_blocked(c: &CallRecord) -> bool {
-    serde_json::to_value(c)
-        .ok()
-        .and_then(|v| v.get("blocked").and_then(serde_json::Value::as_bool))
-        .unwrap_or(false)
-}
-
 /// The span of one call.
 pub fn call_span(c: &CallRecord) -> Span {
     let op = operation_name(&c.provider, &c.api);
@@ -281,7 +274,7 @@ pub fn call_span(c: &CallRecord) -> Span {
         }
     }
     attrs.extend(workload_attrs(&c.workload));
-    let blocked = is_blocked(c);
+    let blocked = c.blocked;
     if blocked {
         attrs.push(kv_bool("agentwatch.blocked", true));
     }

@@ -137,7 +137,7 @@ impl Pipeline {
     }
 
     /// Processes that exec'd or exited since the last call: their probes come off.
-    pub fn take_probe_ends(&mut self) -> Vec<u32> {
+    pub fn take_probe_ends(&mut self) -> Vec<(u32, u64)> {
         std::mem::take(&mut self.probe_ends)
     }
 

@@ -140,7 +140,9 @@ pub struct Pipeline {
     pending_contacts: contacts::Pending,
     pub first_contact: FirstContactStats,
     /// Processes that exec'd or exited, whose per-process probes come off.
-    probe_ends: Vec<u32>,
+    /// (tgid, boot ns of the exec or exit): probes attached for a first contact after that
+    /// moment belong to the new program and stay.
+    probe_ends: Vec<(u32, u64)>,
     /// Processes probed on probation (their first contact named no host), and those found
     /// not to be agents, whose probes come off.
     probation: contacts::Probation,
@@ -295,7 +297,7 @@ impl Pipeline {
                 ts_ns,
             } => {
                 self.stats.execs += 1;
-                self.probe_ends.push(tgid);
+                self.probe_ends.push((tgid, ts_ns));
                 self.exe_ids.remove(&tgid);
                 self.probation.forget(tgid);
                 self.tree.on_exec(tgid, &filename);
@@ -304,7 +306,7 @@ impl Pipeline {
             }
             KernelEvent::Exit { tgid, ts_ns } => {
                 self.stats.exits += 1;
-                self.probe_ends.push(tgid);
+                self.probe_ends.push((tgid, ts_ns));
                 self.exe_ids.remove(&tgid);
                 self.probation.forget(tgid);
                 self.on_exit(tgid, ts_ns);
