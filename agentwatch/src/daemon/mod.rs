@@ -153,6 +153,20 @@ static CONFIG_PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
 /// Where the `block` connect programs are attached, or why not.
 static BLOCK_STATUS: OnceLock<String> = OnceLock::new();
 
+/// Handles every record ready (pushing the processes that exec'd to `execs`), then hands the
+/// ring back to the kernel only up to the oldest exchange in flight, which a next daemon
+/// reads again, at most a quarter of the ring behind.
+fn drain_ring(p: &mut Pipeline, ring: &mut crate::probes::ring::Ring, execs: &mut Vec<u32>) {
+    let seen_until = ring.replay_end();
+    while let Some((pos, item)) = ring.next() {
+        if let Some(tgid) = p.handle_record_at(pos, item, pos < seen_until) {
+            execs.push(tgid);
+        }
+    }
+    let low = p.replay_low_water(ring.read_pos(), ring.size() / 4);
+    ring.commit(low);
+}
+
 /// Re-reads the ceilings of the config file (SIGHUP, `agentwatch reload`).
 fn reload(pipeline: &Mutex<Pipeline>) -> serde_json::Value {
     let Some(Some(path)) = CONFIG_PATH.get() else {
@@ -269,7 +283,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     // the calls among them it wrote already are known by (pid, first byte's boot time).
     // Also when nothing is marked seen: a daemon killed between writing rows and marking
     // their records seen leaves them in the ring.
-    let written: Vec<(u32, u64)> = if discovery.probes.kernel_side.origin == "adopted" {
+    let written: Vec<(u32, u64)> = if discovery.probes.kernel_side.adopted() {
         recovered
             .sessions
             .open
@@ -466,20 +480,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         if !read {
             continue;
         }
-        {
-            let mut p = pipeline.lock().expect("pipeline lock");
-            let ring = ring.get_mut();
-            let seen_until = ring.replay_end();
-            while let Some((pos, item)) = ring.next() {
-                if let Some(tgid) = p.handle_record_at(pos, item, pos < seen_until) {
-                    execs.push(tgid);
-                }
-            }
-            // Handed back only up to the oldest exchange in flight (a next daemon reads it
-            // again), at most a quarter of the ring behind.
-            let low = p.replay_low_water(ring.read_pos(), ring.size() / 4);
-            ring.commit(low);
-        }
+        drain_ring(
+            &mut pipeline.lock().expect("pipeline lock"),
+            ring.get_mut(),
+            &mut execs,
+        );
         let held = pipeline.lock().expect("pipeline lock").take_held_contacts();
         if !held.is_empty() {
             held_file.save(&pipeline.lock().expect("pipeline lock").pending_contacts());
@@ -533,16 +538,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         }
     }
     // Decide what is already in the ring buffer (holds above all) before leaving.
-    {
-        let mut p = pipeline.lock().expect("pipeline lock");
-        let ring = ring.get_mut();
-        let seen_until = ring.replay_end();
-        while let Some((pos, item)) = ring.next() {
-            p.handle_record_at(pos, item, pos < seen_until);
-        }
-        let low = p.replay_low_water(ring.read_pos(), ring.size() / 4);
-        ring.commit(low);
-    }
+    drain_ring(
+        &mut pipeline.lock().expect("pipeline lock"),
+        ring.get_mut(),
+        &mut Vec::new(),
+    );
     // Nobody is left stopped at a first contact by a daemon that goes away.
     for tgid in pipeline
         .lock()

@@ -194,10 +194,7 @@ impl Probes {
         config: &ProbesConfig,
         data_dir: &Path,
     ) -> Result<(Probes, super::ring::Ring), ProbeError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(ProbeError::NotRoot);
-        }
+        super::require_root()?;
         if OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }

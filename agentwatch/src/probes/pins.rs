@@ -90,6 +90,13 @@ pub struct KernelSide {
     pub not_pinned: Option<String>,
 }
 
+impl KernelSide {
+    /// A previous daemon's kernel side, taken over.
+    pub fn adopted(&self) -> bool {
+        self.origin == "adopted"
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }

@@ -87,8 +87,8 @@ pub struct Ring {
     /// Records before this position were read by an earlier daemon.
     replay_end: u64,
     cursor: Option<Array<MapData, u64>>,
-    /// The kernel's id of the ring map (names the position space in rows).
-    pub id: u32,
+    /// The read position last written to `cursor`.
+    cursor_written: u64,
 }
 
 // SAFETY: the mappings are owned by this value and only touched through `&mut self` (or
@@ -106,7 +106,6 @@ impl Ring {
     pub fn new(map: MapData, cursor: Option<Array<MapData, u64>>) -> Result<Ring, RingError> {
         let info = map.info().map_err(|e| RingError::Info(e.to_string()))?;
         let size = info.max_entries() as u64;
-        let id = info.id();
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let fd = map.fd().as_fd().as_raw_fd();
@@ -134,7 +133,7 @@ impl Ring {
             committed: 0,
             replay_end: 0,
             cursor,
-            id,
+            cursor_written: u64::MAX,
         };
         ring.committed = ring.consumer_pos().load(Ordering::Acquire);
         ring.read = ring.committed;
@@ -211,17 +210,15 @@ impl Ring {
         self.size
     }
 
-    /// Bytes read but not handed back (what a next daemon would read again).
-    pub fn uncommitted(&self) -> u64 {
-        self.read - self.committed
-    }
-
     /// Hands the space before `pos` (a record's position, or the read position) back to the
     /// kernel, and records how far this daemon has read.
     pub fn commit(&mut self, pos: u64) {
         let pos = pos.clamp(self.committed, self.read);
-        if let Some(c) = self.cursor.as_mut() {
-            let _ = c.set(0, self.read, 0);
+        if self.cursor_written != self.read
+            && let Some(c) = self.cursor.as_mut()
+            && c.set(0, self.read, 0).is_ok()
+        {
+            self.cursor_written = self.read;
         }
         if pos != self.committed {
             self.committed = pos;
