@@ -459,9 +459,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             _ = drain.tick() => true,
             _ = tick.tick() => {
                 pipeline.lock().expect("pipeline lock").tick(boot_now_ns());
-                if let Ok(mut d) = discovery.try_lock() {
-                    d.probes.heartbeat();
-                }
+                // Off the loop: attaches can hold discovery for a while, and a heartbeat
+                // missed for 30 s would stop the kernel from holding first contacts.
+                let discovery = discovery.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Ok(mut d) = discovery.lock() {
+                        d.probes.heartbeat();
+                    }
+                });
                 false
             }
             _ = hup.recv() => {

@@ -1040,8 +1040,8 @@ is memory-mapped, so most of the RSS is page cache (clean, reclaimable), not hea
 Idle (started, no agent): VmRSS {idle_rss:.1} MiB, of which RssAnon {idle_anon:.1} MiB (the rest is the daemon's\n\
 own executable and libraries, and the ring buffer's pages, mapped from the kernel).\n\n\
 Agents (`openssl s_client` connected to the mock, 100 started at a time: each held and probed on libssl, 7\n\
-links) added until {n} or 5 minutes. Registering a uprobe makes the kernel visit every process that maps the file,\n\
-so probing one more libssl process costs more the more there are:\n\n\
+links) added until {n} or 5 minutes; each batch's time is from starting its 100 processes to all of them probed\n\
+(the kernel visits every process that maps the file at each uprobe registration):\n\n\
 | processes probed | this batch took | VmRSS | RssAnon |\n|---|---|---|---|\n{batches}\n\
 With {probed} probed: VmRSS {busy_rss:.1} MiB, RssAnon {busy_anon:.1} MiB.\n\n\
 Once those {probed} processes exit, their probes are closed off the event loop ({} links, closed together on up to 32\n\
