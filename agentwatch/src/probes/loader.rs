@@ -213,6 +213,9 @@ impl Probes {
             }
         } else {
             kernel_side.not_pinned = Some("probes.pin = false".into());
+            if let Err(e) = super::pins::ensure_bpffs(&config.pin_root) {
+                tracing::warn!("{e}");
+            }
             None
         };
         // Other sets first: two attached at once, theirs would stop processes at their first

@@ -23,6 +23,28 @@ pub use attach::{AttachedLibrary, Detached, DetachedLinks, ProcessCoverage};
 pub use events::{KernelEvent, decode};
 pub use loader::{DropCounters, KernelCounters, Probes, ProbesConfig, Scope};
 
+/// mount(2) of a kernel filesystem (tracefs, bpffs) with no options.
+pub(crate) fn mount_fs(
+    source: &std::ffi::CStr,
+    target: &std::ffi::CStr,
+    fstype: &std::ffi::CStr,
+) -> std::io::Result<()> {
+    // SAFETY: mount(2) with valid NUL-terminated strings and no data.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The daemon's first check: it loads eBPF programs, so it must be root.
 pub fn require_root() -> Result<(), ProbeError> {
     // SAFETY: geteuid has no preconditions.

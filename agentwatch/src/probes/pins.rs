@@ -133,31 +133,23 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Makes sure `root` is on bpffs (mounting /sys/fs/bpf when nothing is mounted there).
-fn ensure_bpffs(root: &Path) -> Result<(), PinError> {
+/// The maps are declared pinned, so loading needs bpffs even with `probes.pin = false`.
+pub fn ensure_bpffs(root: &Path) -> Result<(), PinError> {
     let parent = root.parent().unwrap_or(Path::new("/"));
     if is_bpffs(parent) || is_bpffs(root) {
         return Ok(());
     }
-    let mount_point = Path::new("/sys/fs/bpf");
-    let _ = std::fs::create_dir_all(mount_point);
-    let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
-    // SAFETY: mount(2) with valid NUL-terminated strings and no data.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 || !(is_bpffs(parent) || is_bpffs(root)) {
-        return Err(PinError::NoBpffs {
-            path: root.to_path_buf(),
-            source: std::io::Error::last_os_error(),
-        });
+    let _ = std::fs::create_dir_all("/sys/fs/bpf");
+    let mounted = super::mount_fs(c"bpf", c"/sys/fs/bpf", c"bpf");
+    if is_bpffs(parent) || is_bpffs(root) {
+        return Ok(());
     }
-    Ok(())
+    Err(PinError::NoBpffs {
+        path: root.to_path_buf(),
+        source: mounted.err().unwrap_or_else(|| {
+            std::io::Error::other("mounted bpffs at /sys/fs/bpf, which is not where pin_root is")
+        }),
+    })
 }
 
 impl PinSet {

@@ -183,6 +183,11 @@ impl Ring {
                 return None;
             }
             let len = (header & !(BUSY | DISCARD)) as u64;
+            if len + HEADER > self.size {
+                // Not a record the kernel could have written: stop rather than read past the
+                // mapping (the next drain sees the same; nothing is handed back past it).
+                return None;
+            }
             let pos = self.read;
             self.read += (len + HEADER).next_multiple_of(8);
             if header & DISCARD != 0 {

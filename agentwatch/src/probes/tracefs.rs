@@ -1,7 +1,6 @@
 //! tracefs: mounted on demand, and the source of tracepoint field offsets (they differ
 //! between kernel versions, so they are read here rather than compiled into the object).
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use super::ProbeError;
@@ -16,24 +15,8 @@ pub fn ensure_mounted() -> Result<PathBuf, ProbeError> {
             return Ok(PathBuf::from(root));
         }
     }
-    let target = CString::new(TRACEFS).expect("static path");
-    let fstype = CString::new("tracefs").expect("static");
-    let source = CString::new("nodev").expect("static");
-    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(ProbeError::Tracefs {
-            source: std::io::Error::last_os_error(),
-        });
-    }
+    super::mount_fs(c"nodev", c"/sys/kernel/tracing", c"tracefs")
+        .map_err(|source| ProbeError::Tracefs { source })?;
     tracing::info!("mounted tracefs at {TRACEFS}");
     Ok(PathBuf::from(TRACEFS))
 }
