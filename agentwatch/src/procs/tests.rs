@@ -32,9 +32,14 @@ impl Drop for Sleeper {
 }
 
 /// Waits until the child has exec'd `sleep` (its comm changes after exec).
+/// Waits (bounded) until `pid` has exec'd `comm` and its arguments are in place: the kernel
+/// sets the name early in exec and the argument pages only later, so /proc can show the new
+/// name with an empty cmdline for a moment.
 fn wait_comm(pid: u32, comm: &str) {
     for _ in 0..200 {
-        if stat::read_stat(Path::new("/proc"), pid).is_some_and(|s| s.comm == comm) {
+        let named = stat::read_stat(Path::new("/proc"), pid).is_some_and(|s| s.comm == comm);
+        let args = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|a| !a.is_empty());
+        if named && args {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
