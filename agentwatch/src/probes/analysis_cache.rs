@@ -230,7 +230,7 @@ impl AnalysisCache {
                     self.stats.content_hashes += 1;
                     hashed = true;
                     file.will_read(bytes);
-                    format!("sha256-{}", hex(&Sha256::digest(bytes)))
+                    format!("sha256-{}", hex(&opaque::sha256(bytes)))
                 }
             },
         };

@@ -184,6 +184,10 @@ impl Mapped {
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
+        MAPPINGS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((ptr as usize, len));
         Ok(Mapped {
             ptr,
             len,
@@ -227,11 +231,99 @@ impl Mapped {
 impl Drop for Mapped {
     fn drop(&mut self) {
         if self.len > 0 {
+            let mut live = MAPPINGS.lock().unwrap_or_else(|e| e.into_inner());
+            live.retain(|m| *m != (self.ptr as usize, self.len));
+            drop(live);
             // SAFETY: unmaps the mapping made in `open`, whose borrows have ended; the file
             // (and its lease) closes after this.
             unsafe { libc::munmap(self.ptr, self.len) };
         }
     }
+}
+
+/// The live mappings (start, length): the only memory `read_through` lets go of.
+static MAPPINGS: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
+
+/// How much of a file a pass holds in the daemon's memory at once.
+const WINDOW: usize = 8 << 20;
+
+/// Reads `bytes` front to back in windows of `WINDOW` bytes: `f(offset, window, own)` gets
+/// each window with `overlap` more bytes after it (so a match of up to `overlap + 1` bytes
+/// that starts in the window is whole; the caller counts those starting before `own`), and
+/// stops when `f` says so. Every page of a mapped file that is read stays in the process's
+/// RSS until it is unmapped (a pass over a 300 MB agent binary would add 300 MB), so where
+/// `bytes` lie in a `Mapped` file, each window's pages are let go of once it is read: they
+/// stay in the page cache, and a later read maps them again (the mapping is private and
+/// read-only, so nothing of its content can be lost).
+fn read_through(bytes: &[u8], overlap: usize, f: impl FnMut(usize, &[u8], usize) -> bool) {
+    windows_of(WINDOW, bytes, overlap, f)
+}
+
+fn windows_of(
+    size: usize,
+    bytes: &[u8],
+    overlap: usize,
+    mut f: impl FnMut(usize, &[u8], usize) -> bool,
+) {
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = (start + size).min(bytes.len());
+        let more = f(
+            start,
+            &bytes[start..(end + overlap).min(bytes.len())],
+            end - start,
+        );
+        release(&bytes[start..end]);
+        if !more {
+            return;
+        }
+        start = end;
+    }
+}
+
+/// Lets go of the pages of `range` where it lies in a live mapping (see `read_through`).
+fn release(range: &[u8]) {
+    const PAGE: usize = 4096;
+    let (from, to) = (range.as_ptr() as usize, range.as_ptr() as usize + range.len());
+    let live = MAPPINGS.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(&(base, len)) = live.iter().find(|(b, l)| from >= *b && to <= b + l) else {
+        return;
+    };
+    // Whole pages, inside the mapping.
+    let start = (from & !(PAGE - 1)).max(base);
+    let end = ((to + PAGE - 1) & !(PAGE - 1)).min(base + len);
+    if end > start {
+        // SAFETY: pages of a private read-only file mapping we own and hold the lock for
+        // (it is not unmapped meanwhile); they read the same when faulted in again.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
+
+/// Whether `needle` occurs in `bytes` (read as `read_through` does).
+fn contains(bytes: &[u8], needle: &[u8]) -> bool {
+    let mut found = false;
+    let finder = memchr::memmem::Finder::new(needle);
+    read_through(bytes, needle.len().saturating_sub(1), |_, window, _| {
+        found = finder.find(window).is_some();
+        !found
+    });
+    found
+}
+
+/// Where `needle` starts in `bytes`, in order (read as `read_through` does).
+fn find_all(bytes: &[u8], needle: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let finder = memchr::memmem::Finder::new(needle);
+    read_through(bytes, needle.len().saturating_sub(1), |offset, window, own| {
+        out.extend(
+            finder
+                .find_iter(window)
+                .filter(|at| *at < own)
+                .map(|at| offset + at),
+        );
+        true
+    });
+    out
 }
 
 /// Bytes of a section: borrowed from the mapped file, or owned (unit tests build images).
@@ -275,10 +367,7 @@ impl<'a> Image<'a> {
                 || section.kind() == SectionKind::ReadOnlyData
             {
                 let Ok(bytes) = section.data() else { continue };
-                found = found
-                    || wanted
-                        .iter()
-                        .any(|w| memchr::memmem::find(bytes, w).is_some());
+                found = found || wanted.iter().any(|w| contains(bytes, w));
                 data.push((section.address(), Cow::Borrowed(bytes)));
             }
         }
@@ -317,7 +406,7 @@ impl<'a> Image<'a> {
     fn strings_ending_with(&self, tail: &[u8]) -> Vec<u64> {
         let mut out = Vec::new();
         for (address, bytes) in &self.data {
-            for at in memchr::memmem::find_iter(bytes, tail) {
+            for at in find_all(bytes, tail) {
                 if bytes.get(at + tail.len()) != Some(&0) {
                     continue;
                 }
@@ -337,7 +426,7 @@ impl<'a> Image<'a> {
     fn strings_equal_to(&self, text: &[u8]) -> Vec<u64> {
         let mut out = Vec::new();
         for (address, bytes) in &self.data {
-            for at in memchr::memmem::find_iter(bytes, text) {
+            for at in find_all(bytes, text) {
                 if bytes.get(at + text.len()) == Some(&0) && (at == 0 || bytes[at - 1] == 0) {
                     out.push(address + at as u64);
                 }
@@ -379,51 +468,74 @@ impl<'a> Image<'a> {
         sorted.sort_unstable();
         sorted.dedup();
         let mut found: HashMap<u64, Vec<u64>> = sorted.iter().map(|t| (*t, Vec::new())).collect();
-        let (Some(&low), Some(&high)) = (sorted.first(), sorted.last()) else {
-            return found;
-        };
         for (base, bytes) in &self.code {
             let bytes: &[u8] = bytes;
-            // lea: REX.W (48/4C) 8D, ModRM mod=00 rm=101, disp32; found by its opcode byte
-            // (`i` is the REX prefix, at `j - 1`), whole when `i + 7 <= len`.
-            for j in memchr::memchr_iter(0x8D, bytes) {
-                if j == 0 || j + 6 > bytes.len() {
-                    continue;
-                }
-                let i = j - 1;
-                if (bytes[i] == 0x48 || bytes[i] == 0x4C) && bytes[j + 1] & 0xC7 == 0x05 {
-                    let disp = i32::from_le_bytes(bytes[i + 3..i + 7].try_into().unwrap());
-                    let next = base + i as u64 + 7;
-                    let target = next.wrapping_add_signed(disp as i64);
-                    if (low..=high).contains(&target)
-                        && let Some(at) = found.get_mut(&target)
-                    {
-                        at.push(base + i as u64);
-                    }
-                }
-            }
-            if self.pie {
+            read_through(bytes, 0, |offset, window, _| {
+                self.references_in(*base, bytes, offset..offset + window.len(), &sorted, &mut found);
+                true
+            });
+        }
+        found
+    }
+
+    /// `find_references` over the instructions of `bytes` (the code section at `base`) whose
+    /// opcode or immediate starts `within` (one window of `read_through`).
+    fn references_in(
+        &self,
+        base: u64,
+        bytes: &[u8],
+        within: std::ops::Range<usize>,
+        sorted: &[u64],
+        found: &mut HashMap<u64, Vec<u64>>,
+    ) {
+        let (Some(&low), Some(&high)) = (sorted.first(), sorted.last()) else {
+            return;
+        };
+        let (from, len) = (within.start, within.len());
+        let window = &bytes[within];
+        // lea: REX.W (48/4C) 8D, ModRM mod=00 rm=101, disp32; found by its opcode byte
+        // (`i` is the REX prefix, at `j - 1`), whole when `i + 7 <= len`.
+        for j in memchr::memchr_iter(0x8D, window).map(|j| from + j) {
+            if j == 0 || j + 6 > bytes.len() {
                 continue;
             }
-            // mov r32, imm32: (41) B8+r imm32.
-            for target in &sorted {
-                let Ok(imm) = u32::try_from(*target) else {
-                    continue;
-                };
-                let refs = found.get_mut(target).expect("every target has an entry");
-                for at in memchr::memmem::find_iter(bytes, &imm.to_le_bytes()) {
-                    if at >= 1 && (0xB8..=0xBF).contains(&bytes[at - 1]) {
-                        let start = if at >= 2 && bytes[at - 2] == 0x41 {
-                            at - 2
-                        } else {
-                            at - 1
-                        };
-                        refs.push(base + start as u64);
-                    }
+            let i = j - 1;
+            if (bytes[i] == 0x48 || bytes[i] == 0x4C) && bytes[j + 1] & 0xC7 == 0x05 {
+                let disp = i32::from_le_bytes(bytes[i + 3..i + 7].try_into().unwrap());
+                let next = base + i as u64 + 7;
+                let target = next.wrapping_add_signed(disp as i64);
+                if (low..=high).contains(&target)
+                    && let Some(at) = found.get_mut(&target)
+                {
+                    at.push(base + i as u64);
                 }
             }
         }
-        found
+        if self.pie {
+            return;
+        }
+        // mov r32, imm32: (41) B8+r imm32; the immediate found whole when it starts in
+        // the window.
+        let window = &bytes[from..(from + len + 3).min(bytes.len())];
+        for target in sorted {
+            let Ok(imm) = u32::try_from(*target) else {
+                continue;
+            };
+            let refs = found.get_mut(target).expect("every target has an entry");
+            for at in memchr::memmem::find_iter(window, &imm.to_le_bytes())
+                .filter(|at| *at < len)
+                .map(|at| from + at)
+            {
+                if at >= 1 && (0xB8..=0xBF).contains(&bytes[at - 1]) {
+                    let start = if at >= 2 && bytes[at - 2] == 0x41 {
+                        at - 2
+                    } else {
+                        at - 1
+                    };
+                    refs.push(base + start as u64);
+                }
+            }
+        }
     }
 
     /// The bounds `[start, end)` of the function containing `address`: from the unwind table
@@ -596,18 +708,25 @@ impl<'a> Image<'a> {
             return out;
         };
         for (base, bytes) in &self.code {
-            for i in memchr::memchr2_iter(0xE8, 0xE9, bytes) {
-                let Some(rel) = bytes.get(i + 1..i + 5) else {
-                    continue;
-                };
-                let rel = i32::from_le_bytes(rel.try_into().unwrap());
-                let target = (base + i as u64 + 5).wrapping_add_signed(rel as i64);
-                if (low..=high).contains(&target) && wanted.binary_search(&target).is_ok() {
-                    out.insert(target);
-                    if out.len() == wanted.len() {
-                        return out;
+            let bytes: &[u8] = bytes;
+            read_through(bytes, 0, |from, window, _| {
+                for i in memchr::memchr2_iter(0xE8, 0xE9, window).map(|i| from + i) {
+                    let Some(rel) = bytes.get(i + 1..i + 5) else {
+                        continue;
+                    };
+                    let rel = i32::from_le_bytes(rel.try_into().unwrap());
+                    let target = (base + i as u64 + 5).wrapping_add_signed(rel as i64);
+                    if (low..=high).contains(&target) && wanted.binary_search(&target).is_ok() {
+                        out.insert(target);
+                        if out.len() == wanted.len() {
+                            return false;
+                        }
                     }
                 }
+                true
+            });
+            if out.len() == wanted.len() {
+                break;
             }
         }
         out
@@ -1024,6 +1143,17 @@ const OPENSSL_WRITE: &str = "ssl_write_internal";
 const OPENSSL_READ: &str = "ssl_read_internal";
 const OPENSSL_HANDSHAKE: &str = "SSL_do_handshake";
 
+/// The SHA-256 of `bytes`, read as `read_through` does (a whole agent binary, mapped).
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    read_through(bytes, 0, |_, window, _| {
+        hash.update(window);
+        true
+    });
+    hash.finalize().into()
+}
+
 /// Whether the ELF file `file` may have a TLS library inside that `scan` knows: false is
 /// what `scan` would say `NotTls` for, found by the same first look (a search of its
 /// read-only data), without the analysis.
@@ -1048,12 +1178,7 @@ pub fn scan_file(file: &Mapped) -> OpaqueScan {
     for (_, code) in &image.code {
         file.will_read(code);
     }
-    let has = |s: &[u8]| {
-        image
-            .data
-            .iter()
-            .any(|(_, d)| memchr::memmem::find(d, s).is_some())
-    };
+    let has = |s: &[u8]| image.data.iter().any(|(_, d)| contains(d, s));
     let (boringssl, aws_lc, openssl) = (has(BORINGSSL), has(AWS_LC), has(OPENSSL));
     // Every string whose loads the libraries inside look for, so the code is read once.
     let mut targets = Vec::new();
@@ -1440,6 +1565,62 @@ pub(crate) mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.0);
         }
+    }
+
+    #[test]
+    fn windows_find_every_match_once_across_their_edges() {
+        let bytes = b"abcabcXYZabcXYabcXYZ".repeat(7);
+        let needle = b"XYZ";
+        let expect: Vec<usize> = memchr::memmem::find_iter(&bytes, needle).collect();
+        for size in 1..=bytes.len() + 1 {
+            let mut got = Vec::new();
+            windows_of(size, &bytes, needle.len() - 1, |offset, window, own| {
+                got.extend(
+                    memchr::memmem::find_iter(window, needle)
+                        .filter(|at| *at < own)
+                        .map(|at| offset + at),
+                );
+                true
+            });
+            assert_eq!(got, expect, "window {size}");
+        }
+        assert_eq!(find_all(&bytes, needle), expect);
+        assert!(contains(&bytes, b"cXYa") && !contains(&bytes, b"ZZ"));
+    }
+
+    /// The Rss of the mapping that starts at `start`, from /proc/self/smaps, in KiB.
+    fn mapping_rss_kib(start: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let head = format!("{start:x}-");
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
+        lines
+            .find_map(|l| l.strip_prefix("Rss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_pass_over_a_mapped_file_holds_one_window_of_it() {
+        use sha2::Digest;
+        let contents: Vec<u8> = (0..3 * WINDOW + 12345).map(|i| (i * 7 % 251) as u8).collect();
+        let file = TempFile::new(&contents);
+        let mapped = Mapped::open(&file.0).unwrap();
+        let start = mapped.bytes().as_ptr() as usize;
+        let mut largest = 0;
+        read_through(mapped.bytes(), 0, |_, window, _| {
+            // Touch every page of the window, as a search does.
+            let sum: u64 = window.iter().step_by(4096).map(|b| *b as u64).sum();
+            std::hint::black_box(sum);
+            largest = largest.max(mapping_rss_kib(start));
+            true
+        });
+        // One window at a time (read-ahead may map a little more), never the whole file.
+        assert!(largest >= (WINDOW / 1024) as u64, "{largest} KiB");
+        assert!(largest < (2 * WINDOW / 1024) as u64, "{largest} KiB");
+        assert!(mapping_rss_kib(start) < 1024, "{} KiB", mapping_rss_kib(start));
+        // Let go of, not lost: the bytes read the same afterwards.
+        assert_eq!(sha256(mapped.bytes()), <[u8; 32]>::from(sha2::Sha256::digest(&contents)));
+        assert_eq!(mapped.bytes(), &contents[..]);
     }
 
     #[test]
