@@ -353,6 +353,16 @@ fn block_fails_the_calls_and_keeps_the_process_alive() {
             .starts_with("attached"),
         "{status:#}"
     );
+    // With ceilings the pre-send hook is on (metered sockets are held before their bytes
+    // are queued); without them it is off (foundation.rs).
+    assert!(
+        status["tracepoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "tcp:tcp_sendmsg_locked"),
+        "{status:#}"
+    );
     let mock = Mock::start(&[]);
     let script = daemon.data_dir.parent().unwrap().join("keep_trying.py");
     std::fs::write(&script, KEEP_TRYING).unwrap();

@@ -288,3 +288,21 @@ fn processes_started_together_are_all_probed() {
     );
     drop(clients);
 }
+
+/// The kernel holds first contacts only while a daemon's heartbeat is fresh (a kernel side
+/// left pinned without a daemon must not stop processes nobody will continue). A daemon that
+/// has been up longer than that window still has every new agent held and probed: its
+/// heartbeat reaches the kernel (it once did not, once the ceiling gate had taken the
+/// object's `CONFIG` map, and agents started 30 s after the daemon were missed).
+#[test]
+fn first_contacts_are_held_after_the_no_daemon_window() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    // HOLD_WITHOUT_DAEMON_SECS (30) and a margin.
+    std::thread::sleep(Duration::from_secs(33));
+    let (pid, _) = run_client(curl_chat(&mock, "fc-late", false));
+    check_exact(&daemon, &mock, pid, "fc-late", 1, &json!({"provider": "openai"}));
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(u(&kernel(&status)["no_daemon"]), 0, "{status:#}");
+    assert!(u(&kernel(&status)["holds"]) >= 1, "{status:#}");
+}

@@ -78,7 +78,8 @@ fn status_lists_probes_and_libssl() {
     assert_eq!(status["ok"], true, "{status:#}");
     assert_eq!(status["scope"], "agents", "{status:#}");
     // The four process tracepoints and the socket-layer ones (first contact, plain HTTP,
-    // metered sockets); no syscall tracepoint, which every process on the host would pay.
+    // metered sockets); no syscall tracepoint, which every process on the host would pay,
+    // and no pre-send hook without ceilings (every TCP send would run it for nothing).
     let tracepoints: Vec<&str> = status["tracepoints"]
         .as_array()
         .unwrap()
@@ -93,10 +94,13 @@ fn status_lists_probes_and_libssl() {
         "sock:inet_sock_set_state",
         "sock:sock_send_length",
         "sock:sock_recv_length",
-        "tcp:tcp_sendmsg_locked",
     ] {
         assert!(tracepoints.contains(&t), "{t} in {tracepoints:?}");
     }
+    assert!(
+        !tracepoints.contains(&"tcp:tcp_sendmsg_locked"),
+        "{tracepoints:?}"
+    );
     assert!(
         !tracepoints.iter().any(|t| t.starts_with("syscalls:")),
         "{tracepoints:?}"

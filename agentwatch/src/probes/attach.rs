@@ -472,6 +472,8 @@ impl Probes {
             Some(dir)
         });
         let mut links = Vec::new();
+        // The process waits for these registrations (see `expedite`); not for its analysis.
+        let _expedited = super::expedite::Expedited::begin();
         for (program, offsets) in by_program {
             match multi.attach(program, via, &offsets, pid.get()) {
                 Ok(mut link) => {

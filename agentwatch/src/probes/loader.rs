@@ -41,6 +41,11 @@ pub struct ProbesConfig {
     /// How long a process stopped at its first contact waits for its probes at most; then it
     /// continues unprobed (counted in status `first_contact.timeouts`). Default 10,000 ms.
     pub first_contact_timeout_ms: u64,
+    /// Expedite the kernel's RCU grace periods (`/sys/kernel/rcu_expedited`) while a process
+    /// held at its first contact is probed, and put the knob back right after: a uprobe
+    /// registered after a quiet moment otherwise waits a full grace period (~10 ms) while the
+    /// process is stopped. An expedited grace period costs each CPU one IPI. Default true.
+    pub expedite_first_contact: bool,
     /// Ring buffer size in bytes (a power of two, at least one page). Default 16 MiB.
     /// A daemon that adopts a pinned kernel side keeps that ring's size.
     pub ring_buffer_bytes: u32,
@@ -70,6 +75,7 @@ impl Default for ProbesConfig {
             scope: Scope::Agents,
             llm_hosts: Vec::new(),
             first_contact_timeout_ms: 10_000,
+            expedite_first_contact: true,
             ring_buffer_bytes: 16 << 20,
             pin: true,
             pin_root: PathBuf::from(super::pins::DEFAULT_PIN_ROOT),
@@ -142,6 +148,9 @@ pub struct Probes {
     drops: PerCpuArray<MapData, u64>,
     counts: PerCpuArray<MapData, u64>,
     procs: aya::maps::HashMap<MapData, u32, u32>,
+    /// A handle of its own on `CONFIG`: the ceiling gate takes the object's out of it, and
+    /// the heartbeat and the pre-send switch are written after that.
+    config: Array<MapData, u32>,
     pub programs: KernelPrograms,
     pub scope: Scope,
     /// The TLS uprobes attached (per process or per file) and what was found on the way.
@@ -199,6 +208,10 @@ impl Probes {
             return Err(ProbeError::NoObject);
         }
         raise_memlock_limit();
+        super::expedite::configure(
+            config.expedite_first_contact && config.scope == Scope::Agents,
+            data_dir,
+        );
         let root = tracefs::ensure_mounted()?;
         let started = boot_secs();
         let mut kernel_side = super::pins::KernelSide::default();
@@ -362,9 +375,7 @@ impl Probes {
                 links.push(pin_link(link, pins.as_ref(), name)?);
                 programs.tracepoints.push(format!("{category}:{name}"));
             }
-            if attach_socket_programs(&mut ebpf, &btf, &mut programs, pins.as_ref(), &mut links)? {
-                set_config(&mut ebpf, abi::CFG_PRE_SEND, 1)?;
-            }
+            attach_socket_programs(&mut ebpf, &btf, &mut programs, pins.as_ref(), &mut links)?;
             kernel_side.origin = if pins.is_some() {
                 "created".into()
             } else {
@@ -378,12 +389,14 @@ impl Probes {
         for name in super::plans::UPROBE_PROGRAMS {
             uprobe(&mut ebpf, name)?.load().map_err(load_error(name))?;
         }
+        let config_map = own_config_handle(&ebpf)?;
         Ok((
             Probes {
                 ebpf,
                 drops,
                 counts,
                 procs,
+                config: config_map,
                 programs,
                 scope: config.scope,
                 attachments: Default::default(),
@@ -423,6 +436,7 @@ impl Probes {
     /// sockets' bytes at the cgroup v2 root; returns where.
     pub fn attach_block_programs(&mut self) -> Result<PathBuf, ProbeError> {
         use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr};
+        self.attach_pre_send();
         let root = cgroup2_root().ok_or_else(|| ProbeError::Cgroup {
             detail: "no cgroup2 mount in /proc/self/mounts".into(),
         })?;
@@ -435,7 +449,7 @@ impl Probes {
             // A previous daemon's, still attached (its maps are ours now).
             return Ok(root);
         }
-        self.drop_block_programs();
+        self.drop_block_links();
         let pins = self.pins.clone();
         let pin_err = |name: &str| {
             let name = name.to_string();
@@ -469,8 +483,64 @@ impl Probes {
         Ok(root)
     }
 
-    /// Takes pinned `block` programs of a previous daemon off (this one has no ceilings).
+    /// With ceilings: the pre-send hook (`tcp:tcp_sendmsg_locked`, Linux 6.13+), so a gated
+    /// write on a metered socket is held before its bytes are queued. Without ceilings it
+    /// has nothing to do, and every TCP send of every process would run it: it stays off, and
+    /// first contacts are decided when the ClientHello write ends (no request byte has left).
+    pub fn attach_pre_send(&mut self) {
+        const NAME: &str = "tcp_sendmsg_locked";
+        const TRACEPOINT: &str = "tcp:tcp_sendmsg_locked";
+        let adopted = self.pins.as_ref().is_some_and(|p| p.link(NAME).exists());
+        let attached = if adopted {
+            Ok(())
+        } else {
+            self.attach_btf_tracepoint(NAME)
+        };
+        let switched = self
+            .config
+            .set(abi::CFG_PRE_SEND, 1, 0)
+            .map_err(map_error("CONFIG"));
+        match attached.and_then(|()| switched) {
+            Ok(()) => {
+                if !self.programs.tracepoints.iter().any(|t| t == TRACEPOINT) {
+                    self.programs.tracepoints.push(TRACEPOINT.into());
+                }
+            }
+            Err(e) => {
+                tracing::warn!("{e}; holds of metered sockets happen after their write");
+                self.programs.missing.insert(
+                    TRACEPOINT.into(),
+                    format!("{e}: a gated write on a metered socket is held after its bytes were queued (Linux 6.13+ has the hook)"),
+                );
+            }
+        }
+    }
+
+    fn attach_btf_tracepoint(&mut self, name: &str) -> Result<(), ProbeError> {
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf {
+            detail: e.to_string(),
+        })?;
+        let link = attach_btf(&mut self.ebpf, &btf, name, self.pins.as_ref())?;
+        self._links.push(link);
+        Ok(())
+    }
+
+    /// Takes pinned `block` programs and the pre-send hook of a previous daemon off (this one
+    /// has no ceilings).
     pub fn drop_block_programs(&mut self) {
+        // First contacts are looked at after the write from now on.
+        let _ = self.config.set(abi::CFG_PRE_SEND, 0, 0);
+        self.programs
+            .tracepoints
+            .retain(|t| t != "tcp:tcp_sendmsg_locked");
+        if let Some(pins) = &self.pins {
+            let _ = std::fs::remove_file(pins.link("tcp_sendmsg_locked"));
+        }
+        self.drop_block_links();
+    }
+
+    /// Takes a previous daemon's pinned `block` and egress links off.
+    fn drop_block_links(&mut self) {
         if let Some(pins) = &self.pins {
             for name in BLOCK_LINKS {
                 let _ = std::fs::remove_file(pins.link(name));
@@ -481,7 +551,9 @@ impl Probes {
     /// Tells the kernel side a daemon is alive (every second): without one for 30 s, it
     /// stops holding first contacts (nobody would continue them).
     pub fn heartbeat(&mut self) {
-        let _ = set_config(&mut self.ebpf, abi::CFG_HEARTBEAT, boot_secs() as u32);
+        if let Err(e) = self.config.set(abi::CFG_HEARTBEAT, boot_secs() as u32, 0) {
+            tracing::warn!("failed to write the heartbeat in the kernel's CONFIG map: {e}; without one for 30 s, first contacts are not held");
+        }
     }
 
     /// `Some(dir)` when the kernel side is pinned (it outlives this daemon).
@@ -541,32 +613,37 @@ impl Probes {
     }
 }
 
-/// The socket side: connect/close, the ends of socket writes and reads, and (where the
-/// kernel has it) the pre-send hook. Returns whether the pre-send hook is attached.
+/// Loads and attaches the BTF tracepoint program `name` (pinned with the kernel side).
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &str,
+    pins: Option<&super::pins::PinSet>,
+) -> Result<aya::programs::links::FdLink, ProbeError> {
+    let program: &mut BtfTracePoint = program(ebpf, name)?;
+    program.load(name, btf).map_err(load_error(name))?;
+    let id = program
+        .attach()
+        .map_err(|source| ProbeError::TracepointAttach {
+            category: "tp_btf".into(),
+            name: name.into(),
+            source,
+        })?;
+    let link = program.take_link(id).map_err(load_error(name))?;
+    pin_link(link.into(), pins, name)
+}
+
+/// The socket side: connect/close and the ends of socket writes and reads. (The pre-send
+/// hook goes on with ceilings only: `attach_pre_send`.)
 fn attach_socket_programs(
     ebpf: &mut Ebpf,
     btf: &Btf,
     programs: &mut KernelPrograms,
     pins: Option<&super::pins::PinSet>,
     links: &mut Vec<aya::programs::links::FdLink>,
-) -> Result<bool, ProbeError> {
-    let mut attach_btf = |ebpf: &mut Ebpf, name: &str| -> Result<(), ProbeError> {
-        let program: &mut BtfTracePoint = program(ebpf, name)?;
-        program.load(name, btf).map_err(load_error(name))?;
-        let id = program
-            .attach()
-            .map_err(|source| ProbeError::TracepointAttach {
-                category: "tp_btf".into(),
-                name: name.into(),
-                source,
-            })?;
-        let link = program.take_link(id).map_err(load_error(name))?;
-        links.push(pin_link(link.into(), pins, name)?);
-        Ok(())
-    };
-    attach_btf(ebpf, "inet_sock_set_state")?;
+) -> Result<(), ProbeError> {
+    links.push(attach_btf(ebpf, btf, "inet_sock_set_state", pins)?);
     programs.tracepoints.push("sock:inet_sock_set_state".into());
-    let pre_send = attach_btf(ebpf, "tcp_sendmsg_locked");
     for name in ["sock_send_length", "sock_recv_length"] {
         let program: &mut RawTracePoint = program(ebpf, name)?;
         program.load().map_err(load_error(name))?;
@@ -581,23 +658,7 @@ fn attach_socket_programs(
         links.push(pin_link(link.into(), pins, name)?);
         programs.tracepoints.push(format!("sock:{name}"));
     }
-    // Linux 6.13+: before a write's bytes are queued. Without it, first contacts are decided
-    // when the ClientHello write ends (the same for TLS: no request byte has left), and a
-    // gated write on a metered socket is held only after its bytes were queued.
-    match pre_send {
-        Ok(()) => {
-            programs.tracepoints.push("tcp:tcp_sendmsg_locked".into());
-            Ok(true)
-        }
-        Err(e) => {
-            tracing::warn!("{e}; holds of metered sockets happen after their write");
-            programs.missing.insert(
-                "tcp:tcp_sendmsg_locked".into(),
-                format!("{e}: a gated write on a metered socket is held after its bytes were queued (Linux 6.13+ has the hook)"),
-            );
-            Ok(false)
-        }
-    }
+    Ok(())
 }
 
 /// The plain-HTTP ports and the estimate ports.
@@ -749,6 +810,27 @@ fn write_config(ebpf: &mut Ebpf, root: &Path, scope: Scope) -> Result<(), ProbeE
         set_config(ebpf, index, value)?;
     }
     Ok(())
+}
+
+/// A second descriptor of the object's `CONFIG` map (the object's own goes to the gate).
+fn own_config_handle(ebpf: &Ebpf) -> Result<Array<MapData, u32>, ProbeError> {
+    use std::os::fd::AsFd;
+    let missing = || ProbeError::MissingMap {
+        name: "CONFIG".into(),
+    };
+    let aya::maps::Map::Array(data) = ebpf.map("CONFIG").ok_or_else(missing)? else {
+        return Err(missing());
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| ProbeError::Pin {
+            what: "cannot duplicate the descriptor of the CONFIG map".into(),
+            detail: e.to_string(),
+        })?;
+    let data = MapData::from_fd(fd).map_err(map_error("CONFIG"))?;
+    Array::try_from(aya::maps::Map::Array(data)).map_err(map_error("CONFIG"))
 }
 
 fn set_config(ebpf: &mut Ebpf, index: u32, value: u32) -> Result<(), ProbeError> {
