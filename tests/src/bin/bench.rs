@@ -261,6 +261,23 @@ fn time_cmd(cmd: &mut Command) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
+/// Runs `cmd` to its end; the seconds its loop took as it printed them (its last line), so
+/// the interpreter's start-up does not blur a per-operation cost; the wall time otherwise.
+fn time_loop(cmd: &mut Command) -> f64 {
+    let start = Instant::now();
+    let out = cmd
+        .stdout(Stdio::piped())
+        .output()
+        .expect("run client");
+    assert!(out.status.success(), "{cmd:?} failed");
+    let wall = start.elapsed().as_secs_f64();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(wall)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -284,7 +301,7 @@ fn a_b(dir: &Path, reps: usize, a: &str, b: &str, mut cmd: impl FnMut() -> Comma
     for _ in 0..reps {
         for (config, out) in [(a, &mut ta), (b, &mut tb)] {
             let daemon = start_daemon_with(dir, Some(config));
-            out.push(time_cmd(&mut cmd()));
+            out.push(time_loop(&mut cmd()));
             drop(daemon);
         }
     }
@@ -312,7 +329,7 @@ for _ in range(n):
 "#;
 
 const TLS_TAX: &str = r#"
-import ssl, sys
+import ssl, sys, time
 n = int(sys.argv[1])
 cert, key = sys.argv[2], sys.argv[3]
 sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sctx.load_cert_chain(cert, key)
@@ -329,26 +346,30 @@ for _ in range(10):
     except ssl.SSLWantReadError: pass
     pump()
 msg = b"x" * 64
+t0 = time.perf_counter()
 for _ in range(n):
     c.write(msg); si.write(co.read()); s.read(64)
+print(time.perf_counter() - t0)
 "#;
 
 const SOCKET_TAX: &str = r#"
-import os, socket, sys
+import os, socket, sys, time
 n = int(sys.argv[1])
 srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
 c = socket.create_connection(srv.getsockname()); s, _ = srv.accept()
 msg = b"x" * 64
+t0 = time.perf_counter()
 for _ in range(n):
     os.write(c.fileno(), msg); os.read(s.fileno(), 64)
     c.send(msg); s.recv(64)
+print(time.perf_counter() - t0)
 "#;
 
 /// A TLS server (echoes every record back) and a TLS client to it under a name that is no
 /// LLM endpoint (SNI `files.example.test`): two ordinary processes on loopback. `client N 1`:
 /// N 64-byte round trips on one connection; `client N 0`: a new connection per round trip.
 const TLS_PAIR: &str = r#"
-import socket, ssl, sys
+import socket, ssl, sys, time
 mode = sys.argv[1]
 if mode == "server":
     cert, key, portfile = sys.argv[2], sys.argv[3], sys.argv[4]
@@ -374,6 +395,7 @@ else:
     def connect():
         return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="files.example.test")
     msg = b"x" * 64
+    t0 = time.perf_counter()
     s = connect()
     for i in range(n):
         if not keep and i > 0:
@@ -383,13 +405,15 @@ else:
         while got < 64:
             got += len(s.recv(64))
     s.close()
+    print(time.perf_counter() - t0)
 "#;
 
 /// Pipes and a file, the syscalls every process makes: `pipe N`: N 64-byte write+read pairs
 /// through a pipe; `file N PATH`: N 4 KiB writes, then N reads back.
 const SYSCALL_TAX: &str = r#"
-import os, sys
+import os, sys, time
 mode, n = sys.argv[1], int(sys.argv[2])
+t0 = time.perf_counter()
 if mode == "pipe":
     r, w = os.pipe()
     msg = b"x" * 64
@@ -405,6 +429,7 @@ else:
     for _ in range(n):
         os.read(fd, 4096)
     os.close(fd); os.unlink(path)
+print(time.perf_counter() - t0)
 "#;
 
 /// Status of the daemon on socket `sock`, as JSON.
@@ -429,6 +454,30 @@ fn rss_mib(pid: u32) -> (f64, f64) {
             / 1024.0
     };
     (field("VmRSS:"), field("RssAnon:"))
+}
+
+/// Of a process's RSS, in MiB: what its mappings of BPF maps hold (the ring buffer: kernel
+/// pages, its data area mapped twice), and the rest of its file-backed pages (executable,
+/// libraries), from /proc/PID/smaps.
+fn rss_parts_mib(pid: u32) -> (f64, f64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut bpf, mut file) = (0.0, 0.0);
+    let mut name = String::new();
+    for line in smaps.lines() {
+        let mut cols = line.split_whitespace();
+        let Some(first) = cols.next() else { continue };
+        if first.contains('-') && !first.ends_with(':') {
+            name = cols.nth(4).unwrap_or("").to_string();
+        } else if first == "Rss:" {
+            let kib: f64 = cols.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            if name.contains("bpf") {
+                bpf += kib;
+            } else if name.starts_with('/') {
+                file += kib;
+            }
+        }
+    }
+    (bpf / 1024.0, file / 1024.0)
 }
 
 fn main() {
@@ -477,15 +526,27 @@ Probe costs are medians of interleaved runs without and with the daemon, in one 
     std::fs::write(scratch.join("tax.py"), TLS_TAX).unwrap();
     std::fs::write(scratch.join("socket_tax.py"), SOCKET_TAX).unwrap();
 
+    // `--only SECTION,…` (agent, non-agent, first-contact): those sections alone, printed and
+    // not written to BENCHMARKS.md (for working on one figure).
+    let only: Vec<String> = std::env::args()
+        .skip_while(|a| a != "--only")
+        .nth(1)
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let want = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
     let n = 1000;
-    let (off, on) = off_on(&scratch, 5, || {
+    let (off, on) = if want("agent") {
+        off_on(&scratch, 5, || {
         let mut c = Command::new(&python);
         c.arg(scratch.join("client.py"))
             .arg(port.to_string())
             .arg(&ca)
             .arg(n.to_string());
         c
-    });
+        })
+    } else {
+        (f64::NAN, f64::NAN)
+    };
     let _ = write!(
         report,
         "\n## Probe cost on an agent-like client\n\n{n} sequential HTTPS LLM calls (Python `http.client`, keep-alive, system OpenSSL) to the mock server.\n\n\
@@ -533,7 +594,8 @@ that matters.\n",
     let rounds = 20_000;
     let handshakes = 300;
     let pairs = 100_000;
-    let file_blocks = 20_000;
+    let pipe_pairs = 1_000_000;
+    let file_blocks = 100_000;
     let py = |args: Vec<String>| {
         let python = python.clone();
         move || {
@@ -593,13 +655,13 @@ that matters.\n",
             Box::new(py(vec![s("socket_tax.py"), pairs.to_string()])),
         ),
         (
-            format!("{pairs} × 64-byte `write` + `read` through a pipe"),
+            format!("{pipe_pairs} × 64-byte `write` + `read` through a pipe"),
             "write+read".into(),
-            pairs,
+            pipe_pairs,
             Box::new(py(vec![
                 s("syscall_tax.py"),
                 "pipe".into(),
-                pairs.to_string(),
+                pipe_pairs.to_string(),
             ])),
         ),
         (
@@ -619,16 +681,19 @@ that matters.\n",
         "\n## What the daemon costs processes that are not agents\n\n\
 Each workload alternately without the daemon, with the daemon as shipped (`scope = \"agents\"`: TLS probes only on\n\
 processes that contact an LLM endpoint), and with `scope = \"all\"` (TLS probes on every process, the earlier design),\n\
-5 runs each, medians. None of these processes is an agent: none is held or probed.\n\n\
+7 runs each, medians of the time each workload's loop took (timed inside the process, so the interpreter's\n\
+start-up is left out). None of these processes is an agent: none is held or probed.\n\n\
 | workload | off | agents | ratio | all | ratio | added per unit (agents / all) |\n|---|---|---|---|---|---|---|\n"
     );
-    for (what, unit, count, mut cmd) in workloads {
+    for (what, unit, count, mut cmd) in workloads.into_iter().filter(|_| want("non-agent")) {
         let (mut off, mut agents, mut all) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..5 {
-            off.push(time_cmd(&mut cmd()));
+        for _ in 0..7 {
+            off.push(time_loop(&mut cmd()));
             for (config, out) in [("", &mut agents), ("[probes]\nscope = \"all\"\n", &mut all)] {
                 let daemon = start_daemon_with(&scratch, Some(config));
-                out.push(time_cmd(&mut cmd()));
+                // Past its start-up work (the /proc walk, the first drains).
+                std::thread::sleep(Duration::from_millis(500));
+                out.push(time_loop(&mut cmd()));
                 drop(daemon);
             }
         }
@@ -649,7 +714,14 @@ processes that contact an LLM endpoint), and with `scope = \"all\"` (TLS probes 
 process paid for: pipes and files never run them, and a socket that is not of interest costs one map lookup.\n",
     );
 
-    first_contact_section(&mut report, &scratch, &python, port, &ca);
+    if want("first-contact") {
+        first_contact_section(&mut report, &scratch, &python, port, &ca);
+    }
+    if !only.is_empty() {
+        print!("{report}");
+        let _ = std::fs::remove_dir_all(&scratch);
+        return;
+    }
 
     // Ceilings: the gate holds every call of a gated session for a decision.
     let (plain, gated) = a_b(
@@ -829,14 +901,20 @@ fn first_contact_section(report: &mut String, scratch: &Path, python: &Path, por
     let holds_of =
         |s: &serde_json::Value| s["first_contact"]["stats"]["holds"].as_u64().unwrap_or(0);
     let mut rows = String::new();
-    for (label, gap) in [
+    for (label, gap, config) in [
         (
             "one `curl` call every 1.5 s (each the only one in the kernel's grace-period window)",
             1500u64,
+            "",
         ),
-        ("`curl` calls back to back", 0),
+        (
+            "the same, with `expedite_first_contact = false` (the kernel's ordinary grace periods)",
+            1500,
+            "[probes]\nexpedite_first_contact = false\n",
+        ),
+        ("`curl` calls back to back", 0, ""),
     ] {
-        let daemon = start_daemon(scratch);
+        let daemon = start_daemon_with(scratch, Some(config));
         let mut ms = Vec::new();
         for i in 0..15u64 {
             std::thread::sleep(Duration::from_millis(gap));
@@ -887,9 +965,14 @@ From the kernel stopping the process at its first ClientHello (an IP-literal end
 continuing it with its probes attached (`first_contact.stats.last_hold_ms`), 15 processes each (5 for the new binary).\n\
 A process is held once, at its first contact; its later connections, and processes that contact no LLM endpoint, are not.\n\n\
 | case | median | min | max |\n|---|---|---|---|\n{rows}\n\
-Most of a hold is one RCU grace period the kernel waits for when a uprobe is registered after a quiet moment\n\
-(`register_for_each_vma` takes `dup_mmap_sem` for writing); attaches that follow within that window take tens of µs.\n"
+A uprobe registered after a quiet moment waits for one RCU grace period (`register_for_each_vma` takes\n\
+`dup_mmap_sem`, a per-CPU rw-semaphore, for writing); attaches that follow within that window take tens of µs. The\n\
+daemon sets `/sys/kernel/rcu_expedited` while it attaches a held process's probes (and puts it back right after), so\n\
+that wait is an expedited grace period; the second row is the hold without it.\n"
     );
+    if std::env::args().any(|a| a == "--hold-only") {
+        return;
+    }
 
     // Analysis of the pinned agents, as `agentwatch inspect` runs it (no cache).
     let bin = env_path("AGENTWATCH_BIN", "target/release/agentwatch");
@@ -931,7 +1014,8 @@ Most of a hold is one RCU grace period the kernel waits for when a uprobe is reg
         report,
         "\n## Analysis of agent binaries nobody has seen\n\n\
 `agentwatch inspect BIN` (the daemon's analysis, without its cache), 3 runs, medians; peak RSS from `wait4`. The file\n\
-is memory-mapped, so most of the RSS is page cache (clean, reclaimable), not heap. The daemon keeps each result in\n\
+is memory-mapped and read 8 MiB at a time, each window's pages let go of once read (they stay in the page cache),\n\
+so a pass over a 300 MB binary holds one window of it, not all of it. The daemon keeps each result in\n\
 `<data_dir>/analysis` by build id (or content hash), so a restart or another node sharing it does not analyse again.\n\n\
 | binary | size | time | peak RSS | above `inspect /bin/true` |\n|---|---|---|---|---|\n{rows}"
     );
@@ -940,6 +1024,7 @@ is memory-mapped, so most of the RSS is page cache (clean, reclaimable), not hea
     let daemon = start_daemon(scratch);
     std::thread::sleep(Duration::from_secs(2));
     let (idle_rss, idle_anon) = rss_mib(daemon.0.id());
+    let (idle_ring, idle_file) = rss_parts_mib(daemon.0.id());
     // Agents started 100 at a time, each batch probed before the next, up to 1,000 or 5 min.
     let n = 1000;
     let mut clients = Vec::new();
@@ -1037,8 +1122,10 @@ is memory-mapped, so most of the RSS is page cache (clean, reclaimable), not hea
     let _ = write!(
         report,
         "\n## The daemon's memory and exit\n\n\
-Idle (started, no agent): VmRSS {idle_rss:.1} MiB, of which RssAnon {idle_anon:.1} MiB (the rest is the daemon's\n\
-own executable and libraries, and the ring buffer's pages, mapped from the kernel).\n\n\
+Idle (started, no agent): VmRSS {idle_rss:.1} MiB. Of it, RssAnon {idle_anon:.1} MiB is the daemon's own memory;\n\
+{idle_ring:.1} MiB is its mapping of the ring buffer (the kernel's pages, `ring_buffer_bytes` = 16 MiB by default, whose\n\
+data area is mapped twice so a record that wraps reads in one piece: memory the kernel holds for the map whether\n\
+it is mapped or not); {idle_file:.1} MiB are pages of its executable and libraries (shared, reclaimable).\n\n\
 Agents (`openssl s_client` connected to the mock, 100 started at a time: each held and probed on libssl, 7\n\
 links) added until {n} or 5 minutes; each batch's time is from starting its 100 processes to all of them probed\n\
 (the kernel visits every process that maps the file at each uprobe registration):\n\n\
