@@ -714,9 +714,10 @@ start-up is left out). None of these processes is an agent: none is held or prob
         );
     }
     report.push_str(
-        "\nThe socket-layer tracepoints (`sock:sock_send_length`, `sock:sock_recv_length`, `tcp:tcp_sendmsg_locked`,\n\
-`sock:inet_sock_set_state`) replace the syscall tracepoints of earlier versions, which every syscall of every\n\
-process paid for: pipes and files never run them, and a socket that is not of interest costs one map lookup.\n",
+        "\nThe socket-layer tracepoints (`sock:sock_send_length`, `sock:sock_recv_length`, `sock:inet_sock_set_state`;\n\
+`tcp:tcp_sendmsg_locked` with ceilings only) replace the syscall tracepoints of earlier versions, which every\n\
+syscall of every process paid for: pipes and files never run them, and a socket that is not of interest runs a\n\
+short program per read and write (two array lookups; the tracepoint's own cost is most of the ~0.1 µs).\n",
     );
 
     if want("first-contact") {
