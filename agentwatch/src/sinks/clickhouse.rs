@@ -20,8 +20,9 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
 use super::config::ClickHouseConfig;
-use super::destination::DeliveryError;
-use super::export::ExportItem;
+use super::destination::{
+    BuildContext, BuildError, Built, DeliveryError, Destination, DestinationConfig, ExportItem,
+};
 use crate::sessions::{CallRecord, LedgerRow};
 
 pub const CALL_COLUMNS: &[(&str, &str)] = &[
@@ -356,10 +357,32 @@ impl ClickHouseDest {
             client,
         })
     }
+}
 
+impl DestinationConfig for ClickHouseConfig {
+    fn name(&self) -> &'static str {
+        "clickhouse"
+    }
+
+    fn build(&self, _ctx: &BuildContext) -> Result<Built, BuildError> {
+        Ok(Built {
+            destination: Box::new(ClickHouseDest::new(self)?),
+            target: format!("{} database {}", self.url, self.database),
+            spool_max_bytes: self.spool_max_bytes,
+            batch_records: self.batch_rows,
+            timeout: Duration::from_secs(self.timeout_secs.max(1)),
+            deliver: true,
+            track_agents: None,
+            side_tasks: Vec::new(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Destination for ClickHouseDest {
     /// Creates the database and tables if absent, then adds the columns a table created by an
     /// older agentwatch lacks (plain `ADD COLUMN`: 18.16 has no `IF NOT EXISTS` there).
-    pub async fn prepare(&mut self) -> Result<(), String> {
+    async fn prepare(&mut self) -> Result<(), String> {
         for stmt in ddl(
             &self.cfg.database,
             &self.cfg.calls_table,
@@ -394,7 +417,7 @@ impl ClickHouseDest {
         Ok(())
     }
 
-    pub async fn check(&mut self) -> Result<(), String> {
+    async fn check(&mut self) -> Result<(), String> {
         self.admin
             .query("SELECT 1")
             .fetch_all::<u8>()
@@ -403,7 +426,7 @@ impl ClickHouseDest {
             .map_err(|e| format!("SELECT 1 on {}: {e}", self.cfg.url))
     }
 
-    pub async fn deliver(&mut self, items: &[ExportItem]) -> Result<(), DeliveryError> {
+    async fn send(&mut self, items: &[ExportItem]) -> Result<(), DeliveryError> {
         let calls: Vec<CallRow> = items
             .iter()
             .filter_map(|i| match i {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,8 +29,10 @@ use prost::Message;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::config::{OtlpConfig, OtlpProtocol};
-use super::destination::DeliveryError;
-use super::export::{DestStatus, ExportItem};
+use super::destination::{
+    BuildContext, BuildError, Built, Counters, DeliveryError, Destination, DestinationConfig,
+    ExportItem,
+};
 use super::metrics::Metrics;
 use super::spans::{SCHEMA_URL, call_span, kv_str, session_spans};
 
@@ -102,11 +104,72 @@ pub fn spans_of(items: &[ExportItem]) -> Vec<Span> {
     spans
 }
 
+/// What only OTLP counts (shown in its status).
+#[derive(Debug, Default)]
+pub struct OtlpCounters {
+    /// Spans sent; rejected by the receiver (partial success).
+    pub spans_sent: AtomicU64,
+    pub spans_rejected: AtomicU64,
+    /// Metrics exports done / failed (metrics are cumulative: the next export repeats what a
+    /// failed one carried, so a failure loses no count).
+    pub metric_exports: AtomicU64,
+    pub metric_export_failures: AtomicU64,
+}
+
+impl Counters for OtlpCounters {
+    fn fields(&self) -> Vec<(&'static str, u64)> {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("spans_sent", n(&self.spans_sent)),
+            ("spans_rejected", n(&self.spans_rejected)),
+            ("metric_exports", n(&self.metric_exports)),
+            ("metric_export_failures", n(&self.metric_export_failures)),
+        ]
+    }
+}
+
+impl DestinationConfig for OtlpConfig {
+    fn name(&self) -> &'static str {
+        "otlp"
+    }
+
+    fn wants_metrics(&self) -> bool {
+        self.metrics
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Built, BuildError> {
+        let dest = OtlpDest::new(self, ctx.host.clone())?;
+        let mut side_tasks: Vec<super::destination::SideTask> = Vec::new();
+        if let (true, Some(m)) = (self.metrics, &ctx.metrics) {
+            side_tasks.push(Box::pin(run_metrics(
+                dest.clone(),
+                m.clone(),
+                Duration::from_secs(self.metrics_interval_secs.max(1)),
+            )));
+        }
+        let protocol = match self.protocol {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        };
+        Ok(Built {
+            destination: Box::new(dest),
+            target: format!("{} ({protocol})", self.endpoint),
+            spool_max_bytes: self.spool_max_bytes,
+            batch_records: self.batch_records,
+            timeout: Duration::from_secs(self.timeout_secs.max(1)),
+            deliver: self.traces,
+            track_agents: Some(self.max_events_per_session),
+            side_tasks,
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct OtlpDest {
     transport: Arc<Transport>,
     host: String,
     timeout: Duration,
+    counters: Arc<OtlpCounters>,
 }
 
 impl OtlpDest {
@@ -170,6 +233,7 @@ impl OtlpDest {
             transport: Arc::new(transport),
             host,
             timeout,
+            counters: Arc::default(),
         })
     }
 
@@ -266,31 +330,6 @@ impl OtlpDest {
         Ok(body)
     }
 
-    pub async fn deliver(
-        &mut self,
-        items: &[ExportItem],
-        status: &DestStatus,
-    ) -> Result<(), DeliveryError> {
-        let spans = spans_of(items);
-        let n = spans.len() as u64;
-        let rejected = self.send_traces(trace_request(&self.host, spans)).await?;
-        status.spans_sent.fetch_add(n, Ordering::Relaxed);
-        if rejected > 0 {
-            status
-                .spans_rejected
-                .fetch_add(rejected as u64, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    /// An empty export: valid, and tells whether the receiver answers.
-    pub async fn check(&mut self) -> Result<(), String> {
-        self.send_traces(ExportTraceServiceRequest::default())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
     pub async fn export_metrics(&self, metrics: &Metrics) -> Result<(), String> {
         let m = metrics.otlp();
         self.send_metrics(ExportMetricsServiceRequest {
@@ -308,13 +347,37 @@ impl OtlpDest {
     }
 }
 
+#[async_trait::async_trait]
+impl Destination for OtlpDest {
+    async fn send(&mut self, items: &[ExportItem]) -> Result<(), DeliveryError> {
+        let spans = spans_of(items);
+        let n = spans.len() as u64;
+        let rejected = self.send_traces(trace_request(&self.host, spans)).await?;
+        self.counters.spans_sent.fetch_add(n, Ordering::Relaxed);
+        if rejected > 0 {
+            self.counters
+                .spans_rejected
+                .fetch_add(rejected as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// An empty export: valid, and tells whether the receiver answers.
+    async fn check(&mut self) -> Result<(), String> {
+        self.send_traces(ExportTraceServiceRequest::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn counters(&self) -> Arc<dyn Counters> {
+        self.counters.clone()
+    }
+}
+
 /// Exports metrics every `interval` (spawn it).
-pub async fn run_metrics(
-    dest: OtlpDest,
-    metrics: Arc<Metrics>,
-    status: Arc<DestStatus>,
-    interval: Duration,
-) {
+pub async fn run_metrics(dest: OtlpDest, metrics: Arc<Metrics>, interval: Duration) {
+    let counters = dest.counters.clone();
     let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -322,16 +385,16 @@ pub async fn run_metrics(
         tick.tick().await;
         match tokio::time::timeout(dest.timeout * 2, dest.export_metrics(&metrics)).await {
             Ok(Ok(())) => {
-                status.metric_exports.fetch_add(1, Ordering::Relaxed);
+                counters.metric_exports.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Err(e)) => {
-                status
+                counters
                     .metric_export_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(sink = status.name, "metrics export failed: {e}");
+                tracing::debug!(sink = "otlp", "metrics export failed: {e}");
             }
             Err(_) => {
-                status
+                counters
                     .metric_export_failures
                     .fetch_add(1, Ordering::Relaxed);
             }
