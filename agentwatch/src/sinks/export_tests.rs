@@ -467,3 +467,14 @@ fn sinks_status_shows_the_loop_counters_and_the_destination_own() {
     let ch = export::DestStatus::new("clickhouse", "t".into(), spool).to_json();
     assert!(ch.get("spans_sent").is_none(), "{ch:#}");
 }
+
+#[test]
+fn sinks_clickhouse_column_types_are_those_of_the_fields() {
+    use crate::sessions::{CallRecord, LedgerRow};
+    for (name, declared, derived) in CallRecord::column_types_of_fields()
+        .into_iter()
+        .chain(LedgerRow::column_types_of_fields())
+    {
+        assert_eq!(declared, derived, "column {name}");
+    }
+}
