@@ -19,6 +19,7 @@ pub mod http;
 pub mod jsonl;
 pub mod metrics;
 pub mod otlp;
+pub mod otlp_http;
 pub mod recovery;
 pub mod spans;
 pub mod spool;

@@ -3,6 +3,9 @@
 //! (`POST <endpoint>/v1/traces`, `/v1/metrics`, `application/x-protobuf`); `https://` uses TLS
 //! (rustls, web PKI roots). Spans are spooled (durable, see [`super::spool`]); metrics are
 //! cumulative and re-sent every interval, so a failed export loses no count.
+//!
+//! OTLP/HTTP spans go through `opentelemetry-otlp`'s exporter ([`super::otlp_http`], which
+//! also says why gRPC spans and metrics are still sent by hand here).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,16 +13,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
     metrics_service_client::MetricsServiceClient,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_client::TraceServiceClient,
+    ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
 };
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
@@ -34,6 +36,7 @@ use super::destination::{
     ExportItem,
 };
 use super::metrics::Metrics;
+use super::otlp_http::HttpTraces;
 use super::spans::{SCHEMA_URL, call_span, kv_str, session_spans};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +55,10 @@ enum Transport {
         headers: tonic::metadata::MetadataMap,
     },
     Http {
-        client: Box<HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>>,
+        /// Spans, through opentelemetry-otlp.
+        traces: Box<HttpTraces>,
+        /// Metrics, by hand.
+        client: super::http::Client,
         base: String,
         headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
     },
@@ -222,9 +228,20 @@ impl OtlpDest {
                         .map_err(|_| OtlpConfigError::BadHeader(k.clone()))?;
                     headers.push((name, val));
                 }
+                let base = cfg.endpoint.trim_end_matches('/').to_string();
+                let traces = HttpTraces::new(
+                    client.clone(),
+                    &base,
+                    &cfg.headers,
+                    timeout,
+                    &resource(&host),
+                    &scope(),
+                )
+                .map_err(bad)?;
                 Transport::Http {
-                    client: Box::new(client),
-                    base: cfg.endpoint.trim_end_matches('/').to_string(),
+                    traces: Box::new(traces),
+                    client,
+                    base,
                     headers,
                 }
             }
@@ -237,9 +254,15 @@ impl OtlpDest {
         })
     }
 
-    async fn send_traces(&self, req: ExportTraceServiceRequest) -> Result<i64, DeliveryError> {
+    /// Sends `spans` (none: a health check); on success, the spans the receiver rejected.
+    async fn send_traces(&self, spans: Vec<Span>) -> Result<i64, DeliveryError> {
         match &*self.transport {
             Transport::Grpc { channel, headers } => {
+                let req = if spans.is_empty() {
+                    ExportTraceServiceRequest::default()
+                } else {
+                    trace_request(&self.host, spans)
+                };
                 let mut client = TraceServiceClient::new(channel.clone());
                 let mut r = tonic::Request::new(req);
                 *r.metadata_mut() = headers.clone();
@@ -254,13 +277,16 @@ impl OtlpDest {
                     .partial_success
                     .map_or(0, |p| p.rejected_spans))
             }
-            Transport::Http { .. } => {
-                let body = self.post("/v1/traces", req.encode_to_vec()).await?;
-                Ok(ExportTraceServiceResponse::decode(body.as_ref())
-                    .ok()
-                    .and_then(|r| r.partial_success)
-                    .map_or(0, |p| p.rejected_spans))
-            }
+            Transport::Http { traces, .. } if !spans.is_empty() => traces.export(spans).await,
+            // A health check is an empty export, sent as such: the exporter would wrap even no
+            // span in a `ResourceSpans` carrying the resource.
+            Transport::Http { .. } => self
+                .post(
+                    "/v1/traces",
+                    ExportTraceServiceRequest::default().encode_to_vec(),
+                )
+                .await
+                .map(|_| 0),
         }
     }
 
@@ -294,11 +320,11 @@ impl OtlpDest {
             client,
             base,
             headers,
+            ..
         } = &*self.transport
         else {
             return Err(DeliveryError::Permanent("not an HTTP transport".into()));
         };
-        let retry = DeliveryError::Retryable;
         let url = format!("{base}{path}");
         let mut req = hyper::Request::post(&url)
             .header(hyper::header::CONTENT_TYPE, "application/x-protobuf");
@@ -308,26 +334,7 @@ impl OtlpDest {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| DeliveryError::Permanent(format!("POST {url}: {e}")))?;
-        let resp = tokio::time::timeout(self.timeout, client.request(req))
-            .await
-            .map_err(|_| retry(format!("POST {url}: timed out after {:?}", self.timeout)))?
-            .map_err(|e| retry(format!("POST {url}: {e}")))?;
-        let status = resp.status();
-        let body = tokio::time::timeout(self.timeout, resp.into_body().collect())
-            .await
-            .map_err(|_| retry(format!("POST {url}: reading the response timed out")))?
-            .map_err(|e| retry(format!("POST {url}: {e}")))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(DeliveryError::from_http_status(
-                status.as_u16(),
-                format!(
-                    "POST {url}: HTTP {status}: {}",
-                    String::from_utf8_lossy(&body[..body.len().min(200)])
-                ),
-            ));
-        }
-        Ok(body)
+        Ok(super::http::post(client, self.timeout, req).await?.1)
     }
 
     pub async fn export_metrics(&self, metrics: &Metrics) -> Result<(), String> {
@@ -352,7 +359,7 @@ impl Destination for OtlpDest {
     async fn send(&mut self, items: &[ExportItem]) -> Result<(), DeliveryError> {
         let spans = spans_of(items);
         let n = spans.len() as u64;
-        let rejected = self.send_traces(trace_request(&self.host, spans)).await?;
+        let rejected = self.send_traces(spans).await?;
         self.counters.spans_sent.fetch_add(n, Ordering::Relaxed);
         if rejected > 0 {
             self.counters
@@ -364,7 +371,7 @@ impl Destination for OtlpDest {
 
     /// An empty export: valid, and tells whether the receiver answers.
     async fn check(&mut self) -> Result<(), String> {
-        self.send_traces(ExportTraceServiceRequest::default())
+        self.send_traces(Vec::new())
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
