@@ -3,9 +3,10 @@
 //! A destination is built from its typed config ([`DestinationConfig`], one per `[sinks.*]`
 //! table) and then only takes batches of spooled records ([`Destination::send`]), answers a
 //! health check and keeps its own counters; the spool, the delivery loop, backoff, parking and
-//! the shared status are the export side's ([`super::export`]), which never names a concrete
-//! destination. Adding one is a new file implementing both traits, plus its line in
-//! [`super::config::SinksConfig::destinations`].
+//! the shared status are the export side's (`sinks/export.rs`), which never names a concrete
+//! destination. Adding one is a new file implementing both traits (and its `mod` line), plus
+//! its `[sinks.*]` table in `SinksConfig` and its place in `SinksConfig::destinations`
+//! (`sinks/config.rs`).
 //!
 //! An outage is waited out, a refusal of the batch itself is not (sending the same bytes again
 //! cannot succeed): a permanent error parks the batch (its spooled records go to `parked.jsonl`

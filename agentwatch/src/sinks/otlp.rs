@@ -58,7 +58,7 @@ enum Transport {
         /// Spans, through opentelemetry-otlp.
         traces: Box<HttpTraces>,
         /// Metrics, by hand.
-        client: super::http::Client,
+        client: Box<super::http::Client>,
         base: String,
         headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
     },
@@ -240,7 +240,7 @@ impl OtlpDest {
                 .map_err(bad)?;
                 Transport::Http {
                     traces: Box::new(traces),
-                    client,
+                    client: Box::new(client),
                     base,
                     headers,
                 }
