@@ -45,7 +45,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use clock::WallClock;
-pub use rows::{CallRecord, CeilingHit, LedgerRow, Outcome};
+pub use rows::{CallRecord, CallRow, CeilingHit, Column, LedgerRow, Outcome, SessionRow};
 
 use crate::accounting::Usage;
 use crate::procs::{ProcKey, ProcTree};

@@ -1,81 +1,237 @@
-//! The rows written to `calls.jsonl` and `ledger.jsonl` (the output contract).
+//! The rows written to `calls.jsonl` and `ledger.jsonl` (the output contract), each declared
+//! once with [`row_schema!`]: the JSONL struct, and from the fields marked `=> "<type>"` the
+//! ClickHouse table's columns (`COLUMNS`, for the DDL and the `ALTER`s of older tables) and its
+//! insert row (`CallRow`, `SessionRow`), in table order.
 
 use serde::{Deserialize, Serialize};
 
 use crate::accounting::UsageSource;
 
-/// One line of `calls.jsonl`: one finished LLM call. No prompt or completion text.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CallRecord {
-    pub session_id: String,
-    pub pid: u32,
-    pub comm: String,
-    /// Agent depth in its session (root = 0).
-    pub depth: u32,
-    pub provider: String,
-    pub api: String,
-    /// The request's model, falling back to the response's.
-    pub model: Option<String>,
-    pub streaming: bool,
-    pub http_version: String,
-    pub status: Option<u16>,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_read_tokens: u64,
-    pub cache_write_tokens: u64,
-    pub reasoning_tokens: u64,
-    /// `null` when the model has no known price.
-    pub cost_usd: Option<f64>,
-    /// RFC 3339 UTC, nanoseconds: the request's first byte.
-    pub started_at: String,
-    /// RFC 3339 UTC, nanoseconds: the response's last byte (or when the call was given up).
-    pub ended_at: String,
-    // ---- extras ----
-    pub total_tokens: u64,
-    pub usage_source: UsageSource,
-    pub complete: bool,
-    pub response_model: Option<String>,
-    pub response_id: Option<String>,
-    /// `Host` / `:authority` of the request.
-    pub server_address: Option<String>,
-    /// The machine (hostname) the daemon runs on.
-    pub host: String,
-    pub pid_start_ticks: u64,
-    pub root_pid: u32,
-    pub root_start_ticks: u64,
-    /// Nearest agent ancestor (the agent one level up), if any.
-    pub parent_pid: Option<u32>,
-    pub parent_start_ticks: Option<u64>,
-    /// 1-based position of this call in its session.
-    pub call_seq: u64,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-    /// Session header, present on `call_seq == 1` only (lets a restarted daemon close a session
-    /// whose root is gone with a complete ledger row).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_started_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root_comm: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root_exe: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root_cmdline: Option<String>,
-    /// A call attempt stopped by a ceiling before its first byte left: no tokens, not a call.
-    #[serde(default)]
-    pub blocked: bool,
-    /// `usage_source = "estimated"`: the bounds of the estimate and what it rests on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub estimate: Option<crate::accounting::Estimate>,
-    /// Boot-clock nanoseconds of the request's first byte as the kernel stamped it: names the
-    /// call across a daemon restart (records read again are matched against rows written).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_ns: Option<u64>,
-    /// The caller's pid in its own PID namespace (a container's), when that differs from `pid`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ns_pid: Option<u32>,
-    /// The caller's container and pod (absent on the host).
-    #[serde(flatten)]
-    pub workload: crate::workloads::Workload,
+/// Declares a row once. Writes the struct as given (fields, docs and serde attributes: the JSONL
+/// row), and from its fields marked `=> "<ClickHouse type>"`, plus the extra columns of the
+/// `clickhouse` block (listed before and after `..`, each with the expression that computes it
+/// from the row, named by the block's argument):
+/// - `$name::COLUMNS`: `(name, ClickHouse type)` in table order;
+/// - `$row`: the insert row (`clickhouse::Row`), each field the [`Column`] value of its own;
+/// - `From<&$name> for $row`.
+///
+/// Fields without a type are in the JSONL row only.
+macro_rules! row_schema {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[$fattr:meta])*
+                pub $field:ident : $ty:ty $(=> $ch:literal)?
+            ),* $(,)?
+        }
+        $(#[$row_attr:meta])*
+        clickhouse $row:ident($r:ident) {
+            $( $pre:ident : $pty:ty => $pch:literal = $pexpr:expr; )*
+            ..
+            $( $post:ident : $qty:ty => $qch:literal = $qexpr:expr; )*
+        }
+    ) => {
+        $(#[$attr])*
+        pub struct $name {
+            $( $(#[$fattr])* pub $field: $ty, )*
+        }
+
+        $(#[$row_attr])*
+        #[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+        pub struct $row {
+            $( #[doc = $pch] pub $pre: $pty, )*
+            $( $( #[doc = $ch] pub $field: <$ty as Column>::Value, )? )*
+            $( #[doc = $qch] pub $post: $qty, )*
+        }
+
+        impl $name {
+            /// The ClickHouse table's columns: (name, type), in table order.
+            pub const COLUMNS: &'static [(&'static str, &'static str)] = &[
+                $( (stringify!($pre), $pch), )*
+                $( $( (stringify!($field), $ch), )? )*
+                $( (stringify!($post), $qch), )*
+            ];
+
+            /// The types the Rust fields store as, for the declared ones (checked by a test).
+            #[cfg(test)]
+            pub fn column_types_of_fields() -> Vec<(&'static str, &'static str, String)> {
+                vec![$( $( (stringify!($field), $ch, <$ty as Column>::ch_type()), )? )*]
+            }
+        }
+
+        impl From<&$name> for $row {
+            fn from($r: &$name) -> Self {
+                $row {
+                    $( $pre: $pexpr, )*
+                    $( $( $field: { let _: &str = $ch; Column::value(&$r.$field) }, )? )*
+                    $( $post: $qexpr, )*
+                }
+            }
+        }
+    };
+}
+
+/// How a field is stored in a ClickHouse column. Only what both 18.16 and current servers
+/// have: booleans are `UInt8`, enums their JSONL name (`String`), no `DateTime64` (timestamps
+/// are the RFC 3339 strings of the files).
+pub trait Column {
+    type Value;
+    fn value(&self) -> Self::Value;
+    /// The ClickHouse type of the column (the declared one must be this).
+    fn ch_type() -> String;
+}
+
+macro_rules! plain_column {
+    ($($t:ty => $ch:literal),*) => {$(
+        impl Column for $t {
+            type Value = $t;
+            fn value(&self) -> $t {
+                self.clone()
+            }
+            fn ch_type() -> String {
+                $ch.into()
+            }
+        }
+    )*};
+}
+plain_column!(String => "String", u16 => "UInt16", u32 => "UInt32", u64 => "UInt64",
+    f64 => "Float64", Vec<String> => "Array(String)");
+
+impl Column for bool {
+    type Value = u8;
+    fn value(&self) -> u8 {
+        u8::from(*self)
+    }
+    fn ch_type() -> String {
+        "UInt8".into()
+    }
+}
+
+impl<T: Column> Column for Option<T> {
+    type Value = Option<T::Value>;
+    fn value(&self) -> Self::Value {
+        self.as_ref().map(T::value)
+    }
+    fn ch_type() -> String {
+        format!("Nullable({})", T::ch_type())
+    }
+}
+
+/// An enum by its name in the JSONL row.
+fn serde_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+impl Column for UsageSource {
+    type Value = String;
+    fn value(&self) -> String {
+        serde_name(self)
+    }
+    fn ch_type() -> String {
+        "String".into()
+    }
+}
+
+impl Column for Outcome {
+    type Value = String;
+    fn value(&self) -> String {
+        serde_name(self)
+    }
+    fn ch_type() -> String {
+        "String".into()
+    }
+}
+
+row_schema! {
+    /// One line of `calls.jsonl`: one finished LLM call. No prompt or completion text.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct CallRecord {
+        pub session_id: String => "String",
+        pub pid: u32 => "UInt32",
+        pub comm: String => "String",
+        /// Agent depth in its session (root = 0).
+        pub depth: u32 => "UInt32",
+        pub provider: String => "String",
+        pub api: String => "String",
+        /// The request's model, falling back to the response's.
+        pub model: Option<String> => "Nullable(String)",
+        pub streaming: bool => "UInt8",
+        pub http_version: String => "String",
+        pub status: Option<u16> => "Nullable(UInt16)",
+        pub input_tokens: u64 => "UInt64",
+        pub output_tokens: u64 => "UInt64",
+        pub cache_read_tokens: u64 => "UInt64",
+        pub cache_write_tokens: u64 => "UInt64",
+        pub reasoning_tokens: u64 => "UInt64",
+        /// `null` when the model has no known price.
+        pub cost_usd: Option<f64> => "Nullable(Float64)",
+        /// RFC 3339 UTC, nanoseconds: the request's first byte.
+        pub started_at: String => "String",
+        /// RFC 3339 UTC, nanoseconds: the response's last byte (or when the call was given up).
+        pub ended_at: String => "String",
+        // ---- extras ----
+        pub total_tokens: u64 => "UInt64",
+        pub usage_source: UsageSource => "String",
+        pub complete: bool => "UInt8",
+        pub response_model: Option<String> => "Nullable(String)",
+        pub response_id: Option<String> => "Nullable(String)",
+        /// `Host` / `:authority` of the request.
+        pub server_address: Option<String> => "Nullable(String)",
+        /// The machine (hostname) the daemon runs on.
+        pub host: String => "String",
+        pub pid_start_ticks: u64 => "UInt64",
+        pub root_pid: u32 => "UInt32",
+        pub root_start_ticks: u64 => "UInt64",
+        /// Nearest agent ancestor (the agent one level up), if any.
+        pub parent_pid: Option<u32> => "Nullable(UInt32)",
+        pub parent_start_ticks: Option<u64> => "Nullable(UInt64)",
+        /// 1-based position of this call in its session.
+        pub call_seq: u64 => "UInt64",
+        pub request_bytes: u64 => "UInt64",
+        pub response_bytes: u64 => "UInt64",
+        /// Session header, present on `call_seq == 1` only (lets a restarted daemon close a session
+        /// whose root is gone with a complete ledger row).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub session_started_at: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub root_comm: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub root_exe: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub root_cmdline: Option<String>,
+        /// A call attempt stopped by a ceiling before its first byte left: no tokens, not a call.
+        #[serde(default)]
+        pub blocked: bool => "UInt8",
+        /// `usage_source = "estimated"`: the bounds of the estimate and what it rests on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub estimate: Option<crate::accounting::Estimate>,
+        /// Boot-clock nanoseconds of the request's first byte as the kernel stamped it: names the
+        /// call across a daemon restart (records read again are matched against rows written).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub started_ns: Option<u64> => "Nullable(UInt64)",
+        /// The caller's pid in its own PID namespace (a container's), when that differs from `pid`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub ns_pid: Option<u32> => "Nullable(UInt32)",
+        /// The caller's container and pod (absent on the host).
+        #[serde(flatten)]
+        pub workload: crate::workloads::Workload,
+    }
+
+    /// A row of the ClickHouse calls table: `call_id` (`<session_id>:<call_seq>`, the stable
+    /// id a re-sent batch repeats), the columns above, the workload's labels.
+    clickhouse CallRow(c) {
+        call_id: String => "String" = c.call_id();
+        ..
+        container_id: Option<String> => "Nullable(String)" = c.workload.container_id.clone();
+        container_runtime: Option<String> => "Nullable(String)" = c.workload.container_runtime.clone();
+        pod_uid: Option<String> => "Nullable(String)" = c.workload.pod_uid.clone();
+        pod_name: Option<String> => "Nullable(String)" = c.workload.pod_name.clone();
+        pod_namespace: Option<String> => "Nullable(String)" = c.workload.pod_namespace.clone();
+    }
 }
 
 /// How a session ended.
@@ -89,52 +245,64 @@ pub enum Outcome {
     Blocked,
 }
 
-/// One line of `ledger.jsonl`: one closed session. Totals equal the sums of its calls.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LedgerRow {
-    pub session_id: String,
-    pub host: String,
-    pub root_pid: u32,
-    pub root_exe: Option<String>,
-    /// Arguments joined with spaces.
-    pub root_cmdline: String,
-    /// The root agent's first call start (RFC 3339 UTC, ns).
-    pub started_at: String,
-    /// When the session closed: its root (the last of its processes) left the tree.
-    pub ended_at: String,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_read_tokens: u64,
-    pub cache_write_tokens: u64,
-    pub reasoning_tokens: u64,
-    pub total_tokens: u64,
-    /// Sum of the priced calls' costs (see `unpriced_calls`).
-    pub total_cost_usd: f64,
-    pub call_count: u64,
-    pub depth_max: u32,
-    pub agent_count: u64,
-    pub ceiling_hits: u64,
-    pub outcome: Outcome,
-    /// Sorted, distinct.
-    pub providers: Vec<String>,
-    /// Sorted, distinct.
-    pub models: Vec<String>,
-    // ---- extras ----
-    /// Calls whose cost was unknown (not in `total_cost_usd`).
-    pub unpriced_calls: u64,
-    /// How the calls were measured: those estimated from socket bytes (no hook saw them; their
-    /// tokens are in the totals, within each call's bounds) and those without usage.
-    #[serde(default)]
-    pub estimated_calls: u64,
-    #[serde(default)]
-    pub usage_missing_calls: u64,
-    pub root_start_ticks: u64,
-    pub root_comm: String,
-    /// `/proc/sys/kernel/random/boot_id` of the boot the session ran in.
-    pub boot_id: String,
-    /// The container and pod of the session (those of its first call; absent on the host).
-    #[serde(flatten)]
-    pub workload: crate::workloads::Workload,
+row_schema! {
+    /// One line of `ledger.jsonl`: one closed session. Totals equal the sums of its calls.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct LedgerRow {
+        pub session_id: String => "String",
+        pub host: String => "String",
+        pub root_pid: u32 => "UInt32",
+        pub root_exe: Option<String> => "Nullable(String)",
+        /// Arguments joined with spaces.
+        pub root_cmdline: String => "String",
+        /// The root agent's first call start (RFC 3339 UTC, ns).
+        pub started_at: String => "String",
+        /// When the session closed: its root (the last of its processes) left the tree.
+        pub ended_at: String => "String",
+        pub input_tokens: u64 => "UInt64",
+        pub output_tokens: u64 => "UInt64",
+        pub cache_read_tokens: u64 => "UInt64",
+        pub cache_write_tokens: u64 => "UInt64",
+        pub reasoning_tokens: u64 => "UInt64",
+        pub total_tokens: u64 => "UInt64",
+        /// Sum of the priced calls' costs (see `unpriced_calls`).
+        pub total_cost_usd: f64 => "Float64",
+        pub call_count: u64 => "UInt64",
+        pub depth_max: u32 => "UInt32",
+        pub agent_count: u64 => "UInt64",
+        pub ceiling_hits: u64 => "UInt64",
+        pub outcome: Outcome => "String",
+        /// Sorted, distinct.
+        pub providers: Vec<String> => "Array(String)",
+        /// Sorted, distinct.
+        pub models: Vec<String> => "Array(String)",
+        // ---- extras ----
+        /// Calls whose cost was unknown (not in `total_cost_usd`).
+        pub unpriced_calls: u64 => "UInt64",
+        /// How the calls were measured: those estimated from socket bytes (no hook saw them; their
+        /// tokens are in the totals, within each call's bounds) and those without usage.
+        #[serde(default)]
+        pub estimated_calls: u64,
+        #[serde(default)]
+        pub usage_missing_calls: u64,
+        pub root_start_ticks: u64 => "UInt64",
+        pub root_comm: String => "String",
+        /// `/proc/sys/kernel/random/boot_id` of the boot the session ran in.
+        pub boot_id: String => "String",
+        /// The container and pod of the session (those of its first call; absent on the host).
+        #[serde(flatten)]
+        pub workload: crate::workloads::Workload,
+    }
+
+    /// A row of the ClickHouse sessions table: the columns above, the workload's labels.
+    clickhouse SessionRow(l) {
+        ..
+        container_id: Option<String> => "Nullable(String)" = l.workload.container_id.clone();
+        container_runtime: Option<String> => "Nullable(String)" = l.workload.container_runtime.clone();
+        pod_uid: Option<String> => "Nullable(String)" = l.workload.pod_uid.clone();
+        pod_name: Option<String> => "Nullable(String)" = l.workload.pod_name.clone();
+        pod_namespace: Option<String> => "Nullable(String)" = l.workload.pod_namespace.clone();
+    }
 }
 
 /// A session reached a ceiling (written by the policy stage; a span event in OTLP).
@@ -156,6 +324,11 @@ pub struct CeilingHit {
 }
 
 impl CallRecord {
+    /// The stable id of a call: `<session_id>:<call_seq>`.
+    pub fn call_id(&self) -> String {
+        format!("{}:{}", self.session_id, self.call_seq)
+    }
+
     /// The calling process's key.
     pub fn pid_key(&self) -> crate::procs::ProcKey {
         crate::procs::ProcKey {

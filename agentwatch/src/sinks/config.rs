@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::destination::DestinationConfig;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SinksConfig {
@@ -13,6 +15,20 @@ pub struct SinksConfig {
     pub clickhouse: Option<ClickHouseConfig>,
     /// `[sinks.otlp]`: off unless present.
     pub otlp: Option<OtlpConfig>,
+}
+
+impl SinksConfig {
+    /// The network destinations configured, in the order they are built (and shown). A new
+    /// destination: its `[sinks.*]` table above, and its place here.
+    pub fn destinations(&self) -> Vec<&dyn DestinationConfig> {
+        fn on<T: DestinationConfig>(table: &Option<T>) -> Option<&dyn DestinationConfig> {
+            table.as_ref().map(|t| t as &dyn DestinationConfig)
+        }
+        [on(&self.clickhouse), on(&self.otlp)]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,9 +1,121 @@
-//! How a network destination's refusal is read: an outage is waited out, a refusal of the
-//! batch itself is not (sending the same bytes again cannot succeed).
+//! The interface of a network destination (ClickHouse, OTLP, …), and how its refusals are read.
 //!
-//! A permanent error parks the batch (its spooled records go to `parked.jsonl` beside the
-//! spool, bounded, counted in status `parked_records`) and delivery moves on; a retryable one
-//! keeps the batch in the spool and backs off.
+//! A destination is built from its typed config ([`DestinationConfig`], one per `[sinks.*]`
+//! table) and then only takes batches of spooled records ([`Destination::send`]), answers a
+//! health check and keeps its own counters; the spool, the delivery loop, backoff, parking and
+//! the shared status are the export side's (`sinks/export.rs`), which never names a concrete
+//! destination. Adding one is a new file implementing both traits (and its `mod` line), plus
+//! its `[sinks.*]` table in `SinksConfig` and its place in `SinksConfig::destinations`
+//! (`sinks/config.rs`).
+//!
+//! An outage is waited out, a refusal of the batch itself is not (sending the same bytes again
+//! cannot succeed): a permanent error parks the batch (its spooled records go to `parked.jsonl`
+//! beside the spool, bounded, counted in status `parked_records`) and delivery moves on; a
+//! retryable one keeps the batch in the spool and backs off.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::metrics::Metrics;
+use super::spans::SessionClose;
+use crate::sessions::CallRecord;
+
+/// One spooled record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "row", rename_all = "snake_case")]
+pub enum ExportItem {
+    Call(Box<CallRecord>),
+    Session(Box<SessionClose>),
+}
+
+/// Where a delivery task sends its batches. Calls come one at a time from the delivery loop,
+/// each under its timeout.
+#[async_trait::async_trait]
+pub trait Destination: Send {
+    /// Makes the destination ready for batches (ClickHouse: creates or migrates the schema).
+    /// Called before the first batch and again after a retryable failure.
+    async fn prepare(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Sends one batch; `Ok` once the destination acknowledged all of it.
+    async fn send(&mut self, batch: &[ExportItem]) -> Result<(), DeliveryError>;
+
+    /// A cheap request that tells whether the destination answers (every 10 s when idle).
+    async fn check(&mut self) -> Result<(), String>;
+
+    /// Its own counters, shown in status beside the delivery loop's and as metrics.
+    fn counters(&self) -> Arc<dyn Counters> {
+        Arc::new(NoCounters)
+    }
+}
+
+/// A destination's own counters, read by `agentwatch status` while its task runs.
+pub trait Counters: Send + Sync + std::fmt::Debug {
+    /// `(name, value)` as `agentwatch status --json` shows them under the sink.
+    fn fields(&self) -> Vec<(&'static str, u64)>;
+}
+
+#[derive(Debug)]
+pub struct NoCounters;
+
+impl Counters for NoCounters {
+    fn fields(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+}
+
+/// What a destination's config builds from, besides itself.
+pub struct BuildContext {
+    /// The machine's name (OTLP `host.name`).
+    pub host: String,
+    /// The metrics aggregated from the rows, when any exporter of them is on.
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// A task that runs beside the delivery loop (e.g. a periodic metrics export).
+pub type SideTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A configured destination, ready to be spooled to and delivered.
+pub struct Built {
+    pub destination: Box<dyn Destination>,
+    /// Where it sends, for status (`<url> database <db>`, `<endpoint> (grpc)`).
+    pub target: String,
+    /// Bound of its spool (`<data_dir>/spool/<name>`).
+    pub spool_max_bytes: u64,
+    /// Spooled records per batch at most.
+    pub batch_records: usize,
+    /// Per request.
+    pub timeout: Duration,
+    /// Rows are spooled and delivered (false: the destination only runs its side tasks).
+    pub deliver: bool,
+    /// Remember each open session's agents and ceiling hits (at most this many) so that its
+    /// closing record carries them (OTLP's agent spans); `None`: the ledger row is enough.
+    pub track_agents: Option<usize>,
+    pub side_tasks: Vec<SideTask>,
+}
+
+/// A `[sinks.*]` table: names its destination and builds it (Vector's sink config).
+pub trait DestinationConfig {
+    /// The sink's name in status and its spool directory.
+    fn name(&self) -> &'static str;
+
+    /// Whether it exports the aggregated metrics (they are then kept).
+    fn wants_metrics(&self) -> bool {
+        false
+    }
+
+    /// Checks the config and builds the destination; no network yet (a destination that is
+    /// down at start is waited for by its delivery task).
+    fn build(&self, ctx: &BuildContext) -> Result<Built, BuildError>;
+}
+
+/// A config the destination refused (its message names the key).
+pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a batch was not delivered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

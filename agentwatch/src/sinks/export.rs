@@ -1,37 +1,30 @@
-//! The fan-out sink and the delivery loop shared by the network sinks.
+//! The fan-out sink and the delivery loop shared by the network destinations.
 //!
 //! [`Fanout`] is what the event pipeline holds: it writes JSONL (the embedded default, durable)
 //! and appends each row to the spool of every enabled network sink (local disk only: the
 //! pipeline never waits on the network). One delivery task per sink ([`run_delivery`]) reads
-//! batches from its spool, sends them on its own, and commits the spool cursor only once the
-//! server acknowledged them; failures back off (0.5 s doubling to 30 s) and are retried forever.
-//! While idle, the task checks its server every 10 s (the health shown in `agentwatch status`).
+//! batches from its spool, hands them to its [`Destination`] (never a concrete type: see
+//! [`super::destination`]), and commits the spool cursor only once the destination acknowledged
+//! them; a retryable failure backs off (0.5 s doubling to 30 s) and is retried, a permanent one
+//! parks the batch. While idle, the task checks its destination every 10 s (the health shown in
+//! `agentwatch status`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::Notify;
 
-use super::destination::DeliveryError;
+use super::destination::{Counters, DeliveryError, Destination, ExportItem, NoCounters};
 use super::metrics::Metrics;
 use super::spans::{AgentSummary, SessionClose};
 use super::spool::Spool;
 use super::{JsonlSink, Sink, SinkError, SinkHealth};
 use crate::sessions::{CallRecord, CeilingHit, LedgerRow, RecoveredSessions};
 
-/// One spooled record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "row", rename_all = "snake_case")]
-pub enum ExportItem {
-    Call(Box<CallRecord>),
-    Session(Box<SessionClose>),
-}
-
-/// Live state of one network sink (shared by the pipeline side, its task and `status`).
+/// Live state of one network sink (shared by the pipeline side, its task and `status`): what
+/// the delivery loop counts for every destination, plus the destination's own [`Counters`].
 #[derive(Debug)]
 pub struct DestStatus {
     pub name: &'static str,
@@ -47,13 +40,6 @@ pub struct DestStatus {
     pub failed_requests: AtomicU64,
     /// Spool records that could not be decoded (skipped).
     pub bad_records: AtomicU64,
-    /// OTLP: spans sent; rejected by the receiver (partial success).
-    pub spans_sent: AtomicU64,
-    pub spans_rejected: AtomicU64,
-    /// OTLP metrics: exports done / failed (metrics are cumulative: the next export repeats
-    /// what a failed one carried, so a failure loses no count).
-    pub metric_exports: AtomicU64,
-    pub metric_export_failures: AtomicU64,
     /// Agents or ceiling hits not remembered for agent spans (over the per-session bound).
     pub tracker_dropped: AtomicU64,
     /// Records of batches the destination refused for good (a permanent error: not retried),
@@ -63,6 +49,8 @@ pub struct DestStatus {
     pub last_permanent_error: Mutex<Option<String>>,
     pub last_success_unix: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// The destination's own (e.g. OTLP's spans sent).
+    pub counters: Arc<dyn Counters>,
 }
 
 impl DestStatus {
@@ -78,17 +66,19 @@ impl DestStatus {
             delivered_batches: AtomicU64::new(0),
             failed_requests: AtomicU64::new(0),
             bad_records: AtomicU64::new(0),
-            spans_sent: AtomicU64::new(0),
-            spans_rejected: AtomicU64::new(0),
-            metric_exports: AtomicU64::new(0),
-            metric_export_failures: AtomicU64::new(0),
             tracker_dropped: AtomicU64::new(0),
             parked_records: AtomicU64::new(0),
             parked_over_cap: AtomicU64::new(0),
             last_permanent_error: Mutex::new(None),
             last_success_unix: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            counters: Arc::new(NoCounters),
         }
+    }
+
+    pub fn with_counters(mut self, counters: Arc<dyn Counters>) -> Self {
+        self.counters = counters;
+        self
     }
 
     pub fn success(&self) {
@@ -116,28 +106,37 @@ impl DestStatus {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        let spool = self.spool.stats();
-        json!({
-            "name": self.name,
-            "target": self.target,
-            "ok": self.ok.load(Ordering::Relaxed),
-            "ready": self.ready.load(Ordering::Relaxed),
-            "delivered_records": self.delivered_records.load(Ordering::Relaxed),
-            "delivered_batches": self.delivered_batches.load(Ordering::Relaxed),
-            "failed_requests": self.failed_requests.load(Ordering::Relaxed),
-            "bad_records": self.bad_records.load(Ordering::Relaxed),
-            "spans_sent": self.spans_sent.load(Ordering::Relaxed),
-            "spans_rejected": self.spans_rejected.load(Ordering::Relaxed),
-            "metric_exports": self.metric_exports.load(Ordering::Relaxed),
-            "metric_export_failures": self.metric_export_failures.load(Ordering::Relaxed),
-            "tracker_dropped": self.tracker_dropped.load(Ordering::Relaxed),
-            "parked_records": self.parked_records.load(Ordering::Relaxed),
-            "parked_over_cap": self.parked_over_cap.load(Ordering::Relaxed),
-            "last_permanent_error": *self.last_permanent_error.lock().unwrap_or_else(|e| e.into_inner()),
-            "last_success_unix": self.last_success_unix.load(Ordering::Relaxed),
-            "last_error": *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
-            "spool": spool,
-        })
+        let n = |a: &AtomicU64| serde_json::Value::from(a.load(Ordering::Relaxed));
+        let text = |m: &Mutex<Option<String>>| {
+            serde_json::Value::from(m.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        };
+        let mut out = serde_json::Map::new();
+        for (k, v) in [
+            ("name", self.name.into()),
+            ("target", self.target.clone().into()),
+            ("ok", self.ok.load(Ordering::Relaxed).into()),
+            ("ready", self.ready.load(Ordering::Relaxed).into()),
+            ("delivered_records", n(&self.delivered_records)),
+            ("delivered_batches", n(&self.delivered_batches)),
+            ("failed_requests", n(&self.failed_requests)),
+            ("bad_records", n(&self.bad_records)),
+            ("tracker_dropped", n(&self.tracker_dropped)),
+            ("parked_records", n(&self.parked_records)),
+            ("parked_over_cap", n(&self.parked_over_cap)),
+            ("last_permanent_error", text(&self.last_permanent_error)),
+            ("last_success_unix", n(&self.last_success_unix)),
+            ("last_error", text(&self.last_error)),
+            (
+                "spool",
+                serde_json::to_value(self.spool.stats()).unwrap_or_default(),
+            ),
+        ] {
+            out.insert(k.to_string(), v);
+        }
+        for (k, v) in self.counters.fields() {
+            out.insert(k.to_string(), v.into());
+        }
+        serde_json::Value::Object(out)
     }
 }
 
@@ -365,46 +364,13 @@ impl Sink for Fanout {
     }
 }
 
-/// Where a delivery task sends its batches.
-pub enum Destination {
-    ClickHouse(Box<super::clickhouse::ClickHouseDest>),
-    Otlp(Box<super::otlp::OtlpDest>),
-}
-
-impl Destination {
-    async fn prepare(&mut self) -> Result<(), String> {
-        match self {
-            Destination::ClickHouse(d) => d.prepare().await,
-            Destination::Otlp(_) => Ok(()),
-        }
-    }
-
-    async fn deliver(
-        &mut self,
-        items: &[ExportItem],
-        status: &DestStatus,
-    ) -> Result<(), DeliveryError> {
-        match self {
-            Destination::ClickHouse(d) => d.deliver(items).await,
-            Destination::Otlp(d) => d.deliver(items, status).await,
-        }
-    }
-
-    async fn check(&mut self) -> Result<(), String> {
-        match self {
-            Destination::ClickHouse(d) => d.check().await,
-            Destination::Otlp(d) => d.check().await,
-        }
-    }
-}
-
 const HEALTH_EVERY: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Delivers `status.spool` to `dest` forever (spawn it).
 pub async fn run_delivery(
-    mut dest: Destination,
+    mut dest: Box<dyn Destination>,
     status: Arc<DestStatus>,
     batch_records: usize,
     timeout: Duration,
@@ -485,7 +451,7 @@ pub async fn run_delivery(
         let sent = if items.is_empty() {
             Ok(Ok(()))
         } else {
-            tokio::time::timeout(timeout, dest.deliver(&items, &status)).await
+            tokio::time::timeout(timeout, dest.send(&items)).await
         };
         match sent {
             Ok(Ok(())) => {

@@ -8,7 +8,8 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as Av;
 use opentelemetry_proto::tonic::trace::v1::{Span, span};
 
 use super::clickhouse::{CALL_COLUMNS, CallRow, SESSION_COLUMNS, SessionRow, ddl};
-use super::export::{AgentTracker, ExportItem, Fanout, SpoolWriter};
+use super::destination::ExportItem;
+use super::export::{AgentTracker, Fanout, SpoolWriter};
 use super::spans::{agent_span_id, call_span, session_spans, trace_id};
 use super::spool::Spool;
 use super::*;
@@ -423,4 +424,57 @@ fn sinks_spans_carry_container_and_pod_labels() {
     assert!(
         matches!(attr(&spans[0], "k8s.pod.name"), Some(Av::StringValue(v)) if v == "summarizer-0")
     );
+}
+
+#[test]
+fn sinks_status_shows_the_loop_counters_and_the_destination_own() {
+    let dir = TempDir::new("status");
+    let spool = std::sync::Arc::new(Spool::open(&dir.path().join("spool"), 1 << 20).unwrap());
+    let counters = std::sync::Arc::new(otlp::OtlpCounters::default());
+    counters
+        .spans_sent
+        .fetch_add(7, std::sync::atomic::Ordering::Relaxed);
+    let status = export::DestStatus::new("otlp", "t".into(), spool.clone()).with_counters(counters);
+    let v = status.to_json();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    for k in [
+        "name",
+        "target",
+        "ok",
+        "ready",
+        "delivered_records",
+        "delivered_batches",
+        "failed_requests",
+        "bad_records",
+        "spans_sent",
+        "spans_rejected",
+        "metric_exports",
+        "metric_export_failures",
+        "tracker_dropped",
+        "parked_records",
+        "parked_over_cap",
+        "last_permanent_error",
+        "last_success_unix",
+        "last_error",
+        "spool",
+    ] {
+        assert!(keys.contains(&k), "{k} not in {keys:?}");
+    }
+    assert_eq!(v["spans_sent"], 7);
+    assert_eq!(v["spool"]["pending_rows"], 0);
+    assert!(v["last_error"].is_null());
+    // ClickHouse has none of OTLP's.
+    let ch = export::DestStatus::new("clickhouse", "t".into(), spool).to_json();
+    assert!(ch.get("spans_sent").is_none(), "{ch:#}");
+}
+
+#[test]
+fn sinks_clickhouse_column_types_are_those_of_the_fields() {
+    use crate::sessions::{CallRecord, LedgerRow};
+    for (name, declared, derived) in CallRecord::column_types_of_fields()
+        .into_iter()
+        .chain(LedgerRow::column_types_of_fields())
+    {
+        assert_eq!(declared, derived, "column {name}");
+    }
 }

@@ -1,8 +1,10 @@
 //! Where call and ledger rows go. Every sink implements [`Sink`] (one interface, as in Vector):
-//! JSONL files by default ([`JsonlSink`]), always on; ClickHouse ([`clickhouse`]) and OTLP
-//! ([`otlp`]) when configured, fed through durable spools ([`spool`]) by the [`Fanout`] the
-//! pipeline holds and delivered on their own tasks ([`export::run_delivery`]); metrics
-//! ([`metrics`]) over OTLP and an optional loopback Prometheus endpoint. [`build`] wires it all.
+//! JSONL files by default ([`JsonlSink`]), always on; the network destinations configured
+//! (ClickHouse [`clickhouse`], OTLP [`otlp`]: each a [`destination::Destination`] built by its
+//! `[sinks.*]` table, a [`destination::DestinationConfig`]) fed through durable spools
+//! ([`spool`]) by the [`Fanout`] the pipeline holds and delivered on their own tasks
+//! ([`export::run_delivery`]); metrics ([`metrics`]) over OTLP and an optional loopback
+//! Prometheus endpoint. [`build`] wires it all without naming a destination.
 //!
 //! Restart recovery ([`recovery::recover`]) reads the JSONL files back so that nothing
 //! accounted is lost across a restart and no ledger row is written twice.
@@ -17,6 +19,7 @@ pub mod http;
 pub mod jsonl;
 pub mod metrics;
 pub mod otlp;
+pub mod otlp_http;
 pub mod recovery;
 pub mod spans;
 pub mod spool;
@@ -76,10 +79,9 @@ pub enum SinkError {
     },
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
+    /// A destination's `[sinks.*]` table it cannot work with (the message names the key).
     #[error(transparent)]
-    ClickHouseConfig(#[from] clickhouse::ClickHouseConfigError),
-    #[error(transparent)]
-    OtlpConfig(#[from] otlp::OtlpConfigError),
+    Destination(destination::BuildError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
     #[error("cannot serialize a {what} row: {source}; this is a bug, please report it")]
@@ -125,71 +127,41 @@ pub async fn build(
     host: String,
 ) -> Result<(Fanout, ExportHandle), SinkError> {
     use std::sync::Arc;
-    use std::time::Duration;
 
     let jsonl = JsonlSink::open(data_dir)?;
-    let want_metrics = metrics_cfg.prometheus || sinks.otlp.as_ref().is_some_and(|o| o.metrics);
+    let configured = sinks.destinations();
+    let want_metrics = metrics_cfg.prometheus || configured.iter().any(|d| d.wants_metrics());
     let metrics = want_metrics.then(|| Arc::new(metrics::Metrics::new(metrics_cfg.max_series)));
+    let ctx = destination::BuildContext {
+        host,
+        metrics: metrics.clone(),
+    };
     let mut writers = Vec::new();
     let mut dests = Vec::new();
-    if let Some(cfg) = &sinks.clickhouse {
-        let dest = clickhouse::ClickHouseDest::new(cfg)?;
+    for cfg in configured {
+        let name = cfg.name();
+        let built = cfg.build(&ctx).map_err(SinkError::Destination)?;
         let spool = Arc::new(spool::Spool::open(
-            &data_dir.join("spool/clickhouse"),
-            cfg.spool_max_bytes,
+            &data_dir.join("spool").join(name),
+            built.spool_max_bytes,
         )?);
-        let status = Arc::new(export::DestStatus::new(
-            "clickhouse",
-            format!("{} database {}", cfg.url, cfg.database),
-            spool,
-        ));
-        writers.push(export::SpoolWriter::new(status.clone(), None));
+        let status = Arc::new(
+            export::DestStatus::new(name, built.target, spool)
+                .with_counters(built.destination.counters()),
+        );
         dests.push(status.clone());
-        tokio::spawn(export::run_delivery(
-            export::Destination::ClickHouse(Box::new(dest)),
-            status,
-            cfg.batch_rows,
-            Duration::from_secs(cfg.timeout_secs.max(1)),
-        ));
-    }
-    if let Some(cfg) = &sinks.otlp {
-        let dest = otlp::OtlpDest::new(cfg, host.clone())?;
-        let spool = Arc::new(spool::Spool::open(
-            &data_dir.join("spool/otlp"),
-            cfg.spool_max_bytes,
-        )?);
-        let status = Arc::new(export::DestStatus::new(
-            "otlp",
-            format!(
-                "{} ({})",
-                cfg.endpoint,
-                match cfg.protocol {
-                    config::OtlpProtocol::Grpc => "grpc",
-                    config::OtlpProtocol::HttpProtobuf => "http/protobuf",
-                }
-            ),
-            spool,
-        ));
-        dests.push(status.clone());
-        if cfg.traces {
-            writers.push(export::SpoolWriter::new(
-                status.clone(),
-                Some(export::AgentTracker::new(cfg.max_events_per_session)),
-            ));
+        if built.deliver {
+            let tracker = built.track_agents.map(export::AgentTracker::new);
+            writers.push(export::SpoolWriter::new(status.clone(), tracker));
             tokio::spawn(export::run_delivery(
-                export::Destination::Otlp(Box::new(dest.clone())),
-                status.clone(),
-                cfg.batch_records,
-                Duration::from_secs(cfg.timeout_secs.max(1)),
+                built.destination,
+                status,
+                built.batch_records,
+                built.timeout,
             ));
         }
-        if let (true, Some(m)) = (cfg.metrics, &metrics) {
-            tokio::spawn(otlp::run_metrics(
-                dest,
-                m.clone(),
-                status,
-                Duration::from_secs(cfg.metrics_interval_secs.max(1)),
-            ));
+        for task in built.side_tasks {
+            tokio::spawn(task);
         }
     }
     if let (true, Some(m)) = (metrics_cfg.prometheus, &metrics) {

@@ -3,23 +3,25 @@
 //! (`POST <endpoint>/v1/traces`, `/v1/metrics`, `application/x-protobuf`); `https://` uses TLS
 //! (rustls, web PKI roots). Spans are spooled (durable, see [`super::spool`]); metrics are
 //! cumulative and re-sent every interval, so a failed export loses no count.
+//!
+//! OTLP/HTTP spans go through `opentelemetry-otlp`'s exporter ([`super::otlp_http`], which
+//! also says why gRPC spans and metrics are still sent by hand here).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
     metrics_service_client::MetricsServiceClient,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_client::TraceServiceClient,
+    ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
 };
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
@@ -29,9 +31,12 @@ use prost::Message;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::config::{OtlpConfig, OtlpProtocol};
-use super::destination::DeliveryError;
-use super::export::{DestStatus, ExportItem};
+use super::destination::{
+    BuildContext, BuildError, Built, Counters, DeliveryError, Destination, DestinationConfig,
+    ExportItem,
+};
 use super::metrics::Metrics;
+use super::otlp_http::HttpTraces;
 use super::spans::{SCHEMA_URL, call_span, kv_str, session_spans};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +55,10 @@ enum Transport {
         headers: tonic::metadata::MetadataMap,
     },
     Http {
-        client: Box<HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>>,
+        /// Spans, through opentelemetry-otlp.
+        traces: Box<HttpTraces>,
+        /// Metrics, by hand.
+        client: Box<super::http::Client>,
         base: String,
         headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
     },
@@ -102,11 +110,72 @@ pub fn spans_of(items: &[ExportItem]) -> Vec<Span> {
     spans
 }
 
+/// What only OTLP counts (shown in its status).
+#[derive(Debug, Default)]
+pub struct OtlpCounters {
+    /// Spans sent; rejected by the receiver (partial success).
+    pub spans_sent: AtomicU64,
+    pub spans_rejected: AtomicU64,
+    /// Metrics exports done / failed (metrics are cumulative: the next export repeats what a
+    /// failed one carried, so a failure loses no count).
+    pub metric_exports: AtomicU64,
+    pub metric_export_failures: AtomicU64,
+}
+
+impl Counters for OtlpCounters {
+    fn fields(&self) -> Vec<(&'static str, u64)> {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("spans_sent", n(&self.spans_sent)),
+            ("spans_rejected", n(&self.spans_rejected)),
+            ("metric_exports", n(&self.metric_exports)),
+            ("metric_export_failures", n(&self.metric_export_failures)),
+        ]
+    }
+}
+
+impl DestinationConfig for OtlpConfig {
+    fn name(&self) -> &'static str {
+        "otlp"
+    }
+
+    fn wants_metrics(&self) -> bool {
+        self.metrics
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Built, BuildError> {
+        let dest = OtlpDest::new(self, ctx.host.clone())?;
+        let mut side_tasks: Vec<super::destination::SideTask> = Vec::new();
+        if let (true, Some(m)) = (self.metrics, &ctx.metrics) {
+            side_tasks.push(Box::pin(run_metrics(
+                dest.clone(),
+                m.clone(),
+                Duration::from_secs(self.metrics_interval_secs.max(1)),
+            )));
+        }
+        let protocol = match self.protocol {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        };
+        Ok(Built {
+            destination: Box::new(dest),
+            target: format!("{} ({protocol})", self.endpoint),
+            spool_max_bytes: self.spool_max_bytes,
+            batch_records: self.batch_records,
+            timeout: Duration::from_secs(self.timeout_secs.max(1)),
+            deliver: self.traces,
+            track_agents: Some(self.max_events_per_session),
+            side_tasks,
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct OtlpDest {
     transport: Arc<Transport>,
     host: String,
     timeout: Duration,
+    counters: Arc<OtlpCounters>,
 }
 
 impl OtlpDest {
@@ -159,9 +228,20 @@ impl OtlpDest {
                         .map_err(|_| OtlpConfigError::BadHeader(k.clone()))?;
                     headers.push((name, val));
                 }
+                let base = cfg.endpoint.trim_end_matches('/').to_string();
+                let traces = HttpTraces::new(
+                    client.clone(),
+                    &base,
+                    &cfg.headers,
+                    timeout,
+                    &resource(&host),
+                    &scope(),
+                )
+                .map_err(bad)?;
                 Transport::Http {
+                    traces: Box::new(traces),
                     client: Box::new(client),
-                    base: cfg.endpoint.trim_end_matches('/').to_string(),
+                    base,
                     headers,
                 }
             }
@@ -170,12 +250,19 @@ impl OtlpDest {
             transport: Arc::new(transport),
             host,
             timeout,
+            counters: Arc::default(),
         })
     }
 
-    async fn send_traces(&self, req: ExportTraceServiceRequest) -> Result<i64, DeliveryError> {
+    /// Sends `spans` (none: a health check); on success, the spans the receiver rejected.
+    async fn send_traces(&self, spans: Vec<Span>) -> Result<i64, DeliveryError> {
         match &*self.transport {
             Transport::Grpc { channel, headers } => {
+                let req = if spans.is_empty() {
+                    ExportTraceServiceRequest::default()
+                } else {
+                    trace_request(&self.host, spans)
+                };
                 let mut client = TraceServiceClient::new(channel.clone());
                 let mut r = tonic::Request::new(req);
                 *r.metadata_mut() = headers.clone();
@@ -190,13 +277,16 @@ impl OtlpDest {
                     .partial_success
                     .map_or(0, |p| p.rejected_spans))
             }
-            Transport::Http { .. } => {
-                let body = self.post("/v1/traces", req.encode_to_vec()).await?;
-                Ok(ExportTraceServiceResponse::decode(body.as_ref())
-                    .ok()
-                    .and_then(|r| r.partial_success)
-                    .map_or(0, |p| p.rejected_spans))
-            }
+            Transport::Http { traces, .. } if !spans.is_empty() => traces.export(spans).await,
+            // A health check is an empty export, sent as such: the exporter would wrap even no
+            // span in a `ResourceSpans` carrying the resource.
+            Transport::Http { .. } => self
+                .post(
+                    "/v1/traces",
+                    ExportTraceServiceRequest::default().encode_to_vec(),
+                )
+                .await
+                .map(|_| 0),
         }
     }
 
@@ -230,11 +320,11 @@ impl OtlpDest {
             client,
             base,
             headers,
+            ..
         } = &*self.transport
         else {
             return Err(DeliveryError::Permanent("not an HTTP transport".into()));
         };
-        let retry = DeliveryError::Retryable;
         let url = format!("{base}{path}");
         let mut req = hyper::Request::post(&url)
             .header(hyper::header::CONTENT_TYPE, "application/x-protobuf");
@@ -244,51 +334,7 @@ impl OtlpDest {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| DeliveryError::Permanent(format!("POST {url}: {e}")))?;
-        let resp = tokio::time::timeout(self.timeout, client.request(req))
-            .await
-            .map_err(|_| retry(format!("POST {url}: timed out after {:?}", self.timeout)))?
-            .map_err(|e| retry(format!("POST {url}: {e}")))?;
-        let status = resp.status();
-        let body = tokio::time::timeout(self.timeout, resp.into_body().collect())
-            .await
-            .map_err(|_| retry(format!("POST {url}: reading the response timed out")))?
-            .map_err(|e| retry(format!("POST {url}: {e}")))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(DeliveryError::from_http_status(
-                status.as_u16(),
-                format!(
-                    "POST {url}: HTTP {status}: {}",
-                    String::from_utf8_lossy(&body[..body.len().min(200)])
-                ),
-            ));
-        }
-        Ok(body)
-    }
-
-    pub async fn deliver(
-        &mut self,
-        items: &[ExportItem],
-        status: &DestStatus,
-    ) -> Result<(), DeliveryError> {
-        let spans = spans_of(items);
-        let n = spans.len() as u64;
-        let rejected = self.send_traces(trace_request(&self.host, spans)).await?;
-        status.spans_sent.fetch_add(n, Ordering::Relaxed);
-        if rejected > 0 {
-            status
-                .spans_rejected
-                .fetch_add(rejected as u64, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    /// An empty export: valid, and tells whether the receiver answers.
-    pub async fn check(&mut self) -> Result<(), String> {
-        self.send_traces(ExportTraceServiceRequest::default())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        Ok(super::http::post(client, self.timeout, req).await?.1)
     }
 
     pub async fn export_metrics(&self, metrics: &Metrics) -> Result<(), String> {
@@ -308,13 +354,37 @@ impl OtlpDest {
     }
 }
 
+#[async_trait::async_trait]
+impl Destination for OtlpDest {
+    async fn send(&mut self, items: &[ExportItem]) -> Result<(), DeliveryError> {
+        let spans = spans_of(items);
+        let n = spans.len() as u64;
+        let rejected = self.send_traces(spans).await?;
+        self.counters.spans_sent.fetch_add(n, Ordering::Relaxed);
+        if rejected > 0 {
+            self.counters
+                .spans_rejected
+                .fetch_add(rejected as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// An empty export: valid, and tells whether the receiver answers.
+    async fn check(&mut self) -> Result<(), String> {
+        self.send_traces(Vec::new())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn counters(&self) -> Arc<dyn Counters> {
+        self.counters.clone()
+    }
+}
+
 /// Exports metrics every `interval` (spawn it).
-pub async fn run_metrics(
-    dest: OtlpDest,
-    metrics: Arc<Metrics>,
-    status: Arc<DestStatus>,
-    interval: Duration,
-) {
+pub async fn run_metrics(dest: OtlpDest, metrics: Arc<Metrics>, interval: Duration) {
+    let counters = dest.counters.clone();
     let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -322,16 +392,16 @@ pub async fn run_metrics(
         tick.tick().await;
         match tokio::time::timeout(dest.timeout * 2, dest.export_metrics(&metrics)).await {
             Ok(Ok(())) => {
-                status.metric_exports.fetch_add(1, Ordering::Relaxed);
+                counters.metric_exports.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Err(e)) => {
-                status
+                counters
                     .metric_export_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(sink = status.name, "metrics export failed: {e}");
+                tracing::debug!(sink = "otlp", "metrics export failed: {e}");
             }
             Err(_) => {
-                status
+                counters
                     .metric_export_failures
                     .fetch_add(1, Ordering::Relaxed);
             }
