@@ -733,7 +733,7 @@ mod tests {
         for (name, data) in seeds::connection() {
             assert!(
                 dir.join(&name).is_file(),
-                "{name}: run fuzzing_write_seed_corpus"
+                "{name}: run `cargo xtask fuzz --write-seeds`"
             );
             let run = connection_run(&data);
             reported += run
@@ -778,19 +778,32 @@ mod tests {
         }
     }
 
-    /// Writes the seed corpus: `cargo test -p agentwatch --lib fuzzing_write_seed_corpus --
-    /// --ignored`. Files not written here (crash inputs kept as regressions) are left alone.
+    /// The committed seed corpus is what the generators below make. `cargo xtask fuzz
+    /// --write-seeds` writes it again (this test with `AGENTWATCH_WRITE_SEEDS` set). Files no
+    /// generator makes (crash inputs kept as regressions) are left alone.
     #[test]
-    #[ignore]
-    fn fuzzing_write_seed_corpus() {
+    fn fuzzing_seed_corpus_is_current() {
         let root = corpus_root();
+        let write = std::env::var_os("AGENTWATCH_WRITE_SEEDS").is_some();
+        let mut stale = Vec::new();
         for (target, files) in seeds::all() {
             let dir = root.join(target);
-            std::fs::create_dir_all(&dir).unwrap();
+            if write {
+                std::fs::create_dir_all(&dir).unwrap();
+            }
             for (name, data) in files {
-                std::fs::write(dir.join(name), data).unwrap();
+                let path = dir.join(&name);
+                if write {
+                    std::fs::write(&path, &data).unwrap();
+                } else if std::fs::read(&path).ok().as_deref() != Some(&data[..]) {
+                    stale.push(format!("{target}/{name}"));
+                }
             }
         }
+        assert!(
+            stale.is_empty(),
+            "seed files differ from what their generators make: {stale:?}; run `cargo xtask fuzz --write-seeds`"
+        );
     }
 
     mod seeds {

@@ -45,6 +45,9 @@ enum Task {
         secs: u64,
         /// One target (default: every target in fuzz/Cargo.toml).
         target: Option<String>,
+        /// Write the seed corpus (`fuzz/corpus/<target>/`) from its generators, then stop.
+        #[arg(long)]
+        write_seeds: bool,
     },
 }
 
@@ -410,6 +413,16 @@ fn cargo_fuzz() -> Command {
 /// (fuzz/corpus/<t>, read only) and a working corpus it grows (fuzz/work/<t>, ignored by git).
 /// A crash, a timeout (one input over 10 s) or memory use (one allocation over 128 MiB, 2 GiB
 /// in all) fails the task; libFuzzer leaves the input in fuzz/artifacts/<t>/.
+/// The seed corpus, written by the unit test that checks it (its generators use the parsers'
+/// test fixtures, which only the test build has).
+fn write_seeds() -> Result<()> {
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["test", "--release", "-p", "agentwatch", "--lib"])
+        .args(["--", "--exact", "fuzzing::tests::fuzzing_seed_corpus_is_current"])
+        .env("AGENTWATCH_WRITE_SEEDS", "1"))
+}
+
 fn fuzz(secs: u64, only: Option<String>) -> Result<()> {
     use std::io::BufRead;
 
@@ -565,7 +578,10 @@ fn main() -> Result<()> {
                 .env("MOCK_LLM_BIN", root.join("target/release/mock-llm"))
                 .env("AGENTWATCH_VENV", root.join(".venv")))?;
         }
-        Task::Fuzz { secs, target } => fuzz(secs, target)?,
+        Task::Fuzz {
+            write_seeds: true, ..
+        } => write_seeds()?,
+        Task::Fuzz { secs, target, .. } => fuzz(secs, target)?,
     }
     Ok(())
 }
