@@ -8,13 +8,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::accounting::pricing::Pricing;
 use crate::config::Config;
-use crate::control::{self, Request};
+use crate::control::replies::{
+    Ceilings, Counters, Estimates, FirstContact, NotCovered, ProbedProcesses, Processes, Reloaded,
+    SessionList, Status, TreeList, reshape,
+};
+use crate::control::{self, Reply, Request};
 use crate::policy::Policy;
 use crate::probes::{Probes, Scope, libraries};
 use crate::procs::ProcTree;
@@ -168,29 +171,26 @@ fn drain_ring(p: &mut Pipeline, ring: &mut crate::probes::ring::Ring, execs: &mu
 }
 
 /// Re-reads the ceilings of the config file (SIGHUP, `agentwatch reload`).
-fn reload(pipeline: &Mutex<Pipeline>) -> serde_json::Value {
+fn reload(pipeline: &Mutex<Pipeline>) -> Result<Reloaded, String> {
     let Some(Some(path)) = CONFIG_PATH.get() else {
-        return json!({"error": "the daemon was started without --config: nothing to reload"});
+        return Err("the daemon was started without --config: nothing to reload".into());
     };
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => return json!({"error": e.to_string()}),
-    };
+    let config = Config::load(path).map_err(|e| e.to_string())?;
     let mut p = pipeline.lock().expect("pipeline lock");
     let Some(policy) = p.policy.as_mut() else {
-        return json!({"error": "ceilings are not available"});
+        return Err("ceilings are not available".into());
     };
-    match policy.reload(config.ceilings, &config.session_roots) {
-        Ok(()) => {
-            let enabled = policy.enabled();
-            if let Some(g) = p.gate.as_mut() {
-                g.set_wake_data(enabled);
-            }
-            tracing::info!("reloaded ceilings from {}", path.display());
-            json!({"reloaded": path})
-        }
-        Err(e) => json!({"error": e.to_string()}),
+    policy
+        .reload(config.ceilings, &config.session_roots)
+        .map_err(|e| e.to_string())?;
+    let enabled = policy.enabled();
+    if let Some(g) = p.gate.as_mut() {
+        g.set_wake_data(enabled);
     }
+    tracing::info!("reloaded ceilings from {}", path.display());
+    Ok(Reloaded {
+        reloaded: path.clone(),
+    })
 }
 
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
@@ -408,6 +408,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                 &exports,
                 &pods,
             )
+            .to_json()
         });
     }
     {
@@ -470,8 +471,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                 false
             }
             _ = hup.recv() => {
-                let answer = reload(&pipeline);
-                if let Some(e) = answer.get("error") {
+                if let Err(e) = reload(&pipeline) {
                     tracing::error!("reload failed: {e}");
                 }
                 false
@@ -584,119 +584,35 @@ fn answer(
     started: Instant,
     exports: &crate::sinks::ExportHandle,
     pods: &PodIndex,
-) -> serde_json::Value {
+) -> Reply {
     match req {
-        Request::Status => {
-            let (
-                programs,
-                scope,
-                libraries,
-                failures,
-                drops,
-                counters,
-                detached,
-                not_covered,
-                probed,
-                kernel_side,
-            ) = {
-                let d = discovery.lock().expect("discovery lock");
-                let a = &d.probes.attachments;
-                (
-                    d.probes.programs.clone(),
-                    d.probes.scope,
-                    a.libraries.clone(),
-                    a.failures.clone(),
-                    d.probes.drop_counters(),
-                    d.probes.kernel_counters(),
-                    a.detached,
-                    json!({
-                        "executables": a.not_covered,
-                        "over_cap": a.not_covered_over_cap,
-                        "go_args_swept": a.go_args_swept,
-                    }),
-                    json!({
-                        "links": d.probes.per_process_links(),
-                        "analysis": a.analyses.stats(),
-                        "now": a.processes_probed(),
-                        "links_closing": d.links_closing.load(std::sync::atomic::Ordering::Acquire),
-                        "attached_total": a.processes_attached_total,
-                        "detached_total": a.processes_detached_total,
-                        "libraries_over_cap": a.libraries_over_cap,
-                    }),
-                    d.probes.kernel_side.clone(),
-                )
-            };
-            let p = pipeline.lock().expect("pipeline lock");
-            // Every probe attached: the process and socket tracepoints, no attach failure,
-            // and (probing every process) at least one TLS library.
-            let ok = programs.tracepoints.len() >= 7
-                && failures.is_empty()
-                && (scope == Scope::Agents || !libraries.is_empty());
-            json!({
-                "ok": ok,
-                "version": env!("CARGO_PKG_VERSION"),
-                "uptime_secs": started.elapsed().as_secs(),
-                "data_dir": data_dir,
-                "scope": scope,
-                "kernel_side": kernel_side,
-                "tracepoints": programs.tracepoints,
-                "hooks_missing": programs.missing,
-                "tls_libraries": libraries,
-                "probed_processes": probed,
-                "first_contact": {
-                    "stats": p.first_contact,
-                    "kernel": counters,
-                },
-                "tls_libraries_detached": detached,
-                "attach_failures": failures,
-                // Programs whose TLS the probes cannot see (stripped Go binaries): known gaps,
-                // not failures.
-                "tls_not_covered": not_covered,
-                "processes": {"live": p.tree.live_count(), "exited_kept": p.tree.exited_kept_count(), "dropped_over_cap": p.tree.dropped_over_cap()},
-                "live_sessions": p.sessions.live_sessions().len(),
-                "kernel_drops": drops,
-                "pipeline": p.stats,
-                "replay": p.replay,
-                "capture": p.capture_stats,
-                "aead": p.aead.stats,
-                "estimates": {
-                    "stats": p.estimates.stats,
-                    // Binaries whose LLM traffic no hook sees, and how it is measured.
-                    "binaries": p.estimates.binaries.iter().map(|(exe, (host, calls))| {
-                        (exe.clone(), serde_json::json!(format!("estimated: SNI {host} ({calls} calls)")))
-                    }).collect::<serde_json::Map<String, serde_json::Value>>(),
-                },
-                "ceilings": {
-                    "enabled": p.policy.as_ref().is_some_and(|pol| pol.enabled()),
-                    "block": BLOCK_STATUS.get(),
-                    "stats": p.policy.as_ref().map(|pol| &pol.stats),
-                    "gate_errors": p.gate.as_ref().map(|g| g.errors),
-                    // Metered sockets whose queued bytes are kept in the host now.
-                    "held_sockets": p.gate.as_ref().map(|g| g.held_sockets()),
-                },
-                "sinks": exports.status_json(),
-                "kubernetes": pods.status(),
-            })
-        }
+        Request::Status => status(pipeline, discovery, data_dir, started, exports, pods).into(),
         Request::Approve {
             session,
             raise_usd,
             raise_tokens,
             raise_calls,
-        } => pipeline.lock().expect("pipeline lock").approve(
-            &session,
-            raise_usd.unwrap_or(0.0),
-            raise_tokens.unwrap_or(0),
-            raise_calls.unwrap_or(0),
-        ),
+        } => pipeline
+            .lock()
+            .expect("pipeline lock")
+            .approve(
+                &session,
+                raise_usd.unwrap_or(0.0),
+                raise_tokens.unwrap_or(0),
+                raise_calls.unwrap_or(0),
+            )
+            .into(),
         Request::Kill { session } => pipeline
             .lock()
             .expect("pipeline lock")
-            .kill_session(&session),
-        Request::Reload => reload(pipeline),
+            .kill_session(&session)
+            .into(),
+        Request::Reload => reload(pipeline).into(),
         Request::Sessions => {
             let p = pipeline.lock().expect("pipeline lock");
-            json!({"sessions": p.sessions.live_sessions()})
+            let sessions: Result<Vec<_>, _> =
+                p.sessions.live_sessions().iter().map(reshape).collect();
+            sessions.map(|sessions| SessionList { sessions }).into()
         }
         Request::Tree { session } => {
             let p = pipeline.lock().expect("pipeline lock");
@@ -709,8 +625,104 @@ fn answer(
                     .map(|s| s.session_id.clone())
                     .collect(),
             };
-            let trees: Vec<_> = ids.iter().filter_map(|id| p.sessions.tree(id)).collect();
-            json!({"trees": trees})
+            let trees: Result<Vec<_>, _> = ids
+                .iter()
+                .filter_map(|id| p.sessions.tree(id))
+                .map(|t| reshape(&t))
+                .collect();
+            trees.map(|trees| TreeList { trees }).into()
         }
     }
+}
+
+fn status(
+    pipeline: &Mutex<Pipeline>,
+    discovery: &Mutex<Discovery>,
+    data_dir: &Path,
+    started: Instant,
+    exports: &crate::sinks::ExportHandle,
+    pods: &PodIndex,
+) -> Result<Status, serde_json::Error> {
+    let d = discovery.lock().expect("discovery lock");
+    let a = &d.probes.attachments;
+    let programs = d.probes.programs.clone();
+    let scope = d.probes.scope;
+    let tls_libraries = a.libraries.clone();
+    let attach_failures = a.failures.clone();
+    let kernel_drops = d.probes.drop_counters();
+    let kernel = d.probes.kernel_counters();
+    let tls_libraries_detached = a.detached;
+    let tls_not_covered = NotCovered {
+        executables: a.not_covered.clone(),
+        over_cap: a.not_covered_over_cap,
+        go_args_swept: a.go_args_swept,
+    };
+    let probed_processes = ProbedProcesses {
+        links: d.probes.per_process_links().to_string(),
+        analysis: Counters::of(a.analyses.stats()),
+        now: a.processes_probed(),
+        links_closing: d.links_closing.load(std::sync::atomic::Ordering::Acquire),
+        attached_total: a.processes_attached_total,
+        detached_total: a.processes_detached_total,
+        libraries_over_cap: a.libraries_over_cap,
+    };
+    let kernel_side = reshape(&d.probes.kernel_side)?;
+    drop(d);
+    let p = pipeline.lock().expect("pipeline lock");
+    let ok = programs.tracepoints.len() >= 7
+        && attach_failures.is_empty()
+        && (scope == Scope::Agents || !tls_libraries.is_empty());
+    Ok(Status {
+        ok,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_secs: started.elapsed().as_secs(),
+        data_dir: data_dir.to_path_buf(),
+        scope,
+        kernel_side,
+        tracepoints: programs.tracepoints,
+        hooks_missing: programs.missing,
+        tls_libraries,
+        probed_processes,
+        first_contact: FirstContact {
+            stats: Counters::of(&p.first_contact),
+            kernel,
+        },
+        tls_libraries_detached,
+        attach_failures,
+        tls_not_covered,
+        processes: Processes {
+            live: p.tree.live_count(),
+            exited_kept: p.tree.exited_kept_count(),
+            dropped_over_cap: p.tree.dropped_over_cap(),
+        },
+        live_sessions: p.sessions.live_sessions().len(),
+        kernel_drops,
+        pipeline: Counters::of(&p.stats),
+        replay: Counters::of(&p.replay),
+        capture: Counters::of(&p.capture_stats),
+        aead: Counters::of(&p.aead.stats),
+        estimates: Estimates {
+            stats: Counters::of(&p.estimates.stats),
+            binaries: p
+                .estimates
+                .binaries
+                .iter()
+                .map(|(exe, (host, calls))| {
+                    (
+                        exe.clone(),
+                        format!("estimated: SNI {host} ({calls} calls)"),
+                    )
+                })
+                .collect(),
+        },
+        ceilings: Ceilings {
+            enabled: p.policy.as_ref().is_some_and(|pol| pol.enabled()),
+            block: BLOCK_STATUS.get().cloned(),
+            stats: p.policy.as_ref().map(|pol| pol.stats.clone()),
+            gate_errors: p.gate.as_ref().map(|g| g.errors),
+            held_sockets: p.gate.as_ref().map(|g| g.held_sockets()),
+        },
+        sinks: serde_json::from_value(exports.status_json())?,
+        kubernetes: Counters::of(&pods.status()),
+    })
 }

@@ -112,7 +112,7 @@ pub struct SessionPolicy {
     recent_starts: VecDeque<u64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PolicyStats {
     pub holds: u64,
     pub holds_granted: u64,

@@ -1,10 +1,10 @@
 //! The pipeline's side of ceilings: deciding holds, stopping sessions, approvals and
 //! restarts. The design and why it has no race are in `crate::policy`.
 use agentwatch_ebpf::{GATE_ARMED, GATE_BLOCKED, GATE_GRANTED, GATE_KILL, GATE_PAUSED};
-use serde_json::json;
 
 use super::Pipeline;
 use crate::capture::{Connection, Http2Hold};
+use crate::control::replies::{Approved, Killed};
 use crate::policy::{Action, Hit, OnRestart, enforce};
 use crate::procs::ProcKey;
 use crate::providers::{Api, LlmRequest, provider_name};
@@ -541,12 +541,12 @@ impl Pipeline {
         usd: f64,
         tokens: u64,
         calls: u64,
-    ) -> serde_json::Value {
+    ) -> Result<Approved, String> {
         let Some(root) = self.sessions.root_of(session_id) else {
-            return json!({"error": format!("no open session {session_id}")});
+            return Err(format!("no open session {session_id}"));
         };
         let Some(policy) = self.policy.as_mut() else {
-            return json!({"error": "no ceilings are configured"});
+            return Err("no ceilings are configured".into());
         };
         policy.approve(session_id, usd, tokens, calls);
         policy.save();
@@ -562,13 +562,16 @@ impl Pipeline {
             self.estimates.allow(k.tgid);
         }
         let n = enforce::signal(&self.tree, &keys, libc::SIGCONT);
-        json!({"approved": session_id, "continued": n})
+        Ok(Approved {
+            approved: session_id.to_string(),
+            continued: n,
+        })
     }
 
     /// `agentwatch kill SESSION`: SIGKILL the whole session tree.
-    pub fn kill_session(&mut self, session_id: &str) -> serde_json::Value {
+    pub fn kill_session(&mut self, session_id: &str) -> Result<Killed, String> {
         let Some(root) = self.sessions.root_of(session_id) else {
-            return json!({"error": format!("no open session {session_id}")});
+            return Err(format!("no open session {session_id}"));
         };
         self.sessions.set_outcome(
             session_id,
@@ -586,7 +589,10 @@ impl Pipeline {
         }
         // A stopped process dies on SIGKILL too.
         let n = enforce::signal(&self.tree, &keys, libc::SIGKILL);
-        json!({"killed": session_id, "processes": n})
+        Ok(Killed {
+            killed: session_id.to_string(),
+            processes: n,
+        })
     }
 
     /// `[[session_roots]]`: a process that matches a rule at exec starts its session now.
