@@ -70,16 +70,12 @@ impl Daemon {
         };
         let config = Config::load(path).map_err(|e| e.to_string())?;
         let mut p = self.pipeline.lock().expect("pipeline lock");
-        let Some(policy) = p.policy.as_mut() else {
+        let Some(enforcer) = p.enforcer.as_mut() else {
             return Err("ceilings are not available".into());
         };
-        policy
+        enforcer
             .reload(config.ceilings, &config.session_roots)
             .map_err(|e| e.to_string())?;
-        let enabled = policy.enabled();
-        if let Some(g) = p.gate.as_mut() {
-            g.set_wake_data(enabled);
-        }
         tracing::info!("reloaded ceilings from {}", path.display());
         Ok(Reloaded {
             reloaded: path.clone(),
@@ -161,11 +157,11 @@ impl Daemon {
                     .collect(),
             },
             ceilings: Ceilings {
-                enabled: p.policy.as_ref().is_some_and(|pol| pol.enabled()),
+                enabled: p.enforcer.as_ref().is_some_and(|e| e.enabled()),
                 block: Some(self.block_status.clone()),
-                stats: p.policy.as_ref().map(|pol| pol.stats.clone()),
-                gate_errors: p.gate.as_ref().map(|g| g.errors),
-                held_sockets: p.gate.as_ref().map(|g| g.held_sockets()),
+                stats: p.enforcer.as_ref().map(|e| e.stats().clone()),
+                gate_errors: p.enforcer.as_ref().map(|e| e.gate_errors()),
+                held_sockets: p.enforcer.as_ref().map(|e| e.sockets_held()),
             },
             sinks: serde_json::from_value(self.exports.status_json())?,
             kubernetes: Counters::of(&self.pods.status()),

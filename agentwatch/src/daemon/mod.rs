@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::accounting::pricing::Pricing;
 use crate::config::Config;
 use crate::control::{self, Request};
-use crate::policy::Policy;
+use crate::policy::{Enforcer, Policy};
 use crate::probes::{Probes, Scope};
 use crate::procs::ProcTree;
 use crate::sessions::clock::boot_now_ns;
@@ -88,7 +88,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
 struct KernelSide {
     discovery: Discovery,
     ring: crate::probes::ring::Ring,
-    gate: crate::policy::gate::Gate,
+    gate: crate::probes::gate_maps::GateMaps,
     meter: crate::probes::meter::Meter,
     closer: first_contact::Closer,
     held_file: first_contact::HeldFile,
@@ -125,12 +125,13 @@ impl Daemon {
         let KernelSide {
             discovery,
             ring,
-            mut gate,
+            gate,
             meter,
             closer,
             held_file,
         } = kernel;
-        gate.set_wake_data(policy.enabled());
+        // With ceilings, every data record wakes the daemon from now on (see `Gate`).
+        let enforcer = Enforcer::new(policy, Box::new(gate));
         let mut pipeline = Pipeline::new(
             restored.tree,
             restored.sessions,
@@ -139,7 +140,7 @@ impl Daemon {
             config.capture,
             config.limits.max_connections,
         )
-        .with_policy(policy, gate)
+        .with_enforcer(enforcer)
         .with_meter(meter)
         .with_pods(pods.clone())
         .with_written_calls(restored.written);

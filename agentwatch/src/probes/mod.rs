@@ -8,6 +8,7 @@ use std::path::PathBuf;
 pub mod analysis_cache;
 pub mod attach;
 pub mod events;
+pub mod gate_maps;
 pub mod golang;
 pub mod libraries;
 pub mod loader;
