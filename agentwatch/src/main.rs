@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agentwatch::config::Config;
-use agentwatch::control::{self, Request};
+use agentwatch::control::{self, Reply, Request};
 use clap::{Parser, Subcommand};
 
 const DEFAULT_SOCKET: &str = "/run/agentwatch/agentwatch.sock";
@@ -219,15 +219,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reload { socket } => (Request::Reload, socket, true),
     };
     let answer = control::request(&socket, &req)?;
-    if let Some(err) = answer.get("error") {
+    let reply = Reply::read(&req, answer.clone()).map_err(control::ControlError::Answer)?;
+    if let Reply::Refused(refused) = &reply {
+        let err = serde_json::Value::from(refused.error.as_str());
         anyhow::bail!("the daemon refused the request: {err}");
     }
     if json {
+        // As the daemon sent it, fields this CLI does not know included.
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
-        print!("{}", control::render::render(&req, &answer));
+        print!("{}", control::render::render(&reply));
     }
-    let ok = !matches!(req, Request::Status) || answer["ok"].as_bool() == Some(true);
+    let ok = match &reply {
+        Reply::Status(status) => status.ok,
+        _ => true,
+    };
     Ok(if ok {
         ExitCode::SUCCESS
     } else {

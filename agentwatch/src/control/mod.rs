@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 pub mod render;
+pub mod replies;
+
+pub use replies::Reply;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -99,7 +102,7 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, ControlError> {
 /// Serves requests until the listener is dropped; `answer` builds each response.
 pub async fn serve<F>(listener: tokio::net::UnixListener, answer: F)
 where
-    F: Fn(Request) -> serde_json::Value + Send + Sync + Clone + 'static,
+    F: Fn(Request) -> Reply + Send + Sync + Clone + 'static,
 {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -117,11 +120,11 @@ where
             let reply = match reader.read_line(&mut line).await {
                 Ok(_) => match serde_json::from_str::<Request>(&line) {
                     Ok(req) => answer(req),
-                    Err(e) => serde_json::json!({"error": format!("bad request: {e}")}),
+                    Err(e) => Reply::refused(format!("bad request: {e}")),
                 },
-                Err(e) => serde_json::json!({"error": format!("read failed: {e}")}),
+                Err(e) => Reply::refused(format!("read failed: {e}")),
             };
-            let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
+            let mut bytes = serde_json::to_vec(&reply.to_json()).unwrap_or_default();
             bytes.push(b'\n');
             let _ = write.write_all(&bytes).await;
         });
@@ -141,7 +144,7 @@ impl<T: tokio::io::AsyncRead> TakeLimit for T {
     }
 }
 
-/// Client side, used by the CLI.
+/// Client side, used by the CLI: the daemon's answer as sent (read it with `Reply::read`).
 pub fn request(path: &Path, req: &Request) -> Result<serde_json::Value, ControlError> {
     let io = |source| ControlError::Io {
         path: path.into(),

@@ -1,27 +1,34 @@
 //! Wiring: probes → pipeline → sinks, the control socket, discovery and shutdown.
+//!
+//! `run` is three steps: [`Daemon::build`] (config → kernel side, sessions and sinks,
+//! ceilings, pipeline, in the order start-up needs), [`Daemon::spawn`] (the control socket,
+//! the metrics' daemon counters and rescans, on tasks of their own), and [`EventLoop::run`]
+//! (the ring buffer, ticks and signals until a stop, then the stop itself).
+
+// The probes' errors (aya's) are large; they occur at start-up, never per event.
+#![allow(clippy::result_large_err)]
+mod answers;
+mod discovery;
+mod event_loop;
 mod first_contact;
 pub mod pipeline;
 
-use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use serde_json::json;
-use tokio::io::unix::AsyncFd;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::accounting::pricing::Pricing;
 use crate::config::Config;
 use crate::control::{self, Request};
-use crate::policy::Policy;
-use crate::probes::{Probes, Scope, libraries};
+use crate::policy::{Enforcer, Policy};
+use crate::probes::{Probes, Scope};
 use crate::procs::ProcTree;
 use crate::sessions::clock::boot_now_ns;
 use crate::sessions::{Sessions, SessionsConfig, WallClock};
-use crate::sinks::Sink;
+use crate::sinks::{ExportHandle, Sink};
 use crate::workloads::PodIndex;
+use discovery::Discovery;
+use event_loop::EventLoop;
 use pipeline::Pipeline;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,158 +58,161 @@ pub enum DaemonError {
     Signal(std::io::Error),
 }
 
-/// Finds and attaches TLS libraries; remembers the mount namespaces already searched.
-struct Discovery {
-    probes: Probes,
-    /// Detached uprobe links not closed yet (the closer thread's backlog).
-    links_closing: Arc<std::sync::atomic::AtomicUsize>,
-    roots_seen: HashSet<(u64, u64)>,
-    /// (root, directory) pairs of `LD_LIBRARY_PATH` already searched.
-    dirs_seen: HashSet<((u64, u64), String)>,
-}
-
-/// What a rescan saw: files mapped by live processes, and a live process per root.
-#[derive(Default)]
-struct Seen {
-    mapped: HashSet<(u64, u64)>,
-    roots: HashMap<(u64, u64), u32>,
-}
-
-impl Discovery {
-    /// Libraries in the process's maps, its executable, and (for a process in another
-    /// mount namespace, or with an `LD_LIBRARY_PATH`) the library directories of its root.
-    fn process(&mut self, pid: u32, seen: Option<&mut Seen>) {
-        let maps = libraries::mappings(pid);
-        for (path, via) in libraries::mapped_tls_libraries(pid, &maps) {
-            self.probes.attach_tls_library(&path, &via);
-        }
-        if let Some((exe, via)) = libraries::executable(pid) {
-            self.probes.attach_tls_library(&exe, &via);
-        }
-        let root = format!("/proc/{pid}/root");
-        let Ok(meta) = std::fs::metadata(&root) else {
-            return;
-        };
-        let root_id = (meta.dev(), meta.ino());
-        if let Some(seen) = seen {
-            seen.mapped.extend(maps.iter().map(|m| m.identity));
-            seen.roots.entry(root_id).or_insert(pid);
-        }
-        if self.roots_seen.insert(root_id) {
-            for (path, via) in libraries::system_tls_libraries(Path::new(&root)) {
-                self.probes.attach_tls_library(&path, &via);
-            }
-        }
-        // Once per (root, directory): a container's own OpenSSL outside the usual places.
-        for dir in libraries::ld_library_path(pid) {
-            if self.dirs_seen.insert((root_id, dir.clone())) {
-                for (path, via) in libraries::tls_libraries_in(Path::new(&root), &dir) {
-                    self.probes.attach_tls_library(&path, &via);
-                }
-            }
-        }
-    }
-
-    fn rescan(&mut self) {
-        if self.probes.scope == Scope::Agents {
-            // Probes are attached per process at first contact; nothing to look for.
-            self.probes.sweep_go_args();
-            return;
-        }
-        let mut seen = Seen::default();
-        for pid in libraries::all_pids() {
-            self.process(pid, Some(&mut seen));
-        }
-        self.detach_unreachable(&seen);
-        self.probes.sweep_go_args();
-    }
-
-    /// A container's library stays attached while a live process maps it or shares its
-    /// root; after that it is detached, and its root may be searched again if it returns.
-    fn detach_unreachable(&mut self, seen: &Seen) {
-        let mut gone = Vec::new();
-        for lib in &mut self.probes.attachments.libraries {
-            let Some(root) = lib.root else { continue };
-            if seen.mapped.contains(&lib.identity) {
-                continue;
-            }
-            if let Some(pid) = seen.roots.get(&root) {
-                let via = libraries::via_root(*pid, &lib.path);
-                if std::fs::metadata(&via).is_ok_and(|m| (m.dev(), m.ino()) == lib.identity) {
-                    lib.attached_via = via.display().to_string();
-                    continue;
-                }
-            }
-            gone.push((lib.identity, root));
-        }
-        for (identity, root) in gone {
-            self.probes.detach_library(identity);
-            if !seen.roots.contains_key(&root) {
-                self.roots_seen.remove(&root);
-                self.dirs_seen.retain(|(r, _)| *r != root);
-            }
-        }
-    }
-}
-
-/// How often the ring buffer is drained when no record asked for a wakeup.
-const RING_DRAIN: Duration = Duration::from_millis(10);
-
-/// The config file the daemon was started with (re-read on SIGHUP / `agentwatch reload`).
-static CONFIG_PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
-/// Where the `block` connect programs are attached, or why not.
-static BLOCK_STATUS: OnceLock<String> = OnceLock::new();
-
-/// Handles every record ready (pushing the processes that exec'd to `execs`), then hands the
-/// ring back to the kernel only up to the oldest exchange in flight, which a next daemon
-/// reads again, at most a quarter of the ring behind.
-fn drain_ring(p: &mut Pipeline, ring: &mut crate::probes::ring::Ring, execs: &mut Vec<u32>) {
-    let seen_until = ring.replay_end();
-    while let Some((pos, item)) = ring.next() {
-        if let Some(tgid) = p.handle_record_at(pos, item, pos < seen_until) {
-            execs.push(tgid);
-        }
-    }
-    let low = p.replay_low_water(ring.read_pos(), ring.size() / 4);
-    ring.commit(low);
-}
-
-/// Re-reads the ceilings of the config file (SIGHUP, `agentwatch reload`).
-fn reload(pipeline: &Mutex<Pipeline>) -> serde_json::Value {
-    let Some(Some(path)) = CONFIG_PATH.get() else {
-        return json!({"error": "the daemon was started without --config: nothing to reload"});
-    };
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => return json!({"error": e.to_string()}),
-    };
-    let mut p = pipeline.lock().expect("pipeline lock");
-    let Some(policy) = p.policy.as_mut() else {
-        return json!({"error": "ceilings are not available"});
-    };
-    match policy.reload(config.ceilings, &config.session_roots) {
-        Ok(()) => {
-            let enabled = policy.enabled();
-            if let Some(g) = p.gate.as_mut() {
-                g.set_wake_data(enabled);
-            }
-            tracing::info!("reloaded ceilings from {}", path.display());
-            json!({"reloaded": path})
-        }
-        Err(e) => json!({"error": e.to_string()}),
-    }
+/// What the daemon's tasks share: the pipeline and discovery behind their locks (always
+/// discovery first when both are needed, one at a time), and what status reports.
+pub struct Daemon {
+    pipeline: Arc<Mutex<Pipeline>>,
+    discovery: Arc<Mutex<Discovery>>,
+    /// The config file the daemon was started with (re-read on SIGHUP / `agentwatch reload`).
+    config_path: Option<PathBuf>,
+    /// Where the `block` connect programs are attached, or why not.
+    block_status: String,
+    data_dir: PathBuf,
+    socket: PathBuf,
+    rescan_period: Duration,
+    started: Instant,
+    exports: ExportHandle,
+    pods: Arc<PodIndex>,
 }
 
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
-    let started = Instant::now();
+    let (daemon, event_loop) = Daemon::build(config, config_path).await?;
+    let daemon = Arc::new(daemon);
+    daemon.spawn()?;
+    event_loop.run(&daemon).await
+}
+
+/// The kernel side as built: probes (in discovery), the ring buffer, the maps user space
+/// writes, and what first contact needs.
+struct KernelSide {
+    discovery: Discovery,
+    ring: crate::probes::ring::Ring,
+    gate: crate::probes::gate_maps::GateMaps,
+    meter: crate::probes::meter::Meter,
+    closer: first_contact::Closer,
+    held_file: first_contact::HeldFile,
+}
+
+/// What a previous daemon left, taken back: the process tree, the sessions open when it
+/// stopped, the sinks that write them, and the calls it wrote already.
+struct Restored {
+    tree: ProcTree,
+    sessions: Sessions,
+    sink: Box<dyn Sink + Send>,
+    exports: ExportHandle,
+    written: Vec<(u32, u64)>,
+}
+
+impl Daemon {
+    /// Config → kernel side, sessions and sinks, ceilings, pipeline. Nothing runs yet but
+    /// the sinks' delivery and the pod list's refresher.
+    async fn build(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> Result<(Daemon, EventLoop), DaemonError> {
+        let started = Instant::now();
+        let mut kernel = kernel_side(&config)?;
+        let restored = restore(&config, &mut kernel).await?;
+        let pricing = Pricing::builtin()?.with_overrides(config.pricing.clone())?;
+        let pods = Arc::new(PodIndex::new(config.kubernetes.clone()));
+        if pods.configured() {
+            // First list before the first call, so early calls carry pod names.
+            pods.refresh().await;
+            pods.spawn_refresher();
+        }
+        let (policy, block_status) = ceilings(&config, &mut kernel.discovery, &pods)?;
+        let KernelSide {
+            discovery,
+            ring,
+            gate,
+            meter,
+            closer,
+            held_file,
+        } = kernel;
+        // With ceilings, every data record wakes the daemon from now on (see `Gate`).
+        let enforcer = Enforcer::new(policy, Box::new(gate));
+        let mut pipeline = Pipeline::new(
+            restored.tree,
+            restored.sessions,
+            pricing,
+            restored.sink,
+            config.capture,
+            config.limits.max_connections,
+        )
+        .with_enforcer(enforcer)
+        .with_meter(meter)
+        .with_pods(pods.clone())
+        .with_written_calls(restored.written);
+        // Continue or release what a previous daemon held, per `on_restart`.
+        pipeline.restore_policy(boot_now_ns());
+        let daemon = Daemon {
+            pipeline: Arc::new(Mutex::new(pipeline)),
+            discovery: Arc::new(Mutex::new(discovery)),
+            config_path,
+            block_status,
+            data_dir: config.data_dir.clone(),
+            socket: config.socket.clone(),
+            rescan_period: Duration::from_secs(config.probes.rescan_interval_secs.max(1)),
+            started,
+            exports: restored.exports,
+            pods,
+        };
+        let event_loop = EventLoop {
+            ring,
+            closer,
+            held_file,
+            hold_timeout: Duration::from_millis(config.probes.first_contact_timeout_ms.max(1)),
+            scope: config.probes.scope,
+        };
+        Ok((daemon, event_loop))
+    }
+
+    /// The tasks beside the event loop: the control socket, the metrics' daemon counters,
+    /// and the periodic rescan.
+    fn spawn(self: &Arc<Self>) -> Result<(), DaemonError> {
+        let listener = control::bind(&self.socket)?;
+        let daemon = self.clone();
+        tokio::spawn(control::serve(listener, move |req| daemon.answer(req)));
+        if let Some(metrics) = self.exports.metrics.clone() {
+            // The daemon's own counters (drops, queue and spool depths) as metrics.
+            let daemon = self.clone();
+            metrics.set_daemon_source(move || daemon.answer(Request::Status).to_json());
+        }
+        let discovery = self.discovery.clone();
+        let period = self.rescan_period;
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            loop {
+                interval.tick().await;
+                let discovery = discovery.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Ok(mut d) = discovery.lock() {
+                        d.rescan();
+                    }
+                })
+                .await;
+            }
+        });
+        tracing::info!(
+            data_dir = %self.data_dir.display(),
+            socket = %self.socket.display(),
+            "agentwatch running"
+        );
+        Ok(())
+    }
+}
+
+/// Root first (before the data directory, the probes and their pins are touched), then the
+/// probes, what a previous daemon left in the kernel, and the libraries to attach now.
+fn kernel_side(config: &Config) -> Result<KernelSide, DaemonError> {
     crate::probes::require_root()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
     let (mut probes, ring) = Probes::load(&config.probes, &config.data_dir)?;
-    let mut gate = probes.take_gate()?;
+    let gate = probes.take_gate()?;
     let meter = probes.take_meter()?;
     let closer = first_contact::Closer::spawn();
     let held_file = first_contact::HeldFile::new(&config.data_dir);
@@ -229,37 +239,27 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             "probed and continued processes a killed daemon held at their first contact"
         );
     }
-    let mut discovery = Discovery {
-        probes,
-        links_closing: closer.closing.clone(),
-        roots_seen: HashSet::new(),
-        dirs_seen: HashSet::new(),
-    };
+    let mut discovery = Discovery::new(probes, closer.closing.clone());
     if config.probes.scope == Scope::All {
-        // Our own root first: it covers processes that load libssl after we start.
-        if let Ok(meta) = std::fs::metadata("/") {
-            discovery.roots_seen.insert((meta.dev(), meta.ino()));
-        }
-        for (path, via) in libraries::system_tls_libraries(Path::new("/"))
-            .into_iter()
-            .chain(libraries::runtime_executables())
-        {
-            discovery.probes.attach_tls_library(&path, &via);
-        }
-        for extra in &config.probes.extra_libraries {
-            discovery
-                .probes
-                .attach_tls_library(&extra.display().to_string(), extra);
-        }
-        discovery.rescan();
+        discovery.attach_everywhere(&config.probes.extra_libraries);
     }
     discovery
         .probes
         .attachments
         .keep_analyses_in(config.data_dir.join("analysis"));
-    let scope = config.probes.scope;
-    let hold_timeout = Duration::from_millis(config.probes.first_contact_timeout_ms.max(1));
+    Ok(KernelSide {
+        discovery,
+        ring,
+        gate,
+        meter,
+        closer,
+        held_file,
+    })
+}
 
+/// The process tree from /proc, the sinks, and the sessions a previous daemon left open
+/// (continued while their root lives, closed now otherwise).
+async fn restore(config: &Config, kernel: &mut KernelSide) -> Result<Restored, DaemonError> {
     let tree = ProcTree::seed(Path::new("/proc"))?;
     // JSONL plus the configured network sinks (spooled; delivered on their own tasks).
     let (mut sink, exports) = crate::sinks::build(
@@ -279,11 +279,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let recovered = crate::sinks::recover(&config.data_dir, &boot_id)?;
     tracing::info!(stats = ?recovered.stats, "recovered state from {}", config.data_dir.display());
     sink.seed(&recovered.sessions);
+    let probes = &mut kernel.discovery.probes;
     // Records the previous daemon read are read again (its half-seen exchanges are rebuilt):
     // the calls among them it wrote already are known by (pid, first byte's boot time).
     // Also when nothing is marked seen: a daemon killed between writing rows and marking
     // their records seen leaves them in the ring.
-    let written: Vec<(u32, u64)> = if discovery.probes.kernel_side.adopted() {
+    let written: Vec<(u32, u64)> = if probes.kernel_side.adopted() {
         recovered
             .sessions
             .open
@@ -294,6 +295,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     } else {
         Vec::new()
     };
+    let ring = &kernel.ring;
     if ring.replay_end() > ring.read_pos() {
         tracing::info!(
             bytes = ring.replay_end() - ring.read_pos(),
@@ -304,23 +306,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     for row in sessions.restore(recovered.sessions, &tree, boot_now_ns()) {
         sink.write_ledger(&row)?;
     }
-    if scope == Scope::Agents {
+    if config.probes.scope == Scope::Agents {
         // The agents of the sessions a previous daemon left open are running now, mid-way
         // through connections made before this daemon: they make no new first contact, so
         // they are probed now.
         let mut probed = 0;
         for key in sessions.agent_processes() {
             if tree.is_live(key)
-                && !discovery.probes.attachments.is_probed(key.tgid)
-                && !discovery
-                    .probes
-                    .attach_process(key.tgid)
-                    .attached
-                    .is_empty()
+                && !probes.attachments.is_probed(key.tgid)
+                && !probes.attach_process(key.tgid).attached.is_empty()
             {
-                discovery
-                    .probes
-                    .set_process_state(key.tgid, Some(agentwatch_ebpf::PROC_DECIDED));
+                probes.set_process_state(key.tgid, Some(agentwatch_ebpf::PROC_DECIDED));
                 probed += 1;
             }
         }
@@ -331,14 +327,23 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             );
         }
     }
-    let pricing = Pricing::builtin()?.with_overrides(config.pricing.clone())?;
-    let pods = Arc::new(PodIndex::new(config.kubernetes.clone()));
-    if pods.configured() {
-        // First list before the first call, so early calls carry pod names.
-        pods.refresh().await;
-        pods.spawn_refresher();
-    }
-    let policy = Policy::new(
+    Ok(Restored {
+        tree,
+        sessions,
+        sink: Box::new(sink),
+        exports,
+        written,
+    })
+}
+
+/// The ceilings of the config (with the host's spend of the last day read back from
+/// `calls.jsonl`), and the `block` programs they need: attached, or why not.
+fn ceilings(
+    config: &Config,
+    discovery: &mut Discovery,
+    pods: &Arc<PodIndex>,
+) -> Result<(Policy, String), DaemonError> {
+    let mut policy = Policy::new(
         config.ceilings.clone(),
         &config.session_roots,
         &config.data_dir,
@@ -356,361 +361,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             }
         }
     };
-    let _ = BLOCK_STATUS.set(block);
-    let mut policy = policy;
     policy.seed_host_window(
         &config.data_dir.join("calls.jsonl"),
         &WallClock::from_system(),
     );
-    let _ = CONFIG_PATH.set(config_path);
-    gate.set_wake_data(policy.enabled());
-    let mut pipeline = Pipeline::new(
-        tree,
-        sessions,
-        pricing,
-        Box::new(sink),
-        config.capture,
-        config.limits.max_connections,
-    )
-    .with_policy(policy, gate)
-    .with_meter(meter)
-    .with_pods(pods.clone())
-    .with_written_calls(written);
-    // Continue or release what a previous daemon held, per `on_restart`.
-    pipeline.restore_policy(boot_now_ns());
-    let pipeline = Arc::new(Mutex::new(pipeline));
-    let discovery = Arc::new(Mutex::new(discovery));
-
-    let listener = control::bind(&config.socket)?;
-    {
-        let pipeline = pipeline.clone();
-        let discovery = discovery.clone();
-        let data_dir = config.data_dir.clone();
-        let exports = exports.clone();
-        let pods = pods.clone();
-        tokio::spawn(control::serve(listener, move |req| {
-            answer(
-                req, &pipeline, &discovery, &data_dir, started, &exports, &pods,
-            )
-        }));
-    }
-    if let Some(metrics) = exports.metrics.clone() {
-        // The daemon's own counters (drops, queue and spool depths) as metrics.
-        let (pipeline, discovery) = (pipeline.clone(), discovery.clone());
-        let (data_dir, exports, pods) = (config.data_dir.clone(), exports.clone(), pods.clone());
-        metrics.set_daemon_source(move || {
-            answer(
-                Request::Status,
-                &pipeline,
-                &discovery,
-                &data_dir,
-                started,
-                &exports,
-                &pods,
-            )
-        });
-    }
-    {
-        let discovery = discovery.clone();
-        let period = Duration::from_secs(config.probes.rescan_interval_secs.max(1));
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(period);
-            loop {
-                interval.tick().await;
-                let discovery = discovery.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    if let Ok(mut d) = discovery.lock() {
-                        d.rescan();
-                    }
-                })
-                .await;
-            }
-        });
-    }
-    tracing::info!(
-        data_dir = %config.data_dir.display(),
-        socket = %config.socket.display(),
-        "agentwatch running"
-    );
-
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
-    // SAFETY: the ring buffer owns its fd and lives as long as the AsyncFd that wraps it.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|e| DaemonError::Ring(std::io::Error::other(e.to_string())))?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // Most records wake nobody (a wakeup costs the writing CPU an interrupt): the ring is
-    // drained this often, and at once when a record asks (a process stopped for a decision).
-    let mut drain = tokio::time::interval(RING_DRAIN);
-    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut execs = Vec::new();
-    let mut ended: Vec<(u32, u64)> = Vec::new();
-    let mut not_agents: Vec<u32> = Vec::new();
-    // SIGINT (Ctrl-C at a terminal) stops for good: the kernel side goes too. SIGTERM (a
-    // service manager's stop, a DaemonSet's upgrade) leaves it pinned for the next daemon.
-    let mut interrupted = false;
-    loop {
-        let read = tokio::select! {
-            guard = ring.readable_mut() => {
-                guard.map_err(DaemonError::Ring)?.clear_ready();
-                true
-            }
-            _ = drain.tick() => true,
-            _ = tick.tick() => {
-                pipeline.lock().expect("pipeline lock").tick(boot_now_ns());
-                // Off the loop: attaches can hold discovery for a while, and a heartbeat
-                // missed for 30 s would stop the kernel from holding first contacts.
-                let discovery = discovery.clone();
-                tokio::task::spawn_blocking(move || {
-                    if let Ok(mut d) = discovery.lock() {
-                        d.probes.heartbeat();
-                    }
-                });
-                false
-            }
-            _ = hup.recv() => {
-                let answer = reload(&pipeline);
-                if let Some(e) = answer.get("error") {
-                    tracing::error!("reload failed: {e}");
-                }
-                false
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => {
-                interrupted = true;
-                break;
-            }
-        };
-        if !read {
-            continue;
-        }
-        drain_ring(
-            &mut pipeline.lock().expect("pipeline lock"),
-            ring.get_mut(),
-            &mut execs,
-        );
-        let held = pipeline.lock().expect("pipeline lock").take_held_contacts();
-        if !held.is_empty() {
-            held_file.save(&pipeline.lock().expect("pipeline lock").pending_contacts());
-            first_contact::decide_all(
-                held,
-                &discovery,
-                &pipeline,
-                hold_timeout,
-                &closer,
-                &held_file,
-            );
-        }
-        {
-            // Confirm or reject probes at located functions by what they captured, and take
-            // the probes of exited and exec'd processes off (both wait while an attach holds
-            // discovery).
-            let mut p = pipeline.lock().expect("pipeline lock");
-            ended.extend(p.take_probe_ends());
-            not_agents.extend(p.take_not_agents());
-            if let Ok(mut d) = discovery.try_lock() {
-                for tgid in not_agents.drain(..) {
-                    closer.close(d.probes.detach_process(tgid));
-                    d.probes
-                        .set_process_state(tgid, Some(agentwatch_ebpf::PROC_NOT_AGENT));
-                }
-                for (identity, http) in p.first_writes.drain(..) {
-                    closer.close(d.probes.judge_first_write(identity, http));
-                }
-                for (tgid, at) in ended.drain(..) {
-                    // Not the probes of a first contact made after that exec (both can be
-                    // in one drain, and the attach can win the race to the lock).
-                    closer.close(d.probes.detach_process_before(tgid, at));
-                }
-            }
-        }
-        if scope == Scope::Agents {
-            execs.clear();
-        }
-        if !execs.is_empty() {
-            // Off the ring's task: analysing a large static binary takes a moment, and the
-            // ring must keep draining meanwhile.
-            let discovery = discovery.clone();
-            let tgids = std::mem::take(&mut execs);
-            tokio::task::spawn_blocking(move || {
-                if let Ok(mut d) = discovery.lock() {
-                    for tgid in tgids {
-                        d.process(tgid, None);
-                    }
-                }
-            });
-        }
-    }
-    // Decide what is already in the ring buffer (holds above all) before leaving.
-    drain_ring(
-        &mut pipeline.lock().expect("pipeline lock"),
-        ring.get_mut(),
-        &mut Vec::new(),
-    );
-    // Nobody is left stopped at a first contact by a daemon that goes away.
-    for tgid in pipeline
-        .lock()
-        .expect("pipeline lock")
-        .take_pending_contacts()
-    {
-        first_contact::cont(tgid);
-    }
-    if let Ok(mut d) = discovery.lock() {
-        if d.probes.pin_set().is_some() && !interrupted {
-            // Pinned: the probes stay attached, and what happens until the next daemon waits
-            // in the ring buffer.
-            tracing::info!(
-                pinned_at = %d.probes.pin_set().map(|p| p.dir.display().to_string()).unwrap_or_default(),
-                "the kernel side stays attached for the next daemon (`agentwatch unpin` removes it)"
-            );
-        } else {
-            d.probes.unpin();
-            // Per-process probes closed together (the kernel would close them one by one at exit).
-            closer.close(d.probes.detach_all_processes());
-        }
-    }
-    closer.drain(Duration::from_secs(20));
-    tracing::info!("agentwatch stopping");
-    let _ = std::fs::remove_file(&config.socket);
-    Ok(())
-}
-
-fn answer(
-    req: Request,
-    pipeline: &Mutex<Pipeline>,
-    discovery: &Mutex<Discovery>,
-    data_dir: &Path,
-    started: Instant,
-    exports: &crate::sinks::ExportHandle,
-    pods: &PodIndex,
-) -> serde_json::Value {
-    match req {
-        Request::Status => {
-            let (
-                programs,
-                scope,
-                libraries,
-                failures,
-                drops,
-                counters,
-                detached,
-                not_covered,
-                probed,
-                kernel_side,
-            ) = {
-                let d = discovery.lock().expect("discovery lock");
-                let a = &d.probes.attachments;
-                (
-                    d.probes.programs.clone(),
-                    d.probes.scope,
-                    a.libraries.clone(),
-                    a.failures.clone(),
-                    d.probes.drop_counters(),
-                    d.probes.kernel_counters(),
-                    a.detached,
-                    json!({
-                        "executables": a.not_covered,
-                        "over_cap": a.not_covered_over_cap,
-                        "go_args_swept": a.go_args_swept,
-                    }),
-                    json!({
-                        "links": d.probes.per_process_links(),
-                        "analysis": a.analyses.stats(),
-                        "now": a.processes_probed(),
-                        "links_closing": d.links_closing.load(std::sync::atomic::Ordering::Acquire),
-                        "attached_total": a.processes_attached_total,
-                        "detached_total": a.processes_detached_total,
-                        "libraries_over_cap": a.libraries_over_cap,
-                    }),
-                    d.probes.kernel_side.clone(),
-                )
-            };
-            let p = pipeline.lock().expect("pipeline lock");
-            // Every probe attached: the process and socket tracepoints, no attach failure,
-            // and (probing every process) at least one TLS library.
-            let ok = programs.tracepoints.len() >= 7
-                && failures.is_empty()
-                && (scope == Scope::Agents || !libraries.is_empty());
-            json!({
-                "ok": ok,
-                "version": env!("CARGO_PKG_VERSION"),
-                "uptime_secs": started.elapsed().as_secs(),
-                "data_dir": data_dir,
-                "scope": scope,
-                "kernel_side": kernel_side,
-                "tracepoints": programs.tracepoints,
-                "hooks_missing": programs.missing,
-                "tls_libraries": libraries,
-                "probed_processes": probed,
-                "first_contact": {
-                    "stats": p.first_contact,
-                    "kernel": counters,
-                },
-                "tls_libraries_detached": detached,
-                "attach_failures": failures,
-                // Programs whose TLS the probes cannot see (stripped Go binaries): known gaps,
-                // not failures.
-                "tls_not_covered": not_covered,
-                "processes": {"live": p.tree.live_count(), "exited_kept": p.tree.exited_kept_count(), "dropped_over_cap": p.tree.dropped_over_cap()},
-                "live_sessions": p.sessions.live_sessions().len(),
-                "kernel_drops": drops,
-                "pipeline": p.stats,
-                "replay": p.replay,
-                "capture": p.capture_stats,
-                "aead": p.aead.stats,
-                "estimates": {
-                    "stats": p.estimates.stats,
-                    // Binaries whose LLM traffic no hook sees, and how it is measured.
-                    "binaries": p.estimates.binaries.iter().map(|(exe, (host, calls))| {
-                        (exe.clone(), serde_json::json!(format!("estimated: SNI {host} ({calls} calls)")))
-                    }).collect::<serde_json::Map<String, serde_json::Value>>(),
-                },
-                "ceilings": {
-                    "enabled": p.policy.as_ref().is_some_and(|pol| pol.enabled()),
-                    "block": BLOCK_STATUS.get(),
-                    "stats": p.policy.as_ref().map(|pol| &pol.stats),
-                    "gate_errors": p.gate.as_ref().map(|g| g.errors),
-                    // Metered sockets whose queued bytes are kept in the host now.
-                    "held_sockets": p.gate.as_ref().map(|g| g.held_sockets()),
-                },
-                "sinks": exports.status_json(),
-                "kubernetes": pods.status(),
-            })
-        }
-        Request::Approve {
-            session,
-            raise_usd,
-            raise_tokens,
-            raise_calls,
-        } => pipeline.lock().expect("pipeline lock").approve(
-            &session,
-            raise_usd.unwrap_or(0.0),
-            raise_tokens.unwrap_or(0),
-            raise_calls.unwrap_or(0),
-        ),
-        Request::Kill { session } => pipeline
-            .lock()
-            .expect("pipeline lock")
-            .kill_session(&session),
-        Request::Reload => reload(pipeline),
-        Request::Sessions => {
-            let p = pipeline.lock().expect("pipeline lock");
-            json!({"sessions": p.sessions.live_sessions()})
-        }
-        Request::Tree { session } => {
-            let p = pipeline.lock().expect("pipeline lock");
-            let ids: Vec<String> = match session {
-                Some(id) => vec![id],
-                None => p
-                    .sessions
-                    .live_sessions()
-                    .iter()
-                    .map(|s| s.session_id.clone())
-                    .collect(),
-            };
-            let trees: Vec<_> = ids.iter().filter_map(|id| p.sessions.tree(id)).collect();
-            json!({"trees": trees})
-        }
-    }
+    Ok((policy, block))
 }

@@ -27,6 +27,7 @@
 //! each checked when they start, against what had completed by then (that is the rule).
 pub mod config;
 pub mod enforce;
+pub mod enforcer;
 pub mod gate;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -37,6 +38,8 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 pub use config::{Action, CeilingsConfig, Limits, OnRestart, SessionRootRule};
+pub use enforcer::{Enforcer, HeldSocket, Hold, Rows, World};
+pub use gate::Gate;
 
 use crate::procs::{ProcInfo, ProcKey};
 use crate::sessions::Outcome;
@@ -112,7 +115,7 @@ pub struct SessionPolicy {
     recent_starts: VecDeque<u64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PolicyStats {
     pub holds: u64,
     pub holds_granted: u64,

@@ -428,8 +428,8 @@ impl Probes {
     }
 
     /// Takes the ceiling gate's maps out of the object (once).
-    pub fn take_gate(&mut self) -> Result<crate::policy::gate::Gate, ProbeError> {
-        crate::policy::gate::take(&mut self.ebpf)
+    pub fn take_gate(&mut self) -> Result<super::gate_maps::GateMaps, ProbeError> {
+        super::gate_maps::take(&mut self.ebpf)
     }
 
     /// Attaches the `block` connect programs and the egress program that holds metered

@@ -9,6 +9,7 @@ pub mod analysis_cache;
 pub mod attach;
 pub mod events;
 pub mod expedite;
+pub mod gate_maps;
 pub mod golang;
 pub mod libraries;
 pub mod loader;

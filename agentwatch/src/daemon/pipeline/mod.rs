@@ -18,8 +18,7 @@ use serde::Serialize;
 use crate::accounting::pricing::Pricing;
 use crate::capture::aead::{AeadOut, AeadStreams};
 use crate::capture::{CaptureEvent, CaptureLimits, CaptureStats, Connection};
-use crate::policy::Policy;
-use crate::policy::gate::Gate;
+use crate::policy::Enforcer;
 use crate::probes::KernelEvent;
 use crate::procs::{ProcKey, ProcTree};
 use crate::sessions::{CallOrigin, Sessions};
@@ -76,9 +75,6 @@ fn exe_identity(tgid: u32) -> Option<(u64, u64)> {
     let meta = std::fs::metadata(format!("/proc/{tgid}/exe")).ok()?;
     Some((meta.dev(), meta.ino()))
 }
-
-/// How long a killed or blocked process's held sockets stay held after it exited.
-const HELD_SOCKET_GRACE_NS: u64 = 60_000_000_000;
 
 /// First-write verdicts kept until the daemon takes them.
 const MAX_FIRST_WRITES: usize = 1024;
@@ -147,18 +143,12 @@ pub struct Pipeline {
     /// not to be agents, whose probes come off.
     probation: contacts::Probation,
     /// Ceilings (None when the daemon runs without its kernel gate, e.g. in unit tests).
-    pub policy: Option<Policy>,
-    pub gate: Option<Gate>,
+    pub enforcer: Option<Enforcer>,
     /// Pod names for the container labels of calls.
     pods: Arc<PodIndex>,
     /// Labels of processes with an LLM request, read while they were alive (a call may
     /// complete as its process exits).
     origins: HashMap<ProcKey, CallOrigin>,
-    /// Cookies of metered sockets kept held for a stopped session (paused: released on
-    /// approval; killed or blocked: released a while after the process is gone).
-    held_sockets: HashMap<u32, Vec<ceilings::HeldSocket>>,
-    /// (boot ns after which to release, cookie) of exited processes' held sockets.
-    held_sockets_expiring: Vec<(u64, u64)>,
     /// Ring position of the record being handled.
     record_pos: u64,
     /// The record was read by the previous daemon too.
@@ -200,12 +190,9 @@ impl Pipeline {
             first_contact: Default::default(),
             probe_ends: Vec::new(),
             probation: Default::default(),
-            policy: None,
-            gate: None,
+            enforcer: None,
             pods: Arc::new(PodIndex::default()),
             origins: HashMap::new(),
-            held_sockets: HashMap::new(),
-            held_sockets_expiring: Vec::new(),
             record_pos: 0,
             replaying: false,
             written: HashSet::new(),
@@ -264,9 +251,9 @@ impl Pipeline {
         self
     }
 
-    pub fn with_policy(mut self, policy: Policy, gate: Gate) -> Self {
-        self.policy = Some(policy);
-        self.gate = Some(gate);
+    /// Ceilings, enforced.
+    pub fn with_enforcer(mut self, enforcer: Enforcer) -> Self {
+        self.enforcer = Some(enforcer);
         self
     }
 
@@ -618,10 +605,12 @@ impl Pipeline {
     }
 
     fn write_call_row(&mut self, record: &crate::sessions::CallRecord) {
-        if let Err(e) = self.sink.write_call(record) {
-            self.stats.sink_errors += 1;
-            tracing::error!("{e}");
+        use crate::policy::Rows;
+        ceilings::Out {
+            sink: &mut *self.sink,
+            sink_errors: &mut self.stats.sink_errors,
         }
+        .call(record);
     }
 
     fn close_connection(&mut self, id: (u32, u64), ts_ns: u64) {
@@ -653,11 +642,8 @@ impl Pipeline {
 
     fn on_exit(&mut self, tgid: u32, ts_ns: u64) {
         self.aead.forget(tgid);
-        // Its sockets close now (aborted: `enforce::abort_on_close`); what they queued is
-        // kept from leaving a while longer, in case a socket outlives the process.
-        for held in self.held_sockets.remove(&tgid).unwrap_or_default() {
-            self.held_sockets_expiring
-                .push((ts_ns + HELD_SOCKET_GRACE_NS, held.cookie()));
+        if let Some(e) = self.enforcer.as_mut() {
+            e.process_exited(tgid, ts_ns);
         }
         let mut out = Vec::new();
         self.estimates.on_exit(tgid, &mut out);
@@ -685,17 +671,7 @@ impl Pipeline {
     /// Periodic upkeep: processes that vanished without an exit event we saw (ring buffer
     /// loss) are found by the tree's liveness check and closed like exits.
     pub fn tick(&mut self, now_ns: u64) {
-        self.continue_stuck();
-        let gate = self.gate.as_mut();
-        if let Some(g) = gate {
-            self.held_sockets_expiring.retain(|(at, cookie)| {
-                let keep = *at > now_ns;
-                if !keep {
-                    g.release_socket(*cookie);
-                }
-                keep
-            });
-        }
+        self.tick_policy(now_ns);
         let removed = self.tree.take_removed();
         self.close_sessions(&removed, now_ns);
         for row in self.sessions.reap_orphans(&self.tree, now_ns) {
@@ -705,11 +681,8 @@ impl Pipeline {
 
     fn write_ledger(&mut self, row: &crate::sessions::LedgerRow) {
         self.stats.ledger_rows += 1;
-        if let Some(policy) = self.policy.as_mut()
-            && policy.sessions.contains_key(&row.session_id)
-        {
-            policy.forget(&row.session_id);
-            policy.save();
+        if let Some(e) = self.enforcer.as_mut() {
+            e.session_closed(&row.session_id);
         }
         if let Err(e) = self.sink.write_ledger(row) {
             self.stats.sink_errors += 1;

@@ -1,0 +1,170 @@
+//! The daemon's answers on the control socket (and the status the metrics read).
+use crate::config::Config;
+use crate::control::replies::{
+    Ceilings, Counters, Estimates, FirstContact, NotCovered, ProbedProcesses, Processes, Reloaded,
+    SessionList, Status, TreeList, reshape,
+};
+use crate::control::{Reply, Request};
+use crate::probes::Scope;
+
+use super::Daemon;
+
+impl Daemon {
+    pub(super) fn answer(&self, req: Request) -> Reply {
+        match req {
+            Request::Status => self.status().into(),
+            Request::Approve {
+                session,
+                raise_usd,
+                raise_tokens,
+                raise_calls,
+            } => self
+                .pipeline
+                .lock()
+                .expect("pipeline lock")
+                .approve(
+                    &session,
+                    raise_usd.unwrap_or(0.0),
+                    raise_tokens.unwrap_or(0),
+                    raise_calls.unwrap_or(0),
+                )
+                .into(),
+            Request::Kill { session } => self
+                .pipeline
+                .lock()
+                .expect("pipeline lock")
+                .kill_session(&session)
+                .into(),
+            Request::Reload => self.reload().into(),
+            Request::Sessions => {
+                let p = self.pipeline.lock().expect("pipeline lock");
+                let sessions: Result<Vec<_>, _> =
+                    p.sessions.live_sessions().iter().map(reshape).collect();
+                sessions.map(|sessions| SessionList { sessions }).into()
+            }
+            Request::Tree { session } => {
+                let p = self.pipeline.lock().expect("pipeline lock");
+                let ids: Vec<String> = match session {
+                    Some(id) => vec![id],
+                    None => p
+                        .sessions
+                        .live_sessions()
+                        .iter()
+                        .map(|s| s.session_id.clone())
+                        .collect(),
+                };
+                let trees: Result<Vec<_>, _> = ids
+                    .iter()
+                    .filter_map(|id| p.sessions.tree(id))
+                    .map(|t| reshape(&t))
+                    .collect();
+                trees.map(|trees| TreeList { trees }).into()
+            }
+        }
+    }
+
+    /// Re-reads the ceilings of the config file (SIGHUP, `agentwatch reload`).
+    pub(super) fn reload(&self) -> Result<Reloaded, String> {
+        let Some(path) = &self.config_path else {
+            return Err("the daemon was started without --config: nothing to reload".into());
+        };
+        let config = Config::load(path).map_err(|e| e.to_string())?;
+        let mut p = self.pipeline.lock().expect("pipeline lock");
+        let Some(enforcer) = p.enforcer.as_mut() else {
+            return Err("ceilings are not available".into());
+        };
+        enforcer
+            .reload(config.ceilings, &config.session_roots)
+            .map_err(|e| e.to_string())?;
+        tracing::info!("reloaded ceilings from {}", path.display());
+        Ok(Reloaded {
+            reloaded: path.clone(),
+        })
+    }
+
+    fn status(&self) -> Result<Status, serde_json::Error> {
+        // Discovery first, and let go of before the pipeline is taken.
+        let d = self.discovery.lock().expect("discovery lock");
+        let a = &d.probes.attachments;
+        let programs = d.probes.programs.clone();
+        let scope = d.probes.scope;
+        let tls_libraries = a.libraries.clone();
+        let attach_failures = a.failures.clone();
+        let kernel_drops = d.probes.drop_counters();
+        let kernel = d.probes.kernel_counters();
+        let tls_libraries_detached = a.detached;
+        let tls_not_covered = NotCovered {
+            executables: a.not_covered.clone(),
+            over_cap: a.not_covered_over_cap,
+            go_args_swept: a.go_args_swept,
+        };
+        let probed_processes = ProbedProcesses {
+            links: d.probes.per_process_links().to_string(),
+            analysis: Counters::of(a.analyses.stats()),
+            now: a.processes_probed(),
+            links_closing: d.links_closing.load(std::sync::atomic::Ordering::Acquire),
+            attached_total: a.processes_attached_total,
+            detached_total: a.processes_detached_total,
+            libraries_over_cap: a.libraries_over_cap,
+        };
+        let kernel_side = reshape(&d.probes.kernel_side)?;
+        drop(d);
+        let p = self.pipeline.lock().expect("pipeline lock");
+        let ok = programs.tracepoints.len() >= 7
+            && attach_failures.is_empty()
+            && (scope == Scope::Agents || !tls_libraries.is_empty());
+        Ok(Status {
+            ok,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            data_dir: self.data_dir.clone(),
+            scope,
+            kernel_side,
+            tracepoints: programs.tracepoints,
+            hooks_missing: programs.missing,
+            tls_libraries,
+            probed_processes,
+            first_contact: FirstContact {
+                stats: Counters::of(&p.first_contact),
+                kernel,
+            },
+            tls_libraries_detached,
+            attach_failures,
+            tls_not_covered,
+            processes: Processes {
+                live: p.tree.live_count(),
+                exited_kept: p.tree.exited_kept_count(),
+                dropped_over_cap: p.tree.dropped_over_cap(),
+            },
+            live_sessions: p.sessions.live_sessions().len(),
+            kernel_drops,
+            pipeline: Counters::of(&p.stats),
+            replay: Counters::of(&p.replay),
+            capture: Counters::of(&p.capture_stats),
+            aead: Counters::of(&p.aead.stats),
+            estimates: Estimates {
+                stats: Counters::of(&p.estimates.stats),
+                binaries: p
+                    .estimates
+                    .binaries
+                    .iter()
+                    .map(|(exe, (host, calls))| {
+                        (
+                            exe.clone(),
+                            format!("estimated: SNI {host} ({calls} calls)"),
+                        )
+                    })
+                    .collect(),
+            },
+            ceilings: Ceilings {
+                enabled: p.enforcer.as_ref().is_some_and(|e| e.enabled()),
+                block: Some(self.block_status.clone()),
+                stats: p.enforcer.as_ref().map(|e| e.stats().clone()),
+                gate_errors: p.enforcer.as_ref().map(|e| e.gate_errors()),
+                held_sockets: p.enforcer.as_ref().map(|e| e.sockets_held()),
+            },
+            sinks: serde_json::from_value(self.exports.status_json())?,
+            kubernetes: Counters::of(&self.pods.status()),
+        })
+    }
+}

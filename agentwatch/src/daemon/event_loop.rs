@@ -1,0 +1,225 @@
+//! The daemon's loop: drain the ring buffer into the pipeline, decide first contacts, take
+//! probes off, tick, reload on SIGHUP; then the stop.
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::pipeline::Pipeline;
+use super::{Daemon, DaemonError, first_contact};
+use crate::probes::Scope;
+use crate::probes::ring::Ring;
+use crate::sessions::clock::boot_now_ns;
+
+/// How often the ring buffer is drained when no record asked for a wakeup.
+const RING_DRAIN: Duration = Duration::from_millis(10);
+
+/// What only the loop uses.
+pub(super) struct EventLoop {
+    pub(super) ring: Ring,
+    pub(super) closer: first_contact::Closer,
+    pub(super) held_file: first_contact::HeldFile,
+    /// How long a process stays stopped at its first contact at most.
+    pub(super) hold_timeout: Duration,
+    pub(super) scope: Scope,
+}
+
+/// Processes whose probes change after a drain, kept while discovery is busy.
+#[derive(Default)]
+struct Pending {
+    execs: Vec<u32>,
+    ended: Vec<(u32, u64)>,
+    not_agents: Vec<u32>,
+}
+
+/// Handles every record ready (pushing the processes that exec'd to `execs`), then hands the
+/// ring back to the kernel only up to the oldest exchange in flight, which a next daemon
+/// reads again, at most a quarter of the ring behind.
+fn drain_ring(p: &mut Pipeline, ring: &mut Ring, execs: &mut Vec<u32>) {
+    let seen_until = ring.replay_end();
+    while let Some((pos, item)) = ring.next() {
+        if let Some(tgid) = p.handle_record_at(pos, item, pos < seen_until) {
+            execs.push(tgid);
+        }
+    }
+    let low = p.replay_low_water(ring.read_pos(), ring.size() / 4);
+    ring.commit(low);
+}
+
+impl EventLoop {
+    /// Until SIGTERM or SIGINT, then the stop.
+    pub(super) async fn run(self, d: &Daemon) -> Result<(), DaemonError> {
+        let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+        let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+        let EventLoop {
+            ring,
+            closer,
+            held_file,
+            hold_timeout,
+            scope,
+        } = self;
+        // SAFETY: the ring buffer owns its fd and lives as long as the AsyncFd that wraps it.
+        let mut ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| DaemonError::Ring(std::io::Error::other(e.to_string())))?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Most records wake nobody (a wakeup costs the writing CPU an interrupt): the ring is
+        // drained this often, and at once when a record asks (a process stopped for a decision).
+        let mut drain = tokio::time::interval(RING_DRAIN);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending = Pending::default();
+        // SIGINT (Ctrl-C at a terminal) stops for good: the kernel side goes too. SIGTERM (a
+        // service manager's stop, a DaemonSet's upgrade) leaves it pinned for the next daemon.
+        let mut interrupted = false;
+        loop {
+            let read = tokio::select! {
+                guard = ring.readable_mut() => {
+                    guard.map_err(DaemonError::Ring)?.clear_ready();
+                    true
+                }
+                _ = drain.tick() => true,
+                _ = tick.tick() => {
+                    d.tick();
+                    false
+                }
+                _ = hup.recv() => {
+                    if let Err(e) = d.reload() {
+                        tracing::error!("reload failed: {e}");
+                    }
+                    false
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => {
+                    interrupted = true;
+                    break;
+                }
+            };
+            if !read {
+                continue;
+            }
+            drain_ring(
+                &mut d.pipeline.lock().expect("pipeline lock"),
+                ring.get_mut(),
+                &mut pending.execs,
+            );
+            let held = d
+                .pipeline
+                .lock()
+                .expect("pipeline lock")
+                .take_held_contacts();
+            if !held.is_empty() {
+                held_file.save(&d.pipeline.lock().expect("pipeline lock").pending_contacts());
+                first_contact::decide_all(
+                    held,
+                    &d.discovery,
+                    &d.pipeline,
+                    hold_timeout,
+                    &closer,
+                    &held_file,
+                );
+            }
+            d.probes_off(&mut pending, &closer);
+            if scope == Scope::Agents {
+                pending.execs.clear();
+            }
+            if !pending.execs.is_empty() {
+                d.look_at_execs(std::mem::take(&mut pending.execs));
+            }
+        }
+        // Decide what is already in the ring buffer (holds above all) before leaving.
+        drain_ring(
+            &mut d.pipeline.lock().expect("pipeline lock"),
+            ring.get_mut(),
+            &mut Vec::new(),
+        );
+        d.stop(interrupted, &closer);
+        Ok(())
+    }
+}
+
+impl Daemon {
+    /// Every second: the pipeline's upkeep, and the heartbeat that tells the kernel a daemon
+    /// is there to decide first contacts.
+    fn tick(&self) {
+        self.pipeline
+            .lock()
+            .expect("pipeline lock")
+            .tick(boot_now_ns());
+        // Off the loop: attaches can hold discovery for a while, and a heartbeat
+        // missed for 30 s would stop the kernel from holding first contacts.
+        let discovery = self.discovery.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Ok(mut d) = discovery.lock() {
+                d.probes.heartbeat();
+            }
+        });
+    }
+
+    /// Confirm or reject probes at located functions by what they captured, and take the
+    /// probes of exited and exec'd processes off (both wait while an attach holds discovery).
+    fn probes_off(&self, pending: &mut Pending, closer: &first_contact::Closer) {
+        let mut p = self.pipeline.lock().expect("pipeline lock");
+        pending.ended.extend(p.take_probe_ends());
+        pending.not_agents.extend(p.take_not_agents());
+        if let Ok(mut d) = self.discovery.try_lock() {
+            for tgid in pending.not_agents.drain(..) {
+                closer.close(d.probes.detach_process(tgid));
+                d.probes
+                    .set_process_state(tgid, Some(agentwatch_ebpf::PROC_NOT_AGENT));
+            }
+            for (identity, http) in p.first_writes.drain(..) {
+                closer.close(d.probes.judge_first_write(identity, http));
+            }
+            for (tgid, at) in pending.ended.drain(..) {
+                // Not the probes of a first contact made after that exec (both can be
+                // in one drain, and the attach can win the race to the lock).
+                closer.close(d.probes.detach_process_before(tgid, at));
+            }
+        }
+    }
+
+    /// `scope = "all"`: the TLS libraries of processes that exec'd. Off the ring's task:
+    /// analysing a large static binary takes a moment, and the ring must keep draining.
+    fn look_at_execs(&self, tgids: Vec<u32>) {
+        let discovery = self.discovery.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Ok(mut d) = discovery.lock() {
+                for tgid in tgids {
+                    d.process(tgid, None);
+                }
+            }
+        });
+    }
+
+    /// After the last drain: nobody is left stopped at a first contact, and the kernel side
+    /// stays pinned for the next daemon (SIGTERM) or goes (SIGINT, or not pinned).
+    fn stop(&self, interrupted: bool, closer: &first_contact::Closer) {
+        // Nobody is left stopped at a first contact by a daemon that goes away.
+        for tgid in self
+            .pipeline
+            .lock()
+            .expect("pipeline lock")
+            .take_pending_contacts()
+        {
+            first_contact::cont(tgid);
+        }
+        if let Ok(mut d) = self.discovery.lock() {
+            if d.probes.pin_set().is_some() && !interrupted {
+                // Pinned: the probes stay attached, and what happens until the next daemon
+                // waits in the ring buffer.
+                tracing::info!(
+                    pinned_at = %d.probes.pin_set().map(|p| p.dir.display().to_string()).unwrap_or_default(),
+                    "the kernel side stays attached for the next daemon (`agentwatch unpin` removes it)"
+                );
+            } else {
+                d.probes.unpin();
+                // Per-process probes closed together (the kernel would close them one by one
+                // at exit).
+                closer.close(d.probes.detach_all_processes());
+            }
+        }
+        closer.drain(Duration::from_secs(20));
+        tracing::info!("agentwatch stopping");
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
