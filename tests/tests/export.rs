@@ -191,7 +191,7 @@ fn clickhouse_rows_match_the_jsonl_rows() {
                 // Session header fields live in the sessions table.
                 assert!(
                     key.starts_with("root_") || key == "session_started_at",
-                    "calls.jsonl has a field `{key}` the ClickHouse calls table lacks: add it to CALL_COLUMNS and CallRow in agentwatch/src/sinks/clickhouse.rs"
+                    "calls.jsonl has a field `{key}` the ClickHouse calls table lacks: declare it with its ClickHouse type in the `row_schema!` of agentwatch/src/sessions/rows.rs"
                 );
                 continue;
             };
