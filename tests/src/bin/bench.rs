@@ -770,10 +770,11 @@ short program per read and write (two array lookups; the tracepoint's own cost i
     );
     let _ = write!(
         report,
-        "\n## Ceilings: cost of the egress hold program on traffic that is not held\n\n\
+        "\n## Ceilings: cost of the egress hold program and the pre-send hook on traffic that is not held\n\n\
 The plain-socket workload above ({pairs} rounds of two 64-byte sends and two reads on loopback, so at least {} egress\n\
 packets), daemon without ceilings vs. with a ceiling (the `cgroup_skb/egress` program that keeps held sockets'\n\
-bytes in the host is attached only then, and every packet the host sends passes it).\n\n\
+bytes in the host, and the pre-send hook `tcp:tcp_sendmsg_locked`, are attached only then: every packet the\n\
+host sends passes the first, every TCP write the second; each of the two sends of a round pays both).\n\n\
 | no ceilings | ceilings | ratio (ceilings/none) | added per round (2 sends) |\n|---|---|---|---|\n| {:.3} s | {:.3} s | {:.3} | {:.2} µs |\n",
         pairs * 2,
         plain,
