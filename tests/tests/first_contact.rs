@@ -301,7 +301,14 @@ fn first_contacts_are_held_after_the_no_daemon_window() {
     // HOLD_WITHOUT_DAEMON_SECS (30) and a margin.
     std::thread::sleep(Duration::from_secs(33));
     let (pid, _) = run_client(curl_chat(&mock, "fc-late", false));
-    check_exact(&daemon, &mock, pid, "fc-late", 1, &json!({"provider": "openai"}));
+    check_exact(
+        &daemon,
+        &mock,
+        pid,
+        "fc-late",
+        1,
+        &json!({"provider": "openai"}),
+    );
     let status = daemon.cli_json(&["status"]);
     assert_eq!(u(&kernel(&status)["no_daemon"]), 0, "{status:#}");
     assert!(u(&kernel(&status)["holds"]) >= 1, "{status:#}");

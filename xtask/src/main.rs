@@ -419,7 +419,11 @@ fn write_seeds() -> Result<()> {
     run(Command::new("cargo")
         .current_dir(root())
         .args(["test", "--release", "-p", "agentwatch", "--lib"])
-        .args(["--", "--exact", "fuzzing::tests::fuzzing_seed_corpus_is_current"])
+        .args([
+            "--",
+            "--exact",
+            "fuzzing::tests::fuzzing_seed_corpus_is_current",
+        ])
         .env("AGENTWATCH_WRITE_SEEDS", "1"))
 }
 

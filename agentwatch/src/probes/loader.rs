@@ -496,11 +496,14 @@ impl Probes {
         } else {
             self.attach_btf_tracepoint(NAME)
         };
-        let switched = self
-            .config
-            .set(abi::CFG_PRE_SEND, 1, 0)
-            .map_err(map_error("CONFIG"));
-        match attached.and_then(|()| switched) {
+        // Switched only once attached: with the switch on, the kernel leaves first writes to
+        // the pre-send hook.
+        let switched = attached.and_then(|()| {
+            self.config
+                .set(abi::CFG_PRE_SEND, 1, 0)
+                .map_err(map_error("CONFIG"))
+        });
+        match switched {
             Ok(()) => {
                 if !self.programs.tracepoints.iter().any(|t| t == TRACEPOINT) {
                     self.programs.tracepoints.push(TRACEPOINT.into());
@@ -552,7 +555,9 @@ impl Probes {
     /// stops holding first contacts (nobody would continue them).
     pub fn heartbeat(&mut self) {
         if let Err(e) = self.config.set(abi::CFG_HEARTBEAT, boot_secs() as u32, 0) {
-            tracing::warn!("failed to write the heartbeat in the kernel's CONFIG map: {e}; without one for 30 s, first contacts are not held");
+            tracing::warn!(
+                "failed to write the heartbeat in the kernel's CONFIG map: {e}; without one for 30 s, first contacts are not held"
+            );
         }
     }
 

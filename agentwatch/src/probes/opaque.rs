@@ -284,7 +284,10 @@ fn windows_of(
 /// Lets go of the pages of `range` where it lies in a live mapping (see `read_through`).
 fn release(range: &[u8]) {
     const PAGE: usize = 4096;
-    let (from, to) = (range.as_ptr() as usize, range.as_ptr() as usize + range.len());
+    let (from, to) = (
+        range.as_ptr() as usize,
+        range.as_ptr() as usize + range.len(),
+    );
     let live = MAPPINGS.lock().unwrap_or_else(|e| e.into_inner());
     let Some(&(base, len)) = live.iter().find(|(b, l)| from >= *b && to <= b + l) else {
         return;
@@ -314,15 +317,19 @@ fn contains(bytes: &[u8], needle: &[u8]) -> bool {
 fn find_all(bytes: &[u8], needle: &[u8]) -> Vec<usize> {
     let mut out = Vec::new();
     let finder = memchr::memmem::Finder::new(needle);
-    read_through(bytes, needle.len().saturating_sub(1), |offset, window, own| {
-        out.extend(
-            finder
-                .find_iter(window)
-                .filter(|at| *at < own)
-                .map(|at| offset + at),
-        );
-        true
-    });
+    read_through(
+        bytes,
+        needle.len().saturating_sub(1),
+        |offset, window, own| {
+            out.extend(
+                finder
+                    .find_iter(window)
+                    .filter(|at| *at < own)
+                    .map(|at| offset + at),
+            );
+            true
+        },
+    );
     out
 }
 
@@ -471,7 +478,13 @@ impl<'a> Image<'a> {
         for (base, bytes) in &self.code {
             let bytes: &[u8] = bytes;
             read_through(bytes, 0, |offset, window, _| {
-                self.references_in(*base, bytes, offset..offset + window.len(), &sorted, &mut found);
+                self.references_in(
+                    *base,
+                    bytes,
+                    offset..offset + window.len(),
+                    &sorted,
+                    &mut found,
+                );
                 true
             });
         }
@@ -1602,7 +1615,9 @@ pub(crate) mod tests {
     #[test]
     fn a_pass_over_a_mapped_file_holds_one_window_of_it() {
         use sha2::Digest;
-        let contents: Vec<u8> = (0..3 * WINDOW + 12345).map(|i| (i * 7 % 251) as u8).collect();
+        let contents: Vec<u8> = (0..3 * WINDOW + 12345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
         let file = TempFile::new(&contents);
         let mapped = Mapped::open(&file.0).unwrap();
         let start = mapped.bytes().as_ptr() as usize;
@@ -1617,9 +1632,16 @@ pub(crate) mod tests {
         // One window at a time (read-ahead may map a little more), never the whole file.
         assert!(largest >= (WINDOW / 1024) as u64, "{largest} KiB");
         assert!(largest < (2 * WINDOW / 1024) as u64, "{largest} KiB");
-        assert!(mapping_rss_kib(start) < 1024, "{} KiB", mapping_rss_kib(start));
+        assert!(
+            mapping_rss_kib(start) < 1024,
+            "{} KiB",
+            mapping_rss_kib(start)
+        );
         // Let go of, not lost: the bytes read the same afterwards.
-        assert_eq!(sha256(mapped.bytes()), <[u8; 32]>::from(sha2::Sha256::digest(&contents)));
+        assert_eq!(
+            sha256(mapped.bytes()),
+            <[u8; 32]>::from(sha2::Sha256::digest(&contents))
+        );
         assert_eq!(mapped.bytes(), &contents[..]);
     }
 

@@ -265,10 +265,7 @@ fn time_cmd(cmd: &mut Command) -> f64 {
 /// the interpreter's start-up does not blur a per-operation cost; the wall time otherwise.
 fn time_loop(cmd: &mut Command) -> f64 {
     let start = Instant::now();
-    let out = cmd
-        .stdout(Stdio::piped())
-        .output()
-        .expect("run client");
+    let out = cmd.stdout(Stdio::piped()).output().expect("run client");
     assert!(out.status.success(), "{cmd:?} failed");
     let wall = start.elapsed().as_secs_f64();
     String::from_utf8_lossy(&out.stdout)
@@ -537,12 +534,12 @@ Probe costs are medians of interleaved runs without and with the daemon, in one 
     let n = 1000;
     let (off, on) = if want("agent") {
         off_on(&scratch, 5, || {
-        let mut c = Command::new(&python);
-        c.arg(scratch.join("client.py"))
-            .arg(port.to_string())
-            .arg(&ca)
-            .arg(n.to_string());
-        c
+            let mut c = Command::new(&python);
+            c.arg(scratch.join("client.py"))
+                .arg(port.to_string())
+                .arg(&ca)
+                .arg(n.to_string());
+            c
         })
     } else {
         (f64::NAN, f64::NAN)
