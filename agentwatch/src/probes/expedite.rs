@@ -2,14 +2,14 @@
 //!
 //! Registering a uprobe takes the kernel's `dup_mmap_sem` (a per-CPU rw-semaphore) for
 //! writing, and after a quiet moment that waits for a full RCU grace period (`rcu_sync_enter`
-//! → `synchronize_rcu`): ~10 ms on this VM, during which the process stays stopped. With
+//! → `synchronize_rcu`): 10–15 ms on this VM (`BENCHMARKS.md`), during which the process stays stopped. With
 //! `/sys/kernel/rcu_expedited` set, that wait is an expedited grace period (an IPI to each CPU,
 //! tens of µs). The daemon sets the knob only while it attaches a held process's probes and
 //! puts back the value it found as soon as the last such attach is done; a file beside the
 //! kernel side remembers that it did, so a daemon killed in that window is undone by the next.
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const KNOB: &str = "/sys/kernel/rcu_expedited";
 
@@ -28,8 +28,6 @@ static STATE: Mutex<State> = Mutex::new(State {
     marker: None,
 });
 static ENABLED: AtomicBool = AtomicBool::new(false);
-/// Attaches that ran with grace periods expedited (status `first_contact.expedited_attaches`).
-pub static EXPEDITED: AtomicU64 = AtomicU64::new(0);
 
 /// Turns expedited attaches on or off; `state_dir` keeps the marker. A marker a killed
 /// daemon left (the knob still set by it) is undone first.
@@ -82,7 +80,6 @@ impl Expedited {
             }
         }
         s.active += 1;
-        EXPEDITED.fetch_add(1, Ordering::Relaxed);
         Expedited(true)
     }
 }

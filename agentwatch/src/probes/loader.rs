@@ -43,7 +43,7 @@ pub struct ProbesConfig {
     pub first_contact_timeout_ms: u64,
     /// Expedite the kernel's RCU grace periods (`/sys/kernel/rcu_expedited`) while a process
     /// held at its first contact is probed, and put the knob back right after: a uprobe
-    /// registered after a quiet moment otherwise waits a full grace period (~10 ms) while the
+    /// registered after a quiet moment otherwise waits a full grace period (10–15 ms here) while the
     /// process is stopped. An expedited grace period costs each CPU one IPI. Default true.
     pub expedite_first_contact: bool,
     /// Ring buffer size in bytes (a power of two, at least one page). Default 16 MiB.
