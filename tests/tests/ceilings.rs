@@ -91,6 +91,21 @@ fn live_session(daemon: &Daemon, root_pid: u32) -> Value {
     }
 }
 
+/// Waits (bounded) until the session of `root_pid` is paused by a ceiling and its process is
+/// stopped. A stopped process alone is not enough: its first contact and each gated call stop
+/// it briefly too.
+fn wait_paused(daemon: &Daemon, root_pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while live_session(daemon, root_pid)["outcome"] != "paused" {
+        assert!(
+            Instant::now() < deadline,
+            "session of {root_pid} not paused"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_state(root_pid, 'T');
+}
+
 fn tight_loop(mock: &Mock, tag: &str, usage: &str, calls: &str) -> Command {
     py_client(
         "openai_chat.py",
@@ -271,7 +286,7 @@ fn pause_then_approve_then_kill() {
     let mut child = spawn(tight_loop(&mock, "pause", USAGE_1K, "6"));
     let pid = child.id();
     // Calls 1–3 go out (3 crosses 2,500), then the whole tree stops.
-    wait_state(pid, 'T');
+    wait_paused(&daemon, pid);
     let session = live_session(&daemon, pid);
     let id = session["session_id"].as_str().unwrap().to_string();
     assert_eq!(session["outcome"], "paused", "{session}");
@@ -312,7 +327,7 @@ fn pause_then_approve_then_kill() {
     // A second paused session is ended by `agentwatch kill`.
     let mut child = spawn(tight_loop(&mock, "pause-kill", USAGE_1K, "6"));
     let pid = child.id();
-    wait_state(pid, 'T');
+    wait_paused(&daemon, pid);
     let id = live_session(&daemon, pid)["session_id"]
         .as_str()
         .unwrap()
