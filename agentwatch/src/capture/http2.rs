@@ -95,6 +95,7 @@ struct Fields {
     status: Option<u16>,
     content_type: Option<String>,
     content_encoding: Option<String>,
+    content_length: Option<u64>,
 }
 
 impl Fields {
@@ -110,6 +111,9 @@ impl Fields {
             }
             b"content-type" => self.content_type = Some(v()),
             b"content-encoding" => self.content_encoding = Some(v()),
+            b"content-length" => {
+                self.content_length = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok())
+            }
             _ => {}
         }
     }
@@ -121,6 +125,12 @@ struct Stream {
     request_body: Option<BodyReader>,
     request_bytes: u64,
     response_bytes: u64,
+    /// The response's `content-length`, and the DATA payload received against it: a response
+    /// complete by its length is complete, even if the frame carrying END_STREAM is never read
+    /// (hypercorn sends END_STREAM in an empty DATA frame of its own, which a client that has
+    /// its `content-length` bytes may exit without reading).
+    response_length: Option<u64>,
+    response_data: u64,
 }
 
 #[derive(Debug)]
@@ -490,6 +500,8 @@ impl Http2 {
                 request_body,
                 request_bytes: block.wire_bytes,
                 response_bytes: 0,
+                response_length: None,
+                response_data: 0,
             },
         );
         if block.end_stream {
@@ -531,8 +543,10 @@ impl Http2 {
                     && s.ex.response == ResponseState::Receiving
                 {
                     s.response_bytes += (FRAME_HEADER_LEN + h.len) as u64;
+                    s.response_data += body.len() as u64;
                     s.ex.response_body(body, ts_ns, s.response_bytes, stats, out);
-                    if h.has(FLAG_END_STREAM) {
+                    let whole = s.response_length.is_some_and(|n| s.response_data >= n);
+                    if h.has(FLAG_END_STREAM) || whole {
                         s.ex.end_response(ts_ns, true, s.response_bytes, stats);
                         self.settle(h.stream_id, stats, out);
                     }
@@ -585,6 +599,12 @@ impl Http2 {
                 limit,
                 stats,
             );
+            s.response_length = f.content_length;
+            if f.content_length == Some(0) && s.ex.response == ResponseState::Receiving {
+                s.ex.end_response(ts_ns, true, s.response_bytes, stats);
+                self.settle(id, stats, out);
+                return;
+            }
         }
         // Otherwise: trailers.
         if block.end_stream && s.ex.response == ResponseState::Receiving {

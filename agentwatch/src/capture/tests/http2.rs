@@ -464,3 +464,54 @@ fn http2_hold_tells_setup_new_llm_streams_and_open_streams_apart() {
         Http2Hold::NotHttp2
     );
 }
+
+/// hypercorn (h2) sends a response's END_STREAM in an empty DATA frame of its own; curl, once it
+/// has `content-length` bytes, can exit without reading that frame. A response complete by its
+/// length is a complete call; the late END_STREAM frame changes nothing.
+#[test]
+fn http2_response_complete_by_content_length_without_end_stream() {
+    let gz = gzip(OPENAI_JSON);
+    let len = gz.len().to_string();
+    for read_end_stream in [false, true] {
+        let mut cenc = Encoder::new();
+        let mut senc = Encoder::new();
+        let mut h = H::new();
+        open_request(&mut h, &mut cenc, 1, true);
+        let mut r = headers(
+            &mut senc,
+            1,
+            &[
+                (":status", "200"),
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+                ("content-length", &len),
+            ],
+            false,
+            4096,
+        );
+        // The body in two frames, neither ending the stream.
+        r.extend(data(1, &gz, gz.len() / 2 + 1, false));
+        h.read(&r);
+        if read_end_stream {
+            h.read(&frame(DATA, FLAG_END_STREAM, 1, &[]));
+        }
+        // A second stream on the connection: a zero-length response is complete at its head.
+        open_request(&mut h, &mut cenc, 3, false);
+        h.read(&headers(
+            &mut senc,
+            3,
+            &[(":status", "200"), ("content-length", "0")],
+            false,
+            4096,
+        ));
+        let calls = h.calls();
+        assert_eq!(calls.len(), 2, "{calls:#?}");
+        assert!(calls[0].complete, "{:?}", calls[0]);
+        assert_eq!(calls[0].usage, openai_json_usage());
+        assert_eq!(calls[0].usage_source, UsageSource::Reported);
+        assert!(calls[1].complete, "{:?}", calls[1]);
+        assert!(h.conn.is_idle());
+        h.close();
+        assert!(h.calls().is_empty(), "nothing more at close");
+    }
+}
