@@ -228,14 +228,19 @@ impl Decoder {
                 }
             }
         }
-        if let Inner::Zstd(d) = &mut self.inner {
-            // zstd holds decoded bytes in its own buffer until flushed: a streamed event must
-            // come out now, not with the next one.
-            let r = d.flush();
-            drain(d.get_mut(), out);
-            if let Err(e) = r {
-                return Err(self.corrupt(e));
-            }
+        // Every decoder holds the bytes decoded by its last write in a buffer of its own until
+        // the next write or a flush: a streamed event must come out now, not with the next one
+        // (the last event may have no next: a client that has `[DONE]` resets the stream).
+        let r = match &mut self.inner {
+            Inner::Gzip(d) => flush_drain(d, out),
+            Inner::Zlib(d) => flush_drain(d, out),
+            Inner::RawDeflate(d) => flush_drain(d, out),
+            Inner::Zstd(d) => flush_drain(d.as_mut(), out),
+            Inner::Brotli(d) => flush_drain(d.as_mut(), out),
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            return Err(self.corrupt(e));
         }
         Ok(())
     }
@@ -347,6 +352,12 @@ fn write_drain<D: InnerVec>(d: &mut D, step: &[u8], out: &mut Vec<u8>) -> std::i
     r
 }
 
+fn flush_drain<D: InnerVec>(d: &mut D, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let r = d.flush();
+    drain(d.vec(), out);
+    r
+}
+
 fn drain(inner: &mut Vec<u8>, out: &mut Vec<u8>) {
     out.append(inner);
 }
@@ -430,6 +441,52 @@ pub(crate) mod tests {
                 let piece = piece.min(data.len());
                 assert_eq!(decode_in_pieces(enc, &data, piece).unwrap(), p, "{enc:?}");
             }
+        }
+    }
+
+    /// A server flushing its compressor after each event (nginx `gzip on` over a stream): each
+    /// event's plain bytes come out of the very feed that carried it, not with the next one.
+    #[test]
+    fn decode_each_flushed_event_comes_out_of_its_own_feed() {
+        use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
+        fn events<W: Write>(mut e: W, take: impl Fn(&mut W) -> Vec<u8>) -> Vec<Vec<u8>> {
+            let mut out = Vec::new();
+            for ev in [&b"data: {\"a\":1}\n\n"[..], b"data: [DONE]\n\n"] {
+                e.write_all(ev).unwrap();
+                e.flush().unwrap();
+                out.push(take(&mut e));
+            }
+            out
+        }
+        let cases = [
+            (
+                ContentEncoding::Gzip,
+                events(GzEncoder::new(Vec::new(), Compression::default()), |e| {
+                    std::mem::take(e.get_mut())
+                }),
+            ),
+            (
+                ContentEncoding::Deflate,
+                events(ZlibEncoder::new(Vec::new(), Compression::default()), |e| {
+                    std::mem::take(e.get_mut())
+                }),
+            ),
+            (
+                ContentEncoding::Deflate,
+                events(
+                    DeflateEncoder::new(Vec::new(), Compression::default()),
+                    |e| std::mem::take(e.get_mut()),
+                ),
+            ),
+        ];
+        for (enc, pieces) in cases {
+            let mut d = Decoder::new(enc);
+            let mut out = Vec::new();
+            d.feed(&pieces[0], &mut out).unwrap();
+            assert_eq!(out, b"data: {\"a\":1}\n\n", "{enc:?}");
+            out.clear();
+            d.feed(&pieces[1], &mut out).unwrap();
+            assert_eq!(out, b"data: [DONE]\n\n", "{enc:?}");
         }
     }
 

@@ -119,12 +119,17 @@ impl Server {
         let certs = tls::generate()?;
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("creating {}", config.state_dir.display()))?;
-        let ca_path = config.state_dir.join("ca.pem");
-        let tmp = config.state_dir.join(".ca.pem.tmp");
-        std::fs::write(&tmp, &certs.ca_pem)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &ca_path)
-            .with_context(|| format!("writing {}", ca_path.display()))?;
+        // ca.pem last: a reader waiting for it finds the others written.
+        for (name, pem) in [
+            ("server.pem", &certs.server_chain_pem),
+            ("server-key.pem", &certs.server_key_pem),
+            ("ca.pem", &certs.ca_pem),
+        ] {
+            let path = config.state_dir.join(name);
+            let tmp = config.state_dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, pem).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        }
         let sink = match &config.log {
             Some(p) => log::LogSink::open(p).with_context(|| format!("opening {}", p.display()))?,
             None => log::LogSink::none(),

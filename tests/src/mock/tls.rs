@@ -17,6 +17,11 @@ pub struct Certs {
     pub ca_der: CertificateDer<'static>,
     pub server_chain: Vec<CertificateDer<'static>>,
     pub server_key: PrivateKeyDer<'static>,
+    /// The server certificate and its CA, PEM, and its key (PKCS#8 PEM): written to
+    /// `STATE_DIR/server.pem` and `server-key.pem` for the independent servers and proxies
+    /// the tests put in front of the mock (hypercorn, nginx, Go), so one CA serves all.
+    pub server_chain_pem: String,
+    pub server_key_pem: String,
 }
 
 pub fn generate() -> Result<Certs> {
@@ -66,6 +71,8 @@ pub fn generate() -> Result<Certs> {
         .context("server certificate")?;
 
     Ok(Certs {
+        server_chain_pem: format!("{}{}", cert.pem(), ca_cert.pem()),
+        server_key_pem: key.serialize_pem(),
         ca_pem: ca_cert.pem(),
         ca_der: ca_cert.der().clone(),
         server_chain: vec![cert.der().clone(), ca_cert.der().clone()],

@@ -1,0 +1,3 @@
+module agentwatch/tests/servers/go
+
+go 1.19
