@@ -43,6 +43,10 @@ enum Task {
         /// Seconds of fuzzing per target.
         #[arg(long, default_value_t = 60)]
         secs: u64,
+        /// Stop each target after this many executions instead (libFuzzer `-runs`); `--secs`
+        /// still bounds it.
+        #[arg(long)]
+        runs: Option<u64>,
         /// One target (default: every target in fuzz/Cargo.toml).
         target: Option<String>,
         /// Write the seed corpus (`fuzz/corpus/<target>/`) from its generators, then stop.
@@ -430,7 +434,7 @@ fn write_seeds() -> Result<()> {
         .env("AGENTWATCH_WRITE_SEEDS", "1"))
 }
 
-fn fuzz(secs: u64, only: Option<String>) -> Result<()> {
+fn fuzz(secs: u64, runs: Option<u64>, only: Option<String>) -> Result<()> {
     use std::io::BufRead;
 
     setup_fuzz()?;
@@ -454,6 +458,7 @@ fn fuzz(secs: u64, only: Option<String>) -> Result<()> {
             .arg(root.join("fuzz/corpus").join(t))
             .arg("--")
             .arg(format!("-max_total_time={secs}"))
+            .args(runs.map(|n| format!("-runs={n}")))
             .args(["-timeout=10", "-rss_limit_mb=2048", "-malloc_limit_mb=128"])
             .arg("-print_final_stats=1")
             .stderr(std::process::Stdio::piped());
@@ -588,7 +593,9 @@ fn main() -> Result<()> {
         Task::Fuzz {
             write_seeds: true, ..
         } => write_seeds()?,
-        Task::Fuzz { secs, target, .. } => fuzz(secs, target)?,
+        Task::Fuzz {
+            secs, runs, target, ..
+        } => fuzz(secs, runs, target)?,
     }
     Ok(())
 }

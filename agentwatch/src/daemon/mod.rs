@@ -102,6 +102,8 @@ struct Restored {
     sink: Box<dyn Sink + Send>,
     exports: ExportHandle,
     written: Vec<(u32, u64)>,
+    /// Spend of the last day by Unix minute, from recovery (seeds the host ceiling).
+    host_day: std::collections::BTreeMap<i64, f64>,
 }
 
 impl Daemon {
@@ -121,7 +123,7 @@ impl Daemon {
             pods.refresh().await;
             pods.spawn_refresher();
         }
-        let (policy, block_status) = ceilings(&config, &mut kernel.discovery, &pods)?;
+        let (policy, block_status) = ceilings(&config, &mut kernel.discovery, &pods, &restored.host_day)?;
         let KernelSide {
             discovery,
             ring,
@@ -333,6 +335,7 @@ async fn restore(config: &Config, kernel: &mut KernelSide) -> Result<Restored, D
         sink: Box::new(sink),
         exports,
         written,
+        host_day: recovered.host_day,
     })
 }
 
@@ -342,6 +345,7 @@ fn ceilings(
     config: &Config,
     discovery: &mut Discovery,
     pods: &Arc<PodIndex>,
+    host_day: &std::collections::BTreeMap<i64, f64>,
 ) -> Result<(Policy, String), DaemonError> {
     let mut policy = Policy::new(
         config.ceilings.clone(),
@@ -361,9 +365,6 @@ fn ceilings(
             }
         }
     };
-    policy.seed_host_window(
-        &config.data_dir.join("calls.jsonl"),
-        &WallClock::from_system(),
-    );
+    policy.seed_host_window(host_day, &WallClock::from_system());
     Ok((policy, block))
 }

@@ -440,40 +440,27 @@ impl Policy {
         })
     }
 
-    /// Rebuilds the host's rolling day from `calls.jsonl` after a restart, so a restarted
-    /// daemon does not forget spend it accounted. Lines it cannot read are skipped.
-    pub fn seed_host_window(&mut self, calls_jsonl: &Path, clock: &crate::sessions::WallClock) {
+    /// Rebuilds the host's rolling day after a restart from the spend recovery found, by Unix
+    /// minute (the checkpoint's and the files' since), so a restarted daemon does not forget
+    /// spend it accounted. Each minute's spend leaves the window a day after that minute began.
+    pub fn seed_host_window(
+        &mut self,
+        host_day: &std::collections::BTreeMap<i64, f64>,
+        clock: &crate::sessions::WallClock,
+    ) {
         if self.ceilings.host_usd_per_day.is_none() {
             return;
         }
-        #[derive(Deserialize)]
-        struct Row {
-            ended_at: String,
-            cost_usd: Option<f64>,
-            #[serde(default)]
-            estimate: Option<crate::accounting::Estimate>,
-        }
-        let Ok(text) = std::fs::read_to_string(calls_jsonl) else {
-            return;
-        };
         let now_boot = crate::sessions::clock::boot_now_ns();
         let now_unix = clock.unix_ns(now_boot);
-        let mut rows: Vec<(u64, f64)> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Row>(l).ok())
-            .filter_map(|r| {
-                let ended = crate::sessions::clock::parse_rfc3339(&r.ended_at)?;
-                let age = u64::try_from(now_unix - ended).ok()?;
-                let cost = r
-                    .cost_usd
-                    .or(r.estimate.and_then(|e| e.cost_usd_high))
-                    .unwrap_or(0.0);
-                (age < DAY_NS).then(|| (now_boot.saturating_sub(age), cost))
-            })
-            .collect();
-        rows.sort_by_key(|(t, _)| *t);
-        for (t, c) in rows {
-            self.note_cost(t, c);
+        for (&minute, &cost) in host_day {
+            let at = i128::from(minute) * 60_000_000_000;
+            let Ok(age) = u64::try_from(now_unix - at) else {
+                continue;
+            };
+            if age < DAY_NS && cost > 0.0 {
+                self.note_cost(now_boot.saturating_sub(age), cost);
+            }
         }
     }
 

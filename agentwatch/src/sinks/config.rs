@@ -15,6 +15,8 @@ pub struct SinksConfig {
     pub clickhouse: Option<ClickHouseConfig>,
     /// `[sinks.otlp]`: off unless present.
     pub otlp: Option<OtlpConfig>,
+    /// `[sinks.jsonl]`: rotation and retention of the JSONL files (always written).
+    pub jsonl: super::rotation::JsonlConfig,
 }
 
 impl SinksConfig {

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod otlp_http;
 pub mod recovery;
+pub mod rotation;
 pub mod spans;
 pub mod spool;
 #[cfg(test)]
@@ -104,6 +105,10 @@ pub struct SinkHealth {
     pub last_error: Option<String>,
     /// Torn last lines truncated when the files were opened.
     pub torn_lines_repaired: u64,
+    /// JSONL only: rotations done, and rotations (or their checkpoint, compression, pruning)
+    /// that failed and wait for a retry.
+    pub rotations: u64,
+    pub rotation_errors: u64,
 }
 
 /// One destination for call and ledger rows. A write returns once the row is durable (for
@@ -128,7 +133,7 @@ pub async fn build(
 ) -> Result<(Fanout, ExportHandle), SinkError> {
     use std::sync::Arc;
 
-    let jsonl = JsonlSink::open(data_dir)?;
+    let jsonl = JsonlSink::open_with(data_dir, &sinks.jsonl)?;
     let configured = sinks.destinations();
     let want_metrics = metrics_cfg.prometheus || configured.iter().any(|d| d.wants_metrics());
     let metrics = want_metrics.then(|| Arc::new(metrics::Metrics::new(metrics_cfg.max_series)));

@@ -10,31 +10,32 @@
 //! write and ignored, exactly as [`super::JsonlSink::open`] truncates it, so the order of the
 //! two calls at start does not matter.
 //!
-//! Known limit: both files are read whole (streamed line by line; only the open sessions'
-//! calls are kept in memory) at every start, so start time grows with `calls.jsonl`. Rotation
-//! and compaction (drop the calls of closed sessions) come later.
+//! What is read is bounded: the rotation checkpoint ([`super::rotation`]) stands for every
+//! segment it covers; only the segments it does not cover yet and the two current files are
+//! read (streamed line by line; only the open sessions' calls are kept in memory).
 
-use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::SinkError;
 use super::jsonl::{CALLS_FILE, LEDGER_FILE};
-use crate::sessions::{CallRecord, RecoveredSessions};
+use super::rotation::{Fold, load_checkpoint, segments};
+use crate::sessions::RecoveredSessions;
 
 /// What recovery found.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RecoveryReport {
     pub sessions: RecoveredSessions,
     pub stats: RecoveryStats,
+    /// Spend of the last day by Unix minute, for the host's daily ceiling.
+    pub host_day: BTreeMap<i64, f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RecoveryStats {
-    /// Ledger rows read (closed sessions, any boot).
+    /// Ledger rows read (closed sessions, any boot), besides the checkpoint's.
     pub closed_sessions: u64,
     pub calls_read: u64,
     /// Calls of sessions still open (handed to `Sessions::restore`).
@@ -43,60 +44,38 @@ pub struct RecoveryStats {
     pub bad_call_lines: u64,
     /// A last line without `\n` (torn write), in either file.
     pub torn_lines: u64,
+    /// Rotated segments the checkpoint covers (not read) and those read.
+    pub segments_covered: u64,
+    pub segments_read: u64,
 }
 
-#[derive(Deserialize)]
-struct LedgerHead {
-    session_id: String,
-    #[serde(default)]
-    boot_id: Option<String>,
-}
-
-/// Reads `<data_dir>/ledger.jsonl` and `<data_dir>/calls.jsonl` (missing files are empty).
+/// Reads the rotation checkpoint, the rotated segments it does not cover, then
+/// `<data_dir>/ledger.jsonl` and `<data_dir>/calls.jsonl` (missing files are empty).
 /// `boot_id` is the current boot's: closed sessions of this boot are reported so their ids are
 /// never reused.
 pub fn recover(data_dir: &Path, boot_id: &str) -> Result<RecoveryReport, SinkError> {
-    let mut stats = RecoveryStats::default();
-    let mut closed: HashSet<String> = HashSet::new();
-    let mut closed_this_boot = Vec::new();
-    for_each_line(
-        &data_dir.join(LEDGER_FILE),
-        &mut stats.torn_lines,
-        |bytes| match serde_json::from_slice::<LedgerHead>(bytes) {
-            Ok(head) => {
-                stats.closed_sessions += 1;
-                if head.boot_id.as_deref() == Some(boot_id) {
-                    closed_this_boot.push(head.session_id.clone());
-                }
-                closed.insert(head.session_id);
-            }
-            Err(_) => stats.bad_ledger_lines += 1,
-        },
-    )?;
-
-    let mut open: Vec<(String, Vec<CallRecord>)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for_each_line(&data_dir.join(CALLS_FILE), &mut stats.torn_lines, |bytes| {
-        let rec = match serde_json::from_slice::<CallRecord>(bytes) {
-            Ok(rec) => rec,
-            Err(_) => {
-                stats.bad_call_lines += 1;
-                return;
-            }
-        };
-        stats.calls_read += 1;
-        if closed.contains(&rec.session_id) {
-            return;
-        }
-        stats.open_calls += 1;
-        match index.get(&rec.session_id) {
-            Some(&i) => open[i].1.push(rec),
-            None => {
-                index.insert(rec.session_id.clone(), open.len());
-                open.push((rec.session_id.clone(), vec![rec]));
-            }
-        }
-    })?;
+    let cp = load_checkpoint(data_dir)?;
+    let covered = cp.covered_seq;
+    let pending: Vec<_> = segments(data_dir)?
+        .into_iter()
+        .filter(|s| s.seq > covered)
+        .collect();
+    let mut fold = Fold::new(cp);
+    for p in pending.iter().filter_map(|s| s.ledger.as_ref()) {
+        fold.ledger_file(p)?;
+    }
+    fold.ledger_file(&data_dir.join(LEDGER_FILE))?;
+    for p in pending.iter().filter_map(|s| s.calls.as_ref()) {
+        fold.calls_file(p)?;
+    }
+    fold.calls_file(&data_dir.join(CALLS_FILE))?;
+    let mut stats = std::mem::take(&mut fold.stats);
+    stats.segments_covered = covered;
+    stats.segments_read = pending.len() as u64;
+    let now = crate::sessions::WallClock::from_system()
+        .unix_ns(crate::sessions::clock::boot_now_ns());
+    let cp = fold.finish(covered, now);
+    stats.open_calls = cp.open.iter().map(|s| s.calls.len() as u64).sum();
     if stats.bad_call_lines + stats.bad_ledger_lines + stats.torn_lines > 0 {
         tracing::warn!(
             bad_call_lines = stats.bad_call_lines,
@@ -105,41 +84,22 @@ pub fn recover(data_dir: &Path, boot_id: &str) -> Result<RecoveryReport, SinkErr
             "recovery skipped unreadable lines"
         );
     }
+    let closed_this_boot = cp
+        .closed
+        .into_iter()
+        .filter(|(boot, _)| boot.as_deref() == Some(boot_id))
+        .map(|(_, id)| id)
+        .collect();
     Ok(RecoveryReport {
         sessions: RecoveredSessions {
-            open,
+            open: cp
+                .open
+                .into_iter()
+                .map(|s| (s.session_id, s.calls))
+                .collect(),
             closed_this_boot,
         },
         stats,
+        host_day: cp.host_day,
     })
-}
-
-/// Calls `f` with every complete, non-blank line (without its `\n`).
-fn for_each_line(path: &Path, torn: &mut u64, mut f: impl FnMut(&[u8])) -> Result<(), SinkError> {
-    let read_err = |source| SinkError::Read {
-        path: PathBuf::from(path),
-        source,
-    };
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(read_err(e)),
-    };
-    let mut reader = BufReader::with_capacity(256 * 1024, file);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(read_err)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let Some(line) = buf.strip_suffix(b"\n") else {
-            *torn += 1;
-            return Ok(());
-        };
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        f(line);
-    }
 }

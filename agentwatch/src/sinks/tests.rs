@@ -2,7 +2,7 @@ use std::io::Write;
 
 use super::*;
 use crate::procs::test_support::TempDir;
-use crate::sessions::tests::{S, call, cfg, fake_host, k, req};
+use crate::sessions::tests::{OFFSET, S, call, cfg, fake_host, k, req};
 use crate::sessions::{LedgerRow, Sessions, session_id};
 
 fn lines(path: &std::path::Path) -> Vec<String> {
@@ -292,4 +292,123 @@ fn sinks_recovery_continues_open_closes_dead_and_never_duplicates() {
     );
     assert_eq!(alive_row.total_cost_usd, 0.75);
     assert_eq!(alive_row.root_cmdline, "claude --resume");
+}
+
+/// Rotation by size, many times over, with a session open across every rotation and others
+/// closing: the checkpoint stands for every rotated segment (gzipped, pruned to `keep_rotated`),
+/// a restart reads only the current files, and what it finds is exactly what the whole
+/// history says. A daemon killed between a rename and its checkpoint leaves an uncovered
+/// segment, which the restart reads and the next rotation covers.
+#[test]
+fn sinks_rotation_checkpoint_restart_reads_only_current_files() {
+    use super::rotation::{JsonlConfig, ROTATED_DIR, cover, load_checkpoint, segments};
+    let dir = TempDir::new("rotation");
+    let data = dir.path().to_path_buf();
+    let (_fake, mut tree) = fake_host();
+    let cfg_rot = JsonlConfig {
+        rotate_bytes: 4_000,
+        keep_rotated: 3,
+        ..JsonlConfig::default()
+    };
+    let mut s = Sessions::new(cfg());
+    let mut all_calls: Vec<CallRecord> = Vec::new();
+    let mut all_rows: Vec<LedgerRow> = Vec::new();
+    {
+        let mut sink = JsonlSink::open_with(&data, &cfg_rot).unwrap();
+        // Session of 100 stays open; 600's session gets a call now and then and closes.
+        for i in 0..60u64 {
+            let t = (i + 1) * 2 * S;
+            let key = if i % 10 == 3 && i <= 33 {
+                k(600, 600)
+            } else {
+                k(100, 100)
+            };
+            let rec = s.on_call(
+                &tree,
+                key,
+                &call(req("openai", Some("g"), t), 10 + i, 1 + i, t + S),
+                Some(0.01 * (i + 1) as f64),
+            );
+            sink.write_call(&rec).unwrap();
+            all_calls.push(rec);
+            if i == 33 {
+                for row in s.on_removed(&tree.on_exit(600), t + S) {
+                    sink.write_ledger(&row).unwrap();
+                    all_rows.push(row);
+                }
+            }
+        }
+        assert!(sink.health().rotations >= 8, "{:?}", sink.health());
+        // Dropping the sink waits for its worker.
+    }
+    let cp = load_checkpoint(&data).unwrap();
+    let segs = segments(&data).unwrap();
+    assert_eq!(segs.len(), 3, "pruned to keep_rotated: {segs:?}");
+    assert_eq!(segs.last().unwrap().seq, cp.covered_seq);
+    for seg in &segs {
+        let calls = seg.calls.as_ref().unwrap();
+        assert!(calls.extension().is_some_and(|e| e == "gz"), "{calls:?}");
+    }
+    let current = calls(&data);
+    let current_calls = current.len() as u64;
+
+    // The restart reads the checkpoint and the current files only, and finds the open
+    // session whole: every call 100's session made, in order.
+    let rep = recover(&data, "boot-1").unwrap();
+    assert_eq!(rep.stats.segments_read, 0);
+    assert_eq!(rep.stats.calls_read, current_calls);
+    let open_id = session_id("boot-1", k(100, 100));
+    let expected: Vec<&CallRecord> = all_calls
+        .iter()
+        .filter(|c| c.session_id == open_id)
+        .collect();
+    assert_eq!(rep.sessions.open.len(), 1);
+    assert_eq!(rep.sessions.open[0].0, open_id);
+    let got: Vec<&CallRecord> = rep.sessions.open[0].1.iter().collect();
+    let seqs = |v: &[&CallRecord]| v.iter().map(|c| c.call_seq).collect::<Vec<_>>();
+    assert_eq!(seqs(&got), seqs(&expected));
+    assert!(got == expected, "calls read back differ from those written");
+    assert_eq!(
+        rep.sessions.closed_this_boot,
+        vec![session_id("boot-1", k(600, 600))]
+    );
+
+    // A daemon killed after renaming a segment and before its checkpoint: the restart reads
+    // that segment (nothing lost, nothing twice) and the next cover takes it in.
+    let seq = cp.covered_seq + 1;
+    let rot = data.join(ROTATED_DIR);
+    std::fs::rename(data.join("calls.jsonl"), rot.join(format!("calls-{seq:08}.jsonl"))).unwrap();
+    std::fs::rename(data.join("ledger.jsonl"), rot.join(format!("ledger-{seq:08}.jsonl"))).unwrap();
+    let again = recover(&data, "boot-1").unwrap();
+    assert_eq!(again.stats.segments_read, 1);
+    assert_eq!(again.sessions.open, rep.sessions.open);
+    let cp2 = cover(&data, OFFSET + (200 * S) as i128).unwrap();
+    assert_eq!(cp2.covered_seq, seq);
+    assert_eq!(cp2.open.len(), 1);
+    assert_eq!(cp2.open[0].calls.len(), expected.len());
+    // The rolling day by minute, as of 200 s after OFFSET: the segments covered before were
+    // folded by the worker at the real time, years after these calls, so only the last one's
+    // calls are within the day.
+    let spent: f64 = cp2.host_day.values().sum();
+    let want: f64 = current.iter().filter_map(|c| c.cost_usd).sum();
+    assert!(want > 0.0);
+    assert!((spent - want).abs() < 1e-9, "{spent} vs {want}");
+    // A day later, none of it counts.
+    let cp3 = super::rotation::Fold::new(cp2.clone())
+        .finish(seq, OFFSET + (200 * S) as i128 + 86_400 * S as i128);
+    assert!(cp3.host_day.is_empty(), "{:?}", cp3.host_day);
+
+    // The sessions continue: once 100's tree has exited, its ledger row sums every call.
+    let mut s2 = Sessions::new(cfg());
+    let rows = s2.restore(again.sessions, &tree, 300 * S);
+    assert!(rows.is_empty());
+    let mut closed = Vec::new();
+    for pid in [250, 200, 300, 400, 500, 100] {
+        closed.extend(s2.on_removed(&tree.on_exit(pid), 400 * S));
+    }
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].call_count, expected.len() as u64);
+    let input: u64 = expected.iter().map(|c| c.input_tokens).sum();
+    assert_eq!(closed[0].input_tokens, input);
+    let _ = all_rows;
 }
