@@ -165,6 +165,9 @@ pub struct Status {
     pub aead: Counters,
     pub estimates: Estimates,
     pub ceilings: Ceilings,
+    /// The JSONL files (always written): rows written, write errors, rotations.
+    #[serde(default)]
+    pub jsonl: Counters,
     /// One entry per network sink.
     pub sinks: Vec<Counters>,
     pub kubernetes: Counters,

@@ -163,6 +163,7 @@ impl Daemon {
                 gate_errors: p.enforcer.as_ref().map(|e| e.gate_errors()),
                 held_sockets: p.enforcer.as_ref().map(|e| e.sockets_held()),
             },
+            jsonl: Counters::of(&p.sink_health()),
             sinks: serde_json::from_value(self.exports.status_json())?,
             kubernetes: Counters::of(&self.pods.status()),
         })

@@ -123,7 +123,8 @@ impl Daemon {
             pods.refresh().await;
             pods.spawn_refresher();
         }
-        let (policy, block_status) = ceilings(&config, &mut kernel.discovery, &pods, &restored.host_day)?;
+        let (policy, block_status) =
+            ceilings(&config, &mut kernel.discovery, &pods, &restored.host_day)?;
         let KernelSide {
             discovery,
             ring,

@@ -168,12 +168,14 @@ impl JsonlSink {
 
     fn due(&self) -> bool {
         let by_size = self.cfg.rotate_bytes > 0
-            && (self.calls.len >= self.cfg.rotate_bytes || self.ledger.len >= self.cfg.rotate_bytes);
+            && (self.calls.len >= self.cfg.rotate_bytes
+                || self.ledger.len >= self.cfg.rotate_bytes);
         let by_age = self.cfg.rotate_age_secs > 0
             && self.calls.len + self.ledger.len > 0
-            && self.started.elapsed().is_ok_and(|age| {
-                age >= std::time::Duration::from_secs(self.cfg.rotate_age_secs)
-            });
+            && self
+                .started
+                .elapsed()
+                .is_ok_and(|age| age >= std::time::Duration::from_secs(self.cfg.rotate_age_secs));
         by_size || by_age
     }
 
@@ -188,7 +190,10 @@ impl JsonlSink {
                 std::fs::rename(&self.calls.path, dir.join(format!("calls-{seq:08}.jsonl")))
             })
             .and_then(|()| {
-                std::fs::rename(&self.ledger.path, dir.join(format!("ledger-{seq:08}.jsonl")))
+                std::fs::rename(
+                    &self.ledger.path,
+                    dir.join(format!("ledger-{seq:08}.jsonl")),
+                )
             })
             .and_then(|()| File::open(&dir)?.sync_all())
             .and_then(|()| File::open(&self.data_dir)?.sync_all());

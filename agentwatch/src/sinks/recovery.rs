@@ -72,8 +72,8 @@ pub fn recover(data_dir: &Path, boot_id: &str) -> Result<RecoveryReport, SinkErr
     let mut stats = std::mem::take(&mut fold.stats);
     stats.segments_covered = covered;
     stats.segments_read = pending.len() as u64;
-    let now = crate::sessions::WallClock::from_system()
-        .unix_ns(crate::sessions::clock::boot_now_ns());
+    let now =
+        crate::sessions::WallClock::from_system().unix_ns(crate::sessions::clock::boot_now_ns());
     let cp = fold.finish(covered, now);
     stats.open_calls = cp.open.iter().map(|s| s.calls.len() as u64).sum();
     if stats.bad_call_lines + stats.bad_ledger_lines + stats.torn_lines > 0 {

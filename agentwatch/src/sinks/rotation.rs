@@ -123,8 +123,10 @@ impl Fold {
         let stats = &mut self.stats;
         let closed = &mut self.closed;
         let closed_set = &mut self.closed_set;
-        for_each_line(path, &mut stats.torn_lines, |bytes| {
-            match serde_json::from_slice::<LedgerHead>(bytes) {
+        for_each_line(
+            path,
+            &mut stats.torn_lines,
+            |bytes| match serde_json::from_slice::<LedgerHead>(bytes) {
                 Ok(head) => {
                     stats.closed_sessions += 1;
                     if closed_set.insert(head.session_id.clone()) {
@@ -132,8 +134,8 @@ impl Fold {
                     }
                 }
                 Err(_) => stats.bad_ledger_lines += 1,
-            }
-        })
+            },
+        )
     }
 
     pub fn calls_file(&mut self, path: &Path) -> Result<(), SinkError> {
@@ -248,7 +250,10 @@ pub fn segments(data_dir: &Path) -> Result<Vec<Segment>, SinkError> {
             &mut seg.ledger
         };
         // Both forms exist only if gzip was cut short: the plain file is the whole one.
-        if slot.as_ref().is_none_or(|p| p.extension().is_some_and(|e| e == "gz")) {
+        if slot
+            .as_ref()
+            .is_none_or(|p| p.extension().is_some_and(|e| e == "gz"))
+        {
             *slot = Some(entry.path());
         }
     }

@@ -377,8 +377,16 @@ fn sinks_rotation_checkpoint_restart_reads_only_current_files() {
     // that segment (nothing lost, nothing twice) and the next cover takes it in.
     let seq = cp.covered_seq + 1;
     let rot = data.join(ROTATED_DIR);
-    std::fs::rename(data.join("calls.jsonl"), rot.join(format!("calls-{seq:08}.jsonl"))).unwrap();
-    std::fs::rename(data.join("ledger.jsonl"), rot.join(format!("ledger-{seq:08}.jsonl"))).unwrap();
+    std::fs::rename(
+        data.join("calls.jsonl"),
+        rot.join(format!("calls-{seq:08}.jsonl")),
+    )
+    .unwrap();
+    std::fs::rename(
+        data.join("ledger.jsonl"),
+        rot.join(format!("ledger-{seq:08}.jsonl")),
+    )
+    .unwrap();
     let again = recover(&data, "boot-1").unwrap();
     assert_eq!(again.stats.segments_read, 1);
     assert_eq!(again.sessions.open, rep.sessions.open);

@@ -160,6 +160,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The JSONL sink's state (writes, errors, rotations), for `agentwatch status`.
+    pub fn sink_health(&self) -> crate::sinks::SinkHealth {
+        self.sink.health()
+    }
+
     pub fn new(
         tree: ProcTree,
         sessions: Sessions,
