@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use loona_hpack::Decoder;
 
-use super::connection::{BodyReader, Connection, Exchange, RequestState, ResponseState};
+use super::exchange::{BodyReader, Exchange, RequestState, ResponseState};
 use super::{CaptureEvent, CaptureLimits, CaptureStats};
 use crate::protocol::http2::{
     self as h2, CONTINUATION, DATA, FLAG_END_HEADERS, FLAG_END_STREAM, FRAME_HEADER_LEN,
@@ -331,7 +331,7 @@ impl Http2 {
             s.ex.ended_at_ns = ts_ns;
             s.ex.response_bytes = s.response_bytes;
         }
-        Connection::finalize(s.ex, stats, out);
+        s.ex.finalize(stats, out);
     }
 
     // ------------------------------------------------------------------ header blocks
@@ -641,7 +641,7 @@ impl Http2 {
             s.ex.request != RequestState::Writing && s.ex.response == ResponseState::Done
         });
         if done && let Some(s) = self.streams.remove(&id) {
-            Connection::finalize(s.ex, stats, out);
+            s.ex.finalize(stats, out);
         }
     }
 }

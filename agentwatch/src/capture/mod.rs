@@ -24,6 +24,7 @@
 
 pub mod aead;
 mod connection;
+mod exchange;
 mod http2;
 pub(crate) mod streams;
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use serde::Deserialize;
 
-use super::connection::{BodyReader, Connection, Exchange, RequestState, ResponseState};
+use super::exchange::{BodyReader, Exchange, RequestState, ResponseState};
 use super::{CaptureEvent, CaptureLimits, CaptureStats};
 use crate::protocol::websocket::{Deflate, FrameReader, Inflater, Opcode};
 use crate::providers::Framing;
@@ -221,7 +221,7 @@ impl WebSocket {
         if ex.response != ResponseState::Done {
             ex.end_response(ts_ns, complete, response_bytes, stats);
         }
-        Connection::finalize(ex, stats, out);
+        ex.finalize(stats, out);
     }
 
     fn desync(&mut self, ts_ns: u64, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
