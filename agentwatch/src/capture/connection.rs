@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 
 use super::exchange::{BodyReader, Exchange, RequestState, ResponseState};
 use super::http2::{Http2, Http2Hold};
+use super::transport::{Direction, Transport};
 use super::websocket::WebSocket;
 use super::{CaptureEvent, CaptureLimits, CaptureStats};
 use crate::protocol::http1::{
@@ -172,12 +173,12 @@ impl Connection {
             Role::Client => self.process_write(data, ts_ns, ts_ns, stats, out),
             Role::Http2Client => {
                 if let Some(h2) = self.h2.as_mut() {
-                    h2.on_bytes(true, data, ts_ns, stats, out);
+                    h2.on_bytes(Direction::Write, data, ts_ns, stats, out);
                 }
             }
             Role::WebSocketClient => {
                 if let Some(ws) = self.ws.as_mut() {
-                    ws.on_bytes(true, data, ts_ns, stats, out);
+                    ws.on_bytes(Direction::Write, data, ts_ns, stats, out);
                 }
             }
             Role::Unknown => {
@@ -211,7 +212,7 @@ impl Connection {
                     self.process_write(&buf, ts_ns, first_byte_ns, stats, out);
                 }
                 if let Some(h2) = self.h2.as_mut() {
-                    h2.on_bytes(true, &buf, ts_ns, stats, out);
+                    h2.on_bytes(Direction::Write, &buf, ts_ns, stats, out);
                 }
             }
             Role::ServerSide | Role::Unsupported => {}
@@ -234,12 +235,12 @@ impl Connection {
             Role::Client => self.process_read(data, ts_ns, stats, out),
             Role::Http2Client => {
                 if let Some(h2) = self.h2.as_mut() {
-                    h2.on_bytes(false, data, ts_ns, stats, out);
+                    h2.on_bytes(Direction::Read, data, ts_ns, stats, out);
                 }
             }
             Role::WebSocketClient => {
                 if let Some(ws) = self.ws.as_mut() {
-                    ws.on_bytes(false, data, ts_ns, stats, out);
+                    ws.on_bytes(Direction::Read, data, ts_ns, stats, out);
                 }
             }
             Role::Unknown => {
@@ -283,17 +284,22 @@ impl Connection {
         out: &mut Vec<CaptureEvent>,
     ) {
         stats.losses += 1;
+        let dir = if direction_is_write {
+            Direction::Write
+        } else {
+            Direction::Read
+        };
         match self.role {
             Role::Client if direction_is_write => self.write_broken(ts_ns, stats, out),
             Role::Client => self.read_broken(ts_ns, stats, out),
             Role::Http2Client => {
                 if let Some(h2) = self.h2.as_mut() {
-                    h2.on_loss(ts_ns, stats, out);
+                    h2.on_loss(dir, ts_ns, stats, out);
                 }
             }
             Role::WebSocketClient => {
                 if let Some(ws) = self.ws.as_mut() {
-                    ws.on_loss(ts_ns, stats, out);
+                    ws.on_loss(dir, ts_ns, stats, out);
                 }
             }
             Role::Unknown if direction_is_write => {
@@ -576,7 +582,7 @@ impl Connection {
                     self.set_role(Role::WebSocketClient, stats);
                     let mut ws =
                         WebSocket::new(self.limits, host, head.websocket_extensions.as_deref());
-                    ws.on_bytes(false, &data[pos..], ts_ns, stats, out);
+                    ws.on_bytes(Direction::Read, &data[pos..], ts_ns, stats, out);
                     self.ws = Some(Box::new(ws));
                     return;
                 }

@@ -29,6 +29,7 @@ mod http2;
 pub(crate) mod streams;
 #[cfg(test)]
 mod tests;
+mod transport;
 mod websocket;
 
 pub use connection::{Connection, starts_http_request};
