@@ -25,15 +25,18 @@
 pub mod aead;
 mod connection;
 mod exchange;
+mod http1;
 mod http2;
+mod sniff;
 pub(crate) mod streams;
 #[cfg(test)]
 mod tests;
 mod transport;
 mod websocket;
 
-pub use connection::{Connection, starts_http_request};
+pub use connection::Connection;
 pub use http2::Http2Hold;
+pub use sniff::starts_http_request;
 
 use serde::{Deserialize, Serialize};
 
