@@ -1,611 +1,79 @@
-//! One observed TLS connection: role detection, two HTTP/1.1 parsers and the exchange queue.
+//! One observed TLS connection: the process's role, told by the first bytes of either
+//! direction, then the framing that turns the connection's bytes into exchanges.
 
-use std::collections::VecDeque;
-
+use super::http1::{Http1, Upgrade};
 use super::http2::{Http2, Http2Hold};
-use super::streams::{JsonArraySplitter, NdjsonSplitter};
+use super::sniff::{H2_PREFACE, Sniff, sniff};
+use super::transport::{Direction, PerDirection, Transport};
 use super::websocket::WebSocket;
 use super::{CaptureEvent, CaptureLimits, CaptureStats};
-use crate::accounting::UsageSource;
-use crate::protocol::decode::{ContentEncoding, Decoder};
-use crate::protocol::http1::{
-    Http1Error, Http1Event, Http1Parser, MessageKind, RequestHead, ResponseHead,
-};
-use crate::protocol::sse::{SseEvent, SseParser};
-use crate::providers::{
-    Accumulator, Api, Framing, LlmCall, LlmRequest, ProviderError, Route, provider_name,
-};
 
-/// Compressed or plain body bytes are handed to decoders in pieces of this size, so one TLS
-/// record never inflates into more than a few MiB at once.
-const BODY_PIECE: usize = 4096;
-
-/// Exchanges queued on one connection (requests written, responses not finished) at most.
-/// Real clients have one, pipelining ones a few.
-const MAX_PENDING: usize = 256;
-
-/// What the observed process is on this connection.
+/// What the first bytes of a direction make of the observed process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
-    /// Nothing seen yet.
-    Unknown,
     /// It writes requests: its calls are ours to account.
     Client,
     /// It writes responses (a local gateway, a mock server): ignored.
     ServerSide,
     /// It wrote the HTTP/2 preface: its calls are ours, framed by [`Http2`].
     Http2Client,
-    /// Its request was upgraded to a WebSocket: messages, framed by [`WebSocket`].
-    WebSocketClient,
-    /// An upgrade other than WebSocket, HTTP/2 without its preface (capture began
-    /// mid-connection), or not HTTP.
+    /// HTTP/2 without its preface (capture began mid-connection), or not HTTP.
     Unsupported,
 }
 
-/// What the first bytes of a direction look like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sniff {
-    NeedMore,
-    RequestLine,
-    StatusLine,
-    Http2Preface,
-    Other,
-}
-
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
-
-fn sniff(data: &[u8]) -> Sniff {
-    let n = data.len().min(H2_PREFACE.len());
-    if data[..n] == H2_PREFACE[..n] {
-        return if n == H2_PREFACE.len() {
-            Sniff::Http2Preface
-        } else {
-            Sniff::NeedMore
-        };
-    }
-    const STATUS: &[u8] = b"HTTP/1.";
-    let n = data.len().min(STATUS.len());
-    if data[..n] == STATUS[..n] {
-        return if n == STATUS.len() {
-            Sniff::StatusLine
-        } else {
-            Sniff::NeedMore
-        };
-    }
-    // A request line: an upper-case method token (≤ 16 bytes) then a space.
-    for (i, &b) in data.iter().enumerate().take(17) {
-        match b {
-            b'A'..=b'Z' | b'-' | b'_' => {}
-            b' ' if i > 0 => return Sniff::RequestLine,
-            _ => return Sniff::Other,
-        }
-    }
-    if data.len() <= 16 {
-        Sniff::NeedMore
-    } else {
-        Sniff::Other
-    }
-}
-
-/// Whether the first plaintext written on a new connection is the start of an HTTP/1 request
-/// or the HTTP/2 preface (None: too short to tell). Probes at located functions are checked
-/// with it: a wrong location would not yield request lines.
-pub fn starts_http_request(data: &[u8]) -> Option<bool> {
-    match sniff(data) {
-        Sniff::RequestLine | Sniff::Http2Preface => Some(true),
-        Sniff::NeedMore => None,
-        Sniff::StatusLine | Sniff::Other => Some(false),
-    }
-}
-
-/// Where a request's bytes are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum RequestState {
-    Writing,
-    Done,
-    /// Bytes of it were lost: it was sent, but we did not see all of it.
-    Lost,
-}
-
-/// Where a response's bytes are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ResponseState {
-    Waiting,
-    Receiving,
-    Done,
-}
-
-/// A body being read: content decoding, then bounded buffering or SSE parsing.
-#[derive(Debug)]
-pub(super) struct BodyReader {
-    /// `None`: unsupported content encoding.
-    decoder: Option<Decoder>,
-    broken: bool,
-    sink: BodySink,
-    limit: usize,
-    /// Over the limit, keep the first `limit` bytes (requests: the `model` is near the start).
-    pub(super) keep_prefix: bool,
-}
-
-#[derive(Debug)]
-enum BodySink {
-    Buffer { buf: Vec<u8>, over_limit: bool },
-    Sse(SseParser),
-    Ndjson(NdjsonSplitter),
-    JsonArray(JsonArraySplitter),
-}
-
-impl BodyReader {
-    pub(super) fn new(
-        content_encoding: Option<&str>,
-        framing: Framing,
-        limit: usize,
-        stats: &mut CaptureStats,
-    ) -> Self {
-        let decoder = match ContentEncoding::from_header(content_encoding) {
-            Ok(e) => Some(Decoder::new(e)),
-            Err(e) => {
-                tracing::debug!(error = %e, "body not decoded");
-                stats.decode_errors += 1;
-                None
-            }
-        };
-        let sink = match framing {
-            Framing::Sse => BodySink::Sse(SseParser::new(limit)),
-            Framing::Ndjson => BodySink::Ndjson(NdjsonSplitter::new(limit)),
-            Framing::JsonArray => BodySink::JsonArray(JsonArraySplitter::new(limit)),
-            Framing::Whole => BodySink::Buffer {
-                buf: Vec::new(),
-                over_limit: false,
-            },
-        };
-        Self {
-            broken: decoder.is_none(),
-            decoder,
-            sink,
-            limit,
-            keep_prefix: false,
-        }
-    }
-
-    pub(super) fn feed(
-        &mut self,
-        bytes: &[u8],
-        stats: &mut CaptureStats,
-        on_event: &mut impl FnMut(SseEvent<'_>),
-    ) {
-        if self.broken {
-            return;
-        }
-        let Some(decoder) = self.decoder.as_mut() else {
-            return;
-        };
-        if decoder.encoding() == ContentEncoding::Identity {
-            self.sink_bytes(bytes, stats, on_event);
-            return;
-        }
-        let mut plain = Vec::new();
-        let piece_len = decoder.max_piece().min(BODY_PIECE);
-        for piece in bytes.chunks(piece_len) {
-            plain.clear();
-            let Some(decoder) = self.decoder.as_mut() else {
-                return;
-            };
-            if let Err(e) = decoder.feed(piece, &mut plain) {
-                tracing::debug!(error = %e, "body decoding failed");
-                stats.decode_errors += 1;
-                self.broken = true;
-                return;
-            }
-            self.sink_bytes(&plain, stats, on_event);
-        }
-    }
-
-    /// The body ended normally: flush the decoder and the SSE parser.
-    pub(super) fn finish(
-        &mut self,
-        stats: &mut CaptureStats,
-        on_event: &mut impl FnMut(SseEvent<'_>),
-    ) {
-        if self.broken {
-            return;
-        }
-        if let Some(decoder) = self.decoder.as_mut() {
-            let mut plain = Vec::new();
-            if let Err(e) = decoder.finish(&mut plain) {
-                tracing::debug!(error = %e, "body decoding failed at its end");
-                stats.decode_errors += 1;
-                self.broken = true;
-                return;
-            }
-            self.sink_bytes(&plain, stats, on_event);
-        }
-        match &mut self.sink {
-            BodySink::Sse(p) => p.finish(on_event),
-            BodySink::Ndjson(p) => p.finish(on_event),
-            BodySink::JsonArray(p) => p.finish(on_event),
-            BodySink::Buffer { .. } => {}
-        }
-    }
-
-    fn sink_bytes(
-        &mut self,
-        bytes: &[u8],
-        stats: &mut CaptureStats,
-        on_event: &mut impl FnMut(SseEvent<'_>),
-    ) {
-        if bytes.is_empty() {
-            return;
-        }
-        match &mut self.sink {
-            BodySink::Buffer { buf, over_limit } => {
-                if *over_limit {
-                    stats.bytes_over_limit += bytes.len() as u64;
-                } else if buf.len() + bytes.len() > self.limit {
-                    *over_limit = true;
-                    stats.bytes_over_limit += (buf.len() + bytes.len()) as u64;
-                    if self.keep_prefix {
-                        let room = self.limit - buf.len();
-                        buf.extend_from_slice(&bytes[..room]);
-                    } else {
-                        *buf = Vec::new();
-                    }
-                } else {
-                    buf.extend_from_slice(bytes);
-                }
-            }
-            BodySink::Sse(p) => p.feed(bytes, on_event),
-            BodySink::Ndjson(p) => p.feed(bytes, on_event),
-            BodySink::JsonArray(p) => p.feed(bytes, on_event),
-        }
-    }
-
-    /// The whole decoded body, if it was kept intact.
-    pub(super) fn buffered(&self) -> Option<&[u8]> {
-        match &self.sink {
-            BodySink::Buffer {
-                buf,
-                over_limit: false,
-            } if !self.broken => Some(buf),
-            _ => None,
-        }
-    }
-
-    /// What was kept of a body over its limit (with `keep_prefix`).
-    pub(super) fn prefix(&self) -> &[u8] {
-        match &self.sink {
-            BodySink::Buffer { buf, .. } if !self.broken => buf,
-            _ => &[],
-        }
-    }
-
-    /// The body was not kept whole for a reason that is not the body's own fault.
-    pub(super) fn lost_to_limit_or_decoding(&self) -> bool {
-        self.broken
-            || matches!(
-                self.sink,
-                BodySink::Buffer {
-                    over_limit: true,
-                    ..
-                }
-            )
-    }
-
-    fn oversized_events(&self) -> u64 {
-        match &self.sink {
-            BodySink::Sse(p) => p.oversized_events,
-            BodySink::Ndjson(p) => p.oversized_events,
-            BodySink::JsonArray(p) => p.oversized_events,
-            BodySink::Buffer { .. } => 0,
-        }
-    }
-}
-
-/// The response side of an LLM exchange.
-#[derive(Debug)]
-pub(super) struct ResponseBody {
-    pub(super) reader: BodyReader,
-    pub(super) acc: Accumulator,
-}
-
-/// One request/response pair, queued FIFO from the request head until both sides are done.
-#[derive(Debug)]
-pub(super) struct Exchange {
-    pub(super) is_head: bool,
-    /// The API this request's method and path match (a candidate until the body is read),
-    /// with what the path says (a Gemini model, an Azure deployment, a streaming verb).
-    pub(super) route: Option<Route>,
-    pub(super) host: Option<String>,
-    pub(super) http_version: &'static str,
-    pub(super) started_at_ns: u64,
-    pub(super) request: RequestState,
-    /// Set once the request is known to be an LLM call.
-    pub(super) llm: Option<LlmRequest>,
-    pub(super) response: ResponseState,
-    pub(super) status: Option<u16>,
-    pub(super) body: Option<ResponseBody>,
-    /// The response was seen to its end.
-    pub(super) response_complete: bool,
-    pub(super) response_bytes: u64,
-    pub(super) ended_at_ns: u64,
-    /// The call was already emitted (at the SSE stream's terminal event).
-    pub(super) emitted: bool,
-}
-
-impl Exchange {
-    /// A request that is not an HTTP/1 message: an HTTP/2 stream (from its pseudo-headers),
-    /// or a WebSocket message standing for `method path`.
-    pub(super) fn for_message(
-        method: &str,
-        path: &str,
-        host: Option<String>,
-        http_version: &'static str,
-        started_at_ns: u64,
-    ) -> Self {
-        let mut ex = Self::new(None, started_at_ns);
-        ex.is_head = method == "HEAD";
-        ex.route = Api::route(method, path);
-        ex.host = host;
-        ex.http_version = http_version;
-        ex
-    }
-
-    pub(super) fn new(head: Option<&RequestHead>, started_at_ns: u64) -> Self {
-        Self {
-            is_head: head.is_some_and(|h| h.method == "HEAD"),
-            route: head.and_then(|h| Api::route(&h.method, &h.path)),
-            host: head.and_then(|h| h.host.clone()),
-            http_version: match head.map(|h| h.minor_version) {
-                Some(0) => "1.0",
-                _ => "1.1",
-            },
-            started_at_ns,
-            request: RequestState::Writing,
-            llm: None,
-            response: ResponseState::Waiting,
-            status: None,
-            body: None,
-            response_complete: false,
-            response_bytes: 0,
-            ended_at_ns: 0,
-            emitted: false,
-        }
-    }
-
-    pub(super) fn llm_request(
-        &self,
-        api: Api,
-        model: Option<String>,
-        streaming: bool,
-        request_bytes: u64,
-    ) -> LlmRequest {
-        LlmRequest {
-            provider: provider_name(api, self.host.as_deref()),
-            api: api.name().to_string(),
-            server_address: self.host.clone(),
-            model,
-            streaming,
-            http_version: self.http_version.to_string(),
-            started_at_ns: self.started_at_ns,
-            request_bytes,
-        }
-    }
-
-    pub(super) fn call(&self, request: LlmRequest, complete: bool) -> LlmCall {
-        let acc = self.body.as_ref().map(|b| &b.acc);
-        let usage = acc.and_then(Accumulator::usage);
-        let meta = acc.map(Accumulator::meta);
-        LlmCall {
-            request,
-            status: self.status,
-            response_model: meta.and_then(|m| m.response_model.clone()),
-            response_id: meta.and_then(|m| m.response_id.clone()),
-            usage_source: if usage.is_some() {
-                UsageSource::Reported
-            } else {
-                UsageSource::Missing
-            },
-            usage: usage.unwrap_or_default(),
-            complete,
-            ended_at_ns: self.ended_at_ns,
-            response_bytes: self.response_bytes,
-            estimate: None,
-        }
-    }
-}
-
-impl Exchange {
-    /// The request was written whole: read the model from its body and say whether it is an
-    /// LLM call (emitting `Request` if so).
-    pub(super) fn finish_request(
-        &mut self,
-        body: Option<BodyReader>,
-        request_bytes: u64,
-        stats: &mut CaptureStats,
-        out: &mut Vec<CaptureEvent>,
-    ) {
-        self.request = RequestState::Done;
-        let llm = match (self.route.clone(), body) {
-            (Some(route), Some(mut body)) => {
-                body.finish(stats, &mut |_| {});
-                if body.lost_to_limit_or_decoding() {
-                    // Method and path say LLM; the body was too big (or undecodable) to read
-                    // whole: take the model from the kept prefix (or the path) if it is there.
-                    let (model, streaming) = route.scan_prefix(body.prefix());
-                    Some(self.llm_request(route.api, model, streaming, request_bytes))
-                } else {
-                    match route.request_info(body.buffered().unwrap_or_default()) {
-                        Ok(info) => Some(self.llm_request(
-                            route.api,
-                            Some(info.model),
-                            info.streaming,
-                            request_bytes,
-                        )),
-                        Err(ProviderError::InvalidJson { .. })
-                            if !body.buffered().unwrap_or_default().is_empty() =>
-                        {
-                            stats.json_errors += 1;
-                            None
-                        }
-                        Err(_) => None,
-                    }
-                }
-            }
-            _ => None,
-        };
-        match llm {
-            Some(req) => {
-                stats.llm_requests += 1;
-                out.push(CaptureEvent::Request(req.clone()));
-                self.llm = Some(req);
-            }
-            None => stats.non_llm_requests += 1,
-        }
-    }
-
-    /// A final response head: set up reading its body if it may carry usage.
-    pub(super) fn start_response(
-        &mut self,
-        status: u16,
-        content_type: Option<&str>,
-        content_encoding: Option<&str>,
-        limit: usize,
-        stats: &mut CaptureStats,
-    ) {
-        self.response = ResponseState::Receiving;
-        self.status = Some(status);
-        // Known non-LLM by now (the body had no model): frame only.
-        let ruled_out = self.request == RequestState::Done && self.llm.is_none();
-        if let Some(route) = self.route.as_ref().filter(|_| !ruled_out) {
-            let streaming = match &self.llm {
-                Some(r) => r.streaming,
-                None => route.path_streaming,
-            };
-            let framing = route.api.framing(content_type.unwrap_or(""), streaming);
-            self.body = Some(ResponseBody {
-                reader: BodyReader::new(content_encoding, framing, limit, stats),
-                acc: route.api.accumulator(),
-            });
-        }
-    }
-
-    /// Response body bytes (still content-encoded). A stream's terminal event ends the call
-    /// even if the HTTP body trails on.
-    pub(super) fn response_body(
-        &mut self,
-        bytes: &[u8],
-        ts_ns: u64,
-        message_bytes: u64,
-        stats: &mut CaptureStats,
-        out: &mut Vec<CaptureEvent>,
-    ) {
-        let Some(ResponseBody { reader, acc }) = self.body.as_mut() else {
-            return;
-        };
-        reader.feed(bytes, stats, &mut |e| acc.on_sse(e));
-        if acc.meta().stream_done
-            && !self.emitted
-            && self.request == RequestState::Done
-            && let Some(req) = self.llm.clone()
-        {
-            self.ended_at_ns = ts_ns;
-            self.response_bytes = message_bytes;
-            let call = self.call(req, true);
-            Connection::count_call(&call, stats);
-            out.push(CaptureEvent::Call(call));
-            self.emitted = true;
-        }
-    }
-
-    /// The response ended (`complete`: seen to its end).
-    pub(super) fn end_response(
-        &mut self,
-        ts_ns: u64,
-        complete: bool,
-        message_bytes: u64,
-        stats: &mut CaptureStats,
-    ) {
-        if !self.emitted {
-            self.ended_at_ns = ts_ns;
-            self.response_bytes = message_bytes;
-        }
-        self.response = ResponseState::Done;
-        self.response_complete = complete;
-        if complete && let Some(ResponseBody { reader, acc }) = self.body.as_mut() {
-            reader.finish(stats, &mut |e| acc.on_sse(e));
-            if let Some(buf) = reader.buffered()
-                && !buf.is_empty()
-            {
-                acc.on_json_body(buf);
-            }
-        }
-    }
-}
-
-/// The write (request) direction.
-#[derive(Debug)]
-struct WriteSide {
-    parser: Http1Parser,
-    /// Waiting for a chunk that starts a request.
+/// A direction's first bytes, kept until they tell the role.
+#[derive(Debug, Default)]
+struct Sniffed {
+    bytes: Vec<u8>,
+    /// When the first of them came.
+    first_at_ns: u64,
+    /// Bytes of it were lost: wait for a chunk that starts a message.
     resync: bool,
-    /// A request head was parsed and its message has not ended (it is `pending.back()`).
-    in_request: bool,
-    /// The body of an LLM-candidate request being written.
-    body: Option<BodyReader>,
-    /// Timestamp of the chunk where the current message began.
-    started_at_ns: u64,
-    /// Bytes of a direction whose role is not known yet, and when the first of them came.
-    sniffed: Vec<u8>,
-    sniffed_at_ns: u64,
 }
 
-/// The read (response) direction.
+/// Where a connection is.
+///
+/// An enum rather than a `Box<dyn Transport>`: the switches between framings (the preface to
+/// HTTP/2 here, a 101 to WebSocket in [`Http1`]) and [`Connection::http2_hold`] need to know
+/// which framing is current. Bytes, loss and close reach it through [`State::transport`].
 #[derive(Debug)]
-struct ReadSide {
-    parser: Http1Parser,
-    resync: bool,
-    /// The response being read has no request to pair with.
-    orphan: bool,
-    sniffed: Vec<u8>,
+enum State {
+    /// No role known yet.
+    Sniffing(PerDirection<Sniffed>),
+    Http1(Box<Http1>),
+    /// The process wrote the preface.
+    Http2(Box<Http2>),
+    /// A request of the process was upgraded to a WebSocket.
+    WebSocket(Box<WebSocket>),
+    /// The process is the server, or speaks something else (an upgrade other than WebSocket
+    /// among them): nothing more is read.
+    Ignored,
+}
+
+impl State {
+    /// The framing, once the role is known.
+    fn transport(&mut self) -> Option<&mut dyn Transport> {
+        match self {
+            State::Http1(t) => Some(t.as_mut()),
+            State::Http2(t) => Some(t.as_mut()),
+            State::WebSocket(t) => Some(t.as_mut()),
+            State::Sniffing(_) | State::Ignored => None,
+        }
+    }
 }
 
 /// One observed TLS connection (one `(tgid, SSL*)`). See the module docs.
 #[derive(Debug)]
 pub struct Connection {
     limits: CaptureLimits,
-    role: Role,
-    write: WriteSide,
-    read: ReadSide,
-    pending: VecDeque<Exchange>,
-    /// The HTTP/2 state, once the process wrote the preface.
-    h2: Option<Box<Http2>>,
-    /// The WebSocket state, once a request of the process was upgraded.
-    ws: Option<Box<WebSocket>>,
+    state: State,
 }
 
 impl Connection {
     pub fn new(limits: CaptureLimits) -> Self {
         Self {
             limits,
-            role: Role::Unknown,
-            write: WriteSide {
-                parser: Http1Parser::new(MessageKind::Request, limits.max_header_bytes),
-                resync: false,
-                in_request: false,
-                body: None,
-                started_at_ns: 0,
-                sniffed: Vec::new(),
-                sniffed_at_ns: 0,
-            },
-            read: ReadSide {
-                parser: Http1Parser::new(MessageKind::Response, limits.max_header_bytes),
-                resync: false,
-                orphan: false,
-                sniffed: Vec::new(),
-            },
-            pending: VecDeque::new(),
-            h2: None,
-            ws: None,
+            state: State::Sniffing(PerDirection::default()),
         }
     }
 
@@ -618,57 +86,7 @@ impl Connection {
         out: &mut Vec<CaptureEvent>,
     ) {
         stats.bytes_written += data.len() as u64;
-        if data.is_empty() {
-            return;
-        }
-        match self.role {
-            Role::Client => self.process_write(data, ts_ns, ts_ns, stats, out),
-            Role::Http2Client => {
-                if let Some(h2) = self.h2.as_mut() {
-                    h2.on_bytes(true, data, ts_ns, stats, out);
-                }
-            }
-            Role::WebSocketClient => {
-                if let Some(ws) = self.ws.as_mut() {
-                    ws.on_bytes(true, data, ts_ns, stats, out);
-                }
-            }
-            Role::Unknown => {
-                let mut buf = std::mem::take(&mut self.write.sniffed);
-                if buf.is_empty() {
-                    self.write.sniffed_at_ns = ts_ns;
-                }
-                buf.extend_from_slice(data);
-                let role = match sniff(&buf) {
-                    Sniff::NeedMore => {
-                        self.write.sniffed = buf;
-                        return;
-                    }
-                    Sniff::RequestLine => Role::Client,
-                    Sniff::StatusLine => Role::ServerSide,
-                    Sniff::Http2Preface => Role::Http2Client,
-                    Sniff::Other if self.write.resync => {
-                        // After loss, before any role was known: wait for a message start.
-                        stats.bytes_discarded += buf.len() as u64;
-                        return;
-                    }
-                    Sniff::Other => Role::Unsupported,
-                };
-                if self.write.resync {
-                    self.write.resync = false;
-                    stats.resyncs += 1;
-                }
-                self.set_role(role, stats);
-                if role == Role::Client {
-                    let first_byte_ns = self.write.sniffed_at_ns;
-                    self.process_write(&buf, ts_ns, first_byte_ns, stats, out);
-                }
-                if let Some(h2) = self.h2.as_mut() {
-                    h2.on_bytes(true, &buf, ts_ns, stats, out);
-                }
-            }
-            Role::ServerSide | Role::Unsupported => {}
-        }
+        self.on_bytes(Direction::Write, data, ts_ns, stats, out);
     }
 
     /// Bytes the observed process received (`SSL_read`).
@@ -680,51 +98,114 @@ impl Connection {
         out: &mut Vec<CaptureEvent>,
     ) {
         stats.bytes_read += data.len() as u64;
+        self.on_bytes(Direction::Read, data, ts_ns, stats, out);
+    }
+
+    fn on_bytes(
+        &mut self,
+        dir: Direction,
+        data: &[u8],
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
         if data.is_empty() {
             return;
         }
-        match self.role {
-            Role::Client => self.process_read(data, ts_ns, stats, out),
-            Role::Http2Client => {
-                if let Some(h2) = self.h2.as_mut() {
-                    h2.on_bytes(false, data, ts_ns, stats, out);
-                }
-            }
-            Role::WebSocketClient => {
-                if let Some(ws) = self.ws.as_mut() {
-                    ws.on_bytes(false, data, ts_ns, stats, out);
-                }
-            }
-            Role::Unknown => {
-                let mut buf = std::mem::take(&mut self.read.sniffed);
-                buf.extend_from_slice(data);
-                // Receiving a request or a preface means we are the server.
-                let role = match sniff(&buf) {
-                    Sniff::NeedMore => {
-                        self.read.sniffed = buf;
-                        return;
-                    }
-                    Sniff::RequestLine => Role::ServerSide,
-                    Sniff::StatusLine => Role::Client,
-                    // It received the preface: it is the server.
-                    Sniff::Http2Preface => Role::ServerSide,
-                    Sniff::Other if self.read.resync => {
-                        stats.bytes_discarded += buf.len() as u64;
-                        return;
-                    }
-                    Sniff::Other => Role::Unsupported,
-                };
-                if self.read.resync {
-                    self.read.resync = false;
-                    stats.resyncs += 1;
-                }
-                self.set_role(role, stats);
-                if role == Role::Client {
-                    self.process_read(&buf, ts_ns, stats, out);
-                }
-            }
-            Role::ServerSide | Role::Unsupported => {}
+        if let State::Sniffing(_) = self.state {
+            self.sniff(dir, data, ts_ns, stats, out);
+        } else if let Some(t) = self.state.transport() {
+            t.on_bytes(dir, data, ts_ns, stats, out);
         }
+        self.follow_upgrade(stats);
+    }
+
+    /// Bytes before the role is known: buffered until they tell it, then handed to the
+    /// framing it starts. The other direction's buffered bytes are dropped.
+    fn sniff(
+        &mut self,
+        dir: Direction,
+        data: &[u8],
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
+        let State::Sniffing(sniffed) = &mut self.state else {
+            return;
+        };
+        let side = &mut sniffed[dir];
+        if side.bytes.is_empty() {
+            side.first_at_ns = ts_ns;
+        }
+        side.bytes.extend_from_slice(data);
+        let role = match (sniff(&side.bytes), dir) {
+            (Sniff::NeedMore, _) => return,
+            (Sniff::RequestLine, Direction::Write) | (Sniff::StatusLine, Direction::Read) => {
+                Role::Client
+            }
+            // Writing a response, or receiving a request or the preface: it is the server.
+            (Sniff::StatusLine, Direction::Write)
+            | (Sniff::RequestLine | Sniff::Http2Preface, Direction::Read) => Role::ServerSide,
+            (Sniff::Http2Preface, Direction::Write) => Role::Http2Client,
+            (Sniff::Other, _) if side.resync => {
+                // After loss, before any role was known: wait for a message start.
+                stats.bytes_discarded += side.bytes.len() as u64;
+                side.bytes = Vec::new();
+                return;
+            }
+            (Sniff::Other, _) => Role::Unsupported,
+        };
+        if side.resync {
+            side.resync = false;
+            stats.resyncs += 1;
+        }
+        let bytes = std::mem::take(&mut side.bytes);
+        let first_byte_ns = side.first_at_ns;
+        let resync = PerDirection {
+            write: sniffed.write.resync,
+            read: sniffed.read.resync,
+        };
+        self.state = match role {
+            Role::Client => {
+                let mut h1 = Box::new(Http1::new(self.limits, resync));
+                h1.feed(dir, &bytes, ts_ns, first_byte_ns, stats, out);
+                State::Http1(h1)
+            }
+            Role::Http2Client => {
+                stats.http2_connections += 1;
+                let mut h2 = Box::new(Http2::new(self.limits));
+                h2.on_bytes(dir, &bytes, ts_ns, stats, out);
+                State::Http2(h2)
+            }
+            Role::ServerSide => {
+                stats.server_side_connections += 1;
+                State::Ignored
+            }
+            Role::Unsupported => {
+                stats.unsupported_connections += 1;
+                State::Ignored
+            }
+        };
+    }
+
+    /// After a 101, the connection is a WebSocket (followed) or another protocol (ignored).
+    fn follow_upgrade(&mut self, stats: &mut CaptureStats) {
+        let State::Http1(h1) = &mut self.state else {
+            return;
+        };
+        let Some(upgrade) = h1.take_upgrade() else {
+            return;
+        };
+        self.state = match upgrade {
+            Upgrade::WebSocket(ws) => {
+                stats.websocket_connections += 1;
+                State::WebSocket(ws)
+            }
+            Upgrade::Other => {
+                stats.unsupported_connections += 1;
+                State::Ignored
+            }
+        };
     }
 
     /// The kernel dropped bytes of one direction before the next chunk.
@@ -736,28 +217,16 @@ impl Connection {
         out: &mut Vec<CaptureEvent>,
     ) {
         stats.losses += 1;
-        match self.role {
-            Role::Client if direction_is_write => self.write_broken(ts_ns, stats, out),
-            Role::Client => self.read_broken(ts_ns, stats, out),
-            Role::Http2Client => {
-                if let Some(h2) = self.h2.as_mut() {
-                    h2.on_loss(ts_ns, stats, out);
-                }
-            }
-            Role::WebSocketClient => {
-                if let Some(ws) = self.ws.as_mut() {
-                    ws.on_loss(ts_ns, stats, out);
-                }
-            }
-            Role::Unknown if direction_is_write => {
-                self.write.sniffed.clear();
-                self.write.resync = true;
-            }
-            Role::Unknown => {
-                self.read.sniffed.clear();
-                self.read.resync = true;
-            }
-            Role::ServerSide | Role::Unsupported => {}
+        let dir = if direction_is_write {
+            Direction::Write
+        } else {
+            Direction::Read
+        };
+        if let State::Sniffing(sniffed) = &mut self.state {
+            sniffed[dir].bytes.clear();
+            sniffed[dir].resync = true;
+        } else if let Some(t) = self.state.transport() {
+            t.on_loss(dir, ts_ns, stats, out);
         }
     }
 
@@ -765,36 +234,8 @@ impl Connection {
     /// every other exchange in flight is given up, and the connection starts afresh (an SSL
     /// pointer can be reused by a new connection).
     pub fn close(&mut self, ts_ns: u64, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
-        if let Some(h2) = self.h2.as_mut() {
-            h2.close(ts_ns, stats, out);
-        }
-        if let Some(ws) = self.ws.as_mut() {
-            ws.close(ts_ns, stats, out);
-        }
-        if self.role == Role::Client {
-            if self.read.parser.finish_at_close() {
-                self.on_response_end(ts_ns, true, stats, out);
-            }
-            if self.write.in_request {
-                // Never sent whole: not a call.
-                self.write.in_request = false;
-                self.write.body = None;
-                if self.pending.pop_back().is_some() {
-                    stats.abandoned_requests += 1;
-                }
-            }
-            self.settle(stats, out);
-            while let Some(mut ex) = self.pending.pop_front() {
-                if ex.response != ResponseState::Done {
-                    ex.ended_at_ns = ts_ns;
-                    ex.response_complete = false;
-                    ex.response_bytes = match ex.response {
-                        ResponseState::Receiving => self.read.parser.message_bytes(),
-                        _ => 0,
-                    };
-                }
-                Self::finalize(ex, stats, out);
-            }
+        if let Some(t) = self.state.transport() {
+            t.close(ts_ns, stats, out);
         }
         *self = Connection::new(self.limits);
     }
@@ -808,10 +249,8 @@ impl Connection {
             // A new connection: its first write.
             return Http2::hold(None, &preview[n..]);
         }
-        match conn.and_then(|c| c.h2.as_deref()) {
-            Some(h2) if conn.is_some_and(|c| c.role == Role::Http2Client) => {
-                Http2::hold(Some(h2), preview)
-            }
+        match conn.map(|c| &c.state) {
+            Some(State::Http2(h2)) => Http2::hold(Some(h2), preview),
             _ => Http2Hold::NotHttp2,
         }
     }
@@ -819,371 +258,18 @@ impl Connection {
     /// HTTP/2 or WebSocket: state that spans exchanges (HPACK tables, a deflate context), so
     /// reading it again must start where it was first seen.
     pub fn keeps_stream_state(&self) -> bool {
-        self.h2.is_some() || self.ws.is_some()
+        matches!(self.state, State::Http2(_) | State::WebSocket(_))
     }
 
     /// Nothing buffered or in flight: the daemon may drop this connection. Connections that
     /// are ignored (server side, unsupported) are idle too.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty()
-            && !self.write.parser.in_message()
-            && !self.read.parser.in_message()
-            && self.write.sniffed.is_empty()
-            && self.read.sniffed.is_empty()
-            && self.h2.as_ref().is_none_or(|h2| h2.is_idle())
-            && self.ws.as_ref().is_none_or(|ws| ws.is_idle())
-    }
-
-    fn set_role(&mut self, role: Role, stats: &mut CaptureStats) {
-        self.role = role;
-        self.write.sniffed = Vec::new();
-        self.read.sniffed = Vec::new();
-        match role {
-            Role::ServerSide => stats.server_side_connections += 1,
-            Role::Unsupported => stats.unsupported_connections += 1,
-            Role::Http2Client => {
-                stats.http2_connections += 1;
-                self.h2 = Some(Box::new(Http2::new(self.limits)));
-            }
-            Role::WebSocketClient => stats.websocket_connections += 1,
-            Role::Client | Role::Unknown => {}
-        }
-    }
-
-    // ------------------------------------------------------------------ requests
-
-    fn process_write(
-        &mut self,
-        data: &[u8],
-        ts_ns: u64,
-        first_byte_ns: u64,
-        stats: &mut CaptureStats,
-        out: &mut Vec<CaptureEvent>,
-    ) {
-        if self.write.resync {
-            if sniff(data) == Sniff::RequestLine {
-                self.write.resync = false;
-                stats.resyncs += 1;
-            } else {
-                stats.bytes_discarded += data.len() as u64;
-                return;
-            }
-        }
-        let mut pos = 0;
-        loop {
-            if !self.write.parser.in_message() {
-                // Bytes buffered while sniffing the role arrived at `first_byte_ns`.
-                self.write.started_at_ns = if pos == 0 { first_byte_ns } else { ts_ns };
-            }
-            let input = &data[pos..];
-            let (n, event) = match self.write.parser.next(input) {
-                Ok(step) => step,
-                Err(e) => {
-                    Self::count_http_error(&e, "request", stats);
-                    stats.bytes_discarded += input.len() as u64;
-                    self.write_broken(ts_ns, stats, out);
-                    return;
-                }
-            };
-            pos += n;
-            match event {
-                Http1Event::NeedMore => return,
-                Http1Event::Request(head) => self.on_request_head(&head, ts_ns, stats, out),
-                Http1Event::Body(range) => {
-                    if let Some(body) = self.write.body.as_mut() {
-                        body.feed(&input[range], stats, &mut |_| {});
-                    }
-                }
-                Http1Event::End => self.on_request_end(stats, out),
-                Http1Event::Response(_) | Http1Event::Upgraded(_) => {}
-            }
-        }
-    }
-
-    fn on_request_head(
-        &mut self,
-        head: &RequestHead,
-        ts_ns: u64,
-        stats: &mut CaptureStats,
-        out: &mut Vec<CaptureEvent>,
-    ) {
-        stats.http_requests += 1;
-        let ex = Exchange::new(Some(head), self.write.started_at_ns);
-        self.write.body = ex.route.as_ref().map(|_| {
-            let mut reader = BodyReader::new(
-                head.content_encoding.as_deref(),
-                Framing::Whole,
-                self.limits.max_request_body,
-                stats,
-            );
-            reader.keep_prefix = true;
-            reader
-        });
-        self.write.in_request = true;
-        self.push_exchange(ex, ts_ns, stats, out);
-    }
-
-    fn on_request_end(&mut self, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
-        self.write.in_request = false;
-        let body = self.write.body.take();
-        let request_bytes = self.write.parser.message_bytes();
-        let Some(ex) = self.pending.back_mut() else {
-            return;
-        };
-        ex.finish_request(body, request_bytes, stats, out);
-        self.settle(stats, out);
-    }
-
-    /// The write direction cannot be framed any more (loss or malformed input).
-    fn write_broken(&mut self, ts_ns: u64, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
-        if self.write.in_request {
-            self.write.in_request = false;
-            self.write.body = None;
-            let request_bytes = self.write.parser.message_bytes();
-            if let Some(ex) = self.pending.back_mut() {
-                ex.request = RequestState::Lost;
-                match ex.route.clone() {
-                    Some(route) => {
-                        // It was sent; we did not see all of it. Its response still pairs.
-                        let req = ex.llm_request(
-                            route.api,
-                            route.path_model,
-                            route.path_streaming,
-                            request_bytes,
-                        );
-                        stats.llm_requests += 1;
-                        out.push(CaptureEvent::Request(req.clone()));
-                        ex.llm = Some(req);
-                    }
-                    None => stats.non_llm_requests += 1,
-                }
-            }
-        } else if self.write.parser.in_message() {
-            // A request began but its head was cut: keep a placeholder so its response pairs.
-            let mut ex = Exchange::new(None, self.write.started_at_ns);
-            ex.request = RequestState::Lost;
-            self.push_exchange(ex, ts_ns, stats, out);
-        }
-        self.write.parser.reset();
-        self.write.resync = true;
-        self.settle(stats, out);
-    }
-
-    // ------------------------------------------------------------------ responses
-
-    /// The exchange the read side is (or will next be) answering.
-    fn read_index(&self) -> Option<usize> {
-        self.pending
-            .iter()
-            .position(|e| e.response != ResponseState::Done)
-    }
-
-    fn process_read(
-        &mut self,
-        data: &[u8],
-        ts_ns: u64,
-        stats: &mut CaptureStats,
-        out: &mut Vec<CaptureEvent>,
-    ) {
-        if self.read.resync {
-            if sniff(data) == Sniff::StatusLine {
-                self.read.resync = false;
-                stats.resyncs += 1;
-            } else {
-                stats.bytes_discarded += data.len() as u64;
-                return;
-            }
-        }
-        let mut pos = 0;
-        loop {
-            if !self.read.parser.in_message() {
-                let was_head = self.read_index().is_some_and(|i| self.pending[i].is_head);
-                self.read.parser.set_request_was_head(was_head);
-            }
-            let input = &data[pos..];
-            let (n, event) = match self.read.parser.next(input) {
-                Ok(step) => step,
-                Err(e) => {
-                    Self::count_http_error(&e, "response", stats);
-                    stats.bytes_discarded += input.len() as u64;
-                    self.read_broken(ts_ns, stats, out);
-                    return;
-                }
-            };
-            pos += n;
-            match event {
-                Http1Event::NeedMore => return,
-                Http1Event::Response(head) => self.on_response_head(&head, stats),
-                Http1Event::Body(range) => self.on_response_body(&input[range], ts_ns, stats, out),
-                Http1Event::End => self.on_response_end(ts_ns, true, stats, out),
-                Http1Event::Upgraded(head) => {
-                    // 101: the rest is a WebSocket (followed) or another protocol (ignored).
-                    let host = self.read_index().and_then(|i| self.pending[i].host.clone());
-                    self.on_response_head(&head, stats);
-                    self.on_response_end(ts_ns, true, stats, out);
-                    self.close(ts_ns, stats, out);
-                    if !head.websocket {
-                        self.set_role(Role::Unsupported, stats);
-                        return;
-                    }
-                    self.set_role(Role::WebSocketClient, stats);
-                    let mut ws =
-                        WebSocket::new(self.limits, host, head.websocket_extensions.as_deref());
-                    ws.on_bytes(false, &data[pos..], ts_ns, stats, out);
-                    self.ws = Some(Box::new(ws));
-                    return;
-                }
-                Http1Event::Request(_) => {}
-            }
-        }
-    }
-
-    fn on_response_head(&mut self, head: &ResponseHead, stats: &mut CaptureStats) {
-        stats.http_responses += 1;
-        let Some(i) = self.read_index() else {
-            stats.unmatched_responses += 1;
-            self.read.orphan = true;
-            return;
-        };
-        self.read.orphan = false;
-        let limit = self.limits.max_response_body;
-        self.pending[i].start_response(
-            head.status,
-            head.content_type.as_deref(),
-            head.content_encoding.as_deref(),
-            limit,
-            stats,
-        );
-    }
-
-    fn on_response_body(
-        &mut self,
-        bytes: &[u8],
-        ts_ns: u64,
-        stats: &mut CaptureStats,
-        out: &mut Vec<CaptureEvent>,
-    ) {
-        if self.read.orphan {
-            return;
-        }
-        let Some(i) = self.read_index() else {
-            return;
-        };
-        let message_bytes = self.read.parser.message_bytes();
-        self.pending[i].response_body(bytes, ts_ns, message_bytes, stats, out);
-    }
-
-    fn on_response_end(
-        &mut self,
-        ts_ns: u64,
-        complete: bool,
-        stats: &mut CaptureStats,
-        out: &mut Vec<CaptureEvent>,
-    ) {
-        if std::mem::take(&mut self.read.orphan) {
-            return;
-        }
-        let Some(i) = self.read_index() else {
-            return;
-        };
-        let message_bytes = self.read.parser.message_bytes();
-        self.pending[i].end_response(ts_ns, complete, message_bytes, stats);
-        self.settle(stats, out);
-    }
-
-    /// The read direction cannot be framed any more (loss or malformed input).
-    fn read_broken(&mut self, ts_ns: u64, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
-        if self.read.parser.in_message() {
-            if self.read.orphan {
-                self.read.orphan = false;
-            } else if let Some(i) = self.read_index() {
-                let message_bytes = self.read.parser.message_bytes();
-                let ex = &mut self.pending[i];
-                ex.response = ResponseState::Done;
-                ex.response_complete = false;
-                ex.ended_at_ns = ts_ns;
-                ex.response_bytes = message_bytes;
-            }
-        }
-        self.read.parser.reset();
-        self.read.resync = true;
-        self.settle(stats, out);
-    }
-
-    // ------------------------------------------------------------------ completion
-
-    /// Queues an exchange. A peer that never answers cannot grow the queue without bound:
-    /// past [`MAX_PENDING`] the oldest exchange is given up (incomplete) and counted.
-    fn push_exchange(
-        &mut self,
-        ex: Exchange,
-        ts_ns: u64,
-        stats: &mut CaptureStats,
-        out: &mut Vec<CaptureEvent>,
-    ) {
-        if self.pending.len() >= MAX_PENDING
-            && let Some(mut old) = self.pending.pop_front()
-        {
-            stats.exchanges_dropped += 1;
-            if old.response == ResponseState::Receiving {
-                // The rest of its response now pairs with nothing.
-                self.read.orphan = true;
-            }
-            if old.response != ResponseState::Done {
-                old.response = ResponseState::Done;
-                old.response_complete = false;
-                old.ended_at_ns = ts_ns;
-            }
-            Self::finalize(old, stats, out);
-        }
-        self.pending.push_back(ex);
-    }
-
-    /// Removes finished exchanges from the front of the queue, emitting their calls.
-    fn settle(&mut self, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
-        while let Some(front) = self.pending.front() {
-            if front.request == RequestState::Writing || front.response != ResponseState::Done {
-                break;
-            }
-            if let Some(ex) = self.pending.pop_front() {
-                Self::finalize(ex, stats, out);
-            }
-        }
-    }
-
-    pub(super) fn finalize(ex: Exchange, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
-        if let Some(body) = ex.body.as_ref().filter(|_| ex.llm.is_some()) {
-            let meta = body.acc.meta();
-            stats.json_errors += meta.json_errors;
-            stats.provider_errors += meta.provider_errors;
-            stats.sse_oversized_events += body.reader.oversized_events();
-        }
-        if ex.emitted {
-            return;
-        }
-        if let Some(req) = ex.llm.clone() {
-            let complete = ex.response_complete && ex.request == RequestState::Done;
-            let call = ex.call(req, complete);
-            Self::count_call(&call, stats);
-            out.push(CaptureEvent::Call(call));
-        }
-    }
-
-    pub(super) fn count_call(call: &LlmCall, stats: &mut CaptureStats) {
-        stats.llm_calls += 1;
-        if !call.complete {
-            stats.calls_incomplete += 1;
-        }
-        if call.usage_source == UsageSource::Missing {
-            stats.calls_usage_missing += 1;
-        }
-    }
-
-    fn count_http_error(e: &Http1Error, side: &'static str, stats: &mut CaptureStats) {
-        tracing::debug!(error = %e, side, "HTTP framing error; resynchronising");
-        match e {
-            Http1Error::HeaderTooLarge { .. } => stats.header_overflows += 1,
-            _ => stats.http_errors += 1,
+        match &self.state {
+            State::Sniffing(s) => s.write.bytes.is_empty() && s.read.bytes.is_empty(),
+            State::Http1(t) => t.is_idle(),
+            State::Http2(t) => t.is_idle(),
+            State::WebSocket(t) => t.is_idle(),
+            State::Ignored => true,
         }
     }
 }

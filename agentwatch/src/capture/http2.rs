@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 
 use loona_hpack::Decoder;
 
-use super::connection::{BodyReader, Connection, Exchange, RequestState, ResponseState};
+use super::exchange::{BodyReader, Exchange, RequestState, ResponseState};
+use super::transport::{Direction, PerDirection, Transport};
 use super::{CaptureEvent, CaptureLimits, CaptureStats};
 use crate::protocol::http2::{
     self as h2, CONTINUATION, DATA, FLAG_END_HEADERS, FLAG_END_STREAM, FRAME_HEADER_LEN,
@@ -136,8 +137,7 @@ struct Stream {
 #[derive(Debug)]
 pub(super) struct Http2 {
     limits: CaptureLimits,
-    write: Side,
-    read: Side,
+    sides: PerDirection<Side>,
     streams: BTreeMap<u32, Stream>,
     /// Given up (see the module docs): everything after is ignored.
     desynced: bool,
@@ -167,8 +167,10 @@ impl Http2 {
     pub(super) fn new(limits: CaptureLimits) -> Self {
         Self {
             limits,
-            write: Side::new(FrameReader::client()),
-            read: Side::new(FrameReader::server()),
+            sides: PerDirection {
+                write: Side::new(FrameReader::client()),
+                read: Side::new(FrameReader::server()),
+            },
             streams: BTreeMap::new(),
             desynced: false,
             max_stream_id: 0,
@@ -216,75 +218,6 @@ impl Http2 {
         }
     }
 
-    pub(super) fn is_idle(&self) -> bool {
-        self.streams.is_empty()
-            && !self.write.frames.in_frame()
-            && !self.read.frames.in_frame()
-            && self.write.block.is_none()
-            && self.read.block.is_none()
-    }
-
-    /// Bytes the process wrote (`write`) or read: split into frames, each handled in order.
-    pub(super) fn on_bytes(
-        &mut self,
-        write: bool,
-        data: &[u8],
-        ts_ns: u64,
-        stats: &mut CaptureStats,
-        out: &mut Vec<CaptureEvent>,
-    ) {
-        if self.desynced {
-            return;
-        }
-        // The reader is taken out while its frames are handled (they need `&mut self`).
-        let side = if write {
-            &mut self.write
-        } else {
-            &mut self.read
-        };
-        let mut frames = std::mem::replace(&mut side.frames, FrameReader::server());
-        let result = frames.feed(data, |h, p| {
-            if write {
-                self.write_frame(h, p, ts_ns, stats, out)
-            } else {
-                self.read_frame(h, p, ts_ns, stats, out)
-            }
-        });
-        let side = if write {
-            &mut self.write
-        } else {
-            &mut self.read
-        };
-        side.frames = frames;
-        if let Err(e) = result {
-            self.desync(e, ts_ns, stats, out);
-        }
-    }
-
-    /// Bytes were lost: frame boundaries and the HPACK state cannot be trusted any more.
-    pub(super) fn on_loss(
-        &mut self,
-        ts_ns: u64,
-        stats: &mut CaptureStats,
-        out: &mut Vec<CaptureEvent>,
-    ) {
-        if !self.desynced {
-            self.give_up(ts_ns, stats, out);
-            stats.http2_desynced += 1;
-        }
-    }
-
-    /// The connection closed: every stream still open is emitted incomplete (or, if its
-    /// request was never written whole, counted as abandoned).
-    pub(super) fn close(
-        &mut self,
-        ts_ns: u64,
-        stats: &mut CaptureStats,
-        out: &mut Vec<CaptureEvent>,
-    ) {
-        self.give_up(ts_ns, stats, out);
-    }
-
     fn desync(
         &mut self,
         e: Desync,
@@ -307,10 +240,10 @@ impl Http2 {
             Self::end_abruptly(s, ts_ns, stats, out);
         }
         self.desynced = true;
-        self.write.frames.reset();
-        self.read.frames.reset();
-        self.write.block = None;
-        self.read.block = None;
+        self.sides.write.frames.reset();
+        self.sides.read.frames.reset();
+        self.sides.write.block = None;
+        self.sides.read.block = None;
     }
 
     /// A stream ended before its exchange did (reset, close, loss, eviction).
@@ -331,7 +264,44 @@ impl Http2 {
             s.ex.ended_at_ns = ts_ns;
             s.ex.response_bytes = s.response_bytes;
         }
-        Connection::finalize(s.ex, stats, out);
+        s.ex.finalize(stats, out);
+    }
+
+    /// A whole frame of one direction. Frames that matter to one direction only (DATA of a
+    /// request or of a response, GOAWAY from the server) are told apart here.
+    fn frame(
+        &mut self,
+        dir: Direction,
+        h: FrameHeader,
+        payload: &[u8],
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) -> Result<(), Desync> {
+        if self.sides[dir].block.is_some()
+            || matches!(h.kind, HEADERS | CONTINUATION | PUSH_PROMISE)
+        {
+            return self.header_frame(dir, &h, payload, ts_ns, stats, out);
+        }
+        match (h.kind, dir) {
+            (DATA, Direction::Write) => self.request_data(&h, payload, stats, out)?,
+            (DATA, Direction::Read) => self.response_data(&h, payload, ts_ns, stats, out)?,
+            (RST_STREAM, _) => {
+                let code = h2::rst_stream_code(&h, payload)?;
+                self.reset(h.stream_id, code, ts_ns, stats, out);
+            }
+            (GOAWAY, Direction::Read) => {
+                // Streams above the last one the server processed were refused: the client
+                // retries them on another connection, where they are counted.
+                let last = h2::goaway_last_stream(&h, payload)?;
+                let refused: Vec<u32> = self.streams.range(last + 1..).map(|(id, _)| *id).collect();
+                for id in refused {
+                    self.reset(id, REFUSED_STREAM, ts_ns, stats, out);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     // ------------------------------------------------------------------ header blocks
@@ -392,7 +362,7 @@ impl Http2 {
     /// request's or a response's head (or trailers).
     fn header_frame(
         &mut self,
-        write: bool,
+        dir: Direction,
         h: &FrameHeader,
         payload: &[u8],
         ts_ns: u64,
@@ -400,56 +370,39 @@ impl Http2 {
         out: &mut Vec<CaptureEvent>,
     ) -> Result<(), Desync> {
         let max = self.limits.max_header_bytes;
-        let side = if write {
-            &mut self.write
-        } else {
-            &mut self.read
-        };
+        let side = &mut self.sides[dir];
         let Some(block) = Self::assemble(side, h, payload, max)? else {
             return Ok(());
         };
         let fields = Self::decode(side, &block)?;
-        match (block.push_promise, write) {
+        match (block.push_promise, dir) {
             (true, _) => {}
-            (false, true) => self.request_headers(&block, fields, ts_ns, stats, out),
-            (false, false) => self.response_headers(&block, &fields, ts_ns, stats, out),
+            (false, Direction::Write) => self.request_headers(&block, fields, ts_ns, stats, out),
+            (false, Direction::Read) => self.response_headers(&block, &fields, ts_ns, stats, out),
         }
         Ok(())
     }
 
     // ------------------------------------------------------------------ requests
 
-    fn write_frame(
+    fn request_data(
         &mut self,
-        h: FrameHeader,
+        h: &FrameHeader,
         payload: &[u8],
-        ts_ns: u64,
         stats: &mut CaptureStats,
         out: &mut Vec<CaptureEvent>,
     ) -> Result<(), Desync> {
-        if self.write.block.is_some() || matches!(h.kind, HEADERS | CONTINUATION | PUSH_PROMISE) {
-            return self.header_frame(true, &h, payload, ts_ns, stats, out);
-        }
-        match h.kind {
-            DATA => {
-                let body = h2::unpadded(&h, payload)?;
-                if let Some(s) = self.streams.get_mut(&h.stream_id)
-                    && s.ex.request == RequestState::Writing
-                {
-                    s.request_bytes += (FRAME_HEADER_LEN + h.len) as u64;
-                    if let Some(reader) = s.request_body.as_mut() {
-                        reader.feed(body, stats, &mut |_| {});
-                    }
-                    if h.has(FLAG_END_STREAM) {
-                        self.request_end(h.stream_id, stats, out);
-                    }
-                }
+        let body = h2::unpadded(h, payload)?;
+        if let Some(s) = self.streams.get_mut(&h.stream_id)
+            && s.ex.request == RequestState::Writing
+        {
+            s.request_bytes += (FRAME_HEADER_LEN + h.len) as u64;
+            if let Some(reader) = s.request_body.as_mut() {
+                reader.feed(body, stats, &mut |_| {});
             }
-            RST_STREAM => {
-                let code = h2::rst_stream_code(&h, payload)?;
-                self.reset(h.stream_id, code, ts_ns, stats, out);
+            if h.has(FLAG_END_STREAM) {
+                self.request_end(h.stream_id, stats, out);
             }
-            _ => {}
         }
         Ok(())
     }
@@ -525,47 +478,26 @@ impl Http2 {
 
     // ------------------------------------------------------------------ responses
 
-    fn read_frame(
+    fn response_data(
         &mut self,
-        h: FrameHeader,
+        h: &FrameHeader,
         payload: &[u8],
         ts_ns: u64,
         stats: &mut CaptureStats,
         out: &mut Vec<CaptureEvent>,
     ) -> Result<(), Desync> {
-        if self.read.block.is_some() || matches!(h.kind, HEADERS | CONTINUATION | PUSH_PROMISE) {
-            return self.header_frame(false, &h, payload, ts_ns, stats, out);
-        }
-        match h.kind {
-            DATA => {
-                let body = h2::unpadded(&h, payload)?;
-                if let Some(s) = self.streams.get_mut(&h.stream_id)
-                    && s.ex.response == ResponseState::Receiving
-                {
-                    s.response_bytes += (FRAME_HEADER_LEN + h.len) as u64;
-                    s.response_data += body.len() as u64;
-                    s.ex.response_body(body, ts_ns, s.response_bytes, stats, out);
-                    let whole = s.response_length.is_some_and(|n| s.response_data >= n);
-                    if h.has(FLAG_END_STREAM) || whole {
-                        s.ex.end_response(ts_ns, true, s.response_bytes, stats);
-                        self.settle(h.stream_id, stats, out);
-                    }
-                }
+        let body = h2::unpadded(h, payload)?;
+        if let Some(s) = self.streams.get_mut(&h.stream_id)
+            && s.ex.response == ResponseState::Receiving
+        {
+            s.response_bytes += (FRAME_HEADER_LEN + h.len) as u64;
+            s.response_data += body.len() as u64;
+            s.ex.response_body(body, ts_ns, s.response_bytes, stats, out);
+            let whole = s.response_length.is_some_and(|n| s.response_data >= n);
+            if h.has(FLAG_END_STREAM) || whole {
+                s.ex.end_response(ts_ns, true, s.response_bytes, stats);
+                self.settle(h.stream_id, stats, out);
             }
-            RST_STREAM => {
-                let code = h2::rst_stream_code(&h, payload)?;
-                self.reset(h.stream_id, code, ts_ns, stats, out);
-            }
-            GOAWAY => {
-                // Streams above the last one the server processed were refused: the client
-                // retries them on another connection, where they are counted.
-                let last = h2::goaway_last_stream(&h, payload)?;
-                let refused: Vec<u32> = self.streams.range(last + 1..).map(|(id, _)| *id).collect();
-                for id in refused {
-                    self.reset(id, REFUSED_STREAM, ts_ns, stats, out);
-                }
-            }
-            _ => {}
         }
         Ok(())
     }
@@ -641,7 +573,59 @@ impl Http2 {
             s.ex.request != RequestState::Writing && s.ex.response == ResponseState::Done
         });
         if done && let Some(s) = self.streams.remove(&id) {
-            Connection::finalize(s.ex, stats, out);
+            s.ex.finalize(stats, out);
         }
+    }
+}
+
+impl Transport for Http2 {
+    /// Split into frames, each handled in order.
+    fn on_bytes(
+        &mut self,
+        dir: Direction,
+        data: &[u8],
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
+        if self.desynced {
+            return;
+        }
+        // The reader is taken out while its frames are handled (they need `&mut self`).
+        let mut frames = std::mem::replace(&mut self.sides[dir].frames, FrameReader::server());
+        let result = frames.feed(data, |h, p| self.frame(dir, h, p, ts_ns, stats, out));
+        self.sides[dir].frames = frames;
+        if let Err(e) = result {
+            self.desync(e, ts_ns, stats, out);
+        }
+    }
+
+    /// Bytes were lost (either way): frame boundaries and the HPACK state cannot be trusted
+    /// any more.
+    fn on_loss(
+        &mut self,
+        _: Direction,
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
+        if !self.desynced {
+            self.give_up(ts_ns, stats, out);
+            stats.http2_desynced += 1;
+        }
+    }
+
+    /// Every stream still open is emitted incomplete (or, if its request was never written
+    /// whole, counted as abandoned).
+    fn close(&mut self, ts_ns: u64, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
+        self.give_up(ts_ns, stats, out);
+    }
+
+    fn is_idle(&self) -> bool {
+        self.streams.is_empty()
+            && !self.sides.write.frames.in_frame()
+            && !self.sides.read.frames.in_frame()
+            && self.sides.write.block.is_none()
+            && self.sides.read.block.is_none()
     }
 }

@@ -5,7 +5,14 @@
 //! `Vec` and bumps caller-owned [`CaptureStats`]. Nothing here blocks, allocates per byte, owns
 //! a thread or knows about processes, so it is tested alone with recorded bytes.
 //!
-//! Inside, each direction has its own incremental HTTP/1.1 parser; requests and responses are
+//! Layout: `connection.rs` tells the process's role from the first bytes (`sniff.rs`), then
+//! holds the current framing — `http1.rs`, `http2.rs` or `websocket.rs` — each implementing
+//! `transport::Transport` (bytes in for a `Direction`, loss, close, idle) over the exchanges of
+//! `exchange.rs` (request and response bodies, the call they make). A new transport is a new
+//! file implementing `Transport`, a `State` variant in `connection.rs`, and its switch where it
+//! is recognised (as the HTTP/2 preface is in `connection.rs`, a 101 in `http1.rs`).
+//!
+//! Over HTTP/1.1, each direction has its own incremental parser; requests and responses are
 //! paired FIFO through a queue of exchanges (keep-alive). An exchange is created at the request
 //! *head* — so a response that starts early still pairs with its request — and leaves the queue
 //! once both sides are done. Only requests whose method and path match a known API buffer their
@@ -24,14 +31,19 @@
 
 pub mod aead;
 mod connection;
+mod exchange;
+mod http1;
 mod http2;
+mod sniff;
 pub(crate) mod streams;
 #[cfg(test)]
 mod tests;
+mod transport;
 mod websocket;
 
-pub use connection::{Connection, starts_http_request};
+pub use connection::Connection;
 pub use http2::Http2Hold;
+pub use sniff::starts_http_request;
 
 use serde::{Deserialize, Serialize};
 

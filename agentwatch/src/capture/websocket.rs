@@ -12,7 +12,8 @@ use std::collections::VecDeque;
 
 use serde::Deserialize;
 
-use super::connection::{BodyReader, Connection, Exchange, RequestState, ResponseState};
+use super::exchange::{BodyReader, Exchange, RequestState, ResponseState};
+use super::transport::{Direction, PerDirection, Transport};
 use super::{CaptureEvent, CaptureLimits, CaptureStats};
 use crate::protocol::websocket::{Deflate, FrameReader, Inflater, Opcode};
 use crate::providers::Framing;
@@ -36,14 +37,18 @@ enum InFlight {
     },
 }
 
+/// One direction: its frames, and its deflate context if `permessage-deflate` was negotiated.
+#[derive(Debug)]
+struct Side {
+    frames: FrameReader,
+    inflate: Option<Inflater>,
+}
+
 #[derive(Debug)]
 pub(super) struct WebSocket {
     limits: CaptureLimits,
     host: Option<String>,
-    client: FrameReader,
-    server: FrameReader,
-    client_inflate: Option<Inflater>,
-    server_inflate: Option<Inflater>,
+    sides: PerDirection<Side>,
     in_flight: VecDeque<InFlight>,
     desynced: bool,
 }
@@ -71,58 +76,18 @@ impl WebSocket {
         Self {
             limits,
             host,
-            client: FrameReader::new(max),
-            server: FrameReader::new(max),
-            client_inflate: deflate.map(|d| Inflater::new(d.client_no_context_takeover)),
-            server_inflate: deflate.map(|d| Inflater::new(d.server_no_context_takeover)),
+            sides: PerDirection {
+                write: Side {
+                    frames: FrameReader::new(max),
+                    inflate: deflate.map(|d| Inflater::new(d.client_no_context_takeover)),
+                },
+                read: Side {
+                    frames: FrameReader::new(max),
+                    inflate: deflate.map(|d| Inflater::new(d.server_no_context_takeover)),
+                },
+            },
             in_flight: VecDeque::new(),
             desynced: false,
-        }
-    }
-
-    pub(super) fn on_bytes(
-        &mut self,
-        is_write: bool,
-        data: &[u8],
-        ts_ns: u64,
-        stats: &mut CaptureStats,
-        out: &mut Vec<CaptureEvent>,
-    ) {
-        if self.desynced {
-            stats.bytes_discarded += data.len() as u64;
-            return;
-        }
-        let mut messages: Vec<(Opcode, Vec<u8>, u64)> = Vec::new();
-        let (reader, inflater) = if is_write {
-            (&mut self.client, self.client_inflate.as_mut())
-        } else {
-            (&mut self.server, self.server_inflate.as_mut())
-        };
-        let fed = reader.feed(data, inflater, &mut |op, m, wire| {
-            messages.push((op, m.to_vec(), wire))
-        });
-        for (op, message, wire) in messages {
-            stats.websocket_messages += 1;
-            if op != Opcode::Text {
-                continue;
-            }
-            if is_write {
-                self.client_message(&message, wire, ts_ns, stats, out);
-            } else {
-                self.server_message(&message, wire, ts_ns, stats, out);
-            }
-        }
-        match fed {
-            Ok(false) => {}
-            // A close frame: the calls still open end with the connection.
-            Ok(true) => self.close(ts_ns, stats, out),
-            Err(e) => {
-                tracing::debug!(error = %e, "WebSocket stream broken; desynchronised");
-                if matches!(e, crate::protocol::websocket::WsError::Inflate) {
-                    stats.websocket_inflate_errors += 1;
-                }
-                self.desync(ts_ns, stats, out);
-            }
         }
     }
 
@@ -221,7 +186,7 @@ impl WebSocket {
         if ex.response != ResponseState::Done {
             ex.end_response(ts_ns, complete, response_bytes, stats);
         }
-        Connection::finalize(ex, stats, out);
+        ex.finalize(stats, out);
     }
 
     fn desync(&mut self, ts_ns: u64, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
@@ -229,9 +194,56 @@ impl WebSocket {
         self.close(ts_ns, stats, out);
         self.desynced = true;
     }
+}
 
-    pub(super) fn on_loss(
+impl Transport for WebSocket {
+    fn on_bytes(
         &mut self,
+        dir: Direction,
+        data: &[u8],
+        ts_ns: u64,
+        stats: &mut CaptureStats,
+        out: &mut Vec<CaptureEvent>,
+    ) {
+        if self.desynced {
+            stats.bytes_discarded += data.len() as u64;
+            return;
+        }
+        let mut messages: Vec<(Opcode, Vec<u8>, u64)> = Vec::new();
+        let side = &mut self.sides[dir];
+        let fed = side
+            .frames
+            .feed(data, side.inflate.as_mut(), &mut |op, m, wire| {
+                messages.push((op, m.to_vec(), wire))
+            });
+        for (op, message, wire) in messages {
+            stats.websocket_messages += 1;
+            if op != Opcode::Text {
+                continue;
+            }
+            match dir {
+                Direction::Write => self.client_message(&message, wire, ts_ns, stats, out),
+                Direction::Read => self.server_message(&message, wire, ts_ns, stats, out),
+            }
+        }
+        match fed {
+            Ok(false) => {}
+            // A close frame: the calls still open end with the connection.
+            Ok(true) => self.close(ts_ns, stats, out),
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket stream broken; desynchronised");
+                if matches!(e, crate::protocol::websocket::WsError::Inflate) {
+                    stats.websocket_inflate_errors += 1;
+                }
+                self.desync(ts_ns, stats, out);
+            }
+        }
+    }
+
+    /// Bytes were lost (either way): framing and the deflate contexts are out of step.
+    fn on_loss(
+        &mut self,
+        _: Direction,
         ts_ns: u64,
         stats: &mut CaptureStats,
         out: &mut Vec<CaptureEvent>,
@@ -242,12 +254,7 @@ impl WebSocket {
     }
 
     /// Ends every call in flight, incomplete.
-    pub(super) fn close(
-        &mut self,
-        ts_ns: u64,
-        stats: &mut CaptureStats,
-        out: &mut Vec<CaptureEvent>,
-    ) {
+    fn close(&mut self, ts_ns: u64, stats: &mut CaptureStats, out: &mut Vec<CaptureEvent>) {
         while let Some(item) = self.in_flight.pop_front() {
             if let InFlight::Call { ex, response_bytes } = item {
                 debug_assert!(ex.request == RequestState::Done);
@@ -256,7 +263,7 @@ impl WebSocket {
         }
     }
 
-    pub(super) fn is_idle(&self) -> bool {
+    fn is_idle(&self) -> bool {
         self.in_flight.is_empty()
     }
 }
