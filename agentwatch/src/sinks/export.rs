@@ -362,6 +362,10 @@ impl Sink for Fanout {
     fn health(&self) -> SinkHealth {
         self.jsonl.health()
     }
+
+    fn retry(&mut self) {
+        self.jsonl.retry();
+    }
 }
 
 const HEALTH_EVERY: Duration = Duration::from_secs(10);

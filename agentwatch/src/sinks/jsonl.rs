@@ -5,6 +5,11 @@
 //! row followed by more rows. On open, a torn last line (a crash mid-write left no trailing
 //! `\n`) is truncated away, counted and logged.
 //!
+//! A row that cannot be written (the disk is full, an I/O error) is kept, in order with the
+//! rows after it, in a bounded backlog (`BACKLOG_MAX_BYTES`) that is written out first at the
+//! next write and at every tick (once a second) — so rows resume, in their order, as soon as
+//! space returns. Only a row beyond the backlog's bound is lost, and counted (`rows_dropped`).
+//!
 //! Both files rotate together by size and age into `rotated/` (gzipped, with retention), and a
 //! checkpoint keeps what a restart needs of the rotated ones: see [`super::rotation`].
 //!
@@ -24,6 +29,15 @@ use crate::sessions::{CallRecord, LedgerRow};
 
 pub const CALLS_FILE: &str = "calls.jsonl";
 pub const LEDGER_FILE: &str = "ledger.jsonl";
+
+/// Bytes of rows kept while they cannot be written; more are dropped and counted.
+pub const BACKLOG_MAX_BYTES: usize = 16 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Call,
+    Ledger,
+}
 
 /// One append-only JSONL file.
 #[derive(Debug)]
@@ -127,6 +141,9 @@ pub struct JsonlSink {
     started: std::time::SystemTime,
     next_seq: u64,
     worker: Worker,
+    /// Rows not written yet, oldest first, and their bytes.
+    backlog: std::collections::VecDeque<(Kind, Vec<u8>)>,
+    backlog_bytes: usize,
 }
 
 impl JsonlSink {
@@ -163,6 +180,8 @@ impl JsonlSink {
             started,
             next_seq: next_seq(data_dir)?,
             worker: Worker::spawn(data_dir.to_path_buf(), cfg.clone()),
+            backlog: std::collections::VecDeque::new(),
+            backlog_bytes: 0,
         })
     }
 
@@ -260,27 +279,95 @@ fn line<T: Serialize>(row: &T, what: &'static str) -> Result<Vec<u8>, SinkError>
     Ok(buf)
 }
 
+impl JsonlSink {
+    /// Writes the backlog out, oldest first, until it is empty or a write fails.
+    fn drain_backlog(&mut self) -> Result<(), SinkError> {
+        let before = self.backlog.len();
+        while let Some((kind, line)) = self.backlog.pop_front() {
+            let r = self.rotate_if_due().and_then(|()| match kind {
+                Kind::Call => self.calls.append(&line),
+                Kind::Ledger => self.ledger.append(&line),
+            });
+            match r {
+                // Written, if not surely durable: never written twice.
+                Ok(()) | Err(SinkError::Sync { .. }) => {}
+                Err(e) => {
+                    self.backlog.push_front((kind, line));
+                    return Err(e);
+                }
+            }
+            match kind {
+                Kind::Call => self.health.calls_written += 1,
+                Kind::Ledger => self.health.ledger_rows_written += 1,
+            }
+            self.backlog_bytes -= line.len();
+        }
+        if before > 0 {
+            tracing::info!(
+                rows = before,
+                "JSONL writes resumed: the rows kept meanwhile are written, in order"
+            );
+        }
+        Ok(())
+    }
+
+    /// One row: after the backlog, else into it. The error returned is the one that made the
+    /// sink start keeping rows (logged once), or a row dropped because the backlog is full;
+    /// a row kept while the cause lasts returns Ok (it is counted in `rows_pending`).
+    fn write_row(&mut self, kind: Kind, line: Vec<u8>) -> Result<(), SinkError> {
+        let was_failing = !self.backlog.is_empty();
+        let r = self.drain_backlog().and_then(|()| {
+            self.rotate_if_due()?;
+            let file = match kind {
+                Kind::Call => &mut self.calls,
+                Kind::Ledger => &mut self.ledger,
+            };
+            file.append(&line)
+        });
+        match r {
+            Ok(()) | Err(SinkError::Sync { .. }) => {
+                match kind {
+                    Kind::Call => self.health.calls_written += 1,
+                    Kind::Ledger => self.health.ledger_rows_written += 1,
+                }
+                self.health.rows_pending = 0;
+                self.record(r)
+            }
+            Err(e) => {
+                if self.backlog_bytes + line.len() > BACKLOG_MAX_BYTES {
+                    self.health.rows_dropped += 1;
+                    self.health.rows_pending = self.backlog.len() as u64;
+                    return self.record(Err(e));
+                }
+                self.backlog_bytes += line.len();
+                self.backlog.push_back((kind, line));
+                self.health.rows_pending = self.backlog.len() as u64;
+                let r = self.record(Err(e));
+                if was_failing { Ok(()) } else { r }
+            }
+        }
+    }
+}
+
 impl Sink for JsonlSink {
     fn write_call(&mut self, call: &CallRecord) -> Result<(), SinkError> {
-        let r = self
-            .rotate_if_due()
-            .and_then(|()| line(call, "call"))
-            .and_then(|l| self.calls.append(&l));
-        if r.is_ok() {
-            self.health.calls_written += 1;
-        }
-        self.record(r)
+        let l = line(call, "call")?;
+        self.write_row(Kind::Call, l)
     }
 
     fn write_ledger(&mut self, row: &LedgerRow) -> Result<(), SinkError> {
-        let r = self
-            .rotate_if_due()
-            .and_then(|()| line(row, "ledger"))
-            .and_then(|l| self.ledger.append(&l));
-        if r.is_ok() {
-            self.health.ledger_rows_written += 1;
+        let l = line(row, "ledger")?;
+        self.write_row(Kind::Ledger, l)
+    }
+
+    fn retry(&mut self) {
+        if !self.backlog.is_empty() {
+            let r = self.drain_backlog();
+            self.health.rows_pending = self.backlog.len() as u64;
+            if r.is_ok() {
+                self.health.ok = true;
+            }
         }
-        self.record(r)
     }
 
     fn health(&self) -> SinkHealth {
@@ -290,5 +377,76 @@ impl Sink for JsonlSink {
             .errors
             .load(std::sync::atomic::Ordering::Relaxed);
         h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::procs::test_support::TempDir;
+    use crate::sessions::Sessions;
+    use crate::sessions::tests::{S, call, cfg, fake_host, k, req};
+
+    /// The disk fills (writes to /dev/full fail with ENOSPC): the first failure is reported,
+    /// the rows after it are kept in order (ledger rows too, behind the calls), nothing half
+    /// written reaches the file; once space returns, the next tick writes them all, in order.
+    #[test]
+    fn jsonl_rows_kept_while_the_disk_is_full_are_written_in_order_after() {
+        let dir = TempDir::new("jsonl-full");
+        let (_fake, mut tree) = fake_host();
+        let mut s = Sessions::new(cfg());
+        let mut sink = JsonlSink::open(dir.path()).unwrap();
+        let mut rec = |i: u64, key| {
+            s.on_call(
+                &tree,
+                key,
+                &call(req("openai", Some("g"), i * S), i, i, i * S + 1),
+                Some(0.25),
+            )
+        };
+        let a = rec(1, k(600, 600));
+        let b = rec(2, k(600, 600));
+        let c = rec(3, k(600, 600));
+        sink.write_call(&a).unwrap();
+        let full = AppendFile::open(PathBuf::from("/dev/full")).unwrap().0;
+        let real = std::mem::replace(&mut sink.calls, full);
+        assert!(matches!(sink.write_call(&b), Err(SinkError::Write { .. })));
+        sink.write_call(&c).unwrap();
+        let rows = s.on_removed(&tree.on_exit(600), 10 * S);
+        assert_eq!(rows.len(), 1);
+        sink.write_ledger(&rows[0]).unwrap();
+        sink.retry();
+        let h = sink.health();
+        assert_eq!(
+            (h.ok, h.rows_pending, h.rows_dropped),
+            (false, 3, 0),
+            "{h:?}"
+        );
+        assert!(
+            h.last_error.as_deref().unwrap().contains("/dev/full"),
+            "{h:?}"
+        );
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(read(CALLS_FILE).lines().count(), 1);
+        assert_eq!(
+            read(LEDGER_FILE),
+            "",
+            "the ledger row waits behind its calls"
+        );
+
+        sink.calls = real;
+        sink.retry();
+        let h = sink.health();
+        assert_eq!(
+            (h.ok, h.rows_pending, h.calls_written, h.ledger_rows_written),
+            (true, 0, 3, 1),
+            "{h:?}"
+        );
+        let calls: Vec<CallRecord> = read(CALLS_FILE)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(calls, vec![a, b, c]);
+        assert_eq!(read(LEDGER_FILE).lines().count(), 1);
     }
 }

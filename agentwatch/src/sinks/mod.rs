@@ -109,6 +109,10 @@ pub struct SinkHealth {
     /// that failed and wait for a retry.
     pub rotations: u64,
     pub rotation_errors: u64,
+    /// JSONL only: rows kept because they could not be written yet (written first once the
+    /// cause is gone), and rows lost because that backlog was full.
+    pub rows_pending: u64,
+    pub rows_dropped: u64,
 }
 
 /// One destination for call and ledger rows. A write returns once the row is durable (for
@@ -121,6 +125,9 @@ pub trait Sink: Send {
         Ok(())
     }
     fn health(&self) -> SinkHealth;
+    /// Called once a second: write out what could not be written before (if the sink keeps
+    /// such rows).
+    fn retry(&mut self) {}
 }
 
 /// Opens JSONL, the spools of the configured network sinks, and spawns their delivery tasks

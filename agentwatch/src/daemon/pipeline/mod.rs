@@ -676,6 +676,7 @@ impl Pipeline {
     /// Periodic upkeep: processes that vanished without an exit event we saw (ring buffer
     /// loss) are found by the tree's liveness check and closed like exits.
     pub fn tick(&mut self, now_ns: u64) {
+        self.sink.retry();
         self.tick_policy(now_ns);
         let removed = self.tree.take_removed();
         self.close_sessions(&removed, now_ns);
