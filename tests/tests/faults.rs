@@ -1,0 +1,135 @@
+//! Faults tried on purpose, on the real daemon: the disk under `data_dir` fills up.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A small tmpfs mounted on a directory of the test's; unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs on {}", dir.display());
+        SmallDisk(dir.to_path_buf())
+    }
+
+    /// Writes zeros into `filler` until the disk refuses more.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn jsonl_status(daemon: &Daemon) -> Value {
+    daemon.cli_json(&["status"])["jsonl"].clone()
+}
+
+fn wait_jsonl(daemon: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = jsonl_status(daemon);
+        if pred(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every line of the file is a whole JSON row (nothing half-written).
+fn assert_whole_lines(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(text.is_empty() || text.ends_with('\n'), "{text:?}");
+    for line in text.lines() {
+        serde_json::from_str::<Value>(line)
+            .unwrap_or_else(|e| panic!("half-written line {line:?}: {e}"));
+    }
+}
+
+/// The data directory's disk fills while agents keep calling: the write failure is reported
+/// (status `jsonl.ok = false`, `errors`, `last_error` naming the file), the rows are kept in
+/// order (`rows_pending`), nothing half-written reaches the files; once space returns they are
+/// written within a tick, each call exact, and the session's ledger row sums them.
+#[test]
+fn disk_full_under_data_dir_rows_wait_and_resume_in_order() {
+    let dir = Scratch::new("diskfull");
+    let data = dir.0.join("data");
+    let disk = SmallDisk::mount(&data, "1m");
+    let daemon = Daemon::start_in(dir, &[]);
+    let mock = Mock::start(&[]);
+
+    let (pid, _) = run_client(curl_chat(&mock, "full-before", false));
+    check_exact(
+        &daemon,
+        &mock,
+        pid,
+        "full-before",
+        1,
+        &serde_json::json!({"provider": "openai"}),
+    );
+
+    let filler = disk.fill();
+    let tag = "full-during";
+    let mut cmd = Command::new(python());
+    cmd.arg(clients().join("openai_chat.py"))
+        .args(["--base-url", &mock.base_url()])
+        .arg("--ca")
+        .arg(&mock.ca)
+        .args(["--calls", "4", "--alternate", "--tag", tag]);
+    let (pid, _) = run_client(cmd);
+    // 7 rows in all: the first call and its ledger row, 4 calls and a ledger row now. The
+    // files' last pages may still hold a row or two (tmpfs allocates by page): the rest wait.
+    let s = wait_jsonl(&daemon, "every row written or kept", |s| {
+        u(&s["calls_written"]) + u(&s["ledger_rows_written"]) + u(&s["rows_pending"]) == 7
+            && u(&s["rows_pending"]) >= 1
+    });
+    assert_eq!(s["ok"], false, "{s:#}");
+    assert!(u(&s["errors"]) >= 1, "{s:#}");
+    assert!(
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("calls.jsonl") && e.contains("space")),
+        "{s:#}"
+    );
+    assert_eq!(u(&s["rows_dropped"]), 0, "{s:#}");
+    assert!(calls_of(&daemon.calls(), pid).len() < 4);
+    assert_whole_lines(&daemon.data_dir.join("calls.jsonl"));
+    assert_whole_lines(&daemon.data_dir.join("ledger.jsonl"));
+
+    std::fs::remove_file(&filler).unwrap();
+    let s = wait_jsonl(&daemon, "the kept rows written", |s| {
+        s["rows_pending"].as_u64() == Some(0) && s["ok"] == true
+    });
+    assert_eq!(u(&s["rows_dropped"]), 0, "{s:#}");
+    let expect = serde_json::json!({"provider": "openai", "api": "chat.completions"});
+    let calls = check_exact(&daemon, &mock, pid, tag, 4, &expect);
+    let seqs: Vec<u64> = calls.iter().map(|c| u(&c["call_seq"])).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4], "in order");
+    assert_whole_lines(&daemon.data_dir.join("calls.jsonl"));
+    // Unmounted before the scratch directory holding the mount point is removed.
+    let scratch = daemon.stop_keeping_data();
+    drop(disk);
+    drop(scratch);
+}
