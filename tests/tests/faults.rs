@@ -53,7 +53,10 @@ fn wait_jsonl(daemon: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Val
         if pred(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:#}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:#}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -38,6 +38,16 @@ enum Task {
     },
     /// Run the benchmarks and write BENCHMARKS.md.
     Bench,
+    /// Soak: 1,000 agent sessions and 10,000 tool processes for N minutes; writes SOAK.md,
+    /// soak.csv and soak.png (the daemon's RSS and CPU over time).
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        #[arg(long, default_value_t = 1000)]
+        sessions: u64,
+        #[arg(long, default_value_t = 10_000)]
+        tools: u64,
+    },
     /// Fuzz the parsers (cargo-fuzz, nightly): each target for a bounded time; fails on a crash.
     Fuzz {
         /// Seconds of fuzzing per target.
@@ -586,6 +596,31 @@ fn main() -> Result<()> {
                     "--bin",
                     "bench",
                 ])
+                .env("AGENTWATCH_BIN", root.join("target/release/agentwatch"))
+                .env("MOCK_LLM_BIN", root.join("target/release/mock-llm"))
+                .env("AGENTWATCH_VENV", root.join(".venv")))?;
+        }
+        Task::Soak {
+            minutes,
+            sessions,
+            tools,
+        } => {
+            build()?;
+            setup_test_deps()?;
+            run(Command::new("cargo")
+                .current_dir(&root)
+                .args([
+                    "run",
+                    "--release",
+                    "--package",
+                    "agentwatch-tests",
+                    "--bin",
+                    "soak",
+                    "--",
+                ])
+                .args(["--minutes", &minutes.to_string()])
+                .args(["--sessions", &sessions.to_string()])
+                .args(["--tools", &tools.to_string()])
                 .env("AGENTWATCH_BIN", root.join("target/release/agentwatch"))
                 .env("MOCK_LLM_BIN", root.join("target/release/mock-llm"))
                 .env("AGENTWATCH_VENV", root.join(".venv")))?;
