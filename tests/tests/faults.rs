@@ -136,3 +136,76 @@ fn disk_full_under_data_dir_rows_wait_and_resume_in_order() {
     drop(disk);
     drop(scratch);
 }
+
+/// Sets the soft limit of open files of process `pid`; returns the limits it had.
+fn set_nofile_soft(pid: u32, soft: u64) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit(2) on a process of ours, with valid pointers.
+    let r = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(r, 0, "prlimit get");
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    let r = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit set");
+    old
+}
+
+/// A TLS attach fails for real (the daemon is out of file descriptors while it probes an
+/// agent: EMFILE creating the uprobe links), and is shown (`attach_failures`, `ok = false`).
+/// Once descriptors are back, the next agent's attach of the same library succeeds: the
+/// failure is cleared and the daemon is ready again, instead of staying not-ready forever.
+#[test]
+fn a_failed_attach_is_retried_and_cleared_once_it_succeeds() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    let pid = daemon.pid();
+    assert_eq!(daemon.cli_json(&["status"])["ok"], true);
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64;
+    // A few to spare: the process's maps and files are read, then the links fail.
+    let old = set_nofile_soft(pid, open + 3);
+    let mut cmd = curl_chat(&mock, "fd-starved", false);
+    cmd.arg("-o").arg("/dev/null");
+    run_client(cmd);
+    std::thread::sleep(Duration::from_millis(500));
+    set_nofile_soft(pid, old.rlim_cur);
+    let status = daemon.cli_json(&["status"]);
+    let failures = status["attach_failures"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!failures.is_empty(), "the attach failed: {status:#}");
+    assert!(
+        failures
+            .values()
+            .any(|e| e.as_str().is_some_and(|e| e.contains("open files")
+                || e.contains("EMFILE")
+                || e.contains("os error 24"))),
+        "{failures:#?}"
+    );
+    assert_eq!(status["ok"], false, "{status:#}");
+
+    let (pid2, _) = run_client(curl_chat(&mock, "fd-back", false));
+    check_exact(
+        &daemon,
+        &mock,
+        pid2,
+        "fd-back",
+        1,
+        &serde_json::json!({"provider": "openai"}),
+    );
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(
+        status["attach_failures"],
+        serde_json::json!({}),
+        "{status:#}"
+    );
+    assert!(u(&status["attach_failures_cleared"]) >= 1, "{status:#}");
+    assert_eq!(status["ok"], true, "{status:#}");
+}

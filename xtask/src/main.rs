@@ -209,7 +209,10 @@ fn setup_test_deps() -> Result<()> {
     setup_apt_tool("gnutls-cli", "gnutls-bin")?;
     // nginx as a TLS-terminating HTTP/2 proxy in front of the mock (independent_servers.rs
     // starts its own, in the foreground, with a configuration of its own).
-    setup_apt_tool("nginx", "nginx")?;
+    // (In /usr/sbin, which a CI PATH may lack: looked for there.)
+    if !Path::new("/usr/sbin/nginx").exists() {
+        apt_install(&["nginx"])?;
+    }
     // `go build` of the Go client (tests/clients/go) for the Go crypto/tls probes.
     setup_go()?;
     setup_static_openssl_clients()?;

@@ -151,8 +151,10 @@ pub struct Status {
     pub probed_processes: ProbedProcesses,
     pub first_contact: FirstContact,
     pub tls_libraries_detached: u64,
-    /// By path.
+    /// By path; an entry leaves once the same path attaches (counted below).
     pub attach_failures: BTreeMap<String, String>,
+    #[serde(default)]
+    pub attach_failures_cleared: u64,
     /// Programs whose TLS the probes cannot see (stripped Go binaries): known gaps, not
     /// failures.
     pub tls_not_covered: NotCovered,

@@ -90,6 +90,7 @@ impl Daemon {
         let scope = d.probes.scope;
         let tls_libraries = a.libraries.clone();
         let attach_failures = a.failures.clone();
+        let attach_failures_cleared = a.failures_cleared;
         let kernel_drops = d.probes.drop_counters();
         let kernel = d.probes.kernel_counters();
         let tls_libraries_detached = a.detached;
@@ -130,6 +131,7 @@ impl Daemon {
             },
             tls_libraries_detached,
             attach_failures,
+            attach_failures_cleared,
             tls_not_covered,
             processes: Processes {
                 live: p.tree.live_count(),

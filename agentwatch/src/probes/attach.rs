@@ -140,8 +140,15 @@ pub struct Attachments {
     pub libraries: Vec<AttachedLibrary>,
     /// Files beyond `LIBRARIES_CAP` not listed.
     pub libraries_over_cap: u64,
-    /// Attach failures, by path, for `agentwatch status`.
+    /// Attach failures, by path, for `agentwatch status` (and its `ok`). A later attach of the
+    /// same path that succeeds removes its entry: a failure is not kept forever.
     pub failures: BTreeMap<String, String>,
+    /// Failures cleared by a later attach that succeeded.
+    pub failures_cleared: u64,
+    /// `scope = "all"`: files whose attach failed, and when they may be tried again (a later
+    /// discovery of the file retries it; before then it is skipped, so a file that keeps
+    /// failing is not tried at every exec).
+    retry_at: HashMap<(u64, u64), std::time::Instant>,
     /// `scope = "all"`: (device, inode) of every file already handled, attached or not.
     seen_files: HashSet<(u64, u64)>,
     /// `scope = "all"`: the uprobe links of each attached file.
@@ -173,6 +180,8 @@ impl Default for Attachments {
             libraries: Vec::new(),
             libraries_over_cap: 0,
             failures: BTreeMap::new(),
+            failures_cleared: 0,
+            retry_at: HashMap::new(),
             seen_files: HashSet::new(),
             file_links: HashMap::new(),
             process_links: HashMap::new(),
@@ -189,7 +198,18 @@ impl Default for Attachments {
     }
 }
 
+/// How long a file whose attach failed is left alone before a discovery of it tries again.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Attachments {
+    /// `path` was attached: a failure kept for it is over.
+    fn cleared(&mut self, path: &str) {
+        if self.failures.remove(path).is_some() {
+            self.failures_cleared += 1;
+            tracing::info!(library = path, "attached after an earlier failure");
+        }
+    }
+
     /// Keeps analyses on disk in `dir` too (the daemon: `<data_dir>/analysis`), so a restart
     /// or another node sharing it does not analyse a build again.
     pub fn keep_analyses_in(&mut self, dir: PathBuf) {
@@ -379,6 +399,7 @@ impl Probes {
                         entry.processes += 1;
                     }
                     vias.push(via.display().to_string());
+                    self.attachments.cleared(&path);
                     coverage.attached.push(path);
                 }
                 Err(gone) => coverage.gone |= gone,
@@ -584,6 +605,12 @@ impl Probes {
             return false;
         };
         let identity = (meta.dev(), meta.ino());
+        if let Some(at) = self.attachments.retry_at.get(&identity) {
+            if std::time::Instant::now() < *at {
+                return false;
+            }
+            self.attachments.retry_at.remove(&identity);
+        }
         if !self.attachments.seen_files.insert(identity) {
             return false;
         }
@@ -608,14 +635,19 @@ impl Probes {
         match self.attach_points(path, &via, &plan.points, UProbeScope::AllProcesses) {
             Ok(links) => {
                 tracing::info!(library = path, via = %via.display(), kind = plan.kind, "attached TLS uprobes");
+                self.attachments.cleared(path);
                 self.attachments.file_links.insert(identity, links);
                 let _ = self.attachments.library_entry(identity, path, &via, &plan);
                 true
             }
             Err(gone) => {
-                if gone {
-                    // The process it was found through exited; the next one tries again.
-                    self.attachments.seen_files.remove(&identity);
+                // The process it was found through exited: the next one tries again. A real
+                // failure: the next discovery of the file after RETRY_AFTER tries again.
+                self.attachments.seen_files.remove(&identity);
+                if !gone {
+                    self.attachments
+                        .retry_at
+                        .insert(identity, std::time::Instant::now() + RETRY_AFTER);
                 }
                 false
             }

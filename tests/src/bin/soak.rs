@@ -59,8 +59,8 @@ fn status(bin: &Path, sock: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
-/// (VmRSS, RssAnon) in MiB and utime+stime in clock ticks of `pid`.
-fn sample(pid: u32) -> (f64, f64, u64) {
+/// (VmRSS, RssAnon) in MiB, and utime and stime in clock ticks, of `pid`.
+fn sample(pid: u32) -> (f64, f64, u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         text.lines()
@@ -72,9 +72,8 @@ fn sample(pid: u32) -> (f64, f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (field("VmRSS:"), field("RssAnon:"), ticks)
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (field("VmRSS:"), field("RssAnon:"), ticks(11), ticks(12))
 }
 
 struct Sample {
@@ -82,6 +81,8 @@ struct Sample {
     rss: f64,
     anon: f64,
     cpu_pct: f64,
+    /// Of `cpu_pct`, in the kernel (system time).
+    sys_pct: f64,
     live_agents: usize,
 }
 
@@ -210,12 +211,14 @@ fn main() {
         let live = launched - finished;
         if Instant::now() >= next_sample {
             let now = sample(daemon_pid);
-            let cpu = (now.2.saturating_sub(last.2)) as f64 / tick * 100.0;
+            let user = now.2.saturating_sub(last.2) as f64 / tick * 100.0;
+            let sys = now.3.saturating_sub(last.3) as f64 / tick * 100.0;
             rows.push(Sample {
                 t: start.elapsed().as_secs_f64(),
                 rss: now.0,
                 anon: now.1,
-                cpu_pct: cpu,
+                cpu_pct: user + sys,
+                sys_pct: sys,
                 live_agents: live,
             });
             last = now;
@@ -480,7 +483,7 @@ were sampled every second: `soak.csv`, plotted in `soak.png`.\n\n\
             let _ = writeln!(md, "- `{k}`: {v}");
         }
     }
-    md.push_str("\nRSS by minute (max of the minute's samples) and live agents:\n\n| minute | VmRSS MiB | RssAnon MiB | CPU % | live agents |\n|---|---|---|---|---|\n");
+    md.push_str("\n`soak.png`: top, VmRSS in MiB (blue); bottom, the daemon's CPU in % of one core (red); the left numbers are the top of each panel's scale, the grid has a line per minute and per quarter of the scale.\n\nBy minute (RSS: max of the minute's samples; CPU: mean, and of it the kernel's part):\n\n| minute | VmRSS MiB | RssAnon MiB | CPU % | of it system % | live agents |\n|---|---|---|---|---|---|\n");
     let last_minute = samples.last().map(|s| (s.t / 60.0) as usize).unwrap_or(0);
     for m in 0..=last_minute {
         let in_m: Vec<&Sample> = samples
@@ -493,8 +496,12 @@ were sampled every second: `soak.csv`, plotted in `soak.png`.\n\n\
         let rss = in_m.iter().map(|s| s.rss).fold(0.0, f64::max);
         let anon = in_m.iter().map(|s| s.anon).fold(0.0, f64::max);
         let cpu = in_m.iter().map(|s| s.cpu_pct).sum::<f64>() / in_m.len() as f64;
+        let sys = in_m.iter().map(|s| s.sys_pct).sum::<f64>() / in_m.len() as f64;
         let live = in_m.iter().map(|s| s.live_agents).max().unwrap_or(0);
-        let _ = writeln!(md, "| {m} | {rss:.1} | {anon:.1} | {cpu:.1} | {live} |");
+        let _ = writeln!(
+            md,
+            "| {m} | {rss:.1} | {anon:.1} | {cpu:.1} | {sys:.1} | {live} |"
+        );
     }
     std::fs::write(root.join("SOAK.md"), &md).unwrap();
     print!("{md}");
@@ -509,8 +516,43 @@ mod plot {
     const W: usize = 900;
     const H: usize = 520;
 
+    /// 3x5 digits (and '.'), one row of 3 bits per line, for the scale labels.
+    const DIGITS: [[u8; 5]; 11] = [
+        [7, 5, 5, 5, 7],
+        [2, 6, 2, 2, 7],
+        [7, 1, 7, 4, 7],
+        [7, 1, 7, 1, 7],
+        [5, 5, 7, 1, 1],
+        [7, 4, 7, 1, 7],
+        [7, 4, 7, 5, 7],
+        [7, 1, 1, 1, 1],
+        [7, 5, 7, 5, 7],
+        [7, 5, 7, 1, 7],
+        [0, 0, 0, 0, 2],
+    ];
+
     struct Canvas(Vec<u8>);
     impl Canvas {
+        /// `text` (digits and '.') at (x, y), each pixel of the font a 2x2 square.
+        fn text(&mut self, x: i64, y: i64, text: &str) {
+            for (i, ch) in text.chars().enumerate() {
+                let glyph = match ch {
+                    '0'..='9' => DIGITS[ch as usize - '0' as usize],
+                    '.' => DIGITS[10],
+                    _ => continue,
+                };
+                for (row, bits) in glyph.iter().enumerate() {
+                    for col in 0..3 {
+                        if bits & (4 >> col) != 0 {
+                            for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                                let px = x + i as i64 * 8 + col * 2 + dx;
+                                self.set(px, y + row as i64 * 2 + dy, [0, 0, 0]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
         fn set(&mut self, x: i64, y: i64, rgb: [u8; 3]) {
             if (0..W as i64).contains(&x) && (0..H as i64).contains(&y) {
                 let i = (y as usize * W + x as usize) * 3;
@@ -552,6 +594,8 @@ mod plot {
             }
             c.line((left, bottom), (right, bottom), [0, 0, 0]);
             c.line((left, top), (left, bottom), [0, 0, 0]);
+            c.text(2, top, &format!("{v_max:.0}"));
+            c.text(2, bottom - 10, "0");
             for w in points.windows(2) {
                 c.line((x(w[0].0), y(val(&w[0]))), (x(w[1].0), y(val(&w[1]))), rgb);
             }
