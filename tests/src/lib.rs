@@ -2,5 +2,6 @@
 //! privileged integration tests, and helpers to run it.
 
 pub mod clickhouse;
+pub mod history;
 pub mod mock;
 pub mod otlp_receiver;

@@ -12,22 +12,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 
-/// `go build` of tests/clients/go into `out`, offline, with its caches under target/.
+/// `go build` of the Go client (tests/clients/go).
 fn go_build(out: &Path, ldflags: &str) {
-    let cache = repo().join("target/go");
-    let status = Command::new("go")
-        .args(["build", "-ldflags", ldflags, "-o"])
-        .arg(out)
-        .arg(".")
-        .current_dir(clients().join("go"))
-        .env("GOCACHE", cache.join("cache"))
-        .env("GOPATH", cache.join("path"))
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .env("GOFLAGS", "")
-        .status()
-        .expect("`go` (Debian golang-go; `cargo xtask setup --tests` installs it)");
-    assert!(status.success(), "go build failed: {status}");
+    common::go_build(&clients().join("go"), out, ldflags);
 }
 
 fn go_client(bin: &Path, mock: &Mock, tag: &str, calls: usize, stream: bool) -> Command {

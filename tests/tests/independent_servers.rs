@@ -69,7 +69,7 @@ impl Front {
     fn go(mock: &Mock) -> Front {
         let dir = Scratch::new("goserver");
         let bin = dir.0.join("goserver");
-        go_build(&repo().join("tests/servers/go"), &bin);
+        go_build(&repo().join("tests/servers/go"), &bin, "");
         let state = mock_state_dir(mock);
         let mut cmd = Command::new(&bin);
         cmd.arg("-backend")
@@ -178,28 +178,6 @@ impl Drop for Front {
 /// The mock's state directory (its certificates: `ca.pem`, `server.pem`, `server-key.pem`).
 fn mock_state_dir(mock: &Mock) -> PathBuf {
     mock.ca.parent().unwrap().to_path_buf()
-}
-
-/// `go build` of `src` into `out`, offline, with its caches under target/.
-fn go_build(src: &Path, out: &Path) {
-    let cache = repo().join("target/go");
-    let status = Command::new("go")
-        .args(["build", "-o"])
-        .arg(out)
-        .arg(".")
-        .current_dir(src)
-        .env("GOCACHE", cache.join("cache"))
-        .env("GOPATH", cache.join("path"))
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .env("GOFLAGS", "")
-        .status()
-        .expect("`go` (Debian golang-go; `cargo xtask setup --tests` installs it)");
-    assert!(
-        status.success(),
-        "go build of {} failed: {status}",
-        src.display()
-    );
 }
 
 /// One kind of call: its path, body, and what its call rows must say.

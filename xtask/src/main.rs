@@ -65,6 +65,27 @@ enum Task {
     },
 }
 
+/// `cargo run` of a binary of the tests crate (bench, soak) with the paths it needs; its own
+/// arguments go after.
+fn tests_bin(name: &str) -> Command {
+    let root = root();
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root)
+        .args([
+            "run",
+            "--release",
+            "--package",
+            "agentwatch-tests",
+            "--bin",
+            name,
+            "--",
+        ])
+        .env("AGENTWATCH_BIN", root.join("target/release/agentwatch"))
+        .env("MOCK_LLM_BIN", root.join("target/release/mock-llm"))
+        .env("AGENTWATCH_VENV", root.join(".venv"));
+    cmd
+}
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -589,19 +610,7 @@ fn main() -> Result<()> {
         Task::Bench => {
             build()?;
             setup_test_deps()?;
-            run(Command::new("cargo")
-                .current_dir(&root)
-                .args([
-                    "run",
-                    "--release",
-                    "--package",
-                    "agentwatch-tests",
-                    "--bin",
-                    "bench",
-                ])
-                .env("AGENTWATCH_BIN", root.join("target/release/agentwatch"))
-                .env("MOCK_LLM_BIN", root.join("target/release/mock-llm"))
-                .env("AGENTWATCH_VENV", root.join(".venv")))?;
+            run(&mut tests_bin("bench"))?;
         }
         Task::Soak {
             minutes,
@@ -610,23 +619,10 @@ fn main() -> Result<()> {
         } => {
             build()?;
             setup_test_deps()?;
-            run(Command::new("cargo")
-                .current_dir(&root)
-                .args([
-                    "run",
-                    "--release",
-                    "--package",
-                    "agentwatch-tests",
-                    "--bin",
-                    "soak",
-                    "--",
-                ])
+            run(tests_bin("soak")
                 .args(["--minutes", &minutes.to_string()])
                 .args(["--sessions", &sessions.to_string()])
-                .args(["--tools", &tools.to_string()])
-                .env("AGENTWATCH_BIN", root.join("target/release/agentwatch"))
-                .env("MOCK_LLM_BIN", root.join("target/release/mock-llm"))
-                .env("AGENTWATCH_VENV", root.join(".venv")))?;
+                .args(["--tools", &tools.to_string()]))?;
         }
         Task::Fuzz {
             write_seeds: true, ..

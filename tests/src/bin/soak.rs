@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use agentwatch_tests::history::read_history;
 use serde_json::Value;
 
 fn env_path(var: &str, default: &str) -> PathBuf {
@@ -310,42 +311,6 @@ fn read_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-/// Rotated segments (plain or gzipped) in order, then the current file.
-fn read_history(data: &Path, kind: &str) -> Vec<Value> {
-    use std::io::Read;
-    let mut segs: Vec<(u64, PathBuf)> = std::fs::read_dir(data.join("rotated"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let stem = name
-                .strip_suffix(".jsonl.gz")
-                .or_else(|| name.strip_suffix(".jsonl"))?;
-            Some((
-                stem.strip_prefix(&format!("{kind}-"))?.parse().ok()?,
-                e.path(),
-            ))
-        })
-        .collect();
-    segs.sort_by_key(|(n, p)| (*n, p.extension().is_some_and(|x| x == "gz")));
-    segs.dedup_by_key(|(n, _)| *n);
-    let mut text = String::new();
-    for (_, p) in segs {
-        if let Ok(f) = std::fs::File::open(&p) {
-            if p.extension().is_some_and(|x| x == "gz") {
-                let _ = flate2::read::MultiGzDecoder::new(f).read_to_string(&mut text);
-            } else {
-                let _ = std::io::BufReader::new(f).read_to_string(&mut text);
-            }
-        }
-    }
-    text.push_str(&std::fs::read_to_string(data.join(format!("{kind}.jsonl"))).unwrap_or_default());
-    text.lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
