@@ -265,6 +265,13 @@ pub fn decode(data: &[u8]) {
         (Decoded::Capped, _) | (_, Decoded::Capped) => {}
         (Decoded::Ok(x), Decoded::Ok(y)) => assert!(x == y, "decoded output depends on cutting"),
         (Decoded::Err(_), Decoded::Err(_)) => {}
+        // libzstd checks a frame's declared content size against what it decoded only when
+        // the whole frame reaches it in one call: fed in pieces, a frame that declares 6 bytes
+        // and holds none decodes (to nothing) instead (fuzz/corpus/decode/zstd-content-size).
+        // Both are safe; the bytes decoded are never more than the frame holds.
+        (Decoded::Err(DecodeError::Corrupt { .. }), Decoded::Ok(_))
+        | (Decoded::Ok(_), Decoded::Err(DecodeError::Corrupt { .. }))
+            if encoding == ContentEncoding::Zstd => {}
         _ => panic!("{encoding:?}: one cutting decodes, the other fails: {a:?} / {b:?}"),
     }
 }
