@@ -2,7 +2,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -161,15 +161,22 @@ fn set_nofile_soft(pid: u32, soft: u64) -> libc::rlimit {
 /// failure is cleared and the daemon is ready again, instead of staying not-ready forever.
 #[test]
 fn a_failed_attach_is_retried_and_cleared_once_it_succeeds() {
+    // A kernel side of its own (not one an earlier test's daemon left pinned).
+    let _ = Command::new(agentwatch_bin())
+        .arg("unpin")
+        .stdout(Stdio::null())
+        .status();
     let daemon = Daemon::start();
     let mock = Mock::start(&[]);
     let pid = daemon.pid();
     assert_eq!(daemon.cli_json(&["status"])["ok"], true);
+    // Once the status request's connection is closed: one descriptor to spare, for the
+    // files read one at a time (the process's maps, the library); the links then fail.
+    std::thread::sleep(Duration::from_millis(300));
     let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count() as u64;
-    // A few to spare: the process's maps and files are read, then the links fail.
-    let old = set_nofile_soft(pid, open + 3);
+    let old = set_nofile_soft(pid, open + 1);
     let mut cmd = curl_chat(&mock, "fd-starved", false);
     cmd.arg("-o").arg("/dev/null");
     run_client(cmd);
@@ -208,4 +215,120 @@ fn a_failed_attach_is_retried_and_cleared_once_it_succeeds() {
     );
     assert!(u(&status["attach_failures_cleared"]) >= 1, "{status:#}");
     assert_eq!(status["ok"], true, "{status:#}");
+}
+
+/// The ring buffer made tiny by config (64 KiB) under a burst: a 300 KB request cannot be
+/// captured, and its loss is counted; the same keep-alive connection resynchronises at the
+/// next request, whose calls are exact. Then four clients at once, each a large request among
+/// small ones: whatever the ring drops, no row carries numbers the mock did not serve (a call
+/// that lost bytes is marked incomplete or without usage, never wrong), and a call after the
+/// burst is exact.
+#[test]
+fn a_tiny_ring_under_a_burst_counts_loss_resyncs_and_is_never_wrong() {
+    let dir = Scratch::new("ringburst");
+    let config = dir.0.join("agentwatch.toml");
+    std::fs::write(&config, "[probes]\nring_buffer_bytes = 65536\n").unwrap();
+    let config = config.display().to_string();
+    // A pinned kernel side of an earlier daemon would be adopted with its own (large) ring.
+    let _ = Command::new(agentwatch_bin())
+        .arg("unpin")
+        .stdout(Stdio::null())
+        .status();
+    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    let mock = Mock::start(&[]);
+    let big = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "lorem ipsum ".repeat(25_000)
+    );
+    let body_file = daemon.data_dir.parent().unwrap().join("big.json");
+    std::fs::write(&body_file, &big).unwrap();
+    let small = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let url = format!("{}/v1/chat/completions", mock.base_url());
+    let curl = |tag: &str| {
+        let mut cmd = Command::new("curl");
+        for (i, (t, data)) in [
+            (format!("{tag}-big"), format!("@{}", body_file.display())),
+            (format!("{tag}-small"), small.to_string()),
+            (format!("{tag}-small"), small.to_string()),
+        ]
+        .iter()
+        .enumerate()
+        {
+            if i > 0 {
+                cmd.arg("--next");
+            }
+            cmd.args(["-sS", "--fail", "--http1.1", "-o", "/dev/null", "--cacert"])
+                .arg(&mock.ca)
+                .args(["-H", "content-type: application/json"])
+                .args(["-H", &format!("x-test-tag: {t}")])
+                .args(["-d", data, &url]);
+        }
+        cmd
+    };
+
+    // One connection: loss, then resynchronised.
+    let (pid, _) = run_client(curl("resync"));
+    let served = mock.served_with_tag("resync-small");
+    assert_eq!(served.len(), 2);
+    daemon.wait_for("the small calls' rows", |calls, _| {
+        calls_of(calls, pid)
+            .iter()
+            .filter(|c| c["complete"] == true)
+            .count()
+            >= 2
+    });
+    let mut rows = calls_of(&daemon.calls(), pid);
+    rows.sort_by_key(|c| u(&c["call_seq"]));
+    let exact: Vec<&Value> = rows.iter().filter(|c| c["complete"] == true).collect();
+    assert_eq!(exact.len(), 2, "the two calls after the loss: {rows:#?}");
+    for (call, s) in exact.iter().zip(&served) {
+        assert_usage_matches(call, s);
+        assert_eq!(call["usage_source"], "reported", "{call}");
+    }
+    let status = daemon.cli_json(&["status"]);
+    assert!(
+        u(&status["kernel_drops"]["ringbuf_full_events"]) > 0,
+        "{status:#}"
+    );
+    assert!(u(&status["capture"]["losses"]) > 0, "{status:#}");
+
+    // A burst: four connections at once.
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            let mut cmd = curl(&format!("burst{i}"));
+            cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let mut pids = Vec::new();
+    for mut c in children {
+        let pid = c.id();
+        assert!(c.wait().unwrap().success());
+        pids.push(pid);
+    }
+    let (after, _) = run_client(curl_chat(&mock, "after-burst", false));
+    check_exact(
+        &daemon,
+        &mock,
+        after,
+        "after-burst",
+        1,
+        &serde_json::json!({"provider": "openai"}),
+    );
+    let served = mock.served();
+    let calls = daemon.calls();
+    for pid in pids {
+        for call in calls_of(&calls, pid) {
+            if call["complete"] == true && call["usage_source"] == "reported" {
+                assert!(
+                    served.iter().any(|s| {
+                        ["input_tokens", "output_tokens", "cache_read_tokens"]
+                            .iter()
+                            .all(|f| call[*f] == s["usage"][*f])
+                    }),
+                    "a complete row matches no served call: {call}"
+                );
+            }
+        }
+    }
 }
