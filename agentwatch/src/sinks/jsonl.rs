@@ -141,6 +141,9 @@ pub struct JsonlSink {
     started: std::time::SystemTime,
     next_seq: u64,
     worker: Worker,
+    /// After a failed rotation, none is tried again before this (one error a minute, not one
+    /// per row).
+    rotate_retry_at: Option<std::time::Instant>,
     /// Rows not written yet, oldest first, and their bytes.
     backlog: std::collections::VecDeque<(Kind, Vec<u8>)>,
     backlog_bytes: usize,
@@ -180,12 +183,19 @@ impl JsonlSink {
             started,
             next_seq: next_seq(data_dir)?,
             worker: Worker::spawn(data_dir.to_path_buf(), cfg.clone()),
+            rotate_retry_at: None,
             backlog: std::collections::VecDeque::new(),
             backlog_bytes: 0,
         })
     }
 
     fn due(&self) -> bool {
+        if self
+            .rotate_retry_at
+            .is_some_and(|at| std::time::Instant::now() < at)
+        {
+            return false;
+        }
         let by_size = self.cfg.rotate_bytes > 0
             && (self.calls.len >= self.cfg.rotate_bytes
                 || self.ledger.len >= self.cfg.rotate_bytes);
@@ -233,11 +243,14 @@ impl JsonlSink {
         match renamed {
             Ok(()) => {
                 self.health.rotations += 1;
+                self.rotate_retry_at = None;
                 tracing::info!(segment = seq, "rotated calls.jsonl and ledger.jsonl");
                 Ok(())
             }
             Err(source) => {
                 self.health.rotation_errors += 1;
+                self.rotate_retry_at =
+                    Some(std::time::Instant::now() + std::time::Duration::from_secs(60));
                 tracing::error!(
                     "cannot rotate the JSONL files into {}: {source}; check free space and permissions (rows keep going to the current files)",
                     dir.display()
