@@ -172,6 +172,20 @@ impl Decoder {
 
     /// Decodes `input`, appending plain bytes to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
+        // A stream's first 7 bits 0010001 announce a large-window brotli stream (windows up to
+        // 1 GiB, which the decoder allocates: a 256 MiB allocation for a few bytes, found by
+        // fuzzing). HTTP's `br` content coding (RFC 7932) never uses it: refused.
+        if self.fed == 0
+            && matches!(self.inner, Inner::Brotli(_))
+            && input.first().is_some_and(|b| b & 0x7f == 0x11)
+        {
+            self.inner = Inner::Ended;
+            self.fed = input.len() as u64;
+            return Err(DecodeError::Corrupt {
+                encoding: "br",
+                reason: "large-window brotli, not an HTTP content coding".into(),
+            });
+        }
         self.fed += input.len() as u64;
         if let Inner::Identity = self.inner {
             out.extend_from_slice(input);
@@ -488,6 +502,28 @@ pub(crate) mod tests {
             d.feed(&pieces[1], &mut out).unwrap();
             assert_eq!(out, b"data: [DONE]\n\n", "{enc:?}");
         }
+    }
+
+    /// A large-window brotli stream (first byte 0x11) would make the decoder allocate its
+    /// window (256 MiB for this one, from the fuzzer): refused at its first byte, whatever the
+    /// cutting; ordinary brotli still decodes.
+    #[test]
+    fn decode_refuses_large_window_brotli() {
+        let input = [
+            0x11u8, 0x1c, 0x78, 0x02, 0xe4, 0x19, 0x87, 0x04, 0x83, 0x5f, 0xa3, 0xd0,
+        ];
+        for piece in [1, 3, input.len()] {
+            let r = decode_in_pieces(ContentEncoding::Brotli, &input, piece);
+            assert!(
+                matches!(r, Err(DecodeError::Corrupt { encoding: "br", .. })),
+                "{r:?}"
+            );
+        }
+        let p = plain();
+        assert_eq!(
+            decode_in_pieces(ContentEncoding::Brotli, &brotli(&p), 7).unwrap(),
+            p
+        );
     }
 
     #[test]
