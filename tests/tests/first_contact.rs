@@ -163,7 +163,13 @@ fn probation_ends_for_a_process_that_makes_no_llm_call() {
 fn a_held_process_continues_at_the_deadline() {
     let dir = Scratch::new("fc-deadline");
     let config = dir.0.join("agentwatch.toml");
-    std::fs::write(&config, "[probes]\nfirst_contact_timeout_ms = 1\n").unwrap();
+    // Without expediting, an attach takes 10-15 ms here, far past the 1 ms deadline (with
+    // it, 1-3 ms: the attach could win the race and the test would test nothing).
+    std::fs::write(
+        &config,
+        "[probes]\nfirst_contact_timeout_ms = 1\nexpedite_first_contact = false\n",
+    )
+    .unwrap();
     let config = config.display().to_string();
     let daemon = Daemon::start_in(dir, &["--config", &config]);
     let mock = Mock::start(&[]);
