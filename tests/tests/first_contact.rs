@@ -158,13 +158,15 @@ fn probation_ends_for_a_process_that_makes_no_llm_call() {
 }
 
 /// A held process is never left stopped: with a deadline shorter than any attach, the
-/// process continues at the deadline (counted), and its calls go through.
+/// process continues at the deadline (counted), and its calls go through. The client is a
+/// stripped static OpenSSL build the daemon has never seen: its attach waits for its
+/// analysis (tens of ms and more), which no 1 ms deadline can lose to (an ordinary attach,
+/// 3 ms, sometimes beat the deadline's timer on a busy runtime).
 #[test]
 fn a_held_process_continues_at_the_deadline() {
     let dir = Scratch::new("fc-deadline");
+    let bin = build_static_openssl_client(&dir.0);
     let config = dir.0.join("agentwatch.toml");
-    // Without expediting, an attach takes 10-15 ms here, far past the 1 ms deadline (with
-    // it, 1-3 ms: the attach could win the race and the test would test nothing).
     std::fs::write(
         &config,
         "[probes]\nfirst_contact_timeout_ms = 1\nexpedite_first_contact = false\n",
@@ -174,17 +176,13 @@ fn a_held_process_continues_at_the_deadline() {
     let daemon = Daemon::start_in(dir, &["--config", &config]);
     let mock = Mock::start(&[]);
     let started = Instant::now();
-    let mut child = curl_chat(&mock, "fc-deadline", false)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the held curl never finished");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(child.wait().unwrap().success());
+    let mut cmd = Command::new(&bin);
+    cmd.arg(mock.port.to_string())
+        .arg(&mock.ca)
+        .arg("fc-deadline")
+        .arg("1");
+    let (_, out) = run_client(cmd);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("HTTP/1.1 200"));
     assert_eq!(mock.served_with_tag("fc-deadline").len(), 1);
     let stats = daemon.cli_json(&["status"])["first_contact"]["stats"].clone();
     assert!(
@@ -318,4 +316,92 @@ fn first_contacts_are_held_after_the_no_daemon_window() {
     let status = daemon.cli_json(&["status"]);
     assert_eq!(u(&kernel(&status)["no_daemon"]), 0, "{status:#}");
     assert!(u(&kernel(&status)["holds"]) >= 1, "{status:#}");
+}
+
+/// A process the kernel stopped at its first contact whose record was lost (a full ring
+/// buffer drops it after the stop) is found by the daemon's watchdog, probed and continued:
+/// its call is exact, and the lost record is counted. The test plays the kernel's part: a
+/// client stops itself right before its first connection (its TLS library loaded, as at a
+/// ClientHello), and the test marks it held in the pinned `PROCS` map, with no record.
+#[test]
+fn a_hold_whose_record_was_lost_is_found_and_decided() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&[]);
+    let url = mock.base_url();
+    let (host, port) = url.trim_start_matches("https://").split_once(':').unwrap();
+    let script = format!(
+        r#"
+import http.client, json, os, signal, ssl
+ctx = ssl.create_default_context(cafile={ca:?})
+os.kill(os.getpid(), signal.SIGSTOP)
+conn = http.client.HTTPSConnection({host:?}, {port}, context=ctx, timeout=60)
+body = json.dumps({{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "hi"}}]}})
+conn.request("POST", "/v1/chat/completions", body,
+             {{"content-type": "application/json", "x-test-tag": "unannounced"}})
+r = conn.getresponse()
+r.read()
+assert r.status == 200, r.status
+"#,
+        ca = mock.ca.display().to_string(),
+    );
+    let mut child = Command::new(python())
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stopped(pid) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the client exited before stopping"
+        );
+        assert!(Instant::now() < deadline, "the client never stopped itself");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let set = daemon.cli_json(&["status"])["kernel_side"]["pinned_at"]
+        .as_str()
+        .expect("a pinned kernel side")
+        .to_string();
+    let data = aya::maps::MapData::from_pin(Path::new(&set).join("maps/PROCS")).unwrap();
+    let mut procs: aya::maps::HashMap<_, u32, u32> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
+    procs.insert(pid, agentwatch_ebpf::PROC_HELD, 0).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held client was never continued: {:#}",
+            daemon.cli_json(&["status"])["first_contact"]
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    check_exact(
+        &daemon,
+        &mock,
+        pid,
+        "unannounced",
+        1,
+        &json!({"provider": "openai"}),
+    );
+    let stats = daemon.cli_json(&["status"])["first_contact"]["stats"].clone();
+    assert_eq!(u(&stats["unannounced"]), 1, "{stats}");
+}
+
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
 }

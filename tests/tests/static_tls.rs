@@ -12,25 +12,6 @@ use std::process::Command;
 use common::*;
 use serde_json::json;
 
-/// The C client built with `gcc -static -s` against Debian's libssl.a into `dir`.
-fn build_c_client(dir: &Path) -> PathBuf {
-    let out = dir.join("static-openssl-client");
-    // Its output is the linker's warnings about static glibc's resolver, unless it fails.
-    let built = Command::new("gcc")
-        .args(["-static", "-O2", "-s", "-o"])
-        .arg(&out)
-        .arg(clients().join("static_openssl/client.c"))
-        .args(["-lssl", "-lcrypto", "-lpthread", "-ldl"])
-        .output()
-        .expect("`gcc` (Debian build-essential)");
-    assert!(
-        built.status.success(),
-        "gcc -static … -lssl -lcrypto failed: {}; `cargo xtask setup --tests` installs libssl-dev",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    out
-}
-
 /// The Rust client with OpenSSL 3.6 from source, built by `cargo xtask setup --tests`.
 fn vendored_client() -> PathBuf {
     let bin = repo().join("target/static-openssl/release/static-openssl-client");
@@ -97,7 +78,7 @@ fn check_static_client(bin: &Path, kind: &str, version: &str) {
 #[test]
 fn static_openssl_3_0_client_exact_usage() {
     let dir = Scratch::new("static-openssl-c");
-    let bin = build_c_client(&dir.0);
+    let bin = build_static_openssl_client(&dir.0);
     check_static_client(&bin, "openssl", "");
 }
 

@@ -1,5 +1,6 @@
 //! The daemon's loop: drain the ring buffer into the pipeline, decide first contacts, take
 //! probes off, tick, reload on SIGHUP; then the stop.
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
@@ -71,7 +72,10 @@ impl EventLoop {
         // SIGINT (Ctrl-C at a terminal) stops for good: the kernel side goes too. SIGTERM (a
         // service manager's stop, a DaemonSet's upgrade) leaves it pinned for the next daemon.
         let mut interrupted = false;
+        // Processes found stopped at a first contact nobody announced (see `unannounced_holds`).
+        let mut unannounced = std::collections::HashSet::new();
         loop {
+            let mut ticked = false;
             let read = tokio::select! {
                 guard = ring.readable_mut() => {
                     guard.map_err(DaemonError::Ring)?.clear_ready();
@@ -80,7 +84,8 @@ impl EventLoop {
                 _ = drain.tick() => true,
                 _ = tick.tick() => {
                     d.tick();
-                    false
+                    ticked = true;
+                    true
                 }
                 _ = hup.recv() => {
                     if let Err(e) = d.reload() {
@@ -102,6 +107,9 @@ impl EventLoop {
                 ring.get_mut(),
                 &mut pending.execs,
             );
+            if ticked && scope == Scope::Agents {
+                unannounced = d.unannounced_holds(unannounced);
+            }
             let held = d
                 .pipeline
                 .lock()
@@ -153,6 +161,38 @@ impl Daemon {
                 d.probes.heartbeat();
             }
         });
+    }
+
+    /// Every second, after a drain: a process `PROCS` shows stopped at its first contact
+    /// that the pipeline never heard of (the kernel stops it before writing the record, and
+    /// a full ring buffer drops the record) is decided as a contact without a name. Only
+    /// when seen so on two ticks in a row: a record written since the drain is read first,
+    /// and a decision under way sets the state before it continues the process. Returns
+    /// what this tick saw, for the next.
+    fn unannounced_holds(&self, seen_before: HashSet<u32>) -> HashSet<u32> {
+        let Ok(d) = self.discovery.try_lock() else {
+            return seen_before;
+        };
+        let held = d.probes.held_processes();
+        drop(d);
+        let mut p = self.pipeline.lock().expect("pipeline lock");
+        let pending: HashSet<u32> = p.pending_contacts().into_iter().collect();
+        let mut seen = HashSet::new();
+        for tgid in held {
+            if pending.contains(&tgid) || !crate::policy::enforce::is_stopped(tgid) {
+                continue;
+            }
+            if seen_before.contains(&tgid) {
+                tracing::warn!(
+                    pid = tgid,
+                    "a process stopped at its first contact left no record (ring buffer full); deciding it now"
+                );
+                p.unannounced_contact(tgid, boot_now_ns());
+            } else {
+                seen.insert(tgid);
+            }
+        }
+        seen
     }
 
     /// Confirm or reject probes at located functions by what they captured, and take the

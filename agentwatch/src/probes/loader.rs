@@ -413,6 +413,16 @@ impl Probes {
     }
 
     /// Writes a process's first-contact state (`PROC_*`), or removes it (`None`).
+    /// The processes `PROCS` shows stopped at a first contact (decision pending).
+    pub fn held_processes(&self) -> Vec<u32> {
+        self.procs
+            .iter()
+            .flatten()
+            .filter(|(_, state)| *state == abi::PROC_HELD)
+            .map(|(tgid, _)| tgid)
+            .collect()
+    }
+
     pub fn set_process_state(&mut self, tgid: u32, state: Option<u32>) -> bool {
         match state {
             Some(s) => self.procs.insert(tgid, s, 0).is_ok(),

@@ -617,3 +617,22 @@ pub fn wait_located(daemon: &Daemon, bin: &Path) -> Value {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The C client built with `gcc -static -s` against Debian's libssl.a into `dir`.
+pub fn build_static_openssl_client(dir: &Path) -> PathBuf {
+    let out = dir.join("static-openssl-client");
+    // Its output is the linker's warnings about static glibc's resolver, unless it fails.
+    let built = Command::new("gcc")
+        .args(["-static", "-O2", "-s", "-o"])
+        .arg(&out)
+        .arg(clients().join("static_openssl/client.c"))
+        .args(["-lssl", "-lcrypto", "-lpthread", "-ldl"])
+        .output()
+        .expect("`gcc` (Debian build-essential)");
+    assert!(
+        built.status.success(),
+        "gcc -static … -lssl -lcrypto failed: {}; `cargo xtask setup --tests` installs libssl-dev",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    out
+}

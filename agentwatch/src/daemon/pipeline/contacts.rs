@@ -26,6 +26,9 @@ pub struct FirstContactStats {
     /// Time from the hold to the process continuing: the last, and the longest (ms).
     pub last_hold_ms: f64,
     pub max_hold_ms: f64,
+    /// Holds whose record was lost (a full ring buffer): found stopped by the watchdog
+    /// and decided as a contact without a name (probation).
+    pub unannounced: u64,
     /// Holds for an endpoint without a name (no SNI: probation).
     pub no_sni: u64,
     /// Processes on probation now, and those it found not to be agents (probes detached).
@@ -82,6 +85,17 @@ impl Pipeline {
             self.pending_contacts.0.insert(c.tgid, c.ts_ns);
         }
         held
+    }
+
+    /// A process the kernel stopped at a first contact whose record never came (the ring
+    /// buffer was full): decided like one without a name. Taken with the next held contacts.
+    pub fn unannounced_contact(&mut self, tgid: u32, ts_ns: u64) {
+        self.first_contact.unannounced += 1;
+        self.contacts.push(HeldContact {
+            tgid,
+            llm_host: false,
+            ts_ns,
+        });
     }
 
     /// The attach of a held process is done; true when it is still stopped and the caller
