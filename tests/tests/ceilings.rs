@@ -516,3 +516,122 @@ fn restart_keeps_or_releases_a_paused_session_with_its_spend_and_a_kept_one_can_
         assert_eq!(row["outcome"], "killed");
     }
 }
+
+/// Two chat calls with a wait between: the script reads a line from stdin before the second.
+const CALL_WAIT_CALL: &str = r#"
+import http.client, json, ssl, sys
+host, port, ca, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+conn = http.client.HTTPSConnection(host, port, context=ssl.create_default_context(cafile=ca), timeout=60)
+body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+for i in range(2):
+    if i:
+        print("ready", flush=True)
+        sys.stdin.readline()
+    conn.request("POST", "/v1/chat/completions", body,
+                 {"content-type": "application/json", "x-test-tag": tag})
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 200, r.status
+"#;
+
+/// The kernel's `GATE` map, pinned by the daemon.
+fn gate_map(daemon: &Daemon) -> aya::maps::HashMap<aya::maps::MapData, u32, u32> {
+    let set = daemon.cli_json(&["status"])["kernel_side"]["pinned_at"]
+        .as_str()
+        .expect("a pinned kernel side")
+        .to_string();
+    let data = aya::maps::MapData::from_pin(std::path::Path::new(&set).join("maps/GATE")).unwrap();
+    aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap()
+}
+
+fn policy_stats(daemon: &Daemon) -> Value {
+    daemon.cli_json(&["status"])["ceilings"]["stats"].clone()
+}
+
+/// A gated process stopped at a write whose hold record a full ring buffer dropped is
+/// decided by the daemon's watchdog as a request of an unknown API: granted within its
+/// ceilings (it goes on), denied over them (its session is paused, nothing leaves). The test
+/// plays the kernel's part: with the client waiting between two calls, it marks the client
+/// held in the pinned `GATE` map and stops it, with no record.
+#[test]
+fn a_gate_hold_whose_record_was_lost_is_decided_not_left_stopped() {
+    let daemon = daemon_with("[ceilings]\nsession_calls = 100\naction = \"pause\"\n");
+    let mock = Mock::start(&[]);
+    let script = daemon.data_dir.parent().unwrap().join("call_wait_call.py");
+    std::fs::write(&script, CALL_WAIT_CALL).unwrap();
+    let mut gate = gate_map(&daemon);
+    let ready = |child: &mut Child| {
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.as_mut().unwrap());
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+    };
+    let lose_a_hold = |gate: &mut aya::maps::HashMap<_, u32, u32>, child: &mut Child| {
+        let pid = child.id();
+        // The daemon arms a session's processes once it has read its first request.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while gate.get(&pid, 0).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "no gate entry for the session's process {pid}: {:?}",
+                gate.iter().collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        gate.insert(pid, agentwatch_ebpf::GATE_HELD, 0).unwrap();
+        // SAFETY: kill(2) with integer arguments.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    };
+    let url = mock.base_url();
+    let (host, port) = url.trim_start_matches("https://").split_once(':').unwrap();
+    let start = |tag: &str| {
+        Command::new(python())
+            .arg(&script)
+            .args([host, port])
+            .arg(&mock.ca)
+            .arg(tag)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // Within the ceilings: granted, the second call goes out.
+    let mut child = start("lost-hold");
+    let pid = child.id();
+    ready(&mut child);
+    lose_a_hold(&mut gate, &mut child);
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(mock.served_with_tag("lost-hold").len(), 2);
+    let row = ledger_row(&daemon, pid);
+    assert_eq!(u(&row["call_count"]), 2, "{row}");
+    assert_eq!(u(&policy_stats(&daemon)["holds_unannounced"]), 1);
+
+    // Over them (one call made, then the ceiling lowered to one): paused, nothing more
+    // leaves.
+    let mut child = start("lost-hold-over");
+    let pid = child.id();
+    ready(&mut child);
+    let config = daemon.data_dir.parent().unwrap().join("agentwatch.toml");
+    std::fs::write(
+        &config,
+        "[ceilings]\nsession_calls = 1\naction = \"pause\"\n",
+    )
+    .unwrap();
+    assert!(daemon.cli(&["reload"]).status.success());
+    lose_a_hold(&mut gate, &mut child);
+    wait_paused(&daemon, pid);
+    assert_eq!(u(&policy_stats(&daemon)["holds_unannounced"]), 2);
+    assert_eq!(mock.served_with_tag("lost-hold-over").len(), 1);
+    let id = live_session(&daemon, pid)["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(daemon.cli(&["kill", &id]).status.success());
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert_eq!(mock.served_with_tag("lost-hold-over").len(), 1);
+}

@@ -6,7 +6,7 @@
 //! `crate::policy`.
 use std::collections::HashMap;
 
-use agentwatch_ebpf::{GATE_ARMED, GATE_BLOCKED, GATE_GRANTED, GATE_KILL, GATE_PAUSED};
+use agentwatch_ebpf::{GATE_ARMED, GATE_BLOCKED, GATE_GRANTED, GATE_HELD, GATE_KILL, GATE_PAUSED};
 
 use super::gate::Gate;
 use super::{
@@ -461,6 +461,23 @@ impl Enforcer {
             cont(tgid);
             self.policy.stats.stuck_continued += 1;
         }
+    }
+
+    /// Gated processes the gate shows held (a write stopped for a decision) that are
+    /// stopped now. After a drain, a decision has changed the state of every hold whose
+    /// record was read.
+    pub fn held_and_stopped(&self) -> Vec<u32> {
+        self.gate
+            .entries()
+            .into_iter()
+            .filter(|(_, state)| *state == GATE_HELD)
+            .map(|(tgid, _)| tgid)
+            .filter(|tgid| enforce::is_stopped(*tgid))
+            .collect()
+    }
+
+    pub fn count_unannounced_hold(&mut self) {
+        self.policy.stats.holds_unannounced += 1;
     }
 
     /// Every tick: the held sockets of processes gone long enough are let go.

@@ -132,6 +132,9 @@ pub struct PolicyStats {
     pub state_save_errors: u64,
     /// Gated processes found stopped though granted (continued by the watchdog).
     pub stuck_continued: u64,
+    /// Holds whose record was lost (a full ring buffer): found by the watchdog and decided
+    /// as a request of an unknown API.
+    pub holds_unannounced: u64,
     pub host_usd_last_24h: f64,
 }
 

@@ -1,7 +1,7 @@
 //! The pipeline's side of ceilings: what it tells the enforcer (`policy::Enforcer`), which
 //! decides and acts, and the held writes it reads first (an SSL write's first bytes, a
 //! metered socket's turns). The design and why it has no race are in `crate::policy`.
-use agentwatch_ebpf::{GATE_BLOCKED, GATE_KILL, GATE_PAUSED};
+use agentwatch_ebpf::{GATE_ARMED, GATE_BLOCKED, GATE_KILL, GATE_PAUSED};
 
 use super::Pipeline;
 use super::estimates::HeldWrite;
@@ -127,6 +127,8 @@ impl Pipeline {
         preview: &[u8],
         record: bool,
     ) {
+        // Its record came: not a hold the watchdog should decide.
+        self.unannounced_gate.remove(&tgid);
         let Some(key) = self.tree.ensure(tgid) else {
             self.let_go(tgid);
             return;
@@ -168,6 +170,7 @@ impl Pipeline {
         len: u64,
         cookie: u64,
     ) {
+        self.unannounced_gate.remove(&tgid);
         let mut held = HeldSocket::new(fd, cookie);
         let key = self.tree.ensure(tgid);
         let (Some(key), Some(e)) = (key, self.enforcer.as_mut()) else {
@@ -249,13 +252,61 @@ impl Pipeline {
         }
     }
 
-    /// Watchdog and upkeep (every tick): see `Enforcer::continue_stuck`.
+    /// Watchdogs and upkeep (every tick): see `Enforcer::continue_stuck`, and holds whose
+    /// record never came, decided once seen on two ticks in a row (a record written since
+    /// the last drain is read first).
     pub(super) fn tick_policy(&mut self, now_ns: u64) {
-        if let Some(e) = self.enforcer.as_mut() {
-            let pending = &self.pending_contacts;
-            e.continue_stuck(|tgid| pending.contains(tgid));
-            e.expire_held_sockets(now_ns);
+        let Some(e) = self.enforcer.as_mut() else {
+            return;
+        };
+        let pending = &self.pending_contacts;
+        e.continue_stuck(|tgid| pending.contains(tgid));
+        e.expire_held_sockets(now_ns);
+        let held = e.held_and_stopped();
+        let seen_before = std::mem::take(&mut self.unannounced_gate);
+        for tgid in held {
+            if seen_before.contains(&tgid) {
+                self.unannounced_gate_hold(tgid, now_ns);
+            } else {
+                self.unannounced_gate.insert(tgid);
+            }
         }
+    }
+
+    /// A gated process stopped at a write (the gate says held) whose hold record a full
+    /// ring buffer dropped: decided as a request of an unknown API, so it is granted within
+    /// its ceilings and denied over them; neither left stopped nor let through unchecked.
+    fn unannounced_gate_hold(&mut self, tgid: u32, ts_ns: u64) {
+        tracing::warn!(
+            pid = tgid,
+            "a gated process was stopped at a write whose record was lost (ring buffer full); deciding it now"
+        );
+        let Some(key) = self.tree.ensure(tgid) else {
+            self.let_go(tgid);
+            return;
+        };
+        let Some((e, mut w)) = self.enforcing() else {
+            cont(tgid);
+            return;
+        };
+        e.count_unannounced_hold();
+        let req = LlmRequest {
+            provider: "unknown".into(),
+            api: "unknown".into(),
+            server_address: None,
+            model: None,
+            streaming: false,
+            http_version: String::new(),
+            started_at_ns: ts_ns,
+            request_bytes: 0,
+        };
+        let hold = Hold {
+            tgid,
+            key,
+            state: GATE_ARMED,
+            ts_ns,
+        };
+        e.ssl_hold(&mut w, hold, Some(req), false);
     }
 
     /// `agentwatch approve SESSION [--raise-usd X] [--raise-tokens N] [--raise-calls N]`.

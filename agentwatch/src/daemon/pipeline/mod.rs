@@ -134,6 +134,9 @@ pub struct Pipeline {
     exe_ids: HashMap<u32, (u64, u64)>,
     /// … taken by the daemon and not continued yet.
     pending_contacts: contacts::Pending,
+    /// Gated processes seen held and stopped at the last tick with no hold record read
+    /// (`tick_policy`).
+    unannounced_gate: HashSet<u32>,
     pub first_contact: FirstContactStats,
     /// Processes that exec'd or exited, whose per-process probes come off.
     /// (tgid, boot ns of the exec or exit): probes attached for a first contact after that
@@ -192,6 +195,7 @@ impl Pipeline {
             contacts: Vec::new(),
             exe_ids: HashMap::new(),
             pending_contacts: Default::default(),
+            unannounced_gate: HashSet::new(),
             first_contact: Default::default(),
             probe_ends: Vec::new(),
             probation: Default::default(),
