@@ -17,8 +17,6 @@ enum Role {
     ServerSide,
     /// It wrote the HTTP/2 preface: its calls are ours, framed by [`Http2`].
     Http2Client,
-    /// HTTP/2 without its preface (capture began mid-connection), or not HTTP.
-    Unsupported,
 }
 
 /// A direction's first bytes, kept until they tell the role.
@@ -147,13 +145,21 @@ impl Connection {
             (Sniff::StatusLine, Direction::Write)
             | (Sniff::RequestLine | Sniff::Http2Preface, Direction::Read) => Role::ServerSide,
             (Sniff::Http2Preface, Direction::Write) => Role::Http2Client,
-            (Sniff::Other, _) if side.resync => {
-                // After loss, before any role was known: wait for a message start.
+            (Sniff::Other, _) => {
+                // After loss, or capture began mid-connection (a daemon started, or adopted a
+                // kernel side, while the connection carried a message), or it is not HTTP/1:
+                // wait for a message start. A keep-alive connection's next request starts a
+                // write, and its first chunk tells the role; ignoring the connection for good
+                // lost that request. Bytes that never start a message (HTTP/2 without its
+                // preface, another protocol) are discarded, counted once as unsupported.
+                if !side.resync {
+                    side.resync = true;
+                    stats.unsupported_connections += 1;
+                }
                 stats.bytes_discarded += side.bytes.len() as u64;
                 side.bytes = Vec::new();
                 return;
             }
-            (Sniff::Other, _) => Role::Unsupported,
         };
         if side.resync {
             side.resync = false;
@@ -179,10 +185,6 @@ impl Connection {
             }
             Role::ServerSide => {
                 stats.server_side_connections += 1;
-                State::Ignored
-            }
-            Role::Unsupported => {
-                stats.unsupported_connections += 1;
                 State::Ignored
             }
         };

@@ -100,8 +100,9 @@ pub struct CaptureStats {
     pub abandoned_requests: u64,
     /// Connections where the observed process is the HTTP server (it writes responses).
     pub server_side_connections: u64,
-    /// Connections speaking something else (WebSocket after 101, HTTP/2 seen without its
-    /// preface because capture began mid-connection, non-HTTP).
+    /// Connections whose first bytes start no HTTP message (capture began mid-connection,
+    /// HTTP/2 without its preface, not HTTP: bytes discarded until a message starts), and
+    /// upgrades to anything but WebSocket (ignored).
     pub unsupported_connections: u64,
     /// HTTP/2 connections (the process wrote the preface) and the streams they opened.
     pub http2_connections: u64,

@@ -629,6 +629,29 @@ fn capture_write_loss_keeps_pairing() {
     assert!(h.conn.is_idle());
 }
 
+/// Capture that begins mid-connection (a daemon started, or adopted a kernel side, while a
+/// keep-alive connection carried a response): the tail is discarded, and the connection's
+/// next request is a call (it was ignored for good before, and its calls lost).
+#[test]
+fn capture_begun_mid_response_catches_the_next_request() {
+    let mut h = H::new();
+    h.read(b"ompletion_tokens\":3}}\r\n0\r\n\r\n");
+    assert!(h.take().is_empty());
+    assert_eq!(h.stats.unsupported_connections, 1);
+    h.write(&request(
+        "/v1/chat/completions",
+        "api.openai.com",
+        &openai_body("gpt-4o-mini", false, false, 1),
+    ))
+    .read(&response(200, JSON, OPENAI_JSON));
+    let calls = h.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0].complete);
+    assert_eq!(calls[0].usage_source, UsageSource::Reported);
+    assert_eq!(h.stats.resyncs, 1);
+    assert_eq!(h.stats.unsupported_connections, 1);
+}
+
 #[test]
 fn capture_server_side_and_unsupported_connections_are_ignored() {
     // A local mock server: it reads a request and writes a response.
