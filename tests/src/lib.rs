@@ -2,6 +2,7 @@
 //! privileged integration tests, and helpers to run it.
 
 pub mod clickhouse;
+pub mod harness;
 pub mod history;
 pub mod mock;
 pub mod otlp_receiver;

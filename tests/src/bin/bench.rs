@@ -2,20 +2,13 @@
 //! cost of the probes on real TLS clients, measured as on/off ratios within one run (the
 //! machine is noisy; ratios of interleaved runs are what can be compared).
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agentwatch::capture::{CaptureLimits, CaptureStats, Connection};
 use agentwatch::protocol::http2::frame;
-
-fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(default)
-    })
-}
+use agentwatch_tests::harness::{Proc, env_path, start_mock};
 
 /// One OpenAI streamed exchange: request bytes and response bytes (chunked SSE with usage).
 fn openai_stream_exchange(events: usize) -> (Vec<u8>, Vec<u8>) {
@@ -192,16 +185,6 @@ fn bench_exchange(
         mb / secs,
         rounds as f64 / secs
     );
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SIGINT: a daemon stops for good and takes its pinned kernel side along (SIGTERM
-        // would leave it attached for a next daemon, and the runs without a daemon would pay).
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let _ = self.0.wait();
-    }
 }
 
 /// Removes a pinned kernel side a stopped daemon left.
@@ -495,29 +478,7 @@ Probe costs are medians of interleaved runs without and with the daemon, in one 
     }
 
     let python = env_path("AGENTWATCH_VENV", ".venv").join("bin/python");
-    let mock_bin = env_path("MOCK_LLM_BIN", "target/release/mock-llm");
-    let mut mock = Command::new(&mock_bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--exit-after-secs",
-            "1800",
-            "--state-dir",
-        ])
-        .arg(&scratch)
-        .arg("--log")
-        .arg(scratch.join("mock.jsonl"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start mock-llm");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(mock.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
-    let _mock = Proc(mock);
+    let (_mock, port) = start_mock(&scratch, 1800);
     let ca = scratch.join("ca.pem");
     std::fs::write(scratch.join("client.py"), HTTPS_CLIENT).unwrap();
     std::fs::write(scratch.join("tax.py"), TLS_TAX).unwrap();

@@ -11,28 +11,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use agentwatch_tests::harness::{Proc, env_path, repo, start_mock};
 use agentwatch_tests::history::read_history;
 use serde_json::Value;
-
-fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap()
-            .join(default)
-    })
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -40,15 +25,6 @@ fn arg(name: &str, default: u64) -> u64 {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(default)
-}
-
-/// A child stopped with SIGINT on drop (a daemon then takes its pinned kernel side along).
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let _ = self.0.wait();
-    }
 }
 
 fn status(bin: &Path, sock: &Path) -> Value {
@@ -119,24 +95,7 @@ fn main() {
     };
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
 
-    let mut mock = Command::new(env_path("MOCK_LLM_BIN", "target/release/mock-llm"))
-        .args(["--listen", "127.0.0.1:0", "--exit-after-secs"])
-        .arg((minutes * 60 + 600).to_string())
-        .arg("--state-dir")
-        .arg(&scratch)
-        .arg("--log")
-        .arg(scratch.join("mock.jsonl"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start mock-llm");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(mock.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
-    let _mock = Proc(mock);
+    let (_mock, port) = start_mock(&scratch, minutes * 60 + 600);
 
     let sock = scratch.join("aw.sock");
     let data = scratch.join("data");
