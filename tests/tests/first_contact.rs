@@ -352,7 +352,7 @@ assert r.status == 200, r.status
         .unwrap();
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !stopped(pid) {
+    while !agentwatch::policy::enforce::is_stopped(pid) {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the client exited before stopping"
@@ -394,14 +394,4 @@ assert r.status == 200, r.status
     );
     let stats = daemon.cli_json(&["status"])["first_contact"]["stats"].clone();
     assert_eq!(u(&stats["unannounced"]), 1, "{stats}");
-}
-
-fn stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.trim_start().starts_with('T'))
-        })
-        .unwrap_or(false)
 }

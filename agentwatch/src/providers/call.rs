@@ -20,6 +20,23 @@ pub struct LlmRequest {
     pub request_bytes: u64,
 }
 
+impl LlmRequest {
+    /// A request known only to have started at `ts_ns`, named `label` for provider and API
+    /// (empty for a session root's marker; `unknown` for a hold whose bytes were never read).
+    pub fn unidentified(label: &str, ts_ns: u64) -> LlmRequest {
+        LlmRequest {
+            provider: label.into(),
+            api: label.into(),
+            server_address: None,
+            model: None,
+            streaming: false,
+            http_version: String::new(),
+            started_at_ns: ts_ns,
+            request_bytes: 0,
+        }
+    }
+}
+
 /// One finished LLM call: request, response status and usage. No prompt or completion text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlmCall {

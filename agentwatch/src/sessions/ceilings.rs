@@ -72,16 +72,7 @@ impl Sessions {
     /// A `[[session_roots]]` match: the process is a session root from its exec, before any
     /// call (an agent by rule).
     pub fn start_root(&mut self, tree: &ProcTree, key: ProcKey, ts_ns: u64) -> AgentRef {
-        let marker = LlmRequest {
-            provider: String::new(),
-            api: String::new(),
-            server_address: None,
-            model: None,
-            streaming: false,
-            http_version: String::new(),
-            started_at_ns: ts_ns,
-            request_bytes: 0,
-        };
+        let marker = LlmRequest::unidentified("", ts_ns);
         self.on_llm_request(tree, key, &marker)
     }
 

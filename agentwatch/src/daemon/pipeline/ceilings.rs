@@ -290,16 +290,7 @@ impl Pipeline {
             return;
         };
         e.count_unannounced_hold();
-        let req = LlmRequest {
-            provider: "unknown".into(),
-            api: "unknown".into(),
-            server_address: None,
-            model: None,
-            streaming: false,
-            http_version: String::new(),
-            started_at_ns: ts_ns,
-            request_bytes: 0,
-        };
+        let req = LlmRequest::unidentified("unknown", ts_ns);
         let hold = Hold {
             tgid,
             key,
