@@ -407,6 +407,22 @@ fn block_fails_the_calls_and_keeps_the_process_alive() {
     let row = ledger_row(&daemon, pid);
     assert_eq!(row["outcome"], "blocked", "{row}");
     assert_eq!(u(&row["call_count"]), 2);
+    // Each refusal is a kernel diagnostic (aya-log) in the daemon's log, written at its
+    // next heartbeat.
+    let said = format!(
+        "block: refused pid {pid}'s connect to 127.0.0.1:{}",
+        mock.port
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&daemon.stderr).unwrap_or_default();
+        if log.contains(&said) {
+            assert!(log.contains("agentwatch::kernel"), "{log}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no `{said}` in the log:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Over HTTP/2 every call is a stream of one connection, and a request starts with binary

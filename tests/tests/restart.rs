@@ -164,7 +164,9 @@ fn restart_under_traffic_with(
     let config_arg = config_path.display().to_string();
     let extra = ["--config", config_arg.as_str()];
     let daemon = Daemon::start_in(dir, &extra);
-    assert_eq!(kernel_side(&daemon)["origin"], "created");
+    let side = kernel_side(&daemon);
+    assert_eq!(side["origin"], "created");
+    assert_eq!(side["kernel_log_readers"], 1, "{side}");
     let clients = start_clients(&mock, name);
     std::thread::sleep(Duration::from_secs(4));
     let served_before = mock.served().len();
@@ -183,6 +185,12 @@ fn restart_under_traffic_with(
     let dir = stop(daemon);
     let daemon = Daemon::start_in(dir, &extra);
     let restart = t.elapsed();
+    // An adopted kernel side: the previous daemon's programs stay attached and log to
+    // their own ring, read too.
+    let side = kernel_side(&daemon);
+    if side["origin"] == "adopted" {
+        assert_eq!(side["kernel_log_readers"], 2, "{side}");
+    }
     let pids = wait_clients(clients);
     let served = mock.served().len();
     eprintln!(
@@ -306,4 +314,40 @@ fn sigkill_while_the_files_rotate_loses_nothing() {
         log.contains("segments_covered"),
         "the restart reports what it read: {log}"
     );
+}
+
+/// The kernel programs' diagnostics (aya-log) written while no daemon runs are read by the
+/// next daemon from the previous daemon's ring: a first contact made with no daemon heartbeat
+/// is not held, and says so. The test ages the heartbeat in the pinned `CONFIG` map (the
+/// kernel holds first contacts only within 30 s of one) rather than wait 30 s.
+#[test]
+fn kernel_diagnostics_written_while_no_daemon_runs_reach_the_next_daemon() {
+    let mock = Mock::start(&[]);
+    let daemon = Daemon::start_in(Scratch::new("kernel-log"), &[]);
+    let set = kernel_side(&daemon)["pinned_at"]
+        .as_str()
+        .expect("a pinned kernel side")
+        .to_string();
+    let dir = daemon.stop_keeping_data();
+    let data =
+        aya::maps::MapData::from_pin(std::path::Path::new(&set).join("maps/CONFIG")).unwrap();
+    let mut config: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+    config.set(agentwatch_ebpf::CFG_HEARTBEAT, 1, 0).unwrap();
+    let (pid, _) = run_client(curl_chat(&mock, "no-daemon", false));
+    assert_eq!(mock.served_with_tag("no-daemon").len(), 1);
+
+    let daemon = Daemon::start_in(dir, &[]);
+    assert_eq!(kernel_side(&daemon)["origin"], "adopted");
+    let said = format!("first contact: pid {pid} not held, no daemon heartbeat");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&daemon.stderr).unwrap_or_default();
+        if log.contains(&said) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no `{said}` in the log:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(u(&kernel_side(&daemon)["kernel_log_read_errors"]), 0);
 }

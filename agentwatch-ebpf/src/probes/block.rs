@@ -9,6 +9,8 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext},
 };
 
+use aya_log_ebpf::info;
+
 use crate::maps::{BLOCKED_DEST4, BLOCKED_DEST6, BLOCKED_TGIDS, HELD_SOCKS};
 use crate::output::drop_count;
 
@@ -26,6 +28,14 @@ pub fn block_connect4(ctx: SockAddrContext) -> i32 {
         }
     };
     if unsafe { BLOCKED_DEST4.get(&dest) }.is_some() {
+        // Rare (a blocked session trying again): said once per refusal in the daemon's log.
+        info!(
+            &ctx,
+            "block: refused pid {}'s connect to {:i}:{}",
+            tgid,
+            u32::from_be(dest.ip),
+            u16::from_be(dest.port as u16)
+        );
         0
     } else {
         1
@@ -52,6 +62,12 @@ pub fn block_connect6(ctx: SockAddrContext) -> i32 {
         }
     };
     if unsafe { BLOCKED_DEST6.get(&dest) }.is_some() {
+        info!(
+            &ctx,
+            "block: refused pid {}'s IPv6 connect to port {}",
+            tgid,
+            u16::from_be(dest.port as u16)
+        );
         0
     } else {
         1

@@ -6,7 +6,9 @@
 //! byte) so user space can attach its probes before its first request; every other
 //! connection is let go at once and costs nothing more.
 use agentwatch_ebpf::*;
+use aya_ebpf::EbpfContext;
 use aya_ebpf::helpers::generated;
+use aya_log_ebpf::{info, warn};
 
 use super::gate::SIGSTOP;
 use super::socket::untrack;
@@ -35,11 +37,11 @@ enum Hello {
 }
 
 #[inline(always)]
-pub fn first_write(sk: u64, st: &SockState) {
-    let _ = try_first_write(sk, st);
+pub fn first_write<C: EbpfContext>(ctx: &C, sk: u64, st: &SockState) {
+    let _ = try_first_write(ctx, sk, st);
 }
 
-fn try_first_write(sk: u64, st: &SockState) -> Result<(), i64> {
+fn try_first_write<C: EbpfContext>(ctx: &C, sk: u64, st: &SockState) -> Result<(), i64> {
     let (_, tgid, tid) = current();
     let call = Syscall::current().ok_or(1)?;
     if !call.is_write() {
@@ -93,6 +95,12 @@ fn try_first_write(sk: u64, st: &SockState) -> Result<(), i64> {
         };
     if hold && !daemon_alive() {
         count(COUNT_NO_DAEMON);
+        // Rare (no daemon for a while): the next daemon reads it from this program's log.
+        info!(
+            ctx,
+            "first contact: pid {} not held, no daemon heartbeat (its first calls go unprobed)",
+            tgid
+        );
         hold = false;
     }
     let estimate =
@@ -150,6 +158,13 @@ fn try_first_write(sk: u64, st: &SockState) -> Result<(), i64> {
         };
         if EVENTS.output::<[u8]>(record, wake).is_err() {
             drop_count(DROP_RINGBUF_EVENTS, 1);
+            if flags & CONTACT_HELD != 0 {
+                warn!(
+                    ctx,
+                    "first contact: pid {} stopped and its record dropped (ring buffer full); the daemon's watchdog decides it",
+                    tgid
+                );
+            }
         }
     }
     Ok(())

@@ -173,7 +173,7 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
     };
     let st = *st;
     match st.state {
-        SOCK_NEW => contact::first_write(sk, &st),
+        SOCK_NEW => contact::first_write(&ctx, sk, &st),
         SOCK_METERED => gate_metered(&st),
         _ => {}
     }
@@ -204,7 +204,7 @@ fn gate_metered(st: &SockState) {
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     let args = unsafe { &*(ctx.as_ptr() as *const [u64; 3]) };
-    on_io(args[0], args[1] as i32 as i64, 0, true);
+    on_io(&ctx, args[0], args[1] as i32 as i64, 0, true);
     0
 }
 
@@ -212,12 +212,12 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     let args = unsafe { &*(ctx.as_ptr() as *const [u64; 3]) };
-    on_io(args[0], args[1] as i32 as i64, args[2], false);
+    on_io(&ctx, args[0], args[1] as i32 as i64, args[2], false);
     0
 }
 
 #[inline(always)]
-fn on_io(sk: u64, ret: i64, flags: u64, write: bool) {
+fn on_io<C: EbpfContext>(ctx: &C, sk: u64, ret: i64, flags: u64, write: bool) {
     let (pid_tgid, tgid, _) = current();
     let st = if may_track(tgid) {
         unsafe { SOCKS.get(&sk) }.copied()
@@ -247,7 +247,7 @@ fn on_io(sk: u64, ret: i64, flags: u64, write: bool) {
     let direction = if write { DIR_WRITE } else { DIR_READ };
     match st.state {
         // No pre-send hook on this kernel: the first write is looked at once it is done.
-        SOCK_NEW if write && config(CFG_PRE_SEND) != Some(1) => contact::first_write(sk, &st),
+        SOCK_NEW if write && config(CFG_PRE_SEND) != Some(1) => contact::first_write(ctx, sk, &st),
         SOCK_PLAIN if ret > 0 && !is_self(tgid) => {
             let _ = emit_plain(pid_tgid, direction, &call, fd, ret as u64);
         }

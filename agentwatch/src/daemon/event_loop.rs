@@ -159,6 +159,7 @@ impl Daemon {
         tokio::task::spawn_blocking(move || {
             if let Ok(mut d) = discovery.lock() {
                 d.probes.heartbeat();
+                d.probes.flush_kernel_logs();
             }
         });
     }

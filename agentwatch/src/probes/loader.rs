@@ -164,6 +164,8 @@ pub struct Probes {
     pub kernel_side: super::pins::KernelSide,
     /// Links of the global programs (pinned ones: dropping closes only the descriptor).
     _links: Vec<aya::programs::links::FdLink>,
+    /// The kernel programs' diagnostics, written to the log at each heartbeat.
+    kernel_logs: super::kernel_log::KernelLogs,
 }
 
 /// The object's program `name` as its concrete type (tracepoint, uprobe, cgroup program).
@@ -287,6 +289,10 @@ impl Probes {
         } else {
             None
         };
+        // Before EVENTS is taken out: earlier daemons' programs are found by it.
+        let events_id = ebpf.map("EVENTS").and_then(super::kernel_log::map_id);
+        let kernel_logs = super::kernel_log::KernelLogs::open(&mut ebpf, events_id);
+        kernel_side.kernel_log_readers = kernel_logs.readers();
         let events = match take_map(&mut ebpf, "EVENTS")? {
             aya::maps::Map::RingBuf(data) => data,
             _ => {
@@ -407,6 +413,7 @@ impl Probes {
                 pins,
                 kernel_side,
                 _links: links,
+                kernel_logs,
             },
             ring,
         ))
@@ -563,6 +570,13 @@ impl Probes {
 
     /// Tells the kernel side a daemon is alive (every second): without one for 30 s, it
     /// stops holding first contacts (nobody would continue them).
+    /// Writes what the kernel programs logged (rare diagnostics) to the daemon's log.
+    pub fn flush_kernel_logs(&mut self) {
+        self.kernel_logs.flush();
+        self.kernel_side.kernel_log_read_errors = self.kernel_logs.read_errors;
+        self.kernel_side.kernel_log_readers = self.kernel_logs.readers();
+    }
+
     pub fn heartbeat(&mut self) {
         if let Err(e) = self.config.set(abi::CFG_HEARTBEAT, boot_secs() as u32, 0) {
             tracing::warn!(

@@ -11,6 +11,7 @@ pub mod events;
 pub mod expedite;
 pub mod gate_maps;
 pub mod golang;
+pub mod kernel_log;
 pub mod libraries;
 pub mod loader;
 pub mod meter;

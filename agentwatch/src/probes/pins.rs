@@ -88,6 +88,11 @@ pub struct KernelSide {
     /// Why pinning is off, when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_pinned: Option<String>,
+    /// The kernel programs' diagnostics (aya-log rings) read: this daemon's programs', and
+    /// those of each earlier daemon whose programs are still attached; readers dropped on a
+    /// record they could not decode.
+    pub kernel_log_readers: usize,
+    pub kernel_log_read_errors: u64,
 }
 
 impl KernelSide {
