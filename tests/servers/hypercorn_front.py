@@ -18,8 +18,13 @@ import socket
 import sys
 
 import httpx
+import websockets
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+
+# A WebSocket's own handshake headers, negotiated again by each side.
+WS_SKIP = {b"host", b"connection", b"upgrade", b"sec-websocket-key", b"sec-websocket-version",
+           b"sec-websocket-extensions", b"sec-websocket-accept"}
 
 # Not forwarded in either direction (hop-by-hop, or set by the server itself).
 SKIP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te",
@@ -39,6 +44,9 @@ def make_app(backend: str):
                     await client.aclose()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if scope["type"] == "websocket":
+            await websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             return
         body = b""
@@ -61,6 +69,40 @@ def make_app(backend: str):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await resp.aclose()
+
+    async def websocket(scope, receive, send):
+        """A WebSocket (the Responses API's): hypercorn (wsproto) speaks to the client, and a
+        WebSocket of the front's own to the mock carries each message on, both ways."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        path = scope["raw_path"].decode() or scope["path"]
+        if scope.get("query_string") and "?" not in path:
+            path += "?" + scope["query_string"].decode()
+        headers = [(k.decode(), v.decode()) for k, v in scope["headers"]
+                   if k.lower() not in WS_SKIP]
+        uri = "ws" + backend[len("http"):] + path
+        async with websockets.connect(uri, additional_headers=headers, max_size=None) as up:
+            await send({"type": "websocket.accept"})
+
+            async def client_to_backend():
+                while True:
+                    msg = await receive()
+                    if msg["type"] == "websocket.disconnect":
+                        return
+                    data = msg.get("text")
+                    await up.send(data if data is not None else msg.get("bytes", b""))
+
+            async def backend_to_client():
+                async for data in up:
+                    key = "text" if isinstance(data, str) else "bytes"
+                    await send({"type": "websocket.send", key: data})
+                await send({"type": "websocket.close"})
+
+            tasks = [asyncio.create_task(client_to_backend()),
+                     asyncio.create_task(backend_to_client())]
+            _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in pending:
+                t.cancel()
 
     return app
 

@@ -9,22 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::agents::*;
 use common::*;
 use serde_json::{Value, json};
-
-/// The executable of an installed agent package, resolved the way the daemon sees it.
-fn agent(package: &str, file: &str) -> PathBuf {
-    let path = repo()
-        .join("tests/agents/node_modules")
-        .join(package)
-        .join(file);
-    path.canonicalize().unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run `cargo xtask setup --tests` (it installs the pinned agents)",
-            path.display()
-        )
-    })
-}
 
 /// `claude -p "say hi"` headless against the mock: one streamed `POST /v1/messages`.
 fn claude(bin: &Path, mock: &Mock, home: &Path, tag: &str) -> Command {
@@ -123,13 +110,6 @@ fn claude_code_two_versions_exact_usage() {
     }
 }
 
-const CODEX_EXE: &str = "vendor/x86_64-unknown-linux-musl/bin/codex";
-
-/// The newest pinned Codex (the one `@openai/codex` depends on).
-fn codex_bin() -> PathBuf {
-    agent("@openai/codex-linux-x64", CODEX_EXE)
-}
-
 /// Both pinned Codex builds, newest first: the analysis must not depend on one build's bytes.
 fn codex_bins() -> [PathBuf; 2] {
     [codex_bin(), agent("codex-0.160.0", CODEX_EXE)]
@@ -140,30 +120,6 @@ fn codex_bins() -> [PathBuf; 2] {
 fn codex(bin: &Path, mock: &Mock, home: &Path, tag: &str, websockets: bool) -> Command {
     let mut cmd = codex_at(bin, &mock.base_url(), home, tag, websockets);
     cmd.env("CODEX_CA_CERTIFICATE", &mock.ca);
-    cmd
-}
-
-/// `codex exec` against the provider at `base_url`, trusting the system's roots.
-fn codex_at(bin: &Path, base_url: &str, home: &Path, tag: &str, websockets: bool) -> Command {
-    let provider = format!(
-        "model_providers.mock={{name=\"mock\",base_url=\"{base_url}/v1\",env_key=\"MOCK_KEY\",wire_api=\"responses\",supports_websockets={websockets},http_headers={{\"x-test-tag\"=\"{tag}\"}}}}"
-    );
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "exec",
-        "--skip-git-repo-check",
-        "-c",
-        "model_provider=\"mock\"",
-        "-c",
-    ])
-    .arg(provider)
-    .arg("say hi")
-    .current_dir(home)
-    .env("HOME", home)
-    .env("CODEX_HOME", home.join(".codex"))
-    .env("MOCK_KEY", "test")
-    .env("OPENAI_API_KEY", "test");
-    std::fs::create_dir_all(home.join(".codex")).unwrap();
     cmd
 }
 

@@ -8,8 +8,9 @@
 //! - Go's `net/http` server with an `httputil.ReverseProxy` (built offline here).
 //!
 //! Through each, curl (`--http2 --compressed`, two calls per connection so the second leans on
-//! the HPACK dynamic table) makes every API and stream kind of the coverage table, and the
-//! official Python SDKs over httpx with h2 make concurrent streamed calls: each call exact.
+//! the HPACK dynamic table) makes every API and stream kind of the coverage table, the
+//! official Python SDKs over httpx with h2 make concurrent streamed calls, and Codex makes its
+//! Responses call over a WebSocket (HTTP/1.1 upgrade, through each front): each call exact.
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -110,14 +111,21 @@ http {{
   gzip_proxied any;
   gzip_min_length 0;
   gzip_types application/json text/event-stream application/x-ndjson;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
   server {{
     listen 127.0.0.1:{port} ssl http2;
+    # Debian's nginx 1.22 offers TLS 1.2 only by default (1.23.4 added 1.3 to the default).
+    # Codex's aws-lc records are followed under TLS 1.3 only (README, coverage).
+    ssl_protocols TLSv1.2 TLSv1.3;
     ssl_certificate {cert};
     ssl_certificate_key {key};
     location / {{
       proxy_pass http://127.0.0.1:{backend};
       proxy_http_version 1.1;
       proxy_buffering off;
+      # WebSocket (the Responses API's, Codex's default): the upgrade passed on.
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
     }}
   }}
 }}
@@ -211,7 +219,7 @@ const fn case(
     }
 }
 
-/// Every API and stream kind of the README's coverage table (WebSocket aside).
+/// Every API and stream kind of the README's coverage table (its WebSocket row: below, Codex).
 const CASES: &[Case] = &[
     case(
         "chat",
@@ -534,4 +542,46 @@ fn go_net_http_h2_reverse_proxy_every_api_exact() {
     let front = Front::go(&mock);
     every_api_exact_through("go", &front, &mock, &daemon);
     assert_served_via_front(&mock, "go", true);
+}
+
+/// The coverage table's WebSocket row through each front: Codex (stripped, rustls over aws-lc,
+/// located by analysis) makes its Responses call over a WebSocket upgraded by hypercorn
+/// (wsproto; the front opens its own WebSocket to the mock), nginx and Go's ReverseProxy (both
+/// pass the upgraded connection through), each exact.
+#[test]
+fn codex_websocket_exact_through_every_front() {
+    let daemon = Daemon::start();
+    let mock = Mock::start(&["--plain"]);
+    let home = Scratch::new("codex-fronts-home");
+    let expect = json!({
+        "provider": "openai", "api": "responses", "streaming": true, "http_version": "1.1",
+    });
+    let fronts = [
+        ("hypercorn", Front::hypercorn(&mock)),
+        ("nginx", Front::nginx(&mock)),
+        ("go", Front::go(&mock)),
+    ];
+    for (name, front) in &fronts {
+        let tag = format!("{name}-codex-ws");
+        let mut cmd = common::agents::codex_at(
+            &common::agents::codex_bin(),
+            &front.base_url(),
+            &home.0,
+            &tag,
+            true,
+        );
+        cmd.env("CODEX_CA_CERTIFICATE", &mock.ca);
+        let (pid, out) = run_client(cmd);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Mock reply"),
+            "{name}: {out:?}"
+        );
+        let served = mock.served_with_tag(&tag);
+        assert_eq!(served.len(), 1, "{name}: {served:#?}");
+        assert_eq!(served[0]["protocol"], "websocket", "{name}: {}", served[0]);
+        check_exact(&daemon, &mock, pid, &tag, 1, &expect);
+    }
+    let capture = &daemon.cli_json(&["status"])["capture"];
+    assert!(u(&capture["websocket_connections"]) >= 3, "{capture}");
+    assert_eq!(u(&capture["websocket_desynced"]), 0, "{capture}");
 }

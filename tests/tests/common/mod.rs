@@ -3,6 +3,8 @@
 //! Every wait is bounded; a test selects its own rows by the pids it started.
 #![allow(dead_code)]
 
+pub mod agents;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
