@@ -562,6 +562,9 @@ impl Http2 {
         if code == REFUSED_STREAM && s.ex.response == ResponseState::Waiting {
             // Not processed by the server: the client sends it again; not a call here.
             stats.http2_streams_refused += 1;
+            if s.ex.llm.is_some() {
+                stats.http2_requests_refused += 1;
+            }
             return;
         }
         stats.http2_streams_reset += 1;

@@ -111,6 +111,9 @@ pub struct CaptureStats {
     /// the server refused unprocessed (retried by the client: not calls).
     pub http2_streams_reset: u64,
     pub http2_streams_refused: u64,
+    /// Of those, streams whose LLM request was already announced (a `CaptureEvent::Request`
+    /// with no call to follow: the client's retry is the call).
+    pub http2_requests_refused: u64,
     /// HPACK header blocks that could not be decoded.
     pub hpack_errors: u64,
     /// HTTP/2 connections given up after loss or an error (HPACK state cannot be recovered):
