@@ -106,6 +106,17 @@ fn wait_paused(daemon: &Daemon, root_pid: u32) {
     wait_state(root_pid, 'T');
 }
 
+/// `agentwatch kill` on the session of `root_pid`, whose process `child` then dies of SIGKILL.
+fn kill_session_of(daemon: &Daemon, root_pid: u32, child: &mut Child) {
+    let id = live_session(daemon, root_pid)["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(daemon.cli(&["kill", &id]).status.success());
+    let status = wait_exit(child, Duration::from_secs(20));
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+}
+
 fn tight_loop(mock: &Mock, tag: &str, usage: &str, calls: &str) -> Command {
     py_client(
         "openai_chat.py",
@@ -328,13 +339,7 @@ fn pause_then_approve_then_kill() {
     let mut child = spawn(tight_loop(&mock, "pause-kill", USAGE_1K, "6"));
     let pid = child.id();
     wait_paused(&daemon, pid);
-    let id = live_session(&daemon, pid)["session_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(daemon.cli(&["kill", &id]).status.success());
-    let status = wait_exit(&mut child, Duration::from_secs(20));
-    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    kill_session_of(&daemon, pid, &mut child);
     assert_eq!(ledger_row(&daemon, pid)["outcome"], "killed");
     assert_eq!(mock.served_with_tag("pause-kill").len(), 3);
 }
@@ -642,12 +647,6 @@ fn a_gate_hold_whose_record_was_lost_is_decided_not_left_stopped() {
     wait_paused(&daemon, pid);
     assert_eq!(u(&policy_stats(&daemon)["holds_unannounced"]), 2);
     assert_eq!(mock.served_with_tag("lost-hold-over").len(), 1);
-    let id = live_session(&daemon, pid)["session_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(daemon.cli(&["kill", &id]).status.success());
-    let status = wait_exit(&mut child, Duration::from_secs(20));
-    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    kill_session_of(&daemon, pid, &mut child);
     assert_eq!(mock.served_with_tag("lost-hold-over").len(), 1);
 }

@@ -73,7 +73,7 @@ impl EventLoop {
         // service manager's stop, a DaemonSet's upgrade) leaves it pinned for the next daemon.
         let mut interrupted = false;
         // Processes found stopped at a first contact nobody announced (see `unannounced_holds`).
-        let mut unannounced = std::collections::HashSet::new();
+        let mut unannounced = HashSet::new();
         loop {
             let mut ticked = false;
             let read = tokio::select! {
