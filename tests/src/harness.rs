@@ -44,17 +44,21 @@ pub fn start_mock(scratch: &Path, exit_after_secs: u64) -> (Proc, u16) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start mock-llm (`cargo xtask build` builds it)");
+    let port = first_line_port(&mut mock);
+    (Proc(mock), port)
+}
+
+/// The port in the first line a server child prints on its piped stdout (`…:PORT`).
+pub fn first_line_port(child: &mut Child) -> u16 {
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(mock.stdout.take().expect("piped stdout")),
+        &mut std::io::BufReader::new(child.stdout.take().expect("piped stdout")),
         &mut line,
     )
-    .expect("the mock's first line");
-    let port = line
-        .trim()
+    .expect("the server's first line");
+    line.trim()
         .rsplit(':')
         .next()
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("the mock's first line names no port: {line:?}"));
-    (Proc(mock), port)
+        .unwrap_or_else(|| panic!("the server's first line names no port: {line:?}"))
 }

@@ -5,7 +5,6 @@
 
 pub mod agents;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -128,16 +127,7 @@ impl Mock {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("failed to start {}: {e}", mock_bin().display()));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("mock-llm printed {line:?}"));
+        let port = agentwatch_tests::harness::first_line_port(&mut child);
         Mock {
             child,
             port,
