@@ -202,7 +202,10 @@ pub const CFG_WAKE_DATA: u32 = 10;
 /// outlives the daemon (pinned); without a daemon for `HOLD_WITHOUT_DAEMON_SECS` nobody
 /// would continue a process stopped at its first contact, so none is stopped.
 pub const CFG_HEARTBEAT: u32 = 11;
-pub const CFG_ENTRIES: u32 = 12;
+/// Offset of `exit_code` in the kernel's `struct task_struct` (from its BTF), read at a
+/// process's exit: the wait status its parent gets (`code << 8`, or the killing signal).
+pub const CFG_TASK_EXIT_CODE_OFF: u32 = 12;
+pub const CFG_ENTRIES: u32 = 13;
 /// Longer than a restart takes (a DaemonSet pod's is a few seconds), shorter than anyone waits.
 pub const HOLD_WITHOUT_DAEMON_SECS: u32 = 30;
 /// Value of an offset that the running kernel's tracepoint does not have.
@@ -253,6 +256,9 @@ pub fn host_hash(name: &[u8]) -> u64 {
 
 // ---- records -------------------------------------------------------------------------------
 
+/// `ProcEvent::exit_code` when the kernel's `task_struct` offset is not known.
+pub const EXIT_CODE_UNKNOWN: u32 = u32::MAX;
+
 /// A process lifecycle event (fork, exec, exit). Threads are filtered in the kernel.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -262,7 +268,8 @@ pub struct ProcEvent {
     pub tgid: u32,
     /// fork: the parent's tgid; otherwise 0.
     pub ppid: u32,
-    pub _pad0: u32,
+    /// exit: the task's `exit_code` (a wait status), or `EXIT_CODE_UNKNOWN`; otherwise 0.
+    pub exit_code: u32,
     /// `bpf_ktime_get_boot_ns` when the event fired.
     pub ts_ns: u64,
     pub comm: [u8; COMM_LEN],

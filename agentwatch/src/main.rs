@@ -91,6 +91,16 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// What a session's agents did besides calling LLMs: the tools (programs) they ran,
+    /// with exit status, grouped per agent. Open and closed sessions (from actions.jsonl).
+    Actions {
+        /// Session id, or a unique prefix of it.
+        session: String,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// The agent tree of one session (or of every live session), with tokens and cost.
     Tree {
         session: Option<String>,
@@ -216,6 +226,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             true,
         ),
         Command::Kill { session, socket } => (Request::Kill { session }, socket, true),
+        Command::Actions {
+            session,
+            socket,
+            json,
+        } => (Request::Actions { session }, socket, json),
         Command::Reload { socket } => (Request::Reload, socket, true),
     };
     let answer = control::request(&socket, &req)?;

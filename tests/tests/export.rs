@@ -231,6 +231,65 @@ fn clickhouse_rows_match_the_jsonl_rows() {
     }
     assert_eq!(s["outcome"], row["outcome"]);
     assert_eq!(s["models"], row["models"]);
+
+    // Tool runs: the actions table holds the rows of actions.jsonl, column for column.
+    let (agent, _) = run_client({
+        let mut c = py_client(
+            "tree_agent.py",
+            &mock,
+            &["--calls", "1", "--tag", "ch-tools"],
+        );
+        c.arg("--child").arg("bash -c 'exit 4'; true");
+        c
+    });
+    daemon.wait_for("the tool agent's ledger row", |_, l| {
+        l.iter().any(|r| u(&r["root_pid"]) == agent as u64)
+    });
+    let tsid = daemon
+        .ledger()
+        .into_iter()
+        .find(|r| u(&r["root_pid"]) == agent as u64)
+        .unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut want: Vec<Value> = read_jsonl(&daemon.data_dir.join("actions.jsonl"))
+        .into_iter()
+        .filter(|r| r["session_id"] == tsid.as_str())
+        .collect();
+    want.sort_by_key(|r| u(&r["pid"]));
+    assert_eq!(want.len(), 2, "the shell and the program it ran: {want:#?}");
+    let query =
+        format!("SELECT * FROM agentwatch.actions FINAL WHERE session_id = '{tsid}' ORDER BY pid");
+    wait_until(
+        "the tool runs in ClickHouse",
+        30,
+        || ch.rows(&query).len() == 2,
+        || format!("{:#}", sink_status(&daemon, "clickhouse")),
+    );
+    let got = ch.rows(&query);
+    let norm = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "null".into(),
+        other => other.to_string(),
+    };
+    for (g, w) in got.iter().zip(&want) {
+        for (key, value) in w.as_object().unwrap() {
+            let column = g
+                .get(key)
+                .unwrap_or_else(|| panic!("no column {key} in {g:#}"));
+            if key == "duration_ms" {
+                let d: f64 = norm(column).parse().unwrap();
+                assert!(
+                    approx(d, value.as_f64().unwrap()),
+                    "{key}: {column} / {value}"
+                );
+            } else {
+                assert_eq!(norm(column), norm(value), "column {key}");
+            }
+        }
+    }
+    assert!(got.iter().any(|g| norm(&g["exit_code"]) == "4"), "{got:#?}");
     let status = sink_status(&daemon, "clickhouse");
     assert_eq!(status["ok"], true, "{status:#}");
     assert_eq!(u(&status["spool"]["pending_rows"]), 0, "{status:#}");
@@ -327,7 +386,8 @@ fn otlp_grpc_span_tree_of_an_agent_tree() {
     // root → bash → a → bash → a1, and root → bash → b.
     let a1 = tree_agent(&mock, "otlp-a1", &[]);
     let a = tree_agent(&mock, "otlp-a", &[a1]);
-    let b = tree_agent(&mock, "otlp-b", &[]);
+    // b runs a tool: a shell that runs a program exiting 2.
+    let b = tree_agent(&mock, "otlp-b", &["bash -c 'exit 2'; true".to_string()]);
     let root_cmd = tree_agent(&mock, "otlp-root", &[a, b]);
     let (root_pid, _) = run_client({
         let mut c = Command::new("bash");
@@ -357,9 +417,9 @@ fn otlp_grpc_span_tree_of_an_agent_tree() {
             .collect()
     };
     wait_until(
-        "8 spans of the session (4 agents, 4 calls)",
+        "10 spans of the session (4 agents, 4 calls, 2 tool runs)",
         30,
-        || spans_of(&receiver).len() >= 8,
+        || spans_of(&receiver).len() >= 10,
         || {
             format!(
                 "{:#?}\n{:#}",
@@ -369,7 +429,7 @@ fn otlp_grpc_span_tree_of_an_agent_tree() {
         },
     );
     let spans = spans_of(&receiver);
-    assert_eq!(spans.len(), 8, "{spans:#?}");
+    assert_eq!(spans.len(), 10, "{spans:#?}");
     let by_id: HashMap<&str, &RecordedSpan> =
         spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
     let agents: Vec<&RecordedSpan> = spans
@@ -413,6 +473,28 @@ fn otlp_grpc_span_tree_of_an_agent_tree() {
         .collect();
     assert_eq!(depths.iter().filter(|d| **d == 1).count(), 2, "{depths:?}");
     assert_eq!(depths.iter().filter(|d| **d == 2).count(), 1, "{depths:?}");
+    // The tool runs: `execute_tool bash` under b's agent span (depth 1), the inner shell's
+    // exit 2 as its error.
+    let tools: Vec<&RecordedSpan> = spans
+        .iter()
+        .filter(|s| s.str("gen_ai.operation.name") == Some("execute_tool"))
+        .collect();
+    assert_eq!(tools.len(), 2, "{spans:#?}");
+    for t in &tools {
+        assert_eq!(t.name, "execute_tool bash");
+        assert_eq!(t.str("gen_ai.tool.name"), Some("bash"));
+        assert_eq!(t.str("session.id"), Some(sid.as_str()));
+        let agent = by_id
+            .get(t.parent_span_id.as_str())
+            .unwrap_or_else(|| panic!("agent of {t:#?} not received"));
+        assert!(agent.name.starts_with("invoke_agent "), "{agent:#?}");
+        assert_eq!(agent.int("agent.depth"), Some(1));
+        assert_eq!(t.int("agent.depth"), Some(1));
+        assert_eq!(t.int("process.parent_pid"), agent.int("process.pid"));
+        assert!(t.start > 0 && t.end >= t.start);
+    }
+    let failed: Vec<_> = tools.iter().filter_map(|t| t.str("error.type")).collect();
+    assert_eq!(failed, vec!["exit 2"], "{tools:#?}");
     // Every call span: child of its process's agent span, GenAI attributes, integers as integers.
     for s in &call_spans {
         let pid = s.int("process.pid").expect("process.pid");

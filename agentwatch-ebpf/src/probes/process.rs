@@ -2,7 +2,10 @@
 use agentwatch_ebpf::*;
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -60,7 +63,7 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
     }
     // A pid is decided at its own first contact (a stale entry of a reused pid is dropped).
     let _ = PROCS.remove(&child);
-    emit(EVENT_FORK, child, parent_tgid, None)
+    emit(EVENT_FORK, child, parent_tgid, None, 0)
 }
 
 #[tracepoint]
@@ -74,7 +77,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     // A new program: decided anew at its first contact (user space drops its probes).
     let _ = PROCS.remove(&tgid);
     let filename_off = config(CFG_EXEC_FILENAME_OFF).ok_or(1)?;
-    emit(EVENT_EXEC, tgid, 0, Some((ctx, filename_off)))
+    emit(EVENT_EXEC, tgid, 0, Some((ctx, filename_off)), 0)
 }
 
 #[tracepoint]
@@ -105,7 +108,21 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let _ = BLOCKED_TGIDS.remove(&tgid);
     let _ = PROCS.remove(&tgid);
     super::aead::forget_aead_process(tgid);
-    emit(EVENT_EXIT, tgid, 0, None)
+    emit_exit(tgid)
+}
+
+/// The exit record, with the wait status the parent will get.
+#[inline(always)]
+fn emit_exit(tgid: u32) -> Result<(), i64> {
+    let code = match config(CFG_TASK_EXIT_CODE_OFF) {
+        Some(off) => {
+            let task = unsafe { bpf_get_current_task() } as *const u8;
+            unsafe { bpf_probe_read_kernel(task.add(off as usize) as *const i32) }
+                .map_or(EXIT_CODE_UNKNOWN, |c| c as u32)
+        }
+        None => EXIT_CODE_UNKNOWN,
+    };
+    emit(EVENT_EXIT, tgid, 0, None, code)
 }
 
 #[inline(always)]
@@ -114,6 +131,7 @@ fn emit(
     tgid: u32,
     ppid: u32,
     exec: Option<(&TracePointContext, u32)>,
+    exit_code: u32,
 ) -> Result<(), i64> {
     let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
         drop_count(DROP_PROC_EVENTS, 1);
@@ -124,7 +142,7 @@ fn emit(
         (*ev).kind = kind;
         (*ev).tgid = tgid;
         (*ev).ppid = ppid;
-        (*ev)._pad0 = 0;
+        (*ev).exit_code = exit_code;
         (*ev).ts_ns = now();
         (*ev).comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
         (*ev).filename[0] = 0;

@@ -35,6 +35,11 @@ pub enum Request {
     },
     /// Re-read the config file's ceilings.
     Reload,
+    /// What a session's processes did: the tools they ran (from `actions.jsonl`).
+    Actions {
+        /// The session id, or a unique prefix of it.
+        session: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! Human-readable output of the CLI (the same answers are available with `--json`).
 use std::fmt::Write;
 
-use super::replies::{Counters, Reply, SessionList, Status, TreeList};
+use super::replies::{ActionList, Counters, Reply, SessionList, Status, TreeList};
 use crate::sessions::Outcome;
 
 fn usd(v: Option<f64>) -> String {
@@ -14,6 +14,7 @@ pub fn render(reply: &Reply) -> String {
         Reply::Status(status) => render_status(&mut out, status),
         Reply::Sessions(list) => render_sessions(&mut out, list),
         Reply::Trees(list) => render_trees(&mut out, list),
+        Reply::Actions(list) => render_actions(&mut out, list),
         Reply::Approved(_) | Reply::Killed(_) | Reply::Reloaded(_) | Reply::Refused(_) => {
             let _ = writeln!(out, "{}", reply.to_json());
         }
@@ -120,8 +121,8 @@ fn render_status(out: &mut String, s: &Status) {
 fn render_sessions(out: &mut String, list: &SessionList) {
     let _ = writeln!(
         out,
-        "{:<34} {:>8} {:>6} {:>5} {:>6} {:>10} {:>12} {:<10} ROOT",
-        "SESSION", "ROOT_PID", "AGENTS", "DEPTH", "CALLS", "TOKENS", "COST", "STATUS"
+        "{:<34} {:>8} {:>6} {:>5} {:>6} {:>10} {:>12} {:>6} {:<10} ROOT",
+        "SESSION", "ROOT_PID", "AGENTS", "DEPTH", "CALLS", "TOKENS", "COST", "TOOLS", "STATUS"
     );
     for s in &list.sessions {
         let status = match s.outcome {
@@ -132,7 +133,7 @@ fn render_sessions(out: &mut String, list: &SessionList) {
         };
         let _ = writeln!(
             out,
-            "{:<34} {:>8} {:>6} {:>5} {:>6} {:>10} {:>12} {:<10} {}",
+            "{:<34} {:>8} {:>6} {:>5} {:>6} {:>10} {:>12} {:>6} {:<10} {}",
             s.session_id,
             s.root_pid,
             s.agents,
@@ -140,11 +141,45 @@ fn render_sessions(out: &mut String, list: &SessionList) {
             s.calls,
             s.total_tokens,
             usd(s.cost_usd),
+            s.tool_runs,
             status,
             s.root_cmdline
         );
         if let Some(reason) = &s.reason {
             let _ = writeln!(out, "    ({reason}; {} ceiling hits)", s.ceiling_hits);
+        }
+    }
+}
+
+fn render_actions(out: &mut String, list: &ActionList) {
+    let _ = writeln!(out, "session {}", list.session_id);
+    if list.agents.is_empty() {
+        let _ = writeln!(out, "  no tool runs");
+    }
+    for agent in &list.agents {
+        let _ = writeln!(
+            out,
+            "  agent pid {} (depth {}): {} tool runs",
+            agent.agent_pid,
+            agent.depth,
+            agent.tool_runs.len()
+        );
+        for t in &agent.tool_runs {
+            let end = match (t.exit_code, t.signal) {
+                (_, Some(sig)) => format!("killed by signal {sig}"),
+                (Some(code), None) => format!("exit {code}"),
+                (None, None) => "exit ?".into(),
+            };
+            let _ = writeln!(
+                out,
+                "    {} {} pid {} ({}, {:.1} ms) {}",
+                t.started_at,
+                t.tool,
+                t.pid,
+                end,
+                t.duration_ms,
+                t.exe.as_deref().unwrap_or("-")
+            );
         }
     }
 }

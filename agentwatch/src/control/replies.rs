@@ -45,6 +45,7 @@ pub enum Reply {
     Approved(Approved),
     Killed(Killed),
     Reloaded(Reloaded),
+    Actions(ActionList),
     Refused(Refused),
 }
 
@@ -68,6 +69,7 @@ impl Reply {
             Request::Approve { .. } => Reply::Approved(from_value(answer)?),
             Request::Kill { .. } => Reply::Killed(from_value(answer)?),
             Request::Reload => Reply::Reloaded(from_value(answer)?),
+            Request::Actions { .. } => Reply::Actions(from_value(answer)?),
         })
     }
 
@@ -97,7 +99,7 @@ macro_rules! into_reply {
     )*};
 }
 into_reply!(SessionList => Sessions, TreeList => Trees, Approved => Approved,
-    Killed => Killed, Reloaded => Reloaded, Refused => Refused);
+    Killed => Killed, Reloaded => Reloaded, Refused => Refused, ActionList => Actions);
 
 impl From<Status> for Reply {
     fn from(s: Status) -> Reply {
@@ -272,11 +274,30 @@ pub struct Session {
     pub total_tokens: u64,
     pub cost_usd: Option<f64>,
     pub ceiling_hits: u64,
+    /// Programs its agents ran (`agentwatch actions`).
+    #[serde(default)]
+    pub tool_runs: u64,
     /// `completed` while running normally.
     pub outcome: Outcome,
     pub reason: Option<String>,
     #[serde(flatten)]
     pub rest: Counters,
+}
+
+/// `agentwatch actions`: a session's tool runs, grouped by the agent that ran them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ActionList {
+    pub session_id: String,
+    pub agents: Vec<AgentActions>,
+}
+
+/// The tools one agent of the session ran, in the order they ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentActions {
+    pub agent_pid: u32,
+    pub agent_start_ticks: u64,
+    pub depth: u32,
+    pub tool_runs: Vec<crate::sessions::actions::ToolRun>,
 }
 
 /// `agentwatch tree`.
@@ -339,6 +360,7 @@ mod tests {
             unpriced_calls: 0,
             started_at: "2025-01-01T00:00:00Z".into(),
             ceiling_hits: 1,
+            tool_runs: 2,
             outcome,
             reason: reason.map(str::to_string),
         }

@@ -1,8 +1,8 @@
 //! The daemon's answers on the control socket (and the status the metrics read).
 use crate::config::Config;
 use crate::control::replies::{
-    Ceilings, Counters, Estimates, FirstContact, NotCovered, ProbedProcesses, Processes, Reloaded,
-    SessionList, Status, TreeList, reshape,
+    ActionList, AgentActions, Ceilings, Counters, Estimates, FirstContact, NotCovered,
+    ProbedProcesses, Processes, Reloaded, SessionList, Status, TreeList, reshape,
 };
 use crate::control::{Reply, Request};
 use crate::probes::Scope;
@@ -36,6 +36,7 @@ impl Daemon {
                 .kill_session(&session)
                 .into(),
             Request::Reload => self.reload().into(),
+            Request::Actions { session } => self.actions(&session).into(),
             Request::Sessions => {
                 let p = self.pipeline.lock().expect("pipeline lock");
                 let sessions: Result<Vec<_>, _> =
@@ -61,6 +62,62 @@ impl Daemon {
                 trees.map(|trees| TreeList { trees }).into()
             }
         }
+    }
+
+    /// A session's tool runs from `actions.jsonl` (its rotated segments too), grouped by
+    /// agent. `prefix` may be a unique prefix of the id.
+    fn actions(&self, prefix: &str) -> Result<ActionList, String> {
+        use crate::sessions::actions::ActionRow;
+        if prefix.is_empty() {
+            return Err("give a session id (or a unique prefix): see `agentwatch sessions`".into());
+        }
+        let rows = crate::sinks::rotation::action_rows(&self.data_dir, |id| id.starts_with(prefix))
+            .map_err(|e| e.to_string())?;
+        let mut ids: std::collections::BTreeSet<String> =
+            rows.iter().map(|r| r.session_id().to_string()).collect();
+        // An open session without tool runs yet is a valid answer (none).
+        {
+            let p = self.pipeline.lock().expect("pipeline lock");
+            for s in p.sessions.live_sessions() {
+                if s.session_id.starts_with(prefix) {
+                    ids.insert(s.session_id.clone());
+                }
+            }
+        }
+        let session_id = match ids.len() {
+            1 => ids.into_iter().next().expect("one id"),
+            0 => {
+                return Err(format!(
+                    "no session {prefix:?} with tool runs (open sessions and actions.jsonl were searched): check the id with `agentwatch sessions`"
+                ));
+            }
+            n => {
+                return Err(format!(
+                    "{prefix:?} is the prefix of {n} sessions: give more of the id"
+                ));
+            }
+        };
+        let mut agents: Vec<AgentActions> = Vec::new();
+        for ActionRow::ToolRun(t) in rows {
+            if t.session_id != session_id {
+                continue;
+            }
+            let key = (t.agent_pid, t.agent_start_ticks);
+            match agents
+                .iter_mut()
+                .find(|a| (a.agent_pid, a.agent_start_ticks) == key)
+            {
+                Some(a) => a.tool_runs.push(t),
+                None => agents.push(AgentActions {
+                    agent_pid: t.agent_pid,
+                    agent_start_ticks: t.agent_start_ticks,
+                    depth: t.agent_depth,
+                    tool_runs: vec![t],
+                }),
+            }
+        }
+        agents.sort_by_key(|a| (a.depth, a.agent_start_ticks, a.agent_pid));
+        Ok(ActionList { session_id, agents })
     }
 
     /// Re-reads the ceilings of the config file (SIGHUP, `agentwatch reload`).

@@ -3,8 +3,8 @@
 use agentwatch_ebpf::{
     AeadLink, CONTACT_ESTIMATE, CONTACT_HELD, CONTACT_LLM_HOST, Contact, EVENT_AEAD_LINK,
     EVENT_CONTACT, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_GATE_HOLD, EVENT_SOCKET_BYTES,
-    EVENT_SOCKET_CLOSE, EVENT_SOCKET_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, GateHold,
-    HOLD_TLS_RECORD, Handshake, ProcEvent, SocketBytes, SocketClose, SocketHold, TlsData,
+    EVENT_SOCKET_CLOSE, EVENT_SOCKET_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, EXIT_CODE_UNKNOWN,
+    GateHold, HOLD_TLS_RECORD, Handshake, ProcEvent, SocketBytes, SocketClose, SocketHold, TlsData,
 };
 
 #[derive(Debug)]
@@ -22,6 +22,9 @@ pub enum KernelEvent<'a> {
     Exit {
         tgid: u32,
         ts_ns: u64,
+        /// The wait status the parent gets (`code << 8`, or the signal in the low 7 bits);
+        /// `None` when the kernel's `task_struct` layout is not known.
+        status: Option<u32>,
     },
     Tls {
         header: TlsData,
@@ -147,6 +150,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 _ => KernelEvent::Exit {
                     tgid: ev.tgid,
                     ts_ns: ev.ts_ns,
+                    status: (ev.exit_code != EXIT_CODE_UNKNOWN).then_some(ev.exit_code),
                 },
             })
         }

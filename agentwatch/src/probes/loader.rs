@@ -832,6 +832,10 @@ fn write_config(ebpf: &mut Ebpf, root: &Path, scope: Scope) -> Result<(), ProbeE
             field("task", "task_newtask", "clone_flags", true)?,
         ),
         (abi::CFG_SELF_TGID, std::process::id()),
+        (
+            abi::CFG_TASK_EXIT_CODE_OFF,
+            super::btf_offsets::task_exit_code().unwrap_or(abi::CFG_ABSENT),
+        ),
         (abi::CFG_PER_PROCESS, (scope == Scope::Agents) as u32),
         (abi::CFG_PRE_SEND, 0),
     ];

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 pub mod analysis_cache;
 pub mod attach;
+pub mod btf_offsets;
 pub mod events;
 pub mod expedite;
 pub mod gate_maps;

@@ -43,6 +43,7 @@ mod cmdline_tests {
                 "--model=x".into(),
             ],
             exited: false,
+            execed: false,
             children: 0,
         };
         assert_eq!(
@@ -80,6 +81,9 @@ pub struct ProcInfo {
     pub cmdline: Vec<String>,
     /// Exited, kept because it still has descendants in the tree.
     pub exited: bool,
+    /// It ran a program of its own: an exec was seen, or it was learnt from /proc running
+    /// another executable than its parent.
+    pub execed: bool,
     /// Direct children in the tree (live or kept).
     pub children: u32,
 }
@@ -193,6 +197,12 @@ impl ProcTree {
             tree.insert_snapshot(tgid, snap, ppid);
         }
         Ok(tree)
+    }
+
+    /// Boot-clock nanoseconds at which `key` started (clock-tick precision).
+    pub fn start_ns(&self, key: ProcKey) -> u64 {
+        key.start_ticks
+            .saturating_mul(1_000_000_000 / self.clk_tck.max(1))
     }
 
     pub fn proc_root(&self) -> &Path {
@@ -335,6 +345,7 @@ impl ProcTree {
             },
         };
         let info = self.by_key.get_mut(&key)?;
+        info.execed = true;
         match snap {
             Some(snap) => {
                 info.comm = snap.stat.comm;
@@ -422,8 +433,10 @@ impl ProcTree {
             self.mark_exited(old);
         }
         let parent = parent.filter(|p| self.by_key.contains_key(p));
+        let mut execed = false;
         if let Some(p) = parent.and_then(|p| self.by_key.get_mut(&p)) {
             p.children += 1;
+            execed = snap.exe.is_some() && p.exe != snap.exe;
         }
         self.by_key.insert(
             key,
@@ -435,6 +448,7 @@ impl ProcTree {
                 exe: snap.exe,
                 cmdline: snap.cmdline,
                 exited: false,
+                execed,
                 children: 0,
             },
         );

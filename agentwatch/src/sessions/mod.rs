@@ -32,6 +32,7 @@
 //! whose call never finished is counted in `agent_count` live, but not after a restart (only
 //! calls are persisted).
 
+pub mod actions;
 pub mod ceilings;
 pub mod clock;
 mod rows;
@@ -132,6 +133,8 @@ pub struct RecoveredSessions {
     pub open: Vec<(String, Vec<CallRecord>)>,
     /// Ids of sessions already closed (ledger rows) in the current boot.
     pub closed_this_boot: Vec<String>,
+    /// Tool runs already written (`actions.jsonl`) of the open sessions.
+    pub tool_runs: HashMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -161,6 +164,7 @@ pub struct SessionView {
     pub unpriced_calls: u64,
     pub started_at: String,
     pub ceiling_hits: u64,
+    pub tool_runs: u64,
     /// `completed` while running normally; `paused`, `killed` or `blocked` once stopped.
     pub outcome: Outcome,
     pub reason: Option<String>,
@@ -237,6 +241,8 @@ struct Session {
     last_ended_at: Option<String>,
     /// Ceiling hits so far, and the outcome the policy set (completed unless stopped).
     ceiling_hits: u64,
+    /// Tool runs (`actions`) charged to the session.
+    tool_runs: u64,
     outcome: Outcome,
     /// Why the session was stopped or flagged, for `agentwatch sessions`.
     reason: Option<String>,
@@ -343,6 +349,7 @@ impl Session {
             depth_max: self.depth_max,
             agent_count: self.agents.len() as u64,
             ceiling_hits: self.ceiling_hits,
+            tool_runs: self.tool_runs,
             // A stop decided by the policy wins over the plain end of the session.
             outcome: if self.outcome == Outcome::Completed {
                 outcome
@@ -378,6 +385,7 @@ impl Session {
             unpriced_calls: self.unpriced,
             started_at: self.started_at.clone(),
             ceiling_hits: self.ceiling_hits,
+            tool_runs: self.tool_runs,
             outcome: self.outcome,
             reason: self.reason.clone(),
         }
@@ -495,6 +503,7 @@ impl Sessions {
                     models: BTreeSet::new(),
                     last_ended_at: None,
                     ceiling_hits: 0,
+                    tool_runs: 0,
                     outcome: Outcome::Completed,
                     reason: None,
                     workload: Default::default(),
@@ -602,6 +611,48 @@ impl Sessions {
         rec
     }
 
+    /// `key` exited (it is still in the tree): when it ran a program of its own under an
+    /// agent of an open session and made no LLM call, it was a tool run of that session:
+    /// counted, and its `actions.jsonl` row returned.
+    pub fn on_tool_exit(
+        &mut self,
+        tree: &ProcTree,
+        key: ProcKey,
+        ended_ns: u64,
+        status: Option<u32>,
+    ) -> Option<actions::ToolRun> {
+        let info = tree.get(key)?;
+        if !info.execed || self.agent(key).is_some() {
+            return None;
+        }
+        let (agent, aref) = tree
+            .ancestors(key)
+            .find_map(|p| Some((p.key, self.agent(p.key)?.clone())))?;
+        let session = self.sessions.get_mut(&aref.session_id)?;
+        session.tool_runs += 1;
+        let started_ns = tree.start_ns(key);
+        let (exit_code, signal) = actions::split_status(status);
+        Some(actions::ToolRun {
+            session_id: aref.session_id,
+            host: self.cfg.host.clone(),
+            pid: key.tgid,
+            pid_start_ticks: key.start_ticks,
+            exe: info.exe.clone(),
+            tool: actions::tool_name(info.exe.as_deref(), &info.comm),
+            comm: info.comm.clone(),
+            argv0: info.cmdline.first().cloned(),
+            agent_pid: agent.tgid,
+            agent_start_ticks: agent.start_ticks,
+            agent_depth: aref.depth,
+            parent_pid: info.parent.map(|p| p.tgid),
+            started_at: self.cfg.clock.rfc3339(started_ns),
+            ended_at: self.cfg.clock.rfc3339(ended_ns),
+            duration_ms: ended_ns.saturating_sub(started_ns) as f64 / 1e6,
+            exit_code,
+            signal,
+        })
+    }
+
     /// Processes left the tree (`ProcTree::on_exit` / `take_removed`). Sessions whose root is
     /// among them close now; their ledger rows are returned (to be written once).
     pub fn on_removed(&mut self, removed: &[ProcKey], now_ns: u64) -> Vec<LedgerRow> {
@@ -694,6 +745,7 @@ impl Sessions {
                 models: BTreeSet::new(),
                 last_ended_at: None,
                 ceiling_hits: 0,
+                tool_runs: recovered.tool_runs.get(&id).copied().unwrap_or(0),
                 outcome: Outcome::Completed,
                 reason: None,
                 workload: Default::default(),

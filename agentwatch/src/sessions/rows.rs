@@ -96,7 +96,7 @@ macro_rules! plain_column {
     )*};
 }
 plain_column!(String => "String", u16 => "UInt16", u32 => "UInt32", u64 => "UInt64",
-    f64 => "Float64", Vec<String> => "Array(String)");
+    i32 => "Int32", f64 => "Float64", Vec<String> => "Array(String)");
 
 impl Column for bool {
     type Value = u8;
@@ -271,6 +271,9 @@ row_schema! {
         pub depth_max: u32 => "UInt32",
         pub agent_count: u64 => "UInt64",
         pub ceiling_hits: u64 => "UInt64",
+        /// Programs the session's agents ran (`actions.jsonl` rows of kind `tool_run`).
+        #[serde(default)]
+        pub tool_runs: u64 => "UInt64",
         pub outcome: Outcome => "String",
         /// Sorted, distinct.
         pub providers: Vec<String> => "Array(String)",
@@ -302,6 +305,44 @@ row_schema! {
         pod_uid: Option<String> => "Nullable(String)" = l.workload.pod_uid.clone();
         pod_name: Option<String> => "Nullable(String)" = l.workload.pod_name.clone();
         pod_namespace: Option<String> => "Nullable(String)" = l.workload.pod_namespace.clone();
+    }
+}
+
+row_schema! {
+    /// A program a session's agent ran (directly or through a shell), from exec to exit: an
+    /// `actions.jsonl` row of kind `tool_run` (see `sessions::actions`).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct ToolRun {
+        pub session_id: String => "String",
+        pub host: String => "String",
+        pub pid: u32 => "UInt32",
+        pub pid_start_ticks: u64 => "UInt64",
+        /// The executable's path (`/proc/PID/exe`, or the path given to exec).
+        pub exe: Option<String> => "Nullable(String)",
+        /// The tool's name: the executable's file name (`gen_ai.tool.name`).
+        pub tool: String => "String",
+        pub comm: String => "String",
+        /// The name it was run by (`argv[0]`); the other arguments are not kept.
+        pub argv0: Option<String> => "Nullable(String)",
+        /// The agent it ran under (its nearest ancestor that made LLM calls) and its depth.
+        pub agent_pid: u32 => "UInt32",
+        pub agent_start_ticks: u64 => "UInt64",
+        pub agent_depth: u32 => "UInt32",
+        /// The process that started it (the agent itself, or a shell between them).
+        pub parent_pid: Option<u32> => "Nullable(UInt32)",
+        /// Process start and exit (RFC 3339 UTC).
+        pub started_at: String => "String",
+        pub ended_at: String => "String",
+        pub duration_ms: f64 => "Float64",
+        /// `exit(code)`: the code; killed by a signal: the signal's number in `signal`.
+        pub exit_code: Option<i32> => "Nullable(Int32)",
+        pub signal: Option<u32> => "Nullable(UInt32)",
+    }
+
+    /// A row of the ClickHouse actions table.
+    clickhouse ToolRunRow(_t) {
+        kind: String => "String" = "tool_run".to_string();
+        ..
     }
 }
 

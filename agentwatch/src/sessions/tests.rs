@@ -488,6 +488,7 @@ fn sessions_restore_continues_live_root_and_closes_dead_one() {
                 (dead_calls[0].session_id.clone(), dead_calls.clone()),
             ],
             closed_this_boot: vec![],
+            ..Default::default()
         },
         &tree,
         100 * S,
@@ -549,6 +550,7 @@ fn sessions_restore_other_boot_closes_and_closed_ids_are_not_reopened() {
         RecoveredSessions {
             open: vec![(c.session_id.clone(), vec![c.clone()])],
             closed_this_boot: vec![],
+            ..Default::default()
         },
         &tree,
         S,
@@ -565,7 +567,8 @@ fn sessions_restore_other_boot_closes_and_closed_ids_are_not_reopened() {
         s.restore(
             RecoveredSessions {
                 open: vec![],
-                closed_this_boot: vec![closed.clone()]
+                closed_this_boot: vec![closed.clone()],
+                ..Default::default()
             },
             &tree,
             S

@@ -1,4 +1,4 @@
-//! The ClickHouse sink: two tables, created if absent, with the columns of `calls.jsonl` and
+//! The ClickHouse sink: three tables, created if absent, with the columns of `calls.jsonl` and
 //! `ledger.jsonl` (same names), filled by batched RowBinary inserts over HTTP.
 //!
 //! The columns of both are declared once, with the JSONL rows, in `sessions/rows.rs`
@@ -9,6 +9,8 @@
 //!   is the stable call id.
 //! - `<database>.<sessions_table>` (default `agentwatch.sessions`): one row per closed session,
 //!   `ReplacingMergeTree ORDER BY session_id`.
+//! - `<database>.<actions_table>` (default `agentwatch.actions`): one row per tool run
+//!   (`actions.jsonl`), `ReplacingMergeTree ORDER BY (session_id, pid, pid_start_ticks)`.
 //!
 //! A batch re-sent after a lost acknowledgement (or a daemon crash before the spool cursor
 //! moved) inserts identical rows with the same key: read with `FINAL` (or after `OPTIMIZE ...
@@ -25,15 +27,22 @@ use super::config::ClickHouseConfig;
 use super::destination::{
     BuildContext, BuildError, Built, DeliveryError, Destination, DestinationConfig, ExportItem,
 };
+use crate::sessions::actions::{ToolRun, ToolRunRow};
 use crate::sessions::{CallRecord, LedgerRow};
 pub use crate::sessions::{CallRow, SessionRow};
 
 /// The tables' columns, declared once with their rows in `sessions/rows.rs`.
 pub const CALL_COLUMNS: &[(&str, &str)] = CallRecord::COLUMNS;
 pub const SESSION_COLUMNS: &[(&str, &str)] = LedgerRow::COLUMNS;
+pub const ACTION_COLUMNS: &[(&str, &str)] = ToolRun::COLUMNS;
 
-/// `CREATE DATABASE` and the two `CREATE TABLE` statements.
-pub fn ddl(database: &str, calls_table: &str, sessions_table: &str) -> Vec<String> {
+/// `CREATE DATABASE` and the three `CREATE TABLE` statements.
+pub fn ddl(
+    database: &str,
+    calls_table: &str,
+    sessions_table: &str,
+    actions_table: &str,
+) -> Vec<String> {
     let cols = |c: &[(&str, &str)]| {
         c.iter()
             .map(|(n, t)| format!("    `{n}` {t}"))
@@ -49,6 +58,10 @@ pub fn ddl(database: &str, calls_table: &str, sessions_table: &str) -> Vec<Strin
         format!(
             "CREATE TABLE IF NOT EXISTS `{database}`.`{sessions_table}` (\n{}\n) ENGINE = ReplacingMergeTree() ORDER BY session_id",
             cols(SESSION_COLUMNS)
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS `{database}`.`{actions_table}` (\n{}\n) ENGINE = ReplacingMergeTree() ORDER BY (session_id, pid, pid_start_ticks)",
+            cols(ACTION_COLUMNS)
         ),
     ]
 }
@@ -87,6 +100,7 @@ impl ClickHouseDest {
         identifier("database", &cfg.database)?;
         identifier("calls_table", &cfg.calls_table)?;
         identifier("sessions_table", &cfg.sessions_table)?;
+        identifier("actions_table", &cfg.actions_table)?;
         if !(cfg.url.starts_with("http://") || cfg.url.starts_with("https://")) {
             return Err(ClickHouseConfigError::BadUrl(cfg.url.clone()));
         }
@@ -139,6 +153,7 @@ impl Destination for ClickHouseDest {
             &self.cfg.database,
             &self.cfg.calls_table,
             &self.cfg.sessions_table,
+            &self.cfg.actions_table,
         ) {
             self.admin
                 .query(&stmt)
@@ -149,6 +164,7 @@ impl Destination for ClickHouseDest {
         for (table, columns) in [
             (&self.cfg.calls_table, CALL_COLUMNS),
             (&self.cfg.sessions_table, SESSION_COLUMNS),
+            (&self.cfg.actions_table, ACTION_COLUMNS),
         ] {
             let have: Vec<String> = self
                 .admin
@@ -183,14 +199,21 @@ impl Destination for ClickHouseDest {
             .iter()
             .filter_map(|i| match i {
                 ExportItem::Call(c) => Some(CallRow::from(&**c)),
-                ExportItem::Session(_) => None,
+                _ => None,
             })
             .collect();
         let sessions: Vec<SessionRow> = items
             .iter()
             .filter_map(|i| match i {
                 ExportItem::Session(s) => Some(SessionRow::from(&s.ledger)),
-                ExportItem::Call(_) => None,
+                _ => None,
+            })
+            .collect();
+        let actions: Vec<ToolRunRow> = items
+            .iter()
+            .filter_map(|i| match i {
+                ExportItem::ToolRun(t) => Some(ToolRunRow::from(&**t)),
+                _ => None,
             })
             .collect();
         if !calls.is_empty() {
@@ -198,6 +221,9 @@ impl Destination for ClickHouseDest {
         }
         if !sessions.is_empty() {
             insert(&self.client, &self.cfg.sessions_table, &sessions).await?;
+        }
+        if !actions.is_empty() {
+            insert(&self.client, &self.cfg.actions_table, &actions).await?;
         }
         Ok(())
     }

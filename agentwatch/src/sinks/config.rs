@@ -51,6 +51,9 @@ pub struct ClickHouseConfig {
     pub calls_table: String,
     /// Table of closed sessions (one row per session). Default `sessions`.
     pub sessions_table: String,
+    /// Table of what sessions did (one row per tool run, `kind` = `tool_run`). Default
+    /// `actions`.
+    pub actions_table: String,
     /// Rows per insert at most. Default 10,000.
     pub batch_rows: usize,
     /// Unacknowledged bytes kept in `<data_dir>/spool/clickhouse`; rows past it are dropped
@@ -70,6 +73,7 @@ impl Default for ClickHouseConfig {
             validation: true,
             calls_table: "calls".into(),
             sessions_table: "sessions".into(),
+            actions_table: "actions".into(),
             batch_rows: 10_000,
             spool_max_bytes: 1 << 30,
             timeout_secs: 30,

@@ -30,6 +30,8 @@ use crate::sessions::CallRecord;
 pub enum ExportItem {
     Call(Box<CallRecord>),
     Session(Box<SessionClose>),
+    /// A program a session's agent ran (`actions.jsonl`).
+    ToolRun(Box<crate::sessions::actions::ToolRun>),
 }
 
 /// Where a delivery task sends its batches. Calls come one at a time from the delivery loop,

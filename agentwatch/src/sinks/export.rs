@@ -292,6 +292,14 @@ impl SpoolWriter {
         self.push(&ExportItem::Session(Box::new(close)));
     }
 
+    pub fn action(&mut self, row: &crate::sessions::actions::ActionRow) {
+        match row {
+            crate::sessions::actions::ActionRow::ToolRun(t) => {
+                self.push(&ExportItem::ToolRun(Box::new(t.clone())))
+            }
+        }
+    }
+
     pub fn ceiling_hit(&mut self, h: &CeilingHit) {
         if let Some(t) = &mut self.tracker {
             let d = t.hit(h);
@@ -355,6 +363,14 @@ impl Sink for Fanout {
         }
         if let Some(m) = &self.metrics {
             m.record_ceiling_hit(hit);
+        }
+        r
+    }
+
+    fn write_action(&mut self, row: &crate::sessions::actions::ActionRow) -> Result<(), SinkError> {
+        let r = self.jsonl.write_action(row);
+        for w in &mut self.writers {
+            w.action(row);
         }
         r
     }

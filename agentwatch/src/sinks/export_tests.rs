@@ -7,7 +7,7 @@ use ::clickhouse::Row as _;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Av;
 use opentelemetry_proto::tonic::trace::v1::{Span, span};
 
-use super::clickhouse::{CALL_COLUMNS, CallRow, SESSION_COLUMNS, SessionRow, ddl};
+use super::clickhouse::{ACTION_COLUMNS, CALL_COLUMNS, CallRow, SESSION_COLUMNS, SessionRow, ddl};
 use super::destination::ExportItem;
 use super::export::{AgentTracker, Fanout, SpoolWriter};
 use super::spans::{agent_span_id, call_span, session_spans, trace_id};
@@ -240,8 +240,12 @@ fn sinks_clickhouse_ddl_matches_rows_and_old_servers() {
     }
     assert_eq!(CallRow::COLUMN_NAMES, names(CALL_COLUMNS).as_slice());
     assert_eq!(SessionRow::COLUMN_NAMES, names(SESSION_COLUMNS).as_slice());
-    let stmts = ddl("agentwatch", "calls", "sessions");
-    assert_eq!(stmts.len(), 3);
+    assert_eq!(
+        crate::sessions::actions::ToolRunRow::COLUMN_NAMES,
+        names(ACTION_COLUMNS).as_slice()
+    );
+    let stmts = ddl("agentwatch", "calls", "sessions", "actions");
+    assert_eq!(stmts.len(), 4);
     for s in &stmts {
         for banned in [
             "DateTime64",
@@ -257,6 +261,7 @@ fn sinks_clickhouse_ddl_matches_rows_and_old_servers() {
     }
     assert!(stmts[1].contains("ReplacingMergeTree() ORDER BY (session_id, call_seq)"));
     assert!(stmts[2].contains("ReplacingMergeTree() ORDER BY session_id"));
+    assert!(stmts[3].contains("ORDER BY (session_id, pid, pid_start_ticks)"));
     // A table from an older version gets the columns it lacks.
     let have = vec!["call_id".to_string(), "session_id".to_string()];
     let alter = super::clickhouse::missing_columns("agentwatch", "calls", CALL_COLUMNS, &have);
@@ -316,6 +321,7 @@ fn sinks_fanout_spools_calls_and_closed_sessions() {
     f.seed(&crate::sessions::RecoveredSessions {
         open: vec![(row.session_id.clone(), vec![calls[0].clone()])],
         closed_this_boot: Vec::new(),
+        ..Default::default()
     });
     for c in &calls[1..] {
         f.write_call(c).unwrap();

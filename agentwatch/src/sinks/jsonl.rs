@@ -25,10 +25,12 @@ use serde::Serialize;
 
 use super::rotation::{JsonlConfig, ROTATED_DIR, Worker, next_seq};
 use super::{Sink, SinkError, SinkHealth};
+use crate::sessions::actions::ActionRow;
 use crate::sessions::{CallRecord, LedgerRow};
 
 pub const CALLS_FILE: &str = "calls.jsonl";
 pub const LEDGER_FILE: &str = "ledger.jsonl";
+pub const ACTIONS_FILE: &str = "actions.jsonl";
 
 /// Bytes of rows kept while they cannot be written; more are dropped and counted.
 pub const BACKLOG_MAX_BYTES: usize = 16 << 20;
@@ -37,6 +39,7 @@ pub const BACKLOG_MAX_BYTES: usize = 16 << 20;
 enum Kind {
     Call,
     Ledger,
+    Action,
 }
 
 /// One append-only JSONL file.
@@ -134,6 +137,7 @@ pub(crate) fn complete_prefix_len(file: &File, len: u64) -> std::io::Result<u64>
 pub struct JsonlSink {
     calls: AppendFile,
     ledger: AppendFile,
+    actions: AppendFile,
     health: SinkHealth,
     data_dir: PathBuf,
     cfg: JsonlConfig,
@@ -164,6 +168,7 @@ impl JsonlSink {
         })?;
         let (calls, calls_repaired) = AppendFile::open(data_dir.join(CALLS_FILE))?;
         let (ledger, ledger_repaired) = AppendFile::open(data_dir.join(LEDGER_FILE))?;
+        let (actions, actions_repaired) = AppendFile::open(data_dir.join(ACTIONS_FILE))?;
         let started = calls
             .file
             .metadata()
@@ -172,10 +177,13 @@ impl JsonlSink {
         Ok(Self {
             calls,
             ledger,
+            actions,
             health: SinkHealth {
                 name: "jsonl".to_string(),
                 ok: true,
-                torn_lines_repaired: u64::from(calls_repaired) + u64::from(ledger_repaired),
+                torn_lines_repaired: u64::from(calls_repaired)
+                    + u64::from(ledger_repaired)
+                    + u64::from(actions_repaired),
                 ..SinkHealth::default()
             },
             data_dir: data_dir.to_path_buf(),
@@ -198,9 +206,10 @@ impl JsonlSink {
         }
         let by_size = self.cfg.rotate_bytes > 0
             && (self.calls.len >= self.cfg.rotate_bytes
-                || self.ledger.len >= self.cfg.rotate_bytes);
+                || self.ledger.len >= self.cfg.rotate_bytes
+                || self.actions.len >= self.cfg.rotate_bytes);
         let by_age = self.cfg.rotate_age_secs > 0
-            && self.calls.len + self.ledger.len > 0
+            && self.calls.len + self.ledger.len + self.actions.len > 0
             && self
                 .started
                 .elapsed()
@@ -224,18 +233,28 @@ impl JsonlSink {
                     dir.join(format!("ledger-{seq:08}.jsonl")),
                 )
             })
+            .and_then(|()| {
+                std::fs::rename(
+                    &self.actions.path,
+                    dir.join(format!("actions-{seq:08}.jsonl")),
+                )
+            })
             .and_then(|()| File::open(&dir)?.sync_all())
             .and_then(|()| File::open(&self.data_dir)?.sync_all());
         // Whatever was renamed, new rows go to files at the usual paths.
         let calls_moved = !self.calls.path.exists();
         let ledger_moved = !self.ledger.path.exists();
-        if calls_moved || ledger_moved {
+        let actions_moved = !self.actions.path.exists();
+        if calls_moved || ledger_moved || actions_moved {
             self.next_seq += 1;
             if calls_moved {
                 self.calls = AppendFile::open(self.calls.path.clone())?.0;
             }
             if ledger_moved {
                 self.ledger = AppendFile::open(self.ledger.path.clone())?.0;
+            }
+            if actions_moved {
+                self.actions = AppendFile::open(self.actions.path.clone())?.0;
             }
             self.started = std::time::SystemTime::now();
             self.worker.kick();
@@ -244,7 +263,10 @@ impl JsonlSink {
             Ok(()) => {
                 self.health.rotations += 1;
                 self.rotate_retry_at = None;
-                tracing::info!(segment = seq, "rotated calls.jsonl and ledger.jsonl");
+                tracing::info!(
+                    segment = seq,
+                    "rotated calls.jsonl, ledger.jsonl and actions.jsonl"
+                );
                 Ok(())
             }
             Err(source) => {
@@ -270,6 +292,10 @@ impl JsonlSink {
 
     pub fn ledger_path(&self) -> &Path {
         &self.ledger.path
+    }
+
+    pub fn actions_path(&self) -> &Path {
+        &self.actions.path
     }
 
     fn record<T>(&mut self, r: Result<T, SinkError>) -> Result<T, SinkError> {
@@ -300,6 +326,7 @@ impl JsonlSink {
             let r = self.rotate_if_due().and_then(|()| match kind {
                 Kind::Call => self.calls.append(&line),
                 Kind::Ledger => self.ledger.append(&line),
+                Kind::Action => self.actions.append(&line),
             });
             match r {
                 // Written, if not surely durable: never written twice.
@@ -312,6 +339,7 @@ impl JsonlSink {
             match kind {
                 Kind::Call => self.health.calls_written += 1,
                 Kind::Ledger => self.health.ledger_rows_written += 1,
+                Kind::Action => self.health.action_rows_written += 1,
             }
             self.backlog_bytes -= line.len();
         }
@@ -334,6 +362,7 @@ impl JsonlSink {
             let file = match kind {
                 Kind::Call => &mut self.calls,
                 Kind::Ledger => &mut self.ledger,
+                Kind::Action => &mut self.actions,
             };
             file.append(&line)
         });
@@ -342,6 +371,7 @@ impl JsonlSink {
                 match kind {
                     Kind::Call => self.health.calls_written += 1,
                     Kind::Ledger => self.health.ledger_rows_written += 1,
+                    Kind::Action => self.health.action_rows_written += 1,
                 }
                 self.health.rows_pending = 0;
                 self.record(r)
@@ -371,6 +401,11 @@ impl Sink for JsonlSink {
     fn write_ledger(&mut self, row: &LedgerRow) -> Result<(), SinkError> {
         let l = line(row, "ledger")?;
         self.write_row(Kind::Ledger, l)
+    }
+
+    fn write_action(&mut self, row: &ActionRow) -> Result<(), SinkError> {
+        let l = line(row, "action")?;
+        self.write_row(Kind::Action, l)
     }
 
     fn retry(&mut self) {

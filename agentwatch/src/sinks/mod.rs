@@ -101,6 +101,8 @@ pub struct SinkHealth {
     pub ok: bool,
     pub calls_written: u64,
     pub ledger_rows_written: u64,
+    /// JSONL only: `actions.jsonl` rows (tool runs) written.
+    pub action_rows_written: u64,
     pub errors: u64,
     pub last_error: Option<String>,
     /// Torn last lines truncated when the files were opened.
@@ -122,6 +124,13 @@ pub trait Sink: Send {
     fn write_ledger(&mut self, row: &LedgerRow) -> Result<(), SinkError>;
     /// A ceiling hit; sinks that have no place for it ignore it.
     fn write_ceiling_hit(&mut self, _hit: &crate::sessions::CeilingHit) -> Result<(), SinkError> {
+        Ok(())
+    }
+    /// What a session's processes did (a tool run); sinks without a place for it ignore it.
+    fn write_action(
+        &mut self,
+        _row: &crate::sessions::actions::ActionRow,
+    ) -> Result<(), SinkError> {
         Ok(())
     }
     fn health(&self) -> SinkHealth;

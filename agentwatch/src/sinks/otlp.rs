@@ -105,6 +105,7 @@ pub fn spans_of(items: &[ExportItem]) -> Vec<Span> {
         match i {
             ExportItem::Call(c) => spans.push(call_span(c)),
             ExportItem::Session(s) => spans.extend(session_spans(s)),
+            ExportItem::ToolRun(t) => spans.push(super::spans::tool_span(t)),
         }
     }
     spans

@@ -20,7 +20,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::SinkError;
-use super::jsonl::{CALLS_FILE, LEDGER_FILE};
+use super::jsonl::{ACTIONS_FILE, CALLS_FILE, LEDGER_FILE};
 use super::rotation::{Fold, load_checkpoint, segments};
 use crate::sessions::RecoveredSessions;
 
@@ -42,6 +42,7 @@ pub struct RecoveryStats {
     pub open_calls: u64,
     pub bad_ledger_lines: u64,
     pub bad_call_lines: u64,
+    pub bad_action_lines: u64,
     /// A last line without `\n` (torn write), in either file.
     pub torn_lines: u64,
     /// Rotated segments the checkpoint covers (not read) and those read.
@@ -69,6 +70,10 @@ pub fn recover(data_dir: &Path, boot_id: &str) -> Result<RecoveryReport, SinkErr
         fold.calls_file(p)?;
     }
     fold.calls_file(&data_dir.join(CALLS_FILE))?;
+    for p in pending.iter().filter_map(|s| s.actions.as_ref()) {
+        fold.actions_file(p)?;
+    }
+    fold.actions_file(&data_dir.join(ACTIONS_FILE))?;
     let mut stats = std::mem::take(&mut fold.stats);
     stats.segments_covered = covered;
     stats.segments_read = pending.len() as u64;
@@ -98,6 +103,7 @@ pub fn recover(data_dir: &Path, boot_id: &str) -> Result<RecoveryReport, SinkErr
                 .map(|s| (s.session_id, s.calls))
                 .collect(),
             closed_this_boot,
+            tool_runs: cp.tool_runs.into_iter().collect(),
         },
         stats,
         host_day: cp.host_day,

@@ -77,6 +77,9 @@ pub struct Checkpoint {
     pub closed: VecDeque<(Option<String>, String)>,
     /// Spend of the last day by Unix minute (for the host's daily ceiling).
     pub host_day: BTreeMap<i64, f64>,
+    /// Tool runs (`actions.jsonl`) of the open sessions.
+    #[serde(default)]
+    pub tool_runs: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +104,7 @@ pub(crate) struct Fold {
     closed: VecDeque<(Option<String>, String)>,
     closed_set: HashSet<String>,
     host_day: BTreeMap<i64, f64>,
+    tool_runs: BTreeMap<String, u64>,
     pub stats: RecoveryStats,
 }
 
@@ -110,6 +114,7 @@ impl Fold {
             closed_set: cp.closed.iter().map(|(_, id)| id.clone()).collect(),
             closed: cp.closed,
             host_day: cp.host_day,
+            tool_runs: cp.tool_runs,
             ..Fold::default()
         };
         for s in cp.open {
@@ -175,9 +180,36 @@ impl Fold {
 
     /// The sessions still open, the closed ids (bounded) and the last day's spend as of
     /// `now_unix_ns`.
+    /// `actions.jsonl` rows: the tool runs of sessions not closed are counted.
+    pub fn actions_file(&mut self, path: &Path) -> Result<(), SinkError> {
+        #[derive(Deserialize)]
+        struct Head {
+            kind: String,
+            session_id: String,
+        }
+        let Fold {
+            closed_set,
+            tool_runs,
+            stats,
+            ..
+        } = self;
+        for_each_line(
+            path,
+            &mut stats.torn_lines,
+            |bytes| match serde_json::from_slice::<Head>(bytes) {
+                Ok(h) if h.kind == "tool_run" && !closed_set.contains(&h.session_id) => {
+                    *tool_runs.entry(h.session_id).or_default() += 1;
+                }
+                Ok(_) => {}
+                Err(_) => stats.bad_action_lines += 1,
+            },
+        )
+    }
+
     pub fn finish(mut self, covered_seq: u64, now_unix_ns: i128) -> Checkpoint {
         let closed_set = &self.closed_set;
         self.open.retain(|(id, _)| !closed_set.contains(id));
+        self.tool_runs.retain(|id, _| !closed_set.contains(id));
         while self.closed.len() > CLOSED_KEPT {
             self.closed.pop_front();
         }
@@ -193,6 +225,7 @@ impl Fold {
                 .collect(),
             closed: self.closed,
             host_day: self.host_day,
+            tool_runs: self.tool_runs,
         }
     }
 }
@@ -212,6 +245,7 @@ pub struct Segment {
     pub seq: u64,
     pub calls: Option<PathBuf>,
     pub ledger: Option<PathBuf>,
+    pub actions: Option<PathBuf>,
 }
 
 /// `calls-N.jsonl[.gz]` / `ledger-N.jsonl[.gz]` → (kind, N).
@@ -220,7 +254,7 @@ fn parse_name(name: &str) -> Option<(&str, u64)> {
         .strip_suffix(".jsonl.gz")
         .or_else(|| name.strip_suffix(".jsonl"))?;
     let (kind, n) = stem.split_once('-')?;
-    matches!(kind, "calls" | "ledger")
+    matches!(kind, "calls" | "ledger" | "actions")
         .then_some(())
         .and(n.parse().ok().map(|n| (kind, n)))
 }
@@ -243,11 +277,12 @@ pub fn segments(data_dir: &Path) -> Result<Vec<Segment>, SinkError> {
             seq,
             calls: None,
             ledger: None,
+            actions: None,
         });
-        let slot = if kind == "calls" {
-            &mut seg.calls
-        } else {
-            &mut seg.ledger
+        let slot = match kind {
+            "calls" => &mut seg.calls,
+            "ledger" => &mut seg.ledger,
+            _ => &mut seg.actions,
         };
         // Both forms exist only if gzip was cut short: the plain file is the whole one.
         if slot
@@ -258,6 +293,36 @@ pub fn segments(data_dir: &Path) -> Result<Vec<Segment>, SinkError> {
         }
     }
     Ok(by_seq.into_values().collect())
+}
+
+/// Every `actions.jsonl` row of the sessions `keep` accepts (by id), oldest first: the rotated
+/// segments still on disk (plain or gzipped), then the current file. A line that does not
+/// parse (a torn last line, a row kind this build does not know) is skipped.
+pub fn action_rows(
+    data_dir: &Path,
+    mut keep: impl FnMut(&str) -> bool,
+) -> Result<Vec<crate::sessions::actions::ActionRow>, SinkError> {
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        session_id: &'a str,
+    }
+    let mut files: Vec<PathBuf> = segments(data_dir)?
+        .into_iter()
+        .filter_map(|s| s.actions)
+        .collect();
+    files.push(data_dir.join(super::jsonl::ACTIONS_FILE));
+    let mut rows = Vec::new();
+    let mut torn = 0;
+    for f in files {
+        for_each_line(&f, &mut torn, |bytes| {
+            if serde_json::from_slice::<Head>(bytes).is_ok_and(|h| keep(h.session_id))
+                && let Ok(row) = serde_json::from_slice(bytes)
+            {
+                rows.push(row);
+            }
+        })?;
+    }
+    Ok(rows)
 }
 
 pub fn load_checkpoint(data_dir: &Path) -> Result<Checkpoint, SinkError> {
@@ -302,6 +367,9 @@ pub fn cover(data_dir: &Path, now_unix_ns: i128) -> Result<Checkpoint, SinkError
     for p in pending.iter().filter_map(|s| s.calls.as_ref()) {
         fold.calls_file(p)?;
     }
+    for p in pending.iter().filter_map(|s| s.actions.as_ref()) {
+        fold.actions_file(p)?;
+    }
     let cp = fold.finish(last, now_unix_ns);
     save_checkpoint(data_dir, &cp).map_err(|source| SinkError::Write {
         path: data_dir.join(CHECKPOINT_FILE),
@@ -321,7 +389,7 @@ fn compress_and_prune(data_dir: &Path, cfg: &JsonlConfig, covered: u64) -> std::
     let max_age = (cfg.retention_days > 0)
         .then(|| std::time::Duration::from_secs(cfg.retention_days * 86_400));
     for (i, seg) in covered_segs.iter().enumerate() {
-        let files = [&seg.calls, &seg.ledger];
+        let files = [&seg.calls, &seg.ledger, &seg.actions];
         let too_old = max_age.is_some_and(|max| {
             files.iter().filter_map(|p| p.as_ref()).all(|p| {
                 std::fs::metadata(p)

@@ -11,13 +11,17 @@
 //! emitted when the session closes (from its ledger row and the agents seen in its calls): the
 //! root's spans the session (first call start → close), a sub-agent's spans its own calls (first
 //! start → last end) and is a child of its parent agent's span. Ceiling hits are events on the
-//! span of the agent whose call hit them. No prompt, completion or command line is exported.
+//! span of the agent whose call hit them. A tool run (`execute_tool {tool}`, kind INTERNAL) is
+//! emitted as it exits, a child of the span of the agent it ran under; its id is
+//! `sha256("tool:{session}:{pid}:{start_ticks}")[..8]`. No prompt, completion or command line
+//! is exported.
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, Status, span, status};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::sessions::actions::ToolRun;
 use crate::sessions::{CallRecord, CeilingHit, LedgerRow};
 
 pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.42.0";
@@ -119,6 +123,10 @@ fn nonzero(b: &[u8]) -> Vec<u8> {
 
 pub fn agent_span_id(session_id: &str, pid: u32, start_ticks: u64) -> Vec<u8> {
     nonzero(&Sha256::digest(format!("agent:{session_id}:{pid}:{start_ticks}").as_bytes())[..8])
+}
+
+pub fn tool_span_id(session_id: &str, pid: u32, start_ticks: u64) -> Vec<u8> {
+    nonzero(&Sha256::digest(format!("tool:{session_id}:{pid}:{start_ticks}").as_bytes())[..8])
 }
 
 pub fn call_span_id(session_id: &str, call_seq: u64) -> Vec<u8> {
@@ -302,6 +310,52 @@ pub fn call_span(c: &CallRecord) -> Span {
         kind: span::SpanKind::Client as i32,
         start_time_unix_nano: unix_nanos(&c.started_at),
         end_time_unix_nano: unix_nanos(&c.ended_at).max(unix_nanos(&c.started_at)),
+        attributes: attrs,
+        status,
+        ..Default::default()
+    }
+}
+
+/// The `execute_tool {tool}` span of a tool run (kind INTERNAL), a child of the span of the
+/// agent it ran under; `error.type` is the exit code or the signal when it failed. No
+/// argument is exported.
+pub fn tool_span(t: &ToolRun) -> Span {
+    let mut attrs = vec![
+        kv_str("gen_ai.operation.name", "execute_tool"),
+        kv_str("gen_ai.tool.name", t.tool.clone()),
+        kv_str("gen_ai.tool.type", "extension"),
+        kv_str("session.id", t.session_id.clone()),
+        kv_int("agent.depth", i64::from(t.agent_depth)),
+        kv_int("process.pid", i64::from(t.pid)),
+        kv_int("process.parent_pid", i64::from(t.agent_pid)),
+        kv_str("host.name", t.host.clone()),
+    ];
+    if let Some(exe) = &t.exe {
+        attrs.push(kv_str("process.executable.path", exe.clone()));
+    }
+    if let Some(code) = t.exit_code {
+        attrs.push(kv_int("process.exit.code", i64::from(code)));
+    }
+    let error = match (t.exit_code, t.signal) {
+        (_, Some(sig)) => Some(format!("signal {sig}")),
+        (Some(code), None) if code != 0 => Some(format!("exit {code}")),
+        _ => None,
+    };
+    let status = error.map(|e| {
+        attrs.push(kv_str("error.type", e));
+        Status {
+            message: String::new(),
+            code: status::StatusCode::Error as i32,
+        }
+    });
+    Span {
+        trace_id: trace_id(&t.session_id),
+        span_id: tool_span_id(&t.session_id, t.pid, t.pid_start_ticks),
+        parent_span_id: agent_span_id(&t.session_id, t.agent_pid, t.agent_start_ticks),
+        name: format!("execute_tool {}", t.tool),
+        kind: span::SpanKind::Internal as i32,
+        start_time_unix_nano: unix_nanos(&t.started_at),
+        end_time_unix_nano: unix_nanos(&t.ended_at).max(unix_nanos(&t.started_at)),
         attributes: attrs,
         status,
         ..Default::default()

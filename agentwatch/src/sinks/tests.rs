@@ -420,3 +420,62 @@ fn sinks_rotation_checkpoint_restart_reads_only_current_files() {
     assert_eq!(closed[0].input_tokens, input);
     let _ = all_rows;
 }
+
+/// A tool run is a process of a session that exec'd and made no call; its `actions.jsonl`
+/// row is counted again by a restart, so a session open across it keeps its count.
+#[test]
+fn sinks_tool_runs_are_counted_across_a_restart() {
+    use crate::sessions::actions::ActionRow;
+    let dir = TempDir::new("toolruns");
+    let data = dir.path().to_path_buf();
+    let (fake, mut tree) = fake_host();
+    // A fork of the agent that runs no program of its own (same executable).
+    fake.add(260, 100, "claude", 260, &["claude"]);
+    assert_eq!(tree.on_fork(100, 260, 0), Some(k(260, 260)));
+    let id = session_id("boot-1", k(100, 100));
+    {
+        let (mut s, mut sink, _, _) = start(&data, &tree);
+        let rec = s.on_call(
+            &tree,
+            k(100, 100),
+            &call(req("openai", Some("g"), 2 * S), 1, 1, 3 * S),
+            Some(0.5),
+        );
+        sink.write_call(&rec).unwrap();
+        // Not tool runs: the agent itself, a fork of it that ran no program of its own, a
+        // process outside any session.
+        assert!(s.on_tool_exit(&tree, k(100, 100), 4 * S, Some(0)).is_none());
+        assert!(s.on_tool_exit(&tree, k(260, 260), 4 * S, Some(0)).is_none());
+        tree.on_exec(600, "/usr/bin/other");
+        assert!(s.on_tool_exit(&tree, k(600, 600), 4 * S, Some(0)).is_none());
+        tree.on_exec(250, "/usr/bin/git");
+        let run = s
+            .on_tool_exit(&tree, k(250, 250), 4 * S, Some(1 << 8))
+            .expect("git ran under agent 100");
+        assert_eq!(
+            (run.session_id.as_str(), run.tool.as_str()),
+            (id.as_str(), "git")
+        );
+        assert_eq!(
+            (run.agent_pid, run.agent_depth, run.exit_code),
+            (100, 0, Some(1))
+        );
+        assert!(run.failed());
+        sink.write_action(&ActionRow::ToolRun(run)).unwrap();
+        assert_eq!(sink.health().action_rows_written, 1);
+    }
+    // The restart: the open session continues with its tool run, then runs one more
+    // (a grandchild, through a shell and a sub-process that made no call).
+    let (mut s, _sink, rows, rep) = start(&data, &tree);
+    assert!(rows.is_empty());
+    assert_eq!(rep.sessions.tool_runs.get(&id), Some(&1));
+    tree.on_exec(500, "/usr/bin/grand");
+    let run = s.on_tool_exit(&tree, k(500, 500), 5 * S, Some(9)).unwrap();
+    assert_eq!((run.exit_code, run.signal), (None, Some(9)));
+    let view = s.live_sessions();
+    assert_eq!(view.len(), 1);
+    assert_eq!(view[0].tool_runs, 2);
+    // Rows of the session are found by the CLI's reader, by id prefix.
+    let found = super::rotation::action_rows(&data, |sid| sid.starts_with(&id[..8])).unwrap();
+    assert_eq!(found.len(), 1);
+}

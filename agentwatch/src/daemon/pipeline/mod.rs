@@ -21,6 +21,7 @@ use crate::capture::{CaptureEvent, CaptureLimits, CaptureStats, Connection};
 use crate::policy::Enforcer;
 use crate::probes::KernelEvent;
 use crate::procs::{ProcKey, ProcTree};
+use crate::sessions::actions::ActionRow;
 use crate::sessions::{CallOrigin, Sessions};
 use crate::sinks::Sink;
 use crate::workloads::{PodIndex, Workload, cgroup};
@@ -44,6 +45,8 @@ pub struct PipelineStats {
     pub llm_requests: u64,
     pub llm_calls: u64,
     pub ledger_rows: u64,
+    /// Processes of sessions that ran a program and made no LLM call (`actions.jsonl`).
+    pub tool_runs: u64,
     pub connections_open: u64,
     /// Connections evicted because `limits.max_connections` was reached.
     pub connections_evicted: u64,
@@ -300,12 +303,16 @@ impl Pipeline {
                 self.on_exec_policy(tgid, ts_ns);
                 return Some(tgid);
             }
-            KernelEvent::Exit { tgid, ts_ns } => {
+            KernelEvent::Exit {
+                tgid,
+                ts_ns,
+                status,
+            } => {
                 self.stats.exits += 1;
                 self.probe_ends.push((tgid, ts_ns));
                 self.exe_ids.remove(&tgid);
                 self.probation.forget(tgid);
-                self.on_exit(tgid, ts_ns);
+                self.on_exit(tgid, ts_ns, status);
             }
             KernelEvent::Tls { header, data } if header.flags & TLS_FLAG_AEAD != 0 => {
                 let mut out = Vec::new();
@@ -649,7 +656,7 @@ impl Pipeline {
         }
     }
 
-    fn on_exit(&mut self, tgid: u32, ts_ns: u64) {
+    fn on_exit(&mut self, tgid: u32, ts_ns: u64, status: Option<u32>) {
         self.aead.forget(tgid);
         if let Some(e) = self.enforcer.as_mut() {
             e.process_exited(tgid, ts_ns);
@@ -660,6 +667,16 @@ impl Pipeline {
         // Flush the process's connections first: their calls belong to its session.
         for ssl in self.conns_by_tgid.remove(&tgid).unwrap_or_default() {
             self.close_connection((tgid, ssl), ts_ns);
+        }
+        // A process of a session that made no call: a tool the agent ran.
+        if let Some(key) = self.tree.key_of(tgid)
+            && let Some(run) = self.sessions.on_tool_exit(&self.tree, key, ts_ns, status)
+        {
+            self.stats.tool_runs += 1;
+            if let Err(e) = self.sink.write_action(&ActionRow::ToolRun(run)) {
+                self.stats.sink_errors += 1;
+                tracing::error!("{e}");
+            }
         }
         let removed = self.tree.on_exit(tgid);
         self.close_sessions(&removed, ts_ns);

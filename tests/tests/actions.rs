@@ -1,0 +1,125 @@
+//! What the agent did: the tools a session's agents ran, from the kernel's exec and exit
+//! events, with their exit status (real probes, a real Python SDK agent, real programs).
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn action_rows(daemon: &Daemon) -> Vec<Value> {
+    read_jsonl(&daemon.data_dir.join("actions.jsonl"))
+}
+
+/// An agent (the openai SDK against the mock) runs tools through `bash -c`: file commands in
+/// a scratch directory, a program that exits 3, one killed by SIGKILL. Each is one tool run
+/// of its session with its exit status; the ledger counts them; `agentwatch actions` shows
+/// them under the agent that ran them, by a prefix of the session id. The same file work
+/// done by a process outside any session leaves no row.
+#[test]
+fn an_agents_tool_runs_are_recorded_with_their_exit_status() {
+    let daemon = Daemon::start_in(Scratch::new("actions"), &[]);
+    let mock = Mock::start(&[]);
+    let work = Scratch::new("actions-work");
+    let dir = work.0.display().to_string();
+    let children = [
+        format!("cd {dir} && touch a && mv a b && rm b"),
+        "bash -c 'exit 3'; true".to_string(),
+        "sleep 30 & sleep 0.3; kill -KILL $!; wait; true".to_string(),
+    ];
+    let mut agent = py_client(
+        "tree_agent.py",
+        &mock,
+        &["--calls", "1", "--tag", "actions"],
+    );
+    for c in &children {
+        agent.arg("--child").arg(c);
+    }
+    let (root, _) = run_client(agent);
+    // Outside any session: the same kind of work, never recorded.
+    let outside = Command::new("bash")
+        .arg("-c")
+        .arg(format!("cd {dir} && touch c && mv c d && rm d"))
+        .status()
+        .unwrap();
+    assert!(outside.success());
+    // A call after it: once its row is written, the outside exits were read before it.
+    sentinel_call(&daemon, &mock, false);
+
+    let (_calls, row) = rows_of(&daemon, root, 1);
+    let session = row["session_id"].as_str().unwrap().to_string();
+    let rows: Vec<Value> = action_rows(&daemon)
+        .into_iter()
+        .filter(|r| r["session_id"] == session.as_str())
+        .collect();
+    assert!(rows.iter().all(|r| r["kind"] == "tool_run"), "{rows:#?}");
+    assert_eq!(
+        u(&row["tool_runs"]),
+        rows.len() as u64,
+        "the ledger counts the session's tool runs: {row:#?} / {rows:#?}"
+    );
+    let tools: BTreeSet<&str> = rows.iter().filter_map(|r| r["tool"].as_str()).collect();
+    for t in ["bash", "touch", "mv", "rm", "sleep"] {
+        assert!(tools.contains(t), "{t} missing from {tools:?}");
+    }
+    for r in &rows {
+        assert_eq!(
+            u(&r["agent_pid"]),
+            root as u64,
+            "ran under the root agent: {r:#?}"
+        );
+        assert_eq!(u(&r["agent_depth"]), 0);
+        assert_ne!(u(&r["pid"]), root as u64);
+        assert!(
+            r["exe"].as_str().is_some_and(|e| e.starts_with('/')),
+            "{r:#?}"
+        );
+        assert!(r.get("argv").is_none(), "arguments are not kept: {r:#?}");
+        assert!(r["started_at"].as_str() <= r["ended_at"].as_str());
+    }
+    let with = |tool: &str, pred: &dyn Fn(&Value) -> bool| {
+        rows.iter().any(|r| r["tool"] == tool && pred(r))
+    };
+    for t in ["touch", "mv", "rm"] {
+        assert!(
+            with(t, &|r| r["exit_code"] == 0 && r["signal"].is_null()),
+            "{t}: {rows:#?}"
+        );
+    }
+    assert!(
+        with("bash", &|r| r["exit_code"] == 3),
+        "bash exit 3: {rows:#?}"
+    );
+    assert!(
+        with("sleep", &|r| r["signal"] == 9 && r["exit_code"].is_null()),
+        "sleep killed by SIGKILL: {rows:#?}"
+    );
+    // Nothing of the work outside the session: this daemon's only session is the agent's.
+    let all = action_rows(&daemon);
+    assert_eq!(all.len(), rows.len(), "rows of other sessions: {all:#?}");
+
+    // The CLI, by a prefix of the id, grouped per agent.
+    let list = daemon.cli_json(&["actions", &session[..10]]);
+    assert_eq!(list["session_id"], session.as_str());
+    let agents = list["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 1, "{list:#}");
+    assert_eq!(u(&agents[0]["agent_pid"]), root as u64);
+    assert_eq!(agents[0]["tool_runs"].as_array().unwrap().len(), rows.len());
+    let text = daemon.cli(&["actions", &session[..10]]);
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("killed by signal 9") && text.contains("exit 3"),
+        "{text}"
+    );
+    // An unknown id is an error that says what to do.
+    let unknown = daemon.cli(&["actions", "zzzz"]);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("agentwatch sessions"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    drop(work);
+}
