@@ -42,6 +42,8 @@ pub const EVENT_SOCKET_CLOSE: u32 = 10;
 /// [`SocketHold`]: a gated process's write on a metered socket is held (SIGSTOP; the
 /// socket's packets are kept in the host by the egress program until user space decides).
 pub const EVENT_SOCKET_HOLD: u32 = 11;
+/// A process of a session (`SESSION_PROCS`) connected a TCP socket: [`Connect`].
+pub const EVENT_CONNECT: u32 = 12;
 
 pub const GATE_PREVIEW: usize = 256;
 /// ClientHello bytes a [`Contact`] carries at most.
@@ -155,7 +157,9 @@ pub const DROP_HELD_PACKETS: u32 = 7;
 pub const DROP_SOCKS_FULL: u32 = 8;
 /// First contacts not held because `PROCS` was full.
 pub const DROP_PROCS_FULL: u32 = 9;
-pub const DROP_COUNTERS: u32 = 10;
+/// Processes of sessions not marked (or their children not inherited): `SESSION_PROCS` full.
+pub const DROP_SESSION_PROCS_FULL: u32 = 10;
+pub const DROP_COUNTERS: u32 = 11;
 
 /// Indexes of the per-CPU counter array `COUNTS` (not loss: what the kernel side did).
 /// TCP connects seen by the socket programs.
@@ -401,6 +405,21 @@ pub struct SocketBytes {
     pub ts_ns: u64,
 }
 
+/// A TCP connect of a process of a session: the destination as the process passed it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Connect {
+    pub kind: u32,
+    pub tgid: u32,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u32,
+    /// Host order.
+    pub port: u32,
+    pub ts_ns: u64,
+    /// IPv4: the first 4 bytes; IPv6: all 16 (network order).
+    pub addr: [u8; 16],
+}
+
 /// A metered socket was closed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -495,6 +514,7 @@ const _: () = {
     assert!(size_of::<Contact>() == 56);
     assert!(size_of::<SocketBytes>() == 32);
     assert!(size_of::<SocketClose>() == 24);
+    assert!(size_of::<Connect>() == 40);
     assert!(size_of::<SockState>() == 24);
     assert!(size_of::<SslArgs>() == 24);
     assert!(size_of::<GoKey>() == 16);

@@ -1,5 +1,6 @@
 //! What the agent did: the tools a session's agents ran, from the kernel's exec and exit
-//! events, with their exit status (real probes, a real Python SDK agent, real programs).
+//! events, with their exit status, and the hosts its processes connected to (real probes, a
+//! real Python SDK agent, real programs).
 mod common;
 
 use std::collections::BTreeSet;
@@ -23,10 +24,19 @@ fn an_agents_tool_runs_are_recorded_with_their_exit_status() {
     let mock = Mock::start(&[]);
     let work = Scratch::new("actions-work");
     let dir = work.0.display().to_string();
+    // A server that is not an LLM endpoint: it takes a connection and closes it.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in other.incoming().take(4) {
+            drop(conn);
+        }
+    });
     let children = [
         format!("cd {dir} && touch a && mv a b && rm b"),
         "bash -c 'exit 3'; true".to_string(),
         "sleep 30 & sleep 0.3; kill -KILL $!; wait; true".to_string(),
+        format!("curl -sk --max-time 5 https://127.0.0.1:{other_port}/ || true"),
     ];
     let mut agent = py_client(
         "tree_agent.py",
@@ -49,18 +59,38 @@ fn an_agents_tool_runs_are_recorded_with_their_exit_status() {
 
     let (_calls, row) = rows_of(&daemon, root, 1);
     let session = row["session_id"].as_str().unwrap().to_string();
-    let rows: Vec<Value> = action_rows(&daemon)
+    let all_rows: Vec<Value> = action_rows(&daemon)
         .into_iter()
         .filter(|r| r["session_id"] == session.as_str())
         .collect();
-    assert!(rows.iter().all(|r| r["kind"] == "tool_run"), "{rows:#?}");
+    let (rows, hosts): (Vec<Value>, Vec<Value>) = all_rows
+        .iter()
+        .cloned()
+        .partition(|r| r["kind"] == "tool_run");
+    assert!(hosts.iter().all(|r| r["kind"] == "host"), "{hosts:#?}");
+    // Hosts: the mock, by the agent itself; the other server, by curl under the agent.
+    assert_eq!(
+        u(&row["hosts_contacted"]),
+        hosts.len() as u64,
+        "{row:#?} / {hosts:#?}"
+    );
+    let host = |port: u16| hosts.iter().find(|h| u(&h["port"]) == port as u64);
+    let llm = host(mock.port).unwrap_or_else(|| panic!("the mock not in {hosts:#?}"));
+    assert_eq!(
+        (u(&llm["pid"]), llm["address"].as_str()),
+        (root as u64, Some("127.0.0.1"))
+    );
+    let curl = host(other_port).unwrap_or_else(|| panic!("port {other_port} not in {hosts:#?}"));
+    assert_eq!(curl["tool"], "curl", "{curl:#?}");
+    assert_eq!(u(&curl["agent_pid"]), root as u64);
+    assert_eq!(hosts.len(), 2, "one row per destination: {hosts:#?}");
     assert_eq!(
         u(&row["tool_runs"]),
         rows.len() as u64,
         "the ledger counts the session's tool runs: {row:#?} / {rows:#?}"
     );
     let tools: BTreeSet<&str> = rows.iter().filter_map(|r| r["tool"].as_str()).collect();
-    for t in ["bash", "touch", "mv", "rm", "sleep"] {
+    for t in ["bash", "touch", "mv", "rm", "sleep", "curl"] {
         assert!(tools.contains(t), "{t} missing from {tools:?}");
     }
     for r in &rows {
@@ -95,9 +125,19 @@ fn an_agents_tool_runs_are_recorded_with_their_exit_status() {
         with("sleep", &|r| r["signal"] == 9 && r["exit_code"].is_null()),
         "sleep killed by SIGKILL: {rows:#?}"
     );
-    // Nothing of the work outside the session: this daemon's only session is the agent's.
+    // Nothing of the work outside the session.
     let all = action_rows(&daemon);
-    assert_eq!(all.len(), rows.len(), "rows of other sessions: {all:#?}");
+    // (The sentinel is a session of its own: its one row is its connection to the mock.)
+    let others: Vec<&Value> = all
+        .iter()
+        .filter(|r| r["session_id"] != session.as_str())
+        .collect();
+    assert!(
+        others
+            .iter()
+            .all(|r| r["kind"] == "host" && u(&r["port"]) == mock.port as u64),
+        "rows of other sessions: {others:#?}"
+    );
 
     // The CLI, by a prefix of the id, grouped per agent.
     let list = daemon.cli_json(&["actions", &session[..10]]);
@@ -106,6 +146,7 @@ fn an_agents_tool_runs_are_recorded_with_their_exit_status() {
     assert_eq!(agents.len(), 1, "{list:#}");
     assert_eq!(u(&agents[0]["agent_pid"]), root as u64);
     assert_eq!(agents[0]["tool_runs"].as_array().unwrap().len(), rows.len());
+    assert_eq!(agents[0]["hosts"].as_array().unwrap().len(), 2);
     let text = daemon.cli(&["actions", &session[..10]]);
     assert!(text.status.success());
     let text = String::from_utf8_lossy(&text.stdout);
@@ -113,6 +154,11 @@ fn an_agents_tool_runs_are_recorded_with_their_exit_status() {
         text.contains("killed by signal 9") && text.contains("exit 3"),
         "{text}"
     );
+    assert!(
+        text.contains(&format!("connect 127.0.0.1:{other_port} (curl")),
+        "{text}"
+    );
+    eprintln!("{text}");
     // An unknown id is an error that says what to do.
     let unknown = daemon.cli(&["actions", "zzzz"]);
     assert!(!unknown.status.success());

@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::maps::{BLOCKED_TGIDS, EVENTS, GATE, PROCS, THREAD_CHILDREN};
+use crate::maps::{BLOCKED_TGIDS, EVENTS, GATE, PROCS, SESSION_PROCS, THREAD_CHILDREN};
 use crate::output::{QUIET, config, drop_count, now};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -61,6 +61,14 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
             let _ = BLOCKED_TGIDS.insert(&child, &1, 0);
         }
     }
+    // A child of a session's process is the session's too.
+    if unsafe { SESSION_PROCS.get(&parent_tgid) }.is_some() {
+        if SESSION_PROCS.insert(&child, &1, 0).is_err() {
+            drop_count(DROP_SESSION_PROCS_FULL, 1);
+        }
+    } else {
+        let _ = SESSION_PROCS.remove(&child);
+    }
     // A pid is decided at its own first contact (a stale entry of a reused pid is dropped).
     let _ = PROCS.remove(&child);
     emit(EVENT_FORK, child, parent_tgid, None, 0)
@@ -107,6 +115,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let _ = GATE.remove(&tgid);
     let _ = BLOCKED_TGIDS.remove(&tgid);
     let _ = PROCS.remove(&tgid);
+    let _ = SESSION_PROCS.remove(&tgid);
     super::aead::forget_aead_process(tgid);
     emit_exit(tgid)
 }

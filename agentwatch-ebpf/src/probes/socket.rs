@@ -17,7 +17,7 @@ use super::contact;
 use super::gate::{rearm_after_read, socket_gate};
 use super::syscall::{NR_CONNECT, Syscall, iovec};
 use super::tls::{emit_tls, mark_loss, new_connection};
-use crate::maps::{ESTIMATE_PORTS, PLAIN_PORTS, PROCS, SEND_GATED, SOCKS, TRACKED};
+use crate::maps::{ESTIMATE_PORTS, PLAIN_PORTS, PROCS, SEND_GATED, SESSION_PROCS, SOCKS, TRACKED};
 use crate::output::{config, count, current, drop_count, is_self, now, record};
 
 const TCP_SYN_SENT: i32 = 2;
@@ -60,6 +60,9 @@ fn on_connect(sk: u64) -> Result<(), i64> {
         unsafe { bpf_probe_read_user((addr + 2) as *const u16) }.map_err(|e| e as i64)?;
     let port = u16::from_be(port);
     count(COUNT_CONNECTS);
+    if unsafe { SESSION_PROCS.get(&tgid) }.is_some() {
+        report_connect(tgid, family, port, addr);
+    }
     let fd = call.fd();
     let state = if unsafe { PLAIN_PORTS.get(&port) }.is_some() {
         SOCK_PLAIN
@@ -85,6 +88,30 @@ fn on_connect(sk: u64) -> Result<(), i64> {
         new_connection(pid_tgid, PLAIN_CONN | fd);
     }
     Ok(())
+}
+
+/// A session's process connects: where to (the `sockaddr` it passed).
+#[inline(always)]
+fn report_connect(tgid: u32, family: u16, port: u16, sockaddr: u64) {
+    let mut addr = [0u8; 16];
+    let read = if family == AF_INET {
+        unsafe { bpf_probe_read_user((sockaddr + 4) as *const [u8; 4]) }.map(|a| {
+            addr[..4].copy_from_slice(&a);
+        })
+    } else {
+        unsafe { bpf_probe_read_user((sockaddr + 8) as *const [u8; 16]) }.map(|a| addr = a)
+    };
+    if read.is_err() {
+        return;
+    }
+    record(&Connect {
+        kind: EVENT_CONNECT,
+        tgid,
+        family: family as u32,
+        port: port as u32,
+        ts_ns: now(),
+        addr,
+    });
 }
 
 /// Whether `tgid`'s connections still need a first-contact look (probes per process, and

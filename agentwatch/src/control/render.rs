@@ -154,16 +154,29 @@ fn render_sessions(out: &mut String, list: &SessionList) {
 fn render_actions(out: &mut String, list: &ActionList) {
     let _ = writeln!(out, "session {}", list.session_id);
     if list.agents.is_empty() {
-        let _ = writeln!(out, "  no tool runs");
+        let _ = writeln!(out, "  no tool runs and no hosts");
     }
     for agent in &list.agents {
         let _ = writeln!(
             out,
-            "  agent pid {} (depth {}): {} tool runs",
+            "  agent pid {} (depth {}): {} tool runs, {} hosts",
             agent.agent_pid,
             agent.depth,
-            agent.tool_runs.len()
+            agent.tool_runs.len(),
+            agent.hosts.len()
         );
+        for h in &agent.hosts {
+            let addr = if h.address.contains(':') {
+                format!("[{}]:{}", h.address, h.port)
+            } else {
+                format!("{}:{}", h.address, h.port)
+            };
+            let _ = writeln!(
+                out,
+                "    {} connect {} ({} pid {})",
+                h.first_at, addr, h.tool, h.pid
+            );
+        }
         for t in &agent.tool_runs {
             let end = match (t.exit_code, t.signal) {
                 (_, Some(sig)) => format!("killed by signal {sig}"),

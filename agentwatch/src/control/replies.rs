@@ -298,6 +298,9 @@ pub struct AgentActions {
     pub agent_start_ticks: u64,
     pub depth: u32,
     pub tool_runs: Vec<crate::sessions::actions::ToolRun>,
+    /// Destinations it (or a tool under it) connected to first for the session.
+    #[serde(default)]
+    pub hosts: Vec<crate::sessions::actions::HostContact>,
 }
 
 /// `agentwatch tree`.

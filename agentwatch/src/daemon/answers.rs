@@ -98,22 +98,33 @@ impl Daemon {
             }
         };
         let mut agents: Vec<AgentActions> = Vec::new();
-        for ActionRow::ToolRun(t) in rows {
-            if t.session_id != session_id {
+        for row in rows {
+            if row.session_id() != session_id {
                 continue;
             }
-            let key = (t.agent_pid, t.agent_start_ticks);
-            match agents
-                .iter_mut()
-                .find(|a| (a.agent_pid, a.agent_start_ticks) == key)
+            let (pid, start_ticks, depth) = match &row {
+                ActionRow::ToolRun(t) => (t.agent_pid, t.agent_start_ticks, t.agent_depth),
+                ActionRow::Host(h) => (h.agent_pid, h.agent_start_ticks, h.agent_depth),
+            };
+            let i = match agents
+                .iter()
+                .position(|a| (a.agent_pid, a.agent_start_ticks) == (pid, start_ticks))
             {
-                Some(a) => a.tool_runs.push(t),
-                None => agents.push(AgentActions {
-                    agent_pid: t.agent_pid,
-                    agent_start_ticks: t.agent_start_ticks,
-                    depth: t.agent_depth,
-                    tool_runs: vec![t],
-                }),
+                Some(i) => i,
+                None => {
+                    agents.push(AgentActions {
+                        agent_pid: pid,
+                        agent_start_ticks: start_ticks,
+                        depth,
+                        tool_runs: Vec::new(),
+                        hosts: Vec::new(),
+                    });
+                    agents.len() - 1
+                }
+            };
+            match row {
+                ActionRow::ToolRun(t) => agents[i].tool_runs.push(t),
+                ActionRow::Host(h) => agents[i].hosts.push(h),
             }
         }
         agents.sort_by_key(|a| (a.depth, a.agent_start_ticks, a.agent_pid));

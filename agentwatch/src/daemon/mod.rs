@@ -90,6 +90,7 @@ struct KernelSide {
     ring: crate::probes::ring::Ring,
     gate: crate::probes::gate_maps::GateMaps,
     meter: crate::probes::meter::Meter,
+    session_procs: crate::probes::session_procs::SessionProcs,
     closer: first_contact::Closer,
     held_file: first_contact::HeldFile,
 }
@@ -130,6 +131,7 @@ impl Daemon {
             ring,
             gate,
             meter,
+            session_procs,
             closer,
             held_file,
         } = kernel;
@@ -145,6 +147,7 @@ impl Daemon {
         )
         .with_enforcer(enforcer)
         .with_meter(meter)
+        .with_session_procs(session_procs)
         .with_pods(pods.clone())
         .with_written_calls(restored.written);
         // Continue or release what a previous daemon held, per `on_restart`.
@@ -217,6 +220,7 @@ fn kernel_side(config: &Config) -> Result<KernelSide, DaemonError> {
     let (mut probes, ring) = Probes::load(&config.probes, &config.data_dir)?;
     let gate = probes.take_gate()?;
     let meter = probes.take_meter()?;
+    let session_procs = probes.take_session_procs()?;
     let closer = first_contact::Closer::spawn();
     let held_file = first_contact::HeldFile::new(&config.data_dir);
     // The probes a previous daemon left pinned for processes still running are ours now.
@@ -255,6 +259,7 @@ fn kernel_side(config: &Config) -> Result<KernelSide, DaemonError> {
         ring,
         gate,
         meter,
+        session_procs,
         closer,
         held_file,
     })

@@ -1,10 +1,11 @@
 //! Decoding of ring-buffer records. A record's kind is checked before its layout is
 //! trusted; an unknown kind or a short record is an error the caller counts.
 use agentwatch_ebpf::{
-    AeadLink, CONTACT_ESTIMATE, CONTACT_HELD, CONTACT_LLM_HOST, Contact, EVENT_AEAD_LINK,
-    EVENT_CONTACT, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_GATE_HOLD, EVENT_SOCKET_BYTES,
-    EVENT_SOCKET_CLOSE, EVENT_SOCKET_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, EXIT_CODE_UNKNOWN,
-    GateHold, HOLD_TLS_RECORD, Handshake, ProcEvent, SocketBytes, SocketClose, SocketHold, TlsData,
+    AeadLink, CONTACT_ESTIMATE, CONTACT_HELD, CONTACT_LLM_HOST, Connect, Contact, EVENT_AEAD_LINK,
+    EVENT_CONNECT, EVENT_CONTACT, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_GATE_HOLD,
+    EVENT_SOCKET_BYTES, EVENT_SOCKET_CLOSE, EVENT_SOCKET_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE,
+    EXIT_CODE_UNKNOWN, GateHold, HOLD_TLS_RECORD, Handshake, ProcEvent, SocketBytes, SocketClose,
+    SocketHold, TlsData,
 };
 
 #[derive(Debug)]
@@ -51,6 +52,13 @@ pub enum KernelEvent<'a> {
         /// Bytes the write asked to send (the first iovec's for vectored calls).
         len: u64,
         cookie: u64,
+    },
+    /// A process of a session connected a TCP socket to `addr`:`port`.
+    Connect {
+        tgid: u32,
+        addr: std::net::IpAddr,
+        port: u16,
+        ts_ns: u64,
     },
     /// A new TLS connection starts on `ssl` (the pointer may be a reused one).
     TlsHandshake {
@@ -223,6 +231,21 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 direction: b.direction,
                 len: b.len,
                 ts_ns: b.ts_ns,
+            })
+        }
+        EVENT_CONNECT => {
+            let c = read::<Connect>(bytes).ok_or_else(short)?;
+            let addr = if c.family == 2 {
+                let [a, b, c, d, ..] = c.addr;
+                std::net::IpAddr::from([a, b, c, d])
+            } else {
+                std::net::IpAddr::from(c.addr)
+            };
+            Ok(KernelEvent::Connect {
+                tgid: c.tgid,
+                addr,
+                port: c.port as u16,
+                ts_ns: c.ts_ns,
             })
         }
         EVENT_SOCKET_CLOSE => {

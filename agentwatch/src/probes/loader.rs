@@ -110,6 +110,10 @@ pub struct DropCounters {
     /// First contacts not held because the process table was full.
     #[serde(default)]
     pub process_table_full: u64,
+    /// Processes of sessions not marked (their connects not reported): the session process
+    /// table was full.
+    #[serde(default)]
+    pub session_table_full: u64,
 }
 
 /// What the kernel side did, summed over CPUs.
@@ -444,6 +448,13 @@ impl Probes {
         Ok(super::meter::Meter::new(socks))
     }
 
+    /// Takes the map of sessions' processes out of the object (once).
+    pub fn take_session_procs(&mut self) -> Result<super::session_procs::SessionProcs, ProbeError> {
+        let map = aya::maps::HashMap::try_from(take_map(&mut self.ebpf, "SESSION_PROCS")?)
+            .map_err(map_error("SESSION_PROCS"))?;
+        Ok(super::session_procs::SessionProcs::new(map))
+    }
+
     /// Takes the ceiling gate's maps out of the object (once).
     pub fn take_gate(&mut self) -> Result<super::gate_maps::GateMaps, ProbeError> {
         super::gate_maps::take(&mut self.ebpf)
@@ -616,6 +627,7 @@ impl Probes {
             held_packets_kept: sum(abi::DROP_HELD_PACKETS),
             socket_table_full: sum(abi::DROP_SOCKS_FULL),
             process_table_full: sum(abi::DROP_PROCS_FULL),
+            session_table_full: sum(abi::DROP_SESSION_PROCS_FULL),
         }
     }
 

@@ -21,6 +21,7 @@ pub mod opaque;
 pub mod pins;
 pub mod plans;
 pub mod ring;
+pub mod session_procs;
 pub mod tracefs;
 
 pub use attach::{AttachedLibrary, Detached, DetachedLinks, ProcessCoverage};

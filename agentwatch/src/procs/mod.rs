@@ -15,6 +15,7 @@
 //!
 //! Nothing here panics on a vanished process: every `/proc` read may fail, and that is normal.
 
+pub mod sockets;
 mod stat;
 #[cfg(test)]
 pub(crate) mod test_support;

@@ -14,15 +14,40 @@ pub use super::rows::{ToolRun, ToolRunRow};
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ActionRow {
     ToolRun(ToolRun),
+    Host(HostContact),
 }
 
 impl ActionRow {
     pub fn session_id(&self) -> &str {
         match self {
             ActionRow::ToolRun(t) => &t.session_id,
+            ActionRow::Host(h) => &h.session_id,
         }
     }
 }
+
+/// A destination a session's processes connected to (TCP), written the first time the
+/// session connects to it: one row per (address, port) per session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostContact {
+    pub session_id: String,
+    pub host: String,
+    /// The destination as the process passed it to `connect` (an IPv4 or IPv6 address).
+    pub address: String,
+    pub port: u16,
+    /// The process that connected first, its executable's file name, and the agent it ran
+    /// under (itself, when it is one).
+    pub pid: u32,
+    pub tool: String,
+    pub agent_pid: u32,
+    pub agent_start_ticks: u64,
+    pub agent_depth: u32,
+    /// When it first connected there (RFC 3339 UTC).
+    pub first_at: String,
+}
+
+/// Distinct destinations kept per session; connects to more are counted, not listed.
+pub const MAX_HOSTS_PER_SESSION: usize = 4096;
 
 impl ToolRun {
     /// Exited with a code other than 0, or killed.

@@ -135,6 +135,8 @@ pub struct RecoveredSessions {
     pub closed_this_boot: Vec<String>,
     /// Tool runs already written (`actions.jsonl`) of the open sessions.
     pub tool_runs: HashMap<String, u64>,
+    /// Destinations already written (`actions.jsonl`) of the open sessions.
+    pub hosts: HashMap<String, Vec<(std::net::IpAddr, u16)>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -243,6 +245,10 @@ struct Session {
     ceiling_hits: u64,
     /// Tool runs (`actions`) charged to the session.
     tool_runs: u64,
+    /// Distinct TCP destinations its processes connected to (at most
+    /// `MAX_HOSTS_PER_SESSION`; `hosts_over_cap` counts the others).
+    hosts: BTreeSet<(std::net::IpAddr, u16)>,
+    hosts_over_cap: u64,
     outcome: Outcome,
     /// Why the session was stopped or flagged, for `agentwatch sessions`.
     reason: Option<String>,
@@ -350,6 +356,7 @@ impl Session {
             agent_count: self.agents.len() as u64,
             ceiling_hits: self.ceiling_hits,
             tool_runs: self.tool_runs,
+            hosts_contacted: self.hosts.len() as u64 + self.hosts_over_cap,
             // A stop decided by the policy wins over the plain end of the session.
             outcome: if self.outcome == Outcome::Completed {
                 outcome
@@ -406,6 +413,8 @@ pub struct Sessions {
     closed_ids: HashSet<String>,
     closed_order: VecDeque<String>,
     stats: SessionsStats,
+    /// See [`Sessions::take_opened`].
+    opened: Vec<ProcKey>,
 }
 
 impl Sessions {
@@ -419,6 +428,7 @@ impl Sessions {
             closed_ids: HashSet::new(),
             closed_order: VecDeque::new(),
             stats: SessionsStats::default(),
+            opened: Vec::new(),
         }
     }
 
@@ -504,12 +514,15 @@ impl Sessions {
                     last_ended_at: None,
                     ceiling_hits: 0,
                     tool_runs: 0,
+                    hosts: BTreeSet::new(),
+                    hosts_over_cap: 0,
                     outcome: Outcome::Completed,
                     reason: None,
                     workload: Default::default(),
                 };
                 self.sessions.insert(id.clone(), session);
                 self.by_root.insert(key, id.clone());
+                self.opened.push(key);
                 AgentRef {
                     session_id: id,
                     depth: 0,
@@ -653,6 +666,54 @@ impl Sessions {
         })
     }
 
+    /// `key` connected to `addr`:`port`: the first time its session (of the agent it is, or
+    /// runs under) connects there, its `actions.jsonl` row.
+    pub fn on_connect(
+        &mut self,
+        tree: &ProcTree,
+        key: ProcKey,
+        addr: std::net::IpAddr,
+        port: u16,
+        ts_ns: u64,
+    ) -> Option<actions::HostContact> {
+        let (agent, aref) = match self.agent(key) {
+            Some(a) => (key, a.clone()),
+            None => tree
+                .ancestors(key)
+                .find_map(|p| Some((p.key, self.agent(p.key)?.clone())))?,
+        };
+        let session = self.sessions.get_mut(&aref.session_id)?;
+        if session.hosts.contains(&(addr, port)) {
+            return None;
+        }
+        if session.hosts.len() >= actions::MAX_HOSTS_PER_SESSION {
+            session.hosts_over_cap += 1;
+            return None;
+        }
+        session.hosts.insert((addr, port));
+        let info = tree.get(key);
+        Some(actions::HostContact {
+            session_id: aref.session_id,
+            host: self.cfg.host.clone(),
+            address: addr.to_string(),
+            port,
+            pid: key.tgid,
+            tool: info
+                .map(|p| actions::tool_name(p.exe.as_deref(), &p.comm))
+                .unwrap_or_default(),
+            agent_pid: agent.tgid,
+            agent_start_ticks: agent.start_ticks,
+            agent_depth: aref.depth,
+            first_at: self.cfg.clock.rfc3339(ts_ns),
+        })
+    }
+
+    /// Roots of sessions opened (or restored) since the last call: their processes are to be
+    /// marked in the kernel's `SESSION_PROCS`.
+    pub fn take_opened(&mut self) -> Vec<ProcKey> {
+        std::mem::take(&mut self.opened)
+    }
+
     /// Processes left the tree (`ProcTree::on_exit` / `take_removed`). Sessions whose root is
     /// among them close now; their ledger rows are returned (to be written once).
     pub fn on_removed(&mut self, removed: &[ProcKey], now_ns: u64) -> Vec<LedgerRow> {
@@ -746,6 +807,12 @@ impl Sessions {
                 last_ended_at: None,
                 ceiling_hits: 0,
                 tool_runs: recovered.tool_runs.get(&id).copied().unwrap_or(0),
+                hosts: recovered
+                    .hosts
+                    .get(&id)
+                    .map(|h| h.iter().copied().collect())
+                    .unwrap_or_default(),
+                hosts_over_cap: 0,
                 outcome: Outcome::Completed,
                 reason: None,
                 workload: Default::default(),
@@ -770,6 +837,7 @@ impl Sessions {
                 }
                 self.by_root.insert(root, id.clone());
                 self.sessions.insert(id, session);
+                self.opened.push(root);
                 self.stats.restored_continued += 1;
             } else {
                 let ended_at = session

@@ -274,6 +274,9 @@ row_schema! {
         /// Programs the session's agents ran (`actions.jsonl` rows of kind `tool_run`).
         #[serde(default)]
         pub tool_runs: u64 => "UInt64",
+        /// Distinct TCP destinations (address, port) its processes connected to.
+        #[serde(default)]
+        pub hosts_contacted: u64 => "UInt64",
         pub outcome: Outcome => "String",
         /// Sorted, distinct.
         pub providers: Vec<String> => "Array(String)",

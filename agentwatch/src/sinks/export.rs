@@ -297,6 +297,8 @@ impl SpoolWriter {
             crate::sessions::actions::ActionRow::ToolRun(t) => {
                 self.push(&ExportItem::ToolRun(Box::new(t.clone())))
             }
+            // Hosts are in actions.jsonl only for now.
+            crate::sessions::actions::ActionRow::Host(_) => {}
         }
     }
 

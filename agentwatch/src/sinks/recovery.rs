@@ -104,6 +104,7 @@ pub fn recover(data_dir: &Path, boot_id: &str) -> Result<RecoveryReport, SinkErr
                 .collect(),
             closed_this_boot,
             tool_runs: cp.tool_runs.into_iter().collect(),
+            hosts: cp.hosts.into_iter().collect(),
         },
         stats,
         host_day: cp.host_day,

@@ -80,6 +80,9 @@ pub struct Checkpoint {
     /// Tool runs (`actions.jsonl`) of the open sessions.
     #[serde(default)]
     pub tool_runs: BTreeMap<String, u64>,
+    /// Destinations (`actions.jsonl` host rows) of the open sessions.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, Vec<(std::net::IpAddr, u16)>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,6 +108,7 @@ pub(crate) struct Fold {
     closed_set: HashSet<String>,
     host_day: BTreeMap<i64, f64>,
     tool_runs: BTreeMap<String, u64>,
+    hosts: BTreeMap<String, Vec<(std::net::IpAddr, u16)>>,
     pub stats: RecoveryStats,
 }
 
@@ -115,6 +119,7 @@ impl Fold {
             closed: cp.closed,
             host_day: cp.host_day,
             tool_runs: cp.tool_runs,
+            hosts: cp.hosts,
             ..Fold::default()
         };
         for s in cp.open {
@@ -186,10 +191,15 @@ impl Fold {
         struct Head {
             kind: String,
             session_id: String,
+            #[serde(default)]
+            address: Option<std::net::IpAddr>,
+            #[serde(default)]
+            port: Option<u16>,
         }
         let Fold {
             closed_set,
             tool_runs,
+            hosts,
             stats,
             ..
         } = self;
@@ -197,8 +207,20 @@ impl Fold {
             path,
             &mut stats.torn_lines,
             |bytes| match serde_json::from_slice::<Head>(bytes) {
-                Ok(h) if h.kind == "tool_run" && !closed_set.contains(&h.session_id) => {
+                Ok(h) if closed_set.contains(&h.session_id) => {}
+                Ok(h) if h.kind == "tool_run" => {
                     *tool_runs.entry(h.session_id).or_default() += 1;
+                }
+                Ok(Head {
+                    kind,
+                    session_id,
+                    address: Some(a),
+                    port: Some(p),
+                }) if kind == "host" => {
+                    let list = hosts.entry(session_id).or_default();
+                    if !list.contains(&(a, p)) {
+                        list.push((a, p));
+                    }
                 }
                 Ok(_) => {}
                 Err(_) => stats.bad_action_lines += 1,
@@ -210,6 +232,7 @@ impl Fold {
         let closed_set = &self.closed_set;
         self.open.retain(|(id, _)| !closed_set.contains(id));
         self.tool_runs.retain(|id, _| !closed_set.contains(id));
+        self.hosts.retain(|id, _| !closed_set.contains(id));
         while self.closed.len() > CLOSED_KEPT {
             self.closed.pop_front();
         }
@@ -226,6 +249,7 @@ impl Fold {
             closed: self.closed,
             host_day: self.host_day,
             tool_runs: self.tool_runs,
+            hosts: self.hosts,
         }
     }
 }

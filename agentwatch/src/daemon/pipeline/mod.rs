@@ -125,6 +125,8 @@ pub struct Pipeline {
     /// Estimates for LLM-host sockets no hook covers, and the kernel's list of them.
     pub estimates: estimates::Estimates,
     meter: crate::probes::meter::Meter,
+    /// The kernel's map of sessions' processes (their connects are reported).
+    session_procs: crate::probes::session_procs::SessionProcs,
     /// (executable's device and inode, whether it looked like HTTP) of the first plaintext
     /// written on each new TLS connection, for the daemon to confirm or reject probes at
     /// located functions. The executable is read at once: the verdict may wait for an
@@ -194,6 +196,7 @@ impl Pipeline {
             aead: AeadStreams::default(),
             estimates: estimates::Estimates::default(),
             meter: crate::probes::meter::Meter::disabled(),
+            session_procs: crate::probes::session_procs::SessionProcs::disabled(),
             first_writes: Vec::new(),
             contacts: Vec::new(),
             exe_ids: HashMap::new(),
@@ -263,6 +266,15 @@ impl Pipeline {
         self
     }
 
+    /// The kernel map of sessions' processes.
+    pub fn with_session_procs(
+        mut self,
+        session_procs: crate::probes::session_procs::SessionProcs,
+    ) -> Self {
+        self.session_procs = session_procs;
+        self
+    }
+
     /// Ceilings, enforced.
     pub fn with_enforcer(mut self, enforcer: Enforcer) -> Self {
         self.enforcer = Some(enforcer);
@@ -281,6 +293,12 @@ impl Pipeline {
                 return None;
             }
         };
+        let exec = self.handle_event(event);
+        self.mark_opened_sessions();
+        exec
+    }
+
+    fn handle_event(&mut self, event: KernelEvent<'_>) -> Option<u32> {
         match event {
             KernelEvent::Fork {
                 child,
@@ -330,6 +348,18 @@ impl Pipeline {
                 self.on_aead(out);
             }
             KernelEvent::Tls { header, data } => self.on_tls(&header, data),
+            KernelEvent::Connect {
+                tgid,
+                addr,
+                port,
+                ts_ns,
+            } => {
+                if let Some(key) = self.tree.key_of(tgid).or_else(|| self.tree.ensure(tgid))
+                    && let Some(host) = self.sessions.on_connect(&self.tree, key, addr, port, ts_ns)
+                {
+                    self.write_action(ActionRow::Host(host));
+                }
+            }
             KernelEvent::Contact {
                 tgid,
                 fd,
@@ -673,10 +703,7 @@ impl Pipeline {
             && let Some(run) = self.sessions.on_tool_exit(&self.tree, key, ts_ns, status)
         {
             self.stats.tool_runs += 1;
-            if let Err(e) = self.sink.write_action(&ActionRow::ToolRun(run)) {
-                self.stats.sink_errors += 1;
-                tracing::error!("{e}");
-            }
+            self.write_action(ActionRow::ToolRun(run));
         }
         let removed = self.tree.on_exit(tgid);
         self.close_sessions(&removed, ts_ns);
@@ -703,6 +730,38 @@ impl Pipeline {
         self.close_sessions(&removed, now_ns);
         for row in self.sessions.reap_orphans(&self.tree, now_ns) {
             self.write_ledger(&row);
+        }
+    }
+
+    fn write_action(&mut self, row: ActionRow) {
+        if let Err(e) = self.sink.write_action(&row) {
+            self.stats.sink_errors += 1;
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Marks the processes of sessions opened since the last record in the kernel, so their
+    /// connects are reported (their children are marked by the kernel at fork).
+    fn mark_opened_sessions(&mut self) {
+        let opened = self.sessions.take_opened();
+        if opened.is_empty() {
+            return;
+        }
+        let now = crate::sessions::clock::boot_now_ns();
+        for root in opened {
+            let keys = self.tree.live_subtree(root);
+            self.session_procs.mark(keys.iter().map(|k| k.tgid));
+            // Connections made before the session opened (the agent's own, to its LLM
+            // endpoint, came before its first request): from /proc.
+            for key in keys {
+                for (addr, port) in
+                    crate::procs::sockets::tcp_peers(self.tree.proc_root(), key.tgid)
+                {
+                    if let Some(h) = self.sessions.on_connect(&self.tree, key, addr, port, now) {
+                        self.write_action(ActionRow::Host(h));
+                    }
+                }
+            }
         }
     }
 
