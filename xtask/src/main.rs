@@ -543,7 +543,11 @@ fn fuzz(
     }
     eprintln!(
         "\nfuzzing summary ({secs} s per target, sanitizer {sanitizer}{}):",
-        if no_trace_compares { ", no trace-compares" } else { "" }
+        if no_trace_compares {
+            ", no trace-compares"
+        } else {
+            ""
+        }
     );
     for line in &summary {
         eprintln!("  {line}");
