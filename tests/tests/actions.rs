@@ -169,3 +169,60 @@ fn an_agents_tool_runs_are_recorded_with_their_exit_status() {
     );
     drop(work);
 }
+
+/// A recurring job (the same agent command in the same directory) run 5 times with the same
+/// tool, then a 6th time that also runs another program and contacts another host: only the
+/// 6th ledger row has `drift`, naming the new tool and the new host.
+#[test]
+fn a_recurring_job_that_runs_a_new_tool_drifts() {
+    let daemon = Daemon::start_in(Scratch::new("drift"), &[]);
+    let mock = Mock::start(&[]);
+    let work = Scratch::new("drift-work");
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in other.incoming().take(2) {
+            drop(conn);
+        }
+    });
+    let run = |children: &[String]| -> Value {
+        let mut agent = py_client("tree_agent.py", &mock, &["--calls", "1", "--tag", "drift"]);
+        agent.current_dir(&work.0);
+        for c in children {
+            agent.arg("--child").arg(c);
+        }
+        let (root, _) = run_client(agent);
+        rows_of(&daemon, root, 1).1
+    };
+    let usual = vec!["/bin/true".to_string()];
+    for i in 0..5 {
+        let row = run(&usual);
+        assert_eq!(row["drift"], serde_json::json!([]), "run {i}: {row:#}");
+    }
+    let mut unusual = usual.clone();
+    unusual.push("/usr/bin/env date".to_string());
+    unusual.push(format!(
+        "curl -s --max-time 5 http://127.0.0.1:{other_port}/ || true"
+    ));
+    let row = run(&unusual);
+    let drift: Vec<&str> = row["drift"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{row:#}"))
+        .iter()
+        .filter_map(|d| d.as_str())
+        .collect();
+    // `env` execs `date` in the same process: the program that ran is `date`.
+    assert!(drift.contains(&"new tool: date"), "{drift:?}");
+    assert!(drift.contains(&"new tool: curl"), "{drift:?}");
+    assert!(
+        drift.contains(&format!("new host: 127.0.0.1:{other_port}").as_str()),
+        "{drift:?}"
+    );
+    assert!(!drift.iter().any(|d| d.contains("true")), "{drift:?}");
+    // The baselines are on disk for the next daemon.
+    let jobs: Value =
+        serde_json::from_slice(&std::fs::read(daemon.data_dir.join("jobs.json")).unwrap()).unwrap();
+    let job = jobs.as_object().unwrap().values().next().unwrap();
+    assert_eq!(u(&job["runs"]), 6, "{jobs:#}");
+    drop(work);
+}

@@ -282,7 +282,8 @@ async fn restore(config: &Config, kernel: &mut KernelSide) -> Result<Restored, D
         boot_id.clone(),
         config.host_name(),
         WallClock::from_system(),
-    ));
+    ))
+    .with_jobs(crate::sessions::drift::Jobs::load(&config.data_dir));
     // Sessions open when the daemon last stopped continue (root alive) or close now.
     let recovered = crate::sinks::recover(&config.data_dir, &boot_id)?;
     tracing::info!(stats = ?recovered.stats, "recovered state from {}", config.data_dir.display());

@@ -35,6 +35,7 @@
 pub mod actions;
 pub mod ceilings;
 pub mod clock;
+pub mod drift;
 mod rows;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -146,6 +147,8 @@ pub struct SessionsStats {
     pub closed_sessions: u64,
     pub restored_continued: u64,
     pub restored_closed: u64,
+    /// Sessions closed with `drift` (departing from their job's baseline).
+    pub drifted_sessions: u64,
 }
 
 /// One open session, for `agentwatch sessions`.
@@ -249,6 +252,11 @@ struct Session {
     /// `MAX_HOSTS_PER_SESSION`; `hosts_over_cap` counts the others).
     hosts: BTreeSet<(std::net::IpAddr, u16)>,
     hosts_over_cap: u64,
+    /// The recurring job it is a run of (`drift::job_key`), what it ran, and how it departed
+    /// from the job's baseline so far.
+    job: Option<String>,
+    tools_seen: BTreeSet<String>,
+    drift: Vec<String>,
     outcome: Outcome,
     /// Why the session was stopped or flagged, for `agentwatch sessions`.
     reason: Option<String>,
@@ -357,6 +365,7 @@ impl Session {
             ceiling_hits: self.ceiling_hits,
             tool_runs: self.tool_runs,
             hosts_contacted: self.hosts.len() as u64 + self.hosts_over_cap,
+            drift: self.drift.clone(),
             // A stop decided by the policy wins over the plain end of the session.
             outcome: if self.outcome == Outcome::Completed {
                 outcome
@@ -415,6 +424,8 @@ pub struct Sessions {
     stats: SessionsStats,
     /// See [`Sessions::take_opened`].
     opened: Vec<ProcKey>,
+    /// Baselines of recurring jobs (`drift`).
+    jobs: drift::Jobs,
 }
 
 impl Sessions {
@@ -429,7 +440,14 @@ impl Sessions {
             closed_order: VecDeque::new(),
             stats: SessionsStats::default(),
             opened: Vec::new(),
+            jobs: drift::Jobs::default(),
         }
+    }
+
+    /// Recurring jobs' baselines (loaded from the data directory).
+    pub fn with_jobs(mut self, jobs: drift::Jobs) -> Self {
+        self.jobs = jobs;
+        self
     }
 
     pub fn config(&self) -> &SessionsConfig {
@@ -516,6 +534,19 @@ impl Sessions {
                     tool_runs: 0,
                     hosts: BTreeSet::new(),
                     hosts_over_cap: 0,
+                    job: proc_info.map(|p| {
+                        let cwd = std::fs::read_link(
+                            tree.proc_root().join(key.tgid.to_string()).join("cwd"),
+                        )
+                        .ok();
+                        drift::job_key(
+                            p.exe.as_deref(),
+                            p.cmdline.first().map(String::as_str),
+                            cwd.as_deref().and_then(|c| c.to_str()),
+                        )
+                    }),
+                    tools_seen: BTreeSet::new(),
+                    drift: Vec::new(),
                     outcome: Outcome::Completed,
                     reason: None,
                     workload: Default::default(),
@@ -643,6 +674,13 @@ impl Sessions {
             .find_map(|p| Some((p.key, self.agent(p.key)?.clone())))?;
         let session = self.sessions.get_mut(&aref.session_id)?;
         session.tool_runs += 1;
+        let tool = actions::tool_name(info.exe.as_deref(), &info.comm);
+        if session.tools_seen.insert(tool.clone())
+            && let Some(b) = session.job.as_deref().and_then(|j| self.jobs.get(j))
+            && !b.tools.contains(&tool)
+        {
+            session.drift.push(format!("new tool: {tool}"));
+        }
         let started_ns = tree.start_ns(key);
         let (exit_code, signal) = actions::split_status(status);
         Some(actions::ToolRun {
@@ -651,7 +689,7 @@ impl Sessions {
             pid: key.tgid,
             pid_start_ticks: key.start_ticks,
             exe: info.exe.clone(),
-            tool: actions::tool_name(info.exe.as_deref(), &info.comm),
+            tool,
             comm: info.comm.clone(),
             argv0: info.cmdline.first().cloned(),
             agent_pid: agent.tgid,
@@ -691,6 +729,12 @@ impl Sessions {
             return None;
         }
         session.hosts.insert((addr, port));
+        let name = std::net::SocketAddr::new(addr, port).to_string();
+        if let Some(b) = session.job.as_deref().and_then(|j| self.jobs.get(j))
+            && !b.hosts.contains(&name)
+        {
+            session.drift.push(format!("new host: {name}"));
+        }
         let info = tree.get(key);
         Some(actions::HostContact {
             session_id: aref.session_id,
@@ -813,6 +857,9 @@ impl Sessions {
                     .map(|h| h.iter().copied().collect())
                     .unwrap_or_default(),
                 hosts_over_cap: 0,
+                job: None,
+                tools_seen: BTreeSet::new(),
+                drift: Vec::new(),
                 outcome: Outcome::Completed,
                 reason: None,
                 workload: Default::default(),
@@ -923,6 +970,25 @@ impl Sessions {
             }
         }
         self.stats.closed_sessions += 1;
+        let mut session = session;
+        if let Some(job) = session.job.clone() {
+            let hosts = session
+                .hosts
+                .iter()
+                .map(|(a, p)| std::net::SocketAddr::new(*a, *p).to_string())
+                .collect();
+            let d = self.jobs.close_run(
+                &job,
+                &session.tools_seen,
+                &hosts,
+                session.usage.total_tokens(),
+                &ended_at,
+            );
+            session.drift.extend(d);
+        }
+        if !session.drift.is_empty() {
+            self.stats.drifted_sessions += 1;
+        }
         let row = session.ledger_row(&self.cfg.host, &self.cfg.boot_id, ended_at, outcome);
         self.remember_closed(session.id);
         Some(row)

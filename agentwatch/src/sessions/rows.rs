@@ -277,6 +277,11 @@ row_schema! {
         /// Distinct TCP destinations (address, port) its processes connected to.
         #[serde(default)]
         pub hosts_contacted: u64 => "UInt64",
+        /// How the run departed from its recurring job's baseline (`new tool: curl`, `new host:
+        /// 10.0.0.5:443`, tokens far outside the range); empty when it did not, or when its job
+        /// has fewer than 3 runs.
+        #[serde(default)]
+        pub drift: Vec<String> => "Array(String)",
         pub outcome: Outcome => "String",
         /// Sorted, distinct.
         pub providers: Vec<String> => "Array(String)",

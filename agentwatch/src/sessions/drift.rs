@@ -1,0 +1,217 @@
+//! Drift of a recurring job: sessions whose roots are the same job (same executable, same
+//! `argv[0]`, same working directory) are runs of it. Each job keeps a baseline of its last
+//! runs (tools run, hosts contacted, calls and tokens); a run that departs from it — a tool or
+//! host its runs never had, tokens far outside their range — gets `drift` in its ledger row,
+//! naming what changed. The baselines live in `<data_dir>/jobs.json` (written atomically at
+//! each session close) so they survive restarts.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Runs a baseline must have before a run can drift from it.
+pub const MIN_RUNS: u64 = 3;
+/// A run's total tokens drift when above this many times the baseline's largest, or below
+/// its smallest divided by it.
+pub const TOKEN_FACTOR: u64 = 4;
+/// Jobs kept (the least recently run are forgotten past it); tools and hosts kept per job.
+const MAX_JOBS: usize = 1024;
+const MAX_ITEMS: usize = 512;
+const FILE: &str = "jobs.json";
+
+/// What a job's runs have done.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    pub runs: u64,
+    pub tools: BTreeSet<String>,
+    pub hosts: BTreeSet<String>,
+    pub tokens_min: u64,
+    pub tokens_max: u64,
+    /// Close time of the last run (RFC 3339), to forget the oldest jobs first.
+    pub last_run: String,
+}
+
+/// Every job's baseline.
+#[derive(Debug, Default)]
+pub struct Jobs {
+    path: Option<PathBuf>,
+    jobs: BTreeMap<String, Baseline>,
+    /// Writes of `jobs.json` that failed (the baselines stay in memory).
+    pub save_errors: u64,
+}
+
+/// The key of a job: executable, `argv[0]` and working directory of its root.
+pub fn job_key(exe: Option<&str>, argv0: Option<&str>, cwd: Option<&str>) -> String {
+    format!(
+        "{}\u{1f}{}\u{1f}{}",
+        exe.unwrap_or("-"),
+        argv0.unwrap_or("-"),
+        cwd.unwrap_or("-")
+    )
+}
+
+impl Jobs {
+    /// The baselines of `<data_dir>/jobs.json` (none when it is missing or unreadable: a
+    /// broken file is set aside as `jobs.json.bad`, not a reason to stop).
+    pub fn load(data_dir: &Path) -> Jobs {
+        let path = data_dir.join(FILE);
+        let jobs = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!("{}: {e}; starting with no job baselines", path.display());
+                let _ = std::fs::rename(&path, data_dir.join("jobs.json.bad"));
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        };
+        Jobs {
+            path: Some(path),
+            jobs,
+            save_errors: 0,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Baseline> {
+        self.jobs.get(key).filter(|b| b.runs >= MIN_RUNS)
+    }
+
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// A run of `key` ended: what drifted in it (tokens; tools and hosts are checked as they
+    /// happen), then the run joins the baseline, which is saved.
+    pub fn close_run(
+        &mut self,
+        key: &str,
+        tools: &BTreeSet<String>,
+        hosts: &BTreeSet<String>,
+        tokens: u64,
+        ended_at: &str,
+    ) -> Vec<String> {
+        let mut drift = Vec::new();
+        if let Some(b) = self.get(key) {
+            if tokens > b.tokens_max.saturating_mul(TOKEN_FACTOR) {
+                drift.push(format!(
+                    "tokens {tokens} above {}x the most of its last runs ({})",
+                    TOKEN_FACTOR, b.tokens_max
+                ));
+            } else if tokens.saturating_mul(TOKEN_FACTOR) < b.tokens_min {
+                drift.push(format!(
+                    "tokens {tokens} below 1/{}x the fewest of its last runs ({})",
+                    TOKEN_FACTOR, b.tokens_min
+                ));
+            }
+        }
+        let b = self.jobs.entry(key.to_string()).or_default();
+        if b.runs == 0 {
+            b.tokens_min = tokens;
+        }
+        b.runs += 1;
+        b.tokens_min = b.tokens_min.min(tokens);
+        b.tokens_max = b.tokens_max.max(tokens);
+        for t in tools {
+            if b.tools.len() < MAX_ITEMS {
+                b.tools.insert(t.clone());
+            }
+        }
+        for h in hosts {
+            if b.hosts.len() < MAX_ITEMS {
+                b.hosts.insert(h.clone());
+            }
+        }
+        b.last_run = ended_at.to_string();
+        while self.jobs.len() > MAX_JOBS {
+            let oldest = self
+                .jobs
+                .iter()
+                .min_by(|a, b| a.1.last_run.cmp(&b.1.last_run))
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => self.jobs.remove(&k),
+                None => break,
+            };
+        }
+        self.save();
+        drift
+    }
+
+    fn save(&mut self) {
+        let Some(path) = &self.path else {
+            return;
+        };
+        let tmp = path.with_extension("json.tmp");
+        let r = serde_json::to_vec(&self.jobs)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, path)
+            });
+        if let Err(e) = r {
+            self.save_errors += 1;
+            tracing::error!(
+                "cannot write {}: {e}; job baselines stay in memory (check the data directory)",
+                path.display()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_job_drifts_only_past_its_baseline_and_it_survives_a_restart() {
+        let dir = crate::procs::test_support::TempDir::new("jobs");
+        let mut jobs = Jobs::load(dir.path());
+        let key = job_key(Some("/usr/bin/python3"), Some("python3"), Some("/srv/job"));
+        for (i, tokens) in [100, 120, 90].into_iter().enumerate() {
+            assert!(
+                jobs.get(&key).is_none(),
+                "no baseline before {MIN_RUNS} runs"
+            );
+            let d = jobs.close_run(
+                &key,
+                &set(&["git"]),
+                &set(&["1.2.3.4:443"]),
+                tokens,
+                &i.to_string(),
+            );
+            assert!(d.is_empty(), "{d:?}");
+        }
+        // A restart keeps it.
+        let mut jobs = Jobs::load(dir.path());
+        let b = jobs.get(&key).expect("three runs make a baseline");
+        assert_eq!((b.runs, b.tokens_min, b.tokens_max), (3, 90, 120));
+        assert!(b.tools.contains("git"));
+        assert!(
+            jobs.close_run(&key, &set(&["git"]), &set(&[]), 110, "4")
+                .is_empty()
+        );
+        let d = jobs.close_run(&key, &set(&[]), &set(&[]), 10_000, "5");
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].starts_with("tokens 10000 above"), "{d:?}");
+        // Another job is another baseline.
+        let other = job_key(
+            Some("/usr/bin/python3"),
+            Some("python3"),
+            Some("/srv/other"),
+        );
+        assert!(jobs.get(&other).is_none());
+        // A broken file is set aside, not fatal.
+        std::fs::write(dir.path().join("jobs.json"), b"{not json").unwrap();
+        assert!(Jobs::load(dir.path()).is_empty());
+        assert!(dir.path().join("jobs.json.bad").exists());
+    }
+}
