@@ -255,7 +255,7 @@ fn clickhouse_rows_match_the_jsonl_rows() {
         .to_string();
     let mut want: Vec<Value> = read_jsonl(&daemon.data_dir.join("actions.jsonl"))
         .into_iter()
-        .filter(|r| r["session_id"] == tsid.as_str())
+        .filter(|r| r["session_id"] == tsid.as_str() && r["kind"] == "tool_run")
         .collect();
     want.sort_by_key(|r| u(&r["pid"]));
     assert_eq!(want.len(), 2, "the shell and the program it ran: {want:#?}");
