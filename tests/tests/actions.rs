@@ -224,5 +224,18 @@ fn a_recurring_job_that_runs_a_new_tool_drifts() {
         serde_json::from_slice(&std::fs::read(daemon.data_dir.join("jobs.json")).unwrap()).unwrap();
     let job = jobs.as_object().unwrap().values().next().unwrap();
     assert_eq!(u(&job["runs"]), 6, "{jobs:#}");
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(
+        u(&status["sessions"]["drifted_sessions"]),
+        1,
+        "{:#}",
+        status["sessions"]
+    );
+    assert_eq!(
+        u(&status["sessions"]["job_baselines"]),
+        1,
+        "{:#}",
+        status["sessions"]
+    );
     drop(work);
 }

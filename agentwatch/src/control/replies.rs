@@ -162,6 +162,9 @@ pub struct Status {
     pub tls_not_covered: NotCovered,
     pub processes: Processes,
     pub live_sessions: usize,
+    /// Sessions (open, closed, restored, drifted) and what their actions cost to track.
+    #[serde(default)]
+    pub sessions: Counters,
     pub kernel_drops: DropCounters,
     pub pipeline: Counters,
     pub replay: Counters,

@@ -207,6 +207,7 @@ impl Daemon {
                 dropped_over_cap: p.tree.dropped_over_cap(),
             },
             live_sessions: p.sessions.live_sessions().len(),
+            sessions: Counters::of(&p.session_counters()),
             kernel_drops,
             pipeline: Counters::of(&p.stats),
             replay: Counters::of(&p.replay),

@@ -444,6 +444,10 @@ impl Sessions {
         }
     }
 
+    pub fn jobs(&self) -> &drift::Jobs {
+        &self.jobs
+    }
+
     /// Recurring jobs' baselines (loaded from the data directory).
     pub fn with_jobs(mut self, jobs: drift::Jobs) -> Self {
         self.jobs = jobs;

@@ -733,6 +733,24 @@ impl Pipeline {
         }
     }
 
+    /// The sessions' counters, with the failed marks of their processes in the kernel and
+    /// the failed writes of the job baselines.
+    pub fn session_counters(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self.sessions.stats()).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "session_procs_mark_errors".into(),
+                self.session_procs.errors.into(),
+            );
+            o.insert("job_baselines".into(), self.sessions.jobs().len().into());
+            o.insert(
+                "job_baseline_save_errors".into(),
+                self.sessions.jobs().save_errors.into(),
+            );
+        }
+        v
+    }
+
     fn write_action(&mut self, row: ActionRow) {
         if let Err(e) = self.sink.write_action(&row) {
             self.stats.sink_errors += 1;
