@@ -17,6 +17,8 @@ pub const TOKEN_FACTOR: u64 = 4;
 /// Jobs kept (the least recently run are forgotten past it); tools and hosts kept per job.
 const MAX_JOBS: usize = 1024;
 const MAX_ITEMS: usize = 512;
+/// Distinct tool names a run keeps for its job (a run that runs more is not checked past it).
+pub const MAX_TOOLS_PER_RUN: usize = 1024;
 const FILE: &str = "jobs.json";
 
 /// What a job's runs have done.

@@ -679,7 +679,8 @@ impl Sessions {
         let session = self.sessions.get_mut(&aref.session_id)?;
         session.tool_runs += 1;
         let tool = actions::tool_name(info.exe.as_deref(), &info.comm);
-        if session.tools_seen.insert(tool.clone())
+        if session.tools_seen.len() < drift::MAX_TOOLS_PER_RUN
+            && session.tools_seen.insert(tool.clone())
             && let Some(b) = session.job.as_deref().and_then(|j| self.jobs.get(j))
             && !b.tools.contains(&tool)
         {
