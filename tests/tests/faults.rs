@@ -102,18 +102,25 @@ fn disk_full_under_data_dir_rows_wait_and_resume_in_order() {
         .arg(&mock.ca)
         .args(["--calls", "4", "--alternate", "--tag", tag]);
     let (pid, _) = run_client(cmd);
-    // 7 rows in all: the first call and its ledger row, 4 calls and a ledger row now. The
-    // files' last pages may still hold a row or two (tmpfs allocates by page): the rest wait.
+    // 7 call and ledger rows in all: the first call and its ledger row, 4 calls and a ledger
+    // row now; besides, each session's host row (actions.jsonl) when the daemon saw its
+    // connection open. The files' last pages may still hold a row or two (tmpfs allocates by
+    // page): the rest wait.
     let s = wait_jsonl(&daemon, "every row written or kept", |s| {
-        u(&s["calls_written"]) + u(&s["ledger_rows_written"]) + u(&s["rows_pending"]) == 7
+        u(&s["calls_written"])
+            + u(&s["ledger_rows_written"])
+            + u(&s["action_rows_written"])
+            + u(&s["rows_pending"])
+            >= 7
             && u(&s["rows_pending"]) >= 1
+            && calls_of(&daemon.calls(), pid).len() + u(&s["rows_pending"]) as usize >= 4
     });
     assert_eq!(s["ok"], false, "{s:#}");
     assert!(u(&s["errors"]) >= 1, "{s:#}");
     assert!(
         s["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("calls.jsonl") && e.contains("space")),
+            .is_some_and(|e| e.contains(".jsonl") && e.contains("space")),
         "{s:#}"
     );
     assert_eq!(u(&s["rows_dropped"]), 0, "{s:#}");
@@ -130,7 +137,19 @@ fn disk_full_under_data_dir_rows_wait_and_resume_in_order() {
     let calls = check_exact(&daemon, &mock, pid, tag, 4, &expect);
     let seqs: Vec<u64> = calls.iter().map(|c| u(&c["call_seq"])).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4], "in order");
+    assert_eq!(
+        u(&s["calls_written"]) + u(&s["ledger_rows_written"]),
+        7,
+        "{s:#}"
+    );
+    let actions = daemon.data_dir.join("actions.jsonl");
+    assert_eq!(
+        u(&s["action_rows_written"]) as usize,
+        read_jsonl(&actions).len(),
+        "{s:#}"
+    );
     assert_whole_lines(&daemon.data_dir.join("calls.jsonl"));
+    assert_whole_lines(&actions);
     // Unmounted before the scratch directory holding the mount point is removed.
     let scratch = daemon.stop_keeping_data();
     drop(disk);
