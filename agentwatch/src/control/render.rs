@@ -166,10 +166,9 @@ fn render_actions(out: &mut String, list: &ActionList) {
             agent.hosts.len()
         );
         for h in &agent.hosts {
-            let addr = if h.address.contains(':') {
-                format!("[{}]:{}", h.address, h.port)
-            } else {
-                format!("{}:{}", h.address, h.port)
+            let addr = match h.address.parse::<std::net::IpAddr>() {
+                Ok(ip) => std::net::SocketAddr::new(ip, h.port).to_string(),
+                Err(_) => format!("{}:{}", h.address, h.port),
             };
             let _ = writeln!(
                 out,

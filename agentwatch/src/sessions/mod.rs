@@ -659,6 +659,16 @@ impl Sessions {
         rec
     }
 
+    /// The agent what `key` does is charged to: itself when it is an agent, else its nearest
+    /// ancestor that is.
+    fn charged_agent(&self, tree: &ProcTree, key: ProcKey) -> Option<(ProcKey, AgentRef)> {
+        if let Some(a) = self.agent(key) {
+            return Some((key, a.clone()));
+        }
+        tree.ancestors(key)
+            .find_map(|p| Some((p.key, self.agent(p.key)?.clone())))
+    }
+
     /// `key` exited (it is still in the tree): when it ran a program of its own under an
     /// agent of an open session and made no LLM call, it was a tool run of that session:
     /// counted, and its `actions.jsonl` row returned.
@@ -670,12 +680,13 @@ impl Sessions {
         status: Option<u32>,
     ) -> Option<actions::ToolRun> {
         let info = tree.get(key)?;
-        if !info.execed || self.agent(key).is_some() {
+        if !info.execed {
             return None;
         }
-        let (agent, aref) = tree
-            .ancestors(key)
-            .find_map(|p| Some((p.key, self.agent(p.key)?.clone())))?;
+        let (agent, aref) = self.charged_agent(tree, key)?;
+        if agent == key {
+            return None;
+        }
         let session = self.sessions.get_mut(&aref.session_id)?;
         session.tool_runs += 1;
         let tool = actions::tool_name(info.exe.as_deref(), &info.comm);
@@ -719,12 +730,7 @@ impl Sessions {
         port: u16,
         ts_ns: u64,
     ) -> Option<actions::HostContact> {
-        let (agent, aref) = match self.agent(key) {
-            Some(a) => (key, a.clone()),
-            None => tree
-                .ancestors(key)
-                .find_map(|p| Some((p.key, self.agent(p.key)?.clone())))?,
-        };
+        let (agent, aref) = self.charged_agent(tree, key)?;
         let session = self.sessions.get_mut(&aref.session_id)?;
         if session.hosts.contains(&(addr, port)) {
             return None;
