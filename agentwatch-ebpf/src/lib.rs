@@ -44,6 +44,11 @@ pub const EVENT_SOCKET_CLOSE: u32 = 10;
 pub const EVENT_SOCKET_HOLD: u32 = 11;
 /// A process of a session (`SESSION_PROCS`) connected a TCP socket: [`Connect`].
 pub const EVENT_CONNECT: u32 = 12;
+/// A process of a session exec'd, with `[actions] argv` on: its arguments ([`ExecArgs`]),
+/// read in the kernel at the exec (a tool that exits at once is gone before `/proc` is read).
+pub const EVENT_EXEC_ARGS: u32 = 13;
+/// Bytes of a process's arguments an [`ExecArgs`] carries at most.
+pub const ARGS_LEN: usize = 1024;
 
 pub const GATE_PREVIEW: usize = 256;
 /// ClientHello bytes a [`Contact`] carries at most.
@@ -209,7 +214,13 @@ pub const CFG_HEARTBEAT: u32 = 11;
 /// Offset of `exit_code` in the kernel's `struct task_struct` (from its BTF), read at a
 /// process's exit: the wait status its parent gets (`code << 8`, or the killing signal).
 pub const CFG_TASK_EXIT_CODE_OFF: u32 = 12;
-pub const CFG_ENTRIES: u32 = 13;
+/// Offsets of `task_struct.mm` and of `mm_struct.arg_start`/`arg_end` (BTF), where a
+/// process's arguments are, and 1 when user space wants them ([`ExecArgs`]).
+pub const CFG_TASK_MM_OFF: u32 = 13;
+pub const CFG_MM_ARG_START_OFF: u32 = 14;
+pub const CFG_MM_ARG_END_OFF: u32 = 15;
+pub const CFG_EXEC_ARGS: u32 = 16;
+pub const CFG_ENTRIES: u32 = 17;
 /// Longer than a restart takes (a DaemonSet pod's is a few seconds), shorter than anyone waits.
 pub const HOLD_WITHOUT_DAEMON_SECS: u32 = 30;
 /// Value of an offset that the running kernel's tracepoint does not have.
@@ -420,6 +431,19 @@ pub struct Connect {
     pub addr: [u8; 16],
 }
 
+/// The arguments of a process of a session, at its exec: `len` bytes of `args` (NUL-separated
+/// as the kernel keeps them); `total` is their whole length (more than `len`: cut).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecArgs {
+    pub kind: u32,
+    pub tgid: u32,
+    pub len: u32,
+    pub total: u32,
+    pub ts_ns: u64,
+    pub args: [u8; ARGS_LEN],
+}
+
 /// A metered socket was closed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -506,6 +530,7 @@ pub struct Dest6 {
 // The layouts both sides rely on.
 const _: () = {
     assert!(size_of::<ProcEvent>() == 24 + COMM_LEN + FILENAME_LEN);
+    assert!(size_of::<ExecArgs>() == 24 + ARGS_LEN);
     assert!(size_of::<TlsData>() == 56);
     assert!(size_of::<Handshake>() == 32);
     assert!(size_of::<GateHold>() == 48);

@@ -35,6 +35,10 @@ pub struct Config {
     pub sinks: crate::sinks::SinksConfig,
     /// `[metrics]`: the loopback Prometheus endpoint (off by default).
     pub metrics: crate::sinks::MetricsConfig,
+    /// `[actions]`: what is kept of the tools a session's agents run (argv off by default).
+    pub actions: crate::sessions::actions::ActionsConfig,
+    /// `[drift]`: runs of a recurring job that depart from its baseline (observed by default).
+    pub drift: crate::sessions::drift::DriftConfig,
     /// `[kubernetes]`: where pod names and labels come from (none by default; container ids
     /// and pod UIDs come from cgroup paths regardless).
     pub kubernetes: crate::workloads::KubernetesConfig,
@@ -69,6 +73,8 @@ impl Default for Config {
             session_roots: Vec::new(),
             sinks: crate::sinks::SinksConfig::default(),
             metrics: crate::sinks::MetricsConfig::default(),
+            actions: Default::default(),
+            drift: Default::default(),
             kubernetes: Default::default(),
         }
     }

@@ -239,3 +239,102 @@ fn a_recurring_job_that_runs_a_new_tool_drifts() {
     );
     drop(work);
 }
+
+/// `[drift] action = "kill"`: a run of a recurring job that runs a program its runs never ran
+/// is killed before its next LLM call (a sub-agent's), like at a ceiling: that call never
+/// leaves the host, and the hit is on record as `drift`. With `[actions] argv = true` tool
+/// runs keep their arguments, with what looks like a secret redacted.
+#[test]
+fn a_drifting_run_is_stopped_before_its_next_call_and_argv_is_redacted() {
+    let dir = Scratch::new("drift-kill");
+    let config = dir.0.join("agentwatch.toml");
+    std::fs::write(
+        &config,
+        "[actions]\nargv = true\n[drift]\naction = \"kill\"\nmin_runs = 2\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    let mock = Mock::start(&[]);
+    let work = Scratch::new("drift-kill-work");
+    let sub = format!(
+        "{} {} --base-url {} --ca {} --calls 1 --tag drift-kill-sub",
+        python().display(),
+        clients().join("tree_agent.py").display(),
+        mock.base_url(),
+        mock.ca.display()
+    );
+    let echo = "/bin/echo --api-key hunter2 sk-ant-api03-abcdefghijkl > /dev/null".to_string();
+    // (Its root pid and how it ended: the drifting run is killed, so no `run_client`.)
+    let run = |children: &[String]| -> (u32, std::process::Output) {
+        let mut agent = py_client(
+            "tree_agent.py",
+            &mock,
+            &["--calls", "1", "--tag", "drift-kill"],
+        );
+        agent
+            .current_dir(&work.0)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for c in children {
+            agent.arg("--child").arg(c);
+        }
+        let child = agent.spawn().unwrap();
+        let pid = child.id();
+        (pid, child.wait_with_output().unwrap())
+    };
+    for i in 0..2 {
+        let (root, out) = run(&[echo.clone(), sub.clone()]);
+        assert!(out.status.success(), "run {i}: {out:?}");
+        let row = ledger_of(&wait_ledger(&daemon, root), root)[0].clone();
+        assert_eq!(row["drift"], serde_json::json!([]), "run {i}: {row:#}");
+        assert_eq!(row["outcome"], "completed", "{row:#}");
+    }
+    assert_eq!(mock.served_with_tag("drift-kill-sub").len(), 2);
+    // The third run runs `date` first: its sub-agent's call is stopped, the tree killed.
+    let (root, out) = run(&[echo.clone(), "/usr/bin/env date".to_string(), sub.clone()]);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
+    let row = ledger_of(&wait_ledger(&daemon, root), root)[0].clone();
+    assert_eq!(row["outcome"], "killed", "{row:#}");
+    assert!(
+        row["drift"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d == "new tool: date")),
+        "{row:#}"
+    );
+    assert_eq!(
+        mock.served_with_tag("drift-kill-sub").len(),
+        2,
+        "the drifting run's sub-agent call never left the host"
+    );
+    assert_eq!(u(&row["ceiling_hits"]), 1, "{row:#}");
+    // The stopped attempt is on record, charged to the session, with no tokens.
+    let session = row["session_id"].as_str().unwrap();
+    assert!(
+        daemon
+            .calls()
+            .iter()
+            .any(|c| c["session_id"] == session && c["blocked"] == true && u(&c["depth"]) == 1),
+        "a blocked call of the sub-agent"
+    );
+    // Arguments, redacted.
+    let echo_row = action_rows(&daemon)
+        .into_iter()
+        .find(|r| r["tool"] == "echo")
+        .expect("an echo tool run");
+    assert_eq!(
+        echo_row["argv"],
+        serde_json::json!(["/bin/echo", "--api-key", "[redacted]", "[redacted]"]),
+        "{echo_row:#}"
+    );
+    drop(work);
+}
+
+/// Every ledger row so far, once one of `pid` is there (bounded wait).
+fn wait_ledger(daemon: &Daemon, pid: u32) -> Vec<Value> {
+    daemon.wait_for(&format!("a ledger row of pid {pid}"), |_, l| {
+        !ledger_of(l, pid).is_empty()
+    });
+    daemon.ledger()
+}

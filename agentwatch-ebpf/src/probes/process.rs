@@ -4,7 +4,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated,
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -85,7 +85,56 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     // A new program: decided anew at its first contact (user space drops its probes).
     let _ = PROCS.remove(&tgid);
     let filename_off = config(CFG_EXEC_FILENAME_OFF).ok_or(1)?;
-    emit(EVENT_EXEC, tgid, 0, Some((ctx, filename_off)), 0)
+    emit(EVENT_EXEC, tgid, 0, Some((ctx, filename_off)), 0)?;
+    if config(CFG_EXEC_ARGS) == Some(1) && unsafe { SESSION_PROCS.get(&tgid) }.is_some() {
+        emit_args(tgid)?;
+    }
+    Ok(())
+}
+
+/// The new program's arguments (`mm->arg_start..arg_end`, in its own memory now), right
+/// after its exec record.
+#[inline(always)]
+fn emit_args(tgid: u32) -> Result<(), i64> {
+    let mm_off = config(CFG_TASK_MM_OFF).ok_or(1)?;
+    let start_off = config(CFG_MM_ARG_START_OFF).ok_or(1)?;
+    let end_off = config(CFG_MM_ARG_END_OFF).ok_or(1)?;
+    let (start, end) = unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let mm: *const u8 = bpf_probe_read_kernel(task.add(mm_off as usize) as *const *const u8)?;
+        (
+            bpf_probe_read_kernel(mm.add(start_off as usize) as *const u64)?,
+            bpf_probe_read_kernel(mm.add(end_off as usize) as *const u64)?,
+        )
+    };
+    let total = end.saturating_sub(start);
+    let Some(mut entry) = EVENTS.reserve::<ExecArgs>(0) else {
+        drop_count(DROP_PROC_EVENTS, 1);
+        return Err(1);
+    };
+    let ev = entry.as_mut_ptr();
+    let mut n = if total > ARGS_LEN as u64 {
+        ARGS_LEN as u32
+    } else {
+        total as u32
+    };
+    unsafe {
+        (*ev).kind = EVENT_EXEC_ARGS;
+        (*ev).tgid = tgid;
+        (*ev).total = total.min(u32::MAX as u64) as u32;
+        (*ev).ts_ns = now();
+        if n > ARGS_LEN as u32 {
+            n = ARGS_LEN as u32;
+        }
+        let r = generated::bpf_probe_read_user(
+            (*ev).args.as_mut_ptr() as *mut core::ffi::c_void,
+            n,
+            start as *const core::ffi::c_void,
+        );
+        (*ev).len = if r == 0 { n } else { 0 };
+    }
+    entry.submit(QUIET);
+    Ok(())
 }
 
 #[tracepoint]

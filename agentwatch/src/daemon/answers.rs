@@ -142,7 +142,11 @@ impl Daemon {
             return Err("ceilings are not available".into());
         };
         enforcer
-            .reload(config.ceilings, &config.session_roots)
+            .reload(
+                config.ceilings,
+                &config.session_roots,
+                config.drift.action.action(),
+            )
             .map_err(|e| e.to_string())?;
         tracing::info!("reloaded ceilings from {}", path.display());
         Ok(Reloaded {

@@ -221,6 +221,7 @@ fn kernel_side(config: &Config) -> Result<KernelSide, DaemonError> {
     let gate = probes.take_gate()?;
     let meter = probes.take_meter()?;
     let session_procs = probes.take_session_procs()?;
+    probes.set_exec_args(config.actions.argv);
     let closer = first_contact::Closer::spawn();
     let held_file = first_contact::HeldFile::new(&config.data_dir);
     // The probes a previous daemon left pinned for processes still running are ours now.
@@ -283,7 +284,11 @@ async fn restore(config: &Config, kernel: &mut KernelSide) -> Result<Restored, D
         config.host_name(),
         WallClock::from_system(),
     ))
-    .with_jobs(crate::sessions::drift::Jobs::load(&config.data_dir));
+    .with_jobs(crate::sessions::drift::Jobs::load(
+        &config.data_dir,
+        &config.drift,
+    ))
+    .with_actions(config.actions.clone());
     // Sessions open when the daemon last stopped continue (root alive) or close now.
     let recovered = crate::sinks::recover(&config.data_dir, &boot_id)?;
     tracing::info!(stats = ?recovered.stats, "recovered state from {}", config.data_dir.display());
@@ -359,7 +364,8 @@ fn ceilings(
         &config.session_roots,
         &config.data_dir,
     )?
-    .with_pods(pods.clone());
+    .with_pods(pods.clone())
+    .with_drift(config.drift.action.action());
     let block = if !policy.enabled() {
         discovery.probes.drop_block_programs();
         "not attached (no ceilings configured)".to_string()

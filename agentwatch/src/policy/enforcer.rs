@@ -129,8 +129,10 @@ impl Enforcer {
         &mut self,
         ceilings: CeilingsConfig,
         rules: &[SessionRootRule],
+        drift: Action,
     ) -> Result<(), PolicyError> {
         self.policy.reload(ceilings, rules)?;
+        self.policy.set_drift(drift);
         self.gate.set_wake_data(self.policy.enabled());
         Ok(())
     }
@@ -274,6 +276,7 @@ impl Enforcer {
                 limit: 0.0,
                 value: 0.0,
                 action: Action::Block,
+                detail: None,
             };
             let denied = socket.map(|held| self.deny_socket(tgid, held, Action::Block));
             self.enforce(w, &row.session_id, &hit, ts_ns, Some(key), key);

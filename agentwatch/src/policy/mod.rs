@@ -73,10 +73,15 @@ pub struct Hit {
     pub limit: f64,
     pub value: f64,
     pub action: Action,
+    /// What the ceiling's name and numbers do not say (a drift: what departed).
+    pub detail: Option<String>,
 }
 
 impl Hit {
     pub fn reason(&self) -> String {
+        if let Some(d) = &self.detail {
+            return format!("{}: {d} ({})", self.ceiling, self.action.name());
+        }
         format!(
             "{} reached: {} of {} ({})",
             self.ceiling,
@@ -111,6 +116,10 @@ pub struct SessionPolicy {
     pub paused: BTreeSet<ProcKey>,
     /// `server_address` of its calls: where `block` cuts and refuses connections.
     pub endpoints: BTreeSet<String>,
+    /// Drift entries of the session already acted on (`[drift] action`): only later ones
+    /// stop it again, so an approved session goes on until it departs anew.
+    #[serde(default)]
+    pub drift_acted: usize,
     #[serde(skip)]
     recent_starts: VecDeque<u64>,
 }
@@ -163,6 +172,8 @@ pub struct Policy {
     state_path: PathBuf,
     /// Pod labels for `match_pod_label`.
     pods: Arc<PodIndex>,
+    /// `[drift] action`: what a run that departs from its job's baseline gets.
+    drift: Action,
 }
 
 fn compile(rules: &[SessionRootRule]) -> Result<Vec<CompiledRule>, PolicyError> {
@@ -270,6 +281,7 @@ impl Policy {
             stats: PolicyStats::default(),
             state_path,
             pods: Arc::new(PodIndex::default()),
+            drift: Action::Observe,
         })
     }
 
@@ -296,9 +308,24 @@ impl Policy {
         self
     }
 
+    /// What a drifting run gets (`[drift] action`; `observe` stops nothing).
+    pub fn with_drift(mut self, action: Action) -> Self {
+        self.set_drift(action);
+        self
+    }
+
+    pub fn set_drift(&mut self, action: Action) {
+        // Drift pauses or kills; `block` is not one of its actions.
+        self.drift = match action {
+            Action::Block => Action::Pause,
+            a => a,
+        };
+    }
+
     /// Any ceiling configured at all (otherwise nothing is gated: zero cost).
     pub fn enabled(&self) -> bool {
-        self.ceilings.session().any()
+        self.drift != Action::Observe
+            || self.ceilings.session().any()
             || self.ceilings.host_usd_per_day.is_some()
             || !self.rules.is_empty()
     }
@@ -339,6 +366,7 @@ impl Policy {
     /// May a new call of this session, by an agent at `depth`, start now?
     pub fn check_start(&mut self, totals: &SessionTotals, depth: u32, now_ns: u64) -> Option<Hit> {
         let host = self.host_hit(now_ns);
+        let drift_action = self.drift;
         let s = self.session(&totals.session_id, None);
         let action = s.limits.action.unwrap_or_default();
         while s
@@ -353,6 +381,7 @@ impl Policy {
             limit,
             value,
             action,
+            detail: None,
         };
         if let Some(h) = spend_hit(s, totals, action) {
             return Some(h);
@@ -380,6 +409,17 @@ impl Policy {
         {
             return Some(hit("max_depth", max as f64, depth as f64));
         }
+        if drift_action != Action::Observe && totals.drift.len() > s.drift_acted {
+            let new = totals.drift[s.drift_acted..].join(", ");
+            s.drift_acted = totals.drift.len();
+            return Some(Hit {
+                ceiling: "drift",
+                limit: 0.0,
+                value: totals.drift.len() as f64,
+                action: drift_action,
+                detail: Some(new),
+            });
+        }
         host.map(|mut h| {
             h.action = action;
             h
@@ -402,6 +442,7 @@ impl Policy {
                 limit: (max + s.raise_calls) as f64,
                 value: totals.calls as f64,
                 action,
+                detail: None,
             });
         }
         host.map(|mut h| {
@@ -440,6 +481,7 @@ impl Policy {
             limit,
             value: self.host_sum,
             action: self.ceilings.action.unwrap_or_default(),
+            detail: None,
         })
     }
 
@@ -520,6 +562,7 @@ fn spend_hit(s: &SessionPolicy, totals: &SessionTotals, action: Action) -> Optio
                 limit,
                 value: totals.spend_bound_usd,
                 action,
+                detail: None,
             });
         }
     }
@@ -532,6 +575,7 @@ fn spend_hit(s: &SessionPolicy, totals: &SessionTotals, action: Action) -> Optio
                 limit: limit as f64,
                 value: used as f64,
                 action,
+                detail: None,
             });
         }
     }
@@ -563,7 +607,29 @@ mod tests {
             calls,
             tokens_bound: tokens,
             spend_bound_usd: cost,
+            drift: Vec::new(),
         }
+    }
+
+    #[test]
+    fn drift_stops_a_session_once_per_departure() {
+        let mut p = policy("");
+        assert!(!p.enabled(), "observe (the default) gates nothing");
+        let mut t = totals("s", 10, 0.0, 1);
+        t.drift = vec!["new tool: curl".into()];
+        assert_eq!(p.check_start(&t, 0, 1), None, "observed only");
+        p.set_drift(Action::Pause);
+        assert!(p.enabled());
+        let hit = p.check_start(&t, 0, 2).expect("a drifted run is stopped");
+        assert_eq!((hit.ceiling, hit.action), ("drift", Action::Pause));
+        assert_eq!(hit.reason(), "drift: new tool: curl (pause)");
+        // Approved: it goes on until it departs anew.
+        assert_eq!(p.check_start(&t, 0, 3), None);
+        t.drift.push("new host: 10.0.0.5:443".into());
+        let hit = p
+            .check_start(&t, 0, 4)
+            .expect("a new departure stops it again");
+        assert_eq!(hit.detail.as_deref(), Some("new host: 10.0.0.5:443"));
     }
 
     fn policy(toml_text: &str) -> Policy {

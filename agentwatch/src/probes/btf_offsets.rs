@@ -127,6 +127,17 @@ pub fn task_exit_code() -> Option<u32> {
     member_offset(&btf, "task_struct", "exit_code")
 }
 
+/// `task_struct.mm`, `mm_struct.arg_start` and `mm_struct.arg_end` in the running kernel:
+/// where a process's arguments are.
+pub fn process_args() -> Option<(u32, u32, u32)> {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+    Some((
+        member_offset(&btf, "task_struct", "mm")?,
+        member_offset(&btf, "mm_struct", "arg_start")?,
+        member_offset(&btf, "mm_struct", "arg_end")?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,10 +2,10 @@
 //! trusted; an unknown kind or a short record is an error the caller counts.
 use agentwatch_ebpf::{
     AeadLink, CONTACT_ESTIMATE, CONTACT_HELD, CONTACT_LLM_HOST, Connect, Contact, EVENT_AEAD_LINK,
-    EVENT_CONNECT, EVENT_CONTACT, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_GATE_HOLD,
-    EVENT_SOCKET_BYTES, EVENT_SOCKET_CLOSE, EVENT_SOCKET_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE,
-    EXIT_CODE_UNKNOWN, GateHold, HOLD_TLS_RECORD, Handshake, ProcEvent, SocketBytes, SocketClose,
-    SocketHold, TlsData,
+    EVENT_CONNECT, EVENT_CONTACT, EVENT_EXEC, EVENT_EXEC_ARGS, EVENT_EXIT, EVENT_FORK,
+    EVENT_GATE_HOLD, EVENT_SOCKET_BYTES, EVENT_SOCKET_CLOSE, EVENT_SOCKET_HOLD, EVENT_TLS_DATA,
+    EVENT_TLS_HANDSHAKE, EXIT_CODE_UNKNOWN, ExecArgs, GateHold, HOLD_TLS_RECORD, Handshake,
+    ProcEvent, SocketBytes, SocketClose, SocketHold, TlsData,
 };
 
 #[derive(Debug)]
@@ -52,6 +52,13 @@ pub enum KernelEvent<'a> {
         /// Bytes the write asked to send (the first iovec's for vectored calls).
         len: u64,
         cookie: u64,
+    },
+    /// The arguments of a process of a session, read at its exec (`[actions] argv`).
+    ExecArgs {
+        tgid: u32,
+        args: Vec<String>,
+        /// They were longer than the record holds: the last one may be cut.
+        cut: bool,
     },
     /// A process of a session connected a TCP socket to `addr`:`port`.
     Connect {
@@ -246,6 +253,24 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 addr,
                 port: c.port as u16,
                 ts_ns: c.ts_ns,
+            })
+        }
+        EVENT_EXEC_ARGS => {
+            let a = read::<ExecArgs>(bytes).ok_or_else(short)?;
+            let len = (a.len as usize).min(a.args.len());
+            let args = a.args[..len]
+                .split(|b| *b == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>();
+            // The kernel keeps a NUL after each argument: the last piece is empty.
+            let mut args = args;
+            if args.last().is_some_and(String::is_empty) {
+                args.pop();
+            }
+            Ok(KernelEvent::ExecArgs {
+                tgid: a.tgid,
+                args,
+                cut: a.total > a.len,
             })
         }
         EVENT_SOCKET_CLOSE => {

@@ -448,6 +448,40 @@ impl Probes {
         Ok(super::meter::Meter::new(socks))
     }
 
+    /// With `on`, the kernel reports the arguments of every process of a session at its exec
+    /// (`[actions] argv`); false when it cannot (the kernel's layout is not known).
+    pub fn set_exec_args(&mut self, on: bool) -> bool {
+        let offsets = if on {
+            super::btf_offsets::process_args()
+        } else {
+            None
+        };
+        let values = match offsets {
+            Some((mm, start, end)) => [
+                (abi::CFG_TASK_MM_OFF, mm),
+                (abi::CFG_MM_ARG_START_OFF, start),
+                (abi::CFG_MM_ARG_END_OFF, end),
+                (abi::CFG_EXEC_ARGS, 1),
+            ],
+            None => [
+                (abi::CFG_TASK_MM_OFF, abi::CFG_ABSENT),
+                (abi::CFG_MM_ARG_START_OFF, abi::CFG_ABSENT),
+                (abi::CFG_MM_ARG_END_OFF, abi::CFG_ABSENT),
+                (abi::CFG_EXEC_ARGS, 0),
+            ],
+        };
+        let written = values
+            .iter()
+            .all(|(i, v)| self.config.set(*i, *v, 0).is_ok());
+        if on && !(written && offsets.is_some()) {
+            tracing::warn!(
+                "[actions] argv: cannot read processes' arguments in the kernel (task_struct.mm or mm_struct.arg_start not found in /sys/kernel/btf/vmlinux); tool runs keep the arguments /proc still shows when their exec is read"
+            );
+            return false;
+        }
+        true
+    }
+
     /// Takes the map of sessions' processes out of the object (once).
     pub fn take_session_procs(&mut self) -> Result<super::session_procs::SessionProcs, ProbeError> {
         let map = aya::maps::HashMap::try_from(take_map(&mut self.ebpf, "SESSION_PROCS")?)

@@ -362,6 +362,23 @@ impl ProcTree {
         Some(key)
     }
 
+    /// The arguments the kernel read at `tgid`'s exec (after its exec record): they win over
+    /// `/proc`, which a short-lived process has left by the time it is read. `cut`: the last
+    /// one was cut short (marked with `…`).
+    pub fn set_cmdline(&mut self, tgid: u32, mut args: Vec<String>, cut: bool) {
+        let Some(key) = self.live.get(&tgid).copied() else {
+            return;
+        };
+        if let Some(info) = self.by_key.get_mut(&key)
+            && !args.is_empty()
+        {
+            if cut && let Some(last) = args.last_mut() {
+                last.push('…');
+            }
+            info.cmdline = args;
+        }
+    }
+
     /// `tgid` exited. Returns every key REMOVED from the tree (it, if childless, and the exited
     /// ancestors that became childless), plus any pending removals (see [`Self::take_removed`]).
     pub fn on_exit(&mut self, tgid: u32) -> Vec<ProcKey> {

@@ -5,9 +5,97 @@
 //! when it exits. Its arguments are never kept: they carry prompts (`claude -p "…"`) and
 //! secrets in flags; the program's path, its `comm` and the first argument (the name it was
 //! run by) are metadata.
+use std::sync::LazyLock;
+
+use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 pub use super::rows::{ToolRun, ToolRunRow};
+
+/// `[actions]`: what is kept of a session's tool runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActionsConfig {
+    /// Keep each tool run's whole argv (`argv` in its row), with values that look like keys,
+    /// tokens or passwords replaced by `[redacted]` (`redact_argv`). Default false: arguments
+    /// carry prompts (`claude -p "…"`) and secrets in flags, so only `argv[0]` is kept.
+    pub argv: bool,
+}
+
+const REDACTED: &str = "[redacted]";
+
+/// `name=value` where the name says it holds a secret (`--api-key=…`, `TOKEN=…`, `?token=…`).
+static SECRET_ASSIGNMENT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)([A-Za-z0-9_.-]*(?:token|secret|passw(?:or)?d|pwd|api[_-]?key|apikey|auth|credential|access[_-]?key|private[_-]?key|session[_-]?key)[A-Za-z0-9_.-]*)=([^&\s]+)",
+    )
+    .expect("valid regex")
+});
+/// A flag whose next argument is the secret (`--token VALUE`, `-p PASSWORD` is not guessed).
+static SECRET_FLAG: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)^--?[A-Za-z0-9_-]*(?:token|secret|passw(?:or)?d|api[_-]?key|apikey|auth|credential|access[_-]?key|private[_-]?key)[A-Za-z0-9_-]*$",
+    )
+    .expect("valid regex")
+});
+/// Credentials inside a value: a header (`Authorization: Bearer …`, `x-api-key: …`), a URL's
+/// user info, and tokens by their well-known shapes (OpenAI/Anthropic `sk-…`, GitHub, Slack,
+/// AWS, Google, JWTs) or by length (32+ letters and digits, both, unbroken by `_`, `-` or
+/// `/`, so file names and paths stay).
+static SECRET_VALUE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"(?i)(?:authorization|x-api-key|api-key|cookie)\s*:\s*.+",
+        r"|(?i:bearer|basic)\s+\S+",
+        r"|://[^/@\s]+@",
+        r"|\b(?:sk-[A-Za-z0-9_-]{8,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}",
+        r"|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{30,}",
+        r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*)",
+        r"|[A-Za-z0-9+=]{32,}",
+    ))
+    .expect("valid regex")
+});
+
+/// `argv` with what looks like a secret replaced by `[redacted]`: values of secret-named
+/// assignments and flags, credentials in headers and URLs, and key-shaped tokens.
+pub fn redact_argv(argv: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut next_is_secret = false;
+    for arg in argv {
+        if next_is_secret {
+            next_is_secret = false;
+            out.push(REDACTED.to_string());
+            continue;
+        }
+        if SECRET_FLAG.is_match(arg) {
+            next_is_secret = true;
+            out.push(arg.clone());
+            continue;
+        }
+        let a = SECRET_ASSIGNMENT
+            .replace_all(arg, |c: &regex::Captures| format!("{}={REDACTED}", &c[1]));
+        let a = SECRET_VALUE.replace_all(&a, |c: &regex::Captures| {
+            let m = &c[0];
+            if let Some(i) = m.find(':').filter(|_| !m.starts_with("://")) {
+                // Keep the header's name.
+                format!("{}: {REDACTED}", m[..i].trim_end())
+            } else if m.starts_with("://") {
+                format!("://{REDACTED}@")
+            } else if let Some((scheme, _)) = m.split_once(char::is_whitespace) {
+                format!("{scheme} {REDACTED}")
+            } else if m.chars().any(|c| c.is_ascii_digit())
+                && m.chars().any(|c| c.is_ascii_alphabetic())
+                || m.len() < 32
+            {
+                REDACTED.to_string()
+            } else {
+                // Long but all letters or all digits (a path piece, a number): not a key.
+                m.to_string()
+            }
+        });
+        out.push(a.into_owned());
+    }
+    out
+}
 
 /// One row of `actions.jsonl`; `kind` says which.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +173,61 @@ mod tests {
         // A core dump sets bit 7: the signal is still the low 7 bits.
         assert_eq!(split_status(Some(0x80 | 11)), (None, Some(11)));
         assert_eq!(split_status(None), (None, None));
+    }
+
+    #[test]
+    fn argv_keeps_arguments_and_redacts_what_looks_like_secrets() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            redact_argv(&v(&["git", "commit", "-m", "fix parser", "--no-verify"])),
+            v(&["git", "commit", "-m", "fix parser", "--no-verify"])
+        );
+        assert_eq!(
+            redact_argv(&v(&[
+                "tool",
+                "--api-key",
+                "abc",
+                "--token=xyz",
+                "API_KEY=k1"
+            ])),
+            v(&[
+                "tool",
+                "--api-key",
+                "[redacted]",
+                "--token=[redacted]",
+                "API_KEY=[redacted]"
+            ])
+        );
+        assert_eq!(
+            redact_argv(&v(&[
+                "curl",
+                "-H",
+                "Authorization: Bearer sk-proj-abcdefghijkl",
+                "https://user:pw@example.com/v1?key=1&api_key=zzz",
+            ])),
+            v(&[
+                "curl",
+                "-H",
+                "Authorization: [redacted]",
+                "https://[redacted]@example.com/v1?key=1&api_key=[redacted]",
+            ])
+        );
+        assert_eq!(
+            redact_argv(&v(&[
+                "x",
+                "sk-ant-api03-AAAAbbbbCCCC",
+                "AKIAABCDEFGHIJKLMNOP",
+                "0123456789abcdef0123456789abcdef01",
+                "/usr/share/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            ])),
+            v(&[
+                "x",
+                "[redacted]",
+                "[redacted]",
+                "[redacted]",
+                "/usr/share/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            ])
+        );
     }
 
     #[test]

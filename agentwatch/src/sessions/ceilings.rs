@@ -25,6 +25,8 @@ pub struct SessionTotals {
     /// Tokens and spend with estimated calls at their upper bounds (what ceilings compare).
     pub tokens_bound: u64,
     pub spend_bound_usd: f64,
+    /// How the run has departed from its recurring job's baseline so far (`[drift]`).
+    pub drift: Vec<String>,
 }
 
 impl Sessions {
@@ -58,6 +60,7 @@ impl Sessions {
                 .total_tokens()
                 .saturating_add(s.estimate_margin_tokens),
             spend_bound_usd: s.cost_usd + s.estimate_margin_usd,
+            drift: s.drift.clone(),
         })
     }
 

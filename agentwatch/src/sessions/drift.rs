@@ -9,11 +9,59 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Runs a baseline must have before a run can drift from it.
-pub const MIN_RUNS: u64 = 3;
-/// A run's total tokens drift when above this many times the baseline's largest, or below
-/// its smallest divided by it.
-pub const TOKEN_FACTOR: u64 = 4;
+/// `[drift]`: when a run of a recurring job has drifted, and what is done about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DriftConfig {
+    /// What a drifting run gets: `observe` (default: only its ledger row, span and metric
+    /// say so), `pause` or `kill` (its session is stopped before its next LLM call, as at a
+    /// ceiling; `agentwatch approve` lets a paused one go on until it drifts again).
+    pub action: DriftAction,
+    /// Runs a job's baseline must have before a run can drift from it. Default 3.
+    pub min_runs: u64,
+    /// A run's total tokens drift when above this many times the most of the baseline's
+    /// runs, or below the fewest divided by it. Default 4.
+    pub token_factor: u64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            action: DriftAction::Observe,
+            min_runs: 3,
+            token_factor: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftAction {
+    #[default]
+    Observe,
+    Pause,
+    Kill,
+}
+
+impl DriftAction {
+    pub fn action(self) -> crate::policy::Action {
+        match self {
+            DriftAction::Observe => crate::policy::Action::Observe,
+            DriftAction::Pause => crate::policy::Action::Pause,
+            DriftAction::Kill => crate::policy::Action::Kill,
+        }
+    }
+}
+
+/// What kind of departure a `drift` entry is (`new tool`, `new host`, `tokens`): the label
+/// of the drift metric.
+pub fn kind(entry: &str) -> &str {
+    if entry.starts_with("tokens") {
+        "tokens"
+    } else {
+        entry.split(':').next().unwrap_or(entry)
+    }
+}
 /// Jobs kept (the least recently run are forgotten past it); tools and hosts kept per job.
 const MAX_JOBS: usize = 1024;
 const MAX_ITEMS: usize = 512;
@@ -34,12 +82,28 @@ pub struct Baseline {
 }
 
 /// Every job's baseline.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Jobs {
     path: Option<PathBuf>,
     jobs: BTreeMap<String, Baseline>,
+    min_runs: u64,
+    token_factor: u64,
     /// Writes of `jobs.json` that failed (the baselines stay in memory).
     pub save_errors: u64,
+}
+
+impl Default for Jobs {
+    /// No baselines and nowhere to keep them (tests, a daemon without a data directory).
+    fn default() -> Self {
+        let cfg = DriftConfig::default();
+        Jobs {
+            path: None,
+            jobs: BTreeMap::new(),
+            min_runs: cfg.min_runs,
+            token_factor: cfg.token_factor,
+            save_errors: 0,
+        }
+    }
 }
 
 /// The key of a job: executable, `argv[0]` and working directory of its root.
@@ -55,7 +119,7 @@ pub fn job_key(exe: Option<&str>, argv0: Option<&str>, cwd: Option<&str>) -> Str
 impl Jobs {
     /// The baselines of `<data_dir>/jobs.json` (none when it is missing or unreadable: a
     /// broken file is set aside as `jobs.json.bad`, not a reason to stop).
-    pub fn load(data_dir: &Path) -> Jobs {
+    pub fn load(data_dir: &Path, cfg: &DriftConfig) -> Jobs {
         let path = data_dir.join(FILE);
         let jobs = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -68,12 +132,14 @@ impl Jobs {
         Jobs {
             path: Some(path),
             jobs,
+            min_runs: cfg.min_runs.max(1),
+            token_factor: cfg.token_factor.max(1),
             save_errors: 0,
         }
     }
 
     pub fn get(&self, key: &str) -> Option<&Baseline> {
-        self.jobs.get(key).filter(|b| b.runs >= MIN_RUNS)
+        self.jobs.get(key).filter(|b| b.runs >= self.min_runs)
     }
 
     pub fn len(&self) -> usize {
@@ -95,16 +161,17 @@ impl Jobs {
         ended_at: &str,
     ) -> Vec<String> {
         let mut drift = Vec::new();
+        let factor = self.token_factor;
         if let Some(b) = self.get(key) {
-            if tokens > b.tokens_max.saturating_mul(TOKEN_FACTOR) {
+            if tokens > b.tokens_max.saturating_mul(factor) {
                 drift.push(format!(
-                    "tokens {tokens} above {}x the most of its last runs ({})",
-                    TOKEN_FACTOR, b.tokens_max
+                    "tokens {tokens} above {factor}x the most of its last runs ({})",
+                    b.tokens_max
                 ));
-            } else if tokens.saturating_mul(TOKEN_FACTOR) < b.tokens_min {
+            } else if tokens.saturating_mul(factor) < b.tokens_min {
                 drift.push(format!(
-                    "tokens {tokens} below 1/{}x the fewest of its last runs ({})",
-                    TOKEN_FACTOR, b.tokens_min
+                    "tokens {tokens} below 1/{factor}x the fewest of its last runs ({})",
+                    b.tokens_min
                 ));
             }
         }
@@ -176,13 +243,10 @@ mod tests {
     #[test]
     fn a_job_drifts_only_past_its_baseline_and_it_survives_a_restart() {
         let dir = crate::procs::test_support::TempDir::new("jobs");
-        let mut jobs = Jobs::load(dir.path());
+        let mut jobs = Jobs::load(dir.path(), &DriftConfig::default());
         let key = job_key(Some("/usr/bin/python3"), Some("python3"), Some("/srv/job"));
         for (i, tokens) in [100, 120, 90].into_iter().enumerate() {
-            assert!(
-                jobs.get(&key).is_none(),
-                "no baseline before {MIN_RUNS} runs"
-            );
+            assert!(jobs.get(&key).is_none(), "no baseline before 3 runs");
             let d = jobs.close_run(
                 &key,
                 &set(&["git"]),
@@ -193,7 +257,7 @@ mod tests {
             assert!(d.is_empty(), "{d:?}");
         }
         // A restart keeps it.
-        let mut jobs = Jobs::load(dir.path());
+        let mut jobs = Jobs::load(dir.path(), &DriftConfig::default());
         let b = jobs.get(&key).expect("three runs make a baseline");
         assert_eq!((b.runs, b.tokens_min, b.tokens_max), (3, 90, 120));
         assert!(b.tools.contains("git"));
@@ -213,7 +277,7 @@ mod tests {
         assert!(jobs.get(&other).is_none());
         // A broken file is set aside, not fatal.
         std::fs::write(dir.path().join("jobs.json"), b"{not json").unwrap();
-        assert!(Jobs::load(dir.path()).is_empty());
+        assert!(Jobs::load(dir.path(), &DriftConfig::default()).is_empty());
         assert!(dir.path().join("jobs.json.bad").exists());
     }
 }

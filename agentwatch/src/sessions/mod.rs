@@ -426,6 +426,8 @@ pub struct Sessions {
     opened: Vec<ProcKey>,
     /// Baselines of recurring jobs (`drift`).
     jobs: drift::Jobs,
+    /// What is kept of tool runs (`[actions]`).
+    actions: actions::ActionsConfig,
 }
 
 impl Sessions {
@@ -441,11 +443,18 @@ impl Sessions {
             stats: SessionsStats::default(),
             opened: Vec::new(),
             jobs: drift::Jobs::default(),
+            actions: Default::default(),
         }
     }
 
     pub fn jobs(&self) -> &drift::Jobs {
         &self.jobs
+    }
+
+    /// What is kept of tool runs (`[actions]`).
+    pub fn with_actions(mut self, actions: actions::ActionsConfig) -> Self {
+        self.actions = actions;
+        self
     }
 
     /// Recurring jobs' baselines (loaded from the data directory).
@@ -708,6 +717,11 @@ impl Sessions {
             tool,
             comm: info.comm.clone(),
             argv0: info.cmdline.first().cloned(),
+            argv: if self.actions.argv {
+                actions::redact_argv(&info.cmdline)
+            } else {
+                Vec::new()
+            },
             agent_pid: agent.tgid,
             agent_start_ticks: agent.start_ticks,
             agent_depth: aref.depth,

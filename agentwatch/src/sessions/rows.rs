@@ -330,8 +330,12 @@ row_schema! {
         /// The tool's name: the executable's file name (`gen_ai.tool.name`).
         pub tool: String => "String",
         pub comm: String => "String",
-        /// The name it was run by (`argv[0]`); the other arguments are not kept.
+        /// The name it was run by (`argv[0]`).
         pub argv0: Option<String> => "Nullable(String)",
+        /// Its whole argv, redacted (`redact_argv`), only with `[actions] argv = true`;
+        /// empty otherwise.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub argv: Vec<String> => "Array(String)",
         /// The agent it ran under (its nearest ancestor that made LLM calls) and its depth.
         pub agent_pid: u32 => "UInt32",
         pub agent_start_ticks: u64 => "UInt64",

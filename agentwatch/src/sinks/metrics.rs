@@ -9,6 +9,8 @@
 //! - `agentwatch.cost` sum `USD` by provider and model;
 //! - `agentwatch.ceiling.hits` sum by `agentwatch.ceiling` and `agentwatch.ceiling.action`;
 //! - `agentwatch.sessions.closed` sum by `agentwatch.outcome`;
+//! - `agentwatch.sessions.drifted` sum by `agentwatch.drift.kind` (new tool, new host,
+//!   tokens): closed runs of a recurring job that departed from its baseline;
 //! - `agentwatch.daemon.*` gauges: every number of `agentwatch status` (pipeline, capture,
 //!   kernel drops, sinks' spools), e.g. `agentwatch.daemon.kernel_drops.ring_full`.
 //!
@@ -78,6 +80,7 @@ struct State {
     cost: BTreeMap<Labels, f64>,
     ceiling_hits: BTreeMap<Labels, u64>,
     sessions: BTreeMap<Labels, u64>,
+    drifted: BTreeMap<Labels, u64>,
 }
 
 type DaemonSource = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
@@ -211,6 +214,23 @@ impl Metrics {
         ) {
             *v += 1;
         }
+        let kinds: std::collections::BTreeSet<&str> = r
+            .drift
+            .iter()
+            .map(|d| crate::sessions::drift::kind(d))
+            .collect();
+        for kind in kinds {
+            let l = vec![("agentwatch.drift.kind", kind.to_string())];
+            if let Some(v) = bump(
+                &mut st.drifted,
+                l,
+                self.max_series,
+                &self.series_dropped,
+                || 0,
+            ) {
+                *v += 1;
+            }
+        }
     }
 
     /// The daemon's numbers as (dotted name, labels, value).
@@ -274,6 +294,17 @@ impl Metrics {
             "agentwatch_sessions_closed_total",
             "Sessions closed",
             &sess,
+        );
+        let drifted: BTreeMap<Labels, f64> = st
+            .drifted
+            .iter()
+            .map(|(k, v)| (k.clone(), *v as f64))
+            .collect();
+        prom_counter(
+            &mut out,
+            "agentwatch_sessions_drifted_total",
+            "Closed runs of a recurring job that departed from its baseline, by what departed",
+            &drifted,
         );
         drop(st);
         let mut by_name: BTreeMap<String, Vec<(Labels, f64)>> = BTreeMap::new();
@@ -386,6 +417,15 @@ impl Metrics {
                 "{session}",
                 "Sessions closed",
                 st.sessions
+                    .iter()
+                    .map(|(l, v)| (l.clone(), number_data_point::Value::AsInt(*v as i64)))
+                    .collect(),
+            ),
+            sum(
+                "agentwatch.sessions.drifted",
+                "{session}",
+                "Closed runs of a recurring job that departed from its baseline",
+                st.drifted
                     .iter()
                     .map(|(l, v)| (l.clone(), number_data_point::Value::AsInt(*v as i64)))
                     .collect(),

@@ -446,6 +446,20 @@ pub fn session_spans(s: &SessionClose) -> Vec<Span> {
         root_attrs.push(kv_str("process.executable.path", exe.clone()));
     }
     root_attrs.extend(workload_attrs(&l.workload));
+    // How the run departed from its job's baseline (known by its close at the latest).
+    let mut root_events = events_for(l.root_pid, l.root_start_ticks, true);
+    root_events.extend(l.drift.iter().map(|d| span::Event {
+        time_unix_nano: end,
+        name: "agentwatch.drift".into(),
+        attributes: vec![
+            kv_str(
+                "agentwatch.drift.kind",
+                crate::sessions::drift::kind(d).to_string(),
+            ),
+            kv_str("agentwatch.drift", d.clone()),
+        ],
+        dropped_attributes_count: 0,
+    }));
     let mut spans = vec![Span {
         trace_id: trace.clone(),
         span_id: root_id.clone(),
@@ -454,7 +468,7 @@ pub fn session_spans(s: &SessionClose) -> Vec<Span> {
         start_time_unix_nano: start,
         end_time_unix_nano: end,
         attributes: root_attrs,
-        events: events_for(l.root_pid, l.root_start_ticks, true),
+        events: root_events,
         dropped_events_count: s.dropped.min(u64::from(u32::MAX)) as u32,
         ..Default::default()
     }];

@@ -348,6 +348,9 @@ impl Pipeline {
                 self.on_aead(out);
             }
             KernelEvent::Tls { header, data } => self.on_tls(&header, data),
+            KernelEvent::ExecArgs { tgid, args, cut } => {
+                self.tree.set_cmdline(tgid, args, cut);
+            }
             KernelEvent::Connect {
                 tgid,
                 addr,
