@@ -259,8 +259,9 @@ fn clickhouse_rows_match_the_jsonl_rows() {
         .collect();
     want.sort_by_key(|r| u(&r["pid"]));
     assert_eq!(want.len(), 2, "the shell and the program it ran: {want:#?}");
-    let query =
-        format!("SELECT * FROM agentwatch.actions FINAL WHERE session_id = '{tsid}' ORDER BY pid");
+    let query = format!(
+        "SELECT * FROM agentwatch.actions FINAL WHERE session_id = '{tsid}' AND kind = 'tool_run' ORDER BY pid"
+    );
     wait_until(
         "the tool runs in ClickHouse",
         30,
@@ -290,6 +291,40 @@ fn clickhouse_rows_match_the_jsonl_rows() {
         }
     }
     assert!(got.iter().any(|g| norm(&g["exit_code"]) == "4"), "{got:#?}");
+    // Hosts: the same table, `kind = 'host'`, one row per destination of actions.jsonl.
+    let host_key = |r: &Value| {
+        (
+            norm(&r["address"]),
+            norm(&r["port"]),
+            norm(&r["pid"]),
+            norm(&r["tool"]),
+            norm(&r["agent_pid"]),
+        )
+    };
+    let mut want_hosts: Vec<_> = read_jsonl(&daemon.data_dir.join("actions.jsonl"))
+        .iter()
+        .filter(|r| r["session_id"] == tsid.as_str() && r["kind"] == "host")
+        .map(host_key)
+        .collect();
+    want_hosts.sort();
+    assert!(
+        want_hosts
+            .iter()
+            .any(|h| h.1 == mock.port.to_string() && h.2 == agent.to_string()),
+        "the agent's connection to the mock: {want_hosts:#?}"
+    );
+    let host_query = format!(
+        "SELECT * FROM agentwatch.actions FINAL WHERE session_id = '{tsid}' AND kind = 'host'"
+    );
+    wait_until(
+        "the host rows in ClickHouse",
+        30,
+        || ch.rows(&host_query).len() == want_hosts.len(),
+        || format!("{:#}", sink_status(&daemon, "clickhouse")),
+    );
+    let mut got_hosts: Vec<_> = ch.rows(&host_query).iter().map(host_key).collect();
+    got_hosts.sort();
+    assert_eq!(got_hosts, want_hosts);
     // The tool agent's own rows follow its tool runs: everything is delivered in the end.
     wait_until(
         "the spool delivered",

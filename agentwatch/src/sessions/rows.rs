@@ -351,10 +351,43 @@ row_schema! {
         pub signal: Option<u32> => "Nullable(UInt32)",
     }
 
-    /// A row of the ClickHouse actions table.
+    /// A row of the ClickHouse actions table: a tool run, or a host (`From<&HostContact>`).
     clickhouse ToolRunRow(_t) {
         kind: String => "String" = "tool_run".to_string();
         ..
+        address: String => "String" = String::new();
+        port: u16 => "UInt16" = 0;
+    }
+}
+
+/// A host row in the actions table: its destination in `address`/`port`, the process that
+/// connected in `pid`/`tool`, its first connect in `started_at` (= `ended_at`); the tool-run
+/// columns it has no value for are empty.
+impl From<&super::actions::HostContact> for ToolRunRow {
+    fn from(h: &super::actions::HostContact) -> Self {
+        ToolRunRow {
+            kind: "host".to_string(),
+            session_id: h.session_id.clone(),
+            host: h.host.clone(),
+            pid: h.pid,
+            pid_start_ticks: 0,
+            exe: None,
+            tool: h.tool.clone(),
+            comm: String::new(),
+            argv0: None,
+            argv: Vec::new(),
+            agent_pid: h.agent_pid,
+            agent_start_ticks: h.agent_start_ticks,
+            agent_depth: h.agent_depth,
+            parent_pid: None,
+            started_at: h.first_at.clone(),
+            ended_at: h.first_at.clone(),
+            duration_ms: 0.0,
+            exit_code: None,
+            signal: None,
+            address: h.address.clone(),
+            port: h.port,
+        }
     }
 }
 

@@ -9,8 +9,9 @@
 //!   is the stable call id.
 //! - `<database>.<sessions_table>` (default `agentwatch.sessions`): one row per closed session,
 //!   `ReplacingMergeTree ORDER BY session_id`.
-//! - `<database>.<actions_table>` (default `agentwatch.actions`): one row per tool run
-//!   (`actions.jsonl`), `ReplacingMergeTree ORDER BY (session_id, pid, pid_start_ticks)`.
+//! - `<database>.<actions_table>` (default `agentwatch.actions`): one row per tool run and
+//!   per host (`actions.jsonl`; `kind` says which, `address`/`port` are a host's),
+//!   `ReplacingMergeTree ORDER BY (session_id, kind, pid, pid_start_ticks, address, port)`.
 //!
 //! A batch re-sent after a lost acknowledgement (or a daemon crash before the spool cursor
 //! moved) inserts identical rows with the same key: read with `FINAL` (or after `OPTIMIZE ...
@@ -60,7 +61,7 @@ pub fn ddl(
             cols(SESSION_COLUMNS)
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS `{database}`.`{actions_table}` (\n{}\n) ENGINE = ReplacingMergeTree() ORDER BY (session_id, pid, pid_start_ticks)",
+            "CREATE TABLE IF NOT EXISTS `{database}`.`{actions_table}` (\n{}\n) ENGINE = ReplacingMergeTree() ORDER BY (session_id, kind, pid, pid_start_ticks, address, port)",
             cols(ACTION_COLUMNS)
         ),
     ]
@@ -213,6 +214,7 @@ impl Destination for ClickHouseDest {
             .iter()
             .filter_map(|i| match i {
                 ExportItem::ToolRun(t) => Some(ToolRunRow::from(&**t)),
+                ExportItem::Host(h) => Some(ToolRunRow::from(&**h)),
                 _ => None,
             })
             .collect();

@@ -32,6 +32,8 @@ pub enum ExportItem {
     Session(Box<SessionClose>),
     /// A program a session's agent ran (`actions.jsonl`).
     ToolRun(Box<crate::sessions::actions::ToolRun>),
+    /// A destination a session's processes connected to (`actions.jsonl`, kind `host`).
+    Host(Box<crate::sessions::actions::HostContact>),
 }
 
 /// Where a delivery task sends its batches. Calls come one at a time from the delivery loop,

@@ -297,8 +297,9 @@ impl SpoolWriter {
             crate::sessions::actions::ActionRow::ToolRun(t) => {
                 self.push(&ExportItem::ToolRun(Box::new(t.clone())))
             }
-            // Hosts are in actions.jsonl only for now.
-            crate::sessions::actions::ActionRow::Host(_) => {}
+            crate::sessions::actions::ActionRow::Host(h) => {
+                self.push(&ExportItem::Host(Box::new(h.clone())))
+            }
         }
     }
 

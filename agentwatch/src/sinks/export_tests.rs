@@ -261,7 +261,7 @@ fn sinks_clickhouse_ddl_matches_rows_and_old_servers() {
     }
     assert!(stmts[1].contains("ReplacingMergeTree() ORDER BY (session_id, call_seq)"));
     assert!(stmts[2].contains("ReplacingMergeTree() ORDER BY session_id"));
-    assert!(stmts[3].contains("ORDER BY (session_id, pid, pid_start_ticks)"));
+    assert!(stmts[3].contains("ORDER BY (session_id, kind, pid, pid_start_ticks, address, port)"));
     // A table from an older version gets the columns it lacks.
     let have = vec!["call_id".to_string(), "session_id".to_string()];
     let alter = super::clickhouse::missing_columns("agentwatch", "calls", CALL_COLUMNS, &have);

@@ -106,6 +106,8 @@ pub fn spans_of(items: &[ExportItem]) -> Vec<Span> {
             ExportItem::Call(c) => spans.push(call_span(c)),
             ExportItem::Session(s) => spans.extend(session_spans(s)),
             ExportItem::ToolRun(t) => spans.push(super::spans::tool_span(t)),
+            // Hosts are rows (JSONL, ClickHouse), not spans.
+            ExportItem::Host(_) => {}
         }
     }
     spans
