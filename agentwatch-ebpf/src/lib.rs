@@ -97,6 +97,9 @@ pub struct SockState {
 pub const CONTACT_LLM_HOST: u32 = 1;
 /// The ClientHello names no host (an IP-literal endpoint such as `https://127.0.0.1:8443`).
 pub const CONTACT_NO_SNI: u32 = 2;
+/// The ClientHello names another host; reported only for a process of a session
+/// (`CONTACT_SESSION`), for its host row's SNI.
+pub const CONTACT_OTHER_HOST: u32 = 3;
 
 /// `Contact::flags`: the process was stopped at this write (SIGSTOP), to be probed before it
 /// sends its first request; user space continues it.
@@ -104,6 +107,9 @@ pub const CONTACT_HELD: u32 = 1;
 /// `Contact::flags`: an LLM host on an estimate port: user space decides whether to meter
 /// the socket (`SOCKS` holds it as `SOCK_HELLO_SENT`).
 pub const CONTACT_ESTIMATE: u32 = 2;
+/// `Contact::flags`: the process is in a session (`SESSION_PROCS`): every first ClientHello
+/// of its connections is reported, for the SNI of the hosts it contacted.
+pub const CONTACT_SESSION: u32 = 4;
 
 // ---- per-process first-contact state (`PROCS`: tgid → one of these) -------------------------
 
@@ -389,9 +395,9 @@ pub struct Contact {
     pub kind: u32,
     pub tgid: u32,
     pub tid: u32,
-    /// `CONTACT_LLM_HOST` or `CONTACT_NO_SNI`.
+    /// `CONTACT_LLM_HOST`, `CONTACT_NO_SNI` or `CONTACT_OTHER_HOST`.
     pub verdict: u32,
-    /// `CONTACT_HELD`, `CONTACT_ESTIMATE`.
+    /// `CONTACT_HELD`, `CONTACT_ESTIMATE`, `CONTACT_SESSION`.
     pub flags: u32,
     /// Destination port (host order).
     pub port: u32,
@@ -429,6 +435,8 @@ pub struct Connect {
     pub ts_ns: u64,
     /// IPv4: the first 4 bytes; IPv6: all 16 (network order).
     pub addr: [u8; 16],
+    /// The kernel's socket (as in `Contact::sock`): its ClientHello, if one follows, names it.
+    pub sock: u64,
 }
 
 /// The arguments of a process of a session, at its exec: `len` bytes of `args` (NUL-separated
@@ -539,7 +547,7 @@ const _: () = {
     assert!(size_of::<Contact>() == 56);
     assert!(size_of::<SocketBytes>() == 32);
     assert!(size_of::<SocketClose>() == 24);
-    assert!(size_of::<Connect>() == 40);
+    assert!(size_of::<Connect>() == 48);
     assert!(size_of::<SockState>() == 24);
     assert!(size_of::<SslArgs>() == 24);
     assert!(size_of::<GoKey>() == 16);

@@ -24,19 +24,29 @@ fn an_agents_tool_runs_are_recorded_with_their_exit_status() {
     let mock = Mock::start(&[]);
     let work = Scratch::new("actions-work");
     let dir = work.0.display().to_string();
-    // A server that is not an LLM endpoint: it takes a connection and closes it.
+    // A server that is not an LLM endpoint: it takes a connection, reads what comes first
+    // (a client that finds it closed at once may send nothing), and closes it.
     let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let other_port = other.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for conn in other.incoming().take(4) {
-            drop(conn);
+            if let Ok(mut c) = conn {
+                use std::io::Read;
+                let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                let _ = c.read(&mut [0u8; 4096]);
+            }
         }
     });
     let children = [
+        // First, right after the call (forked before the daemon has read that call: marked
+        // as the session's when its fork is read). A name the ClientHello carries (SNI),
+        // resolved to the local server.
+        format!(
+            "curl -sk --max-time 5 --resolve tools.example.test:{other_port}:127.0.0.1 https://tools.example.test:{other_port}/ || true"
+        ),
         format!("cd {dir} && touch a && mv a b && rm b"),
         "bash -c 'exit 3'; true".to_string(),
         "sleep 30 & sleep 0.3; kill -KILL $!; wait; true".to_string(),
-        format!("curl -sk --max-time 5 https://127.0.0.1:{other_port}/ || true"),
     ];
     let mut agent = py_client(
         "tree_agent.py",
@@ -82,6 +92,11 @@ fn an_agents_tool_runs_are_recorded_with_their_exit_status() {
     );
     let curl = host(other_port).unwrap_or_else(|| panic!("port {other_port} not in {hosts:#?}"));
     assert_eq!(curl["tool"], "curl", "{curl:#?}");
+    assert_eq!(curl["sni"], "tools.example.test", "{curl:#?}");
+    assert!(
+        llm.get("sni").is_none(),
+        "an IP-literal endpoint sends no name: {llm:#?}"
+    );
     assert_eq!(u(&curl["agent_pid"]), root as u64);
     assert_eq!(hosts.len(), 2, "one row per destination: {hosts:#?}");
     assert_eq!(

@@ -13,7 +13,9 @@ use aya_log_ebpf::{info, warn};
 use super::gate::SIGSTOP;
 use super::socket::untrack;
 use super::syscall::Syscall;
-use crate::maps::{ESTIMATE_PORTS, EVENTS, LLM_HOSTS, LLM_SUFFIXES, PROCS, SCRATCH, SOCKS};
+use crate::maps::{
+    ESTIMATE_PORTS, EVENTS, LLM_HOSTS, LLM_SUFFIXES, PROCS, SCRATCH, SESSION_PROCS, SOCKS,
+};
 use crate::output::{WAKE, config, count, current, data_flags, drop_count, now};
 
 /// Offset of the copied bytes in the scratch buffer (right after a `Contact` header).
@@ -70,6 +72,8 @@ fn try_first_write<C: EbpfContext>(ctx: &C, sk: u64, st: &SockState) -> Result<(
     if copied != 0 {
         return Ok(());
     }
+    // A session's process: its ClientHello names the host for its host row, whatever it is.
+    let session = unsafe { SESSION_PROCS.get(&tgid) }.is_some();
     let verdict = match classify(base, n as usize) {
         Hello::NotTls { connect } => {
             count(COUNT_NOT_TLS);
@@ -81,13 +85,17 @@ fn try_first_write<C: EbpfContext>(ctx: &C, sk: u64, st: &SockState) -> Result<(
         Hello::Other => {
             count(COUNT_OTHER_HOSTS);
             untrack(sk, st.tgid);
-            return Ok(());
+            if !session {
+                return Ok(());
+            }
+            CONTACT_OTHER_HOST
         }
         Hello::Llm => CONTACT_LLM_HOST,
         Hello::NoSni => CONTACT_NO_SNI,
     };
     let per_process = config(CFG_PER_PROCESS) == Some(1);
     let mut hold = per_process
+        && verdict != CONTACT_OTHER_HOST
         && match unsafe { PROCS.get(&tgid) } {
             None => true,
             // A process found not to be an agent is held again only for a known LLM host.
@@ -109,13 +117,16 @@ fn try_first_write<C: EbpfContext>(ctx: &C, sk: u64, st: &SockState) -> Result<(
         let mut next = *st;
         next.state = SOCK_HELLO_SENT;
         let _ = SOCKS.insert(&sk, &next, 0);
-    } else {
+    } else if verdict != CONTACT_OTHER_HOST {
         untrack(sk, st.tgid);
     }
-    if !hold && !estimate {
+    if !hold && !estimate && !session {
         return Ok(());
     }
     let mut flags = if estimate { CONTACT_ESTIMATE } else { 0 };
+    if session {
+        flags |= CONTACT_SESSION;
+    }
     if hold {
         if PROCS.insert(&tgid, &PROC_HELD, 0).is_ok() {
             // Stop first, then tell user space (its SIGCONT must come after the stop).

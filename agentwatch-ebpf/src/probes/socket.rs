@@ -60,14 +60,16 @@ fn on_connect(sk: u64) -> Result<(), i64> {
         unsafe { bpf_probe_read_user((addr + 2) as *const u16) }.map_err(|e| e as i64)?;
     let port = u16::from_be(port);
     count(COUNT_CONNECTS);
-    if unsafe { SESSION_PROCS.get(&tgid) }.is_some() {
-        report_connect(tgid, family, port, addr);
+    let session = unsafe { SESSION_PROCS.get(&tgid) }.is_some();
+    if session {
+        report_connect(tgid, family, port, addr, sk);
     }
     let fd = call.fd();
     let state = if unsafe { PLAIN_PORTS.get(&port) }.is_some() {
         SOCK_PLAIN
-    } else if unsafe { ESTIMATE_PORTS.get(&port) }.is_some() || undecided(tgid) {
-        // Its first write decides: an LLM host by SNI, an IP-literal endpoint, or neither.
+    } else if unsafe { ESTIMATE_PORTS.get(&port) }.is_some() || undecided(tgid) || session {
+        // Its first write decides: an LLM host by SNI, an IP-literal endpoint, or neither
+        // (and names the host a session's process contacted).
         SOCK_NEW
     } else {
         return Ok(());
@@ -92,7 +94,7 @@ fn on_connect(sk: u64) -> Result<(), i64> {
 
 /// A session's process connects: where to (the `sockaddr` it passed).
 #[inline(always)]
-fn report_connect(tgid: u32, family: u16, port: u16, sockaddr: u64) {
+fn report_connect(tgid: u32, family: u16, port: u16, sockaddr: u64, sk: u64) {
     let mut addr = [0u8; 16];
     let read = if family == AF_INET {
         unsafe { bpf_probe_read_user((sockaddr + 4) as *const [u8; 4]) }.map(|a| {
@@ -111,6 +113,7 @@ fn report_connect(tgid: u32, family: u16, port: u16, sockaddr: u64) {
         port: port as u32,
         ts_ns: now(),
         addr,
+        sock: sk,
     });
 }
 

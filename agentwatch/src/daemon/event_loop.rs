@@ -236,12 +236,13 @@ impl Daemon {
     /// stays pinned for the next daemon (SIGTERM) or goes (SIGINT, or not pinned).
     fn stop(&self, interrupted: bool, closer: &first_contact::Closer) {
         // Nobody is left stopped at a first contact by a daemon that goes away.
-        for tgid in self
-            .pipeline
-            .lock()
-            .expect("pipeline lock")
-            .take_pending_contacts()
-        {
+        let pending = {
+            let mut p = self.pipeline.lock().expect("pipeline lock");
+            // Host rows still waiting for a ClientHello are written without its name.
+            p.write_all_pending_hosts();
+            p.take_pending_contacts()
+        };
+        for tgid in pending {
             first_contact::cont(tgid);
         }
         if let Ok(mut d) = self.discovery.lock() {

@@ -1,11 +1,11 @@
 //! Decoding of ring-buffer records. A record's kind is checked before its layout is
 //! trusted; an unknown kind or a short record is an error the caller counts.
 use agentwatch_ebpf::{
-    AeadLink, CONTACT_ESTIMATE, CONTACT_HELD, CONTACT_LLM_HOST, Connect, Contact, EVENT_AEAD_LINK,
-    EVENT_CONNECT, EVENT_CONTACT, EVENT_EXEC, EVENT_EXEC_ARGS, EVENT_EXIT, EVENT_FORK,
-    EVENT_GATE_HOLD, EVENT_SOCKET_BYTES, EVENT_SOCKET_CLOSE, EVENT_SOCKET_HOLD, EVENT_TLS_DATA,
-    EVENT_TLS_HANDSHAKE, EXIT_CODE_UNKNOWN, ExecArgs, GateHold, HOLD_TLS_RECORD, Handshake,
-    ProcEvent, SocketBytes, SocketClose, SocketHold, TlsData,
+    AeadLink, CONTACT_ESTIMATE, CONTACT_HELD, CONTACT_LLM_HOST, CONTACT_SESSION, Connect, Contact,
+    EVENT_AEAD_LINK, EVENT_CONNECT, EVENT_CONTACT, EVENT_EXEC, EVENT_EXEC_ARGS, EVENT_EXIT,
+    EVENT_FORK, EVENT_GATE_HOLD, EVENT_SOCKET_BYTES, EVENT_SOCKET_CLOSE, EVENT_SOCKET_HOLD,
+    EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, EXIT_CODE_UNKNOWN, ExecArgs, GateHold, HOLD_TLS_RECORD,
+    Handshake, ProcEvent, SocketBytes, SocketClose, SocketHold, TlsData,
 };
 
 #[derive(Debug)]
@@ -66,6 +66,8 @@ pub enum KernelEvent<'a> {
         addr: std::net::IpAddr,
         port: u16,
         ts_ns: u64,
+        /// The kernel's socket: a `Contact` of the same socket names its host.
+        sock: u64,
     },
     /// A new TLS connection starts on `ssl` (the pointer may be a reused one).
     TlsHandshake {
@@ -85,6 +87,9 @@ pub enum KernelEvent<'a> {
         held: bool,
         /// An LLM host on an estimate port: meter it unless a hook covers it.
         estimate: bool,
+        /// The process is in a session: reported for its host row's SNI (and only for it when
+        /// neither `held` nor `estimate`).
+        session: bool,
         ts_ns: u64,
         hello: &'a [u8],
     },
@@ -226,6 +231,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 llm: c.verdict == CONTACT_LLM_HOST,
                 held: c.flags & CONTACT_HELD != 0,
                 estimate: c.flags & CONTACT_ESTIMATE != 0,
+                session: c.flags & CONTACT_SESSION != 0,
                 ts_ns: c.ts_ns,
                 hello,
             })
@@ -253,6 +259,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 addr,
                 port: c.port as u16,
                 ts_ns: c.ts_ns,
+                sock: c.sock,
             })
         }
         EVENT_EXEC_ARGS => {

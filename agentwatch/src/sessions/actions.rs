@@ -123,6 +123,10 @@ pub struct HostContact {
     /// The destination as the process passed it to `connect` (an IPv4 or IPv6 address).
     pub address: String,
     pub port: u16,
+    /// The host name its TLS ClientHello asked for (SNI), when the connection that made the
+    /// row started with one that named a host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
     /// The process that connected first, its executable's file name, and the agent it ran
     /// under (itself, when it is one).
     pub pid: u32,

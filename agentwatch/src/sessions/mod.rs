@@ -766,6 +766,7 @@ impl Sessions {
             host: self.cfg.host.clone(),
             address: addr.to_string(),
             port,
+            sni: None,
             pid: key.tgid,
             tool: info
                 .map(|p| actions::tool_name(p.exe.as_deref(), &p.comm))

@@ -357,6 +357,7 @@ row_schema! {
         ..
         address: String => "String" = String::new();
         port: u16 => "UInt16" = 0;
+        sni: String => "String" = String::new();
     }
 }
 
@@ -387,6 +388,7 @@ impl From<&super::actions::HostContact> for ToolRunRow {
             signal: None,
             address: h.address.clone(),
             port: h.port,
+            sni: h.sni.clone().unwrap_or_default(),
         }
     }
 }

@@ -107,6 +107,24 @@ pub struct ReplayStats {
     pub ring_uncommitted_bytes: u64,
 }
 
+/// A host row waiting for the ClientHello of the connection that made it.
+#[derive(Debug)]
+struct PendingHost {
+    tgid: u32,
+    sock: u64,
+    deadline_ns: u64,
+    row: crate::sessions::actions::HostContact,
+}
+
+/// How long a host row waits for its connection's ClientHello (a TLS client sends it right
+/// after the connect; anything else is written without a name at the next tick after this).
+const HOST_SNI_WAIT_NS: u64 = 1_000_000_000;
+/// Host rows waiting at most; more are written at once, without a name.
+const MAX_PENDING_HOSTS: usize = 4096;
+/// Processes whose marking time is remembered (their children forked before it are marked
+/// late); beyond, such a child is not (its connects go unreported).
+const MAX_MARKED: usize = 65_536;
+
 pub struct Pipeline {
     pub tree: ProcTree,
     pub sessions: Sessions,
@@ -134,6 +152,13 @@ pub struct Pipeline {
     pub first_writes: Vec<((u64, u64), bool)>,
     /// Processes stopped at their first contact, for the daemon to probe and continue.
     contacts: Vec<HeldContact>,
+    /// Host rows waiting for their connection's ClientHello (its SNI), written at it, at
+    /// their deadline, or before their session's ledger row.
+    pending_hosts: Vec<PendingHost>,
+    /// Processes user space marked in `SESSION_PROCS` (a session's processes when it
+    /// opened, and children forked before their parent was marked), with when: a child forked
+    /// before that moment was not marked by the kernel, so it is marked when its fork is read.
+    marked_at: HashMap<u32, u64>,
     /// (device, inode) of the executable of each process probed at its first contact, read
     /// then (it is alive for sure), for first-write verdicts that come after it exited.
     exe_ids: HashMap<u32, (u64, u64)>,
@@ -199,6 +224,8 @@ impl Pipeline {
             session_procs: crate::probes::session_procs::SessionProcs::disabled(),
             first_writes: Vec::new(),
             contacts: Vec::new(),
+            pending_hosts: Vec::new(),
+            marked_at: HashMap::new(),
             exe_ids: HashMap::new(),
             pending_contacts: Default::default(),
             unannounced_gate: HashSet::new(),
@@ -307,6 +334,10 @@ impl Pipeline {
             } => {
                 self.stats.forks += 1;
                 self.tree.on_fork(parent, child, ts_ns);
+                if self.marked_at.get(&parent).is_some_and(|at| *at > ts_ns) {
+                    // Forked before its parent was marked: the kernel did not mark it.
+                    self.mark_session_procs(&[child]);
+                }
             }
             KernelEvent::Exec {
                 tgid,
@@ -356,11 +387,21 @@ impl Pipeline {
                 addr,
                 port,
                 ts_ns,
+                sock,
             } => {
                 if let Some(key) = self.tree.key_of(tgid).or_else(|| self.tree.ensure(tgid))
                     && let Some(host) = self.sessions.on_connect(&self.tree, key, addr, port, ts_ns)
                 {
-                    self.write_action(ActionRow::Host(host));
+                    if self.pending_hosts.len() < MAX_PENDING_HOSTS {
+                        self.pending_hosts.push(PendingHost {
+                            tgid,
+                            sock,
+                            deadline_ns: ts_ns + HOST_SNI_WAIT_NS,
+                            row: host,
+                        });
+                    } else {
+                        self.write_action(ActionRow::Host(host));
+                    }
                 }
             }
             KernelEvent::Contact {
@@ -372,8 +413,16 @@ impl Pipeline {
                 estimate,
                 ts_ns,
                 hello,
+                session,
                 ..
             } => {
+                if session {
+                    self.host_named(tgid, sock, hello);
+                }
+                if !held && !estimate {
+                    // Reported for the session's host row only.
+                    return None;
+                }
                 self.stats.first_contacts += 1;
                 if estimate {
                     let metered = self.estimates.on_hello(tgid, fd, hello, ts_ns, || {
@@ -691,6 +740,7 @@ impl Pipeline {
 
     fn on_exit(&mut self, tgid: u32, ts_ns: u64, status: Option<u32>) {
         self.aead.forget(tgid);
+        self.marked_at.remove(&tgid);
         if let Some(e) = self.enforcer.as_mut() {
             e.process_exited(tgid, ts_ns);
         }
@@ -712,6 +762,41 @@ impl Pipeline {
         self.close_sessions(&removed, ts_ns);
     }
 
+    /// A session's process sent the first ClientHello of socket `sock`: the host row waiting
+    /// for it gets the name it asked for, and is written.
+    fn host_named(&mut self, tgid: u32, sock: u64, hello: &[u8]) {
+        let Some(i) = self
+            .pending_hosts
+            .iter()
+            .position(|p| p.tgid == tgid && p.sock == sock)
+        else {
+            return;
+        };
+        let mut p = self.pending_hosts.swap_remove(i);
+        p.row.sni = crate::protocol::tls_hello::server_name(hello);
+        self.write_action(ActionRow::Host(p.row));
+    }
+
+    /// Host rows written now: those past their deadline (`now_ns`), or of `session` (its
+    /// ledger row follows), or all (`None, u64::MAX`: the daemon stops).
+    fn write_pending_hosts(&mut self, now_ns: u64, session: Option<&str>) {
+        let (due, keep): (Vec<PendingHost>, Vec<PendingHost>) =
+            std::mem::take(&mut self.pending_hosts)
+                .into_iter()
+                .partition(|p| {
+                    p.deadline_ns <= now_ns || session.is_some_and(|s| p.row.session_id == s)
+                });
+        self.pending_hosts = keep;
+        for p in due {
+            self.write_action(ActionRow::Host(p.row));
+        }
+    }
+
+    /// Every host row still waiting for its ClientHello (the daemon stops).
+    pub fn write_all_pending_hosts(&mut self) {
+        self.write_pending_hosts(u64::MAX, None);
+    }
+
     fn close_sessions(&mut self, removed: &[ProcKey], ts_ns: u64) {
         if removed.is_empty() {
             return;
@@ -728,6 +813,7 @@ impl Pipeline {
     /// loss) are found by the tree's liveness check and closed like exits.
     pub fn tick(&mut self, now_ns: u64) {
         self.sink.retry();
+        self.write_pending_hosts(now_ns, None);
         self.tick_policy(now_ns);
         let removed = self.tree.take_removed();
         self.close_sessions(&removed, now_ns);
@@ -768,25 +854,43 @@ impl Pipeline {
         if opened.is_empty() {
             return;
         }
-        let now = crate::sessions::clock::boot_now_ns();
         for root in opened {
-            let keys = self.tree.live_subtree(root);
-            self.session_procs.mark(keys.iter().map(|k| k.tgid));
-            // Connections made before the session opened (the agent's own, to its LLM
-            // endpoint, came before its first request): from /proc.
-            for key in keys {
-                for (addr, port) in
-                    crate::procs::sockets::tcp_peers(self.tree.proc_root(), key.tgid)
-                {
-                    if let Some(h) = self.sessions.on_connect(&self.tree, key, addr, port, now) {
-                        self.write_action(ActionRow::Host(h));
-                    }
+            let tgids: Vec<u32> = self
+                .tree
+                .live_subtree(root)
+                .iter()
+                .map(|k| k.tgid)
+                .collect();
+            self.mark_session_procs(&tgids);
+        }
+    }
+
+    /// Marks processes as a session's in the kernel (from now on their connects are reported
+    /// and their children marked at fork); their connections made before it are read from
+    /// /proc (the agent's own, to its LLM endpoint, came before its first request).
+    fn mark_session_procs(&mut self, tgids: &[u32]) {
+        let now = crate::sessions::clock::boot_now_ns();
+        self.session_procs.mark(tgids.iter().copied());
+        for &tgid in tgids {
+            if self.marked_at.len() < MAX_MARKED {
+                self.marked_at.insert(tgid, now);
+            }
+            let Some(key) = self.tree.key_of(tgid) else {
+                continue;
+            };
+            for (addr, port) in crate::procs::sockets::tcp_peers(self.tree.proc_root(), tgid) {
+                if let Some(h) = self.sessions.on_connect(&self.tree, key, addr, port, now) {
+                    self.write_action(ActionRow::Host(h));
                 }
             }
         }
     }
 
     fn write_ledger(&mut self, row: &crate::sessions::LedgerRow) {
+        // Its host rows first: a reader of the ledger row finds them all.
+        if !self.pending_hosts.is_empty() {
+            self.write_pending_hosts(0, Some(&row.session_id));
+        }
         self.stats.ledger_rows += 1;
         if let Some(e) = self.enforcer.as_mut() {
             e.session_closed(&row.session_id);
