@@ -120,6 +120,12 @@ fn try_first_write<C: EbpfContext>(ctx: &C, sk: u64, st: &SockState) -> Result<(
     } else if verdict != CONTACT_OTHER_HOST {
         untrack(sk, st.tgid);
     }
+    // A process contacting an LLM endpoint is an agent to be: its children are a session's
+    // from now on (user space marks it only once it has read the call, which a child forked
+    // right after the call can beat).
+    if verdict == CONTACT_LLM_HOST || (verdict == CONTACT_NO_SNI && hold) {
+        let _ = SESSION_PROCS.insert(&tgid, &1, 0);
+    }
     if !hold && !estimate && !session {
         return Ok(());
     }

@@ -297,8 +297,11 @@ impl SpoolWriter {
             crate::sessions::actions::ActionRow::ToolRun(t) => {
                 self.push(&ExportItem::ToolRun(Box::new(t.clone())))
             }
+            // Rows only: a span sink (it tracks sessions' agents) has no span for a host.
             crate::sessions::actions::ActionRow::Host(h) => {
-                self.push(&ExportItem::Host(Box::new(h.clone())))
+                if self.tracker.is_none() {
+                    self.push(&ExportItem::Host(Box::new(h.clone())))
+                }
             }
         }
     }
