@@ -106,6 +106,36 @@ impl Config {
         })
     }
 
+    /// Everything `run` would refuse in this config beyond its keys (which `load` checks):
+    /// rule patterns, prices, sinks' settings and URLs, the metrics address. Needs no root
+    /// and touches neither the kernel nor the network (sinks are built, not connected).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Err(e) = crate::policy::check_rules(&self.session_roots) {
+            out.push(e.to_string());
+        }
+        if let Err(e) = crate::accounting::pricing::Pricing::builtin()
+            .and_then(|p| p.with_overrides(self.pricing.clone()))
+        {
+            out.push(e.to_string());
+        }
+        let ctx = crate::sinks::destination::BuildContext {
+            host: "validate".into(),
+            metrics: None,
+        };
+        for d in self.sinks.destinations() {
+            if let Err(e) = d.build(&ctx) {
+                out.push(format!("[sinks.{}] {e}", d.name()));
+            }
+        }
+        if self.metrics.prometheus && !self.metrics.listen.ip().is_loopback() {
+            out.push(
+                crate::sinks::metrics::MetricsError::NotLoopback(self.metrics.listen).to_string(),
+            );
+        }
+        out
+    }
+
     pub fn host_name(&self) -> String {
         self.host_name
             .clone()

@@ -13,6 +13,7 @@ pub mod daemon;
 /// part of the daemon.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod history;
 pub mod policy;
 pub mod privileges;
 pub mod probes;

@@ -31,7 +31,7 @@ enum Command {
     },
     /// Probes, libraries, counters and drops; exits 0 only when every probe is attached.
     Status {
-        #[arg(long, default_value = DEFAULT_SOCKET)]
+        #[arg(long, env = "AGENTWATCH_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
         #[arg(long)]
         json: bool,
@@ -48,6 +48,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a config as `run` would (keys, rule patterns, prices, sinks' settings and URLs)
+    /// without root, probes or network; exits 0 when `run` would accept it.
+    Validate {
+        /// The config file [default: none, the embedded defaults].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Remove the kernel side a stopped daemon left pinned (its programs, probes and maps);
     /// a daemon stopped with SIGTERM leaves it for the next one, Ctrl-C takes it along.
     Unpin {
@@ -60,10 +67,13 @@ enum Command {
     Inspect { binary: PathBuf },
     /// Live sessions: id, root, agents, depth, calls, tokens, cost.
     Sessions {
-        #[arg(long, default_value = DEFAULT_SOCKET)]
+        #[arg(long, env = "AGENTWATCH_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Redraw every second until interrupted.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
     /// Continue a paused session (its held call goes out), optionally raising its limits.
     Approve {
@@ -77,37 +87,83 @@ enum Command {
         /// Add this many calls to the session's ceiling.
         #[arg(long)]
         raise_calls: Option<u64>,
-        #[arg(long, default_value = DEFAULT_SOCKET)]
+        #[arg(long, env = "AGENTWATCH_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// SIGKILL a session's whole process tree, tool processes included.
     Kill {
         session: String,
-        #[arg(long, default_value = DEFAULT_SOCKET)]
+        #[arg(long, env = "AGENTWATCH_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Re-read the ceilings of the daemon's config file (same as SIGHUP).
     Reload {
-        #[arg(long, default_value = DEFAULT_SOCKET)]
+        #[arg(long, env = "AGENTWATCH_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// What a session's agents did besides calling LLMs: the tools (programs) they ran,
     /// with exit status, grouped per agent. Open and closed sessions (from actions.jsonl).
     Actions {
         /// Session id, or a unique prefix of it.
         session: String,
-        #[arg(long, default_value = DEFAULT_SOCKET)]
+        #[arg(long, env = "AGENTWATCH_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What agents cost over a time range, from the data directory's files (rotated ones
+    /// too): closed sessions, or calls grouped `--by` model, provider, root, namespace or day.
+    /// Needs no daemon.
+    Ledger {
+        /// From: a duration back from now (30m, 12h, 7d, 2w), a date (2026-12-01, UTC) or an
+        /// RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Until (excluded), same forms.
+        #[arg(long)]
+        until: Option<String>,
+        /// Group the calls that started in the range.
+        #[arg(long, value_enum)]
+        by: Option<agentwatch::history::By>,
+        /// The daemon's data directory [default: the config's, else /var/lib/agentwatch].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The config whose `data_dir` is read.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every call of one session (open or closed), from the data directory's files.
+    Calls {
+        /// Session id, or a unique prefix of it.
+        session: String,
+        /// The daemon's data directory [default: the config's, else /var/lib/agentwatch].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The config whose `data_dir` is read.
+        #[arg(long)]
+        config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
     /// The agent tree of one session (or of every live session), with tokens and cost.
     Tree {
+        /// Session id, or a unique prefix of it; every open session when absent.
         session: Option<String>,
-        #[arg(long, default_value = DEFAULT_SOCKET)]
+        #[arg(long, env = "AGENTWATCH_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Redraw every second until interrupted.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
 }
 
@@ -123,10 +179,30 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("agentwatch: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("agentwatch: {}", message(&e));
+            // 3: the daemon is not reachable (a script can tell "not running" from a refusal).
+            let unreachable = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<control::ControlError>(),
+                    Some(control::ControlError::Connect { .. })
+                )
+            });
+            ExitCode::from(if unreachable { 3 } else { 1 })
         }
     }
+}
+
+/// The error and its causes, each said once (most errors name their cause already).
+fn message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -180,6 +256,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             });
         }
+        Command::Validate { config } => {
+            let cfg = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            // Some sinks' clients want a runtime to exist when they are built.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let problems = rt.block_on(async { cfg.problems() });
+            let name = config
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "the default configuration".into());
+            if problems.is_empty() {
+                println!("{name}: valid");
+                return Ok(ExitCode::SUCCESS);
+            }
+            for p in &problems {
+                eprintln!("{name}: {p}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
         Command::Unpin { config } => {
             let cfg = match &config {
                 Some(path) => Config::load(path)?,
@@ -194,6 +293,56 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Ledger {
+            since,
+            until,
+            by,
+            data_dir,
+            config,
+            json,
+        } => {
+            use agentwatch::history;
+            let data_dir = data_dir_of(data_dir, config.as_deref())?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos() as i128;
+            let range = history::Range::parse(since.as_deref(), until.as_deref(), now)?;
+            match by {
+                Some(by) => {
+                    let groups = history::groups(&data_dir, range, by)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&groups)?);
+                    } else {
+                        print!("{}", history::render_groups(by, range, &groups));
+                    }
+                }
+                None => {
+                    let sessions = history::sessions(&data_dir, range)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&sessions)?);
+                    } else {
+                        print!("{}", history::render_sessions(range, &sessions));
+                    }
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Calls {
+            session,
+            data_dir,
+            config,
+            json,
+        } => {
+            let data_dir = data_dir_of(data_dir, config.as_deref())?;
+            let (id, calls) =
+                agentwatch::history::calls_of(&data_dir, &session).map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&calls)?);
+            } else {
+                print!("{}", agentwatch::history::render_calls(&id, &calls));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Inspect { binary } => {
             let (exact, what) = agentwatch::probes::inspect(&binary);
             println!("{}: {what}", binary.display());
@@ -203,11 +352,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             });
         }
-        Command::Sessions { socket, json } => (Request::Sessions, socket, json),
+        Command::Sessions {
+            socket,
+            watch: true,
+            ..
+        } => return watch(&socket, &Request::Sessions),
+        Command::Tree {
+            session,
+            socket,
+            watch: true,
+            ..
+        } => return watch(&socket, &Request::Tree { session }),
+        Command::Sessions { socket, json, .. } => (Request::Sessions, socket, json),
         Command::Tree {
             session,
             socket,
             json,
+            ..
         } => (Request::Tree { session }, socket, json),
         Command::Approve {
             session,
@@ -215,6 +376,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             raise_tokens,
             raise_calls,
             socket,
+            json,
         } => (
             Request::Approve {
                 session,
@@ -223,15 +385,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 raise_calls,
             },
             socket,
-            true,
+            json,
         ),
-        Command::Kill { session, socket } => (Request::Kill { session }, socket, true),
+        Command::Kill {
+            session,
+            socket,
+            json,
+        } => (Request::Kill { session }, socket, json),
         Command::Actions {
             session,
             socket,
             json,
         } => (Request::Actions { session }, socket, json),
-        Command::Reload { socket } => (Request::Reload, socket, true),
+        Command::Reload { socket, json } => (Request::Reload, socket, json),
     };
     let answer = control::request(&socket, &req)?;
     let reply = Reply::read(&req, answer.clone()).map_err(control::ControlError::Answer)?;
@@ -254,4 +420,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `--data-dir`, else the `--config` file's `data_dir`, else the default one.
+fn data_dir_of(
+    data_dir: Option<PathBuf>,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<PathBuf> {
+    Ok(match (data_dir, config) {
+        (Some(d), _) => d,
+        (None, Some(path)) => Config::load(path)?.data_dir,
+        (None, None) => Config::default().data_dir,
+    })
+}
+
+/// `--watch`: the answer to `req`, redrawn every second (the screen cleared first) until
+/// interrupted, or an error (the daemon went away: exit 3).
+fn watch(socket: &std::path::Path, req: &Request) -> anyhow::Result<ExitCode> {
+    loop {
+        let answer = control::request(socket, req)?;
+        let reply = Reply::read(req, answer).map_err(control::ControlError::Answer)?;
+        if let Reply::Refused(refused) = &reply {
+            anyhow::bail!("the daemon refused the request: {}", refused.error);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or_default();
+        let at = agentwatch::sessions::clock::format_unix_ns(now);
+        print!(
+            "\x1b[H\x1b[2J{} (every 1 s; Ctrl-C to stop)\n{}",
+            at.get(..19).unwrap_or_default(),
+            control::render::render(&reply)
+        );
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
 }

@@ -252,6 +252,69 @@ fn a_recurring_job_that_runs_a_new_tool_drifts() {
         "{:#}",
         status["sessions"]
     );
+
+    // History, from the files alone (no daemon asked): the six runs' calls by model and the
+    // closed sessions of the last hour; nothing before 2000.
+    let ledger = |args: &[&str]| -> Value {
+        let out = Command::new(agentwatch_bin())
+            .arg("ledger")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&daemon.data_dir)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let calls: Vec<Value> = daemon
+        .calls()
+        .into_iter()
+        .filter(|c| c["blocked"] != true)
+        .collect();
+    let by_model = ledger(&["--by", "model", "--since", "1h"]);
+    let groups = by_model.as_array().unwrap();
+    let calls_in_groups: u64 = groups.iter().map(|g| u(&g["calls"])).sum();
+    assert_eq!(calls_in_groups, calls.len() as u64, "{by_model:#}");
+    for g in groups {
+        let of_model: Vec<&Value> = calls.iter().filter(|c| c["model"] == g["key"]).collect();
+        let tokens: u64 = of_model.iter().map(|c| u(&c["total_tokens"])).sum();
+        let cost: f64 = of_model.iter().filter_map(|c| c["cost_usd"].as_f64()).sum();
+        assert_eq!(u(&g["total_tokens"]), tokens, "{g:#}");
+        assert!(approx(g["cost_usd"].as_f64().unwrap(), cost), "{g:#}");
+    }
+    let closed = ledger(&["--since", "1h"]);
+    let ids: BTreeSet<&str> = closed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["session_id"].as_str())
+        .collect();
+    let ledger_rows = daemon.ledger();
+    let want: BTreeSet<&str> = ledger_rows
+        .iter()
+        .filter_map(|r| r["session_id"].as_str())
+        .collect();
+    assert_eq!(ids, want);
+    assert_eq!(ledger(&["--until", "2000-01-01"]), serde_json::json!([]));
+    // One session's calls by a prefix of its id; an unknown prefix is an error.
+    let sid = ledger_rows[0]["session_id"].as_str().unwrap();
+    let out = Command::new(agentwatch_bin())
+        .args(["calls", &sid[..8], "--json", "--data-dir"])
+        .arg(&daemon.data_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = calls_of_session(&daemon.calls(), sid);
+    assert_eq!(listed.as_array().unwrap().len(), want, "{listed:#}");
+    let out = Command::new(agentwatch_bin())
+        .args(["calls", "zzzz", "--data-dir"])
+        .arg(&daemon.data_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agentwatch ledger"));
     drop(work);
 }
 
@@ -352,4 +415,8 @@ fn wait_ledger(daemon: &Daemon, pid: u32) -> Vec<Value> {
         !ledger_of(l, pid).is_empty()
     });
     daemon.ledger()
+}
+
+fn calls_of_session(calls: &[Value], sid: &str) -> usize {
+    calls.iter().filter(|c| c["session_id"] == sid).count()
 }

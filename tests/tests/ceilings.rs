@@ -319,12 +319,37 @@ fn pause_then_approve_then_kill() {
         3,
         "nothing after the crossing call"
     );
-    // Approve with more tokens: the held call and the rest go out and are accounted.
-    let out = daemon.cli(&["approve", &id, "--raise-tokens", "10000"]);
+    // The CLI takes a unique prefix of the id; an unknown one is an error, not an empty answer.
+    let tree = daemon.cli_json(&["tree", &id[..8]]);
+    assert_eq!(tree["trees"][0]["session_id"], id.as_str(), "{tree:#}");
+    let unknown = daemon.cli(&["tree", "zzzz"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("agentwatch sessions"));
+    // `--watch` redraws until stopped (here by `timeout`).
+    let watched = Command::new("timeout")
+        .arg("2.5")
+        .arg(agentwatch_bin())
+        .args(["sessions", "--watch", "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    let frames = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        frames.matches("Ctrl-C to stop").count() >= 2 && frames.contains(&id[..8]),
+        "{frames}"
+    );
+    // Approve (by a prefix) with more tokens: the held call and the rest go out and are
+    // accounted.
+    let out = daemon.cli(&["approve", &id[..12], "--raise-tokens", "10000"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with(&format!("approved session {id}")),
+        "{said}"
     );
     let status = wait_exit(&mut child, Duration::from_secs(60));
     assert!(status.success(), "{status:?}");

@@ -139,6 +139,26 @@ fn status_lists_probes_and_libssl() {
         text.contains("all probes attached") && text.contains("libssl.so"),
         "{text}"
     );
+    // Every section of the JSON is in it, by its name.
+    for (section, _) in status.as_object().unwrap() {
+        if ["ok", "version", "uptime_secs", "data_dir", "live_sessions"].contains(&section.as_str())
+        {
+            continue;
+        }
+        let named = match section.as_str() {
+            "kernel_side" => "kernel side:",
+            "tracepoints" => "tracepoints:",
+            "tls_libraries" => "TLS libraries:",
+            "processes" => "processes:",
+            "tls_not_covered" | "attach_failures" => continue, // listed when not empty
+            other => other,
+        };
+        assert!(text.contains(named), "no {section} ({named}) in:\n{text}");
+    }
+    assert!(
+        text.contains("sinks:") && text.contains("ceilings:"),
+        "{text}"
+    );
     // The control socket is root-only.
     let mode = std::fs::metadata(&daemon.socket).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -562,4 +582,102 @@ fn a_full_ring_buffer_is_counted_and_the_daemon_keeps_going() {
     let (pid, _) = run_client(py_client("openai_chat.py", &mock, &["--tag", "after-loss"]));
     let expect = serde_json::json!({"provider": "openai"});
     check_single_agent_session(&daemon, &mock, pid, "after-loss", 1, &expect);
+}
+
+/// The CLI without a daemon: exit 3 and one message that says what to do (its cause said
+/// once); `AGENTWATCH_SOCKET` stands for `--socket`; a usage error exits 2.
+#[test]
+fn cli_without_a_daemon_exits_3_with_one_message() {
+    let scratch = Scratch::new("no-daemon");
+    let socket = scratch.0.join("absent.sock");
+    let out = Command::new(agentwatch_bin())
+        .args(["sessions", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is `agentwatch run` running"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(err.contains(&socket.display().to_string()), "{err}");
+    let out = Command::new(agentwatch_bin())
+        .arg("kill")
+        .arg("abc")
+        .env("AGENTWATCH_SOCKET", &socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&socket.display().to_string()),
+        "AGENTWATCH_SOCKET is used: {out:?}"
+    );
+    let out = Command::new(agentwatch_bin())
+        .args(["sessions", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// `agentwatch validate` finds what `run` would refuse (a rule's regex, a price, a sink's
+/// URL), without root or probes; `run` refuses the same file before it loads anything.
+#[test]
+fn validate_finds_what_run_would_refuse() {
+    let scratch = Scratch::new("validate");
+    let good = scratch.0.join("good.toml");
+    std::fs::write(
+        &good,
+        "[ceilings]\nsession_usd = 1.0\n[[session_roots]]\nmatch_comm = \"^claude$\"\n",
+    )
+    .unwrap();
+    let out = Command::new(agentwatch_bin())
+        .args(["validate", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+    let bad = scratch.0.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[session_roots]]\nmatch_comm = \"(unclosed\"\n\
+         [[pricing]]\nmodel = \"m\"\ninput_per_mtok = -1.0\noutput_per_mtok = 1.0\n\
+         [sinks.clickhouse]\nurl = \"ftp://example\"\n",
+    )
+    .unwrap();
+    let out = Command::new(agentwatch_bin())
+        .args(["validate", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for what in ["(unclosed", "input_per_mtok", "ftp://example"] {
+        assert!(err.contains(what), "{what} in {err}");
+    }
+    let typo = scratch.0.join("typo.toml");
+    std::fs::write(&typo, "[ceilings]\nsesion_usd = 1.0\n").unwrap();
+    let out = Command::new(agentwatch_bin())
+        .args(["validate", "--config"])
+        .arg(&typo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sesion_usd"));
+    // `run` says the same before it touches the kernel (no probe loaded, no pin made).
+    let out = Command::new(agentwatch_bin())
+        .args(["run", "--config"])
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(scratch.0.join("data"))
+        .arg("--socket")
+        .arg(scratch.0.join("s.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid configuration") && err.contains("(unclosed"),
+        "{err}"
+    );
+    assert!(!scratch.0.join("data").exists(), "nothing was set up");
 }

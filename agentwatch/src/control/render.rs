@@ -15,7 +15,28 @@ pub fn render(reply: &Reply) -> String {
         Reply::Sessions(list) => render_sessions(&mut out, list),
         Reply::Trees(list) => render_trees(&mut out, list),
         Reply::Actions(list) => render_actions(&mut out, list),
-        Reply::Approved(_) | Reply::Killed(_) | Reply::Reloaded(_) | Reply::Refused(_) => {
+        Reply::Approved(a) => {
+            let _ = writeln!(
+                out,
+                "approved session {}: {} process{} continued",
+                a.approved,
+                a.continued,
+                if a.continued == 1 { "" } else { "es" }
+            );
+        }
+        Reply::Killed(k) => {
+            let _ = writeln!(
+                out,
+                "killed session {}: {} process{} signalled (SIGKILL)",
+                k.killed,
+                k.processes,
+                if k.processes == 1 { "" } else { "es" }
+            );
+        }
+        Reply::Reloaded(r) => {
+            let _ = writeln!(out, "reloaded ceilings from {}", r.reloaded.display());
+        }
+        Reply::Refused(_) => {
             let _ = writeln!(out, "{}", reply.to_json());
         }
     }
@@ -115,6 +136,76 @@ fn render_status(out: &mut String, s: &Status) {
         for (k, v) in &counters.0 {
             let _ = writeln!(out, "  {k}: {v}");
         }
+    }
+    // Every other section `--json` has (sinks, ceilings, first contact, Kubernetes, …), in
+    // the same nesting.
+    const SHOWN: &[&str] = &[
+        "ok",
+        "version",
+        "uptime_secs",
+        "data_dir",
+        "kernel_side",
+        "tracepoints",
+        "tls_libraries",
+        "tls_not_covered",
+        "attach_failures",
+        "processes",
+        "live_sessions",
+        "kernel_drops",
+        "pipeline",
+        "capture",
+    ];
+    if let Ok(serde_json::Value::Object(all)) = serde_json::to_value(s) {
+        for (k, v) in all.iter().filter(|(k, _)| !SHOWN.contains(&k.as_str())) {
+            render_value(out, 0, k, v);
+        }
+    }
+}
+
+/// `key: value` for a scalar, else `key:` and its fields indented below it.
+fn render_value(out: &mut String, indent: usize, key: &str, v: &serde_json::Value) {
+    use serde_json::Value;
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(m) if m.is_empty() => {
+            let _ = writeln!(out, "{pad}{key}: none");
+        }
+        Value::Object(m) => {
+            let _ = writeln!(out, "{pad}{key}:");
+            for (k, v) in m {
+                render_value(out, indent + 2, k, v);
+            }
+        }
+        Value::Array(a) if a.is_empty() => {
+            let _ = writeln!(out, "{pad}{key}: none");
+        }
+        Value::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
+            let items: Vec<String> = a.iter().map(scalar).collect();
+            let _ = writeln!(out, "{pad}{key}: {}", items.join(", "));
+        }
+        Value::Array(a) => {
+            let _ = writeln!(out, "{pad}{key}:");
+            for (i, x) in a.iter().enumerate() {
+                // A list of named things (sinks) is keyed by their names.
+                let name = x
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("#{i}"));
+                render_value(out, indent + 2, &name, x);
+            }
+        }
+        other => {
+            let _ = writeln!(out, "{pad}{key}: {}", scalar(other));
+        }
+    }
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
     }
 }
 

@@ -46,7 +46,10 @@ impl Daemon {
             Request::Tree { session } => {
                 let p = self.pipeline.lock().expect("pipeline lock");
                 let ids: Vec<String> = match session {
-                    Some(id) => vec![id],
+                    Some(prefix) => match p.sessions.resolve_open(&prefix) {
+                        Ok(id) => vec![id],
+                        Err(e) => return Reply::refused(e),
+                    },
                     None => p
                         .sessions
                         .live_sessions()

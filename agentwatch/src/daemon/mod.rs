@@ -52,6 +52,8 @@ pub enum DaemonError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("invalid configuration: {0} (`agentwatch validate --config FILE` checks a file)")]
+    Config(String),
     #[error("ring buffer: {0}")]
     Ring(std::io::Error),
     #[error("signal handler: {0}")]
@@ -77,6 +79,11 @@ pub struct Daemon {
 
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
+    // What the config gets wrong is said before the kernel is touched.
+    let problems = config.problems();
+    if !problems.is_empty() {
+        return Err(DaemonError::Config(problems.join("; ")));
+    }
     let (daemon, event_loop) = Daemon::build(config, config_path).await?;
     let daemon = Arc::new(daemon);
     daemon.spawn()?;

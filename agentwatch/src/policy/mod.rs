@@ -176,6 +176,11 @@ pub struct Policy {
     drift: Action,
 }
 
+/// The `[[session_roots]]` rules' patterns compile (what `run` would refuse).
+pub fn check_rules(rules: &[SessionRootRule]) -> Result<(), PolicyError> {
+    compile(rules).map(|_| ())
+}
+
 fn compile(rules: &[SessionRootRule]) -> Result<Vec<CompiledRule>, PolicyError> {
     let re = |index, field, pattern: &Option<String>| {
         pattern

@@ -83,6 +83,32 @@ impl Sessions {
         self.sessions.get(session_id).map(|s| s.root)
     }
 
+    /// The open session whose id is `prefix` or starts with it (as git and docker take ids):
+    /// an unknown or ambiguous prefix is an error that says what to do.
+    pub fn resolve_open(&self, prefix: &str) -> Result<String, String> {
+        if self.sessions.contains_key(prefix) {
+            return Ok(prefix.to_string());
+        }
+        let matching: Vec<&String> = if prefix.is_empty() {
+            Vec::new()
+        } else {
+            self.sessions
+                .keys()
+                .filter(|id| id.starts_with(prefix))
+                .collect()
+        };
+        match matching.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(format!(
+                "no open session {prefix:?}: `agentwatch sessions` lists the open ones, `agentwatch ledger` the closed"
+            )),
+            many => Err(format!(
+                "{prefix:?} is the prefix of {} open sessions: give more of the id",
+                many.len()
+            )),
+        }
+    }
+
     pub fn open_ids(&self) -> Vec<String> {
         self.sessions.keys().cloned().collect()
     }

@@ -399,6 +399,21 @@ if mode == "pipe":
     msg = b"x" * 64
     for _ in range(n):
         os.write(w, msg); os.read(r, 64)
+elif mode == "open":
+    # Files opened for writing, created, renamed and deleted (what "files written" is about).
+    d = sys.argv[3]
+    os.makedirs(d, exist_ok=True)
+    a, b = os.path.join(d, "a"), os.path.join(d, "b")
+    for _ in range(n):
+        fd = os.open(a, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+        os.rename(a, b)
+        os.unlink(b)
+elif mode == "spawn":
+    # Processes started and reaped (fork, exec, exit: what tool runs are made of).
+    for _ in range(n):
+        pid = os.posix_spawn("/bin/true", ["true"], {})
+        os.waitpid(pid, 0)
 else:
     path = sys.argv[3]
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -554,6 +569,8 @@ that matters.\n",
     let pairs = 100_000;
     let pipe_pairs = 1_000_000;
     let file_blocks = 100_000;
+    let file_ops = 50_000;
+    let spawns = 2_000;
     let py = |args: Vec<String>| {
         let python = python.clone();
         move || {
@@ -631,6 +648,29 @@ that matters.\n",
                 "file".into(),
                 file_blocks.to_string(),
                 s("tax.file"),
+            ])),
+        ),
+        (
+            format!(
+                "{file_ops} × (`openat` O_CREAT|O_TRUNC for writing, `close`, `rename`, `unlink`)"
+            ),
+            "open+close+rename+unlink".into(),
+            file_ops,
+            Box::new(py(vec![
+                s("syscall_tax.py"),
+                "open".into(),
+                file_ops.to_string(),
+                s("tax.dir"),
+            ])),
+        ),
+        (
+            format!("{spawns} × `posix_spawn` of `/bin/true` and `waitpid` (fork, exec, exit)"),
+            "process".into(),
+            spawns,
+            Box::new(py(vec![
+                s("syscall_tax.py"),
+                "spawn".into(),
+                spawns.to_string(),
             ])),
         ),
     ];

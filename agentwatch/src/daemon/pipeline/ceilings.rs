@@ -308,6 +308,8 @@ impl Pipeline {
         tokens: u64,
         calls: u64,
     ) -> Result<Approved, String> {
+        let id = self.sessions.resolve_open(session_id)?;
+        let session_id = id.as_str();
         let Some(root) = self.sessions.root_of(session_id) else {
             return Err(format!("no open session {session_id}"));
         };
@@ -329,6 +331,8 @@ impl Pipeline {
 
     /// `agentwatch kill SESSION`: SIGKILL the whole session tree.
     pub fn kill_session(&mut self, session_id: &str) -> Result<Killed, String> {
+        let id = self.sessions.resolve_open(session_id)?;
+        let session_id = id.as_str();
         let Some(root) = self.sessions.root_of(session_id) else {
             return Err(format!("no open session {session_id}"));
         };
