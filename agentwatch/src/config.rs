@@ -128,11 +128,6 @@ impl Config {
                 out.push(format!("[sinks.{}] {e}", d.name()));
             }
         }
-        if self.metrics.prometheus && !self.metrics.listen.ip().is_loopback() {
-            out.push(
-                crate::sinks::metrics::MetricsError::NotLoopback(self.metrics.listen).to_string(),
-            );
-        }
         out
     }
 

@@ -29,12 +29,10 @@ fn an_agents_tool_runs_are_recorded_with_their_exit_status() {
     let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let other_port = other.local_addr().unwrap().port();
     std::thread::spawn(move || {
-        for conn in other.incoming().take(4) {
-            if let Ok(mut c) = conn {
-                use std::io::Read;
-                let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-                let _ = c.read(&mut [0u8; 4096]);
-            }
+        for mut c in other.incoming().take(4).flatten() {
+            use std::io::Read;
+            let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let _ = c.read(&mut [0u8; 4096]);
         }
     });
     let children = [

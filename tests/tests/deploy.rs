@@ -667,3 +667,112 @@ fn systemd_unit_grants_what_the_daemon_needs() {
     assert_eq!(values("ExecReload"), ["/bin/kill -HUP $MAINPID"]);
     assert_eq!(values("LimitMEMLOCK"), ["infinity"]);
 }
+
+/// The metrics overlay: the built-in kinds validate against the Kubernetes schemas, the
+/// ServiceMonitor against its CRD's schema (`@kubernetes-models/prometheus-operator`, the
+/// operator's CRDs as a validator); the Service selects the DaemonSet's pods and names the
+/// container's port, the ServiceMonitor selects the Service, and the config it ships serves
+/// /metrics on the pod's address and passes `agentwatch validate`.
+#[test]
+fn metrics_overlay_renders_and_validates() {
+    let name = "overlays/metrics";
+    let yaml = render(name);
+    let docs = documents(&yaml);
+    let mut kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "DaemonSet",
+            "Namespace",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor"
+        ]
+    );
+    let scratch = Scratch::new("deploy-metrics");
+    let builtin: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] != "ServiceMonitor")
+        .collect();
+    let file = scratch.0.join("builtin.json");
+    // (A JSON list of objects is YAML, one document per object.)
+    let text: Vec<String> = builtin
+        .iter()
+        .map(|d| serde_json::to_string(d).unwrap())
+        .collect();
+    std::fs::write(&file, text.join("\n---\n")).unwrap();
+    let validate = python().parent().unwrap().join("kubernetes-validate");
+    for version in KUBERNETES_VERSIONS {
+        let out = Command::new(&validate)
+            .args(["--strict", "--quiet", "-k", version])
+            .arg(&file)
+            .output()
+            .expect("kubernetes-validate from the test venv");
+        assert!(out.status.success(), "{version}: {}", show(&out));
+    }
+    let monitor = of_kind(&docs, "ServiceMonitor")[0];
+    assert_eq!(monitor["metadata"]["namespace"], "agentwatch");
+    let check = |obj: &Value| -> Output {
+        let script = "import { ServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor';\n\
+                      const obj = JSON.parse(process.argv[1]);\n\
+                      try { new ServiceMonitor(obj).validate(); console.log('valid'); }\n\
+                      catch (e) { console.error(String(e && e.message || e)); process.exit(1); }";
+        Command::new("node")
+            .args(["--input-type=module", "-e", script])
+            .arg(serde_json::to_string(obj).unwrap())
+            .current_dir(clients())
+            .output()
+            .expect("node")
+    };
+    let out = check(monitor);
+    assert!(out.status.success(), "ServiceMonitor: {}", show(&out));
+    // The validator refuses what the CRD does not allow (it is not a no-op).
+    let mut broken = monitor.clone();
+    broken["spec"]["endpoints"][0]["interval"] = json!(30);
+    assert!(!check(&broken).status.success(), "a number as interval");
+
+    let ds = the_daemonset(&docs);
+    let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
+    let service = of_kind(&docs, "Service")[0];
+    for (k, v) in service["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(
+            &pod_labels[k], v,
+            "the Service selects the DaemonSet's pods"
+        );
+    }
+    let ports = the_container(ds)["ports"].as_array().unwrap();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["name"] == "metrics" && p["containerPort"] == 9464),
+        "{ports:?}"
+    );
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "metrics");
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(
+            &service["metadata"]["labels"][k], v,
+            "the ServiceMonitor selects the Service"
+        );
+    }
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    let config = config_toml(&docs);
+    assert!(
+        config.contains("prometheus = true") && config.contains("listen = \"0.0.0.0:9464\""),
+        "{config}"
+    );
+    let toml = scratch.0.join("config.toml");
+    std::fs::write(&toml, &config).unwrap();
+    let out = Command::new(agentwatch_bin())
+        .args(["validate", "--config"])
+        .arg(&toml)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+}

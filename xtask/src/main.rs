@@ -235,6 +235,7 @@ fn setup_test_deps() -> Result<()> {
         }
     }
     setup_clickhouse()?;
+    setup_prometheus()?;
     setup_kubectl()?;
     // A real GnuTLS client for the GnuTLS probes.
     setup_apt_tool("gnutls-cli", "gnutls-bin")?;
@@ -300,6 +301,35 @@ fn apt_install(packages: &[&str]) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Debian's Prometheus (and promtool) for the dashboard and alert-rule tests, which start
+/// their own on loopback: the packaged service is stopped and disabled where systemd runs it.
+fn setup_prometheus() -> Result<()> {
+    if Path::new("/usr/bin/prometheus").exists() && Path::new("/usr/bin/promtool").exists() {
+        return Ok(());
+    }
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "prometheus"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        run(Command::new("apt-get").arg("update"))?;
+        if !install() {
+            bail!(
+                "installing prometheus failed: run `apt-get install -y --no-install-recommends prometheus` and retry"
+            );
+        }
+    }
+    let _ = Command::new("systemctl")
+        .args(["disable", "--now", "prometheus"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
     Ok(())
 }
 

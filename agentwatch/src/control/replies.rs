@@ -257,6 +257,12 @@ pub struct Ceilings {
     pub gate_errors: Option<u64>,
     /// Metered sockets whose queued bytes are kept in the host now.
     pub held_sockets: Option<usize>,
+    /// Open sessions stopped now (paused, waiting for `approve` or `kill`).
+    #[serde(default)]
+    pub paused_sessions: usize,
+    /// `[ceilings] host_usd_per_day`, when set (the rolling day's spend is in `stats`).
+    #[serde(default)]
+    pub host_usd_per_day: Option<f64>,
 }
 
 /// `agentwatch sessions`.

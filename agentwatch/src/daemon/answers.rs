@@ -240,6 +240,13 @@ impl Daemon {
                 stats: p.enforcer.as_ref().map(|e| e.stats().clone()),
                 gate_errors: p.enforcer.as_ref().map(|e| e.gate_errors()),
                 held_sockets: p.enforcer.as_ref().map(|e| e.sockets_held()),
+                paused_sessions: p
+                    .sessions
+                    .live_sessions()
+                    .iter()
+                    .filter(|s| s.outcome == crate::sessions::Outcome::Paused)
+                    .count(),
+                host_usd_per_day: p.enforcer.as_ref().and_then(|e| e.host_limit()),
             },
             jsonl: Counters::of(&p.sink_health()),
             sinks: serde_json::from_value(self.exports.status_json())?,

@@ -207,6 +207,12 @@ impl Daemon {
                 .await;
             }
         });
+        // Start-up parsed the kernel's BTF and the probes' object (tens of MB, all freed);
+        // glibc keeps freed heap at the top unless asked, so give it back now.
+        // SAFETY: malloc_trim only releases free memory of the allocator's own.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         tracing::info!(
             data_dir = %self.data_dir.display(),
             socket = %self.socket.display(),

@@ -110,6 +110,11 @@ impl Enforcer {
         self.policy.enabled()
     }
 
+    /// `[ceilings] host_usd_per_day`.
+    pub fn host_limit(&self) -> Option<f64> {
+        self.policy.host_limit()
+    }
+
     pub fn stats(&self) -> &PolicyStats {
         &self.policy.stats
     }

@@ -335,6 +335,10 @@ impl Policy {
             || !self.rules.is_empty()
     }
 
+    pub fn host_limit(&self) -> Option<f64> {
+        self.ceilings.host_usd_per_day
+    }
+
     pub fn on_restart(&self) -> OnRestart {
         self.ceilings.on_restart
     }

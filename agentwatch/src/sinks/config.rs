@@ -135,13 +135,15 @@ impl Default for OtlpConfig {
     }
 }
 
-/// `[metrics]`: the Prometheus endpoint (off by default; loopback only).
+/// `[metrics]`: the Prometheus endpoint (off by default; on loopback unless `listen` says
+/// otherwise).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Serve `GET /metrics` (Prometheus text format). Default false.
     pub prometheus: bool,
-    /// A loopback address. Default `127.0.0.1:9464`.
+    /// Where it listens. Default `127.0.0.1:9464`; a pod or node address (`0.0.0.0:9464` in a
+    /// DaemonSet's pod) only when set so, for a cluster's Prometheus to scrape.
     pub listen: SocketAddr,
     /// Label sets per instrument at most; more are dropped and counted. Default 2,000.
     pub max_series: usize,

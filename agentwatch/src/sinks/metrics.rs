@@ -81,6 +81,7 @@ struct State {
     ceiling_hits: BTreeMap<Labels, u64>,
     sessions: BTreeMap<Labels, u64>,
     drifted: BTreeMap<Labels, u64>,
+    root_cost: BTreeMap<Labels, f64>,
 }
 
 type DaemonSource = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
@@ -122,8 +123,41 @@ fn bump<'a, V>(
 
 impl Metrics {
     pub fn new(max_series: usize) -> Self {
+        // Counters of rare events start at 0 for every label set they can have, so that the
+        // first event is an increase a scraper sees (a series born at 1 is not one).
+        let mut st = State::default();
+        let actions = ["observe", "pause", "kill", "block"];
+        let ceilings = [
+            "session_usd",
+            "session_tokens",
+            "session_calls",
+            "session_calls_per_minute",
+            "max_depth",
+            "host_usd_per_day",
+        ];
+        let hits = ceilings
+            .iter()
+            .flat_map(|c| actions.iter().map(move |a| (*c, *a)))
+            .chain([("blocked", "block"), ("drift", "pause"), ("drift", "kill")]);
+        for (c, a) in hits {
+            st.ceiling_hits.insert(
+                vec![
+                    ("agentwatch.ceiling", c.to_string()),
+                    ("agentwatch.ceiling.action", a.to_string()),
+                ],
+                0,
+            );
+        }
+        for o in ["completed", "killed", "paused", "blocked"] {
+            st.sessions
+                .insert(vec![("agentwatch.outcome", o.to_string())], 0);
+        }
+        for k in ["new tool", "new host", "tokens"] {
+            st.drifted
+                .insert(vec![("agentwatch.drift.kind", k.to_string())], 0);
+        }
         Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(st),
             max_series: max_series.max(1),
             series_dropped: AtomicU64::new(0),
             start_unix_nanos: now_nanos(),
@@ -142,11 +176,15 @@ impl Metrics {
 
     pub fn record_call(&self, c: &CallRecord) {
         let op = operation_name(&c.provider, &c.api);
-        let base: Labels = vec![
+        let mut base: Labels = vec![
             ("gen_ai.provider.name", provider_name(&c.provider)),
             ("gen_ai.request.model", c.model.clone().unwrap_or_default()),
             ("gen_ai.operation.name", op.to_string()),
         ];
+        // The caller's Kubernetes namespace (none on the host): spend per team.
+        if let Some(ns) = &c.workload.pod_namespace {
+            base.push(("k8s.namespace.name", ns.clone()));
+        }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let max = self.max_series;
         for (ty, n) in [("input", c.input_tokens), ("output", c.output_tokens)] {
@@ -174,7 +212,11 @@ impl Metrics {
             h.record(&DURATION_BOUNDS, secs);
         }
         if let Some(cost) = c.cost_usd {
-            let l = base[..2].to_vec();
+            let l: Labels = base
+                .iter()
+                .filter(|(k, _)| *k != "gen_ai.operation.name")
+                .cloned()
+                .collect();
             if let Some(v) = bump(&mut st.cost, l, max, &self.series_dropped, || 0.0) {
                 *v += cost;
             }
@@ -214,6 +256,20 @@ impl Metrics {
         ) {
             *v += 1;
         }
+        // Spend by the program that started the session (counted when it closes).
+        let mut l = vec![("agentwatch.root", r.root_comm.clone())];
+        if let Some(ns) = &r.workload.pod_namespace {
+            l.push(("k8s.namespace.name", ns.clone()));
+        }
+        if let Some(v) = bump(
+            &mut st.root_cost,
+            l,
+            self.max_series,
+            &self.series_dropped,
+            || 0.0,
+        ) {
+            *v += r.total_cost_usd;
+        }
         let kinds: std::collections::BTreeSet<&str> = r
             .drift
             .iter()
@@ -252,6 +308,11 @@ impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP agentwatch_build_info The running agentwatch build (always 1)\n# TYPE agentwatch_build_info gauge\nagentwatch_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         prom_hist(
             &mut out,
@@ -302,20 +363,50 @@ impl Metrics {
             .collect();
         prom_counter(
             &mut out,
+            "agentwatch_session_cost_usd_total",
+            "Cost of closed sessions by the program that started them (counted at close)",
+            &st.root_cost,
+        );
+        prom_counter(
+            &mut out,
             "agentwatch_sessions_drifted_total",
             "Closed runs of a recurring job that departed from its baseline, by what departed",
             &drifted,
         );
         drop(st);
+        let gauges = self.daemon_gauges();
+        // Every kernel bound's drops as one counter family, by bound (rates and alerts over
+        // all of them in one expression).
+        let _ = writeln!(
+            out,
+            "# HELP agentwatch_kernel_drops_total Events or bytes a kernel-side bound dropped (ring buffer, maps), by bound\n# TYPE agentwatch_kernel_drops_total counter"
+        );
+        for (name, _, v) in &gauges {
+            if let Some(bound) = name.strip_prefix("agentwatch.daemon.kernel_drops.") {
+                let _ = writeln!(
+                    out,
+                    "agentwatch_kernel_drops_total{} {}",
+                    prom_labels(&vec![("bound", bound.to_string())], None),
+                    prom_num(*v)
+                );
+            }
+        }
         let mut by_name: BTreeMap<String, Vec<(Labels, f64)>> = BTreeMap::new();
-        for (name, labels, v) in self.daemon_gauges() {
+        for (name, labels, v) in gauges {
             by_name
                 .entry(prom_name(&name))
                 .or_default()
                 .push((labels, v));
         }
         for (name, points) in by_name {
-            let _ = writeln!(out, "# TYPE {name} gauge");
+            let field = name
+                .strip_prefix("agentwatch_daemon_")
+                .unwrap_or(&name)
+                .replace('_', " ");
+            let _ = writeln!(
+                out,
+                "# HELP {name} The daemon's own state: `agentwatch status` {field}\n# TYPE {name} gauge"
+            );
             for (labels, v) in points {
                 let _ = writeln!(out, "{name}{} {}", prom_labels(&labels, None), prom_num(v));
             }
@@ -422,6 +513,15 @@ impl Metrics {
                     .collect(),
             ),
             sum(
+                "agentwatch.session.cost",
+                "USD",
+                "Cost of closed sessions by the program that started them",
+                st.root_cost
+                    .iter()
+                    .map(|(l, v)| (l.clone(), number_data_point::Value::AsDouble(*v)))
+                    .collect(),
+            ),
+            sum(
                 "agentwatch.sessions.drifted",
                 "{session}",
                 "Closed runs of a recurring job that departed from its baseline",
@@ -470,7 +570,18 @@ fn flatten(
         }
         serde_json::Value::Object(m) => {
             for (k, v) in m {
-                if k == "uptime_secs" || k.ends_with("_unix") {
+                if k == "uptime_secs" {
+                    continue;
+                }
+                // A time (Unix seconds): exported as a timestamp when there is one.
+                if let Some(stem) = k.strip_suffix("_unix") {
+                    if let Some(t) = v.as_f64().filter(|t| *t > 0.0) {
+                        out.push((
+                            format!("{prefix}.{stem}_timestamp_seconds"),
+                            labels.clone(),
+                            t,
+                        ));
+                    }
                     continue;
                 }
                 flatten(&format!("{prefix}.{k}"), v, labels, out);
@@ -556,10 +667,6 @@ fn prom_counter(out: &mut String, name: &str, help: &str, m: &BTreeMap<Labels, f
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error(
-        "[metrics] listen = {0} is not a loopback address; the Prometheus endpoint serves on loopback only (use 127.0.0.1 or ::1 and a local scraper or proxy)"
-    )]
-    NotLoopback(SocketAddr),
     #[error("cannot listen on {addr} for /metrics: {source}; pick a free port in [metrics] listen")]
     Bind {
         addr: SocketAddr,
@@ -568,13 +675,16 @@ pub enum MetricsError {
     },
 }
 
-/// Binds the Prometheus endpoint (loopback only) and serves it on a task.
+/// Binds the Prometheus endpoint and serves it on a task: loopback by default; a pod or node
+/// address only when `[metrics] listen` says so (it serves counters, never prompts).
 pub async fn serve_prometheus(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
 ) -> Result<SocketAddr, MetricsError> {
     if !addr.ip().is_loopback() {
-        return Err(MetricsError::NotLoopback(addr));
+        tracing::info!(
+            "serving /metrics on {addr} (not loopback, as [metrics] listen says): anyone who can reach it reads the counters"
+        );
     }
     let listener = tokio::net::TcpListener::bind(addr)
         .await

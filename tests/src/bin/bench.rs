@@ -694,8 +694,9 @@ start-up is left out). None of these processes is an agent: none is held or prob
             off.push(time_loop(&mut cmd()));
             for (config, out) in [("", &mut agents), ("[probes]\nscope = \"all\"\n", &mut all)] {
                 let daemon = start_daemon_with(&scratch, Some(config));
-                // Past its start-up work (the /proc walk, the first drains).
-                std::thread::sleep(Duration::from_millis(500));
+                // Past its start-up work (the /proc walk, the first drains, and for
+                // `scope = "all"` the uprobes on every library).
+                std::thread::sleep(Duration::from_millis(2000));
                 out.push(time_loop(&mut cmd()));
                 drop(daemon);
             }

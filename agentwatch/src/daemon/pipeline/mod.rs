@@ -832,6 +832,15 @@ impl Pipeline {
                 self.session_procs.errors.into(),
             );
             o.insert("job_baselines".into(), self.sessions.jobs().len().into());
+            // The deepest agent of the open sessions (dashboards: runaway recursion).
+            let depth = self
+                .sessions
+                .live_sessions()
+                .iter()
+                .map(|s| s.depth_max)
+                .max()
+                .unwrap_or(0);
+            o.insert("depth_max_live".into(), depth.into());
             o.insert(
                 "job_baseline_save_errors".into(),
                 self.sessions.jobs().save_errors.into(),
