@@ -15,6 +15,28 @@ struct Cli {
     command: Command,
 }
 
+/// Where the commands that read the daemon's files (`ledger`, `calls`) find them.
+#[derive(clap::Args)]
+struct DataDirArgs {
+    /// The daemon's data directory [default: the config's, else /var/lib/agentwatch].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The config whose `data_dir` is read.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    /// `--data-dir`, else the `--config` file's `data_dir`, else the default one.
+    fn resolve(self) -> anyhow::Result<PathBuf> {
+        Ok(match (self.data_dir, self.config) {
+            (Some(d), _) => d,
+            (None, Some(path)) => Config::load(&path)?.data_dir,
+            (None, None) => Config::default().data_dir,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground (root).
@@ -131,12 +153,8 @@ enum Command {
         /// Group the calls that started in the range.
         #[arg(long, value_enum)]
         by: Option<agentwatch::history::By>,
-        /// The daemon's data directory [default: the config's, else /var/lib/agentwatch].
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// The config whose `data_dir` is read.
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        files: DataDirArgs,
         #[arg(long)]
         json: bool,
     },
@@ -144,12 +162,8 @@ enum Command {
     Calls {
         /// Session id, or a unique prefix of it.
         session: String,
-        /// The daemon's data directory [default: the config's, else /var/lib/agentwatch].
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// The config whose `data_dir` is read.
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        files: DataDirArgs,
         #[arg(long)]
         json: bool,
     },
@@ -297,12 +311,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             since,
             until,
             by,
-            data_dir,
-            config,
+            files,
             json,
         } => {
             use agentwatch::history;
-            let data_dir = data_dir_of(data_dir, config.as_deref())?;
+            let data_dir = files.resolve()?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_nanos() as i128;
@@ -329,11 +342,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Calls {
             session,
-            data_dir,
-            config,
+            files,
             json,
         } => {
-            let data_dir = data_dir_of(data_dir, config.as_deref())?;
+            let data_dir = files.resolve()?;
             let (id, calls) =
                 agentwatch::history::calls_of(&data_dir, &session).map_err(anyhow::Error::msg)?;
             if json {
@@ -419,18 +431,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
-}
-
-/// `--data-dir`, else the `--config` file's `data_dir`, else the default one.
-fn data_dir_of(
-    data_dir: Option<PathBuf>,
-    config: Option<&std::path::Path>,
-) -> anyhow::Result<PathBuf> {
-    Ok(match (data_dir, config) {
-        (Some(d), _) => d,
-        (None, Some(path)) => Config::load(path)?.data_dir,
-        (None, None) => Config::default().data_dir,
     })
 }
 

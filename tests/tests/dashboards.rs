@@ -18,14 +18,6 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn prometheus_bin() -> PathBuf {
     ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
         .iter()

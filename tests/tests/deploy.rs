@@ -270,26 +270,32 @@ fn manifest_gaps(ds: &Value, report: &Value) -> Vec<String> {
     gaps
 }
 
+/// `file` (rendered from kustomization `name`) validates strictly against every Kubernetes
+/// version's OpenAPI schemas (`kubernetes-validate`, offline).
+fn validate_builtin(name: &str, file: &Path, yaml: &str) {
+    let validate = python().parent().unwrap().join("kubernetes-validate");
+    for version in KUBERNETES_VERSIONS {
+        let out = Command::new(&validate)
+            .args(["--strict", "--quiet", "-k", version])
+            .arg(file)
+            .output()
+            .expect("kubernetes-validate from the test venv");
+        assert!(
+            out.status.success(),
+            "{name} does not validate against Kubernetes {version}: {}\nrendered:\n{yaml}",
+            show(&out)
+        );
+    }
+}
+
 #[test]
 fn kustomizations_render_and_validate() {
-    let validate = python().parent().unwrap().join("kubernetes-validate");
     let scratch = Scratch::new("deploy-render");
     for name in KUSTOMIZATIONS {
         let yaml = render(name);
         let file = scratch.0.join(format!("{}.yaml", name.replace('/', "-")));
         std::fs::write(&file, &yaml).unwrap();
-        for version in KUBERNETES_VERSIONS {
-            let out = Command::new(&validate)
-                .args(["--strict", "--quiet", "-k", version])
-                .arg(&file)
-                .output()
-                .expect("kubernetes-validate from the test venv");
-            assert!(
-                out.status.success(),
-                "{name} does not validate against Kubernetes {version}: {}\nrendered:\n{yaml}",
-                show(&out)
-            );
-        }
+        validate_builtin(name, &file, &yaml);
 
         let docs = documents(&yaml);
         let mut kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
@@ -704,16 +710,9 @@ fn metrics_overlay_renders_and_validates() {
         .iter()
         .map(|d| serde_json::to_string(d).unwrap())
         .collect();
-    std::fs::write(&file, text.join("\n---\n")).unwrap();
-    let validate = python().parent().unwrap().join("kubernetes-validate");
-    for version in KUBERNETES_VERSIONS {
-        let out = Command::new(&validate)
-            .args(["--strict", "--quiet", "-k", version])
-            .arg(&file)
-            .output()
-            .expect("kubernetes-validate from the test venv");
-        assert!(out.status.success(), "{version}: {}", show(&out));
-    }
+    let text = text.join("\n---\n");
+    std::fs::write(&file, &text).unwrap();
+    validate_builtin(name, &file, &text);
     let monitor = of_kind(&docs, "ServiceMonitor")[0];
     assert_eq!(monitor["metadata"]["namespace"], "agentwatch");
     let check = |obj: &Value| -> Output {

@@ -24,14 +24,6 @@ fn wait_until(what: &str, secs: u64, mut pred: impl FnMut() -> bool, state: impl
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A daemon started with `config` (TOML) in a fresh scratch directory.
 fn daemon_with(config: &str) -> Daemon {
     let dir = Scratch::new("export");

@@ -284,9 +284,15 @@ fn npm_ci(dir: &Path) -> Result<()> {
 /// `apt-get install -y PACKAGES`, with an `apt-get update` and one retry when the package lists
 /// are stale (a fresh machine's are).
 fn apt_install(packages: &[&str]) -> Result<()> {
+    apt_install_with(&[], packages)
+}
+
+/// `apt_install` with `options` for apt-get (e.g. `--no-install-recommends`).
+fn apt_install_with(options: &[&str], packages: &[&str]) -> Result<()> {
     let install = || {
         Command::new("apt-get")
             .args(["install", "-y"])
+            .args(options)
             .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
@@ -310,21 +316,7 @@ fn setup_prometheus() -> Result<()> {
     if Path::new("/usr/bin/prometheus").exists() && Path::new("/usr/bin/promtool").exists() {
         return Ok(());
     }
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "prometheus"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !install() {
-        run(Command::new("apt-get").arg("update"))?;
-        if !install() {
-            bail!(
-                "installing prometheus failed: run `apt-get install -y --no-install-recommends prometheus` and retry"
-            );
-        }
-    }
+    apt_install_with(&["--no-install-recommends"], &["prometheus"])?;
     let _ = Command::new("systemctl")
         .args(["disable", "--now", "prometheus"])
         .stdout(std::process::Stdio::null())

@@ -628,3 +628,12 @@ pub fn build_static_openssl_client(dir: &Path) -> PathBuf {
     );
     out
 }
+
+/// A TCP port free on loopback now (for a server a test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
