@@ -392,16 +392,7 @@ impl Pipeline {
                 if let Some(key) = self.tree.key_of(tgid).or_else(|| self.tree.ensure(tgid))
                     && let Some(host) = self.sessions.on_connect(&self.tree, key, addr, port, ts_ns)
                 {
-                    if self.pending_hosts.len() < MAX_PENDING_HOSTS {
-                        self.pending_hosts.push(PendingHost {
-                            tgid,
-                            sock,
-                            deadline_ns: ts_ns + HOST_SNI_WAIT_NS,
-                            row: host,
-                        });
-                    } else {
-                        self.write_action(ActionRow::Host(host));
-                    }
+                    self.wait_for_name(tgid, sock, ts_ns, host);
                 }
             }
             KernelEvent::Contact {
@@ -414,10 +405,10 @@ impl Pipeline {
                 ts_ns,
                 hello,
                 session,
-                ..
+                port,
             } => {
                 if session {
-                    self.host_named(tgid, sock, hello);
+                    self.host_named(tgid, sock, port, hello);
                 }
                 if !held && !estimate {
                     // Reported for the session's host row only.
@@ -764,17 +755,37 @@ impl Pipeline {
 
     /// A session's process sent the first ClientHello of socket `sock`: the host row waiting
     /// for it gets the name it asked for, and is written.
-    fn host_named(&mut self, tgid: u32, sock: u64, hello: &[u8]) {
-        let Some(i) = self
-            .pending_hosts
-            .iter()
-            .position(|p| p.tgid == tgid && p.sock == sock)
-        else {
+    /// (A row found in /proc has no socket: it is matched by the destination port.)
+    fn host_named(&mut self, tgid: u32, sock: u64, port: u16, hello: &[u8]) {
+        let Some(i) = self.pending_hosts.iter().position(|p| {
+            p.tgid == tgid && (p.sock == sock || (p.sock == 0 && p.row.port == port))
+        }) else {
             return;
         };
         let mut p = self.pending_hosts.swap_remove(i);
         p.row.sni = crate::protocol::tls_hello::server_name(hello);
         self.write_action(ActionRow::Host(p.row));
+    }
+
+    /// A new host row waits for its connection's ClientHello (written without a name at the
+    /// deadline, or at once when too many wait).
+    fn wait_for_name(
+        &mut self,
+        tgid: u32,
+        sock: u64,
+        ts_ns: u64,
+        row: crate::sessions::actions::HostContact,
+    ) {
+        if self.pending_hosts.len() < MAX_PENDING_HOSTS {
+            self.pending_hosts.push(PendingHost {
+                tgid,
+                sock,
+                deadline_ns: ts_ns + HOST_SNI_WAIT_NS,
+                row,
+            });
+        } else {
+            self.write_action(ActionRow::Host(row));
+        }
     }
 
     /// Host rows written now: those past their deadline (`now_ns`), or of `session` (its
@@ -889,7 +900,8 @@ impl Pipeline {
             };
             for (addr, port) in crate::procs::sockets::tcp_peers(self.tree.proc_root(), tgid) {
                 if let Some(h) = self.sessions.on_connect(&self.tree, key, addr, port, now) {
-                    self.write_action(ActionRow::Host(h));
+                    // Its ClientHello may still be on its way (a process marked late).
+                    self.wait_for_name(tgid, 0, now, h);
                 }
             }
         }
