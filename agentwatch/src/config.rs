@@ -27,6 +27,9 @@ pub struct Config {
     pub limits: Limits,
     /// Price overrides, winning over the built-in table (`[[pricing]]`).
     pub pricing: Vec<PriceOverride>,
+    /// A LiteLLM `model_prices_and_context_window.json` whose prices win over the built-in
+    /// table (the `[[pricing]]` entries win over both). Default: none.
+    pub pricing_file: Option<PathBuf>,
     /// Ceilings for every session and the host (`[ceilings]`); none by default.
     pub ceilings: crate::policy::CeilingsConfig,
     /// Processes that start a session at exec, with their own ceilings (`[[session_roots]]`).
@@ -69,6 +72,7 @@ impl Default for Config {
             capture: CaptureLimits::default(),
             limits: Limits::default(),
             pricing: Vec::new(),
+            pricing_file: None,
             ceilings: Default::default(),
             session_roots: Vec::new(),
             sinks: crate::sinks::SinksConfig::default(),
@@ -106,6 +110,19 @@ impl Config {
         })
     }
 
+    /// The price list: `[[pricing]]` over `pricing_file` over the built-in table.
+    pub fn prices(
+        &self,
+    ) -> Result<crate::accounting::pricing::Pricing, crate::accounting::pricing::PricingError> {
+        let mut p = crate::accounting::pricing::Pricing::builtin()?
+            .with_overrides(self.pricing.clone())?
+            .with_unpriced(self.ceilings.unpriced);
+        if let Some(path) = &self.pricing_file {
+            p = p.with_litellm_file(path)?;
+        }
+        Ok(p)
+    }
+
     /// Everything `run` would refuse in this config beyond its keys (which `load` checks):
     /// rule patterns, prices, sinks' settings and URLs, the metrics address. Needs no root
     /// and touches neither the kernel nor the network (sinks are built, not connected).
@@ -114,10 +131,27 @@ impl Config {
         if let Err(e) = crate::policy::check_rules(&self.session_roots) {
             out.push(e.to_string());
         }
-        if let Err(e) = crate::accounting::pricing::Pricing::builtin()
-            .and_then(|p| p.with_overrides(self.pricing.clone()))
-        {
+        for (index, rule) in self.session_roots.iter().enumerate() {
+            if rule.cluster && rule.budget_usd_per_day.is_some() && self.sinks.clickhouse.is_none()
+            {
+                out.push(
+                    crate::policy::PolicyError::ClusterWithoutClickHouse {
+                        index,
+                        name: rule.name.clone().unwrap_or_default(),
+                    }
+                    .to_string(),
+                );
+            }
+        }
+        if let Err(e) = self.prices() {
             out.push(e.to_string());
+        }
+        if let Some(w) = self.ceilings.warn_at
+            && !(w > 0.0 && w < 1.0)
+        {
+            out.push(format!(
+                "[ceilings] warn_at = {w}: must be a fraction of the ceilings, between 0 and 1 (e.g. 0.8)"
+            ));
         }
         let ctx = crate::sinks::destination::BuildContext {
             host: "validate".into(),

@@ -13,6 +13,16 @@ const DEFAULT_SOCKET: &str = "/run/agentwatch/agentwatch.sock";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Output format of the commands that print: `json` (as `--json`) or `wide` (more
+    /// columns where there are more to show).
+    #[arg(short = 'o', long = "output", value_enum, global = true)]
+    output: Option<Output>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Json,
+    Wide,
 }
 
 /// Where the commands that read the daemon's files (`ledger`, `calls`) find them.
@@ -96,6 +106,21 @@ enum Command {
         /// Redraw every second until interrupted.
         #[arg(long, conflicts_with = "json")]
         watch: bool,
+        /// Closed sessions too (from the ledger files; the live ones when the daemon answers).
+        #[arg(long, conflicts_with = "watch")]
+        all: bool,
+        /// With `--all`: closed sessions that ended since (30m, 12h, 7d, a date, RFC 3339)
+        /// [default: 1d].
+        #[arg(long, requires = "all")]
+        since: Option<String>,
+        #[command(flatten)]
+        files: DataDirArgs,
+    },
+    /// A live view: sessions by spend rate, the host's day against its ceiling, the selected
+    /// session's agent tree; keys approve (a) and kill (k) a session after a confirmation.
+    Top {
+        #[arg(long, env = "AGENTWATCH_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Continue a paused session (its held call goes out), optionally raising its limits.
     Approve {
@@ -116,6 +141,15 @@ enum Command {
     },
     /// SIGKILL a session's whole process tree, tool processes included.
     Kill {
+        session: String,
+        #[arg(long, env = "AGENTWATCH_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// SIGSTOP a session's whole process tree, as a `pause` ceiling would; `approve`
+    /// continues it.
+    Pause {
         session: String,
         #[arg(long, env = "AGENTWATCH_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -220,6 +254,8 @@ fn message(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let out_json = cli.output == Some(Output::Json);
+    let wide = cli.output == Some(Output::Wide);
     let (req, socket, json) = match cli.command {
         Command::Run {
             config,
@@ -259,7 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => Config::default(),
             };
             let report = agentwatch::privileges::check(&cfg);
-            if json {
+            if json || out_json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.render());
@@ -323,7 +359,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match by {
                 Some(by) => {
                     let groups = history::groups(&data_dir, range, by)?;
-                    if json {
+                    if json || out_json {
                         println!("{}", serde_json::to_string_pretty(&groups)?);
                     } else {
                         print!("{}", history::render_groups(by, range, &groups));
@@ -331,7 +367,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => {
                     let sessions = history::sessions(&data_dir, range)?;
-                    if json {
+                    if json || out_json {
                         println!("{}", serde_json::to_string_pretty(&sessions)?);
                     } else {
                         print!("{}", history::render_sessions(range, &sessions));
@@ -348,11 +384,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let data_dir = files.resolve()?;
             let (id, calls) =
                 agentwatch::history::calls_of(&data_dir, &session).map_err(anyhow::Error::msg)?;
-            if json {
+            if json || out_json {
                 println!("{}", serde_json::to_string_pretty(&calls)?);
             } else {
                 print!("{}", agentwatch::history::render_calls(&id, &calls));
             }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Top { socket } => {
+            control::top::run(&socket)?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Inspect { binary } => {
@@ -375,6 +415,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             watch: true,
             ..
         } => return watch(&socket, &Request::Tree { session }),
+        Command::Sessions {
+            socket,
+            json,
+            all: true,
+            since,
+            files,
+            ..
+        } => {
+            use agentwatch::history;
+            let data_dir = files.resolve()?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos() as i128;
+            let range = history::Range::parse(Some(since.as_deref().unwrap_or("1d")), None, now)?;
+            let closed = history::sessions(&data_dir, range)?;
+            // The live ones when the daemon answers; the files alone otherwise.
+            let live = control::request(&socket, &Request::Sessions)
+                .ok()
+                .and_then(|a| Reply::read(&Request::Sessions, a).ok());
+            if json || out_json {
+                let live = match &live {
+                    Some(Reply::Sessions(l)) => serde_json::to_value(&l.sessions)?,
+                    _ => serde_json::Value::Null,
+                };
+                let all = serde_json::json!({ "live": live, "closed": closed });
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                match &live {
+                    Some(reply) => {
+                        println!("live sessions");
+                        print!("{}", control::render::render_with(reply, wide));
+                    }
+                    None => println!(
+                        "live sessions: the daemon is not reachable at {} (closed ones below)",
+                        socket.display()
+                    ),
+                }
+                print!("\n{}", history::render_sessions(range, &closed));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Sessions { socket, json, .. } => (Request::Sessions, socket, json),
         Command::Tree {
             session,
@@ -404,6 +485,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             socket,
             json,
         } => (Request::Kill { session }, socket, json),
+        Command::Pause {
+            session,
+            socket,
+            json,
+        } => (Request::Pause { session }, socket, json),
         Command::Actions {
             session,
             socket,
@@ -417,11 +503,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let err = serde_json::Value::from(refused.error.as_str());
         anyhow::bail!("the daemon refused the request: {err}");
     }
-    if json {
+    if json || out_json {
         // As the daemon sent it, fields this CLI does not know included.
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
-        print!("{}", control::render::render(&reply));
+        print!("{}", control::render::render_with(&reply, wide));
     }
     let ok = match &reply {
         Reply::Status(status) => status.ok,

@@ -183,12 +183,21 @@ fn an_agents_tool_runs_are_recorded_with_their_exit_status() {
     drop(work);
 }
 
-/// A recurring job (the same agent command in the same directory) run 5 times with the same
-/// tool, then a 6th time that also runs another program and contacts another host: only the
-/// 6th ledger row has `drift`, naming the new tool and the new host.
+/// A recurring job run 5 times with the same tool, then a 6th time that also runs another
+/// program and contacts another host: only the 6th ledger row has `drift`, naming the new
+/// tool and the new host. The runs are one job by the `[[session_roots]]` rule they match
+/// (`rule:<name>`), though each runs in a directory of its own.
 #[test]
 fn a_recurring_job_that_runs_a_new_tool_drifts() {
-    let daemon = Daemon::start_in(Scratch::new("drift"), &[]);
+    let dir = Scratch::new("drift");
+    let config = dir.0.join("agentwatch.toml");
+    std::fs::write(
+        &config,
+        "[[session_roots]]\nname = \"nightly-report\"\nmatch_cmdline = \"tree_agent.py.*--tag drift\"\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let daemon = Daemon::start_in(dir, &["--config", &config]);
     let mock = Mock::start(&[]);
     let work = Scratch::new("drift-work");
     let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -198,9 +207,14 @@ fn a_recurring_job_that_runs_a_new_tool_drifts() {
             drop(conn);
         }
     });
+    let runs = std::cell::Cell::new(0);
     let run = |children: &[String]| -> Value {
         let mut agent = py_client("tree_agent.py", &mock, &["--calls", "1", "--tag", "drift"]);
-        agent.current_dir(&work.0);
+        // A directory of its own per run: without the rule, six jobs of one run each.
+        runs.set(runs.get() + 1);
+        let cwd = work.0.join(format!("run-{}", runs.get()));
+        std::fs::create_dir_all(&cwd).unwrap();
+        agent.current_dir(&cwd);
         for c in children {
             agent.arg("--child").arg(c);
         }
@@ -235,8 +249,9 @@ fn a_recurring_job_that_runs_a_new_tool_drifts() {
     // The baselines are on disk for the next daemon.
     let jobs: Value =
         serde_json::from_slice(&std::fs::read(daemon.data_dir.join("jobs.json")).unwrap()).unwrap();
-    let job = jobs.as_object().unwrap().values().next().unwrap();
+    let job = &jobs["rule:nightly-report"];
     assert_eq!(u(&job["runs"]), 6, "{jobs:#}");
+    assert_eq!(jobs.as_object().unwrap().len(), 1, "{jobs:#}");
     let status = daemon.cli_json(&["status"]);
     assert_eq!(
         u(&status["sessions"]["drifted_sessions"]),
@@ -313,7 +328,43 @@ fn a_recurring_job_that_runs_a_new_tool_drifts() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("agentwatch ledger"));
+    // `sessions --all`: the closed sessions of the day besides the live ones, as
+    // `-o json` (the same as --json) and as the wide table.
+    let out = daemon.cli(&[
+        "sessions",
+        "--all",
+        "-o",
+        "json",
+        "--data-dir",
+        daemon.data_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(all["live"].is_array(), "the daemon answered: {all:#}");
+    let closed_ids: BTreeSet<&str> = all["closed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["session_id"].as_str())
+        .collect();
+    assert_eq!(closed_ids, want_ids(&ledger_rows), "{all:#}");
+    let wide = daemon.cli(&["sessions", "-o", "wide"]);
+    assert!(wide.status.success(), "{wide:?}");
+    let head = String::from_utf8_lossy(&wide.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    for col in ["SESSION", "STARTED", "INPUT", "OUTPUT", "HITS", "UNPRICED"] {
+        assert!(head.contains(col), "{head}");
+    }
     drop(work);
+}
+
+fn want_ids(rows: &[Value]) -> BTreeSet<&str> {
+    rows.iter()
+        .filter_map(|r| r["session_id"].as_str())
+        .collect()
 }
 
 /// `[drift] action = "kill"`: a run of a recurring job that runs a program its runs never ran

@@ -104,10 +104,10 @@ fn gemini_generate_content_sdk_sse_json_array_and_truncated() {
             // Thoughts are outside candidates: output includes them.
             assert!(u(&call["reasoning_tokens"]) > 0);
             assert!(u(&call["output_tokens"]) > u(&call["reasoning_tokens"]));
-            // gemini-2.5-flash: 0.30 in, 0.075 cache read, 2.50 out per Mtok.
+            // gemini-2.5-flash: 0.30 in, 0.03 cache read, 2.50 out per Mtok.
             let want = (per_mtok(&call["input_tokens"]) - per_mtok(&call["cache_read_tokens"]))
                 * 0.30
-                + per_mtok(&call["cache_read_tokens"]) * 0.075
+                + per_mtok(&call["cache_read_tokens"]) * 0.03
                 + per_mtok(&call["output_tokens"]) * 2.50;
             assert!(approx(call["cost_usd"].as_f64().unwrap(), want), "{call}");
         }

@@ -191,6 +191,18 @@ fn run_in_container(
     tag: &str,
     calls: usize,
 ) -> std::process::ExitStatus {
+    run_in_container_with(rootfs, cg, mock, tag, calls, None)
+}
+
+/// [`run_in_container`] with the mock's `x-mock-usage` header (each call's usage).
+fn run_in_container_with(
+    rootfs: &Path,
+    cg: &PodCgroup,
+    mock: &Mock,
+    tag: &str,
+    calls: usize,
+    usage: Option<&str>,
+) -> std::process::ExitStatus {
     std::fs::copy(&mock.ca, rootfs.join("ca.pem")).unwrap();
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
     let mut curl_args: Vec<String> = [
@@ -207,6 +219,10 @@ fn run_in_container(
     .map(|s| s.to_string())
     .collect();
     curl_args.push(format!("x-test-tag: {tag}"));
+    if let Some(u) = usage {
+        curl_args.push("-H".into());
+        curl_args.push(format!("x-mock-usage: {u}"));
+    }
     curl_args.push("-d".into());
     curl_args.push(body.into());
     for _ in 0..calls {
@@ -391,6 +407,85 @@ fn pod_label_rule_gives_a_pods_sessions_their_own_ceiling() {
     assert_eq!(row["outcome"], "killed", "{row}");
     assert_eq!(row["call_count"], 1, "{row}");
     assert!(u(&row["ceiling_hits"]) >= 1, "{row}");
+}
+
+/// A namespace rule with a shared budget: every session of the namespace's pods draws from
+/// one pot, so the second session is stopped where the pot runs out, though it spent less
+/// than the budget itself; a host process is in no pot.
+#[test]
+fn a_namespace_rules_shared_budget_stops_the_second_session_at_the_shared_limit() {
+    let dir = Scratch::new("containers-budget");
+    let rootfs = build_rootfs(&dir.0);
+    let cg = PodCgroup::new();
+    let pods = PodListServer::start(&dir.0, &pod_list(&cg, "worker-0", "team-a"));
+    let config = format!(
+        "[kubernetes]\npod_list_url = \"http://127.0.0.1:{}/pods\"\n\n\
+         [[session_roots]]\nname = \"team-a\"\nmatch_pod_namespace = \"^team-a$\"\n\
+         budget_usd_per_day = 0.5\naction = \"kill\"\n",
+        pods.port
+    );
+    let daemon = daemon_with_config(dir, &config);
+    let mock = Mock::start(&[]);
+    // $0.15 a call (1M input tokens of gpt-4o-mini).
+    let usage = r#"{"input_tokens":1000000,"output_tokens":0}"#;
+
+    // The host's process matches no rule: both calls go out, nothing is drawn from the pot.
+    let host_tag = "budget-host";
+    let url = format!("{}/v1/chat/completions", mock.base_url());
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "--http1.1", "--cacert"])
+        .arg(&mock.ca)
+        .args(["-H", "content-type: application/json", "-H"])
+        .arg(format!("x-test-tag: {host_tag}"))
+        .args(["-H", &format!("x-mock-usage: {usage}")])
+        .args([
+            "-d",
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+            &url,
+            &url,
+        ]);
+    run_client(cmd);
+    assert_eq!(mock.served_with_tag(host_tag).len(), 2);
+
+    // First session of the namespace: $0.30 of the $0.50 pot.
+    let exit = run_in_container_with(&rootfs, &cg, &mock, "budget-one", 2, Some(usage));
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(mock.served_with_tag("budget-one").len(), 2);
+    // Second session: its first call brings the pot to $0.45, its second crosses $0.50 and
+    // completes, its third never leaves.
+    let exit = run_in_container_with(&rootfs, &cg, &mock, "budget-two", 3, Some(usage));
+    assert!(!exit.success(), "the second session was killed: {exit:?}");
+    assert_eq!(mock.served_with_tag("budget-two").len(), 2);
+    daemon.wait_for("both pod sessions' ledger rows", |_, ledger| {
+        ledger
+            .iter()
+            .filter(|l| l["pod_uid"].as_str() == Some(cg.pod_uid.as_str()))
+            .count()
+            == 2
+    });
+    let ledger = daemon.ledger();
+    let rows: Vec<&Value> = ledger
+        .iter()
+        .filter(|l| l["pod_uid"].as_str() == Some(cg.pod_uid.as_str()))
+        .collect();
+    assert_eq!(rows[0]["outcome"], "completed", "{:?}", rows[0]);
+    assert_eq!(rows[1]["outcome"], "killed", "{:?}", rows[1]);
+    assert!((rows[1]["total_cost_usd"].as_f64().unwrap() - 0.30).abs() < 1e-9);
+    // Each pod call names the budget it drew from; the host's do not.
+    for c in daemon.calls() {
+        let in_pod = c["pod_uid"].as_str() == Some(cg.pod_uid.as_str());
+        if c["blocked"] == true {
+            continue;
+        }
+        assert_eq!(c["budget"].as_str(), in_pod.then_some("team-a"), "{c}");
+    }
+    let status = daemon.cli_json(&["status"]);
+    let budget = &status["ceilings"]["budgets"][0];
+    assert_eq!(budget["name"], "team-a", "{status:#}");
+    assert!(
+        (budget["usd_last_24h"].as_f64().unwrap() - 0.60).abs() < 1e-9,
+        "{budget}"
+    );
 }
 
 /// A CA and a server certificate for 127.0.0.1, made with the openssl CLI.

@@ -4,6 +4,7 @@
 //! ceiling and sink alerts fire when provoked.
 mod common;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -327,4 +328,45 @@ fn dashboard_and_alert_rules_hold_against_a_real_prometheus() {
     let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
     assert_eq!(types, helps, "{text}");
     assert!(text.contains("agentwatch_build_info{version="), "{text}");
+    // promtool's linter: counters end in `_total`, base units, no abbreviations.
+    let mut lint = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    assert!(
+        lint.status.success() && lint.stdout.is_empty() && lint.stderr.is_empty(),
+        "promtool check metrics: {lint:?}"
+    );
+    // The daemon's own counts are counters, its states gauges: the calls it read equal the
+    // calls in the JSONL file (blocked attempts aside), and no session is live now.
+    let family = |name: &str| -> (String, Option<f64>) {
+        let kind = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("# TYPE {name} ")))
+            .unwrap_or_else(|| panic!("no {name}: {text}"))
+            .to_string();
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok());
+        (kind, value)
+    };
+    let (kind, llm_calls) = family("agentwatch_daemon_pipeline_llm_calls_total");
+    assert_eq!(kind, "counter");
+    assert_eq!(llm_calls, Some(calls.len() as f64), "{text}");
+    assert_eq!(family("agentwatch_daemon_live_sessions").0, "gauge");
+    assert_eq!(
+        family("agentwatch_kernel_drops_total").0,
+        "counter",
+        "{text}"
+    );
 }

@@ -665,7 +665,7 @@ fn otlp_http_receiver_down_counts_drops_then_delivers_the_spool() {
     );
     let line = metrics
         .lines()
-        .find(|l| l.starts_with("agentwatch_daemon_sinks_spool_overflow_rows{name=\"otlp\"}"))
+        .find(|l| l.starts_with("agentwatch_daemon_sinks_spool_overflow_rows_total{name=\"otlp\"}"))
         .unwrap_or_else(|| panic!("no overflow gauge: {metrics}"));
     assert!(!line.ends_with(" 0"), "{line}");
 
@@ -760,5 +760,107 @@ fn a_batch_refused_for_good_is_parked_and_delivery_goes_on() {
                 .any(|sp| sp.int("process.pid") == Some(next as i64))
         },
         || format!("{:#}", sink_status(&daemon, "otlp")),
+    );
+}
+
+/// A cluster budget: another node's calls of the budget, in ClickHouse as that node's daemon
+/// writes them, count toward this node's pot (read every second), so this node's session is
+/// stopped after the call that brings the cluster over the budget.
+#[test]
+fn a_cluster_budget_counts_other_nodes_calls_from_clickhouse() {
+    let scratch = Scratch::new("cluster-budget");
+    let ch = ClickHouse::start_in(&scratch.0.join("ch"));
+    let daemon = daemon_with(&format!(
+        "{}[ceilings]\ncluster_refresh_secs = 1\n\
+         [[session_roots]]\nname = \"team-x\"\nmatch_cmdline = \"cluster-budget-run\"\n\
+         budget_usd_per_day = 0.5\ncluster = true\naction = \"kill\"\n",
+        clickhouse_config(&ch)
+    ));
+    let mock = Mock::start(&[]);
+    // A call outside the budget, to copy its ClickHouse row's shape.
+    let pid = chat(&mock, "cluster-warmup", 1);
+    wait_until(
+        "the warm-up row in ClickHouse",
+        60,
+        || {
+            !ch.rows(&format!("SELECT * FROM agentwatch.calls WHERE pid = {pid}"))
+                .is_empty()
+        },
+        || format!("{:#}", sink_status(&daemon, "clickhouse")),
+    );
+    let mut row = ch
+        .rows(&format!("SELECT * FROM agentwatch.calls WHERE pid = {pid}"))
+        .remove(0);
+    assert!(row["budget"].is_null(), "{row}");
+    // Node 2's call of the budget: $0.40.
+    row["host"] = "node-2".into();
+    row["session_id"] = "node-2-session".into();
+    row["call_id"] = "node-2-session:1".into();
+    row["budget"] = "team-x".into();
+    row["cost_usd"] = 0.40.into();
+    ch.query(&format!(
+        "INSERT INTO agentwatch.calls FORMAT JSONEachRow {row}"
+    ))
+    .unwrap();
+    wait_until(
+        "node 2's spend read",
+        30,
+        || {
+            let b = &daemon.cli_json(&["status"])["ceilings"]["budgets"][0];
+            b["others"]["others_usd"].as_f64() == Some(0.40)
+        },
+        || format!("{:#}", daemon.cli_json(&["status"])["ceilings"]),
+    );
+    // $0.15 a call: the first brings the cluster to $0.55, the second never leaves.
+    let usage = r#"{"input_tokens":1000000,"output_tokens":0}"#;
+    let mut child = py_client(
+        "openai_chat.py",
+        &mock,
+        &[
+            "--calls",
+            "5",
+            "--tag",
+            "cluster-budget-run",
+            "--usage",
+            usage,
+            "--model",
+            "gpt-4o-mini",
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let run_pid = child.id();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    assert_eq!(mock.served_with_tag("cluster-budget-run").len(), 1);
+    daemon.wait_for("the run's ledger row", |_, l| {
+        l.iter().any(|r| u(&r["root_pid"]) == run_pid as u64)
+    });
+    let ledger = daemon.ledger();
+    let led = ledger
+        .iter()
+        .find(|r| u(&r["root_pid"]) == run_pid as u64)
+        .unwrap();
+    assert_eq!(led["outcome"], "killed", "{led}");
+    let budget = &daemon.cli_json(&["status"])["ceilings"]["budgets"][0];
+    assert_eq!(budget["cluster"], true, "{budget}");
+    assert!(
+        (budget["usd_last_24h"].as_f64().unwrap() - 0.55).abs() < 1e-9,
+        "{budget}"
+    );
+    // This node's call went to ClickHouse with its budget, for the other nodes to read.
+    wait_until(
+        "this node's budget row in ClickHouse",
+        60,
+        || {
+            !ch.rows(&format!(
+                "SELECT * FROM agentwatch.calls WHERE pid = {run_pid} AND budget = 'team-x' AND blocked = 0"
+            ))
+            .is_empty()
+        },
+        || format!("{:#}", sink_status(&daemon, "clickhouse")),
     );
 }

@@ -31,6 +31,21 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build, then install the binary on PATH (`<prefix>/bin/agentwatch`), the systemd unit,
+    /// a default config (kept if one exists) and the README; as a normal user the copies run
+    /// under sudo. The unit is installed, not enabled: `systemctl enable --now agentwatch`.
+    Install {
+        /// Where the binary and docs go. Default /usr/local (the unit's ExecStart).
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Install under this directory instead of / (packaging, tests); no systemctl.
+        #[arg(long)]
+        destdir: Option<PathBuf>,
+    },
+    /// A first session without an API key: the daemon on a scratch data dir, the mock LLM
+    /// server, a small agent tree (official SDK clients, a sub-agent under a bash tool, one run
+    /// that hits a ceiling) and `agentwatch top` on it. `q` quits; nothing is left running.
+    Demo,
     /// Run every test: unit tests, then the privileged integration tests (as root).
     Test {
         /// Only tests whose name contains this.
@@ -209,7 +224,8 @@ fn setup_toolchain() -> Result<()> {
 
 /// The Python venv with the official SDKs and the node packages the integration tests drive,
 /// and the programs they start (ClickHouse, kubectl).
-fn setup_test_deps() -> Result<()> {
+/// The Python venv of the test clients (the official SDKs).
+fn setup_venv() -> Result<()> {
     let root = root();
     let clients = root.join("tests/clients");
     let venv = root.join(".venv");
@@ -226,6 +242,162 @@ fn setup_test_deps() -> Result<()> {
             .arg(&requirements))?;
         std::fs::write(&stamp, &wanted)?;
     }
+    Ok(())
+}
+
+/// `cargo xtask demo`: everything it starts is stopped when `top` returns (or fails).
+fn demo(root: &Path) -> Result<()> {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let scratch = root.join("target/demo");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    let sudo = |program: &Path| -> Command {
+        if is_root() {
+            Command::new(program)
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("--").arg(program);
+            c
+        }
+    };
+    let agentwatch = root.join("target/release/agentwatch");
+    let socket = scratch.join("agentwatch.sock");
+    let config = scratch.join("agentwatch.toml");
+    // One ceiling the runaway reaches: it is paused, for `a`/`k` in top.
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[ceilings]\nsession_calls = 6\naction = \"pause\"\nhost_usd_per_day = 5.0\n",
+            scratch.join("data").display()
+        ),
+    )?;
+    let mut mock = Command::new(root.join("target/release/mock-llm"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--exit-after-secs",
+            "1800",
+            "--chunk-delay-ms",
+            "20",
+        ])
+        .arg("--state-dir")
+        .arg(scratch.join("mock"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the mock LLM server")?;
+    let mut first = String::new();
+    std::io::BufReader::new(mock.stdout.take().expect("piped")).read_line(&mut first)?;
+    let port = first
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let mut daemon = sudo(&agentwatch)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(scratch.join("daemon.log"))?)
+        .spawn()
+        .context("starting the daemon")?;
+    // Ready when it answers.
+    let ready = (0..300).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        sudo(&agentwatch)
+            .args(["status", "--ping", "--socket"])
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    // The agents: a tree (a sub-agent under a bash tool) every few seconds, bounded, and a
+    // runaway loop that the ceiling pauses.
+    let python = root.join(".venv/bin/python");
+    let clients = root.join("tests/clients");
+    let base = format!("https://127.0.0.1:{port}");
+    let ca = scratch.join("mock/ca.pem");
+    let common = format!("--base-url {base} --ca {}", ca.display());
+    let script = format!(
+        "for i in $(seq 1 120); do\n  {py} {c}/tree_agent.py {common} --calls 2 --stream --tag demo-tree \\\n    --child \"bash -c '{py} {c}/tree_agent.py {common} --calls 1 --stream --tag demo-sub'\" >/dev/null 2>&1\n  sleep 3\ndone\n",
+        py = python.display(),
+        c = clients.display(),
+    );
+    std::fs::write(scratch.join("agents.sh"), script)?;
+    let mut agents = Command::new("setsid")
+        .arg("bash")
+        .arg(scratch.join("agents.sh"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut runaway = Command::new(&python)
+        .arg(clients.join("openai_chat.py"))
+        .args(common.split(' '))
+        .args([
+            "--calls",
+            "100",
+            "--tag",
+            "demo-runaway",
+            "--model",
+            "gpt-4o",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let shown = if ready {
+        sudo(&agentwatch)
+            .arg("top")
+            .arg("--socket")
+            .arg(&socket)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    } else {
+        eprintln!(
+            "the daemon did not start: see {}",
+            scratch.join("daemon.log").display()
+        );
+        false
+    };
+    // Everything goes: the agents' group, the runaway (stopped or not), the mock, and the
+    // daemon with SIGINT (its kernel side goes with it).
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", agents.id())])
+        .status();
+    let _ = agents.wait();
+    let _ = runaway.kill();
+    let _ = runaway.wait();
+    let _ = mock.kill();
+    let _ = mock.wait();
+    let mut int = if is_root() {
+        Command::new("kill")
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(["--", "kill"]);
+        c
+    };
+    let _ = int.args(["-INT", &daemon.id().to_string()]).status();
+    let _ = daemon.wait();
+    eprintln!(
+        "demo stopped; its calls and ledger are in {} (`agentwatch ledger --data-dir {}`)",
+        scratch.join("data").display(),
+        scratch.join("data").display()
+    );
+    if !shown {
+        bail!("agentwatch top did not run");
+    }
+    Ok(())
+}
+
+fn setup_test_deps() -> Result<()> {
+    let root = root();
+    let clients = root.join("tests/clients");
+    setup_venv()?;
     npm_ci(&clients)?;
     // The real agents the opaque-binary tests run (pinned Claude Code and Codex builds).
     npm_ci(&root.join("tests/agents"))?;
@@ -236,9 +408,12 @@ fn setup_test_deps() -> Result<()> {
     }
     setup_clickhouse()?;
     setup_prometheus()?;
+    setup_alertmanager()?;
     setup_kubectl()?;
     // A real GnuTLS client for the GnuTLS probes.
     setup_apt_tool("gnutls-cli", "gnutls-bin")?;
+    // A real terminal for `agentwatch top` (tests/tests/top.rs).
+    setup_apt_tool("tmux", "tmux")?;
     // nginx as a TLS-terminating HTTP/2 proxy in front of the mock (independent_servers.rs
     // starts its own, in the foreground, with a configuration of its own).
     // (In /usr/sbin, which a CI PATH may lack: looked for there.)
@@ -248,6 +423,55 @@ fn setup_test_deps() -> Result<()> {
     // `go build` of the Go client (tests/clients/go) for the Go crypto/tls probes.
     setup_go()?;
     setup_static_openssl_clients()?;
+    setup_litellm_prices()?;
+    Ok(())
+}
+
+/// LiteLLM's published price file, pinned: the built-in table is checked against it and the
+/// `pricing_file` tests load it (a file the project did not write).
+const LITELLM_VERSION: &str = "1.110.2";
+
+fn litellm_prices() -> PathBuf {
+    root()
+        .join("target/litellm")
+        .join(LITELLM_VERSION)
+        .join("model_prices_and_context_window.json")
+}
+
+/// Fetched once from PyPI (the wheel, without its dependencies) and kept in target/.
+fn setup_litellm_prices() -> Result<()> {
+    let file = litellm_prices();
+    if file.exists() {
+        return Ok(());
+    }
+    let dir = file.parent().expect("a directory");
+    std::fs::create_dir_all(dir)?;
+    let venv = root().join(".venv");
+    run(Command::new(venv.join("bin/pip"))
+        .args([
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+        ])
+        .arg(format!("litellm=={LITELLM_VERSION}"))
+        .arg("-d")
+        .arg(dir))?;
+    // The wheel is a zip; the file is `litellm/model_prices_and_context_window_backup.json`.
+    let script = "import glob, sys, zipfile\n\
+w = glob.glob(sys.argv[1] + '/litellm-*.whl')[0]\n\
+data = zipfile.ZipFile(w).read('litellm/model_prices_and_context_window_backup.json')\n\
+open(sys.argv[2] + '.tmp', 'wb').write(data)\n";
+    run(Command::new(venv.join("bin/python"))
+        .args(["-c", script])
+        .arg(dir)
+        .arg(&file))?;
+    std::fs::rename(file.with_extension("json.tmp"), &file)?;
+    for wheel in std::fs::read_dir(dir)?.flatten() {
+        if wheel.path().extension().is_some_and(|e| e == "whl") {
+            std::fs::remove_file(wheel.path())?;
+        }
+    }
     Ok(())
 }
 
@@ -319,6 +543,21 @@ fn setup_prometheus() -> Result<()> {
     apt_install_with(&["--no-install-recommends"], &["prometheus"])?;
     let _ = Command::new("systemctl")
         .args(["disable", "--now", "prometheus"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    Ok(())
+}
+
+/// Debian's Alertmanager: the notification tests deliver alerts to a real one (started by
+/// the test on loopback; the packaged service is not left running).
+fn setup_alertmanager() -> Result<()> {
+    if Path::new("/usr/bin/prometheus-alertmanager").exists() {
+        return Ok(());
+    }
+    apt_install_with(&["--no-install-recommends"], &["prometheus-alertmanager"])?;
+    let _ = Command::new("systemctl")
+        .args(["disable", "--now", "prometheus-alertmanager"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status();
@@ -585,6 +824,69 @@ fn fuzz(
     Ok(())
 }
 
+/// `cargo xtask install`: each file copied with `install(1)`, under sudo unless root (or a
+/// `destdir` is given, which is the caller's).
+fn install(root: &Path, prefix: &Path, destdir: Option<&Path>) -> Result<()> {
+    let under = |p: &Path| -> PathBuf {
+        match destdir {
+            Some(d) => d.join(p.strip_prefix("/").unwrap_or(p)),
+            None => p.to_path_buf(),
+        }
+    };
+    let sudo = destdir.is_none() && !is_root();
+    let install_file = |mode: &str, from: &Path, to: &Path| -> Result<()> {
+        let mut cmd = if sudo {
+            let mut c = Command::new("sudo");
+            c.args(["--", "install"]);
+            c
+        } else {
+            Command::new("install")
+        };
+        run(cmd.args(["-D", "-m", mode]).arg(from).arg(to))
+    };
+    let bin = under(&prefix.join("bin/agentwatch"));
+    install_file("0755", &root.join("target/release/agentwatch"), &bin)?;
+    install_file(
+        "0644",
+        &root.join("README.md"),
+        &under(&prefix.join("share/doc/agentwatch/README.md")),
+    )?;
+    // The unit runs `<prefix>/bin/agentwatch`.
+    let unit = std::fs::read_to_string(root.join("deploy/systemd/agentwatch.service"))?.replace(
+        "/usr/local/bin/agentwatch",
+        &prefix.join("bin/agentwatch").display().to_string(),
+    );
+    let staged = root.join("target/agentwatch.service");
+    std::fs::write(&staged, unit)?;
+    install_file(
+        "0644",
+        &staged,
+        &under(Path::new("/etc/systemd/system/agentwatch.service")),
+    )?;
+    let config = under(Path::new("/etc/agentwatch/config.toml"));
+    if config.exists() {
+        eprintln!("kept the existing {}", config.display());
+    } else {
+        install_file("0600", &root.join("deploy/systemd/config.toml"), &config)?;
+    }
+    if destdir.is_none() && Command::new("systemctl").arg("--version").output().is_ok() {
+        let mut reload = if sudo {
+            let mut c = Command::new("sudo");
+            c.args(["--", "systemctl"]);
+            c
+        } else {
+            Command::new("systemctl")
+        };
+        // No systemd running (a container): the unit is in place for when there is.
+        let _ = run(reload.arg("daemon-reload"));
+    }
+    eprintln!(
+        "installed {}; start it with `systemctl enable --now agentwatch`",
+        bin.display()
+    );
+    Ok(())
+}
+
 fn is_root() -> bool {
     output(Command::new("id").arg("-u"))
         .map(|s| s.trim() == "0")
@@ -603,13 +905,29 @@ fn main() -> Result<()> {
         }
         Task::Build => build()?,
         Task::Run { args } => {
+            // Built as the user who asked; only the daemon itself runs as root.
             build()?;
-            if !is_root() {
-                bail!("the daemon loads eBPF programs: run `sudo -E cargo xtask run`");
-            }
-            let mut cmd = Command::new(root.join("target/release/agentwatch"));
+            let daemon = root.join("target/release/agentwatch");
+            let mut cmd = if is_root() {
+                Command::new(&daemon)
+            } else {
+                if Command::new("sudo").arg("--version").output().is_err() {
+                    bail!(
+                        "the daemon loads eBPF programs and needs root, and sudo is not installed: run `{} run` as root",
+                        daemon.display()
+                    );
+                }
+                eprintln!("the daemon loads eBPF programs: asking sudo for root to run it");
+                let mut c = Command::new("sudo");
+                c.arg("--").arg(&daemon);
+                c
+            };
             cmd.arg("run").args(args);
             run(&mut cmd)?;
+        }
+        Task::Install { prefix, destdir } => {
+            build()?;
+            install(&root, &prefix, destdir.as_deref())?;
         }
         Task::Test { filter } => {
             build()?;
@@ -623,7 +941,8 @@ fn main() -> Result<()> {
                     "--exclude",
                     "agentwatch-ebpf",
                 ])
-                .args(["--lib", "--bins"]);
+                .args(["--lib", "--bins"])
+                .env("LITELLM_PRICES", litellm_prices());
             if let Some(f) = &filter {
                 unit.args(["--", f.as_str()]);
             }
@@ -645,6 +964,7 @@ fn main() -> Result<()> {
                 .env("AGENTWATCH_BIN", root.join("target/release/agentwatch"))
                 .env("MOCK_LLM_BIN", root.join("target/release/mock-llm"))
                 .env("AGENTWATCH_VENV", root.join(".venv"))
+                .env("LITELLM_PRICES", litellm_prices())
                 .args(["--", "--test-threads=1"]);
             if let Some(f) = &filter {
                 integration.arg(f);
@@ -656,6 +976,11 @@ fn main() -> Result<()> {
                 .arg("unpin")
                 .status();
             result?;
+        }
+        Task::Demo => {
+            build()?;
+            setup_venv()?;
+            demo(&root)?;
         }
         Task::Bench => {
             build()?;

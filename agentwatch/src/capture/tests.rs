@@ -76,6 +76,7 @@ fn openai_json_usage() -> Usage {
         cache_read_tokens: 1024,
         cache_write_tokens: 0,
         reasoning_tokens: 128,
+        cache_write_1h_tokens: 0,
     }
 }
 
@@ -103,6 +104,7 @@ fn anthropic_json_usage() -> Usage {
         cache_read_tokens: 3000,
         cache_write_tokens: 200,
         reasoning_tokens: 0,
+        cache_write_1h_tokens: 0,
     }
 }
 

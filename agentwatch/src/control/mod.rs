@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 pub mod render;
 pub mod replies;
+pub mod top;
 
 pub use replies::Reply;
 
@@ -31,6 +32,11 @@ pub enum Request {
     },
     /// SIGKILL a session's whole process tree.
     Kill {
+        session: String,
+    },
+    /// SIGSTOP a session's whole process tree, as a ceiling with action `pause` would
+    /// (`approve` continues it).
+    Pause {
         session: String,
     },
     /// Re-read the config file's ceilings.

@@ -9,9 +9,15 @@ fn usd(v: Option<f64>) -> String {
 }
 
 pub fn render(reply: &Reply) -> String {
+    render_with(reply, false)
+}
+
+/// [`render`], `wide`: more columns where there are more to show (`-o wide`).
+pub fn render_with(reply: &Reply, wide: bool) -> String {
     let mut out = String::new();
     match reply {
         Reply::Status(status) => render_status(&mut out, status),
+        Reply::Sessions(list) if wide => render_sessions_wide(&mut out, list),
         Reply::Sessions(list) => render_sessions(&mut out, list),
         Reply::Trees(list) => render_trees(&mut out, list),
         Reply::Actions(list) => render_actions(&mut out, list),
@@ -31,6 +37,15 @@ pub fn render(reply: &Reply) -> String {
                 k.killed,
                 k.processes,
                 if k.processes == 1 { "" } else { "es" }
+            );
+        }
+        Reply::Paused(p) => {
+            let _ = writeln!(
+                out,
+                "paused session {}: {} process{} stopped (SIGSTOP); `agentwatch approve` continues it",
+                p.paused,
+                p.processes,
+                if p.processes == 1 { "" } else { "es" }
             );
         }
         Reply::Reloaded(r) => {
@@ -238,6 +253,59 @@ fn render_sessions(out: &mut String, list: &SessionList) {
         );
         if let Some(reason) = &s.reason {
             let _ = writeln!(out, "    ({reason}; {} ceiling hits)", s.ceiling_hits);
+        }
+    }
+}
+
+/// `sessions -o wide`: when each started, input and output tokens, ceiling hits and unpriced
+/// calls besides the usual columns.
+fn render_sessions_wide(out: &mut String, list: &SessionList) {
+    let _ = writeln!(
+        out,
+        "{:<34} {:<20} {:>8} {:>6} {:>5} {:>6} {:>10} {:>10} {:>12} {:>5} {:>8} {:>6} {:<10} ROOT",
+        "SESSION",
+        "STARTED",
+        "ROOT_PID",
+        "AGENTS",
+        "DEPTH",
+        "CALLS",
+        "INPUT",
+        "OUTPUT",
+        "COST",
+        "HITS",
+        "UNPRICED",
+        "TOOLS",
+        "STATUS"
+    );
+    for s in &list.sessions {
+        let field = |k: &str| s.rest.0.get(k).map(scalar).unwrap_or_else(|| "-".into());
+        let status = match s.outcome {
+            Outcome::Completed => "running",
+            Outcome::Killed => "killed",
+            Outcome::Paused => "paused",
+            Outcome::Blocked => "blocked",
+        };
+        let started = field("started_at");
+        let _ = writeln!(
+            out,
+            "{:<34} {:<20} {:>8} {:>6} {:>5} {:>6} {:>10} {:>10} {:>12} {:>5} {:>8} {:>6} {:<10} {}",
+            s.session_id,
+            started.get(..19).unwrap_or(&started),
+            s.root_pid,
+            s.agents,
+            s.depth_max,
+            s.calls,
+            field("input_tokens"),
+            field("output_tokens"),
+            usd(s.cost_usd),
+            s.ceiling_hits,
+            field("unpriced_calls"),
+            s.tool_runs,
+            status,
+            s.root_cmdline
+        );
+        if let Some(reason) = &s.reason {
+            let _ = writeln!(out, "    ({reason})");
         }
     }
 }

@@ -44,6 +44,7 @@ pub enum Reply {
     Trees(TreeList),
     Approved(Approved),
     Killed(Killed),
+    Paused(Paused),
     Reloaded(Reloaded),
     Actions(ActionList),
     Refused(Refused),
@@ -68,6 +69,7 @@ impl Reply {
             Request::Tree { .. } => Reply::Trees(from_value(answer)?),
             Request::Approve { .. } => Reply::Approved(from_value(answer)?),
             Request::Kill { .. } => Reply::Killed(from_value(answer)?),
+            Request::Pause { .. } => Reply::Paused(from_value(answer)?),
             Request::Reload => Reply::Reloaded(from_value(answer)?),
             Request::Actions { .. } => Reply::Actions(from_value(answer)?),
         })
@@ -99,7 +101,7 @@ macro_rules! into_reply {
     )*};
 }
 into_reply!(SessionList => Sessions, TreeList => Trees, Approved => Approved,
-    Killed => Killed, Reloaded => Reloaded, Refused => Refused, ActionList => Actions);
+    Killed => Killed, Paused => Paused, Reloaded => Reloaded, Refused => Refused, ActionList => Actions);
 
 impl From<Status> for Reply {
     fn from(s: Status) -> Reply {
@@ -126,6 +128,14 @@ pub struct Approved {
 pub struct Killed {
     pub killed: String,
     /// Processes signalled.
+    pub processes: usize,
+}
+
+/// `agentwatch pause`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Paused {
+    pub paused: String,
+    /// Processes stopped.
     pub processes: usize,
 }
 
@@ -178,6 +188,9 @@ pub struct Status {
     /// One entry per network sink.
     pub sinks: Vec<Counters>,
     pub kubernetes: Counters,
+    /// The price layers, what unpriced calls count, and the unpriced models seen (with calls).
+    #[serde(default)]
+    pub pricing: Counters,
 }
 
 /// How this daemon's kernel side came to be (`probes::pins::KernelSide`).
@@ -263,6 +276,10 @@ pub struct Ceilings {
     /// `[ceilings] host_usd_per_day`, when set (the rolling day's spend is in `stats`).
     #[serde(default)]
     pub host_usd_per_day: Option<f64>,
+    /// Shared budgets (`[[session_roots]]` `budget_usd_per_day`): each one's spend over the
+    /// last day and limit; a cluster budget's other nodes' spend as last read, and when.
+    #[serde(default)]
+    pub budgets: Value,
 }
 
 /// `agentwatch sessions`.

@@ -35,6 +35,12 @@ impl Daemon {
                 .expect("pipeline lock")
                 .kill_session(&session)
                 .into(),
+            Request::Pause { session } => self
+                .pipeline
+                .lock()
+                .expect("pipeline lock")
+                .pause_session(&session)
+                .into(),
             Request::Reload => self.reload().into(),
             Request::Actions { session } => self.actions(&session).into(),
             Request::Sessions => {
@@ -185,7 +191,13 @@ impl Daemon {
         };
         let kernel_side = reshape(&d.probes.kernel_side)?;
         drop(d);
-        let p = self.pipeline.lock().expect("pipeline lock");
+        let mut p = self.pipeline.lock().expect("pipeline lock");
+        let now_ns = crate::sessions::clock::boot_now_ns();
+        let budgets = p
+            .enforcer
+            .as_mut()
+            .map(|e| e.budgets_status(now_ns))
+            .unwrap_or_default();
         let ok = programs.tracepoints.len() >= 7
             && attach_failures.is_empty()
             && (scope == Scope::Agents || !tls_libraries.is_empty());
@@ -247,10 +259,12 @@ impl Daemon {
                     .filter(|s| s.outcome == crate::sessions::Outcome::Paused)
                     .count(),
                 host_usd_per_day: p.enforcer.as_ref().and_then(|e| e.host_limit()),
+                budgets: serde_json::to_value(&budgets)?,
             },
             jsonl: Counters::of(&p.sink_health()),
             sinks: serde_json::from_value(self.exports.status_json())?,
             kubernetes: Counters::of(&self.pods.status()),
+            pricing: Counters::of(&p.pricing_status()),
         })
     }
 }

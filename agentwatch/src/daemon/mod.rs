@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::accounting::pricing::Pricing;
 use crate::config::Config;
 use crate::control::{self, Request};
 use crate::policy::{Enforcer, Policy};
@@ -112,6 +111,8 @@ struct Restored {
     written: Vec<(u32, u64)>,
     /// Spend of the last day by Unix minute, from recovery (seeds the host ceiling).
     host_day: std::collections::BTreeMap<i64, f64>,
+    /// The same per shared budget.
+    budget_day: std::collections::BTreeMap<String, std::collections::BTreeMap<i64, f64>>,
 }
 
 impl Daemon {
@@ -124,15 +125,14 @@ impl Daemon {
         let started = Instant::now();
         let mut kernel = kernel_side(&config)?;
         let restored = restore(&config, &mut kernel).await?;
-        let pricing = Pricing::builtin()?.with_overrides(config.pricing.clone())?;
+        let pricing = config.prices()?;
         let pods = Arc::new(PodIndex::new(config.kubernetes.clone()));
         if pods.configured() {
             // First list before the first call, so early calls carry pod names.
             pods.refresh().await;
             pods.spawn_refresher();
         }
-        let (policy, block_status) =
-            ceilings(&config, &mut kernel.discovery, &pods, &restored.host_day)?;
+        let (policy, block_status) = ceilings(&config, &mut kernel.discovery, &pods, &restored)?;
         let KernelSide {
             discovery,
             ring,
@@ -144,6 +144,17 @@ impl Daemon {
         } = kernel;
         // With ceilings, every data record wakes the daemon from now on (see `Gate`).
         let enforcer = Enforcer::new(policy, Box::new(gate));
+        // Cluster budgets: the other nodes' spend, read from ClickHouse every few seconds.
+        let (spend, cluster) = enforcer.cluster();
+        if let (false, Some(ch)) = (cluster.is_empty(), &config.sinks.clickhouse) {
+            tokio::spawn(crate::sinks::clickhouse::read_cluster_budgets(
+                ch.clone(),
+                config.host_name(),
+                cluster,
+                spend,
+                std::time::Duration::from_secs(config.ceilings.cluster_refresh_secs()),
+            ));
+        }
         let mut pipeline = Pipeline::new(
             restored.tree,
             restored.sessions,
@@ -361,6 +372,7 @@ async fn restore(config: &Config, kernel: &mut KernelSide) -> Result<Restored, D
         exports,
         written,
         host_day: recovered.host_day,
+        budget_day: recovered.budget_day,
     })
 }
 
@@ -370,8 +382,17 @@ fn ceilings(
     config: &Config,
     discovery: &mut Discovery,
     pods: &Arc<PodIndex>,
-    host_day: &std::collections::BTreeMap<i64, f64>,
+    restored: &Restored,
 ) -> Result<(Policy, String), DaemonError> {
+    for (index, rule) in config.session_roots.iter().enumerate() {
+        if rule.cluster && rule.budget_usd_per_day.is_some() && config.sinks.clickhouse.is_none() {
+            return Err(crate::policy::PolicyError::ClusterWithoutClickHouse {
+                index,
+                name: rule.name.clone().unwrap_or_default(),
+            }
+            .into());
+        }
+    }
     let mut policy = Policy::new(
         config.ceilings.clone(),
         &config.session_roots,
@@ -391,6 +412,7 @@ fn ceilings(
             }
         }
     };
-    policy.seed_host_window(host_day, &WallClock::from_system());
+    policy.seed_host_window(&restored.host_day, &WallClock::from_system());
+    policy.seed_budgets(&restored.budget_day, &WallClock::from_system());
     Ok((policy, block))
 }

@@ -95,6 +95,33 @@ pub struct CeilingsConfig {
     pub host_usd_per_day: Option<f64>,
     /// Paused processes after a daemon restart: `release` (default) or `keep`.
     pub on_restart: OnRestart,
+    /// What a call of a model no price lists counts toward USD ceilings: `highest` (default:
+    /// the highest input and output rates listed), `zero`, or `block` (the session is stopped
+    /// like a ceiling with action `block`).
+    pub unpriced: crate::accounting::pricing::Unpriced,
+    /// A fraction of every ceiling (e.g. 0.8): a session (or the host's day) that reaches it
+    /// raises one `warn` notification per ceiling, before the stop. Default none.
+    pub warn_at: Option<f64>,
+    /// Seconds a paused session waits for `approve` or `kill`; then it is killed (a
+    /// `pause_timeout` notification). Default none: it waits.
+    pub pause_timeout_secs: Option<u64>,
+    /// A paused session is notified again (`paused`) every this many seconds. Default 3,600;
+    /// 0: never.
+    pub renotify_secs: Option<u64>,
+    /// How often cluster budgets (`cluster = true` rules) are read from ClickHouse. Default 5.
+    pub cluster_refresh_secs: Option<u64>,
+}
+
+impl CeilingsConfig {
+    /// `cluster_refresh_secs`, defaulted (at least 1).
+    pub fn cluster_refresh_secs(&self) -> u64 {
+        self.cluster_refresh_secs.unwrap_or(5).max(1)
+    }
+
+    /// `renotify_secs`, defaulted.
+    pub fn renotify_secs(&self) -> u64 {
+        self.renotify_secs.unwrap_or(3_600)
+    }
 }
 
 impl CeilingsConfig {
@@ -123,6 +150,20 @@ pub struct SessionRootRule {
     /// `key=value` (or just `key`): a label of the process's pod, from `[kubernetes]` pod
     /// metadata. Never matches when pod metadata is not configured or not available.
     pub match_pod_label: Option<String>,
+    /// A regex on the process's pod namespace, from `[kubernetes]` pod metadata (e.g.
+    /// `^team-a$`). Never matches when pod metadata is not configured or not available.
+    pub match_pod_namespace: Option<String>,
+    /// The rule's name: its shared budget's name in rows (`budget` of a call), status and
+    /// notifications. Required with `budget_usd_per_day`.
+    pub name: Option<String>,
+    /// A budget shared by every session the rule matches: USD over a rolling 24 h, all of
+    /// them together (a team's budget). Reaching it is a `budget_usd_per_day` hit for each
+    /// session that calls on. Default none.
+    pub budget_usd_per_day: Option<f64>,
+    /// With `budget_usd_per_day`: the budget is the cluster's, every node's calls of this
+    /// budget together, read from `[sinks.clickhouse]` (where every node writes its calls).
+    /// Default false: this node's calls only.
+    pub cluster: bool,
     pub session_usd: Option<f64>,
     pub session_tokens: Option<u64>,
     pub session_calls: Option<u64>,

@@ -13,10 +13,11 @@ use super::{
     Action, CeilingsConfig, Hit, OnRestart, Policy, PolicyError, PolicyStats, SessionRootRule,
     endpoints, enforce,
 };
+use crate::accounting::pricing::Pricing;
 use crate::procs::{ProcKey, ProcTree};
 use crate::providers::LlmRequest;
 use crate::sessions::ceilings::Prospect;
-use crate::sessions::{CallRecord, CeilingHit, Outcome, Sessions};
+use crate::sessions::{CallRecord, CeilingHit, Notice, Outcome, Sessions, num, short};
 
 /// How long a killed or blocked process's held sockets stay held after it exited.
 const HELD_SOCKET_GRACE_NS: u64 = 60_000_000_000;
@@ -26,12 +27,16 @@ pub trait Rows {
     /// A call attempt stopped before its first byte left (`blocked: true`).
     fn call(&mut self, row: &CallRecord);
     fn ceiling_hit(&mut self, row: &CeilingHit);
+    /// A notification that is not a ceiling hit (a warning, a re-notice, a pause timeout).
+    fn notice(&mut self, _row: &crate::sessions::Notice) {}
 }
 
 /// What the enforcer acts on: the process tree and the sessions (the pipeline's), and where
 /// its rows go.
 pub struct World<'a, R: Rows> {
     pub tree: &'a ProcTree,
+    /// Prices: with `[ceilings] unpriced = "block"`, a request of an unpriced model is stopped.
+    pub pricing: &'a Pricing,
     pub sessions: &'a mut Sessions,
     pub rows: R,
 }
@@ -110,6 +115,27 @@ impl Enforcer {
         self.policy.enabled()
     }
 
+    /// The name of the rule a session's root matched (its job for drift).
+    pub fn rule_of(&self, session_id: &str) -> Option<String> {
+        self.policy.rule_of(session_id)
+    }
+
+    /// The shared budget a session's calls draw from.
+    pub fn budget_of(&self, session_id: &str) -> Option<String> {
+        self.policy.budget_of(session_id)
+    }
+
+    /// `status.ceilings.budgets`.
+    pub fn budgets_status(&mut self, now_ns: u64) -> Vec<super::BudgetStatus> {
+        self.policy.budgets_status(now_ns)
+    }
+
+    /// Where the ClickHouse reader writes the other nodes' spend of cluster budgets, and
+    /// which budgets those are.
+    pub fn cluster(&self) -> (std::sync::Arc<super::ClusterSpend>, Vec<String>) {
+        (self.policy.cluster.clone(), self.policy.cluster_budgets())
+    }
+
     /// `[ceilings] host_usd_per_day`.
     pub fn host_limit(&self) -> Option<f64> {
         self.policy.host_limit()
@@ -185,11 +211,12 @@ impl Enforcer {
     /// A call was accounted: host spend, endpoints for `block`, and the fast path that
     /// stops a session as soon as it has reached a ceiling.
     pub fn call_accounted(&mut self, w: &mut World<impl Rows>, record: &CallRecord, ts_ns: u64) {
-        // An estimated call counts at the most it could have cost.
-        let cost = record
-            .cost_usd
-            .or(record.estimate.as_ref().and_then(|e| e.cost_usd_high));
-        self.policy.note_cost(ts_ns, cost.unwrap_or(0.0));
+        // An estimated call counts at the most it could have cost, an unpriced one at its
+        // unpriced charge.
+        self.policy.note_cost(ts_ns, record.charged_usd());
+        if let Some(b) = &record.budget {
+            self.policy.note_budget_cost(b, ts_ns, record.charged_usd());
+        }
         let session = self.policy.session(&record.session_id, None);
         if let Some(addr) = &record.server_address {
             session.endpoints.insert(addr.clone());
@@ -200,6 +227,13 @@ impl Enforcer {
         if stopped {
             return;
         }
+        if record.cost_usd.is_none()
+            && record.estimate.is_none()
+            && let Some(hit) = self.unpriced_hit(record.model.as_deref())
+        {
+            self.enforce(w, &record.session_id, &hit, ts_ns, None, record.pid_key());
+            return;
+        }
         let Some(totals) = w.sessions.totals(&record.session_id) else {
             return;
         };
@@ -207,7 +241,108 @@ impl Enforcer {
             && hit.action != Action::Observe
         {
             self.enforce(w, &record.session_id, &hit, ts_ns, None, record.pid_key());
+            return;
         }
+        // `warn_at`: a warning per ceiling neared, before the stop.
+        for (ceiling, limit, value) in self.policy.warnings(&totals, ts_ns) {
+            let at = w.sessions.clock_rfc3339(ts_ns);
+            let host = w.sessions.host().to_string();
+            let scope = if ceiling == "host_usd_per_day" {
+                format!(
+                    "the host's spend over 24 h (last call: session {})",
+                    short(&record.session_id)
+                )
+            } else {
+                format!("session {}", short(&record.session_id))
+            };
+            w.rows.notice(&Notice {
+                event: "warn".into(),
+                session_id: record.session_id.clone(),
+                host: host.clone(),
+                ceiling: ceiling.into(),
+                limit,
+                value,
+                action: "none".into(),
+                at,
+                message: format!(
+                    "agentwatch on {host}: {scope} is at {} of {ceiling} {} ({}%): it will be stopped at the ceiling",
+                    num(value),
+                    num(limit),
+                    (value / limit * 100.0).floor()
+                ),
+            });
+        }
+    }
+
+    /// Paused sessions: killed once `pause_timeout_secs` ran out, notified again every
+    /// `renotify_secs` until then (each tick).
+    pub fn tick_paused(&mut self, w: &mut World<impl Rows>, now_ns: u64) {
+        let (expired, again) = self.policy.paused_due(now_ns);
+        let host = w.sessions.host().to_string();
+        for id in expired {
+            let keys = w
+                .sessions
+                .root_of(&id)
+                .map(|r| w.tree.live_subtree(r))
+                .unwrap_or_default();
+            self.kill(&id, &keys);
+            let n = enforce::signal(w.tree, &keys, libc::SIGKILL);
+            self.policy.stats.processes_killed += n as u64;
+            let secs = self.policy.pause_timeout_secs().unwrap_or(0);
+            let reason =
+                format!("paused for {secs} s without approve: killed (pause_timeout_secs)");
+            w.sessions
+                .set_outcome(&id, Outcome::Killed, Some(reason.clone()));
+            w.rows.notice(&Notice {
+                event: "pause_timeout".into(),
+                session_id: id.clone(),
+                host: host.clone(),
+                ceiling: "pause_timeout_secs".into(),
+                limit: secs as f64,
+                value: secs as f64,
+                action: "kill".into(),
+                at: w.sessions.clock_rfc3339(now_ns),
+                message: format!("agentwatch on {host}: session {} {reason}", short(&id)),
+            });
+        }
+        for id in again {
+            let s = self.policy.session(&id, None);
+            let since = s
+                .paused_at_ns
+                .map_or(0, |t| now_ns.saturating_sub(t) / 1_000_000_000);
+            let why = s.reason.clone().unwrap_or_default();
+            w.rows.notice(&Notice {
+                event: "paused".into(),
+                session_id: id.clone(),
+                host: host.clone(),
+                ceiling: "paused".into(),
+                limit: 0.0,
+                value: since as f64,
+                action: "pause".into(),
+                at: w.sessions.clock_rfc3339(now_ns),
+                message: format!(
+                    "agentwatch on {host}: session {} is still paused after {since} s ({why}); `agentwatch approve {}` or `agentwatch kill {}`",
+                    short(&id),
+                    short(&id),
+                    short(&id)
+                ),
+            });
+        }
+    }
+
+    /// With `[ceilings] unpriced = "block"`: the hit a call of `model`, which no price lists,
+    /// is (caller's check).
+    fn unpriced_hit(&self, model: Option<&str>) -> Option<Hit> {
+        self.policy.unpriced_blocks().then(|| Hit {
+            ceiling: "unpriced",
+            limit: 0.0,
+            value: 0.0,
+            action: Action::Block,
+            detail: Some(format!(
+                "no price for model {}",
+                model.unwrap_or("(none named)")
+            )),
+        })
     }
 
     /// A gated process is stopped at an SSL write (counted). `req`: the LLM request its
@@ -287,7 +422,14 @@ impl Enforcer {
             self.enforce(w, &row.session_id, &hit, ts_ns, Some(key), key);
             return denied;
         }
+        let unpriced = req
+            .model
+            .as_deref()
+            .is_none_or(|m| w.pricing.is_unpriced(m));
         let verdict = match w.sessions.prospect(w.tree, key) {
+            Prospect::Session(aref) if unpriced && self.policy.unpriced_blocks() => self
+                .unpriced_hit(req.model.as_deref())
+                .map(|hit| (aref.session_id, hit)),
             Prospect::Session(aref) => w.sessions.totals(&aref.session_id).and_then(|t| {
                 self.policy
                     .check_start(&t, aref.depth, ts_ns)
@@ -567,11 +709,14 @@ impl Enforcer {
             }
             return;
         }
-        let Some(limits) = self.policy.root_rule(info) else {
+        let Some(m) = self.policy.root_rule(info) else {
             return;
         };
         let aref = sessions.start_root(tree, key, ts_ns);
-        self.policy.set_limits(&aref.session_id, limits);
+        if let Some(name) = &m.name {
+            sessions.set_job(&aref.session_id, format!("rule:{name}"));
+        }
+        self.policy.set_rule(&aref.session_id, m);
         self.policy.save();
         self.gate.set(tgid, GATE_ARMED);
     }
@@ -808,8 +953,10 @@ mod tests {
                 state,
                 ts_ns,
             };
+            let pricing = Pricing::default();
             let mut w = World {
                 tree: &self.tree,
+                pricing: &pricing,
                 sessions: &mut self.sessions,
                 rows,
             };

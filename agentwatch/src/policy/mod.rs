@@ -59,6 +59,14 @@ pub enum PolicyError {
         pattern: String,
         source: regex::Error,
     },
+    #[error(
+        "[[session_roots]] #{index}: budget_usd_per_day needs a `name` (the shared budget's name in rows and status)"
+    )]
+    BudgetWithoutName { index: usize },
+    #[error(
+        "[[session_roots]] #{index} ({name}): cluster = true needs [sinks.clickhouse] (the cluster's spend is read there)"
+    )]
+    ClusterWithoutClickHouse { index: usize, name: String },
     #[error("failed to write the policy state {path}: {source}")]
     Save {
         path: PathBuf,
@@ -120,6 +128,23 @@ pub struct SessionPolicy {
     /// stop it again, so an approved session goes on until it departs anew.
     #[serde(default)]
     pub drift_acted: usize,
+    /// Ceilings whose `warn_at` was notified.
+    #[serde(default)]
+    pub warned: BTreeSet<String>,
+    /// The shared budget (`[[session_roots]]` `name` with `budget_usd_per_day`) its calls
+    /// draw from.
+    #[serde(default)]
+    pub budget: Option<String>,
+    /// The name of the `[[session_roots]]` rule its root matched, when it has one: the
+    /// session's job for drift (runs of one rule are runs of one job).
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// When it was paused (boot-clock ns), and last notified so, for `pause_timeout_secs`
+    /// and `renotify_secs`.
+    #[serde(default)]
+    pub paused_at_ns: Option<u64>,
+    #[serde(default)]
+    pub paused_notified_ns: Option<u64>,
     #[serde(skip)]
     recent_starts: VecDeque<u64>,
 }
@@ -159,7 +184,29 @@ struct CompiledRule {
     cgroup: Option<Regex>,
     /// (key, value): value None means "has the label".
     pod_label: Option<(String, Option<String>)>,
+    pod_namespace: Option<Regex>,
     limits: Limits,
+    /// (name, USD per rolling day, cluster-wide): the pot all its sessions share.
+    budget: Option<(String, f64, bool)>,
+    name: Option<String>,
+}
+
+/// What a session takes from the rule its root matched.
+#[derive(Debug, Clone)]
+pub struct RuleMatch {
+    pub limits: Limits,
+    pub budget: Option<String>,
+    pub name: Option<String>,
+}
+
+/// A shared budget's rolling day on this node (`budget_usd_per_day`), plus, for a cluster
+/// budget, the other nodes' spend as last read from ClickHouse.
+#[derive(Debug, Default)]
+struct Pot {
+    window: VecDeque<(u64, f64)>,
+    sum: f64,
+    limit: f64,
+    warned: bool,
 }
 
 pub struct Policy {
@@ -168,6 +215,12 @@ pub struct Policy {
     pub sessions: HashMap<String, SessionPolicy>,
     host_window: VecDeque<(u64, f64)>,
     host_sum: f64,
+    /// The host's day reached `warn_at` of its ceiling (notified once until it drops below).
+    host_warned: bool,
+    /// Shared budgets by name.
+    pots: HashMap<String, Pot>,
+    /// Other nodes' spend of cluster budgets, as the ClickHouse reader last saw it.
+    pub cluster: Arc<ClusterSpend>,
     pub stats: PolicyStats,
     state_path: PathBuf,
     /// Pod labels for `match_pod_label`.
@@ -208,7 +261,14 @@ fn compile(rules: &[SessionRootRule]) -> Result<Vec<CompiledRule>, PolicyError> 
                     Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
                     None => (l.trim().to_string(), None),
                 }),
+                pod_namespace: re(i, "match_pod_namespace", &r.match_pod_namespace)?,
+                name: r.name.clone(),
                 limits: r.limits(),
+                budget: match (r.budget_usd_per_day, &r.name) {
+                    (Some(usd), Some(name)) => Some((name.clone(), usd, r.cluster)),
+                    (Some(_), None) => return Err(PolicyError::BudgetWithoutName { index: i }),
+                    (None, _) => None,
+                },
             })
         })
         .collect()
@@ -246,6 +306,14 @@ impl CompiledRule {
         {
             return false;
         }
+        if let Some(re) = &self.pod_namespace {
+            let ns = crate::workloads::cgroup::read(info.key.tgid)
+                .and_then(|path| crate::workloads::pod_meta(&path, pods))
+                .map(|m| m.namespace);
+            if !ns.is_some_and(|ns| re.is_match(&ns)) {
+                return false;
+            }
+        }
         if let Some((key, value)) = &self.pod_label {
             let labels = crate::workloads::cgroup::read(info.key.tgid)
                 .and_then(|path| crate::workloads::pod_labels(&path, pods));
@@ -262,6 +330,7 @@ impl CompiledRule {
             || self.cmdline.is_some()
             || self.cgroup.is_some()
             || self.pod_label.is_some()
+            || self.pod_namespace.is_some()
     }
 }
 
@@ -283,11 +352,20 @@ impl Policy {
             sessions: persisted.sessions,
             host_window: VecDeque::new(),
             host_sum: 0.0,
+            host_warned: false,
+            pots: HashMap::new(),
+            cluster: Arc::new(ClusterSpend::default()),
             stats: PolicyStats::default(),
             state_path,
             pods: Arc::new(PodIndex::default()),
             drift: Action::Observe,
-        })
+        }
+        .with_pots())
+    }
+
+    fn with_pots(mut self) -> Self {
+        self.sync_pots();
+        self
     }
 
     /// New limits (SIGHUP / `agentwatch reload`): open sessions take the new defaults; what
@@ -300,6 +378,7 @@ impl Policy {
         let compiled = compile(rules)?;
         self.ceilings = ceilings;
         self.rules = compiled;
+        self.sync_pots();
         let defaults = self.ceilings.session();
         for s in self.sessions.values_mut() {
             s.limits = defaults.clone();
@@ -329,10 +408,116 @@ impl Policy {
 
     /// Any ceiling configured at all (otherwise nothing is gated: zero cost).
     pub fn enabled(&self) -> bool {
-        self.drift != Action::Observe
+        self.unpriced_blocks()
+            || self.drift != Action::Observe
             || self.ceilings.session().any()
             || self.ceilings.host_usd_per_day.is_some()
             || !self.rules.is_empty()
+    }
+
+    /// `warn_at` crossings of this call: (ceiling, limit, value) of each ceiling the session,
+    /// or the host's day, reached `warn_at` of (below the ceiling itself), once each.
+    pub fn warnings(
+        &mut self,
+        totals: &SessionTotals,
+        now_ns: u64,
+    ) -> Vec<(&'static str, f64, f64)> {
+        let Some(frac) = self.ceilings.warn_at.filter(|f| *f > 0.0 && *f < 1.0) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let _ = self.host_hit(now_ns);
+        if let Some(limit) = self.ceilings.host_usd_per_day {
+            let spent = self.host_sum;
+            if spent >= frac * limit && spent < limit && !self.host_warned {
+                self.host_warned = true;
+                out.push(("host_usd_per_day", limit, spent));
+            } else if spent < frac * limit {
+                self.host_warned = false;
+            }
+        }
+        if let Some(name) = self.budget_of(&totals.session_id)
+            && let Some((spent, limit)) = self.pot_spend(&name, now_ns)
+            && let Some(p) = self.pots.get_mut(&name)
+        {
+            if spent >= frac * limit && spent < limit && !p.warned {
+                p.warned = true;
+                out.push(("budget_usd_per_day", limit, spent));
+            } else if spent < frac * limit {
+                p.warned = false;
+            }
+        }
+        let s = self.session(&totals.session_id, None);
+        let l = &s.limits;
+        let candidates = [
+            (
+                "session_usd",
+                l.session_usd.map(|m| m + s.raise_usd),
+                totals.spend_bound_usd,
+            ),
+            (
+                "session_tokens",
+                l.session_tokens.map(|m| (m + s.raise_tokens) as f64),
+                totals.tokens_bound as f64,
+            ),
+            (
+                "session_calls",
+                l.session_calls.map(|m| (m + s.raise_calls) as f64),
+                totals.calls as f64,
+            ),
+        ];
+        for (name, limit, value) in candidates {
+            if let Some(limit) = limit
+                && value >= frac * limit
+                && value < limit
+                && s.warned.insert(name.to_string())
+            {
+                out.push((name, limit, value));
+            }
+        }
+        out
+    }
+
+    /// `pause_timeout_secs` and `renotify_secs`: the paused sessions whose wait ran out (to
+    /// kill), and those to notify again, as of `now_ns`.
+    pub fn paused_due(&mut self, now_ns: u64) -> (Vec<String>, Vec<String>) {
+        let timeout = self
+            .ceilings
+            .pause_timeout_secs
+            .map(|s| s.saturating_mul(1_000_000_000));
+        let renotify = match self.ceilings.renotify_secs() {
+            0 => None,
+            s => Some(s.saturating_mul(1_000_000_000)),
+        };
+        let (mut expired, mut again) = (Vec::new(), Vec::new());
+        for (id, s) in &mut self.sessions {
+            if s.outcome != Outcome::Paused {
+                s.paused_at_ns = None;
+                s.paused_notified_ns = None;
+                continue;
+            }
+            let at = *s.paused_at_ns.get_or_insert(now_ns);
+            if timeout.is_some_and(|t| now_ns.saturating_sub(at) >= t) {
+                expired.push(id.clone());
+                continue;
+            }
+            let last = *s.paused_notified_ns.get_or_insert(at);
+            if renotify.is_some_and(|r| now_ns.saturating_sub(last) >= r) {
+                s.paused_notified_ns = Some(now_ns);
+                again.push(id.clone());
+            }
+        }
+        (expired, again)
+    }
+
+    /// `pause_timeout_secs`, for the notice of a session killed after waiting paused.
+    pub fn pause_timeout_secs(&self) -> Option<u64> {
+        self.ceilings.pause_timeout_secs
+    }
+
+    /// `[ceilings] unpriced = "block"`.
+    pub fn unpriced_blocks(&self) -> bool {
+        self.ceilings.unpriced == crate::accounting::pricing::Unpriced::Block
     }
 
     pub fn host_limit(&self) -> Option<f64> {
@@ -344,23 +529,153 @@ impl Policy {
     }
 
     /// The `[[session_roots]]` rule that makes `info` a session root at exec, if any.
-    pub fn root_rule(&self, info: &ProcInfo) -> Option<Limits> {
+    /// The first rule `info` matches: its limits, shared budget and name.
+    pub fn root_rule(&self, info: &ProcInfo) -> Option<RuleMatch> {
         self.rules
             .iter()
             .find(|r| r.matches(info, &self.pods))
-            .map(|r| self.ceilings.session().overlaid(&r.limits))
+            .map(|r| RuleMatch {
+                limits: self.ceilings.session().overlaid(&r.limits),
+                budget: r.budget.as_ref().map(|(name, _, _)| name.clone()),
+                name: r.name.clone(),
+            })
+    }
+
+    /// The name of the rule a session's root matched, if it has one.
+    pub fn rule_of(&self, session_id: &str) -> Option<String> {
+        self.sessions.get(session_id).and_then(|s| s.rule.clone())
+    }
+
+    /// One pot per rule with a shared budget (kept across reloads: its spend stays).
+    fn sync_pots(&mut self) {
+        let budgets: Vec<(String, f64)> = self
+            .rules
+            .iter()
+            .filter_map(|r| r.budget.as_ref().map(|(n, usd, _)| (n.clone(), *usd)))
+            .collect();
+        self.pots.retain(|n, _| budgets.iter().any(|(b, _)| b == n));
+        for (name, usd) in budgets {
+            self.pots.entry(name).or_default().limit = usd;
+        }
+    }
+
+    /// Names of the cluster-wide budgets (read from ClickHouse).
+    pub fn cluster_budgets(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .filter_map(|r| r.budget.as_ref().filter(|b| b.2).map(|b| b.0.clone()))
+            .collect()
+    }
+
+    /// The shared budget a session's calls draw from.
+    pub fn budget_of(&self, session_id: &str) -> Option<String> {
+        self.sessions.get(session_id).and_then(|s| s.budget.clone())
+    }
+
+    /// A call of shared budget `name` cost `cost` (ended at `at_ns`).
+    pub fn note_budget_cost(&mut self, name: &str, at_ns: u64, cost: f64) {
+        if let Some(p) = self.pots.get_mut(name)
+            && cost > 0.0
+        {
+            p.window.push_back((at_ns, cost));
+            p.sum += cost;
+        }
+    }
+
+    /// The shared budget's spend over the last day: this node's, plus the other nodes' for a
+    /// cluster budget. `None` when `name` is no budget.
+    fn pot_spend(&mut self, name: &str, now_ns: u64) -> Option<(f64, f64)> {
+        let cluster = self.cluster_budgets().iter().any(|b| b == name);
+        let p = self.pots.get_mut(name)?;
+        while let Some((t, c)) = p.window.front().copied() {
+            if now_ns.saturating_sub(t) < DAY_NS {
+                break;
+            }
+            p.window.pop_front();
+            p.sum -= c;
+        }
+        let others = if cluster {
+            self.cluster.others_usd(name)
+        } else {
+            0.0
+        };
+        Some((p.sum.max(0.0) + others, p.limit))
+    }
+
+    /// The session's shared budget is spent.
+    fn budget_hit(&mut self, session_id: &str, action: Action, now_ns: u64) -> Option<Hit> {
+        let name = self.budget_of(session_id)?;
+        let (spent, limit) = self.pot_spend(&name, now_ns)?;
+        (spent >= limit).then(|| Hit {
+            ceiling: "budget_usd_per_day",
+            limit,
+            value: spent,
+            action,
+            detail: Some(format!("shared budget {name}")),
+        })
+    }
+
+    /// Rebuilds the shared budgets' days after a restart (by Unix minute, from the calls
+    /// files: each call row names its budget), like [`Policy::seed_host_window`].
+    pub fn seed_budgets(
+        &mut self,
+        days: &std::collections::BTreeMap<String, std::collections::BTreeMap<i64, f64>>,
+        clock: &crate::sessions::WallClock,
+    ) {
+        let now_boot = crate::sessions::clock::boot_now_ns();
+        let now_unix = clock.unix_ns(now_boot);
+        for (name, day) in days {
+            for (&minute, &cost) in day {
+                let at = i128::from(minute) * 60_000_000_000;
+                let Ok(age) = u64::try_from(now_unix - at) else {
+                    continue;
+                };
+                if age < DAY_NS {
+                    self.note_budget_cost(name, now_boot.saturating_sub(age), cost);
+                }
+            }
+        }
+    }
+
+    /// `status.ceilings.budgets`: each shared budget's spend and limit.
+    pub fn budgets_status(&mut self, now_ns: u64) -> Vec<BudgetStatus> {
+        let mut names: Vec<String> = self.pots.keys().cloned().collect();
+        names.sort();
+        let cluster = self.cluster_budgets();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let (spent, limit) = self.pot_spend(&name, now_ns)?;
+                let is_cluster = cluster.contains(&name);
+                let read = is_cluster.then(|| self.cluster.read_of(&name)).flatten();
+                Some(BudgetStatus {
+                    local_usd_last_24h: spent - read.as_ref().map_or(0.0, |r| r.others_usd),
+                    usd_last_24h: spent,
+                    usd_per_day: limit,
+                    cluster: is_cluster,
+                    others: read,
+                    name,
+                })
+            })
+            .collect()
     }
 
     /// The policy entry of a session, created with its limits on first use.
     pub fn session(&mut self, id: &str, root: Option<&ProcInfo>) -> &mut SessionPolicy {
         if !self.sessions.contains_key(id) {
-            let limits = root
+            let m = root
                 .and_then(|info| self.root_rule(info))
-                .unwrap_or_else(|| self.ceilings.session());
+                .unwrap_or_else(|| RuleMatch {
+                    limits: self.ceilings.session(),
+                    budget: None,
+                    name: None,
+                });
             self.sessions.insert(
                 id.to_string(),
                 SessionPolicy {
-                    limits,
+                    limits: m.limits,
+                    budget: m.budget,
+                    rule: m.name,
                     ..Default::default()
                 },
             );
@@ -368,8 +683,11 @@ impl Policy {
         self.sessions.get_mut(id).expect("inserted above")
     }
 
-    pub fn set_limits(&mut self, id: &str, limits: Limits) {
-        self.session(id, None).limits = limits;
+    pub fn set_rule(&mut self, id: &str, m: RuleMatch) {
+        let s = self.session(id, None);
+        s.limits = m.limits;
+        s.budget = m.budget;
+        s.rule = m.name;
     }
 
     /// May a new call of this session, by an agent at `depth`, start now?
@@ -395,6 +713,13 @@ impl Policy {
         if let Some(h) = spend_hit(s, totals, action) {
             return Some(h);
         }
+        if s.budget.is_some() {
+            let id = totals.session_id.clone();
+            if let Some(h) = self.budget_hit(&id, action, now_ns) {
+                return Some(h);
+            }
+        }
+        let s = self.session(&totals.session_id, None);
         if let Some(max) = s.limits.session_calls
             && s.calls_started >= max + s.raise_calls
         {
@@ -443,6 +768,13 @@ impl Policy {
         if let Some(h) = spend_hit(s, totals, action) {
             return Some(h);
         }
+        if s.budget.is_some() {
+            let id = totals.session_id.clone();
+            if let Some(h) = self.budget_hit(&id, action, now_ns) {
+                return Some(h);
+            }
+        }
+        let s = self.session(&totals.session_id, None);
         if let Some(max) = s.limits.session_calls
             && totals.calls >= max + s.raise_calls
         {
@@ -558,6 +890,71 @@ impl Policy {
                     source
                 }
             );
+        }
+    }
+}
+
+/// `status.ceilings.budgets[]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BudgetStatus {
+    pub name: String,
+    pub usd_per_day: f64,
+    /// This node's spend plus, for a cluster budget, the other nodes' as last read.
+    pub usd_last_24h: f64,
+    pub local_usd_last_24h: f64,
+    pub cluster: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub others: Option<ClusterRead>,
+}
+
+/// The other nodes' spend of one cluster budget, as last read from ClickHouse.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ClusterRead {
+    pub others_usd: f64,
+    /// Unix seconds of the last successful read (0: none yet).
+    pub read_at_unix: u64,
+    pub reads: u64,
+    pub read_errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Other nodes' spend of the cluster budgets, written by the ClickHouse reader task and read
+/// by the gate: when ClickHouse is unreachable the last read stays (plus this node's own
+/// spend since, which the node counts itself).
+#[derive(Debug, Default)]
+pub struct ClusterSpend {
+    reads: std::sync::Mutex<HashMap<String, ClusterRead>>,
+}
+
+impl ClusterSpend {
+    pub fn others_usd(&self, name: &str) -> f64 {
+        self.read_of(name).map_or(0.0, |r| r.others_usd)
+    }
+
+    pub fn read_of(&self, name: &str) -> Option<ClusterRead> {
+        self.reads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// A read of `name`: the other nodes' spend over the last day, or why it failed.
+    pub fn record(&self, name: &str, result: Result<f64, String>, now_unix: u64) {
+        let mut reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        let r = reads.entry(name.to_string()).or_default();
+        match result {
+            Ok(usd) => {
+                r.others_usd = usd;
+                r.read_at_unix = now_unix;
+                r.reads += 1;
+                r.last_error = None;
+            }
+            Err(e) => {
+                r.read_errors += 1;
+                r.last_error = Some(e);
+            }
         }
     }
 }

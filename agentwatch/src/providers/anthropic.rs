@@ -23,6 +23,7 @@ pub struct MessagesAccumulator {
     output: Option<u64>,
     cache_write: Option<u64>,
     cache_read: Option<u64>,
+    cache_write_1h: Option<u64>,
 }
 
 /// SSE event types that never carry usage or ids: not even parsed.
@@ -94,6 +95,13 @@ impl MessagesAccumulator {
         if let Some(v) = count(u, "cache_read_input_tokens") {
             self.cache_read = Some(v);
         }
+        // `cache_creation` splits the writes by TTL; the 1-hour ones cost more.
+        if let Some(v) = u
+            .get("cache_creation")
+            .and_then(|c| count(c, "ephemeral_1h_input_tokens"))
+        {
+            self.cache_write_1h = Some(v);
+        }
     }
 
     pub fn usage(&self) -> Option<Usage> {
@@ -108,6 +116,7 @@ impl MessagesAccumulator {
             cache_read_tokens: cache_read,
             cache_write_tokens: cache_write,
             reasoning_tokens: 0,
+            cache_write_1h_tokens: self.cache_write_1h.unwrap_or(0).min(cache_write),
         })
     }
 }
@@ -138,6 +147,7 @@ event: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r\n";
             cache_read_tokens: 4000,
             cache_write_tokens: 1000,
             reasoning_tokens: 0,
+            cache_write_1h_tokens: 0,
         }
     }
 
@@ -157,6 +167,7 @@ event: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r\n";
                 cache_read_tokens: 3000,
                 cache_write_tokens: 200,
                 reasoning_tokens: 0,
+                cache_write_1h_tokens: 0,
             })
         );
         assert_eq!(a.meta.response_id.as_deref(), Some("msg_1"));

@@ -146,6 +146,7 @@ fn parse_usage(u: &Value) -> Option<Usage> {
         cache_read_tokens: count(u, "cachedContentTokenCount").unwrap_or(0),
         cache_write_tokens: 0,
         reasoning_tokens: thoughts,
+        ..Usage::default()
     })
 }
 
@@ -172,6 +173,7 @@ pub(crate) mod tests {
             cache_read_tokens: 3000,
             cache_write_tokens: 0,
             reasoning_tokens: 300,
+            cache_write_1h_tokens: 0,
         }
     }
 

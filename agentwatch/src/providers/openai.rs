@@ -128,6 +128,7 @@ fn parse_usage(u: &Value) -> Option<Usage> {
         cache_read_tokens: cached,
         cache_write_tokens: 0,
         reasoning_tokens: reasoning,
+        ..Usage::default()
     })
 }
 
@@ -154,6 +155,7 @@ mod tests {
                 cache_read_tokens: 1024,
                 cache_write_tokens: 0,
                 reasoning_tokens: 128,
+                cache_write_1h_tokens: 0,
             })
         );
         assert_eq!(a.meta.response_id.as_deref(), Some("chatcmpl-1"));

@@ -150,6 +150,7 @@ fn parse_usage(u: &Value) -> Option<Usage> {
         cache_read_tokens: cached,
         cache_write_tokens: 0,
         reasoning_tokens: reasoning,
+        ..Usage::default()
     })
 }
 
@@ -180,6 +181,7 @@ data: {\"type\":\"response.completed\",\"sequence_number\":5,\"response\":{\"id\
             cache_read_tokens: 1024,
             cache_write_tokens: 0,
             reasoning_tokens: 0,
+            cache_write_1h_tokens: 0,
         }
     }
 
@@ -195,6 +197,7 @@ data: {\"type\":\"response.completed\",\"sequence_number\":5,\"response\":{\"id\
                 cache_read_tokens: 256,
                 cache_write_tokens: 0,
                 reasoning_tokens: 32,
+                cache_write_1h_tokens: 0,
             })
         );
         assert_eq!(a.meta.response_id.as_deref(), Some("resp_01"));

@@ -59,7 +59,7 @@ impl Sessions {
                 .usage
                 .total_tokens()
                 .saturating_add(s.estimate_margin_tokens),
-            spend_bound_usd: s.cost_usd + s.estimate_margin_usd,
+            spend_bound_usd: s.cost_usd + s.estimate_margin_usd + s.unpriced_charge_usd,
             drift: s.drift.clone(),
         })
     }
@@ -195,6 +195,10 @@ impl Sessions {
             cache_write_tokens: 0,
             reasoning_tokens: 0,
             cost_usd: Some(0.0),
+            cache_write_1h_tokens: 0,
+            priced_as: None,
+            unpriced_charge_usd: None,
+            budget: None,
             started_at: at.clone(),
             ended_at: at,
             total_tokens: usage.total_tokens(),

@@ -47,9 +47,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use clock::WallClock;
-pub use rows::{CallRecord, CallRow, CeilingHit, Column, LedgerRow, Outcome, SessionRow};
+pub use rows::{
+    CallRecord, CallRow, CeilingHit, Column, LedgerRow, Notice, Outcome, SessionRow, num, short,
+};
 
 use crate::accounting::Usage;
+use crate::accounting::pricing::Priced;
 use crate::procs::{ProcKey, ProcTree};
 use crate::providers::{LlmCall, LlmRequest};
 
@@ -230,6 +233,8 @@ struct Session {
     usage: Usage,
     cost_usd: f64,
     unpriced: u64,
+    /// What unpriced calls counted toward USD ceilings (`[ceilings] unpriced`).
+    unpriced_charge_usd: f64,
     /// Calls by how they were measured (`usage_source`).
     estimated: u64,
     /// How far estimated calls could be above their point estimates (input tokens, and the
@@ -277,12 +282,14 @@ impl Session {
             cache_read_tokens: rec.cache_read_tokens,
             cache_write_tokens: rec.cache_write_tokens,
             reasoning_tokens: rec.reasoning_tokens,
+            cache_write_1h_tokens: rec.cache_write_1h_tokens,
         };
         self.usage.add(&usage);
         match rec.cost_usd {
             Some(c) => self.cost_usd += c,
             None => self.unpriced += 1,
         }
+        self.unpriced_charge_usd += rec.unpriced_charge_usd.unwrap_or(0.0);
         if let Some(e) = &rec.estimate {
             self.estimate_margin_tokens = self
                 .estimate_margin_tokens
@@ -375,6 +382,7 @@ impl Session {
             providers: self.providers.iter().cloned().collect(),
             models: self.models.iter().cloned().collect(),
             unpriced_calls: self.unpriced,
+            unpriced_charge_usd: self.unpriced_charge_usd,
             estimated_calls: self.estimated,
             usage_missing_calls: self.usage_missing,
             root_start_ticks: self.root.start_ticks,
@@ -536,6 +544,7 @@ impl Sessions {
                     estimated: 0,
                     estimate_margin_tokens: 0,
                     estimate_margin_usd: 0.0,
+                    unpriced_charge_usd: 0.0,
                     usage_missing: 0,
                     call_count: 0,
                     depth_max: 0,
@@ -577,6 +586,14 @@ impl Sessions {
         aref
     }
 
+    /// The session is a run of `job` (a named `[[session_roots]]` rule's, `rule:<name>`),
+    /// instead of its root's executable, `argv[0]` and directory.
+    pub fn set_job(&mut self, session_id: &str, job: String) {
+        if let Some(s) = self.sessions.get_mut(session_id) {
+            s.job = Some(job);
+        }
+    }
+
     /// A call finished: charge it to its session (once) and return its `calls.jsonl` row.
     /// A non-finite cost is treated as unknown.
     pub fn on_call(
@@ -584,9 +601,9 @@ impl Sessions {
         tree: &ProcTree,
         key: ProcKey,
         call: &LlmCall,
-        cost_usd: Option<f64>,
+        priced: impl Into<Priced>,
     ) -> CallRecord {
-        self.on_call_from(tree, key, call, cost_usd, CallOrigin::default())
+        self.on_call_from(tree, key, call, priced, CallOrigin::default())
     }
 
     /// [`Sessions::on_call`] with the caller's namespace pid and container labels.
@@ -595,9 +612,10 @@ impl Sessions {
         tree: &ProcTree,
         key: ProcKey,
         call: &LlmCall,
-        cost_usd: Option<f64>,
+        priced: impl Into<Priced>,
         origin: CallOrigin,
     ) -> CallRecord {
+        let priced: Priced = priced.into();
         let aref = self.on_llm_request(tree, key, &call.request);
         let clock = self.cfg.clock;
         let comm = tree.get(key).map(|p| p.comm.clone());
@@ -632,7 +650,11 @@ impl Sessions {
             cache_read_tokens: u.cache_read_tokens,
             cache_write_tokens: u.cache_write_tokens,
             reasoning_tokens: u.reasoning_tokens,
-            cost_usd: cost_usd.filter(|c| c.is_finite()),
+            cost_usd: priced.cost_usd.filter(|c| c.is_finite()),
+            cache_write_1h_tokens: u.cache_write_1h_tokens,
+            priced_as: priced.priced_as,
+            unpriced_charge_usd: priced.unpriced_charge_usd.filter(|c| c.is_finite()),
+            budget: None,
             started_at: clock.rfc3339(call.request.started_at_ns),
             ended_at: clock.rfc3339(call.ended_at_ns),
             total_tokens: u.total_tokens(),
@@ -868,6 +890,7 @@ impl Sessions {
                 estimated: 0,
                 estimate_margin_tokens: 0,
                 estimate_margin_usd: 0.0,
+                unpriced_charge_usd: 0.0,
                 usage_missing: 0,
                 call_count: 0,
                 depth_max: 0,

@@ -216,6 +216,21 @@ row_schema! {
         /// The caller's pid in its own PID namespace (a container's), when that differs from `pid`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub ns_pid: Option<u32> => "Nullable(UInt32)",
+        /// Of `cache_write_tokens`, those written with a 1-hour TTL (Anthropic; priced higher).
+        #[serde(default)]
+        pub cache_write_1h_tokens: u64 => "UInt64",
+        /// The price entry that priced the call (`claude-opus-4-5` for OpenRouter's
+        /// `anthropic/claude-opus-4.5`); absent when no entry prices its model.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub priced_as: Option<String> => "Nullable(String)",
+        /// No price for its model (`cost_usd` null): what it counts toward USD ceilings, at the
+        /// highest input and output rates listed (`[ceilings] unpriced`; absent with `zero`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub unpriced_charge_usd: Option<f64> => "Nullable(Float64)",
+        /// The shared budget (`[[session_roots]]` `name`) the call drew from, if any: every
+        /// node's rows of a cluster budget are summed from here.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub budget: Option<String> => "Nullable(String)",
         /// The caller's container and pod (absent on the host).
         #[serde(flatten)]
         pub workload: crate::workloads::Workload,
@@ -290,6 +305,9 @@ row_schema! {
         // ---- extras ----
         /// Calls whose cost was unknown (not in `total_cost_usd`).
         pub unpriced_calls: u64 => "UInt64",
+        /// What those calls counted toward USD ceilings (the sum of their `unpriced_charge_usd`).
+        #[serde(default)]
+        pub unpriced_charge_usd: f64 => "Float64",
         /// How the calls were measured: those estimated from socket bytes (no hook saw them; their
         /// tokens are in the totals, within each call's bounds) and those without usage.
         #[serde(default)]
@@ -393,6 +411,78 @@ impl From<&super::actions::HostContact> for ToolRunRow {
     }
 }
 
+/// What a notification says (`[sinks.webhook]`, `[sinks.slack]`, `[sinks.alertmanager]`):
+/// a session neared a ceiling (`warn`), was stopped or flagged at one (`observe`, `pause`,
+/// `kill`, `block`, `drift`), is still paused (`paused`), or was killed after waiting paused
+/// too long (`pause_timeout`). Never any prompt or completion text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    pub event: String,
+    pub session_id: String,
+    pub host: String,
+    /// `session_usd`, `session_tokens`, …, `host_usd_per_day`, `drift`, `unpriced`.
+    pub ceiling: String,
+    pub limit: f64,
+    pub value: f64,
+    /// What the daemon did: `observe`, `pause`, `kill`, `block`, or `none` (a warning).
+    pub action: String,
+    /// RFC 3339 UTC.
+    pub at: String,
+    /// One line for people: what happened and what to do.
+    pub message: String,
+}
+
+impl Notice {
+    /// The notice of a ceiling hit.
+    pub fn of_hit(h: &CeilingHit) -> Notice {
+        let event = if h.ceiling == "drift" {
+            "drift".to_string()
+        } else {
+            h.action.clone()
+        };
+        let what = match h.action.as_str() {
+            "pause" => format!(
+                "paused; `agentwatch approve {}` to let it go on, `agentwatch kill {}` to stop it",
+                short(&h.session_id),
+                short(&h.session_id)
+            ),
+            "kill" => "killed".to_string(),
+            "block" => "blocked: its LLM calls fail from now on".to_string(),
+            _ => "observed (not stopped)".to_string(),
+        };
+        Notice {
+            event,
+            session_id: h.session_id.clone(),
+            host: h.host.clone(),
+            ceiling: h.ceiling.clone(),
+            limit: h.limit,
+            value: h.value,
+            action: h.action.clone(),
+            at: h.at.clone(),
+            message: format!(
+                "agentwatch on {}: session {} reached {} ({} of {}): {what}",
+                h.host,
+                short(&h.session_id),
+                h.ceiling,
+                num(h.value),
+                num(h.limit)
+            ),
+        }
+    }
+}
+
+/// A session id as notifications and logs show it (its first 12 characters).
+pub fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// A number as people read it: up to 4 decimals, no trailing zeros.
+pub fn num(v: f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
+}
+
 /// A session reached a ceiling (written by the policy stage; a span event in OTLP).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CeilingHit {
@@ -412,6 +502,15 @@ pub struct CeilingHit {
 }
 
 impl CallRecord {
+    /// What the call counts toward USD ceilings: its cost, else the high bound of its
+    /// estimate, else its unpriced charge (0 when none applies).
+    pub fn charged_usd(&self) -> f64 {
+        self.cost_usd
+            .or(self.estimate.as_ref().and_then(|e| e.cost_usd_high))
+            .or(self.unpriced_charge_usd)
+            .unwrap_or(0.0)
+    }
+
     /// The stable id of a call: `<session_id>:<call_seq>`.
     pub fn call_id(&self) -> String {
         format!("{}:{}", self.session_id, self.call_seq)

@@ -39,6 +39,7 @@ pub(crate) fn call(req: LlmRequest, input: u64, output: u64, ended_at_ns: u64) -
             cache_read_tokens: input / 2,
             cache_write_tokens: input / 10,
             reasoning_tokens: output / 4,
+            cache_write_1h_tokens: 0,
         },
         usage_source: UsageSource::Reported,
         complete: true,

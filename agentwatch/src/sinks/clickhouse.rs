@@ -126,6 +126,62 @@ impl ClickHouseDest {
     }
 }
 
+/// The other nodes' spend of cluster budgets, read from the calls table every `every` and
+/// handed to the gate (`policy::ClusterSpend`). Runs until the daemon stops. The lag bound is
+/// `every` plus the other nodes' delivery delay (their spools flush within seconds when
+/// ClickHouse is up); while ClickHouse is unreachable the last read stays, and this node's own
+/// spend since is counted locally.
+pub async fn read_cluster_budgets(
+    cfg: ClickHouseConfig,
+    host: String,
+    budgets: Vec<String>,
+    spend: std::sync::Arc<crate::policy::ClusterSpend>,
+    every: Duration,
+) {
+    let dest = match ClickHouseDest::new(&cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            for b in &budgets {
+                spend.record(b, Err(e.to_string()), 0);
+            }
+            return;
+        }
+    };
+    let timeout = Duration::from_secs(cfg.timeout_secs.max(1));
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let since =
+            crate::sessions::clock::format_unix_ns(now.as_nanos() as i128 - 86_400 * 1_000_000_000);
+        for b in &budgets {
+            // Rows of a re-sent batch are replaced at merge time: FINAL counts each call once.
+            let stmt = format!(
+                "SELECT toFloat64(sum(ifNull(cost_usd, ifNull(unpriced_charge_usd, 0)))) FROM `{}`.`{}` FINAL \
+                 WHERE budget = ? AND host != ? AND ended_at >= ? AND blocked = 0",
+                cfg.database, cfg.calls_table
+            );
+            let q = dest
+                .admin
+                .query(&stmt)
+                .bind(b.as_str())
+                .bind(host.as_str())
+                .bind(since.as_str())
+                .fetch_one::<f64>();
+            let result = match tokio::time::timeout(timeout, q).await {
+                Ok(Ok(usd)) => Ok(usd),
+                Ok(Err(e)) => Err(format!("reading budget {b} from {}: {e}", cfg.url)),
+                Err(_) => Err(format!("reading budget {b} from {}: timed out", cfg.url)),
+            };
+            if let Err(e) = &result {
+                tracing::warn!("{e}; the last read stays in force");
+            }
+            spend.record(b, result, now.as_secs());
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 impl DestinationConfig for ClickHouseConfig {
     fn name(&self) -> &'static str {
         "clickhouse"
@@ -140,6 +196,7 @@ impl DestinationConfig for ClickHouseConfig {
             timeout: Duration::from_secs(self.timeout_secs.max(1)),
             deliver: true,
             track_agents: None,
+            notices: false,
             side_tasks: Vec::new(),
         })
     }

@@ -17,6 +17,12 @@ pub struct SinksConfig {
     pub otlp: Option<OtlpConfig>,
     /// `[sinks.jsonl]`: rotation and retention of the JSONL files (always written).
     pub jsonl: super::rotation::JsonlConfig,
+    /// `[sinks.webhook]`: notifications as JSON. Off unless present.
+    pub webhook: Option<super::notify::WebhookConfig>,
+    /// `[sinks.slack]`: notifications as Slack incoming-webhook payloads. Off unless present.
+    pub slack: Option<super::notify::SlackConfig>,
+    /// `[sinks.alertmanager]`: notifications as Alertmanager v2 alerts. Off unless present.
+    pub alertmanager: Option<super::notify::AlertmanagerConfig>,
 }
 
 impl SinksConfig {
@@ -26,10 +32,16 @@ impl SinksConfig {
         fn on<T: DestinationConfig>(table: &Option<T>) -> Option<&dyn DestinationConfig> {
             table.as_ref().map(|t| t as &dyn DestinationConfig)
         }
-        [on(&self.clickhouse), on(&self.otlp)]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            on(&self.clickhouse),
+            on(&self.otlp),
+            on(&self.webhook),
+            on(&self.slack),
+            on(&self.alertmanager),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 
@@ -147,6 +159,11 @@ pub struct MetricsConfig {
     pub listen: SocketAddr,
     /// Label sets per instrument at most; more are dropped and counted. Default 2,000.
     pub max_series: usize,
+    /// Also label spend (`agentwatch.cost`, `agentwatch.session.cost`) with `k8s.pod.name`.
+    /// Default false: every pod a node ever ran is a series until the daemon restarts, and
+    /// once `max_series` is reached new ones are dropped (counted); the namespace label is
+    /// always there.
+    pub pod_label: bool,
 }
 
 impl Default for MetricsConfig {
@@ -155,6 +172,7 @@ impl Default for MetricsConfig {
             prometheus: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             max_series: 2_000,
+            pod_label: false,
         }
     }
 }

@@ -34,6 +34,8 @@ pub enum ExportItem {
     ToolRun(Box<crate::sessions::actions::ToolRun>),
     /// A destination a session's processes connected to (`actions.jsonl`, kind `host`).
     Host(Box<crate::sessions::actions::HostContact>),
+    /// A notification (to the notification sinks only).
+    Notice(Box<crate::sessions::Notice>),
 }
 
 /// Where a delivery task sends its batches. Calls come one at a time from the delivery loop,
@@ -100,6 +102,8 @@ pub struct Built {
     /// Remember each open session's agents and ceiling hits (at most this many) so that its
     /// closing record carries them (OTLP's agent spans); `None`: the ledger row is enough.
     pub track_agents: Option<usize>,
+    /// It takes notifications instead of rows (`[sinks.webhook]`, …).
+    pub notices: bool,
     pub side_tasks: Vec<SideTask>,
 }
 

@@ -234,6 +234,8 @@ pub struct SpoolWriter {
     pub status: Arc<DestStatus>,
     /// Agent spans need the session's agents (OTLP); ClickHouse only needs the ledger row.
     pub tracker: Option<AgentTracker>,
+    /// A notification sink: it takes notices, not rows.
+    notices: bool,
     /// Append failures are logged once per this many.
     logged_failures: u64,
 }
@@ -243,7 +245,22 @@ impl SpoolWriter {
         Self {
             status,
             tracker,
+            notices: false,
             logged_failures: 0,
+        }
+    }
+
+    /// A notification sink's writer: notices only.
+    pub fn for_notices(status: Arc<DestStatus>) -> Self {
+        Self {
+            notices: true,
+            ..Self::new(status, None)
+        }
+    }
+
+    pub fn notice(&mut self, n: &crate::sessions::Notice) {
+        if self.notices {
+            self.push(&ExportItem::Notice(Box::new(n.clone())));
         }
     }
 
@@ -272,6 +289,9 @@ impl SpoolWriter {
     }
 
     pub fn call(&mut self, c: &CallRecord) {
+        if self.notices {
+            return;
+        }
         if let Some(t) = &mut self.tracker {
             let d = t.observe(c);
             self.status.tracker_dropped.fetch_add(d, Ordering::Relaxed);
@@ -280,6 +300,9 @@ impl SpoolWriter {
     }
 
     pub fn ledger(&mut self, row: &LedgerRow) {
+        if self.notices {
+            return;
+        }
         let close = match &mut self.tracker {
             Some(t) => t.close(row),
             None => SessionClose {
@@ -293,6 +316,9 @@ impl SpoolWriter {
     }
 
     pub fn action(&mut self, row: &crate::sessions::actions::ActionRow) {
+        if self.notices {
+            return;
+        }
         match row {
             crate::sessions::actions::ActionRow::ToolRun(t) => {
                 self.push(&ExportItem::ToolRun(Box::new(t.clone())))
@@ -370,7 +396,19 @@ impl Sink for Fanout {
         if let Some(m) = &self.metrics {
             m.record_ceiling_hit(hit);
         }
+        // Every hit is also a notification.
+        let _ = self.write_notice(&crate::sessions::Notice::of_hit(hit));
         r
+    }
+
+    fn write_notice(&mut self, n: &crate::sessions::Notice) -> Result<(), SinkError> {
+        for w in &mut self.writers {
+            w.notice(n);
+        }
+        if let Some(m) = &self.metrics {
+            m.record_notice(n);
+        }
+        Ok(())
     }
 
     fn write_action(&mut self, row: &crate::sessions::actions::ActionRow) -> Result<(), SinkError> {

@@ -433,6 +433,46 @@ fn sinks_spans_carry_container_and_pod_labels() {
 }
 
 #[test]
+fn sinks_metrics_label_spend_by_namespace_and_opt_in_pod_within_the_series_bound() {
+    let (calls, _) = tree_session();
+    let in_pod = |pod: &str| {
+        let mut c = calls[0].clone();
+        c.cost_usd = Some(0.5);
+        c.workload.pod_name = Some(pod.into());
+        c.workload.pod_namespace = Some("team-a".into());
+        c
+    };
+    // Default: the namespace, no pod.
+    let m = metrics::Metrics::new(100);
+    m.record_call(&in_pod("summarizer-0"));
+    let text = m.prometheus();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("agentwatch_cost_usd_total{"))
+        .unwrap();
+    assert!(line.contains("k8s_namespace_name=\"team-a\""), "{line}");
+    assert!(!line.contains("k8s_pod_name"), "{line}");
+    // Opted in: by pod, and the series beyond the bound are dropped and counted.
+    let m = metrics::Metrics::new(3).with_pod_label(true);
+    for pod in ["a-0", "a-1", "a-2", "a-3", "a-0"] {
+        m.record_call(&in_pod(pod));
+    }
+    let text = m.prometheus();
+    let pods: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("agentwatch_cost_usd_total{"))
+        .collect();
+    assert_eq!(pods.len(), 3, "{text}");
+    assert!(
+        pods.iter()
+            .any(|l| l.contains("k8s_pod_name=\"a-0\"") && l.ends_with(" 1")),
+        "{pods:?}"
+    );
+    assert!(m.series_dropped() >= 1);
+    assert!(text.contains("\n# TYPE agentwatch_metrics_series_dropped_total counter\n"));
+}
+
+#[test]
 fn sinks_status_shows_the_loop_counters_and_the_destination_own() {
     let dir = TempDir::new("status");
     let spool = std::sync::Arc::new(Spool::open(&dir.path().join("spool"), 1 << 20).unwrap());

@@ -11,8 +11,10 @@
 //! - `agentwatch.sessions.closed` sum by `agentwatch.outcome`;
 //! - `agentwatch.sessions.drifted` sum by `agentwatch.drift.kind` (new tool, new host,
 //!   tokens): closed runs of a recurring job that departed from its baseline;
-//! - `agentwatch.daemon.*` gauges: every number of `agentwatch status` (pipeline, capture,
-//!   kernel drops, sinks' spools), e.g. `agentwatch.daemon.kernel_drops.ring_full`.
+//! - `agentwatch.daemon.*`: every number of `agentwatch status` (pipeline, capture, kernel
+//!   drops, sinks' spools), e.g. `agentwatch.daemon.kernel_drops.ringbuf_full_events`; counts
+//!   since the daemon started are monotonic sums (`…_total` in Prometheus form), states
+//!   (depths, live counts, flags, times) are gauges.
 //!
 //! Label sets per instrument are bounded (`max_series`); more are dropped and counted in
 //! `agentwatch.metrics.series_dropped`.
@@ -82,6 +84,7 @@ struct State {
     sessions: BTreeMap<Labels, u64>,
     drifted: BTreeMap<Labels, u64>,
     root_cost: BTreeMap<Labels, f64>,
+    notices: BTreeMap<Labels, u64>,
 }
 
 type DaemonSource = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
@@ -89,6 +92,8 @@ type DaemonSource = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
 pub struct Metrics {
     state: Mutex<State>,
     max_series: usize,
+    /// `k8s.pod.name` on spend (opt-in: pods churn, each one a new series).
+    pod_label: bool,
     series_dropped: AtomicU64,
     start_unix_nanos: u64,
     daemon: Mutex<Option<DaemonSource>>,
@@ -134,11 +139,17 @@ impl Metrics {
             "session_calls_per_minute",
             "max_depth",
             "host_usd_per_day",
+            "budget_usd_per_day",
         ];
         let hits = ceilings
             .iter()
             .flat_map(|c| actions.iter().map(move |a| (*c, *a)))
-            .chain([("blocked", "block"), ("drift", "pause"), ("drift", "kill")]);
+            .chain([
+                ("blocked", "block"),
+                ("drift", "pause"),
+                ("drift", "kill"),
+                ("unpriced", "block"),
+            ]);
         for (c, a) in hits {
             st.ceiling_hits.insert(
                 vec![
@@ -152,6 +163,10 @@ impl Metrics {
             st.sessions
                 .insert(vec![("agentwatch.outcome", o.to_string())], 0);
         }
+        for e in super::notify::EVENTS {
+            st.notices
+                .insert(vec![("agentwatch.notice.event", e.to_string())], 0);
+        }
         for k in ["new tool", "new host", "tokens"] {
             st.drifted
                 .insert(vec![("agentwatch.drift.kind", k.to_string())], 0);
@@ -159,10 +174,17 @@ impl Metrics {
         Self {
             state: Mutex::new(st),
             max_series: max_series.max(1),
+            pod_label: false,
             series_dropped: AtomicU64::new(0),
             start_unix_nanos: now_nanos(),
             daemon: Mutex::new(None),
         }
+    }
+
+    /// Spend also by pod (`[metrics] pod_label`).
+    pub fn with_pod_label(mut self, on: bool) -> Self {
+        self.pod_label = on;
+        self
     }
 
     /// Where the daemon's own counters come from (the status JSON).
@@ -212,14 +234,31 @@ impl Metrics {
             h.record(&DURATION_BOUNDS, secs);
         }
         if let Some(cost) = c.cost_usd {
-            let l: Labels = base
+            let mut l: Labels = base
                 .iter()
                 .filter(|(k, _)| *k != "gen_ai.operation.name")
                 .cloned()
                 .collect();
+            if let Some(pod) = c.workload.pod_name.as_ref().filter(|_| self.pod_label) {
+                l.push(("k8s.pod.name", pod.clone()));
+            }
             if let Some(v) = bump(&mut st.cost, l, max, &self.series_dropped, || 0.0) {
                 *v += cost;
             }
+        }
+    }
+
+    pub fn record_notice(&self, n: &crate::sessions::Notice) {
+        let l = vec![("agentwatch.notice.event", n.event.clone())];
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = bump(
+            &mut st.notices,
+            l,
+            self.max_series,
+            &self.series_dropped,
+            || 0,
+        ) {
+            *v += 1;
         }
     }
 
@@ -260,6 +299,9 @@ impl Metrics {
         let mut l = vec![("agentwatch.root", r.root_comm.clone())];
         if let Some(ns) = &r.workload.pod_namespace {
             l.push(("k8s.namespace.name", ns.clone()));
+        }
+        if let Some(pod) = r.workload.pod_name.as_ref().filter(|_| self.pod_label) {
+            l.push(("k8s.pod.name", pod.clone()));
         }
         if let Some(v) = bump(
             &mut st.root_cost,
@@ -367,6 +409,17 @@ impl Metrics {
             "Cost of closed sessions by the program that started them (counted at close)",
             &st.root_cost,
         );
+        let notices: BTreeMap<Labels, f64> = st
+            .notices
+            .iter()
+            .map(|(k, v)| (k.clone(), *v as f64))
+            .collect();
+        prom_counter(
+            &mut out,
+            "agentwatch_notices_total",
+            "Notifications raised (warnings, stops, re-notices of paused sessions), by event",
+            &notices,
+        );
         prom_counter(
             &mut out,
             "agentwatch_sessions_drifted_total",
@@ -391,21 +444,36 @@ impl Metrics {
                 );
             }
         }
-        let mut by_name: BTreeMap<String, Vec<(Labels, f64)>> = BTreeMap::new();
+        // Each status number under its own name: a counter (`_total`) unless it is a state.
+        let mut by_name: BTreeMap<(String, bool), Vec<(Labels, f64)>> = BTreeMap::new();
         for (name, labels, v) in gauges {
+            if name.starts_with("agentwatch.daemon.kernel_drops.") {
+                continue;
+            }
+            let counter = is_counter(&name);
+            let mut prom = prom_name(&name);
+            if counter && !prom.ends_with("_total") {
+                prom.push_str("_total");
+            }
             by_name
-                .entry(prom_name(&name))
+                .entry((prom, counter))
                 .or_default()
                 .push((labels, v));
         }
-        for (name, points) in by_name {
+        for ((name, counter), points) in by_name {
             let field = name
                 .strip_prefix("agentwatch_daemon_")
                 .unwrap_or(&name)
+                .trim_end_matches("_total")
                 .replace('_', " ");
+            let (what, kind) = if counter {
+                ("count since the daemon started", "counter")
+            } else {
+                ("state", "gauge")
+            };
             let _ = writeln!(
                 out,
-                "# HELP {name} The daemon's own state: `agentwatch status` {field}\n# TYPE {name} gauge"
+                "# HELP {name} The daemon's own {what}: `agentwatch status` {field}\n# TYPE {name} {kind}"
             );
             for (labels, v) in points {
                 let _ = writeln!(out, "{name}{} {}", prom_labels(&labels, None), prom_num(v));
@@ -522,6 +590,15 @@ impl Metrics {
                     .collect(),
             ),
             sum(
+                "agentwatch.notices",
+                "{notice}",
+                "Notifications raised, by event",
+                st.notices
+                    .iter()
+                    .map(|(l, v)| (l.clone(), number_data_point::Value::AsInt(*v as i64)))
+                    .collect(),
+            ),
+            sum(
                 "agentwatch.sessions.drifted",
                 "{session}",
                 "Closed runs of a recurring job that departed from its baseline",
@@ -534,22 +611,77 @@ impl Metrics {
         drop(st);
         let mut by_name: BTreeMap<String, Vec<NumberDataPoint>> = BTreeMap::new();
         for (name, labels, v) in self.daemon_gauges() {
+            let counter = is_counter(&name);
             by_name.entry(name).or_default().push(NumberDataPoint {
                 attributes: labels.iter().map(|(k, v)| kv_str(k, v.clone())).collect(),
+                start_time_unix_nano: if counter { start } else { 0 },
                 time_unix_nano: now,
                 value: Some(number_data_point::Value::AsDouble(v)),
                 ..Default::default()
             });
         }
         for (name, pts) in by_name {
+            // Counts since the daemon started are cumulative monotonic sums; states are gauges.
+            let data = if is_counter(&name) {
+                metric::Data::Sum(Sum {
+                    aggregation_temporality: cum,
+                    is_monotonic: true,
+                    data_points: pts,
+                })
+            } else {
+                metric::Data::Gauge(Gauge { data_points: pts })
+            };
             out.push(Metric {
                 name,
-                data: Some(metric::Data::Gauge(Gauge { data_points: pts })),
+                data: Some(data),
                 ..Default::default()
             });
         }
         out
     }
+}
+
+/// Status numbers that are a state (depths, sizes, live counts, flags, times, maxima) rather
+/// than a count since the daemon started. Everything else in `agentwatch status` counts events,
+/// so a new status counter is exported as a counter without being listed here.
+const STATE_FIELDS: &[&str] = &[
+    "ok",
+    "ready",
+    "now",
+    "live",
+    "live_sessions",
+    "open_sessions",
+    "connections_open",
+    "pods",
+    "held_sockets",
+    "paused_sessions",
+    "host_usd_last_24h",
+    "last_hold_seconds",
+    "max_hold_seconds",
+    "depth_max_live",
+    "indexed_agents",
+    "job_baselines",
+    "links_closing",
+    "exited_kept",
+    "on_probation",
+    "kernel_log_readers",
+    "ring_uncommitted_bytes",
+    "rows_pending",
+    "pending_rows",
+    "pending_bytes",
+    "max_bytes",
+    "builtin_models",
+    "file_models",
+    "override_models",
+    "file_entries_skipped",
+    "highest_input_per_mtok",
+    "highest_output_per_mtok",
+];
+
+/// Whether a dotted status number is a counter (exported as `…_total`, a monotonic sum).
+fn is_counter(dotted: &str) -> bool {
+    let leaf = dotted.rsplit('.').next().unwrap_or(dotted);
+    !(STATE_FIELDS.contains(&leaf) || leaf.ends_with("_timestamp_seconds"))
 }
 
 /// Numbers of a JSON value as gauges; arrays of objects with a `name` become a `name` label.
@@ -582,6 +714,15 @@ fn flatten(
                             t,
                         ));
                     }
+                    continue;
+                }
+                // Durations in base units (seconds), as Prometheus names them.
+                if let (Some(stem), Some(ms)) = (k.strip_suffix("_ms"), v.as_f64()) {
+                    out.push((
+                        format!("{prefix}.{stem}_seconds"),
+                        labels.clone(),
+                        ms / 1000.0,
+                    ));
                     continue;
                 }
                 flatten(&format!("{prefix}.{k}"), v, labels, out);

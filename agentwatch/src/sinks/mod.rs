@@ -18,6 +18,7 @@ mod export_tests;
 pub mod http;
 pub mod jsonl;
 pub mod metrics;
+pub mod notify;
 pub mod otlp;
 pub mod otlp_http;
 pub mod recovery;
@@ -126,6 +127,10 @@ pub trait Sink: Send {
     fn write_ceiling_hit(&mut self, _hit: &crate::sessions::CeilingHit) -> Result<(), SinkError> {
         Ok(())
     }
+    /// A notification (a warning, a stop); sinks that send none ignore it.
+    fn write_notice(&mut self, _notice: &crate::sessions::Notice) -> Result<(), SinkError> {
+        Ok(())
+    }
     /// What a session's processes did (a tool run); sinks without a place for it ignore it.
     fn write_action(
         &mut self,
@@ -152,7 +157,11 @@ pub async fn build(
     let jsonl = JsonlSink::open_with(data_dir, &sinks.jsonl)?;
     let configured = sinks.destinations();
     let want_metrics = metrics_cfg.prometheus || configured.iter().any(|d| d.wants_metrics());
-    let metrics = want_metrics.then(|| Arc::new(metrics::Metrics::new(metrics_cfg.max_series)));
+    let metrics = want_metrics.then(|| {
+        Arc::new(
+            metrics::Metrics::new(metrics_cfg.max_series).with_pod_label(metrics_cfg.pod_label),
+        )
+    });
     let ctx = destination::BuildContext {
         host,
         metrics: metrics.clone(),
@@ -173,7 +182,11 @@ pub async fn build(
         dests.push(status.clone());
         if built.deliver {
             let tracker = built.track_agents.map(export::AgentTracker::new);
-            writers.push(export::SpoolWriter::new(status.clone(), tracker));
+            writers.push(if built.notices {
+                export::SpoolWriter::for_notices(status.clone())
+            } else {
+                export::SpoolWriter::new(status.clone(), tracker)
+            });
             tokio::spawn(export::run_delivery(
                 built.destination,
                 status,

@@ -107,7 +107,7 @@ pub fn spans_of(items: &[ExportItem]) -> Vec<Span> {
             ExportItem::Session(s) => spans.extend(session_spans(s)),
             ExportItem::ToolRun(t) => spans.push(super::spans::tool_span(t)),
             // Hosts are rows (JSONL, ClickHouse), not spans.
-            ExportItem::Host(_) => {}
+            ExportItem::Host(_) | ExportItem::Notice(_) => {}
         }
     }
     spans
@@ -168,6 +168,7 @@ impl DestinationConfig for OtlpConfig {
             timeout: Duration::from_secs(self.timeout_secs.max(1)),
             deliver: self.traces,
             track_agents: Some(self.max_events_per_session),
+            notices: false,
             side_tasks,
         })
     }

@@ -31,6 +31,8 @@ pub struct RecoveryReport {
     pub stats: RecoveryStats,
     /// Spend of the last day by Unix minute, for the host's daily ceiling.
     pub host_day: BTreeMap<i64, f64>,
+    /// The same per shared budget.
+    pub budget_day: BTreeMap<String, BTreeMap<i64, f64>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -108,5 +110,6 @@ pub fn recover(data_dir: &Path, boot_id: &str) -> Result<RecoveryReport, SinkErr
         },
         stats,
         host_day: cp.host_day,
+        budget_day: cp.budget_day,
     })
 }

@@ -77,6 +77,9 @@ pub struct Checkpoint {
     pub closed: VecDeque<(Option<String>, String)>,
     /// Spend of the last day by Unix minute (for the host's daily ceiling).
     pub host_day: BTreeMap<i64, f64>,
+    /// The same, per shared budget (calls rows' `budget`).
+    #[serde(default)]
+    pub budget_day: BTreeMap<String, BTreeMap<i64, f64>>,
     /// Tool runs (`actions.jsonl`) of the open sessions.
     #[serde(default)]
     pub tool_runs: BTreeMap<String, u64>,
@@ -107,6 +110,7 @@ pub(crate) struct Fold {
     closed: VecDeque<(Option<String>, String)>,
     closed_set: HashSet<String>,
     host_day: BTreeMap<i64, f64>,
+    budget_day: BTreeMap<String, BTreeMap<i64, f64>>,
     tool_runs: BTreeMap<String, u64>,
     hosts: BTreeMap<String, Vec<(std::net::IpAddr, u16)>>,
     pub stats: RecoveryStats,
@@ -118,6 +122,7 @@ impl Fold {
             closed_set: cp.closed.iter().map(|(_, id)| id.clone()).collect(),
             closed: cp.closed,
             host_day: cp.host_day,
+            budget_day: cp.budget_day,
             tool_runs: cp.tool_runs,
             hosts: cp.hosts,
             ..Fold::default()
@@ -154,6 +159,7 @@ impl Fold {
             index,
             closed_set,
             host_day,
+            budget_day,
             stats,
             ..
         } = self;
@@ -169,6 +175,13 @@ impl Fold {
             if let Some(ended) = crate::sessions::clock::parse_rfc3339(&rec.ended_at) {
                 let minute = (ended.div_euclid(MINUTE_NS)) as i64;
                 *host_day.entry(minute).or_default() += host_cost(&rec);
+                if let Some(b) = &rec.budget {
+                    *budget_day
+                        .entry(b.clone())
+                        .or_default()
+                        .entry(minute)
+                        .or_default() += host_cost(&rec);
+                }
             }
             if closed_set.contains(&rec.session_id) {
                 return;
@@ -238,6 +251,10 @@ impl Fold {
         }
         let oldest = ((now_unix_ns - DAY_NS).div_euclid(MINUTE_NS)) as i64;
         self.host_day = self.host_day.split_off(&oldest);
+        for day in self.budget_day.values_mut() {
+            *day = day.split_off(&oldest);
+        }
+        self.budget_day.retain(|_, d| !d.is_empty());
         self.stats.open_calls = self.open.iter().map(|(_, c)| c.len() as u64).sum();
         Checkpoint {
             covered_seq,
@@ -248,17 +265,16 @@ impl Fold {
                 .collect(),
             closed: self.closed,
             host_day: self.host_day,
+            budget_day: self.budget_day,
             tool_runs: self.tool_runs,
             hosts: self.hosts,
         }
     }
 }
 
-/// What a call adds to the host's rolling day: its cost, or the high bound of its estimate.
+/// What a call adds to the host's rolling day ([`CallRecord::charged_usd`]).
 pub fn host_cost(rec: &CallRecord) -> f64 {
-    rec.cost_usd
-        .or(rec.estimate.as_ref().and_then(|e| e.cost_usd_high))
-        .unwrap_or(0.0)
+    rec.charged_usd()
 }
 
 // ------------------------------------------------------------------ segments on disk

@@ -479,3 +479,44 @@ fn sinks_tool_runs_are_counted_across_a_restart() {
     let found = super::rotation::action_rows(&data, |sid| sid.starts_with(&id[..8])).unwrap();
     assert_eq!(found.len(), 1);
 }
+
+#[test]
+fn sinks_shared_budgets_spend_comes_back_from_the_calls_files() {
+    use super::rotation::{ROTATED_DIR, cover};
+    let dir = TempDir::new("budget-day");
+    let data = dir.path().to_path_buf();
+    let (_fake, tree) = fake_host();
+    let mut s = Sessions::new(cfg());
+    let mut want = 0.0;
+    {
+        let mut sink = JsonlSink::open(&data).unwrap();
+        for i in 0..6u64 {
+            let t = (i + 1) * 2 * S;
+            let mut rec = s.on_call(
+                &tree,
+                k(100, 100),
+                &call(req("openai", Some("g"), t), 10, 1, t + S),
+                Some(0.25),
+            );
+            // Every other call drew from the team's budget.
+            if i % 2 == 0 {
+                rec.budget = Some("team".into());
+                want += 0.25;
+            }
+            sink.write_call(&rec).unwrap();
+        }
+    }
+    // The file as a rotated segment, folded as of 200 s after the calls began.
+    std::fs::create_dir_all(data.join(ROTATED_DIR)).unwrap();
+    std::fs::rename(
+        data.join("calls.jsonl"),
+        data.join(ROTATED_DIR).join("calls-00000001.jsonl"),
+    )
+    .unwrap();
+    let cp = cover(&data, crate::sessions::tests::OFFSET + (200 * S) as i128).unwrap();
+    let spent: f64 = cp.budget_day["team"].values().sum();
+    assert!((spent - want).abs() < 1e-9, "{spent} vs {want}");
+    assert_eq!(cp.budget_day.len(), 1);
+    let total: f64 = cp.host_day.values().sum();
+    assert!((total - 1.5).abs() < 1e-9, "{total}");
+}

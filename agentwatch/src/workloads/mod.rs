@@ -48,6 +48,12 @@ impl Workload {
 }
 
 /// The labels of the pod that cgroup `path` belongs to (for `match_pod_label`).
+/// The pod (name, namespace, labels) of the process in cgroup `path`, when known.
+pub fn pod_meta(path: &str, pods: &PodIndex) -> Option<pods::PodMeta> {
+    let uid = cgroup::parse_path(path).pod_uid?;
+    pods.get(&uid)
+}
+
 pub fn pod_labels(path: &str, pods: &PodIndex) -> Option<BTreeMap<String, String>> {
     let uid = cgroup::parse_path(path).pod_uid?;
     pods.get(&uid).map(|m| m.labels)

@@ -60,8 +60,11 @@ fn usage_obj(u: &AnthropicUsage, output_tokens: u64) -> Obj {
         .o(
             "cache_creation",
             Obj::new()
-                .n("ephemeral_5m_input_tokens", u.cache_creation_input_tokens)
-                .n("ephemeral_1h_input_tokens", 0),
+                .n(
+                    "ephemeral_5m_input_tokens",
+                    u.cache_creation_input_tokens - u.cache_creation_1h,
+                )
+                .n("ephemeral_1h_input_tokens", u.cache_creation_1h),
         )
         .n("output_tokens", output_tokens)
         .s("service_tier", "standard")

@@ -288,6 +288,7 @@ fn carried(api: &MockApi, u: &Usage) -> Usage {
                 .output_tokens
                 .saturating_sub(u.reasoning_tokens)
                 .saturating_add(u.reasoning_tokens),
+            cache_write_1h_tokens: 0,
             cache_read_tokens: u.cache_read_tokens,
             cache_write_tokens: 0,
             reasoning_tokens: u.reasoning_tokens,

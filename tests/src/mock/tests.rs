@@ -836,6 +836,7 @@ fn otel(u: &agentwatch::accounting::Usage) -> super::usage::Usage {
         cache_read_tokens: u.cache_read_tokens,
         cache_write_tokens: u.cache_write_tokens,
         reasoning_tokens: u.reasoning_tokens,
+        cache_write_1h_tokens: u.cache_write_1h_tokens,
     }
 }
 

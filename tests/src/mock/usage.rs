@@ -15,6 +15,9 @@ pub struct Usage {
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
     pub reasoning_tokens: u64,
+    /// Of `cache_write_tokens`, those with Anthropic's 1-hour TTL (`cache_creation`'s
+    /// `ephemeral_1h_input_tokens`); other providers do not report it.
+    pub cache_write_1h_tokens: u64,
 }
 
 /// The provider whose native usage fields a response carries.
@@ -66,6 +69,7 @@ impl OpenAiUsage {
             cache_read_tokens: self.cached_tokens,
             cache_write_tokens: self.cache_write_tokens,
             reasoning_tokens: self.reasoning_tokens,
+            cache_write_1h_tokens: 0,
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct AnthropicUsage {
     /// `output_tokens_details.thinking_tokens` (part of output_tokens): only
     /// sent when nonzero (set through `x-mock-usage` reasoning_tokens).
     pub thinking_tokens: u64,
+    /// Of `cache_creation_input_tokens`, those written with the 1-hour TTL.
+    pub cache_creation_1h: u64,
 }
 
 impl AnthropicUsage {
@@ -95,6 +101,7 @@ impl AnthropicUsage {
             cache_read_input_tokens: u.cache_read_tokens,
             output_tokens: u.output_tokens,
             thinking_tokens: u.reasoning_tokens,
+            cache_creation_1h: u.cache_write_1h_tokens.min(u.cache_write_tokens),
         }
     }
 
@@ -108,6 +115,7 @@ impl AnthropicUsage {
             cache_read_tokens: self.cache_read_input_tokens,
             cache_write_tokens: self.cache_creation_input_tokens,
             reasoning_tokens: self.thinking_tokens,
+            cache_write_1h_tokens: self.cache_creation_1h,
         }
     }
 }
@@ -137,6 +145,7 @@ pub fn deterministic(provider: Provider, model: &str, seq: u64, body_len: usize)
             } else {
                 0
             },
+            cache_write_1h_tokens: 0,
         },
         Provider::Anthropic => Usage {
             input_tokens: input,
@@ -144,6 +153,7 @@ pub fn deterministic(provider: Provider, model: &str, seq: u64, body_len: usize)
             cache_read_tokens: cache_read,
             cache_write_tokens: (input / 8).max(1),
             reasoning_tokens: 0,
+            cache_write_1h_tokens: 0,
         },
         Provider::Gemini => Usage {
             input_tokens: input,
@@ -151,6 +161,7 @@ pub fn deterministic(provider: Provider, model: &str, seq: u64, body_len: usize)
             cache_read_tokens: cache_read,
             cache_write_tokens: 0,
             reasoning_tokens: output / 3,
+            cache_write_1h_tokens: 0,
         },
         Provider::Ollama => Usage {
             input_tokens: input,

@@ -362,6 +362,21 @@ pub fn sentinel_call(daemon: &Daemon, mock: &Mock, plain: bool) {
     });
 }
 
+/// Waits (bounded) for `child` to exit, whatever its status.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "client still running after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs a client to completion (bounded) and returns its pid and output.
 pub fn run_client(mut cmd: Command) -> (u32, Output) {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

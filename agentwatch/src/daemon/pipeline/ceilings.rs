@@ -6,7 +6,7 @@ use agentwatch_ebpf::{GATE_ARMED, GATE_BLOCKED, GATE_KILL, GATE_PAUSED};
 use super::Pipeline;
 use super::estimates::HeldWrite;
 use crate::capture::{Connection, Http2Hold};
-use crate::control::replies::{Approved, Killed};
+use crate::control::replies::{Approved, Killed, Paused};
 use crate::policy::{Action, Enforcer, HeldSocket, Hold, Rows, World, enforce};
 use crate::providers::{Api, LlmRequest, provider_name};
 use crate::sessions::{CallRecord, CeilingHit, Outcome};
@@ -65,6 +65,19 @@ impl Rows for Out<'_> {
             tracing::error!("{e}");
         }
     }
+
+    fn notice(&mut self, row: &crate::sessions::Notice) {
+        tracing::warn!(
+            session = row.session_id,
+            event = row.event,
+            "{}",
+            row.message
+        );
+        if let Err(e) = self.sink.write_notice(row) {
+            *self.sink_errors += 1;
+            tracing::error!("{e}");
+        }
+    }
 }
 
 fn cont(tgid: u32) {
@@ -78,6 +91,7 @@ impl Pipeline {
         let enforcer = self.enforcer.as_mut()?;
         let world = World {
             tree: &self.tree,
+            pricing: &self.pricing,
             sessions: &mut self.sessions,
             rows: Out {
                 sink: &mut *self.sink,
@@ -262,6 +276,12 @@ impl Pipeline {
         let pending = &self.pending_contacts;
         e.continue_stuck(|tgid| pending.contains(tgid));
         e.expire_held_sockets(now_ns);
+        if let Some((e, mut w)) = self.gated() {
+            e.tick_paused(&mut w, now_ns);
+        }
+        let Some(e) = self.enforcer.as_mut() else {
+            return;
+        };
         let held = e.held_and_stopped();
         let seen_before = std::mem::take(&mut self.unannounced_gate);
         for tgid in held {
@@ -350,6 +370,34 @@ impl Pipeline {
         Ok(Killed {
             killed: session_id.to_string(),
             processes: n,
+        })
+    }
+
+    /// `agentwatch pause`: the session is stopped as a `pause` ceiling would stop it (its
+    /// tree SIGSTOPped, held at the gate, recorded as a `manual` hit, notified), so
+    /// `approve` and `kill` work on it the same way.
+    pub fn pause_session(&mut self, session_id: &str) -> Result<Paused, String> {
+        let id = self.sessions.resolve_open(session_id)?;
+        let Some(root) = self.sessions.root_of(&id) else {
+            return Err(format!("no open session {id}"));
+        };
+        let ts_ns = crate::sessions::clock::boot_now_ns();
+        let Some((e, mut w)) = self.enforcing() else {
+            return Err("the policy stage is not running".into());
+        };
+        let hit = crate::policy::Hit {
+            ceiling: "manual",
+            limit: 0.0,
+            value: 0.0,
+            action: Action::Pause,
+            detail: Some("paused by agentwatch pause".into()),
+        };
+        let before = e.stats().processes_paused;
+        e.enforce(&mut w, &id, &hit, ts_ns, None, root);
+        let processes = (e.stats().processes_paused - before) as usize;
+        Ok(Paused {
+            paused: id,
+            processes,
         })
     }
 

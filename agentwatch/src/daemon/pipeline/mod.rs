@@ -15,7 +15,7 @@ use std::sync::Arc;
 use agentwatch_ebpf::{DIR_WRITE, EVENT_TLS_DATA, TLS_FLAG_AEAD, TLS_FLAG_LOSS_BEFORE, TlsData};
 use serde::Serialize;
 
-use crate::accounting::pricing::Pricing;
+use crate::accounting::pricing::{Priced, Pricing};
 use crate::capture::aead::{AeadOut, AeadStreams};
 use crate::capture::{CaptureEvent, CaptureLimits, CaptureStats, Connection};
 use crate::policy::Enforcer;
@@ -194,6 +194,11 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// The JSONL sink's state (writes, errors, rotations), for `agentwatch status`.
+    /// `status.pricing`.
+    pub fn pricing_status(&self) -> crate::accounting::pricing::PricingStatus {
+        self.pricing.status()
+    }
+
     pub fn sink_health(&self) -> crate::sinks::SinkHealth {
         self.sink.health()
     }
@@ -640,18 +645,35 @@ impl Pipeline {
                     }
                     let aref = self.sessions.on_llm_request(&self.tree, key, &req);
                     self.after_request(&aref.session_id, req.started_at_ns);
+                    // A session of a named rule is a run of that rule's job (drift).
+                    if let Some(rule) = self
+                        .enforcer
+                        .as_ref()
+                        .and_then(|e| e.rule_of(&aref.session_id))
+                    {
+                        self.sessions
+                            .set_job(&aref.session_id, format!("rule:{rule}"));
+                    }
                 }
                 CaptureEvent::Call(call) => {
                     self.stats.llm_calls += 1;
                     if self.replaying {
                         self.replay.calls_completed += 1;
                     }
-                    let model = call
-                        .request
-                        .model
-                        .as_deref()
-                        .or(call.response_model.as_deref());
-                    let cost = model.and_then(|m| self.pricing.cost_usd(m, &call.usage));
+                    // The response's model first: it names what served the call (an Azure
+                    // deployment's request names only the deployment).
+                    // An estimated call (no model seen) is charged its estimate's bound below.
+                    let priced = if call.estimate.is_some() {
+                        Priced::default()
+                    } else {
+                        self.pricing.price_call(
+                            &[
+                                call.response_model.as_deref(),
+                                call.request.model.as_deref(),
+                            ],
+                            &call.usage,
+                        )
+                    };
                     let mut call = call;
                     if let Some(e) = call.estimate.as_mut() {
                         // No model is known: the most the input could have cost, for ceilings.
@@ -664,9 +686,13 @@ impl Pipeline {
                         Some(o) => o.clone(),
                         None => self.origin(key),
                     };
-                    let record = self
+                    let mut record = self
                         .sessions
-                        .on_call_from(&self.tree, key, &call, cost, origin);
+                        .on_call_from(&self.tree, key, &call, priced, origin);
+                    record.budget = self
+                        .enforcer
+                        .as_ref()
+                        .and_then(|e| e.budget_of(&record.session_id));
                     self.write_call_row(&record);
                     self.after_call(&record, call.ended_at_ns);
                 }
