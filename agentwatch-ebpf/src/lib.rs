@@ -226,7 +226,10 @@ pub const CFG_TASK_MM_OFF: u32 = 13;
 pub const CFG_MM_ARG_START_OFF: u32 = 14;
 pub const CFG_MM_ARG_END_OFF: u32 = 15;
 pub const CFG_EXEC_ARGS: u32 = 16;
-pub const CFG_ENTRIES: u32 = 17;
+/// 1 once a daemon stopped by choice (SIGTERM) left the kernel side pinned: first contacts are
+/// not held until a daemon beats again (none may come to continue them); 0 while one runs.
+pub const CFG_DAEMON_LEFT: u32 = 17;
+pub const CFG_ENTRIES: u32 = 18;
 /// Longer than a restart takes (a DaemonSet pod's is a few seconds), shorter than anyone waits.
 pub const HOLD_WITHOUT_DAEMON_SECS: u32 = 30;
 /// Value of an offset that the running kernel's tracepoint does not have.

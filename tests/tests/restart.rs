@@ -351,3 +351,56 @@ fn kernel_diagnostics_written_while_no_daemon_runs_reach_the_next_daemon() {
     }
     assert_eq!(u(&kernel_side(&daemon)["kernel_log_read_errors"]), 0);
 }
+
+/// A daemon stopped with SIGTERM keeps its kernel side pinned for a next daemon that may
+/// never come (`systemctl stop`, a drained node): a process's first contact after it is not
+/// stopped (nobody would continue it), and once a next daemon runs, first contacts are held
+/// and probed again, their calls exact.
+#[test]
+fn first_contacts_after_a_sigterm_stop_are_not_held_until_a_daemon_runs_again() {
+    let mock = Mock::start(&[]);
+    let daemon = Daemon::start_in(Scratch::new("left"), &[]);
+    let dir = daemon.stop_keeping_data();
+    let mut client = curl_chat(&mock, "after-stop", false)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = client.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let state =
+                std::fs::read_to_string(format!("/proc/{}/stat", client.id())).unwrap_or_default();
+            let _ = client.kill();
+            let _ = client.wait();
+            panic!("the client did not finish with no daemon running: {state}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert_eq!(mock.served_with_tag("after-stop").len(), 1);
+
+    let daemon = Daemon::start_in(dir, &[]);
+    assert_eq!(kernel_side(&daemon)["origin"], "adopted");
+    let (pid, _) = run_client(curl_chat(&mock, "after-restart", false));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let calls: Vec<Value> = daemon
+            .calls()
+            .into_iter()
+            .filter(|c| u(&c["pid"]) == pid as u64)
+            .collect();
+        if let Some(c) = calls.first() {
+            assert_eq!(c["model"], "gpt-4o-mini", "{c}");
+            assert!(u(&c["total_tokens"]) > 0, "{c}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no call row for pid {pid}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fc = &daemon.cli_json(&["status"])["first_contact"];
+    assert!(u(&fc["stats"]["probed"]) >= 1, "{fc:#}");
+}

@@ -187,10 +187,14 @@ fn try_first_write<C: EbpfContext>(ctx: &C, sk: u64, st: &SockState) -> Result<(
     Ok(())
 }
 
-/// A daemon beat within `HOLD_WITHOUT_DAEMON_SECS` (a restart is a few seconds): it, or the
-/// one that follows, continues what is stopped here.
+/// A daemon beat within `HOLD_WITHOUT_DAEMON_SECS` (a crashed one is restarted in a few
+/// seconds): it, or the one that follows, continues what is stopped here. A daemon that
+/// stopped by choice may have no successor: nothing is held after it (`CFG_DAEMON_LEFT`).
 #[inline(always)]
 fn daemon_alive() -> bool {
+    if config(CFG_DAEMON_LEFT) == Some(1) {
+        return false;
+    }
     let Some(beat) = config(CFG_HEARTBEAT) else {
         return false;
     };

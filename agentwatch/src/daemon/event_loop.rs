@@ -248,7 +248,13 @@ impl Daemon {
         if let Ok(mut d) = self.discovery.lock() {
             if d.probes.pin_set().is_some() && !interrupted {
                 // Pinned: the probes stay attached, and what happens until the next daemon
-                // waits in the ring buffer.
+                // waits in the ring buffer; no process is stopped at its first contact
+                // meanwhile.
+                let continued = d.probes.leave();
+                tracing::info!(
+                    continued,
+                    "first contacts are not held until a daemon runs again"
+                );
                 tracing::info!(
                     pinned_at = %d.probes.pin_set().map(|p| p.dir.display().to_string()).unwrap_or_default(),
                     "the kernel side stays attached for the next daemon (`agentwatch unpin` removes it)"

@@ -623,11 +623,42 @@ impl Probes {
     }
 
     pub fn heartbeat(&mut self) {
-        if let Err(e) = self.config.set(abi::CFG_HEARTBEAT, boot_secs() as u32, 0) {
+        let written = self
+            .config
+            .set(abi::CFG_HEARTBEAT, boot_secs() as u32, 0)
+            .and_then(|()| self.config.set(abi::CFG_DAEMON_LEFT, 0, 0));
+        if let Err(e) = written {
             tracing::warn!(
                 "failed to write the heartbeat in the kernel's CONFIG map: {e}; without one for 30 s, first contacts are not held"
             );
         }
+    }
+
+    /// This daemon stops and leaves its kernel side pinned (SIGTERM): the kernel holds no
+    /// first contact from now on (no daemon may come to continue it: `systemctl stop`, a
+    /// node drained) until a next daemon beats, and the processes it holds now are continued,
+    /// unprobed (their next connection is decided by the next daemon). Returns how many.
+    pub fn leave(&mut self) -> usize {
+        if let Err(e) = self.config.set(abi::CFG_DAEMON_LEFT, 1, 0) {
+            tracing::warn!(
+                "failed to tell the kernel side that the daemon stops: {e}; first contacts made in the next 30 s stay stopped until a daemon starts"
+            );
+        }
+        let mut continued = 0;
+        // Twice: a hold that had passed the check before the flag was written is in the
+        // map a moment later.
+        for round in 0..2 {
+            if round == 1 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            for tgid in self.held_processes() {
+                // SAFETY: kill(2) has no memory preconditions.
+                unsafe { libc::kill(tgid as i32, libc::SIGCONT) };
+                self.set_process_state(tgid, None);
+                continued += 1;
+            }
+        }
+        continued
     }
 
     /// `Some(dir)` when the kernel side is pinned (it outlives this daemon).
