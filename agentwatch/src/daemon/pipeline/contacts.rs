@@ -126,6 +126,22 @@ impl Pipeline {
             let origin = self.origin(key);
             self.origins.insert(key, origin);
         }
+        // A process under an agent of an open session is a sub-agent to be: with ceilings
+        // on, it is gated before it is continued. The gate its parents would have passed on
+        // at fork is missing when they forked before user space armed their session (a
+        // daemon behind under load), and its first call could then leave unchecked.
+        if !coverage.gone
+            && let Some(key) = self.tree.key_of(contact.tgid)
+            && (self.sessions.agent(key).is_some()
+                || self
+                    .tree
+                    .ancestors(key)
+                    .any(|p| self.sessions.agent(p.key).is_some()))
+            && let Some(e) = self.enforcer.as_mut()
+            && e.enabled()
+        {
+            e.arm(contact.tgid);
+        }
         if !coverage.attached.is_empty()
             && let Some(id) = super::exe_identity(contact.tgid)
         {
