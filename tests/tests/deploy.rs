@@ -775,3 +775,65 @@ fn metrics_overlay_renders_and_validates() {
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
 }
+
+/// `cargo xtask install --destdir`: the binary on the prefix's PATH, the unit running it, a
+/// default config that `validate` accepts and that a second install keeps, the README.
+#[test]
+fn xtask_install_stages_binary_unit_config_and_docs() {
+    let scratch = Scratch::new("install");
+    let dest = scratch.0.join("root");
+    let install = || {
+        let out = Command::new(xtask_bin())
+            .args(["install", "--no-build", "--prefix", "/opt/aw", "--destdir"])
+            .arg(&dest)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", xtask_bin().display()));
+        assert!(out.status.success(), "{}", show(&out));
+        out
+    };
+    let out = install();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("installed "),
+        "{}",
+        show(&out)
+    );
+    let bin = dest.join("opt/aw/bin/agentwatch");
+    assert_eq!(
+        std::fs::read(&bin).unwrap(),
+        std::fs::read(agentwatch_bin()).unwrap(),
+        "the built binary"
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&bin), 0o755);
+    let version = Command::new(&bin).arg("--version").output().unwrap();
+    assert!(version.status.success(), "{}", show(&version));
+    let unit = std::fs::read_to_string(dest.join("etc/systemd/system/agentwatch.service")).unwrap();
+    let exec: Vec<String> = unit_settings(&unit)
+        .into_iter()
+        .filter(|(k, _)| k == "ExecStart")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(exec.len(), 1, "{unit}");
+    assert!(
+        exec[0].starts_with("/opt/aw/bin/agentwatch run"),
+        "{exec:?}"
+    );
+    let config = dest.join("etc/agentwatch/config.toml");
+    assert_eq!(mode(&config), 0o600, "the config may hold sink credentials");
+    let valid = Command::new(&bin)
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(valid.status.success(), "{}", show(&valid));
+    assert!(dest.join("opt/aw/share/doc/agentwatch/README.md").is_file());
+    // A second install keeps the operator's config.
+    std::fs::write(&config, "# edited\n").unwrap();
+    let out = install();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("kept the existing"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), "# edited\n");
+}

@@ -41,11 +41,23 @@ enum Task {
         /// Install under this directory instead of / (packaging, tests); no systemctl.
         #[arg(long)]
         destdir: Option<PathBuf>,
+        /// Install what `cargo xtask build` last built, without building (tests).
+        #[arg(long)]
+        no_build: bool,
     },
     /// A first session without an API key: the daemon on a scratch data dir, the mock LLM
     /// server, a small agent tree (official SDK clients, a sub-agent under a bash tool, one run
     /// that hits a ceiling) and `agentwatch top` on it. `q` quits; nothing is left running.
-    Demo,
+    Demo {
+        /// Non-interactive: no `top`; run until a sub-agent's session has closed and the
+        /// runaway is paused (at most this many seconds), print the sessions, stop everything,
+        /// and fail if either was not seen.
+        #[arg(long, value_name = "SECS")]
+        check: Option<u64>,
+        /// Use what `cargo xtask build` last built, without building (tests).
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Run every test: unit tests, then the privileged integration tests (as root).
     Test {
         /// Only tests whose name contains this.
@@ -245,8 +257,9 @@ fn setup_venv() -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask demo`: everything it starts is stopped when `top` returns (or fails).
-fn demo(root: &Path) -> Result<()> {
+/// `cargo xtask demo`: everything it starts is stopped when `top` returns (or fails), or
+/// when `check` saw what the demo shows (or ran out of time).
+fn demo(root: &Path, check: Option<u64>) -> Result<()> {
     use std::io::BufRead;
     use std::process::Stdio;
     let scratch = root.join("target/demo");
@@ -349,7 +362,17 @@ fn demo(root: &Path) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let shown = if ready {
+    let shown = if ready && let Some(secs) = check {
+        demo_check(
+            |args: &[&str]| {
+                let mut c = sudo(&agentwatch);
+                c.args(args).arg("--socket").arg(&socket);
+                c
+            },
+            &scratch.join("data/ledger.jsonl"),
+            secs,
+        )
+    } else if ready {
         sudo(&agentwatch)
             .arg("top")
             .arg("--socket")
@@ -374,6 +397,24 @@ fn demo(root: &Path) -> Result<()> {
     let _ = runaway.wait();
     let _ = mock.kill();
     let _ = mock.wait();
+    // The daemon closes the sessions whose processes just went (their ledger rows) before it
+    // is stopped: a few seconds at most.
+    if ready {
+        for _ in 0..50 {
+            let open = output(
+                sudo(&agentwatch)
+                    .args(["sessions", "-o", "json", "--socket"])
+                    .arg(&socket),
+            )
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["sessions"].as_array().map(Vec::len));
+            if open.unwrap_or(0) == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
     let mut int = if is_root() {
         Command::new("kill")
     } else {
@@ -389,9 +430,44 @@ fn demo(root: &Path) -> Result<()> {
         scratch.join("data").display()
     );
     if !shown {
-        bail!("agentwatch top did not run");
+        match check {
+            Some(_) => bail!("the demo did not show what it should (see above)"),
+            None => bail!("agentwatch top did not run"),
+        }
     }
     Ok(())
+}
+
+/// `demo --check`: waits (at most `secs`) until a tree's session with a sub-agent has closed
+/// into the ledger and a session is paused by its ceiling, then prints `agentwatch sessions`.
+/// `cli` is an agentwatch command (its arguments) to the demo's socket.
+fn demo_check(cli: impl Fn(&[&str]) -> Command, ledger: &Path, secs: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let (mut tree_closed, mut paused) = (false, false);
+    while std::time::Instant::now() < deadline {
+        tree_closed = std::fs::read_to_string(ledger).is_ok_and(|text| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|row| row["depth_max"].as_u64().unwrap_or(0) >= 1)
+        });
+        paused = output(&mut cli(&["sessions", "-o", "json"])).is_ok_and(|text| {
+            serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| {
+                v["sessions"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s["outcome"] == "paused"))
+            })
+        });
+        if tree_closed && paused {
+            let _ = cli(&["sessions"]).status();
+            eprintln!("demo: a sub-agent's session closed into the ledger; the runaway is paused");
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    eprintln!(
+        "demo: after {secs} s, a closed session with a sub-agent: {tree_closed}; a paused session: {paused}"
+    );
+    false
 }
 
 fn setup_test_deps() -> Result<()> {
@@ -412,8 +488,12 @@ fn setup_test_deps() -> Result<()> {
     setup_kubectl()?;
     // A real GnuTLS client for the GnuTLS probes.
     setup_apt_tool("gnutls-cli", "gnutls-bin")?;
-    // A real terminal for `agentwatch top` (tests/tests/top.rs).
+    // A real terminal for `agentwatch top` (tests/tests/top.rs), and the font its screenshot
+    // is drawn in (tests/clients/screenshot.py).
     setup_apt_tool("tmux", "tmux")?;
+    if !Path::new(SCREENSHOT_FONT).exists() {
+        apt_install(&["fonts-dejavu-core"])?;
+    }
     // nginx as a TLS-terminating HTTP/2 proxy in front of the mock (independent_servers.rs
     // starts its own, in the foreground, with a configuration of its own).
     // (In /usr/sbin, which a CI PATH may lack: looked for there.)
@@ -565,6 +645,9 @@ fn setup_alertmanager() -> Result<()> {
 }
 
 /// Installs Debian package `package` when `tool` is not on PATH (idempotent).
+/// tests/clients/screenshot.py's font (Debian's fonts-dejavu-core).
+const SCREENSHOT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf";
+
 fn setup_apt_tool(tool: &str, package: &str) -> Result<()> {
     let present = || Command::new(tool).arg("--version").output().is_ok();
     if present() {
@@ -925,8 +1008,14 @@ fn main() -> Result<()> {
             cmd.arg("run").args(args);
             run(&mut cmd)?;
         }
-        Task::Install { prefix, destdir } => {
-            build()?;
+        Task::Install {
+            prefix,
+            destdir,
+            no_build,
+        } => {
+            if !no_build {
+                build()?;
+            }
             install(&root, &prefix, destdir.as_deref())?;
         }
         Task::Test { filter } => {
@@ -965,6 +1054,7 @@ fn main() -> Result<()> {
                 .env("MOCK_LLM_BIN", root.join("target/release/mock-llm"))
                 .env("AGENTWATCH_VENV", root.join(".venv"))
                 .env("LITELLM_PRICES", litellm_prices())
+                .env("XTASK_BIN", std::env::current_exe()?)
                 .args(["--", "--test-threads=1"]);
             if let Some(f) = &filter {
                 integration.arg(f);
@@ -977,10 +1067,12 @@ fn main() -> Result<()> {
                 .status();
             result?;
         }
-        Task::Demo => {
-            build()?;
-            setup_venv()?;
-            demo(&root)?;
+        Task::Demo { check, no_build } => {
+            if !no_build {
+                build()?;
+                setup_venv()?;
+            }
+            demo(&root, check)?;
         }
         Task::Bench => {
             build()?;

@@ -2,7 +2,11 @@
 use std::fmt::Write;
 
 use super::replies::{ActionList, Counters, Reply, SessionList, Status, TreeList};
-use crate::sessions::Outcome;
+
+/// A share of a ceiling used, in percent (`-` without a ceiling).
+pub(super) fn share(v: Option<f64>) -> String {
+    v.map_or("-".into(), |f| format!("{:.0}%", f * 100.0))
+}
 
 fn usd(v: Option<f64>) -> String {
     v.map(|c| format!("${c:.6}")).unwrap_or_else(|| "-".into())
@@ -231,12 +235,7 @@ fn render_sessions(out: &mut String, list: &SessionList) {
         "SESSION", "ROOT_PID", "AGENTS", "DEPTH", "CALLS", "TOKENS", "COST", "TOOLS", "STATUS"
     );
     for s in &list.sessions {
-        let status = match s.outcome {
-            Outcome::Completed => "running",
-            Outcome::Killed => "killed",
-            Outcome::Paused => "paused",
-            Outcome::Blocked => "blocked",
-        };
+        let status = s.outcome.live_word();
         let _ = writeln!(
             out,
             "{:<34} {:>8} {:>6} {:>5} {:>6} {:>10} {:>12} {:>6} {:<10} {}",
@@ -262,7 +261,7 @@ fn render_sessions(out: &mut String, list: &SessionList) {
 fn render_sessions_wide(out: &mut String, list: &SessionList) {
     let _ = writeln!(
         out,
-        "{:<34} {:<20} {:>8} {:>6} {:>5} {:>6} {:>10} {:>10} {:>12} {:>5} {:>8} {:>6} {:<10} ROOT",
+        "{:<34} {:<20} {:>8} {:>6} {:>5} {:>6} {:>10} {:>10} {:>12} {:>5} {:>8} {:>6} {:>7} {:<10} ROOT",
         "SESSION",
         "STARTED",
         "ROOT_PID",
@@ -275,20 +274,16 @@ fn render_sessions_wide(out: &mut String, list: &SessionList) {
         "HITS",
         "UNPRICED",
         "TOOLS",
+        "CEILING",
         "STATUS"
     );
     for s in &list.sessions {
         let field = |k: &str| s.rest.0.get(k).map(scalar).unwrap_or_else(|| "-".into());
-        let status = match s.outcome {
-            Outcome::Completed => "running",
-            Outcome::Killed => "killed",
-            Outcome::Paused => "paused",
-            Outcome::Blocked => "blocked",
-        };
+        let status = s.outcome.live_word();
         let started = field("started_at");
         let _ = writeln!(
             out,
-            "{:<34} {:<20} {:>8} {:>6} {:>5} {:>6} {:>10} {:>10} {:>12} {:>5} {:>8} {:>6} {:<10} {}",
+            "{:<34} {:<20} {:>8} {:>6} {:>5} {:>6} {:>10} {:>10} {:>12} {:>5} {:>8} {:>6} {:>7} {:<10} {}",
             s.session_id,
             started.get(..19).unwrap_or(&started),
             s.root_pid,
@@ -301,6 +296,7 @@ fn render_sessions_wide(out: &mut String, list: &SessionList) {
             s.ceiling_hits,
             field("unpriced_calls"),
             s.tool_runs,
+            share(s.ceiling_share),
             status,
             s.root_cmdline
         );

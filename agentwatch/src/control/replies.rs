@@ -306,6 +306,12 @@ pub struct Session {
     /// `completed` while running normally.
     pub outcome: Outcome,
     pub reason: Option<String>,
+    /// Its nearest own ceiling (`session_usd`, `session_tokens` or `session_calls`) and the
+    /// share of it used (1.0 = reached); absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling_share: Option<f64>,
     #[serde(flatten)]
     pub rest: Counters,
 }
@@ -340,6 +346,8 @@ pub struct TreeList {
 pub struct Tree {
     pub session_id: String,
     pub agents: Vec<Agent>,
+    #[serde(default)]
+    pub tools_running: Vec<crate::sessions::RunningTool>,
     #[serde(flatten)]
     pub rest: Counters,
 }
@@ -353,6 +361,8 @@ pub struct Agent {
     pub calls: u64,
     pub total_tokens: u64,
     pub cost_usd: Option<f64>,
+    #[serde(default)]
+    pub in_flight: Vec<crate::sessions::InFlightCall>,
     #[serde(flatten)]
     pub rest: Counters,
 }
@@ -409,6 +419,10 @@ mod tests {
             total_tokens: 2,
             cost_usd: 0.5,
             unpriced_calls: 0,
+            in_flight: vec![crate::sessions::InFlightCall {
+                model: Some("gpt-4o".into()),
+                started_at: "2025-01-01T00:00:01Z".into(),
+            }],
         }
     }
 
@@ -425,9 +439,17 @@ mod tests {
             session_id: "s-1".into(),
             root_pid: 42,
             agents: vec![agent(42, 0, None), agent(43, 1, Some(42))],
+            tools_running: vec![crate::sessions::RunningTool {
+                pid: 44,
+                tool: "bash".into(),
+                agent_pid: 43,
+                started_at: "2025-01-01T00:00:02Z".into(),
+            }],
         };
         let t: Tree = same_json(&tree);
         assert_eq!(t.agents[1].depth, 1);
+        assert_eq!(t.agents[1].in_flight[0].model.as_deref(), Some("gpt-4o"));
+        assert_eq!(t.tools_running[0].tool, "bash");
         let mut ks = crate::probes::pins::KernelSide {
             origin: "adopted".into(),
             adopted_processes: 3,

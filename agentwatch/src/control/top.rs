@@ -1,7 +1,8 @@
 //! `agentwatch top`: a live terminal view of the daemon (ratatui), refreshed every second from
-//! the control socket. Sessions sorted by spend rate, the host's rolling day against its
-//! ceiling, and the selected session's agent tree; keys pause, approve and kill a session,
-//! each after a confirmation. Fits an 80×24 terminal (over ssh too): columns narrow before they wrap.
+//! the control socket. Sessions sorted by spend rate with the share of their own ceiling, the
+//! host's rolling day against its ceiling, and the selected session's agent tree with its
+//! calls in flight and running tools; keys pause, approve and kill a session, each after a
+//! confirmation. Fits an 80×24 terminal (over ssh too): columns narrow before they wrap.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -112,11 +113,65 @@ fn root_of(cmdline: &str) -> String {
 
 fn status_word(s: &Session) -> &'static str {
     match s.outcome {
-        crate::sessions::Outcome::Completed => "running",
-        crate::sessions::Outcome::Killed => "killed",
         crate::sessions::Outcome::Paused => "PAUSED",
-        crate::sessions::Outcome::Blocked => "blocked",
+        o => o.live_word(),
     }
+}
+
+/// Time since an RFC 3339 instant: `42s`, `3m07s`, `2h05m`.
+fn since(at: &str, now_unix_ns: i128) -> String {
+    let Some(t) = crate::sessions::clock::parse_rfc3339(at) else {
+        return "?".into();
+    };
+    let secs = ((now_unix_ns - t).max(0) / 1_000_000_000) as u64;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs / 60 % 60),
+    }
+}
+
+/// The selected session's lines: each agent (indented by depth) with its calls in flight
+/// under it, then the tools running and the ceiling's reason.
+fn tree_lines(tree: &Tree, session: Option<&Session>, now: i128) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    for a in &tree.agents {
+        let pad = "  ".repeat(a.depth as usize);
+        lines.push(Line::from(format!(
+            "{pad}pid {} {} (depth {}): {} calls, {} tokens, {}",
+            a.pid,
+            a.comm,
+            a.depth,
+            a.calls,
+            a.total_tokens,
+            usd(a.cost_usd)
+        )));
+        for c in &a.in_flight {
+            lines.push(Line::from(format!(
+                "{pad}  > in flight: {} for {}",
+                c.model.as_deref().unwrap_or("(model unknown)"),
+                since(&c.started_at, now)
+            )));
+        }
+    }
+    for t in &tree.tools_running {
+        lines.push(Line::from(format!(
+            "tool {} pid {} under pid {}, running {}",
+            t.tool,
+            t.pid,
+            t.agent_pid,
+            since(&t.started_at, now)
+        )));
+    }
+    if let Some(s) = session
+        && let Some(reason) = &s.reason
+    {
+        lines.push(Line::from(format!(
+            "ceiling hits: {} ({reason})",
+            s.ceiling_hits
+        )));
+    }
+    lines
 }
 
 /// The host line: its rolling day against `host_usd_per_day`.
@@ -176,7 +231,7 @@ fn view(terminal: &mut ratatui::DefaultTerminal, socket: &Path) -> std::io::Resu
             let [head, list, tree, foot] = Layout::vertical([
                 Constraint::Length(1),
                 Constraint::Min(5),
-                Constraint::Length(8),
+                Constraint::Length(10),
                 Constraint::Length(1),
             ])
             .areas(f.area());
@@ -196,6 +251,7 @@ fn view(terminal: &mut ratatui::DefaultTerminal, socket: &Path) -> std::io::Resu
                     tokens.to_string(),
                     usd(s.cost_usd),
                     format!("{:.4}", rate(s, now)),
+                    super::render::share(s.ceiling_share),
                     status_word(s).to_string(),
                 ])
             });
@@ -208,12 +264,13 @@ fn view(terminal: &mut ratatui::DefaultTerminal, socket: &Path) -> std::io::Resu
                 Constraint::Length(8),
                 Constraint::Length(9),
                 Constraint::Length(7),
+                Constraint::Length(4),
                 Constraint::Length(7),
             ];
             let t = Table::new(rows, widths)
                 .header(
                     Row::new(vec![
-                        "SESSION", "ROOT", "AG", "DEP", "CALLS", "TOKENS", "COST", "$/MIN",
+                        "SESSION", "ROOT", "AG", "DEP", "CALLS", "TOKENS", "COST", "$/MIN", "CEIL",
                         "STATUS",
                     ])
                     .style(Style::new().add_modifier(Modifier::BOLD)),
@@ -225,35 +282,18 @@ fn view(terminal: &mut ratatui::DefaultTerminal, socket: &Path) -> std::io::Resu
                         .title(" sessions by spend rate "),
                 );
             f.render_stateful_widget(t, list, &mut table);
-            let mut lines: Vec<Line> = Vec::new();
-            let title = match &snap.tree {
+            let (lines, title) = match &snap.tree {
                 Some(tree) => {
-                    for a in &tree.agents {
-                        lines.push(Line::from(format!(
-                            "{}pid {} {} (depth {}): {} calls, {} tokens, {}",
-                            "  ".repeat(a.depth as usize),
-                            a.pid,
-                            a.comm,
-                            a.depth,
-                            a.calls,
-                            a.total_tokens,
-                            usd(a.cost_usd)
-                        )));
-                    }
-                    if let Some(s) = snap
+                    let session = snap
                         .sessions
                         .iter()
-                        .find(|s| s.session_id == tree.session_id)
-                        && let Some(reason) = &s.reason
-                    {
-                        lines.push(Line::from(format!(
-                            "ceiling hits: {} ({reason})",
-                            s.ceiling_hits
-                        )));
-                    }
-                    format!(" agent tree of {} ", tree.session_id)
+                        .find(|s| s.session_id == tree.session_id);
+                    (
+                        tree_lines(tree, session, now),
+                        format!(" agent tree of {} ", tree.session_id),
+                    )
                 }
-                None => " agent tree ".into(),
+                None => (Vec::new(), " agent tree ".into()),
             };
             f.render_widget(
                 Paragraph::new(lines).block(Block::new().borders(Borders::TOP).title(title)),
@@ -343,5 +383,80 @@ fn view(terminal: &mut ratatui::DefaultTerminal, socket: &Path) -> std::io::Resu
             snap = refresh(socket, selected.as_deref());
             last = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sessions::{InFlightCall, RunningTool};
+
+    const NOW: &str = "2026-01-01T00:10:00Z";
+
+    fn now() -> i128 {
+        crate::sessions::clock::parse_rfc3339(NOW).unwrap()
+    }
+
+    #[test]
+    fn since_reads_seconds_minutes_and_hours() {
+        assert_eq!(since("2026-01-01T00:09:58Z", now()), "2s");
+        assert_eq!(since("2026-01-01T00:06:53Z", now()), "3m07s");
+        assert_eq!(since("2025-12-31T22:05:00Z", now()), "2h05m");
+        assert_eq!(since("not a time", now()), "?");
+    }
+
+    /// Calls in flight sit under their agent; tools running and the ceiling's reason follow.
+    #[test]
+    fn tree_lines_show_calls_in_flight_and_tools_running() {
+        let agent = |pid, depth, in_flight| crate::control::replies::Agent {
+            pid,
+            comm: "python".into(),
+            depth,
+            calls: 1,
+            total_tokens: 30,
+            cost_usd: Some(0.25),
+            in_flight,
+            rest: Default::default(),
+        };
+        let tree = Tree {
+            session_id: "s-1".into(),
+            agents: vec![
+                agent(
+                    10,
+                    0,
+                    vec![InFlightCall {
+                        model: Some("gpt-4o".into()),
+                        started_at: "2026-01-01T00:09:55Z".into(),
+                    }],
+                ),
+                agent(12, 1, Vec::new()),
+            ],
+            tools_running: vec![RunningTool {
+                pid: 11,
+                tool: "bash".into(),
+                agent_pid: 10,
+                started_at: "2026-01-01T00:08:00Z".into(),
+            }],
+            rest: Default::default(),
+        };
+        let session = Session {
+            reason: Some("session_calls reached".into()),
+            ceiling_hits: 1,
+            ..Default::default()
+        };
+        let text: Vec<String> = tree_lines(&tree, Some(&session), now())
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        assert_eq!(
+            text,
+            vec![
+                "pid 10 python (depth 0): 1 calls, 30 tokens, $0.2500",
+                "  > in flight: gpt-4o for 5s",
+                "  pid 12 python (depth 1): 1 calls, 30 tokens, $0.2500",
+                "tool bash pid 11 under pid 10, running 2m00s",
+                "ceiling hits: 1 (session_calls reached)",
+            ]
+        );
     }
 }

@@ -2,7 +2,7 @@
 use crate::config::Config;
 use crate::control::replies::{
     ActionList, AgentActions, Ceilings, Counters, Estimates, FirstContact, NotCovered,
-    ProbedProcesses, Processes, Reloaded, SessionList, Status, TreeList, reshape,
+    ProbedProcesses, Processes, Reloaded, Session, SessionList, Status, TreeList, reshape,
 };
 use crate::control::{Reply, Request};
 use crate::probes::Scope;
@@ -45,8 +45,22 @@ impl Daemon {
             Request::Actions { session } => self.actions(&session).into(),
             Request::Sessions => {
                 let p = self.pipeline.lock().expect("pipeline lock");
-                let sessions: Result<Vec<_>, _> =
-                    p.sessions.live_sessions().iter().map(reshape).collect();
+                let sessions: Result<Vec<Session>, _> = p
+                    .sessions
+                    .live_sessions()
+                    .iter()
+                    .map(|v| {
+                        let mut s: Session = reshape(v)?;
+                        if let Some(e) = &p.enforcer
+                            && let Some(totals) = p.sessions.totals(&v.session_id)
+                            && let Some((name, share)) = e.ceiling_share(&totals)
+                        {
+                            s.ceiling = Some(name.to_string());
+                            s.ceiling_share = Some(share);
+                        }
+                        Ok::<_, serde_json::Error>(s)
+                    })
+                    .collect();
                 sessions.map(|sessions| SessionList { sessions }).into()
             }
             Request::Tree { session } => {
@@ -65,7 +79,11 @@ impl Daemon {
                 };
                 let trees: Result<Vec<_>, _> = ids
                     .iter()
-                    .filter_map(|id| p.sessions.tree(id))
+                    .filter_map(|id| {
+                        let mut t = p.sessions.tree(id)?;
+                        t.tools_running = p.sessions.running_tools(&p.tree, id);
+                        Some(t)
+                    })
                     .map(|t| reshape(&t))
                     .collect();
                 trees.map(|trees| TreeList { trees }).into()

@@ -120,6 +120,14 @@ impl Enforcer {
         self.policy.rule_of(session_id)
     }
 
+    /// See [`super::Policy::ceiling_share`].
+    pub fn ceiling_share(
+        &self,
+        totals: &crate::sessions::ceilings::SessionTotals,
+    ) -> Option<(&'static str, f64)> {
+        self.policy.ceiling_share(totals)
+    }
+
     /// The shared budget a session's calls draw from.
     pub fn budget_of(&self, session_id: &str) -> Option<String> {
         self.policy.budget_of(session_id)
@@ -185,9 +193,14 @@ impl Enforcer {
             return;
         };
         for k in tree.live_subtree(root) {
-            if self.gate.get(k.tgid).is_none() {
-                self.gate.set(k.tgid, GATE_ARMED);
-            }
+            self.arm(k.tgid);
+        }
+    }
+
+    /// Gates `tgid` from its next LLM write (armed) unless it has a gate state already.
+    pub fn arm(&mut self, tgid: u32) {
+        if self.gate.get(tgid).is_none() {
+            self.gate.set(tgid, GATE_ARMED);
         }
     }
 

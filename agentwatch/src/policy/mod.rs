@@ -478,6 +478,48 @@ impl Policy {
         out
     }
 
+    /// How near a session is to its own ceilings: the largest share of its `session_usd`,
+    /// `session_tokens` and `session_calls` (with what `approve` raised) it has used, and
+    /// that ceiling's name; `None` when it has none of the three.
+    pub fn ceiling_share(&self, totals: &SessionTotals) -> Option<(&'static str, f64)> {
+        let defaults;
+        let (limits, raised, started) = match self.sessions.get(&totals.session_id) {
+            Some(s) => (
+                &s.limits,
+                (s.raise_usd, s.raise_tokens, s.raise_calls),
+                s.calls_started,
+            ),
+            None => {
+                defaults = self.ceilings.session();
+                (&defaults, (0.0, 0, 0), 0)
+            }
+        };
+        let candidates = [
+            (
+                "session_usd",
+                limits.session_usd.map(|m| m + raised.0),
+                totals.spend_bound_usd,
+            ),
+            (
+                "session_tokens",
+                limits.session_tokens.map(|m| (m + raised.1) as f64),
+                totals.tokens_bound as f64,
+            ),
+            (
+                "session_calls",
+                limits.session_calls.map(|m| (m + raised.2) as f64),
+                totals.calls.max(started) as f64,
+            ),
+        ];
+        candidates
+            .into_iter()
+            .filter_map(|(name, limit, used)| {
+                let limit = limit?;
+                Some((name, if limit > 0.0 { used / limit } else { 1.0 }))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
     /// `pause_timeout_secs` and `renotify_secs`: the paused sessions whose wait ran out (to
     /// kill), and those to notify again, as of `now_ns`.
     pub fn paused_due(&mut self, now_ns: u64) -> (Vec<String>, Vec<String>) {
@@ -1081,6 +1123,34 @@ mod tests {
         assert!(p.check_crossed(&totals("s", 0, 1.5, 2), 0).is_some());
         p.approve("s", 1.0, 0, 0);
         assert_eq!(p.check_crossed(&totals("s", 0, 1.5, 2), 0), None);
+    }
+
+    /// The share of its nearest own ceiling, with what `approve` raised; none without any.
+    #[test]
+    fn ceiling_share_is_the_nearest_ceiling() {
+        assert_eq!(policy("").ceiling_share(&totals("s", 500, 0.5, 1)), None);
+        let mut p = policy("session_usd = 2.0\nsession_tokens = 1000\nsession_calls = 10");
+        assert_eq!(
+            p.ceiling_share(&totals("s", 500, 0.5, 1)),
+            Some(("session_tokens", 0.5))
+        );
+        assert_eq!(
+            p.ceiling_share(&totals("s", 100, 1.5, 1)),
+            Some(("session_usd", 0.75))
+        );
+        // Calls started count before they end.
+        for _ in 0..8 {
+            p.note_started("s", 0);
+        }
+        assert_eq!(
+            p.ceiling_share(&totals("s", 100, 0.5, 2)),
+            Some(("session_calls", 0.8))
+        );
+        p.approve("s", 2.0, 0, 30);
+        assert_eq!(
+            p.ceiling_share(&totals("s", 100, 1.5, 2)),
+            Some(("session_usd", 0.375))
+        );
     }
 
     #[test]

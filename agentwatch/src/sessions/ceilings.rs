@@ -76,7 +76,7 @@ impl Sessions {
     /// call (an agent by rule).
     pub fn start_root(&mut self, tree: &ProcTree, key: ProcKey, ts_ns: u64) -> AgentRef {
         let marker = LlmRequest::unidentified("", ts_ns);
-        self.on_llm_request(tree, key, &marker)
+        self.agent_for(tree, key, &marker)
     }
 
     pub fn root_of(&self, session_id: &str) -> Option<ProcKey> {
@@ -166,7 +166,7 @@ impl Sessions {
     ) -> CallRecord {
         let aref = match self.prospect(tree, key) {
             Prospect::Session(a) => a,
-            Prospect::NewRoot => self.on_llm_request(tree, key, req),
+            Prospect::NewRoot => self.agent_for(tree, key, req),
         };
         let clock = self.cfg.clock;
         let host = self.cfg.host.clone();

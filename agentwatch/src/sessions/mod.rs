@@ -194,6 +194,26 @@ pub struct AgentView {
     pub total_tokens: u64,
     pub cost_usd: f64,
     pub unpriced_calls: u64,
+    /// Its requests written whose calls have not ended yet, oldest first.
+    pub in_flight: Vec<InFlightCall>,
+}
+
+/// A request an agent wrote whose response has not ended.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct InFlightCall {
+    pub model: Option<String>,
+    pub started_at: String,
+}
+
+/// A process of a session running now that is not an agent: a tool (`bash`, `git`, a test
+/// runner), charged to the agent it runs under.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct RunningTool {
+    pub pid: u32,
+    /// The executable's file name (as in `actions.jsonl`), else its `comm`.
+    pub tool: String,
+    pub agent_pid: u32,
+    pub started_at: String,
 }
 
 /// A session's agent tree, agents in depth-first order (root first; children by start).
@@ -202,7 +222,13 @@ pub struct TreeView {
     pub session_id: String,
     pub root_pid: u32,
     pub agents: Vec<AgentView>,
+    /// Its tools running now ([`Sessions::running_tools`]; empty from [`Sessions::tree`]).
+    pub tools_running: Vec<RunningTool>,
 }
+
+/// Requests kept in flight per agent; an older one is forgotten (its call still ends and is
+/// charged when its response does).
+const MAX_IN_FLIGHT_PER_AGENT: usize = 16;
 
 #[derive(Debug, Clone)]
 struct AgentStats {
@@ -213,6 +239,8 @@ struct AgentStats {
     cost_usd: f64,
     unpriced: u64,
     calls: u64,
+    /// Requests written and not ended, by start (boot-clock ns), with their model.
+    in_flight: BTreeMap<u64, Option<String>>,
 }
 
 /// Where a call came from, beyond its process key: read by the pipeline from /proc.
@@ -318,17 +346,14 @@ impl Session {
             tgid: rec.pid,
             start_ticks: rec.pid_start_ticks,
         };
-        let agent = self.agents.entry(key).or_insert_with(|| AgentStats {
-            comm: rec.comm.clone(),
-            depth: rec.depth,
-            parent: rec
-                .parent_pid
-                .zip(rec.parent_start_ticks)
-                .map(|(tgid, start_ticks)| ProcKey { tgid, start_ticks }),
-            usage: Usage::default(),
-            cost_usd: 0.0,
-            unpriced: 0,
-            calls: 0,
+        let agent = self.agents.entry(key).or_insert_with(|| {
+            AgentStats::new(
+                rec.comm.clone(),
+                rec.depth,
+                rec.parent_pid
+                    .zip(rec.parent_start_ticks)
+                    .map(|(tgid, start_ticks)| ProcKey { tgid, start_ticks }),
+            )
         });
         if agent.comm != rec.comm {
             agent.comm = rec.comm.clone();
@@ -497,8 +522,26 @@ impl Sessions {
         }
     }
 
-    /// `key` wrote an LLM request: make it an agent (idempotent) and say where it is charged.
+    /// `key` wrote an LLM request: make it an agent (idempotent), note the request in flight
+    /// until its call ends, and say where it is charged.
     pub fn on_llm_request(&mut self, tree: &ProcTree, key: ProcKey, req: &LlmRequest) -> AgentRef {
+        let aref = self.agent_for(tree, key, req);
+        if let Some(a) = self
+            .sessions
+            .get_mut(&aref.session_id)
+            .and_then(|s| s.agents.get_mut(&key))
+        {
+            a.in_flight.insert(req.started_at_ns, req.model.clone());
+            while a.in_flight.len() > MAX_IN_FLIGHT_PER_AGENT {
+                a.in_flight.pop_first();
+            }
+        }
+        aref
+    }
+
+    /// The agent `key` is, made one (at its depth in its session, or as a new session's root)
+    /// when it is new.
+    fn agent_for(&mut self, tree: &ProcTree, key: ProcKey, req: &LlmRequest) -> AgentRef {
         if let Some(a) = self.agents.get(&key).or_else(|| self.departed.get(&key))
             && self.sessions.contains_key(&a.session_id)
         {
@@ -616,13 +659,16 @@ impl Sessions {
         origin: CallOrigin,
     ) -> CallRecord {
         let priced: Priced = priced.into();
-        let aref = self.on_llm_request(tree, key, &call.request);
+        let aref = self.agent_for(tree, key, &call.request);
         let clock = self.cfg.clock;
         let comm = tree.get(key).map(|p| p.comm.clone());
         let session = self
             .sessions
             .get_mut(&aref.session_id)
             .expect("on_llm_request returns an open session");
+        if let Some(a) = session.agents.get_mut(&key) {
+            a.in_flight.remove(&call.request.started_at_ns);
+        }
         let agent = session.agents.get(&key);
         let parent = agent.and_then(|a| a.parent);
         let comm = comm
@@ -995,6 +1041,14 @@ impl Sessions {
                 total_tokens: a.usage.total_tokens(),
                 cost_usd: a.cost_usd,
                 unpriced_calls: a.unpriced,
+                in_flight: a
+                    .in_flight
+                    .iter()
+                    .map(|(ns, model)| InFlightCall {
+                        model: model.clone(),
+                        started_at: self.cfg.clock.rfc3339(*ns),
+                    })
+                    .collect(),
             });
             if let Some(kids) = children.get(&Some(key)) {
                 stack.extend(kids.iter().rev());
@@ -1004,7 +1058,40 @@ impl Sessions {
             session_id: s.id.clone(),
             root_pid: s.root.tgid,
             agents: out,
+            tools_running: Vec::new(),
         })
+    }
+
+    /// The live processes of an open session that are not agents and ran a program of their
+    /// own (tools), oldest first. Linear in the session root's live subtree; for answers, not
+    /// per event.
+    pub fn running_tools(&self, tree: &ProcTree, session_id: &str) -> Vec<RunningTool> {
+        let Some(s) = self.sessions.get(session_id) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(u64, RunningTool)> = tree
+            .live_subtree(s.root)
+            .into_iter()
+            .filter(|k| !s.agents.contains_key(k))
+            .filter_map(|k| {
+                let info = tree.get(k).filter(|i| i.execed)?;
+                let (agent, aref) = self.charged_agent(tree, k)?;
+                (aref.session_id == session_id).then(|| {
+                    let started = tree.start_ns(k);
+                    (
+                        started,
+                        RunningTool {
+                            pid: k.tgid,
+                            tool: actions::tool_name(info.exe.as_deref(), &info.comm),
+                            agent_pid: agent.tgid,
+                            started_at: self.cfg.clock.rfc3339(started),
+                        },
+                    )
+                })
+            })
+            .collect();
+        out.sort_by_key(|(started, t)| (*started, t.pid));
+        out.into_iter().map(|(_, t)| t).collect()
     }
 
     fn close(&mut self, id: &str, ended_at: String, outcome: Outcome) -> Option<LedgerRow> {
@@ -1083,6 +1170,7 @@ impl AgentStats {
             cost_usd: 0.0,
             unpriced: 0,
             calls: 0,
+            in_flight: BTreeMap::new(),
         }
     }
 }

@@ -260,6 +260,18 @@ pub enum Outcome {
     Blocked,
 }
 
+impl Outcome {
+    /// The state of an open session with this outcome so far, in a word.
+    pub fn live_word(self) -> &'static str {
+        match self {
+            Outcome::Completed => "running",
+            Outcome::Killed => "killed",
+            Outcome::Paused => "paused",
+            Outcome::Blocked => "blocked",
+        }
+    }
+}
+
 row_schema! {
     /// One line of `ledger.jsonl`: one closed session. Totals equal the sums of its calls.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -579,3 +579,71 @@ fn sessions_restore_other_boot_closes_and_closed_ids_are_not_reopened() {
     let r = s.on_llm_request(&tree, k(100, 100), &req("a", None, S));
     assert_eq!(r.session_id, session_id_gen("boot-1", k(100, 100), 1));
 }
+
+/// A request is in flight under its agent until its call ends; the session's tools running
+/// are its live non-agent processes that ran a program of their own, each under its agent.
+#[test]
+fn sessions_calls_in_flight_and_running_tools() {
+    let (fake, mut tree) = fake_host();
+    let mut s = Sessions::new(cfg());
+    let id = session_id("boot-1", k(100, 100));
+    let first = req("openai", Some("gpt-4o"), 2 * S);
+    s.on_llm_request(&tree, k(100, 100), &first);
+    s.on_llm_request(&tree, k(100, 100), &req("openai", None, 3 * S));
+    let t = s.tree(&id).unwrap();
+    let flying: Vec<_> = t.agents[0]
+        .in_flight
+        .iter()
+        .map(|c| (c.model.clone(), c.started_at.clone()))
+        .collect();
+    assert_eq!(
+        flying,
+        vec![(Some("gpt-4o".into()), wall(2 * S)), (None, wall(3 * S))]
+    );
+    s.on_call(&tree, k(100, 100), &call(first, 1, 1, 4 * S), Some(0.1));
+    let t = s.tree(&id).unwrap();
+    assert_eq!(t.agents[0].in_flight.len(), 1);
+    assert_eq!(t.agents[0].in_flight[0].model, None);
+    // Bounded: the oldest requests are forgotten past the cap.
+    for i in 0..40 {
+        s.on_llm_request(&tree, k(100, 100), &req("openai", Some("m"), (10 + i) * S));
+    }
+    assert_eq!(
+        s.tree(&id).unwrap().agents[0].in_flight.len(),
+        MAX_IN_FLIGHT_PER_AGENT
+    );
+
+    // git (250) and bash (200) exec'd under the root agent; sub (300) is an agent of its
+    // own and python3 (400) under it ran a program, as grand (500, another executable
+    // than its parent's) did: tools of the sub-agent. other (600) is outside the session; a
+    // fork that ran nothing of its own (260) is no tool.
+    s.on_llm_request(&tree, k(300, 300), &req("openai", Some("m"), 5 * S));
+    for (pid, exe) in [
+        (250, "/usr/bin/git"),
+        (200, "/bin/bash"),
+        (400, "/usr/bin/python3"),
+        (600, "/usr/bin/other"),
+    ] {
+        tree.on_exec(pid, exe);
+    }
+    fake.add(260, 100, "claude", 260, &["claude"]);
+    tree.on_fork(100, 260, 0);
+    let tools: Vec<(u32, String, u32)> = s
+        .running_tools(&tree, &id)
+        .into_iter()
+        .map(|t| (t.pid, t.tool, t.agent_pid))
+        .collect();
+    assert_eq!(
+        tools,
+        vec![
+            (200, "bash".into(), 100),
+            (250, "git".into(), 100),
+            (400, "python3".into(), 300),
+            (500, "grand".into(), 300)
+        ]
+    );
+    // An exited tool is no longer running.
+    tree.on_exit(250);
+    assert!(s.running_tools(&tree, &id).iter().all(|t| t.pid != 250));
+    assert!(s.running_tools(&tree, "no-such-session").is_empty());
+}

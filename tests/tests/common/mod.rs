@@ -32,6 +32,11 @@ pub fn mock_bin() -> PathBuf {
     from_env("MOCK_LLM_BIN", "target/release/mock-llm")
 }
 
+/// The xtask binary `cargo xtask test` runs as (its tasks run without building again).
+pub fn xtask_bin() -> PathBuf {
+    from_env("XTASK_BIN", "target/debug/xtask")
+}
+
 pub fn python() -> PathBuf {
     from_env("AGENTWATCH_VENV", ".venv").join("bin/python")
 }
