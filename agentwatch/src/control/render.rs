@@ -3,6 +3,27 @@ use std::fmt::Write;
 
 use super::replies::{ActionList, Counters, Reply, SessionList, Status, TreeList};
 
+/// Time since an RFC 3339 instant: `42s`, `3m07s`, `2h05m`.
+pub(super) fn since(at: &str, now_unix_ns: i128) -> String {
+    let Some(t) = crate::sessions::clock::parse_rfc3339(at) else {
+        return "?".into();
+    };
+    let secs = ((now_unix_ns - t).max(0) / 1_000_000_000) as u64;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs / 60 % 60),
+    }
+}
+
+/// Now, in Unix nanoseconds (0 if the clock is before 1970).
+pub(super) fn now_unix_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or_default()
+}
+
 /// A share of a ceiling used, in percent (`-` without a ceiling).
 pub(super) fn share(v: Option<f64>) -> String {
     v.map_or("-".into(), |f| format!("{:.0}%", f * 100.0))
@@ -352,6 +373,7 @@ fn render_actions(out: &mut String, list: &ActionList) {
 }
 
 fn render_trees(out: &mut String, list: &TreeList) {
+    let now = now_unix_ns();
     for tree in &list.trees {
         let _ = writeln!(out, "session {}", tree.session_id);
         for agent in &tree.agents {
@@ -366,6 +388,25 @@ fn render_trees(out: &mut String, list: &TreeList) {
                 agent.calls,
                 agent.total_tokens,
                 usd(agent.cost_usd)
+            );
+            for c in &agent.in_flight {
+                let _ = writeln!(
+                    out,
+                    "{}  > in flight: {} for {}",
+                    "  ".repeat(depth + 1),
+                    c.model.as_deref().unwrap_or("(model unknown)"),
+                    since(&c.started_at, now)
+                );
+            }
+        }
+        for t in &tree.tools_running {
+            let _ = writeln!(
+                out,
+                "  tool {} pid {} under pid {}, running {}",
+                t.tool,
+                t.pid,
+                t.agent_pid,
+                since(&t.started_at, now)
             );
         }
     }

@@ -13,6 +13,7 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Table, TableState};
 
+use super::render::now_unix_ns;
 use super::replies::{Session, Status, Tree};
 use super::{ControlError, Reply, Request};
 
@@ -52,13 +53,6 @@ fn rate(s: &Session, now_unix_ns: i128) -> f64 {
         (Some(c), Some(secs)) => c / secs * 60.0,
         _ => 0.0,
     }
-}
-
-fn now_unix_ns() -> i128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or_default()
 }
 
 fn refresh(socket: &Path, selected: Option<&str>) -> Snapshot {
@@ -118,19 +112,6 @@ fn status_word(s: &Session) -> &'static str {
     }
 }
 
-/// Time since an RFC 3339 instant: `42s`, `3m07s`, `2h05m`.
-fn since(at: &str, now_unix_ns: i128) -> String {
-    let Some(t) = crate::sessions::clock::parse_rfc3339(at) else {
-        return "?".into();
-    };
-    let secs = ((now_unix_ns - t).max(0) / 1_000_000_000) as u64;
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
-        _ => format!("{}h{:02}m", secs / 3600, secs / 60 % 60),
-    }
-}
-
 /// The selected session's lines: each agent (indented by depth) with its calls in flight
 /// under it, then the tools running and the ceiling's reason.
 fn tree_lines(tree: &Tree, session: Option<&Session>, now: i128) -> Vec<Line<'static>> {
@@ -150,7 +131,7 @@ fn tree_lines(tree: &Tree, session: Option<&Session>, now: i128) -> Vec<Line<'st
             lines.push(Line::from(format!(
                 "{pad}  > in flight: {} for {}",
                 c.model.as_deref().unwrap_or("(model unknown)"),
-                since(&c.started_at, now)
+                super::render::since(&c.started_at, now)
             )));
         }
     }
@@ -160,7 +141,7 @@ fn tree_lines(tree: &Tree, session: Option<&Session>, now: i128) -> Vec<Line<'st
             t.tool,
             t.pid,
             t.agent_pid,
-            since(&t.started_at, now)
+            super::render::since(&t.started_at, now)
         )));
     }
     if let Some(s) = session
@@ -397,6 +378,8 @@ mod tests {
         crate::sessions::clock::parse_rfc3339(NOW).unwrap()
     }
 
+    use crate::control::render::since;
+
     #[test]
     fn since_reads_seconds_minutes_and_hours() {
         assert_eq!(since("2026-01-01T00:09:58Z", now()), "2s");
@@ -439,6 +422,16 @@ mod tests {
             }],
             rest: Default::default(),
         };
+        // `agentwatch tree` prints the same, started times as of the real clock.
+        let printed =
+            crate::control::render::render(&Reply::Trees(crate::control::replies::TreeList {
+                trees: vec![tree.clone()],
+            }));
+        assert!(
+            printed.contains("    > in flight: gpt-4o for ")
+                && printed.contains("  tool bash pid 11 under pid 10, running "),
+            "{printed}"
+        );
         let session = Session {
             reason: Some("session_calls reached".into()),
             ceiling_hits: 1,
