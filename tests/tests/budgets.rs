@@ -49,17 +49,13 @@ fn an_unpriced_model_is_stopped_by_a_dollar_ceiling() {
     let mock = Mock::start(&[]);
     let usage = r#"{"input_tokens":1000,"output_tokens":1000}"#;
     let model = "frontier-x-2027-preview";
-    let mut child = py_client(
+    let mut child = spawn_quiet(&mut py_client(
         "openai_chat.py",
         &mock,
         &[
             "--calls", "30", "--tag", "unpriced", "--usage", usage, "--model", model,
         ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    ));
     let pid = child.id();
     let status = wait_exit(&mut child, Duration::from_secs(90));
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
@@ -113,7 +109,7 @@ fn an_unpriced_model_is_stopped_by_a_dollar_ceiling() {
 fn unpriced_block_stops_the_session_at_its_first_unpriced_call() {
     let daemon = daemon_with("[ceilings]\nunpriced = \"block\"\n");
     let mock = Mock::start(&[]);
-    let mut child = py_client(
+    let mut child = spawn_quiet(&mut py_client(
         "openai_chat.py",
         &mock,
         &[
@@ -126,24 +122,13 @@ fn unpriced_block_stops_the_session_at_its_first_unpriced_call() {
             "--timeout",
             "10",
         ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    ));
     let pid = child.id();
     let status = wait_exit(&mut child, Duration::from_secs(90));
     assert!(!status.success(), "its second call failed: {status:?}");
     assert_eq!(status.signal(), None, "not killed: {status:?}");
     assert_eq!(mock.served_with_tag("unpriced-block").len(), 1);
-    daemon.wait_for("the ledger row", |_, l| {
-        l.iter().any(|r| u(&r["root_pid"]) == pid as u64)
-    });
-    let row = daemon
-        .ledger()
-        .into_iter()
-        .find(|r| u(&r["root_pid"]) == pid as u64)
-        .unwrap();
+    let row = daemon.ledger_row_of(pid);
     assert_eq!(row["outcome"], "blocked", "{row}");
     assert_eq!(u(&row["call_count"]), 1, "{row}");
     assert!(u(&row["ceiling_hits"]) >= 1, "{row}");
@@ -370,7 +355,7 @@ fn warnings_and_stops_are_notified_even_through_a_receiver_that_was_down() {
     // $0.15 a call (1M input tokens of gpt-4o-mini): the 2nd call passes half the ceiling,
     // the 4th crosses it and the loop is paused; 6 s later it is killed.
     let usage = r#"{"input_tokens":1000000,"output_tokens":0}"#;
-    let mut child = py_client(
+    let mut child = spawn_quiet(&mut py_client(
         "openai_chat.py",
         &mock,
         &[
@@ -383,11 +368,7 @@ fn warnings_and_stops_are_notified_even_through_a_receiver_that_was_down() {
             "--model",
             "gpt-4o-mini",
         ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    ));
     let status = wait_exit(&mut child, Duration::from_secs(60));
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     assert_eq!(mock.served_with_tag("notify").len(), 4);

@@ -46,17 +46,6 @@ fn wait_state(pid: u32, want: char) {
     }
 }
 
-fn ledger_row(daemon: &Daemon, root_pid: u32) -> Value {
-    daemon.wait_for(&format!("the ledger row of {root_pid}"), |_, l| {
-        l.iter().any(|r| u(&r["root_pid"]) == root_pid as u64)
-    });
-    daemon
-        .ledger()
-        .into_iter()
-        .find(|r| u(&r["root_pid"]) == root_pid as u64)
-        .unwrap()
-}
-
 fn live_session(daemon: &Daemon, root_pid: u32) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -133,7 +122,7 @@ fn runaway_is_killed(ceiling: &str, usage: &str, tag: &str, served_expected: usi
         Some(libc::SIGKILL),
         "killed by the ceiling: {status:?}"
     );
-    let row = ledger_row(&daemon, pid);
+    let row = daemon.ledger_row_of(pid);
     assert_eq!(
         mock.served_with_tag(tag).len(),
         served_expected,
@@ -189,7 +178,7 @@ fn max_depth_stops_a_too_deep_sub_agent() {
     let mut child = spawn(c);
     let pid = child.id();
     wait_exit(&mut child, Duration::from_secs(60));
-    let row = ledger_row(&daemon, pid);
+    let row = daemon.ledger_row_of(pid);
     assert_eq!(mock.served_with_tag("depth-root").len(), 1);
     assert_eq!(mock.served_with_tag("depth-a").len(), 1);
     assert_eq!(
@@ -216,7 +205,7 @@ fn host_usd_per_day_across_two_sessions() {
     let mut first = spawn(tight_loop(&mock, "host-1", USAGE_15C, "2"));
     let first_pid = first.id();
     wait_exit(&mut first, Duration::from_secs(60));
-    ledger_row(&daemon, first_pid);
+    daemon.ledger_row_of(first_pid);
     assert_eq!(mock.served_with_tag("host-1").len(), 2);
     // Session 2, a new process: its very first call is stopped.
     let mut second = spawn(tight_loop(&mock, "host-2", USAGE_15C, "3"));
@@ -228,7 +217,7 @@ fn host_usd_per_day_across_two_sessions() {
         0,
         "nothing left the host"
     );
-    let row = ledger_row(&daemon, second_pid);
+    let row = daemon.ledger_row_of(second_pid);
     assert_eq!(row["outcome"], "killed", "{row}");
     assert_eq!(u(&row["call_count"]), 0);
     let host_spend = |daemon: &Daemon| {
@@ -340,7 +329,7 @@ fn pause_then_approve_then_kill() {
     let status = wait_exit(&mut child, Duration::from_secs(60));
     assert!(status.success(), "{status:?}");
     assert_eq!(mock.served_with_tag("pause").len(), 6);
-    let row = ledger_row(&daemon, pid);
+    let row = daemon.ledger_row_of(pid);
     assert_eq!(u(&row["call_count"]), 6);
     assert_eq!(u(&row["total_tokens"]), 6000);
     assert!(u(&row["ceiling_hits"]) >= 1);
@@ -351,7 +340,7 @@ fn pause_then_approve_then_kill() {
     let pid = child.id();
     wait_paused(&daemon, pid);
     kill_session_of(&daemon, pid, &mut child);
-    assert_eq!(ledger_row(&daemon, pid)["outcome"], "killed");
+    assert_eq!(daemon.ledger_row_of(pid)["outcome"], "killed");
     assert_eq!(mock.served_with_tag("pause-kill").len(), 3);
 }
 
@@ -420,7 +409,7 @@ fn block_fails_the_calls_and_keeps_the_process_alive() {
         2,
         "nothing after the ceiling"
     );
-    let row = ledger_row(&daemon, pid);
+    let row = daemon.ledger_row_of(pid);
     assert_eq!(row["outcome"], "blocked", "{row}");
     assert_eq!(u(&row["call_count"]), 2);
     // Each refusal is a kernel diagnostic (aya-log) in the daemon's log, written at its
@@ -461,7 +450,7 @@ fn block_on_http2_stops_the_next_stream_of_the_connection() {
     let served = mock.served_with_tag(tag);
     assert_eq!(served.len(), 2, "nothing after the ceiling: {served:#?}");
     assert!(served.iter().all(|s| s["protocol"] == "h2"), "{served:#?}");
-    let row = ledger_row(&daemon, pid);
+    let row = daemon.ledger_row_of(pid);
     assert_eq!(row["outcome"], "blocked", "{row}");
     assert_eq!(u(&row["call_count"]), 2, "{row}");
     let blocked: Vec<Value> = daemon
@@ -535,7 +524,7 @@ fn restart_keeps_or_releases_a_paused_session_with_its_spend_and_a_kept_one_can_
                 6,
                 "the held call and the rest"
             );
-            let row = ledger_row(&daemon, pid);
+            let row = daemon.ledger_row_of(pid);
             assert_eq!(u(&row["call_count"]), 6, "{row}");
             assert_eq!(u(&row["total_tokens"]), 6000, "{row}");
             continue;
@@ -543,7 +532,7 @@ fn restart_keeps_or_releases_a_paused_session_with_its_spend_and_a_kept_one_can_
         assert!(daemon.cli(&["kill", &id]).status.success());
         let status = wait_exit(&mut child, Duration::from_secs(20));
         assert_eq!(status.signal(), Some(libc::SIGKILL));
-        let row = ledger_row(&daemon, pid);
+        let row = daemon.ledger_row_of(pid);
         assert_eq!(u(&row["total_tokens"]), 3000, "{row}");
         assert_eq!(row["outcome"], "killed");
     }
@@ -638,7 +627,7 @@ fn a_gate_hold_whose_record_was_lost_is_decided_not_left_stopped() {
     let status = wait_exit(&mut child, Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
     assert_eq!(mock.served_with_tag("lost-hold").len(), 2);
-    let row = ledger_row(&daemon, pid);
+    let row = daemon.ledger_row_of(pid);
     assert_eq!(u(&row["call_count"]), 2, "{row}");
     assert_eq!(u(&policy_stats(&daemon)["holds_unannounced"]), 1);
 

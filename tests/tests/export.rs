@@ -427,14 +427,7 @@ fn otlp_grpc_span_tree_of_an_agent_tree() {
         c.args(["-c", &format!("exec {root_cmd}")]);
         c
     });
-    daemon.wait_for("the tree's ledger row", |_, l| {
-        l.iter().any(|r| u(&r["root_pid"]) == root_pid as u64)
-    });
-    let row = daemon
-        .ledger()
-        .into_iter()
-        .find(|r| u(&r["root_pid"]) == root_pid as u64)
-        .unwrap();
+    let row = daemon.ledger_row_of(root_pid);
     let sid = row["session_id"].as_str().unwrap().to_string();
     let calls: Vec<Value> = daemon
         .calls()

@@ -361,11 +361,7 @@ fn first_contacts_after_a_sigterm_stop_are_not_held_until_a_daemon_runs_again() 
     let mock = Mock::start(&[]);
     let daemon = Daemon::start_in(Scratch::new("left"), &[]);
     let dir = daemon.stop_keeping_data();
-    let mut client = curl_chat(&mock, "after-stop", false)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut client = spawn_quiet(&mut curl_chat(&mock, "after-stop", false));
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = client.try_wait().unwrap() {

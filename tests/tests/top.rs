@@ -110,7 +110,7 @@ fn top_pauses_approves_and_kills_a_session_after_confirmation() {
     let daemon = Daemon::start_in(dir, &["--config", &config]);
     // A second between streamed events: the call is in flight for about 8 s.
     let mock = Mock::start(&["--chunk-delay-ms", "1000"]);
-    let mut agent = py_client(
+    let mut agent = spawn_quiet(&mut py_client(
         "tree_agent.py",
         &mock,
         &[
@@ -122,11 +122,7 @@ fn top_pauses_approves_and_kills_a_session_after_confirmation() {
             "--child",
             "sleep 60",
         ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    ));
     let pid = agent.id();
     let deadline = Instant::now() + Duration::from_secs(30);
     let session = loop {

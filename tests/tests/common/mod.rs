@@ -281,6 +281,17 @@ impl Daemon {
         read_history(&self.data_dir, "ledger")
     }
 
+    /// The ledger row of the session whose root is `root_pid`, once written (bounded wait).
+    pub fn ledger_row_of(&self, root_pid: u32) -> Value {
+        self.wait_for(&format!("the ledger row of {root_pid}"), |_, l| {
+            l.iter().any(|r| u(&r["root_pid"]) == root_pid as u64)
+        });
+        self.ledger()
+            .into_iter()
+            .find(|r| u(&r["root_pid"]) == root_pid as u64)
+            .unwrap()
+    }
+
     /// Waits (bounded) until `pred` holds over (calls, ledger).
     pub fn wait_for(&self, what: &str, pred: impl Fn(&[Value], &[Value]) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -383,6 +394,14 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
 }
 
 /// Runs a client to completion (bounded) and returns its pid and output.
+/// `cmd` started with its output discarded.
+pub fn spawn_quiet(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("failed to start {cmd:?}: {e}"))
+}
+
 pub fn run_client(mut cmd: Command) -> (u32, Output) {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd
