@@ -47,6 +47,9 @@ pub const EVENT_CONNECT: u32 = 12;
 /// A process of a session exec'd, with `[actions] argv` on: its arguments ([`ExecArgs`]),
 /// read in the kernel at the exec (a tool that exits at once is gone before `/proc` is read).
 pub const EVENT_EXEC_ARGS: u32 = 13;
+/// A process of a session changed a file, and the system call succeeded ([`FileOp`];
+/// `[actions] files`).
+pub const EVENT_FILE_OP: u32 = 14;
 /// Bytes of a process's arguments an [`ExecArgs`] carries at most.
 pub const ARGS_LEN: usize = 1024;
 
@@ -170,7 +173,9 @@ pub const DROP_SOCKS_FULL: u32 = 8;
 pub const DROP_PROCS_FULL: u32 = 9;
 /// Processes of sessions not marked (or their children not inherited): `SESSION_PROCS` full.
 pub const DROP_SESSION_PROCS_FULL: u32 = 10;
-pub const DROP_COUNTERS: u32 = 11;
+/// File changes of sessions' processes not reported: `FILE_OPS` full, or the ring buffer.
+pub const DROP_FILE_OPS: u32 = 11;
+pub const DROP_COUNTERS: u32 = 12;
 
 /// Indexes of the per-CPU counter array `COUNTS` (not loss: what the kernel side did).
 /// TCP connects seen by the socket programs.
@@ -453,6 +458,38 @@ pub struct ExecArgs {
     pub total: u32,
     pub ts_ns: u64,
     pub args: [u8; ARGS_LEN],
+}
+
+/// Bytes kept of each path of a [`FileOp`] (with its NUL).
+pub const FILE_PATH_LEN: usize = 256;
+/// `FileOp::op`: an `openat` for writing (`O_WRONLY`, `O_RDWR`, `O_CREAT` or `O_TRUNC`;
+/// `flags` are the open flags).
+pub const FILE_OPEN_WRITE: u32 = 1;
+/// `unlink`/`unlinkat` (`flags`: `AT_REMOVEDIR` for a directory).
+pub const FILE_UNLINK: u32 = 2;
+/// `rename`/`renameat`/`renameat2`: `path` became `new_path`.
+pub const FILE_RENAME: u32 = 3;
+/// `dfd` of a path relative to the working directory.
+pub const AT_FDCWD: i32 = -100;
+
+/// A file a process of a session opened for writing, deleted or renamed: the paths as the
+/// process passed them (`len`, `new_len`: bytes read, NUL included; 0: unreadable),
+/// relative ones to `dfd` / `new_dfd`. Staged per thread at the call's entry, sent at its
+/// successful return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileOp {
+    pub kind: u32,
+    pub tgid: u32,
+    pub op: u32,
+    pub flags: u32,
+    pub dfd: i32,
+    pub new_dfd: i32,
+    pub len: u32,
+    pub new_len: u32,
+    pub ts_ns: u64,
+    pub path: [u8; FILE_PATH_LEN],
+    pub new_path: [u8; FILE_PATH_LEN],
 }
 
 /// A metered socket was closed.

@@ -41,6 +41,15 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::pinned(1, 0);
 #[map]
 pub static THREAD_CHILDREN: LruHashMap<u32, u32> = LruHashMap::pinned(8192, 0);
 
+/// File changes of sessions' processes between a system call's entry and its return, per
+/// thread (tid).
+#[map]
+pub static FILE_OPS: HashMap<u32, FileOp> = HashMap::pinned(1024, 0);
+
+/// Where a [`FileOp`] is built (too large for the BPF stack).
+#[map]
+pub static FILE_SCRATCH: PerCpuArray<FileOp> = PerCpuArray::pinned(1, 0);
+
 /// First-contact state of processes (tgid → `PROC_*`); absent: undecided. Cleared at exec
 /// and exit, so a new program is decided anew.
 #[map]

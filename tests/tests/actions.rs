@@ -469,3 +469,123 @@ fn wait_ledger(daemon: &Daemon, pid: u32) -> Vec<Value> {
 fn calls_of_session(calls: &[Value], sid: &str) -> usize {
     calls.iter().filter(|c| c["session_id"] == sid).count()
 }
+
+/// `[actions] files = true`: the files an agent's tools create, write, rename and delete (real
+/// bash, coreutils and their system calls) are one `actions.jsonl` row per path when the
+/// session closes, with what was done to each; the ledger counts them; `agentwatch actions`
+/// shows them under the agent. The same work outside any session leaves no row.
+#[test]
+fn files_a_session_changes_are_recorded_per_path() {
+    let dir = Scratch::new("files");
+    let config = dir.0.join("agentwatch.toml");
+    std::fs::write(&config, "[actions]\nfiles = true\n").unwrap();
+    let config = config.display().to_string();
+    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    let mock = Mock::start(&[]);
+    let work = Scratch::new("files-work");
+    let inside = work.0.join("inside");
+    let outside = work.0.join("outside");
+    for d in [&inside, &outside] {
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+    }
+    let script = |d: &std::path::Path| {
+        let d = d.display();
+        format!(
+            "echo hello > {d}/notes.txt && echo more >> {d}/notes.txt && mv {d}/notes.txt {d}/final.txt && touch {d}/gone && rm {d}/gone && echo x > {d}/sub/x.txt && cat {d}/final.txt > /dev/null"
+        )
+    };
+    let mut agent = py_client("tree_agent.py", &mock, &["--calls", "1", "--tag", "files"]);
+    agent.arg("--child").arg(script(&inside));
+    // A relative path, resolved through the working directory of a process still running
+    // when the daemon reads the record (`?/` when it is gone: README).
+    agent.arg("--child").arg(format!(
+        "cd {} && exec {} -c \"open('rel.txt', 'w').write('x'); import time; time.sleep(1)\"",
+        inside.display(),
+        python().display()
+    ));
+    let (root, _) = run_client(agent);
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script(&outside))
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let row = daemon.ledger_row_of(root);
+    let sid = row["session_id"].as_str().unwrap().to_string();
+    let files: Vec<Value> = action_rows(&daemon)
+        .into_iter()
+        .filter(|r| r["kind"] == "file")
+        .collect();
+    let path = |name: &str| format!("{}/{name}", inside.display());
+    let of = |p: &str| -> &Value {
+        files
+            .iter()
+            .find(|f| f["path"] == p)
+            .unwrap_or_else(|| panic!("no row for {p}: {files:#?}"))
+    };
+    let counts = |f: &Value| -> [u64; 6] {
+        [
+            "opened_for_write",
+            "created",
+            "truncated",
+            "deleted",
+            "renamed_from",
+            "renamed_to",
+        ]
+        .map(|k| u(&f[k]))
+    };
+    // `>` opens with O_CREAT|O_TRUNC, `>>` with O_CREAT|O_APPEND; then mv renames it away.
+    assert_eq!(counts(of(&path("notes.txt"))), [2, 2, 1, 0, 1, 0]);
+    assert_eq!(counts(of(&path("final.txt"))), [0, 0, 0, 0, 0, 1]);
+    assert_eq!(counts(of(&path("gone"))), [1, 1, 0, 1, 0, 0]);
+    assert_eq!(counts(of(&path("sub/x.txt"))), [1, 1, 1, 0, 0, 0]);
+    assert_eq!(counts(of(&path("rel.txt"))), [1, 1, 1, 0, 0, 0]);
+    for f in &files {
+        assert_eq!(f["session_id"], sid.as_str(), "{f}");
+        assert_eq!(u(&f["agent_pid"]), root as u64, "{f}");
+        let p = f["path"].as_str().unwrap();
+        assert!(
+            !p.starts_with(&outside.display().to_string()),
+            "outside: {f}"
+        );
+        assert!(!p.starts_with("/dev/"), "pseudo file: {f}");
+    }
+    // bash wrote the files: the tool is its program.
+    assert_eq!(of(&path("notes.txt"))["tool"], "bash");
+    // The ledger counts the session's rows exactly.
+    let written = files
+        .iter()
+        .filter(|f| u(&f["opened_for_write"]) > 0 || u(&f["renamed_to"]) > 0)
+        .count() as u64;
+    let deleted = files.iter().filter(|f| u(&f["deleted"]) > 0).count() as u64;
+    assert!(written >= 5, "{files:#?}");
+    assert_eq!(
+        (u(&row["files_written"]), u(&row["files_deleted"])),
+        (written, deleted),
+        "{row:#}"
+    );
+    // `agentwatch actions`: under the agent that ran the tools.
+    let list = daemon.cli_json(&["actions", &sid[..10]]);
+    let agent = &list["agents"][0];
+    assert_eq!(u(&agent["agent_pid"]), root as u64, "{list:#}");
+    assert!(
+        agent["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"] == path("final.txt").as_str()),
+        "{list:#}"
+    );
+    let text = daemon.cli(&["actions", &sid[..10]]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!(
+            "file {} (written 2x, truncated 1x, renamed away 1x; bash pid ",
+            path("notes.txt")
+        )),
+        "{text}"
+    );
+    // The drops of the kernel side stay zero.
+    let drops = &daemon.cli_json(&["status"])["kernel_drops"];
+    assert_eq!(u(&drops["file_ops_dropped"]), 0, "{drops:#}");
+}

@@ -3,6 +3,7 @@
 pub mod aead;
 pub mod block;
 pub mod contact;
+pub mod files;
 pub mod gate;
 pub mod golang;
 pub mod process;

@@ -330,17 +330,41 @@ fn render_sessions_wide(out: &mut String, list: &SessionList) {
 fn render_actions(out: &mut String, list: &ActionList) {
     let _ = writeln!(out, "session {}", list.session_id);
     if list.agents.is_empty() {
-        let _ = writeln!(out, "  no tool runs and no hosts");
+        let _ = writeln!(out, "  no tool runs, no hosts and no files");
     }
     for agent in &list.agents {
         let _ = writeln!(
             out,
-            "  agent pid {} (depth {}): {} tool runs, {} hosts",
+            "  agent pid {} (depth {}): {} tool runs, {} hosts, {} files",
             agent.agent_pid,
             agent.depth,
             agent.tool_runs.len(),
-            agent.hosts.len()
+            agent.hosts.len(),
+            agent.files.len()
         );
+        for f in &agent.files {
+            let mut did = Vec::new();
+            for (n, what) in [
+                (f.opened_for_write, "written"),
+                (f.truncated, "truncated"),
+                (f.renamed_to, "renamed here"),
+                (f.renamed_from, "renamed away"),
+                (f.deleted, "deleted"),
+            ] {
+                if n > 0 {
+                    did.push(format!("{what} {n}x"));
+                }
+            }
+            let _ = writeln!(
+                out,
+                "    {} file {} ({}; {} pid {})",
+                f.first_at,
+                f.path,
+                did.join(", "),
+                f.tool,
+                f.pid
+            );
+        }
         for h in &agent.hosts {
             let addr = match h.address.parse::<std::net::IpAddr>() {
                 Ok(ip) => std::net::SocketAddr::new(ip, h.port).to_string(),

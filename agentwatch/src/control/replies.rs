@@ -333,6 +333,9 @@ pub struct AgentActions {
     /// Destinations it (or a tool under it) connected to first for the session.
     #[serde(default)]
     pub hosts: Vec<crate::sessions::actions::HostContact>,
+    /// Paths it (or a tool under it) changed first for the session (`[actions] files`).
+    #[serde(default)]
+    pub files: Vec<crate::sessions::actions::FileChange>,
 }
 
 /// `agentwatch tree`.

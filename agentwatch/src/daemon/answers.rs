@@ -124,15 +124,21 @@ impl Daemon {
                 ));
             }
         };
+        // An open session's files so far (its rows are written when it closes).
+        let live_files: Vec<ActionRow> = {
+            let p = self.pipeline.lock().expect("pipeline lock");
+            p.sessions
+                .file_changes(&session_id)
+                .into_iter()
+                .map(ActionRow::File)
+                .collect()
+        };
         let mut agents: Vec<AgentActions> = Vec::new();
-        for row in rows {
+        for row in rows.into_iter().chain(live_files) {
             if row.session_id() != session_id {
                 continue;
             }
-            let (pid, start_ticks, depth) = match &row {
-                ActionRow::ToolRun(t) => (t.agent_pid, t.agent_start_ticks, t.agent_depth),
-                ActionRow::Host(h) => (h.agent_pid, h.agent_start_ticks, h.agent_depth),
-            };
+            let (pid, start_ticks, depth) = row.agent();
             let i = match agents
                 .iter()
                 .position(|a| (a.agent_pid, a.agent_start_ticks) == (pid, start_ticks))
@@ -145,6 +151,7 @@ impl Daemon {
                         depth,
                         tool_runs: Vec::new(),
                         hosts: Vec::new(),
+                        files: Vec::new(),
                     });
                     agents.len() - 1
                 }
@@ -152,6 +159,7 @@ impl Daemon {
             match row {
                 ActionRow::ToolRun(t) => agents[i].tool_runs.push(t),
                 ActionRow::Host(h) => agents[i].hosts.push(h),
+                ActionRow::File(f) => agents[i].files.push(f),
             }
         }
         agents.sort_by_key(|a| (a.depth, a.agent_start_ticks, a.agent_pid));

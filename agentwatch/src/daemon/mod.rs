@@ -246,6 +246,7 @@ fn kernel_side(config: &Config) -> Result<KernelSide, DaemonError> {
     let meter = probes.take_meter()?;
     let session_procs = probes.take_session_procs()?;
     probes.set_exec_args(config.actions.argv);
+    probes.set_file_probes(config.actions.files);
     let closer = first_contact::Closer::spawn();
     let held_file = first_contact::HeldFile::new(&config.data_dir);
     // The probes a previous daemon left pinned for processes still running are ours now.

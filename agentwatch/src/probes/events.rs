@@ -3,9 +3,9 @@
 use agentwatch_ebpf::{
     AeadLink, CONTACT_ESTIMATE, CONTACT_HELD, CONTACT_LLM_HOST, CONTACT_SESSION, Connect, Contact,
     EVENT_AEAD_LINK, EVENT_CONNECT, EVENT_CONTACT, EVENT_EXEC, EVENT_EXEC_ARGS, EVENT_EXIT,
-    EVENT_FORK, EVENT_GATE_HOLD, EVENT_SOCKET_BYTES, EVENT_SOCKET_CLOSE, EVENT_SOCKET_HOLD,
-    EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, EXIT_CODE_UNKNOWN, ExecArgs, GateHold, HOLD_TLS_RECORD,
-    Handshake, ProcEvent, SocketBytes, SocketClose, SocketHold, TlsData,
+    EVENT_FILE_OP, EVENT_FORK, EVENT_GATE_HOLD, EVENT_SOCKET_BYTES, EVENT_SOCKET_CLOSE,
+    EVENT_SOCKET_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, EXIT_CODE_UNKNOWN, ExecArgs, FileOp,
+    GateHold, HOLD_TLS_RECORD, Handshake, ProcEvent, SocketBytes, SocketClose, SocketHold, TlsData,
 };
 
 #[derive(Debug)]
@@ -59,6 +59,19 @@ pub enum KernelEvent<'a> {
         args: Vec<String>,
         /// They were longer than the record holds: the last one may be cut.
         cut: bool,
+    },
+    /// A process of a session opened `path` for writing, deleted it, or renamed it to
+    /// `new_path` (`FILE_*`), and the call succeeded. Paths as the process passed them
+    /// (relative ones to `dfd`, `new_dfd`; `AT_FDCWD`: its working directory).
+    FileOp {
+        tgid: u32,
+        op: u32,
+        flags: u32,
+        dfd: i32,
+        path: String,
+        new_dfd: i32,
+        new_path: Option<String>,
+        ts_ns: u64,
     },
     /// A process of a session connected a TCP socket to `addr`:`port`.
     Connect {
@@ -278,6 +291,24 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 tgid: a.tgid,
                 args,
                 cut: a.total > a.len,
+            })
+        }
+        EVENT_FILE_OP => {
+            let f = read::<FileOp>(bytes).ok_or_else(short)?;
+            let text = |buf: &[u8], len: u32| -> Option<String> {
+                let b = &buf[..(len as usize).min(buf.len())];
+                let b = b.strip_suffix(&[0]).unwrap_or(b);
+                (len > 0).then(|| String::from_utf8_lossy(b).into_owned())
+            };
+            Ok(KernelEvent::FileOp {
+                tgid: f.tgid,
+                op: f.op,
+                flags: f.flags,
+                dfd: f.dfd,
+                path: text(&f.path, f.len).unwrap_or_default(),
+                new_dfd: f.new_dfd,
+                new_path: text(&f.new_path, f.new_len),
+                ts_ns: f.ts_ns,
             })
         }
         EVENT_SOCKET_CLOSE => {

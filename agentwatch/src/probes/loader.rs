@@ -114,6 +114,10 @@ pub struct DropCounters {
     /// table was full.
     #[serde(default)]
     pub session_table_full: u64,
+    /// File changes of sessions' processes not reported (`[actions] files`): the table of
+    /// calls in progress or the ring buffer was full.
+    #[serde(default)]
+    pub file_ops_dropped: u64,
 }
 
 /// What the kernel side did, summed over CPUs.
@@ -581,6 +585,67 @@ impl Probes {
         }
     }
 
+    /// `[actions] files`: the `syscalls` tracepoints of the calls that open for writing,
+    /// delete and rename, which report the files the processes of sessions change. Off by
+    /// default: while any `syscalls` tracepoint is on, every system call of every process
+    /// takes the kernel's traced path (BENCHMARKS.md). Off again (`on = false`), a previous
+    /// daemon's pinned ones are taken off. Returns whether they are attached.
+    pub fn set_file_probes(&mut self, on: bool) -> bool {
+        if !on {
+            if let Some(pins) = &self.pins {
+                for name in FILE_TRACEPOINTS.iter().flat_map(|(e, x)| [e, x]) {
+                    let _ = std::fs::remove_file(pins.link(name));
+                }
+            }
+            return false;
+        }
+        for name in FILE_TRACEPOINTS.iter().flat_map(|(e, x)| [*e, *x]) {
+            let tracepoint = format!("syscalls:{name}");
+            let adopted = self.pins.as_ref().is_some_and(|p| p.link(name).exists());
+            let attached = if adopted {
+                Ok(())
+            } else {
+                self.attach_tracepoint("syscalls", name)
+            };
+            match attached {
+                Ok(()) => {
+                    if !self.programs.tracepoints.contains(&tracepoint) {
+                        self.programs.tracepoints.push(tracepoint);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "{e}; [actions] files: the files sessions change are not reported"
+                    );
+                    self.programs.missing.insert(tracepoint, e.to_string());
+                    self.set_file_probes(false);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn attach_tracepoint(&mut self, category: &str, name: &str) -> Result<(), ProbeError> {
+        let program: &mut TracePoint = program(&mut self.ebpf, name)?;
+        program.load().map_err(load_error(name))?;
+        let id = program
+            .attach(category, name)
+            .map_err(|source| ProbeError::TracepointAttach {
+                category: category.into(),
+                name: name.into(),
+                source,
+            })?;
+        let link = program.take_link(id).map_err(load_error(name))?;
+        let link = aya::programs::links::FdLink::try_from(link).map_err(|e| ProbeError::Pin {
+            what: format!("tracepoint {category}:{name} is not a bpf link"),
+            detail: e.to_string(),
+        })?;
+        let link = pin_link(link, self.pins.as_ref(), name)?;
+        self._links.push(link);
+        Ok(())
+    }
+
     fn attach_btf_tracepoint(&mut self, name: &str) -> Result<(), ProbeError> {
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf {
             detail: e.to_string(),
@@ -693,6 +758,7 @@ impl Probes {
             socket_table_full: sum(abi::DROP_SOCKS_FULL),
             process_table_full: sum(abi::DROP_PROCS_FULL),
             session_table_full: sum(abi::DROP_SESSION_PROCS_FULL),
+            file_ops_dropped: sum(abi::DROP_FILE_OPS),
         }
     }
 
@@ -970,6 +1036,17 @@ fn cgroup2_root() -> Option<PathBuf> {
 const BLOCK_LINKS: [&str; 3] = ["block_connect4", "block_connect6", "hold_egress"];
 
 /// Pins a global program's link in the pin set (when there is one).
+/// The `syscalls` tracepoints of `[actions] files` (entry, return), each a program of the
+/// same name.
+const FILE_TRACEPOINTS: [(&str, &str); 6] = [
+    ("sys_enter_openat", "sys_exit_openat"),
+    ("sys_enter_unlinkat", "sys_exit_unlinkat"),
+    ("sys_enter_unlink", "sys_exit_unlink"),
+    ("sys_enter_renameat2", "sys_exit_renameat2"),
+    ("sys_enter_renameat", "sys_exit_renameat"),
+    ("sys_enter_rename", "sys_exit_rename"),
+];
+
 fn pin_link(
     link: aya::programs::links::FdLink,
     pins: Option<&super::pins::PinSet>,

@@ -20,6 +20,12 @@ pub struct ActionsConfig {
     /// tokens or passwords replaced by `[redacted]` (`redact_argv`). Default false: arguments
     /// carry prompts (`claude -p "…"`) and secrets in flags, so only `argv[0]` is kept.
     pub argv: bool,
+    /// Report the files the processes of sessions open for writing, delete and rename (one
+    /// `actions.jsonl` row per path per session, written when it closes). Default false:
+    /// the kernel hooks it needs (`syscalls` tracepoints) put every system call of every
+    /// process on the kernel's traced path, a cost paid by processes that are not agents too
+    /// (BENCHMARKS.md).
+    pub files: bool,
 }
 
 const REDACTED: &str = "[redacted]";
@@ -103,6 +109,7 @@ pub fn redact_argv(argv: &[String]) -> Vec<String> {
 pub enum ActionRow {
     ToolRun(ToolRun),
     Host(HostContact),
+    File(FileChange),
 }
 
 impl ActionRow {
@@ -110,8 +117,96 @@ impl ActionRow {
         match self {
             ActionRow::ToolRun(t) => &t.session_id,
             ActionRow::Host(h) => &h.session_id,
+            ActionRow::File(f) => &f.session_id,
         }
     }
+
+    /// The agent the row is charged to: (pid, start ticks, depth).
+    pub fn agent(&self) -> (u32, u64, u32) {
+        match self {
+            ActionRow::ToolRun(t) => (t.agent_pid, t.agent_start_ticks, t.agent_depth),
+            ActionRow::Host(h) => (h.agent_pid, h.agent_start_ticks, h.agent_depth),
+            ActionRow::File(f) => (f.agent_pid, f.agent_start_ticks, f.agent_depth),
+        }
+    }
+}
+
+/// A path the session's processes changed (`[actions] files`): one row per path per
+/// session, written when the session closes, with what was done to it. Never any content.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FileChange {
+    pub session_id: String,
+    pub host: String,
+    /// Absolute, as the process saw it (through its root; its working directory or the
+    /// directory descriptor resolved when the daemon read the record; `?/` when it could not).
+    pub path: String,
+    /// Successful opens for writing (`O_WRONLY`, `O_RDWR`, `O_CREAT` or `O_TRUNC`); of them,
+    /// those with `O_CREAT` (the file may have existed) and with `O_TRUNC`.
+    pub opened_for_write: u64,
+    pub created: u64,
+    pub truncated: u64,
+    /// Deleted (`unlink`, `unlinkat`, a directory too), renamed away, renamed onto.
+    pub deleted: u64,
+    pub renamed_from: u64,
+    pub renamed_to: u64,
+    /// The process that changed it first, its executable's file name, and the agent it ran
+    /// under (itself, when it is one).
+    pub pid: u32,
+    pub tool: String,
+    pub agent_pid: u32,
+    pub agent_start_ticks: u64,
+    pub agent_depth: u32,
+    pub first_at: String,
+    pub last_at: String,
+}
+
+impl FileChange {
+    /// Written or created here (opened for writing, or another file renamed onto it).
+    pub fn written(&self) -> bool {
+        self.opened_for_write > 0 || self.renamed_to > 0
+    }
+}
+
+/// Pseudo file systems whose "files" are not what an audit of writes is about
+/// (`2>/dev/null`, `/proc/self/…`).
+pub fn is_pseudo_path(path: &str) -> bool {
+    ["/dev/", "/proc/", "/sys/"]
+        .iter()
+        .any(|p| path.starts_with(p))
+        || path == "/dev/null"
+}
+
+/// `path` as an absolute, lexically normalised path: relative ones joined to the directory
+/// `dfd` names (`AT_FDCWD`: the process's working directory), read from `/proc` now; `?/`
+/// and the path when that directory cannot be read (the process is gone).
+pub fn absolute_path(proc_root: &std::path::Path, tgid: u32, dfd: i32, path: &str) -> String {
+    let joined = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        let dir = if dfd == agentwatch_ebpf::AT_FDCWD {
+            proc_root.join(tgid.to_string()).join("cwd")
+        } else {
+            proc_root
+                .join(tgid.to_string())
+                .join("fd")
+                .join(dfd.to_string())
+        };
+        match std::fs::read_link(dir) {
+            Ok(base) => format!("{}/{path}", base.display()),
+            Err(_) => return format!("?/{path}"),
+        }
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
 }
 
 /// A destination a session's processes connected to (TCP), written the first time the

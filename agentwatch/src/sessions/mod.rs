@@ -230,6 +230,9 @@ pub struct TreeView {
 /// charged when its response does).
 const MAX_IN_FLIGHT_PER_AGENT: usize = 16;
 
+/// Paths kept per session (`[actions] files`); changes to others are counted only.
+const MAX_FILES_PER_SESSION: usize = 4096;
+
 #[derive(Debug, Clone)]
 struct AgentStats {
     comm: String,
@@ -285,6 +288,10 @@ struct Session {
     /// `MAX_HOSTS_PER_SESSION`; `hosts_over_cap` counts the others).
     hosts: BTreeSet<(std::net::IpAddr, u16)>,
     hosts_over_cap: u64,
+    /// Paths its processes changed (`[actions] files`), at most `MAX_FILES_PER_SESSION`;
+    /// `files_over_cap` counts the changes to other paths.
+    files: BTreeMap<String, actions::FileChange>,
+    files_over_cap: u64,
     /// The recurring job it is a run of (`drift::job_key`), what it ran, and how it departed
     /// from the job's baseline so far.
     job: Option<String>,
@@ -397,6 +404,8 @@ impl Session {
             ceiling_hits: self.ceiling_hits,
             tool_runs: self.tool_runs,
             hosts_contacted: self.hosts.len() as u64 + self.hosts_over_cap,
+            files_written: self.files.values().filter(|f| f.written()).count() as u64,
+            files_deleted: self.files.values().filter(|f| f.deleted > 0).count() as u64,
             drift: self.drift.clone(),
             // A stop decided by the policy wins over the plain end of the session.
             outcome: if self.outcome == Outcome::Completed {
@@ -461,6 +470,8 @@ pub struct Sessions {
     jobs: drift::Jobs,
     /// What is kept of tool runs (`[actions]`).
     actions: actions::ActionsConfig,
+    /// File rows of sessions closed since [`Sessions::take_file_rows`].
+    closed_files: Vec<actions::FileChange>,
 }
 
 impl Sessions {
@@ -477,6 +488,7 @@ impl Sessions {
             opened: Vec::new(),
             jobs: drift::Jobs::default(),
             actions: Default::default(),
+            closed_files: Vec::new(),
         }
     }
 
@@ -599,6 +611,8 @@ impl Sessions {
                     tool_runs: 0,
                     hosts: BTreeSet::new(),
                     hosts_over_cap: 0,
+                    files: BTreeMap::new(),
+                    files_over_cap: 0,
                     job: proc_info.map(|p| {
                         let cwd = std::fs::read_link(
                             tree.proc_root().join(key.tgid.to_string()).join("cwd"),
@@ -802,6 +816,95 @@ impl Sessions {
         })
     }
 
+    /// `key` changed a file (`FILE_*` of the kernel's record; `path` and `new_path` absolute):
+    /// counted on its session's row for that path (a rename on both paths). Processes
+    /// outside sessions, and pseudo file systems, are ignored.
+    pub fn on_file_op(
+        &mut self,
+        tree: &ProcTree,
+        key: ProcKey,
+        op: u32,
+        flags: u32,
+        path: String,
+        new_path: Option<String>,
+        ts_ns: u64,
+    ) {
+        use agentwatch_ebpf::{FILE_OPEN_WRITE, FILE_RENAME, FILE_UNLINK};
+        const O_CREAT: u32 = 0o100;
+        const O_TRUNC: u32 = 0o1000;
+        let Some((agent, aref)) = self.charged_agent(tree, key) else {
+            return;
+        };
+        let tool = tree
+            .get(key)
+            .map(|i| actions::tool_name(i.exe.as_deref(), &i.comm))
+            .unwrap_or_default();
+        let at = self.cfg.clock.rfc3339(ts_ns);
+        let host = self.cfg.host.clone();
+        let Some(session) = self.sessions.get_mut(&aref.session_id) else {
+            return;
+        };
+        let mut touch = |path: String, count: &dyn Fn(&mut actions::FileChange)| {
+            if actions::is_pseudo_path(&path) {
+                return;
+            }
+            if !session.files.contains_key(&path) {
+                if session.files.len() >= MAX_FILES_PER_SESSION {
+                    session.files_over_cap += 1;
+                    return;
+                }
+                session.files.insert(
+                    path.clone(),
+                    actions::FileChange {
+                        session_id: aref.session_id.clone(),
+                        host: host.clone(),
+                        path: path.clone(),
+                        pid: key.tgid,
+                        tool: tool.clone(),
+                        agent_pid: agent.tgid,
+                        agent_start_ticks: agent.start_ticks,
+                        agent_depth: aref.depth,
+                        first_at: at.clone(),
+                        ..Default::default()
+                    },
+                );
+            }
+            if let Some(f) = session.files.get_mut(&path) {
+                count(f);
+                f.last_at = at.clone();
+            }
+        };
+        match op {
+            FILE_OPEN_WRITE => touch(path, &|f| {
+                f.opened_for_write += 1;
+                f.created += u64::from(flags & O_CREAT != 0);
+                f.truncated += u64::from(flags & O_TRUNC != 0);
+            }),
+            FILE_UNLINK => touch(path, &|f| f.deleted += 1),
+            FILE_RENAME => {
+                touch(path, &|f| f.renamed_from += 1);
+                if let Some(new_path) = new_path {
+                    touch(new_path, &|f| f.renamed_to += 1);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The files an open session changed so far (`[actions] files`), by path.
+    pub fn file_changes(&self, session_id: &str) -> Vec<actions::FileChange> {
+        self.sessions
+            .get(session_id)
+            .map(|s| s.files.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The file rows of the sessions closed since the last call: written before their
+    /// ledger rows.
+    pub fn take_file_rows(&mut self) -> Vec<actions::FileChange> {
+        std::mem::take(&mut self.closed_files)
+    }
+
     /// `key` connected to `addr`:`port`: the first time its session (of the agent it is, or
     /// runs under) connects there, its `actions.jsonl` row.
     pub fn on_connect(
@@ -952,6 +1055,8 @@ impl Sessions {
                     .map(|h| h.iter().copied().collect())
                     .unwrap_or_default(),
                 hosts_over_cap: 0,
+                files: BTreeMap::new(),
+                files_over_cap: 0,
                 job: None,
                 tools_seen: BTreeSet::new(),
                 drift: Vec::new(),
@@ -1125,7 +1230,10 @@ impl Sessions {
         if !session.drift.is_empty() {
             self.stats.drifted_sessions += 1;
         }
+
         let row = session.ledger_row(&self.cfg.host, &self.cfg.boot_id, ended_at, outcome);
+        self.closed_files
+            .extend(std::mem::take(&mut session.files).into_values());
         self.remember_closed(session.id);
         Some(row)
     }

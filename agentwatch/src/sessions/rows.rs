@@ -304,6 +304,12 @@ row_schema! {
         /// Distinct TCP destinations (address, port) its processes connected to.
         #[serde(default)]
         pub hosts_contacted: u64 => "UInt64",
+        /// Paths its processes opened for writing or renamed onto, and paths they deleted
+        /// (`[actions] files`; 0 without it).
+        #[serde(default)]
+        pub files_written: u64 => "UInt64",
+        #[serde(default)]
+        pub files_deleted: u64 => "UInt64",
         /// How the run departed from its recurring job's baseline (`new tool: curl`, `new host:
         /// 10.0.0.5:443`, tokens far outside the range); empty when it did not, or when its job
         /// has fewer than 3 runs.

@@ -647,3 +647,79 @@ fn sessions_calls_in_flight_and_running_tools() {
     assert!(s.running_tools(&tree, &id).iter().all(|t| t.pid != 250));
     assert!(s.running_tools(&tree, "no-such-session").is_empty());
 }
+
+/// File changes are counted per path on the session of the agent they run under (a rename on
+/// both paths); pseudo files and processes outside sessions leave nothing; the ledger counts
+/// the paths written and deleted, and the rows are handed over once, at the close.
+#[test]
+fn sessions_file_changes_per_path() {
+    use agentwatch_ebpf::{FILE_OPEN_WRITE, FILE_RENAME, FILE_UNLINK};
+    let (_fake, tree) = fake_host();
+    let mut s = Sessions::new(cfg());
+    let id = session_id("boot-1", k(100, 100));
+    s.on_llm_request(&tree, k(100, 100), &req("openai", Some("m"), S));
+    let o_creat_trunc = 0o100 | 0o1000 | 1;
+    for (key, op, flags, path, new_path) in [
+        (k(200, 200), FILE_OPEN_WRITE, o_creat_trunc, "/w/a", None),
+        (k(250, 250), FILE_OPEN_WRITE, 1, "/w/a", None),
+        (k(200, 200), FILE_RENAME, 0, "/w/a", Some("/w/b")),
+        (k(200, 200), FILE_UNLINK, 0, "/w/c", None),
+        (k(200, 200), FILE_OPEN_WRITE, 1, "/dev/null", None),
+        (k(600, 600), FILE_OPEN_WRITE, 1, "/w/outside", None),
+    ] {
+        s.on_file_op(
+            &tree,
+            key,
+            op,
+            flags,
+            path.into(),
+            new_path.map(Into::into),
+            2 * S,
+        );
+    }
+    let files = s.file_changes(&id);
+    let by = |p: &str| files.iter().find(|f| f.path == p).unwrap();
+    let a = by("/w/a");
+    assert_eq!(
+        (
+            a.opened_for_write,
+            a.created,
+            a.truncated,
+            a.renamed_from,
+            a.pid,
+            a.agent_pid
+        ),
+        (2, 1, 1, 1, 200, 100)
+    );
+    assert_eq!(by("/w/b").renamed_to, 1);
+    assert_eq!(by("/w/c").deleted, 1);
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert!(s.take_file_rows().is_empty(), "rows only at the close");
+    let rows = s.on_removed(&[k(100, 100)], 3 * S);
+    assert_eq!(
+        (rows[0].files_written, rows[0].files_deleted),
+        (2, 1),
+        "a and b written, c deleted"
+    );
+    assert_eq!(s.take_file_rows().len(), 3);
+    assert!(s.take_file_rows().is_empty());
+}
+
+#[test]
+fn sessions_file_paths_are_made_absolute_through_the_process() {
+    use crate::sessions::actions::absolute_path;
+    let fake = FakeProc::new();
+    fake.add(7, 1, "bash", 7, &["bash"]);
+    let root = fake.root();
+    std::fs::create_dir_all(root.join("7/fd")).unwrap();
+    std::os::unix::fs::symlink("/home/u/work", root.join("7/cwd")).unwrap();
+    std::os::unix::fs::symlink("/etc", root.join("7/fd/5")).unwrap();
+    let at_cwd = agentwatch_ebpf::AT_FDCWD;
+    assert_eq!(
+        absolute_path(root, 7, at_cwd, "a/./b/../c.txt"),
+        "/home/u/work/a/c.txt"
+    );
+    assert_eq!(absolute_path(root, 7, 5, "hosts"), "/etc/hosts");
+    assert_eq!(absolute_path(root, 7, 5, "/tmp//x"), "/tmp/x");
+    assert_eq!(absolute_path(root, 8, at_cwd, "gone.txt"), "?/gone.txt");
+}

@@ -329,6 +329,9 @@ impl SpoolWriter {
                     self.push(&ExportItem::Host(Box::new(h.clone())))
                 }
             }
+            // actions.jsonl only, for now: the ClickHouse `actions` table has no file
+            // columns yet.
+            crate::sessions::actions::ActionRow::File(_) => {}
         }
     }
 

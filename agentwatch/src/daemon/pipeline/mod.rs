@@ -387,6 +387,25 @@ impl Pipeline {
             KernelEvent::ExecArgs { tgid, args, cut } => {
                 self.tree.set_cmdline(tgid, args, cut);
             }
+            KernelEvent::FileOp {
+                tgid,
+                op,
+                flags,
+                dfd,
+                path,
+                new_dfd,
+                new_path,
+                ts_ns,
+            } => {
+                use crate::sessions::actions::absolute_path;
+                if let Some(key) = self.tree.key_of(tgid).or_else(|| self.tree.ensure(tgid)) {
+                    let root = self.tree.proc_root().to_path_buf();
+                    let path = absolute_path(&root, tgid, dfd, &path);
+                    let new_path = new_path.map(|p| absolute_path(&root, tgid, new_dfd, &p));
+                    self.sessions
+                        .on_file_op(&self.tree, key, op, flags, path, new_path, ts_ns);
+                }
+            }
             KernelEvent::Connect {
                 tgid,
                 addr,
@@ -934,9 +953,12 @@ impl Pipeline {
     }
 
     fn write_ledger(&mut self, row: &crate::sessions::LedgerRow) {
-        // Its host rows first: a reader of the ledger row finds them all.
+        // Its host and file rows first: a reader of the ledger row finds them all.
         if !self.pending_hosts.is_empty() {
             self.write_pending_hosts(0, Some(&row.session_id));
+        }
+        for f in self.sessions.take_file_rows() {
+            self.write_action(ActionRow::File(f));
         }
         self.stats.ledger_rows += 1;
         if let Some(e) = self.enforcer.as_mut() {
