@@ -499,7 +499,7 @@ Probe costs are medians of interleaved runs without and with the daemon, in one 
     std::fs::write(scratch.join("tax.py"), TLS_TAX).unwrap();
     std::fs::write(scratch.join("socket_tax.py"), SOCKET_TAX).unwrap();
 
-    // `--only SECTION,…` (agent, non-agent, first-contact): those sections alone, printed and
+    // `--only SECTION,…` (agent, non-agent, files, first-contact): those sections alone, printed and
     // not written to BENCHMARKS.md (for working on one figure).
     let only: Vec<String> = std::env::args()
         .skip_while(|a| a != "--only")
@@ -718,6 +718,60 @@ start-up is left out). None of these processes is an agent: none is held or prob
 syscall of every process paid for: pipes and files never run them, and a socket that is not of interest runs a\n\
 short program per read and write (two array lookups; the tracepoint's own cost is most of the ~0.1 µs).\n",
     );
+
+    // `[actions] files`: the `syscalls` tracepoints it turns on, paid by processes outside
+    // sessions (a lookup at each such call's entry and return; every system call takes the
+    // kernel's traced path while one is on).
+    if want("files") {
+        let _ = write!(
+            report,
+            "\n## `[actions] files = true`: its cost for processes that are not agents\n\n\
+The daemon as shipped vs. with `[actions] files = true`, alternately, 7 runs each, medians (timed inside the\n\
+process). Neither process is in a session: it runs no program of the kernel's file hooks beyond a map lookup\n\
+at each `openat`/`rename`/`unlink` entry and return, and every system call takes the kernel's traced path.\n\n\
+| workload | default | files | ratio | added per unit |\n|---|---|---|---|---|\n"
+        );
+        let cases: [(String, &str, usize, Vec<String>); 2] = [
+            (
+                format!(
+                    "{file_ops} × (`openat` O_CREAT|O_TRUNC for writing, `close`, `rename`, `unlink`)"
+                ),
+                "open+close+rename+unlink",
+                file_ops,
+                vec![
+                    s("syscall_tax.py"),
+                    "open".into(),
+                    file_ops.to_string(),
+                    s("tax.dir"),
+                ],
+            ),
+            (
+                format!("{pipe_pairs} × 64-byte `write` + `read` through a pipe"),
+                "write+read",
+                pipe_pairs,
+                vec![s("syscall_tax.py"), "pipe".into(), pipe_pairs.to_string()],
+            ),
+        ];
+        for (what, unit, count, args) in cases {
+            let cmd = py(args);
+            let (mut plain, mut files) = (Vec::new(), Vec::new());
+            for _ in 0..7 {
+                for (config, out) in [("", &mut plain), ("[actions]\nfiles = true\n", &mut files)] {
+                    let daemon = start_daemon_with(&scratch, Some(config));
+                    std::thread::sleep(Duration::from_millis(2000));
+                    out.push(time_loop(&mut cmd()));
+                    drop(daemon);
+                }
+            }
+            let (plain, files) = (median(plain), median(files));
+            let _ = writeln!(
+                report,
+                "| {what} | {plain:.3} s | {files:.3} s | {:.3} | {:.2} µs per {unit} |",
+                files / plain,
+                (files - plain) / count as f64 * 1e6
+            );
+        }
+    }
 
     if want("first-contact") {
         first_contact_section(&mut report, &scratch, &python, port, &ca);
