@@ -152,6 +152,9 @@ pub struct SessionsStats {
     pub restored_closed: u64,
     /// Sessions closed with `drift` (departing from their job's baseline).
     pub drifted_sessions: u64,
+    /// File changes not kept: their session had `MAX_FILES_PER_SESSION` paths already
+    /// (`[actions] files`).
+    pub file_changes_over_cap: u64,
 }
 
 /// One open session, for `agentwatch sessions`.
@@ -288,10 +291,9 @@ struct Session {
     /// `MAX_HOSTS_PER_SESSION`; `hosts_over_cap` counts the others).
     hosts: BTreeSet<(std::net::IpAddr, u16)>,
     hosts_over_cap: u64,
-    /// Paths its processes changed (`[actions] files`), at most `MAX_FILES_PER_SESSION`;
-    /// `files_over_cap` counts the changes to other paths.
+    /// Paths its processes changed (`[actions] files`), at most `MAX_FILES_PER_SESSION`
+    /// (`SessionsStats::file_changes_over_cap` counts the changes to other paths).
     files: BTreeMap<String, actions::FileChange>,
-    files_over_cap: u64,
     /// The recurring job it is a run of (`drift::job_key`), what it ran, and how it departed
     /// from the job's baseline so far.
     job: Option<String>,
@@ -612,7 +614,6 @@ impl Sessions {
                     hosts: BTreeSet::new(),
                     hosts_over_cap: 0,
                     files: BTreeMap::new(),
-                    files_over_cap: 0,
                     job: proc_info.map(|p| {
                         let cwd = std::fs::read_link(
                             tree.proc_root().join(key.tgid.to_string()).join("cwd"),
@@ -844,13 +845,14 @@ impl Sessions {
         let Some(session) = self.sessions.get_mut(&aref.session_id) else {
             return;
         };
+        let over_cap = &mut self.stats.file_changes_over_cap;
         let mut touch = |path: String, count: &dyn Fn(&mut actions::FileChange)| {
             if actions::is_pseudo_path(&path) {
                 return;
             }
             if !session.files.contains_key(&path) {
                 if session.files.len() >= MAX_FILES_PER_SESSION {
-                    session.files_over_cap += 1;
+                    *over_cap += 1;
                     return;
                 }
                 session.files.insert(
@@ -1056,7 +1058,6 @@ impl Sessions {
                     .unwrap_or_default(),
                 hosts_over_cap: 0,
                 files: BTreeMap::new(),
-                files_over_cap: 0,
                 job: None,
                 tools_seen: BTreeSet::new(),
                 drift: Vec::new(),
