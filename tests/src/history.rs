@@ -48,8 +48,7 @@ pub fn read_history(data_dir: &Path, kind: &str) -> Vec<Value> {
         text.push_str(
             &std::fs::read_to_string(data_dir.join(format!("{kind}.jsonl"))).unwrap_or_default(),
         );
-        return text
-            .lines()
+        return complete_lines(&text)
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSONL line {l:?}: {e}"))
@@ -60,4 +59,10 @@ pub fn read_history(data_dir: &Path, kind: &str) -> Vec<Value> {
         "the JSONL history of {} kept changing while read",
         data_dir.display()
     );
+}
+
+/// The lines of a JSONL file's text that are whole: a last line without its `\n` is a row the
+/// daemon is appending right now (a write that crosses a page is seen in parts), left out.
+pub fn complete_lines(text: &str) -> std::str::Lines<'_> {
+    text[..text.rfind('\n').map_or(0, |i| i + 1)].lines()
 }
