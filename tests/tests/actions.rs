@@ -589,3 +589,128 @@ fn files_a_session_changes_are_recorded_per_path() {
     let drops = &daemon.cli_json(&["status"])["kernel_drops"];
     assert_eq!(u(&drops["file_ops_dropped"]), 0, "{drops:#}");
 }
+
+/// `[actions] files = true` with `[drift] action = "pause"`: a recurring job whose 5 runs
+/// write their log in `job/out`, then a 6th run that also writes in another directory. Only
+/// the 6th has `drift`, naming that directory (not `job/out`, nor a directory under it),
+/// and its next LLM call (a sub-agent's) is held until `agentwatch approve`.
+#[test]
+fn a_recurring_job_that_writes_in_a_new_directory_drifts_and_is_paused() {
+    let dir = Scratch::new("drift-dirs");
+    let config = dir.0.join("agentwatch.toml");
+    std::fs::write(
+        &config,
+        "[actions]\nfiles = true\n[drift]\naction = \"pause\"\nmin_runs = 5\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    let mock = Mock::start(&[]);
+    let work = Scratch::new("drift-dirs-work");
+    let job = work.0.join("job");
+    let out = job.join("out");
+    let elsewhere = work.0.join("elsewhere");
+    for d in [&out.join("2026"), &elsewhere] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let sub = format!(
+        "{} {} --base-url {} --ca {} --calls 1 --tag drift-dirs-sub",
+        python().display(),
+        clients().join("tree_agent.py").display(),
+        mock.base_url(),
+        mock.ca.display()
+    );
+    let log = format!("echo run >> {}/log.txt", out.display());
+    let spawn = |children: &[String]| -> std::process::Child {
+        let mut agent = py_client(
+            "tree_agent.py",
+            &mock,
+            &["--calls", "1", "--tag", "drift-dirs"],
+        );
+        agent
+            .current_dir(&job)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for c in children {
+            agent.arg("--child").arg(c);
+        }
+        agent.spawn().unwrap()
+    };
+    for i in 0..5 {
+        // A directory under `out` in one run: under a directory the job writes in.
+        let mut children = vec![log.clone()];
+        if i == 3 {
+            children.push(format!("touch {}/2026/day.txt", out.display()));
+        }
+        children.push(sub.clone());
+        let child = spawn(&children);
+        let root = child.id();
+        let done = child.wait_with_output().unwrap();
+        assert!(done.status.success(), "run {i}: {done:?}");
+        let row = ledger_of(&wait_ledger(&daemon, root), root)[0].clone();
+        assert_eq!(row["drift"], serde_json::json!([]), "run {i}: {row:#}");
+        assert!(u(&row["files_written"]) >= 1, "run {i}: {row:#}");
+    }
+    assert_eq!(mock.served_with_tag("drift-dirs-sub").len(), 5);
+    let jobs: Value =
+        serde_json::from_slice(&std::fs::read(daemon.data_dir.join("jobs.json")).unwrap()).unwrap();
+    let baseline = jobs.as_object().unwrap().values().next().unwrap().clone();
+    assert_eq!(u(&baseline["file_runs"]), 5, "{jobs:#}");
+    assert!(
+        baseline["dirs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == out.display().to_string().as_str()),
+        "{jobs:#}"
+    );
+
+    // The 6th run also writes in `elsewhere`: paused before its sub-agent's call.
+    let stray = format!("echo oops > {}/stray.txt", elsewhere.display());
+    let mut child = spawn(&[
+        log.clone(),
+        format!("touch {}/2026/day.txt", out.display()),
+        stray,
+        sub.clone(),
+    ]);
+    let root = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let session = loop {
+        let s = daemon.cli_json(&["sessions"]);
+        if let Some(found) = s["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| u(&s["root_pid"]) == root as u64 && s["outcome"] == "paused")
+        {
+            break found.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 6th run was not paused: {s:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let new_dir = format!("new directory: {}", elsewhere.display());
+    assert!(
+        session["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&new_dir)),
+        "{session:#}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        mock.served_with_tag("drift-dirs-sub").len(),
+        5,
+        "the drifting run's sub-agent call is held"
+    );
+    let id = session["session_id"].as_str().unwrap();
+    let approved = daemon.cli(&["approve", id]);
+    assert!(approved.status.success(), "{approved:?}");
+    let status = wait_exit(&mut child, std::time::Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(mock.served_with_tag("drift-dirs-sub").len(), 6);
+    let row = ledger_of(&wait_ledger(&daemon, root), root)[0].clone();
+    assert_eq!(row["drift"], serde_json::json!([new_dir]), "{row:#}");
+    drop(work);
+}

@@ -1,8 +1,9 @@
 //! Drift of a recurring job: sessions whose roots are the same job (same executable, same
 //! `argv[0]`, same working directory) are runs of it. Each job keeps a baseline of its last
-//! runs (tools run, hosts contacted, calls and tokens); a run that departs from it — a tool or
-//! host its runs never had, tokens far outside their range — gets `drift` in its ledger row,
-//! naming what changed. The baselines live in `<data_dir>/jobs.json` (written atomically at
+//! runs (tools run, hosts contacted, directories written with `[actions] files`, calls and
+//! tokens); a run that departs from it — a tool or host its runs never had, a write under a
+//! directory they never wrote under, tokens far outside their range — gets `drift` in its
+//! ledger row, naming what changed. The baselines live in `<data_dir>/jobs.json` (written atomically at
 //! each session close) so they survive restarts.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -67,6 +68,8 @@ const MAX_JOBS: usize = 1024;
 const MAX_ITEMS: usize = 512;
 /// Distinct tool names a run keeps for its job (a run that runs more is not checked past it).
 pub const MAX_TOOLS_PER_RUN: usize = 1024;
+/// Distinct directories a run keeps for its job (`[actions] files`).
+pub const MAX_DIRS_PER_RUN: usize = 1024;
 const FILE: &str = "jobs.json";
 
 /// What a job's runs have done.
@@ -77,6 +80,12 @@ pub struct Baseline {
     pub hosts: BTreeSet<String>,
     pub tokens_min: u64,
     pub tokens_max: u64,
+    /// Directories its runs changed files in, and how many runs were recorded with
+    /// `[actions] files` (a baseline built without it has no directories to compare with).
+    #[serde(default)]
+    pub dirs: BTreeSet<String>,
+    #[serde(default)]
+    pub file_runs: u64,
     /// Close time of the last run (RFC 3339), to forget the oldest jobs first.
     pub last_run: String,
 }
@@ -142,6 +151,19 @@ impl Jobs {
         self.jobs.get(key).filter(|b| b.runs >= self.min_runs)
     }
 
+    /// Whether a run of `key` that changes a file in `dir` departs from its baseline: the
+    /// baseline has enough runs recorded with `[actions] files`, and none of them changed a
+    /// file in `dir` or in a directory above it.
+    pub fn is_new_dir(&self, key: &str, dir: &str) -> bool {
+        self.jobs.get(key).is_some_and(|b| {
+            b.file_runs >= self.min_runs
+                && !b
+                    .dirs
+                    .iter()
+                    .any(|known| Path::new(dir).starts_with(Path::new(known)))
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.jobs.len()
     }
@@ -150,13 +172,15 @@ impl Jobs {
         self.jobs.is_empty()
     }
 
-    /// A run of `key` ended: what drifted in it (tokens; tools and hosts are checked as they
-    /// happen), then the run joins the baseline, which is saved.
+    /// A run of `key` ended: what drifted in it (tokens; tools, hosts and directories are
+    /// checked as they happen), then the run joins the baseline, which is saved. `dirs` is
+    /// `None` for a run recorded without `[actions] files`.
     pub fn close_run(
         &mut self,
         key: &str,
         tools: &BTreeSet<String>,
         hosts: &BTreeSet<String>,
+        dirs: Option<&BTreeSet<String>>,
         tokens: u64,
         ended_at: &str,
     ) -> Vec<String> {
@@ -190,6 +214,14 @@ impl Jobs {
         for h in hosts {
             if b.hosts.len() < MAX_ITEMS {
                 b.hosts.insert(h.clone());
+            }
+        }
+        if let Some(dirs) = dirs {
+            b.file_runs += 1;
+            for d in dirs {
+                if b.dirs.len() < MAX_ITEMS {
+                    b.dirs.insert(d.clone());
+                }
             }
         }
         b.last_run = ended_at.to_string();
@@ -251,6 +283,7 @@ mod tests {
                 &key,
                 &set(&["git"]),
                 &set(&["1.2.3.4:443"]),
+                Some(&set(&["/srv/job/out"])),
                 tokens,
                 &i.to_string(),
             );
@@ -262,10 +295,15 @@ mod tests {
         assert_eq!((b.runs, b.tokens_min, b.tokens_max), (3, 90, 120));
         assert!(b.tools.contains("git"));
         assert!(
-            jobs.close_run(&key, &set(&["git"]), &set(&[]), 110, "4")
+            jobs.close_run(&key, &set(&["git"]), &set(&[]), None, 110, "4")
                 .is_empty()
         );
-        let d = jobs.close_run(&key, &set(&[]), &set(&[]), 10_000, "5");
+        // Directories: under one its runs wrote is not new; beside it is.
+        assert!(!jobs.is_new_dir(&key, "/srv/job/out"));
+        assert!(!jobs.is_new_dir(&key, "/srv/job/out/2026"));
+        assert!(jobs.is_new_dir(&key, "/srv/job/outside"));
+        assert!(jobs.is_new_dir(&key, "/srv/job"));
+        let d = jobs.close_run(&key, &set(&[]), &set(&[]), None, 10_000, "5");
         assert_eq!(d.len(), 1, "{d:?}");
         assert!(d[0].starts_with("tokens 10000 above"), "{d:?}");
         // Another job is another baseline.
@@ -275,6 +313,14 @@ mod tests {
             Some("/srv/other"),
         );
         assert!(jobs.get(&other).is_none());
+        assert!(!jobs.is_new_dir(&other, "/anywhere"));
+        // A job whose runs were recorded without `[actions] files` has no directories to
+        // depart from.
+        let quiet = job_key(Some("/bin/sh"), Some("sh"), Some("/"));
+        for i in 0..3 {
+            jobs.close_run(&quiet, &set(&[]), &set(&[]), None, 1, &i.to_string());
+        }
+        assert!(!jobs.is_new_dir(&quiet, "/etc"));
         // A broken file is set aside, not fatal.
         std::fs::write(dir.path().join("jobs.json"), b"{not json").unwrap();
         assert!(Jobs::load(dir.path(), &DriftConfig::default()).is_empty());

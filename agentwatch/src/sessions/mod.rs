@@ -298,6 +298,8 @@ struct Session {
     /// from the job's baseline so far.
     job: Option<String>,
     tools_seen: BTreeSet<String>,
+    /// Directories its processes changed files in (`[actions] files`).
+    dirs_seen: BTreeSet<String>,
     drift: Vec<String>,
     outcome: Outcome,
     /// Why the session was stopped or flagged, for `agentwatch sessions`.
@@ -626,6 +628,7 @@ impl Sessions {
                         )
                     }),
                     tools_seen: BTreeSet::new(),
+                    dirs_seen: BTreeSet::new(),
                     drift: Vec::new(),
                     outcome: Outcome::Completed,
                     reason: None,
@@ -876,6 +879,15 @@ impl Sessions {
                 f.last_at = at.clone();
             }
         };
+        // The directories changed, for drift (a relative path of a process that is gone
+        // has no known directory).
+        let dirs: Vec<String> = [Some(&path), new_path.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter(|p| p.starts_with('/') && !actions::is_pseudo_path(p))
+            .filter_map(|p| std::path::Path::new(p).parent())
+            .map(|d| d.display().to_string())
+            .collect();
         match op {
             FILE_OPEN_WRITE => touch(path, &|f| {
                 f.opened_for_write += 1;
@@ -889,7 +901,18 @@ impl Sessions {
                     touch(new_path, &|f| f.renamed_to += 1);
                 }
             }
-            _ => {}
+            _ => return,
+        }
+        for dir in dirs {
+            if session.dirs_seen.len() < drift::MAX_DIRS_PER_RUN
+                && session.dirs_seen.insert(dir.clone())
+                && session
+                    .job
+                    .as_deref()
+                    .is_some_and(|j| self.jobs.is_new_dir(j, &dir))
+            {
+                session.drift.push(format!("new directory: {dir}"));
+            }
         }
     }
 
@@ -1060,6 +1083,7 @@ impl Sessions {
                 files: BTreeMap::new(),
                 job: None,
                 tools_seen: BTreeSet::new(),
+                dirs_seen: BTreeSet::new(),
                 drift: Vec::new(),
                 outcome: Outcome::Completed,
                 reason: None,
@@ -1223,6 +1247,7 @@ impl Sessions {
                 &job,
                 &session.tools_seen,
                 &hosts,
+                self.actions.files.then_some(&session.dirs_seen),
                 session.usage.total_tokens(),
                 &ended_at,
             );
