@@ -189,7 +189,7 @@ mod tests {
     fn empty_file_is_the_default_and_unknown_keys_are_rejected() {
         let c: Config = toml::from_str("").unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/agentwatch"));
-        assert_eq!(c.probes.ring_buffer_bytes, 16 << 20);
+        assert_eq!(c.probes.ring_buffer_bytes, 8 << 20);
         assert!(toml::from_str::<Config>("data_dirr = '/x'").is_err());
         let c: Config = toml::from_str(
             "data_dir = '/tmp/aw'\n[[pricing]]\nmodel = 'm'\ninput_per_mtok = 1.0\noutput_per_mtok = 2.0\n",

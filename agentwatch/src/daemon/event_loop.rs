@@ -14,6 +14,9 @@ use crate::sessions::clock::boot_now_ns;
 
 /// How often the ring buffer is drained when no record asked for a wakeup.
 const RING_DRAIN: Duration = Duration::from_millis(10);
+/// Seconds after start (ticks of the 1 s timer) when start-up is over and its executable pages
+/// are let go of (`memory.rs`).
+const RELEASE_AFTER_TICKS: u32 = 5;
 
 /// What only the loop uses.
 pub(super) struct EventLoop {
@@ -74,6 +77,7 @@ impl EventLoop {
         let mut interrupted = false;
         // Processes found stopped at a first contact nobody announced (see `unannounced_holds`).
         let mut unannounced = HashSet::new();
+        let mut ticks = 0u32;
         loop {
             let mut ticked = false;
             let read = tokio::select! {
@@ -85,6 +89,11 @@ impl EventLoop {
                 _ = tick.tick() => {
                     d.tick();
                     ticked = true;
+                    ticks = ticks.saturating_add(1);
+                    if ticks == RELEASE_AFTER_TICKS {
+                        let kib = super::memory::release_executable_pages();
+                        tracing::debug!(kib, "let go of the executable's start-up pages");
+                    }
                     true
                 }
                 _ = hup.recv() => {

@@ -11,6 +11,7 @@ mod answers;
 mod discovery;
 mod event_loop;
 mod first_contact;
+mod memory;
 pub mod pipeline;
 
 use std::path::{Path, PathBuf};

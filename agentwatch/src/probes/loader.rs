@@ -46,8 +46,11 @@ pub struct ProbesConfig {
     /// registered after a quiet moment otherwise waits a full grace period (10–15 ms here) while the
     /// process is stopped. An expedited grace period costs each CPU one IPI. Default true.
     pub expedite_first_contact: bool,
-    /// Ring buffer size in bytes (a power of two, at least one page). Default 16 MiB.
-    /// A daemon that adopts a pinned kernel side keeps that ring's size.
+    /// Ring buffer size in bytes (a power of two, at least one page). Default 8 MiB: all of it
+    /// is resident (kernel pages, mapped into the daemon) from the start, so it is most of the
+    /// daemon's idle memory; `kernel_drops.ringbuf_full_bytes` in status says when it is too small
+    /// (many agents moving large bodies at once). A daemon that adopts a pinned kernel side
+    /// keeps that ring's size.
     pub ring_buffer_bytes: u32,
     /// Keep the kernel side (maps, ring buffer, links) pinned in bpffs across daemon restarts,
     /// so a restarted or upgraded daemon adopts it and misses nothing. Default true.
@@ -76,7 +79,7 @@ impl Default for ProbesConfig {
             llm_hosts: Vec::new(),
             first_contact_timeout_ms: 10_000,
             expedite_first_contact: true,
-            ring_buffer_bytes: 16 << 20,
+            ring_buffer_bytes: 8 << 20,
             pin: true,
             pin_root: PathBuf::from(super::pins::DEFAULT_PIN_ROOT),
             rescan_interval_secs: 2,

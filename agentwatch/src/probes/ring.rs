@@ -10,9 +10,12 @@
 //! not applied twice; their calls are matched against the rows already written).
 //!
 //! Layout (kernel/bpf/ringbuf.c): page 0 holds the consumer position (read-write), page 1 the
-//! producer position, then the data pages, mapped twice in a row so a record that wraps around
-//! the end reads as one slice. Each record has an 8-byte header: its length with a busy bit and
-//! a discard bit, and is padded to 8 bytes.
+//! producer position, then the data pages. The kernel offers them twice in a row so a record
+//! that wraps around the end reads as one slice; the daemon maps them once (every page of the
+//! mapping is resident from the start, so a second copy would double the ring's share of its
+//! RSS) and copies the rare record that wraps. Each record has an 8-byte header (never split by
+//! the end: records are 8-aligned): its length with a busy bit and a discard bit, and is padded
+//! to 8 bytes.
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -89,6 +92,8 @@ pub struct Ring {
     cursor: Option<Array<MapData, u64>>,
     /// The read position last written to `cursor`.
     cursor_written: u64,
+    /// The last record that wrapped around the end, in one piece.
+    wrapped: Vec<u8>,
 }
 
 // SAFETY: the mappings are owned by this value and only touched through `&mut self` (or
@@ -118,7 +123,7 @@ impl Ring {
         )?;
         let producer = Mapping::new(
             fd,
-            page + 2 * size as usize,
+            page + size as usize,
             libc::PROT_READ,
             page,
             "data pages",
@@ -134,6 +139,7 @@ impl Ring {
             replay_end: 0,
             cursor,
             cursor_written: u64::MAX,
+            wrapped: Vec::new(),
         };
         ring.committed = ring.consumer_pos().load(Ordering::Acquire);
         ring.read = ring.committed;
@@ -193,11 +199,26 @@ impl Ring {
             if header & DISCARD != 0 {
                 continue;
             }
-            // SAFETY: the record lies inside the doubly mapped data pages (len < size).
-            let bytes = unsafe {
-                std::slice::from_raw_parts(self.data().add(offset + HEADER as usize), len as usize)
-            };
-            return Some((pos, bytes));
+            let (size, len) = (self.size as usize, len as usize);
+            let start = (offset + HEADER as usize) % size;
+            if start + len <= size {
+                // SAFETY: `start..start + len` lies inside the data pages.
+                let bytes = unsafe { std::slice::from_raw_parts(self.data().add(start), len) };
+                return Some((pos, bytes));
+            }
+            // It wraps: its end is at the start of the data pages.
+            let first = size - start;
+            self.wrapped.clear();
+            // SAFETY: `start..size` and `0..len - first` lie inside the data pages (len < size).
+            unsafe {
+                self.wrapped.extend_from_slice(std::slice::from_raw_parts(
+                    self.data().add(start),
+                    first,
+                ));
+                self.wrapped
+                    .extend_from_slice(std::slice::from_raw_parts(self.data(), len - first));
+            }
+            return Some((pos, &self.wrapped));
         }
     }
 
