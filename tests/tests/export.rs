@@ -152,7 +152,10 @@ fn clickhouse_rows_match_the_jsonl_rows() {
         old.join(", ")
     ))
     .unwrap();
-    let daemon = daemon_with(&clickhouse_config(&ch));
+    let daemon = daemon_with(&format!(
+        "{}[actions]\nfiles = true\n",
+        clickhouse_config(&ch)
+    ));
     let mock = Mock::start(&[]);
     let pid = chat(&mock, "ch-match", 3);
     daemon.wait_for("3 calls and the ledger row", |c, l| {
@@ -225,13 +228,17 @@ fn clickhouse_rows_match_the_jsonl_rows() {
     assert_eq!(s["models"], row["models"]);
 
     // Tool runs: the actions table holds the rows of actions.jsonl, column for column.
+    let written = scratch.0.join("ch-written.txt");
     let (agent, _) = run_client({
         let mut c = py_client(
             "tree_agent.py",
             &mock,
             &["--calls", "1", "--tag", "ch-tools"],
         );
-        c.arg("--child").arg("bash -c 'exit 4'; true");
+        c.arg("--child").arg(format!(
+            "bash -c 'exit 4'; echo x > {0}; echo y >> {0}; true",
+            written.display()
+        ));
         c
     });
     daemon.wait_for("the tool agent's ledger row", |_, l| {
@@ -317,6 +324,46 @@ fn clickhouse_rows_match_the_jsonl_rows() {
     let mut got_hosts: Vec<_> = ch.rows(&host_query).iter().map(host_key).collect();
     got_hosts.sort();
     assert_eq!(got_hosts, want_hosts);
+    // Files: `kind = 'file'`, one row per path with its counts, as in actions.jsonl.
+    let file_key = |r: &Value| {
+        [
+            "path",
+            "opened_for_write",
+            "created",
+            "truncated",
+            "deleted",
+            "renamed_from",
+            "renamed_to",
+            "pid",
+            "tool",
+            "agent_pid",
+        ]
+        .map(|k| norm(&r[k]))
+    };
+    let mut want_files: Vec<_> = read_jsonl(&daemon.data_dir.join("actions.jsonl"))
+        .iter()
+        .filter(|r| r["session_id"] == tsid.as_str() && r["kind"] == "file")
+        .map(file_key)
+        .collect();
+    want_files.sort();
+    let written_row = want_files
+        .iter()
+        .find(|f| f[0] == written.display().to_string())
+        .unwrap_or_else(|| panic!("{} in actions.jsonl: {want_files:#?}", written.display()));
+    // `>` then `>>`: opened for writing twice, created twice (O_CREAT), truncated once.
+    assert_eq!(written_row[1..4], ["2", "2", "1"], "{written_row:?}");
+    let file_query = format!(
+        "SELECT * FROM agentwatch.actions FINAL WHERE session_id = '{tsid}' AND kind = 'file'"
+    );
+    wait_until(
+        "the file rows in ClickHouse",
+        30,
+        || ch.rows(&file_query).len() == want_files.len(),
+        || format!("{:#}", sink_status(&daemon, "clickhouse")),
+    );
+    let mut got_files: Vec<_> = ch.rows(&file_query).iter().map(file_key).collect();
+    got_files.sort();
+    assert_eq!(got_files, want_files);
     // The tool agent's own rows follow its tool runs: everything is delivered in the end.
     wait_until(
         "the spool delivered",

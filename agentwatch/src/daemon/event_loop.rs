@@ -12,8 +12,12 @@ use crate::probes::Scope;
 use crate::probes::ring::Ring;
 use crate::sessions::clock::boot_now_ns;
 
-/// How often the ring buffer is drained when no record asked for a wakeup.
+/// How often the ring buffer is drained when no record asked for a wakeup, while records
+/// come; after `IDLE_DRAINS` drains in a row that found nothing, `RING_DRAIN_IDLE` (each
+/// wakeup of an idle daemon costs the host a little CPU), until a record comes again.
 const RING_DRAIN: Duration = Duration::from_millis(10);
+const RING_DRAIN_IDLE: Duration = Duration::from_millis(50);
+const IDLE_DRAINS: u32 = 100;
 /// Seconds after start (ticks of the 1 s timer) when start-up is over and its executable pages
 /// are let go of (`memory.rs`).
 const RELEASE_AFTER_TICKS: u32 = 5;
@@ -69,8 +73,9 @@ impl EventLoop {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         // Most records wake nobody (a wakeup costs the writing CPU an interrupt): the ring is
         // drained this often, and at once when a record asks (a process stopped for a decision).
-        let mut drain = tokio::time::interval(RING_DRAIN);
-        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let drain = tokio::time::sleep(RING_DRAIN);
+        tokio::pin!(drain);
+        let mut empty_drains = 0u32;
         let mut pending = Pending::default();
         // SIGINT (Ctrl-C at a terminal) stops for good: the kernel side goes too. SIGTERM (a
         // service manager's stop, a DaemonSet's upgrade) leaves it pinned for the next daemon.
@@ -85,7 +90,7 @@ impl EventLoop {
                     guard.map_err(DaemonError::Ring)?.clear_ready();
                     true
                 }
-                _ = drain.tick() => true,
+                _ = &mut drain => true,
                 _ = tick.tick() => {
                     d.tick();
                     ticked = true;
@@ -111,11 +116,23 @@ impl EventLoop {
             if !read {
                 continue;
             }
+            let before = ring.get_ref().read_pos();
             drain_ring(
                 &mut d.pipeline.lock().expect("pipeline lock"),
                 ring.get_mut(),
                 &mut pending.execs,
             );
+            empty_drains = if ring.get_ref().read_pos() == before {
+                empty_drains.saturating_add(1)
+            } else {
+                0
+            };
+            let every = if empty_drains >= IDLE_DRAINS {
+                RING_DRAIN_IDLE
+            } else {
+                RING_DRAIN
+            };
+            drain.as_mut().reset(tokio::time::Instant::now() + every);
             if ticked && scope == Scope::Agents {
                 unannounced = d.unannounced_holds(unannounced);
             }

@@ -126,7 +126,10 @@ Rss:                   4 kB
         let released = release_executable_pages();
         assert!(released > 0 && released <= before, "{released} of {before}");
         let after = resident();
-        assert!(after < before, "{after} KiB resident after, {before} before");
+        assert!(
+            after < before,
+            "{after} KiB resident after, {before} before"
+        );
         let again: u64 = (1..=1000u64).sum();
         assert_eq!(again, 500500);
     }

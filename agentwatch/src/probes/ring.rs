@@ -211,10 +211,8 @@ impl Ring {
             self.wrapped.clear();
             // SAFETY: `start..size` and `0..len - first` lie inside the data pages (len < size).
             unsafe {
-                self.wrapped.extend_from_slice(std::slice::from_raw_parts(
-                    self.data().add(start),
-                    first,
-                ));
+                self.wrapped
+                    .extend_from_slice(std::slice::from_raw_parts(self.data().add(start), first));
                 self.wrapped
                     .extend_from_slice(std::slice::from_raw_parts(self.data(), len - first));
             }

@@ -387,13 +387,21 @@ row_schema! {
         pub signal: Option<u32> => "Nullable(UInt32)",
     }
 
-    /// A row of the ClickHouse actions table: a tool run, or a host (`From<&HostContact>`).
+    /// A row of the ClickHouse actions table: a tool run, a host (`From<&HostContact>`) or a
+    /// file (`From<&FileChange>`).
     clickhouse ToolRunRow(_t) {
         kind: String => "String" = "tool_run".to_string();
         ..
         address: String => "String" = String::new();
         port: u16 => "UInt16" = 0;
         sni: String => "String" = String::new();
+        path: String => "String" = String::new();
+        opened_for_write: u64 => "UInt64" = 0;
+        created: u64 => "UInt64" = 0;
+        truncated: u64 => "UInt64" = 0;
+        deleted: u64 => "UInt64" = 0;
+        renamed_from: u64 => "UInt64" = 0;
+        renamed_to: u64 => "UInt64" = 0;
     }
 }
 
@@ -425,6 +433,52 @@ impl From<&super::actions::HostContact> for ToolRunRow {
             address: h.address.clone(),
             port: h.port,
             sni: h.sni.clone().unwrap_or_default(),
+            path: String::new(),
+            opened_for_write: 0,
+            created: 0,
+            truncated: 0,
+            deleted: 0,
+            renamed_from: 0,
+            renamed_to: 0,
+        }
+    }
+}
+
+/// A file row in the actions table: its path in `path` and in `address` (the table's key holds
+/// `address`: one row per path), what was done to it in the counts, the process that changed
+/// it first in `pid`/`tool`, first and last change in `started_at`/`ended_at`.
+impl From<&super::actions::FileChange> for ToolRunRow {
+    fn from(f: &super::actions::FileChange) -> Self {
+        ToolRunRow {
+            kind: "file".to_string(),
+            session_id: f.session_id.clone(),
+            host: f.host.clone(),
+            pid: f.pid,
+            pid_start_ticks: 0,
+            exe: None,
+            tool: f.tool.clone(),
+            comm: String::new(),
+            argv0: None,
+            argv: Vec::new(),
+            agent_pid: f.agent_pid,
+            agent_start_ticks: f.agent_start_ticks,
+            agent_depth: f.agent_depth,
+            parent_pid: None,
+            started_at: f.first_at.clone(),
+            ended_at: f.last_at.clone(),
+            duration_ms: 0.0,
+            exit_code: None,
+            signal: None,
+            address: f.path.clone(),
+            port: 0,
+            sni: String::new(),
+            path: f.path.clone(),
+            opened_for_write: f.opened_for_write,
+            created: f.created,
+            truncated: f.truncated,
+            deleted: f.deleted,
+            renamed_from: f.renamed_from,
+            renamed_to: f.renamed_to,
         }
     }
 }

@@ -9,8 +9,9 @@
 //!   is the stable call id.
 //! - `<database>.<sessions_table>` (default `agentwatch.sessions`): one row per closed session,
 //!   `ReplacingMergeTree ORDER BY session_id`.
-//! - `<database>.<actions_table>` (default `agentwatch.actions`): one row per tool run and
-//!   per host (`actions.jsonl`; `kind` says which, `address`/`port` are a host's),
+//! - `<database>.<actions_table>` (default `agentwatch.actions`): one row per tool run, per
+//!   host and per file path (`actions.jsonl`; `kind` says which, `address`/`port` are a
+//!   host's, `path` and the counts a file's, whose path is its `address` too: the key),
 //!   `ReplacingMergeTree ORDER BY (session_id, kind, pid, pid_start_ticks, address, port)`.
 //!
 //! A batch re-sent after a lost acknowledgement (or a daemon crash before the spool cursor
@@ -272,6 +273,7 @@ impl Destination for ClickHouseDest {
             .filter_map(|i| match i {
                 ExportItem::ToolRun(t) => Some(ToolRunRow::from(&**t)),
                 ExportItem::Host(h) => Some(ToolRunRow::from(&**h)),
+                ExportItem::File(f) => Some(ToolRunRow::from(&**f)),
                 _ => None,
             })
             .collect();

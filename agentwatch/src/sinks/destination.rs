@@ -34,6 +34,8 @@ pub enum ExportItem {
     ToolRun(Box<crate::sessions::actions::ToolRun>),
     /// A destination a session's processes connected to (`actions.jsonl`, kind `host`).
     Host(Box<crate::sessions::actions::HostContact>),
+    /// A path a session's processes changed (`actions.jsonl`, kind `file`).
+    File(Box<crate::sessions::actions::FileChange>),
     /// A notification (to the notification sinks only).
     Notice(Box<crate::sessions::Notice>),
 }

@@ -329,9 +329,11 @@ impl SpoolWriter {
                     self.push(&ExportItem::Host(Box::new(h.clone())))
                 }
             }
-            // actions.jsonl only, for now: the ClickHouse `actions` table has no file
-            // columns yet.
-            crate::sessions::actions::ActionRow::File(_) => {}
+            crate::sessions::actions::ActionRow::File(f) => {
+                if self.tracker.is_none() {
+                    self.push(&ExportItem::File(Box::new(f.clone())))
+                }
+            }
         }
     }
 

@@ -107,7 +107,7 @@ pub fn spans_of(items: &[ExportItem]) -> Vec<Span> {
             ExportItem::Session(s) => spans.extend(session_spans(s)),
             ExportItem::ToolRun(t) => spans.push(super::spans::tool_span(t)),
             // Hosts are rows (JSONL, ClickHouse), not spans.
-            ExportItem::Host(_) | ExportItem::Notice(_) => {}
+            ExportItem::Host(_) | ExportItem::File(_) | ExportItem::Notice(_) => {}
         }
     }
     spans
