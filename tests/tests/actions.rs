@@ -189,15 +189,10 @@ fn an_agents_tool_runs_are_recorded_with_their_exit_status() {
 /// (`rule:<name>`), though each runs in a directory of its own.
 #[test]
 fn a_recurring_job_that_runs_a_new_tool_drifts() {
-    let dir = Scratch::new("drift");
-    let config = dir.0.join("agentwatch.toml");
-    std::fs::write(
-        &config,
+    let daemon = Daemon::with_config(
+        "drift",
         "[[session_roots]]\nname = \"nightly-report\"\nmatch_cmdline = \"tree_agent.py.*--tag drift\"\n",
-    )
-    .unwrap();
-    let config = config.display().to_string();
-    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    );
     let mock = Mock::start(&[]);
     let work = Scratch::new("drift-work");
     let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -373,15 +368,10 @@ fn want_ids(rows: &[Value]) -> BTreeSet<&str> {
 /// runs keep their arguments, with what looks like a secret redacted.
 #[test]
 fn a_drifting_run_is_stopped_before_its_next_call_and_argv_is_redacted() {
-    let dir = Scratch::new("drift-kill");
-    let config = dir.0.join("agentwatch.toml");
-    std::fs::write(
-        &config,
+    let daemon = Daemon::with_config(
+        "drift-kill",
         "[actions]\nargv = true\n[drift]\naction = \"kill\"\nmin_runs = 2\n",
-    )
-    .unwrap();
-    let config = config.display().to_string();
-    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    );
     let mock = Mock::start(&[]);
     let work = Scratch::new("drift-kill-work");
     let sub = format!(
@@ -476,11 +466,7 @@ fn calls_of_session(calls: &[Value], sid: &str) -> usize {
 /// shows them under the agent. The same work outside any session leaves no row.
 #[test]
 fn files_a_session_changes_are_recorded_per_path() {
-    let dir = Scratch::new("files");
-    let config = dir.0.join("agentwatch.toml");
-    std::fs::write(&config, "[actions]\nfiles = true\n").unwrap();
-    let config = config.display().to_string();
-    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    let daemon = Daemon::with_config("files", "[actions]\nfiles = true\n");
     let mock = Mock::start(&[]);
     let work = Scratch::new("files-work");
     let inside = work.0.join("inside");
@@ -523,17 +509,7 @@ fn files_a_session_changes_are_recorded_per_path() {
             .find(|f| f["path"] == p)
             .unwrap_or_else(|| panic!("no row for {p}: {files:#?}"))
     };
-    let counts = |f: &Value| -> [u64; 6] {
-        [
-            "opened_for_write",
-            "created",
-            "truncated",
-            "deleted",
-            "renamed_from",
-            "renamed_to",
-        ]
-        .map(|k| u(&f[k]))
-    };
+    let counts = |f: &Value| -> [u64; 6] { FILE_COUNTS.map(|k| u(&f[k])) };
     // `>` opens with O_CREAT|O_TRUNC, `>>` with O_CREAT|O_APPEND; then mv renames it away.
     assert_eq!(counts(of(&path("notes.txt"))), [2, 2, 1, 0, 1, 0]);
     assert_eq!(counts(of(&path("final.txt"))), [0, 0, 0, 0, 0, 1]);
@@ -596,15 +572,10 @@ fn files_a_session_changes_are_recorded_per_path() {
 /// and its next LLM call (a sub-agent's) is held until `agentwatch approve`.
 #[test]
 fn a_recurring_job_that_writes_in_a_new_directory_drifts_and_is_paused() {
-    let dir = Scratch::new("drift-dirs");
-    let config = dir.0.join("agentwatch.toml");
-    std::fs::write(
-        &config,
+    let daemon = Daemon::with_config(
+        "drift-dirs",
         "[actions]\nfiles = true\n[drift]\naction = \"pause\"\nmin_runs = 5\n",
-    )
-    .unwrap();
-    let config = config.display().to_string();
-    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    );
     let mock = Mock::start(&[]);
     let work = Scratch::new("drift-dirs-work");
     let job = work.0.join("job");

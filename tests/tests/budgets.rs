@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-fn daemon_with(config: &str) -> Daemon {
-    let dir = Scratch::new("budgets");
-    let path = dir.0.join("agentwatch.toml");
-    std::fs::write(&path, config).unwrap();
-    let path = path.display().to_string();
-    Daemon::start_in(dir, &["--config", &path])
-}
-
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
@@ -35,7 +27,10 @@ fn close(a: f64, b: f64, what: &str) {
 /// the loop before the call after the crossing one, as it would a priced model.
 #[test]
 fn an_unpriced_model_is_stopped_by_a_dollar_ceiling() {
-    let daemon = daemon_with("[ceilings]\nsession_usd = 1.0\naction = \"kill\"\n");
+    let daemon = Daemon::with_config(
+        "budgets",
+        "[ceilings]\nsession_usd = 1.0\naction = \"kill\"\n",
+    );
     let pricing = daemon.cli_json(&["status"])["pricing"].clone();
     assert_eq!(pricing["unpriced"], "highest", "{pricing:#}");
     let (hi_in, hi_out) = (
@@ -107,7 +102,7 @@ fn an_unpriced_model_is_stopped_by_a_dollar_ceiling() {
 /// with action `block`; the agent lives on, and its next call fails before leaving the host.
 #[test]
 fn unpriced_block_stops_the_session_at_its_first_unpriced_call() {
-    let daemon = daemon_with("[ceilings]\nunpriced = \"block\"\n");
+    let daemon = Daemon::with_config("budgets", "[ceilings]\nunpriced = \"block\"\n");
     let mock = Mock::start(&[]);
     let mut child = spawn_quiet(&mut py_client(
         "openai_chat.py",
@@ -158,7 +153,7 @@ fn a_litellm_price_file_prices_a_call_exactly_above_its_200k_tier() {
         + 15_000.0 * rate("cache_creation_input_token_cost_above_200k_tokens")
         + 10_000.0 * rate("cache_creation_input_token_cost_above_1hr_above_200k_tokens")
         + 1_000.0 * rate("output_cost_per_token_above_200k_tokens");
-    let daemon = daemon_with(&format!("pricing_file = \"{file}\"\n"));
+    let daemon = Daemon::with_config("budgets", &format!("pricing_file = \"{file}\"\n"));
     let info = daemon.cli_json(&["status"])["pricing"].clone();
     assert!(u(&info["file_models"]) > 1000, "{info:#}");
     let mock = Mock::start(&[]);
@@ -343,14 +338,17 @@ fn warnings_and_stops_are_notified_even_through_a_receiver_that_was_down() {
     let (webhook_port, slack_port) = (free_port(), free_port());
     let slack = Receiver::start_on(slack_port);
     let am = Alertmanager::start();
-    let daemon = daemon_with(&format!(
-        "[ceilings]\nsession_usd = 0.5\naction = \"pause\"\nwarn_at = 0.5\n\
+    let daemon = Daemon::with_config(
+        "budgets",
+        &format!(
+            "[ceilings]\nsession_usd = 0.5\naction = \"pause\"\nwarn_at = 0.5\n\
          pause_timeout_secs = 6\nrenotify_secs = 2\n\
          [sinks.webhook]\nurl = \"http://127.0.0.1:{webhook_port}/hook\"\n\
          [sinks.slack]\nurl = \"http://127.0.0.1:{slack_port}/services/T0/B0/x\"\n\
          [sinks.alertmanager]\nurl = \"http://127.0.0.1:{}\"\n",
-        am.port
-    ));
+            am.port
+        ),
+    );
     let mock = Mock::start(&[]);
     // $0.15 a call (1M input tokens of gpt-4o-mini): the 2nd call passes half the ceiling,
     // the 4th crosses it and the loop is paused; 6 s later it is killed.

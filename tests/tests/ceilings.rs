@@ -14,14 +14,6 @@ const USAGE_1K: &str = r#"{"input_tokens":800,"output_tokens":200,"cache_read_to
 /// 1,000,000 input tokens of gpt-4o-mini: exactly $0.15 per call.
 const USAGE_15C: &str = r#"{"input_tokens":1000000,"output_tokens":0,"cache_read_tokens":0,"cache_write_tokens":0,"reasoning_tokens":0}"#;
 
-fn daemon_with(ceilings: &str) -> Daemon {
-    let dir = Scratch::new("ceilings");
-    let config = dir.0.join("agentwatch.toml");
-    std::fs::write(&config, ceilings).unwrap();
-    let config = config.display().to_string();
-    Daemon::start_in(dir, &["--config", &config])
-}
-
 fn spawn(mut cmd: Command) -> Child {
     cmd.stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -112,7 +104,10 @@ fn tight_loop(mock: &Mock, tag: &str, usage: &str, calls: &str) -> Command {
 /// The runaway loop is killed; the mock received exactly the calls up to and including
 /// the one that reached the ceiling, and none after.
 fn runaway_is_killed(ceiling: &str, usage: &str, tag: &str, served_expected: usize) {
-    let daemon = daemon_with(&format!("[ceilings]\n{ceiling}\naction = \"kill\"\n"));
+    let daemon = Daemon::with_config(
+        "ceilings",
+        &format!("[ceilings]\n{ceiling}\naction = \"kill\"\n"),
+    );
     let mock = Mock::start(&[]);
     let mut child = spawn(tight_loop(&mock, tag, usage, "30"));
     let pid = child.id();
@@ -156,7 +151,7 @@ fn session_calls_kill() {
 
 #[test]
 fn max_depth_stops_a_too_deep_sub_agent() {
-    let daemon = daemon_with("[ceilings]\nmax_depth = 1\naction = \"kill\"\n");
+    let daemon = Daemon::with_config("ceilings", "[ceilings]\nmax_depth = 1\naction = \"kill\"\n");
     let mock = Mock::start(&[]);
     let agent = |tag: &str, children: &[String]| -> String {
         let mut s = format!(
@@ -199,7 +194,10 @@ fn max_depth_stops_a_too_deep_sub_agent() {
 
 #[test]
 fn host_usd_per_day_across_two_sessions() {
-    let daemon = daemon_with("[ceilings]\nhost_usd_per_day = 0.25\naction = \"kill\"\n");
+    let daemon = Daemon::with_config(
+        "ceilings",
+        "[ceilings]\nhost_usd_per_day = 0.25\naction = \"kill\"\n",
+    );
     let mock = Mock::start(&[]);
     // Session 1: two calls of $0.15 take the host to $0.30.
     let mut first = spawn(tight_loop(&mock, "host-1", USAGE_15C, "2"));
@@ -240,7 +238,10 @@ fn host_usd_per_day_across_two_sessions() {
 
 #[test]
 fn reload_applies_new_ceilings() {
-    let daemon = daemon_with("[ceilings]\nsession_calls = 100\naction = \"kill\"\n");
+    let daemon = Daemon::with_config(
+        "ceilings",
+        "[ceilings]\nsession_calls = 100\naction = \"kill\"\n",
+    );
     let config = daemon.data_dir.parent().unwrap().join("agentwatch.toml");
     std::fs::write(
         &config,
@@ -267,7 +268,10 @@ fn reload_applies_new_ceilings() {
 
 #[test]
 fn pause_then_approve_then_kill() {
-    let daemon = daemon_with("[ceilings]\nsession_tokens = 2500\naction = \"pause\"\n");
+    let daemon = Daemon::with_config(
+        "ceilings",
+        "[ceilings]\nsession_tokens = 2500\naction = \"pause\"\n",
+    );
     let mock = Mock::start(&[]);
     let mut child = spawn(tight_loop(&mock, "pause", USAGE_1K, "6"));
     let pid = child.id();
@@ -364,7 +368,10 @@ print(json.dumps({"ok": ok, "errors": errors}))
 
 #[test]
 fn block_fails_the_calls_and_keeps_the_process_alive() {
-    let daemon = daemon_with("[ceilings]\nsession_calls = 2\naction = \"block\"\n");
+    let daemon = Daemon::with_config(
+        "ceilings",
+        "[ceilings]\nsession_calls = 2\naction = \"block\"\n",
+    );
     let status = daemon.cli_json(&["status"]);
     assert!(
         status["ceilings"]["block"]
@@ -435,7 +442,10 @@ fn block_fails_the_calls_and_keeps_the_process_alive() {
 /// block, or the connection's earlier LLM streams), so the third call never leaves.
 #[test]
 fn block_on_http2_stops_the_next_stream_of_the_connection() {
-    let daemon = daemon_with("[ceilings]\nsession_calls = 2\naction = \"block\"\n");
+    let daemon = Daemon::with_config(
+        "ceilings",
+        "[ceilings]\nsession_calls = 2\naction = \"block\"\n",
+    );
     let mock = Mock::start(&["--h2"]);
     let tag = "block-h2";
     let mut child = spawn(py_client(
@@ -468,9 +478,12 @@ fn block_on_http2_stops_the_next_stream_of_the_connection() {
 #[test]
 fn restart_keeps_or_releases_a_paused_session_with_its_spend_and_a_kept_one_can_be_approved() {
     for (on_restart, expect_stopped) in [("keep", true), ("release", false)] {
-        let daemon = daemon_with(&format!(
-            "[ceilings]\nsession_tokens = 2500\naction = \"pause\"\non_restart = \"{on_restart}\"\n"
-        ));
+        let daemon = Daemon::with_config(
+            "ceilings",
+            &format!(
+                "[ceilings]\nsession_tokens = 2500\naction = \"pause\"\non_restart = \"{on_restart}\"\n"
+            ),
+        );
         let mock = Mock::start(&[]);
         let tag = format!("restart-{on_restart}");
         let mut child = spawn(tight_loop(&mock, &tag, USAGE_1K, "6"));
@@ -576,7 +589,10 @@ fn policy_stats(daemon: &Daemon) -> Value {
 /// held in the pinned `GATE` map and stops it, with no record.
 #[test]
 fn a_gate_hold_whose_record_was_lost_is_decided_not_left_stopped() {
-    let daemon = daemon_with("[ceilings]\nsession_calls = 100\naction = \"pause\"\n");
+    let daemon = Daemon::with_config(
+        "ceilings",
+        "[ceilings]\nsession_calls = 100\naction = \"pause\"\n",
+    );
     let mock = Mock::start(&[]);
     let script = daemon.data_dir.parent().unwrap().join("call_wait_call.py");
     std::fs::write(&script, CALL_WAIT_CALL).unwrap();

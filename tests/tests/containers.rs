@@ -253,13 +253,6 @@ fn run_in_container_with(
     }
 }
 
-fn daemon_with_config(dir: Scratch, config: &str) -> Daemon {
-    let path = dir.0.join("agentwatch.toml");
-    std::fs::write(&path, config).unwrap();
-    let path = path.display().to_string();
-    Daemon::start_in(dir, &["--config", &path])
-}
-
 fn container_tls_library(status: &Value) -> Option<Value> {
     status["tls_libraries"]
         .as_array()
@@ -279,7 +272,7 @@ fn container_calls_carry_container_pod_and_namespace_pid() {
         "[kubernetes]\npod_list_url = \"http://127.0.0.1:{}/pods\"\n",
         pods.port
     );
-    let daemon = daemon_with_config(dir, &config);
+    let daemon = Daemon::with_config_in(dir, &config);
     let status = daemon.cli_json(&["status"]);
     assert_eq!(
         status["kubernetes"]["state"], "ok",
@@ -373,7 +366,7 @@ fn pod_label_rule_gives_a_pods_sessions_their_own_ceiling() {
          [[session_roots]]\nmatch_pod_label = \"app=summarizer\"\nsession_calls = 1\naction = \"kill\"\n",
         pods.port
     );
-    let daemon = daemon_with_config(dir, &config);
+    let daemon = Daemon::with_config_in(dir, &config);
     let mock = Mock::start(&[]);
 
     // A host process is not in the pod: no ceiling, both calls go out.
@@ -424,7 +417,7 @@ fn a_namespace_rules_shared_budget_stops_the_second_session_at_the_shared_limit(
          budget_usd_per_day = 0.5\naction = \"kill\"\n",
         pods.port
     );
-    let daemon = daemon_with_config(dir, &config);
+    let daemon = Daemon::with_config_in(dir, &config);
     let mock = Mock::start(&[]);
     // $0.15 a call (1M input tokens of gpt-4o-mini).
     let usage = r#"{"input_tokens":1000000,"output_tokens":0}"#;
@@ -598,12 +591,12 @@ fn pod_list_from_an_api_server_over_https_with_a_token() {
     let wrong = dir.0.join("wrong-token");
     std::fs::write(&wrong, "nope").unwrap();
     let (ok_cfg, bad_cfg) = (config(&token), config(&wrong));
-    let daemon = daemon_with_config(Scratch::new("apiserver-ok"), &ok_cfg);
+    let daemon = Daemon::with_config_in(Scratch::new("apiserver-ok"), &ok_cfg);
     let k = &daemon.cli_json(&["status"])["kubernetes"];
     assert_eq!(k["state"], "ok", "{k}");
     assert_eq!(k["pods"], 2, "{k}");
     drop(daemon);
-    let daemon = daemon_with_config(Scratch::new("apiserver-bad"), &bad_cfg);
+    let daemon = Daemon::with_config_in(Scratch::new("apiserver-bad"), &bad_cfg);
     let k = &daemon.cli_json(&["status"])["kubernetes"];
     let state = k["state"].as_str().unwrap();
     assert!(

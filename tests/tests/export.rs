@@ -24,15 +24,6 @@ fn wait_until(what: &str, secs: u64, mut pred: impl FnMut() -> bool, state: impl
     }
 }
 
-/// A daemon started with `config` (TOML) in a fresh scratch directory.
-fn daemon_with(config: &str) -> Daemon {
-    let dir = Scratch::new("export");
-    let path = dir.0.join("agentwatch.toml");
-    std::fs::write(&path, config).unwrap();
-    let path = path.display().to_string();
-    Daemon::start_in(dir, &["--config", &path])
-}
-
 fn restart(daemon: Daemon) -> Daemon {
     let dir = daemon.crash();
     let path = dir.0.join("agentwatch.toml").display().to_string();
@@ -152,10 +143,10 @@ fn clickhouse_rows_match_the_jsonl_rows() {
         old.join(", ")
     ))
     .unwrap();
-    let daemon = daemon_with(&format!(
-        "{}[actions]\nfiles = true\n",
-        clickhouse_config(&ch)
-    ));
+    let daemon = Daemon::with_config(
+        "export",
+        &format!("{}[actions]\nfiles = true\n", clickhouse_config(&ch)),
+    );
     let mock = Mock::start(&[]);
     let pid = chat(&mock, "ch-match", 3);
     daemon.wait_for("3 calls and the ledger row", |c, l| {
@@ -325,20 +316,12 @@ fn clickhouse_rows_match_the_jsonl_rows() {
     got_hosts.sort();
     assert_eq!(got_hosts, want_hosts);
     // Files: `kind = 'file'`, one row per path with its counts, as in actions.jsonl.
-    let file_key = |r: &Value| {
-        [
-            "path",
-            "opened_for_write",
-            "created",
-            "truncated",
-            "deleted",
-            "renamed_from",
-            "renamed_to",
-            "pid",
-            "tool",
-            "agent_pid",
-        ]
-        .map(|k| norm(&r[k]))
+    let file_key = |r: &Value| -> Vec<String> {
+        std::iter::once("path")
+            .chain(FILE_COUNTS)
+            .chain(["pid", "tool", "agent_pid"])
+            .map(|k| norm(&r[k]))
+            .collect()
     };
     let mut want_files: Vec<_> = read_jsonl(&daemon.data_dir.join("actions.jsonl"))
         .iter()
@@ -379,7 +362,7 @@ fn clickhouse_rows_match_the_jsonl_rows() {
 fn clickhouse_outage_and_daemon_restart_lose_and_duplicate_nothing() {
     let scratch = Scratch::new("clickhouse-outage");
     let mut ch = ClickHouse::start_in(&scratch.0.join("ch"));
-    let daemon = daemon_with(&clickhouse_config(&ch));
+    let daemon = Daemon::with_config("export", &clickhouse_config(&ch));
     let mock = Mock::start(&[]);
     let first = chat(&mock, "ch-before", 2);
     daemon.wait_for("the first session", |_, l| {
@@ -458,10 +441,13 @@ fn tree_agent(mock: &Mock, tag: &str, children: &[String]) -> String {
 #[test]
 fn otlp_grpc_span_tree_of_an_agent_tree() {
     let receiver = OtlpReceiver::start();
-    let daemon = daemon_with(&format!(
-        "[sinks.otlp]\nendpoint = \"{}\"\nprotocol = \"grpc\"\nmetrics_interval_secs = 1\n",
-        receiver.grpc_endpoint()
-    ));
+    let daemon = Daemon::with_config(
+        "export",
+        &format!(
+            "[sinks.otlp]\nendpoint = \"{}\"\nprotocol = \"grpc\"\nmetrics_interval_secs = 1\n",
+            receiver.grpc_endpoint()
+        ),
+    );
     let mock = Mock::start(&[]);
     // root → bash → a → bash → a1, and root → bash → b.
     let a1 = tree_agent(&mock, "otlp-a1", &[]);
@@ -667,9 +653,12 @@ fn otlp_grpc_span_tree_of_an_agent_tree() {
 fn otlp_http_receiver_down_counts_drops_then_delivers_the_spool() {
     let (grpc_port, http_port, prom_port) = (free_port(), free_port(), free_port());
     // Nothing listens yet; a small spool overflows.
-    let daemon = daemon_with(&format!(
-        "[sinks.otlp]\nendpoint = \"http://127.0.0.1:{http_port}/\"\nprotocol = \"http/protobuf\"\nmetrics_interval_secs = 1\nspool_max_bytes = 6000\n[metrics]\nprometheus = true\nlisten = \"127.0.0.1:{prom_port}\"\n"
-    ));
+    let daemon = Daemon::with_config(
+        "export",
+        &format!(
+            "[sinks.otlp]\nendpoint = \"http://127.0.0.1:{http_port}/\"\nprotocol = \"http/protobuf\"\nmetrics_interval_secs = 1\nspool_max_bytes = 6000\n[metrics]\nprometheus = true\nlisten = \"127.0.0.1:{prom_port}\"\n"
+        ),
+    );
     let mock = Mock::start(&[]);
     let pid = chat(&mock, "otlp-down", 8);
     daemon.wait_for("8 calls and the ledger row", |c, l| {
@@ -751,10 +740,13 @@ fn http_get(port: u16, path: &str) -> String {
 fn a_batch_refused_for_good_is_parked_and_delivery_goes_on() {
     let receiver = OtlpReceiver::start();
     receiver.refuse_spans(true);
-    let daemon = daemon_with(&format!(
-        "[sinks.otlp]\nendpoint = \"{}\"\nprotocol = \"http/protobuf\"\n",
-        receiver.http_endpoint()
-    ));
+    let daemon = Daemon::with_config(
+        "export",
+        &format!(
+            "[sinks.otlp]\nendpoint = \"{}\"\nprotocol = \"http/protobuf\"\n",
+            receiver.http_endpoint()
+        ),
+    );
     let mock = Mock::start(&[]);
     let refused = chat(&mock, "otlp-refused", 2);
     daemon.wait_for("the refused session's ledger row", |_, l| {
@@ -810,12 +802,15 @@ fn a_batch_refused_for_good_is_parked_and_delivery_goes_on() {
 fn a_cluster_budget_counts_other_nodes_calls_from_clickhouse() {
     let scratch = Scratch::new("cluster-budget");
     let ch = ClickHouse::start_in(&scratch.0.join("ch"));
-    let daemon = daemon_with(&format!(
-        "{}[ceilings]\ncluster_refresh_secs = 1\n\
+    let daemon = Daemon::with_config(
+        "export",
+        &format!(
+            "{}[ceilings]\ncluster_refresh_secs = 1\n\
          [[session_roots]]\nname = \"team-x\"\nmatch_cmdline = \"cluster-budget-run\"\n\
          budget_usd_per_day = 0.5\ncluster = true\naction = \"kill\"\n",
-        clickhouse_config(&ch)
-    ));
+            clickhouse_config(&ch)
+        ),
+    );
     let mock = Mock::start(&[]);
     // A call outside the budget, to copy its ClickHouse row's shape.
     let pid = chat(&mock, "cluster-warmup", 1);

@@ -781,8 +781,10 @@ program adds some tens of ns per run that this does not count.\n\n\
     report.push_str(
         "\nThe socket-layer tracepoints (`sock:sock_send_length`, `sock:sock_recv_length`, `sock:inet_sock_set_state`;\n\
 `tcp:tcp_sendmsg_locked` with ceilings only) replace the syscall tracepoints of earlier versions, which every\n\
-syscall of every process paid for: pipes and files never run them, and a socket that is not of interest runs a\n\
-short program per read and write (two array lookups; the tracepoint's own cost is most of the ~0.1 µs).\n",
+syscall of every process paid for: pipes, files and process starts never run them (the last column), and a socket\n\
+that is not of interest runs one short program per read and write (two array lookups): 45–50 ns a run by the\n\
+kernel's accounting (with that accounting's own cost), plus the dispatch. The timed ratios of workloads that run\n\
+no program at all (pipes, files, `openat`) show this VM's noise: a few per cent either way between runs.\n",
     );
 
     // `[actions] files`: the `syscalls` tracepoints it turns on, paid by processes outside

@@ -190,6 +190,20 @@ impl Daemon {
         Self::start_in(Scratch::new("daemon"), &[])
     }
 
+    /// Starts the daemon with `config` (TOML) as its `agentwatch.toml`, in a fresh scratch
+    /// directory named after `name`.
+    pub fn with_config(name: &str, config: &str) -> Daemon {
+        Self::with_config_in(Scratch::new(name), config)
+    }
+
+    /// `with_config` with its data in `dir`.
+    pub fn with_config_in(dir: Scratch, config: &str) -> Daemon {
+        let path = dir.0.join("agentwatch.toml");
+        std::fs::write(&path, config).unwrap();
+        let path = path.display().to_string();
+        Self::start_in(dir, &["--config", &path])
+    }
+
     /// Starts the daemon with its data in `dir` and waits until every probe is attached.
     pub fn start_in(dir: Scratch, extra: &[&str]) -> Daemon {
         Self::start_with_env(dir, extra, &[])
@@ -675,3 +689,13 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The counts of a file row of `actions.jsonl` (and of the ClickHouse actions table).
+pub const FILE_COUNTS: [&str; 6] = [
+    "opened_for_write",
+    "created",
+    "truncated",
+    "deleted",
+    "renamed_from",
+    "renamed_to",
+];
