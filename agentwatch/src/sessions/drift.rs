@@ -1,10 +1,10 @@
 //! Drift of a recurring job: sessions whose roots are the same job (same executable, same
 //! `argv[0]`, same working directory) are runs of it. Each job keeps a baseline of its last
 //! runs (tools run, hosts contacted, directories written with `[actions] files`, calls and
-//! tokens); a run that departs from it — a tool or host its runs never had, a write under a
-//! directory they never wrote under, tokens far outside their range — gets `drift` in its
-//! ledger row, naming what changed. The baselines live in `<data_dir>/jobs.json` (written atomically at
-//! each session close) so they survive restarts.
+//! tokens); a run that departs from it — a tool or host its runs never had, a write in a
+//! directory that is not one they wrote in nor under one, tokens far outside their range —
+//! gets `drift` in its ledger row, naming what changed. The baselines live in
+//! `<data_dir>/jobs.json` (written atomically at each session close) so they survive restarts.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -106,7 +106,7 @@ pub fn spans_of(items: &[ExportItem]) -> Vec<Span> {
             ExportItem::Call(c) => spans.push(call_span(c)),
             ExportItem::Session(s) => spans.extend(session_spans(s)),
             ExportItem::ToolRun(t) => spans.push(super::spans::tool_span(t)),
-            // Hosts are rows (JSONL, ClickHouse), not spans.
+            // Hosts and files are rows (JSONL, ClickHouse), not spans.
             ExportItem::Host(_) | ExportItem::File(_) | ExportItem::Notice(_) => {}
         }
     }
