@@ -490,6 +490,24 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 /// Of a process's RSS, in MiB: what its mappings of BPF maps hold (the ring buffer: kernel
 /// pages, its data area mapped twice), and the rest of its file-backed pages (executable,
 /// libraries), from /proc/PID/smaps.
+/// User and system CPU time of `pid` so far, in clock ticks (`/proc/PID/stat`).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is the 3rd field, utime
+    // and stime the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
 fn rss_parts_mib(pid: u32) -> (f64, f64) {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     let (mut bpf, mut file) = (0.0, 0.0);
@@ -1160,8 +1178,12 @@ so a pass over a 300 MB binary holds one window of it, not all of it. The daemon
 
     // The daemon's memory, idle and with probed processes; how long it takes to stop.
     let daemon = start_daemon(scratch);
-    // Past start-up (its executable's start-up pages are let go of 5 s in), idling.
-    std::thread::sleep(Duration::from_secs(15));
+    // Past start-up (its executable's start-up pages are let go of 5 s in), idling; its CPU
+    // time over the last 10 s of it.
+    std::thread::sleep(Duration::from_secs(5));
+    let cpu_before = cpu_ticks(daemon.0.id());
+    std::thread::sleep(Duration::from_secs(10));
+    let idle_cpu = (cpu_ticks(daemon.0.id()) - cpu_before) as f64 / clock_ticks() / 10.0 * 100.0;
     let (idle_rss, idle_anon) = rss_mib(daemon.0.id());
     let (idle_ring, idle_file) = rss_parts_mib(daemon.0.id());
     // Agents started 100 at a time, each batch probed before the next, up to 1,000 or 5 min.
@@ -1265,7 +1287,7 @@ Idle (15 s after start, no agent): VmRSS {idle_rss:.1} MiB. Of it, RssAnon {idle
 memory; {idle_ring:.1} MiB is its mapping of the ring buffer (the kernel's pages, `ring_buffer_bytes` = 8 MiB by default,\n\
 mapped once, all resident from the start: memory the kernel holds for the map whether it is mapped or not);\n\
 {idle_file:.1} MiB are pages of its executable and libraries (shared, reclaimable; the executable's start-up pages are\n\
-let go of once it runs).\n\n\
+let go of once it runs). Its CPU time while idle, over 10 s: {idle_cpu:.2}% of one CPU.\n\n\
 Agents (`openssl s_client` connected to the mock, 100 started at a time: each held and probed on libssl, 7\n\
 links) added until {n} or 5 minutes; each batch's time is from starting its 100 processes to all of them probed\n\
 (the kernel visits every process that maps the file at each uprobe registration):\n\n\
