@@ -477,15 +477,16 @@ fn files_a_session_changes_are_recorded_per_path() {
     let script = |d: &std::path::Path| {
         let d = d.display();
         format!(
-            "echo hello > {d}/notes.txt && echo more >> {d}/notes.txt && mv {d}/notes.txt {d}/final.txt && touch {d}/gone && rm {d}/gone && echo x > {d}/sub/x.txt && cat {d}/final.txt > /dev/null"
+            "echo hello > {d}/notes.txt && echo more >> {d}/notes.txt && mv {d}/notes.txt {d}/final.txt && touch {d}/gone && rm {d}/gone && mkdir {d}/tmpdir && rmdir {d}/tmpdir && echo x > {d}/sub/x.txt && cat {d}/final.txt > /dev/null"
         )
     };
     let mut agent = py_client("tree_agent.py", &mock, &["--calls", "1", "--tag", "files"]);
     agent.arg("--child").arg(script(&inside));
-    // A relative path, resolved through the working directory of a process still running
-    // when the daemon reads the record (`?/` when it is gone: README).
+    // Relative paths, resolved through the working directory of a process still running
+    // when the daemon reads the record (`?/` when it is gone: README), and through a
+    // directory descriptor (`renameat`).
     agent.arg("--child").arg(format!(
-        "cd {} && exec {} -c \"open('rel.txt', 'w').write('x'); import time; time.sleep(1)\"",
+        "cd {} && exec {} -c \"import os, time; open('rel.txt', 'w').write('x'); d = os.open('.', os.O_RDONLY); os.rename('rel.txt', 'rel2.txt', src_dir_fd=d, dst_dir_fd=d); time.sleep(1)\"",
         inside.display(),
         python().display()
     ));
@@ -515,7 +516,10 @@ fn files_a_session_changes_are_recorded_per_path() {
     assert_eq!(counts(of(&path("final.txt"))), [0, 0, 0, 0, 0, 1]);
     assert_eq!(counts(of(&path("gone"))), [1, 1, 0, 1, 0, 0]);
     assert_eq!(counts(of(&path("sub/x.txt"))), [1, 1, 1, 0, 0, 0]);
-    assert_eq!(counts(of(&path("rel.txt"))), [1, 1, 1, 0, 0, 0]);
+    assert_eq!(counts(of(&path("rel.txt"))), [1, 1, 1, 0, 1, 0]);
+    assert_eq!(counts(of(&path("rel2.txt"))), [0, 0, 0, 0, 0, 1]);
+    // `rmdir`: a directory deleted.
+    assert_eq!(counts(of(&path("tmpdir"))), [0, 0, 0, 1, 0, 0]);
     for f in &files {
         assert_eq!(f["session_id"], sid.as_str(), "{f}");
         assert_eq!(u(&f["agent_pid"]), root as u64, "{f}");

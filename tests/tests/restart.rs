@@ -400,3 +400,94 @@ fn first_contacts_after_a_sigterm_stop_are_not_held_until_a_daemon_runs_again() 
     let fc = &daemon.cli_json(&["status"])["first_contact"];
     assert!(u(&fc["stats"]["probed"]) >= 1, "{fc:#}");
 }
+
+/// `[actions] files`: a session's file rows are written when it closes, so its counts so far
+/// are kept on disk (`files-open.jsonl`). A session open across a SIGKILL keeps them: a
+/// file changed before the stop, again while no daemon ran (read from the pinned ring buffer
+/// by the next daemon) and after, is counted once per change, and the ledger counts agree.
+#[test]
+fn file_counts_of_a_session_open_across_a_sigkill_go_on() {
+    let mock = Mock::start(&[]);
+    let dir = Scratch::new("restart-files");
+    let config_path = dir.0.join("agentwatch.toml");
+    std::fs::write(&config_path, "[actions]\nfiles = true\n").unwrap();
+    let config_arg = config_path.display().to_string();
+    let extra = ["--config", config_arg.as_str()];
+    let daemon = Daemon::start_in(dir, &extra);
+    let work = Scratch::new("restart-files-work");
+    let [a, b, m1, m2] = ["a.log", "b.tmp", "m1", "m2"].map(|n| work.0.join(n));
+    let wait = |m: &std::path::Path| {
+        format!(
+            "for i in $(seq 1200); do [ -e {} ] && break; sleep 0.05; done",
+            m.display()
+        )
+    };
+    let (a_s, b_s) = (a.display().to_string(), b.display().to_string());
+    let script = format!(
+        "echo 1 > {a_s} && echo 2 >> {a_s} && {} && echo 3 >> {a_s} && echo x > {b_s} && {} && rm {b_s}",
+        wait(&m1),
+        wait(&m2)
+    );
+    let mut agent = py_client(
+        "tree_agent.py",
+        &mock,
+        &["--calls", "1", "--tag", "restart-files"],
+    );
+    agent
+        .arg("--child")
+        .arg(script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = agent.spawn().unwrap();
+    let root = child.id();
+    // The first daemon counted the first two opens (its journal says so).
+    let journal = daemon.data_dir.join("files-open.jsonl");
+    let counted = format!("\"path\":\"{a_s}\",\"opened_for_write\":2,");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&journal).is_ok_and(|t| t.contains(&counted)) {
+        assert!(
+            Instant::now() < deadline,
+            "no journal line {counted} in {}: {}",
+            journal.display(),
+            std::fs::read_to_string(&journal).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dir = daemon.crash();
+    // While no daemon runs: a third open of a, and b created.
+    std::fs::write(&m1, "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !b.exists() {
+        assert!(Instant::now() < deadline, "the agent did not go on");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let daemon = Daemon::start_in(dir, &extra);
+    assert_eq!(kernel_side(&daemon)["origin"], "adopted");
+    // After: b deleted, and the session ends.
+    std::fs::write(&m2, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let row = daemon.ledger_row_of(root);
+    let sid = row["session_id"].as_str().unwrap();
+    let files: Vec<Value> = read_jsonl(&daemon.data_dir.join("actions.jsonl"))
+        .into_iter()
+        .filter(|r| r["kind"] == "file" && r["session_id"] == sid)
+        .collect();
+    let counts = |p: &str| -> Vec<[u64; 6]> {
+        files
+            .iter()
+            .filter(|f| f["path"] == p)
+            .map(|f| FILE_COUNTS.map(|k| u(&f[k])))
+            .collect()
+    };
+    // One row per path, each change counted once: `>`, `>>`, `>>` (before, during the gap).
+    assert_eq!(counts(&a_s), vec![[3, 3, 1, 0, 0, 0]], "{files:#?}");
+    assert_eq!(counts(&b_s), vec![[1, 1, 1, 1, 0, 0]], "{files:#?}");
+    assert_eq!(
+        (u(&row["files_written"]), u(&row["files_deleted"])),
+        (2, 1),
+        "{row:#}"
+    );
+    let replay = &daemon.cli_json(&["status"])["replay"];
+    assert_eq!(u(&replay["file_journal_errors"]), 0, "{replay:#}");
+}

@@ -60,6 +60,28 @@ enter!(
     }
 );
 enter!(
+    sys_enter_open,
+    Args {
+        op: FILE_OPEN_WRITE,
+        dfd: None,
+        path: 16,
+        new_dfd: None,
+        new_path: None,
+        flags: Some(24),
+    }
+);
+enter!(
+    sys_enter_rmdir,
+    Args {
+        op: FILE_UNLINK,
+        dfd: None,
+        path: 16,
+        new_dfd: None,
+        new_path: None,
+        flags: None,
+    }
+);
+enter!(
     sys_enter_unlinkat,
     Args {
         op: FILE_UNLINK,
@@ -115,6 +137,8 @@ enter!(
     }
 );
 exit!(sys_exit_openat);
+exit!(sys_exit_open);
+exit!(sys_exit_rmdir);
 exit!(sys_exit_unlinkat);
 exit!(sys_exit_unlink);
 exit!(sys_exit_renameat2);

@@ -50,6 +50,8 @@ fn drain_ring(p: &mut Pipeline, ring: &mut Ring, execs: &mut Vec<u32>) {
             execs.push(tgid);
         }
     }
+    // The file changes counted go to disk before the ring says how far it was read.
+    p.end_file_batch(ring.read_pos());
     let low = p.replay_low_water(ring.read_pos(), ring.size() / 4);
     ring.commit(low);
 }

@@ -110,6 +110,10 @@ struct Restored {
     sink: Box<dyn Sink + Send>,
     exports: ExportHandle,
     written: Vec<(u32, u64)>,
+    /// The open sessions' file changes on disk, and the ring position up to which the
+    /// previous daemon counted them (0 when its ring was not adopted).
+    file_journal: crate::sessions::file_journal::FileJournal,
+    files_counted_until: u64,
     /// Spend of the last day by Unix minute, from recovery (seeds the host ceiling).
     host_day: std::collections::BTreeMap<i64, f64>,
     /// The same per shared budget.
@@ -168,7 +172,8 @@ impl Daemon {
         .with_meter(meter)
         .with_session_procs(session_procs)
         .with_pods(pods.clone())
-        .with_written_calls(restored.written);
+        .with_written_calls(restored.written)
+        .with_file_journal(restored.file_journal, restored.files_counted_until);
         // Continue or release what a previous daemon held, per `on_restart`.
         pipeline.restore_policy(boot_now_ns());
         let daemon = Daemon {
@@ -316,9 +321,18 @@ async fn restore(config: &Config, kernel: &mut KernelSide) -> Result<Restored, D
     ))
     .with_actions(config.actions.clone());
     // Sessions open when the daemon last stopped continue (root alive) or close now.
-    let recovered = crate::sinks::recover(&config.data_dir, &boot_id)?;
+    let mut recovered = crate::sinks::recover(&config.data_dir, &boot_id)?;
     tracing::info!(stats = ?recovered.stats, "recovered state from {}", config.data_dir.display());
     sink.seed(&recovered.sessions);
+    // The files the open sessions changed so far (rows are written when a session closes).
+    let journaled = crate::sessions::file_journal::load(&config.data_dir);
+    if journaled.lines_dropped > 0 {
+        tracing::info!(
+            lines = journaled.lines_dropped,
+            "file journal: lines of a batch never ended not used (their records are read again)"
+        );
+    }
+    recovered.sessions.files = journaled.files;
     let probes = &mut kernel.discovery.probes;
     // Records the previous daemon read are read again (its half-seen exchanges are rebuilt):
     // the calls among them it wrote already are known by (pid, first byte's boot time).
@@ -343,9 +357,24 @@ async fn restore(config: &Config, kernel: &mut KernelSide) -> Result<Restored, D
             "reading again what the previous daemon read of exchanges still in flight"
         );
     }
-    for row in sessions.restore(recovered.sessions, &tree, boot_now_ns()) {
+    let rows = sessions.restore(recovered.sessions, &tree, boot_now_ns());
+    // Sessions closed now: their file rows, then their ledger rows.
+    for f in sessions.take_file_rows() {
+        sink.write_action(&crate::sessions::actions::ActionRow::File(f))?;
+    }
+    for row in rows {
         sink.write_ledger(&row)?;
     }
+    let files_counted_until = if probes.kernel_side.adopted() {
+        journaled.pos
+    } else {
+        0
+    };
+    let file_journal = crate::sessions::file_journal::FileJournal::start(
+        &config.data_dir,
+        &sessions.open_file_changes(),
+        files_counted_until,
+    );
     if config.probes.scope == Scope::Agents {
         // The agents of the sessions a previous daemon left open are running now, mid-way
         // through connections made before this daemon: they make no new first contact, so
@@ -373,6 +402,8 @@ async fn restore(config: &Config, kernel: &mut KernelSide) -> Result<Restored, D
         sink: Box::new(sink),
         exports,
         written,
+        file_journal,
+        files_counted_until,
         host_day: recovered.host_day,
         budget_day: recovered.budget_day,
     })

@@ -1041,8 +1041,10 @@ const BLOCK_LINKS: [&str; 3] = ["block_connect4", "block_connect6", "hold_egress
 /// Pins a global program's link in the pin set (when there is one).
 /// The `syscalls` tracepoints of `[actions] files` (entry, return), each a program of the
 /// same name.
-const FILE_TRACEPOINTS: [(&str, &str); 6] = [
+const FILE_TRACEPOINTS: [(&str, &str); 8] = [
     ("sys_enter_openat", "sys_exit_openat"),
+    ("sys_enter_open", "sys_exit_open"),
+    ("sys_enter_rmdir", "sys_exit_rmdir"),
     ("sys_enter_unlinkat", "sys_exit_unlinkat"),
     ("sys_enter_unlink", "sys_exit_unlink"),
     ("sys_enter_renameat2", "sys_exit_renameat2"),

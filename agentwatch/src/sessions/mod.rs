@@ -36,6 +36,7 @@ pub mod actions;
 pub mod ceilings;
 pub mod clock;
 pub mod drift;
+pub mod file_journal;
 mod rows;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -141,6 +142,8 @@ pub struct RecoveredSessions {
     pub tool_runs: HashMap<String, u64>,
     /// Destinations already written (`actions.jsonl`) of the open sessions.
     pub hosts: HashMap<String, Vec<(std::net::IpAddr, u16)>>,
+    /// The files the open sessions changed so far (`files-open.jsonl`, [`file_journal`]).
+    pub files: HashMap<String, Vec<actions::FileChange>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -476,6 +479,8 @@ pub struct Sessions {
     actions: actions::ActionsConfig,
     /// File rows of sessions closed since [`Sessions::take_file_rows`].
     closed_files: Vec<actions::FileChange>,
+    /// (session, path) of the file changes counted since [`Sessions::take_changed_files`].
+    changed_files: BTreeSet<(String, String)>,
 }
 
 impl Sessions {
@@ -493,6 +498,7 @@ impl Sessions {
             jobs: drift::Jobs::default(),
             actions: Default::default(),
             closed_files: Vec::new(),
+            changed_files: BTreeSet::new(),
         }
     }
 
@@ -849,6 +855,7 @@ impl Sessions {
             return;
         };
         let over_cap = &mut self.stats.file_changes_over_cap;
+        let changed = &mut self.changed_files;
         let mut touch = |path: String, count: &dyn Fn(&mut actions::FileChange)| {
             if actions::is_pseudo_path(&path) {
                 return;
@@ -877,6 +884,7 @@ impl Sessions {
             if let Some(f) = session.files.get_mut(&path) {
                 count(f);
                 f.last_at = at.clone();
+                changed.insert((aref.session_id.clone(), path));
             }
         };
         // The directories changed, for drift (a relative path of a process that is gone
@@ -922,6 +930,23 @@ impl Sessions {
             .get(session_id)
             .map(|s| s.files.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The paths of open sessions changed since the last call, as they stand now (for the
+    /// journal that carries them across a restart).
+    pub fn take_changed_files(&mut self) -> Vec<actions::FileChange> {
+        std::mem::take(&mut self.changed_files)
+            .into_iter()
+            .filter_map(|(sid, path)| self.sessions.get(&sid)?.files.get(&path).cloned())
+            .collect()
+    }
+
+    /// Every path the open sessions changed so far.
+    pub fn open_file_changes(&self) -> Vec<actions::FileChange> {
+        self.sessions
+            .values()
+            .flat_map(|s| s.files.values().cloned())
+            .collect()
     }
 
     /// The file rows of the sessions closed since the last call: written before their
@@ -1019,7 +1044,7 @@ impl Sessions {
     /// writing, `ended_at` = its last call's `ended_at` (`now_ns` if it has none).
     pub fn restore(
         &mut self,
-        recovered: RecoveredSessions,
+        mut recovered: RecoveredSessions,
         tree: &ProcTree,
         now_ns: u64,
     ) -> Vec<LedgerRow> {
@@ -1080,7 +1105,14 @@ impl Sessions {
                     .map(|h| h.iter().copied().collect())
                     .unwrap_or_default(),
                 hosts_over_cap: 0,
-                files: BTreeMap::new(),
+                // Counted by the previous daemon(s) so far; this one adds to them.
+                files: recovered
+                    .files
+                    .remove(&id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|f| (f.path.clone(), f))
+                    .collect(),
                 job: None,
                 tools_seen: BTreeSet::new(),
                 dirs_seen: BTreeSet::new(),
@@ -1122,6 +1154,9 @@ impl Sessions {
                     ended_at,
                     Outcome::Completed,
                 ));
+                // Its file rows go out before that ledger row (`take_file_rows`).
+                self.closed_files
+                    .extend(std::mem::take(&mut session.files).into_values());
                 self.remember_closed(id);
                 self.stats.restored_closed += 1;
                 self.stats.closed_sessions += 1;

@@ -107,6 +107,8 @@ pub fn recover(data_dir: &Path, boot_id: &str) -> Result<RecoveryReport, SinkErr
             closed_this_boot,
             tool_runs: cp.tool_runs.into_iter().collect(),
             hosts: cp.hosts.into_iter().collect(),
+            // From the file journal (`sessions::file_journal`), not the sinks' files.
+            files: Default::default(),
         },
         stats,
         host_day: cp.host_day,

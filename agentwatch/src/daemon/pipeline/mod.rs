@@ -105,6 +105,10 @@ pub struct ReplayStats {
     pub window_exceeded: u64,
     /// Ring bytes read but not handed back now (what a next daemon would read again).
     pub ring_uncommitted_bytes: u64,
+    /// File changes in records read again that the previous daemon's journal had counted.
+    pub file_changes_already_counted: u64,
+    /// Failed writes of the open sessions' file journal (`files-open.jsonl`).
+    pub file_journal_errors: u64,
 }
 
 /// A host row waiting for the ClientHello of the connection that made it.
@@ -190,6 +194,10 @@ pub struct Pipeline {
     /// daemon whose records may be read again.
     written: HashSet<(u32, u64)>,
     pub replay: ReplayStats,
+    /// The open sessions' file changes on disk (`[actions] files`), and the ring position
+    /// up to which a previous daemon's journal counted them.
+    file_journal: Option<crate::sessions::file_journal::FileJournal>,
+    files_counted_until: u64,
 }
 
 impl Pipeline {
@@ -244,7 +252,35 @@ impl Pipeline {
             replaying: false,
             written: HashSet::new(),
             replay: ReplayStats::default(),
+            file_journal: None,
+            files_counted_until: 0,
         }
+    }
+
+    /// Keeps the open sessions' file changes in `journal`; records before ring position
+    /// `counted_until` were counted by a previous daemon (not counted again).
+    pub fn with_file_journal(
+        mut self,
+        journal: crate::sessions::file_journal::FileJournal,
+        counted_until: u64,
+    ) -> Self {
+        self.file_journal = Some(journal);
+        self.files_counted_until = counted_until;
+        self
+    }
+
+    /// Writes the file changes counted since the last call to the journal, up to ring
+    /// position `pos` (before the ring's space before `pos` is handed back).
+    pub fn end_file_batch(&mut self, pos: u64) {
+        let Some(journal) = self.file_journal.as_mut() else {
+            return;
+        };
+        for f in self.sessions.take_changed_files() {
+            journal.push(&f);
+        }
+        let sessions = &self.sessions;
+        journal.end_batch(pos, || sessions.open_file_changes());
+        self.replay.file_journal_errors = journal.errors;
     }
 
     /// Calls already written (from `calls.jsonl`): found again in records read again, they
@@ -259,6 +295,16 @@ impl Pipeline {
     pub fn handle_record_at(&mut self, pos: u64, record: &[u8], seen_before: bool) -> Option<u32> {
         self.record_pos = pos;
         self.replaying = seen_before;
+        if !seen_before
+            && pos < self.files_counted_until
+            && matches!(
+                crate::probes::decode(record),
+                Ok(KernelEvent::FileOp { .. })
+            )
+        {
+            self.replay.file_changes_already_counted += 1;
+            return None;
+        }
         if seen_before {
             self.replay.records += 1;
             let data = matches!(
