@@ -47,7 +47,7 @@ pub const EVENT_CONNECT: u32 = 12;
 /// A process of a session exec'd, with `[actions] argv` on: its arguments ([`ExecArgs`]),
 /// read in the kernel at the exec (a tool that exits at once is gone before `/proc` is read).
 pub const EVENT_EXEC_ARGS: u32 = 13;
-/// A process of a session changed a file, and the system call succeeded ([`FileOp`];
+/// A process of a session changed a file, and the system call succeeded ([`FileRecord`];
 /// `[actions] files`).
 pub const EVENT_FILE_OP: u32 = 14;
 /// Bytes of a process's arguments an [`ExecArgs`] carries at most.
@@ -492,6 +492,59 @@ pub struct FileOp {
     pub new_path: [u8; FILE_PATH_LEN],
 }
 
+/// Bytes of a [`FileRecord`]'s directory names (the buffers are twice that: a name is read
+/// at an offset below this, up to this long).
+pub const FILE_DIR_LEN: usize = 256;
+/// `FileRecord::dir_state`: the path is absolute, or the directory was not read.
+pub const DIR_NONE: u32 = 0;
+/// The directory's names, up to the process's root (or the root of its mounts).
+pub const DIR_WHOLE: u32 = 1;
+/// Cut: deeper or longer than the record holds.
+pub const DIR_CUT: u32 = 2;
+
+/// A [`FileOp`] as sent, with the directories its relative paths are relative to (the
+/// working directory, or the directory `dfd` is open on), read in the kernel when the call
+/// returns, so a process that is gone by the time the daemon reads the record still has
+/// them: each directory's names from the innermost out, each ended by a NUL (`dir_len`
+/// bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileRecord {
+    pub op: FileOp,
+    pub dir_state: u32,
+    pub dir_len: u32,
+    pub new_dir_state: u32,
+    pub new_dir_len: u32,
+    pub dir: [u8; 2 * FILE_DIR_LEN],
+    pub new_dir: [u8; 2 * FILE_DIR_LEN],
+}
+
+/// Offsets of the kernel struct fields the directory walk of a [`FileRecord`] reads (from
+/// the running kernel's BTF, filled by user space; `ok == 0`: not found, no walk).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PathOffsets {
+    pub ok: u32,
+    pub task_fs: u32,
+    pub task_files: u32,
+    pub fs_root: u32,
+    pub fs_pwd: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_parent: u32,
+    /// `dentry.d_name` + `qstr.name`.
+    pub dentry_name: u32,
+    pub vfsmount_root: u32,
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_path: u32,
+    pub _pad: u32,
+}
+
 /// A metered socket was closed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -595,6 +648,9 @@ const _: () = {
     assert!(size_of::<ConnKey>() == 16);
     assert!(size_of::<Dest4>() == 8);
     assert!(size_of::<Dest6>() == 20);
+    assert!(size_of::<FileOp>() == 40 + 2 * FILE_PATH_LEN);
+    assert!(size_of::<FileRecord>() == size_of::<FileOp>() + 16 + 4 * FILE_DIR_LEN);
+    assert!(size_of::<PathOffsets>() == 72);
     // Every header that precedes bytes fits in the scratch buffer's header room.
     assert!(size_of::<TlsData>() <= SCRATCH_HEADER);
     assert!(size_of::<GateHold>() <= SCRATCH_HEADER);
@@ -613,4 +669,5 @@ mod user {
     unsafe impl aya::Pod for GoArgs {}
     unsafe impl aya::Pod for Dest4 {}
     unsafe impl aya::Pod for Dest6 {}
+    unsafe impl aya::Pod for PathOffsets {}
 }

@@ -50,6 +50,10 @@ pub static FILE_OPS: HashMap<u32, FileOp> = HashMap::pinned(1024, 0);
 #[map]
 pub static FILE_SCRATCH: PerCpuArray<FileOp> = PerCpuArray::pinned(1, 0);
 
+/// Where the directory walk of a [`FileRecord`] finds the fields it reads (user space).
+#[map]
+pub static PATH_OFFSETS: Array<PathOffsets> = Array::pinned(1, 0);
+
 /// First-contact state of processes (tgid → `PROC_*`); absent: undecided. Cleared at exec
 /// and exit, so a new program is decided anew.
 #[map]

@@ -477,16 +477,17 @@ fn files_a_session_changes_are_recorded_per_path() {
     let script = |d: &std::path::Path| {
         let d = d.display();
         format!(
-            "echo hello > {d}/notes.txt && echo more >> {d}/notes.txt && mv {d}/notes.txt {d}/final.txt && touch {d}/gone && rm {d}/gone && mkdir {d}/tmpdir && rmdir {d}/tmpdir && echo x > {d}/sub/x.txt && cat {d}/final.txt > /dev/null"
+            "echo hello > {d}/notes.txt && echo more >> {d}/notes.txt && mv {d}/notes.txt {d}/final.txt && touch {d}/gone && rm {d}/gone && mkdir {d}/tmpdir && rmdir {d}/tmpdir && echo x > {d}/sub/x.txt && (cd {d}/sub && echo r > short.txt) && cat {d}/final.txt > /dev/null"
         )
     };
     let mut agent = py_client("tree_agent.py", &mock, &["--calls", "1", "--tag", "files"]);
     agent.arg("--child").arg(script(&inside));
-    // Relative paths, resolved through the working directory of a process still running
-    // when the daemon reads the record (`?/` when it is gone: README), and through a
-    // directory descriptor (`renameat`).
+    // Relative paths: to the working directory or a directory descriptor (`renameat`), as
+    // they were when the call returned (the kernel reads them then): `moved.txt` was opened
+    // in `sub`, though the process has left it by the time the daemon reads the record. (The
+    // subshell's `short.txt` above is gone before that too.)
     agent.arg("--child").arg(format!(
-        "cd {} && exec {} -c \"import os, time; open('rel.txt', 'w').write('x'); d = os.open('.', os.O_RDONLY); os.rename('rel.txt', 'rel2.txt', src_dir_fd=d, dst_dir_fd=d); time.sleep(1)\"",
+        "cd {} && exec {} -c \"import os, time; open('rel.txt', 'w').write('x'); d = os.open('.', os.O_RDONLY); os.rename('rel.txt', 'rel2.txt', src_dir_fd=d, dst_dir_fd=d); os.chdir('sub'); open('moved.txt', 'w').write('x'); os.chdir('..'); time.sleep(1)\"",
         inside.display(),
         python().display()
     ));
@@ -518,6 +519,14 @@ fn files_a_session_changes_are_recorded_per_path() {
     assert_eq!(counts(of(&path("sub/x.txt"))), [1, 1, 1, 0, 0, 0]);
     assert_eq!(counts(of(&path("rel.txt"))), [1, 1, 1, 0, 1, 0]);
     assert_eq!(counts(of(&path("rel2.txt"))), [0, 0, 0, 0, 0, 1]);
+    assert_eq!(counts(of(&path("sub/moved.txt"))), [1, 1, 1, 0, 0, 0]);
+    assert_eq!(counts(of(&path("sub/short.txt"))), [1, 1, 1, 0, 0, 0]);
+    assert!(
+        files
+            .iter()
+            .all(|f| f["path"].as_str().is_some_and(|p| p.starts_with('/'))),
+        "every path absolute: {files:#?}"
+    );
     // `rmdir`: a directory deleted.
     assert_eq!(counts(of(&path("tmpdir"))), [0, 0, 0, 1, 0, 0]);
     for f in &files {

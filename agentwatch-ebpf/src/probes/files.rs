@@ -4,12 +4,12 @@
 //! per thread at entry and sent only when it returned successfully.
 use agentwatch_ebpf::*;
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated},
     macros::tracepoint,
     programs::TracePointContext,
 };
 
-use crate::maps::{EVENTS, FILE_OPS, FILE_SCRATCH, SESSION_PROCS};
+use crate::maps::{EVENTS, FILE_OPS, FILE_SCRATCH, PATH_OFFSETS, SESSION_PROCS};
 use crate::output::{QUIET, drop_count, now};
 
 const O_ACCMODE: u64 = 0o3;
@@ -215,16 +215,18 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     };
     let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
     if ret >= 0 {
-        match EVENTS.reserve::<FileOp>(0) {
+        match EVENTS.reserve::<FileRecord>(0) {
             Some(mut entry) => {
+                let rec = entry.as_mut_ptr();
                 let copied = unsafe {
                     generated::bpf_probe_read_kernel(
-                        entry.as_mut_ptr() as *mut core::ffi::c_void,
+                        &mut (*rec).op as *mut FileOp as *mut core::ffi::c_void,
                         core::mem::size_of::<FileOp>() as u32,
                         staged as *const core::ffi::c_void,
                     )
                 };
                 if copied == 0 {
+                    unsafe { directories(&mut *rec) };
                     entry.submit(QUIET);
                 } else {
                     entry.discard(0);
@@ -236,4 +238,130 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let _ = FILE_OPS.remove(&tid);
     Ok(())
+}
+
+/// Steps at most in a directory walk (a name or a mount crossed each).
+const MAX_DIR_STEPS: u32 = 32;
+
+/// The directories of `rec`'s relative paths, read now (the call returned: they are still
+/// the ones it used).
+#[inline(always)]
+unsafe fn directories(rec: &mut FileRecord) {
+    rec.dir_state = DIR_NONE;
+    rec.dir_len = 0;
+    rec.new_dir_state = DIR_NONE;
+    rec.new_dir_len = 0;
+    let Some(o) = PATH_OFFSETS.get(0) else {
+        return;
+    };
+    if o.ok == 0 {
+        return;
+    }
+    if relative(&rec.op.path, rec.op.len) {
+        let (state, len) = unsafe { walk_dir(o, rec.op.dfd, &mut rec.dir) };
+        rec.dir_state = state;
+        rec.dir_len = len;
+    }
+    if relative(&rec.op.new_path, rec.op.new_len) {
+        let (state, len) = unsafe { walk_dir(o, rec.op.new_dfd, &mut rec.new_dir) };
+        rec.new_dir_state = state;
+        rec.new_dir_len = len;
+    }
+}
+
+#[inline(always)]
+fn relative(path: &[u8; FILE_PATH_LEN], len: u32) -> bool {
+    len > 1 && path[0] != b'/'
+}
+
+#[inline(always)]
+unsafe fn at<T>(base: u64, off: u32) -> Result<T, i64> {
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.map_err(|e| e as i64)
+}
+
+/// The names of the directory `dfd` names for the current task (`AT_FDCWD`: its working
+/// directory), up to its root: (`DIR_*`, bytes written to `buf`).
+#[inline(always)]
+unsafe fn walk_dir(o: &PathOffsets, dfd: i32, buf: &mut [u8; 2 * FILE_DIR_LEN]) -> (u32, u32) {
+    match unsafe { try_walk_dir(o, dfd, buf) } {
+        Ok(r) => r,
+        Err(_) => (DIR_NONE, 0),
+    }
+}
+
+#[inline(always)]
+unsafe fn try_walk_dir(
+    o: &PathOffsets,
+    dfd: i32,
+    buf: &mut [u8; 2 * FILE_DIR_LEN],
+) -> Result<(u32, u32), i64> {
+    let task = unsafe { generated::bpf_get_current_task() };
+    let fs: u64 = unsafe { at(task, o.task_fs) }?;
+    let root_mnt: u64 = unsafe { at(fs, o.fs_root + o.path_mnt) }?;
+    let root_dentry: u64 = unsafe { at(fs, o.fs_root + o.path_dentry) }?;
+    // The `struct path` to start from.
+    let start = if dfd == AT_FDCWD {
+        fs + o.fs_pwd as u64
+    } else {
+        if dfd < 0 {
+            return Err(1);
+        }
+        let files: u64 = unsafe { at(task, o.task_files) }?;
+        let fdt: u64 = unsafe { at(files, o.files_fdt) }?;
+        let max: u32 = unsafe { at(fdt, o.fdt_max_fds) }?;
+        if dfd as u32 >= max {
+            return Err(1);
+        }
+        let fds: u64 = unsafe { at(fdt, o.fdt_fd) }?;
+        let file: u64 = unsafe { at(fds, dfd as u32 * 8) }?;
+        if file == 0 {
+            return Err(1);
+        }
+        file + o.file_path as u64
+    };
+    let mut mnt: u64 = unsafe { at(start, o.path_mnt) }?;
+    let mut dentry: u64 = unsafe { at(start, o.path_dentry) }?;
+    let mut mount = mnt - o.mount_mnt as u64;
+    let mut len: u32 = 0;
+    for _ in 0..MAX_DIR_STEPS {
+        if dentry == root_dentry && mnt == root_mnt {
+            return Ok((DIR_WHOLE, len));
+        }
+        let mnt_root: u64 = unsafe { at(mnt, o.vfsmount_root) }?;
+        if dentry == mnt_root {
+            // The root of a mount: on to where it is mounted.
+            let parent: u64 = unsafe { at(mount, o.mount_parent) }?;
+            if parent == mount {
+                return Ok((DIR_WHOLE, len));
+            }
+            dentry = unsafe { at(mount, o.mount_mountpoint) }?;
+            mount = parent;
+            mnt = parent + o.mount_mnt as u64;
+            continue;
+        }
+        let name: u64 = unsafe { at(dentry, o.dentry_name) }?;
+        // Read through a volatile load so the compiler keeps the mask: the verifier needs
+        // it to bound the offset (it does not follow the `len` checks below).
+        let off = (unsafe { core::ptr::read_volatile(&len) } as usize) & (FILE_DIR_LEN - 1);
+        let n = unsafe {
+            generated::bpf_probe_read_kernel_str(
+                buf.as_mut_ptr().add(off) as *mut core::ffi::c_void,
+                FILE_DIR_LEN as u32,
+                name as *const core::ffi::c_void,
+            )
+        };
+        if n <= 0 {
+            return Ok((DIR_CUT, len));
+        }
+        len += n as u32;
+        if len >= FILE_DIR_LEN as u32 {
+            return Ok((DIR_CUT, len.min(2 * FILE_DIR_LEN as u32)));
+        }
+        let parent: u64 = unsafe { at(dentry, o.dentry_parent) }?;
+        if parent == dentry {
+            return Ok((DIR_WHOLE, len));
+        }
+        dentry = parent;
+    }
+    Ok((DIR_CUT, len))
 }

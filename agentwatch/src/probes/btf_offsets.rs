@@ -138,6 +138,33 @@ pub fn process_args() -> Option<(u32, u32, u32)> {
     ))
 }
 
+/// The fields the kernel's directory walk of a file change reads (`PathOffsets`), in the
+/// running kernel; `None` when one is not found.
+pub fn path_walk() -> Option<agentwatch_ebpf::PathOffsets> {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+    let m = |s: &str, f: &str| member_offset(&btf, s, f);
+    Some(agentwatch_ebpf::PathOffsets {
+        ok: 1,
+        task_fs: m("task_struct", "fs")?,
+        task_files: m("task_struct", "files")?,
+        fs_root: m("fs_struct", "root")?,
+        fs_pwd: m("fs_struct", "pwd")?,
+        path_mnt: m("path", "mnt")?,
+        path_dentry: m("path", "dentry")?,
+        dentry_parent: m("dentry", "d_parent")?,
+        dentry_name: m("dentry", "d_name")? + m("qstr", "name")?,
+        vfsmount_root: m("vfsmount", "mnt_root")?,
+        mount_mnt: m("mount", "mnt")?,
+        mount_parent: m("mount", "mnt_parent")?,
+        mount_mountpoint: m("mount", "mnt_mountpoint")?,
+        files_fdt: m("files_struct", "fdt")?,
+        fdt_max_fds: m("fdtable", "max_fds")?,
+        fdt_fd: m("fdtable", "fd")?,
+        file_path: m("file", "f_path")?,
+        _pad: 0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

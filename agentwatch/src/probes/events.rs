@@ -2,10 +2,11 @@
 //! trusted; an unknown kind or a short record is an error the caller counts.
 use agentwatch_ebpf::{
     AeadLink, CONTACT_ESTIMATE, CONTACT_HELD, CONTACT_LLM_HOST, CONTACT_SESSION, Connect, Contact,
-    EVENT_AEAD_LINK, EVENT_CONNECT, EVENT_CONTACT, EVENT_EXEC, EVENT_EXEC_ARGS, EVENT_EXIT,
-    EVENT_FILE_OP, EVENT_FORK, EVENT_GATE_HOLD, EVENT_SOCKET_BYTES, EVENT_SOCKET_CLOSE,
-    EVENT_SOCKET_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, EXIT_CODE_UNKNOWN, ExecArgs, FileOp,
-    GateHold, HOLD_TLS_RECORD, Handshake, ProcEvent, SocketBytes, SocketClose, SocketHold, TlsData,
+    DIR_WHOLE, EVENT_AEAD_LINK, EVENT_CONNECT, EVENT_CONTACT, EVENT_EXEC, EVENT_EXEC_ARGS,
+    EVENT_EXIT, EVENT_FILE_OP, EVENT_FORK, EVENT_GATE_HOLD, EVENT_SOCKET_BYTES, EVENT_SOCKET_CLOSE,
+    EVENT_SOCKET_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, EXIT_CODE_UNKNOWN, ExecArgs,
+    FileRecord, GateHold, HOLD_TLS_RECORD, Handshake, ProcEvent, SocketBytes, SocketClose,
+    SocketHold, TlsData,
 };
 
 #[derive(Debug)]
@@ -71,6 +72,10 @@ pub enum KernelEvent<'a> {
         path: String,
         new_dfd: i32,
         new_path: Option<String>,
+        /// The directories the relative `path` and `new_path` are in, read by the kernel at
+        /// the call's return (absolute, as the process saw them); `None`: not read, or cut.
+        dir: Option<String>,
+        new_dir: Option<String>,
         ts_ns: u64,
     },
     /// A process of a session connected a TCP socket to `addr`:`port`.
@@ -294,7 +299,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
             })
         }
         EVENT_FILE_OP => {
-            let f = read::<FileOp>(bytes).ok_or_else(short)?;
+            let r = read::<FileRecord>(bytes).ok_or_else(short)?;
+            let f = r.op;
             let text = |buf: &[u8], len: u32| -> Option<String> {
                 let b = &buf[..(len as usize).min(buf.len())];
                 let b = b.strip_suffix(&[0]).unwrap_or(b);
@@ -308,6 +314,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 path: text(&f.path, f.len).unwrap_or_default(),
                 new_dfd: f.new_dfd,
                 new_path: text(&f.new_path, f.new_len),
+                dir: walked_dir(r.dir_state, &r.dir, r.dir_len),
+                new_dir: walked_dir(r.new_dir_state, &r.new_dir, r.new_dir_len),
                 ts_ns: f.ts_ns,
             })
         }
@@ -330,6 +338,22 @@ pub fn encode<T: Copy>(value: &T, tail: &[u8]) -> Vec<u8> {
     unsafe { std::ptr::write_unaligned(out.as_mut_ptr().cast(), *value) };
     out.extend_from_slice(tail);
     out
+}
+
+/// A directory walked by the kernel (names from the innermost out, each NUL-ended) as an
+/// absolute path; `None` unless the walk reached the root.
+fn walked_dir(state: u32, buf: &[u8], len: u32) -> Option<String> {
+    if state != DIR_WHOLE {
+        return None;
+    }
+    let bytes = buf.get(..len as usize)?;
+    let mut names: Vec<String> = bytes
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    names.reverse();
+    Some(format!("/{}", names.join("/")))
 }
 
 #[cfg(test)]

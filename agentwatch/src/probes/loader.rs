@@ -602,6 +602,28 @@ impl Probes {
             }
             return false;
         }
+        // Relative paths: their directories are read in the kernel when it knows where.
+        match super::btf_offsets::path_walk() {
+            Some(offsets) => {
+                let set = self
+                    .ebpf
+                    .map_mut("PATH_OFFSETS")
+                    .ok_or_else(|| "no such map".to_string())
+                    .and_then(|m| {
+                        aya::maps::Array::<_, abi::PathOffsets>::try_from(m)
+                            .map_err(|e| e.to_string())
+                    })
+                    .and_then(|mut a| a.set(0, offsets, 0).map_err(|e| e.to_string()));
+                if let Err(e) = set {
+                    tracing::warn!(
+                        "failed to write the PATH_OFFSETS map: {e}; [actions] files: relative paths are resolved through /proc (`?/` once their process is gone)"
+                    );
+                }
+            }
+            None => tracing::warn!(
+                "[actions] files: a field of task_struct, fs_struct, dentry, mount or fdtable was not found in /sys/kernel/btf/vmlinux; relative paths are resolved through /proc (`?/` once their process is gone)"
+            ),
+        }
         for name in FILE_TRACEPOINTS.iter().flat_map(|(e, x)| [*e, *x]) {
             let tracepoint = format!("syscalls:{name}");
             let adopted = self.pins.as_ref().is_some_and(|p| p.link(name).exists());

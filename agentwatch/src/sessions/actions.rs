@@ -176,12 +176,21 @@ pub fn is_pseudo_path(path: &str) -> bool {
         || path == "/dev/null"
 }
 
-/// `path` as an absolute, lexically normalised path: relative ones joined to the directory
-/// `dfd` names (`AT_FDCWD`: the process's working directory), read from `/proc` now; `?/`
-/// and the path when that directory cannot be read (the process is gone).
-pub fn absolute_path(proc_root: &std::path::Path, tgid: u32, dfd: i32, path: &str) -> String {
+/// `path` as an absolute, lexically normalised path: relative ones joined to `dir` (the
+/// directory the kernel read when the call returned), else to the directory `dfd` names
+/// (`AT_FDCWD`: the process's working directory) read from `/proc` now; `?/` and the path
+/// when neither is known (the process is gone).
+pub fn absolute_path(
+    proc_root: &std::path::Path,
+    tgid: u32,
+    dfd: i32,
+    path: &str,
+    dir: Option<&str>,
+) -> String {
     let joined = if path.starts_with('/') {
         path.to_string()
+    } else if let Some(dir) = dir {
+        format!("{dir}/{path}")
     } else {
         let dir = if dfd == agentwatch_ebpf::AT_FDCWD {
             proc_root.join(tgid.to_string()).join("cwd")

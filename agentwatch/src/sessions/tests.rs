@@ -716,10 +716,22 @@ fn sessions_file_paths_are_made_absolute_through_the_process() {
     std::os::unix::fs::symlink("/etc", root.join("7/fd/5")).unwrap();
     let at_cwd = agentwatch_ebpf::AT_FDCWD;
     assert_eq!(
-        absolute_path(root, 7, at_cwd, "a/./b/../c.txt"),
+        absolute_path(root, 7, at_cwd, "a/./b/../c.txt", None),
         "/home/u/work/a/c.txt"
     );
-    assert_eq!(absolute_path(root, 7, 5, "hosts"), "/etc/hosts");
-    assert_eq!(absolute_path(root, 7, 5, "/tmp//x"), "/tmp/x");
-    assert_eq!(absolute_path(root, 8, at_cwd, "gone.txt"), "?/gone.txt");
+    assert_eq!(absolute_path(root, 7, 5, "hosts", None), "/etc/hosts");
+    assert_eq!(absolute_path(root, 7, 5, "/tmp//x", None), "/tmp/x");
+    assert_eq!(
+        absolute_path(root, 8, at_cwd, "gone.txt", None),
+        "?/gone.txt"
+    );
+    // The directory the kernel read wins over /proc (which may have changed since).
+    assert_eq!(
+        absolute_path(root, 7, at_cwd, "../x", Some("/srv/job/out")),
+        "/srv/job/x"
+    );
+    assert_eq!(
+        absolute_path(root, 8, at_cwd, "gone.txt", Some("/srv")),
+        "/srv/gone.txt"
+    );
 }

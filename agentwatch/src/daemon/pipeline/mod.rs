@@ -441,13 +441,16 @@ impl Pipeline {
                 path,
                 new_dfd,
                 new_path,
+                dir,
+                new_dir,
                 ts_ns,
             } => {
                 use crate::sessions::actions::absolute_path;
                 if let Some(key) = self.tree.key_of(tgid).or_else(|| self.tree.ensure(tgid)) {
                     let root = self.tree.proc_root().to_path_buf();
-                    let path = absolute_path(&root, tgid, dfd, &path);
-                    let new_path = new_path.map(|p| absolute_path(&root, tgid, new_dfd, &p));
+                    let path = absolute_path(&root, tgid, dfd, &path, dir.as_deref());
+                    let new_path = new_path
+                        .map(|p| absolute_path(&root, tgid, new_dfd, &p, new_dir.as_deref()));
                     self.sessions
                         .on_file_op(&self.tree, key, op, flags, path, new_path, ts_ns);
                 }
