@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
@@ -467,6 +468,21 @@ fn calls_of_session(calls: &[Value], sid: &str) -> usize {
 #[test]
 fn files_a_session_changes_are_recorded_per_path() {
     let daemon = Daemon::with_config("files", "[actions]\nfiles = true\n");
+    // No session open: its tracepoints (which every system call of every process would pay
+    // for) are off; the agent's first contact puts them on before it goes on.
+    let hooks = |d: &Daemon| {
+        let status = d.cli_json(&["status"]);
+        let syscalls = status["tracepoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t.as_str().unwrap().starts_with("syscalls:"))
+            .count();
+        (status["file_hooks"].clone(), syscalls)
+    };
+    let (before, syscalls) = hooks(&daemon);
+    assert_eq!(before["attached"], false, "{before:#}");
+    assert_eq!(syscalls, 0);
     let mock = Mock::start(&[]);
     let work = Scratch::new("files-work");
     let inside = work.0.join("inside");
@@ -577,6 +593,19 @@ fn files_a_session_changes_are_recorded_per_path() {
     // The drops of the kernel side stay zero.
     let drops = &daemon.cli_json(&["status"])["kernel_drops"];
     assert_eq!(u(&drops["file_ops_dropped"]), 0, "{drops:#}");
+    // No session open any more: off again a few seconds later.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (h, syscalls) = hooks(&daemon);
+        if h["attached"] == false {
+            assert_eq!(syscalls, 0, "{h:#}");
+            assert!(u(&h["attaches"]) >= 1 && u(&h["detaches"]) >= 1, "{h:#}");
+            break;
+        }
+        assert_eq!(syscalls, 16, "{h:#}");
+        assert!(Instant::now() < deadline, "still attached: {h:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// `[actions] files = true` with `[drift] action = "pause"`: a recurring job whose 5 runs

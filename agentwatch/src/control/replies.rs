@@ -159,6 +159,9 @@ pub struct Status {
     pub tracepoints: Vec<String>,
     /// Hooks this kernel lacks, and what is done instead.
     pub hooks_missing: BTreeMap<String, String>,
+    /// `[actions] files`: its tracepoints, on only while sessions may change files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_hooks: Option<crate::probes::loader::FileHooks>,
     pub tls_libraries: Vec<AttachedLibrary>,
     pub probed_processes: ProbedProcesses,
     pub first_contact: FirstContact,

@@ -236,6 +236,7 @@ impl Daemon {
             kernel_side,
             tracepoints: programs.tracepoints,
             hooks_missing: programs.missing,
+            file_hooks: programs.file_hooks,
             tls_libraries,
             probed_processes,
             first_contact: FirstContact {

@@ -1,7 +1,7 @@
 //! The daemon's loop: drain the ring buffer into the pipeline, decide first contacts, take
 //! probes off, tick, reload on SIGHUP; then the stop.
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
@@ -21,6 +21,9 @@ const IDLE_DRAINS: u32 = 100;
 /// Seconds after start (ticks of the 1 s timer) when start-up is over and its executable pages
 /// are let go of (`memory.rs`).
 const RELEASE_AFTER_TICKS: u32 = 5;
+/// `[actions] files`: how long its tracepoints stay on after the last session closed (a next
+/// session of a recurring job, an agent's next sub-agent, keep them on).
+const FILE_HOOKS_LINGER: Duration = Duration::from_secs(5);
 
 /// What only the loop uses.
 pub(super) struct EventLoop {
@@ -85,6 +88,7 @@ impl EventLoop {
         // Processes found stopped at a first contact nobody announced (see `unannounced_holds`).
         let mut unannounced = HashSet::new();
         let mut ticks = 0u32;
+        let mut files_idle_since = None;
         loop {
             let mut ticked = false;
             let read = tokio::select! {
@@ -124,6 +128,9 @@ impl EventLoop {
                 ring.get_mut(),
                 &mut pending.execs,
             );
+            if ticked || ring.get_ref().read_pos() != before {
+                d.file_hooks(&mut files_idle_since);
+            }
             empty_drains = if ring.get_ref().read_pos() == before {
                 empty_drains.saturating_add(1)
             } else {
@@ -174,6 +181,35 @@ impl EventLoop {
 }
 
 impl Daemon {
+    /// `[actions] files`: its tracepoints on while sessions are open (attached too at each
+    /// first contact, before the process goes on: `first_contact`), off once none was open
+    /// and no first contact was being decided for `FILE_HOOKS_LINGER`.
+    fn file_hooks(&self, idle_since: &mut Option<Instant>) {
+        let busy = self
+            .pipeline
+            .lock()
+            .expect("pipeline lock")
+            .sessions_may_change_files();
+        // A first contact being decided holds discovery: it attaches them itself.
+        let Ok(mut d) = self.discovery.try_lock() else {
+            return;
+        };
+        if d.probes.programs.file_hooks.is_none() {
+            return;
+        }
+        if busy {
+            *idle_since = None;
+            if !d.probes.file_probes_attached() {
+                d.probes.attach_file_probes();
+            }
+        } else if d.probes.file_probes_attached()
+            && idle_since.get_or_insert_with(Instant::now).elapsed() >= FILE_HOOKS_LINGER
+        {
+            d.probes.detach_file_probes();
+            *idle_since = None;
+        }
+    }
+
     /// Every second: the pipeline's upkeep, and the heartbeat that tells the kernel a daemon
     /// is there to decide first contacts.
     fn tick(&self) {

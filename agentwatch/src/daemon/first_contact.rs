@@ -159,6 +159,8 @@ fn decide(
         d.probes.probed_since(contact.tgid, contact.ts_ns);
         // Decided, whatever was found: its later connections are not held.
         d.probes.set_process_state(contact.tgid, Some(PROC_DECIDED));
+        // `[actions] files`: on before it goes on (its session's tools may follow soon).
+        d.probes.attach_file_probes();
         coverage
     };
     let mut p = pipeline.lock().expect("pipeline lock");

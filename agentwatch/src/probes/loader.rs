@@ -150,6 +150,22 @@ pub struct KernelPrograms {
     pub tracepoints: Vec<String>,
     /// Hooks this kernel lacks, and what is done instead.
     pub missing: BTreeMap<String, String>,
+    /// `[actions] files`: its `syscalls` tracepoints, attached only while a session may be
+    /// open (none when it is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_hooks: Option<FileHooks>,
+}
+
+/// The `syscalls` tracepoints of `[actions] files`, attached only while sessions may change
+/// files: while any is attached, every system call of every process takes the kernel's
+/// traced path.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct FileHooks {
+    pub attached: bool,
+    /// Times they were attached (at a first contact, or a session opened) and taken off
+    /// (no session open for a while), by this daemon.
+    pub attaches: u64,
+    pub detaches: u64,
 }
 
 pub struct Probes {
@@ -175,6 +191,8 @@ pub struct Probes {
     pub kernel_side: super::pins::KernelSide,
     /// Links of the global programs (pinned ones: dropping closes only the descriptor).
     _links: Vec<aya::programs::links::FdLink>,
+    /// Links of the file tracepoints this daemon attached (`[actions] files`).
+    file_links: Vec<aya::programs::links::FdLink>,
     /// The kernel programs' diagnostics, written to the log at each heartbeat.
     kernel_logs: super::kernel_log::KernelLogs,
 }
@@ -424,6 +442,7 @@ impl Probes {
                 pins,
                 kernel_side,
                 _links: links,
+                file_links: Vec::new(),
                 kernel_logs,
             },
             ring,
@@ -589,19 +608,18 @@ impl Probes {
     }
 
     /// `[actions] files`: the `syscalls` tracepoints of the calls that open for writing,
-    /// delete and rename, which report the files the processes of sessions change. Off by
-    /// default: while any `syscalls` tracepoint is on, every system call of every process
-    /// takes the kernel's traced path (BENCHMARKS.md). Off again (`on = false`), a previous
-    /// daemon's pinned ones are taken off. Returns whether they are attached.
-    pub fn set_file_probes(&mut self, on: bool) -> bool {
+    /// delete and rename report the files the processes of sessions change. While any of them
+    /// is attached every system call of every process takes the kernel's traced path
+    /// (BENCHMARKS.md), so they are attached only while a session may be open
+    /// ([`Probes::attach_file_probes`], [`Probes::detach_file_probes`]); a previous daemon's
+    /// pinned ones are adopted as they are. Off, a previous daemon's are taken off.
+    pub fn set_file_probes(&mut self, on: bool) {
         if !on {
-            if let Some(pins) = &self.pins {
-                for name in FILE_TRACEPOINTS.iter().flat_map(|(e, x)| [e, x]) {
-                    let _ = std::fs::remove_file(pins.link(name));
-                }
-            }
-            return false;
+            self.detach_file_probes();
+            self.programs.file_hooks = None;
+            return;
         }
+        self.programs.file_hooks = Some(FileHooks::default());
         // Relative paths: their directories are read in the kernel when it knows where.
         match super::btf_offsets::path_walk() {
             Some(offsets) => {
@@ -624,36 +642,91 @@ impl Probes {
                 "[actions] files: a field of task_struct, fs_struct, dentry, mount or fdtable was not found in /sys/kernel/btf/vmlinux; relative paths are resolved through /proc (`?/` once their process is gone)"
             ),
         }
+        let adopted = self.pins.as_ref().is_some_and(|p| {
+            FILE_TRACEPOINTS
+                .iter()
+                .flat_map(|(e, x)| [e, x])
+                .all(|name| p.link(name).exists())
+        });
+        if adopted {
+            self.files_attached_now();
+        } else {
+            // None, or some of another set: off until a session may be open.
+            self.detach_file_probes();
+        }
+    }
+
+    /// Whether the file tracepoints are attached.
+    pub fn file_probes_attached(&self) -> bool {
+        self.programs
+            .file_hooks
+            .as_ref()
+            .is_some_and(|f| f.attached)
+    }
+
+    /// Attaches the file tracepoints (with `[actions] files`, when they are not): before a
+    /// process that may open a session goes on. Returns whether they are attached.
+    pub fn attach_file_probes(&mut self) -> bool {
+        match &self.programs.file_hooks {
+            None => return false,
+            Some(f) if f.attached => return true,
+            Some(_) => {}
+        }
         for name in FILE_TRACEPOINTS.iter().flat_map(|(e, x)| [*e, *x]) {
-            let tracepoint = format!("syscalls:{name}");
-            let adopted = self.pins.as_ref().is_some_and(|p| p.link(name).exists());
-            let attached = if adopted {
-                Ok(())
-            } else {
-                self.attach_tracepoint("syscalls", name)
-            };
-            match attached {
-                Ok(()) => {
-                    if !self.programs.tracepoints.contains(&tracepoint) {
-                        self.programs.tracepoints.push(tracepoint);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "{e}; [actions] files: the files sessions change are not reported"
-                    );
-                    self.programs.missing.insert(tracepoint, e.to_string());
-                    self.set_file_probes(false);
-                    return false;
-                }
+            if let Err(e) = self.attach_tracepoint("syscalls", name) {
+                tracing::warn!("{e}; [actions] files: the files sessions change are not reported");
+                self.programs
+                    .missing
+                    .insert(format!("syscalls:{name}"), e.to_string());
+                self.detach_file_probes();
+                self.programs.file_hooks = None;
+                return false;
             }
+        }
+        self.files_attached_now();
+        if let Some(f) = self.programs.file_hooks.as_mut() {
+            f.attaches += 1;
         }
         true
     }
 
+    fn files_attached_now(&mut self) {
+        for name in FILE_TRACEPOINTS.iter().flat_map(|(e, x)| [*e, *x]) {
+            let tracepoint = format!("syscalls:{name}");
+            if !self.programs.tracepoints.contains(&tracepoint) {
+                self.programs.tracepoints.push(tracepoint);
+            }
+        }
+        if let Some(f) = self.programs.file_hooks.as_mut() {
+            f.attached = true;
+        }
+    }
+
+    /// Takes the file tracepoints off (this daemon's and a previous daemon's pinned ones).
+    pub fn detach_file_probes(&mut self) {
+        if let Some(pins) = &self.pins {
+            for name in FILE_TRACEPOINTS.iter().flat_map(|(e, x)| [e, x]) {
+                let _ = std::fs::remove_file(pins.link(name));
+            }
+        }
+        self.file_links.clear();
+        self.programs
+            .tracepoints
+            .retain(|t| !t.starts_with("syscalls:"));
+        if let Some(f) = self.programs.file_hooks.as_mut() {
+            if f.attached {
+                f.detaches += 1;
+            }
+            f.attached = false;
+        }
+    }
+
+    /// Attaches the `syscalls` tracepoint `name` (the program of that name, loaded once).
     fn attach_tracepoint(&mut self, category: &str, name: &str) -> Result<(), ProbeError> {
         let program: &mut TracePoint = program(&mut self.ebpf, name)?;
-        program.load().map_err(load_error(name))?;
+        if program.fd().is_err() {
+            program.load().map_err(load_error(name))?;
+        }
         let id = program
             .attach(category, name)
             .map_err(|source| ProbeError::TracepointAttach {
@@ -667,7 +740,7 @@ impl Probes {
             detail: e.to_string(),
         })?;
         let link = pin_link(link, self.pins.as_ref(), name)?;
-        self._links.push(link);
+        self.file_links.push(link);
         Ok(())
     }
 

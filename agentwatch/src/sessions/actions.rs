@@ -22,9 +22,10 @@ pub struct ActionsConfig {
     pub argv: bool,
     /// Report the files the processes of sessions open for writing, delete and rename (one
     /// `actions.jsonl` row per path per session, written when it closes). Default false:
-    /// the kernel hooks it needs (`syscalls` tracepoints) put every system call of every
-    /// process on the kernel's traced path, a cost paid by processes that are not agents too
-    /// (BENCHMARKS.md).
+    /// while they are attached, the kernel hooks it needs (`syscalls` tracepoints) put every
+    /// system call of every process on the kernel's traced path, a cost paid by processes
+    /// that are not agents too (BENCHMARKS.md). They are attached only while a session is
+    /// open (from the first contact of the process that opens it) and 5 s after.
     pub files: bool,
 }
 

@@ -344,6 +344,20 @@ for _ in range(n):
     assert r.status == 200
 "#;
 
+/// An agent that makes one HTTPS call to the mock (its session opens) and sleeps `argv[3]`
+/// seconds (its session stays open).
+const OPEN_SESSION: &str = r#"
+import http.client, json, ssl, sys, time
+port, ca, secs = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+ctx = ssl.create_default_context(cafile=ca)
+c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
+body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+c.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+r = c.getresponse(); r.read()
+assert r.status == 200
+time.sleep(secs)
+"#;
+
 const TLS_TAX: &str = r#"
 import ssl, sys, time
 n = int(sys.argv[1])
@@ -634,6 +648,15 @@ that matters.\n",
         }
     };
     let s = |p: &str| scratch.join(p).display().to_string();
+    // The `openat` loop's directory: on tmpfs, so the disk's own timing does not swamp what
+    // the system calls cost (on this VM's disk the loop's time moved by 5-15% between runs).
+    let shm_dir =
+        std::path::Path::new("/dev/shm").join(format!("agentwatch-bench-{}", std::process::id()));
+    let tax_dir = if std::fs::create_dir_all(&shm_dir).is_ok() {
+        shm_dir.join("tax.dir").display().to_string()
+    } else {
+        s("tax.dir")
+    };
     type Workload = (String, String, usize, Box<dyn FnMut() -> Command>);
     let workloads: Vec<Workload> = vec![
         (
@@ -706,7 +729,7 @@ that matters.\n",
         ),
         (
             format!(
-                "{file_ops} × (`openat` O_CREAT|O_TRUNC for writing, `close`, `rename`, `unlink`)"
+                "{file_ops} × (`openat` O_CREAT|O_TRUNC for writing, `close`, `rename`, `unlink`) on tmpfs"
             ),
             "open+close+rename+unlink".into(),
             file_ops,
@@ -714,7 +737,7 @@ that matters.\n",
                 s("syscall_tax.py"),
                 "open".into(),
                 file_ops.to_string(),
-                s("tax.dir"),
+                tax_dir.clone(),
             ])),
         ),
         (
@@ -805,22 +828,28 @@ kernel's accounting (with that accounting's own cost), plus the dispatch. The ti
 no program at all (pipes, files, `openat`) show this VM's noise: a few per cent either way between runs.\n",
     );
 
-    // `[actions] files`: the `syscalls` tracepoints it turns on, paid by processes outside
-    // sessions (a lookup at each such call's entry and return; every system call takes the
-    // kernel's traced path while one is on).
+    // `[actions] files`: the `syscalls` tracepoints it turns on while a session is open, paid
+    // by processes outside sessions (a lookup at each such call's entry and return, and every
+    // system call takes the kernel's traced path while they are on).
     if want("files") {
+        std::fs::write(scratch.join("open_session.py"), OPEN_SESSION).unwrap();
         let _ = write!(
             report,
             "\n## `[actions] files = true`: its cost for processes that are not agents\n\n\
-The daemon as shipped vs. with `[actions] files = true`, alternately, 7 runs each, medians (timed inside the\n\
-process). Neither process is in a session: it runs no program of the kernel's file hooks beyond a map lookup\n\
-at each `openat`/`rename`/`unlink` entry and return, and every system call takes the kernel's traced path.\n\n\
-| workload | default | files | ratio | added per unit |\n|---|---|---|---|---|\n"
+The daemon as shipped, with `[actions] files = true` and no session open, and the same while a session is open\n\
+elsewhere on the host (an agent that made one call to the mock and sleeps), alternately, 7 runs each, medians\n\
+(timed inside the process); each ratio is the median of each run's ratio to the run as shipped just before it.\n\
+The measured process is in no session. Its tracepoints are attached only while a session is open (or a first\n\
+contact is being decided, and 5 s after): then every system call of every process takes the kernel's traced\n\
+path, and each `openat`/`rename`/`unlink` runs a program at its entry and return (one map lookup each). The\n\
+last column: in one more run with a session open and `kernel.bpf_stats_enabled = 1`, the daemon's kernel\n\
+programs' runs and time per unit (its tracepoints' dispatch and the traced path not counted).\n\n\
+| workload | default | files, no session | ratio | files, a session open | ratio | added per unit (session open) | the daemon's kernel programs (session open) |\n|---|---|---|---|---|---|---|---|\n"
         );
         let cases: [(String, &str, usize, Vec<String>); 2] = [
             (
                 format!(
-                    "{file_ops} × (`openat` O_CREAT|O_TRUNC for writing, `close`, `rename`, `unlink`)"
+                    "{file_ops} × (`openat` O_CREAT|O_TRUNC for writing, `close`, `rename`, `unlink`) on tmpfs"
                 ),
                 "open+close+rename+unlink",
                 file_ops,
@@ -828,7 +857,7 @@ at each `openat`/`rename`/`unlink` entry and return, and every system call takes
                     s("syscall_tax.py"),
                     "open".into(),
                     file_ops.to_string(),
-                    s("tax.dir"),
+                    tax_dir.clone(),
                 ],
             ),
             (
@@ -838,23 +867,67 @@ at each `openat`/`rename`/`unlink` entry and return, and every system call takes
                 vec![s("syscall_tax.py"), "pipe".into(), pipe_pairs.to_string()],
             ),
         ];
+        const FILES: &str = "[actions]\nfiles = true\n";
+        // An agent whose session stays open while a workload runs.
+        let open_session = || {
+            let agent = Proc(
+                Command::new(&python)
+                    .arg(scratch.join("open_session.py"))
+                    .arg(port.to_string())
+                    .arg(&ca)
+                    .arg("120")
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("start the session's agent"),
+            );
+            // Its first contact decided and its call answered: the session is open.
+            std::thread::sleep(Duration::from_millis(2000));
+            agent
+        };
         for (what, unit, count, args) in cases {
             let cmd = py(args);
-            let (mut plain, mut files) = (Vec::new(), Vec::new());
+            let (mut plain, mut idle, mut open) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..7 {
-                for (config, out) in [("", &mut plain), ("[actions]\nfiles = true\n", &mut files)] {
+                for (config, session, out) in [
+                    ("", false, &mut plain),
+                    (FILES, false, &mut idle),
+                    (FILES, true, &mut open),
+                ] {
                     let daemon = start_daemon_with(&scratch, Some(config));
                     std::thread::sleep(Duration::from_millis(2000));
+                    let agent = session.then(open_session);
                     out.push(time_loop(&mut cmd()));
+                    drop(agent);
                     drop(daemon);
+                    std::thread::sleep(Duration::from_millis(1000));
                 }
             }
-            let (plain, files) = (median(plain), median(files));
+            let paired = |on: &[f64]| median(on.iter().zip(&plain).map(|(a, b)| a / b).collect());
+            let (r_idle, r_open) = (paired(&idle), paired(&open));
+            let (plain, idle, open) = (median(plain), median(idle), median(open));
+            let (runs, ns) = {
+                let daemon = start_daemon_with(&scratch, Some(FILES));
+                std::thread::sleep(Duration::from_millis(2000));
+                let agent = open_session();
+                let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+                let before = prog_stats(daemon.0.id());
+                time_loop(&mut cmd());
+                let after = prog_stats(daemon.0.id());
+                let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+                drop(agent);
+                drop(daemon);
+                std::thread::sleep(Duration::from_millis(1000));
+                (
+                    after.0.saturating_sub(before.0),
+                    after.1.saturating_sub(before.1),
+                )
+            };
             let _ = writeln!(
                 report,
-                "| {what} | {plain:.3} s | {files:.3} s | {:.3} | {:.2} µs per {unit} |",
-                files / plain,
-                (files - plain) / count as f64 * 1e6
+                "| {what} | {plain:.3} s | {idle:.3} s | {r_idle:.3} | {open:.3} s | {r_open:.3} | {:.2} µs per {unit} | {:.1} runs, {:.0} ns per {unit} |",
+                (r_open - 1.0) * plain / count as f64 * 1e6,
+                runs as f64 / count as f64,
+                ns as f64 / count as f64,
             );
         }
     }
@@ -865,6 +938,7 @@ at each `openat`/`rename`/`unlink` entry and return, and every system call takes
     if !only.is_empty() {
         print!("{report}");
         let _ = std::fs::remove_dir_all(&scratch);
+        let _ = std::fs::remove_dir_all(&shm_dir);
         return;
     }
 
@@ -984,6 +1058,7 @@ understated. Figures here come from a clean run (one daemon at a time).\n",
     std::fs::write(&path, report).unwrap();
     eprintln!("wrote {}", path.display());
     let _ = std::fs::remove_dir_all(&scratch);
+    let _ = std::fs::remove_dir_all(&shm_dir);
 }
 
 /// Runs `cmd` to its end; (wall seconds, its own peak RSS in MiB) from wait4.

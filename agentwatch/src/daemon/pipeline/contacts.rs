@@ -71,6 +71,12 @@ impl Pipeline {
     pub fn pending_contacts(&self) -> Vec<u32> {
         self.pending_contacts.0.keys().copied().collect()
     }
+
+    /// Whether a first contact is being decided, or sessions are open: processes that may
+    /// change files for a session soon (`[actions] files`).
+    pub fn sessions_may_change_files(&self) -> bool {
+        !self.pending_contacts.0.is_empty() || self.sessions.open_count() > 0
+    }
 }
 
 impl Pipeline {
