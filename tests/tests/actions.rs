@@ -727,3 +727,50 @@ fn a_recurring_job_that_writes_in_a_new_directory_drifts_and_is_paused() {
     assert_eq!(row["drift"], serde_json::json!([new_dir]), "{row:#}");
     drop(work);
 }
+
+/// A tool chrooted into a root filesystem of its own (as a container's processes see theirs):
+/// its paths are as it saw them, a relative one too (the kernel's walk of its working
+/// directory stops at its root; `/proc` read from the host would name the host's path).
+#[test]
+fn a_chrooted_tools_files_are_paths_as_it_saw_them() {
+    let daemon = Daemon::with_config("files-chroot", "[actions]\nfiles = true\n");
+    let mock = Mock::start(&[]);
+    let work = Scratch::new("files-chroot-root");
+    let root = work.0.join("rootfs");
+    // /bin/sh and what it loads.
+    let ldd = Command::new("ldd").arg("/bin/sh").output().unwrap();
+    let mut files = vec![std::path::PathBuf::from("/bin/sh")];
+    files.extend(
+        String::from_utf8_lossy(&ldd.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+            .map(std::path::PathBuf::from),
+    );
+    for f in &files {
+        let to = root.join(f.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(f, &to).unwrap_or_else(|e| panic!("copy {}: {e}", f.display()));
+    }
+    std::fs::create_dir_all(root.join("work")).unwrap();
+    let mut agent = py_client(
+        "tree_agent.py",
+        &mock,
+        &["--calls", "1", "--tag", "files-chroot"],
+    );
+    agent.arg("--child").arg(format!(
+        "exec chroot {} /bin/sh -c 'cd /work && echo x > rel.txt && echo y > /work/abs.txt'",
+        root.display()
+    ));
+    let (pid, _) = run_client(agent);
+    let row = daemon.ledger_row_of(pid);
+    assert!(root.join("work/rel.txt").exists());
+    let sid = row["session_id"].as_str().unwrap();
+    let mut paths: Vec<String> = action_rows(&daemon)
+        .into_iter()
+        .filter(|r| r["kind"] == "file" && r["session_id"] == sid)
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .collect();
+    paths.sort();
+    assert_eq!(paths, ["/work/abs.txt", "/work/rel.txt"], "{row:#}");
+    assert_eq!(u(&row["files_written"]), 2, "{row:#}");
+}
