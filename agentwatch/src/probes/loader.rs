@@ -642,6 +642,25 @@ impl Probes {
                 "[actions] files: a field of task_struct, fs_struct, dentry, mount or fdtable was not found in /sys/kernel/btf/vmlinux; relative paths are resolved through /proc (`?/` once their process is gone)"
             ),
         }
+        // Loaded now (the verifier's time), so attaching them within a first contact's hold
+        // costs only the attaching.
+        for name in FILE_TRACEPOINTS.iter().flat_map(|(e, x)| [*e, *x]) {
+            let loaded = program::<TracePoint>(&mut self.ebpf, name).and_then(|p| {
+                if p.fd().is_err() {
+                    p.load().map_err(load_error(name))?;
+                }
+                Ok(())
+            });
+            if let Err(e) = loaded {
+                tracing::warn!("{e}; [actions] files: the files sessions change are not reported");
+                self.programs
+                    .missing
+                    .insert(format!("syscalls:{name}"), e.to_string());
+                self.detach_file_probes();
+                self.programs.file_hooks = None;
+                return;
+            }
+        }
         let adopted = self.pins.as_ref().is_some_and(|p| {
             FILE_TRACEPOINTS
                 .iter()
@@ -672,6 +691,7 @@ impl Probes {
             Some(f) if f.attached => return true,
             Some(_) => {}
         }
+        let started = std::time::Instant::now();
         for name in FILE_TRACEPOINTS.iter().flat_map(|(e, x)| [*e, *x]) {
             if let Err(e) = self.attach_tracepoint("syscalls", name) {
                 tracing::warn!("{e}; [actions] files: the files sessions change are not reported");
@@ -687,6 +707,10 @@ impl Probes {
         if let Some(f) = self.programs.file_hooks.as_mut() {
             f.attaches += 1;
         }
+        tracing::info!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "[actions] files: attached the file tracepoints (a session may open)"
+        );
         true
     }
 
