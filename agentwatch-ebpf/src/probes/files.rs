@@ -1,7 +1,9 @@
 //! Files changed by the processes of sessions (`[actions] files`): the `syscalls` tracepoints
 //! of the calls that open for writing, delete and rename. A process outside every session
 //! costs one map lookup at a call's entry and one at its return; a session's call is staged
-//! per thread at entry and sent only when it returned successfully.
+//! per thread at entry and sent only when it returned successfully, with the directories its
+//! relative paths are relative to, read then (user space attaches these tracepoints only while
+//! a session may be open: while any is on, every system call takes the kernel's traced path).
 use agentwatch_ebpf::*;
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated},

@@ -652,12 +652,7 @@ impl Probes {
                 Ok(())
             });
             if let Err(e) = loaded {
-                tracing::warn!("{e}; [actions] files: the files sessions change are not reported");
-                self.programs
-                    .missing
-                    .insert(format!("syscalls:{name}"), e.to_string());
-                self.detach_file_probes();
-                self.programs.file_hooks = None;
+                self.file_probes_failed(name, &e);
                 return;
             }
         }
@@ -693,13 +688,8 @@ impl Probes {
         }
         let started = std::time::Instant::now();
         for name in FILE_TRACEPOINTS.iter().flat_map(|(e, x)| [*e, *x]) {
-            if let Err(e) = self.attach_tracepoint("syscalls", name) {
-                tracing::warn!("{e}; [actions] files: the files sessions change are not reported");
-                self.programs
-                    .missing
-                    .insert(format!("syscalls:{name}"), e.to_string());
-                self.detach_file_probes();
-                self.programs.file_hooks = None;
+            if let Err(e) = self.attach_file_tracepoint(name) {
+                self.file_probes_failed(name, &e);
                 return false;
             }
         }
@@ -712,6 +702,16 @@ impl Probes {
             "[actions] files: attached the file tracepoints (a session may open)"
         );
         true
+    }
+
+    /// `[actions] files` off for good: the tracepoint `name` could not be loaded or attached.
+    fn file_probes_failed(&mut self, name: &str, e: &ProbeError) {
+        tracing::warn!("{e}; [actions] files: the files sessions change are not reported");
+        self.programs
+            .missing
+            .insert(format!("syscalls:{name}"), e.to_string());
+        self.detach_file_probes();
+        self.programs.file_hooks = None;
     }
 
     fn files_attached_now(&mut self) {
@@ -746,7 +746,8 @@ impl Probes {
     }
 
     /// Attaches the `syscalls` tracepoint `name` (the program of that name, loaded once).
-    fn attach_tracepoint(&mut self, category: &str, name: &str) -> Result<(), ProbeError> {
+    fn attach_file_tracepoint(&mut self, name: &str) -> Result<(), ProbeError> {
+        let category = "syscalls";
         let program: &mut TracePoint = program(&mut self.ebpf, name)?;
         if program.fd().is_err() {
             program.load().map_err(load_error(name))?;
@@ -1157,7 +1158,6 @@ fn cgroup2_root() -> Option<PathBuf> {
 /// The cgroup programs of ceilings (`block`, held sockets).
 const BLOCK_LINKS: [&str; 3] = ["block_connect4", "block_connect6", "hold_egress"];
 
-/// Pins a global program's link in the pin set (when there is one).
 /// The `syscalls` tracepoints of `[actions] files` (entry, return), each a program of the
 /// same name.
 const FILE_TRACEPOINTS: [(&str, &str); 8] = [
@@ -1171,6 +1171,7 @@ const FILE_TRACEPOINTS: [(&str, &str); 8] = [
     ("sys_enter_rename", "sys_exit_rename"),
 ];
 
+/// Pins a global program's link in the pin set (when there is one).
 fn pin_link(
     link: aya::programs::links::FdLink,
     pins: Option<&super::pins::PinSet>,
