@@ -490,4 +490,5 @@ fn file_counts_of_a_session_open_across_a_sigkill_go_on() {
     );
     let replay = &daemon.cli_json(&["status"])["replay"];
     assert_eq!(u(&replay["file_journal_errors"]), 0, "{replay:#}");
+    assert!(replay["file_journal_lines_dropped"].is_u64(), "{replay:#}");
 }

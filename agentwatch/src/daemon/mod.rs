@@ -370,11 +370,12 @@ async fn restore(config: &Config, kernel: &mut KernelSide) -> Result<Restored, D
     } else {
         0
     };
-    let file_journal = crate::sessions::file_journal::FileJournal::start(
+    let mut file_journal = crate::sessions::file_journal::FileJournal::start(
         &config.data_dir,
         &sessions.open_file_changes(),
         files_counted_until,
     );
+    file_journal.lines_dropped_at_start = journaled.lines_dropped;
     if config.probes.scope == Scope::Agents {
         // The agents of the sessions a previous daemon left open are running now, mid-way
         // through connections made before this daemon: they make no new first contact, so

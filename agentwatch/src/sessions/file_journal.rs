@@ -79,6 +79,8 @@ pub struct FileJournal {
     size: u64,
     /// Write failures (the counts then live in memory only until the session closes).
     pub errors: u64,
+    /// Lines of the previous daemon's journal not used (see [`Journaled::lines_dropped`]).
+    pub lines_dropped_at_start: u64,
 }
 
 impl FileJournal {
@@ -91,6 +93,7 @@ impl FileJournal {
             buf: Vec::new(),
             size: 0,
             errors: 0,
+            lines_dropped_at_start: 0,
         };
         j.rewrite(open, pos);
         j

@@ -109,6 +109,9 @@ pub struct ReplayStats {
     pub file_changes_already_counted: u64,
     /// Failed writes of the open sessions' file journal (`files-open.jsonl`).
     pub file_journal_errors: u64,
+    /// Lines of the previous daemon's file journal not used at start (unreadable, or of a
+    /// batch cut short: its records are read again from the ring).
+    pub file_journal_lines_dropped: u64,
 }
 
 /// A host row waiting for the ClientHello of the connection that made it.
@@ -264,6 +267,7 @@ impl Pipeline {
         journal: crate::sessions::file_journal::FileJournal,
         counted_until: u64,
     ) -> Self {
+        self.replay.file_journal_lines_dropped = journal.lines_dropped_at_start;
         self.file_journal = Some(journal);
         self.files_counted_until = counted_until;
         self
