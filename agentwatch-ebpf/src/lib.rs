@@ -50,6 +50,10 @@ pub const EVENT_EXEC_ARGS: u32 = 13;
 /// A process of a session changed a file, and the system call succeeded ([`FileRecord`];
 /// `[actions] files`).
 pub const EVENT_FILE_OP: u32 = 14;
+/// [`ReadHold`]: a process was stopped (SIGSTOP, delivered when its system call returns)
+/// because a socket of it needs its reads seen and the read hook is off: user space
+/// attaches it and continues the process.
+pub const EVENT_READ_HOLD: u32 = 15;
 /// Bytes of a process's arguments an [`ExecArgs`] carries at most.
 pub const ARGS_LEN: usize = 1024;
 
@@ -192,7 +196,9 @@ pub const COUNT_HOLDS: u32 = 4;
 pub const COUNT_UPROBE_HITS: u32 = 5;
 /// First contacts not held because no daemon has been alive for `HOLD_WITHOUT_DAEMON_SECS`.
 pub const COUNT_NO_DAEMON: u32 = 6;
-pub const COUNTERS: u32 = 7;
+/// Processes stopped until the read hook was attached ([`ReadHold`]).
+pub const COUNT_READ_HOLDS: u32 = 7;
+pub const COUNTERS: u32 = 8;
 
 /// Indexes of the `CONFIG` array, written by user space before any program is attached.
 /// Tracepoint field offsets come from the running kernel's tracefs `format` files, because
@@ -234,7 +240,11 @@ pub const CFG_EXEC_ARGS: u32 = 16;
 /// 1 once a daemon stopped by choice (SIGTERM) left the kernel side pinned: first contacts are
 /// not held until a daemon beats again (none may come to continue them); 0 while one runs.
 pub const CFG_DAEMON_LEFT: u32 = 17;
-pub const CFG_ENTRIES: u32 = 18;
+/// 1 while the read hook (`sock:sock_recv_length`) is attached: user space attaches it only
+/// while some socket needs its reads seen (a plain-HTTP socket, a metered one, an agent's);
+/// 0: such a socket's process is stopped until it is ([`ReadHold`]).
+pub const CFG_READ_HOOK: u32 = 18;
+pub const CFG_ENTRIES: u32 = 19;
 /// Longer than a restart takes (a DaemonSet pod's is a few seconds), shorter than anyone waits.
 pub const HOLD_WITHOUT_DAEMON_SECS: u32 = 30;
 /// Value of an offset that the running kernel's tracepoint does not have.
@@ -555,6 +565,18 @@ pub struct SocketClose {
     pub ts_ns: u64,
 }
 
+/// A process stopped until the read hook is attached (`EVENT_READ_HOLD`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ReadHold {
+    pub kind: u32,
+    pub tgid: u32,
+    /// Destination port (host order) of the socket that needs its reads seen.
+    pub port: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+}
+
 /// A record staged in the per-CPU scratch buffer before output: its header at the start,
 /// then up to one chunk of bytes right after the header (whose size depends on the kind).
 #[repr(C)]
@@ -640,6 +662,7 @@ const _: () = {
     assert!(size_of::<Contact>() == 56);
     assert!(size_of::<SocketBytes>() == 32);
     assert!(size_of::<SocketClose>() == 24);
+    assert!(size_of::<ReadHold>() == 24);
     assert!(size_of::<Connect>() == 48);
     assert!(size_of::<SockState>() == 24);
     assert!(size_of::<SslArgs>() == 24);

@@ -363,16 +363,20 @@ fn gnutls_client_exact_usage_stream_and_not() {
 fn plain_http_local_server_ollama_and_openai_compatible() {
     let mock = Mock::start(&["--plain"]);
     let daemon = Daemon::watching_plain_port("plain", mock.port);
-    let status = daemon.cli_json(&["status"]);
-    assert!(
-        status["tracepoints"]
+    // The read hook is off while no socket needs its reads: the first client's connect to
+    // the plain port stops it until the hook is on (each reply below is exact).
+    let read_hook = |daemon: &Daemon| {
+        let status = daemon.cli_json(&["status"]);
+        let listed = status["tracepoints"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|t| t == "sock:sock_recv_length"),
-        "{}",
-        status["tracepoints"]
-    );
+            .any(|t| t == "sock:sock_recv_length");
+        assert_eq!(status["read_hook"]["attached"], listed, "{status:#}");
+        status
+    };
+    let status = read_hook(&daemon);
+    assert_eq!(status["read_hook"]["attached"], false, "{status:#}");
     let plain_url = format!("http://127.0.0.1:{}", mock.port);
     let driver = |script: &str, tag: &str, args: &[&str]| -> u32 {
         let mut cmd = Command::new(python());
@@ -399,6 +403,29 @@ fn plain_http_local_server_ollama_and_openai_compatible() {
     let pid = driver("openai_chat.py", tag, &["--calls", "2", "--stream"]);
     let expect = json!({"provider": "openai", "api": "chat.completions", "streaming": true});
     check_exact(&daemon, &mock, pid, tag, 2, &expect);
+    let status = read_hook(&daemon);
+    let contact = &status["first_contact"];
+    assert!(u(&contact["kernel"]["read_holds"]) >= 1, "{contact:#}");
+    assert!(u(&contact["stats"]["read_holds"]) >= 1, "{contact:#}");
+    assert_eq!(u(&contact["stats"]["read_hold_timeouts"]), 0, "{contact:#}");
+    // Off again once the clients are gone (their sockets closed, their sessions over).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = read_hook(&daemon);
+        let hook = &status["read_hook"];
+        if hook["attached"] == false {
+            assert!(
+                u(&hook["attaches"]) >= 1 && u(&hook["detaches"]) >= 1,
+                "{hook:#}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still attached: {status:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 }
 
 /// HTTP/2 (ALPN h2): curl makes two calls as two streams of one connection; the official

@@ -93,10 +93,15 @@ fn status_lists_probes_and_libssl() {
         "sched:sched_process_exit",
         "sock:inet_sock_set_state",
         "sock:sock_send_length",
-        "sock:sock_recv_length",
     ] {
         assert!(tracepoints.contains(&t), "{t} in {tracepoints:?}");
     }
+    // The read hook (the end of every socket read) is off while no socket needs its reads.
+    assert!(
+        !tracepoints.contains(&"sock:sock_recv_length"),
+        "{tracepoints:?}"
+    );
+    assert_eq!(status["read_hook"]["attached"], false, "{status:#}");
     assert!(
         !tracepoints.contains(&"tcp:tcp_sendmsg_locked"),
         "{tracepoints:?}"
@@ -130,6 +135,8 @@ fn status_lists_probes_and_libssl() {
     assert!(u(&contact["stats"]["holds"]) >= 1, "{contact}");
     assert!(u(&contact["stats"]["probed"]) >= 1, "{contact}");
     assert_eq!(u(&contact["stats"]["timeouts"]), 0, "{contact}");
+    // Deciding it put the read hook on (an agent's sockets may need their reads seen).
+    assert!(u(&status["read_hook"]["attaches"]) >= 1, "{status:#}");
     for counter in ["ringbuf_full_events", "truncated_bytes", "proc_events"] {
         assert!(status["kernel_drops"][counter].is_u64(), "{counter}");
     }

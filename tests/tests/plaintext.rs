@@ -23,8 +23,9 @@ fn plain_http_sendmsg_recvmsg_and_writev_readv() {
     let mock = Mock::start(&["--plain"]);
     let daemon = Daemon::watching_plain_port("plain-vectored", mock.port);
     let status = daemon.cli_json(&["status"]);
-    // Socket-layer tracepoints: the calls' own arguments give the buffers.
-    for tp in ["sock:sock_send_length", "sock:sock_recv_length"] {
+    // Socket-layer tracepoints: the calls' own arguments give the buffers. (The read hook
+    // goes on when the first client connects to the plain port.)
+    for tp in ["sock:sock_send_length"] {
         assert!(
             status["tracepoints"]
                 .as_array()

@@ -145,6 +145,10 @@ fn try_first_write<C: EbpfContext>(ctx: &C, sk: u64, st: &SockState) -> Result<(
             drop_count(DROP_PROCS_FULL, 1);
         }
     }
+    // Not held here, yet its reply's size is wanted: the read hook must be on first.
+    if estimate && flags & CONTACT_HELD == 0 {
+        super::socket::reads_needed(tgid, st.port);
+    }
     unsafe {
         core::ptr::write(
             base as *mut Contact,
@@ -191,7 +195,7 @@ fn try_first_write<C: EbpfContext>(ctx: &C, sk: u64, st: &SockState) -> Result<(
 /// seconds): it, or the one that follows, continues what is stopped here. A daemon that
 /// stopped by choice may have no successor: nothing is held after it (`CFG_DAEMON_LEFT`).
 #[inline(always)]
-fn daemon_alive() -> bool {
+pub fn daemon_alive() -> bool {
     if config(CFG_DAEMON_LEFT) == Some(1) {
         return false;
     }

@@ -8,6 +8,7 @@ use crate::output::{WAKE, config, now, record_flagged, record_with_user_bytes};
 
 const SIGKILL: u32 = 9;
 pub const SIGSTOP: u32 = 19;
+pub const SIGCONT: u32 = 18;
 
 /// The gate state of `tgid`, with the host-wide gate standing in for processes without one.
 #[inline(always)]

@@ -162,6 +162,10 @@ pub struct Status {
     /// `[actions] files`: its tracepoints, on only while sessions may change files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_hooks: Option<crate::probes::loader::FileHooks>,
+    /// The read hook (`sock:sock_recv_length`): on only while some socket needs its reads
+    /// seen (`scope = "agents"`), or always (`"all"`).
+    #[serde(default)]
+    pub read_hook: crate::probes::read_hook::ReadHook,
     pub tls_libraries: Vec<AttachedLibrary>,
     pub probed_processes: ProbedProcesses,
     pub first_contact: FirstContact,

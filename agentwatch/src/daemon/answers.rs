@@ -224,7 +224,9 @@ impl Daemon {
             .as_mut()
             .map(|e| e.budgets_status(now_ns))
             .unwrap_or_default();
-        let ok = programs.tracepoints.len() >= 7
+        // The process tracepoints, connect/close and the ends of writes (the read hook
+        // comes and goes).
+        let ok = programs.tracepoints.len() >= 6
             && attach_failures.is_empty()
             && (scope == Scope::Agents || !tls_libraries.is_empty());
         Ok(Status {
@@ -237,6 +239,7 @@ impl Daemon {
             tracepoints: programs.tracepoints,
             hooks_missing: programs.missing,
             file_hooks: programs.file_hooks,
+            read_hook: programs.read_hook,
             tls_libraries,
             probed_processes,
             first_contact: FirstContact {

@@ -24,6 +24,20 @@ const RELEASE_AFTER_TICKS: u32 = 5;
 /// `[actions] files`: how long its tracepoints stay on after the last session closed (a next
 /// session of a recurring job, an agent's next sub-agent, keep them on).
 const FILE_HOOKS_LINGER: Duration = Duration::from_secs(5);
+/// The read hook: how long it stays on once nothing needs it (an agent's next call, a job's
+/// next run keep it on), and how long after its switch went off the sockets are looked at
+/// again before it comes off (a program that read the switch before then is done by then).
+const READ_HOOK_LINGER: Duration = Duration::from_secs(5);
+const READ_HOOK_SETTLE: Duration = Duration::from_millis(100);
+
+/// Where taking the read hook off stands.
+#[derive(Default)]
+struct ReadHookIdle {
+    /// Since when nothing needed it.
+    since: Option<Instant>,
+    /// Since when its switch is off (the kernel holds new sockets that need it).
+    closing: Option<Instant>,
+}
 
 /// What only the loop uses.
 pub(super) struct EventLoop {
@@ -89,6 +103,8 @@ impl EventLoop {
         let mut unannounced = HashSet::new();
         let mut ticks = 0u32;
         let mut files_idle_since = None;
+        let mut reads_idle = ReadHookIdle::default();
+        let reads_file = held_file.for_reads();
         loop {
             let mut ticked = false;
             let read = tokio::select! {
@@ -130,6 +146,25 @@ impl EventLoop {
             );
             if ticked || ring.get_ref().read_pos() != before {
                 d.file_hooks(&mut files_idle_since);
+            }
+            let reads = d.pipeline.lock().expect("pipeline lock").take_read_holds();
+            if !reads.is_empty() {
+                reads_file.save(
+                    &d.pipeline
+                        .lock()
+                        .expect("pipeline lock")
+                        .pending_read_holds(),
+                );
+                first_contact::attach_reads(
+                    reads,
+                    &d.discovery,
+                    &d.pipeline,
+                    hold_timeout,
+                    &reads_file,
+                );
+            }
+            if ticked || ring.get_ref().read_pos() != before {
+                d.read_hook(&mut reads_idle);
             }
             empty_drains = if ring.get_ref().read_pos() == before {
                 empty_drains.saturating_add(1)
@@ -176,6 +211,8 @@ impl EventLoop {
             &mut Vec::new(),
         );
         d.stop(interrupted, &closer);
+        // `stop` continued every process still held.
+        reads_file.save(&[]);
         Ok(())
     }
 }
@@ -207,6 +244,60 @@ impl Daemon {
         {
             d.probes.detach_file_probes();
             *idle_since = None;
+        }
+    }
+
+    /// The read hook (`scope = "agents"`): on while a first contact is being decided, a
+    /// session is open, a process is probed or held for it, or a socket needs its reads seen
+    /// (plain HTTP, metered); off `READ_HOOK_LINGER` after none did, in two steps (the
+    /// kernel's switch first, the link `READ_HOOK_SETTLE` later, the sockets looked at
+    /// each time).
+    fn read_hook(&self, idle: &mut ReadHookIdle) {
+        let now = Instant::now();
+        // Only when about to take it off are the kernel's sockets looked at.
+        let due = match idle.closing {
+            Some(t) => now - t >= READ_HOOK_SETTLE,
+            None => idle.since.is_some_and(|t| now - t >= READ_HOOK_LINGER),
+        };
+        let (mut busy, sockets) = {
+            let p = self.pipeline.lock().expect("pipeline lock");
+            (
+                p.sessions_may_change_files() || !p.pending_read_holds().is_empty(),
+                due && p.sockets_want_reads(),
+            )
+        };
+        let Ok(mut d) = self.discovery.try_lock() else {
+            return;
+        };
+        let hook = &d.probes.programs.read_hook;
+        if hook.always || (!hook.attached && !busy) {
+            *idle = ReadHookIdle::default();
+            return;
+        }
+        busy |= d.probes.attachments.processes_probed() > 0;
+        if busy || sockets {
+            // Needed (again): kept, or put back.
+            if !d.probes.read_hook_attached() || idle.closing.is_some() {
+                d.probes.attach_read_hook();
+            }
+            *idle = ReadHookIdle::default();
+            if sockets {
+                // Sockets that still need it: looked at again a linger from now.
+                idle.since = Some(now);
+            }
+            return;
+        }
+        let since = *idle.since.get_or_insert(now);
+        match idle.closing {
+            None if now - since >= READ_HOOK_LINGER => {
+                d.probes.read_hook_closing();
+                idle.closing = Some(now);
+            }
+            Some(t) if now - t >= READ_HOOK_SETTLE => {
+                d.probes.detach_read_hook();
+                *idle = ReadHookIdle::default();
+            }
+            _ => {}
         }
     }
 

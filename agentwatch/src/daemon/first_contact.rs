@@ -139,6 +139,58 @@ pub fn decide_all(
     }
 }
 
+/// Processes the kernel stopped until the read hook is on (a socket of theirs needs its reads
+/// seen): it is attached on a blocking thread (discovery may be busy probing another
+/// process), then they are continued; a watchdog continues them at the deadline whatever
+/// the attach is doing.
+pub fn attach_reads(
+    held: Vec<u32>,
+    discovery: &Arc<Mutex<Discovery>>,
+    pipeline: &Arc<Mutex<Pipeline>>,
+    timeout: Duration,
+    held_file: &HeldFile,
+) {
+    {
+        let (pipeline, held, held_file) = (pipeline.clone(), held.clone(), held_file.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let mut p = pipeline.lock().expect("pipeline lock");
+            let late: Vec<u32> = held
+                .into_iter()
+                .filter(|&t| p.read_hold_timed_out(t))
+                .collect();
+            if !late.is_empty() {
+                held_file.save(&p.pending_read_holds());
+            }
+            drop(p);
+            for tgid in late {
+                tracing::warn!(
+                    pid = tgid,
+                    "read hook not attached in {timeout:?}: continuing the process (its socket's replies may be missed)"
+                );
+                cont(tgid);
+            }
+        });
+    }
+    let (discovery, pipeline, held_file) = (discovery.clone(), pipeline.clone(), held_file.clone());
+    tokio::task::spawn_blocking(move || {
+        if let Ok(mut d) = discovery.lock() {
+            d.probes.attach_read_hook();
+        }
+        let mut p = pipeline.lock().expect("pipeline lock");
+        let now = crate::sessions::clock::boot_now_ns();
+        let go: Vec<u32> = held
+            .into_iter()
+            .filter(|&t| p.read_hold_done(t, now))
+            .collect();
+        held_file.save(&p.pending_read_holds());
+        drop(p);
+        for tgid in go {
+            cont(tgid);
+        }
+    });
+}
+
 fn decide(
     contact: HeldContact,
     discovery: &Mutex<Discovery>,
@@ -161,6 +213,8 @@ fn decide(
         d.probes.set_process_state(contact.tgid, Some(PROC_DECIDED));
         // `[actions] files`: on before it goes on (its session's tools may follow soon).
         d.probes.attach_file_probes();
+        // An agent's sockets may need their reads seen (metered, AEAD records, its gate).
+        d.probes.attach_read_hook();
         coverage
     };
     let mut p = pipeline.lock().expect("pipeline lock");
@@ -181,6 +235,11 @@ pub struct HeldFile(std::path::PathBuf);
 impl HeldFile {
     pub fn new(data_dir: &std::path::Path) -> HeldFile {
         HeldFile(data_dir.join("held-first-contacts"))
+    }
+
+    /// The same for the processes stopped until the read hook is on (`held-for-reads`).
+    pub fn for_reads(&self) -> HeldFile {
+        HeldFile(self.0.with_file_name("held-for-reads"))
     }
 
     /// Records `tgids` (the processes held now); an empty set removes the file.

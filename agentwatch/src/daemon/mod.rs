@@ -253,6 +253,7 @@ fn kernel_side(config: &Config) -> Result<KernelSide, DaemonError> {
     let session_procs = probes.take_session_procs()?;
     probes.set_exec_args(config.actions.argv);
     probes.set_file_probes(config.actions.files);
+    probes.set_read_hook(config.probes.scope == Scope::All);
     let closer = first_contact::Closer::spawn();
     let held_file = first_contact::HeldFile::new(&config.data_dir);
     // The probes a previous daemon left pinned for processes still running are ours now.
@@ -276,6 +277,18 @@ fn kernel_side(config: &Config) -> Result<KernelSide, DaemonError> {
         tracing::warn!(
             processes = left_over.len(),
             "probed and continued processes a killed daemon held at their first contact"
+        );
+    }
+    // Those it held until the read hook was on: on now, then continued.
+    let left_over = held_file.for_reads().left_over();
+    if !left_over.is_empty() {
+        probes.attach_read_hook();
+        for &tgid in &left_over {
+            first_contact::cont(tgid);
+        }
+        tracing::warn!(
+            processes = left_over.len(),
+            "continued processes a killed daemon held until its read hook was on"
         );
     }
     let mut discovery = Discovery::new(probes, closer.closing.clone());

@@ -3,10 +3,10 @@
 use agentwatch_ebpf::{
     AeadLink, CONTACT_ESTIMATE, CONTACT_HELD, CONTACT_LLM_HOST, CONTACT_SESSION, Connect, Contact,
     DIR_WHOLE, EVENT_AEAD_LINK, EVENT_CONNECT, EVENT_CONTACT, EVENT_EXEC, EVENT_EXEC_ARGS,
-    EVENT_EXIT, EVENT_FILE_OP, EVENT_FORK, EVENT_GATE_HOLD, EVENT_SOCKET_BYTES, EVENT_SOCKET_CLOSE,
-    EVENT_SOCKET_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, EXIT_CODE_UNKNOWN, ExecArgs,
-    FileRecord, GateHold, HOLD_TLS_RECORD, Handshake, ProcEvent, SocketBytes, SocketClose,
-    SocketHold, TlsData,
+    EVENT_EXIT, EVENT_FILE_OP, EVENT_FORK, EVENT_GATE_HOLD, EVENT_READ_HOLD, EVENT_SOCKET_BYTES,
+    EVENT_SOCKET_CLOSE, EVENT_SOCKET_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, EXIT_CODE_UNKNOWN,
+    ExecArgs, FileRecord, GateHold, HOLD_TLS_RECORD, Handshake, ProcEvent, ReadHold, SocketBytes,
+    SocketClose, SocketHold, TlsData,
 };
 
 #[derive(Debug)]
@@ -117,6 +117,13 @@ pub enum KernelEvent<'a> {
         fd: u64,
         direction: u32,
         len: u32,
+        ts_ns: u64,
+    },
+    /// A process stopped until the read hook is attached (a socket of it needs its reads
+    /// seen): user space attaches it and continues the process.
+    ReadHold {
+        tgid: u32,
+        port: u32,
         ts_ns: u64,
     },
     /// A metered socket was closed.
@@ -325,6 +332,14 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 tgid: c.tgid,
                 fd: c.fd,
                 ts_ns: c.ts_ns,
+            })
+        }
+        EVENT_READ_HOLD => {
+            let h = read::<ReadHold>(bytes).ok_or_else(short)?;
+            Ok(KernelEvent::ReadHold {
+                tgid: h.tgid,
+                port: h.port,
+                ts_ns: h.ts_ns,
             })
         }
         other => Err(DecodeError::UnknownKind(other)),

@@ -141,6 +141,10 @@ pub struct KernelCounters {
     /// side left behind).
     #[serde(default)]
     pub no_daemon: u64,
+    /// Processes stopped until the read hook was attached (a plain-HTTP or metered socket
+    /// of theirs needed its reads seen while it was off).
+    #[serde(default)]
+    pub read_holds: u64,
 }
 
 /// Programs attached to kernel hooks, for status: names, and the hooks that could not be
@@ -154,6 +158,10 @@ pub struct KernelPrograms {
     /// open (none when it is off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_hooks: Option<FileHooks>,
+    /// The read hook (`sock:sock_recv_length`): with `scope = "agents"` attached only while
+    /// some socket needs its reads seen.
+    #[serde(default)]
+    pub read_hook: super::read_hook::ReadHook,
 }
 
 /// The `syscalls` tracepoints of `[actions] files`, attached only while sessions may change
@@ -177,7 +185,7 @@ pub struct Probes {
     procs: aya::maps::HashMap<MapData, u32, u32>,
     /// A handle of its own on `CONFIG`: the ceiling gate takes the object's out of it, and
     /// the heartbeat and the pre-send switch are written after that.
-    config: Array<MapData, u32>,
+    pub(super) config: Array<MapData, u32>,
     pub programs: KernelPrograms,
     pub scope: Scope,
     /// The TLS uprobes attached (per process or per file) and what was found on the way.
@@ -193,6 +201,8 @@ pub struct Probes {
     _links: Vec<aya::programs::links::FdLink>,
     /// Links of the file tracepoints this daemon attached (`[actions] files`).
     file_links: Vec<aya::programs::links::FdLink>,
+    /// The read hook's link, when this daemon attached it.
+    pub(super) read_link: Option<aya::programs::links::FdLink>,
     /// The kernel programs' diagnostics, written to the log at each heartbeat.
     kernel_logs: super::kernel_log::KernelLogs,
 }
@@ -382,7 +392,6 @@ impl Probes {
             programs.tracepoints.extend([
                 "sock:inet_sock_set_state".to_string(),
                 "sock:sock_send_length".into(),
-                "sock:sock_recv_length".into(),
             ]);
             if pins.link("tcp_sendmsg_locked").exists() {
                 programs.tracepoints.push("tcp:tcp_sendmsg_locked".into());
@@ -443,6 +452,7 @@ impl Probes {
                 kernel_side,
                 _links: links,
                 file_links: Vec::new(),
+                read_link: None,
                 kernel_logs,
             },
             ring,
@@ -904,6 +914,7 @@ impl Probes {
             holds: sum(abi::COUNT_HOLDS),
             uprobe_hits: sum(abi::COUNT_UPROBE_HITS),
             no_daemon: sum(abi::COUNT_NO_DAEMON),
+            read_holds: sum(abi::COUNT_READ_HOLDS),
         }
     }
 }
@@ -928,8 +939,9 @@ fn attach_btf(
     pin_link(link.into(), pins, name)
 }
 
-/// The socket side: connect/close and the ends of socket writes and reads. (The pre-send
-/// hook goes on with ceilings only: `attach_pre_send`.)
+/// The socket side: connect/close and the ends of socket writes. (The pre-send hook goes on
+/// with ceilings only: `attach_pre_send`; the read hook when reads are wanted:
+/// `read_hook.rs`.)
 fn attach_socket_programs(
     ebpf: &mut Ebpf,
     btf: &Btf,
@@ -939,7 +951,7 @@ fn attach_socket_programs(
 ) -> Result<(), ProbeError> {
     links.push(attach_btf(ebpf, btf, "inet_sock_set_state", pins)?);
     programs.tracepoints.push("sock:inet_sock_set_state".into());
-    for name in ["sock_send_length", "sock_recv_length"] {
+    for name in ["sock_send_length"] {
         let program: &mut RawTracePoint = program(ebpf, name)?;
         program.load().map_err(load_error(name))?;
         let id = program
@@ -1172,7 +1184,7 @@ const FILE_TRACEPOINTS: [(&str, &str); 8] = [
 ];
 
 /// Pins a global program's link in the pin set (when there is one).
-fn pin_link(
+pub(super) fn pin_link(
     link: aya::programs::links::FdLink,
     pins: Option<&super::pins::PinSet>,
     name: &str,

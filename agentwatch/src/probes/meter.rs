@@ -1,7 +1,7 @@
 //! The user-space half of estimates: which sockets the kernel meters (`SOCKS`).
 use aya::maps::{HashMap, MapData};
 
-use agentwatch_ebpf::{SOCK_IGNORED, SOCK_METERED, SockState};
+use agentwatch_ebpf::{SOCK_HELLO_SENT, SOCK_IGNORED, SOCK_METERED, SOCK_PLAIN, SockState};
 
 pub struct Meter {
     socks: Option<HashMap<MapData, u64, SockState>>,
@@ -23,6 +23,17 @@ impl Meter {
             socks: None,
             errors: 0,
         }
+    }
+
+    /// Whether a socket in the table needs its reads seen (plain HTTP, metered, or waiting
+    /// for its metering decision). Without a kernel behind it: no.
+    pub fn wants_reads(&self) -> bool {
+        self.socks.as_ref().is_some_and(|socks| {
+            socks
+                .iter()
+                .flatten()
+                .any(|(_, s)| matches!(s.state, SOCK_PLAIN | SOCK_METERED | SOCK_HELLO_SENT))
+        })
     }
 
     /// Starts metering the socket the kernel knows as `sock`, or stops looking at it (the

@@ -20,6 +20,7 @@ pub mod multi;
 pub mod opaque;
 pub mod pins;
 pub mod plans;
+pub mod read_hook;
 pub mod ring;
 pub mod session_procs;
 pub mod tracefs;

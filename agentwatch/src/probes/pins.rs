@@ -23,15 +23,15 @@ const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
-/// The global programs whose links a complete pin set holds.
-pub const GLOBAL_LINKS: [&str; 7] = [
+/// The global programs whose links a complete pin set holds. (The read hook's, the pre-send
+/// hook's and the file tracepoints' are there while they are attached.)
+pub const GLOBAL_LINKS: [&str; 6] = [
     "task_newtask",
     "sched_process_fork",
     "sched_process_exec",
     "sched_process_exit",
     "inet_sock_set_state",
     "sock_send_length",
-    "sock_recv_length",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -34,6 +34,14 @@ pub struct FirstContactStats {
     /// Processes on probation now, and those it found not to be agents (probes detached).
     pub on_probation: u64,
     pub not_agents: u64,
+    /// Processes stopped until the read hook was on (a plain-HTTP or metered socket of
+    /// theirs needed its reads seen while it was off), those continued at the deadline
+    /// before it was, and the time from the stop to the process continuing: the last, and
+    /// the longest (ms).
+    pub read_holds: u64,
+    pub read_hold_timeouts: u64,
+    pub last_read_hold_ms: f64,
+    pub max_read_hold_ms: f64,
 }
 
 /// A process probed because its first contact named no host (`https://127.0.0.1:8443`) is
@@ -76,6 +84,12 @@ impl Pipeline {
     /// change files for a session soon (`[actions] files`).
     pub fn sessions_may_change_files(&self) -> bool {
         !self.pending_contacts.0.is_empty() || self.sessions.open_count() > 0
+    }
+
+    /// Whether a socket in the kernel's table needs its reads seen (plain HTTP, metered, or
+    /// a ClientHello to an LLM host waiting for its metering decision).
+    pub fn sockets_want_reads(&self) -> bool {
+        self.meter.wants_reads()
     }
 }
 
@@ -206,10 +220,55 @@ impl Pipeline {
 }
 
 impl Pipeline {
-    /// Every process still stopped at a first contact (the daemon is stopping: they go on).
+    /// Every process still stopped at a first contact or for the read hook (the daemon is
+    /// stopping: they go on).
     pub fn take_pending_contacts(&mut self) -> Vec<u32> {
         let mut tgids: Vec<u32> = self.pending_contacts.0.drain().map(|(t, _)| t).collect();
         tgids.extend(self.contacts.drain(..).map(|c| c.tgid));
+        tgids.extend(self.pending_reads.drain().map(|(t, _)| t));
+        self.read_holds.clear();
+        tgids.sort_unstable();
+        tgids.dedup();
         tgids
+    }
+
+    /// The kernel stopped `tgid` until the read hook is on. (Two threads of one process
+    /// can both be stopped before the stop takes: one entry.)
+    pub(super) fn on_read_hold(&mut self, tgid: u32, ts_ns: u64) {
+        if self.pending_reads.insert(tgid, ts_ns).is_none() {
+            self.read_holds.push(tgid);
+            self.first_contact.read_holds += 1;
+        }
+    }
+
+    /// The processes stopped for the read hook since the last call, now pending.
+    pub fn take_read_holds(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.read_holds)
+    }
+
+    /// Processes stopped for the read hook and not continued yet.
+    pub fn pending_read_holds(&self) -> Vec<u32> {
+        self.pending_reads.keys().copied().collect()
+    }
+
+    /// The read hook is on: whether to continue `tgid` now (it was still waiting, and no
+    /// first contact of it is being decided, which continues it once probed).
+    pub fn read_hold_done(&mut self, tgid: u32, now_ns: u64) -> bool {
+        let Some(ts) = self.pending_reads.remove(&tgid) else {
+            return false;
+        };
+        let ms = now_ns.saturating_sub(ts) as f64 / 1e6;
+        self.first_contact.last_read_hold_ms = ms;
+        self.first_contact.max_read_hold_ms = self.first_contact.max_read_hold_ms.max(ms);
+        !self.pending_contacts.contains(tgid)
+    }
+
+    /// The deadline of a read hold passed with `tgid` still waiting: continued (counted).
+    pub fn read_hold_timed_out(&mut self, tgid: u32) -> bool {
+        let late = self.pending_reads.remove(&tgid).is_some();
+        if late {
+            self.first_contact.read_hold_timeouts += 1;
+        }
+        late && !self.pending_contacts.contains(tgid)
     }
 }

@@ -171,6 +171,10 @@ pub struct Pipeline {
     exe_ids: HashMap<u32, (u64, u64)>,
     /// … taken by the daemon and not continued yet.
     pending_contacts: contacts::Pending,
+    /// Processes the kernel stopped until the read hook is on (tgid → boot ns of the stop):
+    /// new ones, and those taken by the daemon and not continued yet.
+    read_holds: Vec<u32>,
+    pending_reads: HashMap<u32, u64>,
     /// Gated processes seen held and stopped at the last tick with no hold record read
     /// (`tick_policy`).
     unannounced_gate: HashSet<u32>,
@@ -244,6 +248,8 @@ impl Pipeline {
             marked_at: HashMap::new(),
             exe_ids: HashMap::new(),
             pending_contacts: Default::default(),
+            read_holds: Vec::new(),
+            pending_reads: HashMap::new(),
             unannounced_gate: HashSet::new(),
             first_contact: Default::default(),
             probe_ends: Vec::new(),
@@ -513,6 +519,7 @@ impl Pipeline {
                     }
                 }
             }
+            KernelEvent::ReadHold { tgid, ts_ns, .. } => self.on_read_hold(tgid, ts_ns),
             KernelEvent::SocketBytes {
                 tgid,
                 fd,
