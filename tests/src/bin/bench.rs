@@ -820,11 +820,12 @@ program adds some tens of ns per run that this does not count.\n\n\
         );
     }
     report.push_str(
-        "\nThe socket-layer tracepoints (`sock:sock_send_length`, `sock:sock_recv_length`, `sock:inet_sock_set_state`;\n\
-`tcp:tcp_sendmsg_locked` with ceilings only) replace the syscall tracepoints of earlier versions, which every\n\
-syscall of every process paid for: pipes, files and process starts never run them (the last column), and a socket\n\
-that is not of interest runs one short program per read and write (two array lookups): 45–50 ns a run by the\n\
-kernel's accounting (with that accounting's own cost), plus the dispatch. The timed ratios of workloads that run\n\
+        "\nThe socket-layer tracepoints (`sock:inet_sock_set_state`, `sock:sock_send_length`; `sock:sock_recv_length`, the\n\
+read hook, only while a socket needs its reads seen: none does here; `tcp:tcp_sendmsg_locked` with ceilings only)\n\
+replace the syscall tracepoints of earlier versions, which every syscall of every process paid for: pipes, files and\n\
+process starts never run them (the last column), and a socket that is not of interest runs one short program per\n\
+write (two array lookups) and none per read: 45–50 ns a run by the kernel's accounting (with that accounting's own\n\
+cost), plus the dispatch. With `scope = \"all\"` the read hook is always on. The timed ratios of workloads that run\n\
 no program at all (pipes, files, `openat`) show this VM's noise: a few per cent either way between runs.\n",
     );
 
@@ -1188,6 +1189,68 @@ fn first_contact_section(report: &mut String, scratch: &Path, python: &Path, por
             "| a static OpenSSL 3.6 client never seen before (stripped, 6 MB; analysed while it waits) | {} |",
             stats_line(&mut ms)
         );
+    }
+    // A plain-HTTP call while the read hook is off: its connect to the plain port stops the
+    // process until the hook is attached (`read_holds`), each sample after it came off again.
+    {
+        let plain_dir = scratch.join("plain-mock");
+        std::fs::create_dir_all(&plain_dir).unwrap();
+        let mut mock = Command::new(env_path("MOCK_LLM_BIN", "target/release/mock-llm"))
+            .args([
+                "--plain",
+                "--listen",
+                "127.0.0.1:0",
+                "--exit-after-secs",
+                "600",
+            ])
+            .arg("--state-dir")
+            .arg(&plain_dir)
+            .arg("--log")
+            .arg(plain_dir.join("mock.jsonl"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start mock-llm --plain");
+        let plain_port = agentwatch_tests::harness::first_line_port(&mut mock);
+        let _mock = Proc(mock);
+        let daemon = start_daemon_with(
+            scratch,
+            Some(&format!("[probes]\nplaintext_ports = [{plain_port}]\n")),
+        );
+        let read_holds = |s: &serde_json::Value| {
+            s["first_contact"]["stats"]["read_holds"]
+                .as_u64()
+                .unwrap_or(0)
+        };
+        let mut ms = Vec::new();
+        for i in 0..8u64 {
+            wait_status(&sock, |s| s["read_hook"]["attached"] == false);
+            let mut c = Command::new("curl");
+            c.args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-H",
+                "content-type: application/json",
+                "-d",
+            ])
+            .arg(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#)
+            .arg(format!("http://127.0.0.1:{plain_port}/v1/chat/completions"));
+            time_cmd(&mut c);
+            let s = wait_status(&sock, |s| read_holds(s) > i);
+            if read_holds(&s) > i
+                && let Some(h) = s["first_contact"]["stats"]["last_read_hold_ms"].as_f64()
+            {
+                ms.push(h);
+            }
+        }
+        drop(daemon);
+        if !ms.is_empty() {
+            let _ = writeln!(
+                rows,
+                "| a plain-HTTP `curl` call to a `plaintext_ports` port while the read hook is off (stopped at its connect until the hook is attached; not a first contact) | {} |",
+                stats_line(&mut ms)
+            );
+        }
     }
     let _ = write!(
         report,
