@@ -1257,7 +1257,9 @@ fn first_contact_section(report: &mut String, scratch: &Path, python: &Path, por
         "\n## First contact: the hold on a new process's first call\n\n\
 From the kernel stopping the process at its first ClientHello (an IP-literal endpoint: no SNI) to the daemon\n\
 continuing it with its probes attached (`first_contact.stats.last_hold_ms`), 15 processes each (5 for the new binary).\n\
-A process is held once, at its first contact; its later connections, and processes that contact no LLM endpoint, are not.\n\n\
+A process is held once, at its first contact; its later connections, and processes that contact no LLM endpoint, are not.\n\
+The hold includes attaching the read hook when it is off. The last row: a plain-HTTP call while the read hook is\n\
+off (`first_contact.stats.last_read_hold_ms`, 8 calls, each after the hook came off again).\n\n\
 | case | median | min | max |\n|---|---|---|---|\n{rows}\n\
 A uprobe registered after a quiet moment waits for one RCU grace period (`register_for_each_vma` takes\n\
 `dup_mmap_sem`, a per-CPU rw-semaphore, for writing); attaches that follow within that window take tens of µs. The\n\
