@@ -52,6 +52,17 @@ fn tls_that_is_not_an_agent_gets_no_uprobe() {
         u(&before["probed_processes"]["attached_total"]),
         "{after:#}"
     );
+    // Their socket reads ran nothing: the read hook was never attached (no link in the
+    // kernel side's pin set), and nobody was stopped for it.
+    let read_link = |s: &Value| {
+        Path::new(s["kernel_side"]["pinned_at"].as_str().expect("pinned"))
+            .join("links/sock_recv_length")
+            .exists()
+    };
+    assert_eq!(after["read_hook"]["attached"], false, "{after:#}");
+    assert_eq!(u(&after["read_hook"]["attaches"]), 0, "{after:#}");
+    assert!(!read_link(&after), "{after:#}");
+    assert_eq!(k1["read_holds"], k0["read_holds"], "{k0} → {k1}");
     // The sentinel: an LLM call afterwards is held, probed and recorded.
     let (pid, _) = run_client(curl_chat(&mock, "fc-sentinel", false));
     check_exact(
@@ -68,6 +79,13 @@ fn tls_that_is_not_an_agent_gets_no_uprobe() {
         "{last:#}"
     );
     assert!(u(&kernel(&last)["holds"]) > u(&k1["holds"]), "{last:#}");
+    // Its decision put the read hook on (an agent's sockets may need their reads seen).
+    assert!(u(&last["read_hook"]["attaches"]) >= 1, "{last:#}");
+    assert_eq!(
+        read_link(&last),
+        last["read_hook"]["attached"] == true,
+        "{last:#}"
+    );
 }
 
 /// An endpoint without a name (`https://127.0.0.1:PORT`: no SNI) is held like a known LLM
