@@ -83,3 +83,100 @@ fn plain_http_sendmsg_recvmsg_and_writev_readv() {
         assert_ne!(call["complete"], true, "{call}");
     }
 }
+
+/// The read hook stays on while a plain-HTTP socket is open, with no call on it and no
+/// session (the kernel's socket table says so), is adopted as it is by a daemon started after
+/// a crash, and comes off once the socket is closed.
+#[test]
+fn the_read_hook_stays_while_a_plain_socket_is_open_and_across_a_crash() {
+    let mock = Mock::start(&["--plain"]);
+    let dir = Scratch::new("read-hook");
+    let config = dir.0.join("agentwatch.toml");
+    std::fs::write(
+        &config,
+        format!("[probes]\nplaintext_ports = [{}]\n", mock.port),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(status["read_hook"]["attached"], false, "{status:#}");
+    let link = |s: &Value| {
+        std::path::Path::new(s["kernel_side"]["pinned_at"].as_str().expect("pinned"))
+            .join("links/sock_recv_length")
+            .exists()
+    };
+    assert!(!link(&status), "{status:#}");
+    // A process that connects to the plain port and sends nothing: stopped at its connect
+    // until the hook was on, then on its way.
+    let mut client = Command::new(python())
+        .args([
+            "-c",
+            &format!(
+                "import socket, sys; s = socket.create_connection(('127.0.0.1', {})); print('connected', flush=True); sys.stdin.readline(); s.close()",
+                mock.port
+            ),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "connected");
+    let status = daemon.cli_json(&["status"]);
+    let contact = &status["first_contact"];
+    assert_eq!(u(&contact["kernel"]["read_holds"]), 1, "{contact:#}");
+    assert_eq!(u(&contact["stats"]["read_holds"]), 1, "{contact:#}");
+    assert_eq!(u(&contact["stats"]["read_hold_timeouts"]), 0, "{contact:#}");
+    assert_eq!(status["read_hook"]["attached"], true, "{status:#}");
+    assert!(link(&status), "{status:#}");
+    // Past the linger: still on, the socket needs it.
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(status["read_hook"]["attached"], true, "{status:#}");
+    assert_eq!(u(&status["read_hook"]["detaches"]), 0, "{status:#}");
+    // A crash: the next daemon adopts the hook as it is (it attaches nothing itself).
+    let dir = daemon.crash();
+    let daemon = Daemon::start_in(dir, &["--config", &config]);
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(status["kernel_side"]["origin"], "adopted", "{status:#}");
+    assert_eq!(status["read_hook"]["attached"], true, "{status:#}");
+    assert_eq!(u(&status["read_hook"]["attaches"]), 0, "{status:#}");
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    assert_eq!(
+        daemon.cli_json(&["status"])["read_hook"]["attached"],
+        true,
+        "kept while the socket is open"
+    );
+    // The socket closed: off within the linger and a look at the sockets.
+    use std::io::Write;
+    writeln!(client.stdin.take().unwrap()).unwrap();
+    wait_exit(&mut client, std::time::Duration::from_secs(10));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = daemon.cli_json(&["status"]);
+        if status["read_hook"]["attached"] == false {
+            assert_eq!(u(&status["read_hook"]["detaches"]), 1, "{status:#}");
+            assert!(!link(&status), "{status:#}");
+            assert!(
+                !status["tracepoints"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t == "sock:sock_recv_length"),
+                "{status:#}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still attached: {status:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
