@@ -951,21 +951,32 @@ fn attach_socket_programs(
 ) -> Result<(), ProbeError> {
     links.push(attach_btf(ebpf, btf, "inet_sock_set_state", pins)?);
     programs.tracepoints.push("sock:inet_sock_set_state".into());
-    for name in ["sock_send_length"] {
-        let program: &mut RawTracePoint = program(ebpf, name)?;
-        program.load().map_err(load_error(name))?;
-        let id = program
-            .attach(name)
-            .map_err(|source| ProbeError::TracepointAttach {
-                category: "raw_tp".into(),
-                name: name.into(),
-                source,
-            })?;
-        let link = program.take_link(id).map_err(load_error(name))?;
-        links.push(pin_link(link.into(), pins, name)?);
-        programs.tracepoints.push(format!("sock:{name}"));
-    }
+    let name = "sock_send_length";
+    links.push(attach_raw_tracepoint(ebpf, name, pins)?);
+    programs.tracepoints.push(format!("sock:{name}"));
     Ok(())
+}
+
+/// Loads (once) and attaches the raw tracepoint program `name` to the tracepoint of that
+/// name, its link pinned with the kernel side.
+pub(super) fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &str,
+    pins: Option<&super::pins::PinSet>,
+) -> Result<aya::programs::links::FdLink, ProbeError> {
+    let program: &mut RawTracePoint = program(ebpf, name)?;
+    if program.fd().is_err() {
+        program.load().map_err(load_error(name))?;
+    }
+    let id = program
+        .attach(name)
+        .map_err(|source| ProbeError::TracepointAttach {
+            category: "raw_tp".into(),
+            name: name.into(),
+            source,
+        })?;
+    let link = program.take_link(id).map_err(load_error(name))?;
+    pin_link(link.into(), pins, name)
 }
 
 /// The plain-HTTP ports and the estimate ports.
@@ -1184,7 +1195,7 @@ const FILE_TRACEPOINTS: [(&str, &str); 8] = [
 ];
 
 /// Pins a global program's link in the pin set (when there is one).
-pub(super) fn pin_link(
+fn pin_link(
     link: aya::programs::links::FdLink,
     pins: Option<&super::pins::PinSet>,
     name: &str,

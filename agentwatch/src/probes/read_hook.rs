@@ -9,7 +9,7 @@ use aya::programs::RawTracePoint;
 use serde::Serialize;
 
 use super::ProbeError;
-use super::loader::{Probes, load_error, pin_link, program};
+use super::loader::{Probes, attach_raw_tracepoint, load_error, program};
 use super::pins::PinSet;
 use agentwatch_ebpf as abi;
 
@@ -70,20 +70,7 @@ impl Probes {
             return true;
         }
         let started = std::time::Instant::now();
-        let attached = program::<RawTracePoint>(&mut self.ebpf, NAME).and_then(|p| {
-            if p.fd().is_err() {
-                p.load().map_err(load_error(NAME))?;
-            }
-            let id = p
-                .attach(NAME)
-                .map_err(|source| ProbeError::TracepointAttach {
-                    category: "raw_tp".into(),
-                    name: NAME.into(),
-                    source,
-                })?;
-            p.take_link(id).map_err(load_error(NAME))
-        });
-        let link = attached.and_then(|link| pin_link(link.into(), self.pins.as_ref(), NAME));
+        let link = attach_raw_tracepoint(&mut self.ebpf, NAME, self.pins.as_ref());
         match link {
             Ok(link) => {
                 self.read_link = Some(link);
