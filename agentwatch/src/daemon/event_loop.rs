@@ -147,14 +147,18 @@ impl EventLoop {
             if ticked || ring.get_ref().read_pos() != before {
                 d.file_hooks(&mut files_idle_since);
             }
-            let reads = d.pipeline.lock().expect("pipeline lock").take_read_holds();
+            let (reads, pending_reads) = {
+                let mut p = d.pipeline.lock().expect("pipeline lock");
+                let reads = p.take_read_holds();
+                let pending = if reads.is_empty() {
+                    Vec::new()
+                } else {
+                    p.pending_read_holds()
+                };
+                (reads, pending)
+            };
             if !reads.is_empty() {
-                reads_file.save(
-                    &d.pipeline
-                        .lock()
-                        .expect("pipeline lock")
-                        .pending_read_holds(),
-                );
+                reads_file.save(&pending_reads);
                 first_contact::attach_reads(
                     reads,
                     &d.discovery,
@@ -262,7 +266,7 @@ impl Daemon {
         let (mut busy, sockets) = {
             let p = self.pipeline.lock().expect("pipeline lock");
             (
-                p.sessions_may_change_files() || !p.pending_read_holds().is_empty(),
+                p.sessions_may_change_files() || p.read_holds_pending(),
                 due && p.sockets_want_reads(),
             )
         };

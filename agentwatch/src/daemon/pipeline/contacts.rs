@@ -251,6 +251,11 @@ impl Pipeline {
         self.pending_reads.keys().copied().collect()
     }
 
+    /// Whether a process is stopped for the read hook now.
+    pub fn read_holds_pending(&self) -> bool {
+        !self.pending_reads.is_empty()
+    }
+
     /// The read hook is on: whether to continue `tgid` now (it was still waiting, and no
     /// first contact of it is being decided, which continues it once probed).
     pub fn read_hold_done(&mut self, tgid: u32, now_ns: u64) -> bool {
