@@ -309,6 +309,11 @@ pub struct ProcEvent {
     pub ppid: u32,
     /// exit: the task's `exit_code` (a wait status), or `EXIT_CODE_UNKNOWN`; otherwise 0.
     pub exit_code: u32,
+    /// fork, exit: the tgid of the root of the session the process is in (`SESSION_PROCS`),
+    /// 0 when it is in none; exec: 0. Lets a daemon that did not see the process (it came
+    /// and went while no daemon ran) charge it all the same.
+    pub session: u32,
+    pub _pad: u32,
     /// `bpf_ktime_get_boot_ns` when the event fired.
     pub ts_ns: u64,
     pub comm: [u8; COMM_LEN],
@@ -450,6 +455,9 @@ pub struct Connect {
     pub family: u32,
     /// Host order.
     pub port: u32,
+    /// The tgid of the root of the process's session (`SESSION_PROCS`).
+    pub session: u32,
+    pub _pad: u32,
     pub ts_ns: u64,
     /// IPv4: the first 4 bytes; IPv6: all 16 (network order).
     pub addr: [u8; 16],
@@ -497,6 +505,9 @@ pub struct FileOp {
     pub new_dfd: i32,
     pub len: u32,
     pub new_len: u32,
+    /// The tgid of the root of the process's session (`SESSION_PROCS`).
+    pub session: u32,
+    pub _pad: u32,
     pub ts_ns: u64,
     pub path: [u8; FILE_PATH_LEN],
     pub new_path: [u8; FILE_PATH_LEN],
@@ -652,7 +663,7 @@ pub struct Dest6 {
 
 // The layouts both sides rely on.
 const _: () = {
-    assert!(size_of::<ProcEvent>() == 24 + COMM_LEN + FILENAME_LEN);
+    assert!(size_of::<ProcEvent>() == 32 + COMM_LEN + FILENAME_LEN);
     assert!(size_of::<ExecArgs>() == 24 + ARGS_LEN);
     assert!(size_of::<TlsData>() == 56);
     assert!(size_of::<Handshake>() == 32);
@@ -663,7 +674,7 @@ const _: () = {
     assert!(size_of::<SocketBytes>() == 32);
     assert!(size_of::<SocketClose>() == 24);
     assert!(size_of::<ReadHold>() == 24);
-    assert!(size_of::<Connect>() == 48);
+    assert!(size_of::<Connect>() == 56);
     assert!(size_of::<SockState>() == 24);
     assert!(size_of::<SslArgs>() == 24);
     assert!(size_of::<GoKey>() == 16);
@@ -671,7 +682,7 @@ const _: () = {
     assert!(size_of::<ConnKey>() == 16);
     assert!(size_of::<Dest4>() == 8);
     assert!(size_of::<Dest6>() == 20);
-    assert!(size_of::<FileOp>() == 40 + 2 * FILE_PATH_LEN);
+    assert!(size_of::<FileOp>() == 48 + 2 * FILE_PATH_LEN);
     assert!(size_of::<FileRecord>() == size_of::<FileOp>() + 16 + 4 * FILE_DIR_LEN);
     assert!(size_of::<PathOffsets>() == 72);
     // Every header that precedes bytes fits in the scratch buffer's header room.

@@ -122,8 +122,8 @@ pub static SEND_GATED: LruHashMap<u64, u32> = LruHashMap::pinned(4096, 0);
 
 // ---- ceilings -----------------------------------------------------------------------------
 
-/// tgid → 1: processes of an open session (user space marks a session's processes when it
-/// opens; a child inherits at fork). Their TCP connects are reported (`Connect`); any other
+/// tgid → the tgid of its session's root: processes of an open session (user space marks a
+/// session's processes when it opens; a child inherits at fork). Their TCP connects are reported (`Connect`); any other
 /// process pays one lookup per connect.
 #[map]
 pub static SESSION_PROCS: HashMap<u32, u32> = HashMap::pinned(65536, 0);

@@ -492,3 +492,139 @@ fn file_counts_of_a_session_open_across_a_sigkill_go_on() {
     assert_eq!(u(&replay["file_journal_errors"]), 0, "{replay:#}");
     assert!(replay["file_journal_lines_dropped"].is_u64(), "{replay:#}");
 }
+
+/// A session that ends while no daemon runs: what it did meanwhile is in the pinned ring
+/// buffer, and the next daemon charges it before closing the session. The agent's `bash`
+/// child (started before the SIGKILL) writes and deletes a file and runs `touch`, `mv` and
+/// `rm` (forked by that `bash`, which the next daemon never saw) after the daemon is gone;
+/// `bash` and the agent exit before the next daemon starts. The next daemon keeps the
+/// session open until it has read those records (its root's exit among them): the three
+/// tool runs are under the agent, the file rows and the ledger counts are exact, the row
+/// ends when the agent did, not when the daemon came back; `bash`'s own run (started before
+/// the stop, ended in the gap: what it ran is not known) is counted as unseen.
+#[test]
+fn a_session_that_ends_while_no_daemon_runs_keeps_what_it_did_meanwhile() {
+    let mock = Mock::start(&[]);
+    let dir = Scratch::new("restart-gap-end");
+    let config_path = dir.0.join("agentwatch.toml");
+    std::fs::write(&config_path, "[actions]\nfiles = true\n").unwrap();
+    let config_arg = config_path.display().to_string();
+    let extra = ["--config", config_arg.as_str()];
+    let daemon = Daemon::start_in(dir, &extra);
+    let work = Scratch::new("restart-gap-end-work");
+    let [a, t, v, go] = ["a.log", "t", "v", "go"].map(|n| work.0.join(n).display().to_string());
+    let script = format!(
+        "for i in $(seq 1200); do [ -e {go} ] && break; sleep 0.05; done; \
+         echo x > {a} && touch {t} && mv {t} {v} && rm {a}"
+    );
+    let mut agent = py_client(
+        "tree_agent.py",
+        &mock,
+        &["--calls", "1", "--tag", "gap-end"],
+    );
+    agent
+        .arg("--child")
+        .arg(script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = agent.spawn().unwrap();
+    let root = child.id();
+    // The first daemon has the session open (its call is written).
+    daemon.wait_for("the agent's call", |calls, _| {
+        calls.iter().any(|c| u(&c["pid"]) == root as u64)
+    });
+    let dir = daemon.crash();
+    std::fs::write(&go, "").unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+    // Two seconds apart: the ledger row's end (seconds) can tell the agent's exit from this.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S"])
+        .output()
+        .unwrap();
+    let restarted_at = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let daemon = Daemon::start_in(dir, &extra);
+    assert_eq!(kernel_side(&daemon)["origin"], "adopted");
+    let row = daemon.ledger_row_of(root);
+    let sid = row["session_id"].as_str().unwrap();
+    assert_eq!(u(&row["call_count"]), 1, "{row:#}");
+    let actions: Vec<Value> = read_jsonl(&daemon.data_dir.join("actions.jsonl"))
+        .into_iter()
+        .filter(|r| r["session_id"] == sid)
+        .collect();
+    let mut tools: Vec<(&str, u64, u64)> = actions
+        .iter()
+        .filter(|r| r["kind"] == "tool_run")
+        .map(|r| {
+            (
+                r["tool"].as_str().unwrap(),
+                u(&r["agent_pid"]),
+                u(&r["exit_code"]),
+            )
+        })
+        .collect();
+    tools.sort();
+    // `seq` and `sleep`: the wait for the go file, before and after the stop. `bash`: when
+    // its fork record was still in the ring (read again for the agent's connection then in
+    // flight); otherwise no daemon saw it start, and its run is counted as unseen.
+    let runs = tools.len() as u64;
+    let bash_seen = tools.iter().any(|(t, _, _)| *t == "bash");
+    tools.retain(|(t, _, _)| !["seq", "sleep", "bash"].contains(t));
+    let r = root as u64;
+    assert_eq!(
+        tools,
+        vec![("mv", r, 0), ("rm", r, 0), ("touch", r, 0)],
+        "{actions:#?}"
+    );
+    let counts = |p: &str| -> Vec<[u64; 6]> {
+        actions
+            .iter()
+            .filter(|f| f["kind"] == "file" && f["path"] == p)
+            .map(|f| FILE_COUNTS.map(|k| u(&f[k])))
+            .collect()
+    };
+    assert_eq!(counts(&a), vec![[1, 1, 1, 1, 0, 0]], "{actions:#?}");
+    assert_eq!(counts(&t), vec![[1, 1, 0, 0, 1, 0]], "{actions:#?}");
+    assert_eq!(counts(&v), vec![[0, 0, 0, 0, 0, 1]], "{actions:#?}");
+    assert_eq!(
+        (
+            u(&row["tool_runs"]),
+            u(&row["files_written"]),
+            u(&row["files_deleted"])
+        ),
+        (runs, 3, 1),
+        "{row:#}"
+    );
+    // It ended when the agent did (before this daemon started), not at the restart.
+    let ended = |r: &Value| r["ended_at"].as_str().unwrap().to_string();
+    let last_tool = actions
+        .iter()
+        .filter(|r| r["kind"] == "tool_run")
+        .map(ended)
+        .max()
+        .unwrap();
+    assert!(ended(&row) >= last_tool, "{row:#}");
+    assert!(
+        ended(&row)[..19] < *restarted_at,
+        "{row:#} (restarted at {restarted_at})"
+    );
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(
+        u(&status["sessions"]["restored_root_gone"]),
+        1,
+        "{:#}",
+        status["sessions"]
+    );
+    if !bash_seen {
+        // Its exit, and its own write of a (`echo x >`), charged to the agent.
+        let p = &status["pipeline"];
+        assert!(u(&p["session_exits_unseen"]) >= 1, "{p:#}");
+        assert!(u(&p["charged_to_root"]) >= 1, "{p:#}");
+    }
+    assert_eq!(
+        status["sessions"]["open_sessions"], 0,
+        "{:#}",
+        status["sessions"]
+    );
+}

@@ -123,8 +123,9 @@ fn try_first_write<C: EbpfContext>(ctx: &C, sk: u64, st: &SockState) -> Result<(
     // A process contacting an LLM endpoint is an agent to be: its children are a session's
     // from now on (user space marks it only once it has read the call, which a child forked
     // right after the call can beat).
-    if verdict == CONTACT_LLM_HOST || (verdict == CONTACT_NO_SNI && hold) {
-        let _ = SESSION_PROCS.insert(&tgid, &1, 0);
+    // (A process already in a session keeps its root.)
+    if !session && (verdict == CONTACT_LLM_HOST || (verdict == CONTACT_NO_SNI && hold)) {
+        let _ = SESSION_PROCS.insert(&tgid, &tgid, 0);
     }
     if !hold && !estimate && !session {
         return Ok(());

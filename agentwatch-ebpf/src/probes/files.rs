@@ -151,9 +151,9 @@ exit!(sys_exit_rename);
 fn try_enter(ctx: &TracePointContext, a: &Args) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if unsafe { SESSION_PROCS.get(&tgid) }.is_none() {
+    let Some(&session) = (unsafe { SESSION_PROCS.get(&tgid) }) else {
         return Ok(());
-    }
+    };
     let flags: u64 = match a.flags {
         Some(off) => unsafe { ctx.read_at(off) }?,
         None => 0,
@@ -179,6 +179,7 @@ fn try_enter(ctx: &TracePointContext, a: &Args) -> Result<(), i64> {
         (*f).kind = EVENT_FILE_OP;
         (*f).tgid = tgid;
         (*f).op = a.op;
+        (*f).session = session;
         (*f).flags = flags as u32;
         (*f).dfd = dfd as i32;
         (*f).new_dfd = new_dfd as i32;

@@ -62,16 +62,21 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
         }
     }
     // A child of a session's process is the session's too.
-    if unsafe { SESSION_PROCS.get(&parent_tgid) }.is_some() {
-        if SESSION_PROCS.insert(&child, &1, 0).is_err() {
-            drop_count(DROP_SESSION_PROCS_FULL, 1);
+    let session = match unsafe { SESSION_PROCS.get(&parent_tgid) } {
+        Some(&root) => {
+            if SESSION_PROCS.insert(&child, &root, 0).is_err() {
+                drop_count(DROP_SESSION_PROCS_FULL, 1);
+            }
+            root
         }
-    } else {
-        let _ = SESSION_PROCS.remove(&child);
-    }
+        None => {
+            let _ = SESSION_PROCS.remove(&child);
+            0
+        }
+    };
     // A pid is decided at its own first contact (a stale entry of a reused pid is dropped).
     let _ = PROCS.remove(&child);
-    emit(EVENT_FORK, child, parent_tgid, None, 0)
+    emit(EVENT_FORK, child, parent_tgid, None, 0, session)
 }
 
 #[tracepoint]
@@ -85,7 +90,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     // A new program: decided anew at its first contact (user space drops its probes).
     let _ = PROCS.remove(&tgid);
     let filename_off = config(CFG_EXEC_FILENAME_OFF).ok_or(1)?;
-    emit(EVENT_EXEC, tgid, 0, Some((ctx, filename_off)), 0)?;
+    emit(EVENT_EXEC, tgid, 0, Some((ctx, filename_off)), 0, 0)?;
     if config(CFG_EXEC_ARGS) == Some(1) && unsafe { SESSION_PROCS.get(&tgid) }.is_some() {
         emit_args(tgid)?;
     }
@@ -164,14 +169,15 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let _ = GATE.remove(&tgid);
     let _ = BLOCKED_TGIDS.remove(&tgid);
     let _ = PROCS.remove(&tgid);
+    let session = unsafe { SESSION_PROCS.get(&tgid) }.copied().unwrap_or(0);
     let _ = SESSION_PROCS.remove(&tgid);
     super::aead::forget_aead_process(tgid);
-    emit_exit(tgid)
+    emit_exit(tgid, session)
 }
 
 /// The exit record, with the wait status the parent will get.
 #[inline(always)]
-fn emit_exit(tgid: u32) -> Result<(), i64> {
+fn emit_exit(tgid: u32, session: u32) -> Result<(), i64> {
     let code = match config(CFG_TASK_EXIT_CODE_OFF) {
         Some(off) => {
             let task = unsafe { bpf_get_current_task() } as *const u8;
@@ -180,7 +186,7 @@ fn emit_exit(tgid: u32) -> Result<(), i64> {
         }
         None => EXIT_CODE_UNKNOWN,
     };
-    emit(EVENT_EXIT, tgid, 0, None, code)
+    emit(EVENT_EXIT, tgid, 0, None, code, session)
 }
 
 #[inline(always)]
@@ -190,6 +196,7 @@ fn emit(
     ppid: u32,
     exec: Option<(&TracePointContext, u32)>,
     exit_code: u32,
+    session: u32,
 ) -> Result<(), i64> {
     let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
         drop_count(DROP_PROC_EVENTS, 1);
@@ -201,6 +208,8 @@ fn emit(
         (*ev).tgid = tgid;
         (*ev).ppid = ppid;
         (*ev).exit_code = exit_code;
+        (*ev).session = session;
+        (*ev)._pad = 0;
         (*ev).ts_ns = now();
         (*ev).comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
         (*ev).filename[0] = 0;

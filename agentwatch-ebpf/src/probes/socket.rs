@@ -62,10 +62,13 @@ fn on_connect(sk: u64) -> Result<(), i64> {
         unsafe { bpf_probe_read_user((addr + 2) as *const u16) }.map_err(|e| e as i64)?;
     let port = u16::from_be(port);
     count(COUNT_CONNECTS);
-    let session = unsafe { SESSION_PROCS.get(&tgid) }.is_some();
-    if session {
-        report_connect(tgid, family, port, addr, sk);
-    }
+    let session = match unsafe { SESSION_PROCS.get(&tgid) } {
+        Some(root) => {
+            report_connect(tgid, *root, family, port, addr, sk);
+            true
+        }
+        None => false,
+    };
     let fd = call.fd();
     let state = if unsafe { PLAIN_PORTS.get(&port) }.is_some() {
         SOCK_PLAIN
@@ -124,7 +127,7 @@ pub fn reads_needed(tgid: u32, port: u32) {
 
 /// A session's process connects: where to (the `sockaddr` it passed).
 #[inline(always)]
-fn report_connect(tgid: u32, family: u16, port: u16, sockaddr: u64, sk: u64) {
+fn report_connect(tgid: u32, session: u32, family: u16, port: u16, sockaddr: u64, sk: u64) {
     let mut addr = [0u8; 16];
     let read = if family == AF_INET {
         unsafe { bpf_probe_read_user((sockaddr + 4) as *const [u8; 4]) }.map(|a| {
@@ -141,6 +144,8 @@ fn report_connect(tgid: u32, family: u16, port: u16, sockaddr: u64, sk: u64) {
         tgid,
         family: family as u32,
         port: port as u32,
+        session,
+        _pad: 0,
         ts_ns: now(),
         addr,
         sock: sk,

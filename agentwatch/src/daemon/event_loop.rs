@@ -67,6 +67,8 @@ fn drain_ring(p: &mut Pipeline, ring: &mut Ring, execs: &mut Vec<u32>) {
             execs.push(tgid);
         }
     }
+    // Every record written before this daemon started is read now.
+    p.settle_gone(crate::sessions::clock::boot_now_ns());
     // The file changes counted go to disk before the ring says how far it was read.
     p.end_file_batch(ring.read_pos());
     let low = p.replay_low_water(ring.read_pos(), ring.size() / 4);

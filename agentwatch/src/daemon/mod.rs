@@ -313,7 +313,7 @@ fn kernel_side(config: &Config) -> Result<KernelSide, DaemonError> {
 /// The process tree from /proc, the sinks, and the sessions a previous daemon left open
 /// (continued while their root lives, closed now otherwise).
 async fn restore(config: &Config, kernel: &mut KernelSide) -> Result<Restored, DaemonError> {
-    let tree = ProcTree::seed(Path::new("/proc"))?;
+    let mut tree = ProcTree::seed(Path::new("/proc"))?;
     // JSONL plus the configured network sinks (spooled; delivered on their own tasks).
     let (mut sink, exports) = crate::sinks::build(
         &config.data_dir,
@@ -370,7 +370,8 @@ async fn restore(config: &Config, kernel: &mut KernelSide) -> Result<Restored, D
             "reading again what the previous daemon read of exchanges still in flight"
         );
     }
-    let rows = sessions.restore(recovered.sessions, &tree, boot_now_ns());
+    sessions = sessions.with_gap_records(probes.kernel_side.adopted());
+    let rows = sessions.restore(recovered.sessions, &mut tree, boot_now_ns());
     // Sessions closed now: their file rows, then their ledger rows.
     for f in sessions.take_file_rows() {
         sink.write_action(&crate::sessions::actions::ActionRow::File(f))?;

@@ -15,6 +15,8 @@ pub enum KernelEvent<'a> {
         child: u32,
         parent: u32,
         ts_ns: u64,
+        /// The tgid of the root of the session the child is in (0: none).
+        session: u32,
     },
     Exec {
         tgid: u32,
@@ -27,6 +29,8 @@ pub enum KernelEvent<'a> {
         /// The wait status the parent gets (`code << 8`, or the signal in the low 7 bits);
         /// `None` when the kernel's `task_struct` layout is not known.
         status: Option<u32>,
+        /// The tgid of the root of the session the process was in (0: none).
+        session: u32,
     },
     Tls {
         header: TlsData,
@@ -77,6 +81,8 @@ pub enum KernelEvent<'a> {
         dir: Option<String>,
         new_dir: Option<String>,
         ts_ns: u64,
+        /// The tgid of the root of the process's session.
+        session: u32,
     },
     /// A process of a session connected a TCP socket to `addr`:`port`.
     Connect {
@@ -86,6 +92,8 @@ pub enum KernelEvent<'a> {
         ts_ns: u64,
         /// The kernel's socket: a `Contact` of the same socket names its host.
         sock: u64,
+        /// The tgid of the root of the process's session.
+        session: u32,
     },
     /// A new TLS connection starts on `ssl` (the pointer may be a reused one).
     TlsHandshake {
@@ -186,6 +194,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                     child: ev.tgid,
                     parent: ev.ppid,
                     ts_ns: ev.ts_ns,
+                    session: ev.session,
                 },
                 EVENT_EXEC => KernelEvent::Exec {
                     tgid: ev.tgid,
@@ -196,6 +205,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                     tgid: ev.tgid,
                     ts_ns: ev.ts_ns,
                     status: (ev.exit_code != EXIT_CODE_UNKNOWN).then_some(ev.exit_code),
+                    session: ev.session,
                 },
             })
         }
@@ -285,6 +295,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 port: c.port as u16,
                 ts_ns: c.ts_ns,
                 sock: c.sock,
+                session: c.session,
             })
         }
         EVENT_EXEC_ARGS => {
@@ -324,6 +335,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 dir: walked_dir(r.dir_state, &r.dir, r.dir_len),
                 new_dir: walked_dir(r.new_dir_state, &r.new_dir, r.new_dir_len),
                 ts_ns: f.ts_ns,
+                session: f.session,
             })
         }
         EVENT_SOCKET_CLOSE => {

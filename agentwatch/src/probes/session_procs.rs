@@ -25,13 +25,13 @@ impl SessionProcs {
         }
     }
 
-    /// Marks live processes as a session's.
-    pub fn mark(&mut self, tgids: impl IntoIterator<Item = u32>) {
+    /// Marks live processes as the session's whose root is `root` (a pid).
+    pub fn mark(&mut self, root: u32, tgids: impl IntoIterator<Item = u32>) {
         let Some(map) = self.map.as_mut() else {
             return;
         };
         for tgid in tgids {
-            if map.insert(tgid, 1, 0).is_err() {
+            if map.insert(tgid, root, 0).is_err() {
                 self.errors += 1;
             }
         }

@@ -54,7 +54,7 @@ mod cmdline_tests {
     }
 }
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -148,6 +148,9 @@ pub struct ProcTree {
     /// Removed keys not yet handed out (stale entries evicted by fork/exec/ensure).
     pending_removed: Vec<ProcKey>,
     dropped_over_cap: u64,
+    /// Processes a previous daemon knew that were gone when this one started, kept under
+    /// their pid until their exit record is read (see [`Self::insert_gone`]).
+    gone: HashSet<ProcKey>,
 }
 
 impl ProcTree {
@@ -161,6 +164,7 @@ impl ProcTree {
             live: HashMap::new(),
             pending_removed: Vec::new(),
             dropped_over_cap: 0,
+            gone: HashSet::new(),
         }
     }
 
@@ -231,7 +235,47 @@ impl ProcTree {
 
     /// Whether this exact process is alive (in the tree and not exited).
     pub fn is_live(&self, key: ProcKey) -> bool {
-        self.live.get(&key.tgid) == Some(&key)
+        self.live.get(&key.tgid) == Some(&key) && !self.gone.contains(&key)
+    }
+
+    /// A process a previous daemon knew (a session's root or agent) that was gone when this
+    /// one started: kept under its pid, as if alive, so that the records it and its children
+    /// left in the ring buffer while no daemon ran are charged to it, until its exit record
+    /// is read (or [`Self::gone`] says it never will be). Not inserted when another process
+    /// has its pid now. Never live for [`Self::is_live`] or [`Self::live_subtree`]: nothing
+    /// is signalled or marked through it.
+    pub fn insert_gone(
+        &mut self,
+        key: ProcKey,
+        comm: String,
+        exe: Option<String>,
+        parent: Option<ProcKey>,
+    ) -> bool {
+        if self.live.contains_key(&key.tgid) || self.by_key.contains_key(&key) {
+            return false;
+        }
+        let snap = Snapshot {
+            stat: stat::StatFields {
+                comm,
+                ppid: parent.map_or(0, |p| p.tgid),
+                start_ticks: key.start_ticks,
+            },
+            cmdline: exe.iter().cloned().collect(),
+            exe,
+        };
+        let ppid = snap.stat.ppid;
+        if self.insert_with_parent(key.tgid, snap, ppid, parent) != Some(key) {
+            return false;
+        }
+        self.gone.insert(key);
+        true
+    }
+
+    /// The pids of the processes of [`Self::insert_gone`] whose exit was not read yet.
+    pub fn gone(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.gone.iter().map(|k| k.tgid).collect();
+        v.sort_unstable();
+        v
     }
 
     pub fn parent(&self, key: ProcKey) -> Option<&ProcInfo> {
@@ -251,7 +295,7 @@ impl ProcTree {
     }
 
     pub fn live_count(&self) -> usize {
-        self.live.len()
+        self.live.len() - self.gone.len()
     }
 
     /// Live processes of the subtree rooted at `root` (itself included when live), e.g. to
@@ -261,12 +305,13 @@ impl ProcTree {
         self.live
             .values()
             .copied()
+            .filter(|k| !self.gone.contains(k))
             .filter(|k| *k == root || self.ancestors(*k).any(|a| a.key == root))
             .collect()
     }
 
     pub fn exited_kept_count(&self) -> usize {
-        self.by_key.len() - self.live.len()
+        self.by_key.len() - self.live_count()
     }
 
     pub fn len(&self) -> usize {
@@ -293,7 +338,22 @@ impl ProcTree {
     /// kernel's value by one tick at a tick boundary). Returns the child's key, `None` when the
     /// tree is full.
     pub fn on_fork(&mut self, parent_tgid: u32, child_tgid: u32, ts_ns: u64) -> Option<ProcKey> {
-        let parent_key = self.ensure(parent_tgid);
+        self.on_fork_in(parent_tgid, child_tgid, ts_ns, 0)
+    }
+
+    /// [`Self::on_fork`], with `session`: the pid of the root of the session the kernel says
+    /// the child is in (0: none), taken as its parent when the forking process is not known
+    /// (it came and went while no daemon ran).
+    pub fn on_fork_in(
+        &mut self,
+        parent_tgid: u32,
+        child_tgid: u32,
+        ts_ns: u64,
+        session: u32,
+    ) -> Option<ProcKey> {
+        let parent_key = self
+            .ensure(parent_tgid)
+            .or_else(|| (session != 0).then(|| self.key_of(session)).flatten());
         let snap = match stat::read_snapshot(&self.proc_root, child_tgid) {
             Some(snap) => snap,
             None => {
@@ -480,6 +540,7 @@ impl ProcTree {
         if self.live.get(&key.tgid) == Some(&key) {
             self.live.remove(&key.tgid);
         }
+        self.gone.remove(&key);
         let Some(info) = self.by_key.get_mut(&key) else {
             return;
         };

@@ -153,6 +153,9 @@ pub struct SessionsStats {
     pub closed_sessions: u64,
     pub restored_continued: u64,
     pub restored_closed: u64,
+    /// Of `restored_continued`: sessions whose root had ended while no daemon ran, kept open
+    /// until the records they left in the ring buffer meanwhile (to their root's exit) are read.
+    pub restored_root_gone: u64,
     /// Sessions closed with `drift` (departing from their job's baseline).
     pub drifted_sessions: u64,
     /// File changes not kept: their session had `MAX_FILES_PER_SESSION` paths already
@@ -481,6 +484,8 @@ pub struct Sessions {
     closed_files: Vec<actions::FileChange>,
     /// (session, path) of the file changes counted since [`Sessions::take_changed_files`].
     changed_files: BTreeSet<(String, String)>,
+    /// See [`Sessions::with_gap_records`].
+    gap_recorded: bool,
 }
 
 impl Sessions {
@@ -499,6 +504,7 @@ impl Sessions {
             actions: Default::default(),
             closed_files: Vec::new(),
             changed_files: BTreeSet::new(),
+            gap_recorded: false,
         }
     }
 
@@ -509,6 +515,14 @@ impl Sessions {
     /// What is kept of tool runs (`[actions]`).
     pub fn with_actions(mut self, actions: actions::ActionsConfig) -> Self {
         self.actions = actions;
+        self
+    }
+
+    /// The ring buffer holds what the kernel recorded while no daemon ran (the kernel side
+    /// was adopted): [`Self::restore`] keeps the sessions whose processes ended meanwhile
+    /// until those records are read.
+    pub fn with_gap_records(mut self, recorded: bool) -> Self {
+        self.gap_recorded = recorded;
         self
     }
 
@@ -530,6 +544,12 @@ impl Sessions {
     /// The session and depth of an agent of an open session.
     pub fn agent(&self, key: ProcKey) -> Option<&AgentRef> {
         self.agents.get(&key).or_else(|| self.departed.get(&key))
+    }
+
+    /// The root of the open session `key` is charged to.
+    pub fn session_root_of(&self, tree: &ProcTree, key: ProcKey) -> Option<ProcKey> {
+        let (_, aref) = self.charged_agent(tree, key)?;
+        self.sessions.get(&aref.session_id).map(|s| s.root)
     }
 
     pub fn open_count(&self) -> usize {
@@ -1040,12 +1060,15 @@ impl Sessions {
 
     /// Restart recovery. Each open session found in `calls.jsonl` continues (totals, call
     /// count, agents still in the tree keep their depth and session) when its root is still in
-    /// the tree with the same id; otherwise it closes now and its ledger row is returned for
-    /// writing, `ended_at` = its last call's `ended_at` (`now_ns` if it has none).
+    /// the tree with the same id, or ended while no daemon ran and the ring buffer kept what
+    /// it did meanwhile (`with_gap_records`: its root and agents that ended stand in for
+    /// themselves in `tree` until their exit records are read); otherwise it closes now and
+    /// its ledger row is returned for writing, `ended_at` = its last call's `ended_at`
+    /// (`now_ns` if it has none).
     pub fn restore(
         &mut self,
         mut recovered: RecoveredSessions,
-        tree: &ProcTree,
+        tree: &mut ProcTree,
         now_ns: u64,
     ) -> Vec<LedgerRow> {
         for id in recovered.closed_this_boot {
@@ -1124,10 +1147,36 @@ impl Sessions {
             for rec in &calls {
                 session.apply(rec);
             }
-            let same_boot_root = tree.contains(root)
-                && !self.by_root.contains_key(&root)
+            let this_boot = !self.by_root.contains_key(&root)
                 && (0..MAX_GENERATION).any(|g| session_id_gen(&self.cfg.boot_id, root, g) == id);
-            if same_boot_root {
+            // A root that ended while no daemon ran stands in for itself until its exit
+            // record is read: what the session did meanwhile is in the ring buffer.
+            let gone_root = this_boot
+                && self.gap_recorded
+                && !tree.contains(root)
+                && tree.insert_gone(
+                    root,
+                    session.root_comm.clone(),
+                    session.root_exe.clone(),
+                    None,
+                );
+            if this_boot && tree.contains(root) {
+                if self.gap_recorded {
+                    // So do its agents that ended meanwhile (parents first).
+                    let mut gone: Vec<(&ProcKey, &AgentStats)> = session
+                        .agents
+                        .iter()
+                        .filter(|(k, _)| !tree.contains(**k))
+                        .collect();
+                    gone.sort_by_key(|(_, a)| a.depth);
+                    for (key, a) in gone {
+                        let parent = a.parent.filter(|p| tree.contains(*p));
+                        tree.insert_gone(*key, a.comm.clone(), None, parent);
+                    }
+                }
+                if gone_root {
+                    self.stats.restored_root_gone += 1;
+                }
                 for (key, agent) in &session.agents {
                     if tree.contains(*key) && !self.agents.contains_key(key) {
                         self.agents.insert(

@@ -447,7 +447,7 @@ fn sessions_reused_id_in_same_boot_gets_new_generation_and_orphans_are_reaped() 
 
 #[test]
 fn sessions_restore_continues_live_root_and_closes_dead_one() {
-    let (_fake, tree) = fake_host();
+    let (_fake, mut tree) = fake_host();
     // A previous daemon run in the same boot.
     let mut before = Sessions::new(cfg());
     let alive_calls = vec![
@@ -491,7 +491,7 @@ fn sessions_restore_continues_live_root_and_closes_dead_one() {
             closed_this_boot: vec![],
             ..Default::default()
         },
-        &tree,
+        &mut tree,
         100 * S,
     );
     assert_eq!(rows.len(), 1);
@@ -533,7 +533,7 @@ fn sessions_restore_continues_live_root_and_closes_dead_one() {
 
 #[test]
 fn sessions_restore_other_boot_closes_and_closed_ids_are_not_reopened() {
-    let (_fake, tree) = fake_host();
+    let (_fake, mut tree) = fake_host();
     let mut old_boot = Sessions::new(SessionsConfig::new(
         "boot-0",
         "host-a",
@@ -553,7 +553,7 @@ fn sessions_restore_other_boot_closes_and_closed_ids_are_not_reopened() {
             closed_this_boot: vec![],
             ..Default::default()
         },
-        &tree,
+        &mut tree,
         S,
     );
     assert_eq!(rows.len(), 1);
@@ -571,7 +571,7 @@ fn sessions_restore_other_boot_closes_and_closed_ids_are_not_reopened() {
                 closed_this_boot: vec![closed.clone()],
                 ..Default::default()
             },
-            &tree,
+            &mut tree,
             S
         )
         .is_empty()
@@ -734,4 +734,92 @@ fn sessions_file_paths_are_made_absolute_through_the_process() {
         absolute_path(root, 8, at_cwd, "gone.txt", Some("/srv")),
         "/srv/gone.txt"
     );
+}
+
+/// A session whose root (and a sub-agent) ended while no daemon ran, with the kernel's
+/// records of that time still to read: it goes on, its root standing in for itself, so the
+/// tools forked meanwhile (by it, or by a process no daemon saw) and their files are charged
+/// to it; its root's exit record closes it. Without those records it closes at once.
+#[test]
+fn sessions_restore_keeps_a_session_that_ended_in_the_gap_until_its_records_are_read() {
+    use agentwatch_ebpf::FILE_OPEN_WRITE;
+    let (fake, tree) = fake_host();
+    let mut before = Sessions::new(cfg());
+    let calls = vec![
+        before.on_call(
+            &tree,
+            k(100, 100),
+            &call(req("anthropic", Some("m"), S), 10, 5, 2 * S),
+            None,
+        ),
+        before.on_call(
+            &tree,
+            k(300, 300),
+            &call(req("anthropic", Some("m"), 3 * S), 20, 6, 4 * S),
+            None,
+        ),
+    ];
+    let id = calls[0].session_id.clone();
+    let recovered = || RecoveredSessions {
+        open: vec![(id.clone(), calls.clone())],
+        closed_this_boot: vec![],
+        ..Default::default()
+    };
+    // The whole session is gone from /proc when the next daemon starts.
+    for pid in [100, 200, 250, 300, 400, 500] {
+        fake.remove(pid);
+    }
+    let fresh = || ProcTree::seed_with(fake.root(), ProcConfig::default()).unwrap();
+
+    // No records of the gap (another build's kernel side): it closes now.
+    let mut tree = fresh();
+    let mut s = Sessions::new(cfg());
+    assert_eq!(s.restore(recovered(), &mut tree, 9 * S).len(), 1);
+    assert!(tree.gone().is_empty());
+
+    let mut tree = fresh();
+    let mut s = Sessions::new(cfg()).with_gap_records(true);
+    assert!(s.restore(recovered(), &mut tree, 9 * S).is_empty());
+    assert_eq!(s.stats().restored_root_gone, 1);
+    assert_eq!(tree.gone(), vec![100, 300], "the root and the sub-agent");
+    assert!(!tree.is_live(k(100, 100)));
+    assert!(
+        tree.live_subtree(k(100, 100)).is_empty(),
+        "nothing signalled"
+    );
+    // A tool its root forked while no daemon ran (gone by now).
+    let touch = tree.on_fork_in(100, 700, 5 * S, 100).unwrap();
+    tree.on_exec(700, "/usr/bin/touch");
+    s.on_file_op(
+        &tree,
+        touch,
+        FILE_OPEN_WRITE,
+        0o101,
+        "/w/t".into(),
+        None,
+        5 * S,
+    );
+    let run = s.on_tool_exit(&tree, touch, 6 * S, Some(0)).unwrap();
+    assert_eq!(
+        (run.tool.as_str(), run.agent_pid, run.agent_depth),
+        ("touch", 100, 0)
+    );
+    tree.on_exit(700);
+    // One forked by a process no daemon saw (it started before the stop, ended in the
+    // gap): the kernel says whose session it is in.
+    let rm = tree.on_fork_in(650, 800, 6 * S, 100).unwrap();
+    assert_eq!(tree.parent(rm).map(|p| p.key), Some(k(100, 100)));
+    tree.on_exec(800, "/usr/bin/rm");
+    assert!(s.on_tool_exit(&tree, rm, 7 * S, Some(0)).is_some());
+    tree.on_exit(800);
+    // The sub-agent's exit, then the root's: the session closes then.
+    tree.on_exit(300);
+    let removed = tree.on_exit(100);
+    let rows = s.on_removed(&removed, 8 * S);
+    assert_eq!(rows.len(), 1, "{removed:?}");
+    let row = &rows[0];
+    assert_eq!((row.session_id.as_str(), row.call_count), (id.as_str(), 2));
+    assert_eq!((row.tool_runs, row.files_written), (2, 1));
+    assert_eq!(row.ended_at, wall(8 * S));
+    assert!(tree.gone().is_empty());
 }

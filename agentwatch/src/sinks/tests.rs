@@ -119,7 +119,7 @@ fn sinks_open_error_names_the_path() {
 /// One daemon run: recover, restore, write the returned ledger rows.
 fn start(
     data: &std::path::Path,
-    tree: &crate::procs::ProcTree,
+    tree: &mut crate::procs::ProcTree,
 ) -> (Sessions, JsonlSink, Vec<LedgerRow>, RecoveryReport) {
     let mut sink = JsonlSink::open(data).unwrap();
     let rep = recover(data, "boot-1").unwrap();
@@ -142,7 +142,7 @@ fn sinks_recovery_continues_open_closes_dead_and_never_duplicates() {
 
     // Run 1: three sessions; 600's closes normally; the daemon stops with 100's and 700's open.
     {
-        let (mut s, mut sink, rows, _) = start(&data, &tree);
+        let (mut s, mut sink, rows, _) = start(&data, &mut tree);
         assert!(rows.is_empty());
         let calls = [
             (k(100, 100), 10, 1, Some(0.5)),
@@ -176,7 +176,7 @@ fn sinks_recovery_continues_open_closes_dead_and_never_duplicates() {
 
     // Run 2: 700 is dead (never in the tree) → closed now, one row; 100 continues.
     {
-        let (mut s, mut sink, rows, rep) = start(&data, &tree);
+        let (mut s, mut sink, rows, rep) = start(&data, &mut tree);
         assert_eq!(rep.stats.bad_call_lines, 2);
         assert_eq!(rep.stats.calls_read, 5);
         assert_eq!(rep.stats.closed_sessions, 1);
@@ -222,7 +222,7 @@ fn sinks_recovery_continues_open_closes_dead_and_never_duplicates() {
 
     // Run 3: nothing to close, nothing reopened; then the alive session ends.
     {
-        let (mut s, mut sink, rows, rep) = start(&data, &tree);
+        let (mut s, mut sink, rows, rep) = start(&data, &mut tree);
         assert!(rows.is_empty());
         assert_eq!(rep.sessions.open.len(), 1);
         assert_eq!(s.live_sessions()[0].calls, 3);
@@ -237,7 +237,7 @@ fn sinks_recovery_continues_open_closes_dead_and_never_duplicates() {
     }
     // Run 4: everything closed; no row written twice.
     {
-        let (s, _sink, rows, rep) = start(&data, &tree);
+        let (s, _sink, rows, rep) = start(&data, &mut tree);
         assert!(rows.is_empty());
         assert!(rep.sessions.open.is_empty());
         assert_eq!(s.open_count(), 0);
@@ -408,7 +408,7 @@ fn sinks_rotation_checkpoint_restart_reads_only_current_files() {
 
     // The sessions continue: once 100's tree has exited, its ledger row sums every call.
     let mut s2 = Sessions::new(cfg());
-    let rows = s2.restore(again.sessions, &tree, 300 * S);
+    let rows = s2.restore(again.sessions, &mut tree, 300 * S);
     assert!(rows.is_empty());
     let mut closed = Vec::new();
     for pid in [250, 200, 300, 400, 500, 100] {
@@ -434,7 +434,7 @@ fn sinks_tool_runs_are_counted_across_a_restart() {
     assert_eq!(tree.on_fork(100, 260, 0), Some(k(260, 260)));
     let id = session_id("boot-1", k(100, 100));
     {
-        let (mut s, mut sink, _, _) = start(&data, &tree);
+        let (mut s, mut sink, _, _) = start(&data, &mut tree);
         let rec = s.on_call(
             &tree,
             k(100, 100),
@@ -466,7 +466,7 @@ fn sinks_tool_runs_are_counted_across_a_restart() {
     }
     // The restart: the open session continues with its tool run, then runs one more
     // (a grandchild, through a shell and a sub-process that made no call).
-    let (mut s, _sink, rows, rep) = start(&data, &tree);
+    let (mut s, _sink, rows, rep) = start(&data, &mut tree);
     assert!(rows.is_empty());
     assert_eq!(rep.sessions.tool_runs.get(&id), Some(&1));
     tree.on_exec(500, "/usr/bin/grand");

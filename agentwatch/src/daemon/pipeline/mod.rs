@@ -47,6 +47,12 @@ pub struct PipelineStats {
     pub ledger_rows: u64,
     /// Processes of sessions that ran a program and made no LLM call (`actions.jsonl`).
     pub tool_runs: u64,
+    /// File changes and connects of processes no daemon saw (they came and went while none
+    /// ran), charged to the root of the session the kernel said they were in.
+    pub charged_to_root: u64,
+    /// Exits of processes of sessions no daemon saw start (they started before a restart and
+    /// ended while no daemon ran): not tool runs, since what they ran is not known.
+    pub session_exits_unseen: u64,
     pub connections_open: u64,
     /// Connections evicted because `limits.max_connections` was reached.
     pub connections_evicted: u64,
@@ -392,12 +398,16 @@ impl Pipeline {
                 child,
                 parent,
                 ts_ns,
+                session,
             } => {
                 self.stats.forks += 1;
-                self.tree.on_fork(parent, child, ts_ns);
-                if self.marked_at.get(&parent).is_some_and(|at| *at > ts_ns) {
+                let key = self.tree.on_fork_in(parent, child, ts_ns, session);
+                if self.marked_at.get(&parent).is_some_and(|at| *at > ts_ns)
+                    && let Some(root) =
+                        key.and_then(|k| self.sessions.session_root_of(&self.tree, k))
+                {
                     // Forked before its parent was marked: the kernel did not mark it.
-                    self.mark_session_procs(&[child]);
+                    self.mark_session_procs(root.tgid, &[child]);
                 }
             }
             KernelEvent::Exec {
@@ -417,7 +427,11 @@ impl Pipeline {
                 tgid,
                 ts_ns,
                 status,
+                session,
             } => {
+                if session != 0 && self.tree.key_of(tgid).is_none() {
+                    self.stats.session_exits_unseen += 1;
+                }
                 self.stats.exits += 1;
                 self.probe_ends.push((tgid, ts_ns));
                 self.exe_ids.remove(&tgid);
@@ -454,9 +468,10 @@ impl Pipeline {
                 dir,
                 new_dir,
                 ts_ns,
+                session,
             } => {
                 use crate::sessions::actions::absolute_path;
-                if let Some(key) = self.tree.key_of(tgid).or_else(|| self.tree.ensure(tgid)) {
+                if let Some(key) = self.charged_key(tgid, session) {
                     let root = self.tree.proc_root().to_path_buf();
                     let path = absolute_path(&root, tgid, dfd, &path, dir.as_deref());
                     let new_path = new_path
@@ -471,8 +486,9 @@ impl Pipeline {
                 port,
                 ts_ns,
                 sock,
+                session,
             } => {
-                if let Some(key) = self.tree.key_of(tgid).or_else(|| self.tree.ensure(tgid))
+                if let Some(key) = self.charged_key(tgid, session)
                     && let Some(host) = self.sessions.on_connect(&self.tree, key, addr, port, ts_ns)
                 {
                     self.wait_for_name(tgid, sock, ts_ns, host);
@@ -834,6 +850,15 @@ impl Pipeline {
         }
     }
 
+    /// After the records a previous daemon left unread: the processes that stood in for
+    /// themselves (`ProcTree::insert_gone`) whose exit was not among them (it was read by
+    /// that daemon, or lost) end now, and their sessions close.
+    pub fn settle_gone(&mut self, now_ns: u64) {
+        for tgid in self.tree.gone() {
+            self.on_exit(tgid, now_ns, None);
+        }
+    }
+
     fn on_exit(&mut self, tgid: u32, ts_ns: u64, status: Option<u32>) {
         self.aead.forget(tgid);
         self.marked_at.remove(&tgid);
@@ -974,6 +999,17 @@ impl Pipeline {
 
     /// Marks the processes of sessions opened since the last record in the kernel, so their
     /// connects are reported (their children are marked by the kernel at fork).
+    /// The process a record of `tgid` is charged to: itself, or when no daemon saw it (it
+    /// came and went while none ran), the root of the session the kernel says it was in.
+    fn charged_key(&mut self, tgid: u32, session: u32) -> Option<ProcKey> {
+        if let Some(key) = self.tree.key_of(tgid).or_else(|| self.tree.ensure(tgid)) {
+            return Some(key);
+        }
+        let root = self.tree.key_of(session).filter(|_| session != 0)?;
+        self.stats.charged_to_root += 1;
+        Some(root)
+    }
+
     fn mark_opened_sessions(&mut self) {
         let opened = self.sessions.take_opened();
         if opened.is_empty() {
@@ -986,16 +1022,16 @@ impl Pipeline {
                 .iter()
                 .map(|k| k.tgid)
                 .collect();
-            self.mark_session_procs(&tgids);
+            self.mark_session_procs(root.tgid, &tgids);
         }
     }
 
     /// Marks processes as a session's in the kernel (from now on their connects are reported
     /// and their children marked at fork); their connections made before it are read from
     /// /proc (the agent's own, to its LLM endpoint, came before its first request).
-    fn mark_session_procs(&mut self, tgids: &[u32]) {
+    fn mark_session_procs(&mut self, root: u32, tgids: &[u32]) {
         let now = crate::sessions::clock::boot_now_ns();
-        self.session_procs.mark(tgids.iter().copied());
+        self.session_procs.mark(root, tgids.iter().copied());
         for &tgid in tgids {
             if self.marked_at.len() < MAX_MARKED {
                 self.marked_at.insert(tgid, now);
