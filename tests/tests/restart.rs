@@ -628,3 +628,57 @@ fn a_session_that_ends_while_no_daemon_runs_keeps_what_it_did_meanwhile() {
         status["sessions"]
     );
 }
+
+/// A process of a session whose parent ended is reparented (to init, or a subreaper): a
+/// daemon that starts after that finds it outside every session in /proc. The kernel still
+/// holds it as the session's (`SESSION_PROCS` names the root), so the next daemon puts it back
+/// under its root: what it does after the restart is the session's.
+#[test]
+fn a_session_process_orphaned_before_a_restart_stays_in_its_session() {
+    let mock = Mock::start(&[]);
+    let dir = Scratch::new("restart-orphan");
+    let config_path = dir.0.join("agentwatch.toml");
+    std::fs::write(&config_path, "[actions]\nfiles = true\n").unwrap();
+    let config_arg = config_path.display().to_string();
+    let extra = ["--config", config_arg.as_str()];
+    let daemon = Daemon::start_in(dir, &extra);
+    let work = Scratch::new("restart-orphan-work");
+    let [z, go, go2] = ["z.out", "go", "go2"].map(|n| work.0.join(n).display().to_string());
+    let wait = |m: &str| format!("for i in $(seq 1200); do [ -e {m} ] && break; sleep 0.05; done");
+    let mut agent = py_client("tree_agent.py", &mock, &["--calls", "1", "--tag", "orphan"]);
+    agent
+        .arg("--child")
+        // Its bash exits at once: the subshell is an orphan from then on.
+        .arg(format!("( {}; echo y > {z} ) &", wait(&go)))
+        .arg("--child")
+        .arg(wait(&go2))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = agent.spawn().unwrap();
+    let root = child.id();
+    daemon.wait_for("the agent's call", |calls, _| {
+        calls.iter().any(|c| u(&c["pid"]) == root as u64)
+    });
+    let dir = daemon.crash();
+    let daemon = Daemon::start_in(dir, &extra);
+    assert_eq!(kernel_side(&daemon)["origin"], "adopted");
+    let sessions = &daemon.cli_json(&["status"])["sessions"];
+    assert_eq!(u(&sessions["restored_orphans_adopted"]), 1, "{sessions:#}");
+    std::fs::write(&go, "").unwrap();
+    std::fs::write(&go2, "").unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+    let row = daemon.ledger_row_of(root);
+    let sid = row["session_id"].as_str().unwrap();
+    let files: Vec<Value> = read_jsonl(&daemon.data_dir.join("actions.jsonl"))
+        .into_iter()
+        .filter(|r| r["kind"] == "file" && r["session_id"] == sid)
+        .collect();
+    let counts: Vec<[u64; 6]> = files
+        .iter()
+        .filter(|f| f["path"] == z.as_str())
+        .map(|f| FILE_COUNTS.map(|k| u(&f[k])))
+        .collect();
+    assert_eq!(counts, vec![[1, 1, 1, 0, 0, 0]], "{files:#?}");
+    assert_eq!(u(&row["files_written"]), 1, "{row:#}");
+}

@@ -372,6 +372,9 @@ async fn restore(config: &Config, kernel: &mut KernelSide) -> Result<Restored, D
     }
     sessions = sessions.with_gap_records(probes.kernel_side.adopted());
     let rows = sessions.restore(recovered.sessions, &mut tree, boot_now_ns());
+    if probes.kernel_side.adopted() {
+        sessions.adopt_orphans(&mut tree, &kernel.session_procs.entries());
+    }
     // Sessions closed now: their file rows, then their ledger rows.
     for f in sessions.take_file_rows() {
         sink.write_action(&crate::sessions::actions::ActionRow::File(f))?;

@@ -25,6 +25,14 @@ impl SessionProcs {
         }
     }
 
+    /// Every process the kernel holds as a session's: (pid, its root's pid).
+    pub fn entries(&self) -> Vec<(u32, u32)> {
+        let Some(map) = self.map.as_ref() else {
+            return Vec::new();
+        };
+        map.iter().filter_map(Result::ok).collect()
+    }
+
     /// Marks live processes as the session's whose root is `root` (a pid).
     pub fn mark(&mut self, root: u32, tgids: impl IntoIterator<Item = u32>) {
         let Some(map) = self.map.as_mut() else {

@@ -271,6 +271,33 @@ impl ProcTree {
         true
     }
 
+    /// `key` is `parent`'s child from now on (the kernel says so: its parent ended while no
+    /// daemon ran, and it was reparented). False when either is not in the tree, or `parent`
+    /// is `key` or below it.
+    pub fn reparent(&mut self, key: ProcKey, parent: ProcKey) -> bool {
+        if key == parent
+            || !self.by_key.contains_key(&key)
+            || !self.by_key.contains_key(&parent)
+            || self.ancestors(parent).any(|a| a.key == key)
+        {
+            return false;
+        }
+        let old = self.by_key.get(&key).and_then(|i| i.parent);
+        if old == Some(parent) {
+            return true;
+        }
+        if let Some(old) = old.and_then(|o| self.by_key.get_mut(&o)) {
+            old.children = old.children.saturating_sub(1);
+        }
+        if let Some(p) = self.by_key.get_mut(&parent) {
+            p.children += 1;
+        }
+        if let Some(info) = self.by_key.get_mut(&key) {
+            info.parent = Some(parent);
+        }
+        true
+    }
+
     /// The pids of the processes of [`Self::insert_gone`] whose exit was not read yet.
     pub fn gone(&self) -> Vec<u32> {
         let mut v: Vec<u32> = self.gone.iter().map(|k| k.tgid).collect();

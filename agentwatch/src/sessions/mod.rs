@@ -156,6 +156,9 @@ pub struct SessionsStats {
     /// Of `restored_continued`: sessions whose root had ended while no daemon ran, kept open
     /// until the records they left in the ring buffer meanwhile (to their root's exit) are read.
     pub restored_root_gone: u64,
+    /// Processes of restored sessions put back under their root (their parent ended while no
+    /// daemon ran; the kernel said which session they are in).
+    pub restored_orphans_adopted: u64,
     /// Sessions closed with `drift` (departing from their job's baseline).
     pub drifted_sessions: u64,
     /// File changes not kept: their session had `MAX_FILES_PER_SESSION` paths already
@@ -544,6 +547,33 @@ impl Sessions {
     /// The session and depth of an agent of an open session.
     pub fn agent(&self, key: ProcKey) -> Option<&AgentRef> {
         self.agents.get(&key).or_else(|| self.departed.get(&key))
+    }
+
+    /// Processes the kernel holds as a session's (`(pid, root pid)`, from `SESSION_PROCS`)
+    /// whose parent ended while no daemon ran: reparented to their init or subreaper, the
+    /// tree has lost their session. Each is put back under its session's root (when that is
+    /// an open session's). Returns how many were.
+    pub fn adopt_orphans(&mut self, tree: &mut ProcTree, marked: &[(u32, u32)]) -> u64 {
+        let mut adopted = 0;
+        let pids: HashSet<u32> = marked.iter().map(|(pid, _)| *pid).collect();
+        for &(tgid, root) in marked {
+            let (Some(key), Some(root)) = (tree.key_of(tgid), tree.key_of(root)) else {
+                continue;
+            };
+            // Only the top of each orphaned subtree: its children come along.
+            if key == root
+                || !self.by_root.contains_key(&root)
+                || self.charged_agent(tree, key).is_some()
+                || tree.parent(key).is_some_and(|p| pids.contains(&p.key.tgid))
+            {
+                continue;
+            }
+            if tree.reparent(key, root) {
+                adopted += 1;
+            }
+        }
+        self.stats.restored_orphans_adopted += adopted;
+        adopted
     }
 
     /// The root of the open session `key` is charged to.

@@ -823,3 +823,40 @@ fn sessions_restore_keeps_a_session_that_ended_in_the_gap_until_its_records_are_
     assert_eq!(row.ended_at, wall(8 * S));
     assert!(tree.gone().is_empty());
 }
+
+/// A process whose parent ended while no daemon ran was reparented (to init): the kernel's
+/// `SESSION_PROCS` still names its session's root, and it is put back under it.
+#[test]
+fn sessions_orphans_the_kernel_holds_as_a_sessions_are_adopted() {
+    let (fake, mut tree) = fake_host();
+    let mut s = Sessions::new(cfg());
+    s.on_llm_request(&tree, k(100, 100), &req("openai", Some("m"), S));
+    let id = session_id("boot-1", k(100, 100));
+    fake.add(900, 1, "sleep", 900, &["sleep", "60"]);
+    fake.add(901, 1, "cron", 901, &["cron"]);
+    fake.add(902, 900, "sleep", 902, &["sleep", "1"]);
+    let orphan = tree.ensure(900).unwrap();
+    tree.ensure(901).unwrap();
+    let below = tree.ensure(902).unwrap();
+    assert!(s.session_root_of(&tree, orphan).is_none());
+    // 901 names a root that is no open session's; 250 is the session's already.
+    // 902 is below 900: it comes along, it keeps its parent.
+    let marked = [(902, 100), (900, 100), (901, 600), (250, 100), (100, 100)];
+    assert_eq!(s.adopt_orphans(&mut tree, &marked), 1);
+    assert_eq!(tree.parent(below).map(|p| p.key), Some(orphan));
+    assert_eq!(s.session_root_of(&tree, below), Some(k(100, 100)));
+    assert_eq!(s.session_root_of(&tree, orphan), Some(k(100, 100)));
+    assert!(s.session_root_of(&tree, k(901, 901)).is_none());
+    assert_eq!(s.stats().restored_orphans_adopted, 1);
+    // Its files and its run are the session's now.
+    s.on_file_op(
+        &tree,
+        orphan,
+        agentwatch_ebpf::FILE_UNLINK,
+        0,
+        "/w/x".into(),
+        None,
+        2 * S,
+    );
+    assert_eq!(s.file_changes(&id).len(), 1);
+}
