@@ -138,6 +138,23 @@ fn assert_each_call_once(daemon: &Daemon, mock: &Mock, pids: &BTreeMap<String, u
     eprintln!("{report}replay: {replay}");
 }
 
+/// A daemon started with `config` from a file in its data directory, and the arguments that
+/// start the next one with it.
+fn config_daemon(config: &str, name: &str) -> (Daemon, Vec<String>) {
+    let dir = Scratch::new(name);
+    let config_path = dir.0.join("agentwatch.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let extra = vec!["--config".to_string(), config_path.display().to_string()];
+    let daemon = Daemon::start_in(dir, &args(&extra));
+    (daemon, extra)
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+const FILES: &str = "[actions]\nfiles = true\n";
+
 fn kernel_side(daemon: &Daemon) -> Value {
     daemon.cli_json(&["status"])["kernel_side"].clone()
 }
@@ -158,12 +175,7 @@ fn restart_under_traffic_with(
     stop: impl FnOnce(Daemon) -> Scratch,
 ) -> (Daemon, Mock, BTreeMap<String, u32>, Duration) {
     let mock = Mock::start(&["--chunk-delay-ms", "40"]);
-    let dir = Scratch::new(name);
-    let config_path = dir.0.join("agentwatch.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let config_arg = config_path.display().to_string();
-    let extra = ["--config", config_arg.as_str()];
-    let daemon = Daemon::start_in(dir, &extra);
+    let (daemon, extra) = config_daemon(config, name);
     let side = kernel_side(&daemon);
     assert_eq!(side["origin"], "created");
     assert_eq!(side["kernel_log_readers"], 1, "{side}");
@@ -183,7 +195,7 @@ fn restart_under_traffic_with(
         .trim()
     );
     let dir = stop(daemon);
-    let daemon = Daemon::start_in(dir, &extra);
+    let daemon = Daemon::start_in(dir, &args(&extra));
     let restart = t.elapsed();
     // An adopted kernel side: the previous daemon's programs stay attached and log to
     // their own ring, read too.
@@ -408,12 +420,7 @@ fn first_contacts_after_a_sigterm_stop_are_not_held_until_a_daemon_runs_again() 
 #[test]
 fn file_counts_of_a_session_open_across_a_sigkill_go_on() {
     let mock = Mock::start(&[]);
-    let dir = Scratch::new("restart-files");
-    let config_path = dir.0.join("agentwatch.toml");
-    std::fs::write(&config_path, "[actions]\nfiles = true\n").unwrap();
-    let config_arg = config_path.display().to_string();
-    let extra = ["--config", config_arg.as_str()];
-    let daemon = Daemon::start_in(dir, &extra);
+    let (daemon, extra) = config_daemon(FILES, "restart-files");
     let work = Scratch::new("restart-files-work");
     let [a, b, m1, m2] = ["a.log", "b.tmp", "m1", "m2"].map(|n| work.0.join(n));
     let wait = |m: &std::path::Path| {
@@ -461,7 +468,7 @@ fn file_counts_of_a_session_open_across_a_sigkill_go_on() {
         assert!(Instant::now() < deadline, "the agent did not go on");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let daemon = Daemon::start_in(dir, &extra);
+    let daemon = Daemon::start_in(dir, &args(&extra));
     assert_eq!(kernel_side(&daemon)["origin"], "adopted");
     // After: b deleted, and the session ends.
     std::fs::write(&m2, "").unwrap();
@@ -505,12 +512,7 @@ fn file_counts_of_a_session_open_across_a_sigkill_go_on() {
 #[test]
 fn a_session_that_ends_while_no_daemon_runs_keeps_what_it_did_meanwhile() {
     let mock = Mock::start(&[]);
-    let dir = Scratch::new("restart-gap-end");
-    let config_path = dir.0.join("agentwatch.toml");
-    std::fs::write(&config_path, "[actions]\nfiles = true\n").unwrap();
-    let config_arg = config_path.display().to_string();
-    let extra = ["--config", config_arg.as_str()];
-    let daemon = Daemon::start_in(dir, &extra);
+    let (daemon, extra) = config_daemon(FILES, "restart-gap-end");
     let work = Scratch::new("restart-gap-end-work");
     let [a, t, v, go] = ["a.log", "t", "v", "go"].map(|n| work.0.join(n).display().to_string());
     let script = format!(
@@ -544,7 +546,7 @@ fn a_session_that_ends_while_no_daemon_runs_keeps_what_it_did_meanwhile() {
         .output()
         .unwrap();
     let restarted_at = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let daemon = Daemon::start_in(dir, &extra);
+    let daemon = Daemon::start_in(dir, &args(&extra));
     assert_eq!(kernel_side(&daemon)["origin"], "adopted");
     let row = daemon.ledger_row_of(root);
     let sid = row["session_id"].as_str().unwrap();
@@ -636,12 +638,7 @@ fn a_session_that_ends_while_no_daemon_runs_keeps_what_it_did_meanwhile() {
 #[test]
 fn a_session_process_orphaned_before_a_restart_stays_in_its_session() {
     let mock = Mock::start(&[]);
-    let dir = Scratch::new("restart-orphan");
-    let config_path = dir.0.join("agentwatch.toml");
-    std::fs::write(&config_path, "[actions]\nfiles = true\n").unwrap();
-    let config_arg = config_path.display().to_string();
-    let extra = ["--config", config_arg.as_str()];
-    let daemon = Daemon::start_in(dir, &extra);
+    let (daemon, extra) = config_daemon(FILES, "restart-orphan");
     let work = Scratch::new("restart-orphan-work");
     let [z, go, go2] = ["z.out", "go", "go2"].map(|n| work.0.join(n).display().to_string());
     let wait = |m: &str| format!("for i in $(seq 1200); do [ -e {m} ] && break; sleep 0.05; done");
@@ -660,7 +657,7 @@ fn a_session_process_orphaned_before_a_restart_stays_in_its_session() {
         calls.iter().any(|c| u(&c["pid"]) == root as u64)
     });
     let dir = daemon.crash();
-    let daemon = Daemon::start_in(dir, &extra);
+    let daemon = Daemon::start_in(dir, &args(&extra));
     assert_eq!(kernel_side(&daemon)["origin"], "adopted");
     let sessions = &daemon.cli_json(&["status"])["sessions"];
     assert_eq!(u(&sessions["restored_orphans_adopted"]), 1, "{sessions:#}");
