@@ -54,7 +54,7 @@ mod cmdline_tests {
     }
 }
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -149,8 +149,9 @@ pub struct ProcTree {
     pending_removed: Vec<ProcKey>,
     dropped_over_cap: u64,
     /// Processes a previous daemon knew that were gone when this one started, kept under
-    /// their pid until their exit record is read (see [`Self::insert_gone`]).
-    gone: HashSet<ProcKey>,
+    /// their pid until their exit record is read (see [`Self::insert_gone`]), with the pid
+    /// of their session's root.
+    gone: HashMap<ProcKey, u32>,
 }
 
 impl ProcTree {
@@ -164,7 +165,7 @@ impl ProcTree {
             live: HashMap::new(),
             pending_removed: Vec::new(),
             dropped_over_cap: 0,
-            gone: HashSet::new(),
+            gone: HashMap::new(),
         }
     }
 
@@ -235,7 +236,7 @@ impl ProcTree {
 
     /// Whether this exact process is alive (in the tree and not exited).
     pub fn is_live(&self, key: ProcKey) -> bool {
-        self.live.get(&key.tgid) == Some(&key) && !self.gone.contains(&key)
+        self.live.get(&key.tgid) == Some(&key) && !self.gone.contains_key(&key)
     }
 
     /// A process a previous daemon knew (a session's root or agent) that was gone when this
@@ -243,10 +244,13 @@ impl ProcTree {
     /// left in the ring buffer while no daemon ran are charged to it, until its exit record
     /// is read (or [`Self::gone`] says it never will be). Not inserted when another process
     /// has its pid now. Never live for [`Self::is_live`] or [`Self::live_subtree`]: nothing
-    /// is signalled or marked through it.
+    /// is signalled or marked through it. `session`: the pid of its session's root, which the
+    /// kernel's records of it carry (a record with another is of a process that reused the
+    /// pid: see [`Self::stands_in_for_another`]).
     pub fn insert_gone(
         &mut self,
         key: ProcKey,
+        session: u32,
         comm: String,
         exe: Option<String>,
         parent: Option<ProcKey>,
@@ -267,7 +271,7 @@ impl ProcTree {
         if self.insert_with_parent(key.tgid, snap, ppid, parent) != Some(key) {
             return false;
         }
-        self.gone.insert(key);
+        self.gone.insert(key, session);
         true
     }
 
@@ -298,9 +302,19 @@ impl ProcTree {
         true
     }
 
+    /// `tgid` names a stand-in of [`Self::insert_gone`], and a record of it that says it is in
+    /// the session of root `session` (0: none) is of another process (one that reused the pid
+    /// and was not seen starting): not the stand-in's.
+    pub fn stands_in_for_another(&self, tgid: u32, session: u32) -> bool {
+        self.live
+            .get(&tgid)
+            .and_then(|k| self.gone.get(k))
+            .is_some_and(|root| *root != session)
+    }
+
     /// The pids of the processes of [`Self::insert_gone`] whose exit was not read yet.
     pub fn gone(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self.gone.iter().map(|k| k.tgid).collect();
+        let mut v: Vec<u32> = self.gone.keys().map(|k| k.tgid).collect();
         v.sort_unstable();
         v
     }
@@ -322,7 +336,7 @@ impl ProcTree {
     }
 
     pub fn live_count(&self) -> usize {
-        self.live.len() - self.gone.len()
+        self.live.len().saturating_sub(self.gone.len())
     }
 
     /// Live processes of the subtree rooted at `root` (itself included when live), e.g. to
@@ -332,7 +346,7 @@ impl ProcTree {
         self.live
             .values()
             .copied()
-            .filter(|k| !self.gone.contains(k))
+            .filter(|k| !self.gone.contains_key(k))
             .filter(|k| *k == root || self.ancestors(*k).any(|a| a.key == root))
             .collect()
     }
@@ -378,9 +392,16 @@ impl ProcTree {
         ts_ns: u64,
         session: u32,
     ) -> Option<ProcKey> {
-        let parent_key = self
-            .ensure(parent_tgid)
-            .or_else(|| (session != 0).then(|| self.key_of(session)).flatten());
+        let parent_key = if self.stands_in_for_another(parent_tgid, session) {
+            None
+        } else {
+            self.ensure(parent_tgid)
+        };
+        let parent_key = parent_key.or_else(|| {
+            (session != 0 && !self.stands_in_for_another(session, session))
+                .then(|| self.key_of(session))
+                .flatten()
+        });
         let snap = match stat::read_snapshot(&self.proc_root, child_tgid) {
             Some(snap) => snap,
             None => {

@@ -1186,6 +1186,7 @@ impl Sessions {
                 && !tree.contains(root)
                 && tree.insert_gone(
                     root,
+                    root.tgid,
                     session.root_comm.clone(),
                     session.root_exe.clone(),
                     None,
@@ -1201,7 +1202,7 @@ impl Sessions {
                     gone.sort_by_key(|(_, a)| a.depth);
                     for (key, a) in gone {
                         let parent = a.parent.filter(|p| tree.contains(*p));
-                        tree.insert_gone(*key, a.comm.clone(), None, parent);
+                        tree.insert_gone(*key, root.tgid, a.comm.clone(), None, parent);
                     }
                 }
                 if gone_root {

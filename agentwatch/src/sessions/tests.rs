@@ -787,6 +787,13 @@ fn sessions_restore_keeps_a_session_that_ended_in_the_gap_until_its_records_are_
         tree.live_subtree(k(100, 100)).is_empty(),
         "nothing signalled"
     );
+    // A process that reused the sub-agent's pid, in no session (its records say so): its
+    // child is nobody's.
+    assert!(tree.stands_in_for_another(300, 0) && !tree.stands_in_for_another(300, 100));
+    let stranger = tree.on_fork_in(300, 710, 5 * S, 0).unwrap();
+    assert!(tree.parent(stranger).is_none());
+    assert!(s.session_root_of(&tree, stranger).is_none());
+    tree.on_exit(710);
     // A tool its root forked while no daemon ran (gone by now).
     let touch = tree.on_fork_in(100, 700, 5 * S, 100).unwrap();
     tree.on_exec(700, "/usr/bin/touch");

@@ -1002,10 +1002,15 @@ impl Pipeline {
     /// The process a record of `tgid` is charged to: itself, or when no daemon saw it (it
     /// came and went while none ran), the root of the session the kernel says it was in.
     fn charged_key(&mut self, tgid: u32, session: u32) -> Option<ProcKey> {
-        if let Some(key) = self.tree.key_of(tgid).or_else(|| self.tree.ensure(tgid)) {
+        if !self.tree.stands_in_for_another(tgid, session)
+            && let Some(key) = self.tree.key_of(tgid).or_else(|| self.tree.ensure(tgid))
+        {
             return Some(key);
         }
-        let root = self.tree.key_of(session).filter(|_| session != 0)?;
+        if session == 0 || self.tree.stands_in_for_another(session, session) {
+            return None;
+        }
+        let root = self.tree.key_of(session)?;
         self.stats.charged_to_root += 1;
         Some(root)
     }
