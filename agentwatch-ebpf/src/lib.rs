@@ -244,7 +244,14 @@ pub const CFG_DAEMON_LEFT: u32 = 17;
 /// while some socket needs its reads seen (a plain-HTTP socket, a metered one, an agent's);
 /// 0: such a socket's process is stopped until it is ([`ReadHold`]).
 pub const CFG_READ_HOOK: u32 = 18;
-pub const CFG_ENTRIES: u32 = 19;
+/// `task_struct.group_leader`, `.start_boottime`, `.self_exec_id` and `.parent_exec_id`: at
+/// the exit of a process of a session, when it started and whether it ran a program of its
+/// own (a daemon that did not see it start still knows it was a tool run).
+pub const CFG_TASK_GROUP_LEADER_OFF: u32 = 19;
+pub const CFG_TASK_START_BOOTTIME_OFF: u32 = 20;
+pub const CFG_TASK_SELF_EXEC_ID_OFF: u32 = 21;
+pub const CFG_TASK_PARENT_EXEC_ID_OFF: u32 = 22;
+pub const CFG_ENTRIES: u32 = 23;
 /// Longer than a restart takes (a DaemonSet pod's is a few seconds), shorter than anyone waits.
 pub const HOLD_WITHOUT_DAEMON_SECS: u32 = 30;
 /// Value of an offset that the running kernel's tracepoint does not have.
@@ -295,6 +302,13 @@ pub fn host_hash(name: &[u8]) -> u64 {
 
 // ---- records -------------------------------------------------------------------------------
 
+/// `ProcEvent::execed`: the process ran no program of its own (it is a copy of its parent).
+pub const EXECED_NO: u32 = 0;
+/// It exec'd since its fork.
+pub const EXECED_YES: u32 = 1;
+/// Not known (not a session's process, or the kernel's offsets are not known).
+pub const EXECED_UNKNOWN: u32 = 2;
+
 /// `ProcEvent::exit_code` when the kernel's `task_struct` offset is not known.
 pub const EXIT_CODE_UNKNOWN: u32 = u32::MAX;
 
@@ -313,9 +327,13 @@ pub struct ProcEvent {
     /// 0 when it is in none; exec: 0. Lets a daemon that did not see the process (it came
     /// and went while no daemon ran) charge it all the same.
     pub session: u32,
-    pub _pad: u32,
+    /// exit of a process of a session: `EXECED_*`; otherwise `EXECED_UNKNOWN`.
+    pub execed: u32,
     /// `bpf_ktime_get_boot_ns` when the event fired.
     pub ts_ns: u64,
+    /// exit of a process of a session: when it started (boot-clock ns, the kernel's
+    /// `start_boottime`); otherwise 0.
+    pub start_ns: u64,
     pub comm: [u8; COMM_LEN],
     /// exec: the path passed to execve (NUL-terminated); otherwise empty.
     pub filename: [u8; FILENAME_LEN],
@@ -663,7 +681,7 @@ pub struct Dest6 {
 
 // The layouts both sides rely on.
 const _: () = {
-    assert!(size_of::<ProcEvent>() == 32 + COMM_LEN + FILENAME_LEN);
+    assert!(size_of::<ProcEvent>() == 40 + COMM_LEN + FILENAME_LEN);
     assert!(size_of::<ExecArgs>() == 24 + ARGS_LEN);
     assert!(size_of::<TlsData>() == 56);
     assert!(size_of::<Handshake>() == 32);

@@ -76,7 +76,7 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
     };
     // A pid is decided at its own first contact (a stale entry of a reused pid is dropped).
     let _ = PROCS.remove(&child);
-    emit(EVENT_FORK, child, parent_tgid, None, 0, session)
+    emit(EVENT_FORK, child, parent_tgid, None, 0, session, None)
 }
 
 #[tracepoint]
@@ -90,7 +90,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     // A new program: decided anew at its first contact (user space drops its probes).
     let _ = PROCS.remove(&tgid);
     let filename_off = config(CFG_EXEC_FILENAME_OFF).ok_or(1)?;
-    emit(EVENT_EXEC, tgid, 0, Some((ctx, filename_off)), 0, 0)?;
+    emit(EVENT_EXEC, tgid, 0, Some((ctx, filename_off)), 0, 0, None)?;
     if config(CFG_EXEC_ARGS) == Some(1) && unsafe { SESSION_PROCS.get(&tgid) }.is_some() {
         emit_args(tgid)?;
     }
@@ -186,7 +186,32 @@ fn emit_exit(tgid: u32, session: u32) -> Result<(), i64> {
         }
         None => EXIT_CODE_UNKNOWN,
     };
-    emit(EVENT_EXIT, tgid, 0, None, code, session)
+    // Only a session's process: its run is a tool run, also for a daemon that did not see it
+    // start.
+    let facts = if session != 0 { leader_facts() } else { None };
+    emit(EVENT_EXIT, tgid, 0, None, code, session, facts)
+}
+
+/// (start, `EXECED_*`) of the current process (its thread group leader's).
+#[inline(always)]
+fn leader_facts() -> Option<(u64, u32)> {
+    let leader_off = config(CFG_TASK_GROUP_LEADER_OFF)?;
+    let start_off = config(CFG_TASK_START_BOOTTIME_OFF)?;
+    let self_off = config(CFG_TASK_SELF_EXEC_ID_OFF)?;
+    let parent_off = config(CFG_TASK_PARENT_EXEC_ID_OFF)?;
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let leader: *const u8 =
+            bpf_probe_read_kernel(task.add(leader_off as usize) as *const *const u8).ok()?;
+        let start: u64 =
+            bpf_probe_read_kernel(leader.add(start_off as usize) as *const u64).ok()?;
+        // A fork copies its parent's `self_exec_id` and keeps it as `parent_exec_id`; every
+        // exec increments `self_exec_id`.
+        let own: u64 = bpf_probe_read_kernel(leader.add(self_off as usize) as *const u64).ok()?;
+        let parent: u64 =
+            bpf_probe_read_kernel(leader.add(parent_off as usize) as *const u64).ok()?;
+        Some((start, if own != parent { EXECED_YES } else { EXECED_NO }))
+    }
 }
 
 #[inline(always)]
@@ -197,6 +222,7 @@ fn emit(
     exec: Option<(&TracePointContext, u32)>,
     exit_code: u32,
     session: u32,
+    facts: Option<(u64, u32)>,
 ) -> Result<(), i64> {
     let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
         drop_count(DROP_PROC_EVENTS, 1);
@@ -209,7 +235,9 @@ fn emit(
         (*ev).ppid = ppid;
         (*ev).exit_code = exit_code;
         (*ev).session = session;
-        (*ev)._pad = 0;
+        let (start_ns, execed) = facts.unwrap_or((0, EXECED_UNKNOWN));
+        (*ev).execed = execed;
+        (*ev).start_ns = start_ns;
         (*ev).ts_ns = now();
         (*ev).comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
         (*ev).filename[0] = 0;

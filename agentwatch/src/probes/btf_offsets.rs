@@ -127,6 +127,18 @@ pub fn task_exit_code() -> Option<u32> {
     member_offset(&btf, "task_struct", "exit_code")
 }
 
+/// `task_struct.group_leader`, `.start_boottime`, `.self_exec_id` and `.parent_exec_id` in
+/// the running kernel: a process's start and whether it exec'd, read at its exit.
+pub fn task_leader_facts() -> Option<[u32; 4]> {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+    Some([
+        member_offset(&btf, "task_struct", "group_leader")?,
+        member_offset(&btf, "task_struct", "start_boottime")?,
+        member_offset(&btf, "task_struct", "self_exec_id")?,
+        member_offset(&btf, "task_struct", "parent_exec_id")?,
+    ])
+}
+
 /// `task_struct.mm`, `mm_struct.arg_start` and `mm_struct.arg_end` in the running kernel:
 /// where a process's arguments are.
 pub fn process_args() -> Option<(u32, u32, u32)> {

@@ -4,9 +4,9 @@ use agentwatch_ebpf::{
     AeadLink, CONTACT_ESTIMATE, CONTACT_HELD, CONTACT_LLM_HOST, CONTACT_SESSION, Connect, Contact,
     DIR_WHOLE, EVENT_AEAD_LINK, EVENT_CONNECT, EVENT_CONTACT, EVENT_EXEC, EVENT_EXEC_ARGS,
     EVENT_EXIT, EVENT_FILE_OP, EVENT_FORK, EVENT_GATE_HOLD, EVENT_READ_HOLD, EVENT_SOCKET_BYTES,
-    EVENT_SOCKET_CLOSE, EVENT_SOCKET_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, EXIT_CODE_UNKNOWN,
-    ExecArgs, FileRecord, GateHold, HOLD_TLS_RECORD, Handshake, ProcEvent, ReadHold, SocketBytes,
-    SocketClose, SocketHold, TlsData,
+    EVENT_SOCKET_CLOSE, EVENT_SOCKET_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, EXECED_NO,
+    EXECED_YES, EXIT_CODE_UNKNOWN, ExecArgs, FileRecord, GateHold, HOLD_TLS_RECORD, Handshake,
+    ProcEvent, ReadHold, SocketBytes, SocketClose, SocketHold, TlsData,
 };
 
 #[derive(Debug)]
@@ -31,6 +31,11 @@ pub enum KernelEvent<'a> {
         status: Option<u32>,
         /// The tgid of the root of the session the process was in (0: none).
         session: u32,
+        /// A session's process: when it started (boot-clock ns), whether it ran a program
+        /// of its own, its name (read at its exit).
+        start_ns: Option<u64>,
+        execed: Option<bool>,
+        comm: String,
     },
     Tls {
         header: TlsData,
@@ -206,6 +211,13 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                     ts_ns: ev.ts_ns,
                     status: (ev.exit_code != EXIT_CODE_UNKNOWN).then_some(ev.exit_code),
                     session: ev.session,
+                    start_ns: (ev.start_ns != 0).then_some(ev.start_ns),
+                    execed: match ev.execed {
+                        EXECED_YES => Some(true),
+                        EXECED_NO => Some(false),
+                        _ => None,
+                    },
+                    comm: cstr(&ev.comm),
                 },
             })
         }

@@ -1128,6 +1128,17 @@ fn write_config(ebpf: &mut Ebpf, root: &Path, scope: Scope) -> Result<(), ProbeE
         (abi::CFG_PER_PROCESS, (scope == Scope::Agents) as u32),
         (abi::CFG_PRE_SEND, 0),
     ];
+    let facts = super::btf_offsets::task_leader_facts();
+    let facts = [
+        abi::CFG_TASK_GROUP_LEADER_OFF,
+        abi::CFG_TASK_START_BOOTTIME_OFF,
+        abi::CFG_TASK_SELF_EXEC_ID_OFF,
+        abi::CFG_TASK_PARENT_EXEC_ID_OFF,
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, index)| (index, facts.map_or(abi::CFG_ABSENT, |f| f[i])));
+    let values = values.into_iter().chain(facts);
     for (index, value) in values {
         set_config(ebpf, index, value)?;
     }

@@ -302,6 +302,34 @@ impl ProcTree {
         true
     }
 
+    /// A process of a session whose exit record is the first the tree hears of it (it started
+    /// before this daemon, and ended before /proc could be read): inserted, already gone,
+    /// under `parent` (its session's root) with what the record says, so that its exit is
+    /// handled like any other's.
+    pub fn insert_ended(
+        &mut self,
+        tgid: u32,
+        start_ns: u64,
+        comm: String,
+        execed: bool,
+        parent: ProcKey,
+    ) -> Option<ProcKey> {
+        let snap = Snapshot {
+            stat: stat::StatFields {
+                comm,
+                ppid: parent.tgid,
+                start_ticks: stat::ns_to_ticks(start_ns, self.clk_tck),
+            },
+            exe: None,
+            cmdline: Vec::new(),
+        };
+        let key = self.insert_with_parent(tgid, snap, parent.tgid, Some(parent))?;
+        if let Some(info) = self.by_key.get_mut(&key) {
+            info.execed = execed;
+        }
+        Some(key)
+    }
+
     /// `tgid` names a stand-in of [`Self::insert_gone`], and a record of it that says it is in
     /// the session of root `session` (0: none) is of another process (one that reused the pid
     /// and was not seen starting): not the stand-in's.

@@ -819,6 +819,22 @@ fn sessions_restore_keeps_a_session_that_ended_in_the_gap_until_its_records_are_
     tree.on_exec(800, "/usr/bin/rm");
     assert!(s.on_tool_exit(&tree, rm, 7 * S, Some(0)).is_some());
     tree.on_exit(800);
+    // Processes known from their exit record alone (started before the stop, ended in the
+    // gap): a tool run when it exec'd, with its real start; a copy of its parent is none.
+    let bash = tree
+        .insert_ended(640, 4 * S, "bash".into(), true, k(100, 100))
+        .unwrap();
+    let run = s.on_tool_exit(&tree, bash, 7 * S, Some(0)).unwrap();
+    assert_eq!(
+        (run.tool.as_str(), run.agent_pid, run.duration_ms),
+        ("bash", 100, 3000.0)
+    );
+    tree.on_exit(640);
+    let copy = tree
+        .insert_ended(641, 4 * S, "python3".into(), false, k(100, 100))
+        .unwrap();
+    assert!(s.on_tool_exit(&tree, copy, 7 * S, Some(0)).is_none());
+    tree.on_exit(641);
     // The sub-agent's exit, then the root's: the session closes then.
     tree.on_exit(300);
     let removed = tree.on_exit(100);
@@ -826,7 +842,7 @@ fn sessions_restore_keeps_a_session_that_ended_in_the_gap_until_its_records_are_
     assert_eq!(rows.len(), 1, "{removed:?}");
     let row = &rows[0];
     assert_eq!((row.session_id.as_str(), row.call_count), (id.as_str(), 2));
-    assert_eq!((row.tool_runs, row.files_written), (2, 1));
+    assert_eq!((row.tool_runs, row.files_written), (3, 1));
     assert_eq!(row.ended_at, wall(8 * S));
     assert!(tree.gone().is_empty());
 }

@@ -51,7 +51,10 @@ pub struct PipelineStats {
     /// ran), charged to the root of the session the kernel said they were in.
     pub charged_to_root: u64,
     /// Exits of processes of sessions no daemon saw start (they started before a restart and
-    /// ended while no daemon ran): not tool runs, since what they ran is not known.
+    /// ended while no daemon ran), known from their exit record (start, name, whether they
+    /// exec'd): tool runs all the same.
+    pub session_exits_learnt: u64,
+    /// The same without the kernel's offsets to read those: not tool runs.
     pub session_exits_unseen: u64,
     pub connections_open: u64,
     /// Connections evicted because `limits.max_connections` was reached.
@@ -428,9 +431,30 @@ impl Pipeline {
                 ts_ns,
                 status,
                 session,
+                start_ns,
+                execed,
+                comm,
             } => {
-                if session != 0 && self.tree.key_of(tgid).is_none() {
-                    self.stats.session_exits_unseen += 1;
+                if session != 0
+                    && (self.tree.key_of(tgid).is_none()
+                        || self.tree.stands_in_for_another(tgid, session))
+                {
+                    // Started before this daemon, ended before it saw it: known from its exit
+                    // record alone (a tool run when it exec'd).
+                    let learnt = match (start_ns, execed) {
+                        (Some(start), Some(execed)) => self
+                            .session_root(session)
+                            .and_then(|root| {
+                                self.tree.insert_ended(tgid, start, comm, execed, root)
+                            })
+                            .is_some(),
+                        _ => false,
+                    };
+                    if learnt {
+                        self.stats.session_exits_learnt += 1;
+                    } else {
+                        self.stats.session_exits_unseen += 1;
+                    }
                 }
                 self.stats.exits += 1;
                 self.probe_ends.push((tgid, ts_ns));
@@ -1007,12 +1031,17 @@ impl Pipeline {
         {
             return Some(key);
         }
+        let root = self.session_root(session)?;
+        self.stats.charged_to_root += 1;
+        Some(root)
+    }
+
+    /// The root the kernel's records name (`session`, a pid; 0: none), as the tree knows it.
+    fn session_root(&self, session: u32) -> Option<ProcKey> {
         if session == 0 || self.tree.stands_in_for_another(session, session) {
             return None;
         }
-        let root = self.tree.key_of(session)?;
-        self.stats.charged_to_root += 1;
-        Some(root)
+        self.tree.key_of(session)
     }
 
     fn mark_opened_sessions(&mut self) {
