@@ -290,14 +290,19 @@ impl ProcTree {
         if old == Some(parent) {
             return true;
         }
-        if let Some(old) = old.and_then(|o| self.by_key.get_mut(&o)) {
-            old.children = old.children.saturating_sub(1);
-        }
         if let Some(p) = self.by_key.get_mut(&parent) {
             p.children += 1;
         }
         if let Some(info) = self.by_key.get_mut(&key) {
             info.parent = Some(parent);
+        }
+        if let Some(old_key) = old
+            && let Some(o) = self.by_key.get_mut(&old_key)
+        {
+            o.children = o.children.saturating_sub(1);
+            if o.exited && o.children == 0 {
+                self.mark_exited(old_key); // kept for its children only: gone now
+            }
         }
         true
     }

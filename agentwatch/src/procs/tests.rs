@@ -225,3 +225,23 @@ fn procs_seed_missing_root_is_an_error() {
     let err = ProcTree::seed(Path::new("/nonexistent/agentwatch-proc")).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/agentwatch-proc"));
 }
+
+/// Reparenting moves a process under another; an exited parent kept only for it goes.
+#[test]
+fn reparent_moves_a_child_and_lets_an_exited_parent_go() {
+    let fake = FakeProc::new();
+    fake.add(1, 0, "init", 1, &["init"]);
+    fake.add(10, 1, "agent", 10, &["agent"]);
+    fake.add(20, 1, "sh", 20, &["sh"]);
+    fake.add(30, 20, "sleep", 30, &["sleep"]);
+    let mut tree = ProcTree::seed_with(fake.root(), ProcConfig::default()).unwrap();
+    tree.on_exit(20); // kept: 30 is its child
+    assert!(tree.contains(k(20, 20)));
+    assert!(!tree.reparent(k(30, 30), k(30, 30)));
+    assert!(tree.reparent(k(30, 30), k(10, 10)));
+    assert_eq!(tree.parent(k(30, 30)).map(|p| p.key), Some(k(10, 10)));
+    assert!(!tree.contains(k(20, 20)));
+    assert_eq!(tree.take_removed(), vec![k(20, 20)]);
+    // Not under its own descendant.
+    assert!(!tree.reparent(k(10, 10), k(30, 30)));
+}

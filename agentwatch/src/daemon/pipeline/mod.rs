@@ -1021,8 +1021,6 @@ impl Pipeline {
         }
     }
 
-    /// Marks the processes of sessions opened since the last record in the kernel, so their
-    /// connects are reported (their children are marked by the kernel at fork).
     /// The process a record of `tgid` is charged to: itself, or when no daemon saw it (it
     /// came and went while none ran), the root of the session the kernel says it was in.
     fn charged_key(&mut self, tgid: u32, session: u32) -> Option<ProcKey> {
@@ -1044,6 +1042,8 @@ impl Pipeline {
         self.tree.key_of(session)
     }
 
+    /// Marks the processes of sessions opened since the last record in the kernel, so their
+    /// connects are reported (their children are marked by the kernel at fork).
     fn mark_opened_sessions(&mut self) {
         let opened = self.sessions.take_opened();
         if opened.is_empty() {
