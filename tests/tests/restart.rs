@@ -155,6 +155,24 @@ fn args(v: &[String]) -> Vec<&str> {
 
 const FILES: &str = "[actions]\nfiles = true\n";
 
+/// A shell loop that waits (at most a minute) for `path` to exist.
+fn wait_for_file(path: &str) -> String {
+    format!("for i in $(seq 1200); do [ -e {path} ] && break; sleep 0.05; done")
+}
+
+/// A Python SDK agent that makes one call, then runs each of `children` with `bash -c`.
+fn agent_running(mock: &Mock, tag: &str, children: &[String]) -> Child {
+    let mut agent = py_client("tree_agent.py", mock, &["--calls", "1", "--tag", tag]);
+    for c in children {
+        agent.arg("--child").arg(c);
+    }
+    agent
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn kernel_side(daemon: &Daemon) -> Value {
     daemon.cli_json(&["status"])["kernel_side"].clone()
 }
@@ -422,30 +440,14 @@ fn file_counts_of_a_session_open_across_a_sigkill_go_on() {
     let mock = Mock::start(&[]);
     let (daemon, extra) = config_daemon(FILES, "restart-files");
     let work = Scratch::new("restart-files-work");
-    let [a, b, m1, m2] = ["a.log", "b.tmp", "m1", "m2"].map(|n| work.0.join(n));
-    let wait = |m: &std::path::Path| {
-        format!(
-            "for i in $(seq 1200); do [ -e {} ] && break; sleep 0.05; done",
-            m.display()
-        )
-    };
-    let (a_s, b_s) = (a.display().to_string(), b.display().to_string());
+    let [a_s, b_s, m1, m2] =
+        ["a.log", "b.tmp", "m1", "m2"].map(|n| work.0.join(n).display().to_string());
     let script = format!(
         "echo 1 > {a_s} && echo 2 >> {a_s} && {} && echo 3 >> {a_s} && echo x > {b_s} && {} && rm {b_s}",
-        wait(&m1),
-        wait(&m2)
+        wait_for_file(&m1),
+        wait_for_file(&m2)
     );
-    let mut agent = py_client(
-        "tree_agent.py",
-        &mock,
-        &["--calls", "1", "--tag", "restart-files"],
-    );
-    agent
-        .arg("--child")
-        .arg(script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = agent.spawn().unwrap();
+    let child = agent_running(&mock, "restart-files", &[script]);
     let root = child.id();
     // The first daemon counted the first two opens (its journal says so).
     let journal = daemon.data_dir.join("files-open.jsonl");
@@ -464,7 +466,7 @@ fn file_counts_of_a_session_open_across_a_sigkill_go_on() {
     // While no daemon runs: a third open of a, and b created.
     std::fs::write(&m1, "").unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !b.exists() {
+    while !std::path::Path::new(&b_s).exists() {
         assert!(Instant::now() < deadline, "the agent did not go on");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -516,20 +518,10 @@ fn a_session_that_ends_while_no_daemon_runs_keeps_what_it_did_meanwhile() {
     let work = Scratch::new("restart-gap-end-work");
     let [a, t, v, go] = ["a.log", "t", "v", "go"].map(|n| work.0.join(n).display().to_string());
     let script = format!(
-        "for i in $(seq 1200); do [ -e {go} ] && break; sleep 0.05; done; \
-         echo x > {a} && touch {t} && mv {t} {v} && rm {a}"
+        "{}; echo x > {a} && touch {t} && mv {t} {v} && rm {a}",
+        wait_for_file(&go)
     );
-    let mut agent = py_client(
-        "tree_agent.py",
-        &mock,
-        &["--calls", "1", "--tag", "gap-end"],
-    );
-    agent
-        .arg("--child")
-        .arg(script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = agent.spawn().unwrap();
+    let mut child = agent_running(&mock, "gap-end", &[script]);
     let root = child.id();
     // The first daemon has the session open (its call is written).
     daemon.wait_for("the agent's call", |calls, _| {
@@ -650,17 +642,9 @@ fn a_session_process_orphaned_before_a_restart_stays_in_its_session() {
     let (daemon, extra) = config_daemon(FILES, "restart-orphan");
     let work = Scratch::new("restart-orphan-work");
     let [z, go, go2] = ["z.out", "go", "go2"].map(|n| work.0.join(n).display().to_string());
-    let wait = |m: &str| format!("for i in $(seq 1200); do [ -e {m} ] && break; sleep 0.05; done");
-    let mut agent = py_client("tree_agent.py", &mock, &["--calls", "1", "--tag", "orphan"]);
-    agent
-        .arg("--child")
-        // Its bash exits at once: the subshell is an orphan from then on.
-        .arg(format!("( {}; echo y > {z} ) &", wait(&go)))
-        .arg("--child")
-        .arg(wait(&go2))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = agent.spawn().unwrap();
+    // The first child's bash exits at once: the subshell is an orphan from then on.
+    let orphan = format!("( {}; echo y > {z} ) &", wait_for_file(&go));
+    let mut child = agent_running(&mock, "orphan", &[orphan, wait_for_file(&go2)]);
     let root = child.id();
     daemon.wait_for("the agent's call", |calls, _| {
         calls.iter().any(|c| u(&c["pid"]) == root as u64)
