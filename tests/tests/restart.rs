@@ -155,6 +155,22 @@ fn args(v: &[String]) -> Vec<&str> {
 
 const FILES: &str = "[actions]\nfiles = true\n";
 
+/// The `actions.jsonl` rows of session `sid`.
+fn session_actions(daemon: &Daemon, sid: &str) -> Vec<Value> {
+    read_jsonl(&daemon.data_dir.join("actions.jsonl"))
+        .into_iter()
+        .filter(|r| r["session_id"] == sid)
+        .collect()
+}
+
+/// The counts (`FILE_COUNTS`) of each file row of `path` among `rows`.
+fn file_counts(rows: &[Value], path: &str) -> Vec<[u64; 6]> {
+    rows.iter()
+        .filter(|f| f["kind"] == "file" && f["path"] == path)
+        .map(|f| FILE_COUNTS.map(|k| u(&f[k])))
+        .collect()
+}
+
 /// A shell loop that waits (at most a minute) for `path` to exist.
 fn wait_for_file(path: &str) -> String {
     format!("for i in $(seq 1200); do [ -e {path} ] && break; sleep 0.05; done")
@@ -478,20 +494,18 @@ fn file_counts_of_a_session_open_across_a_sigkill_go_on() {
     assert!(out.status.success(), "{out:?}");
     let row = daemon.ledger_row_of(root);
     let sid = row["session_id"].as_str().unwrap();
-    let files: Vec<Value> = read_jsonl(&daemon.data_dir.join("actions.jsonl"))
-        .into_iter()
-        .filter(|r| r["kind"] == "file" && r["session_id"] == sid)
-        .collect();
-    let counts = |p: &str| -> Vec<[u64; 6]> {
-        files
-            .iter()
-            .filter(|f| f["path"] == p)
-            .map(|f| FILE_COUNTS.map(|k| u(&f[k])))
-            .collect()
-    };
+    let files = session_actions(&daemon, sid);
     // One row per path, each change counted once: `>`, `>>`, `>>` (before, during the gap).
-    assert_eq!(counts(&a_s), vec![[3, 3, 1, 0, 0, 0]], "{files:#?}");
-    assert_eq!(counts(&b_s), vec![[1, 1, 1, 1, 0, 0]], "{files:#?}");
+    assert_eq!(
+        file_counts(&files, &a_s),
+        vec![[3, 3, 1, 0, 0, 0]],
+        "{files:#?}"
+    );
+    assert_eq!(
+        file_counts(&files, &b_s),
+        vec![[1, 1, 1, 1, 0, 0]],
+        "{files:#?}"
+    );
     assert_eq!(
         (u(&row["files_written"]), u(&row["files_deleted"])),
         (2, 1),
@@ -543,10 +557,7 @@ fn a_session_that_ends_while_no_daemon_runs_keeps_what_it_did_meanwhile() {
     let row = daemon.ledger_row_of(root);
     let sid = row["session_id"].as_str().unwrap();
     assert_eq!(u(&row["call_count"]), 1, "{row:#}");
-    let actions: Vec<Value> = read_jsonl(&daemon.data_dir.join("actions.jsonl"))
-        .into_iter()
-        .filter(|r| r["session_id"] == sid)
-        .collect();
+    let actions = session_actions(&daemon, sid);
     let mut tools: Vec<(&str, u64, u64)> = actions
         .iter()
         .filter(|r| r["kind"] == "tool_run")
@@ -580,16 +591,21 @@ fn a_session_that_ends_while_no_daemon_runs_keeps_what_it_did_meanwhile() {
             && bash["duration_ms"].as_f64() > Some(0.0),
         "{bash:#}"
     );
-    let counts = |p: &str| -> Vec<[u64; 6]> {
-        actions
-            .iter()
-            .filter(|f| f["kind"] == "file" && f["path"] == p)
-            .map(|f| FILE_COUNTS.map(|k| u(&f[k])))
-            .collect()
-    };
-    assert_eq!(counts(&a), vec![[1, 1, 1, 1, 0, 0]], "{actions:#?}");
-    assert_eq!(counts(&t), vec![[1, 1, 0, 0, 1, 0]], "{actions:#?}");
-    assert_eq!(counts(&v), vec![[0, 0, 0, 0, 0, 1]], "{actions:#?}");
+    assert_eq!(
+        file_counts(&actions, &a),
+        vec![[1, 1, 1, 1, 0, 0]],
+        "{actions:#?}"
+    );
+    assert_eq!(
+        file_counts(&actions, &t),
+        vec![[1, 1, 0, 0, 1, 0]],
+        "{actions:#?}"
+    );
+    assert_eq!(
+        file_counts(&actions, &v),
+        vec![[0, 0, 0, 0, 0, 1]],
+        "{actions:#?}"
+    );
     assert_eq!(
         (
             u(&row["tool_runs"]),
@@ -660,15 +676,11 @@ fn a_session_process_orphaned_before_a_restart_stays_in_its_session() {
     assert!(status.success(), "{status:?}");
     let row = daemon.ledger_row_of(root);
     let sid = row["session_id"].as_str().unwrap();
-    let files: Vec<Value> = read_jsonl(&daemon.data_dir.join("actions.jsonl"))
-        .into_iter()
-        .filter(|r| r["kind"] == "file" && r["session_id"] == sid)
-        .collect();
-    let counts: Vec<[u64; 6]> = files
-        .iter()
-        .filter(|f| f["path"] == z.as_str())
-        .map(|f| FILE_COUNTS.map(|k| u(&f[k])))
-        .collect();
-    assert_eq!(counts, vec![[1, 1, 1, 0, 0, 0]], "{files:#?}");
+    let files = session_actions(&daemon, sid);
+    assert_eq!(
+        file_counts(&files, &z),
+        vec![[1, 1, 1, 0, 0, 0]],
+        "{files:#?}"
+    );
     assert_eq!(u(&row["files_written"]), 1, "{row:#}");
 }
