@@ -54,6 +54,9 @@ pub const EVENT_FILE_OP: u32 = 14;
 /// because a socket of it needs its reads seen and the read hook is off: user space
 /// attaches it and continues the process.
 pub const EVENT_READ_HOLD: u32 = 15;
+/// A process of a session stopped at its exec until user space covers it with the file
+/// uprobes (a [`ReadHold`] record, `port` 0): user space continues it.
+pub const EVENT_FILE_HOLD: u32 = 16;
 /// Bytes of a process's arguments an [`ExecArgs`] carries at most.
 pub const ARGS_LEN: usize = 1024;
 
@@ -198,7 +201,9 @@ pub const COUNT_UPROBE_HITS: u32 = 5;
 pub const COUNT_NO_DAEMON: u32 = 6;
 /// Processes stopped until the read hook was attached ([`ReadHold`]).
 pub const COUNT_READ_HOLDS: u32 = 7;
-pub const COUNTERS: u32 = 8;
+/// Programs of sessions stopped at their exec until the file uprobes cover them.
+pub const COUNT_FILE_HOLDS: u32 = 8;
+pub const COUNTERS: u32 = 9;
 
 /// Indexes of the `CONFIG` array, written by user space before any program is attached.
 /// Tracepoint field offsets come from the running kernel's tracefs `format` files, because
@@ -251,7 +256,11 @@ pub const CFG_TASK_GROUP_LEADER_OFF: u32 = 19;
 pub const CFG_TASK_START_BOOTTIME_OFF: u32 = 20;
 pub const CFG_TASK_SELF_EXEC_ID_OFF: u32 = 21;
 pub const CFG_TASK_PARENT_EXEC_ID_OFF: u32 = 22;
-pub const CFG_ENTRIES: u32 = 23;
+/// 1 with `[actions] file_hooks = "libc"`: a process of a session that runs a program is
+/// stopped at its exec until user space has covered it with the file uprobes (its own perf
+/// events: inherited ones can be lost when a child exits, see `libc_files.rs`).
+pub const CFG_FILE_HOLD_AT_EXEC: u32 = 23;
+pub const CFG_ENTRIES: u32 = 24;
 /// Longer than a restart takes (a DaemonSet pod's is a few seconds), shorter than anyone waits.
 pub const HOLD_WITHOUT_DAEMON_SECS: u32 = 30;
 /// Value of an offset that the running kernel's tracepoint does not have.

@@ -46,6 +46,12 @@ pub static THREAD_CHILDREN: LruHashMap<u32, u32> = LruHashMap::pinned(8192, 0);
 #[map]
 pub static FILE_OPS: HashMap<u32, FileOp> = HashMap::pinned(1024, 0);
 
+/// The user pointers of a staged [`FileOp`]'s paths that could not be read at the call's
+/// entry (a page not touched yet, like a string of a program just started): read again at
+/// its return, once the kernel has read them itself.
+#[map]
+pub static FILE_PATH_PTRS: HashMap<u32, [u64; 2]> = HashMap::pinned(1024, 0);
+
 /// Where a [`FileOp`] is built (too large for the BPF stack).
 #[map]
 pub static FILE_SCRATCH: PerCpuArray<FileOp> = PerCpuArray::pinned(1, 0);

@@ -465,11 +465,30 @@ fn calls_of_session(calls: &[Value], sid: &str) -> usize {
 /// bash, coreutils and their system calls) are one `actions.jsonl` row per path when the
 /// session closes, with what was done to each; the ledger counts them; `agentwatch actions`
 /// shows them under the agent. The same work outside any session leaves no row.
+///
+/// With the default `file_hooks = "libc"`: uprobes planted only in the session's processes,
+/// no `syscalls` tracepoint ever attached.
 #[test]
 fn files_a_session_changes_are_recorded_per_path() {
-    let daemon = Daemon::with_config("files", "[actions]\nfiles = true\n");
-    // No session open: its tracepoints (which every system call of every process would pay
-    // for) are off; the agent's first contact puts them on before it goes on.
+    files_recorded_per_path("libc");
+}
+
+/// The same with `file_hooks = "syscalls"`: the tracepoints, attached at the first contact and
+/// taken off after the session.
+#[test]
+fn files_a_session_changes_are_recorded_per_path_by_the_syscalls_hooks() {
+    files_recorded_per_path("syscalls");
+}
+
+fn files_recorded_per_path(kind: &str) {
+    let daemon = Daemon::with_config(
+        &format!("files-{kind}"),
+        &format!("[actions]\nfiles = true\nfile_hooks = \"{kind}\"\n"),
+    );
+    let libc = kind == "libc";
+    // No session open: with `syscalls`, its tracepoints (which every system call of every
+    // process would pay for) are off; the agent's first contact puts them on before it goes
+    // on. With `libc`, no C library is probed yet and no process covered.
     let hooks = |d: &Daemon| {
         let status = d.cli_json(&["status"]);
         let syscalls = status["tracepoints"]
@@ -481,7 +500,12 @@ fn files_a_session_changes_are_recorded_per_path() {
         (status["file_hooks"].clone(), syscalls)
     };
     let (before, syscalls) = hooks(&daemon);
-    assert_eq!(before["attached"], false, "{before:#}");
+    assert_eq!(before["kind"], kind, "{before:#}");
+    assert_eq!(before["attached"], libc, "{before:#}");
+    if libc {
+        assert_eq!(u(&before["libc"]["perf_events"]), 0, "{before:#}");
+        assert_eq!(u(&before["libc"]["covers"]), 0, "{before:#}");
+    }
     assert_eq!(syscalls, 0);
     let mock = Mock::start(&[]);
     let work = Scratch::new("files-work");
@@ -593,6 +617,31 @@ fn files_a_session_changes_are_recorded_per_path() {
     // The drops of the kernel side stay zero.
     let drops = &daemon.cli_json(&["status"])["kernel_drops"];
     assert_eq!(u(&drops["file_ops_dropped"]), 0, "{drops:#}");
+    if libc {
+        // The agent was covered at its first contact, its tools inherited that; the system
+        // C library was probed; never a `syscalls` tracepoint.
+        let (h, syscalls) = hooks(&daemon);
+        assert_eq!(syscalls, 0, "{h:#}");
+        let l = &h["libc"];
+        assert!(u(&l["covers"]) >= 1, "{h:#}");
+        assert!(u(&l["inherits"]) >= 1, "{h:#}");
+        assert!(!l["libraries"].as_array().unwrap().is_empty(), "{h:#}");
+        assert_eq!(u(&l["cover_failures"]), 0, "{h:#}");
+        // The session closed: its processes are let go (their perf events closed).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (h, _) = hooks(&daemon);
+            let l = &h["libc"];
+            if u(&l["covered_explicit"]) + u(&l["covered_inherited"]) == 0 {
+                // Only the anchors of the probes are left.
+                assert!(u(&l["perf_events"]) > 0, "{h:#}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "still covered: {h:#}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        return;
+    }
     // No session open any more: off again a few seconds later.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -154,6 +154,9 @@ fn args(v: &[String]) -> Vec<&str> {
 }
 
 const FILES: &str = "[actions]\nfiles = true\n";
+/// `[actions] files` through the `syscalls` tracepoints: pinned, they report what sessions
+/// do while no daemon runs (the default `libc` uprobes are the daemon's and end with it).
+const FILES_SYSCALLS: &str = "[actions]\nfiles = true\nfile_hooks = \"syscalls\"\n";
 
 /// The `actions.jsonl` rows of session `sid`.
 fn session_actions(daemon: &Daemon, sid: &str) -> Vec<Value> {
@@ -454,7 +457,7 @@ fn first_contacts_after_a_sigterm_stop_are_not_held_until_a_daemon_runs_again() 
 #[test]
 fn file_counts_of_a_session_open_across_a_sigkill_go_on() {
     let mock = Mock::start(&[]);
-    let (daemon, extra) = config_daemon(FILES, "restart-files");
+    let (daemon, extra) = config_daemon(FILES_SYSCALLS, "restart-files");
     let work = Scratch::new("restart-files-work");
     let [a_s, b_s, m1, m2] =
         ["a.log", "b.tmp", "m1", "m2"].map(|n| work.0.join(n).display().to_string());
@@ -528,7 +531,7 @@ fn file_counts_of_a_session_open_across_a_sigkill_go_on() {
 #[test]
 fn a_session_that_ends_while_no_daemon_runs_keeps_what_it_did_meanwhile() {
     let mock = Mock::start(&[]);
-    let (daemon, extra) = config_daemon(FILES, "restart-gap-end");
+    let (daemon, extra) = config_daemon(FILES_SYSCALLS, "restart-gap-end");
     let work = Scratch::new("restart-gap-end-work");
     let [a, t, v, go] = ["a.log", "t", "v", "go"].map(|n| work.0.join(n).display().to_string());
     let script = format!(

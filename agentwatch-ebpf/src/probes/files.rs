@@ -1,22 +1,35 @@
-//! Files changed by the processes of sessions (`[actions] files`): the `syscalls` tracepoints
-//! of the calls that open for writing, delete and rename. A process outside every session
-//! costs one map lookup at a call's entry and one at its return; a session's call is staged
-//! per thread at entry and sent only when it returned successfully, with the directories its
-//! relative paths are relative to, read then (user space attaches these tracepoints only while
-//! a session may be open: while any is on, every system call takes the kernel's traced path).
+//! Files changed by the processes of sessions (`[actions] files`), from one of two kinds of
+//! hooks (`[actions] file_hooks`):
+//!
+//! - `libc` (the default): uprobes on the C library's functions that open for writing,
+//!   delete and rename. User space creates them with a per-process filter, so the kernel
+//!   plants their breakpoints only in the memory of the processes of sessions (and of the
+//!   children they fork after); every other process runs its C library untouched.
+//! - `syscalls`: the `syscalls` tracepoints of those calls. A process outside every session
+//!   costs one map lookup at a call's entry and one at its return, but while any of them is
+//!   attached every system call of every process takes the kernel's traced path (user space
+//!   attaches them only while a session may be open).
+//!
+//! Either way a session's call is staged per thread at entry and sent only when it returned
+//! successfully, with the directories its relative paths are relative to, read then.
 use agentwatch_ebpf::*;
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 
-use crate::maps::{EVENTS, FILE_OPS, FILE_SCRATCH, PATH_OFFSETS, SESSION_PROCS};
+use crate::maps::{EVENTS, FILE_OPS, FILE_PATH_PTRS, FILE_SCRATCH, PATH_OFFSETS, SESSION_PROCS};
 use crate::output::{QUIET, drop_count, now};
 
 const O_ACCMODE: u64 = 0o3;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
+const O_WRONLY: u64 = 0o1;
+/// A staged call of the same thread younger than this is the caller of a nested one (a
+/// wrapper that jumps to another probed function, `renameat2` to `renameat`): the nested
+/// one is not staged again. An older one was left by a return never seen.
+const NESTED_NS: u64 = 1_000_000_000;
 
 /// Where a call's arguments are in its tracepoint record (`syscalls/sys_enter_*/format`).
 struct Args {
@@ -149,18 +162,14 @@ exit!(sys_exit_rename);
 
 #[inline(always)]
 fn try_enter(ctx: &TracePointContext, a: &Args) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    let Some(&session) = (unsafe { SESSION_PROCS.get(&tgid) }) else {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !unsafe { SESSION_PROCS.get(&tgid) }.is_some() {
         return Ok(());
-    };
+    }
     let flags: u64 = match a.flags {
         Some(off) => unsafe { ctx.read_at(off) }?,
         None => 0,
     };
-    if a.op == FILE_OPEN_WRITE && flags & (O_ACCMODE | O_CREAT | O_TRUNC) == 0 {
-        return Ok(()); // read-only
-    }
     let dfd: u64 = match a.dfd {
         Some(off) => unsafe { ctx.read_at(off) }?,
         None => AT_FDCWD as u64,
@@ -174,27 +183,180 @@ fn try_enter(ctx: &TracePointContext, a: &Args) -> Result<(), i64> {
         Some(off) => unsafe { ctx.read_at(off) }?,
         None => 0,
     };
+    stage(
+        &Call {
+            op: a.op,
+            flags,
+            dfd,
+            path,
+            new_dfd,
+            new_path,
+        },
+        false,
+    )
+}
+
+/// A call's arguments, as read at its entry.
+struct Call {
+    op: u32,
+    flags: u64,
+    dfd: u64,
+    path: u64,
+    new_dfd: u64,
+    new_path: u64,
+}
+
+/// Stages `c` for the current thread when it is a session's process and `c` changes a file.
+/// `nested`: a staged call of this thread younger than `NESTED_NS` is kept (see there).
+#[inline(always)]
+fn stage(c: &Call, nested: bool) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(&session) = (unsafe { SESSION_PROCS.get(&tgid) }) else {
+        return Ok(());
+    };
+    if c.op == FILE_OPEN_WRITE && c.flags & (O_ACCMODE | O_CREAT | O_TRUNC) == 0 {
+        return Ok(()); // read-only
+    }
+    let ts = now();
+    if nested {
+        if let Some(staged) = unsafe { FILE_OPS.get(&(pid_tgid as u32)) } {
+            if ts.saturating_sub(staged.ts_ns) < NESTED_NS {
+                return Ok(());
+            }
+        }
+    }
     let f = FILE_SCRATCH.get_ptr_mut(0).ok_or(1)?;
     unsafe {
         (*f).kind = EVENT_FILE_OP;
         (*f).tgid = tgid;
-        (*f).op = a.op;
+        (*f).op = c.op;
         (*f).session = session;
-        (*f).flags = flags as u32;
-        (*f).dfd = dfd as i32;
-        (*f).new_dfd = new_dfd as i32;
-        (*f).ts_ns = now();
-        (*f).len = read_path(path, &mut (*f).path);
-        (*f).new_len = if new_path != 0 {
-            read_path(new_path, &mut (*f).new_path)
+        (*f).flags = c.flags as u32;
+        (*f).dfd = c.dfd as i32;
+        (*f).new_dfd = c.new_dfd as i32;
+        (*f).ts_ns = ts;
+        (*f).len = read_path(c.path, &mut (*f).path);
+        (*f).new_len = if c.new_path != 0 {
+            read_path(c.new_path, &mut (*f).new_path)
         } else {
             0
         };
         if FILE_OPS.insert(&(pid_tgid as u32), &*f, 0).is_err() {
             drop_count(DROP_FILE_OPS, 1);
+        } else if (*f).len == 0 || (c.new_path != 0 && (*f).new_len == 0) {
+            let _ = FILE_PATH_PTRS.insert(&(pid_tgid as u32), &[c.path, c.new_path], 0);
         }
     }
     Ok(())
+}
+
+/// The C library's functions, by their arguments (user space picks the program of each
+/// symbol: `LIBC_FILE_FUNCTIONS`). A function that only jumps to another (`__open_2`) is
+/// not probed.
+macro_rules! libc_entry {
+    ($name:ident, $op:expr, |$ctx:ident| $call:expr) => {
+        #[uprobe]
+        pub fn $name($ctx: ProbeContext) -> u32 {
+            let _ = (|| -> Result<(), i64> {
+                let (flags, dfd, path, new_dfd, new_path): (u64, u64, u64, u64, u64) = $call;
+                stage(
+                    &Call {
+                        op: $op,
+                        flags,
+                        dfd,
+                        path,
+                        new_dfd,
+                        new_path,
+                    },
+                    true,
+                )
+            })();
+            0
+        }
+    };
+}
+
+const CWD: u64 = AT_FDCWD as u64;
+
+/// `arg(n)` of a uprobe's context, 0 when it cannot be read.
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+// open(path, flags, mode), open64, __open_nocancel
+libc_entry!(libc_open, FILE_OPEN_WRITE, |ctx| (
+    arg(&ctx, 1),
+    CWD,
+    arg(&ctx, 0),
+    CWD,
+    0
+));
+// openat(dfd, path, flags, mode), openat64
+libc_entry!(libc_openat, FILE_OPEN_WRITE, |ctx| (
+    arg(&ctx, 2),
+    arg(&ctx, 0),
+    arg(&ctx, 1),
+    CWD,
+    0
+));
+// creat(path, mode): open(path, O_CREAT | O_WRONLY | O_TRUNC, mode)
+libc_entry!(libc_creat, FILE_OPEN_WRITE, |ctx| (
+    O_CREAT | O_WRONLY | O_TRUNC,
+    CWD,
+    arg(&ctx, 0),
+    CWD,
+    0
+));
+// unlink(path), rmdir(path)
+libc_entry!(libc_unlink, FILE_UNLINK, |ctx| (
+    0,
+    CWD,
+    arg(&ctx, 0),
+    CWD,
+    0
+));
+// unlinkat(dfd, path, flags)
+libc_entry!(libc_unlinkat, FILE_UNLINK, |ctx| (
+    arg(&ctx, 2),
+    arg(&ctx, 0),
+    arg(&ctx, 1),
+    CWD,
+    0
+));
+// rename(old, new)
+libc_entry!(libc_rename, FILE_RENAME, |ctx| (
+    0,
+    CWD,
+    arg(&ctx, 0),
+    CWD,
+    arg(&ctx, 1)
+));
+// renameat(old_dfd, old, new_dfd, new)
+libc_entry!(libc_renameat, FILE_RENAME, |ctx| (
+    0,
+    arg(&ctx, 0),
+    arg(&ctx, 1),
+    arg(&ctx, 2),
+    arg(&ctx, 3)
+));
+// renameat2(old_dfd, old, new_dfd, new, flags)
+libc_entry!(libc_renameat2, FILE_RENAME, |ctx| (
+    arg(&ctx, 4),
+    arg(&ctx, 0),
+    arg(&ctx, 1),
+    arg(&ctx, 2),
+    arg(&ctx, 3)
+));
+
+/// Return of every probed C library function: its value is the system call's (a negative
+/// one is -1 with `errno` set).
+#[uretprobe]
+pub fn libc_file_return(ctx: RetProbeContext) -> u32 {
+    let ret: i64 = ctx.ret::<i64>();
+    let _ = finish(ret);
+    0
 }
 
 /// Reads a NUL-terminated user path into `buf`: bytes read, NUL included (0 on failure).
@@ -212,11 +374,23 @@ fn read_path(src: u64, buf: &mut [u8; FILE_PATH_LEN]) -> u32 {
 
 #[inline(always)]
 fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    if FILE_OPS
+        .get_ptr(&(bpf_get_current_pid_tgid() as u32))
+        .is_none()
+    {
+        return Ok(());
+    }
+    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
+    finish(ret)
+}
+
+/// Sends the current thread's staged call when `ret` says it succeeded; unstages it.
+#[inline(always)]
+fn finish(ret: i64) -> Result<(), i64> {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(staged) = FILE_OPS.get_ptr(&tid) else {
         return Ok(());
     };
-    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
     if ret >= 0 {
         match EVENTS.reserve::<FileRecord>(0) {
             Some(mut entry) => {
@@ -229,6 +403,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
                     )
                 };
                 if copied == 0 {
+                    unsafe { reread_paths(tid, &mut *rec) };
                     unsafe { directories(&mut *rec) };
                     entry.submit(QUIET);
                 } else {
@@ -238,9 +413,30 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
             }
             None => drop_count(DROP_FILE_OPS, 1),
         }
+    } else if unsafe { (*staged).len == 0 || (*staged).new_len == 0 } {
+        let _ = FILE_PATH_PTRS.remove(&tid);
     }
     let _ = FILE_OPS.remove(&tid);
     Ok(())
+}
+
+/// The paths of `rec` that could not be read at the call's entry, read now (`FILE_PATH_PTRS`).
+#[inline(always)]
+unsafe fn reread_paths(tid: u32, rec: &mut FileRecord) {
+    if rec.op.len != 0 && rec.op.new_len != 0 {
+        return;
+    }
+    let Some(ptrs) = (unsafe { FILE_PATH_PTRS.get(&tid) }) else {
+        return;
+    };
+    let (path, new_path) = (ptrs[0], ptrs[1]);
+    let _ = FILE_PATH_PTRS.remove(&tid);
+    if rec.op.len == 0 && path != 0 {
+        rec.op.len = read_path(path, &mut rec.op.path);
+    }
+    if rec.op.new_len == 0 && new_path != 0 {
+        rec.op.new_len = read_path(new_path, &mut rec.op.new_path);
+    }
 }
 
 /// Steps at most in a directory walk (a name or a mount crossed each).

@@ -194,6 +194,7 @@ impl Daemon {
         let d = self.discovery.lock().expect("discovery lock");
         let a = &d.probes.attachments;
         let programs = d.probes.programs.clone();
+        let file_hooks = d.probes.file_hooks_status();
         let scope = d.probes.scope;
         let tls_libraries = a.libraries.clone();
         let attach_failures = a.failures.clone();
@@ -238,7 +239,7 @@ impl Daemon {
             kernel_side,
             tracepoints: programs.tracepoints,
             hooks_missing: programs.missing,
-            file_hooks: programs.file_hooks,
+            file_hooks,
             read_hook: programs.read_hook,
             tls_libraries,
             probed_processes,

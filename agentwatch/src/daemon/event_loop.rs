@@ -24,6 +24,9 @@ const RELEASE_AFTER_TICKS: u32 = 5;
 /// `[actions] files`: how long its tracepoints stay on after the last session closed (a next
 /// session of a recurring job, an agent's next sub-agent, keep them on).
 const FILE_HOOKS_LINGER: Duration = Duration::from_secs(5);
+/// `[actions] file_hooks = "libc"`: how often the kernel's set of session processes is read
+/// for the ones to cover (those a first contact opens are covered at once).
+const FILE_COVER_EVERY: Duration = Duration::from_millis(50);
 /// The read hook: how long it stays on once nothing needs it (an agent's next call, a job's
 /// next run keep it on), and how long after its switch went off the sockets are looked at
 /// again before it comes off (a program that read the switch before then is done by then).
@@ -149,6 +152,7 @@ impl EventLoop {
             if ticked || ring.get_ref().read_pos() != before {
                 d.file_hooks(&mut files_idle_since);
             }
+            d.file_holds();
             let (reads, pending_reads) = {
                 let mut p = d.pipeline.lock().expect("pipeline lock");
                 let reads = p.take_read_holds();
@@ -226,7 +230,9 @@ impl EventLoop {
 impl Daemon {
     /// `[actions] files`: its tracepoints on while sessions are open (attached too at each
     /// first contact, before the process goes on: `first_contact`), off once none was open
-    /// and no first contact was being decided for `FILE_HOOKS_LINGER`.
+    /// and no first contact was being decided for `FILE_HOOKS_LINGER`. With `libc` uprobes
+    /// (per process): the processes of sessions covered (`idle_since` is then when that was
+    /// last done).
     fn file_hooks(&self, idle_since: &mut Option<Instant>) {
         let busy = self
             .pipeline
@@ -240,6 +246,24 @@ impl Daemon {
         if d.probes.programs.file_hooks.is_none() {
             return;
         }
+        if d.probes.file_probes_per_process() {
+            // `libc`: the processes of sessions covered, those that inherited it too (the
+            // kernel's set, read at most every `FILE_COVER_EVERY`).
+            let due = idle_since.is_none_or(|t| t.elapsed() >= FILE_COVER_EVERY);
+            if due && (busy || d.probes.file_processes_covered() > 0) {
+                drop(d);
+                let tgids: Vec<u32> = {
+                    let p = self.pipeline.lock().expect("pipeline lock");
+                    p.session_proc_tgids()
+                };
+                let Ok(mut d) = self.discovery.try_lock() else {
+                    return;
+                };
+                d.probes.cover_file_processes(&tgids);
+                *idle_since = Some(Instant::now());
+            }
+            return;
+        }
         if busy {
             *idle_since = None;
             if !d.probes.file_probes_attached() {
@@ -250,6 +274,30 @@ impl Daemon {
         {
             d.probes.detach_file_probes();
             *idle_since = None;
+        }
+    }
+
+    /// `[actions] file_hooks = "libc"`: the programs of sessions the kernel stopped at their
+    /// exec, covered with the file uprobes and continued (within a millisecond: a few perf
+    /// events per thread).
+    fn file_holds(&self) {
+        let (held, tgids) = self
+            .pipeline
+            .lock()
+            .expect("pipeline lock")
+            .take_file_holds();
+        if held.is_empty() {
+            return;
+        }
+        match &self.libc_files {
+            Some(l) => {
+                let mut l = l.lock().expect("libc files lock");
+                for &tgid in &held {
+                    l.cover_held(tgid, &tgids);
+                    first_contact::cont(tgid);
+                }
+            }
+            None => held.into_iter().for_each(first_contact::cont),
         }
     }
 

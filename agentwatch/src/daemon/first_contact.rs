@@ -211,8 +211,9 @@ fn decide(
         d.probes.probed_since(contact.tgid, contact.ts_ns);
         // Decided, whatever was found: its later connections are not held.
         d.probes.set_process_state(contact.tgid, Some(PROC_DECIDED));
-        // `[actions] files`: on before it goes on (its session's tools may follow soon).
-        d.probes.attach_file_probes();
+        // `[actions] files`: on (or this process covered) before it goes on: its session's
+        // tools may follow soon.
+        d.probes.files_before_continue(contact.tgid);
         // An agent's sockets may need their reads seen (metered, AEAD records, its gate).
         d.probes.attach_read_hook();
         coverage

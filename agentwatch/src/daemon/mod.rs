@@ -75,6 +75,9 @@ pub struct Daemon {
     started: Instant,
     exports: ExportHandle,
     pods: Arc<PodIndex>,
+    /// `[actions] file_hooks = "libc"`: the file uprobes' coverage (the event loop covers
+    /// and continues the programs the kernel stops at their exec, without discovery's lock).
+    libc_files: Option<Arc<Mutex<crate::probes::libc_files::LibcFiles>>>,
 }
 
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
@@ -176,7 +179,9 @@ impl Daemon {
         .with_file_journal(restored.file_journal, restored.files_counted_until);
         // Continue or release what a previous daemon held, per `on_restart`.
         pipeline.restore_policy(boot_now_ns());
+        let libc_files = discovery.probes.libc_files();
         let daemon = Daemon {
+            libc_files,
             pipeline: Arc::new(Mutex::new(pipeline)),
             discovery: Arc::new(Mutex::new(discovery)),
             config_path,
@@ -252,7 +257,7 @@ fn kernel_side(config: &Config) -> Result<KernelSide, DaemonError> {
     let meter = probes.take_meter()?;
     let session_procs = probes.take_session_procs()?;
     probes.set_exec_args(config.actions.argv);
-    probes.set_file_probes(config.actions.files);
+    probes.set_file_probes(config.actions.files, config.actions.file_hooks);
     probes.set_read_hook(config.probes.scope == Scope::All);
     let closer = first_contact::Closer::spawn();
     let held_file = first_contact::HeldFile::new(&config.data_dir);

@@ -3,10 +3,10 @@
 use agentwatch_ebpf::{
     AeadLink, CONTACT_ESTIMATE, CONTACT_HELD, CONTACT_LLM_HOST, CONTACT_SESSION, Connect, Contact,
     DIR_WHOLE, EVENT_AEAD_LINK, EVENT_CONNECT, EVENT_CONTACT, EVENT_EXEC, EVENT_EXEC_ARGS,
-    EVENT_EXIT, EVENT_FILE_OP, EVENT_FORK, EVENT_GATE_HOLD, EVENT_READ_HOLD, EVENT_SOCKET_BYTES,
-    EVENT_SOCKET_CLOSE, EVENT_SOCKET_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE, EXECED_NO,
-    EXECED_YES, EXIT_CODE_UNKNOWN, ExecArgs, FileRecord, GateHold, HOLD_TLS_RECORD, Handshake,
-    ProcEvent, ReadHold, SocketBytes, SocketClose, SocketHold, TlsData,
+    EVENT_EXIT, EVENT_FILE_HOLD, EVENT_FILE_OP, EVENT_FORK, EVENT_GATE_HOLD, EVENT_READ_HOLD,
+    EVENT_SOCKET_BYTES, EVENT_SOCKET_CLOSE, EVENT_SOCKET_HOLD, EVENT_TLS_DATA, EVENT_TLS_HANDSHAKE,
+    EXECED_NO, EXECED_YES, EXIT_CODE_UNKNOWN, ExecArgs, FileRecord, GateHold, HOLD_TLS_RECORD,
+    Handshake, ProcEvent, ReadHold, SocketBytes, SocketClose, SocketHold, TlsData,
 };
 
 #[derive(Debug)]
@@ -137,6 +137,12 @@ pub enum KernelEvent<'a> {
     ReadHold {
         tgid: u32,
         port: u32,
+        ts_ns: u64,
+    },
+    /// A process of a session stopped at its exec until the file uprobes cover it
+    /// (`[actions] file_hooks = "libc"`): user space covers it and continues it.
+    FileHold {
+        tgid: u32,
         ts_ns: u64,
     },
     /// A metered socket was closed.
@@ -363,6 +369,13 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
             Ok(KernelEvent::ReadHold {
                 tgid: h.tgid,
                 port: h.port,
+                ts_ns: h.ts_ns,
+            })
+        }
+        EVENT_FILE_HOLD => {
+            let h = read::<ReadHold>(bytes).ok_or_else(short)?;
+            Ok(KernelEvent::FileHold {
+                tgid: h.tgid,
                 ts_ns: h.ts_ns,
             })
         }

@@ -10,6 +10,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use serde::{Deserialize, Serialize};
 
 use super::{ProbeError, tracefs};
+use crate::sessions::actions::FileHooksKind;
 
 /// The eBPF object, built by `cargo xtask build` and embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AGENTWATCH_EBPF_OBJECT"));
@@ -145,6 +146,10 @@ pub struct KernelCounters {
     /// of theirs needed its reads seen while it was off).
     #[serde(default)]
     pub read_holds: u64,
+    /// Programs of sessions stopped at their exec until the file uprobes covered them
+    /// (`[actions] file_hooks = "libc"`).
+    #[serde(default)]
+    pub file_holds: u64,
 }
 
 /// Programs attached to kernel hooks, for status: names, and the hooks that could not be
@@ -164,11 +169,16 @@ pub struct KernelPrograms {
     pub read_hook: super::read_hook::ReadHook,
 }
 
-/// The `syscalls` tracepoints of `[actions] files`, attached only while sessions may change
-/// files: while any is attached, every system call of every process takes the kernel's
-/// traced path.
+/// The hooks of `[actions] files`: with `kind = "libc"` uprobes planted only in the
+/// processes of sessions (`libc`: what they cover); with `"syscalls"` tracepoints attached
+/// only while sessions may change files (while any is attached, every system call of every
+/// process takes the kernel's traced path).
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct FileHooks {
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libc: Option<super::libc_files::LibcFileStats>,
     pub attached: bool,
     /// Times they were attached (at a first contact, or a session opened) and taken off
     /// (no session open for a while), by this daemon.
@@ -201,6 +211,8 @@ pub struct Probes {
     _links: Vec<aya::programs::links::FdLink>,
     /// Links of the file tracepoints this daemon attached (`[actions] files`).
     file_links: Vec<aya::programs::links::FdLink>,
+    /// `[actions] file_hooks = "libc"`: the C library's file uprobes and what they cover.
+    libc_files: Option<std::sync::Arc<std::sync::Mutex<super::libc_files::LibcFiles>>>,
     /// The read hook's link, when this daemon attached it.
     pub(super) read_link: Option<aya::programs::links::FdLink>,
     /// The kernel programs' diagnostics, written to the log at each heartbeat.
@@ -452,6 +464,7 @@ impl Probes {
                 kernel_side,
                 _links: links,
                 file_links: Vec::new(),
+                libc_files: None,
                 read_link: None,
                 kernel_logs,
             },
@@ -623,13 +636,22 @@ impl Probes {
     /// (BENCHMARKS.md), so they are attached only while a session may be open
     /// ([`Probes::attach_file_probes`], [`Probes::detach_file_probes`]); a previous daemon's
     /// pinned ones are adopted as they are. Off, a previous daemon's are taken off.
-    pub fn set_file_probes(&mut self, on: bool) {
+    pub fn set_file_probes(&mut self, on: bool, kind: FileHooksKind) {
+        self.libc_files = None;
+        let _ = self.config.set(abi::CFG_FILE_HOLD_AT_EXEC, 0, 0);
         if !on {
             self.detach_file_probes();
             self.programs.file_hooks = None;
             return;
         }
-        self.programs.file_hooks = Some(FileHooks::default());
+        self.programs.file_hooks = Some(FileHooks {
+            kind: match kind {
+                FileHooksKind::Libc => "libc",
+                FileHooksKind::Syscalls => "syscalls",
+            }
+            .into(),
+            ..FileHooks::default()
+        });
         // Relative paths: their directories are read in the kernel when it knows where.
         match super::btf_offsets::path_walk() {
             Some(offsets) => {
@@ -651,6 +673,12 @@ impl Probes {
             None => tracing::warn!(
                 "[actions] files: a field of task_struct, fs_struct, dentry, mount or fdtable was not found in /sys/kernel/btf/vmlinux; relative paths are resolved through /proc (`?/` once their process is gone)"
             ),
+        }
+        if kind == FileHooksKind::Libc {
+            // A previous daemon's tracepoints (it had `syscalls`) off.
+            self.detach_file_probes();
+            self.set_libc_file_probes();
+            return;
         }
         // Loaded now (the verifier's time), so attaching them within a first contact's hold
         // costs only the attaching.
@@ -680,6 +708,112 @@ impl Probes {
         }
     }
 
+    /// `file_hooks = "libc"`: loads the uprobe programs; the uprobes themselves are made per
+    /// C library as the processes of sessions are covered.
+    fn set_libc_file_probes(&mut self) {
+        let tracefs = match super::tracefs::ensure_mounted() {
+            Ok(t) => t,
+            Err(e) => {
+                self.file_probes_failed("uprobes", &e);
+                return;
+            }
+        };
+        let mut fds = std::collections::HashMap::new();
+        let names = super::libc_files::LIBC_FILE_FUNCTIONS
+            .iter()
+            .map(|(_, p)| *p)
+            .chain([super::libc_files::RETURN_PROGRAM]);
+        for name in names {
+            if fds.contains_key(name) {
+                continue;
+            }
+            let loaded = uprobe(&mut self.ebpf, name).and_then(|p| {
+                if p.fd().is_err() {
+                    p.load().map_err(load_error(name))?;
+                }
+                let fd = p.fd().map_err(load_error(name))?;
+                Ok(std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(
+                    fd,
+                )))
+            });
+            match loaded {
+                Ok(fd) => {
+                    fds.insert(name, fd);
+                }
+                Err(e) => {
+                    self.file_probes_failed(name, &e);
+                    return;
+                }
+            }
+        }
+        self.libc_files = Some(std::sync::Arc::new(std::sync::Mutex::new(
+            super::libc_files::LibcFiles::new(tracefs, fds),
+        )));
+        // Programs run by sessions' processes are covered before they start (see there).
+        if let Err(e) = self.config.set(abi::CFG_FILE_HOLD_AT_EXEC, 1, 0) {
+            tracing::warn!(
+                "failed to write the CONFIG map: {e}; [actions] files: a program a session runs is covered only through its parent (what it does after a child of it ends may be missed)"
+            );
+        }
+        if let Some(f) = self.programs.file_hooks.as_mut() {
+            f.attached = true;
+        }
+    }
+
+    /// `file_hooks = "libc"`: the file uprobes' coverage, shared with the event loop (it
+    /// covers and continues the processes the kernel stops at their exec).
+    pub fn libc_files(
+        &self,
+    ) -> Option<std::sync::Arc<std::sync::Mutex<super::libc_files::LibcFiles>>> {
+        self.libc_files.clone()
+    }
+
+    /// `file_hooks = "libc"`: covers the processes of sessions `tgids` not covered yet (and
+    /// lets go of the others). Nothing with `"syscalls"`.
+    pub fn cover_file_processes(&mut self, tgids: &[u32]) {
+        if let Some(l) = self.libc_files.as_ref() {
+            l.lock().expect("libc files lock").sync(tgids);
+        }
+    }
+
+    /// Processes covered by the `libc` file hooks now.
+    pub fn file_processes_covered(&self) -> usize {
+        self.libc_files
+            .as_ref()
+            .map_or(0, |l| l.lock().expect("libc files lock").covered_count())
+    }
+
+    /// Whether the file hooks are uprobes covered per process (`file_hooks = "libc"`).
+    pub fn file_probes_per_process(&self) -> bool {
+        self.libc_files.is_some()
+    }
+
+    /// Before a process that may open a session goes on (its first contact): `"syscalls"`:
+    /// the tracepoints on; `"libc"`: the process covered (its children inherit that).
+    pub fn files_before_continue(&mut self, tgid: u32) {
+        match self.libc_files.as_ref() {
+            Some(l) => {
+                let mut l = l.lock().expect("libc files lock");
+                if !l.is_covered(tgid) {
+                    l.cover(tgid);
+                }
+            }
+            None => {
+                self.attach_file_probes();
+            }
+        }
+    }
+
+    /// Status of the file hooks (with what the `libc` ones cover now).
+    pub fn file_hooks_status(&self) -> Option<FileHooks> {
+        let mut f = self.programs.file_hooks.clone()?;
+        f.libc = self
+            .libc_files
+            .as_ref()
+            .map(|l| l.lock().expect("libc files lock").stats());
+        Some(f)
+    }
+
     /// Whether the file tracepoints are attached.
     pub fn file_probes_attached(&self) -> bool {
         self.programs
@@ -691,6 +825,9 @@ impl Probes {
     /// Attaches the file tracepoints (with `[actions] files`, when they are not): before a
     /// process that may open a session goes on. Returns whether they are attached.
     pub fn attach_file_probes(&mut self) -> bool {
+        if self.libc_files.is_some() {
+            return true;
+        }
         match &self.programs.file_hooks {
             None => return false,
             Some(f) if f.attached => return true,
@@ -717,9 +854,18 @@ impl Probes {
     /// `[actions] files` off for good: the tracepoint `name` could not be loaded or attached.
     fn file_probes_failed(&mut self, name: &str, e: &ProbeError) {
         tracing::warn!("{e}; [actions] files: the files sessions change are not reported");
-        self.programs
-            .missing
-            .insert(format!("syscalls:{name}"), e.to_string());
+        let hook = if self
+            .programs
+            .file_hooks
+            .as_ref()
+            .is_some_and(|f| f.kind == "libc")
+        {
+            format!("uprobe:{name}")
+        } else {
+            format!("syscalls:{name}")
+        };
+        self.programs.missing.insert(hook, e.to_string());
+        self.libc_files = None;
         self.detach_file_probes();
         self.programs.file_hooks = None;
     }
@@ -738,6 +884,9 @@ impl Probes {
 
     /// Takes the file tracepoints off (this daemon's and a previous daemon's pinned ones).
     pub fn detach_file_probes(&mut self) {
+        if self.libc_files.is_some() {
+            return;
+        }
         if let Some(pins) = &self.pins {
             for name in FILE_TRACEPOINTS.iter().flat_map(|(e, x)| [e, x]) {
                 let _ = std::fs::remove_file(pins.link(name));
@@ -915,6 +1064,7 @@ impl Probes {
             uprobe_hits: sum(abi::COUNT_UPROBE_HITS),
             no_daemon: sum(abi::COUNT_NO_DAEMON),
             read_holds: sum(abi::COUNT_READ_HOLDS),
+            file_holds: sum(abi::COUNT_FILE_HOLDS),
         }
     }
 }

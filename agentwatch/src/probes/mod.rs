@@ -13,6 +13,7 @@ pub mod expedite;
 pub mod gate_maps;
 pub mod golang;
 pub mod kernel_log;
+pub mod libc_files;
 pub mod libraries;
 pub mod loader;
 pub mod meter;

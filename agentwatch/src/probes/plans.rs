@@ -88,7 +88,7 @@ pub enum FilePlan {
 
 /// Offsets of exported functions for uprobes: the symbol's address turned into the file
 /// offset of the section that holds it.
-fn exported_offsets(path: &Path, wanted: &[&str]) -> Vec<(String, u64)> {
+pub(crate) fn exported_offsets(path: &Path, wanted: &[&str]) -> Vec<(String, u64)> {
     let Ok(file) = File::open(path) else {
         return Vec::new();
     };

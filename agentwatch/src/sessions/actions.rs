@@ -21,12 +21,28 @@ pub struct ActionsConfig {
     /// carry prompts (`claude -p "…"`) and secrets in flags, so only `argv[0]` is kept.
     pub argv: bool,
     /// Report the files the processes of sessions open for writing, delete and rename (one
-    /// `actions.jsonl` row per path per session, written when it closes). Default false:
-    /// while they are attached, the kernel hooks it needs (`syscalls` tracepoints) put every
-    /// system call of every process on the kernel's traced path, a cost paid by processes
-    /// that are not agents too (BENCHMARKS.md). They are attached only while a session is
-    /// open (from the first contact of the process that opens it) and 5 s after.
+    /// `actions.jsonl` row per path per session, written when it closes). Default false.
     pub files: bool,
+    /// The kernel hooks `files` uses (BENCHMARKS.md has what each costs):
+    /// - `"libc"` (default): uprobes on the C library's file functions, planted only in the
+    ///   memory of the processes of sessions; other processes pay nothing. Blind to programs
+    ///   that make these system calls without the C library (Go, static binaries), and to
+    ///   what sessions do while no daemon runs.
+    /// - `"syscalls"`: the `syscalls` tracepoints of those calls: every program, and while no
+    ///   daemon runs; but while they are attached (while a session is open, from the first
+    ///   contact of the process that opens it, and 5 s after) every system call of every
+    ///   process takes the kernel's traced path, a cost paid by processes that are not
+    ///   agents too.
+    pub file_hooks: FileHooksKind,
+}
+
+/// `[actions] file_hooks`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileHooksKind {
+    #[default]
+    Libc,
+    Syscalls,
 }
 
 const REDACTED: &str = "[redacted]";

@@ -86,6 +86,15 @@ impl Pipeline {
         !self.pending_contacts.0.is_empty() || self.sessions.open_count() > 0
     }
 
+    /// The processes the kernel holds as sessions' (`SESSION_PROCS`).
+    pub fn session_proc_tgids(&self) -> Vec<u32> {
+        self.session_procs
+            .entries()
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect()
+    }
+
     /// Whether a socket in the kernel's table needs its reads seen (plain HTTP, metered, or
     /// a ClientHello to an LLM host waiting for its metering decision).
     pub fn sockets_want_reads(&self) -> bool {
@@ -227,6 +236,7 @@ impl Pipeline {
         tgids.extend(self.contacts.drain(..).map(|c| c.tgid));
         tgids.extend(self.pending_reads.drain().map(|(t, _)| t));
         self.read_holds.clear();
+        tgids.append(&mut self.file_holds);
         tgids.sort_unstable();
         tgids.dedup();
         tgids
@@ -239,6 +249,18 @@ impl Pipeline {
             self.read_holds.push(tgid);
             self.first_contact.read_holds += 1;
         }
+    }
+
+    /// The processes stopped at their exec for the file uprobes since the last call, with
+    /// the kernel's set of session processes (to cover them with): the caller continues them.
+    pub fn take_file_holds(&mut self) -> (Vec<u32>, Vec<u32>) {
+        if self.file_holds.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        (
+            std::mem::take(&mut self.file_holds),
+            self.session_proc_tgids(),
+        )
     }
 
     /// The processes stopped for the read hook since the last call, now pending.

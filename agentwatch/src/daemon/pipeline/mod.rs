@@ -183,6 +183,8 @@ pub struct Pipeline {
     /// Processes the kernel stopped until the read hook is on (tgid → boot ns of the stop):
     /// new ones, and those taken by the daemon and not continued yet.
     read_holds: Vec<u32>,
+    /// Processes stopped at their exec for the file uprobes, not continued yet.
+    file_holds: Vec<u32>,
     pending_reads: HashMap<u32, u64>,
     /// Gated processes seen held and stopped at the last tick with no hold record read
     /// (`tick_policy`).
@@ -258,6 +260,7 @@ impl Pipeline {
             exe_ids: HashMap::new(),
             pending_contacts: Default::default(),
             read_holds: Vec::new(),
+            file_holds: Vec::new(),
             pending_reads: HashMap::new(),
             unannounced_gate: HashSet::new(),
             first_contact: Default::default(),
@@ -560,6 +563,11 @@ impl Pipeline {
                 }
             }
             KernelEvent::ReadHold { tgid, ts_ns, .. } => self.on_read_hold(tgid, ts_ns),
+            KernelEvent::FileHold { tgid, .. } => {
+                if !self.file_holds.contains(&tgid) {
+                    self.file_holds.push(tgid);
+                }
+            }
             KernelEvent::SocketBytes {
                 tgid,
                 fd,
