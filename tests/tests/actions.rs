@@ -517,7 +517,7 @@ fn files_recorded_per_path(kind: &str) {
     let script = |d: &std::path::Path| {
         let d = d.display();
         format!(
-            "echo hello > {d}/notes.txt && echo more >> {d}/notes.txt && mv {d}/notes.txt {d}/final.txt && touch {d}/gone && rm {d}/gone && mkdir {d}/tmpdir && rmdir {d}/tmpdir && echo x > {d}/sub/x.txt && (cd {d}/sub && echo r > short.txt) && cat {d}/final.txt > /dev/null"
+            "echo hello > {d}/notes.txt && echo more >> {d}/notes.txt && mv {d}/notes.txt {d}/final.txt && touch {d}/gone && rm {d}/gone && mkdir {d}/tmpdir && rmdir {d}/tmpdir && echo x > {d}/sub/x.txt && (cd {d}/sub && echo r > short.txt) && (touch {d}/sub/t1 && echo s > {d}/sub/after.txt) && cat {d}/final.txt > /dev/null"
         )
     };
     let mut agent = py_client("tree_agent.py", &mock, &["--calls", "1", "--tag", "files"]);
@@ -561,6 +561,9 @@ fn files_recorded_per_path(kind: &str) {
     assert_eq!(counts(of(&path("rel2.txt"))), [0, 0, 0, 0, 0, 1]);
     assert_eq!(counts(of(&path("sub/moved.txt"))), [1, 1, 1, 0, 0, 0]);
     assert_eq!(counts(of(&path("sub/short.txt"))), [1, 1, 1, 0, 0, 0]);
+    // A subshell (a fork that runs no program of its own) writes after a child of it ended.
+    assert_eq!(counts(of(&path("sub/t1"))), [1, 1, 0, 0, 0, 0]);
+    assert_eq!(counts(of(&path("sub/after.txt"))), [1, 1, 1, 0, 0, 0]);
     assert!(
         files
             .iter()
@@ -625,6 +628,11 @@ fn files_recorded_per_path(kind: &str) {
         let l = &h["libc"];
         assert!(u(&l["covers"]) >= 1, "{h:#}");
         assert!(u(&l["inherits"]) >= 1, "{h:#}");
+        // Each program the session ran (mv, touch, rm, …) was stopped at its exec until
+        // covered, and continued.
+        assert!(u(&l["exec_holds"]) >= 6, "{h:#}");
+        let kernel = &daemon.cli_json(&["status"])["first_contact"]["kernel"];
+        assert!(u(&kernel["file_holds"]) >= 6, "{kernel:#}");
         assert!(!l["libraries"].as_array().unwrap().is_empty(), "{h:#}");
         assert_eq!(u(&l["cover_failures"]), 0, "{h:#}");
         // The session closed: its processes are let go (their perf events closed).

@@ -347,7 +347,9 @@ for _ in range(n):
 /// An agent that makes one HTTPS call to the mock (its session opens) and sleeps `argv[3]`
 /// seconds (its session stays open).
 const OPEN_SESSION: &str = r#"
-import http.client, json, ssl, sys, time
+import http.client, json, signal, ssl, sys, time
+# SIGINT ends it even when started with it ignored (a bench run in the background).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 port, ca, secs = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 ctx = ssl.create_default_context(cafile=ca)
 c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
@@ -356,6 +358,21 @@ c.request("POST", "/v1/chat/completions", body, {"content-type": "application/js
 r = c.getresponse(); r.read()
 assert r.status == 200
 time.sleep(secs)
+"#;
+
+/// An agent that makes one call to the mock, then becomes the workload (argv[3:], exec'd):
+/// the workload runs in its session.
+const IN_SESSION: &str = r#"
+import http.client, json, os, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
+body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+c.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+r = c.getresponse(); r.read()
+assert r.status == 200
+c.close()
+os.execv(sys.argv[3], sys.argv[3:])
 "#;
 
 const TLS_TAX: &str = r#"
@@ -399,7 +416,9 @@ print(time.perf_counter() - t0)
 /// LLM endpoint (SNI `files.example.test`): two ordinary processes on loopback. `client N 1`:
 /// N 64-byte round trips on one connection; `client N 0`: a new connection per round trip.
 const TLS_PAIR: &str = r#"
-import socket, ssl, sys, time
+import signal, socket, ssl, sys, time
+# SIGINT ends it even when started with it ignored (a bench run in the background).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 mode = sys.argv[1]
 if mode == "server":
     cert, key, portfile = sys.argv[2], sys.argv[3], sys.argv[4]
@@ -829,23 +848,26 @@ cost), plus the dispatch. With `scope = \"all\"` the read hook is always on. The
 no program at all (pipes, files, `openat`) show this VM's noise: a few per cent either way between runs.\n",
     );
 
-    // `[actions] files`: the `syscalls` tracepoints it turns on while a session is open, paid
-    // by processes outside sessions (a lookup at each such call's entry and return, and every
-    // system call takes the kernel's traced path while they are on).
+    // `[actions] files`, while a session is open elsewhere, paid by processes outside
+    // sessions: with `file_hooks = "libc"` nothing (its uprobes are planted only in the
+    // session's processes); with `"syscalls"` a lookup at each such call's entry and return,
+    // and every system call takes the kernel's traced path while they are on.
     if want("files") {
         std::fs::write(scratch.join("open_session.py"), OPEN_SESSION).unwrap();
         let _ = write!(
             report,
             "\n## `[actions] files = true`: its cost for processes that are not agents\n\n\
-The daemon as shipped, with `[actions] files = true` and no session open, and the same while a session is open\n\
-elsewhere on the host (an agent that made one call to the mock and sleeps), alternately, 7 runs each, medians\n\
-(timed inside the process); each ratio is the median of each run's ratio to the run as shipped just before it.\n\
-The measured process is in no session. Its tracepoints are attached only while a session is open (or a first\n\
-contact is being decided, and 5 s after): then every system call of every process takes the kernel's traced\n\
-path, and each `openat`/`rename`/`unlink` runs a program at its entry and return (one map lookup each). The\n\
-last column: in one more run with a session open and `kernel.bpf_stats_enabled = 1`, the daemon's kernel\n\
-programs' runs and time per unit (its tracepoints' dispatch and the traced path not counted).\n\n\
-| workload | default | files, no session | ratio | files, a session open | ratio | added per unit (session open) | the daemon's kernel programs (session open) |\n|---|---|---|---|---|---|---|---|\n"
+The daemon as shipped, and with `[actions] files = true` while a session is open elsewhere on the host (an agent\n\
+that made one call to the mock and sleeps), with each kind of hook (`file_hooks`), alternately, 7 runs each,\n\
+medians (timed inside the process); each ratio is the median of each run's ratio to the run as shipped just before\n\
+it. The measured process is in no session. `libc` (the default): uprobes on the C library's file functions, planted\n\
+only in the memory of the session's processes: the measured process runs its C library untouched. `syscalls`: the\n\
+`syscalls` tracepoints, attached only while a session is open (or a first contact is being decided, and 5 s after):\n\
+then every system call of every process takes the kernel's traced path, and each `openat`/`rename`/`unlink` runs a\n\
+program at its entry and return (one map lookup each). The last columns: in one more run of each with\n\
+`kernel.bpf_stats_enabled = 1`, the daemon's kernel programs' runs per unit (the tracepoints' dispatch and the\n\
+traced path not counted).\n\n\
+| workload | default | libc, a session open | ratio | syscalls, a session open | ratio | added per unit (syscalls) | the daemon's kernel programs per unit: libc / syscalls |\n|---|---|---|---|---|---|---|---|\n"
         );
         let cases: [(String, &str, usize, Vec<String>); 2] = [
             (
@@ -868,7 +890,8 @@ programs' runs and time per unit (its tracepoints' dispatch and the traced path 
                 vec![s("syscall_tax.py"), "pipe".into(), pipe_pairs.to_string()],
             ),
         ];
-        const FILES: &str = "[actions]\nfiles = true\n";
+        const LIBC: &str = "[actions]\nfiles = true\nfile_hooks = \"libc\"\n";
+        const SYSCALLS: &str = "[actions]\nfiles = true\nfile_hooks = \"syscalls\"\n";
         // An agent whose session stays open while a workload runs.
         let open_session = || {
             let agent = Proc(
@@ -887,12 +910,12 @@ programs' runs and time per unit (its tracepoints' dispatch and the traced path 
         };
         for (what, unit, count, args) in cases {
             let cmd = py(args);
-            let (mut plain, mut idle, mut open) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut plain, mut libc, mut syscalls) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..7 {
                 for (config, session, out) in [
                     ("", false, &mut plain),
-                    (FILES, false, &mut idle),
-                    (FILES, true, &mut open),
+                    (LIBC, true, &mut libc),
+                    (SYSCALLS, true, &mut syscalls),
                 ] {
                     let daemon = start_daemon_with(&scratch, Some(config));
                     std::thread::sleep(Duration::from_millis(2000));
@@ -904,10 +927,10 @@ programs' runs and time per unit (its tracepoints' dispatch and the traced path 
                 }
             }
             let paired = |on: &[f64]| median(on.iter().zip(&plain).map(|(a, b)| a / b).collect());
-            let (r_idle, r_open) = (paired(&idle), paired(&open));
-            let (plain, idle, open) = (median(plain), median(idle), median(open));
-            let (runs, ns) = {
-                let daemon = start_daemon_with(&scratch, Some(FILES));
+            let (r_libc, r_sys) = (paired(&libc), paired(&syscalls));
+            let (plain, libc, syscalls) = (median(plain), median(libc), median(syscalls));
+            let runs = |config: &str| {
+                let daemon = start_daemon_with(&scratch, Some(config));
                 std::thread::sleep(Duration::from_millis(2000));
                 let agent = open_session();
                 let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
@@ -918,17 +941,85 @@ programs' runs and time per unit (its tracepoints' dispatch and the traced path 
                 drop(agent);
                 drop(daemon);
                 std::thread::sleep(Duration::from_millis(1000));
-                (
-                    after.0.saturating_sub(before.0),
-                    after.1.saturating_sub(before.1),
-                )
+                after.0.saturating_sub(before.0) as f64 / count as f64
             };
+            let (runs_libc, runs_sys) = (runs(LIBC), runs(SYSCALLS));
             let _ = writeln!(
                 report,
-                "| {what} | {plain:.3} s | {idle:.3} s | {r_idle:.3} | {open:.3} s | {r_open:.3} | {:.2} µs per {unit} | {:.1} runs, {:.0} ns per {unit} |",
-                (r_open - 1.0) * plain / count as f64 * 1e6,
-                runs as f64 / count as f64,
-                ns as f64 / count as f64,
+                "| {what} | {plain:.3} s | {libc:.3} s | {r_libc:.3} | {syscalls:.3} s | {r_sys:.3} | {:.2} µs per {unit} | {runs_libc:.1} / {runs_sys:.1} runs |",
+                (r_sys - 1.0) * plain / count as f64 * 1e6,
+            );
+        }
+    }
+
+    // `[actions] files`: what the processes of sessions pay (the workload is the agent itself,
+    // after its call, and its children).
+    if want("files") {
+        std::fs::write(scratch.join("in_session.py"), IN_SESSION).unwrap();
+        let spawns = 2000;
+        let _ = write!(
+            report,
+            "\n## `[actions] files = true`: its cost for the processes of sessions\n\n\
+The same workloads run by an agent, in its session: it makes one call to the mock, then `exec`s the workload\n\
+(its children are the session's too). The daemon with `[actions] files = false`, then `true` with each kind of\n\
+hook, alternately, 5 runs each, medians (timed inside the process), ratios as above. With `libc` each C library\n\
+call that changes a file hits a breakpoint (entry and return), and each program a session's process runs is\n\
+stopped at its `exec` until the daemon has covered it with its own perf events.\n\n\
+| workload | files off | libc | ratio | syscalls | ratio | added per unit: libc / syscalls |\n|---|---|---|---|---|---|---|\n"
+        );
+        const LIBC: &str = "[actions]\nfiles = true\nfile_hooks = \"libc\"\n";
+        const SYSCALLS: &str = "[actions]\nfiles = true\nfile_hooks = \"syscalls\"\n";
+        let cases: [(String, &str, usize, Vec<String>); 2] = [
+            (
+                format!(
+                    "{file_ops} × (`openat` O_CREAT|O_TRUNC for writing, `close`, `rename`, `unlink`) on tmpfs"
+                ),
+                "open+close+rename+unlink",
+                file_ops,
+                vec![
+                    s("syscall_tax.py"),
+                    "open".into(),
+                    file_ops.to_string(),
+                    tax_dir.clone(),
+                ],
+            ),
+            (
+                format!("{spawns} × `posix_spawn` of `/bin/true` and `waitpid`"),
+                "process",
+                spawns,
+                vec![s("syscall_tax.py"), "spawn".into(), spawns.to_string()],
+            ),
+        ];
+        for (what, unit, count, args) in cases {
+            let cmd = || {
+                let mut c = Command::new(&python);
+                c.arg(scratch.join("in_session.py"))
+                    .arg(port.to_string())
+                    .arg(&ca)
+                    .arg(&python)
+                    .args(&args);
+                c
+            };
+            let (mut off, mut libc, mut syscalls) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..5 {
+                for (config, out) in [("", &mut off), (LIBC, &mut libc), (SYSCALLS, &mut syscalls)]
+                {
+                    let daemon = start_daemon_with(&scratch, Some(config));
+                    std::thread::sleep(Duration::from_millis(2000));
+                    out.push(time_loop(&mut cmd()));
+                    drop(daemon);
+                    std::thread::sleep(Duration::from_millis(1000));
+                }
+            }
+            let paired = |on: &[f64]| median(on.iter().zip(&off).map(|(a, b)| a / b).collect());
+            let (r_libc, r_sys) = (paired(&libc), paired(&syscalls));
+            let (off, libc, syscalls) = (median(off), median(libc), median(syscalls));
+            let per = |r: f64| (r - 1.0) * off / count as f64 * 1e6;
+            let _ = writeln!(
+                report,
+                "| {what} | {off:.3} s | {libc:.3} s | {r_libc:.3} | {syscalls:.3} s | {r_sys:.3} | {:.2} / {:.2} µs per {unit} |",
+                per(r_libc),
+                per(r_sys),
             );
         }
     }

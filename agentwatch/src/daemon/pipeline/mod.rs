@@ -50,6 +50,9 @@ pub struct PipelineStats {
     /// File changes and connects of processes no daemon saw (they came and went while none
     /// ran), charged to the root of the session the kernel said they were in.
     pub charged_to_root: u64,
+    /// File changes whose path the kernel could not read (at the call's entry nor its
+    /// return): not recorded (an empty path would name the working directory).
+    pub file_paths_unread: u64,
     /// Exits of processes of sessions no daemon saw start (they started before a restart and
     /// ended while no daemon ran), known from their exit record (start, name, whether they
     /// exec'd): tool runs all the same.
@@ -498,7 +501,12 @@ impl Pipeline {
                 session,
             } => {
                 use crate::sessions::actions::absolute_path;
-                if let Some(key) = self.charged_key(tgid, session) {
+                let unread = path.is_empty()
+                    || (op == agentwatch_ebpf::FILE_RENAME
+                        && new_path.as_deref().is_none_or(str::is_empty));
+                if unread {
+                    self.stats.file_paths_unread += 1;
+                } else if let Some(key) = self.charged_key(tgid, session) {
                     let root = self.tree.proc_root().to_path_buf();
                     let path = absolute_path(&root, tgid, dfd, &path, dir.as_deref());
                     let new_path = new_path
