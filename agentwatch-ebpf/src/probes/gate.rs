@@ -3,8 +3,8 @@
 use agentwatch_ebpf::*;
 use aya_ebpf::helpers::generated;
 
-use crate::maps::{GATE, HELD_SOCKS};
-use crate::output::{WAKE, config, now, record_flagged, record_with_user_bytes};
+use crate::maps::{EVENTS, GATE, HELD_SOCKS};
+use crate::output::{WAKE, config, count, drop_count, now, record_flagged, record_with_user_bytes};
 
 const SIGKILL: u32 = 9;
 pub const SIGSTOP: u32 = 19;
@@ -113,4 +113,30 @@ pub fn socket_gate(pid_tgid: u64, fd: u64, cookie: u64, len: u64) -> bool {
         WAKE,
     );
     true
+}
+
+/// Stops the current process until user space continues it, and tells user space (a
+/// [`ReadHold`] record of `kind`): the read hook's holds, the file uprobes' holds at an exec.
+/// Only with a daemon's heartbeat; a record that cannot be sent takes the stop back (nobody
+/// would know to continue it). `counter`: the `COUNT_*` of such holds.
+#[inline(always)]
+pub fn stop_until_continued(kind: u32, tgid: u32, port: u32, counter: u32) {
+    if !super::contact::daemon_alive() {
+        return;
+    }
+    // Stopped first, then told: user space's SIGCONT must come after the stop.
+    unsafe { generated::bpf_send_signal(SIGSTOP) };
+    let hold = ReadHold {
+        kind,
+        tgid,
+        port,
+        _pad: 0,
+        ts_ns: now(),
+    };
+    if EVENTS.output::<ReadHold>(&hold, WAKE).is_err() {
+        drop_count(DROP_RINGBUF_EVENTS, 1);
+        unsafe { generated::bpf_send_signal(SIGCONT) };
+        return;
+    }
+    count(counter);
 }

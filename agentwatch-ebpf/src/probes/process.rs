@@ -10,9 +10,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use super::gate::{SIGCONT, SIGSTOP};
+use super::gate::stop_until_continued;
 use crate::maps::{BLOCKED_TGIDS, EVENTS, GATE, PROCS, SESSION_PROCS, THREAD_CHILDREN};
-use crate::output::{QUIET, WAKE, config, count, drop_count, now};
+use crate::output::{QUIET, config, drop_count, now};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -96,35 +96,12 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     if session && config(CFG_EXEC_ARGS) == Some(1) {
         emit_args(tgid)?;
     }
+    // Stopped (before the new program's first instruction) until user space has covered it
+    // with the file uprobes.
     if session && config(CFG_FILE_HOLD_AT_EXEC) == Some(1) {
-        hold_for_files(tgid);
+        stop_until_continued(EVENT_FILE_HOLD, tgid, 0, COUNT_FILE_HOLDS);
     }
     Ok(())
-}
-
-/// Stops the process (before the new program's first instruction) until user space has
-/// covered it with the file uprobes. Without a daemon nobody would continue it: it goes on.
-#[inline(always)]
-fn hold_for_files(tgid: u32) {
-    if !super::contact::daemon_alive() {
-        return;
-    }
-    // Stopped first, then told: user space's SIGCONT must come after the stop.
-    unsafe { generated::bpf_send_signal(SIGSTOP) };
-    let hold = ReadHold {
-        kind: EVENT_FILE_HOLD,
-        tgid,
-        port: 0,
-        _pad: 0,
-        ts_ns: now(),
-    };
-    if EVENTS.output::<ReadHold>(&hold, WAKE).is_err() {
-        drop_count(DROP_RINGBUF_EVENTS, 1);
-        // Nobody would know to continue it: the stop is taken back.
-        unsafe { generated::bpf_send_signal(SIGCONT) };
-        return;
-    }
-    count(COUNT_FILE_HOLDS);
 }
 
 /// The new program's arguments (`mm->arg_start..arg_end`, in its own memory now), right

@@ -14,13 +14,11 @@ use aya_ebpf::{
 
 use super::aead;
 use super::contact;
-use super::gate::{SIGCONT, SIGSTOP, rearm_after_read, socket_gate};
+use super::gate::{rearm_after_read, socket_gate, stop_until_continued};
 use super::syscall::{NR_CONNECT, Syscall, iovec};
 use super::tls::{emit_tls, mark_loss, new_connection};
-use crate::maps::{
-    ESTIMATE_PORTS, EVENTS, PLAIN_PORTS, PROCS, SEND_GATED, SESSION_PROCS, SOCKS, TRACKED,
-};
-use crate::output::{WAKE, config, count, current, drop_count, is_self, now, record};
+use crate::maps::{ESTIMATE_PORTS, PLAIN_PORTS, PROCS, SEND_GATED, SESSION_PROCS, SOCKS, TRACKED};
+use crate::output::{config, count, current, drop_count, is_self, now, record};
 
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
@@ -104,25 +102,10 @@ fn on_connect(sk: u64) -> Result<(), i64> {
 /// nobody would continue it: it goes on, its reads unseen.
 #[inline(always)]
 pub fn reads_needed(tgid: u32, port: u32) {
-    if config(CFG_READ_HOOK) == Some(1) || !contact::daemon_alive() {
+    if config(CFG_READ_HOOK) == Some(1) {
         return;
     }
-    // Stopped first, then told: user space's SIGCONT must come after the stop.
-    unsafe { generated::bpf_send_signal(SIGSTOP) };
-    let hold = ReadHold {
-        kind: EVENT_READ_HOLD,
-        tgid,
-        port,
-        _pad: 0,
-        ts_ns: now(),
-    };
-    if EVENTS.output::<ReadHold>(&hold, WAKE).is_err() {
-        drop_count(DROP_RINGBUF_EVENTS, 1);
-        // Nobody would know to continue it: the stop is taken back.
-        unsafe { generated::bpf_send_signal(SIGCONT) };
-        return;
-    }
-    count(COUNT_READ_HOLDS);
+    stop_until_continued(EVENT_READ_HOLD, tgid, port, COUNT_READ_HOLDS);
 }
 
 /// A session's process connects: where to (the `sockaddr` it passed).

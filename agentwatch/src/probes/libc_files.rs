@@ -135,6 +135,7 @@ impl LibcFiles {
     /// the kernel thread that carries the programs.
     pub fn new(tracefs: PathBuf, programs: HashMap<&'static str, RawFd>) -> LibcFiles {
         remove_stale_events(&tracefs);
+        raise_open_files_limit();
         LibcFiles {
             tracefs,
             programs,
@@ -516,6 +517,27 @@ fn anchor_pid() -> i32 {
             "[actions] files: pid 2 is not kthreadd here; the daemon's own C library carries the file probes' programs"
         );
         0
+    }
+}
+
+/// Each covered thread holds a perf event per probe (about 20 per C library): the soft limit
+/// of open descriptors (often 1024) is raised to the hard one.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!(
+                    "could not raise RLIMIT_NOFILE: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
     }
 }
 

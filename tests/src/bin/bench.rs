@@ -848,6 +848,22 @@ cost), plus the dispatch. With `scope = \"all\"` the read hook is always on. The
 no program at all (pipes, files, `openat`) show this VM's noise: a few per cent either way between runs.\n",
     );
 
+    // The file workload of both `[actions] files` sections.
+    let open_loop = || -> (String, &'static str, usize, Vec<String>) {
+        (
+            format!(
+                "{file_ops} × (`openat` O_CREAT|O_TRUNC for writing, `close`, `rename`, `unlink`) on tmpfs"
+            ),
+            "open+close+rename+unlink",
+            file_ops,
+            vec![
+                s("syscall_tax.py"),
+                "open".into(),
+                file_ops.to_string(),
+                tax_dir.clone(),
+            ],
+        )
+    };
     // `[actions] files`, while a session is open elsewhere, paid by processes outside
     // sessions: with `file_hooks = "libc"` nothing (its uprobes are planted only in the
     // session's processes); with `"syscalls"` a lookup at each such call's entry and return,
@@ -858,7 +874,7 @@ no program at all (pipes, files, `openat`) show this VM's noise: a few per cent 
             report,
             "\n## `[actions] files = true`: its cost for processes that are not agents\n\n\
 The daemon as shipped, and with `[actions] files = true` while a session is open elsewhere on the host (an agent\n\
-that made one call to the mock and sleeps), with each kind of hook (`file_hooks`), alternately, 7 runs each,\n\
+that made one call to the mock and sleeps), with each kind of hook (`file_hooks`), alternately, 11 runs each,\n\
 medians (timed inside the process); each ratio is the median of each run's ratio to the run as shipped just before\n\
 it. The measured process is in no session. `libc` (the default): uprobes on the C library's file functions, planted\n\
 only in the memory of the session's processes: the measured process runs its C library untouched. `syscalls`: the\n\
@@ -870,19 +886,7 @@ traced path not counted).\n\n\
 | workload | default | libc, a session open | ratio | syscalls, a session open | ratio | added per unit (syscalls) | the daemon's kernel programs per unit: libc / syscalls |\n|---|---|---|---|---|---|---|---|\n"
         );
         let cases: [(String, &str, usize, Vec<String>); 2] = [
-            (
-                format!(
-                    "{file_ops} × (`openat` O_CREAT|O_TRUNC for writing, `close`, `rename`, `unlink`) on tmpfs"
-                ),
-                "open+close+rename+unlink",
-                file_ops,
-                vec![
-                    s("syscall_tax.py"),
-                    "open".into(),
-                    file_ops.to_string(),
-                    tax_dir.clone(),
-                ],
-            ),
+            open_loop(),
             (
                 format!("{pipe_pairs} × 64-byte `write` + `read` through a pipe"),
                 "write+read",
@@ -911,7 +915,7 @@ traced path not counted).\n\n\
         for (what, unit, count, args) in cases {
             let cmd = py(args);
             let (mut plain, mut libc, mut syscalls) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..7 {
+            for _ in 0..11 {
                 for (config, session, out) in [
                     ("", false, &mut plain),
                     (LIBC, true, &mut libc),
@@ -954,7 +958,7 @@ traced path not counted).\n\n\
 
     // `[actions] files`: what the processes of sessions pay (the workload is the agent itself,
     // after its call, and its children).
-    if want("files") {
+    if want("files-session") {
         std::fs::write(scratch.join("in_session.py"), IN_SESSION).unwrap();
         let spawns = 2000;
         let _ = write!(
@@ -970,19 +974,7 @@ stopped at its `exec` until the daemon has covered it with its own perf events.\
         const LIBC: &str = "[actions]\nfiles = true\nfile_hooks = \"libc\"\n";
         const SYSCALLS: &str = "[actions]\nfiles = true\nfile_hooks = \"syscalls\"\n";
         let cases: [(String, &str, usize, Vec<String>); 2] = [
-            (
-                format!(
-                    "{file_ops} × (`openat` O_CREAT|O_TRUNC for writing, `close`, `rename`, `unlink`) on tmpfs"
-                ),
-                "open+close+rename+unlink",
-                file_ops,
-                vec![
-                    s("syscall_tax.py"),
-                    "open".into(),
-                    file_ops.to_string(),
-                    tax_dir.clone(),
-                ],
-            ),
+            open_loop(),
             (
                 format!("{spawns} × `posix_spawn` of `/bin/true` and `waitpid`"),
                 "process",
