@@ -292,12 +292,13 @@ impl Daemon {
         match &self.libc_files {
             Some(l) => {
                 let mut l = l.lock().expect("libc files lock");
-                for &tgid in &held {
+                for &(tgid, stopped_ns) in &held {
                     l.cover_held(tgid, &tgids);
                     first_contact::cont(tgid);
+                    l.held_for(boot_now_ns().saturating_sub(stopped_ns));
                 }
             }
-            None => held.into_iter().for_each(first_contact::cont),
+            None => held.into_iter().for_each(|(t, _)| first_contact::cont(t)),
         }
     }
 

@@ -77,8 +77,14 @@ pub struct LibcFileStats {
     /// Processes covered since the start, each way.
     pub covers: u64,
     pub inherits: u64,
-    /// Programs of sessions stopped at their exec until covered (and continued).
+    /// Programs of sessions stopped at their exec until covered (and continued), and how
+    /// long they were stopped (from the kernel's stop to the daemon's SIGCONT): the longest
+    /// and the mean, in µs.
     pub exec_holds: u64,
+    pub exec_hold_max_us: u64,
+    pub exec_hold_mean_us: u64,
+    #[serde(skip)]
+    exec_hold_total_us: u64,
     /// Perf events open (one per probe per covered thread, plus the anchors).
     pub perf_events: usize,
     /// A process that could not be covered (gone, or the kernel refused an event; the
@@ -237,6 +243,15 @@ impl LibcFiles {
             }
             next = stat(t).map(|(ppid, _)| ppid).filter(|&p| p > 1);
         }
+    }
+
+    /// A process stopped at its exec was continued `ns` after the kernel stopped it.
+    pub fn held_for(&mut self, ns: u64) {
+        let us = ns / 1000;
+        let s = &mut self.stats;
+        s.exec_hold_max_us = s.exec_hold_max_us.max(us);
+        s.exec_hold_total_us += us;
+        s.exec_hold_mean_us = s.exec_hold_total_us / s.exec_holds.max(1);
     }
 
     /// Covers `tgid` with perf events of its own (each of its threads, every library's

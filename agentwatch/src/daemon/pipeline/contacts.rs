@@ -236,7 +236,7 @@ impl Pipeline {
         tgids.extend(self.contacts.drain(..).map(|c| c.tgid));
         tgids.extend(self.pending_reads.drain().map(|(t, _)| t));
         self.read_holds.clear();
-        tgids.append(&mut self.file_holds);
+        tgids.extend(self.file_holds.drain(..).map(|(t, _)| t));
         tgids.sort_unstable();
         tgids.dedup();
         tgids
@@ -251,9 +251,10 @@ impl Pipeline {
         }
     }
 
-    /// The processes stopped at their exec for the file uprobes since the last call, with
+    /// The processes stopped at their exec for the file uprobes since the last call (with
+    /// when the kernel stopped them), with
     /// the kernel's set of session processes (to cover them with): the caller continues them.
-    pub fn take_file_holds(&mut self) -> (Vec<u32>, Vec<u32>) {
+    pub fn take_file_holds(&mut self) -> (Vec<(u32, u64)>, Vec<u32>) {
         if self.file_holds.is_empty() {
             return (Vec::new(), Vec::new());
         }

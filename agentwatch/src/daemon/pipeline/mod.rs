@@ -187,7 +187,7 @@ pub struct Pipeline {
     /// new ones, and those taken by the daemon and not continued yet.
     read_holds: Vec<u32>,
     /// Processes stopped at their exec for the file uprobes, not continued yet.
-    file_holds: Vec<u32>,
+    file_holds: Vec<(u32, u64)>,
     pending_reads: HashMap<u32, u64>,
     /// Gated processes seen held and stopped at the last tick with no hold record read
     /// (`tick_policy`).
@@ -571,9 +571,9 @@ impl Pipeline {
                 }
             }
             KernelEvent::ReadHold { tgid, ts_ns, .. } => self.on_read_hold(tgid, ts_ns),
-            KernelEvent::FileHold { tgid, .. } => {
-                if !self.file_holds.contains(&tgid) {
-                    self.file_holds.push(tgid);
+            KernelEvent::FileHold { tgid, ts_ns } => {
+                if !self.file_holds.iter().any(|(t, _)| *t == tgid) {
+                    self.file_holds.push((tgid, ts_ns));
                 }
             }
             KernelEvent::SocketBytes {
